@@ -1,0 +1,215 @@
+"""The community registry file: YAML parsed with line numbers, validated with pydantic."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.domain import Adapter, DeviceKind, Location, SiteKind, WorkerRole
+from core.errors import RegistryError
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+ROSTER_RE = re.compile(
+    r"^(?P<days>(Mon|Tue|Wed|Thu|Fri|Sat|Sun)(-(Mon|Tue|Wed|Thu|Fri|Sat|Sun))?"
+    r"(,(Mon|Tue|Wed|Thu|Fri|Sat|Sun)(-(Mon|Tue|Wed|Thu|Fri|Sat|Sun))?)*)"
+    r"\s+(?P<start>\d{2}:\d{2})-(?P<end>\d{2}:\d{2})$"
+)
+
+# Offline-after defaults by power source follow RULES-REFERENCE section 5: battery LPWAN devices report
+# daily, mains devices every few minutes.
+DEFAULT_INTERVAL_S = {True: 24 * 3600, False: 300}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MicroGridIn(_Strict):
+    id: Id
+    name: str
+
+
+class GridIn(_Strict):
+    id: Id
+    name: str
+    micro_grids: list[MicroGridIn] = Field(default_factory=list)
+
+
+class CommunityIn(_Strict):
+    id: Id
+    name: str
+    timezone: str = "Asia/Shanghai"
+    address: str = ""
+
+
+class WorkerIn(_Strict):
+    id: Id
+    name: str
+    role: WorkerRole
+    phone: str = ""
+    locale: str = Field(default="zh-CN", pattern=r"^(zh-CN|en)$")
+    notify: list[str] = Field(default_factory=list, description="apprise URLs")
+    micro_grids: list[Id] = Field(default_factory=list)
+    grids: list[Id] = Field(default_factory=list)
+    roster: str | None = Field(default=None, description='e.g. "Mon-Fri 09:00-17:00"; none = always')
+    on_call: bool = False
+
+    @field_validator("roster")
+    @classmethod
+    def _roster(cls, value: str | None) -> str | None:
+        if value is not None:
+            for part in value.split(";"):
+                if not ROSTER_RE.match(part.strip()):
+                    raise ValueError(f'roster {part.strip()!r} is not like "Mon-Fri 09:00-17:00"')
+        return value
+
+    @field_validator("notify")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if "://" not in url:
+                raise ValueError(f"{url!r} is not an apprise URL (scheme://...)")
+        return value
+
+
+class MerchantIn(_Strict):
+    id: Id
+    name: str
+    contact: str = ""
+    phone: str = ""
+    notify: list[str] = Field(default_factory=list)
+
+
+class SiteIn(_Strict):
+    id: Id
+    kind: SiteKind
+    name: str = ""
+    micro_grid: Id
+    merchant: Id | None = None
+    address: str = ""
+    floor: int | None = None
+    flags: list[str] = Field(default_factory=list)
+    lpg: bool = False
+
+
+class DeviceIn(_Strict):
+    id: Id
+    kind: DeviceKind
+    site: Id
+    location: Location
+    adapter: Adapter = Adapter.NATIVE
+    foreign_id: str | None = None
+    battery: bool = False
+    report_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    gateway: Id | None = None
+    model: str = ""
+
+    @property
+    def interval_s(self) -> int:
+        return self.report_interval_s or DEFAULT_INTERVAL_S[self.battery]
+
+
+class RegistryIn(_Strict):
+    community: CommunityIn
+    grids: list[GridIn] = Field(default_factory=list)
+    workers: list[WorkerIn] = Field(default_factory=list)
+    merchants: list[MerchantIn] = Field(default_factory=list)
+    sites: list[SiteIn] = Field(default_factory=list)
+    devices: list[DeviceIn] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> RegistryIn:
+        micro = {m.id for g in self.grids for m in g.micro_grids}
+        grids = {g.id for g in self.grids}
+        merchants = {m.id for m in self.merchants}
+        sites = {s.id for s in self.sites}
+        devices = {d.id: d for d in self.devices}
+        for kind, ids in (
+            ("grid", [g.id for g in self.grids]),
+            ("micro_grid", [m.id for g in self.grids for m in g.micro_grids]),
+            ("worker", [w.id for w in self.workers]),
+            ("merchant", [m.id for m in self.merchants]),
+            ("site", [s.id for s in self.sites]),
+            ("device", [d.id for d in self.devices]),
+        ):
+            seen: set[str] = set()
+            for item in ids:
+                if item in seen:
+                    raise ValueError(f"duplicate {kind} id {item!r}")
+                seen.add(item)
+        for w in self.workers:
+            for mg in w.micro_grids:
+                if mg not in micro:
+                    raise ValueError(f"worker {w.id!r} covers unknown micro_grid {mg!r}")
+            for g in w.grids:
+                if g not in grids:
+                    raise ValueError(f"worker {w.id!r} leads unknown grid {g!r}")
+        for s in self.sites:
+            if s.micro_grid not in micro:
+                raise ValueError(f"site {s.id!r} is in unknown micro_grid {s.micro_grid!r}")
+            if s.merchant is not None and s.merchant not in merchants:
+                raise ValueError(f"site {s.id!r} names unknown merchant {s.merchant!r}")
+        for d in self.devices:
+            if d.site not in sites:
+                raise ValueError(f"device {d.id!r} is at unknown site {d.site!r}")
+            if d.gateway is not None:
+                gateway = devices.get(d.gateway)
+                if gateway is None or gateway.kind is not DeviceKind.GATEWAY:
+                    raise ValueError(f"device {d.id!r} names {d.gateway!r} as gateway, which is no gateway")
+            if d.adapter is not Adapter.NATIVE and not d.foreign_id:
+                raise ValueError(f"device {d.id!r} uses adapter {d.adapter} but has no foreign_id")
+        return self
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """Follow a pydantic error location through the composed YAML tree to its line (1-based)."""
+    best = node
+    for key in loc:
+        if node is None:
+            break
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+        if node is not None:
+            best = node
+    return best.start_mark.line + 1 if best is not None else None
+
+
+def parse_registry(text: str, source: str = "<registry>") -> RegistryIn:
+    """Parse and validate a registry document; errors name the file and line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise RegistryError(f"{source}:{line}: not valid YAML: {exc.problem}") from exc
+    if not isinstance(data, dict):
+        raise RegistryError(f"{source}:1: a registry is a mapping with community, grids, workers, sites, devices")
+    try:
+        return RegistryIn.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = _line_of(root, loc)
+            where = ".".join(str(p) for p in loc) or "(document)"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}:{line or '?'}: {where}: {msg}")
+        raise RegistryError("\n".join(lines)) from None
+
+
+def read_registry(path: Path) -> RegistryIn:
+    """Read a registry file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_registry(text, str(path))

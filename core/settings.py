@@ -1,0 +1,103 @@
+"""Settings from the environment (GRIDWATCH_*) or a .env file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+# Placeholders that only the demo may run with: anything else must be set explicitly.
+DEMO_SECRET = "demo-secret-not-for-production"  # noqa: S105 - a marker, refused outside the demo
+
+
+class MqttTarget:
+    """A parsed mqtt:// or mqtts:// URL."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"GRIDWATCH_MQTT_URL must start with mqtt:// or mqtts://, got {url!r}")
+        self.tls = parts.scheme == "mqtts"
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+
+
+class Settings(BaseSettings):
+    """Every knob of a gridwatch process; names map to GRIDWATCH_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDWATCH_", env_file=".env", extra="ignore")
+
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    mqtt_client_id: str = "gridwatch-ingest"
+    mqtt_ca_file: str | None = None
+    topic_prefix: str = "gw/v1"
+    # Shared subscription group for several ingest processes (MQTT v5 $share); empty = plain subscription.
+    mqtt_share_group: str = ""
+    secret_key: SecretStr = SecretStr(DEMO_SECRET)
+    demo: bool = False
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str = ""
+
+    # Ingest: a batch is bounded by MQTT v5 Receive Maximum, so size both together.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_linger_ms: int = Field(default=20, ge=0, le=5_000)
+    queue_size: int = Field(default=2_000, ge=1)
+    max_reading_age_h: float = Field(default=24.0, gt=0)
+    max_clock_skew_s: float = Field(default=300.0, gt=0)
+    max_payload_bytes: int = Field(default=16_384, ge=256)
+
+    # Notify
+    notify_poll_s: float = Field(default=1.0, gt=0)
+    notify_timeout_s: float = Field(default=5.0, gt=0)
+    notify_max_attempts: int = Field(default=8, ge=1)
+    # When set, every delivery goes to this apprise URL instead of the worker's (demo, staging).
+    notify_redirect_url: str | None = None
+
+    rules_tick_s: float = Field(default=5.0, gt=0)
+    timezone: str = "Asia/Shanghai"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> Settings:
+        if self.mqtt_url is not None:
+            MqttTarget(self.mqtt_url)
+        return self
+
+    @cached_property
+    def mqtt(self) -> MqttTarget:
+        """The broker to talk to."""
+        if self.mqtt_url is None:
+            raise ConfigError("GRIDWATCH_MQTT_URL is not set (e.g. mqtt://ingest:secret@broker:1883)")
+        return MqttTarget(self.mqtt_url)
+
+    @property
+    def dsn(self) -> str:
+        """The PostgreSQL connection string."""
+        if self.database_url is None:
+            raise ConfigError("GRIDWATCH_DATABASE_URL is not set (e.g. postgresql://gridwatch@db/gridwatch)")
+        return self.database_url
+
+    def check_production(self) -> None:
+        """Refuse to run a real deployment on the demo's placeholders."""
+        if self.demo:
+            return
+        problems = []
+        if self.secret_key.get_secret_value() == DEMO_SECRET:
+            problems.append("GRIDWATCH_SECRET_KEY is the demo placeholder: set a long random value")
+        elif len(self.secret_key.get_secret_value()) < 16:
+            problems.append("GRIDWATCH_SECRET_KEY is shorter than 16 characters")
+        if self.database_url is None:
+            problems.append("GRIDWATCH_DATABASE_URL is not set")
+        if self.mqtt_url is None:
+            problems.append("GRIDWATCH_MQTT_URL is not set")
+        if problems:
+            raise ConfigError("refusing to start: " + "; ".join(problems) + " (or run `gridwatch demo`)")

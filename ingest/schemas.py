@@ -1,0 +1,99 @@
+"""Wire models of the v1 MQTT contract (DESIGN.md), validated strictly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """RFC 3339 text with an offset, or epoch milliseconds, as an aware UTC datetime."""
+    if isinstance(value, bool):
+        raise ValueError("ts must be an RFC 3339 string or epoch milliseconds, not a boolean")
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("ts is not a finite number")
+        try:
+            return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"ts {value!r} is not a valid epoch-milliseconds time") from exc
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"ts {value[:40]!r} is not an RFC 3339 time") from exc
+        if parsed.tzinfo is None:
+            raise ValueError(f"ts {value[:40]!r} has no UTC offset (RFC 3339 requires one, e.g. 'Z')")
+        return parsed.astimezone(UTC)
+    raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
+
+
+class TelemetryIn(BaseModel):
+    """gw/v1/{device_id}/telemetry: every field optional, unknown fields kept as extras."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, frozen=True)
+
+    ts: datetime | None = None
+    seq: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    gas_lel: Percent | None = None
+    gas: bool | None = None
+    co_ppm: Annotated[float, Field(ge=0, le=100_000)] | None = None
+    smoke: bool | None = None
+    smoke_db_m: Annotated[float, Field(ge=0, le=100)] | None = None
+    temp_c: Annotated[float, Field(ge=-40, le=200)] | None = None
+    power_w: Annotated[float, Field(ge=0, le=100_000)] | None = None
+    current_a: Annotated[float, Field(ge=0, le=1_000)] | None = None
+    voltage_v: Annotated[float, Field(ge=0, le=1_000)] | None = None
+    energy_wh: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    relay: Literal["on", "off"] | None = None
+    valve: Literal["open", "closed", "fault"] | None = None
+    battery_pct: Percent | None = None
+    tamper: bool | None = None
+    test: bool | None = None
+    fault: Annotated[str, Field(max_length=200)] | None = None
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, value: Any) -> datetime | None:
+        return None if value is None else parse_timestamp(value)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> TelemetryIn:
+        carried = MEASUREMENT_FIELDS + FLAG_FIELDS + ("relay", "valve", "fault")
+        if all(getattr(self, name) is None for name in carried) and "fault" not in self.model_fields_set:
+            raise ValueError("message carries no measurement or flag (e.g. gas_lel, co_ppm, smoke, relay)")
+        return self
+
+
+class StatusIn(BaseModel):
+    """gw/v1/{device_id}/status (retained; the device's last will says offline)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    state: Literal["online", "offline"]
+
+
+class CommandOut(BaseModel):
+    """gw/v1/{device_id}/cmd, server to device."""
+
+    id: str
+    action: Literal["close_valve", "cut_power", "restore_power", "self_test", "silence"]
+    alarm_id: int | None = None
+    reason: str = ""
+
+
+class CommandAckIn(BaseModel):
+    """gw/v1/{device_id}/cmd/ack, device to server."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    ok: bool
+    detail: str = ""
