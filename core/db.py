@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 MIGRATION_RE = re.compile(r"^(?P<num>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<variant>timescale|plain))?\.sql$")
 # Any constant works as long as every gridwatch process uses the same one.
 MIGRATION_LOCK = 0x6772_6964_7761_7463
+# rules NOTIFYs this channel when it writes outbox rows; notify LISTENs (they meet only in the database).
+OUTBOX_CHANNEL = "gridwatch_outbox"
 
 CREATE_MIGRATION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migration (

@@ -1,0 +1,153 @@
+"""The `gridwatch` command: demo, serve, migrate, load, token, rules, simulate, bench."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from core import db
+from core.errors import GridwatchError
+from core.logs import setup_logging
+from core.settings import Settings
+
+app = typer.Typer(help="gridwatch: gas, CO, smoke and e-bike charging alarms routed to micro-grid workers.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    setup_logging(settings.log_level)
+    return settings
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (also done at start by serve and demo)."""
+    settings = _settings()
+    try:
+        with db.connect(settings.dsn) as conn:
+            applied = db.migrate(conn)
+            timescale = db.has_timescale(conn)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(map(str, applied)) if applied else ''}; "
+               f"storage: {'TimescaleDB hypertable' if timescale else 'plain PostgreSQL'}")
+
+
+@app.command()
+def load(file: Annotated[Path, typer.Argument(help="registry YAML (see examples/)")]) -> None:
+    """Load a community registry (idempotent upsert)."""
+    from core import repo as core_repo
+    from core.registry import read_registry
+
+    settings = _settings()
+    try:
+        registry = read_registry(file)
+        with db.connect(settings.dsn) as conn:
+            db.migrate(conn)
+            with conn.transaction():
+                counts = core_repo.upsert_registry(conn, registry=registry)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"loaded {registry.community.id}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin | worker | merchant")],
+    worker: Annotated[str | None, typer.Option(help="worker id (role worker)")] = None,
+    merchant: Annotated[str | None, typer.Option(help="merchant id (role merchant)")] = None,
+    label: Annotated[str, typer.Option(help="what the token is for")] = "",
+    days: Annotated[int | None, typer.Option(help="expires after this many days")] = 90,
+) -> None:
+    """Create an API token and print it (it is stored only as a hash)."""
+    from api import auth
+
+    if role not in ("admin", "worker", "merchant"):
+        raise _fail(ValueError(f"role {role!r} is not admin, worker or merchant"))
+    settings = _settings()
+    try:
+        settings.check_production()
+        with db.connect(settings.dsn) as conn, conn.transaction():
+            token = auth.create_token(conn, secret_key=settings.secret_key.get_secret_value(),
+                                      role=role,  # type: ignore[arg-type]
+                                      worker_id=worker, merchant_id=merchant, label=label,
+                                      ttl=timedelta(days=days) if days else None)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    typer.echo(token)
+
+
+def wait_for_signal(stop: threading.Event, running: object | None = None) -> Exception | None:
+    """Block until SIGINT/SIGTERM, stop is set, or a running part gives up (returned)."""
+    def _handler(_signum: int, _frame: object) -> None:
+        stop.set()
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    while not stop.wait(0.5):
+        fatal = getattr(running, "fatal", lambda: None)()
+        if fatal is not None:
+            return fatal  # type: ignore[no-any-return]
+    return None
+
+
+@app.command()
+def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,notify,api")] = None) -> None:
+    """Run ingest + rules + notify + api (or some of them)."""
+    from core.services import PARTS, run_migrations, start_services
+
+    settings = _settings()
+    parts = tuple(p.strip() for p in only.split(",")) if only else PARTS
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise _fail(ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}"))
+    try:
+        settings.check_production()
+        run_migrations(settings)
+        running = start_services(settings, parts)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    stop = threading.Event()
+    typer.echo(f"gridwatch serving {', '.join(parts)}" + (
+        f" — API on http://{settings.api_host}:{settings.api_port}/docs" if "api" in parts else ""))
+    try:
+        fatal = wait_for_signal(stop, running)
+    finally:
+        running.stop()
+    if fatal is not None:
+        raise _fail(fatal)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where the private database and broker keep their files")] = Path(
+        ".gridwatch/demo"),
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")] = None,
+    port: Annotated[int, typer.Option(help="API and pages port")] = 8000,
+) -> None:
+    """Everything on embedded defaults: private PostgreSQL and Mosquitto, example community, simulated devices."""
+    from core.demo import run_demo
+
+    setup_logging("WARNING")
+    try:
+        code = run_demo(data_dir=data_dir, duration=duration, port=port)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    app()

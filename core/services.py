@@ -1,0 +1,81 @@
+"""Composition root for long-running processes: wires ingest, notify and api together for `serve`.
+
+This module and core/cli.py are the only places in core that reach into the stages (lazily, inside
+functions), because they are what the console script starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import db
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARTS = ("ingest", "notify", "api")
+
+
+@dataclass
+class Running:
+    """The parts started by start_services, to be stopped together."""
+
+    settings: Settings
+    parts: dict[str, Any] = field(default_factory=dict)
+    api_server: Any = None
+    api_thread: threading.Thread | None = None
+
+    def fatal(self) -> Exception | None:
+        """The first part that gave up for good (e.g. the broker refused our credentials)."""
+        for part in self.parts.values():
+            if getattr(part, "fatal", None) is not None:
+                return part.fatal  # type: ignore[no-any-return]
+        return None
+
+    def stop(self) -> None:
+        if self.api_server is not None:
+            self.api_server.should_exit = True
+            if self.api_thread:
+                self.api_thread.join(timeout=10)
+        for name in ("ingest", "notify"):
+            part = self.parts.get(name)
+            if part is not None:
+                part.stop()
+
+
+def run_migrations(settings: Settings) -> list[int]:
+    """Apply pending migrations."""
+    with db.connect(settings.dsn) as conn:
+        return db.migrate(conn)
+
+
+def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_thread: bool = True) -> Running:
+    """Start the requested parts in this process."""
+    import uvicorn
+
+    running = Running(settings)
+    if "ingest" in only:
+        from ingest.worker import IngestWorker
+
+        running.parts["ingest"] = IngestWorker(settings)
+        running.parts["ingest"].start()
+    if "notify" in only:
+        from notify.worker import NotifyWorker
+
+        running.parts["notify"] = NotifyWorker(settings)
+        running.parts["notify"].start()
+    if "api" in only:
+        from api.app import create_app
+
+        config = uvicorn.Config(create_app(settings), host=settings.api_host, port=settings.api_port,
+                                log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        running.api_server = server
+        if api_in_thread:
+            server.config.install_signal_handlers = False  # type: ignore[attr-defined]
+            running.api_thread = threading.Thread(target=server.run, name="api", daemon=True)
+            running.api_thread.start()
+    return running

@@ -1,0 +1,193 @@
+"""Turn an MQTT message into readings, statuses or command acks, or a rejection with a reason.
+
+Decoders are pure: they never touch the network or the database; device lookups come in through
+a DeviceLookup so adapters can map a bridge's name to a registry device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+from pydantic import ValidationError
+
+from core.domain import Adapter, Device, DeviceStatus, Reading
+from ingest.schemas import CommandAckIn, StatusIn, TelemetryIn
+
+
+@dataclass(slots=True)
+class Message:
+    """An MQTT message as received, before decoding."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+    mid: int = 0
+    qos: int = 1
+    generation: int = 0
+    retain: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Reject:
+    """A message that could not be used, and why."""
+
+    reason: str
+    device_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CommandAck:
+    """A device's answer to a command."""
+
+    device_id: str
+    command_id: str
+    ok: bool
+    detail: str
+    at: datetime
+
+
+@dataclass(slots=True, frozen=True)
+class Ignored:
+    """A message we subscribe to but do not store (bridge bookkeeping, our own commands)."""
+
+    why: str
+
+
+Decoded = Reading | DeviceStatus | CommandAck | Reject | Ignored
+
+
+class DeviceLookup(Protocol):
+    def device(self, device_id: str) -> Device | None: ...
+
+    def by_foreign_id(self, adapter: Adapter, foreign_id: str) -> Device | None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    """Acceptance window for device time (DESIGN: 24 h old accepted; far future rejected)."""
+
+    max_age: timedelta = timedelta(hours=24)
+    max_skew: timedelta = timedelta(minutes=5)
+    max_payload_bytes: int = 16_384
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line a person can act on: field, problem, offending value."""
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = "" if err["type"] in ("missing",) or where == "message" or isinstance(value, dict) else (
+            f" (got {orjson.dumps(value, default=repr).decode()[:60]})")
+        parts.append(f"{where}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def parse_json_object(payload: bytes) -> dict[str, Any] | Reject:
+    """A JSON object, or a rejection saying what is wrong with the bytes."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return Reject(f"malformed JSON: {exc}")
+    if not isinstance(data, dict):
+        return Reject(f"payload must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_time(ts: datetime, received_at: datetime, limits: Limits) -> str | None:
+    """Why a device timestamp is unacceptable, or None."""
+    if ts - received_at > limits.max_skew:
+        ahead = (ts - received_at).total_seconds()
+        return (f"ts {ts.isoformat()} is {ahead:.0f} s in the future (clock skew limit "
+                f"{limits.max_skew.total_seconds():.0f} s): check the device clock")
+    if received_at - ts > limits.max_age:
+        hours = (received_at - ts).total_seconds() / 3600
+        return (f"ts {ts.isoformat()} is {hours:.1f} h old (limit {limits.max_age.total_seconds() / 3600:.0f} h)")
+    return None
+
+
+def telemetry_to_reading(device_id: str, data: dict[str, Any], received_at: datetime,
+                         limits: Limits) -> Reading | Reject:
+    """Validate a v1 telemetry object into a Reading."""
+    try:
+        msg = TelemetryIn.model_validate(data)
+    except ValidationError as exc:
+        return Reject(describe_validation_error(exc), device_id)
+    ts = msg.ts or received_at
+    problem = check_time(ts, received_at, limits)
+    if problem:
+        return Reject(problem, device_id)
+    extras = dict(msg.model_extra or {})
+    return Reading(
+        device_id=device_id, ts=ts, received_at=received_at, seq=msg.seq, gas_lel=msg.gas_lel,
+        co_ppm=msg.co_ppm, smoke_db_m=msg.smoke_db_m, temp_c=msg.temp_c, power_w=msg.power_w,
+        current_a=msg.current_a, voltage_v=msg.voltage_v, energy_wh=msg.energy_wh, battery_pct=msg.battery_pct,
+        gas=msg.gas, smoke=msg.smoke, tamper=msg.tamper, test=msg.test, relay=msg.relay, valve=msg.valve,
+        fault=msg.fault, extras=extras,
+    )
+
+
+def decode_native(topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup,
+                  limits: Limits, prefix: str) -> list[Decoded]:
+    """gw/v1/{device_id}/telemetry | status | cmd/ack."""
+    rest = topic[len(prefix) + 1:]
+    device_id, _, channel = rest.partition("/")
+    if not device_id or not channel:
+        return [Reject(f"topic {topic!r} is not {prefix}/<device_id>/<telemetry|status|cmd/ack>")]
+    if channel == "cmd":
+        return [Ignored("our own command")]
+    if channel not in ("telemetry", "status", "cmd/ack"):
+        return [Reject(f"unknown channel {channel!r} in topic {topic!r}", device_id)]
+    device = lookup.device(device_id)
+    if device is None:
+        return [Reject(f"unknown device {device_id!r}: not in the registry (add it with `gridwatch load`)",
+                       device_id)]
+    if len(payload) == 0 and channel == "status":
+        return [Ignored("retained status cleared")]
+    data = parse_json_object(payload)
+    if isinstance(data, Reject):
+        return [Reject(data.reason, device_id)]
+    if channel == "telemetry":
+        return [telemetry_to_reading(device_id, data, received_at, limits)]
+    if channel == "status":
+        try:
+            status = StatusIn.model_validate(data)
+        except ValidationError as exc:
+            return [Reject(describe_validation_error(exc), device_id)]
+        return [DeviceStatus(device_id, status.state == "online", received_at)]
+    try:
+        ack = CommandAckIn.model_validate(data)
+    except ValidationError as exc:
+        return [Reject(describe_validation_error(exc), device_id)]
+    return [CommandAck(device_id, ack.id, ack.ok, ack.detail, received_at)]
+
+
+# An adapter decoder: (topic, payload, received_at, lookup, limits) -> decoded items, or None when the
+# topic is not the adapter's.
+AdapterDecoder = Callable[[str, bytes, datetime, DeviceLookup, Limits], list[Decoded] | None]
+
+
+@dataclass
+class Decoder:
+    """Routes a topic to the native contract or to a bridge adapter."""
+
+    prefix: str = "gw/v1"
+    limits: Limits = field(default_factory=Limits)
+    adapters: list[AdapterDecoder] = field(default_factory=list)
+
+    def decode(self, msg: Message, lookup: DeviceLookup) -> list[Decoded]:
+        if len(msg.payload) > self.limits.max_payload_bytes:
+            return [Reject(f"payload of {len(msg.payload)} bytes exceeds the limit of "
+                           f"{self.limits.max_payload_bytes} bytes")]
+        if msg.topic.startswith(self.prefix + "/"):
+            return decode_native(msg.topic, msg.payload, msg.received_at, lookup, self.limits, self.prefix)
+        for adapter in self.adapters:
+            result = adapter(msg.topic, msg.payload, msg.received_at, lookup, self.limits)
+            if result is not None:
+                return result
+        return [Reject(f"no decoder for topic {msg.topic!r}")]

@@ -1,0 +1,73 @@
+"""SQL of the ingest stage: readings by COPY with duplicate absorption, rejects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.types.json import Jsonb
+
+from core.domain import Reading
+
+READING_COLUMNS = (
+    "device_id", "ts", "seq", "received_at", "gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w",
+    "current_a", "voltage_v", "energy_wh", "battery_pct", "gas", "smoke", "tamper", "test", "relay", "valve",
+    "fault", "extras",
+)
+READING_TYPES = (
+    "text", "timestamptz", "int8", "timestamptz", "float4", "float4", "float4", "float4", "float4",
+    "float4", "float4", "float8", "float4", "bool", "bool", "bool", "bool", "text", "text", "text", "jsonb",
+)
+_COLS = ", ".join(READING_COLUMNS)
+
+CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS reading_in (LIKE reading INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
+COPY_STAGING = f"COPY reading_in ({_COLS}) FROM STDIN (FORMAT BINARY)"
+MOVE_STAGING = f"""
+INSERT INTO reading ({_COLS}) SELECT {_COLS} FROM reading_in
+ON CONFLICT (device_id, ts, seq) DO NOTHING
+RETURNING device_id, ts, seq
+"""
+
+
+def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading]) -> list[Reading]:
+    """COPY readings in; returns those that were new (a redelivered duplicate is absorbed and left out)."""
+    if not readings:
+        return []
+    with conn.cursor() as cur:
+        cur.execute(CREATE_STAGING)
+        with cur.copy(COPY_STAGING) as copy:
+            copy.set_types(READING_TYPES)
+            for r in readings:
+                copy.write_row((
+                    r.device_id, r.ts, -1 if r.seq is None else r.seq, r.received_at, r.gas_lel, r.co_ppm,
+                    r.smoke_db_m, r.temp_c, r.power_w, r.current_a, r.voltage_v, r.energy_wh, r.battery_pct,
+                    r.gas, r.smoke, r.tamper, r.test, r.relay, r.valve, r.fault,
+                    Jsonb(r.extras) if r.extras else None,
+                ))
+        cur.execute(MOVE_STAGING)
+        inserted = {(row[0], row[1], row[2]) for row in cur.fetchall()}
+    if len(inserted) == len(readings):
+        return list(readings)
+    new: list[Reading] = []
+    for r in readings:
+        key = (r.device_id, r.ts, -1 if r.seq is None else r.seq)
+        if key in inserted:
+            inserted.discard(key)  # a duplicate inside one batch counts once
+            new.append(r)
+    return new
+
+
+INSERT_REJECT = """
+INSERT INTO ingest_reject (received_at, topic, payload, device_id, reason) VALUES (%s, %s, %s, %s, %s)
+"""
+
+
+def insert_rejects(conn: Connection[Any], *, rejects: Sequence[tuple[datetime, str, bytes, str | None, str]]) -> None:
+    """Record rejected messages: (received_at, topic, payload, device_id, reason)."""
+    if rejects:
+        with conn.cursor() as cur:
+            cur.executemany(INSERT_REJECT, rejects)

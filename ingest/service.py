@@ -1,0 +1,152 @@
+"""One transaction per batch: decode, store readings (COPY), apply rules, record rejects; then ack."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from psycopg import Connection
+
+from core import repo as core_repo
+from core.domain import Adapter, Device, DeviceStatus, Reading
+from ingest import repo
+from ingest.decode import CommandAck, Decoder, Ignored, Message, Reject
+from rules import repo as rules_repo
+from rules import service as rules_service
+from rules.ruleset import RuleSet
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter("gridwatch_ingest_messages_total", "MQTT messages processed, by outcome", ["outcome"])
+REJECTS = Counter("gridwatch_ingest_rejects_total", "Messages rejected, by reason class", ["reason"])
+ALARM_TRANSITIONS = Counter("gridwatch_alarm_transitions_total", "Alarm transitions written", ["kind", "type"])
+BATCH_SECONDS = Histogram("gridwatch_ingest_batch_seconds", "Time to process and commit one batch",
+                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+BATCH_SIZE = Histogram("gridwatch_ingest_batch_size", "Messages per committed batch",
+                       buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+
+
+def reject_class(reason: str) -> str:
+    """A low-cardinality label for a reject reason."""
+    for prefix, label in (("malformed JSON", "malformed_json"), ("unknown device", "unknown_device"),
+                          ("payload of", "too_large"), ("payload must be", "not_object"),
+                          ("no decoder", "unknown_topic"), ("ts ", "bad_time"), ("internal error", "internal")):
+        if reason.startswith(prefix):
+            return label
+    return "invalid_field"
+
+
+@dataclass
+class DeviceCache:
+    """Registry devices for the hot path; a miss asks the database (so newly loaded devices work)."""
+
+    conn_factory: Any
+    ttl_s: float = 30.0
+    _by_id: dict[str, Device] = field(default_factory=dict)
+    _by_foreign: dict[tuple[Adapter, str], Device] = field(default_factory=dict)
+    _missing: dict[str, float] = field(default_factory=dict)
+    _conn: Connection[Any] | None = None
+
+    def prime(self, conn: Connection[Any]) -> None:
+        for d in core_repo.get_all_devices(conn):
+            self._put(d)
+
+    def _put(self, d: Device) -> None:
+        self._by_id[d.id] = d
+        if d.foreign_id:
+            self._by_foreign[(d.adapter, d.foreign_id)] = d
+
+    def bind(self, conn: Connection[Any]) -> None:
+        self._conn = conn
+
+    def _lookup_miss(self, key: str) -> bool:
+        seen = self._missing.get(key)
+        return seen is not None and time.monotonic() - seen < self.ttl_s
+
+    def device(self, device_id: str) -> Device | None:
+        found = self._by_id.get(device_id)
+        if found is not None or self._conn is None or self._lookup_miss(device_id):
+            return found
+        got = core_repo.get_devices(self._conn, ids=[device_id]).get(device_id)
+        if got is None:
+            self._missing[device_id] = time.monotonic()
+        else:
+            self._put(got)
+        return got
+
+    def by_foreign_id(self, adapter: Adapter, foreign_id: str) -> Device | None:
+        found = self._by_foreign.get((adapter, foreign_id))
+        key = f"{adapter}:{foreign_id}"
+        if found is not None or self._conn is None or self._lookup_miss(key):
+            return found
+        got = core_repo.get_devices_by_foreign_id(self._conn, adapter=adapter, foreign_ids=[foreign_id])
+        device = got.get(foreign_id)
+        if device is None:
+            self._missing[key] = time.monotonic()
+        else:
+            self._put(device)
+        return device
+
+
+@dataclass(slots=True)
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    statuses: int = 0
+    ignored: int = 0
+    alarm_changes: list[rules_service.AlarmChange] = field(default_factory=list)
+
+
+def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder: Decoder, devices: DeviceCache,
+                  ruleset: RuleSet) -> BatchResult:
+    """Decode and persist a batch in one transaction (the caller acks the messages after it returns)."""
+    started = time.perf_counter()
+    result = BatchResult()
+    readings: list[Reading] = []
+    statuses: list[DeviceStatus] = []
+    acks: list[CommandAck] = []
+    rejects: list[tuple[Any, ...]] = []
+    with conn.transaction():
+        devices.bind(conn)
+        for msg in messages:
+            for item in decoder.decode(msg, devices):
+                if isinstance(item, Reading):
+                    readings.append(item)
+                elif isinstance(item, Reject):
+                    rejects.append((msg.received_at, msg.topic, msg.payload, item.device_id, item.reason))
+                elif isinstance(item, DeviceStatus):
+                    statuses.append(item)
+                elif isinstance(item, CommandAck):
+                    acks.append(item)
+                elif isinstance(item, Ignored):
+                    result.ignored += 1
+        new = repo.insert_readings(conn, readings=readings)
+        result.stored = len(new)
+        result.duplicates = len(readings) - len(new)
+        touched = {r.device_id for r in new}
+        known = {d: dev for d in touched if (dev := devices.device(d)) is not None}
+        result.alarm_changes = rules_service.apply_readings(conn, readings=new, devices=known, ruleset=ruleset)
+        for status in statuses:
+            rules_repo.set_device_online(conn, device_id=status.device_id, online=status.online, at=status.at)
+        result.statuses = len(statuses)
+        repo.insert_rejects(conn, rejects=rejects)
+        result.rejected = len(rejects)
+    for ack in acks:
+        log.info("command %s on %s acknowledged ok=%s %s", ack.command_id, ack.device_id, ack.ok, ack.detail)
+    MESSAGES.labels("stored").inc(result.stored)
+    MESSAGES.labels("duplicate").inc(result.duplicates)
+    MESSAGES.labels("rejected").inc(result.rejected)
+    MESSAGES.labels("status").inc(result.statuses)
+    for reject in rejects:
+        REJECTS.labels(reject_class(reject[4])).inc()
+        log.info("rejected %s: %s", reject[1], reject[4])
+    for change in result.alarm_changes:
+        ALARM_TRANSITIONS.labels(change.kind, change.alarm_type).inc()
+    BATCH_SECONDS.observe(time.perf_counter() - started)
+    BATCH_SIZE.observe(len(messages))
+    return result

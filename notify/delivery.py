@@ -1,0 +1,63 @@
+"""Delivery through apprise, one channel at a time so every attempt can be recorded."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import apprise
+
+log = logging.getLogger(__name__)
+
+_SECRET_RE = re.compile(r"(://)([^/@]+)@")
+
+
+def mask_url(url: str) -> str:
+    """An apprise URL with its credentials hidden, for logs and the attempt table."""
+    masked = _SECRET_RE.sub(r"\1***@", url)
+    scheme, _, rest = masked.partition("://")
+    if scheme in ("json", "jsons", "form", "forms", "xml", "xmls", "mailto", "mailtos"):
+        return masked.split("?")[0]
+    # Token-in-path services (wecombot://KEY, dingtalk://TOKEN, ...): keep the scheme and a hint only.
+    return f"{scheme}://{rest[:4]}***" if rest else masked
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelResult:
+    channel: str
+    ok: bool
+    detail: str
+
+
+class Sender:
+    """Sends a title and body to apprise URLs; a redirect URL (demo, staging) replaces them all."""
+
+    def __init__(self, *, timeout_s: float = 5.0, redirect_url: str | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.redirect_url = redirect_url
+
+    def send(self, urls: list[str], title: str, body: str, *, recipient: str = "") -> list[ChannelResult]:
+        """Try every channel once; returns one result per channel."""
+        if self.redirect_url:
+            urls = [self.redirect_url]
+            title = f"{title} → {recipient}" if recipient else title
+        results = []
+        for url in urls:
+            ap = apprise.Apprise()
+            asset_ok = ap.add(url)
+            if not asset_ok:
+                results.append(ChannelResult(mask_url(url), False, "apprise does not understand this URL"))
+                continue
+            for server in ap:
+                if hasattr(server, "socket_read_timeout"):
+                    server.socket_read_timeout = self.timeout_s
+                    server.socket_connect_timeout = self.timeout_s
+            try:
+                ok = bool(ap.notify(title=title, body=body))
+            except Exception as exc:  # apprise plugins raise freely; the attempt must still be recorded
+                log.warning("apprise raised on %s: %s", mask_url(url), exc)
+                results.append(ChannelResult(mask_url(url), False, f"{type(exc).__name__}: {exc}"[:300]))
+                continue
+            results.append(ChannelResult(mask_url(url), ok, "delivered" if ok else "apprise reported failure"))
+        return results

@@ -1,0 +1,94 @@
+"""Test helpers: a local notification receiver, an MQTT publisher, waiting."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+import paho.mqtt.client as mqtt
+
+T = TypeVar("T")
+
+
+class Receiver:
+    """A real HTTP server that apprise json:// delivers to; records what arrived per path."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any], float]] = []
+        self.status = 200
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if outer.status == 200:
+                    try:
+                        data = json.loads(body)
+                    except ValueError:
+                        data = {"raw": body.decode(errors="replace")}
+                    with outer._lock:
+                        outer.received.append((self.path, data, time.monotonic()))
+                self.send_response(outer.status)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"json://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def for_path(self, path: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [d for p, d, _ in self.received if p == "/" + path.lstrip("/")]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Publisher:
+    """A paho publisher that waits for each PUBACK (bounded in flight)."""
+
+    def __init__(self, host: str, port: int, *, client_id: str | None = None) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(100)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: str | bytes | dict[str, Any], *, qos: int = 1, retain: bool = False,
+                wait: bool = True) -> mqtt.MQTTMessageInfo:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if wait:
+            info.wait_for_publish(timeout=10)
+        return info
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_for(fn: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll fn until it returns something truthy; fail with what after timeout."""
+    deadline = time.monotonic() + timeout
+    last: T = fn()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+        last = fn()
+    return last
