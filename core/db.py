@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 from importlib import resources
 
 import psycopg
 from psycopg import Connection
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,9 @@ def migrate(conn: Connection[object]) -> list[int]:
     return applied_now
 
 
-def connect(dsn: str) -> Connection[dict[str, object]]:
-    """One connection with dict rows, autocommit off."""
-    return psycopg.connect(dsn, row_factory=dict_row)
+def connect(dsn: str) -> Connection[tuple[Any, ...]]:
+    """One connection (tuple rows, autocommit off)."""
+    return psycopg.connect(dsn)
 
 
 def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 8, name: str = "gridwatch") -> ConnectionPool:

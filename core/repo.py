@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from psycopg import Connection
+from psycopg.rows import tuple_row
 
 from core.domain import Adapter, Device, DeviceKind, Location
 from core.registry import RegistryIn
@@ -121,7 +122,7 @@ def _device(row: tuple[Any, ...]) -> Device:
 
 def get_devices(conn: Connection[Any], *, ids: Sequence[str]) -> dict[str, Device]:
     """Active devices by id."""
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(SELECT_DEVICES, (list(ids),))
         return {row[0]: _device(row) for row in cur.fetchall()}
 
@@ -129,14 +130,14 @@ def get_devices(conn: Connection[Any], *, ids: Sequence[str]) -> dict[str, Devic
 def get_devices_by_foreign_id(conn: Connection[Any], *, adapter: Adapter,
                               foreign_ids: Sequence[str]) -> dict[str, Device]:
     """Active devices of one adapter keyed by their foreign id (bridge name, Shelly id, Tasmota topic)."""
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(SELECT_DEVICES_BY_FOREIGN, (adapter.value, list(foreign_ids)))
         return {row[5]: _device(row) for row in cur.fetchall()}
 
 
 def get_all_devices(conn: Connection[Any]) -> list[Device]:
     """Every active device (warms the ingest cache)."""
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(SELECT_ALL_DEVICES)
         return [_device(row) for row in cur.fetchall()]
 

@@ -1,0 +1,186 @@
+"""`gridwatch demo`: the whole system on embedded defaults with simulated devices.
+
+Composition root (like core/cli.py): starts a private PostgreSQL and Mosquitto unless GRIDWATCH_DATABASE_URL /
+GRIDWATCH_MQTT_URL are given, loads the example community, runs ingest + rules + notify + api, redirects every
+notification to a local receiver that prints it, and drives simulated devices through a short tour.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from core import db
+from core import repo as core_repo
+from core.embedded import EmbeddedMosquitto, EmbeddedPostgres, free_port
+from core.errors import ConfigError
+from core.registry import read_registry
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO_REGISTRIES = ("storage-area.yaml", "open-compound.yaml")
+
+
+def say(line: str) -> None:
+    """The demo talks to the person running it on stdout."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class DemoReceiver:
+    """Stands in for WeCom/DingTalk/e-mail: apprise posts JSON here and we print it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    data: dict[str, Any] = json.loads(body)
+                except ValueError:
+                    data = {"title": "?", "message": body.decode(errors="replace")}
+                outer.count += 1
+                first = str(data.get("message", "")).splitlines()[:3]
+                say(f"  📟 delivered {data.get('title', '')}\n       " + "\n       ".join(first))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/demo"
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="demo-receiver").start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _ensure_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
+    """Run until Ctrl-C (or duration); returns the exit code (non-zero if no alarm was delivered)."""
+    data_dir = data_dir.resolve()
+    pg = mosq = None
+    receiver = DemoReceiver()
+    database_url = os.environ.get("GRIDWATCH_DATABASE_URL")
+    mqtt_url = os.environ.get("GRIDWATCH_MQTT_URL")
+    running = None
+    stop = threading.Event()
+    try:
+        if not database_url:
+            say(f"• starting a private PostgreSQL in {data_dir / 'pg'}")
+            pg = EmbeddedPostgres(data_dir / "pg")
+            database_url = _ensure_database(pg.start(), "gridwatch")
+        if not mqtt_url:
+            say(f"• starting a private Mosquitto in {data_dir / 'mosquitto'}")
+            mosq = EmbeddedMosquitto(data_dir / "mosquitto", port=free_port())
+            mqtt_url = mosq.start()
+        api_port = port if port else free_port()
+        settings = Settings(database_url=database_url, mqtt_url=mqtt_url, demo=True, api_port=api_port,
+                            notify_redirect_url=receiver.url, public_url=f"http://127.0.0.1:{api_port}",
+                            mqtt_client_id="gridwatch-demo-ingest")
+        with db.connect(settings.dsn) as conn:
+            db.migrate(conn)
+            for name in DEMO_REGISTRIES:
+                path = EXAMPLES / name
+                if not path.exists():
+                    raise ConfigError(f"{path} not found: run the demo from a gridwatch checkout")
+                registry = read_registry(path)
+                with conn.transaction():
+                    counts = core_repo.upsert_registry(conn, registry=registry)
+                say(f"• loaded {registry.community.name}: {counts['devices']} devices, {counts['workers']} workers, "
+                    f"{counts['merchants']} merchants")
+        from api import auth
+        from core.services import PARTS, start_services
+
+        with db.connect(settings.dsn) as conn, conn.transaction():
+            secret = settings.secret_key.get_secret_value()
+            admin = auth.create_token(conn, secret_key=secret, role="admin", label="demo")
+            worker = auth.create_token(conn, secret_key=secret, role="worker", worker_id="hhc-w1", label="demo")
+            merchant = auth.create_token(conn, secret_key=secret, role="merchant", merchant_id="hhc-m01",
+                                         label="demo")
+        running = start_services(settings, PARTS)
+        base = f"http://127.0.0.1:{api_port}"
+        say(f"• gridwatch is running: API docs {base}/docs · health {base}/healthz · metrics {base}/metrics")
+        say(f"  admin token:    {admin}\n  worker hhc-w1:  {worker}\n  merchant hhc-m01: {merchant}")
+        say(f"  try: curl -H 'Authorization: Bearer {worker}' {base}/api/v1/alarms")
+        say("• simulated devices start now; notifications are printed as they are delivered (Ctrl-C stops)")
+        tour = _start_tour(settings, stop)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        deadline = time.monotonic() + duration if duration else None
+        while not stop.wait(0.5):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        stop.set()
+        if tour is not None:
+            tour.join(timeout=10)
+        say(f"• stopping: {receiver.count} notification(s) delivered")
+        return 0 if receiver.count > 0 else 1
+    finally:
+        stop.set()
+        if running is not None:
+            running.stop()
+        receiver.close()
+        if mosq is not None:
+            mosq.stop()
+        if pg is not None:
+            pg.stop()
+
+
+def _start_tour(settings: Settings, stop: threading.Event) -> threading.Thread | None:
+    """Simulated devices: the simulators' tour when available, else a minimal kitchen gas leak."""
+    devices = []
+    with db.connect(settings.dsn) as conn:
+        devices = [(d.id, d.kind.value, d.location.value) for d in core_repo.get_all_devices(conn)
+                   if d.adapter.value == "native"]
+    try:
+        from simulators import tour  # type: ignore[attr-defined]
+    except ImportError:
+        tour = None
+    if tour is not None and hasattr(tour, "run_tour"):
+        target = lambda: tour.run_tour(settings.mqtt_url, settings.topic_prefix, devices, stop, say=say)  # noqa: E731
+    else:
+        target = lambda: _minimal_tour(settings, stop)  # noqa: E731
+    thread = threading.Thread(target=target, name="demo-tour", daemon=True)
+    thread.start()
+    return thread
+
+
+def _minimal_tour(settings: Settings, stop: threading.Event) -> None:
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gridwatch-demo-devices", protocol=mqtt.MQTTv5)
+    client.connect(settings.mqtt.host, settings.mqtt.port)
+    client.loop_start()
+    try:
+        device = "hhc-gas-01"
+        for seq, lel in enumerate([2, 3, 8, 17, 31, 44, 38, 21, 12, 6, 3, 2, 2]):
+            if stop.wait(2):
+                return
+            say(f"  ⚙ {device} reports gas {lel} %LEL")
+            client.publish(f"{settings.topic_prefix}/{device}/telemetry",
+                           json.dumps({"seq": seq, "gas_lel": lel}), qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
