@@ -1,0 +1,222 @@
+"""MQTT side of the benchmark: persistent sessions, bounded publishers, the bare subscriber, a paced fleet."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+SESSION_EXPIRY_S = 3600
+
+
+def _connect_props(receive_maximum: int | None = None) -> Properties:
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = SESSION_EXPIRY_S
+    if receive_maximum:
+        props.ReceiveMaximum = receive_maximum
+    return props
+
+
+def open_session(host: str, port: int, *, client_id: str, topics: Sequence[str]) -> None:
+    """Create a persistent session subscribed with QoS 1, then leave: the broker queues for it from now on."""
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_subscribe = lambda *_a: done.set()
+    client.connect(host, port, clean_start=False, properties=_connect_props())
+    client.loop_start()
+    client.subscribe([(t, mqtt.SubscribeOptions(qos=1)) for t in topics])
+    if not done.wait(10):
+        raise RuntimeError(f"broker did not confirm the subscription of {client_id}")
+    client.disconnect()
+    client.loop_stop()
+
+
+class Publisher:
+    """QoS-1 publisher that bounds what it has in flight (paho loses messages past 65,535 outstanding)."""
+
+    def __init__(self, host: str, port: int, *, client_id: str, max_in_flight: int = 1000) -> None:
+        self.max_in_flight = max_in_flight
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(max_in_flight)
+        self.client.max_queued_messages_set(0)
+        self.client.on_publish = self._on_publish
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_publish(self, *_args: Any) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish, waiting while too many are unacknowledged."""
+        with self._cond:
+            while self._in_flight >= self.max_in_flight:
+                self._cond.wait(1)
+            self._in_flight += 1
+        self.client.publish(topic, payload, qos=1)
+
+    def flush(self, timeout: float = 60) -> None:
+        """Wait for every PUBACK."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._in_flight > 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self._in_flight} publishes unacknowledged after {timeout} s")
+                self._cond.wait(0.5)
+
+    def close(self) -> None:
+        self.flush()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publish_all(host: str, port: int, messages: Sequence[tuple[str, bytes]], *, client_id: str) -> float:
+    """Publish every message and wait for all PUBACKs; returns messages/s."""
+    pub = Publisher(host, port, client_id=client_id)
+    started = time.perf_counter()
+    for topic, payload in messages:
+        pub.publish(topic, payload)
+    pub.flush()
+    elapsed = time.perf_counter() - started
+    pub.close()
+    return len(messages) / elapsed
+
+
+@contextmanager
+def broker_paused(pid: int) -> Any:
+    """SIGSTOP the broker so several clients can connect; on exit SIGCONT releases them at the same instant.
+
+    A connecting client's TCP handshake still completes (the kernel accepts it), its CONNECT waits in the
+    socket buffer, so every consumer starts draining its backlog together when the broker resumes.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def established_connections(port: int) -> int:
+    """TCP connections established to 127.0.0.1:port (read from /proc/net/tcp, no extra tools)."""
+    count = 0
+    hex_port = f"{port:04X}"
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path, encoding="ascii") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    local, state = parts[1], parts[3]
+                    if state == "01" and local.endswith(":" + hex_port):
+                        count += 1
+        except FileNotFoundError:
+            continue
+    return count
+
+
+def wait_connections(port: int, expected: int, *, timeout: float, alive: Callable[[], bool]) -> None:
+    """Block until `expected` clients have a TCP connection to the broker."""
+    deadline = time.monotonic() + timeout
+    while established_connections(port) < expected:
+        if not alive():
+            raise RuntimeError("a consumer process exited before connecting to the broker")
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {established_connections(port)} of {expected} consumers connected "
+                f"within {timeout:.0f} s"
+            )
+        time.sleep(0.05)
+
+
+@dataclass
+class DrainResult:
+    messages: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+def raw_drain(
+    host: str,
+    port: int,
+    *,
+    client_id: str,
+    expected: int,
+    receive_maximum: int,
+    broker_pid: int,
+    timeout: float = 300,
+) -> DrainResult:
+    """The raw limit: a bare paho v5 subscriber counting a pre-queued backlog (auto-ack, nothing else)."""
+    done = threading.Event()
+    count = 0
+
+    def on_message(_c: Any, _u: Any, _m: mqtt.MQTTMessage) -> None:
+        nonlocal count
+        count += 1
+        if count >= expected:
+            done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(receive_maximum)
+    client.on_message = on_message
+    with broker_paused(broker_pid):
+        client.connect(host, port, clean_start=False, properties=_connect_props(receive_maximum))
+        client.loop_start()
+        time.sleep(0.05)
+        started = time.time()
+    if not done.wait(timeout):
+        raise RuntimeError(f"raw subscriber got {count} of {expected} messages in {timeout:.0f} s")
+    elapsed = time.time() - started
+    client.disconnect()
+    client.loop_stop()
+    return DrainResult(count, elapsed)
+
+
+class PacedFleet:
+    """Publishes a message stream at a fixed rate from a thread (the background load)."""
+
+    def __init__(
+        self, host: str, port: int, *, rate: float, make: Callable[[int], tuple[str, bytes]]
+    ) -> None:
+        self.rate = rate
+        self.make = make
+        self.sent = 0
+        self.behind_s = 0.0
+        self._stop = threading.Event()
+        self._pub = Publisher(host, port, client_id=f"bench-fleet-{os.getpid()}", max_in_flight=2000)
+        self._thread = threading.Thread(target=self._run, name="bench-fleet", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            due = int((time.monotonic() - started) * self.rate)
+            while self.sent < due:
+                topic, payload = self.make(self.sent)
+                self._pub.publish(topic, payload)
+                self.sent += 1
+            self.behind_s = max(self.behind_s, time.monotonic() - started - self.sent / self.rate)
+            time.sleep(0.005)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> float:
+        """Stop; returns the rate actually achieved."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._pub.close()
+        return self.sent

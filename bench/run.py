@@ -1,0 +1,899 @@
+"""gridwatch bench: raw limits and the ingest measured in the same run, alarm latency under load, scale.
+
+Run from a checkout: `gridwatch bench` or `python -m bench` (`--help` for sizes). It starts a private
+PostgreSQL and Mosquitto (core/embedded.py), generates a district, and prints a table; the JSON goes to
+bench/results/latest.json. Absolute figures depend on the machine; the ratios to the raw limits measured
+in the same run are what the targets are about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import orjson
+import psycopg
+
+from bench import mqtt as bench_mqtt
+from bench import repo
+from core import db
+from core.embedded import EmbeddedMosquitto, EmbeddedPostgres, free_port
+from core.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+PREFIX = "gw/v1"
+SECRET = "bench-secret-key-0123456789abcdef"  # noqa: S105 - a throwaway key for the private database
+TEMPLATE = "bench_district"
+
+TARGETS = {
+    "ingest_one_vs_raw": 0.70,
+    "ingest_two_vs_one": 1.8,
+    "latency_p99_ms": 500.0,
+    "ingest_rss_mb": 400.0,
+    "api_p95_ms": 50.0,
+}
+
+
+@dataclass
+class Sizes:
+    messages: int = 50_000
+    devices: int = 100_000
+    micro_grids: int = 1_000
+    readings: int = 10_000_000
+    alarms: int = 200_000
+    open_alarms: int = 2_000
+    latency_s: float = 30.0
+    probes_per_s: float = 5.0
+    api_requests: int = 200
+    batch_size: int = Settings.model_fields["batch_size"].default
+    raw_receive_maximum: int = 1000
+
+    @classmethod
+    def tiny(cls) -> Sizes:
+        """For the smoke test: every stage runs, nothing is measured seriously."""
+        return cls(
+            messages=600,
+            devices=400,
+            micro_grids=20,
+            readings=4_000,
+            alarms=200,
+            open_alarms=20,
+            latency_s=2.0,
+            probes_per_s=5.0,
+            api_requests=10,
+            batch_size=100,
+        )
+
+
+@dataclass
+class Results:
+    started_at: str
+    machine: dict[str, Any]
+    sizes: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+    stages_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- messages
+
+
+def telemetry(d: int, seq: int, ts_ms: int, *, alarm: bool = False) -> tuple[str, bytes]:
+    """A native telemetry message of device number d, shaped like its kind's real reports."""
+    kind = repo.device_kind(d)
+    body: dict[str, Any] = {"ts": ts_ms, "seq": seq}
+    if kind == "gas_detector":
+        body.update(gas_lel=40.0 if alarm else float(seq % 7), battery_pct=88.0)
+    elif kind == "smoke_detector":
+        body.update(smoke=False, smoke_db_m=0.01, battery_pct=90.0, temp_c=24.5)
+    elif kind == "co_alarm":
+        body.update(co_ppm=float(seq % 5), battery_pct=77.0)
+    else:
+        body.update(
+            power_w=float((seq * 37) % 300),
+            current_a=round((seq * 37) % 300 / 220.0, 3),
+            voltage_v=221.5,
+            energy_wh=12.5 * seq,
+            temp_c=31.0,
+            relay="on",
+        )
+    return f"{PREFIX}/{repo.device_id(d)}/telemetry", orjson.dumps(body)
+
+
+def backlog(n: int, devices: int, *, now_ms: int) -> list[tuple[str, bytes]]:
+    """n messages over the devices; one in 1000 is a gas detector going over its threshold."""
+    out = []
+    for i in range(n):
+        d = (i * 7919) % devices  # spread over the district, each device's messages in time order
+        out.append(
+            telemetry(d, i, now_ms - (n - i), alarm=i % 1000 == 999 and repo.device_kind(d) == "gas_detector")
+        )
+    return out
+
+
+def copy_row(topic: str, payload: bytes) -> tuple[Any, ...]:
+    """The reading row a message becomes, prepared outside the timed COPY."""
+    data = orjson.loads(payload)
+    ts = datetime.fromtimestamp(data["ts"] / 1000, tz=UTC)
+    return (
+        topic.split("/")[2],
+        ts,
+        data["seq"],
+        ts,
+        data.get("gas_lel"),
+        data.get("co_ppm"),
+        data.get("smoke"),
+        data.get("smoke_db_m"),
+        data.get("battery_pct"),
+        data.get("power_w"),
+        data.get("current_a"),
+        data.get("voltage_v"),
+        data.get("temp_c"),
+        data.get("relay"),
+        None,
+    )
+
+
+# ---------------------------------------------------------------- infrastructure
+
+
+class Webhook:
+    """A local HTTP receiver (apprise json://) that notes when each notification arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: list[tuple[float, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                at = time.time()
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    data = {"raw": body.decode(errors="replace")}
+                with outer._lock:
+                    outer.arrived.append((at, data))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, name="bench-webhook", daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        return f"json://127.0.0.1:{self.port}"
+
+    def snapshot(self) -> list[tuple[float, dict[str, Any]]]:
+        with self._lock:
+            return list(self.arrived)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class Bench:
+    """The private services, the generated databases and the processes under test."""
+
+    def __init__(self, sizes: Sizes, data_dir: Path, *, log: Any) -> None:
+        self.sizes = sizes
+        self.dir = data_dir
+        self.say = log
+        self.pg = EmbeddedPostgres(data_dir / "pg")
+        self.mosquitto = EmbeddedMosquitto(data_dir / "mosquitto")
+        self.webhook = Webhook()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.admin_url = ""
+
+    # services -------------------------------------------------------
+    def start(self) -> None:
+        self.admin_url = self.pg.start()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            # Commit timestamps let the drain be timed to the last commit without polling the database hard.
+            conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+            conn.execute("ALTER SYSTEM SET synchronous_commit = on")
+            conn.execute("ALTER SYSTEM SET maintenance_work_mem = '512MB'")
+            conn.execute("ALTER SYSTEM SET max_wal_size = '4GB'")
+        self.pg.stop()
+        self.admin_url = self.pg.start()
+        self.mosquitto.start()
+        assert self.mosquitto.proc is not None
+        self.broker_pid = self.mosquitto.proc.pid
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.webhook.close()
+        self.mosquitto.stop()
+        self.pg.stop("immediate")
+
+    def db_url(self, name: str) -> str:
+        return urlunsplit(urlsplit(self.admin_url)._replace(path="/" + name))
+
+    def create_template(self) -> None:
+        """A migrated database with the generated district's registry, copied for every stage."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        with psycopg.connect(self.db_url(TEMPLATE)) as conn:
+            db.migrate(conn)
+            with conn.transaction():
+                repo.generate_registry(
+                    conn,
+                    devices=self.sizes.devices,
+                    micro_grids=self.sizes.micro_grids,
+                    grids=max(1, self.sizes.micro_grids // 10),
+                    notify_base=self.webhook.base,
+                )
+        with psycopg.connect(self.db_url(TEMPLATE), autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+
+    def create_db(self, name: str) -> str:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        return self.db_url(name)
+
+    # processes ------------------------------------------------------
+    def settings_env(
+        self, db_url: str, *, client_id: str, share_group: str = "", **extra: str
+    ) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
+        env.update(
+            {
+                "GRIDWATCH_DATABASE_URL": db_url,
+                "GRIDWATCH_MQTT_URL": self.mosquitto.url,
+                "GRIDWATCH_MQTT_CLIENT_ID": client_id,
+                "GRIDWATCH_MQTT_SHARE_GROUP": share_group,
+                "GRIDWATCH_TOPIC_PREFIX": PREFIX,
+                "GRIDWATCH_SECRET_KEY": SECRET,
+                "GRIDWATCH_LOG_LEVEL": "WARNING",
+                "GRIDWATCH_BATCH_SIZE": str(self.sizes.batch_size),
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, part: str, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        log_file = (self.dir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", part], cwd=self.dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+        proc.log_path = self.dir / f"{name}.log"  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def stop_proc(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_tail(self, proc: subprocess.Popen[bytes]) -> str:
+        return Path(proc.log_path).read_text(encoding="utf-8", errors="replace")[-3000:]  # type: ignore[attr-defined]
+
+    def ingest_topics(self, share_group: str = "") -> list[str]:
+        from ingest.worker import subscriptions
+
+        return subscriptions(
+            Settings(
+                _env_file=None,
+                topic_prefix=PREFIX,  # type: ignore[call-arg]
+                mqtt_share_group=share_group,
+            )
+        )
+
+    def open_session(self, client_id: str, topics: list[str]) -> None:
+        bench_mqtt.open_session("127.0.0.1", self.mosquitto.port, client_id=client_id, topics=topics)
+
+    def drain_with_ingest(
+        self, db_url: str, *, client_ids: list[str], share_group: str, expected: int, timeout: float = 300
+    ) -> tuple[float, list[subprocess.Popen[bytes]]]:
+        """Start ingest processes against a paused broker, release them together, time the drain to the last
+        commit. Returns (seconds, processes still running)."""
+        procs: list[subprocess.Popen[bytes]] = []
+        with bench_mqtt.broker_paused(self.broker_pid):
+            for cid in client_ids:
+                procs.append(
+                    self.spawn(
+                        "ingest", self.settings_env(db_url, client_id=cid, share_group=share_group), cid
+                    )
+                )
+            try:
+                bench_mqtt.wait_connections(
+                    self.mosquitto.port,
+                    len(procs),
+                    timeout=120,
+                    alive=lambda: all(p.poll() is None for p in procs),
+                )
+            except RuntimeError:
+                for p in procs:
+                    self.say(self.log_tail(p))
+                raise
+            time.sleep(0.05)
+            released = time.time()
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            while repo.count_readings(conn) < expected:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    for p in procs:
+                        self.say(self.log_tail(p))
+                    raise RuntimeError(f"ingest stored {repo.count_readings(conn)} of {expected} readings")
+                time.sleep(0.2)
+            span = repo.drain_span(conn)
+        assert span.last_commit_at is not None
+        return span.last_commit_at.timestamp() - released, procs
+
+
+# ---------------------------------------------------------------- stages
+
+
+@contextmanager
+def stage(results: Results, name: str, say: Any) -> Iterator[None]:
+    say(f"· {name} …")
+    started = time.perf_counter()
+    yield
+    results.stages_s[name] = round(time.perf_counter() - started, 1)
+    say(f"  {name}: {results.stages_s[name]} s")
+
+
+def run(
+    sizes: Sizes,
+    *,
+    data_dir: Path | None = None,
+    out: Path | None = RESULTS,
+    quiet: bool = False,
+    skip_scale: bool = False,
+) -> Results:
+    """Run every stage and return the figures (also written to `out` as JSON)."""
+    say = (lambda *_a: None) if quiet else (lambda msg: print(msg, flush=True))
+    workdir = data_dir or Path(tempfile.mkdtemp(prefix="gridwatch-bench-"))
+    results = Results(
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine={
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_avg_at_start": os.getloadavg(),
+        },
+        sizes=asdict(sizes),
+    )
+    bench = Bench(sizes, workdir, log=say)
+    total = time.perf_counter()
+    try:
+        with stage(results, "services", say):
+            bench.start()
+        with stage(results, "district", say):
+            bench.create_template()
+        measure_drains(bench, results, say)
+        measure_latency(bench, results, say)
+        if not skip_scale:
+            measure_scale(bench, results, say)
+        else:
+            results.notes.append("scale stage skipped (--skip-scale)")
+    finally:
+        bench.stop()
+        if data_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results.stages_s["total"] = round(time.perf_counter() - total, 1)
+    results.figures["targets"] = evaluate_targets(results.figures)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n", encoding="utf-8")
+    if not quiet:
+        print(render_table(results))
+    return results
+
+
+def measure_drains(bench: Bench, results: Results, say: Any) -> None:
+    """Raw subscriber, raw COPY, one ingest, two ingests: all on the same N pre-queued messages."""
+    sizes, figures = bench.sizes, results.figures
+    n = sizes.messages
+    with stage(results, "backlog", say):
+        bench.open_session("bench-raw", [f"{PREFIX}/+/telemetry"])
+        bench.open_session("bench-one", bench.ingest_topics())
+        for cid in ("bench-two-a", "bench-two-b"):
+            bench.open_session(cid, bench.ingest_topics("bench"))
+        messages = backlog(n, sizes.devices, now_ms=int(time.time() * 1000))
+        figures["publish_rate"] = round(
+            bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, messages, client_id="bench-backlog")
+        )
+    with stage(results, "raw subscriber", say):
+        raw = bench_mqtt.raw_drain(
+            "127.0.0.1",
+            bench.mosquitto.port,
+            client_id="bench-raw",
+            expected=n,
+            receive_maximum=sizes.raw_receive_maximum,
+            broker_pid=bench.broker_pid,
+        )
+        figures["raw_subscriber"] = {
+            "messages": raw.messages,
+            "seconds": round(raw.seconds, 3),
+            "rate": round(raw.rate),
+        }
+    with stage(results, "raw COPY", say):
+        rows = [copy_row(t, p) for t, p in messages]
+        url = bench.create_db("bench_copy")
+        with psycopg.connect(url) as conn:
+            started = time.perf_counter()
+            for i in range(0, len(rows), sizes.batch_size):
+                with conn.transaction():
+                    repo.copy_rows(conn, rows=rows[i : i + sizes.batch_size])
+            elapsed = time.perf_counter() - started
+        figures["raw_copy"] = {
+            "rows": len(rows),
+            "batch": sizes.batch_size,
+            "seconds": round(elapsed, 3),
+            "rate": round(len(rows) / elapsed),
+        }
+    for label, cids, group in (
+        ("ingest_one", ["bench-one"], ""),
+        ("ingest_two", ["bench-two-a", "bench-two-b"], "bench"),
+    ):
+        with stage(results, label.replace("_", " "), say):
+            url = bench.create_db(f"bench_{label}")
+            seconds, procs = bench.drain_with_ingest(url, client_ids=cids, share_group=group, expected=n)
+            peak = max(rss_mb(p.pid)[1] for p in procs)
+            for p in procs:
+                bench.stop_proc(p)
+            with psycopg.connect(url) as conn:
+                stored = repo.count_readings(conn)
+                open_alarms, distinct = repo.count_open_alarms(conn)
+            figures[label] = {
+                "processes": len(cids),
+                "messages": n,
+                "stored": stored,
+                "seconds": round(seconds, 3),
+                "rate": round(n / seconds),
+                "open_alarms": open_alarms,
+                "duplicate_open_alarms": open_alarms - distinct,
+                "peak_rss_mb": round(peak, 1),
+            }
+    figures["ingest_one"]["vs_raw"] = round(
+        figures["ingest_one"]["rate"] / figures["raw_subscriber"]["rate"], 3
+    )
+    figures["ingest_two"]["vs_raw"] = round(
+        figures["ingest_two"]["rate"] / figures["raw_subscriber"]["rate"], 3
+    )
+    figures["ingest_two"]["vs_one"] = round(figures["ingest_two"]["rate"] / figures["ingest_one"]["rate"], 3)
+
+
+DEVICE_IN_TEXT = re.compile(r"\bd\d{6}\b")
+
+
+def measure_latency(bench: Bench, results: Results, say: Any) -> None:
+    """Publish → webhook for fresh gas alarms while a fleet loads the ingest at half its measured maximum."""
+    sizes, figures = bench.sizes, results.figures
+    with stage(results, "alarm latency", say):
+        url = bench.create_db("bench_latency")
+        bench.open_session("bench-lat", bench.ingest_topics())
+        ingest = bench.spawn("ingest", bench.settings_env(url, client_id="bench-lat"), "latency-ingest")
+        notify = bench.spawn(
+            "notify", bench.settings_env(url, client_id="bench-lat-notify"), "latency-notify"
+        )
+        bench_mqtt.wait_connections(bench.mosquitto.port, 1, timeout=120, alive=lambda: ingest.poll() is None)
+        rate = max(1.0, 0.5 * figures["ingest_one"]["rate"])
+        # Fleet devices: every device except the probes' pool (the last tenth of the district).
+        fleet_devices = max(1, sizes.devices * 9 // 10)
+        probe_pool = [d for d in range(fleet_devices, sizes.devices) if repo.device_kind(d) == "gas_detector"]
+
+        def fleet_message(i: int) -> tuple[str, bytes]:
+            return telemetry((i * 7919) % fleet_devices, 1_000_000 + i, int(time.time() * 1000))
+
+        fleet = bench_mqtt.PacedFleet("127.0.0.1", bench.mosquitto.port, rate=rate, make=fleet_message)
+        fleet.start()
+        time.sleep(min(3.0, sizes.latency_s / 2))
+        probe_pub = bench_mqtt.Publisher("127.0.0.1", bench.mosquitto.port, client_id="bench-probe")
+        sent_at: dict[str, float] = {}
+        interval = 1 / sizes.probes_per_s
+        probes = min(len(probe_pool), max(1, int(sizes.latency_s * sizes.probes_per_s)))
+        fleet_started = time.monotonic()
+        for k in range(probes):
+            d = probe_pool[k]
+            topic, payload = telemetry(d, 1, int(time.time() * 1000), alarm=True)
+            sent_at[repo.device_id(d)] = time.time()
+            probe_pub.publish(topic, payload)
+            time.sleep(interval)
+        sent = fleet.stop()
+        fleet_rate = sent / max(1e-9, time.monotonic() - fleet_started + min(3.0, sizes.latency_s / 2))
+        deadline = time.monotonic() + 15
+        latencies: dict[str, float] = {}
+        while time.monotonic() < deadline and len(latencies) < len(sent_at):
+            for at, data in bench.webhook.snapshot():
+                text = f"{data.get('title', '')} {data.get('message', data.get('body', ''))}"
+                for dev in DEVICE_IN_TEXT.findall(text):
+                    if dev in sent_at and dev not in latencies:
+                        latencies[dev] = (at - sent_at[dev]) * 1000
+            time.sleep(0.1)
+        probe_pub.close()
+        bench.stop_proc(notify)
+        bench.stop_proc(ingest)
+        values = list(latencies.values())
+        figures["latency"] = {
+            "load_rate": round(rate),
+            "load_achieved_rate": round(fleet_rate),
+            "probes": len(sent_at),
+            "notified": len(values),
+            "p50_ms": round(percentile(values, 50), 1) if values else None,
+            "p99_ms": round(percentile(values, 99), 1) if values else None,
+            "max_ms": round(max(values), 1) if values else None,
+        }
+        if len(values) < len(sent_at):
+            results.notes.append(
+                f"alarm latency: {len(sent_at) - len(values)} probe(s) not notified within 15 s"
+            )
+
+
+def measure_scale(bench: Bench, results: Results, say: Any) -> None:
+    """A district's worth of data: ingest memory with every device's rule state, API latency."""
+    sizes, figures = bench.sizes, results.figures
+    now = datetime.now(UTC)
+    url = bench.create_db("bench_scale")
+    with stage(results, "scale data", say), psycopg.connect(url) as conn:
+        started = time.perf_counter()
+        with conn.transaction():
+            conn.execute(repo.DROP_READING_PK)
+            # A report every 15 minutes per device: 100 readings cover a day.
+            step = 10_000_000
+            for start in range(0, sizes.readings, step):
+                repo.generate_readings(
+                    conn,
+                    devices=sizes.devices,
+                    readings=min(step, sizes.readings - start),
+                    now=now - timedelta(minutes=10),
+                    interval_s=900,
+                    start=start,
+                )
+            conn.execute(repo.ADD_READING_PK)
+            repo.generate_alarms(
+                conn,
+                devices=sizes.devices,
+                micro_grids=sizes.micro_grids,
+                alarms=sizes.alarms,
+                open_alarms=sizes.open_alarms,
+                now=now - timedelta(minutes=5),
+            )
+        conn.autocommit = True
+        conn.execute("ANALYZE")
+        figures["scale"] = {
+            "devices": sizes.devices,
+            "readings": sizes.readings,
+            "alarms": sizes.alarms,
+            "open_alarms": sizes.open_alarms,
+            "generated": True,
+            "generate_seconds": round(time.perf_counter() - started, 1),
+        }
+    with stage(results, "ingest RSS", say):
+        bench.open_session("bench-scale", bench.ingest_topics())
+        per_device = [telemetry(d, 10_000, int(time.time() * 1000)) for d in range(sizes.devices)]
+        bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, per_device, client_id="bench-scale-pub")
+        with psycopg.connect(url, autocommit=True) as conn:
+            before = repo.count_readings(conn)
+        seconds, procs = bench.drain_with_ingest(
+            url, client_ids=["bench-scale"], share_group="", expected=before + sizes.devices
+        )
+        current, peak = rss_mb(procs[0].pid)
+        figures["scale"].update(
+            ingest_rss_mb=round(current, 1),
+            ingest_peak_rss_mb=round(peak, 1),
+            drain_rate_on_scale_db=round(sizes.devices / seconds),
+        )
+        for p in procs:
+            bench.stop_proc(p)
+    with stage(results, "API", say):
+        figures["api"] = measure_api(bench, url, results)
+
+
+def measure_api(bench: Bench, url: str, results: Results) -> dict[str, Any]:
+    """p50/p95 of the worker board, a merchant's score and a device's day of readings."""
+    from api import auth
+
+    sizes = bench.sizes
+    port = free_port()
+    proc = bench.spawn(
+        "api", bench.settings_env(url, client_id="bench-api", GRIDWATCH_API_PORT=str(port)), "api"
+    )
+    # A worker whose micro-grids have open alarms; the open ones are the newest, on devices a*7919 % devices.
+    busy_device = ((sizes.alarms - 1) * 7919) % sizes.devices
+    worker = repo.worker_of(busy_device, sizes.micro_grids)
+    merchant_site = 5 * (busy_device // 10)
+    with psycopg.connect(url) as conn, conn.transaction():
+        tokens = {
+            role: auth.create_token(
+                conn,
+                secret_key=SECRET,
+                role=role,
+                label="bench",  # type: ignore[arg-type]
+                worker_id=worker if role == "worker" else None,
+                merchant_id=f"m{merchant_site:06d}" if role == "merchant" else None,
+            )
+            for role in ("admin", "worker", "merchant")
+        }
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {}
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("api did not come up:\n" + bench.log_tail(proc))
+                time.sleep(0.2)
+            paths = client.get("/openapi.json").json().get("paths", {})
+            day_end = datetime.now(UTC)
+            calls: dict[str, tuple[str, dict[str, str], str] | None] = {
+                "worker_board": ("/api/v1/alarms", {}, "worker"),
+                "merchant_score": find_endpoint(
+                    paths, "score", {"merchant": f"m{merchant_site:06d}"}, "merchant"
+                ),
+                "device_day_readings": find_endpoint(
+                    paths,
+                    "readings",
+                    {"device": repo.device_id(busy_device)},
+                    "admin",
+                    day=(day_end - timedelta(days=1), day_end),
+                ),
+            }
+            for name, call in calls.items():
+                if call is None:
+                    out[name] = {"available": False}
+                    results.notes.append(f"API {name}: endpoint not available yet; not measured")
+                    continue
+                path, params, role = call
+                headers = {"Authorization": f"Bearer {tokens[role]}"}
+                timings = []
+                status = 0
+                for i in range(sizes.api_requests + 10):
+                    started = time.perf_counter()
+                    resp = client.get(path, params=params, headers=headers)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    status = resp.status_code
+                    if i >= 10:
+                        timings.append(elapsed)
+                items = resp.json()
+                n_items = len(items.get("items", items)) if isinstance(items, dict | list) else None
+                out[name] = {
+                    "available": True,
+                    "path": path,
+                    "params": params,
+                    "status": status,
+                    "items": n_items,
+                    "p50_ms": round(percentile(timings, 50), 1),
+                    "p95_ms": round(percentile(timings, 95), 1),
+                    "mean_ms": round(statistics.mean(timings), 1),
+                }
+    finally:
+        bench.stop_proc(proc)
+    return out
+
+
+def find_endpoint(
+    paths: dict[str, Any],
+    word: str,
+    ids: dict[str, str],
+    role: str,
+    *,
+    day: tuple[datetime, datetime] | None = None,
+) -> tuple[str, dict[str, str], str] | None:
+    """A GET endpoint whose path mentions `word`, with its path parameters filled from `ids` (by name)."""
+    for path, ops in sorted(paths.items(), key=lambda kv: len(kv[0])):
+        if word not in path or "get" not in ops:
+            continue
+        filled = path
+        for param in re.findall(r"{([^}]+)}", path):
+            value = next((v for k, v in ids.items() if k in param), None)
+            if value is None:
+                break
+            filled = filled.replace("{" + param + "}", value)
+        else:
+            params: dict[str, str] = {}
+            for p in ops["get"].get("parameters", []):
+                if p.get("in") != "query" or day is None:
+                    continue
+                name = p["name"]
+                if name in ("from", "since", "start", "from_ts", "start_at", "after"):
+                    params[name] = day[0].isoformat()
+                elif name in ("to", "until", "end", "to_ts", "end_at", "before"):
+                    params[name] = day[1].isoformat()
+                elif name == "day":
+                    params[name] = day[1].date().isoformat()
+                elif name in ("limit",):
+                    params[name] = "500"
+            return filled, params, role
+    return None
+
+
+# ---------------------------------------------------------------- report
+
+
+def evaluate_targets(f: dict[str, Any]) -> dict[str, Any]:
+    """Each target with its measured value and whether it is met (None when not measured)."""
+
+    def check(value: float | None, target: float, higher_is_better: bool) -> dict[str, Any]:
+        met = None if value is None else (value >= target if higher_is_better else value <= target)
+        return {"value": value, "target": target, "met": met}
+
+    api = f.get("api", {})
+    return {
+        "ingest_one_vs_raw": check(f.get("ingest_one", {}).get("vs_raw"), TARGETS["ingest_one_vs_raw"], True),
+        "ingest_two_vs_one": check(f.get("ingest_two", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True),
+        "latency_p99_ms": check(f.get("latency", {}).get("p99_ms"), TARGETS["latency_p99_ms"], False),
+        "ingest_rss_mb": check(f.get("scale", {}).get("ingest_peak_rss_mb"), TARGETS["ingest_rss_mb"], False),
+        **{f"api_p95_ms_{k}": check(v.get("p95_ms"), TARGETS["api_p95_ms"], False) for k, v in api.items()},
+    }
+
+
+def render_table(r: Results) -> str:
+    """The human-readable table."""
+    f = r.figures
+    raw, copy_, one, two = f["raw_subscriber"], f["raw_copy"], f["ingest_one"], f["ingest_two"]
+    lat = f.get("latency", {})
+    scale = f.get("scale", {})
+    api = f.get("api", {})
+    t = f["targets"]
+
+    def mark(key: str) -> str:
+        met = t.get(key, {}).get("met")
+        return "n/a" if met is None else ("PASS" if met else "MISS")
+
+    rows = [
+        ("raw: bare paho v5 subscriber drain", f"{raw['rate']:,} msg/s", f"{raw['messages']:,} msgs", "", ""),
+        (
+            f"raw: psycopg COPY (batch {copy_['batch']}, commit each)",
+            f"{copy_['rate']:,} rows/s",
+            "",
+            "",
+            "",
+        ),
+        (
+            "ingest, 1 process (decode→rules→COPY→commit→ack)",
+            f"{one['rate']:,} msg/s",
+            f"{one['vs_raw']:.2f}× raw",
+            "≥ 0.70× raw",
+            mark("ingest_one_vs_raw"),
+        ),
+        (
+            "ingest, 2 processes ($share)",
+            f"{two['rate']:,} msg/s",
+            f"{two['vs_one']:.2f}× one",
+            "≥ 1.8× one",
+            mark("ingest_two_vs_one"),
+        ),
+    ]
+    if lat:
+        rows.append(
+            (
+                f"alarm latency p50 / p99 at {lat['load_achieved_rate']:,} msg/s load",
+                f"{lat['p50_ms']} / {lat['p99_ms']} ms",
+                f"{lat['notified']}/{lat['probes']} probes",
+                "p99 ≤ 500 ms",
+                mark("latency_p99_ms"),
+            )
+        )
+    if scale:
+        rows.append(
+            (
+                f"ingest RSS, {scale['devices']:,} devices' state (peak)",
+                f"{scale.get('ingest_peak_rss_mb')} MB",
+                f"{scale['readings']:,} readings stored (generated)",
+                "≤ 400 MB",
+                mark("ingest_rss_mb"),
+            )
+        )
+    for name, v in api.items():
+        if v.get("available"):
+            rows.append(
+                (
+                    f"API p95 {name}",
+                    f"{v['p95_ms']} ms",
+                    f"p50 {v['p50_ms']} ms, HTTP {v['status']}",
+                    "≤ 50 ms",
+                    mark(f"api_p95_ms_{name}"),
+                )
+            )
+        else:
+            rows.append((f"API p95 {name}", "not yet available", "", "≤ 50 ms", "n/a"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    header = ("measure", "value", "ratio / detail", "target", "")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    lines = [
+        " | ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)),
+        "-+-".join("-" * w for w in widths),
+    ]
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(
+        f"total {r.stages_s.get('total')} s on {r.machine['cpus']} CPUs, load average at start "
+        f"{', '.join(f'{x:.1f}' for x in r.machine['load_avg_at_start'])}"
+    )
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry (python -m bench, gridwatch bench)."""
+    d = Sizes()
+    parser = argparse.ArgumentParser(prog="gridwatch bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=d.messages, help="pre-queued messages per drain")
+    parser.add_argument("--devices", type=int, default=d.devices, help="registered devices (generated)")
+    parser.add_argument("--micro-grids", type=int, default=d.micro_grids)
+    parser.add_argument("--readings", type=int, default=d.readings, help="stored readings (generated)")
+    parser.add_argument("--alarms", type=int, default=d.alarms, help="alarm history rows (generated)")
+    parser.add_argument("--latency-seconds", type=float, default=d.latency_s)
+    parser.add_argument("--api-requests", type=int, default=d.api_requests)
+    parser.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="GRIDWATCH_BATCH_SIZE for ingest"
+    )
+    parser.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--data-dir", type=Path, default=None, help="keep services' files and logs here")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        sizes = Sizes.tiny()
+    else:
+        sizes = Sizes(
+            messages=args.messages,
+            devices=args.devices,
+            micro_grids=args.micro_grids,
+            readings=args.readings,
+            alarms=args.alarms,
+            open_alarms=min(d.open_alarms, args.alarms),
+            latency_s=args.latency_seconds,
+            api_requests=args.api_requests,
+            batch_size=args.batch_size,
+        )
+    run(sizes, data_dir=args.data_dir, out=args.json, skip_scale=args.skip_scale)
+    return 0
