@@ -183,6 +183,25 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return best.start_mark.line + 1 if best is not None else None
 
 
+def _line_of_id(root: yaml.Node | None, message: str) -> int | None:
+    """For cross-reference errors ("device 'x' is at unknown site ..."): the line of the object named first."""
+    match = re.search(r"'([^']+)'", message)
+    if match is None or root is None:
+        return None
+    wanted = match.group(1)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == "id" and isinstance(value, yaml.ScalarNode) and value.value == wanted:
+                    return int(node.start_mark.line) + 1
+            stack.extend(v for _, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return None
+
+
 def parse_registry(text: str, source: str = "<registry>") -> RegistryIn:
     """Parse and validate a registry document; errors name the file and line."""
     try:
@@ -199,7 +218,7 @@ def parse_registry(text: str, source: str = "<registry>") -> RegistryIn:
         lines = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            line = _line_of(root, loc)
+            line = _line_of(root, loc) if loc else _line_of_id(root, err["msg"])
             where = ".".join(str(p) for p in loc) or "(document)"
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{source}:{line or '?'}: {where}: {msg}")
