@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
 from importlib import resources
+from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
@@ -105,3 +106,14 @@ def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 8, name: str = "gr
                           kwargs={"autocommit": False})
     pool.open(wait=True, timeout=30)
     return pool
+
+
+SELECT_DATABASE = "SELECT 1 FROM pg_database WHERE datname = %s"
+
+
+def ensure_database(admin_url: str, name: str) -> str:
+    """Create database `name` on the server of admin_url if missing; returns its URL."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if conn.execute(SELECT_DATABASE, (name,)).fetchone() is None:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    return admin_url.rsplit("/", 1)[0] + "/" + name

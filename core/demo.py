@@ -18,8 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from core import db
 from core import repo as core_repo
 from core.embedded import EmbeddedMosquitto, EmbeddedPostgres, free_port
@@ -46,7 +44,7 @@ class DemoReceiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 try:
                     data: dict[str, Any] = json.loads(body)
@@ -69,13 +67,6 @@ class DemoReceiver:
         self.server.shutdown()
 
 
-def _ensure_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
 def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
     """Run until Ctrl-C (or duration); returns the exit code (non-zero if no alarm was delivered)."""
     data_dir = data_dir.resolve()
@@ -89,7 +80,7 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
         if not database_url:
             say(f"• starting a private PostgreSQL in {data_dir / 'pg'}")
             pg = EmbeddedPostgres(data_dir / "pg")
-            database_url = _ensure_database(pg.start(), "gridwatch")
+            database_url = db.ensure_database(pg.start(), "gridwatch")
         if not mqtt_url:
             say(f"• starting a private Mosquitto in {data_dir / 'mosquitto'}")
             mosq = EmbeddedMosquitto(data_dir / "mosquitto", port=free_port())

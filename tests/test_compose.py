@@ -44,7 +44,7 @@ def test_every_gridwatch_variable_is_a_setting_and_secrets_are_required() -> Non
     for name, svc in gridwatch_services(data).items():
         env = svc.get("environment", {})
         assert "GRIDWATCH_DATABASE_URL" in env and "GRIDWATCH_MQTT_URL" in env, name
-        for key, value in env.items():
+        for key in env:
             seen.add(key)
             assert key in known, f"{name}: {key} is not a gridwatch setting"
         assert re.search(r"\$\{GRIDWATCH_SECRET_KEY:\?", str(env["GRIDWATCH_SECRET_KEY"])), \
