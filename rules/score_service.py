@@ -1,0 +1,604 @@
+"""Merchant safety score in a transaction: ledger writes, findings, corrections, the periodic tick, reads.
+
+The caller owns the transaction; nothing here commits. Score, tier and review flag are derived from the
+ledger (rules/score.py) and stored in merchant_score only as a snapshot of that derivation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import Connection
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.domain import Disposition, Severity
+from core.errors import ConflictError, GridwatchError, NotFoundError
+from rules import score
+from rules import score_repo as repo
+from rules.score_policy import PolicySet, ScorePolicy, active_policies
+
+log = logging.getLogger(__name__)
+
+CORRECTION_CODE = "ADJ"
+# How far back the tick looks for verified alarms whose entries are missing (see on_alarm_resolved).
+CATCH_UP = timedelta(days=7)
+# Upkeep alarms closed longer ago than this are not re-examined.
+UPKEEP_LOOKBACK = timedelta(days=60)
+
+
+class InvalidScoreInput(GridwatchError, ValueError):  # noqa: N818 - reads as the condition, like ConflictError
+    """A request the policy cannot accept (unknown finding kind, bad points); the API answers 422."""
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class _Read(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class MerchantScoreRead(_Read):
+    """A merchant's standing, derived from the ledger."""
+
+    merchant_id: str
+    merchant_name: str
+    community_id: str
+    score: int = Field(description="base + sum of ledger points, clamped to 0..100")
+    base: int
+    tier: str
+    tier_handling: str
+    review: bool = Field(description="admission review (准入) flag")
+    review_reasons: list[str]
+    hazards_in_window: int = Field(description="verified hazards within the review window")
+    review_window_days: int
+    locked_until: datetime | None = Field(description="no restoration points before this")
+    forced_tier: str | None
+    forced_until: datetime | None
+    entries: int
+    as_of: datetime | None = Field(description="when the stored standing was derived; None = never stored")
+
+
+class LedgerEntryRead(_Read):
+    """One ledger entry: what changed, why, from what, and who."""
+
+    id: int
+    merchant_id: str
+    at: datetime
+    points: int
+    code: str
+    reason: str
+    alarm_id: int | None
+    finding_id: int | None
+    site_id: str | None
+    actor: str | None
+    hazard: bool
+    lock_until: datetime | None
+    forced_tier: str | None
+    forced_until: datetime | None
+    corrects_id: int | None
+    created_at: datetime
+
+
+class LedgerPage(BaseModel):
+    items: list[LedgerEntryRead]
+    next_before: int | None = Field(description="pass as before_id for the next (older) page")
+
+
+class ScorePointRead(BaseModel):
+    """The score right after a ledger entry (trend chart)."""
+
+    at: datetime
+    score: int
+    tier: str
+    entry_id: int | None
+    points: int
+    code: str | None
+
+
+class FindingRead(_Read):
+    """An inspection finding and its rectification state."""
+
+    id: int
+    site_id: str
+    merchant_id: str
+    kind: str
+    code: str
+    note: str
+    found_at: datetime
+    found_by: str
+    due_at: datetime
+    closed_at: datetime | None
+    closed_by: str | None
+    close_note: str | None
+    overdue: bool = False
+
+
+class OpenAlarmRead(_Read):
+    id: int
+    device_id: str
+    site_id: str
+    type: str
+    severity: str
+    active: bool
+    acknowledged: bool
+    raised_at: datetime
+    message: str
+
+
+class OpenItemsRead(BaseModel):
+    """What is still open on a merchant's premises."""
+
+    merchant_id: str
+    alarms: list[OpenAlarmRead]
+    findings: list[FindingRead]
+
+
+class CommunityScoresRead(BaseModel):
+    """Merchants of a community with their standing, lowest score first, and how many per tier."""
+
+    community_id: str | None
+    tiers: dict[str, int]
+    review: int
+    merchants: list[MerchantScoreRead]
+
+
+class TickResult(BaseModel):
+    """What one score tick did."""
+
+    ran: bool
+    now: datetime
+    written: dict[str, int] = Field(default_factory=dict, description="entries written per code")
+    merchants: int = 0
+
+
+class Mismatch(BaseModel):
+    merchant_id: str
+    field: str
+    stored: Any
+    derived: Any
+
+
+class RecomputeReport(BaseModel):
+    """Stored snapshots compared with a fresh derivation from the ledger (at each snapshot's own as_of)."""
+
+    merchants: int
+    compared: int
+    mismatches: list[Mismatch]
+    refreshed: int
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _policies(policies: PolicySet | None) -> PolicySet:
+    return policies if policies is not None else active_policies()
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def _facts(row: repo.AlarmFactsRow) -> score.AlarmFacts:
+    return score.AlarmFacts(
+        id=row.id, type=row.type, severity=Severity(row.severity),
+        disposition=Disposition(row.disposition) if row.disposition else None,
+        # DESIGN: raised_at is event time (a buffered backlog can be hours old); the acknowledgement deadline
+        # runs from when gridwatch could first have told anybody.
+        known_at=max(row.raised_at, row.created_at), acknowledged_at=row.acknowledged_at,
+        closed_at=row.closed_at)
+
+
+def _write(conn: Connection[Any], merchant_id: str, drafts: Sequence[score.Draft], *, alarm_id: int | None = None,
+           finding_id: int | None = None, site_id: str | None = None,
+           actor: str | None = None) -> list[repo.LedgerRow]:
+    written = []
+    for d in drafts:
+        row = repo.insert_entry(conn, merchant_id=merchant_id, at=d.at, points=d.points, code=d.code,
+                                reason=d.reason, dedupe_key=d.key, alarm_id=alarm_id, finding_id=finding_id,
+                                site_id=site_id, actor=actor, hazard=d.hazard, lock_until=d.lock_until,
+                                forced_tier=d.forced_tier, forced_until=d.forced_until)
+        if row is not None:
+            log.info("score %s %+d %s: %s", merchant_id, d.points, d.code, d.reason)
+            written.append(row)
+    return written
+
+
+def _refresh(conn: Connection[Any], policy: ScorePolicy, merchant_id: str, now: datetime,
+             entries: Sequence[repo.LedgerRow] | None = None) -> score.Standing:
+    """Derive the standing from the ledger and store it as the snapshot."""
+    if entries is None:
+        entries = repo.list_entries(conn, merchant_id=merchant_id)
+    s = score.derive(policy, entries, now)
+    repo.save_snapshot(conn, merchant_id=merchant_id, score=s.score, tier=s.tier, review=s.review,
+                       review_reasons=s.review_reasons, hazards=s.hazards, locked_until=s.locked_until,
+                       forced_tier=s.forced_tier, forced_until=s.forced_until, entries=s.entries,
+                       last_entry_id=s.last_entry_id, as_of=now)
+    return s
+
+
+def _lock(conn: Connection[Any], merchant_id: str) -> repo.MerchantRow:
+    merchant = repo.lock_merchant(conn, merchant_id=merchant_id)
+    if merchant is None:
+        raise NotFoundError(f"merchant {merchant_id} does not exist")
+    return merchant
+
+
+def _score_read(policy: ScorePolicy, row: repo.SnapshotRow,
+                standing: score.Standing | None = None) -> MerchantScoreRead:
+    if standing is not None:
+        values: dict[str, Any] = {
+            "score": standing.score, "tier": standing.tier, "review": standing.review,
+            "review_reasons": list(standing.review_reasons), "hazards_in_window": standing.hazards,
+            "locked_until": standing.locked_until, "forced_tier": standing.forced_tier,
+            "forced_until": standing.forced_until, "entries": standing.entries, "as_of": None}
+    else:
+        values = {"score": row.score, "tier": row.tier, "review": row.review,
+                  "review_reasons": list(row.review_reasons or []), "hazards_in_window": row.hazards,
+                  "locked_until": row.locked_until, "forced_tier": row.forced_tier,
+                  "forced_until": row.forced_until, "entries": row.entries, "as_of": row.as_of}
+    return MerchantScoreRead(merchant_id=row.merchant_id, merchant_name=row.merchant_name,
+                             community_id=row.community_id, base=policy.base,
+                             tier_handling=policy.tier_band(values["tier"]).handling,
+                             review_window_days=policy.review.window_days, **values)
+
+
+def _finding_read(row: repo.FindingRow, now: datetime) -> FindingRead:
+    closed_or_now = row.closed_at or now
+    return FindingRead.model_validate(row).model_copy(update={"overdue": closed_or_now > row.due_at})
+
+
+# ---------------------------------------------------------------------------------------------- writes
+
+
+def on_alarm_resolved(conn: Connection[Any], *, alarm: Any, policies: PolicySet | None = None) -> list[LedgerEntryRead]:
+    """Called by rules.service.resolve after the alarm is closed: a verified hazard on a merchant's premises
+    becomes ledger entries; any other disposition, or a site without a merchant, costs nothing.
+
+    Runs in a savepoint: a scoring problem is logged with its traceback and never blocks the resolution of a
+    safety alarm; the score tick re-applies missed entries (they are idempotent) within CATCH_UP.
+    """
+    try:
+        with conn.transaction():
+            return _score_alarm(conn, alarm_id=int(alarm.id), policies=_policies(policies))
+    except (psycopg.Error, GridwatchError):
+        log.exception("scoring alarm %s failed; the score tick will retry it", getattr(alarm, "id", alarm))
+        return []
+
+
+def _score_alarm(conn: Connection[Any], *, alarm_id: int, policies: PolicySet) -> list[LedgerEntryRead]:
+    facts = repo.get_alarm_facts(conn, alarm_id=alarm_id)
+    if facts is None or facts.merchant_id is None or facts.closed_at is None:
+        return []
+    if facts.disposition != Disposition.REAL_HAZARD.value:
+        log.debug("alarm %s resolved %s: no score entry", alarm_id, facts.disposition)
+        return []
+    merchant = _lock(conn, facts.merchant_id)
+    policy = policies.for_community(merchant.community_id)
+    prior = repo.list_entries(conn, merchant_id=merchant.id)
+    drafts = score.alarm_deductions(policy, _facts(facts), prior)
+    written = _write(conn, merchant.id, drafts, alarm_id=facts.id, site_id=facts.site_id, actor=facts.closed_by)
+    if written:
+        _refresh(conn, policy, merchant.id, facts.closed_at)
+    return [LedgerEntryRead.model_validate(r) for r in written]
+
+
+def record_finding(conn: Connection[Any], *, site_id: str, kind: str, actor: str, note: str = "",
+                   due_at: datetime | None = None, now: datetime | None = None,
+                   policies: PolicySet | None = None) -> FindingRead:
+    """A worker records a hazard seen on a merchant's site; it deducts now and must be rectified by due_at
+    (default: the policy's rectify_days for the kind)."""
+    at = _now(now)
+    site = repo.get_site_merchant(conn, site_id=site_id)
+    if site is None:
+        raise NotFoundError(f"site {site_id} does not exist")
+    if site.merchant_id is None:
+        raise ConflictError(f"site {site_id} belongs to no merchant; findings count against a merchant's premises")
+    merchant = _lock(conn, site.merchant_id)
+    policy = _policies(policies).for_community(merchant.community_id)
+    line = policy.finding(kind)
+    if line is None:
+        raise InvalidScoreInput(f"unknown finding kind {kind!r}; the policy knows "
+                                f"{', '.join(f.kind for f in policy.findings)}")
+    due = due_at if due_at is not None else at + timedelta(days=line.rectify_days)
+    if due <= at:
+        raise InvalidScoreInput(f"the rectification deadline {due.isoformat()} is not after the finding")
+    finding = repo.insert_finding(conn, site_id=site_id, merchant_id=merchant.id, kind=kind, code=line.code,
+                                  note=note, found_at=at, found_by=actor, due_at=due)
+    draft = score.finding_deduction(policy, finding_id=finding.id, kind=kind, at=at)
+    _write(conn, merchant.id, [draft], finding_id=finding.id, site_id=site_id, actor=actor)
+    _refresh(conn, policy, merchant.id, at)
+    return _finding_read(finding, at)
+
+
+def close_finding(conn: Connection[Any], *, finding_id: int, actor: str, note: str | None = None,
+                  now: datetime | None = None, policies: PolicySet | None = None) -> FindingRead:
+    """A worker verified the rectification on site: on time restores part of the deduction; late charges the
+    overdue periods up to now (whether or not the tick already did) and restores nothing."""
+    at = _now(now)
+    finding = repo.lock_finding(conn, finding_id=finding_id)
+    if finding is None:
+        raise NotFoundError(f"finding {finding_id} does not exist")
+    if finding.closed_at is not None:
+        raise ConflictError(f"finding {finding_id} was already closed by {finding.closed_by}")
+    merchant = _lock(conn, finding.merchant_id)
+    policy = _policies(policies).for_community(merchant.community_id)
+    drafts = score.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at, closed_at=at, now=at)
+    line = policy.finding(finding.kind)
+    points = line.points if line is not None else 0
+    on_time = score.rectified_on_time(policy, finding_id=finding.id, points=points, due_at=finding.due_at,
+                                      closed_at=at)
+    if on_time is not None:
+        drafts.append(on_time)
+    finding = repo.close_finding(conn, finding_id=finding.id, actor=actor, at=at, note=note)
+    _write(conn, merchant.id, drafts, finding_id=finding.id, site_id=finding.site_id, actor=actor)
+    _refresh(conn, policy, merchant.id, at)
+    return _finding_read(finding, at)
+
+
+def add_correction(conn: Connection[Any], *, merchant_id: str, actor: str, reason: str, points: int | None = None,
+                   corrects_entry_id: int | None = None, now: datetime | None = None,
+                   policies: PolicySet | None = None) -> LedgerEntryRead:
+    """An admin's compensating entry (the ledger is never edited). Reversing an entry in full (points omitted)
+    also lifts its hazard count, lock and forced tier."""
+    at = _now(now)
+    if len(reason.strip()) < 5:
+        raise InvalidScoreInput("a correction needs a reason a merchant can read (at least 5 characters)")
+    merchant = _lock(conn, merchant_id)
+    policy = _policies(policies).for_community(merchant.community_id)
+    entries = repo.list_entries(conn, merchant_id=merchant.id)
+    target = None
+    if corrects_entry_id is not None:
+        target = next((e for e in entries if e.id == corrects_entry_id), None)
+        if target is None:
+            raise NotFoundError(f"ledger entry {corrects_entry_id} is not in merchant {merchant_id}'s ledger")
+        if target.id in score.voided_ids(entries):
+            raise ConflictError(f"ledger entry {target.id} has already been reversed in full")
+        if points is None:
+            already = sum(e.points for e in entries if e.corrects_id == target.id)
+            points = -(target.points + already)
+    if points is None:
+        raise InvalidScoreInput("give the points of the correction, or the entry it reverses")
+    if points == 0 or abs(points) > 100:
+        raise InvalidScoreInput(f"a correction moves between 1 and 100 points, not {points}")
+    row = repo.insert_entry(conn, merchant_id=merchant.id, at=at, points=points, code=CORRECTION_CODE,
+                            reason=reason.strip(), dedupe_key=f"adj:{uuid.uuid4().hex}",
+                            alarm_id=target.alarm_id if target else None,
+                            finding_id=target.finding_id if target else None,
+                            site_id=target.site_id if target else None, actor=actor,
+                            corrects_id=target.id if target else None)
+    assert row is not None  # noqa: S101 - a fresh random key cannot conflict
+    log.info("score %s corrected %+d by %s: %s", merchant.id, points, actor, reason)
+    _refresh(conn, policy, merchant.id, at)
+    return LedgerEntryRead.model_validate(row)
+
+
+def add_credit(conn: Connection[Any], *, merchant_id: str, code: str, actor: str, note: str = "",
+               now: datetime | None = None, policies: PolicySet | None = None) -> LedgerEntryRead:
+    """A verified restoration an admin records (M-R03 monthly self-test, M-R04 staff training)."""
+    at = _now(now)
+    merchant = _lock(conn, merchant_id)
+    policy = _policies(policies).for_community(merchant.community_id)
+    entries = repo.list_entries(conn, merchant_id=merchant.id)
+    try:
+        draft = score.credit(policy, entries, code=code, at=at)
+    except ValueError as exc:
+        raise InvalidScoreInput(str(exc)) from None
+    if note:
+        draft = score.Draft(code=draft.code, points=draft.points, at=draft.at, key=draft.key,
+                            reason=f"{draft.reason}: {note}")
+    rows = _write(conn, merchant.id, [draft], actor=actor)
+    if not rows:
+        raise ConflictError(f"{code} was already credited at {at.isoformat()}")
+    _refresh(conn, policy, merchant.id, at)
+    return LedgerEntryRead.model_validate(rows[0])
+
+
+def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet | None = None) -> TickResult:
+    """Time-based score work at `now`: missed verified alarms, overdue rectifications, upkeep, clean-period
+    restorations, and every merchant's snapshot. Idempotent; one process at a time (advisory lock)."""
+    if not repo.try_tick_lock(conn):
+        return TickResult(ran=False, now=now)
+    ps = _policies(policies)
+    written: Counter[str] = Counter()
+
+    for alarm in repo.list_unscored_resolved_alarms(conn, since=now - CATCH_UP, now=now):
+        for entry in _score_alarm(conn, alarm_id=alarm.id, policies=ps):
+            written[entry.code] += 1
+
+    merchants = {m.id: m for m in repo.list_merchants(conn)}
+    for finding in repo.list_overdue_findings(conn, now=now):
+        merchant = _lock(conn, finding.merchant_id)
+        policy = ps.for_community(merchant.community_id)
+        drafts = score.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at, closed_at=None, now=now)
+        for row in _write(conn, merchant.id, drafts, finding_id=finding.id, site_id=finding.site_id):
+            written[row.code] += 1
+
+    upkeep_types = sorted({t for p in ps.all() for u in p.upkeep for t in u.alarm_types})
+    if upkeep_types:
+        for alarm in repo.list_upkeep_alarms(conn, alarm_types=upkeep_types, since=now - UPKEEP_LOOKBACK, now=now):
+            assert alarm.merchant_id is not None  # noqa: S101 - the query selects merchants' sites only
+            merchant = _lock(conn, alarm.merchant_id)
+            policy = ps.for_community(merchant.community_id)
+            drafts = score.upkeep_charges(policy, _facts(alarm), now=now)
+            for row in _write(conn, merchant.id, drafts, alarm_id=alarm.id, site_id=alarm.site_id):
+                written[row.code] += 1
+
+    for merchant in merchants.values():
+        _lock(conn, merchant.id)
+        policy = ps.for_community(merchant.community_id)
+        entries = repo.list_entries(conn, merchant_id=merchant.id)
+        blocked, unblocked_at = repo.get_blocking_alarms(
+            conn, merchant_id=merchant.id, alarm_types=policy.restoration.blocked_by_open_alarm_types)
+        drafts = score.restorations_due(policy, entries, now=now, blocked=blocked, unblocked_at=unblocked_at)
+        rows = _write(conn, merchant.id, drafts)
+        for row in rows:
+            written[row.code] += 1
+        _refresh(conn, policy, merchant.id, now, entries=[*entries, *rows] if rows else entries)
+    return TickResult(ran=True, now=now, written=dict(written), merchants=len(merchants))
+
+
+def recompute_all(conn: Connection[Any], *, now: datetime | None = None, refresh: bool = True,
+                  policies: PolicySet | None = None) -> RecomputeReport:
+    """Derive every merchant's standing from the ledger and compare it with the stored snapshot (at the
+    snapshot's own as_of, so time windows match); then, if refresh, store the standing at now."""
+    at = _now(now)
+    ps = _policies(policies)
+    by_merchant: dict[str, list[repo.LedgerRow]] = {}
+    for entry in repo.list_all_entries(conn):
+        by_merchant.setdefault(entry.merchant_id, []).append(entry)
+    mismatches: list[Mismatch] = []
+    compared = refreshed = 0
+    snapshots = repo.list_snapshots(conn, community_id=None)
+    for snap in snapshots:
+        policy = ps.for_community(snap.community_id)
+        entries = by_merchant.get(snap.merchant_id, [])
+        if snap.as_of is not None:
+            compared += 1
+            s = score.derive(policy, entries, snap.as_of)
+            stored = {"score": snap.score, "tier": snap.tier, "review": snap.review,
+                      "review_reasons": list(snap.review_reasons or []), "hazards": snap.hazards,
+                      "entries": snap.entries, "last_entry_id": snap.last_entry_id}
+            derived = {"score": s.score, "tier": s.tier, "review": s.review,
+                       "review_reasons": list(s.review_reasons), "hazards": s.hazards, "entries": s.entries,
+                       "last_entry_id": s.last_entry_id}
+            for name, value in stored.items():
+                if value != derived[name]:
+                    mismatches.append(Mismatch(merchant_id=snap.merchant_id, field=name, stored=value,
+                                               derived=derived[name]))
+        if refresh:
+            _lock(conn, snap.merchant_id)
+            _refresh(conn, policy, snap.merchant_id, at, entries=entries)
+            refreshed += 1
+    for m in mismatches:
+        log.warning("merchant %s: stored %s %r differs from the ledger's %r", m.merchant_id, m.field, m.stored,
+                    m.derived)
+    return RecomputeReport(merchants=len(snapshots), compared=compared, mismatches=mismatches, refreshed=refreshed)
+
+
+# ---------------------------------------------------------------------------------------------- reads
+
+
+def get_score(conn: Connection[Any], *, merchant_id: str, now: datetime | None = None,
+              policies: PolicySet | None = None) -> MerchantScoreRead:
+    """A merchant's score, tier and review flag (the stored snapshot; derived on the fly if never stored)."""
+    row = repo.get_snapshot(conn, merchant_id=merchant_id)
+    if row is None:
+        raise NotFoundError(f"merchant {merchant_id} does not exist")
+    policy = _policies(policies).for_community(row.community_id)
+    if row.as_of is None:
+        entries = repo.list_entries(conn, merchant_id=merchant_id)
+        return _score_read(policy, row, score.derive(policy, entries, _now(now)))
+    return _score_read(policy, row)
+
+
+def get_trend(conn: Connection[Any], *, merchant_id: str, since: datetime | None = None,
+              until: datetime | None = None, policies: PolicySet | None = None) -> list[ScorePointRead]:
+    """The score after each ledger entry in [since, until], starting with the score at `since`."""
+    merchant = repo.get_merchant(conn, merchant_id=merchant_id)
+    if merchant is None:
+        raise NotFoundError(f"merchant {merchant_id} does not exist")
+    policy = _policies(policies).for_community(merchant.community_id)
+    points = score.trend(policy, repo.list_entries(conn, merchant_id=merchant_id))
+    out: list[ScorePointRead] = []
+    if since is not None:
+        before = [p for p in points if p.at < since]
+        start = before[-1].score if before else score.clamp(policy.base)
+        out.append(ScorePointRead(at=since, score=start, tier=score.tier_for(policy, start), entry_id=None,
+                                  points=0, code=None))
+    for p in points:
+        if (since is None or p.at >= since) and (until is None or p.at <= until):
+            out.append(ScorePointRead(at=p.at, score=p.score, tier=p.tier, entry_id=p.entry_id, points=p.points,
+                                      code=p.code))
+    return out
+
+
+def get_ledger(conn: Connection[Any], *, merchant_id: str, before_id: int | None = None,
+               limit: int = 50) -> LedgerPage:
+    """A merchant's ledger, newest first, keyset-paginated."""
+    if repo.get_merchant(conn, merchant_id=merchant_id) is None:
+        raise NotFoundError(f"merchant {merchant_id} does not exist")
+    rows = repo.list_entries_page(conn, merchant_id=merchant_id, before_id=before_id, limit=limit)
+    return LedgerPage(items=[LedgerEntryRead.model_validate(r) for r in rows],
+                      next_before=rows[-1].id if len(rows) == limit else None)
+
+
+def get_open_items(conn: Connection[Any], *, merchant_id: str, now: datetime | None = None) -> OpenItemsRead:
+    """Open alarms and unrectified findings on a merchant's premises."""
+    if repo.get_merchant(conn, merchant_id=merchant_id) is None:
+        raise NotFoundError(f"merchant {merchant_id} does not exist")
+    at = _now(now)
+    alarms = [OpenAlarmRead(id=a.id, device_id=a.device_id, site_id=a.site_id, type=a.type,
+                            severity=Severity(a.severity).label, active=a.active, acknowledged=a.acknowledged,
+                            raised_at=a.raised_at, message=a.message)
+              for a in repo.list_open_alarms(conn, merchant_id=merchant_id)]
+    findings = [_finding_read(f, at) for f in repo.list_open_findings(conn, merchant_id=merchant_id)]
+    return OpenItemsRead(merchant_id=merchant_id, alarms=alarms, findings=findings)
+
+
+def list_community_scores(conn: Connection[Any], *, community_id: str | None = None, tier: str | None = None,
+                          now: datetime | None = None, policies: PolicySet | None = None) -> CommunityScoresRead:
+    """Merchants (of a community, or all) by standing, optionally one tier only, with counts per tier."""
+    ps = _policies(policies)
+    at = _now(now)
+    merchants = []
+    for row in repo.list_snapshots(conn, community_id=community_id):
+        policy = ps.for_community(row.community_id)
+        if row.as_of is None:
+            standing = score.derive(policy, repo.list_entries(conn, merchant_id=row.merchant_id), at)
+            merchants.append(_score_read(policy, row, standing))
+        else:
+            merchants.append(_score_read(policy, row))
+    merchants.sort(key=lambda m: (m.score, m.merchant_id))
+    tiers = Counter(m.tier for m in merchants)
+    policy = ps.for_community(community_id)
+    counts = {band.tier: tiers.get(band.tier, 0) for band in sorted(policy.tiers, key=lambda b: -b.min)}
+    return CommunityScoresRead(community_id=community_id, tiers=counts, review=sum(m.review for m in merchants),
+                               merchants=[m for m in merchants if tier is None or m.tier == tier])
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+
+
+class ScoreTicker:
+    """Runs run_score_tick every interval_s in its own thread (started by core/services.py with ingest)."""
+
+    def __init__(self, dsn: str, *, interval_s: float = 300.0) -> None:
+        self.dsn = dsn
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+
+    def tick(self) -> TickResult:
+        """One tick in its own transaction, at the wall clock."""
+        with psycopg.connect(self.dsn, autocommit=False) as conn, conn.transaction():
+            return run_score_tick(conn, now=datetime.now(UTC))
+
+    def run(self) -> None:
+        """The loop (blocks until stop())."""
+        while not self._stop.wait(self.interval_s):
+            try:
+                result = self.tick()
+                self.ticks += 1
+                if result.written:
+                    log.info("score tick wrote %s", result.written)
+            except psycopg.OperationalError as exc:
+                log.warning("score tick: database unavailable (%s); next try in %.0f s", exc, self.interval_s)
+            except Exception:
+                log.exception("score tick failed; continuing")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="score-tick", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
