@@ -182,6 +182,9 @@ class Decoder:
 
     def decode(self, msg: Message, lookup: DeviceLookup) -> list[Decoded]:
         if len(msg.payload) > self.limits.max_payload_bytes:
+            why = self.bookkeeping(msg.topic)
+            if why is not None:
+                return [Ignored(why)]
             return [Reject(f"payload of {len(msg.payload)} bytes exceeds the limit of "
                            f"{self.limits.max_payload_bytes} bytes")]
         if msg.topic.startswith(self.prefix + "/"):
@@ -191,3 +194,13 @@ class Decoder:
             if result is not None:
                 return result
         return [Reject(f"no decoder for topic {msg.topic!r}")]
+
+    def bookkeeping(self, topic: str) -> str | None:
+        """Why a topic is a bridge's bookkeeping we never store (asked before the size limit, because e.g.
+        zigbee2mqtt/bridge/devices is legitimately large); an adapter opts in with an `ignores(topic)` method."""
+        for adapter in self.adapters:
+            ignores = getattr(adapter, "ignores", None)
+            why = ignores(topic) if ignores is not None else None
+            if why is not None:
+                return str(why)
+        return None
