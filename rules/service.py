@@ -135,4 +135,7 @@ def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Di
                              note=note)
     _event(conn, alarm, "resolved", at, severity=alarm.severity, actor=actor,
            details={"disposition": disposition.value, "note": note})
+    from rules import score_service  # merchant score: verified hazards only (docs/score.md)
+
+    score_service.on_alarm_resolved(conn, alarm=alarm)
     return alarm
