@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     topic_prefix: str = "gw/v1"
     # Shared subscription group for several ingest processes (MQTT v5 $share); empty = plain subscription.
     mqtt_share_group: str = ""
+    # Root under which the bridges publish ("" = their defaults zigbee2mqtt/..., shellies/..., tele/...).
+    bridge_topic_root: str = ""
     secret_key: SecretStr = SecretStr(DEMO_SECRET)
     demo: bool = False
 

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 def subscriptions(settings: Settings) -> list[str]:
     """Native topics plus every bridge adapter's, shared when a share group is set."""
     prefix = settings.topic_prefix
-    topics = [f"{prefix}/+/telemetry", f"{prefix}/+/status", f"{prefix}/+/cmd/ack", *adapters.TOPICS]
+    topics = [f"{prefix}/+/telemetry", f"{prefix}/+/status", f"{prefix}/+/cmd/ack",
+              *adapters.topics(settings.bridge_topic_root)]
     if settings.mqtt_share_group:
         topics = [f"$share/{settings.mqtt_share_group}/{t}" for t in topics]
     return topics
@@ -35,7 +36,7 @@ def make_decoder(settings: Settings) -> Decoder:
     limits = Limits(max_age=timedelta(hours=settings.max_reading_age_h),
                     max_skew=timedelta(seconds=settings.max_clock_skew_s),
                     max_payload_bytes=settings.max_payload_bytes)
-    return Decoder(prefix=settings.topic_prefix, limits=limits, adapters=list(adapters.DECODERS))
+    return Decoder(prefix=settings.topic_prefix, limits=limits, adapters=adapters.decoders(settings.bridge_topic_root))
 
 
 class IngestWorker:
