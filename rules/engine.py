@@ -2,13 +2,15 @@
 
 A rule's state is a small JSON-able dict owned by that rule; the service persists it per device in
 device_state.rules so durations survive restarts. Every duration is measured in event time (the
-readings' own timestamps); only absence rules look at the wall clock (DESIGN.md, data flow 3).
+readings' own timestamps, kept in state as epoch seconds); only absence and session-length rules look
+at the wall clock, through tick() called by the timer (DESIGN.md, data flow 3).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,6 +19,7 @@ from core.domain import Device, DeviceKind, Location, Reading, Severity
 
 State = dict[str, Any]
 Action = Literal["close_valve", "cut_power"]
+Kind = Literal["raise", "hold", "clear"]
 
 
 @dataclass(slots=True)
@@ -25,7 +28,7 @@ class Transition:
 
     rule_id: str
     alarm_type: str
-    kind: Literal["raise", "hold", "clear"]
+    kind: Kind
     severity: Severity
     at: datetime
     value: float | None = None
@@ -33,6 +36,11 @@ class Transition:
     latching: bool = False
     actions: tuple[Action, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    lockout: bool = False
+
+
+def _sev(value: Any) -> Severity:
+    return value if isinstance(value, Severity) else Severity.parse(value)
 
 
 class _RuleBase(BaseModel):
@@ -45,14 +53,21 @@ class _RuleBase(BaseModel):
     severity: Severity
     latching: bool = False
     actions: tuple[Action, ...] = ()
+    # After a safety trip (cut_power) the port stays locked until a worker clears it on site (EB-10).
+    lockout: bool = False
+    # Do not raise while one of these rules is active on the same device (a higher level of the same family).
+    inhibited_by: tuple[str, ...] = ()
+    # Severity rises to escalate_to once the alarm has been active this long (timer; e.g. low battery 7 days).
+    escalate_after_s: float | None = Field(default=None, gt=0)
+    escalate_to: Severity | None = None
     enabled: bool = True
     source: str = Field(min_length=3, description="standard, vendor practice, or 'engineering judgement'")
     message: str = ""
 
-    @field_validator("severity", mode="before")
+    @field_validator("severity", "escalate_to", mode="before")
     @classmethod
-    def _severity(cls, value: Any) -> Severity:
-        return value if isinstance(value, Severity) else Severity.parse(value)
+    def _severity(cls, value: Any) -> Severity | None:
+        return None if value is None else _sev(value)
 
     def applies_to(self, device: Device) -> bool:
         """Whether this rule watches this device."""
@@ -60,15 +75,30 @@ class _RuleBase(BaseModel):
             not self.locations or device.location in self.locations
         )
 
+    def transition(self, kind: Kind, at: datetime, value: float | None = None, *,
+                   severity: Severity | None = None, details: dict[str, Any] | None = None) -> Transition:
+        raising = kind == "raise"
+        return Transition(rule_id=self.id, alarm_type=self.alarm_type, kind=kind,
+                          severity=severity or self.severity, at=at, value=value, message=self.message,
+                          latching=self.latching, actions=self.actions if raising else (),
+                          details=details or {}, lockout=self.lockout and raising)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
 
 class ThresholdRule(_RuleBase):
-    """Raise when `field` >= raise_at (or the device's own `flag` is true) for `for_s` seconds; clear
-    below clear_below held for clear_for_s (hysteresis, as Home Assistant's numeric_state arms and fires)."""
+    """Raise when `field` crosses raise_at (or the device's own `flag` is true) for `for_s` seconds; clear
+    past the hysteresis level held for clear_for_s (as Home Assistant's numeric_state arms and fires).
+    direction=below watches for low values (battery): raise at <= raise_at, clear above clear_above."""
 
     type: Literal["threshold"] = "threshold"
     field: str | None = None
+    direction: Literal["above", "below"] = "above"
     raise_at: float | None = None
     clear_below: float | None = None
+    clear_above: float | None = None
     for_s: float = Field(default=0, ge=0)
     clear_for_s: float = Field(default=0, ge=0)
     flag: str | None = None
@@ -80,17 +110,156 @@ class ThresholdRule(_RuleBase):
         if self.field is not None:
             if self.raise_at is None:
                 raise ValueError(f"{self.id}: field {self.field!r} needs raise_at")
-            clear = self.clear_below if self.clear_below is not None else self.raise_at
-            if clear > self.raise_at:
-                raise ValueError(f"{self.id}: clear_below ({clear}) must not exceed raise_at ({self.raise_at})")
+            if self.direction == "above":
+                clear = self.clear_below if self.clear_below is not None else self.raise_at
+                if clear > self.raise_at:
+                    raise ValueError(f"{self.id}: clear_below ({clear}) must not exceed raise_at ({self.raise_at})")
+            else:
+                clear = self.clear_above if self.clear_above is not None else self.raise_at
+                if clear < self.raise_at:
+                    raise ValueError(f"{self.id}: clear_above ({clear}) must not be below raise_at ({self.raise_at})")
         return self
 
 
-Rule = Annotated[ThresholdRule, Field(discriminator="type")]
+class DurationRule(_RuleBase):
+    """Raise when `field` stays inside [min, max) for for_s (sub-alarm drift, an e-bike charging band);
+    clear once it has been outside the band for clear_for_s."""
+
+    type: Literal["duration"] = "duration"
+    field: str
+    min: float = -math.inf
+    max: float = math.inf
+    for_s: float = Field(ge=0)
+    clear_for_s: float = Field(default=0, ge=0)
 
 
-def _seconds(later: datetime, earlier_iso: str) -> float:
-    return (later - datetime.fromisoformat(earlier_iso)).total_seconds()
+class FlagRule(_RuleBase):
+    """A device-reported condition: `field` truthy (or equal to `equals`). Clears on the first reading that
+    carries the field without the condition; with clear_on_absent, on any reading without it (fault codes
+    are repeated by the device while they last)."""
+
+    type: Literal["flag"] = "flag"
+    field: str
+    equals: str | bool | None = None
+    clear_on_absent: bool = False
+
+
+class DoseRule(_RuleBase):
+    """Time-weighted CO exposure (RULES-REFERENCE 2.2): a first-order COHb-equivalent integrator
+    E += (c - E)(1 - exp(-dt/tau)), alarm at E >= r, plus the EN 50291 300 ppm override; clears when
+    c < clear_below for clear_for_s and E < clear_dose_frac * r. A gap longer than max_gap_s holds E."""
+
+    type: Literal["dose"] = "dose"
+    field: str = "co_ppm"
+    r: float = Field(gt=0)
+    tau_s: float = Field(gt=0)
+    override_at: float | None = None
+    override_for_s: float = 60
+    clear_below: float = 30
+    clear_for_s: float = 600
+    clear_dose_frac: float = Field(default=0.5, gt=0, le=1)
+    max_gap_s: float = Field(default=900, gt=0)
+
+
+class RateOfRiseRule(_RuleBase):
+    """Temperature runaway precursor (RULES-REFERENCE 4.4, EB-04): slope >= per_s_rise sustained for more
+    than per_s_for_s, or a rise >= window_rise within window_s while above window_floor, or >= absolute_at.
+    Clears below clear_below held for clear_for_s."""
+
+    type: Literal["rate_of_rise"] = "rate_of_rise"
+    field: str = "temp_c"
+    per_s_rise: float | None = 1.0
+    per_s_for_s: float = 3
+    window_rise: float | None = 10
+    window_s: float = 300
+    window_floor: float = 45
+    absolute_at: float | None = 80
+    clear_below: float = 45
+    clear_for_s: float = 60
+
+
+class AbsenceRule(_RuleBase):
+    """Offline: no message for offline_after (RULES-REFERENCE 5 formula from the device's expected interval,
+    battery or mains) — judged by the timer on the wall clock; one good message clears it."""
+
+    type: Literal["absence"] = "absence"
+    battery_factor: float = 2
+    battery_extra_s: float = 3600
+    mains_factor: float = 3
+    mains_min_s: float = 300
+    min_factor: float = 3
+
+    def offline_after_s(self, device: Device) -> float:
+        """How long this device may stay silent."""
+        interval = float(device.report_interval_s)
+        if device.battery:
+            return max(self.battery_factor * interval + self.battery_extra_s, self.min_factor * interval)
+        return max(self.mains_factor * interval, self.mains_min_s)
+
+
+class SessionRule(_RuleBase):
+    """An e-bike charging session on a port or socket (power >= start_w starts it, < end_w for end_s ends it):
+    check too_long (levels of session age), no_taper (power >= taper_frac of the bulk median for taper_s),
+    or energy (delivered Wh above max_wh)."""
+
+    type: Literal["session"] = "session"
+    check: Literal["too_long", "no_taper", "energy"]
+    field: str = "power_w"
+    start_w: float = 30
+    end_w: float = 3
+    end_s: float = 300
+    levels: tuple[tuple[float, Severity], ...] = ()  # (session age s, severity) for too_long
+    taper_frac: float = 0.8
+    taper_s: float = 6 * 3600
+    bulk_s: float = 1800
+    max_wh: float = 1500
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels(cls, value: Any) -> Any:
+        return tuple((float(a), _sev(s)) for a, s in value) if value else ()
+
+
+class StuckRule(_RuleBase):
+    """A detector whose watched fields never changed and that never passed a self-test (`test`) within
+    window_s (event time): it may be dead while still reporting."""
+
+    type: Literal["stuck"] = "stuck"
+    fields: tuple[str, ...]
+    window_s: float = 30 * 86400
+
+
+class CorroborateRule(_RuleBase):
+    """A second device of the same site raising one of `of` within window_s confirms the first (GAS-04,
+    SMK-02). Cross-device, so the service evaluates it when one of those alarms is raised."""
+
+    type: Literal["corroborate"] = "corroborate"
+    of: tuple[str, ...] = Field(min_length=1)
+    window_s: float = Field(gt=0)
+
+
+Rule = Annotated[ThresholdRule | DurationRule | FlagRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
+                 | StuckRule | CorroborateRule, Field(discriminator="type")]
+AnyRule = (ThresholdRule | DurationRule | FlagRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
+           | StuckRule | CorroborateRule)
+
+
+def watched_fields(rule: AnyRule) -> frozenset[str]:
+    """The reading fields a rule reads (a reading with none of them is skipped without evaluation)."""
+    if isinstance(rule, ThresholdRule):
+        return frozenset(f for f in (rule.field, rule.flag) if f)
+    if isinstance(rule, StuckRule):
+        return frozenset((*rule.fields, "test"))
+    if isinstance(rule, AbsenceRule):
+        return frozenset()  # every message counts
+    if isinstance(rule, CorroborateRule):
+        return frozenset({"-"})  # never per reading
+    return frozenset((rule.field,))
+
+
+def _activate(state: State) -> None:
+    state.clear()
+    state["active"] = True
 
 
 def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> Transition | None:
@@ -99,40 +268,329 @@ def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> T
     flag = reading.value(rule.flag) if rule.flag else None
     if value is None and flag is None:
         return None  # this reading says nothing about this rule
-    numeric = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-    above = bool(flag) or (numeric is not None and rule.raise_at is not None and numeric >= rule.raise_at)
-    clear_level = rule.clear_below if rule.clear_below is not None else rule.raise_at
-    below = not flag and (numeric is None or clear_level is None or numeric < clear_level)
+    numeric = _num(value)
+    sign = 1.0 if rule.direction == "above" else -1.0
+    clear_level = rule.clear_below if rule.direction == "above" else rule.clear_above
+    if clear_level is None:
+        clear_level = rule.raise_at
+    above = bool(flag) or (numeric is not None and rule.raise_at is not None
+                           and sign * numeric >= sign * rule.raise_at)
+    below = not flag and (numeric is None or clear_level is None or sign * numeric < sign * clear_level)
     ts = reading.ts
-    active = bool(state.get("active"))
+    now = ts.timestamp()
 
-    def transition(kind: Literal["raise", "hold", "clear"]) -> Transition:
-        return Transition(rule_id=rule.id, alarm_type=rule.alarm_type, kind=kind, severity=rule.severity,
-                          at=ts, value=numeric, message=rule.message, latching=rule.latching,
-                          actions=rule.actions if kind == "raise" else (),
-                          details={"field": rule.field, "flag": bool(flag)} if kind == "raise" else {})
-
-    if not active:
+    if not state.get("active"):
         if not above:
             state.pop("since", None)
             return None
-        since = state.setdefault("since", ts.isoformat())
+        since = state.setdefault("since", now)
         # A device's own alarm flag is authoritative (RULES-REFERENCE 7.2 conventions): no arming delay.
-        if flag or _seconds(ts, since) >= rule.for_s:
-            state.clear()
-            state["active"] = True
-            return transition("raise")
+        if flag or now - since >= rule.for_s:
+            _activate(state)
+            return rule.transition("raise", ts, numeric, details={"field": rule.field, "flag": bool(flag)})
         return None
     if above or not below:
         state.pop("clear_since", None)
-        return transition("hold") if above else None
-    clear_since = state.setdefault("clear_since", ts.isoformat())
-    if _seconds(ts, clear_since) >= rule.clear_for_s:
+        return rule.transition("hold", ts, numeric) if above else None
+    clear_since = state.setdefault("clear_since", now)
+    if now - clear_since >= rule.clear_for_s:
         state.clear()
-        return transition("clear")
+        return rule.transition("clear", ts, numeric)
     return None
 
 
-def evaluate(rule: Rule, state: State, reading: Reading) -> Transition | None:
+def evaluate_duration(rule: DurationRule, state: State, reading: Reading) -> Transition | None:
+    """Inside the band for for_s raises; outside it for clear_for_s clears."""
+    value = _num(reading.value(rule.field))
+    if value is None:
+        return None
+    inside = rule.min <= value < rule.max
+    ts, now = reading.ts, reading.ts.timestamp()
+    if not state.get("active"):
+        if not inside:
+            state.pop("since", None)
+            return None
+        since = state.setdefault("since", now)
+        if now - since >= rule.for_s:
+            _activate(state)
+            return rule.transition("raise", ts, value, details={"field": rule.field, "held_s": now - since})
+        return None
+    if inside:
+        state.pop("clear_since", None)
+        return rule.transition("hold", ts, value)
+    clear_since = state.setdefault("clear_since", now)
+    if now - clear_since >= rule.clear_for_s:
+        state.clear()
+        return rule.transition("clear", ts, value)
+    return None
+
+
+def evaluate_flag(rule: FlagRule, state: State, reading: Reading) -> Transition | None:
+    """The device says so: raise at once, clear when it stops saying so."""
+    value = reading.value(rule.field)
+    on = bool(value) if rule.equals is None else value == rule.equals
+    if value is None and not (rule.clear_on_absent and state.get("active")):
+        return None
+    detail = value if isinstance(value, str | bool | int | float) else None
+    if on:
+        if state.get("active"):
+            return rule.transition("hold", reading.ts)
+        _activate(state)
+        return rule.transition("raise", reading.ts, details={"field": rule.field, "reported": detail})
+    if state.get("active"):
+        state.clear()
+        return rule.transition("clear", reading.ts)
+    return None
+
+
+def evaluate_dose(rule: DoseRule, state: State, reading: Reading) -> Transition | None:
+    """EN 50291 / UL 2034 exposure integrator with the high-level override (RULES-REFERENCE 2.2)."""
+    c = _num(reading.value(rule.field))
+    if c is None:
+        return None
+    ts, now = reading.ts, reading.ts.timestamp()
+    last = state.get("t")
+    e = float(state.get("e", 0.0))
+    if last is not None:
+        dt = now - last
+        # Samples more than max_gap_s apart: hold E rather than integrate a level nobody measured (CO-05).
+        if 0 < dt <= rule.max_gap_s:
+            e += (c - e) * (1 - math.exp(-dt / rule.tau_s))
+    state["t"], state["e"] = now, round(e, 4)
+    if rule.override_at is not None and c >= rule.override_at:
+        state.setdefault("over_since", now)
+    else:
+        state.pop("over_since", None)
+    over = "over_since" in state and now - state["over_since"] >= rule.override_for_s
+    alarm = e >= rule.r or over
+    if not state.get("active"):
+        if alarm:
+            state["active"] = True
+            state.pop("clear_since", None)
+            return rule.transition("raise", ts, c, details={"dose": round(e, 2), "override": over and e < rule.r})
+        return None
+    if c < rule.clear_below and e < rule.clear_dose_frac * rule.r:
+        clear_since = state.setdefault("clear_since", now)
+        if now - clear_since >= rule.clear_for_s:
+            state.pop("active", None)
+            state.pop("clear_since", None)
+            return rule.transition("clear", ts, c, details={"dose": round(e, 2)})
+        return None
+    state.pop("clear_since", None)
+    return rule.transition("hold", ts, c) if alarm else None
+
+
+def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) -> Transition | None:
+    """Slope, windowed rise and absolute level of a temperature (RULES-REFERENCE 4.4, EB-04)."""
+    v = _num(reading.value(rule.field))
+    if v is None:
+        return None
+    ts, now = reading.ts, reading.ts.timestamp()
+    hist: list[list[float]] = state.setdefault("h", [])
+    why = None
+    if hist and rule.per_s_rise is not None:
+        pt, pv = hist[-1]
+        if now > pt and (v - pv) / (now - pt) >= rule.per_s_rise:
+            since = state.setdefault("slope_since", pt)
+            if now - since > rule.per_s_for_s:
+                why = "slope"
+        else:
+            state.pop("slope_since", None)
+    hist.append([now, v])
+    while hist and now - hist[0][0] > rule.window_s:
+        hist.pop(0)
+    if (why is None and rule.window_rise is not None and v > rule.window_floor
+            and v - min(p[1] for p in hist) >= rule.window_rise):
+        why = "window"
+    if why is None and rule.absolute_at is not None and v >= rule.absolute_at:
+        why = "absolute"
+    if not state.get("active"):
+        if why is not None:
+            state["active"] = True
+            return rule.transition("raise", ts, v, details={"trigger": why})
+        return None
+    if v < rule.clear_below:
+        clear_since = state.setdefault("clear_since", now)
+        if now - clear_since >= rule.clear_for_s:
+            state.clear()
+            return rule.transition("clear", ts, v)
+        return None
+    state.pop("clear_since", None)
+    return rule.transition("hold", ts, v) if why else None
+
+
+def evaluate_absence(rule: AbsenceRule, state: State, reading: Reading) -> Transition | None:
+    """A message arrived: the device is back (DEV-01 'back online after 1 good message')."""
+    if state.get("active"):
+        state.clear()
+        return rule.transition("clear", reading.ts)
+    return None
+
+
+def tick_absence(rule: AbsenceRule, state: State, device: Device, *, last_seen: datetime, now: datetime,
+                 inhibited: bool = False) -> Transition | None:
+    """The timer's view: silent longer than offline_after raises (unless the gateway is down); severity
+    rises after escalate_after_s of silence."""
+    silent = (now - last_seen).total_seconds()
+    limit = rule.offline_after_s(device)
+    if silent < limit:
+        return None
+    sev = rule.severity
+    if rule.escalate_after_s is not None and rule.escalate_to is not None and silent >= rule.escalate_after_s:
+        sev = max(sev, rule.escalate_to)
+    details = {"silent_s": round(silent), "offline_after_s": limit, "last_seen_at": last_seen.isoformat()}
+    if not state.get("active"):
+        if inhibited:
+            return None
+        _activate(state)
+        state["sev"] = int(sev)
+        return rule.transition("raise", now, severity=sev, details=details)
+    if int(sev) > int(state.get("sev", 0)):
+        state["sev"] = int(sev)
+        return rule.transition("hold", now, severity=sev, details=details)
+    return None
+
+
+def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[dict[str, Any] | None, bool]:
+    """Advance the charging session in state; returns (session, ended_now)."""
+    p = _num(reading.value(rule.field))
+    if p is None:
+        return state.get("s"), False
+    now = reading.ts.timestamp()
+    s: dict[str, Any] | None = state.get("s")
+    if s is None:
+        if p < rule.start_w:
+            return None, False
+        s = state["s"] = {"start": now, "t": now, "p": p, "wh": 0.0, "bulk": [], "low_since": None,
+                          "high_since": None}
+    else:
+        dt = max(0.0, now - s["t"])
+        s["wh"] = round(s["wh"] + s["p"] * dt / 3600, 3)
+        s["t"], s["p"] = now, p
+    if now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 120:
+        s["bulk"].append(p)
+    if p < rule.end_w:
+        s["low_since"] = s["low_since"] or now
+        if now - s["low_since"] >= rule.end_s:
+            state.pop("s", None)
+            return s, True
+    else:
+        s["low_since"] = None
+    return s, False
+
+
+def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Transition | None:
+    """Charging-session checks in event time (EB-05, EB-07, EB-09)."""
+    s, ended = _session_step(rule, state, reading)
+    ts, now = reading.ts, reading.ts.timestamp()
+    if ended:
+        if state.get("active"):
+            state.pop("active", None)
+            state.pop("sev", None)
+            return rule.transition("clear", ts, details={"session_end": True})
+        return None
+    if s is None:
+        return None
+    p = s["p"]
+    if rule.check == "too_long":
+        return _session_age(rule, state, now, ts)
+    if rule.check == "energy":
+        if s["wh"] > rule.max_wh and not state.get("active"):
+            state["active"] = True
+            return rule.transition("raise", ts, s["wh"], details={"energy_wh": s["wh"]})
+        return None
+    # no_taper: power stays near the bulk-phase median for taper_s (VRLA runaway / shorted cell signature).
+    bulk = sorted(s["bulk"])
+    if now - s["start"] <= rule.bulk_s or not bulk:
+        return None
+    median = bulk[len(bulk) // 2]
+    if p >= rule.taper_frac * median:
+        s["high_since"] = s["high_since"] or s["start"]
+        if now - s["high_since"] >= rule.taper_s and not state.get("active"):
+            state["active"] = True
+            return rule.transition("raise", ts, p, details={"bulk_median_w": median, "hours": rule.taper_s / 3600})
+    else:
+        s["high_since"] = None
+    return None
+
+
+def _session_age(rule: SessionRule, state: State, now: float, at: datetime) -> Transition | None:
+    s = state.get("s")
+    if s is None or not rule.levels:
+        return None
+    age = now - s["start"]
+    reached = [sev for after, sev in rule.levels if age >= after]
+    if not reached:
+        return None
+    sev = max(reached)
+    details = {"session_h": round(age / 3600, 2)}
+    if not state.get("active"):
+        state["active"], state["sev"] = True, int(sev)
+        t = rule.transition("raise", at, round(age / 3600, 2), severity=sev, details=details)
+        if sev < max(level for _, level in rule.levels):
+            t.actions = ()  # only the top level (12 h) stops the session
+        return t
+    if int(sev) > int(state.get("sev", 0)):
+        state["sev"] = int(sev)
+        t = rule.transition("hold", at, round(age / 3600, 2), severity=sev, details=details)
+        t.actions = rule.actions  # the higher level (12 h) stops the session
+        t.lockout = False
+        return t
+    return None
+
+
+def tick_session(rule: SessionRule, state: State, *, now: datetime) -> Transition | None:
+    """The timer's view of a session's length: a port that went quiet mid-session still ages."""
+    if rule.check != "too_long":
+        return None
+    return _session_age(rule, state, now.timestamp(), now)
+
+
+def evaluate_stuck(rule: StuckRule, state: State, reading: Reading) -> Transition | None:
+    """No change in the watched fields and no passed self-test for window_s."""
+    now = reading.ts.timestamp()
+    if reading.test:
+        state["ok"] = now
+        if state.get("active"):
+            state.pop("active")
+            return rule.transition("clear", reading.ts, details={"self_test": True})
+        return None
+    sig = [reading.value(f) for f in rule.fields]
+    if all(v is None for v in sig):
+        return None
+    if "ok" not in state:
+        state["ok"], state["sig"] = now, sig
+        return None
+    if sig != state.get("sig"):
+        state["sig"], state["ok"] = sig, now
+        if state.get("active"):
+            state.pop("active")
+            return rule.transition("clear", reading.ts, details={"changed": True})
+        return None
+    if now - state["ok"] >= rule.window_s and not state.get("active"):
+        state["active"] = True
+        return rule.transition("raise", reading.ts, details={"unchanged_days": round((now - state["ok"]) / 86400)})
+    return None
+
+
+_EVALUATORS: dict[type, Any] = {
+    ThresholdRule: evaluate_threshold,
+    DurationRule: evaluate_duration,
+    FlagRule: evaluate_flag,
+    DoseRule: evaluate_dose,
+    RateOfRiseRule: evaluate_rate_of_rise,
+    AbsenceRule: evaluate_absence,
+    SessionRule: evaluate_session,
+    StuckRule: evaluate_stuck,
+    CorroborateRule: lambda _rule, _state, _reading: None,
+}
+
+
+def evaluate(rule: AnyRule, state: State, reading: Reading) -> Transition | None:
     """Evaluate one rule against one reading, updating the rule's state in place."""
-    return evaluate_threshold(rule, state, reading)
+    return _EVALUATORS[type(rule)](rule, state, reading)  # type: ignore[no-any-return]
+
+
+def utcnow() -> datetime:
+    """The wall clock (absence only)."""
+    return datetime.now(UTC)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
-from psycopg.rows import class_row
+from psycopg.rows import class_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from core.db import OUTBOX_CHANNEL
@@ -115,7 +115,7 @@ FROM site s WHERE s.id = %(site_id)s
 RETURNING {ALARM_COLUMNS}
 """
 UPDATE_ALARM_SEEN = f"""
-UPDATE alarm SET last_seen_at = greatest(last_seen_at, %(at)s), count = count + 1, value = %(value)s,
+UPDATE alarm SET last_seen_at = greatest(last_seen_at, %(at)s), count = count + %(repeats)s, value = %(value)s,
     peak_value = CASE WHEN %(value)s::float8 IS NULL THEN peak_value
                       ELSE greatest(coalesce(peak_value, %(value)s), %(value)s) END,
     severity = greatest(severity, %(severity)s), active = true,
@@ -151,11 +151,11 @@ def insert_alarm(conn: Connection[Any], *, device_id: str, site_id: str, alarm_t
 
 
 def touch_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime, value: float | None,
-                severity: int) -> AlarmRow:
+                severity: int, repeats: int = 1) -> AlarmRow:
     """A repeat of an open alarm: last seen, count, peak, severity (only up), active again."""
     with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
         row = cur.execute(UPDATE_ALARM_SEEN, {"id": alarm_id, "at": at, "value": value,
-                                              "severity": severity}).fetchone()
+                                              "severity": severity, "repeats": repeats}).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
 
@@ -227,3 +227,271 @@ def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int, kind: 
     """Queue a transition for notify; NOTIFY wakes it when the transaction commits."""
     conn.execute(INSERT_OUTBOX, (alarm_id, event_id, kind, severity))
     conn.execute(NOTIFY_OUTBOX)
+
+
+def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | None:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(query, params).fetchone()  # type: ignore[arg-type]
+
+
+def _all(conn: Connection[Any], query: str, params: Any) -> list[tuple[Any, ...]]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- site context (cross-device rules)
+
+SELECT_CORROBORATING = """
+SELECT device_id FROM alarm
+WHERE site_id = %(site_id)s AND device_id <> %(device_id)s AND type = ANY(%(types)s) AND closed_at IS NULL
+  AND active AND last_seen_at >= %(since)s
+ORDER BY raised_at LIMIT 1
+"""
+
+
+def find_corroborating_device(conn: Connection[Any], *, site_id: str, device_id: str, types: Sequence[str],
+                              since: datetime) -> str | None:
+    """Another device of the site with one of these alarms active and seen since `since`."""
+    row = _one(conn, SELECT_CORROBORATING, {"site_id": site_id, "device_id": device_id, "types": list(types),
+                                              "since": since})
+    return None if row is None else str(row[0])
+
+
+SELECT_SITE_GAS_ALARM = """
+SELECT id FROM alarm WHERE site_id = %s AND type = ANY(%s) AND closed_at IS NULL AND active LIMIT 1
+"""
+
+
+def site_has_active_alarm(conn: Connection[Any], *, site_id: str, types: Sequence[str]) -> int | None:
+    """The id of an active alarm of one of these types in the site, if any."""
+    row = _one(conn, SELECT_SITE_GAS_ALARM, (site_id, list(types)))
+    return None if row is None else int(row[0])
+
+
+SELECT_SITE_DEVICES_OF_KIND = "SELECT id FROM device WHERE site_id = %s AND kind = %s AND active ORDER BY id"
+
+
+def site_devices_of_kind(conn: Connection[Any], *, site_id: str, kind: str) -> list[str]:
+    """Ids of the site's devices of one kind (e.g. its gas valves)."""
+    return [str(r[0]) for r in _all(conn, SELECT_SITE_DEVICES_OF_KIND, (site_id, kind))]
+
+
+# --------------------------------------------------------------------------- commands (actuation)
+
+@dataclass(slots=True)
+class CommandRow:
+    id: str
+    device_id: str
+    action: str
+    alarm_id: int | None
+    reason: str
+    requested_by: str | None
+    status: str
+    created_at: datetime
+    deadline_at: datetime
+    sent_at: datetime | None
+    done_at: datetime | None
+    confirmed_by: str | None
+    detail: str
+
+
+COMMAND_COLUMNS = """id, device_id, action, alarm_id, reason, requested_by, status, created_at, deadline_at, sent_at,
+    done_at, confirmed_by, detail"""
+INSERT_COMMAND = f"""
+INSERT INTO command (id, device_id, action, alarm_id, reason, requested_by, status, created_at, deadline_at,
+                     done_at, detail)
+VALUES (%(id)s, %(device_id)s, %(action)s, %(alarm_id)s, %(reason)s, %(requested_by)s, %(status)s, %(at)s,
+        %(deadline)s, CASE WHEN %(status)s = 'refused' THEN %(at)s::timestamptz END, %(detail)s)
+RETURNING {COMMAND_COLUMNS}
+"""
+
+
+def insert_command(conn: Connection[Any], *, command_id: str, device_id: str, action: str, alarm_id: int | None,
+                   reason: str, requested_by: str | None, status: str, at: datetime, deadline: datetime,
+                   detail: str = "") -> CommandRow:
+    """Queue a command (published by ingest's actuator after this transaction commits)."""
+    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
+        row = cur.execute(INSERT_COMMAND, {
+            "id": command_id, "device_id": device_id, "action": action, "alarm_id": alarm_id, "reason": reason,
+            "requested_by": requested_by, "status": status, "at": at, "deadline": deadline, "detail": detail,
+        }).fetchone()
+    assert row is not None  # noqa: S101
+    return row
+
+
+CONFIRM_BY_STATE = f"""
+UPDATE command c SET status = 'confirmed', done_at = %(at)s, confirmed_by = 'reading'
+FROM unnest(%(devices)s::text[], %(actions)s::text[]) AS v(device_id, action)
+WHERE c.device_id = v.device_id AND c.action = v.action AND c.status IN ('pending', 'sent')
+RETURNING {", ".join("c." + c.strip() for c in COMMAND_COLUMNS.split(","))}
+"""
+
+
+def confirm_commands_by_state(conn: Connection[Any], *, pairs: Sequence[tuple[str, str]],
+                              at: datetime) -> list[CommandRow]:
+    """Readings that show the commanded state (valve closed, relay off) confirm open commands."""
+    if not pairs:
+        return []
+    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
+        return cur.execute(CONFIRM_BY_STATE, {"devices": [p[0] for p in pairs], "actions": [p[1] for p in pairs],
+                                              "at": at}).fetchall()
+
+
+ACK_COMMAND = f"""
+UPDATE command SET status = CASE WHEN %(ok)s THEN 'confirmed' ELSE 'failed' END, done_at = %(at)s,
+    confirmed_by = 'ack', detail = %(detail)s
+WHERE id = %(id)s AND device_id = %(device_id)s AND status IN ('pending', 'sent')
+RETURNING {COMMAND_COLUMNS}
+"""
+
+
+def ack_command(conn: Connection[Any], *, command_id: str, device_id: str, ok: bool, detail: str,
+                at: datetime) -> CommandRow | None:
+    """A device's cmd/ack: confirmed or failed (None when unknown or already settled)."""
+    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
+        return cur.execute(ACK_COMMAND, {"id": command_id, "device_id": device_id, "ok": ok, "detail": detail,
+                                         "at": at}).fetchone()
+
+
+EXPIRE_COMMANDS = f"""
+UPDATE command SET status = 'failed', done_at = %(now)s, detail = 'no confirmation before the deadline'
+WHERE id IN (SELECT id FROM command WHERE status IN ('pending', 'sent') AND deadline_at <= %(now)s
+             ORDER BY deadline_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING {COMMAND_COLUMNS}
+"""
+
+
+def expire_commands(conn: Connection[Any], *, now: datetime, limit: int = 500) -> list[CommandRow]:
+    """Commands past their deadline without confirmation become failed (several timers: SKIP LOCKED)."""
+    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
+        return cur.execute(EXPIRE_COMMANDS, {"now": now, "limit": limit}).fetchall()
+
+
+CLAIM_PENDING = f"""
+SELECT {COMMAND_COLUMNS} FROM command WHERE status = 'pending' ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED
+"""
+MARK_SENT = "UPDATE command SET status = 'sent', sent_at = %s WHERE id = ANY(%s) AND status = 'pending'"
+
+
+def claim_pending_commands(conn: Connection[Any], *, limit: int = 100) -> list[CommandRow]:
+    """Pending commands for this publisher (locked until its transaction ends; others skip them)."""
+    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
+        return cur.execute(CLAIM_PENDING, (limit,)).fetchall()
+
+
+def mark_commands_sent(conn: Connection[Any], *, ids: Sequence[str], at: datetime) -> None:
+    """Published to the broker (QoS 1 PUBACK received)."""
+    conn.execute(MARK_SENT, (at, list(ids)))
+
+
+SELECT_COMMANDS = f"SELECT {COMMAND_COLUMNS} FROM command WHERE device_id = %s ORDER BY created_at, id"
+
+
+def get_commands(conn: Connection[Any], *, device_id: str) -> list[CommandRow]:
+    """A device's commands, oldest first."""
+    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
+        return cur.execute(SELECT_COMMANDS, (device_id,)).fetchall()
+
+
+# --------------------------------------------------------------------------- port lockout (EB-10)
+
+INSERT_LOCK = """
+INSERT INTO port_lock (device_id, alarm_id, reason, locked_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (device_id) WHERE cleared_at IS NULL DO NOTHING
+"""
+SELECT_LOCK = "SELECT id, reason, locked_at FROM port_lock WHERE device_id = %s AND cleared_at IS NULL"
+CLEAR_LOCK = """
+UPDATE port_lock SET cleared_at = %s, cleared_by = %s, note = %s WHERE device_id = %s AND cleared_at IS NULL
+RETURNING id
+"""
+
+
+def lock_port(conn: Connection[Any], *, device_id: str, alarm_id: int | None, reason: str, at: datetime) -> None:
+    """Lock a port after a safety trip (idempotent while locked)."""
+    conn.execute(INSERT_LOCK, (device_id, alarm_id, reason, at))
+
+
+def get_port_lock(conn: Connection[Any], *, device_id: str) -> tuple[int, str, datetime] | None:
+    """The active lock of a port: (id, reason, locked_at)."""
+    row = _one(conn, SELECT_LOCK, (device_id,))
+    return None if row is None else (int(row[0]), str(row[1]), row[2])
+
+
+def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None,
+                    at: datetime) -> bool:
+    """A worker cleared the port on site."""
+    return _one(conn, CLEAR_LOCK, (at, actor, note, device_id)) is not None
+
+
+# --------------------------------------------------------------------------- timer
+
+@dataclass(slots=True)
+class SeenRow:
+    device_id: str
+    last_seen_at: datetime | None
+    online: bool | None
+    status_at: datetime | None
+    rule_ids: list[str]
+
+
+SELECT_SEEN = """
+SELECT device_id, last_seen_at, online, status_at, ARRAY(SELECT jsonb_object_keys(rules)) AS rule_ids
+FROM device_state
+"""
+
+
+def get_seen(conn: Connection[Any]) -> list[SeenRow]:
+    """Every device's last contact (the timer's candidates), unlocked."""
+    with conn.cursor(row_factory=class_row(SeenRow)) as cur:
+        return cur.execute(SELECT_SEEN).fetchall()
+
+
+TRY_LOCK_DEVICE_STATES = """
+SELECT device_id, last_ts, last_seq, last_seen_at, online, rules FROM device_state
+WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE SKIP LOCKED
+"""
+
+
+def try_lock_device_states(conn: Connection[Any], *, device_ids: Sequence[str]) -> dict[str, DeviceStateRow]:
+    """Lock the states nobody else holds (a device busy in ingest is plainly not silent)."""
+    with conn.cursor(row_factory=class_row(DeviceStateRow)) as cur:
+        cur.execute(TRY_LOCK_DEVICE_STATES, (sorted(set(device_ids)),))
+        return {row.device_id: row for row in cur.fetchall()}
+
+
+SELECT_TO_ESCALATE = f"""
+SELECT {ALARM_COLUMNS} FROM alarm
+WHERE type = %(type)s AND rule_id = %(rule_id)s AND closed_at IS NULL AND active AND severity < %(severity)s
+  AND raised_at <= %(before)s
+FOR UPDATE SKIP LOCKED
+"""
+
+
+def alarms_to_escalate(conn: Connection[Any], *, alarm_type: str, rule_id: str, severity: int,
+                       before: datetime) -> list[AlarmRow]:
+    """Active alarms of a rule raised before `before` still below `severity` (locked)."""
+    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+        return cur.execute(SELECT_TO_ESCALATE, {"type": alarm_type, "rule_id": rule_id, "severity": severity,
+                                                "before": before}).fetchall()
+
+
+TRY_TIMER_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
+
+
+def try_timer_lock(conn: Connection[Any], *, key: int) -> bool:
+    """One timer tick at a time across processes (released at the end of the transaction)."""
+    row = _one(conn, TRY_TIMER_LOCK, (key,))
+    return bool(row and row[0])
+
+
+GATEWAY_DOWN = """
+SELECT (d.online IS FALSE) OR EXISTS (SELECT 1 FROM alarm a WHERE a.device_id = d.device_id AND a.type = 'offline'
+                                      AND a.closed_at IS NULL AND a.active)
+FROM device_state d WHERE d.device_id = %s
+"""
+
+
+def gateway_is_down(conn: Connection[Any], *, gateway_id: str) -> bool:
+    """Whether a gateway reported itself offline or has an active offline alarm."""
+    row = _one(conn, GATEWAY_DOWN, (gateway_id,))
+    return bool(row and row[0])

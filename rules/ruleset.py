@@ -1,4 +1,10 @@
-"""Loading the rule configuration: shipped defaults plus optional overrides, validated at load."""
+"""Loading the rule configuration: shipped defaults plus optional overrides, validated at load.
+
+A rules document is `{rules: [...], overrides: [...]}`. `extends: defaults` starts from the shipped rules
+(a rule with the same id replaces the default one). An override matches devices by kind, location, site
+and/or device id and sets fields of one rule (`set: {raise_at: 15}`) or disables it
+(`set: {enabled: false}`); later overrides win, so order them general -> specific (kind, site, device).
+"""
 
 from __future__ import annotations
 
@@ -8,58 +14,157 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from core.domain import Device
+from core.domain import Device, DeviceKind, Location
 from core.errors import ConfigError
-from rules.engine import Rule
+from rules.engine import AnyRule, Rule, watched_fields
 
 _RULES = TypeAdapter(list[Rule])
+_RULE = TypeAdapter(Rule)
+
+
+class Match(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: DeviceKind | None = None
+    location: Location | None = None
+    site: str | None = None
+    device: str | None = None
+
+    def matches(self, device: Device) -> bool:
+        return ((self.kind is None or device.kind == self.kind)
+                and (self.location is None or device.location == self.location)
+                and (self.site is None or device.site_id == self.site)
+                and (self.device is None or device.id == self.device))
+
+
+class Override(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: Match
+    rule: str
+    set: dict[str, Any] = Field(min_length=1)
+    reason: str = ""
+
+
+class CompiledRule:
+    """A rule with what the hot path needs precomputed."""
+
+    __slots__ = ("fields", "rule")
+
+    def __init__(self, rule: AnyRule) -> None:
+        self.rule = rule
+        self.fields = watched_fields(rule)
+
+
+def _order(rules: tuple[AnyRule, ...]) -> tuple[AnyRule, ...]:
+    """Rules that inhibit others are evaluated first, so the inhibition sees this reading's result."""
+    inhibitors = {i for r in rules for i in r.inhibited_by}
+    return tuple(sorted(rules, key=lambda r: 0 if r.id in inhibitors else 1))
 
 
 class RuleSet:
-    """The rules in force, with a per-device view."""
+    """The rules in force, with a per-device view (overrides applied)."""
 
-    def __init__(self, rules: tuple[Rule, ...]) -> None:
-        self.rules = rules
-        self._index: dict[tuple[str, str], tuple[Rule, ...]] = {}
+    def __init__(self, rules: tuple[AnyRule, ...], overrides: tuple[Override, ...] = ()) -> None:
+        self.rules = _order(rules)
+        self.overrides = overrides
+        self._by_id = {r.id: r for r in self.rules}
+        self._index: dict[tuple[str, ...], tuple[AnyRule, ...]] = {}
+        self._compiled: dict[tuple[str, ...], tuple[CompiledRule, ...]] = {}
+        self._specific = any(o.match.site or o.match.device for o in overrides)
 
-    def for_device(self, device: Device) -> tuple[Rule, ...]:
-        """The rules that watch this device."""
-        key = (device.kind.value, device.location.value)
+    def _key(self, device: Device) -> tuple[str, ...]:
+        base = (device.kind.value, device.location.value)
+        return (*base, device.site_id, device.id) if self._specific else base
+
+    def for_device(self, device: Device) -> tuple[AnyRule, ...]:
+        """The rules that watch this device, with its overrides applied."""
+        key = self._key(device)
         found = self._index.get(key)
         if found is None:
-            found = self._index[key] = tuple(r for r in self.rules if r.applies_to(device))
+            rules = []
+            for rule in self.rules:
+                for o in self.overrides:
+                    if o.rule == rule.id and o.match.matches(device):
+                        rule = _RULE.validate_python({**rule.model_dump(), **o.set})
+                if rule.applies_to(device):
+                    rules.append(rule)
+            found = self._index[key] = tuple(rules)
         return found
 
-    def by_id(self, rule_id: str) -> Rule:
-        for rule in self.rules:
-            if rule.id == rule_id:
-                return rule
-        raise KeyError(rule_id)
+    def compiled_for(self, device: Device) -> tuple[CompiledRule, ...]:
+        """for_device, with each rule's watched fields (the hot path)."""
+        key = self._key(device)
+        found = self._compiled.get(key)
+        if found is None:
+            found = self._compiled[key] = tuple(CompiledRule(r) for r in self.for_device(device))
+        return found
+
+    def by_id(self, rule_id: str) -> AnyRule:
+        return self._by_id[rule_id]
 
 
-def parse_rules(data: Any, source: str) -> RuleSet:
-    """Validate a rules document ({rules: [...]}) with errors naming the rule."""
-    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+def _explain(exc: ValidationError, items: list[Any], source: str, what: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        index = loc[0] if loc and isinstance(loc[0], int) else None
+        rid = "?"
+        if index is not None and isinstance(items[index], dict):
+            rid = str(items[index].get("id") or items[index].get("rule") or "?")
+        where = ".".join(str(p) for p in loc[1:])
+        problems.append(f"{source}: {what} {rid} (#{index}) {where}: {err['msg']}")
+    return "\n".join(problems)
+
+
+def parse_rules(data: Any, source: str, *, base: RuleSet | None = None) -> RuleSet:
+    """Validate a rules document with errors naming the rule."""
+    if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
         raise ConfigError(f"{source}: a rules file is a mapping with a 'rules' list")
+    unknown = set(data) - {"rules", "overrides", "extends"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    items = data.get("rules") or []
     try:
-        rules = _RULES.validate_python(data["rules"])
+        rules = _RULES.validate_python(items)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = err["loc"]
-            index = loc[0] if loc and isinstance(loc[0], int) else None
-            rid = data["rules"][index].get("id", "?") if index is not None and isinstance(
-                data["rules"][index], dict) else "?"
-            where = ".".join(str(p) for p in loc[1:] if not isinstance(p, int) or p != index)
-            problems.append(f"{source}: rule {rid} (#{index}) {where}: {err['msg']}")
-        raise ConfigError("\n".join(problems)) from None
+        raise ConfigError(_explain(exc, items, source, "rule")) from None
     ids = [r.id for r in rules]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ConfigError(f"{source}: duplicate rule ids {', '.join(dupes)}")
-    return RuleSet(rules=tuple(rules))
+    extends = data.get("extends")
+    if extends not in (None, "defaults"):
+        raise ConfigError(f"{source}: extends must be 'defaults' (got {extends!r})")
+    if extends == "defaults":
+        base = base or default_rules()
+        mine = {r.id for r in rules}
+        rules = [r for r in base.rules if r.id not in mine] + rules
+        inherited = base.overrides
+    else:
+        inherited = ()
+    raw = data.get("overrides") or []
+    try:
+        overrides = TypeAdapter(list[Override]).validate_python(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, raw, source, "override")) from None
+    known = {r.id for r in rules}
+    for i, o in enumerate(overrides):
+        if o.rule not in known:
+            raise ConfigError(f"{source}: override #{i} names unknown rule {o.rule}")
+        try:
+            _RULE.validate_python({**next(r for r in rules if r.id == o.rule).model_dump(), **o.set})
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: override #{i} of {o.rule}: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    known_ids = {r.id for r in rules}
+    for r in rules:
+        missing = [i for i in r.inhibited_by if i not in known_ids]
+        if missing:
+            raise ConfigError(f"{source}: rule {r.id} is inhibited_by unknown rule(s) {', '.join(missing)}")
+    return RuleSet(rules=tuple(rules), overrides=(*inherited, *overrides))
 
 
 def load_rules(path: Path | None = None) -> RuleSet:
@@ -84,3 +189,18 @@ def load_rules(path: Path | None = None) -> RuleSet:
 def default_rules() -> RuleSet:
     """The shipped rule set (cached)."""
     return load_rules()
+
+
+def describe_rules(ruleset: RuleSet, device: Device | None = None) -> str:
+    """A human summary: every rule, or the effective rules (overrides applied) for one device."""
+    rules = ruleset.rules if device is None else ruleset.for_device(device)
+    head = (f"{len(ruleset.rules)} rules, {len(ruleset.overrides)} overrides: OK" if device is None else
+            f"{device.id} ({device.kind.value}, {device.location.value}, site {device.site_id}): "
+            f"{len(rules)} rules in force")
+    lines = [head]
+    for r in rules:
+        params = r.model_dump(mode="json", exclude={"id", "alarm_type", "kinds", "locations", "severity", "source",
+                                                    "message", "type", "enabled"}, exclude_defaults=True)
+        shown = ", ".join(f"{k}={v}" for k, v in params.items())
+        lines.append(f"  {r.id:7} {r.type:13} {r.alarm_type:26} {r.severity.label:8} {shown}")
+    return "\n".join(lines)

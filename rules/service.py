@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import Connection
 
-from core.domain import Device, Disposition, Reading, Severity
+from core.domain import Device, DeviceStatus, Disposition, Reading, Severity
 from core.errors import ConflictError, NotFoundError
-from rules import repo
-from rules.engine import Transition, evaluate
+from rules import actuation, repo
+from rules.engine import AbsenceRule, CorroborateRule, StuckRule, Transition, evaluate
 from rules.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,22 @@ class AlarmChange:
     severity: int
 
 
+# Repeats of an active alarm update it (last seen, peak, count) at most this often unless the value
+# reaches a new peak or the severity rises: the hot path must not write SQL per reading (DESIGN: repeats
+# update the alarm; notifications go out on transitions only).
+TOUCH_EVERY_S = 60.0
+HOLDS = "_hold"  # device_state.rules key: rule id -> [peak, last touch (epoch s), pending repeats]
+SELF_TEST = "_self_test"  # device_state.rules key: event time of the last passed self-test (`test` reading)
+
+
 def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], devices: dict[str, Device],
-                   ruleset: RuleSet) -> list[AlarmChange]:
+                   ruleset: RuleSet, now: datetime | None = None) -> list[AlarmChange]:
     """Evaluate new readings in event-time order per device and persist the resulting transitions."""
     if not readings:
         return []
     states = repo.lock_device_states(conn, device_ids=[r.device_id for r in readings])
     changes: list[AlarmChange] = []
+    wall = now or datetime.now(UTC)
     for reading in sorted(readings, key=lambda r: (r.device_id, r.ts, r.seq or 0)):
         state = states.get(reading.device_id)
         device = devices.get(reading.device_id)
@@ -52,20 +61,126 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
         if state.last_ts is not None and reading.ts < state.last_ts:
             continue
         state.last_ts, state.last_seq = reading.ts, reading.seq
-        for rule in ruleset.for_device(device):
-            rule_state = state.rules.setdefault(rule.id, {})
+        rules = state.rules
+        if reading.test:
+            # A self-test never pages (RULES-REFERENCE 7.3 test mode): record it as passed, judge nothing else.
+            rules[SELF_TEST] = reading.ts.isoformat()
+            log.info("self-test passed on %s at %s", device.id, reading.ts.isoformat())
+        for compiled in ruleset.compiled_for(device):
+            rule = compiled.rule
+            if compiled.fields and not any(reading.value(f) is not None for f in compiled.fields):
+                continue
+            if reading.test and not isinstance(rule, StuckRule | AbsenceRule):
+                continue
+            rule_state = rules.setdefault(rule.id, {})
+            was_active = bool(rule_state.get("active"))
             transition = evaluate(rule, rule_state, reading)
             if not rule_state:
-                state.rules.pop(rule.id, None)
-            if transition is not None:
-                change = record_transition(conn, device=device, transition=transition)
-                if change is not None:
-                    changes.append(change)
+                rules.pop(rule.id, None)
+            if rule.inhibited_by and not was_active and any(
+                    rules.get(i, {}).get("active") for i in rule.inhibited_by):
+                # A higher level of the family is active: do not page; arm afresh once it has cleared.
+                rules.pop(rule.id, None)
+                continue
+            if transition is None:
+                continue
+            changes.extend(apply_transition(conn, device=device, rule_id=rule.id, transition=transition,
+                                            rules=rules, ruleset=ruleset, now=wall))
+    _confirm_by_state(conn, readings=readings, at=wall)
     repo.save_device_states(conn, states=list(states.values()))
     return changes
 
 
-def record_transition(conn: Connection[Any], *, device: Device, transition: Transition) -> AlarmChange | None:
+def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, transition: Transition,
+                     rules: dict[str, Any], ruleset: RuleSet, now: datetime) -> list[AlarmChange]:
+    """Record a transition, throttling repeats, then run its actions and cross-device confirmation."""
+    holds: dict[str, list[float]] = rules.setdefault(HOLDS, {})
+    ts = transition.at.timestamp()
+    if transition.kind == "hold" and not transition.actions:
+        hold = holds.get(rule_id)
+        value = transition.value
+        if hold is not None:
+            peak = hold[0]
+            new_peak = value is not None and (peak is None or value > peak)
+            if not new_peak and ts - hold[1] < TOUCH_EVERY_S and int(transition.severity) <= int(hold[3]):
+                hold[2] += 1
+                return []
+    repeats = 1
+    if transition.kind == "hold" and rule_id in holds:
+        repeats = int(holds[rule_id][2]) + 1
+    out: list[AlarmChange] = []
+    change = record_transition(conn, device=device, transition=transition, repeats=repeats)
+    if transition.kind == "clear":
+        holds.pop(rule_id, None)
+    else:
+        prev = holds.get(rule_id)
+        peak = transition.value if prev is None or prev[0] is None or (
+            transition.value is not None and transition.value > prev[0]) else prev[0]
+        holds[rule_id] = [peak, ts, 0, max(int(transition.severity), int(prev[3]) if prev else 0)]
+    if not holds:
+        rules.pop(HOLDS, None)
+    if change is None:
+        return out
+    out.append(change)
+    if change.kind in ("raised", "reactivated", "severity_raised"):
+        _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now)
+    if change.kind in ("raised", "reactivated"):
+        out.extend(_corroborate(conn, device=device, alarm_type=transition.alarm_type, at=transition.at,
+                                ruleset=ruleset))
+    return out
+
+
+def _actuate(conn: Connection[Any], *, device: Device, transition: Transition, alarm_id: int,
+             now: datetime) -> None:
+    for action in transition.actions:
+        targets = actuation.command_targets(conn, device=device, action=action)
+        if not targets:
+            log.info("alarm %s: no %s target registered in site %s", alarm_id, action, device.site_id)
+            continue
+        for target_id in targets:
+            target = device if target_id == device.id else _device(conn, target_id)
+            if target is None:
+                continue
+            actuation.request_command(conn, device=target, action=action, alarm_id=alarm_id,
+                                      reason=f"{transition.rule_id} {transition.alarm_type}", now=now)
+    if transition.lockout:
+        actuation.lock_port(conn, device=device, alarm_id=alarm_id, reason=f"{transition.rule_id} "
+                            f"{transition.alarm_type}", at=now)
+
+
+def _device(conn: Connection[Any], device_id: str) -> Device | None:
+    from core import repo as core_repo
+
+    return core_repo.get_devices(conn, ids=[device_id]).get(device_id)
+
+
+def _corroborate(conn: Connection[Any], *, device: Device, alarm_type: str, at: datetime,
+                 ruleset: RuleSet) -> list[AlarmChange]:
+    """GAS-04 / SMK-02: another detector of the same site in alarm within the window confirms this one."""
+    out = []
+    for rule in ruleset.for_device(device):
+        if not isinstance(rule, CorroborateRule) or alarm_type not in rule.of:
+            continue
+        other = repo.find_corroborating_device(conn, site_id=device.site_id, device_id=device.id, types=rule.of,
+                                               since=at - timedelta(seconds=rule.window_s))
+        if other is None:
+            continue
+        t = rule.transition("raise", at, details={"confirmed_by": other, "of": alarm_type})
+        change = record_transition(conn, device=device, transition=t)
+        if change is not None:
+            out.append(change)
+    return out
+
+
+def _confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], at: datetime) -> None:
+    pairs = actuation.confirming_pairs(readings)
+    if pairs:
+        confirmed = repo.confirm_commands_by_state(conn, pairs=pairs, at=at)
+        actuation.record_confirmations(conn, commands=confirmed, at=at)
+
+
+def record_transition(conn: Connection[Any], *, device: Device, transition: Transition,
+                      repeats: int = 1) -> AlarmChange | None:
     """Apply one rule transition to the alarm table; transitions (not repeats) go to the outbox."""
     alarm = repo.get_open_alarm(conn, device_id=device.id, alarm_type=transition.alarm_type)
     severity = int(transition.severity)
@@ -74,7 +189,7 @@ def record_transition(conn: Connection[Any], *, device: Device, transition: Tran
             return None
         alarm = repo.clear_alarm(conn, alarm_id=alarm.id, at=transition.at)
         return _event(conn, alarm, "cleared", transition.at, severity=alarm.severity,
-                      details={"value": transition.value})
+                      details={"value": transition.value, **transition.details})
     if alarm is None:
         alarm = repo.insert_alarm(conn, device_id=device.id, site_id=device.site_id,
                                   alarm_type=transition.alarm_type, rule_id=transition.rule_id,
@@ -84,13 +199,14 @@ def record_transition(conn: Connection[Any], *, device: Device, transition: Tran
         return _event(conn, alarm, "raised", transition.at, severity=severity,
                       details={"value": transition.value, "rule": transition.rule_id, **transition.details})
     before = alarm
-    alarm = repo.touch_alarm(conn, alarm_id=alarm.id, at=transition.at, value=transition.value, severity=severity)
+    alarm = repo.touch_alarm(conn, alarm_id=alarm.id, at=transition.at, value=transition.value, severity=severity,
+                             repeats=repeats)
     if not before.active:
         return _event(conn, alarm, "reactivated", transition.at, severity=alarm.severity,
                       details={"value": transition.value, "rule": transition.rule_id})
     if alarm.severity > before.severity:
         return _event(conn, alarm, "severity_raised", transition.at, severity=alarm.severity,
-                      details={"from": before.severity, "value": transition.value})
+                      details={"from": before.severity, "value": transition.value, **transition.details})
     return None  # still active: DESIGN says never notify on "still active"
 
 
@@ -139,3 +255,94 @@ def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Di
 
     score_service.on_alarm_resolved(conn, alarm=alarm)
     return alarm
+
+
+# --------------------------------------------------------------------------- statuses, command acks, timer
+
+
+def apply_statuses(conn: Connection[Any], *, statuses: Sequence[DeviceStatus], devices: dict[str, Device],
+                   ruleset: RuleSet) -> list[AlarmChange]:
+    """Retained status topics: `offline` (the device's last will) raises offline at once unless its
+    gateway is down too; `online` clears it (DESIGN MQTT contract)."""
+    changes: list[AlarmChange] = []
+    if not statuses:
+        return changes
+    states = repo.lock_device_states(conn, device_ids=[s.device_id for s in statuses])
+    for status in sorted(statuses, key=lambda s: (s.device_id, s.at)):
+        repo.set_device_online(conn, device_id=status.device_id, online=status.online, at=status.at)
+        device, state = devices.get(status.device_id), states.get(status.device_id)
+        if device is None or state is None:
+            continue
+        for rule in ruleset.for_device(device):
+            if not isinstance(rule, AbsenceRule):
+                continue
+            rule_state = state.rules.setdefault(rule.id, {})
+            transition: Transition | None = None
+            if status.online:
+                if rule_state.get("active"):
+                    rule_state.clear()
+                    transition = rule.transition("clear", status.at, details={"status": "online"})
+            elif not rule_state.get("active") and not _gateway_down(conn, device=device):
+                rule_state["active"], rule_state["sev"] = True, int(rule.severity)
+                transition = rule.transition("raise", status.at, details={"status": "offline"})
+            if not rule_state:
+                state.rules.pop(rule.id, None)
+            if transition is not None:
+                changes.extend(apply_transition(conn, device=device, rule_id=rule.id, transition=transition,
+                                      rules=state.rules, ruleset=ruleset, now=status.at))
+    repo.save_device_states(conn, states=list(states.values()))
+    return changes
+
+
+def _gateway_down(conn: Connection[Any], *, device: Device) -> bool:
+    if not device.gateway_id:
+        return False
+    return repo.gateway_is_down(conn, gateway_id=device.gateway_id)
+
+
+def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: dict[str, Device]) -> list[AlarmChange]:
+    """cmd/ack from devices (ingest CommandAck: device_id, command_id, ok, detail, at): confirm, or a
+    refused/failed command raises actuation_failed (critical)."""
+    changes: list[AlarmChange] = []
+    for ack in acks:
+        row = repo.ack_command(conn, command_id=ack.command_id, device_id=ack.device_id, ok=ack.ok,
+                               detail=ack.detail, at=ack.at)
+        if row is None:
+            log.info("ack for unknown or settled command %s from %s", ack.command_id, ack.device_id)
+            continue
+        if row.status == "confirmed":
+            actuation.record_confirmations(conn, commands=[row], at=ack.at)
+            continue
+        device = devices.get(row.device_id) or _device(conn, row.device_id)
+        if device is not None:
+            changes.extend(raise_actuation_failed(conn, device=device, command=row, at=ack.at))
+    return changes
+
+
+def raise_actuation_failed(conn: Connection[Any], *, device: Device, command: repo.CommandRow,
+                           at: datetime) -> list[AlarmChange]:
+    """GAS-05 / ACT-01: a command not carried out is a critical alarm on the target device."""
+    if command.alarm_id is not None:
+        repo.insert_event(conn, alarm_id=command.alarm_id, kind="actuation_failed", at=at,
+                          details={"command_id": command.id, "device_id": device.id, "action": command.action,
+                                   "detail": command.detail})
+    t = Transition(rule_id="ACT-01", alarm_type=actuation.ACTUATION_FAILED, kind="raise", severity=Severity.CRITICAL,
+                   at=at, message=f"{command.action} on {device.id} was not confirmed: act on site",
+                   details={"command_id": command.id, "action": command.action, "detail": command.detail,
+                            "for_alarm": command.alarm_id})
+    change = record_transition(conn, device=device, transition=t)
+    return [change] if change is not None else []
+
+
+def request_command(conn: Connection[Any], *, device: Device, action: str, actor: str, reason: str,
+                    alarm_id: int | None = None, now: datetime | None = None) -> repo.CommandRow:
+    """A person asks for a command (API): the safety policy applies (ConflictError when refused)."""
+    return actuation.request_command(conn, device=device, action=action, alarm_id=alarm_id, reason=reason,
+                                     now=now or datetime.now(UTC), requested_by=actor)
+
+
+def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None = None,
+                    now: datetime | None = None) -> None:
+    """EB-10: a worker checked the bike on site and clears the port lock."""
+    if not actuation.clear_port_lock(conn, device_id=device_id, actor=actor, note=note, now=now or datetime.now(UTC)):
+        raise NotFoundError(f"port {device_id} is not locked")

@@ -1,0 +1,134 @@
+"""Actuation policy: which command goes to which device, what is refused, and when it counts as confirmed.
+
+Commands are rows written in the rules transaction (so an alarm and its valve close commit together);
+ingest/actuator.py publishes them on gw/v1/{device}/cmd after commit. Confirmation is a cmd/ack or the
+next reading showing the state (valve closed, relay off); no confirmation by the deadline is a critical
+actuation_failed alarm (the timer, rules/scheduler.py).
+
+Policy (RULES-REFERENCE 1.4, 4.4, 7.3):
+- a gas valve is never reopened remotely (GB 50028 10.8.4: automatic close, manual reopening on site);
+- an active gas alarm in a site blocks remote relay switching there (no sparks in a gas cloud), for
+  automatic cuts too: the refusal is recorded on the alarm;
+- after an e-bike safety trip the port is locked until a worker clears it on site (Wuhan 2025 case):
+  restore_power is refused while locked.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg import Connection
+
+from core.domain import Device, DeviceKind, Reading
+from core.errors import ConflictError
+from rules import repo
+
+log = logging.getLogger(__name__)
+
+# GAS-05: "close commanded, but no closed feedback within 30 s" [E]; the same for a port cut.
+DEADLINE_S: dict[str, float] = {"close_valve": 30.0, "cut_power": 30.0, "restore_power": 30.0, "self_test": 60.0,
+                                "silence": 30.0}
+RELAY_ACTIONS = frozenset({"cut_power", "restore_power"})
+GAS_ALARM_TYPES = ("gas_low", "gas_leak", "gas_explosion_risk", "gas_confirmed")
+# The state a reading shows once an action took effect.
+CONFIRMING_STATE: dict[str, tuple[str, str]] = {"close_valve": ("valve", "closed"), "cut_power": ("relay", "off"),
+                                                "restore_power": ("relay", "on")}
+ACTUATION_FAILED = "actuation_failed"
+
+
+def request_command(conn: Connection[Any], *, device: Device, action: str, alarm_id: int | None, reason: str,
+                    now: datetime, requested_by: str | None = None) -> repo.CommandRow:
+    """Queue a command after the safety policy; a person's request that the policy forbids raises
+    ConflictError, a rule's is recorded as refused (so the alarm history says why nothing moved)."""
+    refusal = refusal_reason(conn, device=device, action=action)
+    if refusal is not None and requested_by is not None:
+        raise ConflictError(refusal)
+    status = "refused" if refusal else "pending"
+    row = repo.insert_command(conn, command_id=str(uuid.uuid4()), device_id=device.id, action=action,
+                              alarm_id=alarm_id, reason=reason, requested_by=requested_by, status=status, at=now,
+                              deadline=now + timedelta(seconds=DEADLINE_S.get(action, 30.0)),
+                              detail=refusal or "")
+    if alarm_id is not None:
+        repo.insert_event(conn, alarm_id=alarm_id, kind="actuated", at=now, actor=requested_by,
+                          details={"command_id": row.id, "device_id": device.id, "action": action,
+                                   "status": status, "refused": refusal})
+    if refusal:
+        log.warning("command %s on %s refused: %s", action, device.id, refusal)
+    else:
+        log.info("command %s queued for %s (alarm %s)", action, device.id, alarm_id)
+    return row
+
+
+def refusal_reason(conn: Connection[Any], *, device: Device, action: str) -> str | None:
+    """Why the policy forbids this command now, or None."""
+    if device.kind is DeviceKind.GAS_VALVE and action not in ("close_valve", "self_test"):
+        return "a gas valve is never reopened or switched remotely: reopen it by hand on site (GB 50028 10.8.4)"
+    if action in RELAY_ACTIONS:
+        gas = repo.site_has_active_alarm(conn, site_id=device.site_id, types=GAS_ALARM_TYPES)
+        if gas is not None:
+            return f"gas alarm {gas} is active in site {device.site_id}: no remote relay switching there"
+    if action == "restore_power":
+        lock = repo.get_port_lock(conn, device_id=device.id)
+        if lock is not None:
+            return (f"port {device.id} is locked since {lock[2].isoformat()} after a safety trip ({lock[1]}): "
+                    "a worker must check the bike and clear the lock on site")
+    return None
+
+
+def command_targets(conn: Connection[Any], *, device: Device, action: str) -> list[str]:
+    """The devices an automatic action goes to: the site's gas valves, or the port itself."""
+    if action == "close_valve":
+        if device.kind is DeviceKind.GAS_VALVE:
+            return [device.id]
+        return repo.site_devices_of_kind(conn, site_id=device.site_id, kind=DeviceKind.GAS_VALVE.value)
+    return [device.id]
+
+
+def confirming_pairs(readings: Sequence[Reading]) -> list[tuple[str, str]]:
+    """(device, action) pairs whose commanded state these readings show."""
+    pairs = set()
+    for r in readings:
+        if r.valve == "closed":
+            pairs.add((r.device_id, "close_valve"))
+        if r.relay == "off":
+            pairs.add((r.device_id, "cut_power"))
+        elif r.relay == "on":
+            pairs.add((r.device_id, "restore_power"))
+    return sorted(pairs)
+
+
+def record_confirmations(conn: Connection[Any], *, commands: Sequence[repo.CommandRow], at: datetime) -> None:
+    """Audit each confirmed command on its alarm."""
+    for c in commands:
+        log.info("command %s (%s) on %s confirmed by %s", c.id, c.action, c.device_id, c.confirmed_by)
+        if c.alarm_id is not None:
+            repo.insert_event(conn, alarm_id=c.alarm_id, kind="actuation_confirmed", at=at,
+                              details={"command_id": c.id, "device_id": c.device_id, "action": c.action,
+                                       "by": c.confirmed_by})
+
+
+def lock_port(conn: Connection[Any], *, device: Device, alarm_id: int | None, reason: str, at: datetime) -> None:
+    """EB-10: lock a port after a safety trip."""
+    repo.lock_port(conn, device_id=device.id, alarm_id=alarm_id, reason=reason, at=at)
+    log.info("port %s locked after %s", device.id, reason)
+
+
+def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None,
+                    now: datetime) -> bool:
+    """A worker has checked the bike on site and clears the port (returns whether it was locked)."""
+    return repo.clear_port_lock(conn, device_id=device_id, actor=actor, note=note, at=now)
+
+
+def claim_pending(conn: Connection[Any], *, limit: int = 100) -> list[repo.CommandRow]:
+    """Pending commands for a publisher, locked until its transaction ends (others skip them)."""
+    return repo.claim_pending_commands(conn, limit=limit)
+
+
+def mark_sent(conn: Connection[Any], *, ids: Sequence[str], at: datetime) -> None:
+    """The broker acknowledged these commands."""
+    if ids:
+        repo.mark_commands_sent(conn, ids=ids, at=at)

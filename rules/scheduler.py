@@ -1,0 +1,181 @@
+"""The rules timer: what no reading will ever trigger — silence (offline), session length, command
+deadlines and time-based severity escalation — judged on the wall clock.
+
+Correct with several processes: a tick runs under a transaction-scoped advisory lock (one tick at a time
+across the deployment), device states are taken FOR UPDATE SKIP LOCKED (a device being written by ingest
+right now is plainly not silent), and expired commands are claimed with SKIP LOCKED.
+Tests drive run_tick with an explicit `now` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import Connection
+
+from core import repo as core_repo
+from core.domain import Device, DeviceKind
+from core.settings import Settings
+from rules import repo
+from rules import service as rules_service
+from rules.engine import AbsenceRule, SessionRule, tick_absence, tick_session
+from rules.ruleset import RuleSet, default_rules
+
+log = logging.getLogger(__name__)
+
+TIMER_LOCK_KEY = 0x67_77_03_01  # "gw" 3.1: the rules timer's advisory lock
+
+
+def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = None) -> list[
+        rules_service.AlarmChange]:
+    """One timer pass in its own transaction; returns the alarm changes (empty if another process ticks)."""
+    now = now or datetime.now(UTC)
+    with conn.transaction():
+        if not repo.try_timer_lock(conn, key=TIMER_LOCK_KEY):
+            return []
+        devices = {d.id: d for d in core_repo.get_all_devices(conn)}
+        changes = _expire_commands(conn, devices=devices, now=now)
+        changes += _silence_and_sessions(conn, devices=devices, ruleset=ruleset, now=now)
+        changes += _escalate(conn, ruleset=ruleset, now=now)
+    return changes
+
+
+def _expire_commands(conn: Connection[Any], *, devices: dict[str, Device],
+                     now: datetime) -> list[rules_service.AlarmChange]:
+    changes = []
+    for command in repo.expire_commands(conn, now=now):
+        device = devices.get(command.device_id)
+        log.warning("command %s (%s) on %s not confirmed by %s", command.id, command.action, command.device_id,
+                    command.deadline_at.isoformat())
+        if device is not None:
+            changes += rules_service.raise_actuation_failed(conn, device=device, command=command, at=now)
+    return changes
+
+
+def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
+                          now: datetime) -> list[rules_service.AlarmChange]:
+    seen = {s.device_id: s for s in repo.get_seen(conn)}
+    candidates = []
+    for row in seen.values():
+        device = devices.get(row.device_id)
+        if device is None or row.last_seen_at is None:
+            continue
+        silent = (now - row.last_seen_at).total_seconds()
+        for rule in ruleset.for_device(device):
+            if (isinstance(rule, AbsenceRule) and (silent >= rule.offline_after_s(device)
+                                                    or rule.id in row.rule_ids)) or (
+                    isinstance(rule, SessionRule) and rule.id in row.rule_ids):
+                candidates.append(device.id)
+                break
+    if not candidates:
+        return []
+    states = repo.try_lock_device_states(conn, device_ids=candidates)
+    # Gateways first, so their children see this tick's verdict (one alarm for the gateway, none for them).
+    order = sorted(states, key=lambda i: (devices[i].kind is not DeviceKind.GATEWAY, i))
+    down: set[str] = set()
+    changes: list[rules_service.AlarmChange] = []
+    for device_id in order:
+        device, state = devices[device_id], states[device_id]
+        if state.last_seen_at is None:
+            continue
+        for rule in ruleset.for_device(device):
+            rule_state = state.rules.setdefault(rule.id, {})
+            transition = None
+            if isinstance(rule, AbsenceRule):
+                inhibited = _gateway_inhibits(conn, device=device, devices=devices, seen=seen, down=down, now=now)
+                transition = tick_absence(rule, rule_state, device, last_seen=state.last_seen_at, now=now,
+                                          inhibited=inhibited)
+                if rule_state.get("active") and device.kind is DeviceKind.GATEWAY:
+                    down.add(device.id)
+            elif isinstance(rule, SessionRule):
+                transition = tick_session(rule, rule_state, now=now)
+            if not rule_state:
+                state.rules.pop(rule.id, None)
+            if transition is not None:
+                changes += rules_service.apply_transition(conn, device=device, rule_id=rule.id,
+                                                          transition=transition, rules=state.rules,
+                                                          ruleset=ruleset, now=now)
+    repo.save_device_states(conn, states=list(states.values()))
+    return changes
+
+
+def _gateway_inhibits(conn: Connection[Any], *, device: Device, devices: dict[str, Device], seen: dict[str, Any],
+                      down: set[str], now: datetime) -> bool:
+    """A child's silence is its gateway's outage when the gateway is down or went quiet as long ago."""
+    gw_id = device.gateway_id
+    if not gw_id:
+        return False
+    if gw_id in down:
+        return True
+    gw, gw_seen, child_seen = devices.get(gw_id), seen.get(gw_id), seen.get(device.id)
+    if gw is not None and gw_seen is not None and gw_seen.last_seen_at is not None and child_seen is not None:
+        gw_silent = (now - gw_seen.last_seen_at).total_seconds()
+        child_silent = (now - child_seen.last_seen_at).total_seconds()
+        if gw_silent >= child_silent - 2 * gw.report_interval_s:
+            return True
+    return repo.gateway_is_down(conn, gateway_id=gw_id)
+
+
+def _escalate(conn: Connection[Any], *, ruleset: RuleSet, now: datetime) -> list[rules_service.AlarmChange]:
+    """Severity rises on alarms active longer than their rule's escalate_after_s (e.g. low battery 7 days)."""
+    changes = []
+    for rule in ruleset.rules:
+        if rule.escalate_after_s is None or rule.escalate_to is None or isinstance(rule, AbsenceRule):
+            continue
+        for alarm in repo.alarms_to_escalate(conn, alarm_type=rule.alarm_type, rule_id=rule.id,
+                                             severity=int(rule.escalate_to),
+                                             before=now - timedelta(seconds=rule.escalate_after_s)):
+            device = core_repo.get_devices(conn, ids=[alarm.device_id]).get(alarm.device_id)
+            if device is None:
+                continue
+            t = rule.transition("hold", now, severity=rule.escalate_to,
+                                details={"escalated_after_s": rule.escalate_after_s})
+            change = rules_service.record_transition(conn, device=device, transition=t, repeats=0)
+            if change is not None:
+                changes.append(change)
+    return changes
+
+
+class RulesTimer:
+    """Runs run_tick every settings.rules_tick_s until stop()."""
+
+    def __init__(self, settings: Settings, *, ruleset: RuleSet | None = None) -> None:
+        self.settings = settings
+        self.ruleset = ruleset or default_rules()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fatal: Exception | None = None
+        self.ticks = 0
+
+    def run(self) -> None:
+        """The loop (blocks until stop())."""
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = psycopg.connect(self.settings.dsn, autocommit=False)
+                run_tick(conn, ruleset=self.ruleset)
+                self.ticks += 1
+            except psycopg.OperationalError as exc:
+                log.warning("rules timer: database unavailable (%s); retrying", str(exc).strip()[:120])
+                conn = None
+            except Exception:
+                log.exception("rules timer tick failed; continuing")
+            self._stop.wait(self.settings.rules_tick_s)
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> None:
+        """Run in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="rules-timer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current tick."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
