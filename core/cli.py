@@ -20,6 +20,8 @@ app = typer.Typer(help="gridwatch: gas, CO, smoke and e-bike charging alarms rou
                   no_args_is_help=True, pretty_exceptions_enable=False)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+rules_app = typer.Typer(help="Alarm rules.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
 
 
 def _settings() -> Settings:
@@ -89,6 +91,30 @@ def token_create(
     except GridwatchError as exc:
         raise _fail(exc) from exc
     typer.echo(token)
+
+
+@rules_app.command("check")
+def rules_check(
+    file: Annotated[Path, typer.Argument(help="rules YAML (see rules/defaults.yaml; `extends: defaults` to override)")],
+    device: Annotated[str | None, typer.Option(help="print the effective rules for this registered device")] = None,
+) -> None:
+    """Validate a rules file; with --device, print the rules in force for that device."""
+    from rules.ruleset import describe_rules, load_rules
+
+    try:
+        ruleset = load_rules(file)
+        target = None
+        if device is not None:
+            from core import repo as core_repo
+
+            settings = _settings()
+            with db.connect(settings.dsn) as conn:
+                target = core_repo.get_devices(conn, ids=[device]).get(device)
+            if target is None:
+                raise _fail(ValueError(f"device {device!r} is not in the registry"))
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    typer.echo(describe_rules(ruleset, target))
 
 
 def wait_for_signal(stop: threading.Event, running: object | None = None) -> Exception | None:

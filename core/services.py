@@ -16,7 +16,7 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PARTS = ("ingest", "notify", "api")
+PARTS = ("ingest", "rules", "notify", "api")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Running:
             self.api_server.should_exit = True
             if self.api_thread:
                 self.api_thread.join(timeout=10)
-        for name in ("ingest", "notify"):
+        for name in ("ingest", "rules", "actuator", "notify"):
             part = self.parts.get(name)
             if part is not None:
                 part.stop()
@@ -62,6 +62,15 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
 
         running.parts["ingest"] = IngestWorker(settings)
         running.parts["ingest"].start()
+    if "rules" in only:
+        # The rules timer (offline, session length, command deadlines) and the command publisher.
+        from ingest.actuator import Actuator
+        from rules.scheduler import RulesTimer
+
+        running.parts["rules"] = RulesTimer(settings)
+        running.parts["rules"].start()
+        running.parts["actuator"] = Actuator(settings)
+        running.parts["actuator"].start()
     if "notify" in only:
         from notify.worker import NotifyWorker
 

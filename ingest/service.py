@@ -15,7 +15,6 @@ from core import repo as core_repo
 from core.domain import Adapter, Device, DeviceStatus, Reading
 from ingest import repo
 from ingest.decode import CommandAck, Decoder, Ignored, Message, Reject
-from rules import repo as rules_repo
 from rules import service as rules_service
 from rules.ruleset import RuleSet
 
@@ -131,9 +130,13 @@ def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder
         touched = {r.device_id for r in new}
         known = {d: dev for d in touched if (dev := devices.device(d)) is not None}
         result.alarm_changes = rules_service.apply_readings(conn, readings=new, devices=known, ruleset=ruleset)
-        for status in statuses:
-            rules_repo.set_device_online(conn, device_id=status.device_id, online=status.online, at=status.at)
+        status_devices = {s.device_id: dev for s in statuses if (dev := devices.device(s.device_id)) is not None}
+        result.alarm_changes += rules_service.apply_statuses(conn, statuses=statuses, devices=status_devices,
+                                                             ruleset=ruleset)
         result.statuses = len(statuses)
+        if acks:
+            result.alarm_changes += rules_service.apply_command_acks(
+                conn, acks=acks, devices={a.device_id: d for a in acks if (d := devices.device(a.device_id))})
         repo.insert_rejects(conn, rejects=rejects)
         result.rejected = len(rejects)
     for ack in acks:
