@@ -85,19 +85,20 @@ def describe_field_errors(exc: ValidationError, sources: Mapping[str, str], orig
 
 def build_reading(device: Device, *, fields: dict[str, Any], extras: dict[str, Any], ts: datetime | None,
                   received_at: datetime, limits: Limits, sources: Mapping[str, str] | None = None,
-                  origin: str = "bridge attribute") -> Reading | Reject | Ignored:
+                  origin: str = "bridge attribute", what: str = "") -> Reading | Reject | Ignored:
     """Validate mapped native fields (same types and ranges as v1 telemetry) and build the Reading.
 
     `fields` uses native names (gas_lel, relay, ...); `extras` keeps what has no native field. A message with
     extras only (a heartbeat with link quality, a Tasmota margin flag) is still a reading: it proves the
-    device is alive and keeps the flag for rules that look in extras.
+    device is alive and keeps the flag for rules that look in extras. `what` names the message in rejections.
     """
     values: dict[str, Any] = {}
     if fields:
         try:
             msg = TelemetryIn.model_validate(fields)
         except ValidationError as exc:
-            return Reject(describe_field_errors(exc, sources or {}, origin), device.id)
+            details = describe_field_errors(exc, sources or {}, origin)
+            return Reject(f"{what}: {details}" if what else details, device.id)
         values = {name: getattr(msg, name) for name in READING_FIELDS if name in fields}
     elif not extras:
         return Ignored("nothing to store")

@@ -163,7 +163,8 @@ class Shelly:
             return [Reject(f"shelly {shelly_id!r} {channel}: {mapped}", device.id)]
         fields, extras = mapped
         return [build_reading(device, fields=fields, extras=extras, ts=None, received_at=received_at,
-                              limits=limits, sources=dict.fromkeys(fields, channel), origin="shelly topic")]
+                              limits=limits, sources=dict.fromkeys(fields, channel), origin="shelly topic",
+                              what=f"shelly {shelly_id!r} {channel}")]
 
     def _online(self, device: Device, text: str, received_at: datetime) -> Decoded:
         if text == "":

@@ -238,7 +238,7 @@ class Tasmota:
             fields, extras = mapped
             sources = {"power_w": "MaxPowerReached", "relay": "MaxPowerReachedRetry"}
         return build_reading(device, fields=fields, extras=extras, ts=None, received_at=received_at, limits=limits,
-                             sources=sources, origin="Tasmota field")
+                             sources=sources, origin="Tasmota field", what=what)
 
     def _lwt(self, device: Device, payload: bytes, received_at: datetime, what: str) -> Decoded:
         text = scalar_text(payload, what=what, device_id=device.id)

@@ -283,7 +283,8 @@ class Zigbee2Mqtt:
         fields, extras, sources = map_attributes(device, data)
         ts = last_seen_ts(data.get("last_seen"), received_at, limits, extras)
         return build_reading(device, fields=fields, extras=extras, ts=ts, received_at=received_at, limits=limits,
-                             sources=sources, origin="zigbee2mqtt attribute")
+                             sources=sources, origin="zigbee2mqtt attribute",
+                             what=f"zigbee2mqtt {device.foreign_id!r}")
 
     def _attribute(self, device: Device, attribute: str, payload: bytes, received_at: datetime,
                    limits: Limits) -> Decoded:
@@ -296,7 +297,8 @@ class Zigbee2Mqtt:
             return Ignored(f"zigbee2mqtt attribute {attribute!r} alone is not stored")
         fields, extras, sources = map_attributes(device, {attribute: parse_attribute_value(payload)})
         return build_reading(device, fields=fields, extras=extras, ts=None, received_at=received_at,
-                             limits=limits, sources=sources, origin="zigbee2mqtt attribute")
+                             limits=limits, sources=sources, origin="zigbee2mqtt attribute",
+                             what=f"zigbee2mqtt {device.foreign_id!r}/{attribute}")
 
     def encode(self, device: Device, action: str) -> list[tuple[str, bytes]]:
         """The /set message that carries a native action to this device."""
