@@ -62,12 +62,12 @@ def load_migrations() -> list[Migration]:
     ]
 
 
-def has_timescale(conn: Connection[object]) -> bool:
+def has_timescale(conn: Connection[Any]) -> bool:
     """Whether the timescaledb extension is installed in this database."""
     return conn.execute(SELECT_TIMESCALE_INSTALLED).fetchone() is not None
 
 
-def migrate(conn: Connection[object]) -> list[int]:
+def migrate(conn: Connection[Any]) -> list[int]:
     """Apply pending migrations under an advisory lock; returns the versions applied."""
     applied_now: list[int] = []
     with conn.transaction():
@@ -81,14 +81,14 @@ def migrate(conn: Connection[object]) -> list[int]:
                 timescale = True
             except psycopg.Error as exc:
                 log.warning("timescaledb is available but could not be enabled (%s); using plain tables", exc)
-        done = {row[0] for row in conn.execute(SELECT_APPLIED)}  # type: ignore[index]
+        done = {row[0] for row in conn.execute(SELECT_APPLIED)}
         for m in load_migrations():
             if m.version in done:
                 continue
-            conn.execute(m.common)  # type: ignore[arg-type]
+            conn.execute(m.common)
             variant = m.timescale if timescale else m.plain
             if variant:
-                conn.execute(variant)  # type: ignore[arg-type]
+                conn.execute(variant)
             conn.execute(INSERT_APPLIED, (m.version, m.name, timescale))
             applied_now.append(m.version)
             log.info("applied migration %04d_%s%s", m.version, m.name, " (timescale)" if timescale else "")

@@ -160,8 +160,9 @@ def _start_tour(settings: Settings, stop: threading.Event) -> threading.Thread |
 
 def _minimal_tour(settings: Settings, stop: threading.Event) -> None:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gridwatch-demo-devices", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gridwatch-demo-devices", protocol=mqtt.MQTTv5)
     client.connect(settings.mqtt.host, settings.mqtt.port)
     client.loop_start()
     try:

@@ -208,8 +208,8 @@ def parse_registry(text: str, source: str = "<registry>") -> RegistryIn:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data: Any = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise RegistryError(f"{source}:{line}: not valid YAML: {exc.problem}") from exc
+        where = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise RegistryError(f"{source}:{where}: not valid YAML: {exc.problem}") from exc
     if not isinstance(data, dict):
         raise RegistryError(f"{source}:1: a registry is a mapping with community, grids, workers, sites, devices")
     try:
@@ -218,7 +218,7 @@ def parse_registry(text: str, source: str = "<registry>") -> RegistryIn:
         lines = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            line = _line_of(root, loc) if loc else _line_of_id(root, err["msg"])
+            line: int | None = _line_of(root, loc) if loc else _line_of_id(root, err["msg"])
             where = ".".join(str(p) for p in loc) or "(document)"
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{source}:{line or '?'}: {where}: {msg}")
