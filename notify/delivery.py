@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import apprise
@@ -33,9 +35,21 @@ class ChannelResult:
 class Sender:
     """Sends a title and body to apprise URLs; a redirect URL (demo, staging) replaces them all."""
 
-    def __init__(self, *, timeout_s: float = 5.0, redirect_url: str | None = None) -> None:
+    def __init__(self, *, timeout_s: float = 5.0, redirect_url: str | None = None, parallel: int = 8) -> None:
         self.timeout_s = timeout_s
         self.redirect_url = redirect_url
+        # Recipients are sent to in parallel so one slow channel does not hold up a critical alarm for others.
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="notify-send")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def send_many(self, jobs: Sequence[tuple[list[str], str, str, str]]) -> list[list[ChannelResult]]:
+        """Send (urls, title, body, recipient) jobs in parallel; results in the order of the jobs."""
+        if len(jobs) <= 1:
+            return [self.send(urls, title, body, recipient=who) for urls, title, body, who in jobs]
+        futures = [self._pool.submit(self.send, urls, title, body, recipient=who) for urls, title, body, who in jobs]
+        return [f.result() for f in futures]
 
     def send(self, urls: list[str], title: str, body: str, *, recipient: str = "") -> list[ChannelResult]:
         """Try every channel once; returns one result per channel."""
@@ -55,7 +69,7 @@ class Sender:
                     server.socket_connect_timeout = self.timeout_s
             try:
                 ok = bool(ap.notify(title=title, body=body))
-            except Exception as exc:  # apprise plugins raise freely; the attempt must still be recorded
+            except Exception as exc:  # noqa: BLE001 - apprise plugins raise freely; the attempt must still be recorded
                 log.warning("apprise raised on %s: %s", mask_url(url), exc)
                 results.append(ChannelResult(mask_url(url), False, f"{type(exc).__name__}: {exc}"[:300]))
                 continue

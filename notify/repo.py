@@ -1,14 +1,21 @@
-"""SQL of the notify stage: outbox routing, per-recipient notifications, delivery attempts."""
+"""SQL of the notify stage: outbox routing, recipients, ladders, silences, notifications and delivery attempts.
+
+notify never imports rules: alarm state is read here with notify's own SQL, and the rows notify adds to
+alarm_event and outbox (escalated, notified, reminders) are its side of "meeting in the database".
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from core.db import OUTBOX_CHANNEL
 
 
 @dataclass(slots=True)
@@ -19,11 +26,12 @@ class OutboxRow:
     kind: str
     severity: int
     created_at: datetime
+    detail: dict[str, Any]
 
 
 @dataclass(slots=True)
 class AlarmContext:
-    """What a message needs to say: the alarm, its device and where it is."""
+    """What routing and a message need: the alarm, its device and where it is."""
 
     alarm_id: int
     type: str
@@ -31,6 +39,8 @@ class AlarmContext:
     active: bool
     acknowledged: bool
     acknowledged_by: str | None
+    acknowledged_at: datetime | None
+    closed_at: datetime | None
     disposition: str | None
     value: float | None
     peak_value: float | None
@@ -40,6 +50,7 @@ class AlarmContext:
     device_id: str
     device_kind: str
     location: str
+    gateway_id: str | None
     site_id: str
     site_name: str
     address: str
@@ -48,16 +59,39 @@ class AlarmContext:
     micro_grid_id: str
     micro_grid_name: str
     grid_id: str
+    community_id: str
+    timezone: str
     merchant_id: str | None
 
 
 @dataclass(slots=True)
 class Recipient:
+    """A worker (or a merchant, role 'merchant') who can be sent messages."""
+
     id: str
     name: str
     role: str
     locale: str
     notify_urls: list[str]
+    roster: str | None = None
+    on_call: bool = False
+    covers_micro_grid: bool = False
+    covers_grid: bool = False
+    leads_grid: bool = False
+
+    @property
+    def is_merchant(self) -> bool:
+        return self.role == "merchant"
+
+
+@dataclass(slots=True)
+class Notified:
+    """Someone who already got a ladder message about an alarm."""
+
+    worker_id: str | None
+    merchant_id: str | None
+    tier: str
+    step: int
 
 
 @dataclass(slots=True)
@@ -66,17 +100,72 @@ class DueNotification:
     alarm_id: int
     worker_id: str | None
     merchant_id: str | None
+    kind: str
+    tier: str
+    step: int
+    locale: str
+    immediate: bool
+    alarm_ids: list[int]
     attempts: int
     title: str
     body: str
     notify_urls: list[str]
+    alarm_acknowledged: bool
+    alarm_closed: bool
 
 
+@dataclass(slots=True)
+class Escalation:
+    alarm_id: int
+    severity: int
+    start_step: int
+    step: int
+    started_at: datetime
+    next_step_at: datetime | None
+    reminders: int
+    next_reminder_at: datetime | None
+    renotify_at: datetime | None
+    stopped_at: datetime | None
+    stop_reason: str | None
+    # the alarm as it is now
+    alarm_type: str = ""
+    active: bool = True
+    acknowledged: bool = False
+    closed: bool = False
+    site_flags: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Silence:
+    id: int
+    site_id: str | None
+    device_id: str | None
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    created_by: str | None
+    include_life_safety: bool
+
+
+# --- outbox -------------------------------------------------------------------------------------------------
+
+# Only the earliest unrouted row of each alarm: a later transition (acknowledged) is routed after the earlier
+# one (raised) has committed, whichever notify process takes it.
 CLAIM_OUTBOX = """
-SELECT id, alarm_id, event_id, kind, severity, created_at FROM outbox
-WHERE routed_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+SELECT o.id, o.alarm_id, o.event_id, o.kind, o.severity, o.created_at, o.detail FROM outbox o
+WHERE o.routed_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.alarm_id = o.alarm_id AND p.routed_at IS NULL AND p.id < o.id)
+ORDER BY o.id LIMIT %s FOR UPDATE SKIP LOCKED
 """
 MARK_ROUTED = "UPDATE outbox SET routed_at = now() WHERE id = ANY(%s)"
+INSERT_OUTBOX = """
+INSERT INTO outbox (alarm_id, event_id, kind, severity, detail) VALUES (%s, %s, %s, %s, %s) RETURNING id
+"""
+NOTIFY_OUTBOX = f"NOTIFY {OUTBOX_CHANNEL}"
+INSERT_EVENT = """
+INSERT INTO alarm_event (alarm_id, at, kind, actor, severity, details) VALUES (%s, %s, %s, 'notify', %s, %s)
+RETURNING id
+"""
 
 
 def claim_outbox(conn: Connection[Any], *, limit: int) -> list[OutboxRow]:
@@ -90,54 +179,242 @@ def mark_routed(conn: Connection[Any], *, outbox_ids: Sequence[int]) -> None:
     conn.execute(MARK_ROUTED, (list(outbox_ids),))
 
 
+def insert_event(conn: Connection[Any], *, alarm_id: int, kind: str, at: datetime, severity: int | None,
+                 details: dict[str, Any]) -> int:
+    """An alarm_event row written by notify (escalated, notified)."""
+    with conn.cursor() as cur:
+        row = cur.execute(INSERT_EVENT, (alarm_id, at, kind, severity, Jsonb(details))).fetchone()
+    assert row is not None  # noqa: S101 - RETURNING always yields the row
+    return int(row[0])
+
+
+def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int | None, kind: str, severity: int,
+                  detail: dict[str, Any]) -> int:
+    """Queue a notify-originated transition (escalated, reminder, ack_timeout) and wake every notify process."""
+    with conn.cursor() as cur:
+        row = cur.execute(INSERT_OUTBOX, (alarm_id, event_id, kind, severity, Jsonb(detail))).fetchone()
+        cur.execute(NOTIFY_OUTBOX)
+    assert row is not None  # noqa: S101
+    return int(row[0])
+
+
+# --- alarm, registry ----------------------------------------------------------------------------------------
+
 SELECT_ALARM_CONTEXT = """
-SELECT a.id AS alarm_id, a.type, a.severity, a.active, a.acknowledged, a.acknowledged_by, a.disposition, a.value,
-       a.peak_value, a.count, a.message, a.raised_at, d.id AS device_id, d.kind AS device_kind, d.location,
+SELECT a.id AS alarm_id, a.type, a.severity, a.active, a.acknowledged, a.acknowledged_by, a.acknowledged_at,
+       a.closed_at, a.disposition, a.value, a.peak_value, a.count, a.message, a.raised_at,
+       d.id AS device_id, d.kind AS device_kind, d.location, d.gateway_id,
        s.id AS site_id, s.name AS site_name, s.address, s.floor, s.flags AS site_flags,
-       mg.id AS micro_grid_id, mg.name AS micro_grid_name, mg.grid_id, s.merchant_id
+       mg.id AS micro_grid_id, mg.name AS micro_grid_name, mg.grid_id, g.community_id, c.timezone, s.merchant_id
 FROM alarm a JOIN device d ON d.id = a.device_id JOIN site s ON s.id = a.site_id
-JOIN micro_grid mg ON mg.id = a.micro_grid_id
-WHERE a.id = %s
+JOIN micro_grid mg ON mg.id = a.micro_grid_id JOIN grid g ON g.id = mg.grid_id JOIN community c ON c.id = g.community_id
+WHERE a.id = ANY(%s)
 """
 
 
 def get_alarm_context(conn: Connection[Any], *, alarm_id: int) -> AlarmContext | None:
-    """The alarm with its device, site and micro-grid."""
+    """The alarm with its device, site, micro-grid, grid and community."""
+    found = get_alarm_contexts(conn, alarm_ids=[alarm_id])
+    return found[0] if found else None
+
+
+def get_alarm_contexts(conn: Connection[Any], *, alarm_ids: Sequence[int]) -> list[AlarmContext]:
+    """Several alarms with their context, in id order."""
     with conn.cursor(row_factory=class_row(AlarmContext)) as cur:
-        return cur.execute(SELECT_ALARM_CONTEXT, (alarm_id,)).fetchone()
+        rows = cur.execute(SELECT_ALARM_CONTEXT, (list(alarm_ids),)).fetchall()
+    return sorted(rows, key=lambda r: r.alarm_id)
 
 
-SELECT_COVERING_WORKERS = """
-SELECT w.id, w.name, w.role, w.locale, w.notify_urls FROM worker w
-JOIN worker_micro_grid wm ON wm.worker_id = w.id
-WHERE wm.micro_grid_id = %s AND w.active ORDER BY w.id
+SELECT_COMMUNITY_WORKERS = """
+SELECT w.id, w.name, w.role, w.locale, w.notify_urls, w.roster, w.on_call,
+       EXISTS (SELECT 1 FROM worker_micro_grid wm WHERE wm.worker_id = w.id AND wm.micro_grid_id = %(mg)s)
+           AS covers_micro_grid,
+       EXISTS (SELECT 1 FROM worker_micro_grid wm JOIN micro_grid m ON m.id = wm.micro_grid_id
+               WHERE wm.worker_id = w.id AND m.grid_id = %(grid)s) AS covers_grid,
+       EXISTS (SELECT 1 FROM worker_grid wg WHERE wg.worker_id = w.id AND wg.grid_id = %(grid)s) AS leads_grid
+FROM worker w WHERE w.active AND w.community_id = %(community)s ORDER BY w.id
 """
 
 
-def get_covering_workers(conn: Connection[Any], *, micro_grid_id: str) -> list[Recipient]:
-    """The workers who cover a micro-grid."""
+def get_community_workers(conn: Connection[Any], *, community_id: str, grid_id: str,
+                          micro_grid_id: str) -> list[Recipient]:
+    """Every active worker of a community, flagged with how they relate to the alarm's micro-grid and grid."""
     with conn.cursor(row_factory=class_row(Recipient)) as cur:
-        return cur.execute(SELECT_COVERING_WORKERS, (micro_grid_id,)).fetchall()
+        return cur.execute(SELECT_COMMUNITY_WORKERS, {"community": community_id, "grid": grid_id,
+                                                      "mg": micro_grid_id}).fetchall()
 
+
+SELECT_MERCHANT = """
+SELECT id, name, 'merchant' AS role, 'zh-CN' AS locale, notify_urls FROM merchant WHERE id = %s
+"""
+
+
+def get_merchant(conn: Connection[Any], *, merchant_id: str) -> Recipient | None:
+    """A merchant as a recipient (merchants read Chinese)."""
+    with conn.cursor(row_factory=class_row(Recipient)) as cur:
+        return cur.execute(SELECT_MERCHANT, (merchant_id,)).fetchone()
+
+
+SELECT_WORKER = """
+SELECT id, name, role, locale, notify_urls, roster, on_call FROM worker WHERE id = %s
+"""
+
+
+def get_worker(conn: Connection[Any], *, worker_id: str) -> Recipient | None:
+    """One worker by id."""
+    with conn.cursor(row_factory=class_row(Recipient)) as cur:
+        return cur.execute(SELECT_WORKER, (worker_id,)).fetchone()
+
+
+SELECT_NOTIFIED = """
+SELECT DISTINCT n.worker_id, n.merchant_id, n.tier, n.step FROM notification n
+WHERE n.alarm_ids @> ARRAY[%s]::bigint[] AND n.kind = ANY(%s) AND n.status <> 'suppressed'
+ORDER BY n.step, n.worker_id NULLS LAST, n.merchant_id
+"""
+
+
+def get_notified(conn: Connection[Any], *, alarm_id: int, kinds: Sequence[str]) -> list[Notified]:
+    """Who already had a message about this alarm (of the given transition kinds)."""
+    with conn.cursor(row_factory=class_row(Notified)) as cur:
+        return cur.execute(SELECT_NOTIFIED, (alarm_id, list(kinds))).fetchall()
+
+
+SELECT_SILENCE = """
+SELECT id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety FROM silence
+WHERE (site_id = %(site)s OR device_id = %(device)s) AND starts_at <= %(now)s AND ends_at > %(now)s
+ORDER BY include_life_safety DESC, ends_at DESC LIMIT 1
+"""
+
+
+def get_active_silence(conn: Connection[Any], *, site_id: str, device_id: str, now: datetime) -> Silence | None:
+    """The silence covering a site or device now (one that includes life-safety first)."""
+    with conn.cursor(row_factory=class_row(Silence)) as cur:
+        return cur.execute(SELECT_SILENCE, {"site": site_id, "device": device_id, "now": now}).fetchone()
+
+
+INSERT_SILENCE = """
+INSERT INTO silence (site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+RETURNING id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety
+"""
+SELECT_SILENCES = """
+SELECT id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety FROM silence
+WHERE ends_at > %s ORDER BY id
+"""
+END_SILENCE = "UPDATE silence SET ends_at = greatest(starts_at + interval '1 microsecond', %s) WHERE id = %s"
+
+
+def insert_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None, starts_at: datetime,
+                   ends_at: datetime, reason: str, created_by: str | None, include_life_safety: bool) -> Silence:
+    """A maintenance window for a site or a device."""
+    with conn.cursor(row_factory=class_row(Silence)) as cur:
+        row = cur.execute(INSERT_SILENCE, (site_id, device_id, starts_at, ends_at, reason, created_by,
+                                           include_life_safety)).fetchone()
+    assert row is not None  # noqa: S101
+    return row
+
+
+def list_silences(conn: Connection[Any], *, now: datetime) -> list[Silence]:
+    """Silences not yet expired."""
+    with conn.cursor(row_factory=class_row(Silence)) as cur:
+        return cur.execute(SELECT_SILENCES, (now,)).fetchall()
+
+
+def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> bool:
+    """Expire a silence now."""
+    return conn.execute(END_SILENCE, (now, silence_id)).rowcount > 0
+
+
+SELECT_GATEWAY_OFFLINE = """
+SELECT EXISTS (SELECT 1 FROM alarm WHERE device_id = %(gw)s AND type = ANY(%(types)s) AND active
+               AND closed_at IS NULL)
+    OR EXISTS (SELECT 1 FROM device_state WHERE device_id = %(gw)s AND online IS FALSE)
+"""
+
+
+def gateway_offline(conn: Connection[Any], *, gateway_id: str, offline_types: Sequence[str]) -> bool:
+    """Whether a gateway is offline (an active offline alarm, or its last status said so)."""
+    row = conn.execute(SELECT_GATEWAY_OFFLINE, {"gw": gateway_id, "types": list(offline_types)}).fetchone()
+    return bool(row and row[0])
+
+
+SELECT_TREND = """
+SELECT v FROM (
+    SELECT CASE %(field)s WHEN 'gas_lel' THEN gas_lel WHEN 'co_ppm' THEN co_ppm WHEN 'smoke_db_m' THEN smoke_db_m
+           WHEN 'temp_c' THEN temp_c WHEN 'current_a' THEN current_a WHEN 'power_w' THEN power_w
+           WHEN 'battery_pct' THEN battery_pct END AS v, ts
+    FROM reading WHERE device_id = %(device)s AND ts > %(since)s ORDER BY ts DESC LIMIT 20
+) r WHERE v IS NOT NULL ORDER BY ts DESC LIMIT 3
+"""
+
+
+def get_recent_values(conn: Connection[Any], *, device_id: str, field_name: str, since: datetime) -> list[float]:
+    """The device's latest values of one measurement, newest first (for the trend in a message)."""
+    rows = conn.execute(SELECT_TREND, {"field": field_name, "device": device_id, "since": since}).fetchall()
+    return [float(r[0]) for r in rows]
+
+
+# --- notifications ------------------------------------------------------------------------------------------
 
 INSERT_NOTIFICATION = """
-INSERT INTO notification (outbox_id, alarm_id, worker_id, step, title, body)
-VALUES (%s, %s, %s, %s, %s, %s)
-ON CONFLICT (outbox_id, worker_id) WHERE worker_id IS NOT NULL DO NOTHING
+INSERT INTO notification (outbox_id, alarm_id, worker_id, merchant_id, step, kind, tier, locale, site_id,
+                          immediate, alarm_ids, title, body, status, reason, next_attempt_at, created_at)
+VALUES (%(outbox_id)s, %(alarm_id)s, %(worker_id)s, %(merchant_id)s, %(step)s, %(kind)s, %(tier)s, %(locale)s,
+        %(site_id)s, %(immediate)s, ARRAY[%(alarm_id)s]::bigint[], %(title)s, %(body)s, %(status)s, %(reason)s,
+        %(next_at)s, %(now)s)
+ON CONFLICT DO NOTHING
+RETURNING id
 """
 
 
-def insert_notifications(conn: Connection[Any], *, rows: Sequence[tuple[int, int, str, int, str, str]]) -> None:
-    """(outbox_id, alarm_id, worker_id, step, title, body); a second insert for the same pair is a no-op."""
-    if rows:
-        with conn.cursor() as cur:
-            cur.executemany(INSERT_NOTIFICATION, rows)
+def insert_notification(conn: Connection[Any], *, outbox_id: int, alarm_id: int, worker_id: str | None,
+                        merchant_id: str | None, step: int, kind: str, tier: str, locale: str, site_id: str,
+                        immediate: bool, title: str, body: str, status: str, reason: str | None,
+                        next_at: datetime, now: datetime) -> int | None:
+    """One message for one (transition, recipient); a second insert for the same pair is a no-op (None)."""
+    row = conn.execute(INSERT_NOTIFICATION, {
+        "outbox_id": outbox_id, "alarm_id": alarm_id, "worker_id": worker_id, "merchant_id": merchant_id,
+        "step": step, "kind": kind, "tier": tier, "locale": locale, "site_id": site_id, "immediate": immediate,
+        "title": title, "body": body, "status": status, "reason": reason, "next_at": next_at, "now": now,
+    }).fetchone()
+    return int(row[0]) if row else None
+
+
+FIND_OPEN_GROUP = """
+SELECT id, created_at FROM notification
+WHERE site_id = %(site)s AND NOT immediate AND status = 'pending' AND attempts = 0
+  AND worker_id IS NOT DISTINCT FROM %(worker)s AND merchant_id IS NOT DISTINCT FROM %(merchant)s
+  AND next_attempt_at > %(now)s
+ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+"""
+EXTEND_GROUP = """
+UPDATE notification SET alarm_ids = CASE WHEN %(alarm)s = ANY(alarm_ids) THEN alarm_ids
+                                         ELSE alarm_ids || %(alarm)s::bigint END,
+    next_attempt_at = %(next_at)s, step = greatest(step, %(step)s)
+WHERE id = %(id)s
+"""
+
+
+def find_open_group(conn: Connection[Any], *, site_id: str, worker_id: str | None, merchant_id: str | None,
+                    now: datetime) -> tuple[int, datetime] | None:
+    """A held message for this site and recipient still waiting for more alarms (locked), or None."""
+    row = conn.execute(FIND_OPEN_GROUP, {"site": site_id, "worker": worker_id, "merchant": merchant_id,
+                                         "now": now}).fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+def extend_group(conn: Connection[Any], *, notification_id: int, alarm_id: int, step: int,
+                 next_at: datetime) -> None:
+    """Fold another alarm into a held message and move its send time."""
+    conn.execute(EXTEND_GROUP, {"id": notification_id, "alarm": alarm_id, "step": step, "next_at": next_at})
 
 
 CLAIM_DUE = """
-SELECT n.id, n.alarm_id, n.worker_id, n.merchant_id, n.attempts, n.title, n.body,
-       coalesce(w.notify_urls, m.notify_urls, '{}') AS notify_urls
+SELECT n.id, n.alarm_id, n.worker_id, n.merchant_id, n.kind, n.tier, n.step, n.locale, n.immediate, n.alarm_ids,
+       n.attempts, n.title, n.body, coalesce(w.notify_urls, m.notify_urls, '{}') AS notify_urls,
+       a.acknowledged AS alarm_acknowledged, a.closed_at IS NOT NULL AS alarm_closed
 FROM notification n LEFT JOIN worker w ON w.id = n.worker_id LEFT JOIN merchant m ON m.id = n.merchant_id
+JOIN alarm a ON a.id = n.alarm_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= %s
 ORDER BY n.next_attempt_at, n.id LIMIT %s
 FOR UPDATE OF n SKIP LOCKED
@@ -153,12 +430,17 @@ def claim_due(conn: Connection[Any], *, now: datetime, limit: int) -> list[DueNo
 INSERT_ATTEMPT = """
 INSERT INTO delivery_attempt (notification_id, at, channel, ok, detail) VALUES (%s, %s, %s, %s, %s)
 """
-MARK_SENT = "UPDATE notification SET status = 'sent', attempts = attempts + 1, sent_at = %s, last_error = NULL WHERE id = %s"
+MARK_SENT = """
+UPDATE notification SET status = 'sent', attempts = attempts + 1, sent_at = %s, last_error = NULL, title = %s,
+    body = %s
+WHERE id = %s
+"""
 MARK_RETRY = """
 UPDATE notification SET attempts = attempts + 1, next_attempt_at = %s, last_error = %s,
     status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE 'pending' END
 WHERE id = %s
 """
+MARK_SUPPRESSED = "UPDATE notification SET status = 'suppressed', reason = %s WHERE id = %s"
 
 
 def record_attempt(conn: Connection[Any], *, notification_id: int, at: datetime, channel: str, ok: bool,
@@ -167,11 +449,116 @@ def record_attempt(conn: Connection[Any], *, notification_id: int, at: datetime,
     conn.execute(INSERT_ATTEMPT, (notification_id, at, channel, ok, detail))
 
 
-def mark_sent(conn: Connection[Any], *, notification_id: int, at: datetime) -> None:
-    conn.execute(MARK_SENT, (at, notification_id))
+def mark_sent(conn: Connection[Any], *, notification_id: int, at: datetime, title: str, body: str) -> None:
+    """Delivered on at least one channel (with the text that went out)."""
+    conn.execute(MARK_SENT, (at, title, body, notification_id))
 
 
 def mark_retry(conn: Connection[Any], *, notification_id: int, next_at: datetime, error: str,
                max_attempts: int) -> None:
     """Schedule another try, or give up after max_attempts (status failed)."""
     conn.execute(MARK_RETRY, (next_at, error, max_attempts, notification_id))
+
+
+def mark_suppressed(conn: Connection[Any], *, notification_id: int, reason: str) -> None:
+    """Not to be sent after all (acknowledged meanwhile, silenced, inhibited)."""
+    conn.execute(MARK_SUPPRESSED, (reason, notification_id))
+
+
+SELECT_STEP_REACH = """
+SELECT count(*) FILTER (WHERE status = 'sent') AS reached,
+       count(*) FILTER (WHERE status = 'pending' AND attempts = 0) AS untried
+FROM notification
+WHERE alarm_ids @> ARRAY[%s]::bigint[] AND step = %s AND kind = ANY(%s) AND tier <> 'merchant'
+  AND status <> 'suppressed'
+"""
+
+
+def get_step_reach(conn: Connection[Any], *, alarm_id: int, step: int, kinds: Sequence[str]) -> tuple[int, int]:
+    """(recipients of a ladder step reached, recipients not tried yet)."""
+    row = conn.execute(SELECT_STEP_REACH, (alarm_id, step, list(kinds))).fetchone()
+    assert row is not None  # noqa: S101
+    return int(row[0]), int(row[1])
+
+
+# --- escalation ladder --------------------------------------------------------------------------------------
+
+START_ESCALATION = """
+INSERT INTO escalation (alarm_id, severity, start_step, step, started_at, next_step_at, reminders,
+                        next_reminder_at, renotify_at, stopped_at, stop_reason, updated_at)
+VALUES (%(alarm)s, %(severity)s, %(start_step)s, %(start_step)s, %(now)s, %(next_step_at)s, 0,
+        %(next_reminder_at)s, NULL, NULL, NULL, %(now)s)
+ON CONFLICT (alarm_id) DO UPDATE SET severity = EXCLUDED.severity, start_step = EXCLUDED.start_step,
+    step = EXCLUDED.step, started_at = EXCLUDED.started_at, next_step_at = EXCLUDED.next_step_at, reminders = 0,
+    next_reminder_at = EXCLUDED.next_reminder_at, renotify_at = NULL, stopped_at = NULL, stop_reason = NULL,
+    updated_at = EXCLUDED.updated_at
+"""
+ESCALATION_COLUMNS = """e.alarm_id, e.severity, e.start_step, e.step, e.started_at, e.next_step_at, e.reminders,
+    e.next_reminder_at, e.renotify_at, e.stopped_at, e.stop_reason, a.type AS alarm_type, a.active,
+    a.acknowledged, a.closed_at IS NOT NULL AS closed, s.flags AS site_flags"""
+SELECT_ESCALATION = f"""
+SELECT {ESCALATION_COLUMNS} FROM escalation e JOIN alarm a ON a.id = e.alarm_id JOIN site s ON s.id = a.site_id
+WHERE e.alarm_id = %s FOR UPDATE OF e
+"""
+CLAIM_DUE_ESCALATIONS = f"""
+SELECT {ESCALATION_COLUMNS} FROM escalation e JOIN alarm a ON a.id = e.alarm_id JOIN site s ON s.id = a.site_id
+WHERE e.stopped_at IS NULL AND least(e.next_step_at, e.next_reminder_at, e.renotify_at) <= %s
+ORDER BY least(e.next_step_at, e.next_reminder_at, e.renotify_at) LIMIT %s
+FOR UPDATE OF e SKIP LOCKED
+"""
+UPDATE_ESCALATION = """
+UPDATE escalation SET severity = %(severity)s, step = %(step)s, next_step_at = %(next_step_at)s,
+    reminders = %(reminders)s, next_reminder_at = %(next_reminder_at)s, renotify_at = %(renotify_at)s,
+    stopped_at = %(stopped_at)s, stop_reason = %(stop_reason)s, updated_at = %(now)s
+WHERE alarm_id = %(alarm_id)s
+"""
+MOVE_ON_NOW = """
+UPDATE escalation SET next_step_at = %(now)s, updated_at = %(now)s
+WHERE alarm_id = %(alarm)s AND step = %(step)s AND stopped_at IS NULL AND next_step_at > %(now)s
+"""
+
+
+def start_escalation(conn: Connection[Any], *, alarm_id: int, severity: int, start_step: int, now: datetime,
+                     next_step_at: datetime | None, next_reminder_at: datetime | None) -> None:
+    """Begin (or restart, on reactivation) an alarm's ladder."""
+    conn.execute(START_ESCALATION, {"alarm": alarm_id, "severity": severity, "start_step": start_step, "now": now,
+                                    "next_step_at": next_step_at, "next_reminder_at": next_reminder_at})
+
+
+def lock_escalation(conn: Connection[Any], *, alarm_id: int) -> Escalation | None:
+    """An alarm's ladder, locked, with the alarm's current state."""
+    with conn.cursor(row_factory=class_row(Escalation)) as cur:
+        return cur.execute(SELECT_ESCALATION, (alarm_id,)).fetchone()
+
+
+def claim_due_escalations(conn: Connection[Any], *, now: datetime, limit: int) -> list[Escalation]:
+    """Ladders with a deadline passed; other notify processes skip the locked ones."""
+    with conn.cursor(row_factory=class_row(Escalation)) as cur:
+        return cur.execute(CLAIM_DUE_ESCALATIONS, (now, limit)).fetchall()
+
+
+def update_escalation(conn: Connection[Any], *, esc: Escalation, now: datetime) -> None:
+    """Write back a ladder's step and deadlines."""
+    conn.execute(UPDATE_ESCALATION, {
+        "alarm_id": esc.alarm_id, "severity": esc.severity, "step": esc.step, "next_step_at": esc.next_step_at,
+        "reminders": esc.reminders, "next_reminder_at": esc.next_reminder_at, "renotify_at": esc.renotify_at,
+        "stopped_at": esc.stopped_at, "stop_reason": esc.stop_reason, "now": now,
+    })
+
+
+def move_on_now(conn: Connection[Any], *, alarm_id: int, step: int, now: datetime) -> bool:
+    """Nobody of the current step could be reached: the next step is due now."""
+    return conn.execute(MOVE_ON_NOW, {"alarm": alarm_id, "step": step, "now": now}).rowcount > 0
+
+
+SELECT_NEXT_DUE = """
+SELECT least((SELECT min(next_attempt_at) FROM notification WHERE status = 'pending'),
+             (SELECT min(least(next_step_at, next_reminder_at, renotify_at)) FROM escalation
+              WHERE stopped_at IS NULL))
+"""
+
+
+def get_next_due(conn: Connection[Any]) -> datetime | None:
+    """The earliest pending delivery or ladder deadline (the worker sleeps until then at most)."""
+    row = conn.execute(SELECT_NEXT_DUE).fetchone()
+    return row[0] if row else None

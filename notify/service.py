@@ -1,80 +1,378 @@
-"""Routing outbox transitions to recipients and delivering due notifications, exactly once each."""
+"""Routing outbox transitions to recipients, climbing the escalation ladder, and delivering due notifications,
+exactly once per (transition, recipient) across restarts and several notify processes.
+
+Every function takes `now` (or a clock) so rosters, night uplift and quiet hours never depend on the wall
+clock in tests. The caller passes a connection; each function owns one short transaction.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
 from psycopg import Connection
 
-from notify import repo, templates
+from notify import messages, repo, routing
 from notify.delivery import Sender
+from notify.policy import Policy
 
 log = logging.getLogger(__name__)
 
 DELIVERIES = Counter("gridwatch_notifications_total", "Notification delivery outcomes", ["outcome"])
+ESCALATIONS = Counter("gridwatch_escalations_total", "Escalation ladder actions", ["action"])
 
-# Transitions a person needs to hear about (DESIGN: transitions only, never "still active").
-NOTIFIED_KINDS = {"raised", "reactivated", "severity_raised", "cleared", "acknowledged", "resolved", "escalated",
-                  "actuation_failed"}
+# Transitions a person needs to hear about (DESIGN: transitions only, never "still active"). The last three
+# are written by notify itself.
+NOTIFIED_KINDS = {"raised", "reactivated", "severity_raised", "cleared", "acknowledged", "resolved",
+                  "actuation_failed", "escalated", "reminder", "ack_timeout"}
+# Messages that put someone on the ladder (reached or not reached decides whether the ladder moves on).
+LADDER_KINDS = ("raised", "reactivated", "severity_raised", "actuation_failed", "escalated")
+OPENING_KINDS = ("raised", "reactivated", "escalated")
+# Sent while the alarm waits for a person; pointless once someone has acknowledged.
+WAITING_KINDS = ("escalated", "reminder")
+
+Clock = Callable[[], datetime]
 
 
-def backoff(attempts: int) -> timedelta:
-    """2 s, 4 s, 8 s ... capped at 5 min."""
-    return timedelta(seconds=min(2 ** max(attempts, 1), 300))
+@dataclass(slots=True)
+class Target:
+    recipient: repo.Recipient
+    tier: str
+    step: int
 
 
-def route_outbox(conn: Connection[Any], *, public_url: str = "", limit: int = 100) -> int:
-    """Expand claimed outbox rows into one notification per recipient; returns rows routed."""
+def _ack_url(public_url: str, alarm_id: int | None = None) -> str:
+    if not public_url:
+        return ""
+    base = public_url.rstrip("/")
+    return f"{base}/alarms/{alarm_id}" if alarm_id is not None else f"{base}/alarms"
+
+
+# --- routing ------------------------------------------------------------------------------------------------
+
+def route_outbox(conn: Connection[Any], *, policy: Policy, now: datetime, public_url: str = "",
+                 limit: int = 100) -> int:
+    """Expand claimed outbox rows into notifications (and ladder state); returns rows routed."""
     with conn.transaction():
         rows = repo.claim_outbox(conn, limit=limit)
-        notes: list[tuple[int, int, str, int, str, str]] = []
         for row in rows:
-            if row.kind not in NOTIFIED_KINDS:
-                continue
-            ctx = repo.get_alarm_context(conn, alarm_id=row.alarm_id)
-            if ctx is None:
-                continue
-            ack_url = f"{public_url.rstrip('/')}/alarms/{ctx.alarm_id}" if public_url else ""
-            actor = ctx.acknowledged_by if row.kind == "acknowledged" else None
-            for worker in repo.get_covering_workers(conn, micro_grid_id=ctx.micro_grid_id):
-                title, body = templates.render(ctx, row.kind, worker.locale, ack_url=ack_url, actor=actor)
-                notes.append((row.id, row.alarm_id, worker.id, 0, title, body))
-            if not notes:
-                log.warning("alarm %s in micro-grid %s has nobody to notify", ctx.alarm_id, ctx.micro_grid_id)
-        repo.insert_notifications(conn, rows=notes)
-        repo.mark_routed(conn, outbox_ids=[r.id for r in rows])
+            if row.kind in NOTIFIED_KINDS:
+                _route(conn, row, policy=policy, now=now, public_url=public_url)
+        if rows:
+            repo.mark_routed(conn, outbox_ids=[r.id for r in rows])
     return len(rows)
 
 
-def deliver_due(conn: Connection[Any], *, sender: Sender, max_attempts: int, limit: int = 20,
-                now: datetime | None = None) -> int:
-    """Deliver notifications that are due, holding their row locks while sending; returns how many tried."""
+def _suppression(conn: Connection[Any], ctx: repo.AlarmContext, kind: str, policy: Policy,
+                 now: datetime) -> str | None:
+    """Why messages about this transition must not go out: a silence, or an offline gateway."""
+    silence = repo.get_active_silence(conn, site_id=ctx.site_id, device_id=ctx.device_id, now=now)
+    if silence is not None:
+        if not policy.is_life_safety(ctx.type) or silence.include_life_safety:
+            target = f"site {silence.site_id}" if silence.site_id else f"device {silence.device_id}"
+            return f"silenced ({target} until {silence.ends_at.isoformat(timespec='minutes')}: {silence.reason})"
+        log.info("silence %s does not cover life-safety alarm %s (%s)", silence.id, ctx.alarm_id, ctx.type)
+    if (ctx.type in policy.offline_types and ctx.gateway_id and kind not in ("cleared", "resolved")
+            and repo.gateway_offline(conn, gateway_id=ctx.gateway_id, offline_types=sorted(policy.offline_types))):
+        return f"inhibited: gateway {ctx.gateway_id} is offline"
+    return None
+
+
+def _route(conn: Connection[Any], row: repo.OutboxRow, *, policy: Policy, now: datetime, public_url: str) -> None:
+    ctx = repo.get_alarm_context(conn, alarm_id=row.alarm_id)
+    if ctx is None:
+        return
+    kind = row.kind
+    reason = _suppression(conn, ctx, kind, policy, now)
+    tz = ctx.timezone or policy.timezone
+    workers = repo.get_community_workers(conn, community_id=ctx.community_id, grid_id=ctx.grid_id,
+                                         micro_grid_id=ctx.micro_grid_id)
+    merchant = repo.get_merchant(conn, merchant_id=ctx.merchant_id) if ctx.merchant_id else None
+    steps = policy.for_severity(ctx.severity).steps
+
+    def step_targets(first: int, last: int) -> list[Target]:
+        out: list[Target] = []
+        for s in range(first, min(last, len(steps) - 1) + 1):
+            out += [Target(r, tier, s) for r, tier in
+                    routing.ladder_recipients(steps[s].tiers, workers, merchant=merchant, now=now, tz=tz)]
+        return out
+
+    targets: list[Target] = []
+    opened_step: int | None = None
+    if kind in ("raised", "reactivated"):
+        start = policy.start_step(ctx.severity, ctx.site_flags)
+        targets = step_targets(0, start)
+        opened_step = start
+        if reason is None and steps:
+            _start_ladder(conn, ctx, policy, start=start, now=now)
+    elif kind in ("severity_raised", "actuation_failed"):
+        esc = repo.lock_escalation(conn, alarm_id=ctx.alarm_id)
+        if esc is None or esc.stopped_at is not None:
+            start = policy.start_step(ctx.severity, ctx.site_flags)
+            if reason is None and steps and ctx.active and not ctx.acknowledged:
+                _start_ladder(conn, ctx, policy, start=start, now=now)
+            targets = step_targets(0, start)
+        else:
+            targets = step_targets(0, esc.step)
+            esc.severity = ctx.severity
+            if not ctx.acknowledged:
+                due = policy.step_due(ctx.severity, esc.step + 1, started_at=esc.started_at,
+                                      start_step=esc.start_step, now=now)
+                esc.next_step_at = max(due, now) if due else None
+            repo.update_escalation(conn, esc=esc, now=now)
+        targets += _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
+    elif kind == "escalated":
+        step = int(row.detail.get("step", 0))
+        targets = step_targets(step, step)
+        opened_step = step
+    elif kind in ("reminder", "ack_timeout"):
+        targets = [t for t in _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
+                   if not t.recipient.is_merchant]
+    elif kind == "acknowledged":
+        esc = repo.lock_escalation(conn, alarm_id=ctx.alarm_id)
+        if esc is not None and esc.stopped_at is None:
+            esc.next_step_at = esc.next_reminder_at = None
+            esc.renotify_at = policy.renotify_due(ctx.severity, now) if ctx.active else None
+            if esc.renotify_at is None:
+                esc.stopped_at, esc.stop_reason = now, f"acknowledged by {ctx.acknowledged_by}"
+            repo.update_escalation(conn, esc=esc, now=now)
+            ESCALATIONS.labels("stopped_ack").inc()
+        targets = _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
+    elif kind in ("cleared", "resolved"):
+        esc = repo.lock_escalation(conn, alarm_id=ctx.alarm_id)
+        if esc is not None and esc.stopped_at is None:
+            esc.next_step_at = esc.next_reminder_at = esc.renotify_at = None
+            esc.stopped_at, esc.stop_reason = now, kind
+            repo.update_escalation(conn, esc=esc, now=now)
+        targets = _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
+
+    _insert_messages(conn, row, ctx, _dedupe(targets), policy=policy, now=now, public_url=public_url,
+                     reason=reason, workers=workers)
+    nobody = not any(not t.recipient.is_merchant and t.step == opened_step for t in targets)
+    # Nobody to tell at this step (no leader registered, ...): the ladder climbs at once.
+    if (reason is None and opened_step is not None and steps and nobody
+            and repo.move_on_now(conn, alarm_id=ctx.alarm_id, step=opened_step, now=now)):
+        log.warning("alarm %s: nobody to notify at ladder step %s; escalating at once", ctx.alarm_id,
+                        opened_step)
+
+
+def _start_ladder(conn: Connection[Any], ctx: repo.AlarmContext, policy: Policy, *, start: int,
+                  now: datetime) -> None:
+    repo.start_escalation(
+        conn, alarm_id=ctx.alarm_id, severity=ctx.severity, start_step=start, now=now,
+        next_step_at=policy.step_due(ctx.severity, start + 1, started_at=now, start_step=start, now=now),
+        next_reminder_at=policy.reminder_due(ctx.severity, now, 0))
+    ESCALATIONS.labels("started").inc()
+
+
+def _previously_notified(conn: Connection[Any], ctx: repo.AlarmContext, workers: list[repo.Recipient],
+                         merchant: repo.Recipient | None, *, kinds: tuple[str, ...]) -> list[Target]:
+    by_id = {w.id: w for w in workers}
+    out = []
+    for n in repo.get_notified(conn, alarm_id=ctx.alarm_id, kinds=kinds):
+        if n.worker_id is not None:
+            r = by_id.get(n.worker_id) or repo.get_worker(conn, worker_id=n.worker_id)
+        else:
+            r = merchant if merchant is not None and merchant.id == n.merchant_id else None
+        if r is not None:
+            out.append(Target(r, n.tier, n.step))
+    return out
+
+
+def _dedupe(targets: list[Target]) -> list[Target]:
+    seen: set[tuple[bool, str]] = set()
+    out = []
+    for t in targets:
+        key = (t.recipient.is_merchant, t.recipient.id)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def _insert_messages(conn: Connection[Any], row: repo.OutboxRow, ctx: repo.AlarmContext, targets: list[Target], *,
+                     policy: Policy, now: datetime, public_url: str, reason: str | None,
+                     workers: list[repo.Recipient]) -> None:
+    if not targets:
+        if row.kind in OPENING_KINDS:
+            log.warning("alarm %s (%s) in micro-grid %s has nobody to notify", ctx.alarm_id, row.kind,
+                        ctx.micro_grid_id)
+        return
+    immediate = policy.is_immediate(ctx.type, ctx.severity)
+    vulnerable = bool(policy.vulnerable_flags.intersection(ctx.site_flags))
+    field = messages.measurement_of(ctx.type)
+    trend = repo.get_recent_values(conn, device_id=ctx.device_id, field_name=field[0],
+                                   since=now - timedelta(minutes=30)) if field and ctx.value is not None else []
+    told: list[str] = []
+    if row.kind == "escalated":
+        names = {w.id: w.name for w in workers}
+        told = [names.get(n.worker_id, n.worker_id) for n in repo.get_notified(
+            conn, alarm_id=ctx.alarm_id, kinds=LADDER_KINDS) if n.worker_id]
+    actor = ctx.acknowledged_by if row.kind == "acknowledged" else None
+    rendered: dict[str, messages.Message] = {}
+    storm = policy.storm
+    for t in targets:
+        r = t.recipient
+        lang = messages.lang_of(r.locale)
+        if lang not in rendered:
+            rendered[lang] = messages.render_alarm(
+                ctx, row.kind, lang, now=now, ack_url=_ack_url(public_url, ctx.alarm_id), actor=actor, trend=trend,
+                told=told, reminder=int(row.detail.get("n", 0)), vulnerable=vulnerable)
+        msg = rendered[lang]
+        worker_id, merchant_id = (None, r.id) if r.is_merchant else (r.id, None)
+        next_at = policy.deferred_until(ctx.severity, t.tier, now, ctx.type)
+        status = "suppressed" if reason else "pending"
+        note_reason = reason
+        grouped = not immediate and status == "pending" and next_at == now
+        if grouped:
+            group = repo.find_open_group(conn, site_id=ctx.site_id, worker_id=worker_id, merchant_id=merchant_id,
+                                         now=now)
+            if group is not None:
+                group_id, opened_at = group
+                send_at = min(opened_at + timedelta(seconds=storm.max_hold_s), now + timedelta(seconds=storm.hold_s))
+                repo.extend_group(conn, notification_id=group_id, alarm_id=ctx.alarm_id, step=t.step,
+                                  next_at=max(send_at, now))
+                continue
+            next_at = now + timedelta(seconds=min(storm.hold_s, storm.max_hold_s))
+        elif next_at > now:
+            note_reason = note_reason or f"quiet hours until {next_at.isoformat(timespec='minutes')}"
+        repo.insert_notification(
+            conn, outbox_id=row.id, alarm_id=ctx.alarm_id, worker_id=worker_id, merchant_id=merchant_id,
+            step=t.step, kind=row.kind, tier=t.tier, locale=lang, site_id=ctx.site_id, immediate=not grouped,
+            title=msg.title, body=msg.body, status=status, reason=note_reason, next_at=next_at, now=now)
+
+
+# --- escalation ladder --------------------------------------------------------------------------------------
+
+def run_escalations(conn: Connection[Any], *, policy: Policy, now: datetime, limit: int = 50) -> int:
+    """Climb ladders whose deadline has passed (step, reminder, re-notification); returns ladders handled."""
     with conn.transaction():
-        due = repo.claim_due(conn, now=now or datetime.now(UTC), limit=limit)
+        due = repo.claim_due_escalations(conn, now=now, limit=limit)
+        for esc in due:
+            _advance(conn, esc, policy=policy, now=now)
+            repo.update_escalation(conn, esc=esc, now=now)
+    return len(due)
+
+
+def _advance(conn: Connection[Any], esc: repo.Escalation, *, policy: Policy, now: datetime) -> None:
+    if esc.closed or not esc.active:
+        esc.next_step_at = esc.next_reminder_at = esc.renotify_at = None
+        esc.stopped_at, esc.stop_reason = now, "resolved" if esc.closed else "cleared"
+        return
+    if esc.acknowledged:
+        esc.next_step_at = esc.next_reminder_at = None
+        if esc.renotify_at is not None and esc.renotify_at <= now:
+            repo.insert_outbox(conn, alarm_id=esc.alarm_id, event_id=None, kind="ack_timeout", severity=esc.severity,
+                               detail={})
+            esc.renotify_at = policy.renotify_due(esc.severity, now)
+            ESCALATIONS.labels("ack_timeout").inc()
+        if esc.renotify_at is None:
+            esc.stopped_at, esc.stop_reason = now, "acknowledged"
+        return
+    steps = policy.for_severity(esc.severity).steps
+    if esc.next_step_at is not None and esc.next_step_at <= now:
+        esc.step += 1
+        if esc.step < len(steps):
+            tiers = list(steps[esc.step].tiers)
+            event_id = repo.insert_event(conn, alarm_id=esc.alarm_id, kind="escalated", at=now, severity=esc.severity,
+                                         details={"step": esc.step, "tiers": tiers,
+                                                  "unacknowledged_s": int((now - esc.started_at).total_seconds())})
+            repo.insert_outbox(conn, alarm_id=esc.alarm_id, event_id=event_id, kind="escalated",
+                               severity=esc.severity, detail={"step": esc.step})
+            ESCALATIONS.labels("step").inc()
+            log.info("alarm %s unacknowledged: escalating to step %d (%s)", esc.alarm_id, esc.step, ", ".join(tiers))
+        esc.next_step_at = policy.step_due(esc.severity, esc.step + 1, started_at=esc.started_at,
+                                           start_step=esc.start_step, now=now)
+        if esc.next_reminder_at is not None:
+            esc.next_reminder_at = policy.reminder_due(esc.severity, now, esc.reminders)
+    elif esc.next_reminder_at is not None and esc.next_reminder_at <= now:
+        esc.reminders += 1
+        repo.insert_outbox(conn, alarm_id=esc.alarm_id, event_id=None, kind="reminder", severity=esc.severity,
+                           detail={"n": esc.reminders})
+        esc.next_reminder_at = policy.reminder_due(esc.severity, now, esc.reminders)
+        ESCALATIONS.labels("reminder").inc()
+    if esc.next_step_at is None and esc.next_reminder_at is None and esc.renotify_at is None:
+        esc.stopped_at, esc.stop_reason = now, "ladder complete"
+
+
+# --- delivery -----------------------------------------------------------------------------------------------
+
+def deliver_due(conn: Connection[Any], *, sender: Sender, policy: Policy, clock: Clock, max_attempts: int,
+                public_url: str = "", limit: int = 20) -> int:
+    """Deliver notifications that are due, holding their row locks while sending; returns how many handled."""
+    with conn.transaction():
+        due = repo.claim_due(conn, now=clock(), limit=limit)
+        jobs: list[tuple[repo.DueNotification, messages.Message]] = []
+        unreached: list[repo.DueNotification] = []
         for note in due:
-            at = datetime.now(UTC)
+            if note.kind in WAITING_KINDS and (note.alarm_acknowledged or note.alarm_closed):
+                repo.mark_suppressed(conn, notification_id=note.id, reason="acknowledged before delivery")
+                DELIVERIES.labels("suppressed").inc()
+                continue
             if not note.notify_urls:
+                at = clock()
+                repo.record_attempt(conn, notification_id=note.id, at=at, channel="-", ok=False,
+                                    detail="recipient has no channel")
                 repo.mark_retry(conn, notification_id=note.id, next_at=at, error="recipient has no channel",
                                 max_attempts=1)
                 DELIVERIES.labels("no_channel").inc()
+                unreached.append(note)
                 continue
-            results = sender.send(note.notify_urls, note.title, note.body,
-                                  recipient=note.worker_id or note.merchant_id or "")
-            for res in results:
+            jobs.append((note, _message_for(conn, note, clock(), public_url)))
+        results = sender.send_many([(n.notify_urls, m.title, m.body, n.worker_id or n.merchant_id or "")
+                                    for n, m in jobs])
+        at = clock()
+        for (note, msg), channel_results in zip(jobs, results, strict=True):
+            for res in channel_results:
                 repo.record_attempt(conn, notification_id=note.id, at=at, channel=res.channel, ok=res.ok,
                                     detail=res.detail)
-            if any(r.ok for r in results):
-                repo.mark_sent(conn, notification_id=note.id, at=at)
+            who = note.worker_id or note.merchant_id
+            if any(r.ok for r in channel_results):
+                # The audit of who was told what is notification + delivery_attempt; alarm_event stays the
+                # alarm's own history (raised, escalated, acknowledged, ...).
+                repo.mark_sent(conn, notification_id=note.id, at=at, title=msg.title, body=msg.body)
                 DELIVERIES.labels("sent").inc()
-                log.info("notified %s of alarm %s", note.worker_id or note.merchant_id, note.alarm_id)
+                log.info("notified %s of alarm %s (%s, %d alarm(s))", who, note.alarm_id, note.kind,
+                         len(note.alarm_ids))
             else:
-                error = "; ".join(f"{r.channel}: {r.detail}" for r in results)[:500]
-                repo.mark_retry(conn, notification_id=note.id, next_at=at + backoff(note.attempts + 1),
+                error = "; ".join(f"{r.channel}: {r.detail}" for r in channel_results)[:500]
+                repo.mark_retry(conn, notification_id=note.id, next_at=at + policy.backoff(note.attempts + 1),
                                 error=error, max_attempts=max_attempts)
                 DELIVERIES.labels("failed_attempt").inc()
-                log.warning("delivery to %s failed (attempt %d): %s", note.worker_id or note.merchant_id,
-                            note.attempts + 1, error)
+                log.warning("delivery to %s failed (attempt %d): %s", who, note.attempts + 1, error)
+                unreached.append(note)
+        _move_on_when_unreached(conn, unreached, now=at)
     return len(due)
+
+
+def _message_for(conn: Connection[Any], note: repo.DueNotification, now: datetime,
+                 public_url: str) -> messages.Message:
+    if note.immediate or len(note.alarm_ids) < 2:
+        return messages.Message(note.title, note.body)
+    contexts = repo.get_alarm_contexts(conn, alarm_ids=note.alarm_ids)
+    if not contexts:
+        return messages.Message(note.title, note.body)
+    states = {c.alarm_id: ("resolved" if c.closed_at else "cleared" if not c.active else
+                           "acknowledged" if c.acknowledged else "raised") for c in contexts}
+    span = int((now - min(c.raised_at for c in contexts)).total_seconds())
+    return messages.render_group(contexts, states, note.locale, seconds=span, ack_url=_ack_url(public_url),
+                                 vulnerable=any("elderly_living_alone" in c.site_flags for c in contexts))
+
+
+def _move_on_when_unreached(conn: Connection[Any], notes: list[repo.DueNotification], *, now: datetime) -> None:
+    """A step whose every recipient could not be reached on any channel does not wait for its timer."""
+    pairs = sorted({(a, n.step) for n in notes if n.kind in LADDER_KINDS and n.tier != "merchant"
+                    for a in n.alarm_ids})
+    for alarm_id, step in pairs:
+        # Lock the ladder first: two processes failing the last two recipients of a step then see each other.
+        esc = repo.lock_escalation(conn, alarm_id=alarm_id)
+        if esc is None or esc.stopped_at is not None or esc.step != step or esc.acknowledged:
+            continue
+        reached, untried = repo.get_step_reach(conn, alarm_id=alarm_id, step=step, kinds=LADDER_KINDS)
+        if reached == 0 and untried == 0 and repo.move_on_now(conn, alarm_id=alarm_id, step=step, now=now):
+            ESCALATIONS.labels("unreached").inc()
+            log.warning("alarm %s: nobody of ladder step %d could be reached; escalating now", alarm_id, step)
