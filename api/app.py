@@ -1,52 +1,52 @@
-"""The FastAPI application: auth, alarm endpoints, health and metrics."""
+"""The FastAPI application: routers, error mapping, security headers, health and metrics."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg import Connection
 from psycopg_pool import ConnectionPool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import auth
-from api import repo as api_repo
-from api.schemas import AlarmPage, AlarmRead, Problem, ResolveIn
-from core.domain import Severity
-from core.errors import AuthError, ConflictError, NotFoundError
+from api import pages
+from api.deps import Conn
+from api.routers import admin, alarms, devices, merchants
+from api.stream import AlarmHub
+from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
 from core.settings import Settings
-from rules import service as rules_service
+from rules import score_service
 
 log = logging.getLogger(__name__)
-bearer = HTTPBearer(auto_error=False)
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 404: {"model": Problem}}
+STATIC = Path(__file__).parent / "static"
+
+# Pages are server-rendered with our own script and style files only: nothing inline, nothing third-party.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "geolocation=(), camera=(), microphone=()",
+}
+# Swagger UI and ReDoc load their own inline script; they get the headers above but not the page CSP.
+NO_CSP = ("/docs", "/redoc")
 
 
-def get_conn(request: Request) -> Iterator[Connection[Any]]:
-    """A pooled connection for one request."""
-    with request.app.state.pool.connection() as conn:
-        yield conn
+def _is_page(request: Request) -> bool:
+    return not request.url.path.startswith(("/api/", "/healthz", "/metrics", "/openapi.json"))
 
 
-Conn = Annotated[Connection[Any], Depends(get_conn)]
-
-
-def principal(request: Request, conn: Conn,
-              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> auth.Principal:
-    """The caller, from the bearer token."""
-    if creds is None:
-        raise AuthError("send Authorization: Bearer <token> (create one with `gridwatch token create`)")
-    settings: Settings = request.app.state.settings
-    with conn.transaction():
-        return auth.authenticate(conn, secret_key=settings.secret_key.get_secret_value(), token=creds.credentials)
-
-
-Who = Annotated[auth.Principal, Depends(principal)]
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in loc)
 
 
 def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAPI:
@@ -58,27 +58,73 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         if owned:
             app.state.pool = ConnectionPool(settings.dsn, min_size=1, max_size=10, open=True, name="api")
         yield
+        await app.state.hub.close()
         if owned:
             app.state.pool.close()
 
     app = FastAPI(title="gridwatch", version="0.1.0", lifespan=lifespan,
-                  description="Safety monitoring for dense urban housing: alarms, acknowledgements, scores.")
+                  description="Safety monitoring for dense urban housing: alarms, acknowledgements, scores. "
+                              "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.")
     app.state.settings = settings
+    app.state.hub = AlarmHub(settings.dsn)
     if pool is not None:
         app.state.pool = pool
 
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if not request.url.path.startswith(NO_CSP):
+            response.headers.setdefault("Content-Security-Policy", CSP)
+        if _is_page(request) and not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
     @app.exception_handler(AuthError)
-    async def _auth(_: Request, exc: AuthError) -> JSONResponse:
+    async def _auth(request: Request, exc: AuthError) -> Response:
+        if _is_page(request) and request.method == "GET":
+            return RedirectResponse(pages.login_url(request), status_code=303)
         return JSONResponse({"detail": f"not authenticated: {exc}"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(NotFoundError)
-    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+    async def _not_found(request: Request, exc: NotFoundError) -> Response:
+        if _is_page(request):
+            return pages.error_page(request, 404, str(exc))
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(ConflictError)
-    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+    async def _conflict(request: Request, exc: ConflictError) -> Response:
+        if _is_page(request):
+            return pages.error_page(request, 409, str(exc))
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(RegistryError)
+    async def _registry(_: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(score_service.InvalidScoreInput)
+    async def _score_input(_: Request, exc: score_service.InvalidScoreInput) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ConfigError)
+    async def _config(_: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"field": _field(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+        if _is_page(request):
+            return pages.error_page(request, 422, detail)
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_page(request) and exc.status_code in (403, 404, 409, 422):
+            return pages.error_page(request, exc.status_code, str(exc.detail))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz", tags=["ops"])
     def healthz(conn: Conn) -> dict[str, str]:
@@ -91,73 +137,10 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         """Prometheus text format."""
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/alarms", tags=["alarms"], responses=ERRORS)
-    def list_alarms(
-        conn: Conn, who: Who,
-        status: Literal["open", "all"] = "open",
-        active: bool | None = None,
-        acknowledged: bool | None = None,
-        severity: Annotated[str | None, Query(description="minimum: critical|major|minor|info or P1..P4")] = None,
-        site: str | None = None,
-        before: Annotated[int | None, Query(ge=1, description="keyset cursor from next_before")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> AlarmPage:
-        """Alarms the caller may see: a worker's micro-grids, a merchant's sites, everything for an admin."""
-        try:
-            min_sev = Severity.parse(severity) if severity else None
-        except (KeyError, ValueError):
-            raise HTTPException(422, f"severity {severity!r} is not critical, major, minor, info or P1..P4") from None
-        rows = api_repo.list_alarms(conn, worker_id=_worker_scope(who), merchant_id=_merchant_scope(who),
-                                    open_only=status == "open", active=active, acknowledged=acknowledged,
-                                    min_severity=int(min_sev) if min_sev else None, site_id=site,
-                                    before_id=before, limit=limit)
-        return AlarmPage(items=[AlarmRead.of(r) for r in rows],
-                         next_before=rows[-1].id if len(rows) == limit else None)
-
-    @app.get("/api/v1/alarms/{alarm_id}", tags=["alarms"], responses=ERRORS)
-    def get_alarm(alarm_id: int, conn: Conn, who: Who) -> AlarmRead:
-        """One alarm in the caller's scope."""
-        return AlarmRead.of(_scoped(conn, who, alarm_id))
-
-    @app.post("/api/v1/alarms/{alarm_id}/ack", tags=["alarms"], responses={**ERRORS, 409: {"model": Problem}})
-    def ack_alarm(alarm_id: int, conn: Conn, who: Who) -> AlarmRead:
-        """Acknowledge: I have it. Records who and when, stops escalation."""
-        _require_actor(who)
-        with conn.transaction():
-            _scoped(conn, who, alarm_id)
-            rules_service.acknowledge(conn, alarm_id=alarm_id, actor=who.actor)
-        return AlarmRead.of(_scoped(conn, who, alarm_id))
-
-    @app.post("/api/v1/alarms/{alarm_id}/resolve", tags=["alarms"], responses={**ERRORS, 409: {"model": Problem}})
-    def resolve_alarm(alarm_id: int, body: ResolveIn, conn: Conn, who: Who) -> AlarmRead:
-        """Close the alarm with what it turned out to be."""
-        _require_actor(who)
-        with conn.transaction():
-            _scoped(conn, who, alarm_id)
-            rules_service.resolve(conn, alarm_id=alarm_id, actor=who.actor, disposition=body.disposition,
-                                  note=body.note)
-        return AlarmRead.of(_scoped(conn, who, alarm_id))
-
+    app.include_router(alarms.router)
+    app.include_router(devices.router)
+    app.include_router(merchants.router)
+    admin.include(app)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def _worker_scope(who: auth.Principal) -> str | None:
-    return who.worker_id if who.role == "worker" else None
-
-
-def _merchant_scope(who: auth.Principal) -> str | None:
-    return who.merchant_id if who.role == "merchant" else None
-
-
-def _scoped(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> api_repo.AlarmListRow:
-    """The alarm if in scope; 404 otherwise, so existence outside one's scope is not revealed."""
-    row = api_repo.get_alarm_in_scope(conn, alarm_id=alarm_id, worker_id=_worker_scope(who),
-                                      merchant_id=_merchant_scope(who))
-    if row is None:
-        raise NotFoundError(f"alarm {alarm_id} not found")
-    return row
-
-
-def _require_actor(who: auth.Principal) -> None:
-    if who.role == "merchant":
-        raise HTTPException(403, "merchants cannot acknowledge or resolve alarms; your micro-grid worker does")

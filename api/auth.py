@@ -1,4 +1,5 @@
-"""Bearer tokens: random, shown once, stored as HMAC-SHA256 digests; roles admin | worker | merchant."""
+"""Bearer tokens and web sessions: random, shown once, stored as HMAC-SHA256 digests; roles admin | worker |
+merchant. A web session is a second random secret (cookie) bound to a token; CSRF tokens derive from it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any, Literal
 from psycopg import Connection
 
 from api import repo
-from core.errors import AuthError, ConfigError
+from core.errors import AuthError, ConfigError, NotFoundError
 
 Role = Literal["admin", "worker", "merchant"]
-TOKEN_PREFIX = "gw_"
+ROLES: tuple[Role, ...] = ("admin", "worker", "merchant")
+TOKEN_PREFIX = "gw_"  # noqa: S105 - a prefix, not a secret
+SESSION_TTL = timedelta(hours=12)
 
 
 @dataclass(slots=True, frozen=True)
@@ -26,10 +29,21 @@ class Principal:
     role: Role
     worker_id: str | None = None
     merchant_id: str | None = None
+    session_id: int | None = None
 
     @property
     def actor(self) -> str:
         return self.worker_id or self.merchant_id or f"admin:{self.token_id}"
+
+    @property
+    def worker_scope(self) -> str | None:
+        """The worker whose micro-grids bound what this caller sees (None: not a worker)."""
+        return self.worker_id if self.role == "worker" else None
+
+    @property
+    def merchant_scope(self) -> str | None:
+        """The merchant whose sites bound what this caller sees (None: not a merchant)."""
+        return self.merchant_id if self.role == "merchant" else None
 
 
 def hash_token(secret_key: str, token: str) -> bytes:
@@ -40,16 +54,40 @@ def hash_token(secret_key: str, token: str) -> bytes:
 def create_token(conn: Connection[Any], *, secret_key: str, role: Role, worker_id: str | None = None,
                  merchant_id: str | None = None, label: str = "", ttl: timedelta | None = None) -> str:
     """Create a token and return it; only its hash is kept."""
+    return create_token_row(conn, secret_key=secret_key, role=role, worker_id=worker_id, merchant_id=merchant_id,
+                            label=label, ttl=ttl)[1]
+
+
+def create_token_row(conn: Connection[Any], *, secret_key: str, role: Role, worker_id: str | None = None,
+                     merchant_id: str | None = None, label: str = "",
+                     ttl: timedelta | None = None) -> tuple[int, str, datetime | None]:
+    """Create a token; returns (id, token, expires_at). The token itself is never stored."""
+    if role not in ROLES:
+        raise ConfigError(f"role {role!r} is not admin, worker or merchant")
     if role == "worker" and not worker_id:
         raise ConfigError("a worker token needs --worker ID")
     if role == "merchant" and not merchant_id:
         raise ConfigError("a merchant token needs --merchant ID")
+    if role == "worker" and worker_id and not repo.exists(conn, table="worker", id=worker_id):
+        raise NotFoundError(f"worker {worker_id!r} is not in the registry")
+    if role == "merchant" and merchant_id and not repo.exists(conn, table="merchant", id=merchant_id):
+        raise NotFoundError(f"merchant {merchant_id!r} is not in the registry")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + ttl if ttl else None
-    repo.insert_token(conn, token_hash=hash_token(secret_key, token), role=role,
-                      worker_id=worker_id if role == "worker" else None,
-                      merchant_id=merchant_id if role == "merchant" else None, label=label, expires_at=expires)
-    return token
+    token_id = repo.insert_token(conn, token_hash=hash_token(secret_key, token), role=role,
+                                 worker_id=worker_id if role == "worker" else None,
+                                 merchant_id=merchant_id if role == "merchant" else None, label=label,
+                                 expires_at=expires)
+    return token_id, token, expires
+
+
+def _check(row: repo.TokenRow) -> Principal:
+    if row.revoked_at is not None:
+        raise AuthError("token revoked")
+    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+        raise AuthError("token expired")
+    role: Role = row.role  # type: ignore[assignment]
+    return Principal(row.id, role, row.worker_id, row.merchant_id)
 
 
 def authenticate(conn: Connection[Any], *, secret_key: str, token: str) -> Principal:
@@ -57,9 +95,46 @@ def authenticate(conn: Connection[Any], *, secret_key: str, token: str) -> Princ
     row = repo.find_token(conn, token_hash=hash_token(secret_key, token))
     if row is None:
         raise AuthError("unknown token")
-    if row.revoked_at is not None:
-        raise AuthError("token revoked")
-    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
-        raise AuthError("token expired")
-    role: Role = row.role  # type: ignore[assignment]
-    return Principal(row.id, role, row.worker_id, row.merchant_id)
+    return _check(row)
+
+
+def create_session(conn: Connection[Any], *, secret_key: str, token: str,
+                   ttl: timedelta = SESSION_TTL) -> tuple[str, Principal]:
+    """Log in with a token: returns the session secret for the cookie and who it is."""
+    who = authenticate(conn, secret_key=secret_key, token=token)
+    session = secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + ttl
+    token_expiry = repo.get_token_expiry(conn, token_id=who.token_id)
+    if token_expiry is not None:
+        expires = min(expires, token_expiry)
+    session_id = repo.insert_session(conn, session_hash=hash_token(secret_key, "session:" + session),
+                                     token_id=who.token_id, expires_at=expires)
+    return session, Principal(who.token_id, who.role, who.worker_id, who.merchant_id, session_id)
+
+
+def authenticate_session(conn: Connection[Any], *, secret_key: str, session: str) -> Principal:
+    """The principal behind a session cookie; the token's own revocation and expiry apply too."""
+    row = repo.find_session(conn, session_hash=hash_token(secret_key, "session:" + session))
+    if row is None:
+        raise AuthError("unknown session: log in again")
+    if row.session_revoked_at is not None:
+        raise AuthError("logged out: log in again")
+    if row.session_expires_at <= datetime.now(UTC):
+        raise AuthError("session expired: log in again")
+    who = _check(row.token)
+    return Principal(who.token_id, who.role, who.worker_id, who.merchant_id, row.session_id)
+
+
+def end_session(conn: Connection[Any], *, secret_key: str, session: str) -> None:
+    """Log out."""
+    repo.revoke_session(conn, session_hash=hash_token(secret_key, "session:" + session))
+
+
+def csrf_token(secret_key: str, session: str) -> str:
+    """The CSRF token bound to a session (synchroniser token, derived so nothing more is stored)."""
+    return hmac.new(secret_key.encode(), ("csrf:" + session).encode(), hashlib.sha256).hexdigest()
+
+
+def check_csrf(secret_key: str, session: str, presented: str | None) -> bool:
+    """Whether a form's or header's CSRF token belongs to this session."""
+    return bool(presented) and hmac.compare_digest(csrf_token(secret_key, session), presented or "")

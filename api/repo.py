@@ -1,13 +1,21 @@
-"""SQL the API reads: tokens, scoped alarm lists."""
+"""SQL the API runs: tokens, sessions, scoped alarms, devices and readings, registry CRUD, KPIs.
+
+Scope convention: worker=None and merchant=None mean an admin (everything); a worker sees the micro-grids
+they cover; a merchant their own sites. Every function takes the connection first and never commits.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg import Connection
-from psycopg.rows import class_row
+from psycopg import Connection, sql
+from psycopg.rows import class_row, dict_row
+
+from core import repo as core_repo
+
+# -- tokens and sessions ----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -21,19 +29,42 @@ class TokenRow:
     revoked_at: datetime | None
 
 
+@dataclass(slots=True)
+class TokenListRow:
+    id: int
+    role: str
+    worker_id: str | None
+    merchant_id: str | None
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
 INSERT_TOKEN = """
 INSERT INTO api_token (token_hash, role, worker_id, merchant_id, label, expires_at)
 VALUES (%s, %s, %s, %s, %s, %s) RETURNING id
-"""
+"""  # noqa: S105 - SQL, not a secret
 SELECT_TOKEN = """
 UPDATE api_token SET last_used_at = now() WHERE token_hash = %s
 RETURNING id, role, worker_id, merchant_id, label, expires_at, revoked_at
+"""  # noqa: S105 - SQL, not a secret
+REVOKE_TOKEN = "UPDATE api_token SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL"  # noqa: S105
+SELECT_TOKEN_EXPIRY = "SELECT expires_at FROM api_token WHERE id = %s"  # noqa: S105
+SELECT_TOKENS = """
+SELECT id, role, worker_id, merchant_id, label, created_at, expires_at, revoked_at, last_used_at
+FROM api_token ORDER BY id LIMIT %s OFFSET %s
 """
-REVOKE_TOKEN = "UPDATE api_token SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL"
+SELECT_TOKEN_BY_ID = """
+SELECT id, role, worker_id, merchant_id, label, created_at, expires_at, revoked_at, last_used_at
+FROM api_token WHERE id = %s
+"""  # noqa: S105 - SQL, not a secret
 
 
 def insert_token(conn: Connection[Any], *, token_hash: bytes, role: str, worker_id: str | None,
                  merchant_id: str | None, label: str, expires_at: datetime | None) -> int:
+    """Store a token's digest; returns its id."""
     row = conn.execute(INSERT_TOKEN, (token_hash, role, worker_id, merchant_id, label, expires_at)).fetchone()
     assert row is not None  # noqa: S101
     return int(row[0] if isinstance(row, tuple) else row["id"])
@@ -46,7 +77,67 @@ def find_token(conn: Connection[Any], *, token_hash: bytes) -> TokenRow | None:
 
 
 def revoke_token(conn: Connection[Any], *, token_id: int) -> bool:
+    """Revoke a token (its web sessions die with it); False if unknown or already revoked."""
     return conn.execute(REVOKE_TOKEN, (token_id,)).rowcount > 0
+
+
+def get_token_expiry(conn: Connection[Any], *, token_id: int) -> datetime | None:
+    """When a token expires (None: never)."""
+    row = conn.execute(SELECT_TOKEN_EXPIRY, (token_id,)).fetchone()
+    return None if row is None else (row[0] if isinstance(row, tuple) else row["expires_at"])
+
+
+def list_tokens(conn: Connection[Any], *, limit: int, offset: int) -> list[TokenListRow]:
+    """Tokens (never their secrets), oldest first."""
+    with conn.cursor(row_factory=class_row(TokenListRow)) as cur:
+        return cur.execute(SELECT_TOKENS, (limit, offset)).fetchall()
+
+
+def get_token(conn: Connection[Any], *, token_id: int) -> TokenListRow | None:
+    """One token's metadata."""
+    with conn.cursor(row_factory=class_row(TokenListRow)) as cur:
+        return cur.execute(SELECT_TOKEN_BY_ID, (token_id,)).fetchone()
+
+
+@dataclass(slots=True)
+class SessionRow:
+    session_id: int
+    session_expires_at: datetime
+    session_revoked_at: datetime | None
+    token: TokenRow
+
+
+INSERT_SESSION = "INSERT INTO web_session (session_hash, token_id, expires_at) VALUES (%s, %s, %s) RETURNING id"
+SELECT_SESSION = """
+SELECT s.id, s.expires_at, s.revoked_at, t.id, t.role, t.worker_id, t.merchant_id, t.label, t.expires_at,
+       t.revoked_at
+FROM web_session s JOIN api_token t ON t.id = s.token_id WHERE s.session_hash = %s
+"""
+REVOKE_SESSION = "UPDATE web_session SET revoked_at = now() WHERE session_hash = %s AND revoked_at IS NULL"
+
+
+def insert_session(conn: Connection[Any], *, session_hash: bytes, token_id: int, expires_at: datetime) -> int:
+    """Store a web session's digest; returns its id."""
+    row = conn.execute(INSERT_SESSION, (session_hash, token_id, expires_at)).fetchone()
+    assert row is not None  # noqa: S101
+    return int(row[0] if isinstance(row, tuple) else row["id"])
+
+
+def find_session(conn: Connection[Any], *, session_hash: bytes) -> SessionRow | None:
+    """A web session with its token."""
+    with conn.cursor() as cur:
+        row = cur.execute(SELECT_SESSION, (session_hash,)).fetchone()
+    if row is None:
+        return None
+    return SessionRow(row[0], row[1], row[2], TokenRow(*row[3:]))
+
+
+def revoke_session(conn: Connection[Any], *, session_hash: bytes) -> None:
+    """Log a session out."""
+    conn.execute(REVOKE_SESSION, (session_hash,))
+
+
+# -- alarms -------------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -72,45 +163,59 @@ class AlarmListRow:
     peak_value: float | None
     count: int
     message: str
+    note: str | None = None
+    updated_at: datetime | None = None
+    site_name: str = ""
+    site_address: str = ""
+    merchant_id: str | None = None
 
 
 ALARM_LIST_COLUMNS = """a.id, a.device_id, a.site_id, a.micro_grid_id, a.type, a.rule_id, a.severity, a.active,
     a.acknowledged, a.raised_at, a.last_seen_at, a.cleared_at, a.acknowledged_at, a.acknowledged_by, a.closed_at,
-    a.closed_by, a.disposition, a.value, a.peak_value, a.count, a.message"""
+    a.closed_by, a.disposition, a.value, a.peak_value, a.count, a.message, a.note, a.updated_at,
+    s.name AS site_name, s.address AS site_address, s.merchant_id"""
 
-# Scope: NULL worker/merchant = admin (everything); a worker sees micro-grids they cover; a merchant
-# their own sites.
+ALARM_SCOPE = """(%(worker)s::text IS NULL OR a.micro_grid_id IN
+        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
+  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)"""
+
 SELECT_ALARMS = f"""
 SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
-WHERE (%(worker)s::text IS NULL OR a.micro_grid_id IN
-        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
-  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)
+WHERE {ALARM_SCOPE}
   AND (%(open_only)s = false OR a.closed_at IS NULL)
   AND (%(active)s::boolean IS NULL OR a.active = %(active)s)
   AND (%(acknowledged)s::boolean IS NULL OR a.acknowledged = %(acknowledged)s)
   AND (%(min_severity)s::int IS NULL OR a.severity >= %(min_severity)s)
   AND (%(site)s::text IS NULL OR a.site_id = %(site)s)
+  AND (%(device)s::text IS NULL OR a.device_id = %(device)s)
+  AND (%(type)s::text IS NULL OR a.type = %(type)s)
   AND (%(before_id)s::bigint IS NULL OR a.id < %(before_id)s)
 ORDER BY a.id DESC LIMIT %(limit)s
 """
 SELECT_ALARM_IN_SCOPE = f"""
 SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
-WHERE a.id = %(id)s
-  AND (%(worker)s::text IS NULL OR a.micro_grid_id IN
-        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
-  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)
+WHERE a.id = %(id)s AND {ALARM_SCOPE}
 """
+# Changes for the live stream. updated_at is the writing transaction's start, so a transaction that
+# commits late can carry an older stamp: callers re-read with an overlap and de-duplicate.
+SELECT_ALARMS_CHANGED = f"""
+SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
+WHERE a.updated_at > %(since)s AND {ALARM_SCOPE}
+ORDER BY a.updated_at, a.id LIMIT %(limit)s
+"""
+SELECT_NOW = "SELECT now()"
 
 
 def list_alarms(conn: Connection[Any], *, worker_id: str | None, merchant_id: str | None, open_only: bool,
                 active: bool | None, acknowledged: bool | None, min_severity: int | None, site_id: str | None,
-                before_id: int | None, limit: int) -> list[AlarmListRow]:
+                before_id: int | None, limit: int, device_id: str | None = None,
+                alarm_type: str | None = None) -> list[AlarmListRow]:
     """Alarms in the caller's scope, newest first, keyset-paginated by id."""
     with conn.cursor(row_factory=class_row(AlarmListRow)) as cur:
         return cur.execute(SELECT_ALARMS, {
             "worker": worker_id, "merchant": merchant_id, "open_only": open_only, "active": active,
             "acknowledged": acknowledged, "min_severity": min_severity, "site": site_id, "before_id": before_id,
-            "limit": limit,
+            "limit": limit, "device": device_id, "type": alarm_type,
         }).fetchall()
 
 
@@ -120,3 +225,475 @@ def get_alarm_in_scope(conn: Connection[Any], *, alarm_id: int, worker_id: str |
     with conn.cursor(row_factory=class_row(AlarmListRow)) as cur:
         return cur.execute(SELECT_ALARM_IN_SCOPE, {"id": alarm_id, "worker": worker_id,
                                                    "merchant": merchant_id}).fetchone()
+
+
+def list_alarms_changed(conn: Connection[Any], *, since: datetime, worker_id: str | None,
+                        merchant_id: str | None, limit: int = 200) -> list[AlarmListRow]:
+    """Alarms in scope written after `since`, oldest change first."""
+    with conn.cursor(row_factory=class_row(AlarmListRow)) as cur:
+        return cur.execute(SELECT_ALARMS_CHANGED, {"since": since, "worker": worker_id, "merchant": merchant_id,
+                                                   "limit": limit}).fetchall()
+
+
+def db_now(conn: Connection[Any]) -> datetime:
+    """The database's clock (the one updated_at is stamped with)."""
+    row = conn.execute(SELECT_NOW).fetchone()
+    assert row is not None  # noqa: S101
+    return row[0] if isinstance(row, tuple) else row["now"]  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True)
+class AlarmEventRow:
+    id: int
+    at: datetime
+    kind: str
+    actor: str | None
+    severity: int | None
+    details: dict[str, Any]
+
+
+SELECT_ALARM_EVENTS = "SELECT id, at, kind, actor, severity, details FROM alarm_event WHERE alarm_id = %s ORDER BY id"
+
+
+def list_alarm_events(conn: Connection[Any], *, alarm_id: int) -> list[AlarmEventRow]:
+    """An alarm's history, in order."""
+    with conn.cursor(row_factory=class_row(AlarmEventRow)) as cur:
+        return cur.execute(SELECT_ALARM_EVENTS, (alarm_id,)).fetchall()
+
+
+READING_COLUMNS = ("gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "voltage_v", "energy_wh",
+                   "battery_pct", "gas", "smoke", "tamper", "test", "relay", "valve", "fault")
+SELECT_READINGS_RAW = f"""
+SELECT ts, seq, {", ".join(READING_COLUMNS)} FROM reading
+WHERE device_id = %s AND ts >= %s AND ts <= %s ORDER BY ts, seq LIMIT %s
+"""
+
+
+def list_readings_raw(conn: Connection[Any], *, device_id: str, start: datetime, end: datetime,
+                      limit: int) -> list[dict[str, Any]]:
+    """A device's readings in a window (the ones around an alarm)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(SELECT_READINGS_RAW, (device_id, start, end, limit)).fetchall()
+
+
+# -- devices and readings -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DeviceRow:
+    id: str
+    kind: str
+    site_id: str
+    location: str
+    adapter: str
+    foreign_id: str | None
+    battery: bool
+    report_interval_s: int
+    gateway_id: str | None
+    model: str
+    active: bool
+    installed_at: datetime
+    micro_grid_id: str
+    merchant_id: str | None
+    site_name: str
+    online: bool | None
+    last_seen_at: datetime | None
+    offline: bool
+    open_alarms: int
+
+
+# Offline: the device said so (retained status / last will), or it has been silent for more than twice its
+# expected report interval (RULES-REFERENCE section 5). A device never heard from is not counted as offline
+# here (it shows last_seen_at null); KPIs count it separately.
+DEVICE_OFFLINE = """(coalesce(st.online, true) = false
+    OR (st.last_seen_at IS NOT NULL AND st.last_seen_at < now() - make_interval(secs => 2 * d.report_interval_s)))"""
+DEVICE_COLUMNS = f"""d.id, d.kind, d.site_id, d.location, d.adapter, d.foreign_id, d.battery, d.report_interval_s,
+    d.gateway_id, d.model, d.active, d.installed_at, s.micro_grid_id, s.merchant_id, s.name AS site_name,
+    st.online, st.last_seen_at, {DEVICE_OFFLINE} AS offline,
+    (SELECT count(*) FROM alarm a WHERE a.device_id = d.id AND a.closed_at IS NULL)::int AS open_alarms"""
+DEVICE_SCOPE = """(%(worker)s::text IS NULL OR s.micro_grid_id IN
+        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
+  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)"""
+SELECT_DEVICES = f"""
+SELECT {DEVICE_COLUMNS}
+FROM device d JOIN site s ON s.id = d.site_id LEFT JOIN device_state st ON st.device_id = d.id
+WHERE {DEVICE_SCOPE}
+  AND (%(site)s::text IS NULL OR d.site_id = %(site)s)
+  AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)
+  AND (%(offline)s::boolean IS NULL OR {DEVICE_OFFLINE} = %(offline)s)
+ORDER BY d.id LIMIT %(limit)s OFFSET %(offset)s
+"""
+SELECT_DEVICE_IN_SCOPE = f"""
+SELECT {DEVICE_COLUMNS}
+FROM device d JOIN site s ON s.id = d.site_id LEFT JOIN device_state st ON st.device_id = d.id
+WHERE d.id = %(id)s AND {DEVICE_SCOPE}
+"""
+
+
+def list_devices(conn: Connection[Any], *, worker_id: str | None, merchant_id: str | None, site_id: str | None,
+                 kind: str | None, offline: bool | None, limit: int, offset: int) -> list[DeviceRow]:
+    """Devices in scope with their live state."""
+    with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
+        return cur.execute(SELECT_DEVICES, {"worker": worker_id, "merchant": merchant_id, "site": site_id,
+                                            "kind": kind, "offline": offline, "limit": limit,
+                                            "offset": offset}).fetchall()
+
+
+def get_device_in_scope(conn: Connection[Any], *, device_id: str, worker_id: str | None,
+                        merchant_id: str | None) -> DeviceRow | None:
+    """One device if the caller may see it."""
+    with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
+        return cur.execute(SELECT_DEVICE_IN_SCOPE, {"id": device_id, "worker": worker_id,
+                                                    "merchant": merchant_id}).fetchone()
+
+
+@dataclass(slots=True)
+class BucketRow:
+    bucket: datetime
+    n: int
+    min: float | None
+    max: float | None
+    avg: float | None
+
+
+# One statement, two bucketing functions: time_bucket on TimescaleDB (uses the hypertable's chunk
+# exclusion), date_bin on plain PostgreSQL 14+. Both align to the same origin so results match.
+SELECT_BUCKETS = """
+SELECT {bucket_fn} AS bucket, count({field})::int AS n, min({field})::float8 AS min, max({field})::float8 AS max,
+       avg({field})::float8 AS avg
+FROM reading WHERE device_id = %(device)s AND ts >= %(start)s AND ts < %(end)s
+GROUP BY 1 ORDER BY 1 LIMIT %(limit)s
+"""
+TIME_BUCKET = "time_bucket(%(width)s::interval, ts, timestamptz '2000-01-01')"
+DATE_BIN = "date_bin(%(width)s::interval, ts, timestamptz '2000-01-01')"
+
+
+def bucket_readings(conn: Connection[Any], *, device_id: str, field: str, start: datetime, end: datetime,
+                    width: timedelta, limit: int, timescale: bool) -> list[BucketRow]:
+    """A device's readings of one numeric field, bucketed (min/max/avg per bucket)."""
+    query = sql.SQL(SELECT_BUCKETS).format(bucket_fn=sql.SQL(TIME_BUCKET if timescale else DATE_BIN),
+                                           field=sql.Identifier(field))
+    with conn.cursor(row_factory=class_row(BucketRow)) as cur:
+        return cur.execute(query, {"device": device_id, "start": start, "end": end, "width": width,
+                                   "limit": limit}).fetchall()
+
+
+# -- merchants in scope ---------------------------------------------------------------------------------------
+
+SELECT_MERCHANT_IN_SCOPE = """
+SELECT m.id, m.name FROM merchant m
+WHERE m.id = %(id)s
+  AND (%(merchant)s::text IS NULL OR m.id = %(merchant)s)
+  AND (%(worker)s::text IS NULL OR EXISTS (
+        SELECT 1 FROM site s JOIN worker_micro_grid w ON w.micro_grid_id = s.micro_grid_id
+        WHERE s.merchant_id = m.id AND w.worker_id = %(worker)s))
+"""
+
+
+def get_merchant_in_scope(conn: Connection[Any], *, merchant_id: str, worker_id: str | None,
+                          own_merchant_id: str | None) -> tuple[str, str] | None:
+    """(id, name) of a merchant the caller may see: a merchant only itself, a worker those with a site in
+    the micro-grids they cover."""
+    row = conn.execute(SELECT_MERCHANT_IN_SCOPE, {"id": merchant_id, "merchant": own_merchant_id,
+                                                  "worker": worker_id}).fetchone()
+    if row is None:
+        return None
+    return (row[0], row[1]) if isinstance(row, tuple) else (row["id"], row["name"])
+
+
+# -- registry CRUD ------------------------------------------------------------------------------------------------
+
+
+def exists(conn: Connection[Any], *, table: str, id: str) -> bool:
+    """Whether a registry row exists."""
+    query = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(table))
+    return conn.execute(query, (id,)).fetchone() is not None
+
+
+REGISTRY_SELECT: dict[str, str] = {
+    "community": "SELECT id, name, timezone, address FROM community",
+    "grid": "SELECT id, community_id, name FROM grid",
+    "micro_grid": "SELECT id, grid_id, name FROM micro_grid",
+    "worker": """SELECT w.id, w.community_id, w.name, w.role, w.phone, w.locale, w.notify_urls AS notify, w.roster,
+        w.on_call, w.active,
+        coalesce((SELECT array_agg(micro_grid_id ORDER BY micro_grid_id) FROM worker_micro_grid
+                  WHERE worker_id = w.id), '{}') AS micro_grids,
+        coalesce((SELECT array_agg(grid_id ORDER BY grid_id) FROM worker_grid WHERE worker_id = w.id), '{}')
+            AS grids
+        FROM worker w""",
+    "merchant": "SELECT id, community_id, name, contact, phone, notify_urls AS notify FROM merchant",
+    "site": "SELECT id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg FROM site",
+    "device": """SELECT id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
+        model, active FROM device""",
+}
+# The alias each SELECT uses for its table (worker's has one).
+_ALIAS = {"worker": "w.id"}
+
+
+def list_registry(conn: Connection[Any], *, table: str, limit: int, offset: int,
+                  filters: dict[str, str | None]) -> list[dict[str, Any]]:
+    """Registry rows of one kind, by id, with optional equality filters on parent columns."""
+    wheres = [sql.SQL("{} = %s").format(sql.Identifier(col)) for col, value in filters.items() if value is not None]
+    params: list[Any] = [v for v in filters.values() if v is not None]
+    query = sql.SQL(REGISTRY_SELECT[table])  # type: ignore[arg-type]
+    if wheres:
+        query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(wheres)
+    query = query + sql.SQL(" ORDER BY id LIMIT %s OFFSET %s")
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, [*params, limit, offset]).fetchall()
+
+
+def get_registry(conn: Connection[Any], *, table: str, id: str) -> dict[str, Any] | None:
+    """One registry row."""
+    query = REGISTRY_SELECT[table] + f" WHERE {_ALIAS.get(table, 'id')} = %s"
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, (id,)).fetchone()  # type: ignore[arg-type]
+
+
+def upsert_community(conn: Connection[Any], *, id: str, name: str, timezone: str, address: str) -> None:
+    """Insert or update a community (the same statement `gridwatch load` runs)."""
+    conn.execute(core_repo.UPSERT_COMMUNITY, (id, name, timezone, address))
+
+
+def upsert_grid(conn: Connection[Any], *, id: str, community_id: str, name: str) -> None:
+    """Insert or update a grid."""
+    conn.execute(core_repo.UPSERT_GRID, (id, community_id, name))
+
+
+def upsert_micro_grid(conn: Connection[Any], *, id: str, grid_id: str, name: str) -> None:
+    """Insert or update a micro-grid."""
+    conn.execute(core_repo.UPSERT_MICRO_GRID, (id, grid_id, name))
+
+
+UPDATE_WORKER_ACTIVE = "UPDATE worker SET active = %s WHERE id = %s"
+
+
+def upsert_worker(conn: Connection[Any], *, id: str, community_id: str, name: str, role: str,
+                  phone: str, locale: str, notify: list[str], roster: str | None, on_call: bool, active: bool,
+                  micro_grids: list[str], grids: list[str]) -> None:
+    """Insert or update a worker with the micro-grids and grids they cover (replacing the old coverage)."""
+    conn.execute(core_repo.UPSERT_WORKER, (id, community_id, name, role, phone, locale, notify, roster, on_call))
+    conn.execute(UPDATE_WORKER_ACTIVE, (active, id))
+    conn.execute(core_repo.DELETE_WORKER_COVERAGE, ([id],))
+    conn.execute(core_repo.DELETE_WORKER_GRIDS, ([id],))
+    with conn.cursor() as cur:
+        cur.executemany(core_repo.INSERT_WORKER_COVERAGE, [(id, mg) for mg in micro_grids])
+        cur.executemany(core_repo.INSERT_WORKER_GRID, [(id, g) for g in grids])
+
+
+def upsert_merchant(conn: Connection[Any], *, id: str, community_id: str, name: str, contact: str,
+                    phone: str, notify: list[str]) -> None:
+    """Insert or update a merchant."""
+    conn.execute(core_repo.UPSERT_MERCHANT, (id, community_id, name, contact, phone, notify))
+
+
+def upsert_site(conn: Connection[Any], *, id: str, micro_grid_id: str, merchant_id: str | None,
+                kind: str, name: str, address: str, floor: int | None, flags: list[str], lpg: bool) -> None:
+    """Insert or update a site."""
+    conn.execute(core_repo.UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg))
+
+
+UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"
+
+
+def upsert_device(conn: Connection[Any], *, id: str, kind: str, site_id: str, location: str,
+                  adapter: str, foreign_id: str | None, battery: bool, report_interval_s: int,
+                  gateway_id: str | None, model: str, active: bool) -> None:
+    """Insert or update a device (and make sure it has a rule-state row)."""
+    conn.execute(core_repo.UPSERT_DEVICE, (id, kind, site_id, location, adapter, foreign_id, battery,
+                                           report_interval_s, gateway_id, model))
+    conn.execute(UPDATE_DEVICE_ACTIVE, (active, id))
+    conn.execute(core_repo.INSERT_DEVICE_STATE, ([id],))
+
+
+# What still points at a registry row, so a delete can say why it is refused instead of failing on a key.
+REGISTRY_DEPENDENTS: dict[str, list[tuple[str, str]]] = {
+    "community": [("grid", "SELECT count(*) FROM grid WHERE community_id = %s"),
+                  ("worker", "SELECT count(*) FROM worker WHERE community_id = %s"),
+                  ("merchant", "SELECT count(*) FROM merchant WHERE community_id = %s")],
+    "grid": [("micro_grid", "SELECT count(*) FROM micro_grid WHERE grid_id = %s"),
+             ("worker (leading it)", "SELECT count(*) FROM worker_grid WHERE grid_id = %s")],
+    "micro_grid": [("site", "SELECT count(*) FROM site WHERE micro_grid_id = %s"),
+                   ("alarm", "SELECT count(*) FROM alarm WHERE micro_grid_id = %s"),
+                   ("worker (covering it)", "SELECT count(*) FROM worker_micro_grid WHERE micro_grid_id = %s")],
+    "worker": [("api token", "SELECT count(*) FROM api_token WHERE worker_id = %s"),
+               ("notification", "SELECT count(*) FROM notification WHERE worker_id = %s")],
+    "merchant": [("site", "SELECT count(*) FROM site WHERE merchant_id = %s"),
+                 ("api token", "SELECT count(*) FROM api_token WHERE merchant_id = %s"),
+                 ("notification", "SELECT count(*) FROM notification WHERE merchant_id = %s")],
+    "site": [("device", "SELECT count(*) FROM device WHERE site_id = %s"),
+             ("alarm", "SELECT count(*) FROM alarm WHERE site_id = %s")],
+    "device": [("alarm", "SELECT count(*) FROM alarm WHERE device_id = %s"),
+               ("device (as its gateway)", "SELECT count(*) FROM device WHERE gateway_id = %s")],
+}
+DELETE_DEVICE_STATE = "DELETE FROM device_state WHERE device_id = %s"
+
+
+def registry_dependents(conn: Connection[Any], *, table: str, id: str) -> dict[str, int]:
+    """What refers to this row, by kind (only non-zero counts)."""
+    found: dict[str, int] = {}
+    for what, query in REGISTRY_DEPENDENTS[table]:
+        row = conn.execute(query, (id,)).fetchone()  # type: ignore[arg-type]
+        n = int(row[0] if isinstance(row, tuple) else next(iter(row.values()))) if row else 0
+        if n:
+            found[what] = n
+    return found
+
+
+def delete_registry(conn: Connection[Any], *, table: str, id: str) -> bool:
+    """Delete one registry row; False if there was none."""
+    if table == "device":
+        conn.execute(DELETE_DEVICE_STATE, (id,))
+    query = sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table))
+    return conn.execute(query, (id,)).rowcount > 0
+
+
+# -- KPIs -----------------------------------------------------------------------------------------------------------
+
+# Scope of a KPI query: the micro-grids of one grid, or of every grid of one community.
+KPI_MICRO_GRIDS = """
+SELECT mg.id FROM micro_grid mg JOIN grid g ON g.id = mg.grid_id
+WHERE (%(grid)s::text IS NULL OR g.id = %(grid)s) AND (%(community)s::text IS NULL OR g.community_id = %(community)s)
+"""
+KPI_BY_TYPE = f"""
+SELECT a.type, count(*)::int AS n FROM alarm a
+WHERE a.micro_grid_id IN ({KPI_MICRO_GRIDS}) AND a.raised_at >= %(since)s AND a.raised_at < %(until)s
+GROUP BY a.type ORDER BY a.type
+"""
+# Times are measured from raise (event time) to the person's action (wall clock); an alarm acknowledged
+# only implicitly by its resolution counts with the resolution time.
+KPI_DURATIONS = f"""
+SELECT count(*)::int AS alarms,
+       count(a.acknowledged_at)::int AS acknowledged,
+       count(a.closed_at)::int AS resolved,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM a.acknowledged_at - a.raised_at))
+           AS ack_p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM a.acknowledged_at - a.raised_at))
+           AS ack_p90,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM a.closed_at - a.raised_at)) AS resolve_p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM a.closed_at - a.raised_at)) AS resolve_p90
+FROM alarm a
+WHERE a.micro_grid_id IN ({KPI_MICRO_GRIDS}) AND a.raised_at >= %(since)s AND a.raised_at < %(until)s
+"""
+KPI_UNREACHED = f"""
+SELECT count(*)::int FROM notification n JOIN alarm a ON a.id = n.alarm_id
+WHERE n.status = 'failed' AND a.micro_grid_id IN ({KPI_MICRO_GRIDS})
+  AND a.raised_at >= %(since)s AND a.raised_at < %(until)s
+"""
+KPI_DEVICES = f"""
+SELECT count(*)::int AS devices,
+       count(*) FILTER (WHERE {DEVICE_OFFLINE})::int AS offline,
+       count(*) FILTER (WHERE st.last_seen_at IS NULL AND st.online IS NULL)::int AS never_seen
+FROM device d JOIN site s ON s.id = d.site_id LEFT JOIN device_state st ON st.device_id = d.id
+WHERE d.active AND s.micro_grid_id IN ({KPI_MICRO_GRIDS})
+"""
+KPI_LAST_REAL_HAZARD = f"""
+SELECT max(a.raised_at) FROM alarm a
+WHERE a.disposition = 'real_hazard' AND a.micro_grid_id IN ({KPI_MICRO_GRIDS})
+"""
+
+
+@dataclass(slots=True)
+class KpiRow:
+    by_type: dict[str, int]
+    alarms: int
+    acknowledged: int
+    resolved: int
+    ack_p50: float | None
+    ack_p90: float | None
+    resolve_p50: float | None
+    resolve_p90: float | None
+    unreached: int
+    devices: int
+    offline: int
+    never_seen: int
+    last_real_hazard_at: datetime | None
+
+
+def compute_kpis(conn: Connection[Any], *, grid_id: str | None, community_id: str | None, since: datetime,
+                 until: datetime) -> KpiRow:
+    """KPIs of a grid or community for alarms raised in [since, until)."""
+    p = {"grid": grid_id, "community": community_id, "since": since, "until": until}
+    with conn.cursor() as cur:
+        by_type = {row[0]: row[1] for row in cur.execute(KPI_BY_TYPE, p).fetchall()}
+        d = cur.execute(KPI_DURATIONS, p).fetchone()
+        unreached = cur.execute(KPI_UNREACHED, p).fetchone()
+        dev = cur.execute(KPI_DEVICES, p).fetchone()
+        last = cur.execute(KPI_LAST_REAL_HAZARD, p).fetchone()
+    if d is None or unreached is None or dev is None or last is None:
+        raise LookupError("aggregate queries return one row")
+    return KpiRow(by_type=by_type, alarms=d[0], acknowledged=d[1], resolved=d[2], ack_p50=d[3], ack_p90=d[4],
+                  resolve_p50=d[5], resolve_p90=d[6], unreached=unreached[0], devices=dev[0], offline=dev[1],
+                  never_seen=dev[2], last_real_hazard_at=last[0])
+
+
+
+
+# -- silences (table owned by notify, migration 0020) --------------------------------------------------------------
+
+@dataclass(slots=True)
+class SilenceRow:
+    id: int
+    site_id: str | None
+    device_id: str | None
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    created_by: str | None
+    include_life_safety: bool
+    created_at: datetime
+
+
+SILENCE_COLUMNS = "id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety, created_at"
+SELECT_SILENCES = f"""
+SELECT {SILENCE_COLUMNS} FROM silence
+WHERE (%(current)s = false OR ends_at > now()) ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
+"""
+INSERT_SILENCE = f"""
+INSERT INTO silence (site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety)
+VALUES (%s, %s, coalesce(%s, now()), %s, %s, %s, %s) RETURNING {SILENCE_COLUMNS}
+"""
+DELETE_SILENCE = "DELETE FROM silence WHERE id = %s"
+
+
+def list_silences(conn: Connection[Any], *, current: bool, limit: int, offset: int) -> list[SilenceRow]:
+    """Silences, newest first (current: only those not yet over)."""
+    with conn.cursor(row_factory=class_row(SilenceRow)) as cur:
+        return cur.execute(SELECT_SILENCES, {"current": current, "limit": limit, "offset": offset}).fetchall()
+
+
+def insert_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None,
+                   starts_at: datetime | None, ends_at: datetime, reason: str, created_by: str,
+                   include_life_safety: bool) -> SilenceRow:
+    """A maintenance window for a site or a device."""
+    with conn.cursor(row_factory=class_row(SilenceRow)) as cur:
+        row = cur.execute(INSERT_SILENCE, (site_id, device_id, starts_at, ends_at, reason, created_by,
+                                           include_life_safety)).fetchone()
+    assert row is not None  # noqa: S101
+    return row
+
+
+def delete_silence(conn: Connection[Any], *, silence_id: int) -> bool:
+    """End a silence by removing it."""
+    return conn.execute(DELETE_SILENCE, (silence_id,)).rowcount > 0
+
+
+SELECT_SITE_IN_SCOPE = """
+SELECT 1 FROM site s WHERE s.id = %(id)s
+  AND (%(worker)s::text IS NULL OR s.micro_grid_id IN
+        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
+  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)
+"""
+SELECT_FINDING_SITE = "SELECT site_id FROM score_finding WHERE id = %s"
+
+
+def site_in_scope(conn: Connection[Any], *, site_id: str, worker_id: str | None, merchant_id: str | None) -> bool:
+    """Whether the caller may see (and, as a worker, inspect) this site."""
+    return conn.execute(SELECT_SITE_IN_SCOPE, {"id": site_id, "worker": worker_id,
+                                               "merchant": merchant_id}).fetchone() is not None
+
+
+def get_finding_site(conn: Connection[Any], *, finding_id: int) -> str | None:
+    """The site an inspection finding was recorded on."""
+    row = conn.execute(SELECT_FINDING_SITE, (finding_id,)).fetchone()
+    return None if row is None else (row[0] if isinstance(row, tuple) else row["site_id"])

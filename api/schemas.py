@@ -1,12 +1,18 @@
-"""API models (XRead for responses, XCreate/XIn for requests)."""
+"""API models (XRead for responses, XWrite/XIn for requests)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.domain import Disposition, Severity
+from core import registry
+from core.domain import Adapter, DeviceKind, Disposition, Location, Severity, SiteKind, WorkerRole
+from rules.score_service import MerchantScoreRead
+
+T = TypeVar("T")
+Id = registry.Id
 
 
 class AlarmRead(BaseModel):
@@ -54,5 +60,351 @@ class ResolveIn(BaseModel):
     note: str | None = Field(default=None, max_length=2000)
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="where: body.name, query.limit, path.alarm_id")
+    message: str
+
+
 class Problem(BaseModel):
     detail: str
+    errors: list[FieldError] | None = None
+
+
+class AlarmEventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    kind: str
+    actor: str | None
+    severity: int | None
+    details: dict[str, Any]
+
+
+class ReadingRead(BaseModel):
+    ts: datetime
+    seq: int
+    values: dict[str, float | bool | str] = Field(description="only the fields the device sent")
+
+
+class AlarmDetail(BaseModel):
+    alarm: AlarmRead
+    note: str | None
+    site_name: str
+    site_address: str
+    events: list[AlarmEventRead]
+    readings: list[ReadingRead] = Field(description="the device's readings from 10 min before the alarm to "
+                                                    "10 min after it ended (at most 500)")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null when done")
+
+
+# -- auth ------------------------------------------------------------------------------------------------------
+
+class Me(BaseModel):
+    token_id: int
+    role: Literal["admin", "worker", "merchant"]
+    worker_id: str | None
+    merchant_id: str | None
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["admin", "worker", "merchant"]
+    worker_id: Id | None = None
+    merchant_id: Id | None = None
+    label: str = Field(default="", max_length=200)
+    days: int | None = Field(default=90, ge=1, le=3660, description="expires after this many days; null: never")
+
+    @model_validator(mode="after")
+    def _subject(self) -> TokenCreate:
+        if self.role == "worker" and not self.worker_id:
+            raise ValueError("a worker token needs worker_id")
+        if self.role == "merchant" and not self.merchant_id:
+            raise ValueError("a merchant token needs merchant_id")
+        return self
+
+
+class TokenRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    role: str
+    worker_id: str | None
+    merchant_id: str | None
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(BaseModel):
+    id: int
+    token: str = Field(description="shown once; only its hash is stored")
+    role: str
+    expires_at: datetime | None
+
+
+# -- devices and readings ------------------------------------------------------------------------------------------
+
+class DeviceRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    site_id: str
+    site_name: str
+    micro_grid_id: str
+    merchant_id: str | None
+    location: str
+    adapter: str
+    battery: bool
+    report_interval_s: int
+    model: str
+    active: bool
+    online: bool | None = Field(description="last reported status; null if never reported")
+    last_seen_at: datetime | None
+    offline: bool = Field(description="reported offline, or silent for over twice its report interval")
+    open_alarms: int
+
+
+class BucketRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    bucket: datetime
+    n: int
+    min: float | None
+    max: float | None
+    avg: float | None
+
+
+class ReadingSeries(BaseModel):
+    device_id: str
+    field: str
+    start: datetime
+    end: datetime
+    width_s: int = Field(description="bucket width in seconds")
+    storage: Literal["timescale", "plain"]
+    buckets: list[BucketRead]
+
+
+# -- registry -----------------------------------------------------------------------------------------------------
+
+class _Write(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CommunityWrite(_Write):
+    name: str = Field(min_length=1, max_length=200)
+    timezone: str = "Asia/Shanghai"
+    address: str = ""
+
+
+class CommunityRead(CommunityWrite):
+    id: str
+
+
+class GridWrite(_Write):
+    community_id: Id
+    name: str = Field(min_length=1, max_length=200)
+
+
+class GridRead(GridWrite):
+    id: str
+
+
+class MicroGridWrite(_Write):
+    grid_id: Id
+    name: str = Field(min_length=1, max_length=200)
+
+
+class MicroGridRead(MicroGridWrite):
+    id: str
+
+
+class WorkerWrite(_Write):
+    community_id: Id
+    name: str = Field(min_length=1, max_length=200)
+    role: WorkerRole
+    phone: str = ""
+    locale: Literal["zh-CN", "en"] = "zh-CN"
+    notify: list[str] = Field(default_factory=list, description="apprise URLs")
+    micro_grids: list[Id] = Field(default_factory=list)
+    grids: list[Id] = Field(default_factory=list)
+    roster: str | None = Field(default=None, description='e.g. "Mon-Fri 09:00-17:00"; none = always')
+    on_call: bool = False
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _like_the_registry_file(self) -> WorkerWrite:
+        """Roster and URL rules are the registry file's (core/registry.py), not a second copy."""
+        try:
+            registry.WorkerIn(id="x", name=self.name, role=self.role, notify=self.notify, roster=self.roster)
+        except ValidationError as exc:
+            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return self
+
+
+class WorkerRead(WorkerWrite):
+    id: str
+
+
+class MerchantWrite(_Write):
+    community_id: Id
+    name: str = Field(min_length=1, max_length=200)
+    contact: str = ""
+    phone: str = ""
+    notify: list[str] = Field(default_factory=list, description="apprise URLs")
+
+
+class MerchantRead(MerchantWrite):
+    id: str
+
+
+class SiteWrite(_Write):
+    micro_grid_id: Id
+    merchant_id: Id | None = None
+    kind: SiteKind
+    name: str = ""
+    address: str = ""
+    floor: int | None = Field(default=None, ge=-10, le=200)
+    flags: list[str] = Field(default_factory=list)
+    lpg: bool = False
+
+
+class SiteRead(SiteWrite):
+    id: str
+
+
+class DeviceWrite(_Write):
+    kind: DeviceKind
+    site_id: Id
+    location: Location
+    adapter: Adapter = Adapter.NATIVE
+    foreign_id: str | None = Field(default=None, max_length=200)
+    battery: bool = False
+    report_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600,
+                                          description="default: 300 s mains, 24 h battery")
+    gateway_id: Id | None = None
+    model: str = ""
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _foreign(self) -> DeviceWrite:
+        if self.adapter is not Adapter.NATIVE and not self.foreign_id:
+            raise ValueError(f"adapter {self.adapter.value} needs foreign_id (the bridge's name for the device)")
+        return self
+
+
+class DeviceRegistryRead(DeviceWrite):
+    id: str
+
+
+class ImportResult(BaseModel):
+    community: str
+    counts: dict[str, int]
+
+
+# -- KPIs and rules ----------------------------------------------------------------------------------------------------
+
+class Percentiles(BaseModel):
+    p50_s: float | None
+    p90_s: float | None
+
+
+class KpiRead(BaseModel):
+    scope: Literal["community", "grid"]
+    id: str
+    since: datetime
+    until: datetime
+    alarms: int
+    alarms_by_type: dict[str, int]
+    acknowledged: int
+    resolved: int
+    time_to_acknowledge: Percentiles
+    time_to_resolve: Percentiles
+    unreached_notifications: int = Field(description="notifications that failed for good")
+    devices: int
+    devices_offline: int
+    devices_never_seen: int
+    last_real_hazard_at: datetime | None
+    days_without_real_hazard: int | None = Field(description="whole days since the last alarm resolved as a real "
+                                                             "hazard was raised; null if there never was one")
+
+
+class RulesRead(BaseModel):
+    rules: list[dict[str, Any]]
+    score_policy: dict[str, Any] | None = Field(description="the merchant score policy in force, when available")
+
+
+class SilenceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    site_id: Id | None = None
+    device_id: Id | None = None
+    starts_at: datetime | None = Field(default=None, description="default: now")
+    ends_at: datetime
+    reason: str = Field(default="", max_length=500)
+    include_life_safety: bool = Field(default=False, description="also silence gas, CO and smoke (explicit)")
+
+    @model_validator(mode="after")
+    def _target(self) -> SilenceCreate:
+        if (self.site_id is None) == (self.device_id is None):
+            raise ValueError("give exactly one of site_id or device_id")
+        if self.ends_at.tzinfo is None or (self.starts_at is not None and self.starts_at.tzinfo is None):
+            raise ValueError("give times with a time zone (e.g. 2026-01-01T08:00:00+08:00)")
+        if self.starts_at is not None and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class SilenceRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    site_id: str | None
+    device_id: str | None
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    created_by: str | None
+    include_life_safety: bool
+    created_at: datetime
+
+
+class FindingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    site_id: Id
+    kind: str = Field(min_length=1, max_length=64, description="a finding kind of the score policy, e.g. "
+                                                               "blocked_exit (GET /api/v1/admin/rules lists them)")
+    note: str = Field(default="", max_length=2000)
+    due_at: datetime | None = Field(default=None, description="rectification deadline; default from the policy")
+    alarm_id: int | None = Field(default=None, ge=1, le=2**62, description="the alarm that led to the visit, if any")
+
+
+class FindingClose(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class CorrectionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=5, max_length=2000, description="shown to the merchant")
+    points: int | None = Field(default=None, ge=-100, le=100, description="omit to reverse corrects_entry_id in full")
+    corrects_entry_id: int | None = Field(default=None, ge=1, le=2**62)
+
+
+class CommunityScoresPage(BaseModel):
+    community_id: str | None
+    tiers: dict[str, int]
+    review: int
+    items: list[MerchantScoreRead]
+    next_offset: int | None

@@ -1,0 +1,101 @@
+"""Request dependencies: a pooled connection and the caller, from a bearer token or a web session cookie."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg import Connection
+
+from api import auth
+from api.schemas import Problem
+from core.errors import AuthError
+from core.settings import Settings
+
+SESSION_COOKIE = "gw_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+bearer = HTTPBearer(auto_error=False, description="`gridwatch token create` or POST /api/v1/admin/tokens")
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 403: {"model": Problem},
+                                           404: {"model": Problem}, 422: {"model": Problem}}
+
+
+def get_conn(request: Request) -> Iterator[Connection[Any]]:
+    """A pooled connection for one request."""
+    with request.app.state.pool.connection() as conn:
+        yield conn
+
+
+Conn = Annotated[Connection[Any], Depends(get_conn)]
+
+
+def settings_of(request: Request) -> Settings:
+    """The app's settings."""
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+async def form_field(request: Request, name: str) -> str | None:
+    """One field of an urlencoded form body (pages post plain forms; no multipart parser needed)."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return None
+    values = parse_qs((await request.body()).decode("utf-8", "replace")).get(name)
+    return values[0] if values else None
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's unsafe request must come from our own pages (Origin, when sent, names our host)."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin is None
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def principal(request: Request, conn: Conn,
+              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> auth.Principal:
+    """The caller: a bearer token, or a web session cookie (see csrf_checked for unsafe methods)."""
+    key = settings_of(request).secret_key.get_secret_value()
+    if creds is not None:
+        with conn.transaction():
+            return auth.authenticate(conn, secret_key=key, token=creds.credentials)
+    session = request.cookies.get(SESSION_COOKIE)
+    if not session:
+        raise AuthError("send Authorization: Bearer <token> (create one with `gridwatch token create`) "
+                        "or log in at /login")
+    with conn.transaction():
+        who = auth.authenticate_session(conn, secret_key=key, session=session)
+    request.state.session = session
+    return who
+
+
+async def csrf_checked(request: Request, who: Annotated[auth.Principal, Depends(principal)]) -> auth.Principal:
+    """A cookie-authenticated unsafe request must carry the session's CSRF token and come from our origin;
+    bearer tokens are not sent by browsers on their own, so they need neither."""
+    session: str | None = getattr(request.state, "session", None)
+    if session is not None and request.method not in SAFE_METHODS:
+        key = settings_of(request).secret_key.get_secret_value()
+        presented = request.headers.get(CSRF_HEADER) or await form_field(request, CSRF_FIELD)
+        if not _same_origin(request) or not auth.check_csrf(key, session, presented):
+            raise HTTPException(403, "CSRF check failed: reload the page and try again")
+    return who
+
+
+Who = Annotated[auth.Principal, Depends(csrf_checked)]
+
+
+def allow(*roles: auth.Role) -> Callable[[auth.Principal], auth.Principal]:
+    """A dependency that admits only these roles (403 for the others, 401 without credentials)."""
+    def check(who: Who) -> auth.Principal:
+        if who.role not in roles:
+            raise HTTPException(403, f"this needs the {' or '.join(roles)} role; your token is {who.role}")
+        return who
+    check.__name__ = "allow_" + "_".join(roles)
+    return check
+
+
+Admin = Annotated[auth.Principal, Depends(allow("admin"))]
+Staff = Annotated[auth.Principal, Depends(allow("admin", "worker"))]
+Anyone = Annotated[auth.Principal, Depends(allow("admin", "worker", "merchant"))]

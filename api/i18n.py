@@ -1,0 +1,96 @@
+"""Page strings in zh-CN and English; the language comes from ?lang=, the gw_lang cookie, or Accept-Language."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Request
+
+LANGS = ("zh-CN", "en")
+LANG_COOKIE = "gw_lang"
+
+STRINGS: dict[str, dict[str, str]] = {
+    "app": {"zh-CN": "网格安全", "en": "gridwatch"},
+    "login": {"zh-CN": "登录", "en": "Log in"},
+    "logout": {"zh-CN": "退出", "en": "Log out"},
+    "token": {"zh-CN": "访问令牌", "en": "Access token"},
+    "token_help": {"zh-CN": "粘贴管理员发给您的令牌（gw_ 开头）。", "en": "Paste the token your admin gave you (starts "
+                                                                   "with gw_)."},
+    "login_failed": {"zh-CN": "登录失败", "en": "Login failed"},
+    "board": {"zh-CN": "告警看板", "en": "Alarm board"},
+    "no_alarms": {"zh-CN": "您负责的微网格当前没有告警。", "en": "No open alarms in your micro-grids."},
+    "live": {"zh-CN": "实时", "en": "live"},
+    "offline_stream": {"zh-CN": "连接中断，正在重连…", "en": "connection lost, reconnecting…"},
+    "ack": {"zh-CN": "确认接警", "en": "Acknowledge"},
+    "acked_by": {"zh-CN": "已确认", "en": "Acknowledged by"},
+    "resolve": {"zh-CN": "处置完毕", "en": "Resolve"},
+    "real_hazard": {"zh-CN": "真实隐患", "en": "Real hazard"},
+    "false_alarm": {"zh-CN": "误报", "en": "False alarm"},
+    "test": {"zh-CN": "测试", "en": "Test"},
+    "device_fault": {"zh-CN": "设备故障", "en": "Device fault"},
+    "note": {"zh-CN": "备注", "en": "Note"},
+    "active": {"zh-CN": "告警中", "en": "active"},
+    "cleared": {"zh-CN": "已恢复", "en": "cleared"},
+    "details": {"zh-CN": "详情", "en": "Details"},
+    "events": {"zh-CN": "处理记录", "en": "History"},
+    "readings": {"zh-CN": "读数", "en": "Readings"},
+    "raised": {"zh-CN": "发生", "en": "raised"},
+    "score": {"zh-CN": "安全积分", "en": "Safety score"},
+    "tier": {"zh-CN": "等级", "en": "Tier"},
+    "trend": {"zh-CN": "趋势", "en": "Trend"},
+    "ledger": {"zh-CN": "积分明细", "en": "Ledger"},
+    "points": {"zh-CN": "分值", "en": "Points"},
+    "reason": {"zh-CN": "原因", "en": "Reason"},
+    "when": {"zh-CN": "时间", "en": "When"},
+    "review": {"zh-CN": "需准入复核", "en": "Admission review"},
+    "open_hazards": {"zh-CN": "未处理隐患", "en": "Open hazards"},
+    "findings": {"zh-CN": "检查发现", "en": "Inspection findings"},
+    "due": {"zh-CN": "整改期限", "en": "Due"},
+    "none": {"zh-CN": "无", "en": "none"},
+    "overview": {"zh-CN": "管理概览", "en": "Overview"},
+    "kpis": {"zh-CN": "指标（近30天）", "en": "KPIs (last 30 days)"},
+    "alarms": {"zh-CN": "告警数", "en": "Alarms"},
+    "by_type": {"zh-CN": "按类型", "en": "By type"},
+    "ack_time": {"zh-CN": "接警用时 p50 / p90", "en": "Time to acknowledge p50 / p90"},
+    "resolve_time": {"zh-CN": "处置用时 p50 / p90", "en": "Time to resolve p50 / p90"},
+    "unreached": {"zh-CN": "未送达通知", "en": "Unreached notifications"},
+    "devices": {"zh-CN": "设备", "en": "Devices"},
+    "devices_offline": {"zh-CN": "离线设备", "en": "Devices offline"},
+    "days_safe": {"zh-CN": "无真实隐患天数", "en": "Days without a real hazard"},
+    "device": {"zh-CN": "设备", "en": "Device"},
+    "site": {"zh-CN": "场所", "en": "Site"},
+    "kind": {"zh-CN": "类型", "en": "Kind"},
+    "status": {"zh-CN": "状态", "en": "Status"},
+    "online": {"zh-CN": "在线", "en": "online"},
+    "offline": {"zh-CN": "离线", "en": "offline"},
+    "never_seen": {"zh-CN": "未上报", "en": "never seen"},
+    "last_seen": {"zh-CN": "最后上报", "en": "Last seen"},
+    "open_alarms": {"zh-CN": "未结告警", "en": "Open alarms"},
+    "field": {"zh-CN": "指标", "en": "Field"},
+    "range": {"zh-CN": "范围", "en": "Range"},
+    "error": {"zh-CN": "出错了", "en": "Something went wrong"},
+    "back": {"zh-CN": "返回", "en": "Back"},
+    "grid": {"zh-CN": "网格", "en": "Grid"},
+    "community": {"zh-CN": "社区", "en": "Community"},
+    "finding_record": {"zh-CN": "记录检查发现", "en": "Record a finding"},
+    "seconds": {"zh-CN": "秒", "en": "s"},
+}
+
+
+def pick_lang(request: Request) -> str:
+    """?lang= beats the cookie beats Accept-Language; default zh-CN (the product's users)."""
+    asked = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE)
+    if asked in LANGS:
+        return asked  # type: ignore[return-value]
+    accept = request.headers.get("accept-language", "").lower()
+    if accept.startswith("en"):
+        return "en"
+    return "zh-CN"
+
+
+def translator(lang: str) -> Callable[[str], str]:
+    """t('key') for templates; an unknown key shows itself so a missing string is visible, not blank."""
+    def t(key: str) -> str:
+        entry = STRINGS.get(key)
+        return entry.get(lang, entry["en"]) if entry else key
+    return t

@@ -1,0 +1,313 @@
+"""Server-rendered pages (Jinja2, zh-CN and English, no build step): login, worker board with live updates,
+alarm and device pages with a chart, merchant score page, admin overview.
+
+Pages authenticate with the web session cookie (HttpOnly, SameSite=Strict) opened by logging in with a token;
+every form post carries the session's CSRF token (api/deps.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from psycopg import Connection
+
+from api import auth, i18n
+from api import repo as api_repo
+from api.chart import svg_chart
+from api.deps import SESSION_COOKIE, Anyone, Conn, Staff, settings_of
+from api.routers import admin as admin_routes
+from api.routers import alarms as alarm_routes
+from api.routers import devices as device_routes
+from api.routers import merchants as merchant_routes
+from api.stream import alarm_changes
+from core.domain import Disposition, Severity
+from core.errors import AuthError
+from rules import service as rules_service
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+LOGIN_COOKIE = "gw_login"
+UNITS = {"gas_lel": "%LEL", "co_ppm": "ppm", "smoke_db_m": "dB/m", "temp_c": "°C", "power_w": "W",
+         "current_a": "A", "voltage_v": "V", "energy_wh": "Wh", "battery_pct": "%"}
+
+
+def _tz(request: Request) -> ZoneInfo:
+    return ZoneInfo(settings_of(request).timezone)
+
+
+def _fmt_time(value: datetime | None, tz: ZoneInfo) -> str:
+    return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+
+
+def _fmt_secs(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value < 120:
+        return f"{value:.0f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _ctx(request: Request, who: auth.Principal | None, **extra: Any) -> dict[str, Any]:
+    lang = i18n.pick_lang(request)
+    tz = _tz(request)
+    session = getattr(request.state, "session", None)
+    key = settings_of(request).secret_key.get_secret_value()
+    return {"t": i18n.translator(lang), "lang": lang, "who": who,
+            "csrf": auth.csrf_token(key, session) if session else "",
+            "time": lambda v: _fmt_time(v, tz), "secs": _fmt_secs,
+            "sev": lambda n: Severity(n).label, "prio": lambda n: Severity(n).priority,
+            "dispositions": [d.value for d in Disposition], **extra}
+
+
+def render(request: Request, name: str, who: auth.Principal | None, status_code: int = 200,
+           **extra: Any) -> HTMLResponse:
+    """A page, with the language cookie refreshed when ?lang= chose one."""
+    response = templates.TemplateResponse(request, name, _ctx(request, who, **extra), status_code=status_code)
+    if request.query_params.get("lang") in i18n.LANGS:
+        response.set_cookie(i18n.LANG_COOKIE, request.query_params["lang"], max_age=365 * 86400,
+                            samesite="strict", httponly=True, secure=_secure(request))
+    return response
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """An error a person can read, in their language."""
+    return render(request, "error.html", None, status_code=status, status=status, message=message)
+
+
+def login_url(request: Request) -> str:
+    """Where an unauthenticated page visit is sent."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return "/login?next=" + quote(target, safe="")
+
+
+def _secure(request: Request) -> bool:
+    return settings_of(request).public_url.startswith("https://") or request.url.scheme == "https"
+
+
+def _safe_next(value: str | None) -> str:
+    """Only local paths, so the login form cannot be used as an open redirect."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+# -- login / logout ---------------------------------------------------------------------------------------------
+
+@router.get("/login")
+def login_form(request: Request, next: Annotated[str | None, Query(max_length=500)] = None) -> HTMLResponse:
+    """The login form; a pre-session nonce cookie protects the form itself against login CSRF."""
+    nonce = secrets.token_urlsafe(24)
+    key = settings_of(request).secret_key.get_secret_value()
+    response = render(request, "login.html", None, next=_safe_next(next),
+                      login_csrf=auth.csrf_token(key, "login:" + nonce), error=None)
+    response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request),
+                        path="/login", max_age=3600)
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    from urllib.parse import parse_qs
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return {}
+    return {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+
+
+Form = Annotated[dict[str, str], Depends(_form)]
+
+
+@router.post("/login")
+def login(request: Request, conn: Conn, form: Form) -> Response:
+    """Exchange a token for a session cookie."""
+    key = settings_of(request).secret_key.get_secret_value()
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    next_url = _safe_next(form.get("next"))
+    if not nonce or not auth.check_csrf(key, "login:" + nonce, form.get("csrf")):
+        raise HTTPException(403, "the login form expired: reload the page and try again")
+    try:
+        with conn.transaction():
+            session, _who = auth.create_session(conn, secret_key=key, token=form.get("token", "").strip())
+    except AuthError as exc:
+        new_nonce = secrets.token_urlsafe(24)
+        response = render(request, "login.html", None, status_code=401, next=next_url,
+                          login_csrf=auth.csrf_token(key, "login:" + new_nonce), error=str(exc))
+        response.set_cookie(LOGIN_COOKIE, new_nonce, httponly=True, samesite="strict", secure=_secure(request),
+                            path="/login", max_age=3600)
+        return response
+    response = RedirectResponse(next_url, status_code=303)
+    response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", secure=_secure(request),
+                        path="/", max_age=int(auth.SESSION_TTL.total_seconds()))
+    response.delete_cookie(LOGIN_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, conn: Conn, _who: Anyone) -> Response:
+    """End the session (the token stays valid)."""
+    session = getattr(request.state, "session", None)
+    if session:
+        with conn.transaction():
+            auth.end_session(conn, secret_key=settings_of(request).secret_key.get_secret_value(), session=session)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/")
+def home(who: Anyone) -> Response:
+    """Each role's start page."""
+    return RedirectResponse({"worker": "/board", "merchant": "/score", "admin": "/admin"}[who.role],
+                            status_code=303)
+
+
+# -- worker board ----------------------------------------------------------------------------------------------------
+
+def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmListRow) -> str:
+    return templates.get_template("_alarm_row.html").render(_ctx(request, who, a=row))
+
+
+@router.get("/board")
+def board(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
+    """Open alarms of the worker's micro-grids (all for an admin), updated live."""
+    rows = api_repo.list_alarms(conn, worker_id=who.worker_scope, merchant_id=None, open_only=True, active=None,
+                                acknowledged=None, min_severity=None, site_id=None, before_id=None, limit=200)
+    rows.sort(key=lambda r: (r.acknowledged, -r.severity, -r.id))
+    return render(request, "board.html", who, alarms=rows)
+
+
+@router.get("/board/stream")
+async def board_stream(request: Request, who: Staff) -> StreamingResponse:
+    """The board's live feed: each changed alarm as its rendered row (open=false: take it off the board)."""
+    async def events() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        async for row in alarm_changes(request.app.state.hub, request.app.state.pool, who,
+                                       request.is_disconnected):
+            if row is None:
+                yield ": keep-alive\n\n"
+                continue
+            data = {"id": row.id, "open": row.closed_at is None, "html": _row_html(request, who, row)}
+            yield alarm_routes.sse("alarm", json.dumps(data), str(row.id))
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _after_action(request: Request, who: auth.Principal, conn: Connection[Any], alarm_id: int) -> Response:
+    if request.headers.get("x-requested-with") == "fetch":
+        row = alarm_routes.scoped_alarm(conn, who, alarm_id)
+        return JSONResponse({"id": row.id, "open": row.closed_at is None,
+                             "html": _row_html(request, who, row)})
+    return RedirectResponse("/board", status_code=303)
+
+
+@router.post("/board/alarms/{alarm_id}/ack")
+def board_ack(alarm_id: int, request: Request, conn: Conn, who: Staff) -> Response:
+    """One tap: acknowledge."""
+    with conn.transaction():
+        alarm_routes.scoped_alarm(conn, who, alarm_id)
+        rules_service.acknowledge(conn, alarm_id=alarm_id, actor=who.actor)
+    return _after_action(request, who, conn, alarm_id)
+
+
+@router.post("/board/alarms/{alarm_id}/resolve")
+def board_resolve(alarm_id: int, request: Request, conn: Conn, who: Staff, form: Form) -> Response:
+    """One tap: resolve with the disposition of the button pressed (and the note, if any)."""
+    try:
+        disposition = Disposition(form.get("disposition", ""))
+    except ValueError:
+        raise HTTPException(422, "disposition: choose real_hazard, false_alarm, test or device_fault") from None
+    note = (form.get("note") or "").strip()[:2000] or None
+    with conn.transaction():
+        alarm_routes.scoped_alarm(conn, who, alarm_id)
+        rules_service.resolve(conn, alarm_id=alarm_id, actor=who.actor, disposition=disposition, note=note)
+    return _after_action(request, who, conn, alarm_id)
+
+
+# -- alarm and device pages -----------------------------------------------------------------------------------------
+
+@router.get("/alarms/{alarm_id}")
+def alarm_page(alarm_id: int, request: Request, conn: Conn, who: Anyone) -> HTMLResponse:
+    """An alarm with its history and a chart of the device's readings around it."""
+    detail = alarm_routes.alarm_detail(conn, who, alarm_id)
+    field = _alarm_field(detail.alarm.type, detail.readings)
+    pts = [(r.ts, None, float(r.values[field]), None) for r in detail.readings
+           if field and isinstance(r.values.get(field), int | float) and not isinstance(r.values.get(field), bool)]
+    chart = svg_chart(pts, title=f"{detail.alarm.device_id} {field or ''}", unit=UNITS.get(field or "", ""),
+                      tz_label=settings_of(request).timezone)
+    return render(request, "alarm.html", who, d=detail, chart=chart, field=field)
+
+
+def _alarm_field(alarm_type: str, readings: list[Any]) -> str | None:
+    """The measurement that best shows an alarm of this type."""
+    preferred = [f for f in ("gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "battery_pct")
+                 if f.split("_")[0] in alarm_type]
+    for f in [*preferred, *UNITS]:
+        if any(f in r.values for r in readings):
+            return f
+    return None
+
+
+@router.get("/devices/{device_id}")
+def device_page(device_id: str, request: Request, conn: Conn, who: Anyone,
+                field: device_routes.NumericField | None = None,
+                hours: Annotated[int, Query(ge=1, le=31 * 24)] = 24) -> HTMLResponse:
+    """A device with a chart of one field over the last hours."""
+    device = device_routes.scoped_device(conn, who, device_id)
+    default = {"gas_detector": "gas_lel", "co_alarm": "co_ppm", "smoke_detector": "smoke_db_m",
+               "charging_port": "power_w", "smart_socket": "power_w"}.get(device.kind, "temp_c")
+    chosen = field or default
+    end = datetime.now(UTC)
+    series = device_routes.reading_series(conn, who, device_id, field=chosen, start=end - timedelta(hours=hours),
+                                          end=end, points=240)
+    chart = svg_chart([(b.bucket, b.min, b.avg, b.max) for b in series.buckets], title=f"{device_id} {chosen}",
+                      unit=UNITS.get(chosen, ""), tz_label=settings_of(request).timezone)
+    alarms = api_repo.list_alarms(conn, worker_id=who.worker_scope, merchant_id=who.merchant_scope,
+                                  open_only=False, active=None, acknowledged=None, min_severity=None, site_id=None,
+                                  before_id=None, limit=20, device_id=device_id)
+    return render(request, "device.html", who, device=device, chart=chart, field=chosen, hours=hours,
+                  series=series, fields=list(UNITS), alarms=alarms)
+
+
+# -- merchant score page ------------------------------------------------------------
+
+@router.get("/score")
+def score_page(request: Request, conn: Conn, who: Anyone,
+               merchant: Annotated[str | None, Query(max_length=64)] = None) -> HTMLResponse:
+    """A merchant's score, tier, trend, ledger, open hazards and findings (their own; staff pass ?merchant=)."""
+    merchant_id = who.merchant_id if who.role == "merchant" else merchant
+    if not merchant_id:
+        raise HTTPException(422, "merchant: choose a merchant (?merchant=ID)")
+    view = merchant_routes.merchant_view(conn, who, merchant_id)
+    trend = [(p.at, None, float(p.score), None) for p in view.trend]
+    chart = svg_chart(trend, title=view.merchant_name, unit="", tz_label=settings_of(request).timezone)
+    return render(request, "score.html", who, v=view, chart=chart)
+
+
+# -- admin overview ------------------------------------------------------------
+
+@router.get("/admin")
+def admin_page(request: Request, conn: Conn, who: Staff,
+               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> HTMLResponse:
+    """KPIs per community and grid, and the device list with live state."""
+    if who.role != "admin":
+        raise HTTPException(403, "the overview is for admins")
+    communities = api_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
+    grids = api_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
+    kpis = [admin_routes.kpis(conn, scope="community", scope_id=c["id"], since=None, until=None)
+            for c in communities]
+    kpis += [admin_routes.kpis(conn, scope="grid", scope_id=g["id"], since=None, until=None) for g in grids]
+    devices = api_repo.list_devices(conn, worker_id=None, merchant_id=None, site_id=None, kind=None, offline=None,
+                                    limit=100, offset=offset)
+    return render(request, "admin.html", who, kpis=kpis, devices=devices, offset=offset,
+                  next_offset=offset + 100 if len(devices) == 100 else None)
