@@ -187,13 +187,14 @@ class AbsenceRule(_RuleBase):
     battery_extra_s: float = 3600
     mains_factor: float = 3
     mains_min_s: float = 300
-    min_factor: float = 3
 
     def offline_after_s(self, device: Device) -> float:
         """How long this device may stay silent."""
         interval = float(device.report_interval_s)
         if device.battery:
-            return max(self.battery_factor * interval + self.battery_extra_s, self.min_factor * interval)
+            # RULES-REFERENCE 5's table (24 h heartbeat -> 49 h, Huawei IoTDA), not its formula's 3x term,
+            # which would give 72 h and contradict the table.
+            return self.battery_factor * interval + self.battery_extra_s
         return max(self.mains_factor * interval, self.mains_min_s)
 
 
