@@ -22,6 +22,8 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 rules_app = typer.Typer(help="Alarm rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+notify_app = typer.Typer(help="Notifications: test a worker's channels, silences.", no_args_is_help=True)
+app.add_typer(notify_app, name="notify")
 
 
 def _settings() -> Settings:
@@ -173,6 +175,58 @@ def demo(
     except GridwatchError as exc:
         raise _fail(exc) from exc
     sys.exit(code)
+
+
+@notify_app.command("test")
+def notify_test(worker: Annotated[str, typer.Option(help="worker id from the registry")]) -> None:
+    """Send a test message through every channel of a worker and show each channel's result."""
+    from datetime import UTC, datetime
+
+    from notify import service as notify_service
+    from notify.delivery import Sender
+
+    settings = _settings()
+    sender = Sender(timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url)
+    try:
+        with db.connect(settings.dsn) as conn:
+            results = notify_service.send_test(conn, sender=sender, worker_id=worker, now=datetime.now(UTC))
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    finally:
+        sender.close()
+    for res in results:
+        typer.echo(f"{'ok  ' if res.ok else 'FAIL'} {res.channel}: {res.detail}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@notify_app.command("silence")
+def notify_silence(
+    minutes: Annotated[float, typer.Option(help="how long the maintenance window lasts")],
+    site: Annotated[str | None, typer.Option(help="site id")] = None,
+    device: Annotated[str | None, typer.Option(help="device id")] = None,
+    reason: Annotated[str, typer.Option(help="why (shown in the audit)")] = "maintenance",
+    include_life_safety: Annotated[bool, typer.Option(
+        help="also silence gas, CO and smoke alarms (explicit override)")] = False,
+) -> None:
+    """Silence a site or a device for a while (life-safety alarms stay loud unless overridden)."""
+    from datetime import UTC, datetime, timedelta
+
+    from notify import repo as notify_repo
+
+    if (site is None) == (device is None):
+        raise _fail(ValueError("give exactly one of --site or --device"))
+    settings = _settings()
+    now = datetime.now(UTC)
+    try:
+        with db.connect(settings.dsn) as conn, conn.transaction():
+            silence = notify_repo.insert_silence(conn, site_id=site, device_id=device, starts_at=now,
+                                                 ends_at=now + timedelta(minutes=minutes), reason=reason,
+                                                 created_by="cli", include_life_safety=include_life_safety)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"silence {silence.id}: {site or device} until {silence.ends_at.isoformat(timespec='minutes')}"
+               + (" (life-safety included)" if include_life_safety else " (life-safety alarms still notify)"))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from typing import Any
 from prometheus_client import Counter
 from psycopg import Connection
 
+from core.errors import ConflictError, NotFoundError
 from notify import messages, repo, routing
-from notify.delivery import Sender
+from notify.delivery import ChannelResult, Sender
 from notify.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -376,3 +377,17 @@ def _move_on_when_unreached(conn: Connection[Any], notes: list[repo.DueNotificat
         if reached == 0 and untried == 0 and repo.move_on_now(conn, alarm_id=alarm_id, step=step, now=now):
             ESCALATIONS.labels("unreached").inc()
             log.warning("alarm %s: nobody of ladder step %d could be reached; escalating now", alarm_id, step)
+
+
+# --- gridwatch notify test ----------------------------------------------------------------------------------
+
+def send_test(conn: Connection[Any], *, sender: Sender, worker_id: str, now: datetime) -> list[ChannelResult]:
+    """Send a test message through every channel of a worker, one result per channel."""
+    worker = repo.get_worker(conn, worker_id=worker_id)
+    if worker is None:
+        raise NotFoundError(f"worker {worker_id!r} does not exist (load the registry first)")
+    if not worker.notify_urls:
+        raise ConflictError(f"worker {worker_id!r} has no notify URLs in the registry")
+    msg = messages.render_test(name=worker.name, worker_id=worker.id, role=worker.role,
+                               channels=len(worker.notify_urls), locale=worker.locale, at=now)
+    return sender.send(worker.notify_urls, msg.title, msg.body, recipient=worker.id)
