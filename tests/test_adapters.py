@@ -36,6 +36,8 @@ DEVICES = [
     dev("gw-z1", DeviceKind.GATEWAY, Adapter.ZIGBEE2MQTT, "bridge"),
     dev("gas-s1", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "shellygas-E868E7C6E54A"),
     dev("port-t1", DeviceKind.CHARGING_PORT, Adapter.TASMOTA, "shed_port_3"),
+    dev("gas-s2", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "shellygas-A1B2C3D4E5F6"),
+    dev("valve-s2", DeviceKind.GAS_VALVE, Adapter.SHELLY, "shellygas-A1B2C3D4E5F6/valve/0"),
 ]
 
 
@@ -102,7 +104,7 @@ Z2M_JSON = [
     pytest.param("kitchen_gas", {"gas": False}, {"gas": False}, {}, NOW, id="no-last-seen-receive-time"),
     pytest.param("floor2/kitchen_gas", {"gas": True}, {"gas": True}, {}, NOW, id="friendly-name-with-slash"),
     pytest.param("co_box", {"carbon_monoxide": True, "co": 120, "linkquality": 90},
-                 {"co_ppm": 120.0}, {"co_alarm": True, "linkquality": 90}, NOW, id="co-flag-and-ppm"),
+                 {"co_ppm": 120.0}, {"co": True, "linkquality": 90}, NOW, id="co-flag-and-ppm"),
     pytest.param("co_box", {"carbon_monoxide": 35, "co2": 800}, {"co_ppm": 35.0}, {"co2": 800}, NOW,
                  id="numeric-carbon-monoxide-is-ppm-co2-is-not-co"),
     pytest.param("hall_smoke", {"smoke": True, "tamper": False, "battery": 85, "battery_state": "high",
@@ -188,7 +190,7 @@ Z2M_ATTRIBUTES = [
     pytest.param("kitchen_gas/gas_value", "12.5", {"gas_lel": 12.5}, {}, id="number"),
     pytest.param("plug_1/state", "OFF", {"relay": "off"}, {}, id="unquoted-text"),
     pytest.param("plug_1/energy", "2.5", {"energy_wh": 2500.0}, {}, id="kwh"),
-    pytest.param("co_box/carbon_monoxide", "true", {}, {"co_alarm": True}, id="co-flag-extras-only-still-stored"),
+    pytest.param("co_box/carbon_monoxide", "true", {}, {"co": True}, id="co-flag-extras-only-still-stored"),
     pytest.param("hall_smoke/battery_low", "true", {}, {"battery_low": True}, id="unmapped-kept"),
 ]
 
@@ -329,6 +331,13 @@ def test_shelly_status_ignores_and_rejects(topic: str, payload: Any, expected: A
         assert item == expected
 
 
+def test_shelly_valve_registered_as_its_own_device() -> None:
+    valve = reading("shellies/shellygas-A1B2C3D4E5F6/valve/0/state", "closed")
+    assert (valve.device_id, valve.valve) == ("valve-s2", "closed")
+    assert reading("shellies/shellygas-A1B2C3D4E5F6/sensor/gas", "heavy").device_id == "gas-s2"
+    assert reading(f"{SHELLY}/valve/0/state", "closed").device_id == "gas-s1", "no valve device: the detector"
+
+
 # --- Tasmota -------------------------------------------------------------------------------------------
 # EnergyMqttShow's own example (xdrv_03_energy.ino) and the Power Monitoring docs.
 TASMOTA = "shed_port_3"
@@ -452,6 +461,8 @@ def test_oversize_device_message_is_still_rejected() -> None:
     pytest.param("gas-s1", "close_valve", f"{SHELLY}/valve/0/command", "close", id="shelly-close-valve"),
     pytest.param("gas-s1", "self_test", f"{SHELLY}/sensor/start_self_test", "self_test", id="shelly-self-test"),
     pytest.param("gas-s1", "silence", f"{SHELLY}/sensor/mute", "mute", id="shelly-mute"),
+    pytest.param("valve-s2", "close_valve", "shellies/shellygas-A1B2C3D4E5F6/valve/0/command", "close",
+                 id="shelly-valve-device"),
     pytest.param("port-t1", "cut_power", "cmnd/shed_port_3/POWER", "OFF", id="tasmota-cut-power"),
     pytest.param("port-t1", "restore_power", "cmnd/shed_port_3/POWER", "ON", id="tasmota-restore"),
 ])

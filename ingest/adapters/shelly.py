@@ -28,9 +28,12 @@ which ppm / 500 understates %LEL by about 2.4x: rely on its alarm flag, not on g
 or above 50,000 ppm are capped at 100 %LEL (over range is the worst case, never a reason to reject).
 
 Device: the registry device with adapter `shelly` and foreign_id = the MQTT id in the topic
-(`shellygas-<MAC>` by default). One Shelly Gas with its valve is one device (a gas_detector reporting `valve`).
+(`shellygas-<MAC>` by default). The valve can be registered as its own `gas_valve` device with foreign_id
+`<id>/valve/0` (the rules close "the site's registered gas_valve"); `valve/0/state` then goes to it, and
+otherwise to the detector (a gas_detector reporting `valve`).
 
-Commands (`encode`): close_valve -> `shellies/<id>/valve/0/command` `close`; self_test ->
+Commands (`encode`): close_valve -> `shellies/<id>/valve/0/command` `close` (for the detector or its
+`<id>/valve/0` valve device); self_test ->
 `shellies/<id>/sensor/start_self_test` `self_test`; silence -> `shellies/<id>/sensor/mute` `mute`. The Shelly
 Gas has no relay, so cut_power / restore_power are refused. There is no ack: `valve/0/state closed` is.
 """
@@ -56,6 +59,7 @@ GAS = {"none": False, "mild": True, "heavy": True}
 SELF_TEST = {"not_completed": False, "completed": False, "running": True, "pending": True}
 VALVE = {"opened": "open", "closed": "closed", "failure": "fault", "failed": "fault"}
 VALVE_MOVING = frozenset({"closing", "opening", "checking"})
+VALVE_SUFFIX = "valve/0"  # foreign_id `<id>/valve/0`: the Shelly Gas valve registered as its own gas_valve
 
 
 def _expected(values: Any) -> str:
@@ -146,7 +150,8 @@ class Shelly:
         shelly_id, channel = split
         if not shelly_id or channel not in CHANNELS:
             return [Reject(f"topic {topic!r} is not shellies/<id>/<{'|'.join(CHANNELS)}>")]
-        device = resolve(lookup, ADAPTER, shelly_id)
+        valve = lookup.by_foreign_id(ADAPTER, f"{shelly_id}/{VALVE_SUFFIX}") if channel == "valve/0/state" else None
+        device = valve or resolve(lookup, ADAPTER, shelly_id)
         if isinstance(device, Reject):
             return [device]
         text = scalar_text(payload, what=f"shelly {shelly_id!r} {channel}", device_id=device.id)
@@ -183,4 +188,5 @@ class Shelly:
         if found is None:
             raise ValueError(f"a Shelly Gas cannot carry the action {action!r} (it has no relay)")
         channel, body = found
-        return [(f"{self.prefix}/{device.foreign_id}/{channel}", body)]
+        shelly_id = str(device.foreign_id).removesuffix(f"/{VALVE_SUFFIX}")
+        return [(f"{self.prefix}/{shelly_id}/{channel}", body)]

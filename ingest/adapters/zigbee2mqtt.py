@@ -28,10 +28,10 @@ Attribute mapping (Zigbee2MQTT expose -> native field; everything not listed is 
 | smoke (bool) | smoke | |
 | smoke_density_dbm (number) | smoke_db_m | Aqara JTYJ-GD-01LM |
 | smoke_concentration, smoke_density | extras | units differ per device, not dB/m |
-| carbon_monoxide (bool) | extras co_alarm | the CO alarm flag (TS0601_smart_CO_air_box, Heiman) |
+| carbon_monoxide (bool) | extras co | the CO alarm's own flag, the extra `co` rule CO-01 watches |
 | carbon_monoxide (number), co (number, ppm) | co_ppm | `co2` is carbon dioxide and stays in extras |
 | tamper (bool) | tamper | |
-| battery (%) | battery_pct | battery_low, battery_state stay in extras |
+| battery (%) | battery_pct | battery_low (flag of rule SMK-06), battery_state stay in extras |
 | temperature, device_temperature | temp_c | sockets/ports prefer device_temperature (internal) |
 | power (W), current (A) | power_w, current_a | |
 | voltage (V) | voltage_v | sockets/ports only; battery devices report mV -> extras |
@@ -101,7 +101,7 @@ def map_attributes(device: Device, attrs: dict[str, Any]) -> tuple[dict[str, Any
             put("smoke_db_m", value, key)
         elif key == "carbon_monoxide":
             if isinstance(value, bool):
-                extras["co_alarm"] = value
+                extras["co"] = value  # the alarm flag; a numeric Zigbee2MQTT `co` is ppm and goes to co_ppm
             else:
                 put("co_ppm", value, key)
         elif key == "co":
