@@ -229,5 +229,19 @@ def notify_silence(
                + (" (life-safety included)" if include_life_safety else " (life-safety alarms still notify)"))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks with targets (from a source checkout); `gridwatch bench --help` lists the sizes."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "run.py").is_file():
+        raise _fail(FileNotFoundError(f"bench/ is not next to {root / 'core'}: run it from a gridwatch checkout"))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench.run import main as bench_main  # the checkout's bench/, not an installed package
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 if __name__ == "__main__":
     app()
