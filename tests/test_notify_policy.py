@@ -174,13 +174,13 @@ def test_someone_in_two_tiers_hears_once() -> None:
 
 
 def ctx(**kw: object) -> AlarmContext:
-    base: dict[str, object] = dict(
-        alarm_id=7, type="gas_leak", severity=4, active=True, acknowledged=False, acknowledged_by=None,
-        acknowledged_at=None, closed_at=None, disposition=None, value=31.0, peak_value=35.0, count=3, message="",
-        raised_at=DAY, device_id="gas-1", device_kind="gas_detector", location="kitchen", gateway_id=None,
-        site_id="s1", site_name="Noodle shop", address="1 Lane", floor=2, site_flags=["elderly_living_alone"],
-        micro_grid_id="mg1", micro_grid_name="Micro one", grid_id="g1", community_id="c1",
-        timezone="Asia/Shanghai", merchant_id=None)
+    base: dict[str, object] = {
+        "alarm_id": 7, "type": "gas_leak", "severity": 4, "active": True, "acknowledged": False, "acknowledged_by": None,
+        "acknowledged_at": None, "closed_at": None, "disposition": None, "value": 31.0, "peak_value": 35.0, "count": 3, "message": "",
+        "raised_at": DAY, "device_id": "gas-1", "device_kind": "gas_detector", "location": "kitchen", "gateway_id": None,
+        "site_id": "s1", "site_name": "Noodle shop", "address": "1 Lane", "floor": 2, "site_flags": ["elderly_living_alone"],
+        "micro_grid_id": "mg1", "micro_grid_name": "Micro one", "grid_id": "g1", "community_id": "c1",
+        "timezone": "Asia/Shanghai", "merchant_id": None}
     base.update(kw)
     return AlarmContext(**base)  # type: ignore[arg-type]
 
