@@ -229,6 +229,93 @@ def notify_silence(
                + (" (life-safety included)" if include_life_safety else " (life-safety alarms still notify)"))
 
 
+# ------------------------------------------------------------------ merchant safety score (docs/score.md)
+score_app = typer.Typer(help="Merchant safety score: show, recompute from the ledger, tick, check a policy.",
+                        no_args_is_help=True)
+app.add_typer(score_app, name="score")
+
+
+@score_app.command("show")
+def score_show(merchant: Annotated[str, typer.Argument(help="merchant id")],
+               limit: Annotated[int, typer.Option(help="ledger entries to print, newest first")] = 20) -> None:
+    """A merchant's score, tier, review flag, open items and ledger."""
+    from rules import score_service
+
+    settings = _settings()
+    try:
+        with db.connect(settings.dsn) as conn:
+            standing = score_service.get_score(conn, merchant_id=merchant)
+            page = score_service.get_ledger(conn, merchant_id=merchant, limit=limit)
+            items = score_service.get_open_items(conn, merchant_id=merchant)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    s = standing
+    typer.echo(f"{s.merchant_id} {s.merchant_name}: {s.score} (tier {s.tier}, {s.tier_handling})"
+               + (f" — ADMISSION REVIEW: {'; '.join(s.review_reasons)}" if s.review else ""))
+    if s.locked_until:
+        typer.echo(f"  no restorations until {s.locked_until:%Y-%m-%d %H:%M} UTC")
+    for alarm in items.alarms:
+        typer.echo(f"  open alarm {alarm.id}: {alarm.type} ({alarm.severity}) on {alarm.device_id}")
+    for finding in items.findings:
+        typer.echo(f"  open finding {finding.id}: {finding.kind} due {finding.due_at:%Y-%m-%d %H:%M}"
+                   + (" OVERDUE" if finding.overdue else ""))
+    for e in page.items:
+        source = f"alarm {e.alarm_id}" if e.alarm_id else f"finding {e.finding_id}" if e.finding_id else "-"
+        typer.echo(f"  {e.at:%Y-%m-%d %H:%M} {e.points:+4d} {e.code:6s} {e.reason} [{source}; {e.actor or 'policy'}]")
+
+
+@score_app.command("recompute")
+def score_recompute(refresh: Annotated[bool, typer.Option(help="store the recomputed standings")] = True) -> None:
+    """Derive every merchant's standing from the ledger; report differences from the stored scores."""
+    from rules import score_service
+
+    settings = _settings()
+    try:
+        with db.connect(settings.dsn) as conn, conn.transaction():
+            report = score_service.recompute_all(conn, refresh=refresh)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{report.merchants} merchants, {report.compared} compared, {len(report.mismatches)} mismatches"
+               + (f", {report.refreshed} refreshed" if refresh else ""))
+    for m in report.mismatches:
+        typer.echo(f"  {m.merchant_id}: stored {m.field} {m.stored!r}, ledger says {m.derived!r}")
+
+
+@score_app.command("tick")
+def score_tick() -> None:
+    """Run the time-based score work once now (restorations, overdue rectifications, upkeep, snapshots)."""
+    from datetime import UTC, datetime
+
+    from rules import score_service
+
+    settings = _settings()
+    try:
+        with db.connect(settings.dsn) as conn, conn.transaction():
+            result = score_service.run_score_tick(conn, now=datetime.now(UTC))
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"score tick: {result.written or 'nothing due'} ({result.merchants} merchants)"
+               if result.ran else "score tick: another process is ticking")
+
+
+@score_app.command("check")
+def score_check(file: Annotated[Path | None, typer.Argument(help="policy YAML (default: the shipped one)")] = None
+                ) -> None:
+    """Validate a score policy file against the alarm types of the rule set."""
+    from rules.ruleset import default_rules
+    from rules.score_policy import load_policy
+
+    try:
+        policies = load_policy(file, ruleset=default_rules())
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    p = policies.default
+    typer.echo(f"ok: base {p.base}; tiers " + ", ".join(f"{b.tier} {b.min}-{b.max}" for b in p.tiers)
+               + f"; {len(p.alarm_deductions)} alarm deductions, {len(p.findings)} finding kinds"
+               + (f"; overrides for {', '.join(policies.communities)}" if policies.communities else ""))
+
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def bench(ctx: typer.Context) -> None:

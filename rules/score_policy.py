@@ -32,7 +32,12 @@ CATALOG_RE = re.compile(r"^#\s+(?P<type>[a-z][a-z0-9_]*)\s{2,}(?P<severity>criti
 
 
 def _severity(value: Any) -> Severity:
-    return value if isinstance(value, Severity) else Severity.parse(value)
+    if isinstance(value, Severity):
+        return value
+    try:
+        return Severity.parse(value)
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"{value!r} is not a severity (critical, major, minor, info or P1..P4)") from None
 
 
 class _Strict(BaseModel):
