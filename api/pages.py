@@ -24,7 +24,7 @@ from psycopg import Connection
 from api import auth, i18n
 from api import repo as api_repo
 from api.chart import svg_chart
-from api.deps import SESSION_COOKIE, Anyone, Conn, Staff, settings_of
+from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, settings_of
 from api.routers import admin as admin_routes
 from api.routers import alarms as alarm_routes
 from api.routers import devices as device_routes
@@ -187,12 +187,13 @@ def board(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
 
 
 @router.get("/board/stream")
-async def board_stream(request: Request, who: Staff) -> StreamingResponse:
+async def board_stream(request: Request, who: Staff,
+                       max_s: Annotated[float | None, Query(gt=0, le=3600)] = None) -> StreamingResponse:
     """The board's live feed: each changed alarm as its rendered row (open=false: take it off the board)."""
     async def events() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         async for row in alarm_changes(request.app.state.hub, request.app.state.pool, who,
-                                       request.is_disconnected):
+                                       request.is_disconnected, max_s=max_s):
             if row is None:
                 yield ": keep-alive\n\n"
                 continue
@@ -297,11 +298,9 @@ def score_page(request: Request, conn: Conn, who: Anyone,
 # -- admin overview ------------------------------------------------------------
 
 @router.get("/admin")
-def admin_page(request: Request, conn: Conn, who: Staff,
+def admin_page(request: Request, conn: Conn, who: Admin,
                offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> HTMLResponse:
     """KPIs per community and grid, and the device list with live state."""
-    if who.role != "admin":
-        raise HTTPException(403, "the overview is for admins")
     communities = api_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
     grids = api_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
     kpis = [admin_routes.kpis(conn, scope="community", scope_id=c["id"], since=None, until=None)

@@ -105,8 +105,9 @@ async def alarm_changes(hub: AlarmHub, pool: ConnectionPool, who: auth.Principal
         while not hub.closed:
             if max_s is not None and loop.time() - started > max_s:
                 return
+            wait = POLL_S if max_s is None else max(0.0, min(POLL_S, max_s - (loop.time() - started)))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.get(), timeout=POLL_S)
+                await asyncio.wait_for(queue.get(), timeout=wait)
             if hub.closed or await is_disconnected():
                 return
             now, rows = await run_in_threadpool(read, watermark - OVERLAP)
