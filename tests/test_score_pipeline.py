@@ -155,9 +155,28 @@ def test_gas_false_alarm_costs_nothing_real_hazard_costs_the_gas_deduction(
     assert q(community, "SELECT count(*) AS n FROM score_entry")[0]["n"] == 1
 
 
-def test_indoor_charging_costs_nothing_until_a_worker_confirms_it(community: Settings) -> None:
-    """ebike_indoor_charging (EB-14a) is raised here through rules.service.record_transition, because its
-    duration rule needs 30 min of readings; the alarm, its events and the resolution are the real ones."""
+def test_indoor_charging_costs_nothing_until_a_worker_confirms_it(community: Settings, ingest: Running,
+                                                                   publisher: Publisher) -> None:
+    """A socket in the merchant's corridor draws a charger's 150 W for 35 min (event time, an hour ago):
+    the real ingest and rule EB-14a raise ebike_indoor_charging; the score moves only on confirmation."""
+    topic = f"{community.topic_prefix}/sock-m1/telemetry"
+    base = int(time.time() * 1000) - 60 * 60 * 1000
+    for i in range(36):
+        publisher.publish(topic, {"ts": base + i * 60_000, "seq": i, "power_w": 150.0, "relay": "on"})
+    rows = wait_for(lambda: q(community, "SELECT id, severity FROM alarm WHERE device_id = 'sock-m1' "
+                                         "AND type = 'ebike_indoor_charging'"), what="indoor charging alarm")
+    assert rows[0]["severity"] == Severity.MAJOR
+    assert ledger(community, "m1") == [], "a raw sensor alarm never deducts by itself"
+    assert standing(community, "m1").score == 100
+    resolve(community, int(rows[0]["id"]), Disposition.REAL_HAZARD)
+    entries = q(community, "SELECT code, points, alarm_id, actor, site_id FROM score_entry")
+    assert entries == [{"code": "M-D08", "points": -10, "alarm_id": rows[0]["id"], "actor": "w1", "site_id": "s1"}]
+    assert (standing(community, "m1").score, standing(community, "m1").tier) == (90, "A")
+
+
+def test_indoor_charging_late_acknowledgement_and_persistence(community: Settings) -> None:
+    """ebike_indoor_charging is raised here through rules.service.record_transition (the real function writing
+    the real alarm and alarm_event tables) so the test sets each alarm's event time; the resolution is real."""
     t0 = datetime.now(UTC).replace(microsecond=0)
     alarm = raise_alarm(community, "sock-m2", DeviceKind.SMART_SOCKET, Location.STAIRWELL, "s2",
                         "ebike_indoor_charging", Severity.MAJOR, t0)
