@@ -40,7 +40,7 @@ class Running:
             self.api_server.should_exit = True
             if self.api_thread:
                 self.api_thread.join(timeout=10)
-        for name in ("ingest", "rules", "actuator", "notify"):
+        for name in ("ingest", "rules", "actuator", "score", "notify"):
             part = self.parts.get(name)
             if part is not None:
                 part.stop()
@@ -71,6 +71,11 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
         running.parts["rules"].start()
         running.parts["actuator"] = Actuator(settings)
         running.parts["actuator"].start()
+        # Merchant score: clean-period restorations, overdue rectifications, upkeep, snapshots (docs/score.md).
+        from rules.score_service import ScoreTicker
+
+        running.parts["score"] = ScoreTicker(settings.dsn, interval_s=settings.score_tick_s)
+        running.parts["score"].start()
     if "notify" in only:
         from notify.worker import NotifyWorker
 

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     notify_policy: str | None = None
 
     rules_tick_s: float = Field(default=5.0, gt=0)
+    # Merchant score tick (restorations, overdue rectifications, upkeep); its work is per day, not per second.
+    score_tick_s: float = Field(default=300.0, gt=0)
     timezone: str = "Asia/Shanghai"
     log_level: str = "INFO"
 

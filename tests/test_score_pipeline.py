@@ -450,3 +450,17 @@ def test_cli_score_show_and_recompute(community: Settings, monkeypatch: pytest.M
     assert "3 merchants, 1 compared, 0 mismatches" in recomputed.output
     missing = runner.invoke(app, ["score", "show", "nobody"])
     assert missing.exit_code == 2 and "merchant nobody does not exist" in missing.output
+
+
+def test_the_score_tick_runs_with_the_rules_part(community: Settings) -> None:
+    """`gridwatch serve` starts the score ticker with the rules timer; it derives every merchant's standing."""
+    fast = community.model_copy(update={"score_tick_s": 0.2})
+    running = start_services(fast, ("rules",))
+    try:
+        wait_for(lambda: running.parts["score"].ticks >= 1, what="a score tick")
+    finally:
+        running.stop()
+    assert not running.parts["score"]._thread.is_alive()
+    rows = q(community, "SELECT merchant_id, score, tier, review FROM merchant_score ORDER BY merchant_id")
+    assert [(r["merchant_id"], r["score"], r["tier"], r["review"]) for r in rows] == [
+        ("m1", 100, "A", False), ("m2", 100, "A", False), ("m3", 100, "A", False)]
