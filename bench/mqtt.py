@@ -134,8 +134,7 @@ def wait_connections(port: int, expected: int, *, timeout: float, alive: Callabl
             raise RuntimeError("a consumer process exited before connecting to the broker")
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"only {established_connections(port)} of {expected} consumers connected "
-                f"within {timeout:.0f} s"
+                f"only {established_connections(port)} of {expected} consumers connected within {timeout:.0f} s"
             )
         time.sleep(0.05)
 
@@ -189,9 +188,7 @@ def raw_drain(
 class PacedFleet:
     """Publishes a message stream at a fixed rate from a thread (the background load)."""
 
-    def __init__(
-        self, host: str, port: int, *, rate: float, make: Callable[[int], tuple[str, bytes]]
-    ) -> None:
+    def __init__(self, host: str, port: int, *, rate: float, make: Callable[[int], tuple[str, bytes]]) -> None:
         self.rate = rate
         self.make = make
         self.sent = 0

@@ -59,9 +59,7 @@ def device_id(d: int) -> str:
 def device_kind(d: int) -> str:
     """The generated kind of device number d (same rule as KIND_OF)."""
     r = d % 10
-    return (
-        "gas_detector" if r < 4 else "smoke_detector" if r < 7 else "co_alarm" if r == 7 else "smart_socket"
-    )
+    return "gas_detector" if r < 4 else "smoke_detector" if r < 7 else "co_alarm" if r == 7 else "smart_socket"
 
 
 def micro_grid_of(d: int, micro_grids: int) -> str:
@@ -79,9 +77,7 @@ def merchant_device(merchant: int) -> int:
     return merchant * 2
 
 
-def generate_registry(
-    conn: Connection[Any], *, devices: int, micro_grids: int, grids: int, notify_base: str
-) -> None:
+def generate_registry(conn: Connection[Any], *, devices: int, micro_grids: int, grids: int, notify_base: str) -> None:
     """A district of `devices` devices, one registry row set, generated."""
     params = {"devices": devices, "micro_grids": micro_grids, "grids": grids, "notify_base": notify_base}
     with conn.cursor() as cur:
