@@ -1,0 +1,264 @@
+"""Bridge adapters end to end: bridge-format messages through the real Mosquitto into the real ingest and
+PostgreSQL; readings, statuses, alarms, notifications and rejects asserted in the database.
+
+Each test moves the bridges under its own topic root (Settings.bridge_topic_root), so retained messages and
+device names never leak between tests sharing the session's broker.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+
+from core import repo as core_repo
+from core.registry import parse_registry
+from core.services import Running, start_services
+from core.settings import Settings
+from tests.support import Publisher, Receiver, wait_for
+
+SHELLY_ID = "shellygas-E868E7C6E54A"
+
+
+def registry_yaml(receiver: Receiver, tag: str) -> str:
+    base = receiver.url("").rstrip("/")
+    return textwrap.dedent(f"""\
+        community: {{id: c1, name: Bridge test community}}
+        grids:
+          - id: g1
+            name: Grid one
+            micro_grids:
+              - {{id: mg1, name: Micro one}}
+        workers:
+          - {{id: w1, name: Wang, role: micro_grid_worker, micro_grids: [mg1], notify: ["{base}/w1"]}}
+        sites:
+          - {{id: s1, kind: shop, micro_grid: mg1, name: Noodle shop, address: 1 Lane, floor: 1}}
+          - {{id: s2, kind: charging_shed, micro_grid: mg1, name: Shed, address: 1 Lane}}
+        devices:
+          - {{id: z-gas, kind: gas_detector, site: s1, location: kitchen, adapter: zigbee2mqtt,
+             foreign_id: kitchen_gas, battery: true}}
+          - {{id: z-co, kind: co_alarm, site: s1, location: room, adapter: zigbee2mqtt, foreign_id: co_box,
+             battery: true}}
+          - {{id: z-gw, kind: gateway, site: s1, location: room, adapter: zigbee2mqtt, foreign_id: bridge}}
+          - {{id: s-gas, kind: gas_detector, site: s1, location: kitchen, adapter: shelly,
+             foreign_id: {SHELLY_ID}-{tag}}}
+          - {{id: s-valve, kind: gas_valve, site: s1, location: kitchen, adapter: shelly,
+             foreign_id: {SHELLY_ID}-{tag}/valve/0}}
+          - {{id: t-port, kind: charging_port, site: s2, location: charging_shed, adapter: tasmota,
+             foreign_id: shed_port_3}}
+        """)
+
+
+@pytest.fixture
+def bridged(settings: Settings, receiver: Receiver) -> Settings:
+    """This test's settings with the bridges under a private root, and the bridge registry loaded."""
+    tag = uuid.uuid4().hex[:8]
+    moved = settings.model_copy(update={"bridge_topic_root": f"b{tag}"})
+    with psycopg.connect(moved.dsn) as conn, conn.transaction():
+        core_repo.upsert_registry(conn, registry=parse_registry(registry_yaml(receiver, tag)))
+    return moved
+
+
+@pytest.fixture
+def ingest(bridged: Settings) -> Iterator[Running]:
+    r = start_services(bridged, ("ingest", "notify"))
+    wait_for(r.parts["ingest"].consumer.connected.is_set, what="ingest connected")
+    yield r
+    r.stop()
+
+
+def shelly_id(settings: Settings) -> str:
+    return f"{SHELLY_ID}-{settings.bridge_topic_root[1:]}"
+
+
+def rows(settings: Settings, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.dsn) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def count(settings: Settings, sql: str, *args: object) -> int:
+    return int(rows(settings, sql, *args)[0][0])
+
+
+def readings(settings: Settings, device_id: str) -> int:
+    return count(settings, "SELECT count(*) FROM reading WHERE device_id = %s", device_id)
+
+
+def transitions(settings: Settings, device_id: str, alarm_type: str) -> list[str]:
+    return [r[0] for r in rows(settings, """
+        SELECT e.kind FROM alarm_event e JOIN alarm a ON a.id = e.alarm_id
+        WHERE a.device_id = %s AND a.type = %s AND e.kind IN ('raised', 'reactivated', 'cleared')
+        ORDER BY e.id""", device_id, alarm_type)]
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_zigbee2mqtt_gas_alarm_and_state_cache_repeats(bridged: Settings, ingest: Running, publisher: Publisher,
+                                                       receiver: Receiver) -> None:
+    topic = f"{bridged.bridge_topic_root}/zigbee2mqtt/kitchen_gas"
+    t0 = (datetime.now(UTC) - timedelta(seconds=30)).replace(microsecond=0)
+    first = {"gas": True, "gas_value": 32, "preheat": False, "linkquality": 120, "last_seen": iso(t0)}
+    publisher.publish(topic, first)
+    wait_for(lambda: transitions(bridged, "z-gas", "gas_leak") == ["raised"], what="gas_leak raised")
+    wait_for(lambda: receiver.for_path("w1"), what="notification to w1")
+
+    # The bridge's state cache re-sends the unchanged gas flag with every later report (cache_state: true),
+    # and a retained/redelivered copy of the first message arrives again with its own last_seen.
+    publisher.publish(topic, {**first, "battery": 90, "last_seen": iso(t0 + timedelta(seconds=10))})
+    publisher.publish(topic, {**first, "battery": 89, "last_seen": iso(t0 + timedelta(seconds=20))})
+    publisher.publish(topic, first)
+    wait_for(lambda: readings(bridged, "z-gas") == 3, what="two repeats stored, the identical copy absorbed")
+    time.sleep(1.0)  # give a wrong second notification time to arrive
+    assert transitions(bridged, "z-gas", "gas_leak") == ["raised"]
+    assert count(bridged, "SELECT count(*) FROM alarm WHERE device_id = 'z-gas' AND type = 'gas_leak'") == 1
+    assert len([m for m in receiver.for_path("w1") if "gas" in str(m).lower() or "燃气" in str(m)]) == 1
+    stored = rows(bridged, "SELECT ts, seq, gas, gas_lel, extras FROM reading WHERE device_id = 'z-gas' ORDER BY ts")
+    assert stored[0][0] == t0 and stored[0][1] <= -2, "ts is the bridge's last_seen, seq a content digest"
+    assert stored[0][2:4] == (True, 32.0)
+    assert stored[0][4] == {"preheat": False, "linkquality": 120}
+
+
+def test_cleared_alarm_is_not_reopened_by_a_stale_bridge_copy(bridged: Settings, ingest: Running,
+                                                               publisher: Publisher) -> None:
+    topic = f"{bridged.bridge_topic_root}/zigbee2mqtt/kitchen_gas"
+    t0 = datetime.now(UTC) - timedelta(minutes=5)
+    alarm = {"gas": True, "gas_value": 30, "last_seen": iso(t0)}
+    publisher.publish(topic, alarm)
+    publisher.publish(topic, {"gas": False, "gas_value": 2, "last_seen": iso(t0 + timedelta(seconds=10))})
+    publisher.publish(topic, {"gas": False, "gas_value": 1, "last_seen": iso(t0 + timedelta(seconds=80))})
+    wait_for(lambda: transitions(bridged, "z-gas", "gas_leak") == ["raised", "cleared"], what="raised and cleared")
+
+    publisher.publish(topic, alarm)  # a retained or redelivered copy: same last_seen, same content
+    publisher.publish(topic, {**alarm, "battery": 88, "last_seen": iso(t0 + timedelta(seconds=5))})  # older
+    wait_for(lambda: readings(bridged, "z-gas") == 4, what="the older copy stored, the identical one absorbed")
+    time.sleep(0.5)
+    assert transitions(bridged, "z-gas", "gas_leak") == ["raised", "cleared"], "a stale copy never re-opens"
+    assert count(bridged, "SELECT count(*) FROM alarm WHERE device_id = 'z-gas' AND active") == 0
+
+
+def test_zigbee2mqtt_attribute_output_availability_and_bridge_state(bridged: Settings, ingest: Running,
+                                                                    publisher: Publisher) -> None:
+    root = f"{bridged.bridge_topic_root}/zigbee2mqtt"
+    publisher.publish(f"{root}/co_box/co", "12")
+    publisher.publish(f"{root}/co_box/carbon_monoxide", "true")
+    publisher.publish(f"{root}/co_box/linkquality", "87")  # alone: not stored
+    wait_for(lambda: readings(bridged, "z-co") == 2, what="two attribute readings")
+    wait_for(lambda: transitions(bridged, "z-co", "co_alarm") == ["raised"], what="CO alarm from the device's flag")
+    assert sorted(rows(bridged, "SELECT co_ppm, extras FROM reading WHERE device_id = 'z-co'"),
+                  key=lambda r: r[0] is None) == [(12.0, None), (None, {"co": True})]
+
+    publisher.publish(f"{root}/co_box/availability", {"state": "offline"}, retain=True)
+    publisher.publish(f"{root}/kitchen_gas/availability", "online", retain=True)  # the legacy form
+    publisher.publish(f"{root}/bridge/state", "offline", retain=True)
+    publisher.publish(f"{root}/bridge/devices", orjson.dumps([{"ieee_address": "0x00158d0001d2a2b3", "definition": {
+        "exposes": [{"name": "x" * 100}] * 300}}]), retain=True)  # bookkeeping larger than the payload limit
+
+    def online() -> dict[str, bool | None]:
+        return dict(rows(bridged, "SELECT device_id, online FROM device_state WHERE device_id LIKE 'z-%%'"))
+
+    wait_for(lambda: online() == {"z-co": False, "z-gas": True, "z-gw": False}, what="statuses recorded")
+    wait_for(lambda: transitions(bridged, "z-co", "offline") == ["raised"], what="offline from availability")
+    time.sleep(0.3)
+    assert count(bridged, "SELECT count(*) FROM ingest_reject") == 0, rows(bridged, "SELECT reason FROM ingest_reject")
+    for leaf in ("co_box/availability", "kitchen_gas/availability", "bridge/state", "bridge/devices"):
+        publisher.publish(f"{root}/{leaf}", b"", retain=True)
+
+
+def test_shelly_gas_closes_its_valve(bridged: Settings, receiver: Receiver, publisher: Publisher) -> None:
+    """GAS-02 on a Shelly Gas closes the site's gas_valve: the command reaches the Shelly's valve topic."""
+    sid = shelly_id(bridged)
+    got: list[tuple[str, bytes]] = []
+    arrived = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"valve-{sid}", protocol=mqtt.MQTTv5)
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/command"):
+            got.append((msg.topic, msg.payload))
+            arrived.set()
+
+    sub.on_message = on_message
+    sub.connect(bridged.mqtt.host, bridged.mqtt.port)
+    # The actuator may publish under the bridge root or at the bridge default; either reaches a real Shelly
+    # configured accordingly.
+    sub.subscribe([(f"{bridged.bridge_topic_root}/shellies/{sid}/#", 1), (f"shellies/{sid}/#", 1)])
+    sub.loop_start()
+    running = start_services(bridged, ("ingest", "rules", "notify"))
+    try:
+        wait_for(running.parts["ingest"].consumer.connected.is_set, what="ingest connected")
+        base = f"{bridged.bridge_topic_root}/shellies/{sid}"
+        publisher.publish(f"{base}/online", "true", retain=True)
+        publisher.publish(f"{base}/sensor/operation", "normal")
+        publisher.publish(f"{base}/sensor/concentration", "4000")
+        publisher.publish(f"{base}/sensor/gas", "heavy")
+        wait_for(lambda: transitions(bridged, "s-gas", "gas_leak") == ["raised"], what="gas_leak from heavy")
+        wait_for(lambda: receiver.for_path("w1"), what="notification")
+        assert arrived.wait(15), "close_valve never reached the Shelly"
+        assert [(t.split("/", 3 if t.startswith(bridged.bridge_topic_root) else 2)[-1], p) for t, p in got] == [
+            ("valve/0/command", b"close")]
+        publisher.publish(f"{base}/valve/0/state", "closed")
+        wait_for(lambda: rows(bridged, "SELECT valve FROM reading WHERE device_id = 's-valve'") == [("closed",)],
+                 what="the valve's state on the valve device")
+        assert rows(bridged, "SELECT gas_lel, extras FROM reading WHERE device_id = 's-gas' AND gas_lel IS NOT NULL"
+                    ) == [(8.0, {"gas_ppm": 4000})]
+        assert rows(bridged, "SELECT online FROM device_state WHERE device_id = 's-gas'") == [(True,)]
+        publisher.publish(f"{base}/online", b"", retain=True)
+    finally:
+        running.stop()
+        sub.loop_stop()
+        sub.disconnect()
+
+
+def test_tasmota_energy_relay_and_max_power(bridged: Settings, ingest: Running, publisher: Publisher) -> None:
+    root = bridged.bridge_topic_root
+    publisher.publish(f"{root}/tele/shed_port_3/LWT", "Online", retain=True)
+    publisher.publish(f"{root}/tele/shed_port_3/SENSOR", {"Time": "2026-11-23T20:00:00", "ENERGY": {
+        "TotalStartTime": "2026-01-01T00:00:00", "Total": 12.5, "Yesterday": 0.9, "Today": 0.3, "Power": 180,
+        "ApparentPower": 190, "ReactivePower": 60, "Factor": 0.95, "Voltage": 221, "Current": 0.82}})
+    publisher.publish(f"{root}/stat/shed_port_3/WARNING", {"Time": "2026-11-23T20:05:00", "MaxPowerReached": 2650})
+    publisher.publish(f"{root}/stat/shed_port_3/POWER", "OFF")
+    wait_for(lambda: readings(bridged, "t-port") == 3, what="three Tasmota readings")
+    got = rows(bridged, """SELECT power_w, voltage_v, current_a, energy_wh, relay, extras->>'max_power_reached'
+                           FROM reading WHERE device_id = 't-port' ORDER BY received_at""")
+    assert (180.0, 221.0, 0.82, 12500.0, None, None) in [tuple(round(v, 2) if isinstance(v, float) else v
+                                                              for v in r) for r in got]
+    assert (2650.0, None, None, None, None, "true") in got
+    assert (None, None, None, None, "off", None) in got
+    assert rows(bridged, "SELECT online FROM device_state WHERE device_id = 't-port'") == [(True,)]
+    publisher.publish(f"{root}/tele/shed_port_3/LWT", b"", retain=True)
+
+
+def test_bridge_rejects_land_in_ingest_reject(bridged: Settings, ingest: Running, publisher: Publisher) -> None:
+    root = bridged.bridge_topic_root
+    sid = shelly_id(bridged)
+    publisher.publish(f"{root}/zigbee2mqtt/hallway_sensor", {"smoke": True})
+    publisher.publish(f"{root}/zigbee2mqtt/kitchen_gas", b"{gas: true")
+    publisher.publish(f"{root}/zigbee2mqtt/kitchen_gas", {"gas_value": 140})
+    publisher.publish(f"{root}/shellies/{sid}/sensor/gas", "leaking")
+    publisher.publish(f"{root}/tele/shed_port_3/LWT", "maybe")
+    publisher.publish(f"{root}/tele/other_plug/SENSOR", {"ENERGY": {"Power": 5}})
+    publisher.publish(f"{root}/zigbee2mqtt/bridge/logging", {"level": "info", "message": "ignored"})
+    wait_for(lambda: count(bridged, "SELECT count(*) FROM ingest_reject") == 6, what="six rejects")
+    got = rows(bridged, "SELECT topic, device_id, reason FROM ingest_reject ORDER BY id")
+    assert [(t.removeprefix(root + "/"), d) for t, d, _ in got] == [
+        ("zigbee2mqtt/hallway_sensor", None), ("zigbee2mqtt/kitchen_gas", "z-gas"),
+        ("zigbee2mqtt/kitchen_gas", "z-gas"), (f"shellies/{sid}/sensor/gas", "s-gas"),
+        ("tele/shed_port_3/LWT", "t-port"), ("tele/other_plug/SENSOR", None)]
+    reasons = [r for _, _, r in got]
+    assert reasons[0].startswith("unknown zigbee2mqtt device 'hallway_sensor': no registry device has adapter")
+    assert "malformed JSON" in reasons[1]
+    assert "gas_lel (from zigbee2mqtt attribute 'gas_value'): Input should be less than or equal to 100" in reasons[2]
+    assert "gas alarm state must be one of none, mild, heavy, test, got 'leaking'" in reasons[3]
+    assert "must be Online or Offline" in reasons[4]
+    assert reasons[5].startswith("unknown tasmota device 'other_plug'")
+    assert readings(bridged, "z-gas") == 0
