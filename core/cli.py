@@ -330,5 +330,44 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(list(ctx.args)))
 
 
+@app.command()
+def simulate(
+    registry: Annotated[Path | None, typer.Option(help="registry YAML whose devices to simulate")] = None,
+    devices: Annotated[int | None, typer.Option(help="number of devices (synthetic without --registry)")] = None,
+    rate: Annotated[float, typer.Option(help="fleet telemetry messages per second, in total")] = 100.0,
+    scenario: Annotated[str | None, typer.Option(help="library scenario name (or a scenario YAML file)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same readings")] = 1,
+    duration: Annotated[str | None, typer.Option(help="fleet run time, e.g. 90s, 10m (default 60s)")] = None,
+    write_registry: Annotated[Path | None, typer.Option(
+        help="write the registry of the synthetic devices (or the scenario) to FILE and exit")] = None,
+    connections: Annotated[int | None, typer.Option(help="MQTT connections shared by the fleet")] = None,
+    speed: Annotated[float | None, typer.Option(
+        help="scenario event seconds per wall second (default: as fast as the broker takes them)")] = None,
+    status: Annotated[bool | None, typer.Option(
+        help="publish a retained online status per fleet device (default: on up to 10,000 devices)")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the scenario library and exit")] = False,
+) -> None:
+    """Simulated devices: a scenario in simulated time, a live fleet at a steady rate, or both."""
+    from simulators.cli import SimulateOptions, list_scenarios, run_simulate
+
+    if list_:
+        list_scenarios()
+        return
+    settings = _settings()
+    try:
+        opts = SimulateOptions(mqtt_url=settings.mqtt_url or "", topic_prefix=settings.topic_prefix,
+                               registry=registry, devices=devices, rate=rate, scenario=scenario, seed=seed,
+                               duration=duration, write_registry=write_registry, connections=connections,
+                               speed=speed, status=status)
+        if write_registry is None:
+            settings.mqtt  # noqa: B018 - raises a ConfigError naming GRIDWATCH_MQTT_URL when unset
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        code = run_simulate(opts, stop=stop)
+    except (GridwatchError, ValueError) as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(code)
+
 if __name__ == "__main__":
     app()
