@@ -41,6 +41,11 @@ class Sender:
         # Recipients are sent to in parallel so one slow channel does not hold up a critical alarm for others.
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="notify-send")
 
+    @staticmethod
+    def warm_up() -> None:
+        """Let apprise load its plugins (a second or so, once per process) before the first alarm."""
+        apprise.Apprise().add("json://127.0.0.1:9/")
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 

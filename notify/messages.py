@@ -171,8 +171,8 @@ def _env() -> jinja2.Environment:
     )
 
 
-def _render(name: str, **values: Any) -> Message:
-    text = _env().get_template(name).render(**values).strip()
+def _render(template: str, **values: Any) -> Message:
+    text = _env().get_template(template).render(**values).strip()
     title, _, body = text.partition("\n")
     return Message(title.strip(), body.strip())
 

@@ -296,8 +296,8 @@ def _advance(conn: Connection[Any], esc: repo.Escalation, *, policy: Policy, now
                            detail={"n": esc.reminders})
         esc.next_reminder_at = policy.reminder_due(esc.severity, now, esc.reminders)
         ESCALATIONS.labels("reminder").inc()
-    if esc.next_step_at is None and esc.next_reminder_at is None and esc.renotify_at is None:
-        esc.stopped_at, esc.stop_reason = now, "ladder complete"
+    # At the top of the ladder with nothing left to remind, the ladder idles (no deadline) until the alarm is
+    # acknowledged (which may schedule a re-notification) or cleared.
 
 
 # --- delivery -----------------------------------------------------------------------------------------------

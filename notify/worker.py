@@ -15,7 +15,7 @@ import psycopg
 
 from core.db import OUTBOX_CHANNEL
 from core.settings import Settings
-from notify import repo, service
+from notify import messages, repo, service
 from notify.delivery import Sender
 from notify.policy import Policy, load_policy
 
@@ -37,7 +37,14 @@ class NotifyWorker:
         self.sender = sender or Sender(timeout_s=settings.notify_timeout_s,
                                        redirect_url=settings.notify_redirect_url)
         self._stop = threading.Event()
+        self.ready = threading.Event()  # listening, caught up and warmed up
         self._thread: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """Compile the templates and load apprise's plugins now, not on the first alarm."""
+        messages.render_test(name="-", worker_id="-", role="-", channels=0, locale="zh-CN", at=self.clock())
+        messages.render_test(name="-", worker_id="-", role="-", channels=0, locale="en", at=self.clock())
+        Sender.warm_up()
 
     def run_once(self, conn: psycopg.Connection[Any]) -> int:
         """Route, escalate and deliver what is due now; returns the work done."""
@@ -71,6 +78,7 @@ class NotifyWorker:
                     listen.execute(f"LISTEN {OUTBOX_CHANNEL}")
                     while not self._stop.is_set():
                         self.run_once(conn)
+                        self.ready.set()
                         timeout = self._sleep_s(conn)
                         if timeout > 0:
                             for _ in listen.notifies(timeout=timeout, stop_after=1):
@@ -83,6 +91,7 @@ class NotifyWorker:
                 self._stop.wait(2)
 
     def start(self) -> None:
+        self.warm_up()
         self._thread = threading.Thread(target=self.run, name="notify", daemon=True)
         self._thread.start()
 
