@@ -271,19 +271,21 @@ def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> T
         return None  # this reading says nothing about this rule
     numeric = _num(value)
     sign = 1.0 if rule.direction == "above" else -1.0
+    above = bool(flag) or (numeric is not None and rule.raise_at is not None
+                           and sign * numeric >= sign * rule.raise_at)
+    active = state.get("active")
+    if not active and not above:  # the hot path: quiet device, nothing armed
+        if state:
+            state.pop("since", None)
+        return None
     clear_level = rule.clear_below if rule.direction == "above" else rule.clear_above
     if clear_level is None:
         clear_level = rule.raise_at
-    above = bool(flag) or (numeric is not None and rule.raise_at is not None
-                           and sign * numeric >= sign * rule.raise_at)
     below = not flag and (numeric is None or clear_level is None or sign * numeric < sign * clear_level)
     ts = reading.ts
     now = ts.timestamp()
 
-    if not state.get("active"):
-        if not above:
-            state.pop("since", None)
-            return None
+    if not active:
         since = state.setdefault("since", now)
         # A device's own alarm flag is authoritative (RULES-REFERENCE 7.2 conventions): no arming delay.
         if flag or now - since >= rule.for_s:
@@ -306,6 +308,8 @@ def evaluate_duration(rule: DurationRule, state: State, reading: Reading) -> Tra
     if value is None:
         return None
     inside = rule.min <= value < rule.max
+    if not inside and not state:
+        return None
     ts, now = reading.ts, reading.ts.timestamp()
     if not state.get("active"):
         if not inside:
@@ -557,7 +561,10 @@ def evaluate_stuck(rule: StuckRule, state: State, reading: Reading) -> Transitio
             return rule.transition("clear", reading.ts, details={"self_test": True})
         return None
     sig = [reading.value(f) for f in rule.fields]
-    if all(v is None for v in sig):
+    if sig == state.get("sig") and not state.get("active"):
+        if now - state["ok"] < rule.window_s:
+            return None  # the hot path: unchanged, within the window
+    elif all(v is None for v in sig):
         return None
     if "ok" not in state:
         state["ok"], state["sig"] = now, sig

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg import Connection
 from psycopg.rows import class_row, tuple_row
 from psycopg.types.json import Jsonb
@@ -56,29 +57,51 @@ ALARM_COLUMNS = """id, device_id, site_id, micro_grid_id, type, rule_id, severit
     raised_at, last_seen_at, cleared_at, acknowledged_at, acknowledged_by, closed_at, closed_by, disposition, note,
     value, peak_value, count, message, details"""
 
+def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | None:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(query, params).fetchone()  # type: ignore[arg-type]
+
+
+def _all(conn: Connection[Any], query: str, params: Any) -> list[tuple[Any, ...]]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+# Ids and states travel as one JSON document each (orjson): psycopg's text[]/jsonb[] array dumping escapes
+# every element with a regex, which cost more than the whole rule evaluation on the ingest hot path.
 ENSURE_DEVICE_STATES = """
-INSERT INTO device_state (device_id) SELECT unnest(%s::text[]) ON CONFLICT (device_id) DO NOTHING
+INSERT INTO device_state (device_id) SELECT jsonb_array_elements_text(%s::jsonb) ON CONFLICT (device_id) DO NOTHING
 """
 LOCK_DEVICE_STATES = """
-SELECT device_id, last_ts, last_seq, last_seen_at, online, rules FROM device_state
-WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE
+SELECT device_id, last_ts, last_seq, last_seen_at, online, rules::text FROM device_state
+WHERE device_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY device_id FOR UPDATE
 """
+
+
+def _ids_json(ids: Sequence[str]) -> str:
+    return orjson.dumps(list(ids)).decode()
+
+
+def _state_rows(rows: Sequence[tuple[Any, ...]]) -> dict[str, DeviceStateRow]:
+    return {r[0]: DeviceStateRow(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5])) for r in rows}
 
 
 def lock_device_states(conn: Connection[Any], *, device_ids: Sequence[str]) -> dict[str, DeviceStateRow]:
     """Lock (in id order, so two processes cannot deadlock) and return the devices' rule state."""
     ids = sorted(set(device_ids))
-    with conn.cursor(row_factory=class_row(DeviceStateRow)) as cur:
-        cur.execute(ENSURE_DEVICE_STATES, (ids,))
-        cur.execute(LOCK_DEVICE_STATES, (ids,))
-        return {row.device_id: row for row in cur.fetchall()}
+    found = _state_rows(_all(conn, LOCK_DEVICE_STATES, (_ids_json(ids),)))
+    missing = [i for i in ids if i not in found]
+    if missing:  # first message of a device: create its state row, then lock it too
+        conn.execute(ENSURE_DEVICE_STATES, (_ids_json(missing),))
+        found.update(_state_rows(_all(conn, LOCK_DEVICE_STATES, (_ids_json(missing),))))
+    return found
 
 
 SAVE_DEVICE_STATES = """
 UPDATE device_state d SET last_ts = v.last_ts, last_seq = v.last_seq, last_seen_at = v.last_seen_at,
     rules = v.rules
-FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::timestamptz[], %s::jsonb[])
-    AS v(device_id, last_ts, last_seq, last_seen_at, rules)
+FROM jsonb_to_recordset(%s::jsonb)
+    AS v(device_id text, last_ts timestamptz, last_seq bigint, last_seen_at timestamptz, rules jsonb)
 WHERE d.device_id = v.device_id
 """
 
@@ -87,10 +110,9 @@ def save_device_states(conn: Connection[Any], *, states: Sequence[DeviceStateRow
     """Write back the states taken by lock_device_states, in one statement."""
     if not states:
         return
-    conn.execute(SAVE_DEVICE_STATES, (
-        [s.device_id for s in states], [s.last_ts for s in states], [s.last_seq for s in states],
-        [s.last_seen_at for s in states], [Jsonb(s.rules) for s in states],
-    ))
+    doc = orjson.dumps([{"device_id": s.device_id, "last_ts": s.last_ts, "last_seq": s.last_seq,
+                         "last_seen_at": s.last_seen_at, "rules": s.rules} for s in states])
+    conn.execute(SAVE_DEVICE_STATES, (doc.decode(),))
 
 
 SET_DEVICE_ONLINE = """
@@ -228,15 +250,6 @@ def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int, kind: 
     conn.execute(INSERT_OUTBOX, (alarm_id, event_id, kind, severity))
     conn.execute(NOTIFY_OUTBOX)
 
-
-def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | None:
-    with conn.cursor(row_factory=tuple_row) as cur:
-        return cur.execute(query, params).fetchone()  # type: ignore[arg-type]
-
-
-def _all(conn: Connection[Any], query: str, params: Any) -> list[tuple[Any, ...]]:
-    with conn.cursor(row_factory=tuple_row) as cur:
-        return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- site context (cross-device rules)
@@ -447,16 +460,14 @@ def get_seen(conn: Connection[Any]) -> list[SeenRow]:
 
 
 TRY_LOCK_DEVICE_STATES = """
-SELECT device_id, last_ts, last_seq, last_seen_at, online, rules FROM device_state
-WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE SKIP LOCKED
+SELECT device_id, last_ts, last_seq, last_seen_at, online, rules::text FROM device_state
+WHERE device_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY device_id FOR UPDATE SKIP LOCKED
 """
 
 
 def try_lock_device_states(conn: Connection[Any], *, device_ids: Sequence[str]) -> dict[str, DeviceStateRow]:
     """Lock the states nobody else holds (a device busy in ingest is plainly not silent)."""
-    with conn.cursor(row_factory=class_row(DeviceStateRow)) as cur:
-        cur.execute(TRY_LOCK_DEVICE_STATES, (sorted(set(device_ids)),))
-        return {row.device_id: row for row in cur.fetchall()}
+    return _state_rows(_all(conn, TRY_LOCK_DEVICE_STATES, (_ids_json(sorted(set(device_ids))),)))
 
 
 SELECT_TO_ESCALATE = f"""

@@ -57,6 +57,10 @@ class CompiledRule:
         self.rule = rule
         self.fields = watched_fields(rule)
 
+    def concerns(self, present: set[str]) -> bool:
+        """Whether a reading with these fields present matters to this rule (absence rules: every message)."""
+        return not self.fields or not self.fields.isdisjoint(present)
+
 
 def _order(rules: tuple[AnyRule, ...]) -> tuple[AnyRule, ...]:
     """Rules that inhibit others are evaluated first, so the inhibition sees this reading's result."""
@@ -73,6 +77,7 @@ class RuleSet:
         self._by_id = {r.id: r for r in self.rules}
         self._index: dict[tuple[str, ...], tuple[AnyRule, ...]] = {}
         self._compiled: dict[tuple[str, ...], tuple[CompiledRule, ...]] = {}
+        self._fields: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._specific = any(o.match.site or o.match.device for o in overrides)
 
     def _key(self, device: Device) -> tuple[str, ...]:
@@ -100,6 +105,14 @@ class RuleSet:
         found = self._compiled.get(key)
         if found is None:
             found = self._compiled[key] = tuple(CompiledRule(r) for r in self.for_device(device))
+        return found
+
+    def fields_for(self, device: Device) -> tuple[str, ...]:
+        """Every reading field some rule of this device reads."""
+        key = ("fields", *self._key(device))
+        found = self._fields.get(key)
+        if found is None:
+            found = self._fields[key] = tuple(sorted({f for c in self.compiled_for(device) for f in c.fields}))
         return found
 
     def by_id(self, rule_id: str) -> AnyRule:

@@ -66,9 +66,10 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
             # A self-test never pages (RULES-REFERENCE 7.3 test mode): record it as passed, judge nothing else.
             rules[SELF_TEST] = reading.ts.isoformat()
             log.info("self-test passed on %s at %s", device.id, reading.ts.isoformat())
+        present = {f for f in ruleset.fields_for(device) if reading.value(f) is not None}
         for compiled in ruleset.compiled_for(device):
             rule = compiled.rule
-            if compiled.fields and not any(reading.value(f) is not None for f in compiled.fields):
+            if not compiled.concerns(present):
                 continue
             if reading.test and not isinstance(rule, StuckRule | AbsenceRule):
                 continue

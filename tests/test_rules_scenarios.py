@@ -102,10 +102,12 @@ def readings_stored(settings: Settings, device: str) -> int:
 def send(publisher: Publisher, settings: Settings, device: str, series: list[tuple[float, dict[str, Any]]],
          base_ms: int) -> None:
     """Publish (offset s, fields) as the device would, in event time from base_ms."""
-    for i, (offset_s, fields) in enumerate(series):
+    before = readings_stored(settings, device)
+    for offset_s, fields in series:
         publisher.publish(f"{settings.topic_prefix}/{device}/telemetry",
-                          {"ts": base_ms + int(offset_s * 1000), "seq": i, **fields})
-    wait_for(lambda: readings_stored(settings, device) >= len(series), timeout=20, what=f"{device} readings")
+                          {"ts": base_ms + int(offset_s * 1000), "seq": int(offset_s), **fields})
+    wait_for(lambda: readings_stored(settings, device) >= before + len(series), timeout=20,
+             what=f"{device} readings")
 
 
 def ago_ms(seconds: float) -> int:
