@@ -352,8 +352,8 @@ TASMOTA_READINGS = [
                                      "DS18B20": {"Id": "01144A0CB2AA", "Temperature": 48.5},
                                      "ESP32": {"Temperature": 61.2}, "TempUnit": "C"},
                  {"power_w": 150.0, "energy_wh": 3500.0, "temp_c": 48.5},
-                 {"DS18B20": {"Id": "01144A0CB2AA"}, "ESP32": {"Temperature": 61.2},
-                  "device_time": "2026-11-23T20:00:00+08:00"}, id="ds18b20-chip-temp-not-socket-temp"),
+                 {"DS18B20": {"Id": "01144A0CB2AA"}, "ESP32": {"Temperature": 61.2}},
+                 id="ds18b20-chip-temp-not-socket-temp-time-with-offset-is-ts"),
     pytest.param("tele/{t}/SENSOR", {"AM2301": {"Temperature": 104.0, "Humidity": 30.0}, "TempUnit": "F"},
                  {"temp_c": 40.0}, {"AM2301": {"Humidity": 30.0}}, id="fahrenheit"),
     pytest.param("tele/{t}/SENSOR", {"ANALOG": {"Temperature1": 52.0}, "TempUnit": "C"},
@@ -368,10 +368,12 @@ TASMOTA_READINGS = [
     pytest.param("stat/{t}/POWER", "OFF", {"relay": "off"}, {}, id="stat-power"),
     pytest.param("stat/{t}/POWER1", "ON", {"relay": "on"}, {}, id="stat-power1"),
     pytest.param("tele/{t}/MARGINS", {"Time": "2026-11-23T20:00:00", "PowerHigh": "ON", "PowerDelta": 120},
-                 {}, {"power_high": True, "power_delta_w": 120}, id="margins-flat"),
+                 {}, {"power_high": True, "power_delta_w": 120, "device_time": "2026-11-23T20:00:00"},
+                 id="margins-flat"),
     pytest.param("tele/{t}/MARGINS", {"Time": "2026-11-23T20:00:00", "MARGINS": {"PowerLow": "OFF",
                                                                                  "VoltageHigh": "ON"}},
-                 {}, {"power_low": False, "voltage_high": True}, id="margins-nested"),
+                 {}, {"power_low": False, "voltage_high": True, "device_time": "2026-11-23T20:00:00"},
+                 id="margins-nested"),
     pytest.param("stat/{t}/WARNING", {"Time": "2026-11-23T20:00:00", "MaxPowerReached": 2650},
                  {"power_w": 2650.0}, {"max_power_reached": True, "device_time": "2026-11-23T20:00:00"},
                  id="max-power-reached"),
@@ -391,7 +393,24 @@ def test_tasmota(topic: str, payload: Any, fields: dict[str, Any], extras: dict[
     assert r.device_id == "port-t1"
     assert fields_of(r) == fields
     assert r.extras == extras
-    assert r.ts == NOW, "Tasmota readings are stamped on receipt (module docstring says why)"
+    assert r.ts == NOW, "receive time, or a Time with offset that equals it"
+
+
+@pytest.mark.parametrize(("time", "ts", "extras"), [
+    pytest.param("2026-11-23T19:59:30+08:00", NOW - timedelta(seconds=30), {}, id="setoption52-offset-is-event-time"),
+    pytest.param("2026-11-23T11:59:30Z", NOW - timedelta(seconds=30), {}, id="utc"),
+    pytest.param("2026-11-23T19:59:30", NOW, {"device_time": "2026-11-23T19:59:30"}, id="local-without-offset"),
+    pytest.param("2026-11-23T20:30:00+08:00", NOW, {"device_time": "2026-11-23T20:30:00+08:00",
+                                                    "bridge_clock_ahead_s": 1800.0}, id="device-clock-ahead"),
+])
+def test_tasmota_time(time: str, ts: datetime, extras: dict[str, Any]) -> None:
+    r = reading(f"tele/{TASMOTA}/SENSOR", {"Time": time, "ENERGY": {"Power": 100}})
+    assert (r.ts, r.extras) == (ts, extras)
+
+
+def test_tasmota_stale_time_is_rejected() -> None:
+    item = one(f"tele/{TASMOTA}/SENSOR", {"Time": "2026-11-21T20:00:00+08:00", "ENERGY": {"Power": 100}})
+    assert isinstance(item, Reject) and "48.0 h old" in item.reason
 
 
 @pytest.mark.parametrize(("topic", "payload", "expected"), [

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS, STATE_FIELDS, Adapter, Device, Reading
 from ingest.decode import DeviceLookup, Ignored, Limits, Reject, check_time
-from ingest.schemas import TelemetryIn
+from ingest.schemas import TelemetryIn, parse_timestamp
 
 READING_FIELDS = MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS
 
@@ -113,3 +113,23 @@ def build_reading(device: Device, *, fields: dict[str, Any], extras: dict[str, A
 def is_number(value: Any) -> bool:
     """A JSON number (bool is not one, although Python says it is an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def bridge_time(value: Any, received_at: datetime, limits: Limits, extras: dict[str, Any], *,
+                raw_key: str) -> datetime | None:
+    """A bridge-supplied time (RFC 3339 with offset, or epoch ms) as the reading's ts; None means "use the
+    receive time". Unparseable (no offset, `relative`): kept in extras[raw_key]. Ahead of our clock by more
+    than the skew limit: the receive time, noted in extras `bridge_clock_ahead_s` (a bridge clock problem must
+    not drop an alarm). Older than the age limit: returned as is, and build_reading rejects it as stale."""
+    if value is None:
+        return None
+    try:
+        ts = parse_timestamp(value)
+    except ValueError:
+        extras[raw_key] = value
+        return None
+    ahead = (ts - received_at).total_seconds()
+    if ahead > limits.max_skew.total_seconds():
+        extras["bridge_clock_ahead_s"] = round(ahead, 1)
+        return None
+    return ts

@@ -27,11 +27,14 @@ Temperature: the first sensor object with a `Temperature` key (DS18B20, AM2301, 
 is converted to Celsius. Multi-channel devices report arrays (`"Power":[10,20]`): channel 1 is used and the
 arrays kept in extras.
 
-Time: Tasmota prints `Time` in device-local time, with the UTC offset only when SetOption52 1 is set, and
-`stat/<topic>/POWER` carries no time at all. Mixing device time and receive time for one device would let
-a lagging device clock make its SENSOR readings look older than its POWER readings (and older readings are
-not evaluated), so every Tasmota reading is stamped with the receive time; `Time` is kept in extras
-`device_time`.
+Time: Tasmota prints `Time` in device-local time, with its UTC offset only when SetOption52 1 is set
+(`2026-11-23T20:00:05+08:00`). With the offset it is the reading's ts (event time, so a buffered or
+fast-forwarded sequence is judged as it happened); without it the receive time is used and `Time` kept in
+extras `device_time` (a local time without a zone is a guess). `stat/<topic>/POWER` carries no time and is
+stamped on receipt. Caveat of that mix: the rules do not evaluate a reading older than the device's latest,
+so a device clock running behind ours by more than the gap between a POWER and the next SENSOR would have
+that SENSOR stored but not evaluated; keep Tasmota on NTP (its default). A Time ahead of our clock by more
+than the skew limit falls back to the receive time; one older than the age limit is rejected as stale.
 
 Device: the registry device with adapter `tasmota` and foreign_id = the Tasmota %topic%.
 
@@ -46,7 +49,7 @@ from datetime import datetime
 from typing import Any
 
 from core.domain import Adapter, Device, DeviceStatus
-from ingest.adapters.common import build_reading, is_number, join, resolve, scalar_text
+from ingest.adapters.common import bridge_time, build_reading, is_number, join, resolve, scalar_text
 from ingest.decode import Decoded, DeviceLookup, Ignored, Limits, Reject, parse_json_object
 
 ADAPTER = Adapter.TASMOTA
@@ -237,7 +240,10 @@ class Tasmota:
                 return Reject(f"{what}: {mapped}", device.id)
             fields, extras = mapped
             sources = {"power_w": "MaxPowerReached", "relay": "MaxPowerReachedRetry"}
-        return build_reading(device, fields=fields, extras=extras, ts=None, received_at=received_at, limits=limits,
+        ts = bridge_time(data.get("Time"), received_at, limits, extras, raw_key="device_time")
+        if ts is not None:
+            extras.pop("device_time", None)  # it is the ts now
+        return build_reading(device, fields=fields, extras=extras, ts=ts, received_at=received_at, limits=limits,
                              sources=sources, origin="Tasmota field", what=what)
 
     def _lwt(self, device: Device, payload: bytes, received_at: datetime, what: str) -> Decoded:

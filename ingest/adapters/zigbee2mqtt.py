@@ -64,9 +64,8 @@ from typing import Any
 import orjson
 
 from core.domain import Adapter, Device, DeviceKind, DeviceStatus
-from ingest.adapters.common import build_reading, is_number, join, resolve, scalar_text, unknown_device
+from ingest.adapters.common import bridge_time, build_reading, is_number, join, resolve, scalar_text, unknown_device
 from ingest.decode import Decoded, DeviceLookup, Ignored, Limits, Reject, parse_json_object
-from ingest.schemas import parse_timestamp
 
 ADAPTER = Adapter.ZIGBEE2MQTT
 BRIDGE_FOREIGN_ID = "bridge"
@@ -151,23 +150,6 @@ def _map_state(device: Device, value: Any, put: Any) -> None:
         put("valve", {"ON": "open", "OFF": "closed"}.get(text, value), "state")
     else:
         put("relay", {"ON": "on", "OFF": "off"}.get(text, value), "state")
-
-
-def last_seen_ts(value: Any, received_at: datetime, limits: Limits,
-                 extras: dict[str, Any]) -> datetime | None:
-    """The reading's ts from last_seen (None: use the receive time); notes oddities in extras."""
-    if value is None:
-        return None
-    try:
-        ts = parse_timestamp(value)
-    except ValueError:
-        extras["last_seen"] = value  # e.g. last_seen: relative ("5 minutes ago"): not a time we can use
-        return None
-    ahead = (ts - received_at).total_seconds()
-    if ahead > limits.max_skew.total_seconds():
-        extras["bridge_clock_ahead_s"] = round(ahead, 1)
-        return None
-    return ts
 
 
 def parse_availability(payload: bytes) -> bool | str | None:
@@ -281,7 +263,7 @@ class Zigbee2Mqtt:
             return Reject(f"zigbee2mqtt {device.foreign_id!r} state is an empty object: nothing to record",
                           device.id)
         fields, extras, sources = map_attributes(device, data)
-        ts = last_seen_ts(data.get("last_seen"), received_at, limits, extras)
+        ts = bridge_time(data.get("last_seen"), received_at, limits, extras, raw_key="last_seen")
         return build_reading(device, fields=fields, extras=extras, ts=ts, received_at=received_at, limits=limits,
                              sources=sources, origin="zigbee2mqtt attribute",
                              what=f"zigbee2mqtt {device.foreign_id!r}")
