@@ -1,0 +1,106 @@
+"""Issue 3: the rules timer is safe with several processes, escalates on time, ages charging sessions; the
+`gridwatch rules check` command validates files and shows a device's effective rules."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from core import repo as core_repo
+from core.cli import app
+from core.domain import Reading
+from core.registry import parse_registry
+from core.settings import Settings
+from rules import service as rules_service
+from rules.ruleset import default_rules
+from rules.scheduler import TIMER_LOCK_KEY, run_tick
+
+REGISTRY = textwrap.dedent("""\
+    community: {id: c1, name: C}
+    grids: [{id: g1, name: G, micro_grids: [{id: mg1, name: M}]}]
+    sites: [{id: s1, kind: charging_shed, micro_grid: mg1, name: Shed}]
+    devices:
+      - {id: smoke-1, kind: smoke_detector, site: s1, location: corridor, battery: true, report_interval_s: 86400}
+      - {id: port-1, kind: charging_port, site: s1, location: charging_shed, report_interval_s: 90}
+    """)
+
+
+@pytest.fixture
+def db(settings: Settings) -> Settings:
+    with psycopg.connect(settings.dsn) as conn, conn.transaction():
+        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
+    return settings
+
+
+def feed(settings: Settings, device: str, at: datetime, **fields: object) -> list[rules_service.AlarmChange]:
+    """Readings straight into the rules transaction (the ingest path without MQTT)."""
+    with psycopg.connect(settings.dsn) as conn, conn.transaction():
+        devices = core_repo.get_devices(conn, ids=[device])
+        return rules_service.apply_readings(conn, readings=[Reading(device_id=device, ts=at, received_at=at,
+                                                                    **fields)],  # type: ignore[arg-type]
+                                            devices=devices, ruleset=default_rules())
+
+
+def test_only_one_process_ticks_at_a_time(db: Settings) -> None:
+    now = datetime.now(UTC)
+    feed(db, "smoke-1", now - timedelta(hours=50), smoke=False)
+    with psycopg.connect(db.dsn) as holder, holder.transaction():
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (TIMER_LOCK_KEY,))  # another process mid-tick
+        with psycopg.connect(db.dsn) as conn:
+            assert run_tick(conn, ruleset=default_rules(), now=now) == []
+    with psycopg.connect(db.dsn) as conn:
+        changes = run_tick(conn, ruleset=default_rules(), now=now)
+        assert [(c.device_id, c.alarm_type) for c in changes] == [("smoke-1", "offline")]
+        assert run_tick(conn, ruleset=default_rules(), now=now) == [], "idempotent: the alarm is already open"
+
+
+def test_low_battery_escalates_to_major_after_7_days(db: Settings) -> None:
+    now = datetime.now(UTC)
+    raised = feed(db, "smoke-1", now - timedelta(days=8), battery_pct=12)
+    assert [(c.alarm_type, c.severity) for c in raised] == [("low_battery", 2)]
+    with psycopg.connect(db.dsn) as conn:
+        early = run_tick(conn, ruleset=default_rules(), now=now - timedelta(days=2))
+        assert [c for c in early if c.alarm_type == "low_battery"] == []
+        changes = run_tick(conn, ruleset=default_rules(), now=now)
+    assert [(c.alarm_type, c.kind, c.severity) for c in changes if c.alarm_type == "low_battery"] == [
+        ("low_battery", "severity_raised", 3)]
+
+
+def test_timer_ages_a_charging_session_and_stops_it_at_12h(db: Settings) -> None:
+    start = datetime.now(UTC) - timedelta(hours=1)
+    feed(db, "port-1", start, power_w=180.0, relay="on")
+    with psycopg.connect(db.dsn) as conn:
+        at8 = run_tick(conn, ruleset=default_rules(), now=start + timedelta(hours=8, seconds=1))
+        at12 = run_tick(conn, ruleset=default_rules(), now=start + timedelta(hours=12, seconds=1))
+        commands = conn.execute("SELECT action, status FROM command WHERE device_id = 'port-1'").fetchall()
+    assert [(c.alarm_type, c.kind, c.severity) for c in at8 if c.alarm_type == "charging_too_long"] == [
+        ("charging_too_long", "raised", 2)]
+    assert [(c.alarm_type, c.kind, c.severity) for c in at12 if c.alarm_type == "charging_too_long"] == [
+        ("charging_too_long", "severity_raised", 3)]
+    assert commands == [("cut_power", "pending")]
+
+
+def test_rules_check_validates_and_shows_effective_rules(db: Settings, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    good = tmp_path / "site.yaml"
+    good.write_text("extends: defaults\noverrides:\n"
+                    "  - {match: {device: port-1}, rule: EB-03, set: {raise_at: 60, clear_below: 50}}\n")
+    ok = runner.invoke(app, ["rules", "check", str(good)])
+    assert ok.exit_code == 0 and "OK" in ok.output
+    monkeypatch.setenv("GRIDWATCH_DATABASE_URL", db.dsn)
+    shown = runner.invoke(app, ["rules", "check", str(good), "--device", "port-1"])
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in shown.output.splitlines() if "EB-03" in x)
+    assert "raise_at=60.0" in line
+    assert "GAS-02" not in shown.output, "only the rules that watch a charging port"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {id: GAS-01, type: threshold, alarm_type: gas_low, kinds: [gas_detector], "
+                   "severity: major, source: eng judgement, field: gas_lel}\n")
+    refused = runner.invoke(app, ["rules", "check", str(bad)])
+    assert refused.exit_code == 2 and "GAS-01" in refused.output and "raise_at" in refused.output
