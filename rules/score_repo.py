@@ -179,25 +179,6 @@ def list_upkeep_alarms(conn: Connection[Any], *, alarm_types: Sequence[str], sin
         return cur.execute(SELECT_UPKEEP_ALARMS, {"types": list(alarm_types), "since": since, "now": now}).fetchall()
 
 
-SELECT_BLOCKING = """
-SELECT bool_or(a.closed_at IS NULL) AS open, max(a.closed_at) AS last_closed
-FROM alarm a JOIN site s ON s.id = a.site_id
-WHERE s.merchant_id = %s AND a.type = ANY(%s)
-"""
-
-
-def get_blocking_alarms(conn: Connection[Any], *, merchant_id: str,
-                        alarm_types: Sequence[str]) -> tuple[bool, datetime | None]:
-    """Whether an alarm of these types is open on the merchant's premises, and when the last one closed."""
-    if not alarm_types:
-        return False, None
-    row = conn.execute(SELECT_BLOCKING, (merchant_id, list(alarm_types))).fetchone()
-    if row is None:
-        return False, None
-    values = list(row.values()) if isinstance(row, dict) else list(row)
-    return bool(values[0]), values[1]
-
-
 SELECT_ENTRIES = f"SELECT {LEDGER_COLUMNS} FROM score_entry WHERE merchant_id = %s ORDER BY at, id"
 SELECT_ENTRIES_PAGE = f"""
 SELECT {LEDGER_COLUMNS} FROM score_entry
@@ -405,3 +386,40 @@ def list_unscored_resolved_alarms(conn: Connection[Any], *, since: datetime, now
     """Alarms resolved real_hazard on merchants' premises in (since, now] with no ledger entry yet."""
     with conn.cursor(row_factory=class_row(AlarmFactsRow)) as cur:
         return cur.execute(SELECT_RESOLVED_ALARMS, {"since": since, "now": now}).fetchall()
+
+
+LOCK_MERCHANTS = "SELECT id, community_id, name FROM merchant ORDER BY id FOR NO KEY UPDATE"
+
+
+def lock_merchants(conn: Connection[Any]) -> list[MerchantRow]:
+    """Every merchant, locked in id order (the tick's view; resolves for one merchant wait for it)."""
+    with conn.cursor(row_factory=class_row(MerchantRow)) as cur:
+        return cur.execute(LOCK_MERCHANTS).fetchall()
+
+
+SELECT_BLOCKING_ALL = """
+SELECT s.merchant_id, a.type, bool_or(a.closed_at IS NULL) AS open, max(a.closed_at) AS last_closed
+FROM alarm a JOIN site s ON s.id = a.site_id
+WHERE s.merchant_id IS NOT NULL AND a.type = ANY(%s)
+GROUP BY s.merchant_id, a.type
+"""
+
+
+def list_blocking_alarms(conn: Connection[Any], *,
+                         alarm_types: Sequence[str]) -> dict[tuple[str, str], tuple[bool, datetime | None]]:
+    """Per (merchant, alarm type): whether one is open, and when the last one closed."""
+    if not alarm_types:
+        return {}
+    found = {}
+    for row in conn.execute(SELECT_BLOCKING_ALL, (list(alarm_types),)).fetchall():
+        merchant, alarm_type, is_open, last_closed = row.values() if isinstance(row, dict) else row
+        found[(merchant, alarm_type)] = (bool(is_open), last_closed)
+    return found
+
+
+def save_snapshots(conn: Connection[Any], *, snapshots: Sequence[dict[str, Any]]) -> None:
+    """Store many standings at once (keys as save_snapshot's arguments)."""
+    if not snapshots:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(UPSERT_SNAPSHOT, [{**s, "review_reasons": list(s["review_reasons"])} for s in snapshots])

@@ -407,40 +407,57 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
         return TickResult(ran=False, now=now)
     ps = _policies(policies)
     written: Counter[str] = Counter()
+    merchants = {m.id: m for m in repo.lock_merchants(conn)}
 
     for alarm in repo.list_unscored_resolved_alarms(conn, since=now - CATCH_UP, now=now):
-        for entry in _score_alarm(conn, alarm_id=alarm.id, policies=ps):
-            written[entry.code] += 1
+        for scored in _score_alarm(conn, alarm_id=alarm.id, policies=ps):
+            written[scored.code] += 1
 
-    merchants = {m.id: m for m in repo.list_merchants(conn)}
-    for finding in repo.list_overdue_findings(conn, now=now):
-        merchant = _lock(conn, finding.merchant_id)
-        policy = ps.for_community(merchant.community_id)
-        drafts = score.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at, closed_at=None, now=now)
-        for row in _write(conn, merchant.id, drafts, finding_id=finding.id, site_id=finding.site_id):
+    ledgers: dict[str, list[repo.LedgerRow]] = {m: [] for m in merchants}
+    for entry in repo.list_all_entries(conn):
+        ledgers.setdefault(entry.merchant_id, []).append(entry)
+    keys = {m: {e.dedupe_key for e in entries} for m, entries in ledgers.items()}
+
+    def write(merchant_id: str, drafts: Sequence[score.Draft], **source: Any) -> None:
+        # Filter by the keys already in the ledger first: a steady-state tick then writes nothing at all.
+        fresh = [d for d in drafts if d.key not in keys[merchant_id]]
+        for row in _write(conn, merchant_id, fresh, **source):
+            ledgers[merchant_id].append(row)
+            keys[merchant_id].add(row.dedupe_key)
             written[row.code] += 1
+
+    for finding in repo.list_overdue_findings(conn, now=now):
+        policy = ps.for_community(merchants[finding.merchant_id].community_id)
+        write(finding.merchant_id, score.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at,
+                                                         closed_at=None, now=now),
+              finding_id=finding.id, site_id=finding.site_id)
 
     upkeep_types = sorted({t for p in ps.all() for u in p.upkeep for t in u.alarm_types})
     if upkeep_types:
         for alarm in repo.list_upkeep_alarms(conn, alarm_types=upkeep_types, since=now - UPKEEP_LOOKBACK, now=now):
             assert alarm.merchant_id is not None  # noqa: S101 - the query selects merchants' sites only
-            merchant = _lock(conn, alarm.merchant_id)
-            policy = ps.for_community(merchant.community_id)
-            drafts = score.upkeep_charges(policy, _facts(alarm), now=now)
-            for row in _write(conn, merchant.id, drafts, alarm_id=alarm.id, site_id=alarm.site_id):
-                written[row.code] += 1
+            policy = ps.for_community(merchants[alarm.merchant_id].community_id)
+            write(alarm.merchant_id, score.upkeep_charges(policy, _facts(alarm), now=now), alarm_id=alarm.id,
+                  site_id=alarm.site_id)
 
+    blocking_types = sorted({t for p in ps.all() for t in p.restoration.blocked_by_open_alarm_types})
+    blocking = repo.list_blocking_alarms(conn, alarm_types=blocking_types)
+    snapshots = []
     for merchant in merchants.values():
-        _lock(conn, merchant.id)
         policy = ps.for_community(merchant.community_id)
-        entries = repo.list_entries(conn, merchant_id=merchant.id)
-        blocked, unblocked_at = repo.get_blocking_alarms(
-            conn, merchant_id=merchant.id, alarm_types=policy.restoration.blocked_by_open_alarm_types)
-        drafts = score.restorations_due(policy, entries, now=now, blocked=blocked, unblocked_at=unblocked_at)
-        rows = _write(conn, merchant.id, drafts)
-        for row in rows:
-            written[row.code] += 1
-        _refresh(conn, policy, merchant.id, now, entries=[*entries, *rows] if rows else entries)
+        states = [blocking[(merchant.id, t)] for t in policy.restoration.blocked_by_open_alarm_types
+                  if (merchant.id, t) in blocking]
+        closed = [c for _, c in states if c is not None]
+        write(merchant.id, score.restorations_due(policy, ledgers[merchant.id], now=now,
+                                                  blocked=any(o for o, _ in states),
+                                                  unblocked_at=max(closed) if closed else None))
+        st = score.derive(policy, ledgers[merchant.id], now)
+        snapshots.append({"merchant_id": merchant.id, "score": st.score, "tier": st.tier, "review": st.review,
+                          "review_reasons": st.review_reasons, "hazards": st.hazards,
+                          "locked_until": st.locked_until, "forced_tier": st.forced_tier,
+                          "forced_until": st.forced_until, "entries": st.entries,
+                          "last_entry_id": st.last_entry_id, "as_of": now})
+    repo.save_snapshots(conn, snapshots=snapshots)
     return TickResult(ran=True, now=now, written=dict(written), merchants=len(merchants))
 
 
