@@ -131,6 +131,10 @@ Z2M_JSON = [
                                  "update": {"state": "idle"}, "update_available": False},
                  {"gas": False}, {}, NOW, id="bridge-metadata-dropped"),
     pytest.param("kitchen_gas", {"linkquality": 80}, {}, {"linkquality": 80}, NOW, id="heartbeat-extras-only"),
+    pytest.param("hall_smoke", {"battery": None, "smoke": None, "tamper": False, "linkquality": 60}, {"tamper": False},
+                 {"linkquality": 60}, NOW, id="null-attributes-not-known-yet"),
+    pytest.param("hall_smoke", {"battery": None, "linkquality": 60}, {}, {"linkquality": 60}, NOW,
+                 id="only-nulls-and-heartbeat"),
 ]
 
 

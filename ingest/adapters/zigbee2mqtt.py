@@ -41,6 +41,7 @@ Attribute mapping (Zigbee2MQTT expose -> native field; everything not listed is 
 | fault, fault_alarm (bool or text) | fault | true -> the attribute name, false -> no fault |
 | last_seen (ISO 8601 or epoch ms) | ts | see below |
 | device, update, update_available | dropped | bridge metadata, not device data |
+| any attribute with value null | dropped | not known yet to the bridge's state cache |
 
 Time: `last_seen` (advanced.last_seen: ISO_8601, ISO_8601_local or epoch) is the bridge's time of the
 device's latest message and becomes the reading's ts, so a re-delivered or retained copy keeps its original
@@ -88,8 +89,8 @@ def map_attributes(device: Device, attrs: dict[str, Any]) -> tuple[dict[str, Any
         sources[name] = source
 
     for key, value in attrs.items():
-        if key in DROPPED or key == "last_seen":
-            continue
+        if key in DROPPED or key == "last_seen" or value is None:
+            continue  # null: the bridge's cache has no value yet (e.g. battery before the first report)
         if key == "gas":
             put("gas", value, key)
         elif key == "gas_value":
