@@ -1,0 +1,144 @@
+"""Issue 6, must show 2: headless Chromium (Debian's chromium + chromium-driver, driven by selenium).
+
+A worker logs in, sees a live alarm appear without reloading (a gas reading published through the real
+MQTT ingest), acknowledges and resolves it with one tap each; a merchant sees their score and the ledger entry
+appear after a verified violation on their premises."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from api.app import create_app
+from core.services import Running, start_services
+from core.settings import Settings
+from tests.api_helpers import ApiEnv, api_env, live_server
+from tests.support import Publisher, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="headless browser tests need Debian's chromium and chromium-driver (apt-get install chromium "
+           "chromium-driver); they are not installed")
+
+if CHROMIUM and CHROMEDRIVER:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--window-size=412,915", "--lang=en-US"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def stack(loaded: Settings) -> Iterator[tuple[ApiEnv, str, Running]]:
+    """The API on a real server, and the real ingest reading MQTT."""
+    running = start_services(loaded, ("ingest",))
+    try:
+        wait_for(running.parts["ingest"].consumer.connected.is_set, what="ingest connected")
+        with api_env(loaded) as env, live_server(create_app(loaded, env.pool)) as base:
+            yield env, base, running
+    finally:
+        running.stop()
+
+
+def log_in(driver: WebDriver, base: str, token: str) -> None:
+    driver.get(f"{base}/login?lang=en")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "login-submit").click()
+
+
+def clear_gas(env: ApiEnv, publisher: Publisher, alarm_id: int) -> None:
+    """Gas back below the clear level for over 60 s of event time (GAS-02 latches until its condition clears)."""
+    now_ms = int(time.time() * 1000)
+    for i, (offset_s, lel) in enumerate([(1, 5.0), (75, 4.0)]):
+        publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry",
+                          {"ts": now_ms + offset_s * 1000, "seq": 100 + i, "gas_lel": lel})
+
+    def cleared() -> bool:
+        with psycopg.connect(env.settings.dsn) as conn:
+            row = conn.execute("SELECT active FROM alarm WHERE id = %s", (alarm_id,)).fetchone()
+        return row is not None and row[0] is False
+    wait_for(cleared, timeout=10, what="the gas alarm cleared")
+
+
+def alarm_row(env: ApiEnv) -> int | None:
+    with psycopg.connect(env.settings.dsn) as conn:
+        row = conn.execute("SELECT id FROM alarm WHERE device_id = 'gas-1' ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else int(row[0])
+
+
+def test_worker_sees_a_live_alarm_and_handles_it(stack: tuple[ApiEnv, str, Running], browser: WebDriver,
+                                                 publisher: Publisher) -> None:
+    env, base, _ = stack
+    wait = WebDriverWait(browser, 20)
+    log_in(browser, base, env.tokens["w1"])
+    wait.until(ec.url_contains("/board"))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))  # the EventSource is open
+    assert browser.find_elements(By.CSS_SELECTOR, "li.alarm") == []
+    browser.execute_script("window.__notReloaded = true;")
+
+    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 31})
+    alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
+    row = wait.until(ec.presence_of_element_located((By.ID, f"alarm-{alarm_id}")))
+    assert "gas_leak" in row.text and "P1" in row.text
+    assert browser.execute_script("return window.__notReloaded === true;"), "the row arrived without a reload"
+
+    row.find_element(By.CSS_SELECTOR, "button.ack").click()
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"#alarm-{alarm_id} .acked-by"), "w1"))
+    clear_gas(env, publisher, alarm_id)  # the clear arrives live too: the row turns "cleared"
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"#alarm-{alarm_id} .state"), "cleared"))
+    browser.find_element(By.CSS_SELECTOR, f"#alarm-{alarm_id} input[name=note]").send_keys("cooker left on")
+    browser.find_element(By.CSS_SELECTOR, f"#alarm-{alarm_id} button.resolve-real_hazard").click()
+    wait.until(lambda d: not d.find_elements(By.ID, f"alarm-{alarm_id}"))
+    assert browser.execute_script("return window.__notReloaded === true;")
+    assert browser.find_element(By.ID, "empty").is_displayed()
+    with psycopg.connect(env.settings.dsn) as conn:
+        got = conn.execute("SELECT acknowledged_by, closed_by, disposition, note FROM alarm WHERE id = %s",
+                           (alarm_id,)).fetchone()
+    assert got == ("w1", "w1", "real_hazard", "cooker left on")
+
+
+def test_merchant_sees_score_and_ledger_entry_after_a_violation(stack: tuple[ApiEnv, str, Running],
+                                                                browser: WebDriver, publisher: Publisher) -> None:
+    env, base, _ = stack
+    wait = WebDriverWait(browser, 20)
+    log_in(browser, base, env.tokens["m1"])
+    wait.until(ec.url_contains("/score"))
+    assert browser.find_element(By.ID, "score-value").text == "100"
+    assert browser.find_elements(By.CSS_SELECTOR, "#ledger tr.entry") == []
+
+    # the violation: gas on the merchant's premises, verified on site by the worker as a real hazard
+    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 40})
+    alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
+    clear_gas(env, publisher, alarm_id)
+    r = env.client.post(f"/api/v1/alarms/{alarm_id}/resolve", headers=env.headers("w1"),
+                        json={"disposition": "real_hazard", "note": "hose cracked"})
+    assert r.status_code == 200, r.text
+
+    browser.refresh()
+    entry = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#ledger tr.entry")))
+    assert f"#{alarm_id}" in entry.text and "-" in entry.text
+    score = int(browser.find_element(By.ID, "score-value").text)
+    ledger = env.client.get("/api/v1/merchants/m1/ledger", headers=env.headers("m1")).json()["items"]
+    assert score == 100 + sum(e["points"] for e in ledger) and score < 100
+    assert [e["alarm_id"] for e in ledger] == [alarm_id] * len(ledger)
