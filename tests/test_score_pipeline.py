@@ -464,3 +464,31 @@ def test_the_score_tick_runs_with_the_rules_part(community: Settings) -> None:
     rows = q(community, "SELECT merchant_id, score, tier, review FROM merchant_score ORDER BY merchant_id")
     assert [(r["merchant_id"], r["score"], r["tier"], r["review"]) for r in rows] == [
         ("m1", 100, "A", False), ("m2", 100, "A", False), ("m3", 100, "A", False)]
+
+
+@pytest.mark.allow_error_logs
+def test_a_scoring_failure_never_blocks_the_resolution_and_the_tick_catches_up(community: Settings,
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The ledger refuses writes for a while (a trigger injected into this test's own database): the worker's
+    resolution still commits, the failure is logged, and the next tick writes the missing entry."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    alarm = raise_alarm(community, "gas-m1", DeviceKind.GAS_DETECTOR, Location.KITCHEN, "s1", "gas_leak",
+                        Severity.CRITICAL, t0)
+    with psycopg.connect(community.dsn) as conn, conn.transaction():
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'ledger disk full (injected)'; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON score_entry FOR EACH ROW EXECUTE FUNCTION refuse()")
+    resolve(community, alarm, Disposition.REAL_HAZARD, now=t0 + timedelta(minutes=2))
+    assert q(community, "SELECT disposition FROM alarm WHERE id = %s", alarm) == [{"disposition": "real_hazard"}]
+    assert ledger(community, "m1") == []
+    assert any("scoring alarm" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+    with psycopg.connect(community.dsn) as conn, conn.transaction():
+        conn.execute("DROP TRIGGER refuse ON score_entry")
+    with psycopg.connect(community.dsn) as conn, conn.transaction():
+        result = score_service.run_score_tick(conn, now=datetime.now(UTC))
+    assert result.written == {"M-D02": 1}
+    (entry,) = q(community, "SELECT code, alarm_id, actor, at FROM score_entry")
+    assert (entry["code"], entry["alarm_id"], entry["actor"], entry["at"]) == ("M-D02", alarm, "w1",
+                                                                               t0 + timedelta(minutes=2))
+    assert standing(community, "m1").score == 90
