@@ -39,6 +39,19 @@ def make_decoder(settings: Settings) -> Decoder:
     return Decoder(prefix=settings.topic_prefix, limits=limits, adapters=adapters.decoders(settings.bridge_topic_root))
 
 
+# SQLSTATEs meaning the database will not take writes now, through no fault of the messages: a read-only
+# transaction (standby, default_transaction_read_only), a revoked privilege, insufficient resources (53: disk
+# full, out of memory, too many connections), system/I-O errors (58).
+REFUSED_WRITE_STATES = frozenset({"25006", "42501"})
+REFUSED_WRITE_CLASSES = frozenset({"53", "58"})
+
+
+def refuses_writes(exc: psycopg.Error) -> bool:
+    """Whether a database error is an outage to wait out rather than a message to reject."""
+    state = exc.sqlstate or ""
+    return state in REFUSED_WRITE_STATES or state[:2] in REFUSED_WRITE_CLASSES
+
+
 class IngestWorker:
     """Runs until stop(): pulls batches off the queue, commits them, then acks them."""
 
@@ -87,27 +100,43 @@ class IngestWorker:
     def _commit_batch(self, batch: list[Message]) -> None:
         """Retry a batch until the database takes it: unacknowledged messages are never lost."""
         delay = 0.5
+        refusal_logged = False
         while not self._stop.is_set():
             try:
                 conn = self._connection()
                 ingest_service.process_batch(conn, messages=batch, decoder=self.decoder, devices=self.devices,
                                              ruleset=self.ruleset)
-            except psycopg.OperationalError as exc:
-                log.warning("database unavailable (%s); holding %d messages unacknowledged, retrying in %.1f s",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                            len(batch), delay)
-                self._drop_connection()
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10)
-                continue
-            except psycopg.Error:
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) or refuses_writes(exc):
+                    # Not the messages' fault: hold them unacknowledged (the broker keeps them) and retry on a
+                    # fresh connection, which also picks up a database made writable again.
+                    why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    if refuses_writes(exc):
+                        (log.warning if refusal_logged else log.error)(
+                            "database refuses writes (%s: %s); holding %d messages unacknowledged at the broker, "
+                            "retrying in %.1f s: make it writable (disk space, read-only mode, privileges)",
+                            exc.sqlstate, why, len(batch), delay)
+                        refusal_logged = True
+                    else:
+                        log.warning("database unavailable (%s); holding %d messages unacknowledged, retrying in "
+                                    "%.1f s", why, len(batch), delay)
+                    self._drop_connection()
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 10)
+                    continue
                 log.exception("batch of %d failed in the database; retrying message by message", len(batch))
                 self._drop_connection()
                 if len(batch) > 1:
                     for single in batch:
                         self._commit_batch([single])
                     return
-                self._reject_poison(batch[0])
+                try:
+                    self._reject_poison(batch[0])
+                except psycopg.Error:
+                    log.warning("could not record the refused message as a reject; retrying it", exc_info=True)
+                    self._drop_connection()
+                    self._stop.wait(delay)
+                    continue
             self.consumer.ack(batch)
             self.processed += len(batch)
             return

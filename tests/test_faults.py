@@ -414,3 +414,72 @@ def test_sigkill_ingest_under_load_stores_every_reading_once(services: Services,
     assert in_flight and stored_at_kill < load.total, "the kill must land while messages are in flight"
     assert counts == {"published": load.total, "stored": load.total, "duplicates": 0, "lost": 0, "unexpected": 0}
     assert scalar(database_url, "SELECT count(*) FROM ingest_reject") == 0
+
+
+def _publish_all(port: int, load: Load) -> None:
+    pub = PacedPublisher(port, load, rate=5000).start()
+    try:
+        pub.finish()
+    finally:
+        pub.close()
+
+
+@pytest.mark.parametrize("fault", ["read_only", "revoked_insert"])
+def test_database_refusing_writes_holds_readings_unacknowledged(services: Services, database_url: str, tag: str,
+                                                                tmp_path: Path, parts: list[Part],
+                                                                fault: str) -> None:
+    """A read-only database (disk full, failover to a replica) or a revoked INSERT privilege is not the
+    messages' fault: clear error, nothing acknowledged, nothing turned into rejects, all stored afterwards."""
+    prefix = f"t{tag}/gw/v1"
+    load_registry(database_url, fault_registry("json://127.0.0.1:9"))
+    dbname = urlsplit(database_url).path.lstrip("/")
+    dsn = database_url
+    role = f"gw_ingest_{tag}"
+    with psycopg.connect(services.postgres_url, autocommit=True) as admin:
+        if fault == "revoked_insert":
+            admin.execute(f"CREATE ROLE {role} LOGIN")
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+                conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            dsn = urlunsplit(urlsplit(database_url)._replace(netloc=f"{role}@{urlsplit(database_url).hostname}:"
+                                                                    f"{urlsplit(database_url).port}"))
+    ingest = Part("ingest", part_env(dsn, services.mqtt_url, prefix, f"ingest-{tag}"), tmp_path / "ingest.log")
+    parts.append(ingest.start())
+    ingest.wait_log("connected to mqtt")
+
+    with psycopg.connect(services.postgres_url, autocommit=True) as admin:
+        if fault == "read_only":
+            admin.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
+            # the setting applies to new sessions: cut the ingest's, it reconnects into a read-only one
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        else:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(f"REVOKE INSERT ON reading FROM {role}")
+    load = Load(prefix, total=300)
+    _publish_all(services.mqtt_port, load)
+    expected = "read-only transaction" if fault == "read_only" else "permission denied"
+    ingest.wait_log(rf"ERROR .*{expected}")
+    time.sleep(1.0)
+    held = scalar(database_url, "SELECT count(*) FROM reading")
+    rejects_during = scalar(database_url, "SELECT count(*) FROM ingest_reject")
+    assert ingest.proc is not None and ingest.proc.poll() is None, "ingest must keep running"
+
+    with psycopg.connect(services.postgres_url, autocommit=True) as admin:
+        if fault == "read_only":
+            admin.execute(f"ALTER DATABASE {dbname} RESET default_transaction_read_only")
+        else:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(f"GRANT INSERT ON reading TO {role}")
+    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM reading") >= load.total, timeout=60,
+             what="readings stored once the database takes writes again")
+    time.sleep(0.3)
+    counts = reading_counts(database_url, load)
+    report(f"database_{fault}", **counts, stored_while_refused=held, rejects=rejects_during)
+    assert held == 0 and rejects_during == 0, "nothing may be stored or rejected while writes are refused"
+    assert counts == {"published": load.total, "stored": load.total, "duplicates": 0, "lost": 0, "unexpected": 0}
+    assert scalar(database_url, "SELECT count(*) FROM ingest_reject") == 0
+    assert_alarms_once(database_url, load)
+    if fault == "revoked_insert":
+        with psycopg.connect(services.postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+            admin.execute(f"DROP ROLE {role}")
