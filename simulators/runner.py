@@ -360,9 +360,13 @@ class ScenarioRun:
                 if dev.reorder_buf:
                     groups, dev.reorder_buf = dev.reorder_buf, []
                     self._send(dev, [o for g in groups for o in g])
+            # Commands raised by what we sent arrive a moment later: stay connected for them.
+            wanted = {(self.id_map.get(c.device, c.device), c.action) for c in self.scenario.expect.commands}
             deadline = time.monotonic() + self.linger_s
             while time.monotonic() < deadline and not stop.is_set():
                 self._handle_commands()
+                if wanted and wanted <= {(d, a) for d, a, _ok in self.result.commands}:
+                    break
                 stop.wait(0.05)
             self._handle_commands()
         finally:

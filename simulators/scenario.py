@@ -138,9 +138,15 @@ class RejectExpect(_Strict):
     count: int = Field(default=1, ge=1)
 
 
+class CommandExpect(_Strict):
+    device: str
+    action: str  # the native action the device obeyed (close_valve, cut_power, ...)
+
+
 class Expect(_Strict):
     alarms: list[AlarmExpect] | Literal["none"]
     rejects: list[RejectExpect] | Literal["none"] = "none"
+    commands: list[CommandExpect] = Field(default_factory=list)  # actuation the devices must receive and obey
 
     @property
     def alarm_list(self) -> list[AlarmExpect]:

@@ -144,7 +144,8 @@ def test_scenario(name: str, services: Services, settings: Settings, ingest: Run
     tag = uuid.uuid4().hex[:6]
     load_scenario_registry(settings, scenario, tag)
     topics = Topics(native_prefix=settings.topic_prefix)
-    run = ScenarioRun(scenario, url=services.mqtt_url, topics=topics, tag=tag, linger_s=0.5)
+    run = ScenarioRun(scenario, url=services.mqtt_url, topics=topics, tag=tag,
+                      linger_s=10.0 if scenario.expect.commands else 0.5)
     try:
         result = run.run()
         assert result.ok, f"publishing failed: {result.errors} errors, {result.unacked} unacknowledged"
@@ -155,6 +156,10 @@ def test_scenario(name: str, services: Services, settings: Settings, ingest: Run
         time.sleep(0.3)
         wait_for(lambda: worker.queue.empty(), timeout=10, what="ingest queue drained")
         problems = check_alarms(scenario, alarms_of(settings)) + check_rejects(scenario, rejects_of(settings))
+        obeyed = {(d, a) for d, a, ok in result.commands if ok}
+        problems += [f"device {c.device} never obeyed {c.action}" for c in scenario.expect.commands
+                     if (c.device, c.action) not in obeyed]
+        print(f"{name}: commands {result.commands}; {result.readings} readings, {result.published} messages")
     finally:
         clear_retained(services.mqtt_url, sorted(run.result.retained))
     assert not problems, f"{name}: " + "; ".join(problems)
