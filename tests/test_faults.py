@@ -439,6 +439,8 @@ def test_database_refusing_writes_holds_readings_unacknowledged(services: Servic
         if fault == "revoked_insert":
             admin.execute(f"CREATE ROLE {role} LOGIN")
             with psycopg.connect(database_url, autocommit=True) as conn:
+                # serve runs migrations at start: CREATE TABLE IF NOT EXISTS needs CREATE on the schema
+                conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
                 conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
                 conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
             dsn = urlunsplit(urlsplit(database_url)._replace(netloc=f"{role}@{urlsplit(database_url).hostname}:"
