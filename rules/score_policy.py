@@ -372,7 +372,7 @@ def _format_errors(exc: ValidationError, source: str, data: Any) -> str:
                 node = None
             where.append(label)
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}: {'.'.join(where) or '(document)'}: {msg}")
+        lines.append(f"{source}: {'.'.join(where)}: {msg}" if where else f"{source}: {msg}")
     return "\n".join(lines)
 
 
@@ -431,5 +431,7 @@ def load_policy(path: Path | None = None, *, ruleset: Any | None = None) -> Poli
 @lru_cache(maxsize=1)
 def active_policies() -> PolicySet:
     """The policy in force in this process: $GRIDWATCH_SCORE_POLICY if set, else the shipped default."""
+    from rules.ruleset import default_rules
+
     path = os.environ.get(POLICY_ENV)
-    return load_policy(Path(path) if path else None)
+    return load_policy(Path(path) if path else None, ruleset=default_rules())

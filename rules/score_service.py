@@ -306,6 +306,8 @@ def record_finding(conn: Connection[Any], *, site_id: str, kind: str, actor: str
     if line is None:
         raise InvalidScoreInput(f"unknown finding kind {kind!r}; the policy knows "
                                 f"{', '.join(f.kind for f in policy.findings)}")
+    if due_at is not None and due_at.tzinfo is None:
+        raise InvalidScoreInput("give the rectification deadline with its time zone (e.g. 2026-05-01T18:00+08:00)")
     due = due_at if due_at is not None else at + timedelta(days=line.rectify_days)
     if due <= at:
         raise InvalidScoreInput(f"the rectification deadline {due.isoformat()} is not after the finding")
@@ -587,6 +589,7 @@ class ScoreTicker:
     """Runs run_score_tick every interval_s in its own thread (started by core/services.py with ingest)."""
 
     def __init__(self, dsn: str, *, interval_s: float = 300.0) -> None:
+        active_policies()  # a broken policy file stops `serve` at start, with the file's errors
         self.dsn = dsn
         self.interval_s = interval_s
         self._stop = threading.Event()

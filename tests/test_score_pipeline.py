@@ -329,6 +329,9 @@ def test_findings_on_time_cost_less_than_late(community: Settings) -> None:
             score_service.close_finding(conn, finding_id=wiring.id, actor="w1")
         with pytest.raises(score_service.InvalidScoreInput, match="unknown finding kind 'messy'"):
             score_service.record_finding(conn, site_id="s1", kind="messy", actor="w1")
+        with pytest.raises(score_service.InvalidScoreInput, match="time zone"):
+            score_service.record_finding(conn, site_id="s1", kind="blocked_exit", actor="w1",
+                                         due_at=datetime(2030, 1, 1))  # noqa: DTZ001 - naive on purpose
         with pytest.raises(ConflictError, match="belongs to no merchant"):
             score_service.record_finding(conn, site_id="b1", kind="blocked_exit", actor="w1")
         with pytest.raises(NotFoundError):

@@ -102,7 +102,7 @@ def test_community_override_is_validated_and_applied() -> None:
     assert ps.for_community("c9").review.hazards == 2
     assert ps.for_community("other").review.hazards == 3
     data["communities"] = {"c9": {"tiers": [{"tier": "A", "min": 0, "max": 99}]}}
-    with pytest.raises(ConfigError, match=r"p.yaml \(community c9\): \(document\): .*scores 100..100 have no tier"):
+    with pytest.raises(ConfigError, match=r"p.yaml \(community c9\): tiers: scores 100..100 have no tier"):
         parse_policy(data, "p.yaml", alarm_types=known_alarm_types())
 
 
@@ -277,3 +277,27 @@ def test_upkeep_charges() -> None:
 def test_trend_follows_the_ledger() -> None:
     entries = [E(T0, -30), E(T0 + timedelta(days=1), -80), E(T0 + timedelta(days=2), +2, "M-R01")]
     assert [(p.score, p.tier) for p in score.trend(policy(), entries)] == [(70, "C"), (0, "D"), (0, "D")]
+
+
+def test_policy_override_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rules.score_policy import POLICY_ENV, active_policies
+    from rules.score_service import ScoreTicker
+
+    custom = copy.deepcopy(SHIPPED)
+    custom["restoration"]["points"] = 3
+    good = tmp_path / "policy.yaml"
+    good.write_text(yaml.safe_dump(custom), encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_edit("tiers.1", {"tier": "B", "min": 70, "max": 89})), encoding="utf-8")
+    try:
+        monkeypatch.setenv(POLICY_ENV, str(good))
+        active_policies.cache_clear()
+        assert active_policies().default.restoration.points == 3
+        monkeypatch.setenv(POLICY_ENV, str(bad))
+        active_policies.cache_clear()
+        with pytest.raises(ConfigError, match=r"bad.yaml: tiers: C \(60-74\) and B \(70-89\) overlap at 70..74"):
+            ScoreTicker("postgresql://unused", interval_s=1)
+    finally:
+        monkeypatch.delenv(POLICY_ENV)
+        active_policies.cache_clear()
+    assert active_policies().default.restoration.points == 2
