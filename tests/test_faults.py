@@ -539,3 +539,130 @@ def test_restart_under_load_loses_nothing(private: Private, tag: str, tmp_path: 
     assert stored_before is None or stored_before < load.total
     if fault == "postgres_restart":
         assert "database unavailable" in ingest.log()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Notify faults
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _raise_gas_alarms(port: int, prefix: str, devices: int) -> None:
+    """One reading at 30 %LEL from each gas detector: one gas_leak alarm each, one notification each."""
+    load = Load(prefix, total=devices, devices=tuple(f"gas-{i:02d}" for i in range(1, devices + 1)))
+    load.payloads = [(d, 0, json.dumps({"seq": 0, "gas_lel": 30.0}).encode()) for d, _, _ in load.payloads]
+    _publish_all(port, load)
+
+
+def all_sent(dsn: str, at_least: int) -> bool:
+    """At least this many notifications for w1, and none of them pending."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*), count(*) FILTER (WHERE status = 'sent') FROM notification "
+                           "WHERE worker_id = 'w1'").fetchone()
+    assert row is not None
+    return bool(row[0] >= at_least and row[0] == row[1])
+
+
+def notification_counts(dsn: str, hook: Webhook) -> dict[str, int]:
+    """notifications (rows for w1) / sent / received at the webhook / lost / doubled."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT n.id, n.status, (SELECT count(*) FROM delivery_attempt d WHERE "
+                            "d.notification_id = n.id AND d.ok) FROM notification n WHERE n.worker_id = 'w1'"
+                            ).fetchall()
+        alarms = [r[0] for r in conn.execute("SELECT id FROM alarm").fetchall()]
+    received = Counter(hook.alarm_ids())
+    return {
+        "notifications": len(rows),
+        "sent": sum(1 for _, status, _ in rows if status == "sent"),
+        "received": sum(received.values()),
+        "lost": sum(1 for a in alarms if received[a] == 0) + sum(1 for _, status, _ in rows if status != "sent"),
+        "doubled": sum(received.values()) - len(rows),
+        # a notification the database recorded as delivered must never be sent again
+        "recorded_twice": sum(1 for _, _, ok in rows if ok != 1),
+    }
+
+
+def _start_ingest_and_notify(services: Services, dsn: str, prefix: str, tag: str, tmp_path: Path,
+                             parts: list[Part]) -> Part:
+    env = part_env(dsn, services.mqtt_url, prefix, f"ingest-{tag}")
+    ingest = Part("ingest", env, tmp_path / "ingest.log").start()
+    notify = Part("notify", env, tmp_path / "notify.log").start()
+    parts.extend([ingest, notify])
+    ingest.wait_log("connected to mqtt")
+    return notify
+
+
+def test_receiver_down_then_every_notification_delivered_once(services: Services, database_url: str, tag: str,
+                                                              tmp_path: Path, parts: list[Part]) -> None:
+    """The workers' webhook is unreachable (port closed) for a while: attempts fail and are recorded, retries
+    back off, and once it is back every notification arrives exactly once."""
+    hook = Webhook()
+    devices = 5
+    try:
+        load_registry(database_url, fault_registry(hook.base, gas_devices=devices))
+        hook.down()
+        prefix = f"t{tag}/gw/v1"
+        _start_ingest_and_notify(services, database_url, prefix, tag, tmp_path, parts)
+        _raise_gas_alarms(services.mqtt_port, prefix, devices)
+        wait_for(lambda: scalar(database_url, "SELECT count(DISTINCT notification_id) FROM delivery_attempt "
+                                              "WHERE NOT ok") >= devices, timeout=30, what="failed attempts")
+        time.sleep(2.0)  # stays down past the first retry
+        failed_while_down = scalar(database_url, "SELECT count(*) FROM delivery_attempt WHERE NOT ok")
+        hook.up()
+        wait_for(lambda: all_sent(database_url, devices), timeout=40,
+                 what="every notification delivered after the receiver came back")
+        time.sleep(1.0)  # a second delivery of anything would arrive by now
+        counts = notification_counts(database_url, hook)
+    finally:
+        hook.down()
+    report("receiver_down", **counts, failed_attempts=failed_while_down)
+    assert failed_while_down >= devices
+    assert counts["notifications"] >= devices
+    assert counts["lost"] == 0 and counts["doubled"] == 0 and counts["recorded_twice"] == 0
+    assert counts["received"] == counts["sent"] == counts["notifications"]
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_notify_killed_mid_delivery_loses_nothing(services: Services, database_url: str, tag: str, tmp_path: Path,
+                                                  parts: list[Part], how: str) -> None:
+    """notify stopped while deliveries are in flight (the webhook has the message, notify has no answer yet).
+
+    What "doubled" means: delivery is at least once. The receiver accepting a request and notify committing
+    `sent` cannot be one atomic step with an external webhook, so a hard kill between the two re-sends the
+    deliveries of the transaction that was in flight — and only those: a notification recorded as delivered
+    is never sent again (recorded_twice = 0), nothing is lost, and doubles are bounded by what was in flight
+    at the kill. A graceful stop (SIGTERM) finishes and records the deliveries in flight: no double at all.
+    """
+    hook = Webhook()
+    devices = 6
+    try:
+        load_registry(database_url, fault_registry(hook.base, gas_devices=devices))
+        prefix = f"t{tag}/gw/v1"
+        hook.delay_s = 1.5  # the receiver has it; notify waits for the answer
+        notify = _start_ingest_and_notify(services, database_url, prefix, tag, tmp_path, parts)
+        _raise_gas_alarms(services.mqtt_port, prefix, devices)
+        assert hook.in_handler.wait(30), "no delivery started"
+        time.sleep(0.3)
+        in_flight = len(hook.received)
+        if how == "sigkill":
+            notify.kill()
+        else:
+            assert notify.proc is not None
+            notify.proc.terminate()
+            notify.proc.wait(timeout=20)
+        committed_before = scalar(database_url, "SELECT count(*) FROM notification WHERE status = 'sent'")
+        hook.delay_s = 0
+        notify.start()
+        wait_for(lambda: all_sent(database_url, devices), timeout=40,
+                 what="every notification delivered after the restart")
+        time.sleep(1.0)
+        counts = notification_counts(database_url, hook)
+    finally:
+        hook.down()
+    report(f"notify_{how}", **counts, in_flight_at_stop=in_flight, committed_before_restart=committed_before)
+    assert counts["notifications"] >= devices
+    assert counts["lost"] == 0 and counts["recorded_twice"] == 0
+    assert counts["sent"] == counts["notifications"]
+    if how == "sigkill":
+        assert counts["doubled"] <= in_flight, "only the deliveries in flight at the kill may be repeated"
+    else:
+        assert counts["doubled"] == 0, "a graceful stop records what it delivered"
