@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import yaml
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from psycopg import Connection
@@ -248,7 +249,10 @@ async def import_registry(request: Request, who: Admin) -> ImportResult:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(422, "body: the registry file must be UTF-8 text") from None
-    parsed = registry.parse_registry(text, "body")
+    try:
+        parsed = registry.parse_registry(text, "body")
+    except yaml.YAMLError as exc:  # e.g. control characters: not a MarkedYAMLError, so parse_registry lets it by
+        raise HTTPException(422, f"body: not valid YAML: {exc}") from None
 
     def write() -> dict[str, int]:
         with request.app.state.pool.connection() as conn, conn.transaction():
