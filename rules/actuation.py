@@ -79,8 +79,16 @@ def refusal_reason(conn: Connection[Any], *, device: Device, action: str) -> str
     return None
 
 
+def command_for(action: str) -> str:
+    """The wire action of a rule action (cut_site_ports is cut_power on each port of the site)."""
+    return "cut_power" if action == "cut_site_ports" else action
+
+
 def command_targets(conn: Connection[Any], *, device: Device, action: str) -> list[str]:
-    """The devices an automatic action goes to: the site's gas valves, or the port itself."""
+    """The devices an automatic action goes to: the site's gas valves or charging ports, or the device."""
+    if action == "cut_site_ports":
+        # SMK-01: a smoke alarm cuts e-bike charging in the same site (less ignition energy) [E].
+        return repo.site_devices_of_kind(conn, site_id=device.site_id, kind=DeviceKind.CHARGING_PORT.value)
     if action == "close_valve":
         if device.kind is DeviceKind.GAS_VALVE:
             return [device.id]

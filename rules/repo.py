@@ -334,7 +334,7 @@ def insert_command(conn: Connection[Any], *, command_id: str, device_id: str, ac
 
 CONFIRM_BY_STATE = f"""
 UPDATE command c SET status = 'confirmed', done_at = %(at)s, confirmed_by = 'reading'
-FROM unnest(%(devices)s::text[], %(actions)s::text[]) AS v(device_id, action)
+FROM jsonb_to_recordset(%(pairs)s::jsonb) AS v(device_id text, action text)
 WHERE c.device_id = v.device_id AND c.action = v.action AND c.status IN ('pending', 'sent')
 RETURNING {", ".join("c." + c.strip() for c in COMMAND_COLUMNS.split(","))}
 """
@@ -346,8 +346,8 @@ def confirm_commands_by_state(conn: Connection[Any], *, pairs: Sequence[tuple[st
     if not pairs:
         return []
     with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        return cur.execute(CONFIRM_BY_STATE, {"devices": [p[0] for p in pairs], "actions": [p[1] for p in pairs],
-                                              "at": at}).fetchall()
+        doc = orjson.dumps([{"device_id": d, "action": a} for d, a in pairs]).decode()
+        return cur.execute(CONFIRM_BY_STATE, {"pairs": doc, "at": at}).fetchall()
 
 
 ACK_COMMAND = f"""

@@ -142,7 +142,7 @@ def _actuate(conn: Connection[Any], *, device: Device, transition: Transition, a
             target = device if target_id == device.id else _device(conn, target_id)
             if target is None:
                 continue
-            actuation.request_command(conn, device=target, action=action, alarm_id=alarm_id,
+            actuation.request_command(conn, device=target, action=actuation.command_for(action), alarm_id=alarm_id,
                                       reason=f"{transition.rule_id} {transition.alarm_type}", now=now)
     if transition.lockout:
         actuation.lock_port(conn, device=device, alarm_id=alarm_id, reason=f"{transition.rule_id} "

@@ -307,3 +307,19 @@ overrides:
 def test_invalid_rule_files_are_refused_with_the_rule_named(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_rules(doc, "test.yaml")
+
+
+@pytest.mark.parametrize(("utc_hour", "severity"), [
+    (12, Severity.MAJOR),  # 20:00 in Chengdu
+    (15, Severity.CRITICAL),  # 23:00
+    (21, Severity.CRITICAL),  # 05:00
+    (22, Severity.MAJOR),  # 06:00
+])
+def test_night_uplift_raises_charging_overtemp_one_level(utc_hour: int, severity: Severity) -> None:
+    rule = RULES.by_id("EB-03")
+    state: dict[str, Any] = {}
+    base = T0.replace(hour=utc_hour)
+    for dt in (0, 30):
+        t = evaluate(rule, state, Reading(device_id="d", ts=base + timedelta(seconds=dt), received_at=base,
+                                          temp_c=70))
+    assert t is not None and t.kind == "raise" and t.severity == severity

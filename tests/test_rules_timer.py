@@ -104,3 +104,17 @@ def test_rules_check_validates_and_shows_effective_rules(db: Settings, tmp_path:
                    "severity: major, source: eng judgement, field: gas_lel}\n")
     refused = runner.invoke(app, ["rules", "check", str(bad)])
     assert refused.exit_code == 2 and "GAS-01" in refused.output and "raise_at" in refused.output
+
+
+def test_smoke_alarm_cuts_the_charging_ports_of_its_site(db: Settings) -> None:
+    now = datetime.now(UTC)
+    feed(db, "port-1", now - timedelta(minutes=5), power_w=150.0, relay="on")
+    raised = feed(db, "smoke-1", now, smoke=True)
+    assert [(c.alarm_type, c.kind) for c in raised] == [("smoke", "raised")]
+    with psycopg.connect(db.dsn) as conn:
+        assert conn.execute("SELECT device_id, action, status FROM command").fetchall() == [
+            ("port-1", "cut_power", "pending")]
+    # the port reports its relay off: the command is confirmed by the reading
+    feed(db, "port-1", now + timedelta(seconds=5), power_w=0.0, relay="off")
+    with psycopg.connect(db.dsn) as conn:
+        assert conn.execute("SELECT status, confirmed_by FROM command").fetchall() == [("confirmed", "reading")]
