@@ -55,7 +55,7 @@ class QuietHours(_Model):
     start: str = Field(default="22:00", pattern=_CLOCK)
     end: str = Field(default="08:00", pattern=_CLOCK)
     severities: list[str] = Field(default_factory=lambda: ["minor", "info"])
-    tiers: list[Tier] = Field(default_factory=lambda: ["merchant"])
+    tiers: list[Tier] = Field(default_factory=lambda: list[Tier](["merchant"]))
 
 
 class Storm(_Model):

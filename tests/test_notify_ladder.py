@@ -256,11 +256,11 @@ def test_critical_gas_reaches_the_worker_at_once_then_climbs_the_ladder(
 
     wait_for(lambda: receiver.for_path("lead1"), timeout=6, what="grid leader after 2 s unacknowledged")
     (lead, lead_at), = arrivals(receiver, "lead1")
-    assert 1.8 <= lead_at - w1_at < 4.0, f"leader after the 2 s step delay, got {lead_at - w1_at:.2f} s"
+    assert 2.0 <= lead_at - started < 4.5, f"leader after the 2 s step delay, got {lead_at - started:.2f} s"
     assert "未确认" in lead["title"] and "Wang" in lead["message"], "the leader is told who was told before"
     wait_for(lambda: receiver.for_path("duty") and receiver.for_path("fire"), timeout=6, what="community + fire")
     duty_at = arrivals(receiver, "duty")[0][1]
-    assert 3.8 <= duty_at - w1_at < 6.5, f"community after the 4 s step delay, got {duty_at - w1_at:.2f} s"
+    assert 4.0 <= duty_at - started < 6.5, f"community after the 4 s step delay, got {duty_at - started:.2f} s"
     for nobody in ("w3", "oncall", "lead2"):
         assert receiver.for_path(nobody) == [], f"{nobody} is not on this alarm's ladder"
 
@@ -292,7 +292,8 @@ def test_ack_stops_the_ladder(community: Settings, receiver: Receiver,
 def test_outside_roster_the_on_call_worker_is_notified(community: Settings, receiver: Receiver,
                                                        notify_workers: Callable[..., list[NotifyWorker]]) -> None:
     notify_workers(community, at=SATURDAY_NIGHT)
-    raise_alarm(community, "gas-1", "gas_leak", 4, 40.0)
+    started = time.monotonic()
+    alarm_id = raise_alarm(community, "gas-1", "gas_leak", 4, 40.0)
     wait_for(lambda: receiver.for_path("oncall"), timeout=3, what="the on-call worker of the grid")
     assert receiver.for_path("w1") == [], "w1 works Mon-Fri 09:00-17:00"
     tiers = query(community, "SELECT worker_id, tier, step FROM notification WHERE worker_id IS NOT NULL "
@@ -300,8 +301,10 @@ def test_outside_roster_the_on_call_worker_is_notified(community: Settings, rece
     assert tiers == [("oncall", "worker", 0)]
     # Night uplift halves P1 timers: the leader comes after 1 s instead of 2 s.
     wait_for(lambda: receiver.for_path("lead1"), timeout=3, what="leader at the halved night delay")
-    gap = arrivals(receiver, "lead1")[0][1] - arrivals(receiver, "oncall")[0][1]
-    assert 0.8 <= gap < 1.9, f"night: leader after 1 s, got {gap:.2f} s"
+    assert arrivals(receiver, "lead1")[0][1] - started >= 1.0
+    deadline = query(community, "SELECT extract(epoch FROM next_step_at - started_at) FROM escalation "
+                                "WHERE alarm_id = %s", alarm_id)
+    assert deadline == [(2,)], "the community step is due 2 s after the start at night, not 4 s"
 
 
 def test_receiver_down_for_a_while_is_retried_and_delivered_once(
@@ -489,3 +492,20 @@ def test_notify_test_command_sends_through_every_channel(community: Settings, re
     assert result.exit_code == 1, "one channel failed"
     assert "FAIL json://127.0.0.1:9/dead" in result.output and len(receiver.for_path("w3")) == 1
     assert runner.invoke(cli_app, ["notify", "test", "--worker", "nobody"]).exit_code == 2
+
+
+def test_a_restarted_notify_process_neither_loses_nor_repeats(
+        community: Settings, receiver: Receiver, notify_workers: Callable[..., list[NotifyWorker]]) -> None:
+    receiver.status = 503
+    [first] = notify_workers(community, policy=make_policy(steps=[{"after_s": 0, "tiers": ["worker"]}]))
+    alarms = [raise_alarm(community, f"t-{i:02d}", "smoke", 4) for i in range(5)]
+    tried = "SELECT count(*) FROM notification WHERE worker_id = 'w1' AND attempts > 0"
+    wait_for(lambda: query(community, tried)[0][0] == 5, timeout=5, what="every message tried once")
+    first.stop()
+    receiver.status = 200
+    notify_workers(community, policy=make_policy(steps=[{"after_s": 0, "tiers": ["worker"]}]))
+    wait_for(lambda: len(receiver.for_path("w1")) >= 5, timeout=5, what="delivery by the new process")
+    time.sleep(1.5)
+    got = sorted(int(d["message"].rsplit("#", 1)[1]) for d in receiver.for_path("w1"))
+    assert got == alarms, "each alarm exactly once across the restart"
+    assert query(community, "SELECT count(*) FROM outbox WHERE routed_at IS NULL") == [(0,)]
