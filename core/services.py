@@ -85,7 +85,9 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
         from api.app import create_app
 
         config = uvicorn.Config(create_app(settings), host=settings.api_host, port=settings.api_port,
-                                log_level="warning", access_log=False)
+                                log_level="warning", access_log=False,
+                                # open SSE streams (live alarm board) never finish by themselves
+                                timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)
         running.api_server = server
         if api_in_thread:
