@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -42,10 +44,12 @@ class Services:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services() -> Iterator[Services]:
     pg_url = os.environ.get("GRIDWATCH_TEST_DATABASE_URL")
     mqtt_url = os.environ.get("GRIDWATCH_TEST_MQTT_URL")
-    base = tmp_path_factory.mktemp("services")
+    # Not tmp_path_factory: pytest prunes all but the newest 3 basetemps of a user when a session starts, which
+    # would delete a concurrently running session's database under it.
+    base = Path(tempfile.mkdtemp(prefix="gridwatch-test-"))
     pg = mosq = None
     if not pg_url:
         pg = EmbeddedPostgres(base / "pg")
@@ -63,6 +67,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         mosq.stop()
     if pg:
         pg.stop("immediate")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
