@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import pages
+from api import repo as api_repo
 from api.deps import Conn
 from api.routers import admin, alarms, devices, merchants
 from api.stream import AlarmHub
@@ -129,7 +130,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
     @app.get("/healthz", tags=["ops"])
     def healthz(conn: Conn) -> dict[str, str]:
         """Liveness and database reachability."""
-        conn.execute("SELECT 1")
+        api_repo.ping(conn)
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)

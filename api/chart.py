@@ -29,8 +29,8 @@ def svg_chart(points: Sequence[tuple[datetime, float | None, float | None, float
                      f'font-size="14">—</text></svg>')
         return Markup("".join(parts))  # noqa: S704 - every interpolated value is escaped or numeric
     t0, t1 = data[0][0].timestamp(), data[-1][0].timestamp()
-    v_lo = min(lo if lo is not None else avg for _, lo, avg, _ in data)  # type: ignore[type-var]
-    v_hi = max(hi if hi is not None else avg for _, _, avg, hi in data)  # type: ignore[type-var]
+    v_lo = min(lo if lo is not None else avg for _, lo, avg, _ in data)
+    v_hi = max(hi if hi is not None else avg for _, _, avg, hi in data)
     if v_lo == v_hi:
         v_lo, v_hi = v_lo - 1, v_hi + 1
 
@@ -38,14 +38,14 @@ def svg_chart(points: Sequence[tuple[datetime, float | None, float | None, float
         return _scale(t.timestamp(), t0, t1, pad_l, width - pad_r)
 
     def y(v: float) -> float:
-        return _scale(v, v_lo, v_hi, height - pad_b, pad_t)  # type: ignore[arg-type]
+        return _scale(v, v_lo, v_hi, height - pad_b, pad_t)
 
-    upper = [f"{x(t):.1f},{y(hi if hi is not None else avg):.1f}" for t, _, avg, hi in data]  # type: ignore[arg-type]
-    lower = [f"{x(t):.1f},{y(lo if lo is not None else avg):.1f}" for t, lo, avg, _ in reversed(data)]  # type: ignore[arg-type]
-    line = [f"{x(t):.1f},{y(avg):.1f}" for t, _, avg, _ in data]  # type: ignore[arg-type]
+    upper = [f"{x(t):.1f},{y(hi if hi is not None else avg):.1f}" for t, _, avg, hi in data]
+    lower = [f"{x(t):.1f},{y(lo if lo is not None else avg):.1f}" for t, lo, avg, _ in reversed(data)]
+    line = [f"{x(t):.1f},{y(avg):.1f}" for t, _, avg, _ in data]
     parts.append(f'<polygon points="{" ".join(upper + lower)}" fill="#f4b183" fill-opacity="0.45" stroke="none"/>')
     parts.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="#c0392b" stroke-width="2"/>')
-    for v in (v_lo, (v_lo + v_hi) / 2, v_hi):  # type: ignore[operator]
+    for v in (v_lo, (v_lo + v_hi) / 2, v_hi):
         parts.append(f'<text x="{pad_l - 4}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" fill="#333">'
                      f'{v:.4g}</text>')
     for t in (data[0][0], data[-1][0]):

@@ -81,7 +81,7 @@ def pick_lang(request: Request) -> str:
     """?lang= beats the cookie beats Accept-Language; default zh-CN (the product's users)."""
     asked = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE)
     if asked in LANGS:
-        return asked  # type: ignore[return-value]
+        return asked
     accept = request.headers.get("accept-language", "").lower()
     if accept.startswith("en"):
         return "en"

@@ -140,11 +140,11 @@ def login(request: Request, conn: Conn, form: Form) -> Response:
             session, _who = auth.create_session(conn, secret_key=key, token=form.get("token", "").strip())
     except AuthError as exc:
         new_nonce = secrets.token_urlsafe(24)
-        response = render(request, "login.html", None, status_code=401, next=next_url,
-                          login_csrf=auth.csrf_token(key, "login:" + new_nonce), error=str(exc))
-        response.set_cookie(LOGIN_COOKIE, new_nonce, httponly=True, samesite="strict", secure=_secure(request),
-                            path="/login", max_age=3600)
-        return response
+        page = render(request, "login.html", None, status_code=401, next=next_url,
+                      login_csrf=auth.csrf_token(key, "login:" + new_nonce), error=str(exc))
+        page.set_cookie(LOGIN_COOKIE, new_nonce, httponly=True, samesite="strict", secure=_secure(request),
+                        path="/login", max_age=3600)
+        return page
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", secure=_secure(request),
                         path="/", max_age=int(auth.SESSION_TTL.total_seconds()))

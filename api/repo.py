@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg import Connection, sql
+from psycopg import AsyncConnection, Connection, sql
 from psycopg.rows import class_row, dict_row
 
 from core import repo as core_repo
+from core.db import OUTBOX_CHANNEL
 
 # -- tokens and sessions ----------------------------------------------------------------------------------
 
@@ -435,7 +436,7 @@ def list_registry(conn: Connection[Any], *, table: str, limit: int, offset: int,
     """Registry rows of one kind, by id, with optional equality filters on parent columns."""
     wheres = [sql.SQL("{} = %s").format(sql.Identifier(col)) for col, value in filters.items() if value is not None]
     params: list[Any] = [v for v in filters.values() if v is not None]
-    query = sql.SQL(REGISTRY_SELECT[table])  # type: ignore[arg-type]
+    query: sql.Composable = sql.SQL(REGISTRY_SELECT[table])
     if wheres:
         query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(wheres)
     query = query + sql.SQL(" ORDER BY id LIMIT %s OFFSET %s")
@@ -447,7 +448,7 @@ def get_registry(conn: Connection[Any], *, table: str, id: str) -> dict[str, Any
     """One registry row."""
     query = REGISTRY_SELECT[table] + f" WHERE {_ALIAS.get(table, 'id')} = %s"
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, (id,)).fetchone()  # type: ignore[arg-type]
+        return cur.execute(query, (id,)).fetchone()
 
 
 def upsert_community(conn: Connection[Any], *, id: str, name: str, timezone: str, address: str) -> None:
@@ -533,7 +534,7 @@ def registry_dependents(conn: Connection[Any], *, table: str, id: str) -> dict[s
     """What refers to this row, by kind (only non-zero counts)."""
     found: dict[str, int] = {}
     for what, query in REGISTRY_DEPENDENTS[table]:
-        row = conn.execute(query, (id,)).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, (id,)).fetchone()
         n = int(row[0] if isinstance(row, tuple) else next(iter(row.values()))) if row else 0
         if n:
             found[what] = n
@@ -697,3 +698,17 @@ def get_finding_site(conn: Connection[Any], *, finding_id: int) -> str | None:
     """The site an inspection finding was recorded on."""
     row = conn.execute(SELECT_FINDING_SITE, (finding_id,)).fetchone()
     return None if row is None else (row[0] if isinstance(row, tuple) else row["site_id"])
+
+
+SELECT_ONE = "SELECT 1"
+LISTEN_OUTBOX = f"LISTEN {OUTBOX_CHANNEL}"
+
+
+def ping(conn: Connection[Any]) -> None:
+    """Round trip to the database (health check)."""
+    conn.execute(SELECT_ONE)
+
+
+async def listen_outbox(conn: AsyncConnection[Any]) -> None:
+    """Subscribe an autocommit connection to alarm changes (rules NOTIFY with every outbox row)."""
+    await conn.execute(LISTEN_OUTBOX)

@@ -63,7 +63,7 @@ class AlarmHub:
         while not self.closed:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                    await api_repo.listen_outbox(conn)
                     log.info("alarm stream listening on %s", OUTBOX_CHANNEL)
                     self._wake()  # anything missed while (re)connecting
                     async for _ in conn.notifies():

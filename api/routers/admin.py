@@ -340,7 +340,7 @@ def kpis(conn: Connection[Any], *, scope: str, scope_id: str, since: datetime | 
                               community_id=scope_id if scope == "community" else None, since=since, until=until)
     last = k.last_real_hazard_at
     return KpiRead(
-        scope=scope, id=scope_id, since=since, until=until, alarms=k.alarms,  # type: ignore[arg-type]
+        scope=scope, id=scope_id, since=since, until=until, alarms=k.alarms,
         alarms_by_type=k.by_type, acknowledged=k.acknowledged, resolved=k.resolved,
         time_to_acknowledge=Percentiles(p50_s=k.ack_p50, p90_s=k.ack_p90),
         time_to_resolve=Percentiles(p50_s=k.resolve_p50, p90_s=k.resolve_p90),
