@@ -157,6 +157,10 @@ COUNT_READINGS = "SELECT count(*) FROM reading"
 DRAIN_SPAN = """
 SELECT count(*), min(received_at), max(pg_xact_commit_timestamp(xmin)) FROM reading
 """
+COUNT_STATES_AT = "SELECT count(*) FROM device_state WHERE last_seq = %s"
+STATE_SPAN = """
+SELECT count(*), min(last_seen_at), max(pg_xact_commit_timestamp(xmin)) FROM device_state WHERE last_seq = %s
+"""
 COUNT_OPEN_ALARMS = """
 SELECT count(*) AS open, count(DISTINCT (device_id, type)) AS distinct_open FROM alarm WHERE closed_at IS NULL
 """
@@ -178,6 +182,19 @@ class DrainSpan:
 def drain_span(conn: Connection[Any]) -> DrainSpan:
     """How many readings, when the first was received and when the last was committed."""
     row = conn.execute(DRAIN_SPAN).fetchone()
+    assert row is not None
+    return DrainSpan(int(row[0]), row[1], row[2])
+
+
+def count_states_at(conn: Connection[Any], *, seq: int) -> int:
+    """Devices whose newest evaluated reading has this sequence number."""
+    row = conn.execute(COUNT_STATES_AT, (seq,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def state_span(conn: Connection[Any], *, seq: int) -> DrainSpan:
+    """Like drain_span, from the rule state the readings with this sequence number left behind."""
+    row = conn.execute(STATE_SPAN, (seq,)).fetchone()
     assert row is not None
     return DrainSpan(int(row[0]), row[1], row[2])
 

@@ -46,6 +46,7 @@ RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 PREFIX = "gw/v1"
 SECRET = "bench-secret-key-0123456789abcdef"  # noqa: S105 - a throwaway key for the private database
 TEMPLATE = "bench_district"
+SCALE_SEQ = 10_000_000  # sequence number of the one message per device sent to the scale data set
 
 TARGETS = {
     "ingest_one_vs_raw": 0.70,
@@ -334,10 +335,20 @@ class Bench:
         bench_mqtt.open_session("127.0.0.1", self.mosquitto.port, client_id=client_id, topics=topics)
 
     def drain_with_ingest(
-        self, db_url: str, *, client_ids: list[str], share_group: str, expected: int, timeout: float = 300
+        self,
+        db_url: str,
+        *,
+        client_ids: list[str],
+        share_group: str,
+        expected: int,
+        at_seq: int | None = None,
+        timeout: float = 300,
     ) -> tuple[float, list[subprocess.Popen[bytes]]]:
         """Start ingest processes against a paused broker, release them together, time the drain to the last
-        commit. Returns (seconds, processes still running)."""
+        commit. Returns (seconds, processes still running).
+
+        Progress is counted in `reading`, or, on the scale data set where counting 10M rows would load the
+        database, as devices whose rule state reached sequence number `at_seq` (one message per device)."""
         procs: list[subprocess.Popen[bytes]] = []
         with bench_mqtt.broker_paused(self.broker_pid):
             for cid in client_ids:
@@ -359,13 +370,17 @@ class Bench:
             released = time.time()
         deadline = time.monotonic() + timeout
         with psycopg.connect(db_url, autocommit=True) as conn:
-            while repo.count_readings(conn) < expected:
+
+            def progress() -> int:
+                return repo.count_readings(conn) if at_seq is None else repo.count_states_at(conn, seq=at_seq)
+
+            while progress() < expected:
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     for p in procs:
                         self.say(self.log_tail(p))
-                    raise RuntimeError(f"ingest stored {repo.count_readings(conn)} of {expected} readings")
+                    raise RuntimeError(f"ingest stored {progress()} of {expected} readings")
                 time.sleep(0.2)
-            span = repo.drain_span(conn)
+            span = repo.drain_span(conn) if at_seq is None else repo.state_span(conn, seq=at_seq)
         assert span.last_commit_at is not None
         return span.last_commit_at.timestamp() - released, procs
 
@@ -603,12 +618,10 @@ def measure_scale(bench: Bench, results: Results, say: Any) -> None:
         }
     with stage(results, "ingest RSS", say):
         bench.open_session("bench-scale", bench.ingest_topics())
-        per_device = [telemetry(d, 10_000, int(time.time() * 1000)) for d in range(sizes.devices)]
+        per_device = [telemetry(d, SCALE_SEQ, int(time.time() * 1000)) for d in range(sizes.devices)]
         bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, per_device, client_id="bench-scale-pub")
-        with psycopg.connect(url, autocommit=True) as conn:
-            before = repo.count_readings(conn)
         seconds, procs = bench.drain_with_ingest(
-            url, client_ids=["bench-scale"], share_group="", expected=before + sizes.devices
+            url, client_ids=["bench-scale"], share_group="", expected=sizes.devices, at_seq=SCALE_SEQ
         )
         current, peak = rss_mb(procs[0].pid)
         figures["scale"].update(

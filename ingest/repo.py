@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg import Connection
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 
 from core.domain import Reading
 
@@ -22,7 +24,7 @@ READING_TYPES = (
 )
 _COLS = ", ".join(READING_COLUMNS)
 
-CREATE_STAGING = f"""
+CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS reading_in (LIKE reading INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
 """
 COPY_STAGING = f"COPY reading_in ({_COLS}) FROM STDIN (FORMAT BINARY)"
@@ -33,12 +35,33 @@ RETURNING device_id, ts, seq
 """
 
 
+# Connections whose session has the staging table, created and committed by prepare_connection (it lives as
+# long as the session, so no later rollback can take it away): creating it per batch costs a round trip, and
+# round trips are what a busy two-core machine makes expensive.
+_staged: weakref.WeakSet[Connection[Any]] = weakref.WeakSet()
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def prepare_connection(conn: Connection[Any]) -> None:
+    """Hot-path set-up of an ingest connection: orjson for json/jsonb (rule state, extras) instead of the
+    standard library's encoder, measured as a tenth of the writer's time in bench/ profiles."""
+    set_json_dumps(_dumps, context=conn)
+    set_json_loads(orjson.loads, context=conn)
+    with conn.transaction():
+        conn.execute(CREATE_STAGING)
+    _staged.add(conn)
+
+
 def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading]) -> list[Reading]:
     """COPY readings in; returns those that were new (a redelivered duplicate is absorbed and left out)."""
     if not readings:
         return []
     with conn.cursor() as cur:
-        cur.execute(CREATE_STAGING)
+        if conn not in _staged:
+            cur.execute(CREATE_STAGING)
         with cur.copy(COPY_STAGING) as copy:
             copy.set_types(READING_TYPES)
             for r in readings:

@@ -73,6 +73,7 @@ class IngestWorker:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(self.settings.dsn, autocommit=False)
+            ingest_service.repo.prepare_connection(self._conn)
             self.devices.prime(self._conn)
             self._conn.commit()
         return self._conn
