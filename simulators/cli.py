@@ -16,7 +16,7 @@ from core.errors import ConfigError
 from simulators.fleet import Fleet, FleetDevice, FleetSummary, devices_from_registry, synthetic_devices, write_registry
 from simulators.formats import Topics
 from simulators.runner import RunResult, ScenarioRun
-from simulators.scenario import Scenario, get_scenario, library, parse_duration, registry_document
+from simulators.scenario import DeviceSpec, Scenario, get_scenario, library, parse_duration, registry_document
 
 
 @dataclass
@@ -42,19 +42,23 @@ def list_scenarios(out: TextIO = sys.stdout) -> None:
         out.write(f"{name:28} {s.title}  [expects: {alarms}]\n")
 
 
-def map_onto_registry(scenario: Scenario, devices: list[FleetDevice]) -> dict[str, str]:
-    """Scenario device id -> a registry device of the same kind (and location when possible)."""
+def map_onto_registry(scenario: Scenario, devices: list[FleetDevice]) -> dict[str, FleetDevice]:
+    """Scenario device id -> a registry device of the same kind: same adapter and location if possible,
+    else any location, else any adapter (the device then speaks its own dialect)."""
     taken: set[str] = set()
-    mapping: dict[str, str] = {}
+    mapping: dict[str, FleetDevice] = {}
     for spec in scenario.devices:
-        candidates = [d for d in devices if d.kind is spec.kind and d.id not in taken and d.adapter is spec.adapter]
-        exact = [d for d in candidates if d.location is spec.location]
-        pick = (exact or candidates or [None])[0]
-        if pick is None:
-            raise ConfigError(f"scenario {scenario.name} needs a {spec.adapter.value} {spec.kind.value} "
-                              f"({spec.location.value}); the registry has none left")
+        candidates = [d for d in devices if d.kind is spec.kind and d.id not in taken]
+
+        def rank(d: FleetDevice, spec: DeviceSpec = spec) -> tuple[bool, bool]:
+            return (d.adapter is not spec.adapter, d.location is not spec.location)
+
+        if not candidates:
+            raise ConfigError(f"scenario {scenario.name} needs a {spec.kind.value} ({spec.location.value}); "
+                              "the registry has none left")
+        pick = min(candidates, key=rank)
         taken.add(pick.id)
-        mapping[spec.id] = pick.id
+        mapping[spec.id] = pick
     return mapping
 
 
@@ -97,7 +101,9 @@ def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO
         raise ConfigError("nothing to simulate: give --scenario NAME, --devices N or --registry FILE "
                           "(gridwatch simulate --list shows the scenarios)")
 
-    id_map = map_onto_registry(scenario, fleet_devices) if scenario is not None and opts.registry else {}
+    picks = map_onto_registry(scenario, fleet_devices) if scenario is not None and opts.registry else {}
+    id_map = {spec_id: d.id for spec_id, d in picks.items()}
+    wires = {spec_id: (d.adapter, d.foreign_id) for spec_id, d in picks.items()}
     scenario_ids = set(id_map.values())
     background = [d for d in fleet_devices if d.id not in scenario_ids]
     run_fleet = bool(background) and (opts.devices is not None or scenario is None)
@@ -123,8 +129,12 @@ def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO
         if scenario is not None:
             err.write(f"[simulate] scenario {scenario.name}: {scenario.title} "
                       f"({scenario.duration / 3600:.2f} h of event time)\n")
+            for spec_id, d in picks.items():
+                err.write(f"[simulate]   {spec_id} is played by {d.id} ({d.kind.value}, {d.location.value}, "
+                          f"{d.adapter.value})\n")
             run = ScenarioRun(scenario, url=opts.mqtt_url, topics=topics, seed=opts.seed, speed=opts.speed,
-                              id_map=id_map, say=lambda line: err.write(f"[simulate]   {line}\n"), linger_s=1.0)
+                              id_map=id_map, wires=wires, linger_s=1.0,
+                              say=lambda line: err.write(f"[simulate]   {line}\n"))
             result = run.run(stop)
             if fleet_thread is not None and duration_s is None:
                 fleet_stop.set()

@@ -75,7 +75,8 @@ class ScenarioRun:
     def __init__(self, scenario: Scenario, *, url: str, topics: Topics | None = None, seed: int | None = None,
                  tag: str = "", now: float | None = None, speed: float | None = None,
                  say: Callable[[str], None] | None = None, max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                 linger_s: float = 0.0, id_map: dict[str, str] | None = None) -> None:
+                 linger_s: float = 0.0, id_map: dict[str, str] | None = None,
+                 wires: dict[str, tuple[Adapter, str | None]] | None = None) -> None:
         self.scenario = scenario
         self.url = url
         self.topics = topics or Topics()
@@ -86,6 +87,7 @@ class ScenarioRun:
         self.max_inflight = max_inflight
         self.linger_s = linger_s
         self.id_map = id_map or {}
+        self.wires = wires or {}  # scenario device id -> (adapter, foreign id) of the registry device it plays
         now = time.time() if now is None else now
         self.t0 = now - scenario.start
         self.t_end = self.t0 + scenario.duration
@@ -112,7 +114,8 @@ class ScenarioRun:
                 kw["battery"] = spec.battery
             device_id = self._device_id(spec)
             model = make_model(spec.kind, device_id, **kw)
-            wire = Wire(device_id, spec.kind, spec.adapter, foreign_name(spec, self.tag), **spec.wire)
+            adapter, foreign = self.wires.get(spec.id, (spec.adapter, foreign_name(spec, self.tag)))
+            wire = Wire(device_id, spec.kind, adapter, foreign, **spec.wire)
             self.devices[spec.id] = SimDevice(spec, model, wire, rng=random.Random(f"{self.seed}:{device_id}:wire"))  # noqa: S311
 
     def _make_link(self, dev: SimDevice, *, children: list[SimDevice]) -> MqttLink:

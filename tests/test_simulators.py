@@ -7,7 +7,7 @@ import itertools
 import orjson
 import pytest
 
-from core.domain import Adapter, DeviceKind
+from core.domain import Adapter, DeviceKind, Location
 from core.errors import ConfigError
 from core.registry import RegistryIn
 from ingest.schemas import TelemetryIn
@@ -319,3 +319,23 @@ BASE = {"name": "s", "title": "t", "start": "1h", "duration": "30m",
 def test_scenario_validation(change: dict[str, object], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         parse_scenario({**BASE, **change}, "test.yaml")
+
+
+def test_scenario_mapped_onto_registry_devices() -> None:
+    """--registry with --scenario: same kind; same adapter and location first, then location, then adapter."""
+    from simulators.cli import map_onto_registry
+    from simulators.fleet import FleetDevice
+
+    registry = [FleetDevice("z-gas", DeviceKind.GAS_DETECTOR, Location.KITCHEN, Adapter.ZIGBEE2MQTT, "zg"),
+                FleetDevice("n-gas-room", DeviceKind.GAS_DETECTOR, Location.ROOM),
+                FleetDevice("n-gas-kit", DeviceKind.GAS_DETECTOR, Location.KITCHEN),
+                FleetDevice("smoke", DeviceKind.SMOKE_DETECTOR, Location.CORRIDOR)]
+    scenario = parse_scenario({**BASE, "devices": [
+        {"id": "a", "kind": "gas_detector", "location": "kitchen"},
+        {"id": "b", "kind": "gas_detector", "location": "kitchen"},
+        {"id": "c", "kind": "gas_detector", "location": "kitchen"}]}, "t")
+    picks = map_onto_registry(scenario, registry)
+    assert {k: v.id for k, v in picks.items()} == {"a": "n-gas-kit", "b": "n-gas-room", "c": "z-gas"}
+    too_many = parse_scenario({**BASE, "devices": [{"id": "s", "kind": "co_alarm", "location": "room"}]}, "t")
+    with pytest.raises(ConfigError, match="needs a co_alarm"):
+        map_onto_registry(too_many, registry)
