@@ -551,14 +551,19 @@ def move_on_now(conn: Connection[Any], *, alarm_id: int, step: int, now: datetim
     return conn.execute(MOVE_ON_NOW, {"alarm": alarm_id, "step": step, "now": now}).rowcount > 0
 
 
-SELECT_NEXT_DUE = """
-SELECT least((SELECT min(next_attempt_at) FROM notification WHERE status = 'pending'),
-             (SELECT min(least(next_step_at, next_reminder_at, renotify_at)) FROM escalation
-              WHERE stopped_at IS NULL))
+SELECT_NEXT_DELIVERY = "SELECT min(next_attempt_at) FROM notification WHERE status = 'pending'"
+SELECT_NEXT_ESCALATION = """
+SELECT min(least(next_step_at, next_reminder_at, renotify_at)) FROM escalation WHERE stopped_at IS NULL
 """
 
 
-def get_next_due(conn: Connection[Any]) -> datetime | None:
-    """The earliest pending delivery or ladder deadline (the worker sleeps until then at most)."""
-    row = conn.execute(SELECT_NEXT_DUE).fetchone()
+def get_next_delivery_due(conn: Connection[Any]) -> datetime | None:
+    """The earliest pending delivery (a retry, a held group); deliverers sleep until then at most."""
+    row = conn.execute(SELECT_NEXT_DELIVERY).fetchone()
+    return row[0] if row else None
+
+
+def get_next_escalation_due(conn: Connection[Any]) -> datetime | None:
+    """The earliest ladder deadline; the router sleeps until then at most."""
+    row = conn.execute(SELECT_NEXT_ESCALATION).fetchone()
     return row[0] if row else None

@@ -199,11 +199,13 @@ def _insert_messages(conn: Connection[Any], row: repo.OutboxRow, ctx: repo.Alarm
                      policy: Policy, now: datetime, public_url: str, reason: str | None,
                      workers: list[repo.Recipient]) -> None:
     if not targets:
-        if row.kind in OPENING_KINDS:
+        if row.kind in OPENING_KINDS and policy.for_severity(ctx.severity).steps:
             log.warning("alarm %s (%s) in micro-grid %s has nobody to notify", ctx.alarm_id, row.kind,
                         ctx.micro_grid_id)
         return
-    immediate = policy.is_immediate(ctx.type, ctx.severity)
+    # Reminders and "still active" repeat what people already know: they may be grouped even for life-safety
+    # alarms (fifty smoke detectors in one fire are one reminder, not fifty).
+    immediate = policy.is_immediate(ctx.type, ctx.severity) and row.kind not in ("reminder", "ack_timeout")
     vulnerable = bool(policy.vulnerable_flags.intersection(ctx.site_flags))
     field = messages.measurement_of(ctx.type)
     trend = repo.get_recent_values(conn, device_id=ctx.device_id, field_name=field[0],

@@ -174,7 +174,7 @@ def notify_workers() -> Iterator[Callable[..., list[NotifyWorker]]]:
             worker.start()
             started.append(worker)
         for worker in started[-count:]:
-            wait_for(worker.ready.is_set, what="notify worker listening")
+            wait_for(worker.is_ready, what="notify worker listening")
         return started[-count:]
 
     yield start
@@ -398,7 +398,7 @@ def test_two_notify_processes_deliver_every_message_exactly_once(
     sent = query(community, "SELECT n.id, count(*) FILTER (WHERE da.ok) FROM notification n "
                             "JOIN delivery_attempt da ON da.notification_id = n.id GROUP BY n.id")
     assert len(sent) == 30 and all(ok == 1 for _, ok in sent), "one successful attempt per notification"
-    assert all(w._thread is not None and w._thread.is_alive() for w in workers)
+    assert all(t.is_alive() for w in workers for t in w._threads)
 
 
 def test_english_e_mail_and_vulnerable_site_starts_one_step_higher(
@@ -509,3 +509,30 @@ def test_a_restarted_notify_process_neither_loses_nor_repeats(
     got = sorted(int(d["message"].rsplit("#", 1)[1]) for d in receiver.for_path("w1"))
     assert got == alarms, "each alarm exactly once across the restart"
     assert query(community, "SELECT count(*) FROM outbox WHERE routed_at IS NULL") == [(0,)]
+
+
+def test_a_hanging_channel_does_not_hold_up_the_next_alarm(
+        settings: Settings, receiver: Receiver, smtp: SmtpSink,
+        notify_workers: Callable[..., list[NotifyWorker]]) -> None:
+    import socket
+
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)  # connections complete in the backlog; nobody ever answers
+    try:
+        url = f"json://127.0.0.1:{black_hole.getsockname()[1]}/w1"
+        load_registry(settings, registry_yaml(receiver, smtp, w1_url=url))
+        slow = settings.model_copy(update={"notify_timeout_s": 3.0})
+        notify_workers(slow, policy=make_policy(steps=[{"after_s": 0, "tiers": ["worker", "merchant"]}]))
+        raise_alarm(slow, "gas-1", "gas_leak", 4, 30.0)      # w1 hangs for 3 s
+        wait_for(lambda: receiver.for_path("m1"), timeout=2, what="the merchant, sent in parallel with w1")
+        time.sleep(0.3)
+        started = time.monotonic()
+        raise_alarm(slow, "gas-2", "gas_leak", 4, 30.0)      # another micro-grid, while w1's send hangs
+        wait_for(lambda: receiver.for_path("oncall"), timeout=3, what="the next alarm's worker")
+        assert arrivals(receiver, "oncall")[0][1] - started < 1.0, "not queued behind the hanging channel"
+        wait_for(lambda: query(slow, "SELECT count(*) FROM delivery_attempt da JOIN notification n "
+                                     "ON n.id = da.notification_id WHERE n.worker_id = 'w1' AND NOT da.ok")[0][0],
+                 timeout=6, what="the hanging attempt recorded as failed")
+    finally:
+        black_hole.close()
