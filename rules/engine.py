@@ -420,7 +420,13 @@ def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) 
                 why = "slope"
         else:
             state.pop("slope_since", None)
-    hist.append([now, v])
+    # At most one point per 10 s (the lowest): the window minimum is all the windowed check needs, and the
+    # history is persisted with the device state on every batch.
+    if hist and now - hist[-1][0] < 10:
+        if v < hist[-1][1]:
+            hist[-1][1] = v
+    else:
+        hist.append([now, v])
     while hist and now - hist[0][0] > rule.window_s:
         hist.pop(0)
     if (why is None and rule.window_rise is not None and v > rule.window_floor
@@ -491,7 +497,8 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
         dt = max(0.0, now - s["t"])
         s["wh"] = round(s["wh"] + s["p"] * dt / 3600, 3)
         s["t"], s["p"] = now, p
-    if now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 120:
+    # The bulk-phase median needs only a few samples; the state is written back on every batch, so keep it small.
+    if rule.check == "no_taper" and now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 15:
         s["bulk"].append(p)
     if p < rule.end_w:
         s["low_since"] = s["low_since"] or now
