@@ -369,5 +369,42 @@ def simulate(
         raise _fail(exc) from exc
     raise typer.Exit(code)
 
+mqtt_app = typer.Typer(help="MQTT broker: per-device credentials and ACL.", no_args_is_help=True)
+app.add_typer(mqtt_app, name="mqtt")
+
+
+@mqtt_app.command("credentials")
+def mqtt_credentials(
+    registry: Annotated[Path, typer.Option(help="registry YAML (see examples/)")],
+    out: Annotated[Path, typer.Option(help="directory for passwd, acl and credentials.csv")] = Path("deploy/mosquitto"),
+    rotate: Annotated[list[str] | None, typer.Option(help="give this account a new password (repeatable)")] = None,
+    rotate_all: Annotated[bool, typer.Option(help="new passwords for every account")] = False,
+    ingest_user: Annotated[str, typer.Option(help="the ingest's broker username")] = "ingest",
+    ingest_password: Annotated[str | None, typer.Option(envvar="GRIDWATCH_MQTT_INGEST_PASSWORD",
+                                                        help="the ingest's password (default: kept or generated)")
+                               ] = None,
+) -> None:
+    """Write Mosquitto's password file and ACL from the registry (devices pinned to their own topics)."""
+    from core import mqtt_auth
+    from core.registry import read_registry
+
+    settings = Settings()
+    try:
+        reg = read_registry(registry)
+        existing = mqtt_auth.read_credentials(out / "credentials.csv")
+        accounts = mqtt_auth.build_accounts(reg, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root,
+                                            existing=existing, rotate=rotate or [], rotate_all=rotate_all,
+                                            ingest_user=ingest_user, ingest_password=ingest_password)
+        files = mqtt_auth.write_files(out, accounts)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    changed = sorted(a.username for a in accounts if existing.get(a.username) != a.password)
+    typer.echo(f"{len(accounts)} accounts -> {files['passwd']}, {files['acl']}; plaintext for provisioning in "
+               f"{files['credentials']} (mode 0600, keep it out of the broker)")
+    if changed:
+        typer.echo(f"new or rotated passwords: {', '.join(changed)}")
+    typer.echo("reload the broker to apply: kill -HUP <mosquitto pid> (docker compose kill -s HUP mosquitto)")
+
+
 if __name__ == "__main__":
     app()

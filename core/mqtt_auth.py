@@ -1,0 +1,209 @@
+"""Mosquitto credentials from the registry: a password file, an ACL and the plaintext list to provision devices.
+
+DESIGN: the topic's device id is the identity, so each device's account may publish only under its own
+`{prefix}/{id}/#`; a device that tries to speak for another is refused by the broker (and never reaches the
+ingest). Accounts:
+  - one per native device, pinned to `{prefix}/{id}/#` (a gateway also to its children's subtrees);
+  - one per Shelly / Tasmota device (each connects on its own), pinned to its own foreign topics;
+  - one Zigbee2MQTT bridge account for `zigbee2mqtt/#` (the bridge speaks for all its devices);
+  - the ingest's own account (reads everything it subscribes to, writes commands);
+  - `healthcheck`, which may read `$SYS/broker/uptime` only (docker-compose's broker health probe).
+
+Passwords are kept across runs (read back from credentials.csv) unless rotated, so regenerating after a
+registry change does not re-key every device in the field. The password file holds PBKDF2-SHA512 hashes in
+Mosquitto 2.0's `$7$` format (what `mosquitto_passwd` writes).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.domain import Adapter, DeviceKind
+from core.errors import ConfigError
+from core.registry import RegistryIn
+
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default for $7$
+SALT_BYTES = 12
+INGEST_USER = "ingest"
+HEALTHCHECK_USER = "healthcheck"
+HEALTHCHECK_PASSWORD = "healthcheck"  # noqa: S105 - reads $SYS/broker/uptime only; compose's probe uses it
+ZIGBEE2MQTT_USER = "bridge-zigbee2mqtt"
+
+# Usernames end up as `user:hash` lines and `user NAME` ACL lines; topic parts may not hold wildcards.
+_SAFE_USER = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SAFE_TOPIC_PART = re.compile(r"^[^\s+#/\x00]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One broker login and what it may do: (access, topic) with access read | write | readwrite."""
+
+    username: str
+    password: str
+    kind: str  # device | bridge | ingest | healthcheck
+    acl: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    note: str = ""
+
+
+def hash_password(password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """A Mosquitto 2.0 password-file hash ($7$ = PBKDF2-SHA512)."""
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    """Whether a password matches a $7$ hash (used by tests and `--check`)."""
+    try:
+        _, kind, iterations, salt, digest = hashed.split("$")
+    except ValueError:
+        return False
+    if kind != "7":
+        return False
+    again = hash_password(password, salt=base64.b64decode(salt), iterations=int(iterations))
+    return secrets.compare_digest(again.rsplit("$", 1)[1], digest)
+
+
+def new_password() -> str:
+    """24 URL-safe characters (~143 bits), typeable into a device's web page."""
+    return secrets.token_urlsafe(18)
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join(p for p in (root.strip("/"), *parts) if p)
+
+
+def _check_user(name: str, what: str) -> str:
+    if not _SAFE_USER.match(name):
+        raise ConfigError(f"{what} {name!r} cannot be a broker username (letters, digits, . _ - only; no ':')")
+    return name
+
+
+def _check_part(value: str, what: str) -> str:
+    if not _SAFE_TOPIC_PART.match(value):
+        raise ConfigError(f"{what} {value!r} cannot be pinned in the ACL (no spaces, '/', '+' or '#')")
+    return value
+
+
+def build_accounts(registry: RegistryIn, *, prefix: str = "gw/v1", bridge_root: str = "",
+                   existing: dict[str, str] | None = None, rotate: Iterable[str] = (), rotate_all: bool = False,
+                   ingest_user: str = INGEST_USER, ingest_password: str | None = None) -> list[Account]:
+    """Every account the registry needs, keeping existing passwords unless rotated."""
+    existing = existing or {}
+    rotate = set(rotate)
+    unknown = rotate - {d.id for d in registry.devices} - {ingest_user, ZIGBEE2MQTT_USER}
+    if unknown:
+        raise ConfigError(f"cannot rotate unknown account(s): {', '.join(sorted(unknown))}")
+
+    def password(user: str) -> str:
+        if rotate_all or user in rotate or user not in existing:
+            return new_password()
+        return existing[user]
+
+    accounts: list[Account] = []
+    children: dict[str, list[str]] = {}
+    for d in registry.devices:
+        if d.gateway:
+            children.setdefault(d.gateway, []).append(d.id)
+    zigbee: list[str] = []
+    for d in registry.devices:
+        user = _check_user(d.id, "device id")
+        if d.adapter is Adapter.NATIVE:
+            acl = [("readwrite", f"{prefix}/{d.id}/#")]
+            if d.kind is DeviceKind.GATEWAY:  # a gateway relays its children's messages under their ids
+                acl += [("readwrite", f"{prefix}/{_check_user(c, 'device id')}/#") for c in children.get(d.id, [])]
+            accounts.append(Account(user, password(user), "device", tuple(acl), f"{d.kind.value} at {d.site}"))
+        elif d.adapter is Adapter.SHELLY:
+            fid = _check_part(str(d.foreign_id), f"device {d.id}: shelly foreign_id")
+            acl = [("readwrite", _join(bridge_root, "shellies", fid, "#")), ("read", _join(bridge_root, "shellies",
+                                                                                           "command"))]
+            accounts.append(Account(user, password(user), "device", tuple(acl), f"shelly {fid}"))
+        elif d.adapter is Adapter.TASMOTA:
+            fid = _check_part(str(d.foreign_id), f"device {d.id}: tasmota foreign_id")
+            acl = [("write", _join(bridge_root, "tele", fid, "#")), ("write", _join(bridge_root, "stat", fid, "#")),
+                   ("read", _join(bridge_root, "cmnd", fid, "#")),
+                   ("read", _join(bridge_root, "cmnd", "tasmotas", "#"))]
+            accounts.append(Account(user, password(user), "device", tuple(acl), f"tasmota {fid}"))
+        else:
+            zigbee.append(d.id)
+    if zigbee:
+        accounts.append(Account(ZIGBEE2MQTT_USER, password(ZIGBEE2MQTT_USER), "bridge",
+                                (("readwrite", _join(bridge_root, "zigbee2mqtt", "#")),),
+                                f"Zigbee2MQTT bridge for {len(zigbee)} device(s)"))
+    _check_user(ingest_user, "ingest username")
+    ingest_acl = [("readwrite", f"{prefix}/#")] + [("readwrite", _join(bridge_root, t, "#"))
+                                                    for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")]
+    accounts.append(Account(ingest_user, ingest_password or password(ingest_user), "ingest", tuple(ingest_acl),
+                            "gridwatch ingest (subscribes to everything, publishes commands)"))
+    accounts.append(Account(HEALTHCHECK_USER, HEALTHCHECK_PASSWORD, "healthcheck",
+                            (("read", "$SYS/broker/uptime"),), "broker health probe"))
+    names = [a.username for a in accounts]
+    clash = {n for n in names if names.count(n) > 1}
+    if clash:
+        raise ConfigError(f"account name(s) used twice: {', '.join(sorted(clash))} "
+                          "(a device id equals a reserved name)")
+    return accounts
+
+
+def render_password_file(accounts: Iterable[Account]) -> str:
+    """`user:$7$...` lines for Mosquitto's password_file."""
+    return "".join(f"{a.username}:{hash_password(a.password)}\n" for a in accounts)
+
+
+def render_acl(accounts: Iterable[Account]) -> str:
+    """Mosquitto's acl_file: every account gets exactly its topics; nothing else is allowed."""
+    out = ["# Generated by `gridwatch mqtt credentials` from the registry. Do not edit: regenerate.",
+           "# Anything not granted here is denied (including to anonymous clients)."]
+    for a in accounts:
+        out += ["", f"# {a.kind}: {a.note}" if a.note else f"# {a.kind}", f"user {a.username}"]
+        out += [f"topic {access} {topic}" for access, topic in a.acl]
+    return "\n".join(out) + "\n"
+
+
+CSV_FIELDS = ("username", "password", "kind", "note")
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """username -> password from a previous run's credentials.csv (empty when there is none)."""
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8", newline="") as f:
+        return {row["username"]: row["password"] for row in csv.DictReader(f)}
+
+
+def render_credentials(accounts: Iterable[Account]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for a in accounts:
+        writer.writerow({"username": a.username, "password": a.password, "kind": a.kind, "note": a.note})
+    return buf.getvalue()
+
+
+def _write_private(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)  # the mode must hold whatever the umask
+    tmp.replace(path)
+
+
+def write_files(out: Path, accounts: list[Account]) -> dict[str, Path]:
+    """passwd + acl for the broker, credentials.csv (plaintext, 0600) for provisioning; atomically replaced."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"passwd": out / "passwd", "acl": out / "acl", "credentials": out / "credentials.csv"}
+    # Mosquitto (running as its own user) must read passwd and acl; only the operator reads the plaintext.
+    _write_private(files["credentials"], render_credentials(accounts), 0o600)
+    _write_private(files["passwd"], render_password_file(accounts), 0o644)
+    _write_private(files["acl"], render_acl(accounts), 0o644)
+    return files
