@@ -390,7 +390,8 @@ ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
 EXTEND_GROUP = """
 UPDATE notification SET alarm_ids = CASE WHEN %(alarm)s = ANY(alarm_ids) THEN alarm_ids
                                          ELSE alarm_ids || %(alarm)s::bigint END,
-    next_attempt_at = %(next_at)s, step = greatest(step, %(step)s)
+    next_attempt_at = CASE WHEN %(alarm)s = ANY(alarm_ids) THEN next_attempt_at ELSE %(next_at)s END,
+    step = greatest(step, %(step)s)
 WHERE id = %(id)s
 """
 

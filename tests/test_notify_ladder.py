@@ -461,11 +461,11 @@ def test_reminders_until_acknowledged_and_renotify_while_still_active(
                          remind_every_s=1.0, max_reminders=10, renotify_after_ack_s=1.5)
     notify_workers(community, policy=policy)
     alarm_id = raise_alarm(community, "gas-1", "gas_leak", 4, 30.0)
-    wait_for(lambda: sum("提醒" in t for t in titles(receiver, "w1")) >= 2, timeout=5, what="two reminders")
+    wait_for(lambda: sum("提醒" in t for t in titles(receiver, "w1")) >= 2, timeout=8, what="two reminders")
     acknowledge(community, alarm_id, "w1")
     wait_for(lambda: any("已确认" in t for t in titles(receiver, "w1")), timeout=3, what="ack message")
     reminders = sum("提醒" in t for t in titles(receiver, "w1"))
-    wait_for(lambda: any("确认后仍在报警" in t for t in titles(receiver, "w1")), timeout=4,
+    wait_for(lambda: any("确认后仍在报警" in t for t in titles(receiver, "w1")), timeout=6,
              what="re-notification: acknowledged but still active")
     assert sum("提醒" in t for t in titles(receiver, "w1")) == reminders, "no reminder after the ack"
     clear_alarm(community, alarm_id)
