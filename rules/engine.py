@@ -458,14 +458,14 @@ def evaluate_absence(rule: AbsenceRule, state: State, reading: Reading) -> Trans
 
 
 def tick_absence(rule: AbsenceRule, state: State, device: Device, *, last_seen: datetime, now: datetime,
-                 inhibited: bool = False) -> Transition | None:
+                 inhibited: bool = False, floor: Severity | None = None) -> Transition | None:
     """The timer's view: silent longer than offline_after raises (unless the gateway is down); severity
-    rises after escalate_after_s of silence."""
+    rises after escalate_after_s of silence, and is at least `floor` (EB-15: a port offline mid-session)."""
     silent = (now - last_seen).total_seconds()
     limit = rule.offline_after_s(device)
     if silent < limit:
         return None
-    sev = rule.severity
+    sev = max(rule.severity, floor) if floor is not None else rule.severity
     if rule.escalate_after_s is not None and rule.escalate_to is not None and silent >= rule.escalate_after_s:
         sev = max(sev, rule.escalate_to)
     details = {"silent_s": round(silent), "offline_after_s": limit, "last_seen_at": last_seen.isoformat()}

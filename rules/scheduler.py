@@ -18,7 +18,7 @@ import psycopg
 from psycopg import Connection
 
 from core import repo as core_repo
-from core.domain import Device, DeviceKind
+from core.domain import Device, DeviceKind, Severity
 from core.settings import Settings
 from rules import repo
 from rules import service as rules_service
@@ -87,8 +87,11 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
             transition = None
             if isinstance(rule, AbsenceRule):
                 inhibited = _gateway_inhibits(conn, device=device, devices=devices, seen=seen, down=down, now=now)
+                # EB-15: a port that goes silent with a charging session open is P2, not P3.
+                charging = any("s" in state.rules.get(r.id, {}) for r in ruleset.for_device(device)
+                               if isinstance(r, SessionRule))
                 transition = tick_absence(rule, rule_state, device, last_seen=state.last_seen_at, now=now,
-                                          inhibited=inhibited)
+                                          inhibited=inhibited, floor=Severity.MAJOR if charging else None)
                 if rule_state.get("active") and device.kind is DeviceKind.GATEWAY:
                     down.add(device.id)
             elif isinstance(rule, SessionRule):

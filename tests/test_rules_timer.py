@@ -80,6 +80,8 @@ def test_timer_ages_a_charging_session_and_stops_it_at_12h(db: Settings) -> None
         commands = conn.execute("SELECT action, status FROM command WHERE device_id = 'port-1'").fetchall()
     assert [(c.alarm_type, c.kind, c.severity) for c in at8 if c.alarm_type == "charging_too_long"] == [
         ("charging_too_long", "raised", 2)]
+    assert [(c.alarm_type, c.severity) for c in at8 if c.alarm_type == "offline"] == [("offline", 3)], (
+        "EB-15: a port silent with a session open is offline at P2")
     assert [(c.alarm_type, c.kind, c.severity) for c in at12 if c.alarm_type == "charging_too_long"] == [
         ("charging_too_long", "severity_raised", 3)]
     assert commands == [("cut_power", "pending")]
