@@ -25,6 +25,7 @@ from notify.policy import Policy, load_policy
 log = logging.getLogger(__name__)
 
 DELIVERERS = 3
+BATCH = 8  # notifications one deliverer claims at a time
 
 
 def system_clock() -> datetime:
@@ -58,8 +59,9 @@ class NotifyWorker:
         self.settings = settings
         self.policy = policy or load_policy(settings.notify_policy)
         self.clock = clock
-        self.sender = sender or Sender(timeout_s=settings.notify_timeout_s,
-                                       redirect_url=settings.notify_redirect_url)
+        # One sending thread per notification a deliverer may hold, so hanging channels cannot starve the rest.
+        self.sender = sender or Sender(timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url,
+                                       parallel=deliverers * BATCH)
         self.deliverers = deliverers
         self._stop = threading.Event()
         self._wake = _Wake()
@@ -96,7 +98,7 @@ class NotifyWorker:
         while not self._stop.is_set():
             done = service.deliver_due(conn, sender=self.sender, policy=self.policy, clock=self.clock,
                                        max_attempts=self.settings.notify_max_attempts,
-                                       public_url=self.settings.public_url, limit=8)
+                                       public_url=self.settings.public_url, limit=BATCH)
             work += done
             if done == 0:
                 break
