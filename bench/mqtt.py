@@ -126,6 +126,13 @@ def established_connections(port: int) -> int:
     return count
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_connections(port: int, expected: int, *, timeout: float, alive: Callable[[], bool]) -> None:
     """Block until `expected` clients have a TCP connection to the broker."""
     deadline = time.monotonic() + timeout
@@ -143,6 +150,7 @@ def wait_connections(port: int, expected: int, *, timeout: float, alive: Callabl
 class DrainResult:
     messages: int
     seconds: float
+    cpu_s: float = 0.0  # CPU time the consumer spent (all its threads): steadier than rates on a busy machine
 
     @property
     def rate(self) -> float:
@@ -177,12 +185,14 @@ def raw_drain(
         client.loop_start()
         time.sleep(0.05)
         started = time.time()
+        cpu = time.process_time()
     if not done.wait(timeout):
         raise RuntimeError(f"raw subscriber got {count} of {expected} messages in {timeout:.0f} s")
     elapsed = time.time() - started
+    cpu = time.process_time() - cpu
     client.disconnect()
     client.loop_stop()
-    return DrainResult(count, elapsed)
+    return DrainResult(count, elapsed, cpu)
 
 
 class PacedFleet:
