@@ -24,6 +24,7 @@ import orjson
 
 from core.domain import Adapter, DeviceKind, Location
 from simulators import formats
+from simulators.fastlink import FastLink
 from simulators.formats import Out, Topics, Wire
 from simulators.publisher import DEFAULT_MAX_INFLIGHT, MqttLink
 
@@ -139,7 +140,7 @@ class Fleet:
     def __init__(self, url: str, devices: Sequence[FleetDevice], *, rate: float, duration_s: float | None,
                  seed: int = 1, connections: int | None = None, topics: Topics | None = None,
                  status: bool | None = None, progress: TextIO | None = sys.stderr,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, paho: bool = False) -> None:
         if not devices:
             raise ValueError("a fleet needs at least one device")
         if rate <= 0:
@@ -156,7 +157,10 @@ class Fleet:
         self.status = status if status is not None else len(self.devices) <= 10_000
         self.progress = progress
         self.max_inflight = max_inflight
-        self.links: list[MqttLink] = []
+        # FastLink batches PUBLISH packets into few writes; paho (one write and one thread wake-up per
+        # message) is kept as the reference implementation.
+        self.paho = paho
+        self.links: list[MqttLink | FastLink] = []
         n = len(self.devices)
         self.seq = array("q", [0]) * n
         self.battery = array("f", [self.rng.uniform(60, 100) for _ in range(n)])
@@ -168,9 +172,11 @@ class Fleet:
             if d.adapter is not Adapter.NATIVE
         }
 
-    def connect(self) -> list[MqttLink]:
+    def connect(self) -> list[MqttLink | FastLink]:
         """Open the shared connections (raises PublishError when the broker cannot be reached)."""
-        self.links = [MqttLink(self.url, max_inflight=self.max_inflight).start() for _ in range(self.connections)]
+        self.links = [MqttLink(self.url, max_inflight=self.max_inflight).start() if self.paho
+                      else FastLink(self.url, max_inflight=self.max_inflight).start()
+                      for _ in range(self.connections)]
         return self.links
 
     def _fields(self, i: int, now: float) -> dict[str, Any]:
@@ -227,6 +233,9 @@ class Fleet:
                     wire = self._wires.get(i) or Wire(d.id, d.kind)
                     links[i % len(links)].publish(formats.status(wire, True, self.topics))
                     summary.statuses += 1
+                for link in links:
+                    if isinstance(link, FastLink):
+                        link.tick()
             started = time.monotonic()
             next_report = started + 1.0
             k = 0
@@ -236,12 +245,15 @@ class Fleet:
                 if self.duration_s is not None and elapsed >= self.duration_s:
                     break
                 due = int(elapsed * self.rate) + 1
+                for link in links:
+                    if isinstance(link, FastLink):
+                        link.tick()
                 if k >= due:
                     # ahead of schedule: sleep until the next message is due (at most 10 ms at a time)
                     stop.wait(min(0.01, max(0.0, (k / self.rate) - elapsed)))
                 else:
                     wall = time.time()
-                    for _ in range(min(due - k, 200)):  # small chunks: the clock is checked often
+                    for _ in range(min(due - k, 2_000)):  # chunks: the clock is checked often
                         i = k % n
                         kind = self.devices[i].kind.value
                         summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
@@ -268,7 +280,7 @@ class Fleet:
                 self.progress.flush()
         return summary
 
-    def _show(self, summary: FleetSummary, links: list[MqttLink], elapsed: float) -> None:
+    def _show(self, summary: FleetSummary, links: list[MqttLink | FastLink], elapsed: float) -> None:
         assert self.progress is not None  # noqa: S101 - checked by the caller
         errors = sum(link.stats.errors for link in links)
         inflight = sum(link.inflight for link in links)
