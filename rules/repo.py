@@ -444,19 +444,21 @@ class SeenRow:
     last_seen_at: datetime | None
     online: bool | None
     status_at: datetime | None
-    rule_ids: list[str]
+    timer_state: bool  # holds state of a timer-driven rule (an active absence, an open session)
 
 
 SELECT_SEEN = """
-SELECT device_id, last_seen_at, online, status_at, ARRAY(SELECT jsonb_object_keys(rules)) AS rule_ids
+SELECT device_id, last_seen_at, online, status_at, rules ?| %(rule_ids)s AS timer_state
 FROM device_state
+WHERE last_seen_at IS NOT NULL AND (last_seen_at <= %(quiet_since)s OR rules ?| %(rule_ids)s)
 """
 
 
-def get_seen(conn: Connection[Any]) -> list[SeenRow]:
-    """Every device's last contact (the timer's candidates), unlocked."""
+def get_seen(conn: Connection[Any], *, quiet_since: datetime, rule_ids: Sequence[str]) -> list[SeenRow]:
+    """The timer's candidates, unlocked: devices silent since quiet_since, or holding state of one of
+    rule_ids (devices heard recently with no such state cannot be due)."""
     with conn.cursor(row_factory=class_row(SeenRow)) as cur:
-        return cur.execute(SELECT_SEEN).fetchall()
+        return cur.execute(SELECT_SEEN, {"quiet_since": quiet_since, "rule_ids": list(rule_ids)}).fetchall()
 
 
 TRY_LOCK_DEVICE_STATES = """

@@ -58,19 +58,21 @@ def _expire_commands(conn: Connection[Any], *, devices: dict[str, Device],
 
 def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
                           now: datetime) -> list[rules_service.AlarmChange]:
-    seen = {s.device_id: s for s in repo.get_seen(conn)}
+    timer_rules = [r for r in ruleset.rules if isinstance(r, AbsenceRule | SessionRule)]
+    absences = [r for r in timer_rules if isinstance(r, AbsenceRule)]
+    # No device can be due before the shortest possible offline_after (mains floor or battery extra).
+    shortest = min((min(r.mains_min_s, r.battery_extra_s) for r in absences), default=300.0)
+    seen = {s.device_id: s for s in repo.get_seen(conn, quiet_since=now - timedelta(seconds=shortest),
+                                                 rule_ids=[r.id for r in timer_rules])}
     candidates = []
     for row in seen.values():
         device = devices.get(row.device_id)
         if device is None or row.last_seen_at is None:
             continue
         silent = (now - row.last_seen_at).total_seconds()
-        for rule in ruleset.for_device(device):
-            if (isinstance(rule, AbsenceRule) and (silent >= rule.offline_after_s(device)
-                                                    or rule.id in row.rule_ids)) or (
-                    isinstance(rule, SessionRule) and rule.id in row.rule_ids):
-                candidates.append(device.id)
-                break
+        if row.timer_state or any(isinstance(r, AbsenceRule) and silent >= r.offline_after_s(device)
+                                  for r in ruleset.for_device(device)):
+            candidates.append(device.id)
     if not candidates:
         return []
     states = repo.try_lock_device_states(conn, device_ids=candidates)
