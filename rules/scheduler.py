@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import Connection
 
@@ -28,16 +30,19 @@ from rules.ruleset import RuleSet, default_rules
 log = logging.getLogger(__name__)
 
 TIMER_LOCK_KEY = 0x67_77_03_01  # "gw" 3.1: the rules timer's advisory lock
+REGISTRY_REFRESH_S = 60.0  # the timer's copy of the registry (devices loaded later are judged within a minute)
 
 
-def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = None) -> list[
-        rules_service.AlarmChange]:
-    """One timer pass in its own transaction; returns the alarm changes (empty if another process ticks)."""
+def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = None,
+             devices: dict[str, Device] | None = None) -> list[rules_service.AlarmChange]:
+    """One timer pass in its own transaction; returns the alarm changes (empty if another process ticks).
+    `devices` is the registry (loaded here when not given)."""
     now = now or datetime.now(UTC)
     with conn.transaction():
         if not repo.try_timer_lock(conn, key=TIMER_LOCK_KEY):
             return []
-        devices = {d.id: d for d in core_repo.get_all_devices(conn)}
+        if devices is None:
+            devices = {d.id: d for d in core_repo.get_all_devices(conn)}
         changes = _expire_commands(conn, devices=devices, now=now)
         changes += _silence_and_sessions(conn, devices=devices, ruleset=ruleset, now=now)
         changes += _escalate(conn, ruleset=ruleset, now=now)
@@ -80,6 +85,7 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
     order = sorted(states, key=lambda i: (devices[i].kind is not DeviceKind.GATEWAY, i))
     down: set[str] = set()
     changes: list[rules_service.AlarmChange] = []
+    before = {i: orjson.dumps(st.rules) for i, st in states.items()}
     for device_id in order:
         device, state = devices[device_id], states[device_id]
         if state.last_seen_at is None:
@@ -104,7 +110,8 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
                 changes += rules_service.apply_transition(conn, device=device, rule_id=rule.id,
                                                           transition=transition, rules=state.rules,
                                                           ruleset=ruleset, now=now)
-    repo.save_device_states(conn, states=list(states.values()))
+    # Write back only what changed: open sessions are looked at every tick but rarely move.
+    repo.save_device_states(conn, states=[st for i, st in states.items() if orjson.dumps(st.rules) != before[i]])
     return changes
 
 
@@ -159,11 +166,17 @@ class RulesTimer:
     def run(self) -> None:
         """The loop (blocks until stop())."""
         conn: psycopg.Connection[Any] | None = None
+        devices: dict[str, Device] = {}
+        loaded_at = 0.0
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = psycopg.connect(self.settings.dsn, autocommit=False)
-                run_tick(conn, ruleset=self.ruleset)
+                if time.monotonic() - loaded_at > REGISTRY_REFRESH_S:
+                    devices = {d.id: d for d in core_repo.get_all_devices(conn)}
+                    conn.commit()
+                    loaded_at = time.monotonic()
+                run_tick(conn, ruleset=self.ruleset, devices=devices)
                 self.ticks += 1
             except psycopg.OperationalError as exc:
                 log.warning("rules timer: database unavailable (%s); retrying", str(exc).strip()[:120])
