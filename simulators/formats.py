@@ -184,8 +184,9 @@ def _z2m_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
     if "gas_lel" in r:
         out["gas_value"] = r["gas_lel"]  # Tuya TS0601 gas sensors expose gas_value in %LEL
     if "co_ppm" in r:
-        out["co"] = r["co_ppm"]
-        out["carbon_monoxide"] = r["co_ppm"] >= 50
+        out["co"] = r["co_ppm"]  # ppm (Heiman / Tuya CO boxes)
+    if "co" in r:
+        out["carbon_monoxide"] = bool(r["co"])  # the alarm's own CO alarm output
     if "smoke" in r:
         out["smoke"] = r["smoke"]
         if "smoke_db_m" in r:
