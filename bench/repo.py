@@ -161,6 +161,10 @@ COUNT_STATES_AT = "SELECT count(*) FROM device_state WHERE last_seq = %s"
 STATE_SPAN = """
 SELECT count(*), min(last_seen_at), max(pg_xact_commit_timestamp(xmin)) FROM device_state WHERE last_seq = %s
 """
+READING_MARKS = """
+SELECT device_id, received_at, pg_xact_commit_timestamp(xmin) FROM reading
+WHERE device_id = ANY(%s) AND seq = %s
+"""
 COUNT_OPEN_ALARMS = """
 SELECT count(*) AS open, count(DISTINCT (device_id, type)) AS distinct_open FROM alarm WHERE closed_at IS NULL
 """
@@ -197,6 +201,14 @@ def state_span(conn: Connection[Any], *, seq: int) -> DrainSpan:
     row = conn.execute(STATE_SPAN, (seq,)).fetchone()
     assert row is not None
     return DrainSpan(int(row[0]), row[1], row[2])
+
+
+def reading_marks(
+    conn: Connection[Any], *, device_ids: list[str], seq: int
+) -> dict[str, tuple[datetime | None, datetime | None]]:
+    """For each device's reading with this sequence number: when ingest received it and when it committed."""
+    rows = conn.execute(READING_MARKS, (device_ids, seq)).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def count_open_alarms(conn: Connection[Any]) -> tuple[int, int]:

@@ -581,6 +581,19 @@ def measure_latency(bench: Bench, results: Results, say: Any) -> None:
             "p99_ms": round(percentile(values, 99), 1) if values else None,
             "max_ms": round(max(values), 1) if values else None,
         }
+        # Where the time goes: publish -> ingest received it -> its batch committed -> webhook.
+        with psycopg.connect(url) as conn:
+            marks = repo.reading_marks(conn, device_ids=list(latencies), seq=1)
+        segments: dict[str, list[float]] = {"to_ingest": [], "ingest_commit": [], "notify": []}
+        for dev, (received, committed) in marks.items():
+            if received is None or committed is None:
+                continue
+            segments["to_ingest"].append((received.timestamp() - sent_at[dev]) * 1000)
+            segments["ingest_commit"].append((committed.timestamp() - received.timestamp()) * 1000)
+            segments["notify"].append(latencies[dev] - (committed.timestamp() - sent_at[dev]) * 1000)
+        figures["latency"]["segments_p50_p99_ms"] = {
+            k: [round(percentile(v, 50), 1), round(percentile(v, 99), 1)] for k, v in segments.items() if v
+        }
         if len(values) < len(sent_at):
             results.notes.append(f"alarm latency: {len(sent_at) - len(values)} probe(s) not notified within 15 s")
 
