@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from typer.testing import CliRunner
@@ -15,18 +18,26 @@ from core import repo as core_repo
 from core.cli import app
 from core.domain import Reading
 from core.registry import parse_registry
+from core.services import start_services
 from core.settings import Settings
 from rules import service as rules_service
 from rules.ruleset import default_rules
 from rules.scheduler import TIMER_LOCK_KEY, run_tick
+from tests.support import wait_for
 
 REGISTRY = textwrap.dedent("""\
     community: {id: c1, name: C}
     grids: [{id: g1, name: G, micro_grids: [{id: mg1, name: M}]}]
-    sites: [{id: s1, kind: charging_shed, micro_grid: mg1, name: Shed}]
+    sites:
+      - {id: s1, kind: charging_shed, micro_grid: mg1, name: Shed}
+      - {id: s2, kind: shop, micro_grid: mg1, name: Hotpot}
+      - {id: s3, kind: shop, micro_grid: mg1, name: Tea}
     devices:
       - {id: smoke-1, kind: smoke_detector, site: s1, location: corridor, battery: true, report_interval_s: 86400}
       - {id: port-1, kind: charging_port, site: s1, location: charging_shed, report_interval_s: 90}
+      - {id: gas-1, kind: gas_detector, site: s2, location: kitchen, report_interval_s: 60}
+      - {id: gas-2, kind: gas_detector, site: s2, location: kitchen, report_interval_s: 60}
+      - {id: gas-3, kind: gas_detector, site: s3, location: kitchen, report_interval_s: 60}
     """)
 
 
@@ -120,3 +131,41 @@ def test_smoke_alarm_cuts_the_charging_ports_of_its_site(db: Settings) -> None:
     feed(db, "port-1", now + timedelta(seconds=5), power_w=0.0, relay="off")
     with psycopg.connect(db.dsn) as conn:
         assert conn.execute("SELECT status, confirmed_by FROM command").fetchall() == [("confirmed", "reading")]
+
+
+def test_second_gas_detector_of_a_site_confirms_the_leak(db: Settings) -> None:
+    now = datetime.now(UTC)
+    first = feed(db, "gas-1", now, gas_lel=30.0)
+    assert [(c.device_id, c.alarm_type) for c in first] == [("gas-1", "gas_leak")]
+    other_site = feed(db, "gas-3", now + timedelta(seconds=30), gas_lel=30.0)
+    assert [(c.device_id, c.alarm_type) for c in other_site] == [("gas-3", "gas_leak")]
+    second = feed(db, "gas-2", now + timedelta(seconds=60), gas_lel=26.0)
+    assert [(c.device_id, c.alarm_type, c.severity) for c in second] == [
+        ("gas-2", "gas_leak", 4), ("gas-2", "gas_confirmed", 4)]
+
+
+def test_serve_rules_part_runs_the_timer_and_publishes_commands(db: Settings, services: Any) -> None:
+    got: list[bytes] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    sub.connect("127.0.0.1", services.mqtt_port)
+    sub.subscribe(f"{db.topic_prefix}/port-1/cmd", qos=1)
+    sub.loop_start()
+    fast = db.model_copy(update={"rules_tick_s": 0.2})
+    running = start_services(fast, ("rules",))
+    try:
+        wait_for(lambda: running.parts["rules"].ticks >= 2, what="timer ticking")
+        with psycopg.connect(db.dsn) as conn, conn.transaction():
+            port = core_repo.get_devices(conn, ids=["port-1"])["port-1"]
+            cmd = rules_service.request_command(conn, device=port, action="cut_power", actor="w1", reason="test")
+        wait_for(lambda: got, what="command on the wire")
+        assert json.loads(got[0]) == {"id": cmd.id, "action": "cut_power", "alarm_id": None, "reason": "test"}
+        def statuses() -> list[Any]:
+            with psycopg.connect(db.dsn) as conn:
+                return conn.execute("SELECT status FROM command").fetchall()
+
+        wait_for(lambda: statuses() == [("sent",)], what="marked sent")
+    finally:
+        running.stop()
+        sub.loop_stop()
+        sub.disconnect()
