@@ -69,6 +69,11 @@ def _write_scenario_registry(scenario: Scenario, path: Path) -> None:
                     encoding="utf-8")
 
 
+def _say(err: TextIO, line: str) -> None:
+    err.write(f"[simulate]   {line}\n")
+    err.flush()
+
+
 def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout,
                  stop: threading.Event | None = None) -> int:
     """Do what the options say; returns the process exit code."""
@@ -134,7 +139,7 @@ def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO
                           f"{d.adapter.value})\n")
             run = ScenarioRun(scenario, url=opts.mqtt_url, topics=topics, seed=opts.seed, speed=opts.speed,
                               id_map=id_map, wires=wires, linger_s=1.0,
-                              say=lambda line: err.write(f"[simulate]   {line}\n"))
+                              say=lambda line: _say(err, line))
             result = run.run(stop)
             if fleet_thread is not None and duration_s is None:
                 fleet_stop.set()

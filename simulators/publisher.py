@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -68,7 +69,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._ever_connected = False
         self.fatal: str | None = None
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if self.target.username:
             client.username_pw_set(self.target.username, self.target.password)
         if self.target.tls:
@@ -121,7 +122,7 @@ class MqttLink:
 
     def _on_message_cb(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self.on_message is not None:
-            self.on_message(msg.topic, msg.payload)
+            self.on_message(msg.topic, bytes(msg.payload))
 
     # --- API -----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> MqttLink:

@@ -33,9 +33,9 @@ def _pick(devices: Sequence[DeviceRow], kinds: Sequence[DeviceKind], locations: 
     taken = taken if taken is not None else set()
     pool = [d for d in devices if d[1] in {k.value for k in kinds} and d[0] not in taken]
     preferred = [d for d in pool if d[2] in {loc.value for loc in locations}]
-    pick = (preferred or pool or [None])[0]
-    if pick is None:
+    if not (preferred or pool):
         return None
+    pick = (preferred or pool)[0]
     taken.add(pick[0])
     return pick[0]
 
