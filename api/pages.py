@@ -32,6 +32,7 @@ from api.routers import merchants as merchant_routes
 from api.stream import alarm_changes
 from core.domain import Disposition, Severity
 from core.errors import AuthError
+from rules import score_policy, score_service
 from rules import service as rules_service
 
 router = APIRouter(include_in_schema=False)
@@ -246,7 +247,21 @@ def alarm_page(alarm_id: int, request: Request, conn: Conn, who: Anyone) -> HTML
            if field and isinstance(r.values.get(field), int | float) and not isinstance(r.values.get(field), bool)]
     chart = svg_chart(pts, title=f"{detail.alarm.device_id} {field or ''}", unit=UNITS.get(field or "", ""),
                       tz_label=settings_of(request).timezone)
-    return render(request, "alarm.html", who, d=detail, chart=chart, field=field)
+    row = alarm_routes.scoped_alarm(conn, who, alarm_id)
+    kinds = [f.kind for f in score_policy.active_policies().default.findings] if who.role != "merchant" else []
+    return render(request, "alarm.html", who, d=detail, chart=chart, field=field, merchant_id=row.merchant_id,
+                  finding_kinds=kinds if row.merchant_id else [])
+
+
+@router.post("/alarms/{alarm_id}/finding")
+def alarm_finding(alarm_id: int, conn: Conn, who: Staff, form: Form) -> Response:
+    """On site after an alarm: record an inspection finding against the site's merchant (score service)."""
+    with conn.transaction():
+        row = alarm_routes.scoped_alarm(conn, who, alarm_id)
+        note = ((form.get("note") or "").strip()[:1900] + f" (alarm {alarm_id})").strip()
+        score_service.record_finding(conn, site_id=row.site_id, kind=form.get("kind", ""), actor=who.actor,
+                                     note=note)
+    return RedirectResponse(f"/alarms/{alarm_id}", status_code=303)
 
 
 def _alarm_field(alarm_type: str, readings: list[Any]) -> str | None:

@@ -51,6 +51,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/board/alarms/{alarm_id}/ack"): STAFF,
     ("POST", "/board/alarms/{alarm_id}/resolve"): STAFF,
     ("GET", "/alarms/{alarm_id}"): ALL,
+    ("POST", "/alarms/{alarm_id}/finding"): STAFF,
     ("GET", "/devices/{device_id}"): ALL,
     ("GET", "/score"): ALL,
     ("GET", "/admin"): ADMIN,

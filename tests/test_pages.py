@@ -61,6 +61,17 @@ def test_login_board_and_one_tap_actions(env: ApiEnv) -> None:
     detail = env.client.get(f"/api/v1/alarms/{alarm_id}/detail", headers=env.headers("w1")).json()
     assert (detail["alarm"]["disposition"], detail["note"]) == ("false_alarm", "steam from the wok")
     assert f'id="alarm-{alarm_id}"' not in client.get("/board").text
+    # on site: record an inspection finding from the alarm page (the score service deducts per the policy)
+    page = client.get(f"/alarms/{alarm_id}")
+    assert 'id="finding-form"' in page.text and 'value="blocked_exit"' in page.text
+    assert client.post(f"/alarms/{alarm_id}/finding", data={"kind": "blocked_exit"},
+                       follow_redirects=False).status_code == 403, "CSRF applies here too"
+    r = client.post(f"/alarms/{alarm_id}/finding", data={"csrf": csrf, "kind": "blocked_exit", "note": "boxes"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    found = env.client.get("/api/v1/merchants/m1/open", headers=env.headers("m1")).json()["findings"]
+    assert [(f["kind"], f["found_by"], f["note"]) for f in found] == [("blocked_exit", "w1",
+                                                                       f"boxes (alarm {alarm_id})")]
     # logging out ends the session
     assert client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
     assert client.get("/board", follow_redirects=False).headers["location"].startswith("/login")
