@@ -100,7 +100,7 @@ async def alarm_changes(hub: AlarmHub, pool: ConnectionPool, who: auth.Principal
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        watermark, _ = await run_in_threadpool(read, None)
+        watermark, _ = await run_in_threadpool(read, None)  # an unreachable database fails the request here
         sent: dict[int, datetime | None] = {}
         while not hub.closed:
             if max_s is not None and loop.time() - started > max_s:
@@ -110,7 +110,13 @@ async def alarm_changes(hub: AlarmHub, pool: ConnectionPool, who: auth.Principal
                 await asyncio.wait_for(queue.get(), timeout=wait)
             if hub.closed or await is_disconnected():
                 return
-            now, rows = await run_in_threadpool(read, watermark - OVERLAP)
+            try:
+                now, rows = await run_in_threadpool(read, watermark - OVERLAP)
+            except psycopg.OperationalError as exc:
+                # the database is away: keep the stream (and the watermark) and try again on the next wake-up
+                log.warning("alarm stream cannot read changes (%s); retrying", exc)
+                yield None
+                continue
             fresh = [r for r in rows if sent.get(r.id) != r.updated_at]
             for row in fresh:
                 sent[row.id] = row.updated_at
