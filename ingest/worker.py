@@ -138,16 +138,32 @@ class IngestWorker:
                     self._drop_connection()
                     self._stop.wait(delay)
                     continue
+            except Exception as exc:
+                # A decoder or rules bug on one message must not strand the batch unacknowledged: it would hold
+                # Receive Maximum slots, come back on reconnect and fail again. Isolate it, keep it as a reject.
+                log.exception("batch of %d failed outside the database; retrying message by message", len(batch))
+                self._drop_connection()
+                if len(batch) > 1:
+                    for single in batch:
+                        self._commit_batch([single])
+                    return
+                try:
+                    self._reject_poison(batch[0], reason=f"internal error: {type(exc).__name__}: {exc}"[:300])
+                except psycopg.Error:
+                    log.warning("could not record the failing message as a reject; retrying it", exc_info=True)
+                    self._drop_connection()
+                    self._stop.wait(delay)
+                    continue
             self.consumer.ack(batch)
             self.processed += len(batch)
             return
 
-    def _reject_poison(self, msg: Message) -> None:
+    def _reject_poison(self, msg: Message, reason: str = "internal error: the database refused it") -> None:
         """A single message the database refuses for a reason other than being down: keep it as a reject."""
         conn = self._connection()
         with conn.transaction():
             ingest_service.repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None,
-                                                               "internal error: the database refused it")])
+                                                               reason)])
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
