@@ -15,6 +15,7 @@ from core import repo as core_repo
 from core.domain import Adapter, Device, DeviceStatus, Reading
 from ingest import repo
 from ingest.decode import CommandAck, Decoder, Ignored, Message, Reject
+from ingest.ratelimit import RateLimit
 from rules import service as rules_service
 from rules.ruleset import RuleSet
 
@@ -102,7 +103,7 @@ class BatchResult:
 
 
 def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder: Decoder, devices: DeviceCache,
-                  ruleset: RuleSet) -> BatchResult:
+                  ruleset: RuleSet, limiter: RateLimit | None = None) -> BatchResult:
     """Decode and persist a batch in one transaction (the caller acks the messages after it returns)."""
     started = time.perf_counter()
     result = BatchResult()
@@ -137,6 +138,9 @@ def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder
         if acks:
             result.alarm_changes += rules_service.apply_command_acks(
                 conn, acks=acks, devices={a.device_id: d for a in acks if (d := devices.device(a.device_id))})
+        if limiter is not None:  # one broken device must not flood the reject table (ingest/ratelimit.py)
+            limiter.count_readings(readings)
+            rejects = limiter.filter_rejects(rejects)
         repo.insert_rejects(conn, rejects=rejects)
         result.rejected = len(rejects)
     for ack in acks:

@@ -16,6 +16,7 @@ from ingest import adapters
 from ingest import service as ingest_service
 from ingest.consumer import MqttConsumer
 from ingest.decode import Decoder, Limits, Message
+from ingest.ratelimit import RateLimit
 from rules.ruleset import RuleSet, default_rules
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class IngestWorker:
                                      receive_maximum=min(65535, settings.batch_size),
                                      ca_file=settings.mqtt_ca_file)
         self.devices = ingest_service.DeviceCache(conn_factory=None)
+        self.limiter = RateLimit()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
@@ -106,7 +108,7 @@ class IngestWorker:
             try:
                 conn = self._connection()
                 ingest_service.process_batch(conn, messages=batch, decoder=self.decoder, devices=self.devices,
-                                             ruleset=self.ruleset)
+                                             ruleset=self.ruleset, limiter=self.limiter)
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or refuses_writes(exc):
                     # Not the messages' fault: hold them unacknowledged (the broker keeps them) and retry on a
