@@ -536,3 +536,39 @@ def test_a_hanging_channel_does_not_hold_up_the_next_alarm(
                  timeout=6, what="the hanging attempt recorded as failed")
     finally:
         black_hole.close()
+
+
+def raise_severity(settings: Settings, alarm_id: int, severity: int) -> None:
+    with psycopg.connect(settings.dsn) as conn, conn.transaction():
+        conn.execute("UPDATE alarm SET severity = %s WHERE id = %s", (severity, alarm_id))
+        _transition(conn, alarm_id, "severity_raised", severity)
+
+
+def test_severity_rising_to_critical_notifies_at_once_and_speeds_up_the_ladder(
+        community: Settings, receiver: Receiver, notify_workers: Callable[..., list[NotifyWorker]]) -> None:
+    notify_workers(community)
+    alarm_id = raise_alarm(community, "gas-1", "co_elevated", 2, 35.0)   # P3 advisory: held, leader after 30 min
+    wait_for(lambda: receiver.for_path("w1"), timeout=5, what="the minor alarm (after the grouping hold)")
+    assert query(community, "SELECT extract(epoch FROM next_step_at - started_at) FROM escalation") == [(1800,)]
+    started = time.monotonic()
+    raise_severity(community, alarm_id, 4)
+    wait_for(lambda: len(receiver.for_path("w1")) == 2, timeout=3, what="the rise, at once")
+    assert arrivals(receiver, "w1")[1][1] - started < 1.0
+    assert "报警升级" in titles(receiver, "w1")[1] and "紧急P1" in titles(receiver, "w1")[1]
+    # Re-planned on the critical ladder from the alarm's start: the leader's 2 s step is already due.
+    wait_for(lambda: receiver.for_path("lead1"), timeout=4, what="the leader on the critical timetable")
+
+
+def test_quiet_hours_defer_minor_messages_to_the_merchant(
+        community: Settings, receiver: Receiver, notify_workers: Callable[..., list[NotifyWorker]]) -> None:
+    at = datetime(2026, 11, 25, 23, 30, tzinfo=SH)   # a Wednesday night
+    notify_workers(community, at=at)
+    alarm_id = raise_alarm(community, "gas-1", "gas_drift", 2, 6.0)
+    wait_for(lambda: receiver.for_path("oncall"), timeout=5, what="the on-call worker, at once (after the hold)")
+    rows = query(community, "SELECT next_attempt_at, status, reason FROM notification WHERE merchant_id = 'm1' "
+                            "AND alarm_id = %s", alarm_id)
+    assert len(rows) == 1
+    next_at, status, reason = rows[0]
+    assert status == "pending" and next_at == datetime(2026, 11, 26, 8, 0, tzinfo=SH)
+    assert reason == "quiet hours until 2026-11-26T08:00+08:00"
+    assert receiver.for_path("m1") == []
