@@ -167,7 +167,7 @@ class ScenarioRun:
     def _send(self, dev: SimDevice, outs: list[Out]) -> None:
         via = self._route(dev)
         if via.offline or via.link is None or dev.offline:
-            (via if via is not dev else dev).buffer.extend(outs)  # store and forward
+            via.buffer.extend(outs)  # store and forward (a gateway holds its children's messages)
             return
         for out in outs:
             self._publish(via.link, out)
@@ -256,6 +256,8 @@ class ScenarioRun:
 
     def _drop_link(self, dev: SimDevice, *, with_will: bool) -> None:
         if dev.link is not None:
+            if with_will:  # the broker publishes it to ingest on our behalf
+                self.result.topics[formats.status(dev.wire, False, self.topics).topic] += 1
             unacked = not dev.link.close(with_will=with_will)
             self._account(dev.link, unacked)
             self.links.remove(dev.link)
