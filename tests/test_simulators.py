@@ -339,3 +339,12 @@ def test_scenario_mapped_onto_registry_devices() -> None:
     too_many = parse_scenario({**BASE, "devices": [{"id": "s", "kind": "co_alarm", "location": "room"}]}, "t")
     with pytest.raises(ConfigError, match="needs a co_alarm"):
         map_onto_registry(too_many, registry)
+
+
+def test_tasmota_max_power_warning_then_relay_off() -> None:
+    """MaxPower exceeded for MaxPowerHold: stat/<t>/WARNING {"MaxPowerReached": W}, then POWER OFF."""
+    wire = Wire("p", DeviceKind.CHARGING_PORT, Adapter.TASMOTA, "shed1")
+    outs = formats.tasmota_max_power(wire, 1_790_000_000_000, 1312.4, Topics())
+    assert [(o.topic, o.payload) for o in outs] == [
+        ("stat/shed1/WARNING", b'{"Time":"2026-09-21T14:13:20+00:00","MaxPowerReached":1312}'),
+        ("stat/shed1/POWER", b"OFF")]
