@@ -161,6 +161,10 @@ class FlagRule(_RuleBase):
     field: str
     equals: str | bool | None = None
     clear_on_absent: bool = False
+    # Clear only once the condition has not been reported for this long (event time): bridges such as
+    # Shelly publish the fault and the measurements on separate topics, so a reading without the field
+    # says nothing about the fault.
+    clear_for_s: float = Field(default=0, ge=0)
 
 
 class DoseRule(_RuleBase):
@@ -285,9 +289,17 @@ def _activate(state: State) -> None:
 def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> Transition | None:
     """Edge-triggered threshold with an arming duration and a hysteresis band; updates state in place."""
     value = reading.value(rule.field) if rule.field else None
-    flag = reading.value(rule.flag) if rule.flag else None
-    if value is None and flag is None:
+    reported = reading.value(rule.flag) if rule.flag else None
+    if value is None and reported is None:
         return None  # this reading says nothing about this rule
+    # The device's own flag holds until the device says otherwise: a reading that carries only the
+    # measurement (a bridge's separate concentration topic) does not turn it off.
+    if reported is not None:
+        if reported:
+            state["flag"] = True
+        else:
+            state.pop("flag", None)
+    flag = bool(reported) if reported is not None else bool(state.get("flag"))
     numeric = _num(value)
     sign = 1.0 if rule.direction == "above" else -1.0
     above = bool(flag) or (numeric is not None and rule.raise_at is not None
@@ -297,6 +309,7 @@ def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> T
         if state:
             state.pop("since", None)
         return None
+    held = {"flag": True} if flag else {}
     clear_level = rule.clear_below if rule.direction == "above" else rule.clear_above
     if clear_level is None:
         clear_level = rule.raise_at
@@ -309,6 +322,7 @@ def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> T
         # A device's own alarm flag is authoritative (RULES-REFERENCE 7.2 conventions): no arming delay.
         if flag or now - since >= rule.for_s:
             _activate(state)
+            state.update(held)
             return rule.transition("raise", ts, numeric, details={"field": rule.field, "flag": bool(flag)})
         return None
     if above or not below:
@@ -356,12 +370,15 @@ def evaluate_flag(rule: FlagRule, state: State, reading: Reading) -> Transition 
     if value is None and not (rule.clear_on_absent and state.get("active")):
         return None
     detail = value if isinstance(value, str | bool | int | float) else None
+    now = reading.ts.timestamp()
     if on:
         if state.get("active"):
+            state["on"] = now
             return rule.transition("hold", reading.ts)
         _activate(state)
+        state["on"] = now
         return rule.transition("raise", reading.ts, details={"field": rule.field, "reported": detail})
-    if state.get("active"):
+    if state.get("active") and now - state.get("on", now) >= rule.clear_for_s:
         state.clear()
         return rule.transition("clear", reading.ts)
     return None

@@ -554,9 +554,6 @@ def test_shelly_periodic_republish_of_unchanged_state_does_not_retrigger() -> No
     assert run_rules("gas-s1", leak) == [("gas_leak", "raise")]
 
 
-@pytest.mark.xfail(strict=True, reason="rules: readings carrying only gas_lel (Shelly's separate concentration "
-                   "topic) clear an alarm raised by the device's own flag after 60 s, and the next periodic "
-                   "'heavy' re-raises it; the threshold rule should keep the last reported flag in its state")
 def test_shelly_concentration_topic_does_not_clear_the_devices_own_alarm() -> None:
     # Shelly Gas in its own alarm at ~3000 ppm (6 %LEL): `gas heavy` is re-published only every update
     # period (here 120 s), the changing concentration every 15 s. While the device says heavy, gas_leak must
@@ -567,8 +564,6 @@ def test_shelly_concentration_topic_does_not_clear_the_devices_own_alarm() -> No
     assert run_rules("gas-s1", messages) == [("gas_leak", "raise")]
 
 
-@pytest.mark.xfail(strict=True, reason="rules: GAS-07 clear_on_absent clears a Shelly fault on the next message "
-                   "of another topic (which carries no fault field), and the next periodic 'fault' re-raises it")
 def test_shelly_fault_is_not_cleared_by_other_topics() -> None:
     period = [(f"{SHELLY}/sensor/operation", "fault", 0), (f"{SHELLY}/sensor/gas", "none", 1)]
     messages = [(t, p, s + 30 * i) for i in range(3) for t, p, s in period]

@@ -62,6 +62,10 @@ def first_raise(rule_id: str, series: list[tuple[float, dict[str, Any]]]) -> flo
     ("GAS-02", [(0, {"gas_lel": 24.9}), (30, {"gas_lel": 24.9})], []),
     ("GAS-02", [(0, {"gas_lel": 25})], [(0, "raise", 4)]),
     ("GAS-02", [(0, {"gas": True})], [(0, "raise", 4)]),
+    # the device's own flag holds until the device reports it off (readings with only %LEL do not clear it)
+    ("GAS-02", [(0, {"gas": True}), (30, {"gas_lel": 5}), (90, {"gas_lel": 5}), (200, {"gas_lel": 5}),
+                (210, {"gas": False, "gas_lel": 5}), (269, {"gas_lel": 5}), (270, {"gas_lel": 4})],
+     [(0, "raise", 4), (270, "clear", 4)]),
     ("GAS-02", [(0, {"gas_lel": 30}), (30, {"gas_lel": 22}), (60, {"gas_lel": 19}), (90, {"gas_lel": 21}),
                 (100, {"gas_lel": 15}), (170, {"gas_lel": 10})], [(0, "raise", 4), (170, "clear", 4)]),
     ("GAS-03", [(0, {"gas_lel": 49.9})], []),
@@ -72,7 +76,9 @@ def first_raise(rule_id: str, series: list[tuple[float, dict[str, Any]]]) -> flo
     ("GAS-06", constant("gas_lel", 2.9, every=60, until=3600), []),
     ("GAS-05", [(0, {"valve": "open"}), (10, {"valve": "fault"}), (20, {"valve": "closed"})],
      [(10, "raise", 3), (20, "clear", 3)]),
-    ("GAS-07", [(0, {"fault": "sensor_end_of_life"}), (60, {"gas_lel": 0})], [(0, "raise", 2), (60, "clear", 2)]),
+    # a fault clears once it has not been reported for 5 min (another topic's reading says nothing about it)
+    ("GAS-07", [(0, {"fault": "sensor_end_of_life"}), (60, {"gas_lel": 0}), (120, {"fault": "sensor_end_of_life"}),
+                (419, {"gas_lel": 0}), (420, {"gas_lel": 0})], [(0, "raise", 2), (420, "clear", 2)]),
 ])
 def test_gas_rules(rule_id: str, series: list[tuple[float, dict[str, Any]]], expected: list[Any]) -> None:
     assert run(rule_id, series) == expected
