@@ -37,7 +37,7 @@ class Actuator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         target = settings.mqtt
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
                                   client_id=f"{settings.mqtt_client_id}-act-{uuid.uuid4().hex[:6]}",
                                   protocol=mqtt.MQTTv5)
         if target.username:

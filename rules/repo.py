@@ -59,12 +59,12 @@ ALARM_COLUMNS = """id, device_id, site_id, micro_grid_id, type, rule_id, severit
 
 def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | None:
     with conn.cursor(row_factory=tuple_row) as cur:
-        return cur.execute(query, params).fetchone()  # type: ignore[arg-type]
+        return cur.execute(query, params).fetchone()
 
 
 def _all(conn: Connection[Any], query: str, params: Any) -> list[tuple[Any, ...]]:
     with conn.cursor(row_factory=tuple_row) as cur:
-        return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+        return cur.execute(query, params).fetchall()
 
 
 # Ids and states travel as one JSON document each (orjson): psycopg's text[]/jsonb[] array dumping escapes

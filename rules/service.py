@@ -95,7 +95,7 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
 def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, transition: Transition,
                      rules: dict[str, Any], ruleset: RuleSet, now: datetime) -> list[AlarmChange]:
     """Record a transition, throttling repeats, then run its actions and cross-device confirmation."""
-    holds: dict[str, list[float]] = rules.setdefault(HOLDS, {})
+    holds: dict[str, list[Any]] = rules.setdefault(HOLDS, {})
     ts = transition.at.timestamp()
     if transition.kind == "hold" and not transition.actions:
         hold = holds.get(rule_id)
