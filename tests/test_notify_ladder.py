@@ -126,14 +126,14 @@ def registry_yaml(receiver: Receiver, smtp: SmtpSink, *, w1_url: str | None = No
 EVERYONE = ("w1", "w3", "oncall", "lead1", "lead2", "duty", "fire", "m1")
 
 
-def make_policy(**critical: Any) -> Policy:
+def make_policy(*, hold_s: float = 2.0, **critical: Any) -> Policy:
     """The shipped policy with short ladders for tests (seconds instead of minutes)."""
     base = load_policy().model_dump()
     base["severities"]["critical"] = {
         "steps": [{"after_s": 0, "tiers": ["worker", "merchant"]}, {"after_s": 2, "tiers": ["leader"]},
                   {"after_s": 4, "tiers": ["community", "fire_station"]}],
         "remind_every_s": None, "max_reminders": 0, "renotify_after_ack_s": None} | critical
-    base["storm"] = {"hold_s": 2.0, "max_hold_s": 30.0}
+    base["storm"] = {"hold_s": hold_s, "max_hold_s": 30.0}
     base["retry"] = {"base_s": 0.5, "max_s": 1.0}
     return Policy.model_validate(base)
 
@@ -430,12 +430,12 @@ def test_silences_and_offline_gateway_inhibition(community: Settings, receiver: 
         conn.execute("INSERT INTO silence (device_id, starts_at, ends_at, reason, include_life_safety) "
                      "VALUES ('t-03', %s, %s, 'detector replaced', true)",
                      (now - timedelta(minutes=1), now + timedelta(hours=1)))
-    notify_workers(community)
+    notify_workers(community, policy=make_policy(hold_s=1.0))
     tamper = raise_alarm(community, "t-01", "tamper", 3)
     smoke = raise_alarm(community, "t-02", "smoke", 4)
     overridden = raise_alarm(community, "t-03", "smoke", 4)
     wait_for(lambda: receiver.for_path("w1"), timeout=3, what="the smoke alarm despite the site silence")
-    time.sleep(2.5)
+    time.sleep(1.5)
     assert len(receiver.for_path("w1")) == 1 and "烟雾报警" in titles(receiver, "w1")[0]
     reasons = dict(query(community, "SELECT alarm_id, reason FROM notification WHERE status = 'suppressed'"))
     assert set(reasons) == {tamper, overridden} and smoke not in reasons
@@ -448,7 +448,7 @@ def test_silences_and_offline_gateway_inhibition(community: Settings, receiver: 
     raise_alarm(community, "gw-3", "offline", 2)
     child = raise_alarm(community, "t-10", "offline", 2)
     wait_for(lambda: len(receiver.for_path("w1")) == 2, timeout=5, what="the gateway's offline message")
-    time.sleep(2.5)
+    time.sleep(1.5)
     assert len(receiver.for_path("w1")) == 2
     assert "gw-3" in receiver.for_path("w1")[1]["message"]
     assert query(community, "SELECT status, reason FROM notification WHERE alarm_id = %s", child) == [
@@ -458,7 +458,7 @@ def test_silences_and_offline_gateway_inhibition(community: Settings, receiver: 
 def test_reminders_until_acknowledged_and_renotify_while_still_active(
         community: Settings, receiver: Receiver, notify_workers: Callable[..., list[NotifyWorker]]) -> None:
     policy = make_policy(steps=[{"after_s": 0, "tiers": ["worker"]}, {"after_s": 600, "tiers": ["leader"]}],
-                         remind_every_s=1.0, max_reminders=10, renotify_after_ack_s=1.5)
+                         remind_every_s=1.0, max_reminders=10, renotify_after_ack_s=1.5, hold_s=0.3)
     notify_workers(community, policy=policy)
     alarm_id = raise_alarm(community, "gas-1", "gas_leak", 4, 30.0)
     wait_for(lambda: sum("提醒" in t for t in titles(receiver, "w1")) >= 2, timeout=8, what="two reminders")
@@ -471,7 +471,7 @@ def test_reminders_until_acknowledged_and_renotify_while_still_active(
     clear_alarm(community, alarm_id)
     wait_for(lambda: any("已恢复" in t for t in titles(receiver, "w1")), timeout=3, what="cleared message")
     count = len(receiver.for_path("w1"))
-    time.sleep(2.5)
+    time.sleep(1.5)
     assert len(receiver.for_path("w1")) == count, "nothing more once the alarm has cleared"
     assert receiver.for_path("m1") == [], "policy: the merchant is not on this test ladder"
 
