@@ -601,6 +601,11 @@ def measure_latency(bench: Bench, results: Results, say: Any) -> None:
         }
         if len(values) < len(sent_at):
             results.notes.append(f"alarm latency: {len(sent_at) - len(values)} probe(s) not notified within 15 s")
+        if fleet_rate < 0.9 * rate:
+            results.notes.append(
+                f"alarm latency: the load publisher reached {fleet_rate:.0f} of {rate:.0f} msg/s (its own process "
+                "was short of CPU); latency was measured at the load actually reached"
+            )
         queued = figures["latency"]["segments_p50_p99_ms"].get("to_ingest", [0.0])[0]
         if queued > 250:
             results.notes.append(
