@@ -60,7 +60,9 @@ def route_outbox(conn: Connection[Any], *, policy: Policy, now: datetime, public
     """Expand claimed outbox rows into notifications (and ladder state); returns rows routed."""
     with conn.transaction():
         rows = repo.claim_outbox(conn, limit=limit)
-        for row in rows:
+        # One row per alarm (see claim_outbox); in alarm order, the order deliverers lock ladders in too, so
+        # the two never wait on each other in a cycle.
+        for row in sorted(rows, key=lambda r: r.alarm_id):
             if row.kind in NOTIFIED_KINDS:
                 _route(conn, row, policy=policy, now=now, public_url=public_url)
         if rows:
@@ -157,8 +159,7 @@ def _route(conn: Connection[Any], row: repo.OutboxRow, *, policy: Policy, now: d
     # Nobody to tell at this step (no leader registered, ...): the ladder climbs at once.
     if (reason is None and opened_step is not None and steps and nobody
             and repo.move_on_now(conn, alarm_id=ctx.alarm_id, step=opened_step, now=now)):
-        log.warning("alarm %s: nobody to notify at ladder step %s; escalating at once", ctx.alarm_id,
-                        opened_step)
+        log.warning("alarm %s: nobody to notify at ladder step %s; escalating at once", ctx.alarm_id, opened_step)
 
 
 def _start_ladder(conn: Connection[Any], ctx: repo.AlarmContext, policy: Policy, *, start: int,
