@@ -210,19 +210,16 @@ def notify_silence(
         help="also silence gas, CO and smoke alarms (explicit override)")] = False,
 ) -> None:
     """Silence a site or a device for a while (life-safety alarms stay loud unless overridden)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
-    from notify import repo as notify_repo
+    from notify import service as notify_service
 
-    if (site is None) == (device is None):
-        raise _fail(ValueError("give exactly one of --site or --device"))
     settings = _settings()
-    now = datetime.now(UTC)
     try:
         with db.connect(settings.dsn) as conn, conn.transaction():
-            silence = notify_repo.insert_silence(conn, site_id=site, device_id=device, starts_at=now,
-                                                 ends_at=now + timedelta(minutes=minutes), reason=reason,
-                                                 created_by="cli", include_life_safety=include_life_safety)
+            silence = notify_service.create_silence(conn, site_id=site, device_id=device, minutes=minutes,
+                                                    reason=reason, created_by="cli",
+                                                    include_life_safety=include_life_safety, now=datetime.now(UTC))
     except GridwatchError as exc:
         raise _fail(exc) from exc
     typer.echo(f"silence {silence.id}: {site or device} until {silence.ends_at.isoformat(timespec='minutes')}"

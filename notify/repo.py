@@ -568,3 +568,14 @@ def get_next_escalation_due(conn: Connection[Any]) -> datetime | None:
     """The earliest ladder deadline; the router sleeps until then at most."""
     row = conn.execute(SELECT_NEXT_ESCALATION).fetchone()
     return row[0] if row else None
+
+
+SELECT_SITE_OR_DEVICE = """
+SELECT (SELECT count(*) FROM site WHERE id = %s) + (SELECT count(*) FROM device WHERE id = %s)
+"""
+
+
+def site_or_device_exists(conn: Connection[Any], *, site_id: str | None, device_id: str | None) -> bool:
+    """Whether the site (or device) a silence names is registered."""
+    row = conn.execute(SELECT_SITE_OR_DEVICE, (site_id, device_id)).fetchone()
+    return bool(row and row[0])

@@ -394,3 +394,17 @@ def send_test(conn: Connection[Any], *, sender: Sender, worker_id: str, now: dat
     msg = messages.render_test(name=worker.name, worker_id=worker.id, role=worker.role,
                                channels=len(worker.notify_urls), locale=worker.locale, at=now)
     return sender.send(worker.notify_urls, msg.title, msg.body, recipient=worker.id)
+
+
+def create_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None, minutes: float,
+                   reason: str, created_by: str | None, include_life_safety: bool, now: datetime) -> repo.Silence:
+    """A maintenance window for one site or one device; life-safety alarms stay loud unless included."""
+    if (site_id is None) == (device_id is None):
+        raise ConflictError("a silence covers exactly one site or one device")
+    if minutes <= 0:
+        raise ConflictError("a silence needs a positive duration")
+    if not repo.site_or_device_exists(conn, site_id=site_id, device_id=device_id):
+        raise NotFoundError(f"{'site' if site_id else 'device'} {site_id or device_id!r} is not registered")
+    return repo.insert_silence(conn, site_id=site_id, device_id=device_id, starts_at=now,
+                               ends_at=now + timedelta(minutes=minutes), reason=reason, created_by=created_by,
+                               include_life_safety=include_life_safety)

@@ -572,3 +572,20 @@ def test_quiet_hours_defer_minor_messages_to_the_merchant(
     assert status == "pending" and next_at == datetime(2026, 11, 26, 8, 0, tzinfo=SH)
     assert reason == "quiet hours until 2026-11-26T08:00+08:00"
     assert receiver.for_path("m1") == []
+
+
+def test_notify_silence_command(community: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRIDWATCH_DATABASE_URL", community.dsn)
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["notify", "silence", "--site", "s3", "--minutes", "30", "--reason", "rewiring"])
+    assert result.exit_code == 0, result.output
+    assert "life-safety alarms still notify" in result.output
+    rows = query(community, "SELECT site_id, device_id, reason, include_life_safety, "
+                            "round(extract(epoch FROM ends_at - starts_at)) FROM silence")
+    assert rows == [("s3", None, "rewiring", False, 1800)]
+    result = runner.invoke(cli_app, ["notify", "silence", "--device", "t-03", "--minutes", "5",
+                                     "--include-life-safety"])
+    assert result.exit_code == 0 and "life-safety included" in result.output
+    assert runner.invoke(cli_app, ["notify", "silence", "--site", "nowhere", "--minutes", "5"]).exit_code == 2
+    assert runner.invoke(cli_app, ["notify", "silence", "--site", "s3", "--device", "t-03",
+                                   "--minutes", "5"]).exit_code == 2
