@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -227,3 +228,41 @@ class PacedFleet:
         self._thread.join(timeout=10)
         self._pub.close()
         return self.sent
+
+
+def _fleet_main(
+    host: str, port: int, rate: float, make: Callable[[int], tuple[str, bytes]], stop: Any, achieved: Any
+) -> None:
+    fleet = PacedFleet(host, port, rate=rate, make=make)
+    started = time.monotonic()
+    fleet.start()
+    stop.wait()
+    sent = fleet.stop()
+    achieved.value = sent / max(1e-9, time.monotonic() - started)
+
+
+class FleetProcess:
+    """A PacedFleet in its own process, so the load's publishing does not compete for the GIL with the
+    bench's clock and webhook (which would add to the latency being measured)."""
+
+    def __init__(self, host: str, port: int, *, rate: float, make: Callable[[int], tuple[str, bytes]]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._achieved = ctx.Value("d", 0.0)
+        self._proc = ctx.Process(
+            target=_fleet_main,
+            args=(host, port, rate, make, self._stop, self._achieved),
+            name="bench-fleet",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def stop(self) -> float:
+        """Stop; returns the rate actually achieved (messages/s)."""
+        self._stop.set()
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+        return float(self._achieved.value)
