@@ -130,6 +130,8 @@ def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder
         result.duplicates = len(readings) - len(new)
         touched = {r.device_id for r in new}
         known = {d: dev for d in touched if (dev := devices.device(d)) is not None}
+        if statuses:  # take every device state of the batch in one sorted lock: two workers cannot deadlock
+            rules_service.lock_devices(conn, device_ids=[*touched, *(s.device_id for s in statuses)])
         result.alarm_changes = rules_service.apply_readings(conn, readings=new, devices=known, ruleset=ruleset)
         status_devices = {s.device_id: dev for s in statuses if (dev := devices.device(s.device_id)) is not None}
         result.alarm_changes += rules_service.apply_statuses(conn, statuses=statuses, devices=status_devices,

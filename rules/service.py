@@ -261,6 +261,11 @@ def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Di
 # --------------------------------------------------------------------------- statuses, command acks, timer
 
 
+def lock_devices(conn: Connection[Any], *, device_ids: Sequence[str]) -> None:
+    """Lock these devices' rule state up front (id order) when a batch will take them in several steps."""
+    repo.lock_device_states(conn, device_ids=device_ids)
+
+
 def apply_statuses(conn: Connection[Any], *, statuses: Sequence[DeviceStatus], devices: dict[str, Device],
                    ruleset: RuleSet) -> list[AlarmChange]:
     """Retained status topics: `offline` (the device's last will) raises offline at once unless its
