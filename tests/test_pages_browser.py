@@ -97,9 +97,11 @@ def test_worker_sees_a_live_alarm_and_handles_it(stack: tuple[ApiEnv, str, Runni
     assert browser.find_elements(By.CSS_SELECTOR, "li.alarm") == []
     browser.execute_script("window.__notReloaded = true;")
 
+    published = time.monotonic()
     publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 31})
     alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
     row = wait.until(ec.presence_of_element_located((By.ID, f"alarm-{alarm_id}")))
+    print(f"gas reading published -> row on the worker's board: {time.monotonic() - published:.2f} s")
     assert "gas_leak" in row.text and "P1" in row.text
     assert browser.execute_script("return window.__notReloaded === true;"), "the row arrived without a reload"
 
