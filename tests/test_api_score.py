@@ -35,7 +35,9 @@ def test_merchant_reads_own_score_after_a_verified_hazard(env: ApiEnv) -> None:
     assert ledger["items"] and all(e["alarm_id"] == hazard for e in ledger["items"])
     assert after["score"] == 100 + sum(e["points"] for e in ledger["items"]) < 100
     trend = env.client.get("/api/v1/merchants/m1/trend", headers=h).json()
-    assert trend[-1]["score"] == after["score"]
+    assert trend["items"][-1]["score"] == after["score"] and trend["next_offset"] is None
+    first = env.client.get("/api/v1/merchants/m1/trend?limit=1", headers=h).json()
+    assert first["items"] == trend["items"][:1] and first["next_offset"] == (1 if len(trend["items"]) > 1 else None)
     assert env.client.get("/api/v1/merchants/m1/open", headers=h).json()["alarms"] == []
     # m2 cannot see m1, m1 cannot see m2
     assert env.client.get("/api/v1/merchants/m2/score", headers=h).status_code == 404

@@ -13,7 +13,7 @@ from psycopg import Connection
 from api import auth
 from api import repo as api_repo
 from api.deps import ERRORS, Admin, Anyone, Conn, Staff
-from api.schemas import CommunityScoresPage, CorrectionCreate, FindingClose, FindingCreate, Me, Problem
+from api.schemas import CommunityScoresPage, CorrectionCreate, FindingClose, FindingCreate, Me, Page, Problem
 from core.errors import NotFoundError
 from rules import score_service
 from rules.score_service import (
@@ -55,11 +55,13 @@ def get_score(merchant_id: MerchantId, conn: Conn, who: Anyone) -> MerchantScore
 @router.get("/merchants/{merchant_id}/trend", tags=["score"])
 def get_trend(merchant_id: MerchantId, conn: Conn, who: Anyone, since: datetime | None = None,
               until: datetime | None = None,
-              limit: Annotated[int, Query(ge=1, le=1000, description="the latest this many points")] = 200,
-              ) -> list[ScorePointRead]:
-    """The score after each ledger entry (the newest `limit` points)."""
+              offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> Page[ScorePointRead]:
+    """The score after each ledger entry, oldest first (paginated by offset)."""
     scoped_merchant(conn, who, merchant_id)
-    return score_service.get_trend(conn, merchant_id=merchant_id, since=since, until=until)[-limit:]
+    points = score_service.get_trend(conn, merchant_id=merchant_id, since=since, until=until)
+    return Page[ScorePointRead](items=points[offset:offset + limit],
+                                next_offset=offset + limit if len(points) > offset + limit else None)
 
 
 @router.get("/merchants/{merchant_id}/ledger", tags=["score"])
