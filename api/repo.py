@@ -655,6 +655,13 @@ INSERT INTO silence (site_id, device_id, starts_at, ends_at, reason, created_by,
 VALUES (%s, %s, coalesce(%s, now()), %s, %s, %s, %s) RETURNING {SILENCE_COLUMNS}
 """
 DELETE_SILENCE = "DELETE FROM silence WHERE id = %s"
+SELECT_SILENCE = f"SELECT {SILENCE_COLUMNS} FROM silence WHERE id = %s"
+
+
+def get_silence(conn: Connection[Any], *, silence_id: int) -> SilenceRow | None:
+    """One silence."""
+    with conn.cursor(row_factory=class_row(SilenceRow)) as cur:
+        return cur.execute(SELECT_SILENCE, (silence_id,)).fetchone()
 
 
 def list_silences(conn: Connection[Any], *, current: bool, limit: int, offset: int) -> list[SilenceRow]:

@@ -144,6 +144,12 @@ def test_silences(env: ApiEnv) -> None:
     assert ghost.status_code == 422 and ghost.json()["detail"].startswith("body.site_id")
     assert env.client.delete(f"/api/v1/admin/silences/{silence['id']}", headers=h).status_code == 204
     assert env.client.get("/api/v1/admin/silences", headers=h).json()["items"] == []
+    planned_start = datetime.now(UTC) + timedelta(days=1)
+    planned = env.client.post("/api/v1/admin/silences", headers=h, json={
+        "site_id": "s2", "starts_at": planned_start.isoformat(), "ends_at": (planned_start + timedelta(hours=3)
+                                                                             ).isoformat(), "reason": "rewiring"})
+    assert planned.status_code == 201, planned.text
+    assert datetime.fromisoformat(planned.json()["starts_at"]) == planned_start
     assert env.client.delete(f"/api/v1/admin/silences/{silence['id']}", headers=h).status_code == 404
 
 

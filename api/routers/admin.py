@@ -49,6 +49,7 @@ from api.schemas import (
 from core import registry
 from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
+from notify import service as notify_service
 from rules.ruleset import default_rules
 
 log = logging.getLogger(__name__)
@@ -285,9 +286,19 @@ def create_silence(body: SilenceCreate, conn: Conn, who: Admin) -> SilenceRead:
             raise HTTPException(422, f"body.site_id: site {body.site_id!r} does not exist")
         if body.device_id and not api_repo.exists(conn, table="device", id=body.device_id):
             raise HTTPException(422, f"body.device_id: device {body.device_id!r} does not exist")
-        row = api_repo.insert_silence(conn, site_id=body.site_id, device_id=body.device_id,
-                                      starts_at=body.starts_at, ends_at=body.ends_at, reason=body.reason,
-                                      created_by=who.actor, include_life_safety=body.include_life_safety)
+        if body.starts_at is None:  # from now on: notify's own rule for silences
+            now = datetime.now(UTC)
+            made = notify_service.create_silence(
+                conn, site_id=body.site_id, device_id=body.device_id,
+                minutes=(body.ends_at - now).total_seconds() / 60, reason=body.reason, created_by=who.actor,
+                include_life_safety=body.include_life_safety, now=now)
+            silence_id = made.id
+        else:  # a window planned ahead (notify's service only opens silences from now)
+            silence_id = api_repo.insert_silence(
+                conn, site_id=body.site_id, device_id=body.device_id, starts_at=body.starts_at,
+                ends_at=body.ends_at, reason=body.reason, created_by=who.actor,
+                include_life_safety=body.include_life_safety).id
+        row = api_repo.get_silence(conn, silence_id=silence_id)
     return SilenceRead.model_validate(row)
 
 
