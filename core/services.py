@@ -57,6 +57,12 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
     import uvicorn
 
     running = Running(settings)
+    if settings.metrics_port and "api" not in only:
+        # Prometheus counters live per process: a process without the api exports its own.
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from the network
+        log.info("metrics on :%d/metrics", settings.metrics_port)
     if "ingest" in only:
         from ingest.worker import IngestWorker
 

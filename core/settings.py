@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEMO_SECRET)
     demo: bool = False
 
+    # ingest/notify without the api in the same process export /metrics here (0 = off).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str = ""

@@ -68,3 +68,19 @@ def test_dockerfile_installs_every_package() -> None:
     assert packages
     for pkg in {p.strip().strip('"').split(".")[0] for p in packages.group(1).split(",")}:
         assert f"COPY {pkg} {pkg}" in dockerfile, f"Dockerfile does not copy {pkg}"
+
+
+def test_split_processes_export_metrics(settings: Settings) -> None:
+    """ingest alone (no api in the process) serves its counters on GRIDWATCH_METRICS_PORT."""
+    import urllib.request
+
+    from core.embedded import free_port
+    from core.services import start_services
+
+    port = free_port()
+    running = start_services(settings.model_copy(update={"metrics_port": port}), ("ingest",))
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310
+    finally:
+        running.stop()
+    assert "gridwatch_ingest_messages_total" in text
