@@ -113,6 +113,7 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
         base = f"http://127.0.0.1:{api_port}"
         say(f"• gridwatch is running: API docs {base}/docs · health {base}/healthz · metrics {base}/metrics")
         say(f"  admin token:    {admin}\n  worker hhc-w1:  {worker}\n  merchant hhc-m01: {merchant}")
+        say(f"  pages: {base}/login (paste a token) — worker board, merchant score, admin overview")
         say(f"  try: curl -H 'Authorization: Bearer {worker}' {base}/api/v1/alarms")
         say("• simulated devices start now; notifications are printed as they are delivered (Ctrl-C stops)")
         tour = _start_tour(settings, stop)

@@ -207,6 +207,8 @@ def parse_registry(text: str, source: str = "<registry>") -> RegistryIn:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data: Any = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:
+        raise RegistryError(f"{source}: not valid YAML text: {exc.reason} at character {exc.position}") from exc
     except yaml.MarkedYAMLError as exc:
         where = exc.problem_mark.line + 1 if exc.problem_mark else "?"
         raise RegistryError(f"{source}:{where}: not valid YAML: {exc.problem}") from exc

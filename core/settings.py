@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     notify_max_attempts: int = Field(default=8, ge=1)
     # When set, every delivery goes to this apprise URL instead of the worker's (demo, staging).
     notify_redirect_url: str | None = None
-    # Escalation policy YAML (ladder per severity, night uplift, quiet hours, storm control); default notify/policy.yaml.
+    # Escalation policy YAML (ladder per severity, night uplift, quiet hours, storm control);
+    # default notify/policy.yaml.
     notify_policy: str | None = None
 
     rules_tick_s: float = Field(default=5.0, gt=0)

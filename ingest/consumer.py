@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from core.errors import BrokerAuthError
 from core.settings import MqttTarget
@@ -44,7 +46,7 @@ class MqttConsumer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.keepalive = keepalive
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         if target.username:
             self.client.username_pw_set(target.username, target.password)
@@ -55,7 +57,7 @@ class MqttConsumer:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.max_inflight_messages_set(receive_maximum)
-        self._props = Properties(PacketTypes.CONNECT)
+        self._props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         self._props.SessionExpiryInterval = SESSION_EXPIRY_S
         # Mosquitto sends only Receive Maximum unacknowledged QoS-1 messages (STYLE.md, measured): this
         # bounds a batch, so it is sized to the batch.
@@ -75,7 +77,7 @@ class MqttConsumer:
                 log.warning("broker refused the connection: %s; retrying", name)
             return
         self.generation += 1
-        client.subscribe([(t, mqtt.SubscribeOptions(qos=1)) for t in self.topics])
+        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
         self.connected.set()
         log.info("connected to mqtt %s:%s (session %s), subscribed to %s", self.target.host, self.target.port,
                  "resumed" if _flags.session_present else "new", ", ".join(self.topics))
@@ -89,7 +91,7 @@ class MqttConsumer:
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Blocking put: a full queue holds the network thread, the broker stops sending (Receive Maximum)
         # and keeps the rest. A safety system never drops here.
-        self.out.put(Message(topic=msg.topic, payload=msg.payload, received_at=datetime.now(UTC), mid=msg.mid,
+        self.out.put(Message(topic=msg.topic, payload=bytes(msg.payload), received_at=datetime.now(UTC), mid=msg.mid,
                              qos=msg.qos, generation=self.generation, retain=bool(msg.retain)))
 
     def ack(self, messages: list[Message]) -> int:

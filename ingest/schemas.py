@@ -16,7 +16,7 @@ NonNegative = Annotated[float, Field(ge=0)]
 def parse_timestamp(value: Any) -> datetime:
     """RFC 3339 text with an offset, or epoch milliseconds, as an aware UTC datetime."""
     if isinstance(value, bool):
-        raise ValueError("ts must be an RFC 3339 string or epoch milliseconds, not a boolean")
+        raise ValueError("ts must be an RFC 3339 string or epoch milliseconds, not a boolean")  # noqa: TRY004 - pydantic turns ValueError into a field error
     if isinstance(value, int | float):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("ts is not a finite number")

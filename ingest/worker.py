@@ -13,6 +13,7 @@ import psycopg
 
 from core.settings import Settings
 from ingest import adapters
+from ingest import repo as ingest_repo
 from ingest import service as ingest_service
 from ingest.consumer import MqttConsumer
 from ingest.decode import Decoder, Limits, Message
@@ -75,7 +76,7 @@ class IngestWorker:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(self.settings.dsn, autocommit=False)
-            ingest_service.repo.prepare_connection(self._conn)
+            ingest_repo.prepare_connection(self._conn)
             self.devices.prime(self._conn)
             self._conn.commit()
         return self._conn
@@ -164,7 +165,7 @@ class IngestWorker:
         """A single message the database refuses for a reason other than being down: keep it as a reject."""
         conn = self._connection()
         with conn.transaction():
-            ingest_service.repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None,
+            ingest_repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None,
                                                                reason)])
 
     def _drop_connection(self) -> None:

@@ -80,7 +80,7 @@ def test_split_processes_export_metrics(settings: Settings) -> None:
     port = free_port()
     running = start_services(settings.model_copy(update={"metrics_port": port}), ("ingest",))
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         running.stop()
     assert "gridwatch_ingest_messages_total" in text
