@@ -125,8 +125,7 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
             if deadline is not None and time.monotonic() >= deadline:
                 break
         stop.set()
-        if tour is not None:
-            tour.join(timeout=10)
+        tour.join(timeout=10)
         say(f"• stopping: {receiver.count} notification(s) delivered")
         return 0 if receiver.count > 0 else 1
     finally:
@@ -140,40 +139,14 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
             pg.stop()
 
 
-def _start_tour(settings: Settings, stop: threading.Event) -> threading.Thread | None:
-    """Simulated devices: the simulators' tour when available, else a minimal kitchen gas leak."""
-    devices = []
+def _start_tour(settings: Settings, stop: threading.Event) -> threading.Thread:
+    """Simulated devices: the simulators' narrated tour (a kitchen leak, a stairwell charge, a device dying)."""
+    from simulators import tour
+
     with db.connect(settings.dsn) as conn:
         devices = [(d.id, d.kind.value, d.location.value) for d in core_repo.get_all_devices(conn)
                    if d.adapter.value == "native"]
-    try:
-        from simulators import tour  # type: ignore[attr-defined]
-    except ImportError:
-        tour = None
-    if tour is not None and hasattr(tour, "run_tour"):
-        target = lambda: tour.run_tour(settings.mqtt_url, settings.topic_prefix, devices, stop, say=say)  # noqa: E731
-    else:
-        target = lambda: _minimal_tour(settings, stop)  # noqa: E731
-    thread = threading.Thread(target=target, name="demo-tour", daemon=True)
+    thread = threading.Thread(target=tour.run_tour, args=(settings.mqtt.url, settings.topic_prefix, devices, stop),
+                              kwargs={"say": say}, name="demo-tour", daemon=True)
     thread.start()
     return thread
-
-
-def _minimal_tour(settings: Settings, stop: threading.Event) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gridwatch-demo-devices", protocol=mqtt.MQTTv5)
-    client.connect(settings.mqtt.host, settings.mqtt.port)
-    client.loop_start()
-    try:
-        device = "hhc-gas-01"
-        for seq, lel in enumerate([2, 3, 8, 17, 31, 44, 38, 21, 12, 6, 3, 2, 2]):
-            if stop.wait(2):
-                return
-            say(f"  ⚙ {device} reports gas {lel} %LEL")
-            client.publish(f"{settings.topic_prefix}/{device}/telemetry",
-                           json.dumps({"seq": seq, "gas_lel": lel}), qos=1).wait_for_publish(5)
-    finally:
-        client.loop_stop()
-        client.disconnect()

@@ -18,6 +18,7 @@ class MqttTarget:
     """A parsed mqtt:// or mqtts:// URL."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ConfigError(f"GRIDWATCH_MQTT_URL must start with mqtt:// or mqtts://, got {url!r}")

@@ -111,6 +111,20 @@ def check_time(ts: datetime, received_at: datetime, limits: Limits) -> str | Non
     return None
 
 
+def extras_problem(extras: dict[str, Any]) -> str | None:
+    """Why extras cannot be stored as jsonb: nested past orjson's 255 levels, or holding a NUL character that
+    PostgreSQL text and jsonb refuse. Checked at decode time so one bad message cannot fail a whole batch."""
+    if not extras:
+        return None
+    try:
+        encoded = orjson.dumps(extras)
+    except TypeError:
+        return "extra fields are nested more than 255 levels deep"
+    if b"\\u0000" in encoded:
+        return "extra fields contain a NUL character (\\u0000), which cannot be stored: fix the sender"
+    return None
+
+
 def telemetry_to_reading(device_id: str, data: dict[str, Any], received_at: datetime,
                          limits: Limits) -> Reading | Reject:
     """Validate a v1 telemetry object into a Reading."""
@@ -123,6 +137,9 @@ def telemetry_to_reading(device_id: str, data: dict[str, Any], received_at: date
     if problem:
         return Reject(problem, device_id)
     extras = dict(msg.model_extra or {})
+    problem = extras_problem(extras)
+    if problem:
+        return Reject(problem, device_id)
     return Reading(
         device_id=device_id, ts=ts, received_at=received_at, seq=msg.seq, gas_lel=msg.gas_lel,
         co_ppm=msg.co_ppm, smoke_db_m=msg.smoke_db_m, temp_c=msg.temp_c, power_w=msg.power_w,

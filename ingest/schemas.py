@@ -57,7 +57,7 @@ class TelemetryIn(BaseModel):
     battery_pct: Percent | None = None
     tamper: bool | None = None
     test: bool | None = None
-    fault: Annotated[str, Field(max_length=200)] | None = None
+    fault: Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")] | None = None
 
     @field_validator("ts", mode="before")
     @classmethod

@@ -9,15 +9,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.configfile import read_yaml
 from core.domain import Severity
 from core.errors import ConfigError
 from notify.roster import DailyWindow
 
 Tier = Literal["worker", "merchant", "leader", "community", "fire_station"]
-DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 _CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
@@ -166,11 +165,8 @@ class Policy(_Model):
 
 def load_policy(path: str | Path | None = None) -> Policy:
     """Read and validate a policy file (default: notify/policy.yaml)."""
-    file = Path(path) if path else DEFAULT_POLICY
+    data, source = read_yaml(path or None, package="notify", default="policy.yaml")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
         return Policy.model_validate(data)
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read the notify policy: {exc.strerror}") from exc
-    except (yaml.YAMLError, ValueError) as exc:
-        raise ConfigError(f"{file}: invalid notify policy: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid notify policy: {exc}") from exc

@@ -9,13 +9,12 @@ and/or device id and sets fields of one rule (`set: {raise_at: 15}`) or disables
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from core.configfile import read_yaml
 from core.domain import Device, DeviceKind, Location
 from core.errors import ConfigError
 from rules.engine import AnyRule, Rule, watched_fields
@@ -182,19 +181,7 @@ def parse_rules(data: Any, source: str, *, base: RuleSet | None = None) -> RuleS
 
 def load_rules(path: Path | None = None) -> RuleSet:
     """The shipped defaults, or the file at path."""
-    if path is None:
-        text = resources.files("rules").joinpath("defaults.yaml").read_text(encoding="utf-8")
-        source = "rules/defaults.yaml"
-    else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-        source = str(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    data, source = read_yaml(path, package="rules", default="defaults.yaml")
     return parse_rules(data, source)
 
 

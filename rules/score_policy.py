@@ -16,9 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.configfile import read_yaml
 from core.domain import Severity
 from core.errors import ConfigError
 
@@ -412,19 +412,7 @@ def parse_policy(data: Any, source: str, *, alarm_types: Collection[str] | None 
 
 def load_policy(path: Path | None = None, *, ruleset: Any | None = None) -> PolicySet:
     """The shipped default policy, or the file at path, validated against the alarm types of the rule set."""
-    if path is None:
-        text = resources.files("rules").joinpath("score_policy.yaml").read_text(encoding="utf-8")
-        source = "rules/score_policy.yaml"
-    else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-        source = str(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    data, source = read_yaml(path, package="rules", default="score_policy.yaml")
     return parse_policy(data, source, alarm_types=known_alarm_types(ruleset))
 
 

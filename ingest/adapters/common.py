@@ -30,7 +30,7 @@ import orjson
 from pydantic import ValidationError
 
 from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS, STATE_FIELDS, Adapter, Device, Reading
-from ingest.decode import DeviceLookup, Ignored, Limits, Reject, check_time
+from ingest.decode import DeviceLookup, Ignored, Limits, Reject, check_time, extras_problem
 from ingest.schemas import TelemetryIn, parse_timestamp
 
 READING_FIELDS = MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS
@@ -103,7 +103,7 @@ def build_reading(device: Device, *, fields: dict[str, Any], extras: dict[str, A
     elif not extras:
         return Ignored("nothing to store")
     stamp = ts or received_at
-    problem = check_time(stamp, received_at, limits)
+    problem = check_time(stamp, received_at, limits) or extras_problem(extras)
     if problem:
         return Reject(problem, device.id)
     return Reading(device_id=device.id, ts=stamp, received_at=received_at, seq=content_seq(fields, extras),
