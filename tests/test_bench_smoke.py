@@ -35,11 +35,16 @@ def test_bench_runs_every_stage_at_tiny_size(tmp_path: Path) -> None:
     assert lat["notified"] == lat["probes"], "every probe alarm must reach the webhook"
     assert 0 < lat["p50_ms"] <= lat["p99_ms"]
 
+    fleet = f["fleet"]
+    assert fleet["devices"] == sizes.fleet_devices
+    assert fleet["sent"] > 0 and fleet["errors"] == 0 and fleet["acked"] == fleet["sent"]
+
     assert f["scale"]["generated"] is True
     assert f["scale"]["ingest_peak_rss_mb"] > 0
     board = f["api"]["worker_board"]
     assert board["status"] == 200 and board["items"] > 0, "the busy worker's board lists open alarms"
-    assert set(f["targets"]) >= {"ingest_one_vs_raw", "ingest_two_vs_one", "latency_p99_ms", "ingest_rss_mb"}
+    assert set(f["targets"]) >= {"ingest_one_vs_raw", "ingest_two_vs_one", "latency_p99_ms", "ingest_rss_mb",
+                                  "fleet_rate_ratio"}
 
 
 @pytest.mark.parametrize(
