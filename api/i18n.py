@@ -74,6 +74,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "community": {"zh-CN": "社区", "en": "Community"},
     "finding_record": {"zh-CN": "记录检查发现", "en": "Record a finding"},
     "seconds": {"zh-CN": "秒", "en": "s"},
+    "port_locked": {"zh-CN": "充电口已锁定（安全断电后）", "en": "Port locked after a safety trip"},
+    "port_unlock": {"zh-CN": "现场检查后解锁", "en": "Checked on site: unlock"},
+    "unlock_note": {"zh-CN": "检查情况", "en": "What was checked"},
+    "commands": {"zh-CN": "远程指令", "en": "Commands"},
+    "command_queued": {"zh-CN": "已执行", "en": "Done"},
+    "self_test": {"zh-CN": "自检", "en": "Self-test"},
+    "silence": {"zh-CN": "消音", "en": "Silence"},
+    "cut_power": {"zh-CN": "断电", "en": "Cut power"},
+    "restore_power": {"zh-CN": "恢复供电", "en": "Restore power"},
+    "close_valve": {"zh-CN": "关阀", "en": "Close valve"},
 }
 
 

@@ -291,8 +291,32 @@ def device_page(device_id: str, request: Request, conn: Conn, who: Anyone,
     alarms = api_repo.list_alarms(conn, worker_id=who.worker_scope, merchant_id=who.merchant_scope,
                                   open_only=False, active=None, acknowledged=None, min_severity=None, site_id=None,
                                   before_id=None, limit=20, device_id=device_id)
+    lock = device_routes.port_lock(conn, device_id) if device.kind == "charging_port" else None
+    actions = [a for a, kinds in device_routes.COMMAND_KINDS.items() if device.kind in kinds] \
+        if who.role != "merchant" else []
     return render(request, "device.html", who, device=device, chart=chart, field=chosen, hours=hours,
-                  series=series, fields=list(UNITS), alarms=alarms)
+                  series=series, fields=list(UNITS), alarms=alarms, lock=lock, actions=actions,
+                  done=request.query_params.get("done"))
+
+
+@router.post("/devices/{device_id}/unlock")
+def device_unlock(device_id: str, conn: Conn, who: Staff, form: Form) -> Response:
+    """On site: the bike is checked, clear the port's safety lock (the note says what was checked)."""
+    note = (form.get("note") or "").strip()[:2000]
+    if not note:
+        raise HTTPException(422, "note: say what you checked on site before clearing the lock")
+    device_routes.unlock(conn, who, device_id, note=note)
+    return RedirectResponse(f"/devices/{quote(device_id)}?done=unlocked", status_code=303)
+
+
+@router.post("/devices/{device_id}/commands")
+def device_command(device_id: str, conn: Conn, who: Staff, form: Form) -> Response:
+    """A manual command from the device page (the rules' safety policy applies: 409 page when refused)."""
+    action = form.get("action", "")
+    if action not in device_routes.COMMAND_KINDS:
+        raise HTTPException(422, f"action: choose one of {', '.join(device_routes.COMMAND_KINDS)}")
+    device_routes.command(conn, who, device_id, action=action, reason=(form.get("reason") or "").strip()[:2000])
+    return RedirectResponse(f"/devices/{quote(device_id)}?done={quote(action)}", status_code=303)
 
 
 # -- merchant score page ------------------------------------------------------------

@@ -408,3 +408,41 @@ class CommunityScoresPage(BaseModel):
     review: int
     items: list[MerchantScoreRead]
     next_offset: int | None
+
+
+CommandAction = Literal["self_test", "silence", "cut_power", "restore_power", "close_valve", "open_valve"]
+
+
+class CommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: CommandAction = Field(description="open_valve is always refused (reopen a gas valve by hand on site); "
+                                              "restore_power is refused while the port is locked after a safety trip")
+    reason: str = Field(default="", max_length=2000)
+
+
+class CommandRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    device_id: str
+    action: str
+    alarm_id: int | None
+    reason: str
+    requested_by: str | None
+    status: str
+    created_at: datetime
+    deadline_at: datetime
+
+
+class UnlockIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=2000, description="what was checked on site")
+
+
+class PortLockRead(BaseModel):
+    device_id: str
+    locked: bool
+    reason: str | None = None
+    locked_at: datetime | None = None

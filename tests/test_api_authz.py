@@ -35,6 +35,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/devices"): ALL,
     ("GET", "/api/v1/devices/{device_id}"): ALL,
     ("GET", "/api/v1/devices/{device_id}/readings"): ALL,
+    ("GET", "/api/v1/devices/{device_id}/lock"): ALL,
+    ("POST", "/api/v1/devices/{device_id}/unlock"): STAFF,
+    ("POST", "/api/v1/devices/{device_id}/commands"): STAFF,
     ("GET", "/api/v1/me"): ALL,
     ("GET", "/api/v1/merchants/{merchant_id}/score"): ALL,
     ("GET", "/api/v1/merchants/{merchant_id}/trend"): ALL,
@@ -53,6 +56,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/alarms/{alarm_id}"): ALL,
     ("POST", "/alarms/{alarm_id}/finding"): STAFF,
     ("GET", "/devices/{device_id}"): ALL,
+    ("POST", "/devices/{device_id}/unlock"): STAFF,
+    ("POST", "/devices/{device_id}/commands"): STAFF,
     ("GET", "/score"): ALL,
     ("GET", "/admin"): ADMIN,
 }
@@ -179,6 +184,10 @@ def test_out_of_scope_objects_are_404_not_403(env: ApiEnv) -> None:
     assert env.client.post("/api/v1/findings", headers=h, json={"site_id": "s1", "kind": "blocked_exit"}
                            ).status_code == 404
     assert env.client.post(f"/api/v1/findings/{ids['finding_id']}/close", headers=h, json={}).status_code == 404
+    assert env.client.get("/api/v1/devices/gas-1/lock", headers=h).status_code == 404
+    assert env.client.post("/api/v1/devices/gas-1/unlock", headers=h, json={"note": "x"}).status_code == 404
+    assert env.client.post("/api/v1/devices/gas-1/commands", headers=h, json={"action": "self_test"}
+                           ).status_code == 404
     # and what is in scope answers
     assert env.client.get(f"/api/v1/alarms/{a}", headers=env.headers("w1")).status_code == 200
     assert env.client.get(f"/api/v1/alarms/{a}", headers=env.headers("m1")).status_code == 200

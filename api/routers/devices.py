@@ -11,11 +11,24 @@ from psycopg import Connection
 
 from api import auth
 from api import repo as api_repo
-from api.deps import ERRORS, Anyone, Conn
-from api.schemas import BucketRead, DeviceRead, Page, ReadingSeries
+from api.deps import ERRORS, Anyone, Conn, Staff
+from api.schemas import (
+    BucketRead,
+    CommandIn,
+    CommandRead,
+    DeviceRead,
+    Page,
+    PortLockRead,
+    Problem,
+    ReadingSeries,
+    UnlockIn,
+)
 from core import db
-from core.domain import DeviceKind
-from core.errors import NotFoundError
+from core import repo as core_repo
+from core.domain import Device, DeviceKind
+from core.errors import ConflictError, NotFoundError
+from rules import repo as rules_repo
+from rules import service as rules_service
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERRORS)
 
@@ -95,3 +108,78 @@ def get_readings(
 ) -> ReadingSeries:
     """A device's readings of one field, min/max/avg per time bucket (range at most 31 days)."""
     return reading_series(conn, who, device_id, field=field, start=start, end=end, points=points)
+
+
+# Which device kinds can carry out which command (a command a device cannot carry out is a 409, not a queue row).
+COMMAND_KINDS: dict[str, frozenset[str]] = {
+    "self_test": frozenset(k.value for k in DeviceKind if k is not DeviceKind.GATEWAY),
+    "silence": frozenset({"gas_detector", "co_alarm", "smoke_detector"}),
+    "cut_power": frozenset({"charging_port", "smart_socket"}),
+    "restore_power": frozenset({"charging_port", "smart_socket"}),
+    "close_valve": frozenset({"gas_valve"}),
+}
+
+
+def staff_device(conn: Connection[Any], who: auth.Principal, device_id: str) -> Device:
+    """The registered device if the caller is an admin or a worker covering its site; 404 otherwise."""
+    scoped_device(conn, who, device_id)
+    device = core_repo.get_devices(conn, ids=[device_id]).get(device_id)
+    if device is None:
+        raise NotFoundError(f"device {device_id!r} is not active")
+    return device
+
+
+def port_lock(conn: Connection[Any], device_id: str) -> PortLockRead:
+    """Whether a port is locked after a safety trip (EB-10)."""
+    lock = rules_repo.get_port_lock(conn, device_id=device_id)
+    if lock is None:
+        return PortLockRead(device_id=device_id, locked=False)
+    return PortLockRead(device_id=device_id, locked=True, reason=lock[1], locked_at=lock[2])
+
+
+def command(conn: Connection[Any], who: auth.Principal, device_id: str, *, action: str,
+            reason: str) -> CommandRead:
+    """Queue a person's command after the rules' safety policy (ConflictError: 409 with what to do instead)."""
+    with conn.transaction():
+        device = staff_device(conn, who, device_id)
+        if action == "open_valve":
+            raise ConflictError("a gas valve is never reopened remotely: reopen it by hand on site after checking "
+                                "for gas (GB 50028 10.8.4)")
+        if device.kind.value not in COMMAND_KINDS[action]:
+            raise ConflictError(f"{device_id} is a {device.kind.value}: it cannot {action.replace('_', ' ')}")
+        row = rules_service.request_command(conn, device=device, action=action, actor=who.actor,
+                                            reason=reason or f"requested by {who.actor}")
+    return CommandRead.model_validate(row)
+
+
+def unlock(conn: Connection[Any], who: auth.Principal, device_id: str, *, note: str) -> PortLockRead:
+    """EB-10: a worker checked the bike on site and clears the lock (ConflictError if it is not locked)."""
+    with conn.transaction():
+        staff_device(conn, who, device_id)
+        try:
+            rules_service.clear_port_lock(conn, device_id=device_id, actor=who.actor, note=note)
+        except NotFoundError:
+            raise ConflictError(f"port {device_id} is not locked: nothing to clear") from None
+    return port_lock(conn, device_id)
+
+
+@router.get("/{device_id}/lock")
+def get_port_lock(device_id: str, conn: Conn, who: Anyone) -> PortLockRead:
+    """Whether the port is locked after a safety trip, since when and why."""
+    scoped_device(conn, who, device_id)
+    return port_lock(conn, device_id)
+
+
+@router.post("/{device_id}/unlock", responses={409: {"model": Problem}})
+def unlock_port(device_id: str, body: UnlockIn, conn: Conn, who: Staff) -> PortLockRead:
+    """Clear a port's safety lock after checking the bike on site (worker covering the site, or admin); the note
+    (what was checked) goes into the lock's history. 409 if the port is not locked."""
+    return unlock(conn, who, device_id, note=body.note)
+
+
+@router.post("/{device_id}/commands", status_code=201, responses={409: {"model": Problem}})
+def send_command(device_id: str, body: CommandIn, conn: Conn, who: Staff) -> CommandRead:
+    """Queue a manual command (self_test, silence, cut_power, restore_power, close_valve). The rules' safety
+    policy applies: no valve reopening, no restore_power on a locked port, no relay switching during a gas
+    alarm in the site; a refusal is 409 saying what to do instead."""
+    return command(conn, who, device_id, action=body.action, reason=body.reason)
