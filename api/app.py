@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import pages
 from api import repo as api_repo
 from api.deps import Conn
+from api.ratelimit import FailureLimiter
 from api.routers import admin, alarms, devices, merchants
 from api.stream import AlarmHub
 from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
@@ -68,6 +69,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
                               "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.")
     app.state.settings = settings
     app.state.hub = AlarmHub(settings.dsn)
+    app.state.auth_limiter = FailureLimiter()  # failed logins / bearer tokens per client address (issue 9)
     if pool is not None:
         app.state.pool = pool
 

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg import Connection
 
 from api import auth
+from api.ratelimit import FailureLimiter, client_key
 from api.schemas import Problem
 from core.errors import AuthError
 from core.settings import Settings
@@ -21,7 +22,8 @@ CSRF_FIELD = "csrf"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 bearer = HTTPBearer(auto_error=False, description="`gridwatch token create` or POST /api/v1/admin/tokens")
 ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 403: {"model": Problem},
-                                           404: {"model": Problem}, 422: {"model": Problem}}
+                                           404: {"model": Problem}, 422: {"model": Problem},
+                                           429: {"model": Problem}}
 
 
 def get_conn(request: Request) -> Iterator[Connection[Any]]:
@@ -59,8 +61,18 @@ def principal(request: Request, conn: Conn,
     """The caller: a bearer token, or a web session cookie (see csrf_checked for unsafe methods)."""
     key = settings_of(request).secret_key.get_secret_value()
     if creds is not None:
-        with conn.transaction():
-            return auth.authenticate(conn, secret_key=key, token=creds.credentials)
+        limiter: FailureLimiter = request.app.state.auth_limiter
+        client = client_key(request.client.host if request.client else None)
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            raise HTTPException(429, f"too many failed tokens from your address: try again in {wait} s",
+                                headers={"Retry-After": str(wait)})
+        try:
+            with conn.transaction():
+                return auth.authenticate(conn, secret_key=key, token=creds.credentials)
+        except AuthError:
+            limiter.fail(client)
+            raise
     session = request.cookies.get(SESSION_COOKIE)
     if not session:
         raise AuthError("send Authorization: Bearer <token> (create one with `gridwatch token create`) "

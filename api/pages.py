@@ -25,6 +25,7 @@ from api import auth, i18n
 from api import repo as api_repo
 from api.chart import svg_chart
 from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, settings_of
+from api.ratelimit import FailureLimiter, client_key
 from api.routers import admin as admin_routes
 from api.routers import alarms as alarm_routes
 from api.routers import devices as device_routes
@@ -128,6 +129,17 @@ async def _form(request: Request) -> dict[str, str]:
 Form = Annotated[dict[str, str], Depends(_form)]
 
 
+def _login_again(request: Request, next_url: str, error: str, *, status_code: int) -> HTMLResponse:
+    """The login form again with the error and a fresh form nonce."""
+    key = settings_of(request).secret_key.get_secret_value()
+    nonce = secrets.token_urlsafe(24)
+    page = render(request, "login.html", None, status_code=status_code, next=next_url,
+                  login_csrf=auth.csrf_token(key, "login:" + nonce), error=error)
+    page.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request),
+                    path="/login", max_age=3600)
+    return page
+
+
 @router.post("/login")
 def login(request: Request, conn: Conn, form: Form) -> Response:
     """Exchange a token for a session cookie."""
@@ -136,16 +148,20 @@ def login(request: Request, conn: Conn, form: Form) -> Response:
     next_url = _safe_next(form.get("next"))
     if not nonce or not auth.check_csrf(key, "login:" + nonce, form.get("csrf")):
         raise HTTPException(403, "the login form expired: reload the page and try again")
+    limiter: FailureLimiter = request.app.state.auth_limiter
+    client = client_key(request.client.host if request.client else None)
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        page = _login_again(request, next_url, f"too many failed logins from your address: try again in {wait} s",
+                            status_code=429)
+        page.headers["Retry-After"] = str(wait)
+        return page
     try:
         with conn.transaction():
             session, _who = auth.create_session(conn, secret_key=key, token=form.get("token", "").strip())
     except AuthError as exc:
-        new_nonce = secrets.token_urlsafe(24)
-        page = render(request, "login.html", None, status_code=401, next=next_url,
-                      login_csrf=auth.csrf_token(key, "login:" + new_nonce), error=str(exc))
-        page.set_cookie(LOGIN_COOKIE, new_nonce, httponly=True, samesite="strict", secure=_secure(request),
-                        path="/login", max_age=3600)
-        return page
+        limiter.fail(client)
+        return _login_again(request, next_url, str(exc), status_code=401)
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", secure=_secure(request),
                         path="/", max_age=int(auth.SESSION_TTL.total_seconds()))
