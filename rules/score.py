@@ -42,6 +42,27 @@ class EntryLike(Protocol):
     def corrects_id(self) -> int | None: ...
 
 
+class FindingLike(Protocol):
+    """The finding fields the open-hazard check reads (score_repo.FindingRow has them)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def found_at(self) -> datetime: ...
+    @property
+    def closed_at(self) -> datetime | None: ...
+
+
+def open_hazards(policy: ScorePolicy, findings: Iterable[FindingLike], at: datetime) -> int:
+    """Findings of a hazard kind recorded by `at` and not rectified by then (RULES-REFERENCE 6.2's "open
+    major hazard"); a kind the policy no longer knows still counts (it was a hazard when recorded)."""
+    def is_hazard(kind: str) -> bool:
+        known = policy.finding(kind)
+        return known is None or known.hazard
+    return sum(1 for f in findings
+               if f.found_at <= at and (f.closed_at is None or f.closed_at > at) and is_hazard(f.kind))
+
+
 @dataclass(frozen=True, slots=True)
 class Draft:
     """An entry the policy says is due; `key` makes writing it idempotent per merchant."""
@@ -121,8 +142,11 @@ def voided_ids(entries: Iterable[EntryLike]) -> set[int]:
     return {i for i, total in reversed_by.items() if i in by_id and by_id[i].points + total == 0}
 
 
-def derive(policy: ScorePolicy, entries: Sequence[EntryLike], now: datetime) -> Standing:
-    """Score, tier and review flag from the whole ledger of one merchant, judged at `now`."""
+def derive(policy: ScorePolicy, entries: Sequence[EntryLike], now: datetime,
+           findings: Sequence[FindingLike] = ()) -> Standing:
+    """Score, tier and review flag from the whole ledger of one merchant, judged at `now`; `findings` (all
+    the merchant's, open or closed) put the merchant in review.open_hazard_tier while one of a hazard kind
+    is open."""
     voided = voided_ids(entries)
     live = [e for e in entries if e.id not in voided and e.corrects_id is None]
     score = clamp(policy.base + sum(e.points for e in entries))
@@ -137,7 +161,13 @@ def derive(policy: ScorePolicy, entries: Sequence[EntryLike], now: datetime) -> 
         _, forced_tier, forced_until = min(forced, key=lambda f: (f[0], -f[2].timestamp()))
         if policy.tier_band(forced_tier).min < policy.tier_band(tier).min:
             tier = forced_tier
+    open_count = open_hazards(policy, findings, now) if policy.review.open_hazard_tier else 0
+    hazard_tier = policy.review.open_hazard_tier
+    if open_count and hazard_tier and policy.tier_band(hazard_tier).min < policy.tier_band(tier).min:
+        tier = hazard_tier
     reasons = []
+    if open_count and tier == hazard_tier:
+        reasons.append(f"{open_count} open hazard{'s' if open_count > 1 else ''} not yet rectified")
     if tier in policy.review.tiers:
         reasons.append(f"tier {tier}" + (f" (forced until {forced_until:%Y-%m-%d})" if tier == forced_tier
                                          and forced_until else ""))

@@ -65,6 +65,9 @@ class ReviewRule(_Strict):
     tiers: tuple[str, ...] = ("D",)
     hazards: int = Field(default=3, ge=1)
     window_days: int = Field(default=90, ge=1)
+    open_hazard_tier: str | None = Field(default=None, description="RULES-REFERENCE 6.2: any open major hazard (a "
+                                         "finding of a `hazard: true` kind not yet rectified) puts the merchant "
+                                         "in this tier regardless of score; null: not applied")
 
 
 class AlarmDeduction(_Strict):
@@ -240,6 +243,9 @@ class ScorePolicy(_Strict):
         for tier in self.review.tiers:
             if tier not in known_tiers:
                 raise ValueError(f"review.tiers: unknown tier {tier!r} (tiers are {', '.join(names)})")
+        if self.review.open_hazard_tier is not None and self.review.open_hazard_tier not in known_tiers:
+            raise ValueError(f"review.open_hazard_tier: unknown tier {self.review.open_hazard_tier!r} "
+                             f"(tiers are {', '.join(names)})")
         for forced in self.forced_tiers:
             if forced.tier not in known_tiers:
                 raise ValueError(f"forced_tiers: {forced.code} forces unknown tier {forced.tier!r}")

@@ -305,6 +305,10 @@ RETURNING {FINDING_COLUMNS}
 SELECT_OPEN_FINDINGS = f"""
 SELECT {FINDING_COLUMNS} FROM score_finding WHERE merchant_id = %s AND closed_at IS NULL ORDER BY due_at, id
 """
+SELECT_FINDINGS = f"""
+SELECT {FINDING_COLUMNS} FROM score_finding WHERE %(merchant_id)s::text IS NULL OR merchant_id = %(merchant_id)s
+ORDER BY merchant_id, id
+"""
 SELECT_OVERDUE_FINDINGS = f"""
 SELECT {FINDING_COLUMNS} FROM score_finding WHERE closed_at IS NULL AND due_at < %s ORDER BY merchant_id, id
 """
@@ -340,6 +344,12 @@ def list_open_findings(conn: Connection[Any], *, merchant_id: str) -> list[Findi
     """A merchant's findings not yet rectified, soonest deadline first."""
     with conn.cursor(row_factory=class_row(FindingRow)) as cur:
         return cur.execute(SELECT_OPEN_FINDINGS, (merchant_id,)).fetchall()
+
+
+def list_findings(conn: Connection[Any], *, merchant_id: str | None) -> list[FindingRow]:
+    """Every finding, open or closed, of one merchant (or of all: None), by merchant and id."""
+    with conn.cursor(row_factory=class_row(FindingRow)) as cur:
+        return cur.execute(SELECT_FINDINGS, {"merchant_id": merchant_id}).fetchall()
 
 
 def list_overdue_findings(conn: Connection[Any], *, now: datetime) -> list[FindingRow]:

@@ -211,11 +211,14 @@ def _write(conn: Connection[Any], merchant_id: str, drafts: Sequence[score.Draft
 
 
 def _refresh(conn: Connection[Any], policy: ScorePolicy, merchant_id: str, now: datetime,
-             entries: Sequence[repo.LedgerRow] | None = None) -> score.Standing:
-    """Derive the standing from the ledger and store it as the snapshot."""
+             entries: Sequence[repo.LedgerRow] | None = None,
+             findings: Sequence[repo.FindingRow] | None = None) -> score.Standing:
+    """Derive the standing from the ledger (and open hazard findings) and store it as the snapshot."""
     if entries is None:
         entries = repo.list_entries(conn, merchant_id=merchant_id)
-    s = score.derive(policy, entries, now)
+    if findings is None:
+        findings = repo.list_findings(conn, merchant_id=merchant_id)
+    s = score.derive(policy, entries, now, findings)
     repo.save_snapshot(conn, merchant_id=merchant_id, score=s.score, tier=s.tier, review=s.review,
                        review_reasons=s.review_reasons, hazards=s.hazards, locked_until=s.locked_until,
                        forced_tier=s.forced_tier, forced_until=s.forced_until, entries=s.entries,
@@ -444,6 +447,7 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
 
     blocking_types = sorted({t for p in ps.all() for t in p.restoration.blocked_by_open_alarm_types})
     blocking = repo.list_blocking_alarms(conn, alarm_types=blocking_types)
+    findings_of = _findings_by_merchant(conn)
     snapshots = []
     for merchant in merchants.values():
         policy = ps.for_community(merchant.community_id)
@@ -453,7 +457,7 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
         write(merchant.id, score.restorations_due(policy, ledgers[merchant.id], now=now,
                                                   blocked=any(o for o, _ in states),
                                                   unblocked_at=max(closed) if closed else None))
-        st = score.derive(policy, ledgers[merchant.id], now)
+        st = score.derive(policy, ledgers[merchant.id], now, findings_of.get(merchant.id, ()))
         snapshots.append({"merchant_id": merchant.id, "score": st.score, "tier": st.tier, "review": st.review,
                           "review_reasons": st.review_reasons, "hazards": st.hazards,
                           "locked_until": st.locked_until, "forced_tier": st.forced_tier,
@@ -461,6 +465,14 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
                           "last_entry_id": st.last_entry_id, "as_of": now})
     repo.save_snapshots(conn, snapshots=snapshots)
     return TickResult(ran=True, now=now, written=dict(written), merchants=len(merchants))
+
+
+def _findings_by_merchant(conn: Connection[Any]) -> dict[str, list[repo.FindingRow]]:
+    """Every finding, grouped by merchant (the open-hazard tier judges them at a moment)."""
+    grouped: dict[str, list[repo.FindingRow]] = {}
+    for f in repo.list_findings(conn, merchant_id=None):
+        grouped.setdefault(f.merchant_id, []).append(f)
+    return grouped
 
 
 def recompute_all(conn: Connection[Any], *, now: datetime | None = None, refresh: bool = True,
@@ -472,15 +484,17 @@ def recompute_all(conn: Connection[Any], *, now: datetime | None = None, refresh
     by_merchant: dict[str, list[repo.LedgerRow]] = {}
     for entry in repo.list_all_entries(conn):
         by_merchant.setdefault(entry.merchant_id, []).append(entry)
+    findings_of = _findings_by_merchant(conn)
     mismatches: list[Mismatch] = []
     compared = refreshed = 0
     snapshots = repo.list_snapshots(conn, community_id=None)
     for snap in snapshots:
         policy = ps.for_community(snap.community_id)
         entries = by_merchant.get(snap.merchant_id, [])
+        findings = findings_of.get(snap.merchant_id, [])
         if snap.as_of is not None:
             compared += 1
-            s = score.derive(policy, entries, snap.as_of)
+            s = score.derive(policy, entries, snap.as_of, findings)
             stored = {"score": snap.score, "tier": snap.tier, "review": snap.review,
                       "review_reasons": list(snap.review_reasons or []), "hazards": snap.hazards,
                       "entries": snap.entries, "last_entry_id": snap.last_entry_id}
@@ -493,7 +507,7 @@ def recompute_all(conn: Connection[Any], *, now: datetime | None = None, refresh
                                                derived=derived[name]))
         if refresh:
             _lock(conn, snap.merchant_id)
-            _refresh(conn, policy, snap.merchant_id, at, entries=entries)
+            _refresh(conn, policy, snap.merchant_id, at, entries=entries, findings=findings)
             refreshed += 1
     for m in mismatches:
         log.warning("merchant %s: stored %s %r differs from the ledger's %r", m.merchant_id, m.field, m.stored,
@@ -513,7 +527,8 @@ def get_score(conn: Connection[Any], *, merchant_id: str, now: datetime | None =
     policy = _policies(policies).for_community(row.community_id)
     if row.as_of is None:
         entries = repo.list_entries(conn, merchant_id=merchant_id)
-        return _score_read(policy, row, score.derive(policy, entries, _now(now)))
+        return _score_read(policy, row, score.derive(policy, entries, _now(now),
+                                                     repo.list_findings(conn, merchant_id=merchant_id)))
     return _score_read(policy, row)
 
 
@@ -570,7 +585,8 @@ def list_community_scores(conn: Connection[Any], *, community_id: str | None = N
     for row in repo.list_snapshots(conn, community_id=community_id):
         policy = ps.for_community(row.community_id)
         if row.as_of is None:
-            standing = score.derive(policy, repo.list_entries(conn, merchant_id=row.merchant_id), at)
+            standing = score.derive(policy, repo.list_entries(conn, merchant_id=row.merchant_id), at,
+                                    repo.list_findings(conn, merchant_id=row.merchant_id))
             merchants.append(_score_read(policy, row, standing))
         else:
             merchants.append(_score_read(policy, row))
