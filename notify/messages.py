@@ -40,6 +40,7 @@ ALARM_NAMES = {
         "tamper": "设备被拆",
         "device_fault": "设备故障",
         "stuck_sensor": "传感器疑似失效",
+        "device_relocate": "频繁误报：请移位或更换探测器",
         "actuation_failed": "联动执行失败",
     },
     "en": {
@@ -68,6 +69,7 @@ ALARM_NAMES = {
         "tamper": "device removed or opened",
         "device_fault": "device fault",
         "stuck_sensor": "sensor may be stuck",
+        "device_relocate": "repeated false alarms: relocate or replace the detector",
         "actuation_failed": "valve/power cut not confirmed",
     },
 }

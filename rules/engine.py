@@ -262,10 +262,22 @@ class CorroborateRule(_RuleBase):
     window_s: float = Field(gt=0)
 
 
+class RepeatRule(_RuleBase):
+    """SMK-08: `count` alarms of `of` on one device, raised within window_s and resolved with `disposition`
+    (e.g. three false alarms in 7 days) -> a maintenance alarm. Needs the people's dispositions, so the
+    service evaluates it when an alarm is resolved; a person resolves it (no automatic clear)."""
+
+    type: Literal["repeat"] = "repeat"
+    of: tuple[str, ...] = Field(min_length=1)
+    disposition: Literal["real_hazard", "false_alarm", "test", "device_fault"] = "false_alarm"
+    count: int = Field(default=3, ge=2)
+    window_s: float = Field(gt=0)
+
+
 Rule = Annotated[ThresholdRule | DurationRule | FlagRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
-                 | StuckRule | CorroborateRule, Field(discriminator="type")]
+                 | StuckRule | CorroborateRule | RepeatRule, Field(discriminator="type")]
 AnyRule = (ThresholdRule | DurationRule | FlagRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
-           | StuckRule | CorroborateRule)
+           | StuckRule | CorroborateRule | RepeatRule)
 
 
 def watched_fields(rule: AnyRule) -> frozenset[str]:
@@ -276,7 +288,7 @@ def watched_fields(rule: AnyRule) -> frozenset[str]:
         return frozenset((*rule.fields, "test"))
     if isinstance(rule, AbsenceRule):
         return frozenset()  # every message counts
-    if isinstance(rule, CorroborateRule):
+    if isinstance(rule, CorroborateRule | RepeatRule):
         return frozenset({"-"})  # never per reading
     return frozenset((rule.field,))
 
@@ -634,12 +646,20 @@ _EVALUATORS: dict[type, Any] = {
     SessionRule: evaluate_session,
     StuckRule: evaluate_stuck,
     CorroborateRule: lambda _rule, _state, _reading: None,
+    RepeatRule: lambda _rule, _state, _reading: None,
 }
 
 
 def evaluate(rule: AnyRule, state: State, reading: Reading) -> Transition | None:
     """Evaluate one rule against one reading, updating the rule's state in place."""
     return _EVALUATORS[type(rule)](rule, state, reading)  # type: ignore[no-any-return]
+
+
+def repeat_due(rule: RepeatRule, *, alarm_type: str, disposition: str, resolved_count: int) -> bool:
+    """Whether resolving an alarm of `alarm_type` with `disposition` makes `resolved_count` such alarms
+    (this one included) in the window reach the rule's count."""
+    return (rule.enabled and alarm_type in rule.of and disposition == rule.disposition
+            and resolved_count >= rule.count)
 
 
 def utcnow() -> datetime:

@@ -508,3 +508,18 @@ def gateway_is_down(conn: Connection[Any], *, gateway_id: str) -> bool:
     """Whether a gateway reported itself offline or has an active offline alarm."""
     row = _one(conn, GATEWAY_DOWN, (gateway_id,))
     return bool(row and row[0])
+
+
+COUNT_RESOLVED = """
+SELECT count(*) FROM alarm
+WHERE device_id = %(device_id)s AND type = ANY(%(types)s) AND disposition = %(disposition)s
+  AND closed_at IS NOT NULL AND raised_at >= %(since)s
+"""
+
+
+def count_resolved(conn: Connection[Any], *, device_id: str, types: Sequence[str], disposition: str,
+                   since: datetime) -> int:
+    """SMK-08: alarms of these types on a device raised since `since` and resolved with this disposition."""
+    row = conn.execute(COUNT_RESOLVED, {"device_id": device_id, "types": list(types), "disposition": disposition,
+                                        "since": since}).fetchone()
+    return int(row[0]) if row else 0

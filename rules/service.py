@@ -16,7 +16,7 @@ from psycopg import Connection
 from core.domain import Device, DeviceStatus, Disposition, Reading, Severity
 from core.errors import ConflictError, NotFoundError
 from rules import actuation, repo
-from rules.engine import AbsenceRule, CorroborateRule, StuckRule, Transition, evaluate
+from rules.engine import AbsenceRule, CorroborateRule, RepeatRule, StuckRule, Transition, evaluate, repeat_due
 from rules.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,8 @@ def acknowledge(conn: Connection[Any], *, alarm_id: int, actor: str, now: dateti
 
 
 def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Disposition, note: str | None,
-            now: datetime | None = None) -> repo.AlarmRow:
-    """Close the alarm with a disposition after the person has been on site."""
+            now: datetime | None = None, ruleset: RuleSet | None = None) -> repo.AlarmRow:
+    """Close the alarm with a disposition after the person has been on site (then SMK-08: repeated verdicts)."""
     alarm = repo.lock_alarm(conn, alarm_id=alarm_id)
     if alarm is None:
         raise NotFoundError(f"alarm {alarm_id} does not exist")
@@ -255,7 +255,25 @@ def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Di
     from rules import score_service  # merchant score: verified hazards only (docs/score.md)
 
     score_service.on_alarm_resolved(conn, alarm=alarm)
+    _repeats(conn, alarm=alarm, at=at, ruleset=ruleset)
     return alarm
+
+
+def _repeats(conn: Connection[Any], *, alarm: repo.AlarmRow, at: datetime, ruleset: RuleSet | None) -> None:
+    """SMK-08: the device's alarms resolved with the same verdict reached a repeat rule's count."""
+    device = _device(conn, alarm.device_id)
+    if device is None or alarm.disposition is None:
+        return
+    from rules.ruleset import default_rules
+
+    for rule in (ruleset or default_rules()).for_device(device):
+        if not isinstance(rule, RepeatRule) or alarm.type not in rule.of or alarm.disposition != rule.disposition:
+            continue
+        n = repo.count_resolved(conn, device_id=device.id, types=rule.of, disposition=rule.disposition,
+                                since=at - timedelta(seconds=rule.window_s))
+        if repeat_due(rule, alarm_type=alarm.type, disposition=alarm.disposition, resolved_count=n):
+            record_transition(conn, device=device, transition=rule.transition(
+                "raise", at, float(n), details={"count": n, "of": list(rule.of), "last_alarm": alarm.id}))
 
 
 # --------------------------------------------------------------------------- statuses, command acks, timer
