@@ -1,14 +1,15 @@
-"""SQL of the ingest stage: readings with duplicate absorption, rejects."""
+"""SQL of the ingest stage: readings by COPY with duplicate absorption, rejects."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 from psycopg import Connection
-from psycopg.types.json import set_json_dumps, set_json_loads
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 
 from core.domain import Reading
 
@@ -23,18 +24,21 @@ READING_TYPES = (
 )
 _COLS = ", ".join(READING_COLUMNS)
 
-_DEFS = ", ".join(f"{c} {t}" for c, t in zip(READING_COLUMNS, READING_TYPES, strict=True))
-_SELECT = ", ".join("COALESCE(seq, -1)" if c == "seq" else "NULLIF(extras, '{}')" if c == "extras" else c
-                    for c in READING_COLUMNS)
-# One statement, one round trip: the batch travels as one JSON document (orjson serialises the Reading
-# dataclasses in C) and goes straight into `reading`. It replaced COPY into a temp table + INSERT .. SELECT,
-# which cost three round trips, two inserts per row and a per-row Python COPY encoder (bench/: round trips
-# are what a busy two-core machine makes expensive). Duplicates, also inside one batch, are absorbed.
-INSERT_READINGS = f"""
-INSERT INTO reading ({_COLS}) SELECT {_SELECT} FROM jsonb_to_recordset(%s::jsonb) AS v({_DEFS})
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS reading_in (LIKE reading INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
+COPY_STAGING = f"COPY reading_in ({_COLS}) FROM STDIN (FORMAT BINARY)"
+MOVE_STAGING = f"""
+INSERT INTO reading ({_COLS}) SELECT {_COLS} FROM reading_in
 ON CONFLICT (device_id, ts, seq) DO NOTHING
 RETURNING device_id, ts, seq
 """
+
+
+# Connections whose session has the staging table, created and committed by prepare_connection (it lives as
+# long as the session, so no later rollback can take it away): creating it per batch costs a round trip, and
+# round trips are what a busy two-core machine makes expensive.
+_staged: weakref.WeakSet[Connection[Any]] = weakref.WeakSet()
 
 
 def _dumps(obj: Any) -> bytes:
@@ -46,14 +50,28 @@ def prepare_connection(conn: Connection[Any]) -> None:
     standard library's encoder, measured as a tenth of the writer's time in bench/ profiles."""
     set_json_dumps(_dumps, context=conn)
     set_json_loads(orjson.loads, context=conn)
+    with conn.transaction():
+        conn.execute(CREATE_STAGING)
+    _staged.add(conn)
 
 
 def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading]) -> list[Reading]:
-    """Insert readings; returns those that were new (a redelivered duplicate is absorbed and left out)."""
+    """COPY readings in; returns those that were new (a redelivered duplicate is absorbed and left out)."""
     if not readings:
         return []
     with conn.cursor() as cur:
-        cur.execute(INSERT_READINGS, (orjson.dumps(readings).decode(),))
+        if conn not in _staged:
+            cur.execute(CREATE_STAGING)
+        with cur.copy(COPY_STAGING) as copy:
+            copy.set_types(READING_TYPES)
+            for r in readings:
+                copy.write_row((
+                    r.device_id, r.ts, -1 if r.seq is None else r.seq, r.received_at, r.gas_lel, r.co_ppm,
+                    r.smoke_db_m, r.temp_c, r.power_w, r.current_a, r.voltage_v, r.energy_wh, r.battery_pct,
+                    r.gas, r.smoke, r.tamper, r.test, r.relay, r.valve, r.fault,
+                    Jsonb(r.extras) if r.extras else None,
+                ))
+        cur.execute(MOVE_STAGING)
         inserted = {(row[0], row[1], row[2]) for row in cur.fetchall()}
     if len(inserted) == len(readings):
         return list(readings)

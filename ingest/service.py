@@ -1,4 +1,4 @@
-"""One transaction per batch: decode, store readings, apply rules, record rejects; then ack."""
+"""One transaction per batch: decode, store readings (COPY), apply rules, record rejects; then ack."""
 
 from __future__ import annotations
 
@@ -111,10 +111,7 @@ def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder
     statuses: list[DeviceStatus] = []
     acks: list[CommandAck] = []
     rejects: list[tuple[Any, ...]] = []
-    # Pipeline mode: statements whose results are not needed at once (BEGIN, state creation, write-back,
-    # rejects, COMMIT) travel with the next one that is, so a batch costs three round trips instead of nine.
-    # Leaving the pipeline waits for COMMIT's result: an error raises here, before the caller acks.
-    with conn.pipeline(), conn.transaction():
+    with conn.transaction():
         devices.bind(conn)
         for msg in messages:
             for item in decoder.decode(msg, devices):

@@ -88,11 +88,13 @@ def _state_rows(rows: Sequence[tuple[Any, ...]]) -> dict[str, DeviceStateRow]:
 
 def lock_device_states(conn: Connection[Any], *, device_ids: Sequence[str]) -> dict[str, DeviceStateRow]:
     """Lock (in id order, so two processes cannot deadlock) and return the devices' rule state."""
-    ids = _ids_json(sorted(set(device_ids)))
-    # Create missing rows first (sorted, so two processes cannot deadlock on each other's new rows), then
-    # lock them all: in pipeline mode (ingest) both go to the server in one round trip.
-    conn.execute(ENSURE_DEVICE_STATES, (ids,))
-    return _state_rows(_all(conn, LOCK_DEVICE_STATES, (ids,)))
+    ids = sorted(set(device_ids))
+    found = _state_rows(_all(conn, LOCK_DEVICE_STATES, (_ids_json(ids),)))
+    missing = [i for i in ids if i not in found]
+    if missing:  # first message of a device: create its state row, then lock it too
+        conn.execute(ENSURE_DEVICE_STATES, (_ids_json(missing),))
+        found.update(_state_rows(_all(conn, LOCK_DEVICE_STATES, (_ids_json(missing),))))
+    return found
 
 
 SAVE_DEVICE_STATES = """
