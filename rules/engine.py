@@ -237,6 +237,9 @@ class SessionRule(_RuleBase):
     taper_s: float = 6 * 3600
     bulk_s: float = 1800
     max_wh: float = 1500
+    # no_taper: the alarm raises at taper_s without actions; still not tapering at stop_after_s (same clock)
+    # the rule's actions (and lockout) run then (EB-05: 6 h alarm, 8 h cut and lock). None: actions at raise.
+    stop_after_s: float | None = Field(default=None, gt=0)
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -547,6 +550,7 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
         if state.get("active"):
             state.pop("active", None)
             state.pop("sev", None)
+            state.pop("stopped", None)
             return rule.transition("clear", ts, details={"session_end": True})
         return None
     if s is None:
@@ -566,9 +570,23 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
     median = bulk[len(bulk) // 2]
     if p >= rule.taper_frac * median:
         s["high_since"] = s["high_since"] or s["start"]
-        if now - s["high_since"] >= rule.taper_s and not state.get("active"):
-            state["active"] = True
-            return rule.transition("raise", ts, p, details={"bulk_median_w": median, "hours": rule.taper_s / 3600})
+        high = now - s["high_since"]
+        stop = rule.stop_after_s is None or high >= rule.stop_after_s
+        if high >= rule.taper_s and not state.get("active"):
+            t = rule.transition("raise", ts, p, details={"bulk_median_w": median, "hours": round(high / 3600, 2)})
+            state["active"], state["sev"] = True, int(t.severity)
+            if stop:
+                state["stopped"] = True
+            else:
+                t.actions, t.lockout = (), False  # the stop comes at stop_after_s
+            return t
+        if state.get("active") and stop and not state.get("stopped"):
+            state["stopped"] = True
+            t = rule.transition("hold", ts, p, details={"bulk_median_w": median, "hours": round(high / 3600, 2),
+                                                        "stopped": True})
+            t.actions, t.lockout = rule.actions, rule.lockout
+            t.severity = Severity(state.get("sev", int(t.severity)))  # the stop does not re-judge night uplift
+            return t
     else:
         s["high_since"] = None
     return None

@@ -121,6 +121,10 @@ def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, tra
     if not holds:
         rules.pop(HOLDS, None)
     if change is None:
+        if transition.kind == "hold" and transition.actions:  # EB-05: a later stop within the same alarm
+            alarm = repo.get_open_alarm(conn, device_id=device.id, alarm_type=transition.alarm_type)
+            if alarm is not None:
+                _actuate(conn, device=device, transition=transition, alarm_id=alarm.id, now=now)
         return out
     out.append(change)
     if change.kind in ("raised", "reactivated", "severity_raised"):
