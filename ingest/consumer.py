@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import struct
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 FATAL_CONNECT_CODES = {"Bad user name or password", "Not authorized", "Client identifier not valid",
                        "Banned", "Bad authentication method"}
 SESSION_EXPIRY_S = 7 * 24 * 3600
+PUBACK = 0x40  # MQTT control packet type 4 (spec 2.1.2), as paho's client.PUBACK
+_PUBACK = struct.Struct("!BBH")
 
 
 class MqttConsumer:
@@ -96,9 +99,20 @@ class MqttConsumer:
 
     def ack(self, messages: list[Message]) -> int:
         """Acknowledge committed messages of the current connection; older ones come back and are absorbed."""
-        acked = 0
+        generation = self.generation
+        mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
+        queue_packet = getattr(self.client, "_packet_queue", None)
+        if mids and queue_packet is not None:
+            # The batch's PUBACKs as one write: exactly the bytes client.ack() would queue one by one (fixed
+            # header, remaining length 2, packet id; MQTT 5 omits reason code 0), but one wake-up of the
+            # network thread and one send() instead of one each per message (bench/: ~15 µs CPU a message).
+            queue_packet(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
+        else:
+            for mid in mids:
+                self.client.ack(mid, 1)
+        acked = len(mids)
         for m in messages:
-            if m.qos > 0 and m.generation == self.generation:
+            if m.qos == 2 and m.generation == generation:
                 self.client.ack(m.mid, m.qos)
                 acked += 1
         return acked
