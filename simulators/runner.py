@@ -89,7 +89,7 @@ class ScenarioRun:
         self.id_map = id_map or {}
         self.wires = wires or {}  # scenario device id -> (adapter, foreign id) of the registry device it plays
         now = time.time() if now is None else now
-        self.t0 = now - scenario.start
+        self.t0 = scenario.event_start(now)
         self.t_end = self.t0 + scenario.duration
         self.t = self.t0
         self.result = RunResult(scenario.name, self.t0, self.t_end)

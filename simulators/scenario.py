@@ -4,10 +4,12 @@ system must make of it (the alarms it must raise, and the messages it must rejec
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -162,6 +164,13 @@ class Scenario(_Strict):
     title: str
     description: str = ""
     start: float = 12 * 3600  # event time starts this long before now
+    # day / night: place the whole timeline inside 06:00-22:00 or 22:00-06:00 local time (the rules' EB-11 night
+    # uplift judges the readings' own time), so the expected severities do not depend on when the suite runs.
+    local_time: Literal["any", "day", "night"] = "any"
+    # The part of the timeline that must fall in that part of the day (default: all of it), e.g. only the
+    # moment a rule raises.
+    local_window: tuple[float, float] | None = None
+    timezone: str = "Asia/Shanghai"
     duration: float
     speed: float | None = Field(default=None, gt=0)  # event seconds per wall second; None = as fast as possible
     seed: int = 1
@@ -175,11 +184,51 @@ class Scenario(_Strict):
     def _durations(cls, value: Any) -> float:
         return parse_duration(value)
 
+    @field_validator("local_window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> tuple[float, float] | None:
+        if value is None:
+            return None
+        begin, end = (parse_duration(v) for v in value)
+        if not 0 <= begin < end:
+            raise ValueError("local_window is [from, to] with from < to")
+        return begin, end
+
+    def event_start(self, now: float) -> float:
+        """When event time starts (epoch s): `start` before now, or for a day/night scenario the latest start that
+        keeps the whole timeline inside that part of the local day and no older than 23 h."""
+        if self.local_time == "any":
+            return now - self.start
+        tz = ZoneInfo(self.timezone)
+        want_night = self.local_time == "night"
+
+        begin, end = self.local_window or (0.0, self.duration)
+
+        def fits(t0: float) -> bool:
+            checks = int((end - begin) // 60) + 1
+            for i in range(checks + 1):
+                hour = datetime.fromtimestamp(t0 + min(begin + i * 60, end), tz).hour
+                if (hour >= 22 or hour < 6) != want_night:
+                    return False
+            return True
+
+        t0 = now - self.duration - 60  # a minute of slack: the last reading must not be in the future
+        while t0 >= now - 23 * 3600:
+            if fits(t0):
+                return t0
+            t0 -= 300
+        raise ValueError(f"{self.name}: no {self.local_time} window of {self.duration / 3600:g} h in the last 23 h")
+
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
         ids = [d.id for d in self.devices]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate device ids")
+        span = (self.local_window[1] - self.local_window[0]) if self.local_window else self.duration
+        if (self.local_time == "day" and span > 16 * 3600) or (self.local_time == "night" and span > 8 * 3600):
+            raise ValueError(f"{span}s does not fit in one {self.local_time} (day 06:00-22:00, night 22:00-06:00)")
+        if self.local_window and self.local_window[1] > self.duration:
+            raise ValueError("local_window ends after the scenario")
         if self.duration > self.start:
             raise ValueError(f"duration {self.duration}s runs past now (start {self.start}s ago): readings "
                              "from the future are rejected")

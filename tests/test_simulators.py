@@ -348,3 +348,25 @@ def test_tasmota_max_power_warning_then_relay_off() -> None:
     assert [(o.topic, o.payload) for o in outs] == [
         ("stat/shed1/WARNING", b'{"Time":"2026-09-21T14:13:20+00:00","MaxPowerReached":1312}'),
         ("stat/shed1/POWER", b"OFF")]
+
+
+@pytest.mark.parametrize("local_hour", range(24))
+@pytest.mark.parametrize(("name", "part"), [("charger_no_cutoff", "day"), ("thermal_runaway_precursor", "day")])
+def test_day_scenarios_run_in_daytime_whenever_the_suite_runs(local_hour: int, name: str, part: str) -> None:
+    """EB-11 uplifts severities at night by the readings' own time, so a day scenario is placed in a daytime window
+    of the last 23 h whatever the wall clock says (this suite runs at any hour)."""
+    from datetime import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from simulators.scenario import library
+
+    scenario = library()[name]
+    assert scenario.local_time == part
+    tz = ZoneInfo("Asia/Shanghai")
+    now = dt(2026, 11, 23, local_hour, 17, tzinfo=tz).timestamp()
+    t0 = scenario.event_start(now)
+    assert now - 23 * 3600 <= t0 and t0 + scenario.duration <= now - 60
+    begin, end = scenario.local_window or (0, scenario.duration)
+    for minute in range(int(begin // 60), int(end // 60) + 1):
+        hour = dt.fromtimestamp(t0 + minute * 60, tz).hour
+        assert 6 <= hour < 22, (local_hour, minute)
