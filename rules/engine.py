@@ -224,10 +224,11 @@ class AbsenceRule(_RuleBase):
 class SessionRule(_RuleBase):
     """An e-bike charging session on a port or socket (power >= start_w starts it, < end_w for end_s ends it):
     check too_long (levels of session age), no_taper (power >= taper_frac of the bulk median for taper_s),
-    or energy (delivered Wh above max_wh)."""
+    energy (delivered Wh above max_wh), or full (power < max(full_floor_w, full_frac of the bulk median) for
+    full_s, then a top-up of topup_s, then the stop: EB-08)."""
 
     type: Literal["session"] = "session"
-    check: Literal["too_long", "no_taper", "energy"]
+    check: Literal["too_long", "no_taper", "energy", "full"]
     field: str = "power_w"
     start_w: float = 30
     end_w: float = 3
@@ -240,6 +241,12 @@ class SessionRule(_RuleBase):
     # no_taper: the alarm raises at taper_s without actions; still not tapering at stop_after_s (same clock)
     # the rule's actions (and lockout) run then (EB-05: 6 h alarm, 8 h cut and lock). None: actions at raise.
     stop_after_s: float | None = Field(default=None, gt=0)
+    # full (EB-08): "full" is power below max(full_floor_w, full_frac x bulk median) for full_s; the stop
+    # (the rule's actions) comes topup_s later. The 30 % floor keeps a lead-acid stage 2 (~60 W) charging.
+    full_floor_w: float = Field(default=45, gt=0)
+    full_frac: float = Field(default=0.3, gt=0, lt=1)
+    full_s: float = Field(default=600, ge=0)
+    topup_s: float = Field(default=2700, ge=0)
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -530,7 +537,7 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
         s["wh"] = round(s["wh"] + s["p"] * dt / 3600, 3)
         s["t"], s["p"] = now, p
     # The bulk-phase median needs only a few samples; the state is written back on every batch, so keep it small.
-    if rule.check == "no_taper" and now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 15:
+    if rule.check in ("no_taper", "full") and now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 15:
         s["bulk"].append(p)
     if p < rule.end_w:
         s["low_since"] = s["low_since"] or now
@@ -543,7 +550,7 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
 
 
 def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Transition | None:
-    """Charging-session checks in event time (EB-05, EB-07, EB-09)."""
+    """Charging-session checks in event time (EB-05, EB-07, EB-08, EB-09)."""
     s, ended = _session_step(rule, state, reading)
     ts, now = reading.ts, reading.ts.timestamp()
     if ended:
@@ -563,6 +570,8 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
             state["active"] = True
             return rule.transition("raise", ts, s["wh"], details={"energy_wh": s["wh"]})
         return None
+    if rule.check == "full":
+        return _session_full(rule, state, s, ts)
     # no_taper: power stays near the bulk-phase median for taper_s (VRLA runaway / shorted cell signature).
     bulk = sorted(s["bulk"])
     if now - s["start"] <= rule.bulk_s or not bulk:
@@ -590,6 +599,29 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
     else:
         s["high_since"] = None
     return None
+
+
+def _session_full(rule: SessionRule, state: State, s: dict[str, Any], ts: datetime) -> Transition | None:
+    """EB-08: full when power stays below max(floor, frac x bulk median) for full_s; stop topup_s later."""
+    now, p = ts.timestamp(), s["p"]
+    bulk = sorted(s["bulk"])
+    if state.get("active") or now - s["start"] <= rule.bulk_s or not bulk:
+        return None
+    median = bulk[len(bulk) // 2]
+    limit = max(rule.full_floor_w, rule.full_frac * median)
+    if s.get("full_at") is None:
+        if p >= limit:
+            s["full_low"] = None
+            return None
+        s["full_low"] = s.get("full_low") or now
+        if now - s["full_low"] < rule.full_s:
+            return None
+        s["full_at"] = s["full_low"] + rule.full_s  # the top-up starts; it runs its course whatever the power
+    if now - s["full_at"] < rule.topup_s:
+        return None
+    state["active"] = True
+    return rule.transition("raise", ts, p, details={"bulk_median_w": median, "full_below_w": round(limit, 1),
+                                                    "topup_min": round(rule.topup_s / 60)})
 
 
 def _session_age(rule: SessionRule, state: State, now: float, at: datetime) -> Transition | None:

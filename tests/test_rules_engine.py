@@ -249,6 +249,46 @@ def test_tapering_charge_is_not_no_taper_and_session_ends_when_unplugged() -> No
     assert "s" not in state, "the session ended on unplugging"
 
 
+def charge(*phases: tuple[float, float]) -> list[tuple[float, dict[str, Any]]]:
+    """(watts, seconds) phases sampled every 60 s."""
+    out, t = [], 0.0
+    for watts, seconds in phases:
+        for _ in range(int(seconds / 60)):
+            out.append((t, {"power_w": watts}))
+            t += 60
+    return out
+
+
+@pytest.mark.parametrize(("series", "expected_first"), [
+    # lithium: 150 W bulk 1 h, then 20 W: full after 10 min below 45 W, stop after the 45 min top-up
+    (charge((150, 3600), (20, 3600)), 3600 + 600 + 2700),
+    (charge((150, 3600), (20, 600 + 2700)), None),  # one sample short of the top-up's end
+    # lead-acid stage 2 at 60 W after a 180 W bulk (30 % = 54 W) or 110 W bulk (floor 45 W) is not full
+    (charge((180, 3 * 3600), (60, 4 * 3600)), None),
+    (charge((110, 3 * 3600), (60, 4 * 3600)), None),
+    # 30 % of a 300 W bulk is 90 W: 60 W counts as full although above the 45 W floor
+    (charge((300, 3600), (60, 3 * 3600)), 3600 + 600 + 2700),
+    # a dip under the limit shorter than 10 min restarts the count
+    (charge((150, 3600), (20, 540), (150, 600), (20, 3600)), 3600 + 540 + 600 + 600 + 2700),
+    # the top-up runs its course even if the charger pulses above the limit during it
+    (charge((150, 3600), (20, 660), (100, 600), (20, 3000)), 3600 + 600 + 2700),
+    # no judgement inside the bulk window (a slow start below 45 W is not full)
+    (charge((40, 1800), (150, 3600)), None),
+])
+def test_eb08_full_stop(series: list[Any], expected_first: float | None) -> None:
+    assert first_raise("EB-08", series) == expected_first
+
+
+def test_eb08_stops_without_lockout_at_info_and_clears_when_the_session_ends() -> None:
+    rule = RULES.by_id("EB-08")
+    state: dict[str, Any] = {}
+    got = [(t, tr) for t, f in charge((150, 3600), (20, 3600), (0, 600))
+           if (tr := evaluate(rule, state, reading(t, **f))) is not None]
+    assert [(t, tr.kind) for t, tr in got] == [(6900, "raise"), (7200 + 300, "clear")]
+    raised = got[0][1]
+    assert raised.severity == Severity.INFO and raised.actions == ("cut_power",) and not raised.lockout
+
+
 def test_charging_too_long_rises_to_major_with_a_cut_at_12h_on_the_timer() -> None:
     rule = RULES.by_id("EB-07")
     state: dict[str, Any] = {}

@@ -285,6 +285,24 @@ def test_charger_climbing_2c_per_minute_is_cut_and_locked(site: Settings, ingest
         port.close()
 
 
+def test_lithium_charge_is_stopped_at_full_after_the_top_up(site: Settings, ingest: IngestWorker, actuator: Actuator,
+                                                            publisher: Publisher, services: Any) -> None:
+    port = SimulatedValve(site, services.mqtt_port, "port-1")  # answers cut_power with relay off
+    try:
+        base = ago_ms(3 * 3600)
+        charge = [(i * 60, {"power_w": 150 if i < 60 else 20, "relay": "on"}) for i in range(120)]  # 1 h bulk, 1 h low
+        send(publisher, site, "port-1", charge, base)
+        wait_for(lambda: alarms(site, "port-1") == [("port-1", "charging_full_stop", 1, True, False)],
+                 what="EB-08 raised at info")
+        raised_at = q(site, "SELECT raised_at FROM alarm")[0][0]
+        assert raised_at == datetime.fromtimestamp((base + (3600 + 600 + 2700) * 1000) / 1000, tz=UTC)
+        wait_for(lambda: q(site, "SELECT action, status FROM command") == [("cut_power", "confirmed")],
+                 what="stop confirmed")
+        assert q(site, "SELECT count(*) FROM port_lock") == [(0,)], "a stop at full is not a safety lockout"
+    finally:
+        port.close()
+
+
 # ------------------------------------------------------------------------------------------------ device health
 
 
