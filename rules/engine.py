@@ -59,6 +59,10 @@ class _RuleBase(BaseModel):
     lockout: bool = False
     # Do not raise while one of these rules is active on the same device (a higher level of the same family).
     inhibited_by: tuple[str, ...] = ()
+    # Raised while one of these rules is active on the same device -> at least severity_if_active (EB-06: P1
+    # with EB-03/EB-04). Applied by the service, which sees the device's other rules.
+    if_active: tuple[str, ...] = ()
+    severity_if_active: Severity | None = None
     # Severity rises to escalate_to once the alarm has been active this long (timer; e.g. low battery 7 days).
     escalate_after_s: float | None = Field(default=None, gt=0)
     escalate_to: Severity | None = None
@@ -69,7 +73,7 @@ class _RuleBase(BaseModel):
     source: str = Field(min_length=3, description="standard, vendor practice, or 'engineering judgement'")
     message: str = ""
 
-    @field_validator("severity", "escalate_to", mode="before")
+    @field_validator("severity", "escalate_to", "severity_if_active", mode="before")
     @classmethod
     def _severity(cls, value: Any) -> Severity | None:
         return None if value is None else _sev(value)
@@ -224,11 +228,12 @@ class AbsenceRule(_RuleBase):
 class SessionRule(_RuleBase):
     """An e-bike charging session on a port or socket (power >= start_w starts it, < end_w for end_s ends it):
     check too_long (levels of session age), no_taper (power >= taper_frac of the bulk median for taper_s),
-    energy (delivered Wh above max_wh), or full (power < max(full_floor_w, full_frac of the bulk median) for
-    full_s, then a top-up of topup_s, then the stop: EB-08)."""
+    energy (delivered Wh above max_wh), full (power < max(full_floor_w, full_frac of the bulk median) for
+    full_s, then a top-up of topup_s, then the stop: EB-08), or rerise (once tapered below rerise_taper_frac of
+    the bulk median, power >= the taper's minimum x (1 + rerise_frac) and + rerise_min_w for rerise_s: EB-06)."""
 
     type: Literal["session"] = "session"
-    check: Literal["too_long", "no_taper", "energy", "full"]
+    check: Literal["too_long", "no_taper", "energy", "full", "rerise"]
     field: str = "power_w"
     start_w: float = 30
     end_w: float = 3
@@ -247,6 +252,12 @@ class SessionRule(_RuleBase):
     full_frac: float = Field(default=0.3, gt=0, lt=1)
     full_s: float = Field(default=600, ge=0)
     topup_s: float = Field(default=2700, ge=0)
+    # rerise (EB-06): after the taper (power < rerise_taper_frac x bulk median) a sustained rise of rerise_frac
+    # above the taper's minimum, and at least rerise_min_w (so standby noise of a few watts is no rise).
+    rerise_taper_frac: float = Field(default=0.5, gt=0, lt=1)
+    rerise_frac: float = Field(default=0.3, gt=0)
+    rerise_min_w: float = Field(default=10, ge=0)
+    rerise_s: float = Field(default=600, ge=0)
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -537,7 +548,7 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
         s["wh"] = round(s["wh"] + s["p"] * dt / 3600, 3)
         s["t"], s["p"] = now, p
     # The bulk-phase median needs only a few samples; the state is written back on every batch, so keep it small.
-    if rule.check in ("no_taper", "full") and now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 15:
+    if rule.check in ("no_taper", "full", "rerise") and now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 15:
         s["bulk"].append(p)
     if p < rule.end_w:
         s["low_since"] = s["low_since"] or now
@@ -572,6 +583,8 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
         return None
     if rule.check == "full":
         return _session_full(rule, state, s, ts)
+    if rule.check == "rerise":
+        return _session_rerise(rule, state, s, ts)
     # no_taper: power stays near the bulk-phase median for taper_s (VRLA runaway / shorted cell signature).
     bulk = sorted(s["bulk"])
     if now - s["start"] <= rule.bulk_s or not bulk:
@@ -622,6 +635,31 @@ def _session_full(rule: SessionRule, state: State, s: dict[str, Any], ts: dateti
     state["active"] = True
     return rule.transition("raise", ts, p, details={"bulk_median_w": median, "full_below_w": round(limit, 1),
                                                     "topup_min": round(rule.topup_s / 60)})
+
+
+def _session_rerise(rule: SessionRule, state: State, s: dict[str, Any], ts: datetime) -> Transition | None:
+    """EB-06: after the taper, power rising again (BMS/cell failure signature) for rerise_s."""
+    now, p = ts.timestamp(), s["p"]
+    bulk = sorted(s["bulk"])
+    if state.get("active") or now - s["start"] <= rule.bulk_s or not bulk:
+        return None
+    median = bulk[len(bulk) // 2]
+    low = s.get("taper_min")
+    if low is None:
+        if p < rule.rerise_taper_frac * median:
+            s["taper_min"] = p
+        return None
+    if p < low:
+        s["taper_min"], s["rise_since"] = p, None
+        return None
+    if p < max(low * (1 + rule.rerise_frac), low + rule.rerise_min_w):
+        s["rise_since"] = None
+        return None
+    s["rise_since"] = s.get("rise_since") or now
+    if now - s["rise_since"] < rule.rerise_s:
+        return None
+    state["active"] = True
+    return rule.transition("raise", ts, p, details={"bulk_median_w": median, "taper_min_w": low})
 
 
 def _session_age(rule: SessionRule, state: State, now: float, at: datetime) -> Transition | None:

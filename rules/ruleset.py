@@ -62,8 +62,8 @@ class CompiledRule:
 
 
 def _order(rules: tuple[AnyRule, ...]) -> tuple[AnyRule, ...]:
-    """Rules that inhibit others are evaluated first, so the inhibition sees this reading's result."""
-    inhibitors = {i for r in rules for i in r.inhibited_by}
+    """Rules that inhibit (or uplift, if_active) others are evaluated first, so they see this reading's result."""
+    inhibitors = {i for r in rules for i in (*r.inhibited_by, *r.if_active)}
     return tuple(sorted(rules, key=lambda r: 0 if r.id in inhibitors else 1))
 
 
@@ -176,6 +176,9 @@ def parse_rules(data: Any, source: str, *, base: RuleSet | None = None) -> RuleS
         missing = [i for i in r.inhibited_by if i not in known_ids]
         if missing:
             raise ConfigError(f"{source}: rule {r.id} is inhibited_by unknown rule(s) {', '.join(missing)}")
+        missing = [i for i in r.if_active if i not in known_ids]
+        if missing:
+            raise ConfigError(f"{source}: rule {r.id} has if_active unknown rule(s) {', '.join(missing)}")
     return RuleSet(rules=tuple(rules), overrides=(*inherited, *overrides))
 
 

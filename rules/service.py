@@ -85,6 +85,9 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
                 continue
             if transition is None:
                 continue
+            if (transition.kind == "raise" and rule.severity_if_active is not None
+                    and any(rules.get(i, {}).get("active") for i in rule.if_active)):
+                transition.severity = max(transition.severity, rule.severity_if_active)  # EB-06 with EB-03/04
             changes.extend(apply_transition(conn, device=device, rule_id=rule.id, transition=transition,
                                             rules=rules, ruleset=ruleset, now=wall))
     _confirm_by_state(conn, readings=readings, at=wall)

@@ -279,6 +279,34 @@ def test_eb08_full_stop(series: list[Any], expected_first: float | None) -> None
     assert first_raise("EB-08", series) == expected_first
 
 
+@pytest.mark.parametrize(("series", "expected_first"), [
+    # lithium: bulk 150 W, taper to 20 W (< 75 W), then 40 W (>= 30 W = max(26, 20 + 10)) held 10 min
+    (charge((150, 3600), (20, 1200), (40, 1200)), 3600 + 1200 + 600),
+    (charge((150, 3600), (20, 1200), (40, 600)), None),  # one sample short of 10 min
+    (charge((150, 3600), (20, 1200), (29, 1800)), None),  # below the 10 W minimum rise
+    # the rise must hold: a 9 min bump then a fall restarts the count
+    (charge((150, 3600), (20, 1200), (40, 540), (20, 300), (40, 900)), 3600 + 1200 + 540 + 300 + 600),
+    # no taper yet (still >= 50 % of bulk): a rise from 90 W to 150 W is no re-rise
+    (charge((150, 3600), (90, 1200), (150, 1800)), None),
+    # lead-acid three stages (180 W bulk, 60 W stage 2, 10 W float) only ever falls
+    (charge((180, 3 * 3600), (60, 3 * 3600), (10, 3600)), None),
+    # a relative rise of 30 % on a higher base: taper at 60 W, then 80 W (>= 78 W) for 10 min
+    (charge((180, 3600), (60, 1200), (80, 1200)), 3600 + 1200 + 600),
+])
+def test_eb06_rerise_after_taper(series: list[Any], expected_first: float | None) -> None:
+    assert first_raise("EB-06", series) == expected_first
+
+
+def test_eb06_cuts_and_locks_at_major() -> None:
+    rule = RULES.by_id("EB-06")
+    state: dict[str, Any] = {}
+    got = [tr for t, f in charge((150, 3600), (20, 1200), (40, 1200))
+           if (tr := evaluate(rule, state, reading(t, **f))) is not None]
+    assert [(tr.kind, tr.severity, tr.actions, tr.lockout) for tr in got] == [
+        ("raise", Severity.MAJOR, ("cut_power",), True)]
+    assert rule.if_active == ("EB-03", "EB-04") and rule.severity_if_active == Severity.CRITICAL
+
+
 def test_eb08_stops_without_lockout_at_info_and_clears_when_the_session_ends() -> None:
     rule = RULES.by_id("EB-08")
     state: dict[str, Any] = {}

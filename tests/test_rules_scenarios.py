@@ -22,6 +22,7 @@ from core.settings import Settings
 from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
 from rules import service as rules_service
+from rules.engine import is_night
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
 from tests.support import Publisher, wait_for
@@ -112,6 +113,14 @@ def send(publisher: Publisher, settings: Settings, device: str, series: list[tup
 
 def ago_ms(seconds: float) -> int:
     return int((time.time() - seconds) * 1000)
+
+
+def daytime_ago_ms(span_s: float) -> int:
+    """The latest start (ms) at least 2 h ago whose span_s lies within 08:00-20:00 Chengdu (no EB-11 uplift)."""
+    start = time.time() - 2 * 3600 - span_s
+    while is_night(datetime.fromtimestamp(start, tz=UTC)) or is_night(datetime.fromtimestamp(start + span_s, tz=UTC)):
+        start -= 900
+    return int(start * 1000)
 
 
 def conn_for(settings: Settings) -> psycopg.Connection[Any]:
@@ -301,6 +310,21 @@ def test_lithium_charge_is_stopped_at_full_after_the_top_up(site: Settings, inge
         assert q(site, "SELECT count(*) FROM port_lock") == [(0,)], "a stop at full is not a safety lockout"
     finally:
         port.close()
+
+
+def test_rerise_after_taper_with_a_runaway_temperature_is_critical(site: Settings, ingest: IngestWorker,
+                                                                   publisher: Publisher) -> None:
+    base = daytime_ago_ms(5400)  # the P1 must come from EB-04, not from the night uplift
+    charge = [(i * 60, {"power_w": 150, "temp_c": 35, "relay": "on"}) for i in range(60)]  # 1 h bulk
+    charge += [(3600 + i * 60, {"power_w": 20, "temp_c": 32, "relay": "on"}) for i in range(20)]  # taper
+    charge += [(4800 + i * 60, {"power_w": 45, "temp_c": 85, "relay": "on"}) for i in range(11)]  # re-rise, 85 C
+    send(publisher, site, "port-1", charge, base)
+    wait_for(lambda: [a[1:3] for a in alarms(site, "port-1")] == [("thermal_runaway_precursor", 4),
+                                                                   ("charging_overtemp", 3), ("charging_rerise", 4)],
+             what="EB-04 then EB-06 raised critical (P1 with EB-04 active)")
+    raised_at = q(site, "SELECT raised_at FROM alarm WHERE type = 'charging_rerise'")[0][0]
+    assert raised_at == datetime.fromtimestamp((base + (4800 + 600) * 1000) / 1000, tz=UTC)
+    assert q(site, "SELECT device_id FROM port_lock WHERE cleared_at IS NULL") == [("port-1",)]
 
 
 # ------------------------------------------------------------------------------------------------ device health
