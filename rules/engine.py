@@ -171,6 +171,17 @@ class FlagRule(_RuleBase):
     clear_for_s: float = Field(default=0, ge=0)
 
 
+class HushRule(_RuleBase):
+    """A detector silenced (hush) while its alarm flag persists (SMK-07): `field` and `hush_field` both truthy
+    for `for_s` in event time re-raises. The last reported value of each is remembered (they may come in
+    separate readings); clears as soon as either is reported off."""
+
+    type: Literal["hush"] = "hush"
+    field: str
+    hush_field: str
+    for_s: float = Field(ge=0)
+
+
 class DoseRule(_RuleBase):
     """Time-weighted CO exposure (RULES-REFERENCE 2.2): a first-order COHb-equivalent integrator
     E += (c - E)(1 - exp(-dt/tau)), alarm at E >= r, plus the EN 50291 300 ppm override; clears when
@@ -295,9 +306,9 @@ class RepeatRule(_RuleBase):
     window_s: float = Field(gt=0)
 
 
-Rule = Annotated[ThresholdRule | DurationRule | FlagRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
-                 | StuckRule | CorroborateRule | RepeatRule, Field(discriminator="type")]
-AnyRule = (ThresholdRule | DurationRule | FlagRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
+Rule = Annotated[ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | RateOfRiseRule | AbsenceRule
+                 | SessionRule | StuckRule | CorroborateRule | RepeatRule, Field(discriminator="type")]
+AnyRule = (ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
            | StuckRule | CorroborateRule | RepeatRule)
 
 
@@ -305,6 +316,8 @@ def watched_fields(rule: AnyRule) -> frozenset[str]:
     """The reading fields a rule reads (a reading with none of them is skipped without evaluation)."""
     if isinstance(rule, ThresholdRule):
         return frozenset(f for f in (rule.field, rule.flag) if f)
+    if isinstance(rule, HushRule):
+        return frozenset((rule.field, rule.hush_field))
     if isinstance(rule, StuckRule):
         return frozenset((*rule.fields, "test"))
     if isinstance(rule, AbsenceRule):
@@ -414,6 +427,27 @@ def evaluate_flag(rule: FlagRule, state: State, reading: Reading) -> Transition 
     if state.get("active") and now - state.get("on", now) >= rule.clear_for_s:
         state.clear()
         return rule.transition("clear", reading.ts)
+    return None
+
+
+def evaluate_hush(rule: HushRule, state: State, reading: Reading) -> Transition | None:
+    for name, key in ((rule.field, "on"), (rule.hush_field, "hush")):
+        value = reading.value(name)
+        if value is not None:
+            state[key] = bool(value)
+    ts = reading.ts
+    if not (state.get("on") and state.get("hush")):
+        state.pop("since", None)
+        if state.pop("active", None):
+            return rule.transition("clear", ts)
+        return None
+    state["since"] = state.get("since") or ts.timestamp()
+    held = ts.timestamp() - state["since"]
+    if state.get("active"):
+        return rule.transition("hold", ts)
+    if held >= rule.for_s:
+        state["active"] = True
+        return rule.transition("raise", ts, round(held), details={"silenced_s": round(held)})
     return None
 
 
@@ -728,6 +762,7 @@ _EVALUATORS: dict[type, Any] = {
     ThresholdRule: evaluate_threshold,
     DurationRule: evaluate_duration,
     FlagRule: evaluate_flag,
+    HushRule: evaluate_hush,
     DoseRule: evaluate_dose,
     RateOfRiseRule: evaluate_rate_of_rise,
     AbsenceRule: evaluate_absence,

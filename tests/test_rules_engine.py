@@ -18,7 +18,7 @@ RULES = default_rules()
 
 
 def reading(t: float, **fields: Any) -> Reading:
-    extras = {k: fields.pop(k) for k in list(fields) if k in ("co", "battery_low")}
+    extras = {k: fields.pop(k) for k in list(fields) if k in ("co", "battery_low", "silence")}
     return Reading(device_id="d", ts=T0 + timedelta(seconds=t), received_at=T0 + timedelta(seconds=t), extras=extras,
                    **fields)
 
@@ -137,6 +137,14 @@ def test_co_device_flag_is_immediate() -> None:
     ("SMK-01", [(0, {"smoke": True}), (30, {"smoke": False}), (89, {"smoke": False}), (90, {"smoke": False})],
      [(0, "raise", 4), (90, "clear", 4)]),
     ("SMK-03", [(0, {"smoke_db_m": 0.08}), (10, {"smoke_db_m": 0.09})], [(10, "raise", 3)]),
+    # SMK-07: silenced (extras `silence`) while the smoke flag persists 10 min re-raises at P1
+    ("SMK-07", [(0, {"smoke": True}), (60, {"smoke": True, "silence": True}), (659, {"smoke": True})], []),
+    ("SMK-07", [(0, {"smoke": True}), (60, {"smoke": True, "silence": True}), (660, {"smoke": True}),
+                (700, {"smoke": True}), (720, {"smoke": False})], [(660, "raise", 4), (720, "clear", 4)]),
+    ("SMK-07", [(0, {"smoke": True, "silence": True}), (300, {"silence": False}), (900, {"smoke": True})], []),
+    ("SMK-07", [(0, {"smoke": True}), (3600, {"smoke": True})], []),  # never silenced: SMK-01's job
+    ("SMK-07", [(0, {"smoke": True, "silence": True}), (300, {"smoke": False}), (301, {"smoke": True}),
+                (900, {"smoke": True})], []),  # the count restarts when the smoke flag drops
     ("SMK-05", [(0, {"tamper": True}), (60, {"tamper": False})], [(0, "raise", 3), (60, "clear", 3)]),
     # low battery: 15 % raises, hysteresis until above 25 %
     ("SMK-06", [(0, {"battery_pct": 16})], []),

@@ -250,6 +250,17 @@ def test_second_smoke_detector_confirms_fire(site: Settings, ingest: IngestWorke
                                                           ("smoke-b", "fire_confirmed", 4)]
 
 
+def test_smoke_silenced_while_smoke_persists_is_raised_again(site: Settings, ingest: IngestWorker,
+                                                             publisher: Publisher) -> None:
+    base = ago_ms(3600)
+    series = [(0, {"smoke": True})] + [(60 + i * 60, {"smoke": True, "silence": True}) for i in range(11)]
+    send(publisher, site, "smoke-a", series, base)
+    wait_for(lambda: [a[1:3] for a in alarms(site, "smoke-a")] == [("smoke", 4), ("smoke_hushed", 4)],
+             what="SMK-07 raised P1 next to SMK-01")
+    raised_at = q(site, "SELECT raised_at FROM alarm WHERE type = 'smoke_hushed'")[0][0]
+    assert raised_at == datetime.fromtimestamp((base + 660_000) / 1000, tz=UTC), "10 min after the silence"
+
+
 # ------------------------------------------------------------------------------------------------ e-bike
 
 
