@@ -110,8 +110,9 @@ class IngestWorker:
                 conn = self._connection()
                 ingest_service.process_batch(conn, messages=batch, decoder=self.decoder, devices=self.devices,
                                              ruleset=self.ruleset, limiter=self.limiter)
-            except psycopg.Error as exc:
-                if isinstance(exc, psycopg.OperationalError) or refuses_writes(exc):
+            except Exception as exc:
+                if isinstance(exc, psycopg.OperationalError) or (isinstance(exc, psycopg.Error)
+                                                                 and refuses_writes(exc)):
                     # Not the messages' fault: hold them unacknowledged (the broker keeps them) and retry on a
                     # fresh connection, which also picks up a database made writable again.
                     why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -128,30 +129,21 @@ class IngestWorker:
                     self._stop.wait(delay)
                     delay = min(delay * 2, 10)
                     continue
-                log.exception("batch of %d failed in the database; retrying message by message", len(batch))
+                # One message is to blame (the database refuses it, or a decoder or rules bug): it must not strand
+                # the batch unacknowledged, holding Receive Maximum slots and failing again on every redelivery.
+                # Retry one by one and keep the culprit as a reject.
+                in_db = isinstance(exc, psycopg.Error)
+                log.exception("batch of %d failed %s; retrying message by message", len(batch),
+                              "in the database" if in_db else "outside the database")
                 self._drop_connection()
                 if len(batch) > 1:
                     for single in batch:
                         self._commit_batch([single])
                     return
+                reason = ("internal error: the database refused it" if in_db
+                          else f"internal error: {type(exc).__name__}: {exc}"[:300])
                 try:
-                    self._reject_poison(batch[0])
-                except psycopg.Error:
-                    log.warning("could not record the refused message as a reject; retrying it", exc_info=True)
-                    self._drop_connection()
-                    self._stop.wait(delay)
-                    continue
-            except Exception as exc:
-                # A decoder or rules bug on one message must not strand the batch unacknowledged: it would hold
-                # Receive Maximum slots, come back on reconnect and fail again. Isolate it, keep it as a reject.
-                log.exception("batch of %d failed outside the database; retrying message by message", len(batch))
-                self._drop_connection()
-                if len(batch) > 1:
-                    for single in batch:
-                        self._commit_batch([single])
-                    return
-                try:
-                    self._reject_poison(batch[0], reason=f"internal error: {type(exc).__name__}: {exc}"[:300])
+                    self._reject_poison(batch[0], reason=reason)
                 except psycopg.Error:
                     log.warning("could not record the failing message as a reject; retrying it", exc_info=True)
                     self._drop_connection()
@@ -161,8 +153,8 @@ class IngestWorker:
             self.processed += len(batch)
             return
 
-    def _reject_poison(self, msg: Message, reason: str = "internal error: the database refused it") -> None:
-        """A single message the database refuses for a reason other than being down: keep it as a reject."""
+    def _reject_poison(self, msg: Message, *, reason: str) -> None:
+        """A single message that fails for a reason other than the database being down: keep it as a reject."""
         conn = self._connection()
         with conn.transaction():
             ingest_repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None,
