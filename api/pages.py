@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ from api.routers import admin as admin_routes
 from api.routers import alarms as alarm_routes
 from api.routers import devices as device_routes
 from api.routers import merchants as merchant_routes
-from api.stream import alarm_changes
+from api.stream import alarm_stream
 from core.domain import Disposition, Severity
 from core.errors import AuthError
 from rules import score_policy, score_service
@@ -207,18 +206,8 @@ def board(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
 async def board_stream(request: Request, who: Staff,
                        max_s: Annotated[float | None, Query(gt=0, le=3600)] = None) -> StreamingResponse:
     """The board's live feed: each changed alarm as its rendered row (open=false: take it off the board)."""
-    async def events() -> AsyncIterator[str]:
-        yield "retry: 2000\n\n"
-        async for row in alarm_changes(request.app.state.hub, request.app.state.pool, who,
-                                       request.is_disconnected, max_s=max_s):
-            if row is None:
-                yield ": keep-alive\n\n"
-                continue
-            data = {"id": row.id, "open": row.closed_at is None, "html": _row_html(request, who, row)}
-            yield alarm_routes.sse("alarm", json.dumps(data), str(row.id))
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return alarm_stream(request, who, max_s, lambda row: json.dumps(
+        {"id": row.id, "open": row.closed_at is None, "html": _row_html(request, who, row)}))
 
 
 def _after_action(request: Request, who: auth.Principal, conn: Connection[Any], alarm_id: int) -> Response:

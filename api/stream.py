@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
 
 from api import auth
 from api import repo as api_repo
@@ -129,3 +130,22 @@ async def alarm_changes(hub: AlarmHub, pool: ConnectionPool, who: auth.Principal
                 del sent[alarm_id]
     finally:
         hub.unsubscribe(queue)
+
+
+def sse(event: str, data: str, event_id: str | None = None) -> str:
+    """One Server-Sent Event (data is one JSON line, so no field splitting is needed)."""
+    return (f"id: {event_id}\n" if event_id else "") + f"event: {event}\ndata: {data}\n\n"
+
+
+def alarm_stream(request: Any, who: auth.Principal, max_s: float | None,
+                 render: Callable[[api_repo.AlarmListRow], str]) -> StreamingResponse:
+    """An SSE response of the caller's alarm changes, each rendered as one `alarm` event (API JSON or a board
+    row), with keep-alives while nothing changes."""
+    async def events() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        async for row in alarm_changes(request.app.state.hub, request.app.state.pool, who,
+                                       request.is_disconnected, max_s=max_s):
+            yield ": keep-alive\n\n" if row is None else sse("alarm", render(row), str(row.id))
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -14,7 +13,7 @@ from api import auth
 from api import repo as api_repo
 from api.deps import ERRORS, Anyone, Conn, Staff
 from api.schemas import AlarmDetail, AlarmEventRead, AlarmPage, AlarmRead, Problem, ReadingRead, ResolveIn
-from api.stream import alarm_changes
+from api.stream import alarm_stream
 from core.domain import Severity
 from core.errors import NotFoundError
 from rules import service as rules_service
@@ -65,11 +64,6 @@ def list_alarms(
                      next_before=rows[-1].id if len(rows) == limit else None)
 
 
-def sse(event: str, data: str, event_id: str | None = None) -> str:
-    """One Server-Sent Event (data is one JSON line, so no field splitting is needed)."""
-    return (f"id: {event_id}\n" if event_id else "") + f"event: {event}\ndata: {data}\n\n"
-
-
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: alarm` with an AlarmRead as data, per change"}})
@@ -78,17 +72,7 @@ async def stream_alarms(
     max_s: Annotated[float | None, Query(gt=0, le=3600, description="end the stream after this long")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: every new or changed alarm in the caller's scope, as it happens."""
-    async def events() -> AsyncIterator[str]:
-        yield "retry: 2000\n\n"
-        async for row in alarm_changes(request.app.state.hub, request.app.state.pool, who,
-                                       request.is_disconnected, max_s=max_s):
-            if row is None:
-                yield ": keep-alive\n\n"
-            else:
-                yield sse("alarm", AlarmRead.of(row).model_dump_json(), str(row.id))
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return alarm_stream(request, who, max_s, lambda row: AlarmRead.of(row).model_dump_json())
 
 
 @router.get("/{alarm_id}")
