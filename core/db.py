@@ -111,9 +111,12 @@ def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 8, name: str = "gr
 SELECT_DATABASE = "SELECT 1 FROM pg_database WHERE datname = %s"
 
 
-def ensure_database(admin_url: str, name: str) -> str:
-    """Create database `name` on the server of admin_url if missing; returns its URL."""
+def ensure_database(admin_url: str, name: str, *, fresh: bool = False) -> str:
+    """Create database `name` on the server of admin_url if missing (dropped first when fresh); returns its URL."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
+        if fresh:
+            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg.sql.Identifier(name)))
         if conn.execute(SELECT_DATABASE, (name,)).fetchone() is None:
             conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     return admin_url.rsplit("/", 1)[0] + "/" + name

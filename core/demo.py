@@ -80,7 +80,9 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
         if not database_url:
             say(f"• starting a private PostgreSQL in {data_dir / 'pg'}")
             pg = EmbeddedPostgres(data_dir / "pg")
-            database_url = db.ensure_database(pg.start(), "gridwatch")
+            # Every demo starts from the same state: alarms left open by the last run would otherwise turn
+            # the tour's new alarms into repeats (no new notification) and reminders.
+            database_url = db.ensure_database(pg.start(), "gridwatch", fresh=True)
         if not mqtt_url:
             say(f"• starting a private Mosquitto in {data_dir / 'mosquitto'}")
             mosq = EmbeddedMosquitto(data_dir / "mosquitto", port=free_port())
