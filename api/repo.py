@@ -423,9 +423,9 @@ REGISTRY_SELECT: dict[str, str] = {
             AS grids
         FROM worker w""",
     "merchant": "SELECT id, community_id, name, contact, phone, notify_urls AS notify FROM merchant",
-    "site": "SELECT id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg FROM site",
+    "site": "SELECT id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building FROM site",
     "device": """SELECT id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
-        model, active FROM device""",
+        model, mounting, active FROM device""",
 }
 # The alias each SELECT uses for its table (worker's has one).
 _ALIAS = {"worker": "w.id"}
@@ -489,9 +489,11 @@ def upsert_merchant(conn: Connection[Any], *, id: str, community_id: str, name: 
 
 
 def upsert_site(conn: Connection[Any], *, id: str, micro_grid_id: str, merchant_id: str | None,
-                kind: str, name: str, address: str, floor: int | None, flags: list[str], lpg: bool) -> None:
+                kind: str, name: str, address: str, floor: int | None, flags: list[str], lpg: bool,
+                building: str | None = None) -> None:
     """Insert or update a site."""
-    conn.execute(core_repo.UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg))
+    conn.execute(core_repo.UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg,
+                                         building))
 
 
 UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"
@@ -499,10 +501,10 @@ UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"
 
 def upsert_device(conn: Connection[Any], *, id: str, kind: str, site_id: str, location: str,
                   adapter: str, foreign_id: str | None, battery: bool, report_interval_s: int,
-                  gateway_id: str | None, model: str, active: bool) -> None:
+                  gateway_id: str | None, model: str, active: bool, mounting: str | None = None) -> None:
     """Insert or update a device (and make sure it has a rule-state row)."""
     conn.execute(core_repo.UPSERT_DEVICE, (id, kind, site_id, location, adapter, foreign_id, battery,
-                                           report_interval_s, gateway_id, model))
+                                           report_interval_s, gateway_id, model, mounting))
     conn.execute(UPDATE_DEVICE_ACTIVE, (active, id))
     conn.execute(core_repo.INSERT_DEVICE_STATE, ([id],))
 

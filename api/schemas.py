@@ -8,7 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core import registry
-from core.domain import Adapter, DeviceKind, Disposition, Location, Severity, SiteKind, WorkerRole
+from core.domain import Adapter, DeviceKind, Disposition, Location, Mounting, Severity, SiteKind, WorkerRole
 from rules.score_service import MerchantScoreRead
 
 T = TypeVar("T")
@@ -275,6 +275,7 @@ class SiteWrite(_Write):
     floor: int | None = Field(default=None, ge=-10, le=200)
     flags: list[str] = Field(default_factory=list)
     lpg: bool = False
+    building: Id | None = Field(default=None, description="the building a shop or storage unit is in (DEV-03)")
 
 
 class SiteRead(SiteWrite):
@@ -292,6 +293,7 @@ class DeviceWrite(_Write):
                                           description="default: 300 s mains, 24 h battery")
     gateway_id: Id | None = None
     model: str = ""
+    mounting: Mounting | None = Field(default=None, description="floor | ceiling | wall (gas detectors, GAS-08)")
     active: bool = True
 
     @model_validator(mode="after")

@@ -42,6 +42,14 @@ class SiteKind(StrEnum):
     CHARGING_SHED = "charging_shed"
 
 
+class Mounting(StrEnum):
+    """Where a detector is mounted (GB 50028 10.8.2: within 0.3 m of the floor or of the ceiling)."""
+
+    FLOOR = "floor"
+    CEILING = "ceiling"
+    WALL = "wall"
+
+
 class WorkerRole(StrEnum):
     MICRO_GRID_WORKER = "micro_grid_worker"
     GRID_LEADER = "grid_leader"
@@ -157,3 +165,6 @@ class Device:
     report_interval_s: int = 300
     battery: bool = False
     gateway_id: str | None = None
+    building_id: str | None = None  # the site's building (DEV-03), the site itself when none is named
+    mounting: str | None = None  # floor | ceiling | wall: gas detector height class (GAS-08)
+    lpg: bool = False  # the site burns LPG (heavier than air) rather than natural gas

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.domain import Adapter, DeviceKind, Location, SiteKind, WorkerRole
+from core.domain import Adapter, DeviceKind, Location, Mounting, SiteKind, WorkerRole
 from core.errors import RegistryError
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
@@ -95,6 +95,7 @@ class SiteIn(_Strict):
     floor: int | None = None
     flags: list[str] = Field(default_factory=list)
     lpg: bool = False
+    building: Id | None = Field(default=None, description="the building a shop or storage unit is in (DEV-03)")
 
 
 class DeviceIn(_Strict):
@@ -108,6 +109,8 @@ class DeviceIn(_Strict):
     report_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     gateway: Id | None = None
     model: str = ""
+    mounting: Mounting | None = Field(default=None, description="floor | ceiling | wall: within 0.3 m of the "
+                                      "floor, of the ceiling, or between (gas detectors, GAS-08)")
 
     @property
     def interval_s(self) -> int:

@@ -41,20 +41,20 @@ ON CONFLICT (id) DO UPDATE SET community_id = EXCLUDED.community_id, name = EXCL
     contact = EXCLUDED.contact, phone = EXCLUDED.phone, notify_urls = EXCLUDED.notify_urls
 """
 UPSERT_SITE = """
-INSERT INTO site (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO site (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET micro_grid_id = EXCLUDED.micro_grid_id, merchant_id = EXCLUDED.merchant_id,
     kind = EXCLUDED.kind, name = EXCLUDED.name, address = EXCLUDED.address, floor = EXCLUDED.floor,
-    flags = EXCLUDED.flags, lpg = EXCLUDED.lpg
+    flags = EXCLUDED.flags, lpg = EXCLUDED.lpg, building = EXCLUDED.building
 """
 UPSERT_DEVICE = """
 INSERT INTO device (id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
-                    model, active)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true)
+                    model, mounting, active)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true)
 ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, site_id = EXCLUDED.site_id, location = EXCLUDED.location,
     adapter = EXCLUDED.adapter, foreign_id = EXCLUDED.foreign_id, battery = EXCLUDED.battery,
     report_interval_s = EXCLUDED.report_interval_s, gateway_id = EXCLUDED.gateway_id, model = EXCLUDED.model,
-    active = true
+    mounting = EXCLUDED.mounting, active = true
 """
 INSERT_DEVICE_STATE = """
 INSERT INTO device_state (device_id) SELECT unnest(%s::text[]) ON CONFLICT (device_id) DO NOTHING
@@ -81,12 +81,12 @@ def upsert_registry(conn: Connection[Any], *, registry: RegistryIn) -> dict[str,
             (m.id, c.id, m.name, m.contact, m.phone, m.notify) for m in registry.merchants
         ])
         cur.executemany(UPSERT_SITE, [
-            (s.id, s.micro_grid, s.merchant, s.kind.value, s.name, s.address, s.floor, s.flags, s.lpg)
+            (s.id, s.micro_grid, s.merchant, s.kind.value, s.name, s.address, s.floor, s.flags, s.lpg, s.building)
             for s in registry.sites
         ])
         cur.executemany(UPSERT_DEVICE, [
             (d.id, d.kind.value, d.site, d.location.value, d.adapter.value, d.foreign_id, d.battery,
-             d.interval_s, d.gateway, d.model)
+             d.interval_s, d.gateway, d.model, d.mounting.value if d.mounting else None)
             for d in registry.devices
         ])
         cur.execute(INSERT_DEVICE_STATE, ([d.id for d in registry.devices],))
@@ -100,24 +100,20 @@ def upsert_registry(conn: Connection[Any], *, registry: RegistryIn) -> dict[str,
     }
 
 
-SELECT_DEVICES = """
-SELECT id, kind, site_id, location, adapter, foreign_id, report_interval_s, battery, gateway_id
-FROM device WHERE active AND id = ANY(%s)
-"""
-SELECT_DEVICES_BY_FOREIGN = """
-SELECT id, kind, site_id, location, adapter, foreign_id, report_interval_s, battery, gateway_id
-FROM device WHERE active AND adapter = %s AND foreign_id = ANY(%s)
-"""
-SELECT_ALL_DEVICES = """
-SELECT id, kind, site_id, location, adapter, foreign_id, report_interval_s, battery, gateway_id
-FROM device WHERE active
-"""
+DEVICE_SELECT = """
+SELECT d.id, d.kind, d.site_id, d.location, d.adapter, d.foreign_id, d.report_interval_s, d.battery, d.gateway_id,
+       coalesce(s.building, s.id), d.mounting, s.lpg
+FROM device d JOIN site s ON s.id = d.site_id
+WHERE d.active"""
+SELECT_DEVICES = DEVICE_SELECT + " AND d.id = ANY(%s)"
+SELECT_DEVICES_BY_FOREIGN = DEVICE_SELECT + " AND d.adapter = %s AND d.foreign_id = ANY(%s)"
+SELECT_ALL_DEVICES = DEVICE_SELECT
 
 
 def _device(row: tuple[Any, ...]) -> Device:
     return Device(id=row[0], kind=DeviceKind(row[1]), site_id=row[2], location=Location(row[3]),
                   adapter=Adapter(row[4]), foreign_id=row[5], report_interval_s=row[6], battery=row[7],
-                  gateway_id=row[8])
+                  gateway_id=row[8], building_id=row[9], mounting=row[10], lpg=row[11])
 
 
 def get_devices(conn: Connection[Any], *, ids: Sequence[str]) -> dict[str, Device]:

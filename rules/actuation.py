@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DEADLINE_S: dict[str, float] = {"close_valve": 30.0, "cut_power": 30.0, "restore_power": 30.0, "self_test": 60.0,
                                 "silence": 30.0}
 RELAY_ACTIONS = frozenset({"cut_power", "restore_power"})
+# GAS-05 "retry once": a safety action not confirmed is sent once more (a retry is never retried).
+RETRIED_ACTIONS = frozenset({"close_valve", "cut_power"})
 GAS_ALARM_TYPES = ("gas_low", "gas_leak", "gas_explosion_risk", "gas_confirmed")
 # The state a reading shows once an action took effect.
 CONFIRMING_STATE: dict[str, tuple[str, str]] = {"close_valve": ("valve", "closed"), "cut_power": ("relay", "off"),
@@ -41,7 +43,7 @@ ACTUATION_FAILED = "actuation_failed"
 
 
 def request_command(conn: Connection[Any], *, device: Device, action: str, alarm_id: int | None, reason: str,
-                    now: datetime, requested_by: str | None = None) -> repo.CommandRow:
+                    now: datetime, requested_by: str | None = None, retry_of: str | None = None) -> repo.CommandRow:
     """Queue a command after the safety policy; a person's request that the policy forbids raises
     ConflictError, a rule's is recorded as refused (so the alarm history says why nothing moved)."""
     refusal = refusal_reason(conn, device=device, action=action)
@@ -51,11 +53,11 @@ def request_command(conn: Connection[Any], *, device: Device, action: str, alarm
     row = repo.insert_command(conn, command_id=str(uuid.uuid4()), device_id=device.id, action=action,
                               alarm_id=alarm_id, reason=reason, requested_by=requested_by, status=status, at=now,
                               deadline=now + timedelta(seconds=DEADLINE_S.get(action, 30.0)),
-                              detail=refusal or "")
+                              detail=refusal or "", retry_of=retry_of)
     if alarm_id is not None:
         repo.insert_event(conn, alarm_id=alarm_id, kind="actuated", at=now, actor=requested_by,
                           details={"command_id": row.id, "device_id": device.id, "action": action,
-                                   "status": status, "refused": refusal})
+                                   "status": status, "refused": refusal, "retry_of": retry_of})
     if refusal:
         log.warning("command %s on %s refused: %s", action, device.id, refusal)
     else:

@@ -306,27 +306,29 @@ class CommandRow:
     done_at: datetime | None
     confirmed_by: str | None
     detail: str
+    retry_of: str | None = None  # GAS-05: the command this one repeats
 
 
 COMMAND_COLUMNS = """id, device_id, action, alarm_id, reason, requested_by, status, created_at, deadline_at, sent_at,
-    done_at, confirmed_by, detail"""
+    done_at, confirmed_by, detail, retry_of"""
 INSERT_COMMAND = f"""
 INSERT INTO command (id, device_id, action, alarm_id, reason, requested_by, status, created_at, deadline_at,
-                     done_at, detail)
+                     done_at, detail, retry_of)
 VALUES (%(id)s, %(device_id)s, %(action)s, %(alarm_id)s, %(reason)s, %(requested_by)s, %(status)s, %(at)s,
-        %(deadline)s, CASE WHEN %(status)s = 'refused' THEN %(at)s::timestamptz END, %(detail)s)
+        %(deadline)s, CASE WHEN %(status)s = 'refused' THEN %(at)s::timestamptz END, %(detail)s, %(retry_of)s)
 RETURNING {COMMAND_COLUMNS}
 """
 
 
 def insert_command(conn: Connection[Any], *, command_id: str, device_id: str, action: str, alarm_id: int | None,
                    reason: str, requested_by: str | None, status: str, at: datetime, deadline: datetime,
-                   detail: str = "") -> CommandRow:
+                   detail: str = "", retry_of: str | None = None) -> CommandRow:
     """Queue a command (published by ingest's actuator after this transaction commits)."""
     with conn.cursor(row_factory=class_row(CommandRow)) as cur:
         row = cur.execute(INSERT_COMMAND, {
             "id": command_id, "device_id": device_id, "action": action, "alarm_id": alarm_id, "reason": reason,
             "requested_by": requested_by, "status": status, "at": at, "deadline": deadline, "detail": detail,
+            "retry_of": retry_of,
         }).fetchone()
     assert row is not None  # noqa: S101
     return row

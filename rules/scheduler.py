@@ -57,7 +57,7 @@ def _expire_commands(conn: Connection[Any], *, devices: dict[str, Device],
         log.warning("command %s (%s) on %s not confirmed by %s", command.id, command.action, command.device_id,
                     command.deadline_at.isoformat())
         if device is not None:
-            changes += rules_service.raise_actuation_failed(conn, device=device, command=command, at=now)
+            changes += rules_service.command_failed(conn, device=device, command=command, at=now)
     return changes
 
 

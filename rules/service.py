@@ -90,7 +90,7 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
                 transition.severity = max(transition.severity, rule.severity_if_active)  # EB-06 with EB-03/04
             changes.extend(apply_transition(conn, device=device, rule_id=rule.id, transition=transition,
                                             rules=rules, ruleset=ruleset, now=wall))
-    _confirm_by_state(conn, readings=readings, at=wall)
+    changes.extend(_confirm_by_state(conn, readings=readings, devices=devices, at=wall))
     repo.save_device_states(conn, states=list(states.values()))
     return changes
 
@@ -180,11 +180,14 @@ def _corroborate(conn: Connection[Any], *, device: Device, alarm_type: str, at: 
     return out
 
 
-def _confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], at: datetime) -> None:
+def _confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], devices: dict[str, Device],
+                      at: datetime) -> list[AlarmChange]:
     pairs = actuation.confirming_pairs(readings)
-    if pairs:
-        confirmed = repo.confirm_commands_by_state(conn, pairs=pairs, at=at)
-        actuation.record_confirmations(conn, commands=confirmed, at=at)
+    if not pairs:
+        return []
+    confirmed = repo.confirm_commands_by_state(conn, pairs=pairs, at=at)
+    actuation.record_confirmations(conn, commands=confirmed, at=at)
+    return settle_actuation_failed(conn, commands=confirmed, devices=devices, at=at)
 
 
 def record_transition(conn: Connection[Any], *, device: Device, transition: Transition,
@@ -333,7 +336,7 @@ def _gateway_down(conn: Connection[Any], *, device: Device) -> bool:
 
 def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: dict[str, Device]) -> list[AlarmChange]:
     """cmd/ack from devices (ingest CommandAck: device_id, command_id, ok, detail, at): confirm, or a
-    refused/failed command raises actuation_failed (critical)."""
+    refused/failed command raises actuation_failed and is retried once (GAS-05)."""
     changes: list[AlarmChange] = []
     for ack in acks:
         row = repo.ack_command(conn, command_id=ack.command_id, device_id=ack.device_id, ok=ack.ok,
@@ -341,28 +344,66 @@ def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: d
         if row is None:
             log.info("ack for unknown or settled command %s from %s", ack.command_id, ack.device_id)
             continue
+        device = devices.get(row.device_id) or _device(conn, row.device_id)
         if row.status == "confirmed":
             actuation.record_confirmations(conn, commands=[row], at=ack.at)
+            changes.extend(settle_actuation_failed(conn, commands=[row], devices=devices, at=ack.at))
             continue
-        device = devices.get(row.device_id) or _device(conn, row.device_id)
         if device is not None:
-            changes.extend(raise_actuation_failed(conn, device=device, command=row, at=ack.at))
+            changes.extend(command_failed(conn, device=device, command=row, at=ack.at))
+    return changes
+
+
+def command_failed(conn: Connection[Any], *, device: Device, command: repo.CommandRow,
+                   at: datetime) -> list[AlarmChange]:
+    """GAS-05 / ACT-01: a command not carried out (no confirmation by its deadline, or the device answered
+    ok=false) raises actuation_failed on the target device, and a safety action is sent once more."""
+    changes = raise_actuation_failed(conn, device=device, command=command, at=at)
+    if command.action in actuation.RETRIED_ACTIONS and command.retry_of is None:
+        retry = actuation.request_command(conn, device=device, action=command.action, alarm_id=command.alarm_id,
+                                          reason=f"GAS-05 retry of {command.id}: {command.reason}", now=at,
+                                          retry_of=command.id)
+        log.warning("command %s (%s) on %s failed (%s); retried once as %s", command.id, command.action, device.id,
+                    command.detail, retry.id)
     return changes
 
 
 def raise_actuation_failed(conn: Connection[Any], *, device: Device, command: repo.CommandRow,
                            at: datetime) -> list[AlarmChange]:
-    """GAS-05 / ACT-01: a command not carried out is a critical alarm on the target device."""
+    """ACT-01: a command not carried out is an alarm on the target device: critical (P1) when it was sent for
+    an alarm, major (P2) for a person's command outside one (GAS-05: "P1 during an alarm / P2 otherwise")."""
     if command.alarm_id is not None:
         repo.insert_event(conn, alarm_id=command.alarm_id, kind="actuation_failed", at=at,
                           details={"command_id": command.id, "device_id": device.id, "action": command.action,
                                    "detail": command.detail})
-    t = Transition(rule_id="ACT-01", alarm_type=actuation.ACTUATION_FAILED, kind="raise", severity=Severity.CRITICAL,
+    severity = Severity.CRITICAL if command.alarm_id is not None else Severity.MAJOR
+    t = Transition(rule_id="ACT-01", alarm_type=actuation.ACTUATION_FAILED, kind="raise", severity=severity,
                    at=at, message=f"{command.action} on {device.id} was not confirmed: act on site",
                    details={"command_id": command.id, "action": command.action, "detail": command.detail,
-                            "for_alarm": command.alarm_id})
+                            "for_alarm": command.alarm_id, "retry_of": command.retry_of})
     change = record_transition(conn, device=device, transition=t)
     return [change] if change is not None else []
+
+
+def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[repo.CommandRow],
+                            devices: dict[str, Device], at: datetime) -> list[AlarmChange]:
+    """A confirmed command (e.g. GAS-05's retry) clears the device's actuation_failed alarm for that action;
+    the alarm stays open for a person to resolve (the first attempt did fail)."""
+    changes: list[AlarmChange] = []
+    for command in commands:
+        alarm = repo.get_open_alarm(conn, device_id=command.device_id, alarm_type=actuation.ACTUATION_FAILED)
+        if alarm is None or not alarm.active or alarm.details.get("action") != command.action:
+            continue
+        device = devices.get(command.device_id) or _device(conn, command.device_id)
+        if device is None:
+            continue
+        t = Transition(rule_id="ACT-01", alarm_type=actuation.ACTUATION_FAILED, kind="clear",
+                       severity=Severity(alarm.severity), at=at,
+                       details={"confirmed_command": command.id, "by": command.confirmed_by})
+        change = record_transition(conn, device=device, transition=t)
+        if change is not None:
+            changes.append(change)
+    return changes
 
 
 def request_command(conn: Connection[Any], *, device: Device, action: str, actor: str, reason: str,

@@ -128,10 +128,11 @@ def conn_for(settings: Settings) -> psycopg.Connection[Any]:
 
 
 class SimulatedValve:
-    """A gas valve's firmware: on close_valve it acks and reports closed (or stays silent when broken)."""
+    """A gas valve's firmware: on close_valve it acks and reports closed (or stays silent when broken, or
+    misses the first `misses` commands, as a valve with a sticking actuator)."""
 
-    def __init__(self, settings: Settings, port: int, device: str, *, responds: bool = True) -> None:
-        self.prefix, self.device, self.responds = settings.topic_prefix, device, responds
+    def __init__(self, settings: Settings, port: int, device: str, *, responds: bool = True, misses: int = 0) -> None:
+        self.prefix, self.device, self.responds, self.misses = settings.topic_prefix, device, responds, misses
         self.commands: list[dict[str, Any]] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{device}-{time.time_ns()}",
                                   protocol=mqtt.MQTTv5)
@@ -146,7 +147,7 @@ class SimulatedValve:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         cmd = json.loads(msg.payload)
         self.commands.append(cmd)
-        if not self.responds:
+        if not self.responds or len(self.commands) <= self.misses:
             return
         state = {"close_valve": {"valve": "closed"}, "cut_power": {"relay": "off"}}.get(cmd["action"], {})
         self.client.publish(f"{self.prefix}/{self.device}/cmd/ack", json.dumps({"id": cmd["id"], "ok": True,
@@ -205,20 +206,64 @@ def test_kitchen_gas_leak_ramp_closes_the_valve_confirms_and_clears(site: Settin
         valve.close()
 
 
-def test_valve_that_never_confirms_raises_actuation_failed(site: Settings, ingest: IngestWorker, actuator: Actuator,
-                                                           publisher: Publisher, services: Any) -> None:
+def test_valve_that_never_confirms_raises_actuation_failed_and_is_retried_once(
+        site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any) -> None:
     valve = SimulatedValve(site, services.mqtt_port, "valve-k", responds=False)
     try:
         send(publisher, site, "gas-k", [(0, {"gas": True})], ago_ms(60))
         wait_for(lambda: valve.commands, what="command delivered")
+        start = datetime.now(UTC)
         with conn_for(site) as conn:
-            assert run_tick(conn, ruleset=default_rules(), now=datetime.now(UTC) + timedelta(seconds=20)) == []
-            changes = run_tick(conn, ruleset=default_rules(), now=datetime.now(UTC) + timedelta(seconds=31))
+            assert run_tick(conn, ruleset=default_rules(), now=start + timedelta(seconds=20)) == []
+            changes = run_tick(conn, ruleset=default_rules(), now=start + timedelta(seconds=31))
         assert [(c.device_id, c.alarm_type, c.kind, c.severity) for c in changes] == [
-            ("valve-k", "actuation_failed", "raised", 4)]
-        assert q(site, "SELECT status FROM command") == [("failed",)]
+            ("valve-k", "actuation_failed", "raised", 4)], "P1: the close was sent for a gas alarm (GAS-05)"
+        # GAS-05 "retry once": the close goes out a second time
+        wait_for(lambda: len(valve.commands) == 2, what="retry delivered")
+        assert valve.commands[1]["action"] == "close_valve" and valve.commands[1]["id"] != valve.commands[0]["id"]
+        with conn_for(site) as conn:
+            again = run_tick(conn, ruleset=default_rules(), now=start + timedelta(seconds=70))
+        assert again == [], "the retry failing too changes nothing more: the alarm is already raised"
+        rows = q(site, "SELECT status, retry_of IS NOT NULL FROM command ORDER BY created_at")
+        assert rows == [("failed", False), ("failed", True)], "retried once, never twice"
+        time.sleep(0.5)
+        assert len(valve.commands) == 2
+        leak = q(site, "SELECT id FROM alarm WHERE type = 'gas_leak'")[0][0]
+        kinds = [r[0] for r in q(site, "SELECT kind FROM alarm_event WHERE alarm_id = %s ORDER BY id", leak)]
+        assert kinds == ["raised", "actuated", "actuation_failed", "actuated", "actuation_failed"], kinds
     finally:
         valve.close()
+
+
+def test_valve_that_misses_the_first_close_is_confirmed_by_the_retry(
+        site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any) -> None:
+    valve = SimulatedValve(site, services.mqtt_port, "valve-k", misses=1)
+    try:
+        send(publisher, site, "gas-k", [(0, {"gas": True})], ago_ms(60))
+        wait_for(lambda: valve.commands, what="command delivered")
+        with conn_for(site) as conn:
+            run_tick(conn, ruleset=default_rules(), now=datetime.now(UTC) + timedelta(seconds=31))
+        wait_for(lambda: q(site, "SELECT status FROM command ORDER BY created_at") == [("failed",), ("confirmed",)],
+                 what="the retry confirmed")
+        failed = q(site, "SELECT severity, active, closed_at FROM alarm WHERE type = 'actuation_failed'")
+        assert failed == [(4, False, None)], "cleared by the retry's confirmation, open for a person to resolve"
+    finally:
+        valve.close()
+
+
+def test_a_persons_command_that_fails_outside_an_alarm_is_major(site: Settings, ingest: IngestWorker,
+                                                                 actuator: Actuator, services: Any) -> None:
+    port = SimulatedValve(site, services.mqtt_port, "port-1", responds=False)
+    try:
+        with conn_for(site) as conn, conn.transaction():
+            dev = core_repo.get_devices(conn, ids=["port-1"])["port-1"]
+            rules_service.request_command(conn, device=dev, action="cut_power", actor="w1", reason="inspection")
+        wait_for(lambda: port.commands, what="command delivered")
+        with conn_for(site) as conn:
+            changes = run_tick(conn, ruleset=default_rules(), now=datetime.now(UTC) + timedelta(seconds=31))
+        assert [(c.alarm_type, c.severity) for c in changes] == [("actuation_failed", 3)], "P2 outside an alarm"
+    finally:
+        port.close()
 
 
 # ------------------------------------------------------------------------------------------------ smoke

@@ -150,7 +150,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("sites", "site", "site", SiteWrite, SiteRead,
          lambda c, i, b: api_repo.upsert_site(c, id=i, micro_grid_id=b.micro_grid_id, merchant_id=b.merchant_id,
                                               kind=b.kind.value, name=b.name, address=b.address, floor=b.floor,
-                                              flags=b.flags, lpg=b.lpg),
+                                              flags=b.flags, lpg=b.lpg, building=b.building),
          refs=(("micro_grid_id", "micro_grid"), ("merchant_id", "merchant")),
          filters=("micro_grid_id", "merchant_id")),
     Kind("devices", "device", "device", DeviceWrite, DeviceRegistryRead,
@@ -158,7 +158,8 @@ KINDS: tuple[Kind, ...] = (
              c, id=i, kind=b.kind.value, site_id=b.site_id, location=b.location.value, adapter=b.adapter.value,
              foreign_id=b.foreign_id, battery=b.battery,
              report_interval_s=b.report_interval_s or registry.DEFAULT_INTERVAL_S[b.battery],
-             gateway_id=b.gateway_id, model=b.model, active=b.active),
+             gateway_id=b.gateway_id, model=b.model, mounting=b.mounting.value if b.mounting else None,
+             active=b.active),
          refs=(("site_id", "site"),), filters=("site_id",), extra_checks=(_gateway_is_gateway,)),
 )
 
