@@ -286,12 +286,43 @@ class StuckRule(_RuleBase):
 
 
 class CorroborateRule(_RuleBase):
-    """A second device of the same site raising one of `of` within window_s confirms the first (GAS-04,
-    SMK-02). Cross-device, so the service evaluates it when one of those alarms is raised."""
+    """An alarm of `of` on this device is confirmed by an alarm of `by` (default: `of` again) active on another
+    device of the same site within window_s — or on this device too with same_device (a multi-sensor detector's
+    own heat or CO channel). GAS-04, SMK-02 (second detector) and SMK-02a (heat/CO co-signal). Cross-device, so
+    the service evaluates it whenever an alarm of `of` or `by` is raised; it clears when this device's `of`
+    alarms have all cleared."""
 
     type: Literal["corroborate"] = "corroborate"
     of: tuple[str, ...] = Field(min_length=1)
+    by: tuple[str, ...] = ()
+    same_device: bool = False
     window_s: float = Field(gt=0)
+
+    @property
+    def confirming(self) -> tuple[str, ...]:
+        """The alarm types that confirm."""
+        return self.by or self.of
+
+
+class RealarmRule(_RuleBase):
+    """SMK-02b: the detector's own alarm `field` comes on again within window_s after a remote reset (an
+    `after` command sent to it): alarm verification as NFPA 72 does it. The pure part sees the flag's rising
+    edge; the service checks the command history (raised only when a reset preceded the edge)."""
+
+    type: Literal["realarm"] = "realarm"
+    field: str = "smoke"
+    of: tuple[str, ...] = ("smoke",)  # the alarms it confirms (it clears when they have all cleared)
+    after: Literal["silence", "self_test"] = "silence"
+    window_s: float = Field(default=60, gt=0)
+
+
+class NoCancelRule(_RuleBase):
+    """SMK-02c, positive alarm sequence: an alarm of `of` still active and not cancelled (resolved) after_s after
+    it reached us is taken as confirmed. Judged by the timer on the wall clock (people cancel in real time)."""
+
+    type: Literal["no_cancel"] = "no_cancel"
+    of: tuple[str, ...] = Field(min_length=1)
+    after_s: float = Field(default=180, gt=0)
 
 
 class RepeatRule(_RuleBase):
@@ -307,9 +338,10 @@ class RepeatRule(_RuleBase):
 
 
 Rule = Annotated[ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | RateOfRiseRule | AbsenceRule
-                 | SessionRule | StuckRule | CorroborateRule | RepeatRule, Field(discriminator="type")]
+                 | SessionRule | StuckRule | CorroborateRule | RepeatRule | RealarmRule | NoCancelRule,
+                 Field(discriminator="type")]
 AnyRule = (ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
-           | StuckRule | CorroborateRule | RepeatRule)
+           | StuckRule | CorroborateRule | RepeatRule | RealarmRule | NoCancelRule)
 
 
 def watched_fields(rule: AnyRule) -> frozenset[str]:
@@ -322,7 +354,7 @@ def watched_fields(rule: AnyRule) -> frozenset[str]:
         return frozenset((*rule.fields, "test"))
     if isinstance(rule, AbsenceRule):
         return frozenset()  # every message counts
-    if isinstance(rule, CorroborateRule | RepeatRule):
+    if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule):
         return frozenset({"-"})  # never per reading
     return frozenset((rule.field,))
 
@@ -758,6 +790,19 @@ def evaluate_stuck(rule: StuckRule, state: State, reading: Reading) -> Transitio
     return None
 
 
+def evaluate_realarm(rule: RealarmRule, state: State, reading: Reading) -> Transition | None:
+    """The flag's rising edge (off -> on) is a candidate; the service keeps it only after a reset command."""
+    value = reading.value(rule.field)
+    if value is None:
+        return None
+    was = bool(state.pop("on", False))
+    if value:
+        state["on"] = True
+        if not was:
+            return rule.transition("raise", reading.ts, details={"realarm": True, "after": rule.after})
+    return None
+
+
 _EVALUATORS: dict[type, Any] = {
     ThresholdRule: evaluate_threshold,
     DurationRule: evaluate_duration,
@@ -770,6 +815,8 @@ _EVALUATORS: dict[type, Any] = {
     StuckRule: evaluate_stuck,
     CorroborateRule: lambda _rule, _state, _reading: None,
     RepeatRule: lambda _rule, _state, _reading: None,
+    RealarmRule: evaluate_realarm,
+    NoCancelRule: lambda _rule, _state, _reading: None,
 }
 
 

@@ -256,18 +256,66 @@ def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int, kind: 
 
 SELECT_CORROBORATING = """
 SELECT device_id FROM alarm
-WHERE site_id = %(site_id)s AND device_id <> %(device_id)s AND type = ANY(%(types)s) AND closed_at IS NULL
-  AND active AND last_seen_at >= %(since)s
+WHERE site_id = %(site_id)s AND (device_id <> %(device_id)s OR %(include_self)s) AND type = ANY(%(types)s)
+  AND closed_at IS NULL AND active AND last_seen_at >= %(since)s
 ORDER BY raised_at LIMIT 1
+"""
+SELECT_SITE_ALARM_DEVICES = """
+SELECT DISTINCT device_id FROM alarm
+WHERE site_id = %(site_id)s AND (device_id <> %(device_id)s OR %(include_self)s) AND type = ANY(%(types)s)
+  AND closed_at IS NULL AND active AND last_seen_at >= %(since)s
+ORDER BY device_id
 """
 
 
 def find_corroborating_device(conn: Connection[Any], *, site_id: str, device_id: str, types: Sequence[str],
-                              since: datetime) -> str | None:
-    """Another device of the site with one of these alarms active and seen since `since`."""
+                              since: datetime, include_self: bool = False) -> str | None:
+    """Another device of the site (or this one, with include_self) with one of these alarms active and seen
+    since `since`."""
     row = _one(conn, SELECT_CORROBORATING, {"site_id": site_id, "device_id": device_id, "types": list(types),
-                                              "since": since})
+                                              "since": since, "include_self": include_self})
     return None if row is None else str(row[0])
+
+
+def site_alarm_devices(conn: Connection[Any], *, site_id: str, device_id: str, types: Sequence[str],
+                       since: datetime, include_self: bool = False) -> list[str]:
+    """The site's other devices (or this one too) with one of these alarms active and seen since `since`."""
+    return [str(r[0]) for r in _all(conn, SELECT_SITE_ALARM_DEVICES, {
+        "site_id": site_id, "device_id": device_id, "types": list(types), "since": since,
+        "include_self": include_self})]
+
+
+SELECT_RECENT_COMMAND = """
+SELECT id FROM command
+WHERE device_id = %(device_id)s AND action = %(action)s AND status IN ('sent', 'confirmed')
+  AND coalesce(done_at, sent_at) >= %(since)s
+ORDER BY coalesce(done_at, sent_at) DESC LIMIT 1
+"""
+
+
+def recent_command(conn: Connection[Any], *, device_id: str, action: str, since: datetime) -> str | None:
+    """The newest command of this action delivered to (or confirmed by) the device since `since`."""
+    row = _one(conn, SELECT_RECENT_COMMAND, {"device_id": device_id, "action": action, "since": since})
+    return None if row is None else str(row[0])
+
+
+SELECT_UNCANCELLED = """
+SELECT a.id, a.device_id FROM alarm a
+WHERE a.type = ANY(%(types)s) AND a.closed_at IS NULL AND a.active AND a.created_at <= %(before)s
+  AND (SELECT max(e.at) FROM alarm_event e WHERE e.alarm_id = a.id AND e.kind IN ('raised', 'reactivated'))
+      <= %(before)s
+  AND NOT EXISTS (SELECT 1 FROM alarm c WHERE c.device_id = a.device_id AND c.type = %(confirmed)s
+                  AND c.closed_at IS NULL AND c.active)
+ORDER BY a.id
+"""
+
+
+def uncancelled_alarms(conn: Connection[Any], *, types: Sequence[str], before: datetime,
+                       confirmed_type: str) -> list[tuple[int, str]]:
+    """SMK-02c: (alarm id, device) of alarms of these types active since before `before` (in event time, and
+    recorded before it on the wall clock), never cancelled, on devices without an active confirmed_type alarm."""
+    return [(int(r[0]), str(r[1])) for r in _all(conn, SELECT_UNCANCELLED, {
+        "types": list(types), "before": before, "confirmed": confirmed_type})]
 
 
 SELECT_SITE_GAS_ALARM = """

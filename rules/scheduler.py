@@ -46,6 +46,7 @@ def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = 
         changes = _expire_commands(conn, devices=devices, now=now)
         changes += _silence_and_sessions(conn, devices=devices, ruleset=ruleset, now=now)
         changes += _escalate(conn, ruleset=ruleset, now=now)
+        changes += rules_service.confirm_uncancelled(conn, devices=devices, ruleset=ruleset, now=now)
     return changes
 
 

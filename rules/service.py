@@ -16,7 +16,18 @@ from psycopg import Connection
 from core.domain import Device, DeviceStatus, Disposition, Reading, Severity
 from core.errors import ConflictError, NotFoundError
 from rules import actuation, repo
-from rules.engine import AbsenceRule, CorroborateRule, RepeatRule, StuckRule, Transition, evaluate, repeat_due
+from rules.engine import (
+    AbsenceRule,
+    AnyRule,
+    CorroborateRule,
+    NoCancelRule,
+    RealarmRule,
+    RepeatRule,
+    StuckRule,
+    Transition,
+    evaluate,
+    repeat_due,
+)
 from rules.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
@@ -85,6 +96,8 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
                 continue
             if transition is None:
                 continue
+            if isinstance(rule, RealarmRule) and not _reset_before(conn, rule=rule, device=device, at=transition.at):
+                continue  # a rising edge without a remote reset before it is the plain alarm (SMK-01)
             if (transition.kind == "raise" and rule.severity_if_active is not None
                     and any(rules.get(i, {}).get("active") for i in rule.if_active)):
                 transition.severity = max(transition.severity, rule.severity_if_active)  # EB-06 with EB-03/04
@@ -130,6 +143,9 @@ def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, tra
                 _actuate(conn, device=device, transition=transition, alarm_id=alarm.id, now=now)
         return out
     out.append(change)
+    if change.kind == "cleared":
+        out.extend(_clear_confirmations(conn, device=device, alarm_type=transition.alarm_type, at=transition.at,
+                                        rules=rules, ruleset=ruleset))
     if change.kind in ("raised", "reactivated", "severity_raised"):
         _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now)
     if change.kind in ("raised", "reactivated"):
@@ -164,19 +180,84 @@ def _device(conn: Connection[Any], device_id: str) -> Device | None:
 
 def _corroborate(conn: Connection[Any], *, device: Device, alarm_type: str, at: datetime,
                  ruleset: RuleSet) -> list[AlarmChange]:
-    """GAS-04 / SMK-02: another detector of the same site in alarm within the window confirms this one."""
+    """GAS-04 / SMK-02 / SMK-02a: an alarm confirmed by another of the site within the window — this alarm
+    confirmed by one already active, or this alarm confirming ones already active (heat or CO after smoke)."""
     out = []
     for rule in ruleset.for_device(device):
         if not isinstance(rule, CorroborateRule) or alarm_type not in rule.of:
             continue
-        other = repo.find_corroborating_device(conn, site_id=device.site_id, device_id=device.id, types=rule.of,
-                                               since=at - timedelta(seconds=rule.window_s))
-        if other is None:
+        by = repo.find_corroborating_device(conn, site_id=device.site_id, device_id=device.id,
+                                            types=rule.confirming, since=at - timedelta(seconds=rule.window_s),
+                                            include_self=rule.same_device)
+        if by is not None:
+            out.extend(_confirm(conn, device=device, rule=rule, at=at, details={"confirmed_by": by, "of": alarm_type}))
+    for rule in ruleset.rules:
+        if not isinstance(rule, CorroborateRule) or alarm_type not in rule.by:
             continue
-        t = rule.transition("raise", at, details={"confirmed_by": other, "of": alarm_type})
-        change = record_transition(conn, device=device, transition=t)
+        for other_id in repo.site_alarm_devices(conn, site_id=device.site_id, device_id=device.id, types=rule.of,
+                                                since=at - timedelta(seconds=rule.window_s),
+                                                include_self=rule.same_device):
+            other = device if other_id == device.id else _device(conn, other_id)
+            mine = None if other is None else next((r for r in ruleset.for_device(other) if r.id == rule.id), None)
+            if other is not None and mine is not None:
+                out.extend(_confirm(conn, device=other, rule=mine, at=at, details={
+                    "confirmed_by": device.id, "of": alarm_type}))
+    return out
+
+
+def _confirm(conn: Connection[Any], *, device: Device, rule: AnyRule, at: datetime,
+             details: dict[str, Any]) -> list[AlarmChange]:
+    change = record_transition(conn, device=device, transition=rule.transition("raise", at, details=details))
+    return [change] if change is not None else []
+
+
+def _reset_before(conn: Connection[Any], *, rule: RealarmRule, device: Device, at: datetime) -> bool:
+    """SMK-02b: a remote reset (rule.after) reached the detector within window_s before its alarm came back."""
+    found = repo.recent_command(conn, device_id=device.id, action=rule.after,
+                                since=at - timedelta(seconds=rule.window_s))
+    if found is not None:
+        log.warning("%s re-alarmed within %.0f s of reset %s: fire confirmed", device.id, rule.window_s, found)
+    return found is not None
+
+
+CONFIRMING_RULES = (CorroborateRule, RealarmRule, NoCancelRule)
+
+
+def _clear_confirmations(conn: Connection[Any], *, device: Device, alarm_type: str, at: datetime,
+                         rules: dict[str, Any], ruleset: RuleSet) -> list[AlarmChange]:
+    """A confirmation (gas_confirmed, fire_confirmed) clears once none of the alarms it confirms on this device
+    is active any more (a latching one then waits for a person to resolve it)."""
+    out: list[AlarmChange] = []
+    mine = ruleset.for_device(device)
+    done: set[str] = set()
+    for rule in mine:
+        if not isinstance(rule, CONFIRMING_RULES) or alarm_type not in rule.of or rule.alarm_type in done:
+            continue
+        done.add(rule.alarm_type)
+        if any(rules.get(r.id, {}).get("active") for r in mine if r.alarm_type in rule.of):
+            continue
+        change = record_transition(conn, device=device, transition=rule.transition(
+            "clear", at, details={"cleared_with": alarm_type}))
         if change is not None:
             out.append(change)
+    return out
+
+
+def confirm_uncancelled(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
+                        now: datetime) -> list[AlarmChange]:
+    """SMK-02c (the timer): an alarm nobody cancelled within after_s while it stayed active is confirmed."""
+    out: list[AlarmChange] = []
+    for rule in ruleset.rules:
+        if not isinstance(rule, NoCancelRule) or not rule.enabled:
+            continue
+        for alarm_id, device_id in repo.uncancelled_alarms(conn, types=rule.of,
+                                                           before=now - timedelta(seconds=rule.after_s),
+                                                           confirmed_type=rule.alarm_type):
+            device = devices.get(device_id)
+            mine = None if device is None else next((r for r in ruleset.for_device(device) if r.id == rule.id), None)
+            if device is not None and mine is not None:
+                out.extend(_confirm(conn, device=device, rule=mine, at=now, details={
+                    "trigger": "no_cancel", "alarm": alarm_id, "after_s": rule.after_s}))
     return out
 
 
