@@ -56,6 +56,8 @@ def load(file: Annotated[Path, typer.Argument(help="registry YAML (see examples/
     """Load a community registry (idempotent upsert)."""
     from core import repo as core_repo
     from core.registry import read_registry
+    from rules import service as rules_service
+    from rules.ruleset import default_rules
 
     settings = _settings()
     try:
@@ -64,9 +66,14 @@ def load(file: Annotated[Path, typer.Argument(help="registry YAML (see examples/
             db.migrate(conn)
             with conn.transaction():
                 counts = core_repo.upsert_registry(conn, registry=registry)
+                devices = core_repo.get_devices(conn, ids=[d.id for d in registry.devices])
+                # GAS-08 and other registry checks: a misplaced detector is an alarm from the moment it is loaded.
+                checks = rules_service.check_installation(conn, devices=devices, ruleset=default_rules())
     except GridwatchError as exc:
         raise _fail(exc) from exc
     typer.echo(f"loaded {registry.community.id}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    for change in checks:
+        typer.echo(f"  registry check: {change.alarm_type} {change.kind} on {change.device_id}")
 
 
 @token_app.command("create")

@@ -66,14 +66,14 @@ def storage_area() -> dict[str, Any]:
         sid = f"hhc-s{i:02d}"
         sites.append({"id": sid, "kind": kind, "name": f"{trade}{'仓库' if kind == 'storage' else '商铺'}{i}号",
                       "micro_grid": mg, "merchant": mid, "address": f"荷花池仓储区{(i - 1) // 8 + 1}栋{i:02d}号",
-                      "floor": floor})
+                      "floor": floor, "building": f"hhc-b{(i - 1) // 8 + 1}"})
         devices.append({"id": f"hhc-smk-{i:02d}", "kind": "smoke_detector", "site": sid, "location": kind,
                         "battery": True, "model": "JTY-GD-H361 NB-IoT"} | ({"location": "storage"} if kind == "storage"
                                                                             else {"location": "room"}))
         if i % 4 == 1:  # shops with a back kitchen cook on LPG cylinders
             sites[-1]["lpg"] = True
             devices.append({"id": f"hhc-gas-{i:02d}", "kind": "gas_detector", "site": sid, "location": "kitchen",
-                            "report_interval_s": 300, "model": "JT-HD-XG LPG"})
+                            "report_interval_s": 300, "model": "JT-HD-XG LPG", "mounting": "floor"})
         if i % 5 == 2:  # sockets where e-bikes tend to be charged inside the shop
             devices.append({"id": f"hhc-sock-{i:02d}", "kind": "smart_socket", "site": sid, "location": "room",
                             "report_interval_s": 60, "model": "Tasmota plug", "adapter": "tasmota",

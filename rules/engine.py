@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.domain import Device, DeviceKind, Location, Reading, Severity
+from core.domain import Device, DeviceKind, Location, Mounting, Reading, Severity
 
 State = dict[str, Any]
 Action = Literal["close_valve", "cut_power", "cut_site_ports"]  # cut_site_ports: cut_power on the site's charging ports
@@ -169,6 +169,8 @@ class FlagRule(_RuleBase):
     # Shelly publish the fault and the measurements on separate topics, so a reading without the field
     # says nothing about the fault.
     clear_for_s: float = Field(default=0, ge=0)
+    # Raise only once the condition has been reported for this long (GAS-07: stuck in preheat > 10 min).
+    for_s: float = Field(default=0, ge=0)
 
 
 class HushRule(_RuleBase):
@@ -197,6 +199,23 @@ class DoseRule(_RuleBase):
     clear_for_s: float = 600
     clear_dose_frac: float = Field(default=0.5, gt=0, le=1)
     max_gap_s: float = Field(default=900, gt=0)
+
+
+class GapRule(_RuleBase):
+    """CO-05: samples missing while an exposure is being judged. Armed while the last sample of `field` was at or
+    above arm_at; raised by the timer once no sample has arrived for factor x the device's sampling interval
+    (capped at max_interval_s, the dose rule's own sampling requirement); the next sample clears it. Judged on
+    the wall clock of arrival, like absence."""
+
+    type: Literal["gap"] = "gap"
+    field: str = "co_ppm"
+    arm_at: float = 30
+    factor: float = Field(default=2, gt=0)
+    max_interval_s: float = Field(default=300, gt=0)
+
+    def gap_after_s(self, device: Device) -> float:
+        """How long this device may go without a sample while armed."""
+        return self.factor * min(float(device.report_interval_s), self.max_interval_s)
 
 
 class RateOfRiseRule(_RuleBase):
@@ -276,6 +295,86 @@ class SessionRule(_RuleBase):
         return tuple((float(a), _sev(s)) for a, s in value) if value else ()
 
 
+class RebootRule(_RuleBase):
+    """DEV-05 (reboot loop): the device's sequence counter went back (it restarted) `count` times within window_s
+    of event time; clears once window_s has passed without a restart."""
+
+    type: Literal["reboot"] = "reboot"
+    field: str = "seq"
+    count: int = Field(default=3, ge=1)
+    window_s: float = Field(default=3600, gt=0)
+
+
+class DriftRule(_RuleBase):
+    """DEV-05 (clock drift): every message for for_s (by arrival) carries a device time at least max_lag_s behind
+    its arrival, and that lag stays within spread_s — a clock that is off, not a backlog: a buffered backlog
+    drains with the lag shrinking reading by reading, which restarts the run. Clears below clear_below_s."""
+
+    type: Literal["drift"] = "drift"
+    max_lag_s: float = Field(default=300, gt=0)
+    for_s: float = Field(default=600, ge=0)
+    spread_s: float = Field(default=60, gt=0)
+    clear_below_s: float = Field(default=120, ge=0)
+
+
+class OutageRule(_RuleBase):
+    """DEV-03: at least `frac` of a building's devices (and min_devices) went silent, each past its own offline
+    limit, within window_s of each other: a power or network loss, or fire damage. One alarm per building,
+    judged by the timer; severity_if_recent when another alarm was raised in the building within recent_s
+    before the devices went quiet. Devices silent behind a down gateway count as the gateway alone."""
+
+    type: Literal["outage"] = "outage"
+    frac: float = Field(default=0.3, gt=0, le=1)
+    window_s: float = Field(default=600, gt=0)
+    min_devices: int = Field(default=2, ge=1)
+    recent_s: float = Field(default=600, ge=0)
+    severity_if_recent: Severity = Severity.CRITICAL
+    ignore_types: tuple[str, ...] = ("offline", "building_outage")  # not "an alarm before the outage"
+
+    @field_validator("severity_if_recent", mode="before")
+    @classmethod
+    def _recent_severity(cls, value: Any) -> Severity:
+        return _sev(value)
+
+
+def outage_cluster(rule: OutageRule, *, total: int, silent: list[tuple[float, str]]) -> list[str] | None:
+    """The largest group of devices that went silent (epoch s, id) within window_s of each other, when it
+    reaches frac of the building's `total` devices and min_devices; else None."""
+    need = max(rule.min_devices, math.ceil(rule.frac * total - 1e-9))
+    if len(silent) < need:
+        return None
+    pts = sorted(silent)
+    lo = best_lo = best_hi = 0
+    for hi in range(len(pts)):
+        while pts[hi][0] - pts[lo][0] > rule.window_s:
+            lo += 1
+        if hi + 1 - lo > best_hi - best_lo:
+            best_lo, best_hi = lo, hi + 1
+    group = pts[best_lo:best_hi]
+    return [d for _, d in group] if len(group) >= need else None
+
+
+class PlacementRule(_RuleBase):
+    """GAS-08, a configuration check: a gas detector must be mounted where the gas collects — LPG (heavier than
+    air) within 0.3 m of the floor, natural gas (lighter) within 0.3 m of the ceiling (GB 50028 10.8.2). Judged
+    on the registry, not on readings; a detector whose mounting is not registered is not judged."""
+
+    type: Literal["placement"] = "placement"
+    lpg: Mounting = Mounting.FLOOR
+    natural_gas: Mounting | None = Mounting.CEILING
+
+
+def misplacement(rule: PlacementRule, device: Device) -> str | None:
+    """Why this detector is mounted at the wrong height for its site's gas, or None."""
+    if not rule.applies_to(device) or device.mounting is None:
+        return None
+    gas, wanted = ("LPG", rule.lpg) if device.lpg else ("natural gas", rule.natural_gas)
+    if wanted is None or device.mounting == wanted.value:
+        return None
+    where = {"floor": "within 0.3 m of the floor", "ceiling": "within 0.3 m of the ceiling"}
+    return f"{gas} site: mount the detector {where.get(wanted.value, wanted.value)}, not at {device.mounting} height"
+
+
 class StuckRule(_RuleBase):
     """A detector whose watched fields never changed and that never passed a self-test (`test`) within
     window_s (event time): it may be dead while still reporting."""
@@ -337,11 +436,12 @@ class RepeatRule(_RuleBase):
     window_s: float = Field(gt=0)
 
 
-Rule = Annotated[ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | RateOfRiseRule | AbsenceRule
-                 | SessionRule | StuckRule | CorroborateRule | RepeatRule | RealarmRule | NoCancelRule,
-                 Field(discriminator="type")]
-AnyRule = (ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | RateOfRiseRule | AbsenceRule | SessionRule
-           | StuckRule | CorroborateRule | RepeatRule | RealarmRule | NoCancelRule)
+Rule = Annotated[ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | GapRule | RateOfRiseRule
+                 | AbsenceRule | SessionRule | RebootRule | DriftRule | StuckRule | CorroborateRule | RepeatRule
+                 | RealarmRule | NoCancelRule | OutageRule | PlacementRule, Field(discriminator="type")]
+AnyRule = (ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | GapRule | RateOfRiseRule | AbsenceRule
+           | SessionRule | RebootRule | DriftRule | StuckRule | CorroborateRule | RepeatRule | RealarmRule
+           | NoCancelRule | OutageRule | PlacementRule)
 
 
 def watched_fields(rule: AnyRule) -> frozenset[str]:
@@ -352,9 +452,9 @@ def watched_fields(rule: AnyRule) -> frozenset[str]:
         return frozenset((rule.field, rule.hush_field))
     if isinstance(rule, StuckRule):
         return frozenset((*rule.fields, "test"))
-    if isinstance(rule, AbsenceRule):
+    if isinstance(rule, AbsenceRule | DriftRule):
         return frozenset()  # every message counts
-    if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule):
+    if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule | OutageRule | PlacementRule):
         return frozenset({"-"})  # never per reading
     return frozenset((rule.field,))
 
@@ -453,9 +553,13 @@ def evaluate_flag(rule: FlagRule, state: State, reading: Reading) -> Transition 
         if state.get("active"):
             state["on"] = now
             return rule.transition("hold", reading.ts)
+        since = state.setdefault("since", now)
+        if now - since < rule.for_s:
+            return None
         _activate(state)
         state["on"] = now
         return rule.transition("raise", reading.ts, details={"field": rule.field, "reported": detail})
+    state.pop("since", None)
     if state.get("active") and now - state.get("on", now) >= rule.clear_for_s:
         state.clear()
         return rule.transition("clear", reading.ts)
@@ -518,6 +622,34 @@ def evaluate_dose(rule: DoseRule, state: State, reading: Reading) -> Transition 
         return None
     state.pop("clear_since", None)
     return rule.transition("hold", ts, c) if alarm else None
+
+
+def evaluate_gap(rule: GapRule, state: State, reading: Reading) -> Transition | None:
+    """A sample arrived: a data-gap alarm clears; the rule arms (or disarms) on the sample's level."""
+    c = _num(reading.value(rule.field))
+    if c is None:
+        return None
+    was_active = bool(state.get("active"))
+    state.clear()
+    if c >= rule.arm_at:
+        state["rx"], state["c"] = reading.received_at.timestamp(), c
+    if was_active:
+        return rule.transition("clear", reading.ts, c, details={"samples": "resumed"})
+    return None
+
+
+def tick_gap(rule: GapRule, state: State, device: Device, *, now: datetime) -> Transition | None:
+    """The timer's view: armed and no sample for gap_after_s raises once."""
+    rx = state.get("rx")
+    if rx is None or state.get("active"):
+        return None
+    silent = now.timestamp() - float(rx)
+    limit = rule.gap_after_s(device)
+    if silent < limit:
+        return None
+    state["active"] = True
+    return rule.transition("raise", now, state.get("c"), details={"silent_s": round(silent), "gap_after_s": limit,
+                                                                  "last_value": state.get("c")})
 
 
 def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) -> Transition | None:
@@ -760,6 +892,57 @@ def tick_session(rule: SessionRule, state: State, *, now: datetime) -> Transitio
     return _session_age(rule, state, now.timestamp(), now)
 
 
+def evaluate_reboot(rule: RebootRule, state: State, reading: Reading) -> Transition | None:
+    """Count counter restarts (seq lower than the last one) within the window."""
+    seq = reading.value(rule.field)
+    # Only a device's own counter (>= 0): bridges' readings carry a content digest (< 0) as their seq.
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return None
+    now = reading.ts.timestamp()
+    last = state.get("seq")
+    state["seq"] = seq
+    resets: list[float] = [t for t in state.get("r", []) if now - t < rule.window_s]
+    if last is not None and seq < last:
+        resets.append(now)
+    if resets:
+        state["r"] = resets
+    else:
+        state.pop("r", None)
+    if not state.get("active"):
+        if len(resets) >= rule.count:
+            state["active"] = True
+            return rule.transition("raise", reading.ts, float(len(resets)), details={
+                "restarts": len(resets), "window_s": rule.window_s, "seq": seq, "previous_seq": last})
+        return None
+    if not resets:
+        state.pop("active", None)
+        return rule.transition("clear", reading.ts, 0.0)
+    return None
+
+
+def evaluate_drift(rule: DriftRule, state: State, reading: Reading) -> Transition | None:
+    """A steady lag between device time and arrival raises; a shrinking one is a backlog draining."""
+    rx = reading.received_at.timestamp()
+    lag = rx - reading.ts.timestamp()
+    if lag < rule.max_lag_s:
+        if state.get("active") and lag < rule.clear_below_s:
+            state.clear()
+            return rule.transition("clear", reading.ts, round(lag, 1))
+        if not state.get("active"):
+            state.clear()
+        return None
+    lo, hi = min(lag, state.get("lo", lag)), max(lag, state.get("hi", lag))
+    if "since" not in state or hi - lo > rule.spread_s:
+        state.update(since=rx, lo=lag, hi=lag)
+        return None
+    state["lo"], state["hi"] = lo, hi
+    if not state.get("active") and rx - state["since"] >= rule.for_s:
+        state["active"] = True
+        return rule.transition("raise", reading.ts, round(lag, 1), details={
+            "lag_s": round(lag, 1), "spread_s": round(hi - lo, 1), "held_s": round(rx - state["since"])})
+    return None
+
+
 def evaluate_stuck(rule: StuckRule, state: State, reading: Reading) -> Transition | None:
     """No change in the watched fields and no passed self-test for window_s."""
     now = reading.ts.timestamp()
@@ -809,14 +992,19 @@ _EVALUATORS: dict[type, Any] = {
     FlagRule: evaluate_flag,
     HushRule: evaluate_hush,
     DoseRule: evaluate_dose,
+    GapRule: evaluate_gap,
     RateOfRiseRule: evaluate_rate_of_rise,
     AbsenceRule: evaluate_absence,
     SessionRule: evaluate_session,
     StuckRule: evaluate_stuck,
+    RebootRule: evaluate_reboot,
+    DriftRule: evaluate_drift,
     CorroborateRule: lambda _rule, _state, _reading: None,
     RepeatRule: lambda _rule, _state, _reading: None,
     RealarmRule: evaluate_realarm,
     NoCancelRule: lambda _rule, _state, _reading: None,
+    OutageRule: lambda _rule, _state, _reading: None,
+    PlacementRule: lambda _rule, _state, _reading: None,
 }
 
 

@@ -538,6 +538,28 @@ def alarms_to_escalate(conn: Connection[Any], *, alarm_type: str, rule_id: str, 
                                                 "before": before}).fetchall()
 
 
+SELECT_OPEN_OF_TYPE = f"SELECT {ALARM_COLUMNS} FROM alarm WHERE type = %s AND closed_at IS NULL ORDER BY id"
+
+
+def open_alarms_of_type(conn: Connection[Any], *, alarm_type: str) -> list[AlarmRow]:
+    """Every open alarm of one type (building outages, misplaced detectors: a handful)."""
+    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+        return cur.execute(SELECT_OPEN_OF_TYPE, (alarm_type,)).fetchall()
+
+
+SELECT_RECENT_SITE_ALARM = """
+SELECT id FROM alarm WHERE site_id = ANY(%(sites)s) AND raised_at >= %(since)s AND type <> ALL(%(ignore)s)
+ORDER BY raised_at LIMIT 1
+"""
+
+
+def recent_site_alarm(conn: Connection[Any], *, site_ids: Sequence[str], since: datetime,
+                      ignore_types: Sequence[str]) -> int | None:
+    """An alarm raised in these sites since `since` (other than ignore_types), if any."""
+    row = _one(conn, SELECT_RECENT_SITE_ALARM, {"sites": list(site_ids), "since": since, "ignore": list(ignore_types)})
+    return None if row is None else int(row[0])
+
+
 TRY_TIMER_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 
 

@@ -24,7 +24,17 @@ from core.domain import Device, DeviceKind, Severity
 from core.settings import Settings
 from rules import repo
 from rules import service as rules_service
-from rules.engine import AbsenceRule, SessionRule, tick_absence, tick_session
+from rules.engine import (
+    AbsenceRule,
+    GapRule,
+    OutageRule,
+    SessionRule,
+    Transition,
+    outage_cluster,
+    tick_absence,
+    tick_gap,
+    tick_session,
+)
 from rules.ruleset import RuleSet, default_rules
 
 log = logging.getLogger(__name__)
@@ -34,9 +44,11 @@ REGISTRY_REFRESH_S = 60.0  # the timer's copy of the registry (devices loaded la
 
 
 def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = None,
-             devices: dict[str, Device] | None = None) -> list[rules_service.AlarmChange]:
+             devices: dict[str, Device] | None = None,
+             check_registry: bool = False) -> list[rules_service.AlarmChange]:
     """One timer pass in its own transaction; returns the alarm changes (empty if another process ticks).
-    `devices` is the registry (loaded here when not given)."""
+    `devices` is the registry (loaded here when not given); check_registry also runs the registry checks
+    (GAS-08), which the timer does whenever it has refreshed its copy of the registry."""
     now = now or datetime.now(UTC)
     with conn.transaction():
         if not repo.try_timer_lock(conn, key=TIMER_LOCK_KEY):
@@ -44,6 +56,8 @@ def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = 
         if devices is None:
             devices = {d.id: d for d in core_repo.get_all_devices(conn)}
         changes = _expire_commands(conn, devices=devices, now=now)
+        if check_registry:
+            changes += rules_service.check_installation(conn, devices=devices, ruleset=ruleset, now=now)
         changes += _silence_and_sessions(conn, devices=devices, ruleset=ruleset, now=now)
         changes += _escalate(conn, ruleset=ruleset, now=now)
         changes += rules_service.confirm_uncancelled(conn, devices=devices, ruleset=ruleset, now=now)
@@ -64,7 +78,7 @@ def _expire_commands(conn: Connection[Any], *, devices: dict[str, Device],
 
 def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
                           now: datetime) -> list[rules_service.AlarmChange]:
-    timer_rules = [r for r in ruleset.rules if isinstance(r, AbsenceRule | SessionRule)]
+    timer_rules = [r for r in ruleset.rules if isinstance(r, AbsenceRule | SessionRule | GapRule)]
     absences = [r for r in timer_rules if isinstance(r, AbsenceRule)]
     # No device can be due before the shortest possible offline_after (mains floor or battery extra).
     shortest = min((min(r.mains_min_s, r.battery_extra_s) for r in absences), default=300.0)
@@ -79,13 +93,13 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
         if row.timer_state or any(isinstance(r, AbsenceRule) and silent >= r.offline_after_s(device)
                                   for r in ruleset.for_device(device)):
             candidates.append(device.id)
+    changes, in_outage = _building_outages(conn, devices=devices, seen=seen, ruleset=ruleset, now=now)
     if not candidates:
-        return []
+        return changes
     states = repo.try_lock_device_states(conn, device_ids=candidates)
     # Gateways first, so their children see this tick's verdict (one alarm for the gateway, none for them).
     order = sorted(states, key=lambda i: (devices[i].kind is not DeviceKind.GATEWAY, i))
     down: set[str] = set()
-    changes: list[rules_service.AlarmChange] = []
     before = {i: orjson.dumps(st.rules) for i, st in states.items()}
     for device_id in order:
         device, state = devices[device_id], states[device_id]
@@ -95,7 +109,9 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
             rule_state = state.rules.setdefault(rule.id, {})
             transition = None
             if isinstance(rule, AbsenceRule):
-                inhibited = _gateway_inhibits(conn, device=device, devices=devices, seen=seen, down=down, now=now)
+                # One alarm for a building's outage (DEV-03), as for a gateway's: not one per device in it.
+                inhibited = device_id in in_outage or _gateway_inhibits(conn, device=device, devices=devices,
+                                                                          seen=seen, down=down, now=now)
                 # EB-15: a port that goes silent with a charging session open is P2, not P3.
                 charging = any("s" in state.rules.get(r.id, {}) for r in ruleset.for_device(device)
                                if isinstance(r, SessionRule))
@@ -105,6 +121,8 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
                     down.add(device.id)
             elif isinstance(rule, SessionRule):
                 transition = tick_session(rule, rule_state, now=now)
+            elif isinstance(rule, GapRule):
+                transition = tick_gap(rule, rule_state, device, now=now)
             if not rule_state:
                 state.rules.pop(rule.id, None)
             if transition is not None:
@@ -114,6 +132,88 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
     # Write back only what changed: open sessions are looked at every tick but rarely move.
     repo.save_device_states(conn, states=[st for i, st in states.items() if orjson.dumps(st.rules) != before[i]])
     return changes
+
+
+def _silent_for(device: Device, ruleset: RuleSet, silent_s: float) -> bool:
+    return any(isinstance(r, AbsenceRule) and silent_s >= r.offline_after_s(device) for r in ruleset.for_device(device))
+
+
+def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen: dict[str, Any], ruleset: RuleSet,
+                      now: datetime) -> tuple[list[rules_service.AlarmChange], set[str]]:
+    """DEV-03: raise or clear one alarm per building whose devices went quiet together; returns the changes and
+    the devices inside an active outage (their own offline alarms are not raised)."""
+    changes: list[rules_service.AlarmChange] = []
+    in_outage: set[str] = set()
+    for rule in ruleset.rules:
+        if not isinstance(rule, OutageRule) or not rule.enabled:
+            continue
+        members = _buildings(devices, rule)
+        silent: dict[str, list[tuple[float, str]]] = {}
+        quiet = {i for i, row in seen.items() if i in devices and row.last_seen_at is not None
+                 and _silent_for(devices[i], ruleset, (now - row.last_seen_at).total_seconds())}
+        for device_id in quiet:
+            device = devices[device_id]
+            gateway = seen.get(device.gateway_id) if device.gateway_id else None
+            if device.gateway_id in quiet or (gateway is not None and gateway.online is False):
+                continue  # behind a gateway that is down: the gateway stands for it
+            building = device.building_id or device.site_id
+            if building in members:
+                silent.setdefault(building, []).append((seen[device_id].last_seen_at.timestamp(), device_id))
+        open_alarms = {str(a.details.get("building")): a
+                       for a in repo.open_alarms_of_type(conn, alarm_type=rule.alarm_type)}
+        for building in sorted(set(silent) | set(open_alarms)):
+            group = outage_cluster(rule, total=len(members.get(building, ())), silent=silent.get(building, []))
+            alarm = open_alarms.get(building)
+            if group is None:
+                if alarm is not None and alarm.active and alarm.device_id in devices:
+                    t = rule.transition("clear", now, details={"building": building})
+                    change = rules_service.record_transition(conn, device=devices[alarm.device_id], transition=t)
+                    changes += [change] if change is not None else []
+                continue
+            in_outage.update(group)
+            if alarm is not None and alarm.active:
+                continue
+            changes += _raise_outage(conn, rule=rule, building=building, group=group, members=members[building],
+                                     devices=devices, seen=seen, anchor=alarm.device_id if alarm else None, now=now)
+    return changes, in_outage
+
+
+def _raise_outage(conn: Connection[Any], *, rule: OutageRule, building: str, group: list[str], members: list[str],
+                  devices: dict[str, Device], seen: dict[str, Any], anchor: str | None,
+                  now: datetime) -> list[rules_service.AlarmChange]:
+    """The outage alarm sits on the first device that went quiet (or the building's open one); critical when
+    another alarm came first anywhere in the building (possible fire damage)."""
+    began = min(seen[i].last_seen_at for i in group)
+    total = len(members)
+    sites = sorted({devices[i].site_id for i in members})
+    earlier = repo.recent_site_alarm(conn, site_ids=sites, since=began - timedelta(seconds=rule.recent_s),
+                                     ignore_types=rule.ignore_types)
+    severity = rule.severity_if_recent if earlier is not None else rule.severity
+    first = anchor or min(group, key=lambda i: (seen[i].last_seen_at, i))
+    t: Transition = rule.transition("raise", now, float(len(group)), severity=severity, details={
+        "building": building, "offline": len(group), "total": total, "devices": sorted(group)[:20],
+        "since": began.isoformat(), "alarm_before": earlier})
+    log.warning("building %s: %d of %d devices went quiet together since %s", building, len(group), total,
+                began.isoformat())
+    change = rules_service.record_transition(conn, device=devices[first], transition=t)
+    return [change] if change is not None else []
+
+
+_BUILDINGS: dict[tuple[int, int, str], dict[str, list[str]]] = {}
+
+
+def _buildings(devices: dict[str, Device], rule: OutageRule) -> dict[str, list[str]]:
+    """building -> its device ids the rule watches (cached per registry copy: the timer ticks every 5 s)."""
+    key = (id(devices), len(devices), rule.id)
+    found = _BUILDINGS.get(key)
+    if found is None:
+        found = {}
+        for d in devices.values():
+            if rule.applies_to(d):
+                found.setdefault(d.building_id or d.site_id, []).append(d.id)
+        _BUILDINGS.clear()
+        _BUILDINGS[key] = found
+    return found
 
 
 def _gateway_inhibits(conn: Connection[Any], *, device: Device, devices: dict[str, Device], seen: dict[str, Any],
@@ -169,6 +269,7 @@ class RulesTimer:
         conn: psycopg.Connection[Any] | None = None
         devices: dict[str, Device] = {}
         loaded_at = 0.0
+        check = False
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed or conn.broken:
@@ -177,7 +278,9 @@ class RulesTimer:
                     devices = {d.id: d for d in core_repo.get_all_devices(conn)}
                     conn.commit()
                     loaded_at = time.monotonic()
-                run_tick(conn, ruleset=self.ruleset, devices=devices)
+                    check = True
+                run_tick(conn, ruleset=self.ruleset, devices=devices, check_registry=check)
+                check = False  # if another process held the tick, it checks its own copy when it refreshes
                 self.ticks += 1
             except psycopg.OperationalError as exc:
                 log.warning("rules timer: database unavailable (%s); retrying", str(exc).strip()[:120])

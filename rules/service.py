@@ -21,11 +21,13 @@ from rules.engine import (
     AnyRule,
     CorroborateRule,
     NoCancelRule,
+    PlacementRule,
     RealarmRule,
     RepeatRule,
     StuckRule,
     Transition,
     evaluate,
+    misplacement,
     repeat_due,
 )
 from rules.ruleset import RuleSet
@@ -240,6 +242,33 @@ def _clear_confirmations(conn: Connection[Any], *, device: Device, alarm_type: s
             "clear", at, details={"cleared_with": alarm_type}))
         if change is not None:
             out.append(change)
+    return out
+
+
+def check_installation(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
+                       now: datetime | None = None) -> list[AlarmChange]:
+    """GAS-08: registry checks (a gas detector at the wrong height for its site's gas) raise, or clear once the
+    registry says it was fixed. Run after a registry load and when the timer refreshes its registry copy."""
+    at = now or datetime.now(UTC)
+    out: list[AlarmChange] = []
+    for rule in ruleset.rules:
+        if not isinstance(rule, PlacementRule):
+            continue
+        open_ = {a.device_id: a for a in repo.open_alarms_of_type(conn, alarm_type=rule.alarm_type)}
+        for device in devices.values():
+            mine = next((r for r in ruleset.for_device(device) if r.id == rule.id), None)
+            why = misplacement(mine, device) if isinstance(mine, PlacementRule) else None
+            alarm = open_.get(device.id)
+            if why is not None and (alarm is None or not alarm.active):
+                t = rule.transition("raise", at, details={"mounting": device.mounting, "lpg": device.lpg,
+                                                          "why": why})
+                t.message = why
+            elif why is None and alarm is not None and alarm.active:
+                t = rule.transition("clear", at, details={"mounting": device.mounting})
+            else:
+                continue
+            change = record_transition(conn, device=device, transition=t)
+            out += [change] if change is not None else []
     return out
 
 
