@@ -141,6 +141,7 @@ class Reading:
 
 
 _READING_SLOTS = frozenset(MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS + ("seq", "ts"))
+READING_ATTRIBUTES = _READING_SLOTS  # the fields Reading.value finds as attributes (the rest are extras)
 
 
 @dataclass(slots=True, frozen=True)

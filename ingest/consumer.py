@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -35,6 +35,63 @@ PUBACK = 0x40  # MQTT control packet type 4 (spec 2.1.2), as paho's client.PUBAC
 _PUBACK = struct.Struct("!BBH")
 
 
+class ReceiveClient(mqtt.Client):
+    """paho's client with a cheaper receive path for a high-rate QoS-1 subscriber (measured in bench/).
+
+    Stock paho 2.2 reads every packet with three recv() calls (command byte, length byte, body), handles one
+    packet per select() wake-up, and builds a full MQTT v5 `Properties` object for every PUBLISH, even one with
+    no properties — together most of the ~60 µs of CPU the bare subscriber spends on a message. Here the
+    socket is read in 64 KiB chunks, every complete packet in the buffer is handled per wake-up, and a QoS-1
+    PUBLISH whose property length is 0 skips the Properties object (any other PUBLISH takes paho's own path).
+    The wire behaviour is unchanged: the same packets are read in the same order and acknowledged the same way.
+    """
+
+    RECV_CHUNK = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rx = b""
+        self._rx_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rx_pos >= len(self._rx):
+            self._rx = super()._sock_recv(self.RECV_CHUNK)  # BlockingIOError / OSError as paho expects them
+            self._rx_pos = 0
+            if not self._rx:
+                return b""  # the connection closed
+        start = self._rx_pos
+        self._rx_pos = min(start + bufsize, len(self._rx))
+        return self._rx[start:self._rx_pos]
+
+    def _sock_close(self) -> None:
+        self._rx, self._rx_pos = b"", 0  # bytes of a closed connection must never be read as the next one's
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        # Packets already in the buffer will not wake select() again: handle them now.
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rx_pos < len(self._rx):
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        header, packet = self._in_packet["command"], self._in_packet["packet"]
+        # Fast path: MQTT 5 QoS 1 (spec 3.3.2: topic length + topic, packet id, property length 0, payload).
+        if self._protocol != mqtt.MQTTv5 or (header & 0x06) != 0x02 or not self._manual_ack or len(packet) < 5:
+            return super()._handle_publish()
+        topic_len = (packet[0] << 8) | packet[1]
+        pos = 2 + topic_len
+        if topic_len == 0 or len(packet) < pos + 3 or packet[pos + 2] != 0:
+            return super()._handle_publish()  # topic alias or properties present, or malformed: paho decides
+        message = mqtt.MQTTMessage(mid=(packet[pos] << 8) | packet[pos + 1], topic=bytes(packet[2:pos]))
+        message.qos = 1
+        message.dup = bool(header & 0x08)
+        message.retain = bool(header & 0x01)
+        message.payload = bytes(packet[pos + 3:])
+        self._handle_on_message(message)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS  # manual ack: the PUBACK goes out after the commit
+
+
 class MqttConsumer:
     """Subscribes with QoS 1 and puts every message into a bounded queue; acks only when told."""
 
@@ -49,8 +106,8 @@ class MqttConsumer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.keepalive = keepalive
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5, manual_ack=True)
+        self.client = ReceiveClient(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                    protocol=mqtt.MQTTv5, manual_ack=True)
         if target.username:
             self.client.username_pw_set(target.username, target.password)
         if target.tls:

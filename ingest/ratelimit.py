@@ -16,6 +16,7 @@ notifications on transitions only.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class RateLimit:
     _readings: dict[str, Bucket] = field(default_factory=dict)
     _total: Bucket | None = None
     _last_warning: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the ingest's writer threads share one limit
 
     def _take(self, buckets: dict[str, Bucket], key: str, rate: float, burst: float, now: float) -> Bucket | None:
         """The source's bucket with one token taken, or None (bucket left in `buckets`) when it is empty."""
@@ -85,6 +87,12 @@ class RateLimit:
     def filter_rejects(self, rejects: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """The rejects to store: (received_at, topic, payload, device_id, reason) rows within budget, the reason
         of the first one after a suppressed run saying how many were left out."""
+        if not rejects:
+            return []
+        with self._lock:
+            return self._filter_rejects(rejects)
+
+    def _filter_rejects(self, rejects: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         now = self.clock()
         kept: list[tuple[Any, ...]] = []
         for row in rejects:
@@ -115,6 +123,10 @@ class RateLimit:
 
     def count_readings(self, readings: Sequence[Reading]) -> int:
         """Count (never drop) readings above the per-device rate; returns how many were over."""
+        with self._lock:
+            return self._count_readings(readings)
+
+    def _count_readings(self, readings: Sequence[Reading]) -> int:
         now = self.clock()
         over = 0
         for r in readings:

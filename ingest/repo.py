@@ -28,6 +28,7 @@ CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS reading_in (LIKE reading INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
 """
 COPY_STAGING = f"COPY reading_in ({_COLS}) FROM STDIN (FORMAT BINARY)"
+COPY_DIRECT = f"COPY reading ({_COLS}) FROM STDIN (FORMAT BINARY)"
 MOVE_STAGING = f"""
 INSERT INTO reading ({_COLS}) SELECT {_COLS} FROM reading_in
 ON CONFLICT (device_id, ts, seq) DO NOTHING
@@ -55,22 +56,32 @@ def prepare_connection(conn: Connection[Any]) -> None:
     _staged.add(conn)
 
 
-def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading]) -> list[Reading]:
-    """COPY readings in; returns those that were new (a redelivered duplicate is absorbed and left out)."""
+def _copy_rows(cur: Any, statement: str, readings: Sequence[Reading]) -> None:
+    with cur.copy(statement) as copy:
+        copy.set_types(READING_TYPES)
+        for r in readings:
+            copy.write_row((
+                r.device_id, r.ts, -1 if r.seq is None else r.seq, r.received_at, r.gas_lel, r.co_ppm,
+                r.smoke_db_m, r.temp_c, r.power_w, r.current_a, r.voltage_v, r.energy_wh, r.battery_pct,
+                r.gas, r.smoke, r.tamper, r.test, r.relay, r.valve, r.fault,
+                Jsonb(r.extras) if r.extras else None,
+            ))
+
+
+def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading], direct: bool = False) -> list[Reading]:
+    """COPY readings in; returns those that were new (a redelivered duplicate is absorbed and left out).
+
+    direct=True copies straight into `reading` (measured in bench/: half the cost of the staging path) and raises
+    UniqueViolation if one of them is already stored; the caller then writes the batch again without it."""
     if not readings:
         return []
     with conn.cursor() as cur:
+        if direct:
+            _copy_rows(cur, COPY_DIRECT, readings)
+            return list(readings)
         if conn not in _staged:
             cur.execute(CREATE_STAGING)
-        with cur.copy(COPY_STAGING) as copy:
-            copy.set_types(READING_TYPES)
-            for r in readings:
-                copy.write_row((
-                    r.device_id, r.ts, -1 if r.seq is None else r.seq, r.received_at, r.gas_lel, r.co_ppm,
-                    r.smoke_db_m, r.temp_c, r.power_w, r.current_a, r.voltage_v, r.energy_wh, r.battery_pct,
-                    r.gas, r.smoke, r.tamper, r.test, r.relay, r.valve, r.fault,
-                    Jsonb(r.extras) if r.extras else None,
-                ))
+        _copy_rows(cur, COPY_STAGING, readings)
         cur.execute(MOVE_STAGING)
         inserted = {(row[0], row[1], row[2]) for row in cur.fetchall()}
     if len(inserted) == len(readings):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS
 
 Percent = Annotated[float, Field(ge=0, le=100)]
+CARRIED = frozenset(MEASUREMENT_FIELDS + FLAG_FIELDS + ("relay", "valve", "fault"))  # a message needs one of these
 NonNegative = Annotated[float, Field(ge=0)]
 
 
@@ -66,8 +67,9 @@ class TelemetryIn(BaseModel):
 
     @model_validator(mode="after")
     def _has_content(self) -> TelemetryIn:
-        carried = MEASUREMENT_FIELDS + FLAG_FIELDS + ("relay", "valve", "fault")
-        if all(getattr(self, name) is None for name in carried) and "fault" not in self.model_fields_set:
+        given = self.model_fields_set
+        # `fault: null` counts (the device says "no fault"); other fields count when they hold a value.
+        if "fault" not in given and all(getattr(self, name) is None for name in CARRIED.intersection(given)):
             raise ValueError("message carries no measurement or flag (e.g. gas_lel, co_ppm, smoke, relay)")
         return self
 

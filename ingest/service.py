@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
-from psycopg import Connection
+from psycopg import Connection, errors
 
 from core import repo as core_repo
 from core.domain import Adapter, Device, DeviceStatus, Reading
@@ -49,7 +50,8 @@ class DeviceCache:
     _by_id: dict[str, Device] = field(default_factory=dict)
     _by_foreign: dict[tuple[Adapter, str], Device] = field(default_factory=dict)
     _missing: dict[str, float] = field(default_factory=dict)
-    _conn: Connection[Any] | None = None
+    # The connection a miss is looked up on: the calling writer thread's own (several writers share the cache).
+    _local: threading.local = field(default_factory=threading.local)
 
     def prime(self, conn: Connection[Any]) -> None:
         for d in core_repo.get_all_devices(conn):
@@ -61,7 +63,12 @@ class DeviceCache:
             self._by_foreign[(d.adapter, d.foreign_id)] = d
 
     def bind(self, conn: Connection[Any]) -> None:
-        self._conn = conn
+        self._local.conn = conn
+
+    @property
+    def _conn(self) -> Connection[Any] | None:
+        conn: Connection[Any] | None = getattr(self._local, "conn", None)
+        return conn
 
     def _lookup_miss(self, key: str) -> bool:
         seen = self._missing.get(key)
@@ -92,6 +99,16 @@ class DeviceCache:
         return device
 
 
+class LockTurn(Protocol):
+    """A batch's place in the order of writing and device-state locking (see ingest.worker.Turns)."""
+
+    def wait(self) -> None:
+        """Block until every earlier batch has written its readings and holds its device states."""
+
+    def done(self) -> None:
+        """This batch holds its device states: the next may lock."""
+
+
 @dataclass(slots=True)
 class BatchResult:
     stored: int = 0
@@ -102,49 +119,96 @@ class BatchResult:
     alarm_changes: list[rules_service.AlarmChange] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Decoded:
+    """A batch's messages, decoded."""
+
+    readings: list[Reading] = field(default_factory=list)
+    statuses: list[DeviceStatus] = field(default_factory=list)
+    acks: list[CommandAck] = field(default_factory=list)
+    rejects: list[tuple[Any, ...]] = field(default_factory=list)
+    ignored: int = 0
+
+
+def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: DeviceCache) -> Decoded:
+    """Every message of a batch as readings, statuses, command acks, rejects (with their reason) or ignored."""
+    out = Decoded()
+    for msg in messages:
+        for item in decoder.decode(msg, devices):
+            if isinstance(item, Reading):
+                out.readings.append(item)
+            elif isinstance(item, Reject):
+                out.rejects.append((msg.received_at, msg.topic, msg.payload, item.device_id, item.reason))
+            elif isinstance(item, DeviceStatus):
+                out.statuses.append(item)
+            elif isinstance(item, CommandAck):
+                out.acks.append(item)
+            elif isinstance(item, Ignored):
+                out.ignored += 1
+    return out
+
+
+def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCache, ruleset: RuleSet,
+                 turn: LockTurn | None, direct: bool) -> BatchResult:
+    result = BatchResult(ignored=decoded.ignored)
+    # Batches running at once take their turn here, before writing anything: this one's readings and device
+    # states come after every earlier batch's (which never waits for a later one, so the two cannot block
+    # each other), and a batch that left the queue later locks a shared device only after this one did.
+    if turn is not None:
+        turn.wait()
+    readings, statuses = decoded.readings, decoded.statuses
+    new = repo.insert_readings(conn, readings=readings, direct=direct)
+    result.stored = len(new)
+    result.duplicates = len(readings) - len(new)
+    touched = {r.device_id for r in new}
+    known = {d: dev for d in touched if (dev := devices.device(d)) is not None}
+    # Every device state of the batch in one sorted lock: two writers cannot deadlock on them.
+    ids = [*touched, *(s.device_id for s in statuses)]
+    states = rules_service.lock_devices(conn, device_ids=ids) if ids else {}
+    if turn is not None:
+        turn.done()
+    result.alarm_changes = rules_service.apply_readings(conn, readings=new, devices=known, ruleset=ruleset,
+                                                        states=states)
+    status_devices = {s.device_id: dev for s in statuses if (dev := devices.device(s.device_id)) is not None}
+    result.alarm_changes += rules_service.apply_statuses(conn, statuses=statuses, devices=status_devices,
+                                                         ruleset=ruleset, states=states)
+    result.statuses = len(statuses)
+    if decoded.acks:
+        result.alarm_changes += rules_service.apply_command_acks(
+            conn, acks=decoded.acks, devices={a.device_id: d for a in decoded.acks
+                                               if (d := devices.device(a.device_id))})
+    repo.insert_rejects(conn, rejects=decoded.rejects)
+    result.rejected = len(decoded.rejects)
+    return result
+
+
 def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder: Decoder, devices: DeviceCache,
-                  ruleset: RuleSet, limiter: RateLimit | None = None) -> BatchResult:
-    """Decode and persist a batch in one transaction (the caller acks the messages after it returns)."""
+                  ruleset: RuleSet, limiter: RateLimit | None = None,
+                  turn: LockTurn | None = None) -> BatchResult:
+    """Decode and persist a batch in one transaction (the caller acks the messages after it returns).
+    `turn` orders the device-state locking of batches that run concurrently in one process (IngestWorker)."""
     started = time.perf_counter()
-    result = BatchResult()
-    readings: list[Reading] = []
-    statuses: list[DeviceStatus] = []
-    acks: list[CommandAck] = []
-    rejects: list[tuple[Any, ...]] = []
-    with conn.transaction():
-        devices.bind(conn)
-        for msg in messages:
-            for item in decoder.decode(msg, devices):
-                if isinstance(item, Reading):
-                    readings.append(item)
-                elif isinstance(item, Reject):
-                    rejects.append((msg.received_at, msg.topic, msg.payload, item.device_id, item.reason))
-                elif isinstance(item, DeviceStatus):
-                    statuses.append(item)
-                elif isinstance(item, CommandAck):
-                    acks.append(item)
-                elif isinstance(item, Ignored):
-                    result.ignored += 1
-        new = repo.insert_readings(conn, readings=readings)
-        result.stored = len(new)
-        result.duplicates = len(readings) - len(new)
-        touched = {r.device_id for r in new}
-        known = {d: dev for d in touched if (dev := devices.device(d)) is not None}
-        if statuses:  # take every device state of the batch in one sorted lock: two workers cannot deadlock
-            rules_service.lock_devices(conn, device_ids=[*touched, *(s.device_id for s in statuses)])
-        result.alarm_changes = rules_service.apply_readings(conn, readings=new, devices=known, ruleset=ruleset)
-        status_devices = {s.device_id: dev for s in statuses if (dev := devices.device(s.device_id)) is not None}
-        result.alarm_changes += rules_service.apply_statuses(conn, statuses=statuses, devices=status_devices,
-                                                             ruleset=ruleset)
-        result.statuses = len(statuses)
-        if acks:
-            result.alarm_changes += rules_service.apply_command_acks(
-                conn, acks=acks, devices={a.device_id: d for a in acks if (d := devices.device(a.device_id))})
-        if limiter is not None:  # one broken device must not flood the reject table (ingest/ratelimit.py)
-            limiter.count_readings(readings)
-            rejects = limiter.filter_rejects(rejects)
-        repo.insert_rejects(conn, rejects=rejects)
-        result.rejected = len(rejects)
+    decoded: Decoded | None = None
+    # Readings go straight into `reading` by COPY; a batch holding a reading already stored (a redelivery, a
+    # bridge repeating itself) fails that COPY and is written once more through the staging table, which absorbs
+    # duplicates. Nothing but the COPY has been written when it fails, so the retry repeats nothing.
+    for direct in (True, False):
+        try:
+            with conn.transaction():
+                devices.bind(conn)
+                if decoded is None:
+                    decoded = decode_batch(messages, decoder=decoder, devices=devices)
+                    if limiter is not None:  # one broken device must not flood the reject table (ratelimit.py)
+                        limiter.count_readings(decoded.readings)
+                        decoded.rejects = limiter.filter_rejects(decoded.rejects)
+                result = _write_batch(conn, decoded, devices=devices, ruleset=ruleset, turn=turn, direct=direct)
+            break
+        except errors.UniqueViolation:
+            if not direct:
+                raise
+            log.debug("batch holds a reading already stored: writing it through the staging table")
+    assert decoded is not None  # noqa: S101 - set by the first attempt
+    rejects, acks = decoded.rejects, decoded.acks
     for ack in acks:
         log.info("command %s on %s acknowledged ok=%s %s", ack.command_id, ack.device_id, ack.ok, ack.detail)
     MESSAGES.labels("stored").inc(result.stored)

@@ -9,6 +9,7 @@ at the wall clock, through tick() called by the timer (DESIGN.md, data flow 3).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -1011,6 +1012,15 @@ _EVALUATORS: dict[type, Any] = {
 def evaluate(rule: AnyRule, state: State, reading: Reading) -> Transition | None:
     """Evaluate one rule against one reading, updating the rule's state in place."""
     return _EVALUATORS[type(rule)](rule, state, reading)  # type: ignore[no-any-return]
+
+
+Evaluator = Callable[[Any, State, Reading], Transition | None]
+
+
+def evaluator(rule: AnyRule) -> Evaluator:
+    """The function evaluate() calls for this rule (the hot path looks it up once per rule, not per reading)."""
+    found: Evaluator = _EVALUATORS[type(rule)]
+    return found
 
 
 def repeat_due(rule: RepeatRule, *, alarm_type: str, disposition: str, resolved_count: int) -> bool:

@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from core.configfile import read_yaml
-from core.domain import Device, DeviceKind, Location
+from core.domain import READING_ATTRIBUTES, Device, DeviceKind, Location, Reading
 from core.errors import ConfigError
-from rules.engine import AnyRule, Rule, watched_fields
+from rules.engine import AbsenceRule, AnyRule, Rule, StuckRule, evaluator, watched_fields
 
 _RULES = TypeAdapter(list[Rule])
 _RULE = TypeAdapter(Rule)
@@ -50,15 +50,37 @@ class Override(BaseModel):
 class CompiledRule:
     """A rule with what the hot path needs precomputed."""
 
-    __slots__ = ("fields", "rule")
+    __slots__ = ("evaluate", "fields", "judges_tests", "rule")
 
     def __init__(self, rule: AnyRule) -> None:
         self.rule = rule
         self.fields = watched_fields(rule)
+        self.evaluate = evaluator(rule)
+        self.judges_tests = isinstance(rule, StuckRule | AbsenceRule)  # a self-test reading counts for these only
 
     def concerns(self, present: set[str]) -> bool:
         """Whether a reading with these fields present matters to this rule (absence rules: every message)."""
         return not self.fields or not self.fields.isdisjoint(present)
+
+
+class Plan:
+    """A device's compiled rules and the reading fields they read, split into Reading attributes and extras."""
+
+    __slots__ = ("extra_fields", "rules", "slot_fields")
+
+    def __init__(self, rules: tuple[CompiledRule, ...]) -> None:
+        self.rules = rules
+        fields = sorted({f for c in rules for f in c.fields if f != "-"})
+        self.slot_fields = tuple(f for f in fields if f in READING_ATTRIBUTES)
+        self.extra_fields = tuple(f for f in fields if f not in READING_ATTRIBUTES)
+
+    def present(self, reading: Reading) -> set[str]:
+        """The fields this reading carries that some rule of the device reads."""
+        found = {f for f in self.slot_fields if getattr(reading, f) is not None}
+        extras = reading.extras
+        if extras and self.extra_fields:
+            found.update(f for f in self.extra_fields if extras.get(f) is not None)
+        return found
 
 
 def _order(rules: tuple[AnyRule, ...]) -> tuple[AnyRule, ...]:
@@ -77,11 +99,21 @@ class RuleSet:
         self._index: dict[tuple[str, ...], tuple[AnyRule, ...]] = {}
         self._compiled: dict[tuple[str, ...], tuple[CompiledRule, ...]] = {}
         self._fields: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._plans: dict[tuple[str, ...], Plan] = {}
         self._specific = any(o.match.site or o.match.device for o in overrides)
 
     def _key(self, device: Device) -> tuple[str, ...]:
-        base = (device.kind.value, device.location.value)
+        # _value_ is the members' plain attribute (.value is a descriptor): this runs for every reading.
+        base: tuple[str, ...] = (device.kind._value_, device.location._value_)
         return (*base, device.site_id, device.id) if self._specific else base
+
+    def plan_for(self, device: Device) -> Plan:
+        """The hot path's view of a device: its compiled rules and the fields they read (cached per key)."""
+        key = self._key(device)
+        found = self._plans.get(key)
+        if found is None:
+            found = self._plans[key] = Plan(self.compiled_for(device))
+        return found
 
     def for_device(self, device: Device) -> tuple[AnyRule, ...]:
         """The rules that watch this device, with its overrides applied."""

@@ -24,9 +24,7 @@ from rules.engine import (
     PlacementRule,
     RealarmRule,
     RepeatRule,
-    StuckRule,
     Transition,
-    evaluate,
     misplacement,
     repeat_due,
 )
@@ -55,11 +53,17 @@ SELF_TEST = "_self_test"  # device_state.rules key: event time of the last passe
 
 
 def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], devices: dict[str, Device],
-                   ruleset: RuleSet, now: datetime | None = None) -> list[AlarmChange]:
-    """Evaluate new readings in event-time order per device and persist the resulting transitions."""
+                   ruleset: RuleSet, now: datetime | None = None,
+                   states: dict[str, repo.DeviceStateRow] | None = None) -> list[AlarmChange]:
+    """Evaluate new readings in event-time order per device and persist the resulting transitions.
+    `states`: the device states already locked by this transaction (lock_devices); locked here otherwise."""
     if not readings:
         return []
-    states = repo.lock_device_states(conn, device_ids=[r.device_id for r in readings])
+    if states is None:
+        states = repo.lock_device_states(conn, device_ids=[r.device_id for r in readings])
+    else:
+        wanted = {r.device_id for r in readings}
+        states = {i: st for i, st in states.items() if i in wanted}
     changes: list[AlarmChange] = []
     wall = now or datetime.now(UTC)
     for reading in sorted(readings, key=lambda r: (r.device_id, r.ts, r.seq or 0)):
@@ -79,18 +83,23 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
             # A self-test never pages (RULES-REFERENCE 7.3 test mode): record it as passed, judge nothing else.
             rules[SELF_TEST] = reading.ts.isoformat()
             log.info("self-test passed on %s at %s", device.id, reading.ts.isoformat())
-        present = {f for f in ruleset.fields_for(device) if reading.value(f) is not None}
-        for compiled in ruleset.compiled_for(device):
+        plan = ruleset.plan_for(device)
+        present = plan.present(reading)
+        test = reading.test
+        for compiled in plan.rules:
+            fields = compiled.fields
+            if fields and fields.isdisjoint(present):
+                continue  # this reading says nothing this rule reads (absence rules watch every message)
+            if test and not compiled.judges_tests:
+                continue
             rule = compiled.rule
-            if not compiled.concerns(present):
-                continue
-            if reading.test and not isinstance(rule, StuckRule | AbsenceRule):
-                continue
-            rule_state = rules.setdefault(rule.id, {})
+            rule_state = rules.get(rule.id)
+            if rule_state is None:
+                rule_state = rules[rule.id] = {}
             was_active = bool(rule_state.get("active"))
-            transition = evaluate(rule, rule_state, reading)
+            transition = compiled.evaluate(rule, rule_state, reading)
             if not rule_state:
-                rules.pop(rule.id, None)
+                del rules[rule.id]
             if rule.inhibited_by and not was_active and any(
                     rules.get(i, {}).get("active") for i in rule.inhibited_by):
                 # A higher level of the family is active: do not page; arm afresh once it has cleared.
@@ -399,19 +408,24 @@ def _repeats(conn: Connection[Any], *, alarm: repo.AlarmRow, at: datetime, rules
 # --------------------------------------------------------------------------- statuses, command acks, timer
 
 
-def lock_devices(conn: Connection[Any], *, device_ids: Sequence[str]) -> None:
-    """Lock these devices' rule state up front (id order) when a batch will take them in several steps."""
-    repo.lock_device_states(conn, device_ids=device_ids)
+def lock_devices(conn: Connection[Any], *, device_ids: Sequence[str]) -> dict[str, repo.DeviceStateRow]:
+    """Lock these devices' rule state up front, in one statement in id order (two writers cannot deadlock on
+    them), for apply_readings / apply_statuses to use."""
+    return repo.lock_device_states(conn, device_ids=device_ids)
 
 
 def apply_statuses(conn: Connection[Any], *, statuses: Sequence[DeviceStatus], devices: dict[str, Device],
-                   ruleset: RuleSet) -> list[AlarmChange]:
+                   ruleset: RuleSet, states: dict[str, repo.DeviceStateRow] | None = None) -> list[AlarmChange]:
     """Retained status topics: `offline` (the device's last will) raises offline at once unless its
     gateway is down too; `online` clears it (DESIGN MQTT contract)."""
     changes: list[AlarmChange] = []
     if not statuses:
         return changes
-    states = repo.lock_device_states(conn, device_ids=[s.device_id for s in statuses])
+    if states is None:
+        states = repo.lock_device_states(conn, device_ids=[s.device_id for s in statuses])
+    else:
+        wanted = {s.device_id for s in statuses}
+        states = {i: st for i, st in states.items() if i in wanted}
     for status in sorted(statuses, key=lambda s: (s.device_id, s.at)):
         repo.set_device_online(conn, device_id=status.device_id, online=status.online, at=status.at)
         device, state = devices.get(status.device_id), states.get(status.device_id)

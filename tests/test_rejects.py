@@ -65,7 +65,7 @@ def test_each_bad_input_is_recorded_with_its_reason(loaded: Settings, running: R
     publisher.publish(f"{loaded.topic_prefix}/gas-1/telemetry", {"gas_lel": 3, "seq": 1})
     wait_for(lambda: psycopg.connect(loaded.dsn).execute("SELECT count(*) FROM reading").fetchone()[0] == 1,  # type: ignore[index]
              what="good reading after the bad ones")
-    assert running.parts["ingest"]._thread.is_alive()
+    assert running.parts["ingest"].alive
 
 
 def test_oversized_payload_is_rejected_not_dropped(loaded: Settings, running: Running, publisher: Publisher) -> None:
