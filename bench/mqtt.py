@@ -196,6 +196,60 @@ def raw_drain(
     return DrainResult(count, elapsed, cpu)
 
 
+def receive_path_drain(
+    host: str,
+    port: int,
+    *,
+    client_id: str,
+    expected: int,
+    receive_maximum: int,
+    batch: int,
+    broker_pid: int,
+    timeout: float = 300,
+) -> DrainResult:
+    """gridwatch's own receive path with nothing behind it: ingest.consumer's client and bounded queue, a thread
+    taking batches off the queue and acknowledging them (MqttConsumer.ack), no decoding and no database. What the
+    ingest costs beyond this is its pipeline; this line shows how far the receive path itself is from the raw one."""
+    import queue as queue_mod
+
+    from core.settings import MqttTarget
+    from ingest.consumer import MqttConsumer
+    from ingest.decode import Message
+
+    q: queue_mod.Queue[Message] = queue_mod.Queue(maxsize=max(2000, receive_maximum))
+    consumer = MqttConsumer(MqttTarget(f"mqtt://{host}:{port}"), client_id=client_id, topics=["gw/v1/+/telemetry"],
+                            out=q, receive_maximum=receive_maximum)
+    done = threading.Event()
+    count = 0
+
+    def take() -> None:
+        nonlocal count
+        while count < expected:
+            got = [q.get()]
+            while len(got) < batch:
+                try:
+                    got.append(q.get_nowait())
+                except queue_mod.Empty:
+                    break
+            consumer.ack(got)
+            count += len(got)
+        done.set()
+
+    taker = threading.Thread(target=take, daemon=True)
+    with broker_paused(broker_pid):
+        taker.start()
+        consumer.start()
+        time.sleep(0.05)
+        started = time.time()
+        cpu = time.process_time()
+    if not done.wait(timeout):
+        raise RuntimeError(f"receive path got {count} of {expected} messages in {timeout:.0f} s")
+    elapsed = time.time() - started
+    cpu = time.process_time() - cpu
+    consumer.stop()
+    return DrainResult(count, elapsed, cpu)
+
+
 class PacedFleet:
     """Publishes a message stream at a fixed rate from a thread (the background load)."""
 

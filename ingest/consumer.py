@@ -43,6 +43,7 @@ class ReceiveClient(mqtt.Client):
     no properties — together most of the ~60 µs of CPU the bare subscriber spends on a message. Here the
     socket is read in 64 KiB chunks, every complete packet in the buffer is handled per wake-up, and a QoS-1
     PUBLISH whose property length is 0 skips the Properties object (any other PUBLISH takes paho's own path).
+    Messages go straight to on_message (no per-topic callbacks are used, so paho's topic-filter walk is skipped).
     The wire behaviour is unchanged: the same packets are read in the same order and acknowledged the same way.
     """
 
@@ -73,6 +74,17 @@ class ReceiveClient(mqtt.Client):
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rx_pos < len(self._rx):
             rc = super().loop_read(max_packets)
         return rc
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        """Not used by gridwatch: _handle_on_message below skips paho's per-topic callback matching."""
+        raise NotImplementedError("ReceiveClient delivers every message to on_message")
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        # paho walks its topic-filter tree for per-topic callbacks on every message (none are registered here).
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
 
     def _handle_publish(self) -> MQTTErrorCode:
         header, packet = self._in_packet["command"], self._in_packet["packet"]

@@ -158,6 +158,8 @@ def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCach
         turn.wait()
     readings, statuses = decoded.readings, decoded.statuses
     new = repo.insert_readings(conn, readings=readings, direct=direct)
+    repo.insert_rejects(conn, rejects=decoded.rejects)  # in the ordered part: reject ids follow arrival order
+    result.rejected = len(decoded.rejects)
     result.stored = len(new)
     result.duplicates = len(readings) - len(new)
     touched = {r.device_id for r in new}
@@ -177,8 +179,6 @@ def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCach
         result.alarm_changes += rules_service.apply_command_acks(
             conn, acks=decoded.acks, devices={a.device_id: d for a in decoded.acks
                                                if (d := devices.device(a.device_id))})
-    repo.insert_rejects(conn, rejects=decoded.rejects)
-    result.rejected = len(decoded.rejects)
     return result
 
 

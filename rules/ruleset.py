@@ -50,13 +50,15 @@ class Override(BaseModel):
 class CompiledRule:
     """A rule with what the hot path needs precomputed."""
 
-    __slots__ = ("evaluate", "fields", "judges_tests", "rule")
+    __slots__ = ("evaluate", "fields", "judges_tests", "only_armed", "rule")
 
     def __init__(self, rule: AnyRule) -> None:
         self.rule = rule
         self.fields = watched_fields(rule)
         self.evaluate = evaluator(rule)
         self.judges_tests = isinstance(rule, StuckRule | AbsenceRule)  # a self-test reading counts for these only
+        # A message only ever clears an absence alarm: with no state of its own the rule has nothing to do.
+        self.only_armed = isinstance(rule, AbsenceRule)
 
     def concerns(self, present: set[str]) -> bool:
         """Whether a reading with these fields present matters to this rule (absence rules: every message)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import Counter
 from psycopg import Connection
 
 from core.domain import Device, DeviceStatus, Disposition, Reading, Severity
@@ -31,6 +32,9 @@ from rules.engine import (
 from rules.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
+
+LATE_READINGS = Counter("gridwatch_rules_late_readings_total",
+                        "Readings stored but not evaluated: older than their device's newest evaluated reading")
 
 
 @dataclass(slots=True, frozen=True)
@@ -65,6 +69,7 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
         wanted = {r.device_id for r in readings}
         states = {i: st for i, st in states.items() if i in wanted}
     changes: list[AlarmChange] = []
+    commanded: set[str] = set()  # devices this transaction sends a command to
     wall = now or datetime.now(UTC)
     for reading in sorted(readings, key=lambda r: (r.device_id, r.ts, r.seq or 0)):
         state = states.get(reading.device_id)
@@ -76,6 +81,7 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
         # DESIGN: a reading older than the device's latest is stored but never re-evaluated, so a late
         # duplicate cannot re-open a cleared alarm.
         if state.last_ts is not None and reading.ts < state.last_ts:
+            LATE_READINGS.inc()
             continue
         state.last_ts, state.last_seq = reading.ts, reading.seq
         rules = state.rules
@@ -95,11 +101,15 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
             rule = compiled.rule
             rule_state = rules.get(rule.id)
             if rule_state is None:
+                if compiled.only_armed:
+                    continue
                 rule_state = rules[rule.id] = {}
             was_active = bool(rule_state.get("active"))
             transition = compiled.evaluate(rule, rule_state, reading)
             if not rule_state:
                 del rules[rule.id]
+                if transition is None:
+                    continue  # the hot path: nothing armed, nothing to say
             if rule.inhibited_by and not was_active and any(
                     rules.get(i, {}).get("active") for i in rule.inhibited_by):
                 # A higher level of the family is active: do not page; arm afresh once it has cleared.
@@ -113,14 +123,19 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
                     and any(rules.get(i, {}).get("active") for i in rule.if_active)):
                 transition.severity = max(transition.severity, rule.severity_if_active)  # EB-06 with EB-03/04
             changes.extend(apply_transition(conn, device=device, rule_id=rule.id, transition=transition,
-                                            rules=rules, ruleset=ruleset, now=wall))
-    changes.extend(_confirm_by_state(conn, readings=readings, devices=devices, at=wall))
+                                            rules=rules, ruleset=ruleset, now=wall, commanded=commanded))
+    # Only devices with a command open (the lock query says) or commanded just now can confirm one: most batches
+    # need no confirmation query at all.
+    could = {i for i, st in states.items() if st.open_commands} | commanded
+    changes.extend(_confirm_by_state(conn, readings=[r for r in readings if r.device_id in could], devices=devices,
+                                     at=wall))
     repo.save_device_states(conn, states=list(states.values()))
     return changes
 
 
 def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, transition: Transition,
-                     rules: dict[str, Any], ruleset: RuleSet, now: datetime) -> list[AlarmChange]:
+                     rules: dict[str, Any], ruleset: RuleSet, now: datetime,
+                     commanded: set[str] | None = None) -> list[AlarmChange]:
     """Record a transition, throttling repeats, then run its actions and cross-device confirmation."""
     holds: dict[str, list[Any]] = rules.setdefault(HOLDS, {})
     ts = transition.at.timestamp()
@@ -151,14 +166,14 @@ def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, tra
         if transition.kind == "hold" and transition.actions:  # EB-05: a later stop within the same alarm
             alarm = repo.get_open_alarm(conn, device_id=device.id, alarm_type=transition.alarm_type)
             if alarm is not None:
-                _actuate(conn, device=device, transition=transition, alarm_id=alarm.id, now=now)
+                _actuate(conn, device=device, transition=transition, alarm_id=alarm.id, now=now, commanded=commanded)
         return out
     out.append(change)
     if change.kind == "cleared":
         out.extend(_clear_confirmations(conn, device=device, alarm_type=transition.alarm_type, at=transition.at,
                                         rules=rules, ruleset=ruleset))
     if change.kind in ("raised", "reactivated", "severity_raised"):
-        _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now)
+        _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now, commanded=commanded)
     if change.kind in ("raised", "reactivated"):
         out.extend(_corroborate(conn, device=device, alarm_type=transition.alarm_type, at=transition.at,
                                 ruleset=ruleset))
@@ -166,7 +181,7 @@ def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, tra
 
 
 def _actuate(conn: Connection[Any], *, device: Device, transition: Transition, alarm_id: int,
-             now: datetime) -> None:
+             now: datetime, commanded: set[str] | None = None) -> None:
     for action in transition.actions:
         targets = actuation.command_targets(conn, device=device, action=action)
         if not targets:
@@ -178,6 +193,8 @@ def _actuate(conn: Connection[Any], *, device: Device, transition: Transition, a
                 continue
             actuation.request_command(conn, device=target, action=actuation.command_for(action), alarm_id=alarm_id,
                                       reason=f"{transition.rule_id} {transition.alarm_type}", now=now)
+            if commanded is not None:
+                commanded.add(target_id)
     if transition.lockout:
         actuation.lock_port(conn, device=device, alarm_id=alarm_id, reason=f"{transition.rule_id} "
                             f"{transition.alarm_type}", at=now)
