@@ -41,6 +41,21 @@ def open_session(host: str, port: int, *, client_id: str, topics: Sequence[str])
     client.loop_stop()
 
 
+def close_session(host: str, port: int, *, client_id: str) -> None:
+    """End a persistent session: a clean start with expiry 0 discards it, so the broker stops queueing every
+    later message for a drained bench consumer (the latency stage must not pay for abandoned sessions)."""
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda *_a: done.set()
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    client.connect(host, port, clean_start=True, properties=props)
+    client.loop_start()
+    done.wait(10)
+    client.disconnect()
+    client.loop_stop()
+
+
 class Publisher:
     """QoS-1 publisher that bounds what it has in flight (paho loses messages past 65,535 outstanding)."""
 
