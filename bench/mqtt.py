@@ -173,6 +173,20 @@ class DrainResult:
         return self.messages / self.seconds if self.seconds > 0 else 0.0
 
 
+def _timed(broker_pid: int, start: Callable[[], None], done: threading.Event, timeout: float,
+           shortfall: Callable[[], str]) -> tuple[float, float]:
+    """Start a consumer against the paused broker, release it, and time the drain until `done`: wall seconds
+    and this process's CPU seconds."""
+    with broker_paused(broker_pid):
+        start()
+        time.sleep(0.05)
+        started = time.time()
+        cpu = time.process_time()
+    if not done.wait(timeout):
+        raise RuntimeError(f"{shortfall()} messages in {timeout:.0f} s")
+    return time.time() - started, time.process_time() - cpu
+
+
 def raw_drain(
     host: str,
     port: int,
@@ -196,16 +210,11 @@ def raw_drain(
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(receive_maximum)
     client.on_message = on_message
-    with broker_paused(broker_pid):
+    def start() -> None:
         client.connect(host, port, clean_start=False, properties=_connect_props(receive_maximum))
         client.loop_start()
-        time.sleep(0.05)
-        started = time.time()
-        cpu = time.process_time()
-    if not done.wait(timeout):
-        raise RuntimeError(f"raw subscriber got {count} of {expected} messages in {timeout:.0f} s")
-    elapsed = time.time() - started
-    cpu = time.process_time() - cpu
+
+    elapsed, cpu = _timed(broker_pid, start, done, timeout, lambda: f"raw subscriber got {count} of {expected}")
     client.disconnect()
     client.loop_stop()
     return DrainResult(count, elapsed, cpu)
@@ -251,16 +260,12 @@ def receive_path_drain(
         done.set()
 
     taker = threading.Thread(target=take, daemon=True)
-    with broker_paused(broker_pid):
+
+    def start() -> None:
         taker.start()
         consumer.start()
-        time.sleep(0.05)
-        started = time.time()
-        cpu = time.process_time()
-    if not done.wait(timeout):
-        raise RuntimeError(f"receive path got {count} of {expected} messages in {timeout:.0f} s")
-    elapsed = time.time() - started
-    cpu = time.process_time() - cpu
+
+    elapsed, cpu = _timed(broker_pid, start, done, timeout, lambda: f"receive path got {count} of {expected}")
     consumer.stop()
     return DrainResult(count, elapsed, cpu)
 

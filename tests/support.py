@@ -1,4 +1,4 @@
-"""Test helpers: a local notification receiver, an MQTT publisher, waiting."""
+"""Test helpers: a local notification receiver, an MQTT publisher, waiting, readings into the rules."""
 
 from __future__ import annotations
 
@@ -11,8 +11,34 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
+import psycopg
+
+from core import repo as core_repo
+from core.domain import Reading
+from core.registry import parse_registry
+from core.settings import Settings
+from rules import service as rules_service
+from rules.ruleset import default_rules
 
 T = TypeVar("T")
+
+
+def load_registry(settings: Settings, text: str) -> Settings:
+    """Upsert a registry (YAML text) into the test's database; returns the settings, for fixtures."""
+    with psycopg.connect(settings.dsn) as conn, conn.transaction():
+        core_repo.upsert_registry(conn, registry=parse_registry(text))
+    return settings
+
+
+def feed(settings: Settings, device: str, at: Any, **fields: Any) -> list[rules_service.AlarmChange]:
+    """One reading straight into the rules transaction (the ingest path without MQTT), received when it was
+    taken. Fields outside the contract (`co`, `silence`, ...) go into extras, as the decoder puts them."""
+    known = {k: v for k, v in fields.items() if k in Reading.__slots__}
+    extras = {k: v for k, v in fields.items() if k not in known}
+    with psycopg.connect(settings.dsn) as conn, conn.transaction():
+        devices = core_repo.get_devices(conn, ids=[device])
+        reading = Reading(device_id=device, ts=at, received_at=at, extras=extras, **known)
+        return rules_service.apply_readings(conn, readings=[reading], devices=devices, ruleset=default_rules())
 
 
 class Receiver:

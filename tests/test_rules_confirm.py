@@ -13,14 +13,15 @@ import psycopg
 import pytest
 
 from core import repo as core_repo
-from core.domain import Disposition, Reading
+from core.domain import Disposition
 from core.errors import ConflictError
-from core.registry import parse_registry
 from core.settings import Settings
 from rules import actuation
 from rules import service as rules_service
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
+from tests import support
+from tests.support import load_registry
 
 REGISTRY = textwrap.dedent("""\
     community: {id: c1, name: C}
@@ -42,21 +43,12 @@ REGISTRY = textwrap.dedent("""\
 
 @pytest.fixture
 def db(settings: Settings) -> Settings:
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-    return settings
+    return load_registry(settings, REGISTRY)
 
 
 def feed(settings: Settings, device: str, at: datetime, **fields: Any) -> list[tuple[str, str, str]]:
-    """One reading through the rules transaction; returns (device, alarm type, change) of what it did.
-    Fields outside the contract (`co`, the CO alarm's own flag) go into extras, as the decoder puts them."""
-    known = {k: v for k, v in fields.items() if k in Reading.__slots__}
-    extras = {k: v for k, v in fields.items() if k not in known}
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        devices = core_repo.get_devices(conn, ids=[device])
-        reading = Reading(device_id=device, ts=at, received_at=at, extras=extras, **known)
-        changes = rules_service.apply_readings(conn, readings=[reading], devices=devices, ruleset=default_rules())
-    return [(c.device_id, c.alarm_type, c.kind) for c in changes]
+    """One reading through the rules transaction; (device, alarm type, change) of what it did."""
+    return [(c.device_id, c.alarm_type, c.kind) for c in support.feed(settings, device, at, **fields)]
 
 
 def tick(settings: Settings, now: datetime) -> list[tuple[str, str, str]]:

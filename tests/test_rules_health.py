@@ -14,14 +14,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from core import repo as core_repo
 from core.cli import app
-from core.registry import parse_registry
 from core.settings import Settings
 from ingest.worker import IngestWorker
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
-from tests.support import Publisher, wait_for
+from tests.support import Publisher, load_registry, wait_for
 
 MAINS = ("sock-a1", "sock-a2", "sock-b1", "sock-b2", "valve-a", "gas-b")
 REGISTRY = textwrap.dedent("""\
@@ -48,9 +46,7 @@ REGISTRY = textwrap.dedent("""\
 
 @pytest.fixture
 def site(settings: Settings) -> Settings:
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-    return settings
+    return load_registry(settings, REGISTRY)
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from core import repo as core_repo
 from core.domain import Disposition, Severity
-from core.registry import parse_registry
 from core.settings import Settings
 from rules import service as rules_service
 from rules.engine import RepeatRule, repeat_due
 from rules.ruleset import default_rules
 from tests.api_helpers import raise_alarm
+from tests.support import load_registry
 from tests.test_rules_scenarios import REGISTRY
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -46,9 +45,7 @@ def test_repeat_due(alarm_type: str, disposition: str, count: int, due: bool) ->
 
 @pytest.fixture
 def site(settings: Settings) -> Settings:
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-    return settings
+    return load_registry(settings, REGISTRY)
 
 
 def alarm_then_resolve(settings: Settings, device: str, at: datetime, disposition: Disposition,

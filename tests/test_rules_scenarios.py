@@ -17,7 +17,6 @@ import pytest
 from core import repo as core_repo
 from core.domain import Disposition
 from core.errors import ConflictError
-from core.registry import parse_registry
 from core.settings import Settings
 from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
@@ -25,7 +24,7 @@ from rules import service as rules_service
 from rules.engine import is_night
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
-from tests.support import Publisher, wait_for
+from tests.support import Publisher, load_registry, wait_for
 
 REGISTRY = textwrap.dedent("""\
     community: {id: c1, name: Test community}
@@ -58,9 +57,7 @@ REGISTRY = textwrap.dedent("""\
 
 @pytest.fixture
 def site(settings: Settings) -> Settings:
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-    return settings
+    return load_registry(settings, REGISTRY)
 
 
 def start_ingest(settings: Settings) -> IngestWorker:

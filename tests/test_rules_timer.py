@@ -16,14 +16,12 @@ from typer.testing import CliRunner
 
 from core import repo as core_repo
 from core.cli import app
-from core.domain import Reading
-from core.registry import parse_registry
 from core.services import start_services
 from core.settings import Settings
 from rules import service as rules_service
 from rules.ruleset import default_rules
 from rules.scheduler import TIMER_LOCK_KEY, run_tick
-from tests.support import wait_for
+from tests.support import feed, load_registry, wait_for
 
 REGISTRY = textwrap.dedent("""\
     community: {id: c1, name: C}
@@ -43,18 +41,7 @@ REGISTRY = textwrap.dedent("""\
 
 @pytest.fixture
 def db(settings: Settings) -> Settings:
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-    return settings
-
-
-def feed(settings: Settings, device: str, at: datetime, **fields: object) -> list[rules_service.AlarmChange]:
-    """Readings straight into the rules transaction (the ingest path without MQTT)."""
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        devices = core_repo.get_devices(conn, ids=[device])
-        return rules_service.apply_readings(conn, readings=[Reading(device_id=device, ts=at, received_at=at,
-                                                                    **fields)],  # type: ignore[arg-type]
-                                            devices=devices, ruleset=default_rules())
+    return load_registry(settings, REGISTRY)
 
 
 def test_only_one_process_ticks_at_a_time(db: Settings) -> None:

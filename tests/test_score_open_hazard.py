@@ -10,13 +10,12 @@ import psycopg
 import pytest
 import yaml
 
-from core import repo as core_repo
 from core.errors import ConfigError
-from core.registry import parse_registry
 from core.settings import Settings
 from rules import score, score_service
 from rules.score_policy import load_policy, parse_policy
 from tests.conftest import ROOT
+from tests.support import load_registry
 from tests.test_score_pipeline import REGISTRY
 
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
@@ -84,9 +83,7 @@ def test_unknown_open_hazard_tier_is_refused() -> None:
 
 @pytest.fixture
 def community(settings: Settings) -> Settings:
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-    return settings
+    return load_registry(settings, REGISTRY)
 
 
 def test_finding_puts_merchant_in_d_until_rectified_through_the_service(community: Settings) -> None:

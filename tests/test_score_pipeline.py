@@ -14,16 +14,14 @@ import pytest
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from core import repo as core_repo
 from core.domain import Device, DeviceKind, Disposition, Location, Severity
 from core.errors import ConflictError, NotFoundError
-from core.registry import parse_registry
 from core.services import Running, start_services
 from core.settings import Settings
 from rules import score_service
 from rules import service as rules_service
 from rules.engine import Transition
-from tests.support import Publisher, wait_for
+from tests.support import Publisher, load_registry, wait_for
 
 REGISTRY = textwrap.dedent("""\
     community: {id: c1, name: Score community}
@@ -55,9 +53,7 @@ REGISTRY = textwrap.dedent("""\
 
 @pytest.fixture
 def community(settings: Settings) -> Settings:
-    with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-    return settings
+    return load_registry(settings, REGISTRY)
 
 
 @pytest.fixture
