@@ -163,7 +163,8 @@ class IngestWorker:
                 self._primed = True
             conn.commit()
             self._local.conn = conn
-            self._conns.append(conn)
+            # Kept for stop(); a connection dropped after an outage is closed already and forgotten here.
+            self._conns = [c for c in self._conns if not c.closed] + [conn]
         return conn
 
     def _next_batch(self) -> list[Message]:

@@ -1009,11 +1009,6 @@ _EVALUATORS: dict[type, Any] = {
 }
 
 
-def evaluate(rule: AnyRule, state: State, reading: Reading) -> Transition | None:
-    """Evaluate one rule against one reading, updating the rule's state in place."""
-    return _EVALUATORS[type(rule)](rule, state, reading)  # type: ignore[no-any-return]
-
-
 Evaluator = Callable[[Any, State, Reading], Transition | None]
 
 
@@ -1021,6 +1016,11 @@ def evaluator(rule: AnyRule) -> Evaluator:
     """The function evaluate() calls for this rule (the hot path looks it up once per rule, not per reading)."""
     found: Evaluator = _EVALUATORS[type(rule)]
     return found
+
+
+def evaluate(rule: AnyRule, state: State, reading: Reading) -> Transition | None:
+    """Evaluate one rule against one reading, updating the rule's state in place."""
+    return evaluator(rule)(rule, state, reading)
 
 
 def repeat_due(rule: RepeatRule, *, alarm_type: str, disposition: str, resolved_count: int) -> bool:

@@ -60,10 +60,6 @@ class CompiledRule:
         # A message only ever clears an absence alarm: with no state of its own the rule has nothing to do.
         self.only_armed = isinstance(rule, AbsenceRule)
 
-    def concerns(self, present: set[str]) -> bool:
-        """Whether a reading with these fields present matters to this rule (absence rules: every message)."""
-        return not self.fields or not self.fields.isdisjoint(present)
-
 
 class Plan:
     """A device's compiled rules and the reading fields they read, split into Reading attributes and extras."""
@@ -99,8 +95,6 @@ class RuleSet:
         self.overrides = overrides
         self._by_id = {r.id: r for r in self.rules}
         self._index: dict[tuple[str, ...], tuple[AnyRule, ...]] = {}
-        self._compiled: dict[tuple[str, ...], tuple[CompiledRule, ...]] = {}
-        self._fields: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._specific = any(o.match.site or o.match.device for o in overrides)
 
@@ -114,7 +108,7 @@ class RuleSet:
         key = self._key(device)
         found = self._plans.get(key)
         if found is None:
-            found = self._plans[key] = Plan(self.compiled_for(device))
+            found = self._plans[key] = Plan(tuple(CompiledRule(r) for r in self.for_device(device)))
         return found
 
     def for_device(self, device: Device) -> tuple[AnyRule, ...]:
@@ -132,21 +126,9 @@ class RuleSet:
             found = self._index[key] = tuple(rules)
         return found
 
-    def compiled_for(self, device: Device) -> tuple[CompiledRule, ...]:
-        """for_device, with each rule's watched fields (the hot path)."""
-        key = self._key(device)
-        found = self._compiled.get(key)
-        if found is None:
-            found = self._compiled[key] = tuple(CompiledRule(r) for r in self.for_device(device))
-        return found
-
-    def fields_for(self, device: Device) -> tuple[str, ...]:
-        """Every reading field some rule of this device reads."""
-        key = ("fields", *self._key(device))
-        found = self._fields.get(key)
-        if found is None:
-            found = self._fields[key] = tuple(sorted({f for c in self.compiled_for(device) for f in c.fields}))
-        return found
+    def effective(self, device: Device, rule_id: str) -> AnyRule | None:
+        """This rule as it applies to this device (its overrides applied), or None if it does not watch it."""
+        return next((r for r in self.for_device(device) if r.id == rule_id), None)
 
     def by_id(self, rule_id: str) -> AnyRule:
         return self._by_id[rule_id]

@@ -84,16 +84,12 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
     shortest = min((min(r.mains_min_s, r.battery_extra_s) for r in absences), default=300.0)
     seen = {s.device_id: s for s in repo.get_seen(conn, quiet_since=now - timedelta(seconds=shortest),
                                                  rule_ids=[r.id for r in timer_rules])}
-    candidates = []
-    for row in seen.values():
-        device = devices.get(row.device_id)
-        if device is None or row.last_seen_at is None:
-            continue
-        silent = (now - row.last_seen_at).total_seconds()
-        if row.timer_state or any(isinstance(r, AbsenceRule) and silent >= r.offline_after_s(device)
-                                  for r in ruleset.for_device(device)):
-            candidates.append(device.id)
-    changes, in_outage = _building_outages(conn, devices=devices, seen=seen, ruleset=ruleset, now=now)
+    # Devices past their own offline limit (judged once a tick, for the offline rules and for DEV-03).
+    quiet = {i for i, row in seen.items() if i in devices and row.last_seen_at is not None
+             and _silent_for(devices[i], ruleset, (now - row.last_seen_at).total_seconds())}
+    candidates = [i for i, row in seen.items() if i in quiet or (row.timer_state and i in devices
+                                                                  and row.last_seen_at is not None)]
+    changes, in_outage = _building_outages(conn, devices=devices, seen=seen, quiet=quiet, ruleset=ruleset, now=now)
     if not candidates:
         return changes
     states = repo.try_lock_device_states(conn, device_ids=candidates)
@@ -138,8 +134,8 @@ def _silent_for(device: Device, ruleset: RuleSet, silent_s: float) -> bool:
     return any(isinstance(r, AbsenceRule) and silent_s >= r.offline_after_s(device) for r in ruleset.for_device(device))
 
 
-def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen: dict[str, Any], ruleset: RuleSet,
-                      now: datetime) -> tuple[list[rules_service.AlarmChange], set[str]]:
+def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen: dict[str, Any], quiet: set[str],
+                      ruleset: RuleSet, now: datetime) -> tuple[list[rules_service.AlarmChange], set[str]]:
     """DEV-03: raise or clear one alarm per building whose devices went quiet together; returns the changes and
     the devices inside an active outage (their own offline alarms are not raised)."""
     changes: list[rules_service.AlarmChange] = []
@@ -149,8 +145,6 @@ def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen
             continue
         members = _buildings(devices, rule)
         silent: dict[str, list[tuple[float, str]]] = {}
-        quiet = {i for i, row in seen.items() if i in devices and row.last_seen_at is not None
-                 and _silent_for(devices[i], ruleset, (now - row.last_seen_at).total_seconds())}
         for device_id in quiet:
             device = devices[device_id]
             gateway = seen.get(device.gateway_id) if device.gateway_id else None
@@ -167,8 +161,7 @@ def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen
             if group is None:
                 if alarm is not None and alarm.active and alarm.device_id in devices:
                     t = rule.transition("clear", now, details={"building": building})
-                    change = rules_service.record_transition(conn, device=devices[alarm.device_id], transition=t)
-                    changes += [change] if change is not None else []
+                    changes += rules_service.record(conn, device=devices[alarm.device_id], transition=t)
                 continue
             in_outage.update(group)
             if alarm is not None and alarm.active:
@@ -195,24 +188,24 @@ def _raise_outage(conn: Connection[Any], *, rule: OutageRule, building: str, gro
         "since": began.isoformat(), "alarm_before": earlier})
     log.warning("building %s: %d of %d devices went quiet together since %s", building, len(group), total,
                 began.isoformat())
-    change = rules_service.record_transition(conn, device=devices[first], transition=t)
-    return [change] if change is not None else []
+    return rules_service.record(conn, device=devices[first], transition=t)
 
 
-_BUILDINGS: dict[tuple[int, int, str], dict[str, list[str]]] = {}
+# The last registry copy grouped by building, with the copy itself held so that `is` identifies it (the timer ticks
+# every 5 s and refreshes its copy once a minute).
+_BUILDINGS: list[tuple[dict[str, Device], str, dict[str, list[str]]]] = []
 
 
 def _buildings(devices: dict[str, Device], rule: OutageRule) -> dict[str, list[str]]:
-    """building -> its device ids the rule watches (cached per registry copy: the timer ticks every 5 s)."""
-    key = (id(devices), len(devices), rule.id)
-    found = _BUILDINGS.get(key)
-    if found is None:
-        found = {}
-        for d in devices.values():
-            if rule.applies_to(d):
-                found.setdefault(d.building_id or d.site_id, []).append(d.id)
-        _BUILDINGS.clear()
-        _BUILDINGS[key] = found
+    """building -> the ids of its devices that the rule watches."""
+    for copy, rule_id, grouped in _BUILDINGS:
+        if copy is devices and rule_id == rule.id:
+            return grouped
+    found: dict[str, list[str]] = {}
+    for d in devices.values():
+        if rule.applies_to(d):
+            found.setdefault(d.building_id or d.site_id, []).append(d.id)
+    _BUILDINGS[:] = [(devices, rule.id, found)]
     return found
 
 

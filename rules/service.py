@@ -63,11 +63,7 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
     `states`: the device states already locked by this transaction (lock_devices); locked here otherwise."""
     if not readings:
         return []
-    if states is None:
-        states = repo.lock_device_states(conn, device_ids=[r.device_id for r in readings])
-    else:
-        wanted = {r.device_id for r in readings}
-        states = {i: st for i, st in states.items() if i in wanted}
+    states = _states_of(conn, states, [r.device_id for r in readings])
     changes: list[AlarmChange] = []
     commanded: set[str] = set()  # devices this transaction sends a command to
     wall = now or datetime.now(UTC)
@@ -226,7 +222,7 @@ def _corroborate(conn: Connection[Any], *, device: Device, alarm_type: str, at: 
                                                 since=at - timedelta(seconds=rule.window_s),
                                                 include_self=rule.same_device):
             other = device if other_id == device.id else _device(conn, other_id)
-            mine = None if other is None else next((r for r in ruleset.for_device(other) if r.id == rule.id), None)
+            mine = None if other is None else ruleset.effective(other, rule.id)
             if other is not None and mine is not None:
                 out.extend(_confirm(conn, device=other, rule=mine, at=at, details={
                     "confirmed_by": device.id, "of": alarm_type}))
@@ -235,8 +231,7 @@ def _corroborate(conn: Connection[Any], *, device: Device, alarm_type: str, at: 
 
 def _confirm(conn: Connection[Any], *, device: Device, rule: AnyRule, at: datetime,
              details: dict[str, Any]) -> list[AlarmChange]:
-    change = record_transition(conn, device=device, transition=rule.transition("raise", at, details=details))
-    return [change] if change is not None else []
+    return record(conn, device=device, transition=rule.transition("raise", at, details=details))
 
 
 def _reset_before(conn: Connection[Any], *, rule: RealarmRule, device: Device, at: datetime) -> bool:
@@ -264,10 +259,8 @@ def _clear_confirmations(conn: Connection[Any], *, device: Device, alarm_type: s
         done.add(rule.alarm_type)
         if any(rules.get(r.id, {}).get("active") for r in mine if r.alarm_type in rule.of):
             continue
-        change = record_transition(conn, device=device, transition=rule.transition(
-            "clear", at, details={"cleared_with": alarm_type}))
-        if change is not None:
-            out.append(change)
+        clear = rule.transition("clear", at, details={"cleared_with": alarm_type})
+        out += record(conn, device=device, transition=clear)
     return out
 
 
@@ -282,7 +275,7 @@ def check_installation(conn: Connection[Any], *, devices: dict[str, Device], rul
             continue
         open_ = {a.device_id: a for a in repo.open_alarms_of_type(conn, alarm_type=rule.alarm_type)}
         for device in devices.values():
-            mine = next((r for r in ruleset.for_device(device) if r.id == rule.id), None)
+            mine = ruleset.effective(device, rule.id)
             why = misplacement(mine, device) if isinstance(mine, PlacementRule) else None
             alarm = open_.get(device.id)
             if why is not None and (alarm is None or not alarm.active):
@@ -293,8 +286,7 @@ def check_installation(conn: Connection[Any], *, devices: dict[str, Device], rul
                 t = rule.transition("clear", at, details={"mounting": device.mounting})
             else:
                 continue
-            change = record_transition(conn, device=device, transition=t)
-            out += [change] if change is not None else []
+            out += record(conn, device=device, transition=t)
     return out
 
 
@@ -309,7 +301,7 @@ def confirm_uncancelled(conn: Connection[Any], *, devices: dict[str, Device], ru
                                                            before=now - timedelta(seconds=rule.after_s),
                                                            confirmed_type=rule.alarm_type):
             device = devices.get(device_id)
-            mine = None if device is None else next((r for r in ruleset.for_device(device) if r.id == rule.id), None)
+            mine = None if device is None else ruleset.effective(device, rule.id)
             if device is not None and mine is not None:
                 out.extend(_confirm(conn, device=device, rule=mine, at=now, details={
                     "trigger": "no_cancel", "alarm": alarm_id, "after_s": rule.after_s}))
@@ -324,6 +316,12 @@ def _confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], dev
     confirmed = repo.confirm_commands_by_state(conn, pairs=pairs, at=at)
     actuation.record_confirmations(conn, commands=confirmed, at=at)
     return settle_actuation_failed(conn, commands=confirmed, devices=devices, at=at)
+
+
+def record(conn: Connection[Any], *, device: Device, transition: Transition) -> list[AlarmChange]:
+    """record_transition, as the list of changes it made (none, or one)."""
+    change = record_transition(conn, device=device, transition=transition)
+    return [change] if change is not None else []
 
 
 def record_transition(conn: Connection[Any], *, device: Device, transition: Transition,
@@ -425,6 +423,15 @@ def _repeats(conn: Connection[Any], *, alarm: repo.AlarmRow, at: datetime, rules
 # --------------------------------------------------------------------------- statuses, command acks, timer
 
 
+def _states_of(conn: Connection[Any], locked: dict[str, repo.DeviceStateRow] | None,
+               device_ids: Sequence[str]) -> dict[str, repo.DeviceStateRow]:
+    """These devices' states: from those the caller already locked (lock_devices), else locked now."""
+    if locked is None:
+        return repo.lock_device_states(conn, device_ids=device_ids)
+    wanted = set(device_ids)
+    return {i: st for i, st in locked.items() if i in wanted}
+
+
 def lock_devices(conn: Connection[Any], *, device_ids: Sequence[str]) -> dict[str, repo.DeviceStateRow]:
     """Lock these devices' rule state up front, in one statement in id order (two writers cannot deadlock on
     them), for apply_readings / apply_statuses to use."""
@@ -438,11 +445,7 @@ def apply_statuses(conn: Connection[Any], *, statuses: Sequence[DeviceStatus], d
     changes: list[AlarmChange] = []
     if not statuses:
         return changes
-    if states is None:
-        states = repo.lock_device_states(conn, device_ids=[s.device_id for s in statuses])
-    else:
-        wanted = {s.device_id for s in statuses}
-        states = {i: st for i, st in states.items() if i in wanted}
+    states = _states_of(conn, states, [s.device_id for s in statuses])
     for status in sorted(statuses, key=lambda s: (s.device_id, s.at)):
         repo.set_device_online(conn, device_id=status.device_id, online=status.online, at=status.at)
         device, state = devices.get(status.device_id), states.get(status.device_id)
@@ -485,11 +488,11 @@ def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: d
         if row is None:
             log.info("ack for unknown or settled command %s from %s", ack.command_id, ack.device_id)
             continue
-        device = devices.get(row.device_id) or _device(conn, row.device_id)
         if row.status == "confirmed":
             actuation.record_confirmations(conn, commands=[row], at=ack.at)
             changes.extend(settle_actuation_failed(conn, commands=[row], devices=devices, at=ack.at))
             continue
+        device = devices.get(row.device_id) or _device(conn, row.device_id)
         if device is not None:
             changes.extend(command_failed(conn, device=device, command=row, at=ack.at))
     return changes
@@ -522,8 +525,7 @@ def raise_actuation_failed(conn: Connection[Any], *, device: Device, command: re
                    at=at, message=f"{command.action} on {device.id} was not confirmed: act on site",
                    details={"command_id": command.id, "action": command.action, "detail": command.detail,
                             "for_alarm": command.alarm_id, "retry_of": command.retry_of})
-    change = record_transition(conn, device=device, transition=t)
-    return [change] if change is not None else []
+    return record(conn, device=device, transition=t)
 
 
 def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[repo.CommandRow],
@@ -541,9 +543,7 @@ def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[repo.Co
         t = Transition(rule_id="ACT-01", alarm_type=actuation.ACTUATION_FAILED, kind="clear",
                        severity=Severity(alarm.severity), at=at,
                        details={"confirmed_command": command.id, "by": command.confirmed_by})
-        change = record_transition(conn, device=device, transition=t)
-        if change is not None:
-            changes.append(change)
+        changes += record(conn, device=device, transition=t)
     return changes
 
 
