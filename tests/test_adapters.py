@@ -157,6 +157,10 @@ Z2M_REJECTS = [
                  id="out-of-range-names-source"),
     pytest.param("zigbee2mqtt/plug_1", {"state": "TOGGLE"}, "relay (from zigbee2mqtt attribute 'state')",
                  id="unknown-state"),
+    pytest.param("zigbee2mqtt/plug_1", {"state": []}, "relay (from zigbee2mqtt attribute 'state')",
+                 id="state-a-list"),  # found by the fuzz test: crashed the decoder (unhashable) instead
+    pytest.param("zigbee2mqtt/kitchen_gas", {"state": {"a": 1}}, "relay (from zigbee2mqtt attribute 'state')",
+                 id="state-an-object"),
     pytest.param("zigbee2mqtt/plug_1", {"energy": "lots"}, "energy_wh (from zigbee2mqtt attribute 'energy')",
                  id="energy-not-number"),
     pytest.param("zigbee2mqtt/kitchen_gas", b'{"gas": tru', "malformed JSON", id="malformed"),

@@ -146,11 +146,13 @@ def map_attributes(device: Device, attrs: dict[str, Any]) -> tuple[dict[str, Any
 
 
 def _map_state(device: Device, value: Any, put: Any) -> None:
-    text = value.upper() if isinstance(value, str) else value
+    # Only text is mapped; anything else (a number, a list from a broken bridge) goes on as it came, for the
+    # reading's validation to reject with a reason (a list here used to crash the decoder: unhashable key).
+    text = value.upper() if isinstance(value, str) else None
     if device.kind is DeviceKind.GAS_VALVE:
-        put("valve", {"ON": "open", "OFF": "closed"}.get(text, value), "state")
+        put("valve", {"ON": "open", "OFF": "closed"}.get(text, value) if text else value, "state")
     else:
-        put("relay", {"ON": "on", "OFF": "off"}.get(text, value), "state")
+        put("relay", {"ON": "on", "OFF": "off"}.get(text, value) if text else value, "state")
 
 
 def parse_availability(payload: bytes) -> bool | str | None:
