@@ -13,9 +13,10 @@ from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from core.domain import Adapter, Device, DeviceStatus, Reading
-from ingest.schemas import CommandAckIn, StatusIn, TelemetryIn
+from ingest.schemas import NO_CONTENT, CommandAckIn, StatusIn, TelemetryIn, lacks_content, parse_timestamp
 
 
 @dataclass(slots=True)
@@ -75,10 +76,10 @@ class Limits:
     max_payload_bytes: int = 16_384
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line a person can act on: field, problem, offending value."""
+def describe_validation_error(errors: list[ErrorDetails]) -> str:
+    """One line a person can act on: field, problem, offending value (ValidationError.errors())."""
     parts = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "message"
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
@@ -125,14 +126,36 @@ def extras_problem(extras: dict[str, Any]) -> str | None:
     return None
 
 
-def telemetry_to_reading(device_id: str, data: dict[str, Any], received_at: datetime,
-                         limits: Limits) -> Reading | Reject:
-    """Validate a v1 telemetry object into a Reading."""
+def validate_telemetry(data: dict[str, Any]) -> tuple[TelemetryIn, datetime | None] | list[ErrorDetails]:
+    """A telemetry object (native, or an adapter's mapped fields) checked as the contract says, with its ts
+    parsed; or what is wrong with it, as pydantic error details with a ts problem first."""
+    errors: list[ErrorDetails] = []
+    ts = None
+    raw_ts = data.get("ts")
+    if raw_ts is not None:
+        try:
+            ts = parse_timestamp(raw_ts)
+        except ValueError as exc:
+            errors.append({"type": "value_error", "loc": ("ts",), "msg": str(exc), "input": raw_ts})
     try:
         msg = TelemetryIn.model_validate(data)
     except ValidationError as exc:
-        return Reject(describe_validation_error(exc), device_id)
-    ts = msg.ts or received_at
+        return errors + exc.errors()
+    if errors:
+        return errors
+    if lacks_content(data):
+        return [{"type": "value_error", "loc": (), "msg": NO_CONTENT, "input": data}]
+    return msg, ts
+
+
+def telemetry_to_reading(device_id: str, data: dict[str, Any], received_at: datetime,
+                         limits: Limits) -> Reading | Reject:
+    """Validate a v1 telemetry object into a Reading."""
+    checked = validate_telemetry(data)
+    if isinstance(checked, list):
+        return Reject(describe_validation_error(checked), device_id)
+    msg, ts = checked
+    ts = ts or received_at
     problem = check_time(ts, received_at, limits)
     if problem:
         return Reject(problem, device_id)
@@ -175,12 +198,12 @@ def decode_native(topic: str, payload: bytes, received_at: datetime, lookup: Dev
         try:
             status = StatusIn.model_validate(data)
         except ValidationError as exc:
-            return [Reject(describe_validation_error(exc), device_id)]
+            return [Reject(describe_validation_error(exc.errors()), device_id)]
         return [DeviceStatus(device_id, status.state == "online", received_at)]
     try:
         ack = CommandAckIn.model_validate(data)
     except ValidationError as exc:
-        return [Reject(describe_validation_error(exc), device_id)]
+        return [Reject(describe_validation_error(exc.errors()), device_id)]
     return [CommandAck(device_id, ack.id, ack.ok, ack.detail, received_at)]
 
 

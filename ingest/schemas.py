@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS
 
@@ -36,12 +37,26 @@ def parse_timestamp(value: Any) -> datetime:
     raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
 
 
+NO_CONTENT = "message carries no measurement or flag (e.g. gas_lel, co_ppm, smoke, relay)"
+
+
+def lacks_content(data: Mapping[str, Any]) -> bool:
+    """Whether a telemetry object that validated carries nothing to store: no field of CARRIED holds a value.
+    `fault: null` counts (the device says "no fault")."""
+    return "fault" not in data and all(data[name] is None for name in CARRIED.intersection(data))
+
+
 class TelemetryIn(BaseModel):
-    """gw/v1/{device_id}/telemetry: every field optional, unknown fields kept as extras."""
+    """gw/v1/{device_id}/telemetry: every field optional, unknown fields kept as extras.
 
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, frozen=True)
+    The model is only pydantic's compiled checks: `ts` is parsed by parse_timestamp and the content rule is
+    lacks_content, both called by the decoder (ingest.decode.validate_telemetry). As Python validators on the
+    model they cost more than all the compiled checks together (bench/: 5.5 vs 2.7 µs a message).
+    """
 
-    ts: datetime | None = None
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    ts: Any = None  # parse_timestamp
     seq: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     gas_lel: Percent | None = None
     gas: bool | None = None
@@ -59,19 +74,6 @@ class TelemetryIn(BaseModel):
     tamper: bool | None = None
     test: bool | None = None
     fault: Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")] | None = None
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _parse_ts(cls, value: Any) -> datetime | None:
-        return None if value is None else parse_timestamp(value)
-
-    @model_validator(mode="after")
-    def _has_content(self) -> TelemetryIn:
-        given = self.model_fields_set
-        # `fault: null` counts (the device says "no fault"); other fields count when they hold a value.
-        if "fault" not in given and all(getattr(self, name) is None for name in CARRIED.intersection(given)):
-            raise ValueError("message carries no measurement or flag (e.g. gas_lel, co_ppm, smoke, relay)")
-        return self
 
 
 class StatusIn(BaseModel):

@@ -27,11 +27,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS, STATE_FIELDS, Adapter, Device, Reading
-from ingest.decode import DeviceLookup, Ignored, Limits, Reject, check_time, extras_problem
-from ingest.schemas import TelemetryIn, parse_timestamp
+from ingest.decode import DeviceLookup, Ignored, Limits, Reject, check_time, extras_problem, validate_telemetry
+from ingest.schemas import parse_timestamp
 
 READING_FIELDS = MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS
 
@@ -68,10 +68,10 @@ def content_seq(fields: Mapping[str, Any], extras: Mapping[str, Any]) -> int:
     return -2 - digest
 
 
-def describe_field_errors(exc: ValidationError, sources: Mapping[str, str], origin: str) -> str:
+def describe_field_errors(errors: list[ErrorDetails], sources: Mapping[str, str], origin: str) -> str:
     """Validation errors naming both our field and the bridge attribute it came from."""
     parts = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
         field = str(err["loc"][0]) if err["loc"] else "message"
         msg = err["msg"].removeprefix("Value error, ")
         source = sources.get(field)
@@ -94,11 +94,11 @@ def build_reading(device: Device, *, fields: dict[str, Any], extras: dict[str, A
     """
     values: dict[str, Any] = {}
     if fields:
-        try:
-            msg = TelemetryIn.model_validate(fields)
-        except ValidationError as exc:
-            details = describe_field_errors(exc, sources or {}, origin)
+        checked = validate_telemetry(fields)
+        if isinstance(checked, list):
+            details = describe_field_errors(checked, sources or {}, origin)
             return Reject(f"{what}: {details}" if what else details, device.id)
+        msg = checked[0]
         values = {name: getattr(msg, name) for name in READING_FIELDS if name in fields}
     elif not extras:
         return Ignored("nothing to store")
