@@ -231,16 +231,13 @@ def receive_path_drain(
     broker_pid: int,
     timeout: float = 300,
 ) -> DrainResult:
-    """gridwatch's own receive path with nothing behind it: ingest.consumer's client and bounded queue, a thread
+    """gridwatch's own receive path with nothing behind it: ingest.consumer's client and bounded inbox, a thread
     taking batches off the queue and acknowledging them (MqttConsumer.ack), no decoding and no database. What the
     ingest costs beyond this is its pipeline; this line shows how far the receive path itself is from the raw one."""
-    import queue as queue_mod
-
     from core.settings import MqttTarget
-    from ingest.consumer import MqttConsumer
-    from ingest.decode import Message
+    from ingest.consumer import Inbox, MqttConsumer
 
-    q: queue_mod.Queue[Message] = queue_mod.Queue(maxsize=max(2000, receive_maximum))
+    q = Inbox(maxsize=max(2000, receive_maximum))
     consumer = MqttConsumer(MqttTarget(f"mqtt://{host}:{port}"), client_id=client_id, topics=["gw/v1/+/telemetry"],
                             out=q, receive_maximum=receive_maximum)
     done = threading.Event()
@@ -249,12 +246,7 @@ def receive_path_drain(
     def take() -> None:
         nonlocal count
         while count < expected:
-            got = [q.get()]
-            while len(got) < batch:
-                try:
-                    got.append(q.get_nowait())
-                except queue_mod.Empty:
-                    break
+            got = q.take(batch, timeout=0.2)
             consumer.ack(got)
             count += len(got)
         done.set()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +13,7 @@ from core.settings import Settings
 from ingest import adapters
 from ingest import repo as ingest_repo
 from ingest import service as ingest_service
-from ingest.consumer import MqttConsumer
+from ingest.consumer import Inbox, MqttConsumer
 from ingest.decode import Decoder, Limits, Message
 from ingest.ratelimit import RateLimit
 from rules.ruleset import RuleSet, default_rules
@@ -55,9 +53,9 @@ def refuses_writes(exc: psycopg.Error) -> bool:
 
 
 class Turns:
-    """Keeps batches that several writer threads process at once in queue order where order matters.
+    """Keeps batches that several writer threads process at once in arrival order where order matters.
 
-    Each batch gets a ticket when it leaves the queue. It may lock its devices' rule state only once every
+    Each batch gets a ticket when it leaves the inbox. It may lock its devices' rule state only once every
     earlier batch holds its own (so a device's later readings are judged after its earlier ones: a shared
     device makes the later batch wait for the earlier one's commit), and it may acknowledge only after every
     earlier batch has (MQTT 3.1.1 / 5 section 4.6: PUBACKs in the order the PUBLISHes arrived). Decoding, the
@@ -72,7 +70,7 @@ class Turns:
         self._acked = 0
 
     def ticket(self) -> int:
-        """The next batch's place (call while holding the queue)."""
+        """The next batch's place (call while holding the inbox)."""
         with self._cond:
             self._issued += 1
             return self._issued
@@ -121,20 +119,20 @@ class _Turn:
 
 
 class IngestWorker:
-    """Runs until stop(): writer threads pull batches off the queue, commit them, then ack them in order."""
+    """Runs until stop(): writer threads pull batches off the inbox, commit them, then ack them in order."""
 
     def __init__(self, settings: Settings, *, ruleset: RuleSet | None = None) -> None:
         self.settings = settings
         self.ruleset = ruleset or default_rules()
         self.decoder = make_decoder(settings)
         self.writers = settings.ingest_writers
-        # Every writer holds a full batch unacknowledged and two more batches wait in the queue, so a writer that
+        # Every writer holds a full batch unacknowledged and two more batches wait in the inbox, so a writer that
         # has just acknowledged finds its next batch there instead of waiting for the broker to send it (bench/:
         # with Receive Maximum = one batch, a single writer drained 7k msg/s; with this window 12k, two writers 14k).
         window = settings.batch_size * (self.writers + 2)
-        self.queue: queue.Queue[Message] = queue.Queue(maxsize=max(settings.queue_size, window))
+        self.inbox = Inbox(maxsize=max(settings.queue_size, window))
         self.consumer = MqttConsumer(settings.mqtt, client_id=settings.mqtt_client_id,
-                                     topics=subscriptions(settings), out=self.queue,
+                                     topics=subscriptions(settings), out=self.inbox,
                                      receive_maximum=min(65535, window),
                                      ca_file=settings.mqtt_ca_file)
         self.devices = ingest_service.DeviceCache(conn_factory=None)
@@ -168,24 +166,7 @@ class IngestWorker:
         return conn
 
     def _next_batch(self) -> list[Message]:
-        try:
-            first = self.queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.settings.batch_linger_ms / 1000
-        while len(batch) < self.settings.batch_size:
-            try:
-                batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(self.queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-        return batch
+        return self.inbox.take(self.settings.batch_size, timeout=0.2, linger=self.settings.batch_linger_ms / 1000)
 
     def _commit_batch(self, batch: list[Message], turn: _Turn | None = None) -> bool:
         """Retry a batch until the database takes it: unacknowledged messages are never lost. False if the
@@ -272,10 +253,10 @@ class IngestWorker:
                 self._stop.set()  # bad credentials: retrying cannot help; serve exits with the message
                 return
             try:
-                if index and self.queue.qsize() < self.settings.batch_size:
+                if index and self.inbox.qsize() < self.settings.batch_size:
                     self._stop.wait(0.01)
                     continue
-                with self._take:  # a batch and its ticket leave the queue together, in order
+                with self._take:  # a batch and its ticket leave the inbox together, in order
                     batch = self._next_batch()
                     ticket = self.turns.ticket() if batch else 0
                 if batch:

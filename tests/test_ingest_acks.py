@@ -6,14 +6,12 @@ many unacknowledged), and a consumer resuming the same persistent session afterw
 
 from __future__ import annotations
 
-import queue
 import time
 
 import psycopg
 
 from core.settings import Settings
-from ingest.consumer import MqttConsumer
-from ingest.decode import Message
+from ingest.consumer import Inbox, MqttConsumer
 from ingest.worker import IngestWorker, subscriptions
 from tests.support import Publisher, wait_for
 
@@ -43,14 +41,14 @@ def test_batched_pubacks_release_the_broker_and_settle_the_session(loaded: Setti
     assert count_readings(settings) == total
 
     # Resume the same session: a message the broker still held unacknowledged would be sent again now.
-    out: queue.Queue[Message] = queue.Queue()
+    out = Inbox(maxsize=10_000)
     again = MqttConsumer(settings.mqtt, client_id=settings.mqtt_client_id, topics=subscriptions(settings), out=out,
                          receive_maximum=100)
     again.start()
     try:
         wait_for(again.connected.is_set, what="session resumed")
         time.sleep(1.0)
-        redelivered = [m.topic for m in list(out.queue)]
+        redelivered = [m.topic for m in out.take(10_000, timeout=0)]
     finally:
         again.stop()
     assert redelivered == [], f"{len(redelivered)} messages came back: their PUBACKs did not reach the broker"

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,7 +23,7 @@ from paho.mqtt.properties import Properties
 from core import repo as core_repo
 from core.registry import parse_registry
 from core.settings import MqttTarget, Settings
-from ingest.consumer import MqttConsumer, ReceiveClient
+from ingest.consumer import Inbox, MqttConsumer, ReceiveClient
 from ingest.decode import Message
 from ingest.worker import IngestWorker, Turns
 from rules import service as rules_service
@@ -126,7 +127,8 @@ def test_a_burst_on_one_device_is_evaluated_in_order_by_two_writers(two_writers:
     assert two_writers.processed == n + n // 3
 
 
-def _drain(client_cls: type[mqtt.Client], port: int, topic: str, expected: int) -> list[tuple[str, bytes, bool]]:
+def _drain(client_cls: type[mqtt.Client], port: int, topic: str, expected: int, *,
+           batches: bool = False) -> list[tuple[str, bytes, bool]]:
     got: list[tuple[str, bytes, bool]] = []
     done = threading.Event()
 
@@ -136,10 +138,21 @@ def _drain(client_cls: type[mqtt.Client], port: int, topic: str, expected: int) 
         if len(got) >= expected:
             done.set()
 
+    def on_batch(messages: list[Message]) -> None:
+        for m in messages:
+            got.append((m.topic, m.payload, m.retain))
+            client.ack(m.mid, m.qos)
+        if len(got) >= expected:
+            done.set()
+
     # manual_ack, as ingest runs it: ReceiveClient's own PUBLISH decoding applies only then.
     client = client_cls(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rx-{time.time_ns()}", protocol=mqtt.MQTTv5,
                         manual_ack=True)
-    client.on_message = on_message
+    if batches:
+        assert isinstance(client, ReceiveClient)
+        client.on_batch = on_batch
+    else:
+        client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.subscribe(topic, qos=1)
     client.loop_start()
@@ -168,15 +181,17 @@ def test_receive_path_delivers_what_stock_paho_delivers(services: Any, settings:
         info.wait_for_publish(10)
         sent.append((topic, payload))
     ours = _drain(ReceiveClient, services.mqtt_port, f"{prefix}/+/telemetry", 1)  # the retained one, first
+    batched = _drain(ReceiveClient, services.mqtt_port, f"{prefix}/+/telemetry", 1, batches=True)
     stock = _drain(mqtt.Client, services.mqtt_port, f"{prefix}/+/telemetry", 1)
-    assert ours == stock == [(sent[5][0], sent[5][1], True)]
+    assert ours == batched == stock == [(sent[5][0], sent[5][1], True)]
     # live traffic, compared message by message
     results: dict[str, list[tuple[str, bytes, bool]]] = {}
 
     def collect(cls: type[mqtt.Client], key: str) -> None:
-        results[key] = _drain(cls, services.mqtt_port, f"{prefix}/live/+", 300)
+        results[key] = _drain(cls, services.mqtt_port, f"{prefix}/live/+", 300, batches=key == "batches")
 
-    threads = [threading.Thread(target=collect, args=(cls, cls.__name__)) for cls in (ReceiveClient, mqtt.Client)]
+    threads = [threading.Thread(target=collect, args=(cls, key))
+               for cls, key in ((ReceiveClient, "ReceiveClient"), (ReceiveClient, "batches"), (mqtt.Client, "Client"))]
     for th in threads:
         th.start()
     time.sleep(0.5)
@@ -188,6 +203,7 @@ def test_receive_path_delivers_what_stock_paho_delivers(services: Any, settings:
     pub.loop_stop()
     pub.disconnect()
     assert results["ReceiveClient"] == results["Client"]
+    assert results["batches"] == results["Client"]
     assert len(results["ReceiveClient"]) == 300
 
 
@@ -195,7 +211,7 @@ def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, setting
     """The fast path (QoS 1, no properties) under manual ack: a queued backlog arrives complete and in order."""
     client_id = f"backlog-{time.time_ns()}"
     topic = f"{settings.topic_prefix}/+/telemetry"
-    out: queue.Queue[Message] = queue.Queue(maxsize=5000)
+    out = Inbox(maxsize=5000)
     first = MqttConsumer(MqttTarget(f"mqtt://127.0.0.1:{services.mqtt_port}"), client_id=client_id, topics=[topic],
                          out=out, receive_maximum=1000)
     first.start()
@@ -210,13 +226,42 @@ def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, setting
     second.start()
     got: list[bytes] = []
     while len(got) < 3000:
-        batch = [out.get(timeout=20)]
-        while len(batch) < 500:
-            try:
-                batch.append(out.get_nowait())
-            except queue.Empty:
-                break
+        batch = out.take(500, timeout=20)
+        assert batch, f"only {len(got)} of 3000 arrived"
         got += [m.payload for m in batch]
         second.ack(batch)
     second.stop()
     assert got == [b'{"seq": %d}' % i for i in range(3000)], "every payload, byte for byte, in order"
+
+
+def _messages(start: int, n: int) -> list[Message]:
+    return [Message(topic=f"t/{i}", payload=b"%d" % i, received_at=datetime.now(UTC), mid=i) for i in range(start,
+                                                                                                     start + n)]
+
+
+def test_inbox_hands_over_in_order_and_holds_the_network_thread_when_full() -> None:
+    inbox = Inbox(maxsize=10)
+    assert inbox.take(5, timeout=0.05) == [], "nothing came: an empty batch after the timeout"
+    inbox.put_many(_messages(0, 12))  # one network read may pass the bound
+    second_read_in = threading.Event()
+
+    def network_thread() -> None:
+        inbox.put_many(_messages(12, 3))
+        second_read_in.set()
+
+    thread = threading.Thread(target=network_thread, daemon=True)
+    thread.start()
+    assert not second_read_in.wait(0.3), "a full inbox holds the network thread"
+    assert [m.mid for m in inbox.take(4, timeout=1)] == [0, 1, 2, 3]
+    assert [m.mid for m in inbox.take(4, timeout=1)] == [4, 5, 6, 7]  # below the bound now
+    assert second_read_in.wait(2), "room again: the held read goes in"
+    assert [m.mid for m in inbox.take(100, timeout=1)] == list(range(8, 15)), "the rest, in arrival order"
+    assert inbox.empty()
+
+    started = time.monotonic()
+    later = threading.Timer(0.1, lambda: inbox.put_many(_messages(20, 2)))
+    later.start()
+    inbox.put_many(_messages(15, 1))
+    batch = inbox.take(3, timeout=1, linger=1.0)
+    assert [m.mid for m in batch] == [15, 20, 21], "lingers for a batch to fill, returns once it is full"
+    assert time.monotonic() - started < 0.9
