@@ -142,13 +142,6 @@ def established_connections(port: int) -> int:
     return count
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_connections(port: int, expected: int, *, timeout: float, alive: Callable[[], bool]) -> None:
     """Block until `expected` clients have a TCP connection to the broker."""
     deadline = time.monotonic() + timeout

@@ -109,6 +109,11 @@ class EmbeddedPostgres:
         _wait_port(self.port, 30, "PostgreSQL")
         return self.url
 
+    @property
+    def pid(self) -> int:
+        """The running postmaster's process id (its first line of postmaster.pid)."""
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
     def stop(self, mode: str = "fast") -> None:
         """Stop the cluster."""
         with contextlib.suppress(ConfigError):
