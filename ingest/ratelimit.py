@@ -129,13 +129,26 @@ class RateLimit:
     def _count_readings(self, readings: Sequence[Reading]) -> int:
         now = self.clock()
         over = 0
+        buckets, rate, burst = self._readings, self.reading_rate_per_s, self.reading_burst
         for r in readings:
-            if self._take(self._readings, r.device_id, self.reading_rate_per_s, self.reading_burst, now) is None:
-                over += 1
-                if now - self._last_warning.get(r.device_id, -1e9) > 60:
-                    self._last_warning[r.device_id] = now
-                    log.warning("device %s sends readings above %.0f/s (burst %.0f): check it", r.device_id,
-                                self.reading_rate_per_s, self.reading_burst)
+            # _take, inlined for the bucket that exists (every reading passes here: bench/ measured 1 µs a reading)
+            b = buckets.get(r.device_id)
+            if b is not None:
+                tokens = b.tokens + (now - b.at) * rate
+                if tokens > burst:
+                    tokens = burst
+                b.at = now
+                if tokens >= 1:
+                    b.tokens = tokens - 1
+                    continue
+                b.tokens = tokens
+            elif self._take(buckets, r.device_id, rate, burst, now) is not None:
+                continue
+            over += 1
+            if now - self._last_warning.get(r.device_id, -1e9) > 60:
+                self._last_warning[r.device_id] = now
+                log.warning("device %s sends readings above %.0f/s (burst %.0f): check it", r.device_id,
+                            self.reading_rate_per_s, self.reading_burst)
         if over:
             OVER_RATE.inc(over)
         return over

@@ -72,6 +72,10 @@ def test_readings_are_counted_never_dropped() -> None:
                 for i in range(50)]
     assert limit.count_readings(readings) == 45
     assert len(readings) == 50
+    clock.now += 2.0  # two tokens back at 1/s
+    assert limit.count_readings(readings[:5]) == 3
+    clock.now += 60.0  # refilled to the burst, never past it
+    assert limit.count_readings(readings[:7]) == 2
 
 
 def test_flooding_device_does_not_flood_the_reject_table(loaded: Settings, publisher: Publisher) -> None:
