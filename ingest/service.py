@@ -148,27 +148,41 @@ def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: Devi
     return out
 
 
+def _store_readings(conn: Connection[Any], readings: list[Reading]) -> list[Reading]:
+    """COPY straight into `reading`. A batch holding a reading already stored (a redelivery, a bridge repeating
+    itself) fails that COPY; its savepoint undoes the COPY alone (the batch keeps its device locks and its turn)
+    and the batch is written again through the staging table, which absorbs duplicates."""
+    try:
+        with conn.transaction():
+            return repo.insert_readings(conn, readings=readings, direct=True)
+    except errors.UniqueViolation:
+        log.debug("batch holds a reading already stored: writing it through the staging table")
+        return repo.insert_readings(conn, readings=readings, direct=False)
+
+
 def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCache, ruleset: RuleSet,
-                 turn: LockTurn | None, direct: bool) -> BatchResult:
+                 turn: LockTurn | None) -> BatchResult:
     result = BatchResult(ignored=decoded.ignored)
-    # Batches running at once take their turn here, before writing anything: this one's readings and device
-    # states come after every earlier batch's (which never waits for a later one, so the two cannot block
-    # each other), and a batch that left the queue later locks a shared device only after this one did.
+    # Batches running at once take their turn here, before writing anything: a batch that left the inbox later
+    # locks a shared device only after this one did, and so evaluates it after this one committed. An earlier
+    # batch never waits for a later one, so the two cannot block each other. Only the lock is in turn: the
+    # readings are written after it, while the next batch locks (a reading two batches both hold belongs to a
+    # device both lock, so the later batch meets it only after this one's commit).
     if turn is not None:
         turn.wait()
     readings, statuses = decoded.readings, decoded.statuses
-    new = repo.insert_readings(conn, readings=readings, direct=direct)
     repo.insert_rejects(conn, rejects=decoded.rejects)  # in the ordered part: reject ids follow arrival order
+    # Every device state of the batch in one sorted lock: two writers cannot deadlock on them.
+    ids = [*{r.device_id for r in readings}, *(s.device_id for s in statuses)]
+    states = rules_service.lock_devices(conn, device_ids=ids) if ids else {}
+    if turn is not None:
+        turn.done()
+    new = _store_readings(conn, readings)
     result.rejected = len(decoded.rejects)
     result.stored = len(new)
     result.duplicates = len(readings) - len(new)
     touched = {r.device_id for r in new}
     known = {d: dev for d in touched if (dev := devices.device(d)) is not None}
-    # Every device state of the batch in one sorted lock: two writers cannot deadlock on them.
-    ids = [*touched, *(s.device_id for s in statuses)]
-    states = rules_service.lock_devices(conn, device_ids=ids) if ids else {}
-    if turn is not None:
-        turn.done()
     result.alarm_changes = rules_service.apply_readings(conn, readings=new, devices=known, ruleset=ruleset,
                                                         states=states)
     status_devices = {s.device_id: dev for s in statuses if (dev := devices.device(s.device_id)) is not None}
@@ -188,26 +202,13 @@ def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder
     """Decode and persist a batch in one transaction (the caller acks the messages after it returns).
     `turn` orders the device-state locking of batches that run concurrently in one process (IngestWorker)."""
     started = time.perf_counter()
-    decoded: Decoded | None = None
-    # Readings go straight into `reading` by COPY; a batch holding a reading already stored (a redelivery, a
-    # bridge repeating itself) fails that COPY and is written once more through the staging table, which absorbs
-    # duplicates. Nothing but the COPY has been written when it fails, so the retry repeats nothing.
-    for direct in (True, False):
-        try:
-            with conn.transaction():
-                devices.bind(conn)
-                if decoded is None:
-                    decoded = decode_batch(messages, decoder=decoder, devices=devices)
-                    if limiter is not None:  # one broken device must not flood the reject table (ratelimit.py)
-                        limiter.count_readings(decoded.readings)
-                        decoded.rejects = limiter.filter_rejects(decoded.rejects)
-                result = _write_batch(conn, decoded, devices=devices, ruleset=ruleset, turn=turn, direct=direct)
-            break
-        except errors.UniqueViolation:
-            if not direct:
-                raise
-            log.debug("batch holds a reading already stored: writing it through the staging table")
-    assert decoded is not None  # noqa: S101 - set by the first attempt
+    with conn.transaction():
+        devices.bind(conn)
+        decoded = decode_batch(messages, decoder=decoder, devices=devices)
+        if limiter is not None:  # one broken device must not flood the reject table (ratelimit.py)
+            limiter.count_readings(decoded.readings)
+            decoded.rejects = limiter.filter_rejects(decoded.rejects)
+        result = _write_batch(conn, decoded, devices=devices, ruleset=ruleset, turn=turn)
     rejects, acks = decoded.rejects, decoded.acks
     for ack in acks:
         log.info("command %s on %s acknowledged ok=%s %s", ack.command_id, ack.device_id, ack.ok, ack.detail)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
+import orjson
 import psycopg
 import pytest
 
 from core.services import Running, start_services
 from core.settings import Settings
+from ingest import service as ingest_service
+from ingest.decode import Message
+from ingest.worker import make_decoder
+from rules.ruleset import default_rules
 from tests.support import Publisher, wait_for
 
 
@@ -84,3 +90,31 @@ def test_duplicates_are_absorbed(loaded: Settings, running: Running, publisher: 
     with psycopg.connect(loaded.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM reading").fetchone() == (2,)
         assert conn.execute("SELECT count(*) FROM ingest_reject").fetchone() == (0,)
+
+
+def test_a_batch_holding_a_stored_reading_still_judges_its_new_ones(loaded: Settings) -> None:
+    """The direct COPY fails on the stored reading; only its savepoint is undone, the batch keeps its device
+    locks, goes through the staging table, stores the new readings once and raises the alarm they carry."""
+    decoder = make_decoder(loaded)
+    now = datetime.now(UTC)
+    stamp = int(now.timestamp() * 1000) - 5_000
+
+    def message(seq: int, lel: float, device: str = "gas-1") -> Message:
+        payload = orjson.dumps({"seq": seq, "gas_lel": lel, "ts": stamp + seq})
+        return Message(topic=f"{loaded.topic_prefix}/{device}/telemetry", payload=payload, received_at=now)
+
+    with psycopg.connect(loaded.dsn) as conn:
+        devices = ingest_service.DeviceCache(conn_factory=None)
+        devices.prime(conn)
+        conn.commit()
+        first = ingest_service.process_batch(conn, messages=[message(1, 2)], decoder=decoder, devices=devices,
+                                             ruleset=default_rules())
+        again = ingest_service.process_batch(conn, messages=[message(1, 2), message(2, 40), message(3, 1, "gas-2")],
+                                             decoder=decoder, devices=devices, ruleset=default_rules())
+        rows = conn.execute("SELECT device_id, seq FROM reading ORDER BY device_id, seq").fetchall()
+        alarms = conn.execute("SELECT device_id, type FROM alarm WHERE closed_at IS NULL").fetchall()
+        last = conn.execute("SELECT last_seq FROM device_state WHERE device_id = 'gas-1'").fetchone()
+    assert (first.stored, again.stored, again.duplicates) == (1, 2, 1)
+    assert rows == [("gas-1", 1), ("gas-1", 2), ("gas-2", 3)], "each reading once"
+    assert ("gas-1", "gas_leak") in alarms, "the new reading after the stored one was evaluated"
+    assert last == (2,)
