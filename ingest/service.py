@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
-from psycopg import Connection, errors
+from psycopg import Connection
 
 from core import repo as core_repo
 from core.domain import Adapter, Device, DeviceStatus, Reading
@@ -148,18 +148,6 @@ def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: Devi
     return out
 
 
-def _store_readings(conn: Connection[Any], readings: list[Reading]) -> list[Reading]:
-    """COPY straight into `reading`. A batch holding a reading already stored (a redelivery, a bridge repeating
-    itself) fails that COPY; its savepoint undoes the COPY alone (the batch keeps its device locks and its turn)
-    and the batch is written again through the staging table, which absorbs duplicates."""
-    try:
-        with conn.transaction():
-            return repo.insert_readings(conn, readings=readings, direct=True)
-    except errors.UniqueViolation:
-        log.debug("batch holds a reading already stored: writing it through the staging table")
-        return repo.insert_readings(conn, readings=readings, direct=False)
-
-
 def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCache, ruleset: RuleSet,
                  turn: LockTurn | None) -> BatchResult:
     result = BatchResult(ignored=decoded.ignored)
@@ -177,7 +165,7 @@ def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCach
     states = rules_service.lock_devices(conn, device_ids=ids) if ids else {}
     if turn is not None:
         turn.done()
-    new = _store_readings(conn, readings)
+    new = repo.insert_readings(conn, readings=readings)
     result.rejected = len(decoded.rejects)
     result.stored = len(new)
     result.duplicates = len(readings) - len(new)
