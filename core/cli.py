@@ -142,7 +142,7 @@ def wait_for_signal(stop: threading.Event, running: object | None = None) -> Exc
 @app.command()
 def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,notify,api")] = None) -> None:
     """Run ingest + rules + notify + api (or some of them)."""
-    from core.services import PARTS, run_migrations, start_services
+    from core.services import PARTS, run_migrations, settle_heap, start_services
 
     settings = _settings()
     parts = tuple(p.strip() for p in only.split(",")) if only else PARTS
@@ -155,6 +155,7 @@ def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,no
         running = start_services(settings, parts)
     except GridwatchError as exc:
         raise _fail(exc) from exc
+    settle_heap()
     stop = threading.Event()
     typer.echo(f"gridwatch serving {', '.join(parts)}" + (
         f" — API on http://{settings.api_host}:{settings.api_port}/docs" if "api" in parts else ""))

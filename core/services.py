@@ -6,6 +6,7 @@ functions), because they are what the console script starts.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -50,6 +51,22 @@ def run_migrations(settings: Settings) -> list[int]:
     """Apply pending migrations."""
     with db.connect(settings.dsn) as conn:
         return db.migrate(conn)
+
+
+# Young objects per collection: a batch's readings, decoded payloads and rule states die within the batch, so a
+# threshold above what one batch allocates lets most of them go uncollected-by-scan instead of surviving into
+# the older generations (Python's default is 700).
+YOUNG_GC_THRESHOLD = 20_000
+
+
+def settle_heap() -> None:
+    """For a long-running server process, once its parts have started: move what start-up built (the ingest's
+    device cache — 100k Device objects for a district — the compiled rules, the imported modules) out of the
+    cyclic collector's way, and collect young objects less often. bench/ measured full collections walking that
+    cache as ~15 % of the ingest's CPU."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_thread: bool = True) -> Running:

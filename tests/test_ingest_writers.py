@@ -5,6 +5,7 @@ the receive path delivers exactly what stock paho delivers (properties, retained
 
 from __future__ import annotations
 
+import gc
 import queue
 import random
 import textwrap
@@ -22,6 +23,7 @@ from paho.mqtt.properties import Properties
 
 from core import repo as core_repo
 from core.registry import parse_registry
+from core.services import YOUNG_GC_THRESHOLD, settle_heap
 from core.settings import MqttTarget, Settings
 from ingest.consumer import Inbox, MqttConsumer, ReceiveClient
 from ingest.decode import Message
@@ -265,3 +267,18 @@ def test_inbox_hands_over_in_order_and_holds_the_network_thread_when_full() -> N
     batch = inbox.take(3, timeout=1, linger=1.0)
     assert [m.mid for m in batch] == [15, 20, 21], "lingers for a batch to fill, returns once it is full"
     assert time.monotonic() - started < 0.9
+
+
+def test_settle_heap_freezes_start_up_objects_and_collects_young_ones_less_often() -> None:
+    """What `serve` does once its parts run (bench/: full collections walking the device cache cost ~15 % of
+    the ingest's CPU). Restored afterwards: the test process keeps Python's defaults."""
+    threshold = gc.get_threshold()
+    cache = [{"device": i} for i in range(10_000)]  # like the device cache: built at start-up, kept for good
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() >= len(cache), "start-up objects are out of the collector's way"
+        assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
+        assert gc.get_threshold()[1:] == threshold[1:]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
