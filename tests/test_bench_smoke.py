@@ -7,11 +7,16 @@ real services and produced consistent figures.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
+from bench.rawpub import RawPublisher
 from bench.run import Sizes, evaluate_targets, find_endpoint, percentile, run
+from tests.support import wait_for
 
 
 def test_bench_runs_every_stage_at_tiny_size(tmp_path: Path) -> None:
@@ -93,3 +98,34 @@ def test_endpoints_are_found_by_their_path_parameters() -> None:
     )
     assert find_endpoint(PATHS, "score", {"device": "d1"}, "admin") is None
     assert find_endpoint(PATHS, "trend", {"merchant": "m1"}, "merchant") is None
+
+
+def test_raw_publisher_delivers_every_message_in_order_with_qos_1(services: Any) -> None:
+    """The latency stage's load generator writes PUBLISH packets itself: the real broker must take them all,
+    acknowledge them and deliver them unchanged, in order, at QoS 1."""
+    got: list[tuple[str, bytes, int]] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rawpub-sub-{time.time_ns()}",
+                      protocol=mqtt.MQTTv5)
+    sub.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload), m.qos))
+    sub.connect("127.0.0.1", services.mqtt_port)
+    sub.subscribe("rawpub/#", qos=1)
+    sub.loop_start()
+    time.sleep(0.3)
+    messages = [(f"rawpub/d{i % 7}", b'{"i": %d, "pad": "%s"}' % (i, b"x" * (i % 300))) for i in range(5000)]
+    pub = RawPublisher("127.0.0.1", services.mqtt_port, client_id=f"rawpub-{time.time_ns()}")
+    sent = 0
+    while sent < len(messages):
+        room = min(pub.room(), 250)
+        if room > 0:
+            pub.publish_many(messages[sent:sent + room])
+            sent += room
+            time.sleep(0.01)  # paced: the stock subscriber is the slow side here
+        else:
+            pub.wait_for_acks(0.01)
+    pub.close()
+    assert pub.acked == len(messages) and pub.in_flight == 0
+    wait_for(lambda: len(got) >= len(messages), timeout=20, what="every message delivered")
+    sub.loop_stop()
+    sub.disconnect()
+    assert [(t, p) for t, p, _ in got] == messages
+    assert {q for _, _, q in got} == {1}
