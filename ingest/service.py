@@ -103,7 +103,7 @@ class LockTurn(Protocol):
     """A batch's place in the order of writing and device-state locking (see ingest.worker.Turns)."""
 
     def wait(self) -> None:
-        """Block until every earlier batch has written its readings and holds its device states."""
+        """Block until every earlier batch holds its device states."""
 
     def done(self) -> None:
         """This batch holds its device states: the next may lock."""

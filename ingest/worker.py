@@ -59,7 +59,7 @@ class Turns:
     earlier batch holds its own (so a device's later readings are judged after its earlier ones: a shared
     device makes the later batch wait for the earlier one's commit), and it may acknowledge only after every
     earlier batch has (MQTT 3.1.1 / 5 section 4.6: PUBACKs in the order the PUBLISHes arrived). Decoding, the
-    COPY and the rules of different batches overlap: one writer computes while the other waits on PostgreSQL.
+    COPY and the rules of different batches overlap: one writer computes while another waits on PostgreSQL.
     """
 
     def __init__(self, stop: threading.Event) -> None:
