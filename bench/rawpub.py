@@ -33,38 +33,36 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+def read_varint(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """The variable byte integer at `pos`: (value, position after it), or None when `buf` ends first."""
+    value, shift = 0, 0
+    while pos < len(buf):
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None
+
+
 def split_packets(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     """The complete packets at the front of `buf` as (first byte, body), and the incomplete rest."""
     packets: list[tuple[int, bytes]] = []
-    pos, end = 0, len(buf)
-    while pos + 2 <= end:
-        length, shift, i = 0, 0, pos + 1
-        while i < end:
-            byte = buf[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-        else:
-            break
-        if i + length > end:
-            break
-        packets.append((buf[pos], buf[i:i + length]))
-        pos = i + length
+    pos = 0
+    while (length := read_varint(buf, pos + 1)) is not None and length[1] + length[0] <= len(buf):
+        size, body = length
+        packets.append((buf[pos], buf[body:body + size]))
+        pos = body + size
     return packets, buf[pos:]
 
 
 def receive_maximum(connack: bytes) -> int:
     """The broker's Receive Maximum from a v5 CONNACK body (65,535 when it sends none)."""
-    length, shift, pos = 0, 0, 2  # after the acknowledge flags and the reason code
-    while True:
-        byte = connack[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
+    found = read_varint(connack, 2)  # the properties' length, after the acknowledge flags and the reason code
+    if found is None:
+        return 65535
+    length, pos = found
     end = pos + length
     while pos < end:
         prop = connack[pos]
