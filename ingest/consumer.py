@@ -79,8 +79,9 @@ class ReceiveClient(mqtt.Client):
         super()._sock_close()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        if self.on_batch is not None and self._sock is not None and self._between_packets() \
-                and self._rx_pos >= len(self._rx):
+        # The fast path decodes MQTT 5 packets and leaves the PUBACK to the owner: only with both (as ingest runs).
+        batching = self.on_batch is not None and self._protocol == mqtt.MQTTv5 and self._manual_ack
+        if batching and self._sock is not None and self._between_packets() and self._rx_pos >= len(self._rx):
             try:
                 self._rx, self._rx_pos = super()._sock_recv(self.RECV_CHUNK), 0
             except BlockingIOError:
@@ -91,7 +92,7 @@ class ReceiveClient(mqtt.Client):
                 return super().loop_read(max_packets)  # closed: paho reads nothing and says so
         # Packets already in the buffer will not wake select() again: handle them all now.
         while True:
-            if self.on_batch is not None and self._sock is not None and self._between_packets():
+            if batching and self._sock is not None and self._between_packets():
                 self._deliver_publishes()
                 if self._rx_pos >= len(self._rx):
                     return MQTTErrorCode.MQTT_ERR_SUCCESS
