@@ -37,6 +37,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from bench import cgroup as bench_cgroup
 from bench import cpu as bench_cpu
 from bench import mqtt as bench_mqtt
 from bench import repo
@@ -78,6 +79,9 @@ class Sizes:
     fleet_devices: int = 100_000
     fleet_rate: float = 5_000.0
     fleet_s: float = 20.0
+    # Each ingest process's CPU in the capped scale-out drains (bench/cgroup.py); 0 leaves that stage out.
+    # Two such processes plus the broker and PostgreSQL must fit in two cores with room to spare.
+    cpu_cap: float = 0.3
 
     @classmethod
     def tiny(cls) -> Sizes:
@@ -369,18 +373,22 @@ class Bench:
         expected: int,
         at_seq: int | None = None,
         timeout: float = 300,
+        caps: list[bench_cgroup.CpuCap] | None = None,
     ) -> tuple[float, dict[str, float], list[subprocess.Popen[bytes]]]:
         """Start ingest processes against a paused broker, release them together, time the drain to the last
-        commit. Returns (seconds, where the CPU went: bench.cpu.split, processes still running).
+        commit. Returns (seconds, where the CPU went: bench.cpu.split, processes still running). With `caps`,
+        process i runs under caps[i] from its start.
 
         Progress is counted in `reading`, or, on the scale data set where counting 10M rows would load the
         database, as devices whose rule state reached sequence number `at_seq` (one message per device)."""
         procs: list[subprocess.Popen[bytes]] = []
         with bench_mqtt.broker_paused(self.broker_pid):
-            for cid in client_ids:
+            for i, cid in enumerate(client_ids):
                 procs.append(
                     self.spawn("ingest", self.settings_env(db_url, client_id=cid, share_group=share_group), cid)
                 )
+                if caps:
+                    caps[i].add(procs[-1].pid)
             try:
                 bench_mqtt.wait_connections(
                     self.mosquitto.port,
@@ -495,6 +503,11 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
         bench.open_session("bench-receive", [f"{PREFIX}/+/telemetry"])
         for cid in ("bench-two-a", "bench-two-b"):
             bench.open_session(cid, bench.ingest_topics("bench"))
+        capped = capped_stage_reason(sizes) is None
+        if capped:
+            bench.open_session("bench-cap-one", bench.ingest_topics())
+            for cid in ("bench-cap-a", "bench-cap-b"):
+                bench.open_session(cid, bench.ingest_topics("benchcap"))
         messages = backlog(n, sizes.devices, now_ms=int(time.time() * 1000))
         figures["publish_rate"] = round(
             bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, messages, client_id="bench-backlog")
@@ -550,6 +563,11 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
         figures["ingest_two"] = ingest_drain(bench, "bench_ingest_two", ["bench-two-a", "bench-two-b"], "bench", n)
         for cid in ("bench-two-a", "bench-two-b"):
             bench_mqtt.close_session("127.0.0.1", bench.mosquitto.port, client_id=cid)
+    if capped:
+        with stage(results, "ingest capped", say):
+            figures["ingest_capped"] = capped_drains(bench, n)
+    else:
+        results.notes.append(f"capped scale-out drains left out: {capped_stage_reason(sizes)}")
     one, two, raw_best = figures["ingest_one"], figures["ingest_two"], figures["raw_subscriber"]
     one["vs_raw"] = round(one["rate"] / raw_best["rate"], 3)
     one["vs_receive_path"] = round(one["rate"] / figures["raw_receive_path"]["rate"], 3)
@@ -568,6 +586,33 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
         two["machine_ceiling_vs_one"] = round((os.cpu_count() or 1) * 1e6 / machine_us / one["rate"], 3)
 
 
+def capped_stage_reason(sizes: Sizes) -> str | None:
+    """Why the capped scale-out drains cannot run (None when they can)."""
+    if sizes.cpu_cap <= 0:
+        return "--cpu-cap 0"
+    return bench_cgroup.unavailable_reason()
+
+
+def capped_drains(bench: Bench, n: int) -> dict[str, Any]:
+    """One ingest process, then two on a shared subscription, each held to the same fraction of a core: what a
+    second process adds when it has CPU of its own, as on a machine where the broker and the database do not
+    take the ingest's cores (bench/cgroup.py)."""
+    cores = bench.sizes.cpu_cap
+    figures: dict[str, Any] = {"cores_per_process": cores}
+    for label, cids, group in (("one", ["bench-cap-one"], ""), ("two", ["bench-cap-a", "bench-cap-b"], "benchcap")):
+        caps = [bench_cgroup.CpuCap(f"gridwatch-bench-{os.getpid()}-{cid}", cores) for cid in cids]
+        try:
+            figures[label] = ingest_drain(bench, f"bench_ingest_cap_{label}", cids, group, n, caps=caps)
+            figures[label]["throttled_s"] = round(sum(c.throttled_s() for c in caps), 2)
+        finally:
+            for c in caps:
+                c.close()
+        for cid in cids:
+            bench_mqtt.close_session("127.0.0.1", bench.mosquitto.port, client_id=cid)
+    figures["vs_one"] = round(figures["two"]["rate"] / figures["one"]["rate"], 3)
+    return figures
+
+
 def drain_figures(d: bench_mqtt.DrainResult) -> dict[str, Any]:
     """A subscriber drain as figures."""
     return {
@@ -578,10 +623,12 @@ def drain_figures(d: bench_mqtt.DrainResult) -> dict[str, Any]:
     }
 
 
-def ingest_drain(bench: Bench, db_name: str, cids: list[str], group: str, n: int) -> dict[str, Any]:
+def ingest_drain(
+    bench: Bench, db_name: str, cids: list[str], group: str, n: int, *, caps: list[bench_cgroup.CpuCap] | None = None
+) -> dict[str, Any]:
     """`python -m ingest` process(es) draining the backlog of their sessions into a fresh database."""
     url = bench.create_db(db_name)
-    seconds, cpu, procs = bench.drain_with_ingest(url, client_ids=cids, share_group=group, expected=n)
+    seconds, cpu, procs = bench.drain_with_ingest(url, client_ids=cids, share_group=group, expected=n, caps=caps)
     peak = max(rss_mb(p.pid)[1] for p in procs)
     for p in procs:
         bench.stop_proc(p)
@@ -903,6 +950,11 @@ def evaluate_targets(f: dict[str, Any]) -> dict[str, Any]:
     return {
         "ingest_one_vs_raw": check(f.get("ingest_one", {}).get("vs_raw"), TARGETS["ingest_one_vs_raw"], True),
         "ingest_two_vs_one": check(f.get("ingest_two", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True),
+        # The same target with every process held to the same CPU share (cores of its own, in effect). Reported
+        # beside the target above, never instead of it.
+        "ingest_two_vs_one_capped": check(
+            f.get("ingest_capped", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True
+        ),
         "latency_p99_ms": check(f.get("latency", {}).get("p99_ms"), TARGETS["latency_p99_ms"], False),
         "ingest_rss_mb": check(f.get("scale", {}).get("ingest_peak_rss_mb"), TARGETS["ingest_rss_mb"], False),
         "fleet_rate_ratio": check(f.get("fleet", {}).get("ratio"), TARGETS["fleet_rate_ratio"], True),
@@ -982,6 +1034,18 @@ def render_table(r: Results) -> str:
             mark("ingest_two_vs_one"),
         ),
     ]
+    cap = f.get("ingest_capped")
+    if cap:
+        rows.append(
+            (
+                f"ingest, 2 vs 1 process, each held to {cap['cores_per_process']:.2f} core",
+                f"{cap['two']['rate']:,} msg/s",
+                f"{cap['vs_one']:.2f}× one held the same ({cap['one']['rate']:,} msg/s); "
+                f"{machine(cap['two'])}; scale-out when the ingest does not share its cores",
+                "(≥ 1.8× one)",
+                mark("ingest_two_vs_one_capped"),
+            )
+        )
     if lat:
         rows.append(
             (
@@ -1055,6 +1119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=d.latency_s)
     parser.add_argument("--api-requests", type=int, default=d.api_requests)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="GRIDWATCH_BATCH_SIZE for ingest")
+    parser.add_argument("--cpu-cap", type=float, default=d.cpu_cap,
+                        help="cores per ingest process in the capped scale-out drains (0: leave them out)")
     parser.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep services' files and logs here")
@@ -1073,6 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
             latency_s=args.latency_seconds,
             api_requests=args.api_requests,
             batch_size=args.batch_size,
+            cpu_cap=args.cpu_cap,
         )
     run(sizes, data_dir=args.data_dir, out=args.json, skip_scale=args.skip_scale)
     return 0

@@ -7,6 +7,9 @@ real services and produced consistent figures.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from bench import cgroup as bench_cgroup
+from bench import cpu as bench_cpu
 from bench.rawpub import RawPublisher
 from bench.run import Sizes, evaluate_targets, find_endpoint, percentile, run
 from tests.support import wait_for
@@ -34,6 +39,18 @@ def test_bench_runs_every_stage_at_tiny_size(tmp_path: Path) -> None:
         assert f[label]["open_alarms"] > 0, "the backlog carries gas alarms; the rules must have raised them"
         assert f[label]["rate"] > 0
     assert f["ingest_two"]["processes"] == 2
+
+    if bench_cgroup.unavailable_reason() is None:  # root with a cgroup cpu controller, as on the project's machine
+        capped = f["ingest_capped"]
+        for label in ("one", "two"):
+            assert capped[label]["stored"] == sizes.messages, f"capped {label} must store every message exactly once"
+            assert capped[label]["duplicate_open_alarms"] == 0
+        assert capped["two"]["processes"] == 2
+        assert capped["vs_one"] == round(capped["two"]["rate"] / capped["one"]["rate"], 3)
+        assert "ingest_two_vs_one_capped" in f["targets"]
+    else:
+        assert "ingest_capped" not in f
+        assert any("capped scale-out drains left out" in n for n in results.notes)
 
     lat = f["latency"]
     assert lat["probes"] > 0
@@ -71,6 +88,8 @@ def test_percentile_is_nearest_rank(values: list[float], q: float, expected: flo
     [
         ({"ingest_one": {"vs_raw": 0.71}}, "ingest_one_vs_raw", True),
         ({"ingest_one": {"vs_raw": 0.69}}, "ingest_one_vs_raw", False),
+        ({"ingest_capped": {"vs_one": 1.79}}, "ingest_two_vs_one_capped", False),
+        ({"ingest_capped": {"vs_one": 1.8}}, "ingest_two_vs_one_capped", True),
         ({"latency": {"p99_ms": 500.0}}, "latency_p99_ms", True),
         ({"latency": {"p99_ms": 501.0}}, "latency_p99_ms", False),
         ({}, "ingest_rss_mb", None),
@@ -129,3 +148,40 @@ def test_raw_publisher_delivers_every_message_in_order_with_qos_1(services: Any)
     sub.disconnect()
     assert [(t, p) for t, p, _ in got] == messages
     assert {q for _, _, q in got} == {1}
+
+
+
+SPIN_ON_TWO_CORES = """
+import sys, threading, time
+sys.stdin.readline()  # wait until the test has put this process under the cap
+def spin():
+    end = time.time() + 1.0
+    while time.time() < end:
+        pass
+threads = [threading.Thread(target=spin) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(bench_cgroup.unavailable_reason() is not None, reason="needs a writable cgroup cpu controller")
+def test_cpu_cap_holds_a_busy_process_to_its_share() -> None:
+    """The capped scale-out figure is only as good as the cap: a process spinning on both cores, held to 0.2 of a
+    core, gets about 0.2 s of CPU a second (uncapped it would take up to 2 s) and is throttled for the rest."""
+    cap = bench_cgroup.CpuCap(f"gridwatch-test-{os.getpid()}", 0.2)
+    proc = subprocess.Popen([sys.executable, "-c", SPIN_ON_TWO_CORES], stdin=subprocess.PIPE)
+    try:
+        cap.add(proc.pid)
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        time.sleep(1.0)
+        used = bench_cpu.cpu_seconds(proc.pid)
+        assert used < 0.4, f"held to 0.2 of a core for about 1 s, it used {used:.2f} s of CPU"
+        assert cap.throttled_s() > 0.3
+    finally:
+        proc.kill()
+        proc.wait()
+        cap.close()
+    assert not cap.path.exists()
