@@ -504,10 +504,10 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
         for cid in ("bench-two-a", "bench-two-b"):
             bench.open_session(cid, bench.ingest_topics("bench"))
         capped = capped_stage_reason(sizes) is None
-        if capped:
-            bench.open_session("bench-cap-one", bench.ingest_topics())
-            for cid in ("bench-cap-a", "bench-cap-b"):
-                bench.open_session(cid, bench.ingest_topics("benchcap"))
+        for r in rounds if capped else ():
+            for _label, cids, group in capped_sessions(r):
+                for cid in cids:
+                    bench.open_session(cid, bench.ingest_topics(group))
         messages = backlog(n, sizes.devices, now_ms=int(time.time() * 1000))
         figures["publish_rate"] = round(
             bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, messages, client_id="bench-backlog")
@@ -596,21 +596,32 @@ def capped_stage_reason(sizes: Sizes) -> str | None:
 def capped_drains(bench: Bench, n: int) -> dict[str, Any]:
     """One ingest process, then two on a shared subscription, each held to the same fraction of a core: what a
     second process adds when it has CPU of its own, as on a machine where the broker and the database do not
-    take the ingest's cores (bench/cgroup.py)."""
+    take the ingest's cores (bench/cgroup.py). Alternated DRAIN_ROUNDS times, best of each, like the drains above:
+    a capped drain is short, so a hiccup of the shared machine weighs more."""
     cores = bench.sizes.cpu_cap
+    runs: dict[str, list[dict[str, Any]]] = {"one": [], "two": []}
+    for r in range(1, DRAIN_ROUNDS + 1):
+        for label, cids, group in capped_sessions(r):
+            caps = [bench_cgroup.CpuCap(f"gridwatch-bench-{os.getpid()}-{cid}", cores) for cid in cids]
+            try:
+                drain = ingest_drain(bench, f"bench_ingest_cap_{label}_{r}", cids, group, n, caps=caps)
+                drain["throttled_s"] = round(sum(c.throttled_s() for c in caps), 2)
+                runs[label].append(drain)
+            finally:
+                for c in caps:
+                    c.close()
+            for cid in cids:
+                bench_mqtt.close_session("127.0.0.1", bench.mosquitto.port, client_id=cid)
     figures: dict[str, Any] = {"cores_per_process": cores}
-    for label, cids, group in (("one", ["bench-cap-one"], ""), ("two", ["bench-cap-a", "bench-cap-b"], "benchcap")):
-        caps = [bench_cgroup.CpuCap(f"gridwatch-bench-{os.getpid()}-{cid}", cores) for cid in cids]
-        try:
-            figures[label] = ingest_drain(bench, f"bench_ingest_cap_{label}", cids, group, n, caps=caps)
-            figures[label]["throttled_s"] = round(sum(c.throttled_s() for c in caps), 2)
-        finally:
-            for c in caps:
-                c.close()
-        for cid in cids:
-            bench_mqtt.close_session("127.0.0.1", bench.mosquitto.port, client_id=cid)
+    for label, drains in runs.items():
+        figures[label] = {**max(drains, key=lambda x: x["rate"]), "runs": [x["rate"] for x in drains]}
     figures["vs_one"] = round(figures["two"]["rate"] / figures["one"]["rate"], 3)
     return figures
+
+
+def capped_sessions(r: int) -> list[tuple[str, list[str], str]]:
+    """Round r's capped drains: (label, client ids, share group)."""
+    return [("one", [f"bench-cap-one-{r}"], ""), ("two", [f"bench-cap-a-{r}", f"bench-cap-b-{r}"], f"benchcap{r}")]
 
 
 def drain_figures(d: bench_mqtt.DrainResult) -> dict[str, Any]:
@@ -1040,7 +1051,8 @@ def render_table(r: Results) -> str:
             (
                 f"ingest, 2 vs 1 process, each held to {cap['cores_per_process']:.2f} core",
                 f"{cap['two']['rate']:,} msg/s",
-                f"{cap['vs_one']:.2f}× one held the same ({cap['one']['rate']:,} msg/s); "
+                f"{cap['vs_one']:.2f}× one held the same (best of " + " / ".join(f"{x:,}" for x in cap["one"]["runs"])
+                + "; two: " + " / ".join(f"{x:,}" for x in cap["two"]["runs"]) + "); "
                 f"{machine(cap['two'])}; scale-out when the ingest does not share its cores",
                 "(≥ 1.8× one)",
                 mark("ingest_two_vs_one_capped"),

@@ -243,11 +243,18 @@ class IngestWorker:
                 log.debug("closing a broken connection failed", exc_info=True)
             self._local.conn = None
 
-    def run(self, index: int = 0) -> None:
+    def run(self, index: int = 0, ready: threading.Event | None = None) -> None:
         """One writer's loop (blocks until stop()). Writer 0 takes whatever arrives; the others help only while
         a full batch is already waiting (a backlog): on a steady stream one writer keeps batches short and the
         alarm latency low, and two writers at once would only share the GIL (bench/: p99 257 vs 500 ms at 5k
         msg/s)."""
+        try:
+            self._connection()
+        except psycopg.OperationalError as exc:  # the batch loop retries with backoff; messages stay at the broker
+            log.warning("ingest writer %d could not connect to the database yet: %s", index + 1, exc)
+        finally:
+            if ready is not None:
+                ready.set()
         while not self._stop.is_set():
             if self.consumer.fatal is not None:
                 self._stop.set()  # bad credentials: retrying cannot help; serve exits with the message
@@ -267,14 +274,20 @@ class IngestWorker:
         self._drop_connection()
 
     def start(self) -> None:
-        """Check the database, connect to the broker, run the writers in threads."""
+        """Check the database, run the writers in threads, and connect to the broker once they are ready."""
         self._connection()
         self._drop_connection()  # each writer opens its own
-        self.consumer.start()
+        ready = [threading.Event() for _ in range(self.writers)]
         for i in range(self.writers):
-            thread = threading.Thread(target=self.run, args=(i,), name=f"ingest-writer-{i + 1}", daemon=True)
+            thread = threading.Thread(target=self.run, args=(i, ready[i]), name=f"ingest-writer-{i + 1}",
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
+        # Subscribing only once every writer holds its connection: a persistent session's backlog arrives at once,
+        # and a writer that connects then makes the first batches wait (tens of ms each on a busy machine).
+        for event in ready:
+            event.wait(timeout=30)
+        self.consumer.start()
 
     @property
     def alive(self) -> bool:
