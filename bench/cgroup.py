@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
-# A short period spreads the quota evenly: with the default 100 ms, a process with several threads spends its
-# share on both cores at once, then stalls for the rest of the period.
+# A short period hands out the quota in short slices: with the default 100 ms, a process that spends its share
+# early (several threads on both cores) then stalls for up to the rest of the period.
 PERIOD_US = 20_000
 
 
@@ -58,7 +58,6 @@ class CpuCap:
             self.path = v2 / name
             self.path.mkdir(exist_ok=True)
             (self.path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
-        self.cores = cores
 
     def add(self, pid: int) -> None:
         """Move a process with all its threads (and the threads it starts later) into the cap."""

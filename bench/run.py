@@ -503,8 +503,8 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
         bench.open_session("bench-receive", [f"{PREFIX}/+/telemetry"])
         for cid in ("bench-two-a", "bench-two-b"):
             bench.open_session(cid, bench.ingest_topics("bench"))
-        capped = capped_stage_reason(sizes) is None
-        for r in rounds if capped else ():
+        capped_left_out = capped_stage_reason(sizes)
+        for r in rounds if capped_left_out is None else ():
             for _label, cids, group in capped_sessions(r):
                 for cid in cids:
                     bench.open_session(cid, bench.ingest_topics(group))
@@ -563,11 +563,11 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
         figures["ingest_two"] = ingest_drain(bench, "bench_ingest_two", ["bench-two-a", "bench-two-b"], "bench", n)
         for cid in ("bench-two-a", "bench-two-b"):
             bench_mqtt.close_session("127.0.0.1", bench.mosquitto.port, client_id=cid)
-    if capped:
+    if capped_left_out is None:
         with stage(results, "ingest capped", say):
             figures["ingest_capped"] = capped_drains(bench, n)
     else:
-        results.notes.append(f"capped scale-out drains left out: {capped_stage_reason(sizes)}")
+        results.notes.append(f"capped scale-out drains left out: {capped_left_out}")
     one, two, raw_best = figures["ingest_one"], figures["ingest_two"], figures["raw_subscriber"]
     one["vs_raw"] = round(one["rate"] / raw_best["rate"], 3)
     one["vs_receive_path"] = round(one["rate"] / figures["raw_receive_path"]["rate"], 3)
@@ -998,8 +998,11 @@ def render_table(r: Results) -> str:
         return (f"machine {drain['machine_busy']:.0%} busy: PostgreSQL {cpu['postgres']}, broker {cpu['broker']}, "
                 f"other {cpu['other']} µs/msg")
 
+    def rates(runs: list[int]) -> str:
+        return " / ".join(f"{x:,}" for x in runs)
+
     recv = f.get("raw_receive_path")
-    runs = "best of " + " / ".join(f"{x:,}" for x in raw["runs"]) + ", " if raw.get("runs") else ""
+    runs = f"best of {rates(raw['runs'])}, " if raw.get("runs") else ""
     rows = [
         (
             "raw: bare paho v5 subscriber drain",
@@ -1030,7 +1033,7 @@ def render_table(r: Results) -> str:
             "ingest, 1 process (decode→rules→COPY→commit→ack)",
             f"{one['rate']:,} msg/s",
             f"{one['vs_raw']:.2f}× raw ({one['cpu_us_per_msg']} µs CPU/msg: {one['cpu_vs_raw']:.2f}× raw by CPU"
-            + (", best of " + " / ".join(f"{x:,}" for x in one["runs"]) if one.get("runs") else "")
+            + (f", best of {rates(one['runs'])}" if one.get("runs") else "")
             + f"; {machine(one)})",
             "≥ 0.70× raw",
             mark("ingest_one_vs_raw"),
@@ -1051,9 +1054,9 @@ def render_table(r: Results) -> str:
             (
                 f"ingest, 2 vs 1 process, each held to {cap['cores_per_process']:.2f} core",
                 f"{cap['two']['rate']:,} msg/s",
-                f"{cap['vs_one']:.2f}× one held the same (best of " + " / ".join(f"{x:,}" for x in cap["one"]["runs"])
-                + "; two: " + " / ".join(f"{x:,}" for x in cap["two"]["runs"]) + "); "
-                f"{machine(cap['two'])}; scale-out when the ingest does not share its cores",
+                f"{cap['vs_one']:.2f}× one held the same (best of {rates(cap['one']['runs'])}; two: "
+                f"{rates(cap['two']['runs'])}); {machine(cap['two'])}; scale-out when the ingest does not share its "
+                "cores",
                 "(≥ 1.8× one)",
                 mark("ingest_two_vs_one_capped"),
             )

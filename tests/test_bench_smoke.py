@@ -150,27 +150,22 @@ def test_raw_publisher_delivers_every_message_in_order_with_qos_1(services: Any)
     assert {q for _, _, q in got} == {1}
 
 
-
-SPIN_ON_TWO_CORES = """
-import sys, threading, time
+SPIN_FOR_A_SECOND = """
+import sys, time
 sys.stdin.readline()  # wait until the test has put this process under the cap
-def spin():
-    end = time.time() + 1.0
-    while time.time() < end:
-        pass
-threads = [threading.Thread(target=spin) for _ in range(2)]
-for t in threads: t.start()
-for t in threads: t.join()
+end = time.time() + 1.0
+while time.time() < end:
+    pass
 sys.stdin.readline()
 """
 
 
 @pytest.mark.skipif(bench_cgroup.unavailable_reason() is not None, reason="needs a writable cgroup cpu controller")
 def test_cpu_cap_holds_a_busy_process_to_its_share() -> None:
-    """The capped scale-out figure is only as good as the cap: a process spinning on both cores, held to 0.2 of a
-    core, gets about 0.2 s of CPU a second (uncapped it would take up to 2 s) and is throttled for the rest."""
+    """The capped scale-out figure is only as good as the cap: a process spinning for a second, held to 0.2 of a
+    core, gets about 0.2 s of CPU (uncapped it takes the whole second) and is throttled for the rest."""
     cap = bench_cgroup.CpuCap(f"gridwatch-test-{os.getpid()}", 0.2)
-    proc = subprocess.Popen([sys.executable, "-c", SPIN_ON_TWO_CORES], stdin=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", SPIN_FOR_A_SECOND], stdin=subprocess.PIPE)
     try:
         cap.add(proc.pid)
         assert proc.stdin is not None
