@@ -1,14 +1,16 @@
+# The image runs what users install: the wheel built from this checkout (tests/test_deployment.py installs the
+# same wheel into a fresh virtualenv and runs every docker-compose service from it).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-cache-dir --no-deps -w /dist .
+
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY core core
-COPY ingest ingest
-COPY rules rules
-COPY notify notify
-COPY api api
-COPY simulators simulators
+COPY --from=build /dist /dist
+RUN pip install --no-cache-dir /dist/*.whl && rm -rf /dist && useradd --system --uid 10001 gridwatch
+# The registries the sim profile and `gridwatch load` examples use.
 COPY examples examples
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 gridwatch
 USER gridwatch
 ENTRYPOINT ["gridwatch"]
 CMD ["serve"]

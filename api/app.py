@@ -23,6 +23,8 @@ from api.ratelimit import FailureLimiter
 from api.routers import admin, alarms, devices, merchants
 from api.stream import AlarmHub
 from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
+from core.loop import Check
+from core.ops import Checks, health_body
 from core.settings import Settings
 from rules import score_service
 
@@ -51,8 +53,9 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAPI:
-    """Build the app; the pool is opened here unless one is given."""
+def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks: Checks | None = None) -> FastAPI:
+    """Build the app; the pool is opened here unless one is given. `checks` are the health of the other parts
+    running in this process, reported by /healthz beside the API's own."""
     owned = pool is None
 
     @asynccontextmanager
@@ -130,10 +133,11 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None) -> FastAP
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz", tags=["ops"])
-    def healthz(conn: Conn) -> dict[str, str]:
-        """Liveness and database reachability."""
+    def healthz(conn: Conn) -> Response:
+        """Liveness, database reachability and the health of every part in this process (503 if one fails)."""
         api_repo.ping(conn)
-        return {"status": "ok"}
+        status, body = health_body([Check("api", True), *(checks() if checks else [])])
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:

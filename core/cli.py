@@ -168,6 +168,28 @@ def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,no
 
 
 @app.command()
+def health(url: Annotated[str | None, typer.Option(
+        help="the /healthz to ask (default: this process's GRIDWATCH_METRICS_PORT, else GRIDWATCH_API_PORT)")] = None,
+           timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 3.0) -> None:
+    """Ask a running `serve` whether each of its parts works (exit 0) or not (exit 1): the deployment's health
+    check, run inside the service's container with the service's own environment."""
+    import urllib.error
+    import urllib.request
+
+    settings = Settings()
+    url = url or f"http://127.0.0.1:{settings.metrics_port or settings.api_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - an http URL of our own
+            typer.echo(answer.read().decode())
+    except urllib.error.HTTPError as exc:
+        typer.echo(exc.read().decode() or str(exc), err=True)
+        raise typer.Exit(1) from exc
+    except OSError as exc:
+        typer.echo(f"{url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
 def demo(
     data_dir: Annotated[Path, typer.Option(help="where the private database and broker keep their files")] = Path(
         ".gridwatch/demo"),
@@ -342,7 +364,7 @@ def simulate(
     rate: Annotated[float, typer.Option(help="fleet telemetry messages per second, in total")] = 100.0,
     scenario: Annotated[str | None, typer.Option(help="library scenario name (or a scenario YAML file)")] = None,
     seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same readings")] = 1,
-    duration: Annotated[str | None, typer.Option(help="fleet run time, e.g. 90s, 10m (default 60s)")] = None,
+    duration: Annotated[str | None, typer.Option(help="fleet run time: 90s, 10m, forever (default 60s)")] = None,
     write_registry: Annotated[Path | None, typer.Option(
         help="write the registry of the synthetic devices (or the scenario) to FILE and exit")] = None,
     connections: Annotated[int | None, typer.Option(help="MQTT connections shared by the fleet")] = None,
@@ -388,6 +410,10 @@ def mqtt_credentials(
     ingest_password: Annotated[str | None, typer.Option(envvar="GRIDWATCH_MQTT_INGEST_PASSWORD",
                                                         help="the ingest's password (default: kept or generated)")
                                ] = None,
+    simulator: Annotated[bool, typer.Option(help="also the simulators' account (staging brokers only)")] = False,
+    simulator_password: Annotated[str | None, typer.Option(
+        envvar="GRIDWATCH_MQTT_SIMULATOR_PASSWORD", help="the simulators' password (default: kept or generated)")
+                                  ] = None,
 ) -> None:
     """Write Mosquitto's password file and ACL from the registry (devices pinned to their own topics)."""
     from core import mqtt_auth
@@ -399,7 +425,8 @@ def mqtt_credentials(
         existing = mqtt_auth.read_credentials(out / "credentials.csv")
         accounts = mqtt_auth.build_accounts(reg, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root,
                                             existing=existing, rotate=rotate or [], rotate_all=rotate_all,
-                                            ingest_user=ingest_user, ingest_password=ingest_password)
+                                            ingest_user=ingest_user, ingest_password=ingest_password,
+                                            simulator_password=(simulator_password or "") if simulator else None)
         files = mqtt_auth.write_files(out, accounts)
     except GridwatchError as exc:
         raise _fail(exc) from exc

@@ -7,6 +7,7 @@ ingest). Accounts:
   - one per Shelly / Tasmota device (each connects on its own), pinned to its own foreign topics;
   - one Zigbee2MQTT bridge account for `zigbee2mqtt/#` (the bridge speaks for all its devices);
   - the ingest's own account (reads everything it subscribes to, writes commands);
+  - on request (`--simulator`), the simulators' account for a staging broker (docker-compose's `sim` profile);
   - `healthcheck`, which may read `$SYS/broker/uptime` only (docker-compose's broker health probe).
 
 Passwords are kept across runs (read back from credentials.csv) unless rotated, so regenerating after a
@@ -37,6 +38,7 @@ INGEST_USER = "ingest"
 HEALTHCHECK_USER = "healthcheck"
 HEALTHCHECK_PASSWORD = "healthcheck"  # noqa: S105 - reads $SYS/broker/uptime only; compose's probe uses it
 ZIGBEE2MQTT_USER = "bridge-zigbee2mqtt"
+SIMULATOR_USER = "simulator"
 
 # Usernames end up as `user:hash` lines and `user NAME` ACL lines; topic parts may not hold wildcards.
 _SAFE_USER = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -96,11 +98,14 @@ def _check_part(value: str, what: str) -> str:
 
 def build_accounts(registry: RegistryIn, *, prefix: str = "gw/v1", bridge_root: str = "",
                    existing: dict[str, str] | None = None, rotate: Iterable[str] = (), rotate_all: bool = False,
-                   ingest_user: str = INGEST_USER, ingest_password: str | None = None) -> list[Account]:
-    """Every account the registry needs, keeping existing passwords unless rotated."""
+                   ingest_user: str = INGEST_USER, ingest_password: str | None = None,
+                   simulator_password: str | None = None) -> list[Account]:
+    """Every account the registry needs, keeping existing passwords unless rotated. With simulator_password,
+    also the simulators' account (docker-compose's `sim` profile), which may speak for every native device:
+    for a staging broker, never for one that real devices use."""
     existing = existing or {}
     rotate = set(rotate)
-    unknown = rotate - {d.id for d in registry.devices} - {ingest_user, ZIGBEE2MQTT_USER}
+    unknown = rotate - {d.id for d in registry.devices} - {ingest_user, ZIGBEE2MQTT_USER, SIMULATOR_USER}
     if unknown:
         raise ConfigError(f"cannot rotate unknown account(s): {', '.join(sorted(unknown))}")
 
@@ -144,6 +149,9 @@ def build_accounts(registry: RegistryIn, *, prefix: str = "gw/v1", bridge_root: 
                                                     for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")]
     accounts.append(Account(ingest_user, ingest_password or password(ingest_user), "ingest", tuple(ingest_acl),
                             "gridwatch ingest (subscribes to everything, publishes commands)"))
+    if simulator_password is not None:
+        accounts.append(Account(SIMULATOR_USER, simulator_password or password(SIMULATOR_USER), "simulator",
+                                (("readwrite", f"{prefix}/#"),), "simulated devices (staging only)"))
     accounts.append(Account(HEALTHCHECK_USER, HEALTHCHECK_PASSWORD, "healthcheck",
                             (("read", "$SYS/broker/uptime"),), "broker health probe"))
     names = [a.username for a in accounts]

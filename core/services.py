@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import db
+from core.loop import Check
+from core.ops import OpsServer
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,14 @@ class Running:
     parts: dict[str, Any] = field(default_factory=dict)
     api_server: Any = None
     api_thread: threading.Thread | None = None
+    ops: OpsServer | None = None
+
+    def checks(self) -> list[Check]:
+        """Every running part's health (what /healthz answers and `gridwatch health` asks)."""
+        found = [check for part in self.parts.values() for check in part.checks()]
+        if self.api_thread is not None and not self.api_thread.is_alive():
+            found.append(Check("api", False, "the API server has stopped"))
+        return found
 
     def fatal(self) -> Exception | None:
         """The first part that gave up for good (e.g. the broker refused our credentials)."""
@@ -37,6 +47,8 @@ class Running:
         return None
 
     def stop(self) -> None:
+        if self.ops is not None:
+            self.ops.stop()
         if self.api_server is not None:
             self.api_server.should_exit = True
             if self.api_thread:
@@ -74,12 +86,6 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
     import uvicorn
 
     running = Running(settings)
-    if settings.metrics_port and "api" not in only:
-        # Prometheus counters live per process: a process without the api exports its own.
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from the network
-        log.info("metrics on :%d/metrics", settings.metrics_port)
     if "ingest" in only:
         from ingest.worker import IngestWorker
 
@@ -107,7 +113,8 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
     if "api" in only:
         from api.app import create_app
 
-        config = uvicorn.Config(create_app(settings), host=settings.api_host, port=settings.api_port,
+        config = uvicorn.Config(create_app(settings, checks=running.checks), host=settings.api_host,
+                                port=settings.api_port,
                                 log_level="warning", access_log=False,
                                 # open SSE streams (live alarm board) never finish by themselves
                                 timeout_graceful_shutdown=3)
@@ -117,4 +124,9 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
             server.config.install_signal_handlers = False  # type: ignore[attr-defined]
             running.api_thread = threading.Thread(target=server.run, name="api", daemon=True)
             running.api_thread.start()
+    if settings.metrics_port and "api" not in only:
+        # Counters live per process: a process without the api exports its own, with its health beside them.
+        running.ops = OpsServer(settings.metrics_port, running.checks)
+        running.ops.start()
+        log.info("metrics and health on :%d (/metrics, /healthz)", running.ops.port)
     return running

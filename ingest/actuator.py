@@ -9,7 +9,6 @@ Confirmation comes back on cmd/ack (ingest -> rules_service.apply_command_acks) 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +17,16 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from core import repo as core_repo
+from core.loop import Check, Loop
 from core.settings import Settings
 from ingest import adapters
 from rules import actuation
 
 log = logging.getLogger(__name__)
+
+
+class CommandNotSentError(TimeoutError):
+    """The broker did not acknowledge a command in time (the row stays pending and is published again)."""
 
 
 class Actuator:
@@ -34,8 +38,7 @@ class Actuator:
         self.batch = batch
         self.published = 0
         self.fatal: Exception | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop: Loop[psycopg.Connection[Any]] = Loop("actuator", self, probe=self._broker_problem)
         target = settings.mqtt
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
                                   client_id=f"{settings.mqtt_client_id}-act-{uuid.uuid4().hex[:6]}",
@@ -64,45 +67,38 @@ class Actuator:
                     info = self.client.publish(topic, payload, qos=1)
                     info.wait_for_publish(timeout=5)
                     if not info.is_published():
-                        raise TimeoutError(f"broker did not acknowledge command {c.id} to {topic}")
+                        raise CommandNotSentError(f"broker did not acknowledge command {c.id} to {topic}")
                 sent.append(c.id)
                 log.info("published %s to %s (command %s)", c.action, c.device_id, c.id)
             actuation.mark_sent(conn, ids=sent, at=datetime.now(UTC))
         self.published += len(sent)
         return len(sent)
 
-    def run(self) -> None:
-        """The loop (blocks until stop())."""
-        conn: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            try:
-                if conn is None or conn.closed or conn.broken:
-                    conn = psycopg.connect(self.settings.dsn, autocommit=False)
-                if self.publish_pending(conn):
-                    continue
-            except psycopg.OperationalError as exc:
-                log.warning("actuator: database unavailable (%s); retrying", str(exc).strip()[:120])
-                conn = None
-            except (TimeoutError, OSError) as exc:
-                log.warning("actuator: publishing failed (%s); retrying", exc)
-            except Exception:
-                log.exception("actuator pass failed; continuing")
-            self._stop.wait(self.poll_s)
-        if conn is not None:
-            conn.close()
+    def open(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.settings.dsn, autocommit=False)
+
+    def step(self, conn: psycopg.Connection[Any]) -> float:
+        return 0.0 if self.publish_pending(conn) else self.poll_s
+
+    def close(self, conn: psycopg.Connection[Any]) -> None:
+        conn.close()
+
+    def _broker_problem(self) -> str | None:
+        return None if self.client.is_connected() else "not connected to the broker"
 
     def start(self) -> None:
         """Connect to the broker and run in a daemon thread."""
         target = self.settings.mqtt
         self.client.connect_async(target.host, target.port)
         self.client.loop_start()
-        self._thread = threading.Thread(target=self.run, name="actuator", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
         """Stop publishing and disconnect."""
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self.loop.stop()
         self.client.loop_stop()
         self.client.disconnect()
+
+    def checks(self) -> list[Check]:
+        """Health for `gridwatch health`."""
+        return [self.loop.check()]

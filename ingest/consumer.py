@@ -180,6 +180,58 @@ class ReceiveClient(mqtt.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS  # manual ack: the PUBACK goes out after the commit
 
 
+class StockClient(mqtt.Client):
+    """paho as shipped, for a paho whose private names ReceiveClient does not know: every message goes through
+    paho's own decoding and reaches on_batch as a list of one (slower, the same messages and acknowledgements)."""
+
+    def __init__(self, *args: Any, on_batch: Callable[[list[Message]], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_batch = on_batch
+        self.generation = 0
+        self.on_message = self._to_batch
+
+    def _to_batch(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.on_batch is not None:
+            self.on_batch([Message(topic=message.topic, payload=bytes(message.payload), received_at=datetime.now(UTC),
+                                   mid=message.mid, qos=message.qos, generation=self.generation,
+                                   retain=bool(message.retain))])
+
+
+# What ReceiveClient reaches into: paho's methods it overrides or calls, and the attributes it reads. Verified on
+# the paho-mqtt pinned in pyproject.toml; another release may name them differently (2.1 has _last_msg_in where
+# 2.2 has _last_bytes_received, so keepalive accounting would silently break).
+FAST_PATH_METHODS = ("_sock_recv", "_sock_close", "loop_read", "_handle_on_message", "_handle_publish",
+                     "_packet_queue")
+FAST_PATH_ATTRIBUTES = ("_protocol", "_manual_ack", "_sock", "_in_packet", "_msgtime_mutex", "_last_bytes_received",
+                        "_in_callback_mutex", "_userdata")
+
+
+def fast_path_problem(client_cls: type[mqtt.Client] = mqtt.Client) -> str | None:
+    """Why ReceiveClient cannot run on this paho (the private names it needs are missing), or None."""
+    client = client_cls(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    missing = [n for n in FAST_PATH_METHODS if not callable(getattr(client, n, None))]
+    missing += [n for n in FAST_PATH_ATTRIBUTES if not hasattr(client, n)]
+    if not isinstance(getattr(client, "_in_packet", None), dict) or "command" not in client._in_packet:
+        missing.append("_in_packet['command']")
+    if not missing:
+        return None
+    return f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks {', '.join(missing)}"
+
+
+_CHOSEN: list[type[mqtt.Client]] = []
+
+
+def receive_client_class() -> type[mqtt.Client]:
+    """ReceiveClient where this paho has what it needs, else stock paho with one warning per process."""
+    if not _CHOSEN:
+        problem = fast_path_problem()
+        if problem:
+            log.warning("%s: receiving through stock paho instead of the fast path (correct, slower); install the "
+                        "paho-mqtt version pyproject.toml pins", problem)
+        _CHOSEN.append(StockClient if problem else ReceiveClient)
+    return _CHOSEN[0]
+
+
 class Inbox:
     """The bounded hand-off from the network thread to the writers: messages go in as each network read's list
     and come out as batches, one lock round trip each (queue.Queue takes two lock round trips and a condition
@@ -244,7 +296,8 @@ class MqttConsumer:
     """Subscribes with QoS 1 and puts every message into a bounded Inbox; acks only when told."""
 
     def __init__(self, target: MqttTarget, *, client_id: str, topics: list[str], out: Inbox,
-                 receive_maximum: int, ca_file: str | None = None, keepalive: int = 30) -> None:
+                 receive_maximum: int, ca_file: str | None = None, keepalive: int = 30,
+                 client_cls: type[mqtt.Client] | None = None) -> None:
         self.target = target
         self.topics = topics
         self.out = out
@@ -253,8 +306,10 @@ class MqttConsumer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.keepalive = keepalive
-        self.client = ReceiveClient(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                    protocol=mqtt.MQTTv5, manual_ack=True, on_batch=out.put_many)
+        cls = client_cls or receive_client_class()
+        self.client: ReceiveClient | StockClient = cls(  # type: ignore[assignment,call-arg]
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True,
+            on_batch=out.put_many)
         if target.username:
             self.client.username_pw_set(target.username, target.password)
         if target.tls:
@@ -303,12 +358,11 @@ class MqttConsumer:
         """Acknowledge committed messages of the current connection; older ones come back and are absorbed."""
         generation = self.generation
         mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
-        queue_packet = getattr(self.client, "_packet_queue", None)
-        if mids and queue_packet is not None:
+        if mids and isinstance(self.client, ReceiveClient):
             # The batch's PUBACKs as one write: exactly the bytes client.ack() would queue one by one (fixed
             # header, remaining length 2, packet id; MQTT 5 omits reason code 0), but one wake-up of the
             # network thread and one send() instead of one each per message (bench/: ~15 µs CPU a message).
-            queue_packet(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
+            self.client._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
         else:
             for mid in mids:
                 self.client.ack(mid, 1)

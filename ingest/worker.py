@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from core.loop import Check, Loop
 from core.settings import Settings
 from ingest import adapters
 from ingest import repo as ingest_repo
@@ -138,7 +139,7 @@ class IngestWorker:
         self.devices = ingest_service.DeviceCache(conn_factory=None)
         self.limiter = RateLimit()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.loops: list[Loop[None]] = []
         self._local = threading.local()  # each writer thread's own database connection
         self._conns: list[psycopg.Connection[Any]] = []
         self._take = threading.Lock()
@@ -243,57 +244,31 @@ class IngestWorker:
                 log.debug("closing a broken connection failed", exc_info=True)
             self._local.conn = None
 
-    def run(self, index: int = 0, ready: threading.Event | None = None) -> None:
-        """One writer's loop (blocks until stop()). Writer 0 takes whatever arrives; the others help only while
-        a full batch is already waiting (a backlog): on a steady stream one writer keeps batches short and the
-        alarm latency low, and two writers at once would only share the GIL (bench/: p99 257 vs 500 ms at 5k
-        msg/s)."""
-        try:
-            self._connection()
-        except psycopg.Error as exc:  # the batch loop retries with backoff; the messages stay at the broker
-            log.warning("ingest writer %d could not connect to the database yet: %s", index + 1, exc)
-        finally:
-            if ready is not None:
-                ready.set()
-        while not self._stop.is_set():
-            if self.consumer.fatal is not None:
-                self._stop.set()  # bad credentials: retrying cannot help; serve exits with the message
-                return
-            try:
-                if index and self.inbox.qsize() < self.settings.batch_size:
-                    self._stop.wait(0.01)
-                    continue
-                with self._take:  # a batch and its ticket leave the inbox together, in order
-                    batch = self._next_batch()
-                    ticket = self.turns.ticket() if batch else 0
-                if batch:
-                    self._handle(batch, ticket)
-            except Exception:
-                log.exception("ingest writer loop failed; continuing")
-                self._stop.wait(1)
-        self._drop_connection()
-
     def start(self) -> None:
         """Check the database, run the writers in threads, and connect to the broker once they are ready."""
         self._connection()
         self._drop_connection()  # each writer opens its own
-        ready = [threading.Event() for _ in range(self.writers)]
-        for i in range(self.writers):
-            thread = threading.Thread(target=self.run, args=(i, ready[i]), name=f"ingest-writer-{i + 1}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        writers = [_Writer(self, i) for i in range(self.writers)]
+        self.loops = [Loop(f"ingest-writer-{w.index + 1}", w, stopping=self._stop) for w in writers]
+        for loop in self.loops:
+            loop.start()
         # Subscribing only once every writer holds its connection: a persistent session's backlog arrives at once,
         # and a writer that connected only then would make the first batches wait (a connection and its staging
-        # table: 4 ms here on an idle machine, several times that under load).
-        for event in ready:
-            event.wait(timeout=30)
+        # table cost several milliseconds under load).
+        for writer in writers:
+            writer.ready.wait(timeout=30)
         self.consumer.start()
+
+    def checks(self) -> list[Check]:
+        """Health for `gridwatch health`: every writer working, the consumer connected to the broker."""
+        consumer = Check("ingest-consumer", self.consumer.connected.is_set(),
+                         "" if self.consumer.connected.is_set() else "not connected to the broker")
+        return [*(loop.check() for loop in self.loops), consumer]
 
     @property
     def alive(self) -> bool:
-        """Whether every writer thread is running."""
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        """Whether every writer is running and working."""
+        return bool(self.loops) and all(loop.check().ok for loop in self.loops)
 
     @property
     def fatal(self) -> Exception | None:
@@ -304,10 +279,47 @@ class IngestWorker:
         """Stop consuming; whatever was not committed stays unacknowledged at the broker."""
         self.consumer.stop()
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        for loop in self.loops:
+            loop.stop()
         for conn in self._conns:
             if not conn.closed:
                 conn.close()
 
 
+
+
+class _Writer:
+    """One writer's job. Writer 0 takes whatever arrives; the others help only while a full batch is already
+    waiting (a backlog): on a steady stream one writer keeps batches short and the alarm latency low, and two
+    writers at once would only share the GIL (docs/scaling.md)."""
+
+    def __init__(self, worker: IngestWorker, index: int) -> None:
+        self.worker = worker
+        self.index = index
+        self.ready = threading.Event()
+
+    def open(self) -> None:
+        """Each writer holds its own connection (thread-local in the worker, reopened by _commit_batch)."""
+        try:
+            self.worker._connection()
+        except psycopg.Error as exc:  # the batch loop retries with backoff; the messages stay at the broker
+            log.warning("ingest writer %d could not connect to the database yet: %s", self.index + 1, exc)
+        finally:
+            self.ready.set()
+
+    def step(self, _held: None) -> float:
+        worker = self.worker
+        if worker.consumer.fatal is not None:
+            worker._stop.set()  # bad credentials: retrying cannot help; serve exits with the message
+            return 0.0
+        if self.index and worker.inbox.qsize() < worker.settings.batch_size:
+            return 0.01
+        with worker._take:  # a batch and its ticket leave the inbox together, in order
+            batch = worker._next_batch()
+            ticket = worker.turns.ticket() if batch else 0
+        if batch:
+            worker._handle(batch, ticket)
+        return 0.0
+
+    def close(self, _held: None) -> None:
+        self.worker._drop_connection()

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from core.db import OUTBOX_CHANNEL
+from core.loop import Check, Loop
 from core.settings import Settings
 from notify import messages, repo, service
 from notify.delivery import Sender
@@ -66,7 +67,7 @@ class NotifyWorker:
         self._stop = threading.Event()
         self._wake = _Wake()
         self._ready = [threading.Event() for _ in range(deliverers + 1)]
-        self._threads: list[threading.Thread] = []
+        self.loops: list[Loop[Any]] = []
 
     def is_ready(self) -> bool:
         """Whether the router listens and every thread has done a first pass (tests wait for it)."""
@@ -117,59 +118,74 @@ class NotifyWorker:
             return poll
         return max(0.0, min(poll, (due - self.clock()).total_seconds()))
 
-    def _route_loop(self) -> None:
-        with psycopg.connect(self.settings.dsn, autocommit=True) as listen, \
-                psycopg.connect(self.settings.dsn, autocommit=False) as conn:
-            listen.execute(f"LISTEN {OUTBOX_CHANNEL}")
-            while not self._stop.is_set():
-                self.route_once(conn)
-                self._ready[0].set()
-                timeout = self._timeout(conn, repo.get_next_escalation_due)
-                if timeout > 0:
-                    for _ in listen.notifies(timeout=timeout, stop_after=1):
-                        pass
-
-    def _deliver_loop(self, index: int) -> None:
-        with psycopg.connect(self.settings.dsn, autocommit=False) as conn:
-            while not self._stop.is_set():
-                seen = self._wake.generation
-                self.deliver_once(conn)
-                self._ready[index].set()
-                timeout = self._timeout(conn, repo.get_next_delivery_due)
-                if timeout > 0:
-                    self._wake.wait(seen, timeout)
-
-    def _supervise(self, name: str, loop: Callable[[], None]) -> None:
-        while not self._stop.is_set():
-            try:
-                loop()
-            except psycopg.OperationalError as exc:
-                log.warning("notify %s lost the database (%s); retrying in 2 s", name, str(exc).strip()[:200])
-                self._stop.wait(2)
-            except Exception:
-                log.exception("notify %s loop failed; restarting it in 2 s", name)
-                self._stop.wait(2)
-
-    def run(self) -> None:
-        """Run the router and the deliverers until stop()."""
-        self.start()
-        self._stop.wait()
-        self.stop()
-
     def start(self) -> None:
         self.warm_up()
-        self._threads = [threading.Thread(target=self._supervise, args=("router", self._route_loop),
-                                          name="notify-router", daemon=True)]
-        for i in range(1, self.deliverers + 1):
-            self._threads.append(threading.Thread(
-                target=self._supervise, args=(f"deliverer {i}", lambda i=i: self._deliver_loop(i)),
-                name=f"notify-deliver-{i}", daemon=True))
-        for thread in self._threads:
-            thread.start()
+        self.loops = [Loop("notify-router", _Router(self), stopping=self._stop)]
+        self.loops += [Loop(f"notify-deliver-{i}", _Deliverer(self, i), stopping=self._stop)
+                       for i in range(1, self.deliverers + 1)]
+        for loop in self.loops:
+            loop.start()
+
+    def checks(self) -> list[Check]:
+        """Health for `gridwatch health`."""
+        return [loop.check() for loop in self.loops]
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.signal()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        for loop in self.loops:
+            loop.stop()
         self.sender.close()
+
+
+class _Router:
+    """Routes the outbox and climbs ladders; sleeps on LISTEN until the next deadline or the poll interval."""
+
+    def __init__(self, worker: NotifyWorker) -> None:
+        self.worker = worker
+
+    def open(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+        listen = psycopg.connect(self.worker.settings.dsn, autocommit=True)
+        try:
+            listen.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            return listen, psycopg.connect(self.worker.settings.dsn, autocommit=False)
+        except BaseException:
+            listen.close()
+            raise
+
+    def step(self, held: tuple[psycopg.Connection[Any], psycopg.Connection[Any]]) -> float:
+        listen, conn = held
+        self.worker.route_once(conn)
+        self.worker._ready[0].set()
+        timeout = self.worker._timeout(conn, repo.get_next_escalation_due)
+        if timeout > 0:
+            for _ in listen.notifies(timeout=timeout, stop_after=1):
+                pass
+        return 0.0
+
+    def close(self, held: tuple[psycopg.Connection[Any], psycopg.Connection[Any]]) -> None:
+        for conn in held:
+            conn.close()
+
+
+class _Deliverer:
+    """Delivers due notifications; sleeps until the next retry, the poll interval or the router's wake-up."""
+
+    def __init__(self, worker: NotifyWorker, index: int) -> None:
+        self.worker = worker
+        self.index = index
+
+    def open(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.worker.settings.dsn, autocommit=False)
+
+    def step(self, conn: psycopg.Connection[Any]) -> float:
+        seen = self.worker._wake.generation
+        self.worker.deliver_once(conn)
+        self.worker._ready[self.index].set()
+        timeout = self.worker._timeout(conn, repo.get_next_delivery_due)
+        if timeout > 0:
+            self.worker._wake.wait(seen, timeout)
+        return 0.0
+
+    def close(self, conn: psycopg.Connection[Any]) -> None:
+        conn.close()

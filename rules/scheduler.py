@@ -10,7 +10,6 @@ Tests drive run_tick with an explicit `now` instead of sleeping.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from psycopg import Connection
 
 from core import repo as core_repo
 from core.domain import Device, DeviceKind, Severity
+from core.loop import Check, Loop
 from core.settings import Settings
 from rules import repo
 from rules import service as rules_service
@@ -68,7 +68,9 @@ def _expire_commands(conn: Connection[Any], *, devices: dict[str, Device],
                      now: datetime) -> list[rules_service.AlarmChange]:
     changes = []
     for command in repo.expire_commands(conn, now=now):
-        device = devices.get(command.device_id)
+        # A device loaded since the timer's last registry refresh is not in its copy yet: its failure still counts.
+        device = devices.get(command.device_id) or core_repo.get_devices(conn, ids=[command.device_id]).get(
+            command.device_id)
         log.warning("command %s (%s) on %s not confirmed by %s", command.id, command.action, command.device_id,
                     command.deadline_at.isoformat())
         if device is not None:
@@ -247,50 +249,42 @@ def _escalate(conn: Connection[Any], *, ruleset: RuleSet, now: datetime) -> list
 
 
 class RulesTimer:
-    """Runs run_tick every settings.rules_tick_s until stop()."""
+    """The timer part: run_tick every settings.rules_tick_s (core.loop frame), with a registry copy refreshed
+    every REGISTRY_REFRESH_S."""
 
     def __init__(self, settings: Settings, *, ruleset: RuleSet | None = None) -> None:
         self.settings = settings
         self.ruleset = ruleset or default_rules()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.fatal: Exception | None = None
+        self.loop: Loop[psycopg.Connection[Any]] = Loop("rules-timer", self)
+        self._devices: dict[str, Device] = {}
+        self._loaded_at = -REGISTRY_REFRESH_S
         self.ticks = 0
 
-    def run(self) -> None:
-        """The loop (blocks until stop())."""
-        conn: psycopg.Connection[Any] | None = None
-        devices: dict[str, Device] = {}
-        loaded_at = 0.0
+    def open(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.settings.dsn, autocommit=False)
+
+    def step(self, conn: psycopg.Connection[Any]) -> float:
         check = False
-        while not self._stop.is_set():
-            try:
-                if conn is None or conn.closed or conn.broken:
-                    conn = psycopg.connect(self.settings.dsn, autocommit=False)
-                if time.monotonic() - loaded_at > REGISTRY_REFRESH_S:
-                    devices = {d.id: d for d in core_repo.get_all_devices(conn)}
-                    conn.commit()
-                    loaded_at = time.monotonic()
-                    check = True
-                run_tick(conn, ruleset=self.ruleset, devices=devices, check_registry=check)
-                check = False  # if another process held the tick, it checks its own copy when it refreshes
-                self.ticks += 1
-            except psycopg.OperationalError as exc:
-                log.warning("rules timer: database unavailable (%s); retrying", str(exc).strip()[:120])
-                conn = None
-            except Exception:
-                log.exception("rules timer tick failed; continuing")
-            self._stop.wait(self.settings.rules_tick_s)
-        if conn is not None:
-            conn.close()
+        if time.monotonic() - self._loaded_at > REGISTRY_REFRESH_S:
+            self._devices = {d.id: d for d in core_repo.get_all_devices(conn)}
+            conn.commit()
+            self._loaded_at = time.monotonic()
+            check = True  # if another process holds the tick, it checks its own copy when it refreshes
+        run_tick(conn, ruleset=self.ruleset, devices=self._devices, check_registry=check)
+        self.ticks += 1
+        return self.settings.rules_tick_s
+
+    def close(self, conn: psycopg.Connection[Any]) -> None:
+        conn.close()
 
     def start(self) -> None:
         """Run in a daemon thread."""
-        self._thread = threading.Thread(target=self.run, name="rules-timer", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
         """Stop after the current tick."""
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self.loop.stop()
+
+    def checks(self) -> list[Check]:
+        """Health for `gridwatch health`."""
+        return [self.loop.check()]

@@ -7,7 +7,6 @@ ledger (rules/score.py) and stored in merchant_score only as a snapshot of that 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.domain import Disposition, Severity
 from core.errors import ConflictError, GridwatchError, NotFoundError
+from core.loop import Check, Loop
 from rules import score
 from rules import score_repo as repo
 from rules.score_policy import PolicySet, ScorePolicy, active_policies
@@ -602,39 +602,43 @@ def list_community_scores(conn: Connection[Any], *, community_id: str | None = N
 
 
 class ScoreTicker:
-    """Runs run_score_tick every interval_s in its own thread (started by core/services.py with ingest)."""
+    """The score part: run_score_tick every interval_s (core.loop frame; started with the rules part)."""
 
     def __init__(self, dsn: str, *, interval_s: float = 300.0) -> None:
         active_policies()  # a broken policy file stops `serve` at start, with the file's errors
         self.dsn = dsn
         self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop: Loop[None] = Loop("score-tick", self)
         self.ticks = 0
+        self._first = True
 
     def tick(self) -> TickResult:
         """One tick in its own transaction, at the wall clock."""
         with psycopg.connect(self.dsn, autocommit=False) as conn, conn.transaction():
             return run_score_tick(conn, now=datetime.now(UTC))
 
-    def run(self) -> None:
-        """The loop (blocks until stop())."""
-        while not self._stop.wait(self.interval_s):
-            try:
-                result = self.tick()
-                self.ticks += 1
-                if result.written:
-                    log.info("score tick wrote %s", result.written)
-            except psycopg.OperationalError as exc:
-                log.warning("score tick: database unavailable (%s); next try in %.0f s", exc, self.interval_s)
-            except Exception:
-                log.exception("score tick failed; continuing")
+    def open(self) -> None:
+        """Each tick opens its own connection (one every few minutes)."""
+
+    def step(self, _held: None) -> float:
+        if self._first:  # the first tick waits one interval, as a restart must not tick twice in a row
+            self._first = False
+            return self.interval_s
+        result = self.tick()
+        self.ticks += 1
+        if result.written:
+            log.info("score tick wrote %s", result.written)
+        return self.interval_s
+
+    def close(self, _held: None) -> None:
+        """Nothing is held between ticks."""
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="score-tick", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self.loop.stop()
+
+    def checks(self) -> list[Check]:
+        """Health for `gridwatch health`."""
+        return [self.loop.check()]

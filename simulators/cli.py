@@ -74,13 +74,18 @@ def _say(err: TextIO, line: str) -> None:
     err.flush()
 
 
+FOREVER = "forever"
+
+
 def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout,
                  stop: threading.Event | None = None) -> int:
     """Do what the options say; returns the process exit code."""
     stop = stop or threading.Event()
     topics = Topics(native_prefix=opts.topic_prefix)
     scenario = get_scenario(opts.scenario) if opts.scenario else None
-    duration_s = parse_duration(opts.duration) if opts.duration else None
+    # "forever": a fleet that runs until stopped (docker-compose's sim profile); default 60 s without a scenario.
+    forever = opts.duration == FOREVER
+    duration_s = parse_duration(opts.duration) if opts.duration and not forever else None
 
     fleet_devices: list[FleetDevice] = []
     if opts.registry is not None:
@@ -119,7 +124,7 @@ def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO
     if run_fleet:
         fleet = Fleet(opts.mqtt_url, background, rate=opts.rate, seed=opts.seed, topics=topics,
                       connections=opts.connections, status=opts.status, progress=err,
-                      duration_s=duration_s if duration_s is not None else (None if scenario else 60.0))
+                      duration_s=duration_s if duration_s is not None or forever else (None if scenario else 60.0))
         fleet.connect()  # here, so an unreachable broker is an error of the command, not of a thread
 
         def _fleet() -> None:

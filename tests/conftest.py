@@ -8,13 +8,16 @@ import os
 import shutil
 import tempfile
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from core import db
@@ -25,6 +28,8 @@ from core.settings import Settings
 from tests.support import Publisher, Receiver
 
 TEMPLATE_DB = "gridwatch_test_template"
+TERMINATE_SESSIONS = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()")
 
 
 @dataclass
@@ -58,16 +63,34 @@ def services() -> Iterator[Services]:
         mosq = EmbeddedMosquitto(base / "mosquitto")
         mqtt_url = mosq.start()
     with psycopg.connect(pg_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE_DB,)).fetchone():
+            conn.execute(f"ALTER DATABASE {TEMPLATE_DB} WITH IS_TEMPLATE false")
         conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     with psycopg.connect(Services(pg_url, mqtt_url, pg, mosq).db_url(TEMPLATE_DB)) as conn:
         db.migrate(conn)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        seal_template(conn, TEMPLATE_DB)
     yield Services(pg_url, mqtt_url, pg, mosq)
     if mosq:
         mosq.stop()
     if pg:
         pg.stop("immediate")
     shutil.rmtree(base, ignore_errors=True)
+
+
+def seal_template(conn: psycopg.Connection[Any], name: str) -> None:
+    """Make `name` a template nobody stays connected to: CREATE DATABASE ... TEMPLATE refuses a template with
+    other sessions, and on TimescaleDB the launcher starts a background-job scheduler in every database that
+    has the extension. It skips databases marked as templates or closed to connections
+    (src/loader/bgw_launcher.c), so mark it, then end the scheduler that started while it was being migrated."""
+    conn.execute(psycopg.sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+        psycopg.sql.Identifier(name)))
+    deadline = time.monotonic() + 30
+    while conn.execute(TERMINATE_SESSIONS, (name,)).fetchall():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sessions on the test template {name} do not end")
+        time.sleep(0.1)
 
 
 @pytest.fixture

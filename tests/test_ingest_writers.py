@@ -8,11 +8,15 @@ from __future__ import annotations
 import gc
 import queue
 import random
+import subprocess
+import sys
 import textwrap
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,10 +29,11 @@ from core import repo as core_repo
 from core.registry import parse_registry
 from core.services import YOUNG_GC_THRESHOLD, settle_heap
 from core.settings import MqttTarget, Settings
-from ingest.consumer import Inbox, MqttConsumer, ReceiveClient
+from ingest.consumer import Inbox, MqttConsumer, ReceiveClient, StockClient, fast_path_problem
 from ingest.decode import Message
 from ingest.worker import IngestWorker, Turns
 from rules import service as rules_service
+from tests.conftest import ROOT
 from tests.support import Publisher, wait_for
 
 
@@ -215,13 +220,21 @@ def test_receive_path_delivers_what_stock_paho_delivers(services: Any, settings:
     assert len(results["ReceiveClient"]) == 300
 
 
-def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, settings: Settings) -> None:
-    """The fast path (QoS 1, no properties) under manual ack: a queued backlog arrives complete and in order."""
+@pytest.mark.parametrize("client_cls", [ReceiveClient, StockClient], ids=["fast path", "stock fallback"])
+def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, settings: Settings,
+                                                          client_cls: type[mqtt.Client]) -> None:
+    """Under manual ack, with the fast path and with the stock-paho fallback (a paho whose private names the fast
+    path does not know): a queued backlog arrives complete and in order, and what was acknowledged is gone."""
     client_id = f"backlog-{time.time_ns()}"
     topic = f"{settings.topic_prefix}/+/telemetry"
+    target = MqttTarget(f"mqtt://127.0.0.1:{services.mqtt_port}")
     out = Inbox(maxsize=5000)
-    first = MqttConsumer(MqttTarget(f"mqtt://127.0.0.1:{services.mqtt_port}"), client_id=client_id, topics=[topic],
-                         out=out, receive_maximum=1000)
+
+    def consumer() -> MqttConsumer:
+        return MqttConsumer(target, client_id=client_id, topics=[topic], out=out, receive_maximum=1000,
+                            client_cls=client_cls)
+
+    first = consumer()
     first.start()
     wait_for(first.connected.is_set, what="connected")
     first.stop()  # the session stays, queueing
@@ -229,17 +242,42 @@ def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, setting
     for i in range(3000):
         pub.publish(f"{settings.topic_prefix}/d{i % 5}/telemetry", b'{"seq": %d}' % i, wait=i % 500 == 499)
     pub.close()
-    second = MqttConsumer(MqttTarget(f"mqtt://127.0.0.1:{services.mqtt_port}"), client_id=client_id,
-                          topics=[topic], out=out, receive_maximum=1000)
+    second = consumer()
     second.start()
+    assert isinstance(second.client, client_cls)
     got: list[bytes] = []
     while len(got) < 3000:
         batch = out.take(500, timeout=20)
         assert batch, f"only {len(got)} of 3000 arrived"
         got += [m.payload for m in batch]
-        second.ack(batch)
+        assert second.ack(batch) == len(batch)
+    time.sleep(0.5)  # the last PUBACKs leave the network thread
     second.stop()
     assert got == [b'{"seq": %d}' % i for i in range(3000)], "every payload, byte for byte, in order"
+    third = consumer()
+    third.start()
+    wait_for(third.connected.is_set, what="reconnected")
+    assert out.take(500, timeout=1.5) == [], "acknowledged messages are not redelivered"
+    third.stop()
+
+
+@pytest.mark.slow
+def test_fast_path_check_finds_what_paho_2_1_lacks(tmp_path: Path) -> None:
+    """On paho-mqtt 2.1 (allowed before the pin) the fast path's private names are not all there: the check says
+    which, and the consumer takes stock paho with one warning instead of silently breaking keepalive."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "paho-mqtt==2.1.0", "-d",
+                    str(tmp_path)], check=True, capture_output=True, timeout=120)
+    with zipfile.ZipFile(next(tmp_path.glob("paho_mqtt-2.1.0-*.whl"))) as wheel:
+        wheel.extractall(tmp_path / "site")
+    probe = ("import logging, sys; logging.basicConfig(level=logging.WARNING); "
+             f"sys.path.insert(0, {str(tmp_path / 'site')!r}); "
+             "import paho.mqtt; from ingest import consumer; print(paho.mqtt.__version__); "
+             "print(consumer.receive_client_class().__name__); consumer.receive_client_class()")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert result.stdout.split() == ["2.1.0", "StockClient"], result.stdout
+    assert result.stderr.count("lacks _last_bytes_received") == 1, result.stderr
+    assert fast_path_problem() is None, "the pinned paho has everything the fast path uses"
 
 
 def _messages(start: int, n: int) -> list[Message]:

@@ -398,7 +398,7 @@ def test_two_notify_processes_deliver_every_message_exactly_once(
     sent = query(community, "SELECT n.id, count(*) FILTER (WHERE da.ok) FROM notification n "
                             "JOIN delivery_attempt da ON da.notification_id = n.id GROUP BY n.id")
     assert len(sent) == 30 and all(ok == 1 for _, ok in sent), "one successful attempt per notification"
-    assert all(t.is_alive() for w in workers for t in w._threads)
+    assert all(check.ok for w in workers for check in w.checks())
 
 
 def test_english_e_mail_and_vulnerable_site_starts_one_step_higher(

@@ -459,7 +459,7 @@ def test_the_score_tick_runs_with_the_rules_part(community: Settings) -> None:
         wait_for(lambda: running.parts["score"].ticks >= 1, what="a score tick")
     finally:
         running.stop()
-    assert not running.parts["score"]._thread.is_alive()
+    assert running.parts["score"].checks()[0].detail == "not running"
     rows = q(community, "SELECT merchant_id, score, tier, review FROM merchant_score ORDER BY merchant_id")
     assert [(r["merchant_id"], r["score"], r["tier"], r["review"]) for r in rows] == [
         ("m1", 100, "A", False), ("m2", 100, "A", False), ("m3", 100, "A", False)]
