@@ -26,7 +26,7 @@ from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, Re
 from core.loop import Check
 from core.ops import Checks, health_body
 from core.settings import Settings
-from rules import score_service
+from score import service as score_service
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

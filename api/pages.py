@@ -32,8 +32,9 @@ from api.routers import merchants as merchant_routes
 from api.stream import alarm_stream
 from core.domain import Disposition, Severity
 from core.errors import AuthError
-from rules import score_policy, score_service
 from rules import service as rules_service
+from score import policy as score_policy
+from score import service as score_service
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")

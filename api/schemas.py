@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core import registry
 from core.domain import Adapter, DeviceKind, Disposition, Location, Mounting, Severity, SiteKind, WorkerRole
-from rules.score_service import MerchantScoreRead
+from score.schemas import MerchantScoreRead
 
 T = TypeVar("T")
 Id = registry.Id

@@ -332,7 +332,7 @@ class Bench:
     def spawn(self, part: str, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         log_file = (self.dir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", part], cwd=self.dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "app", "serve", "--only", part], cwd=self.dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
         proc.log_path = self.dir / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -637,7 +637,7 @@ def drain_figures(d: bench_mqtt.DrainResult) -> dict[str, Any]:
 def ingest_drain(
     bench: Bench, db_name: str, cids: list[str], group: str, n: int, *, caps: list[bench_cgroup.CpuCap] | None = None
 ) -> dict[str, Any]:
-    """`python -m ingest` process(es) draining the backlog of their sessions into a fresh database."""
+    """`gridwatch serve --only ingest` process(es) draining the backlog of their sessions into a fresh database."""
     url = bench.create_db(db_name)
     seconds, cpu, procs = bench.drain_with_ingest(url, client_ids=cids, share_group=group, expected=n, caps=caps)
     peak = max(rss_mb(p.pid)[1] for p in procs)

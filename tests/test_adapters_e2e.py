@@ -20,9 +20,9 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from app.services import Running, start_services
 from core import repo as core_repo
 from core.registry import parse_registry
-from core.services import Running, start_services
 from core.settings import Settings
 from tests.support import Publisher, Receiver, wait_for
 

@@ -16,7 +16,7 @@ import pytest
 from api import auth
 from api import repo as api_repo
 from core.settings import Settings
-from rules import score_service
+from score import service as score_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 
 ALL = frozenset({"admin", "worker", "merchant"})

@@ -19,9 +19,8 @@ from api.app import create_app
 from core import repo as core_repo
 from core.registry import parse_registry
 from core.settings import Settings
-from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
-from tests.support import Publisher, wait_for
+from tests.support import Publisher, make_actuator, wait_for
 from tests.test_rules_scenarios import SimulatedValve, ago_ms, q, send, start_ingest
 
 REGISTRY = textwrap.dedent("""\
@@ -75,7 +74,7 @@ def env(settings: Settings) -> Iterator[Env]:
 @pytest.fixture
 def pipeline(env: Env) -> Iterator[IngestWorker]:
     worker = start_ingest(env.settings)
-    actuator = Actuator(env.settings, poll_s=0.05)
+    actuator = make_actuator(env.settings, poll_s=0.05)
     actuator.start()
     yield worker
     actuator.stop()

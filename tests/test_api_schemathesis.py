@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from core.settings import Settings
-from rules import score_service
+from score import service as score_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 
 MAX_EXAMPLES = 4

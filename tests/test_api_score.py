@@ -4,12 +4,14 @@ findings; a worker records and closes findings on sites they cover; an admin cor
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from core.domain import Disposition
 from core.settings import Settings
 from rules import service as rules_service
+from score import service as score_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 
 
@@ -30,6 +32,8 @@ def test_merchant_reads_own_score_after_a_verified_hazard(env: ApiEnv) -> None:
     assert [a["id"] for a in env.client.get("/api/v1/merchants/m1/open", headers=h).json()["alarms"]] == [hazard]
     with env.conn() as conn, conn.transaction():
         rules_service.resolve(conn, alarm_id=hazard, actor="w1", disposition=Disposition.REAL_HAZARD, note="toaster")
+    with env.conn() as conn, conn.transaction():  # the score part's pass, which the resolution's NOTIFY wakes
+        score_service.score_resolutions(conn, now=datetime.now(UTC))
     after = env.client.get("/api/v1/merchants/m1/score", headers=h).json()
     ledger = env.client.get("/api/v1/merchants/m1/ledger", headers=h).json()
     assert ledger["items"] and all(e["alarm_id"] == hazard for e in ledger["items"])

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from core.cli import app
-from core.services import PARTS, start_services
+from app.cli import app
+from app.services import PARTS, start_services
 from core.settings import Settings
 from tests import deploy
 from tests.support import wait_for
@@ -136,8 +136,8 @@ def test_split_processes_export_metrics(settings: Settings) -> None:
     """ingest alone (no api in the process) serves its counters on GRIDWATCH_METRICS_PORT."""
     import urllib.request
 
+    from app.services import start_services
     from core.embedded import free_port
-    from core.services import start_services
 
     port = free_port()
     running = start_services(settings.model_copy(update={"metrics_port": port}), ("ingest",))

@@ -4,7 +4,7 @@ Every test here injects one fault while messages or notifications are in flight,
 recover on its own, and then counts: published, stored, duplicates, lost (must be 0). The counts are
 printed (run with -s to see them) and logged, and asserted.
 
-Processes that get killed run as real subprocesses (`python -m ingest`, `python -m notify`) with
+Processes that get killed run as real subprocesses (`python -m app serve --only ingest` / `notify`) with
 GRIDWATCH_* settings; brokers and databases that get restarted are private to this module.
 """
 
@@ -198,7 +198,7 @@ class PacedPublisher:
 
 
 class Part:
-    """`python -m ingest` or `python -m notify` as a real process with GRIDWATCH_* settings."""
+    """`gridwatch serve --only ingest` (or notify) as a real process with GRIDWATCH_* settings."""
 
     def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
         self.module = module
@@ -212,7 +212,7 @@ class Part:
         with self.log_path.open("ab") as out:
             out.write(f"---- start {self.module} at {datetime.now(UTC).isoformat()}\n".encode())
             out.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, cwd=self.log_path.parent,
+            self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--only", self.module], env=env, cwd=self.log_path.parent,
                                          stdout=out, stderr=subprocess.STDOUT)
         return self
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.services import start_services
 from core.domain import Adapter, Device, DeviceKind, DeviceStatus, Location, Reading
-from core.services import start_services
 from core.settings import Settings
 from ingest import adapters as ingest_adapters
 from ingest import service as ingest_service

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from app.services import start_services
 from core.domain import Reading
-from core.services import start_services
 from core.settings import Settings
 from ingest.ratelimit import SUPPRESSED, RateLimit
 from tests.support import Publisher, wait_for

@@ -25,9 +25,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from app.services import YOUNG_GC_THRESHOLD, settle_heap
 from core import repo as core_repo
 from core.registry import parse_registry
-from core.services import YOUNG_GC_THRESHOLD, settle_heap
 from core.settings import MqttTarget, Settings
 from ingest.consumer import Inbox, MqttConsumer, ReceiveClient, StockClient, fast_path_problem
 from ingest.decode import Message

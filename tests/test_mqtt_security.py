@@ -23,12 +23,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from app.cli import app
+from app.services import Running, start_services
 from core import mqtt_auth
-from core.cli import app
 from core.embedded import free_port
 from core.errors import BrokerAuthError, ConfigError
 from core.registry import parse_registry
-from core.services import Running, start_services
 from core.settings import MqttTarget, Settings
 from tests.conftest import ROOT, small_registry
 from tests.support import wait_for

@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from app.cli import app as cli_app
+from app.services import Running, start_services
 from core import repo as core_repo
-from core.cli import app as cli_app
 from core.registry import parse_registry
-from core.services import Running, start_services
 from core.settings import Settings
 from notify.policy import Policy, load_policy
 from notify.worker import NotifyWorker

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from core.services import Running, start_services
+from app.services import Running, start_services
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env, live_server
 from tests.support import Publisher, wait_for

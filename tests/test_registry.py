@@ -20,7 +20,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GRIDWATCH_DATABASE_URL": settings.dsn, "GRIDWATCH_LOG_LEVEL": "WARNING"}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=120, check=False)
 
 

@@ -10,7 +10,7 @@ import orjson
 import psycopg
 import pytest
 
-from core.services import Running, start_services
+from app.services import Running, start_services
 from core.settings import Settings
 from ingest import service as ingest_service
 from ingest.decode import Message

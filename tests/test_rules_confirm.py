@@ -16,8 +16,8 @@ from core import repo as core_repo
 from core.domain import Disposition
 from core.errors import ConflictError
 from core.settings import Settings
-from rules import actuation
 from rules import service as rules_service
+from rules.actuation import service as actuation
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
 from tests import support

@@ -11,8 +11,8 @@ import pytest
 
 from core.domain import Reading
 from core.settings import Settings
-from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
+from rules.actuation.publisher import Actuator
 from rules.engine import evaluate
 from rules.ruleset import default_rules
 from tests.support import Publisher, wait_for

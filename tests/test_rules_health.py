@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from core.cli import app
+from app.cli import app
 from core.settings import Settings
 from ingest.worker import IngestWorker
 from rules.ruleset import default_rules

@@ -18,13 +18,13 @@ from core import repo as core_repo
 from core.domain import Disposition
 from core.errors import ConflictError
 from core.settings import Settings
-from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
 from rules import service as rules_service
+from rules.actuation.publisher import Actuator
 from rules.engine import is_night
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
-from tests.support import Publisher, load_registry, wait_for
+from tests.support import Publisher, load_registry, make_actuator, wait_for
 
 REGISTRY = textwrap.dedent("""\
     community: {id: c1, name: Test community}
@@ -76,7 +76,7 @@ def ingest(site: Settings) -> Iterator[IngestWorker]:
 
 @pytest.fixture
 def actuator(site: Settings) -> Iterator[Actuator]:
-    act = Actuator(site, poll_s=0.05)
+    act = make_actuator(site, poll_s=0.05)
     act.start()
     yield act
     act.stop()

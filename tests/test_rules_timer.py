@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from app.cli import app
+from app.services import start_services
 from core import repo as core_repo
-from core.cli import app
-from core.services import start_services
 from core.settings import Settings
 from rules import service as rules_service
 from rules.ruleset import default_rules

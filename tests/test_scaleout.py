@@ -55,7 +55,7 @@ def registry() -> str:
 
 
 def env_for(settings: Settings, *, client_id: str, group: str) -> dict[str, str]:
-    """The environment that gives a `python -m ingest` process these test settings."""
+    """The environment that gives a `gridwatch serve --only ingest` process these test settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
     for name in settings.model_fields_set:
         value = getattr(settings, name)
@@ -76,7 +76,7 @@ def two_ingests(settings: Settings, tmp_path: Path) -> Iterator[list[tuple[subpr
     procs = []
     for name in ("a", "b"):
         log = tmp_path / f"ingest-{name}.log"
-        proc = subprocess.Popen([sys.executable, "-m", "ingest"], cwd=tmp_path, stdout=log.open("wb"),
+        proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--only", "ingest"], cwd=tmp_path, stdout=log.open("wb"),
                                 stderr=subprocess.STDOUT,
                                 env=env_for(settings, client_id=f"{settings.mqtt_client_id}-{name}", group=group))
         procs.append((proc, log))

@@ -16,10 +16,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from app.services import Running, start_services
 from core import repo as core_repo
 from core.domain import Adapter, Severity
 from core.registry import RegistryIn
-from core.services import Running, start_services
 from core.settings import Settings
 from ingest import adapters
 from ingest.worker import subscriptions

@@ -12,8 +12,9 @@ import yaml
 
 from core.errors import ConfigError
 from core.settings import Settings
-from rules import score, score_service
-from rules.score_policy import load_policy, parse_policy
+from score import engine as score
+from score import service as score_service
+from score.policy import load_policy, parse_policy
 from tests.conftest import ROOT
 from tests.support import load_registry
 from tests.test_score_pipeline import REGISTRY
@@ -75,7 +76,7 @@ def test_non_hazard_kind_and_disabled_policy_do_not_force() -> None:
 
 
 def test_unknown_open_hazard_tier_is_refused() -> None:
-    data = yaml.safe_load((ROOT / "rules" / "score_policy.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((ROOT / "score" / "policy.yaml").read_text(encoding="utf-8"))
     data["review"]["open_hazard_tier"] = "E"
     with pytest.raises(ConfigError, match=r"review\.open_hazard_tier: unknown tier 'E'"):
         parse_policy(data, "policy.yaml")

@@ -14,13 +14,14 @@ import pytest
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
+from app.services import Running, start_services
 from core.domain import Device, DeviceKind, Disposition, Location, Severity
 from core.errors import ConflictError, NotFoundError
-from core.services import Running, start_services
 from core.settings import Settings
-from rules import score_service
 from rules import service as rules_service
 from rules.engine import Transition
+from score import service as score_service
+from score.worker import ScoreWorker
 from tests.support import Publisher, load_registry, wait_for
 
 REGISTRY = textwrap.dedent("""\
@@ -80,11 +81,15 @@ def standing(settings: Settings, merchant: str, now: datetime | None = None) -> 
 
 
 def resolve(settings: Settings, alarm_id: int, disposition: Disposition, now: datetime | None = None,
-            actor: str = "w1") -> None:
-    """What POST /api/v1/alarms/{id}/resolve does: rules.service.resolve in one transaction."""
+            actor: str = "w1", *, score: bool = True) -> None:
+    """What POST /api/v1/alarms/{id}/resolve does (rules.service.resolve in one transaction), then the score part's
+    pass that the resolution's NOTIFY wakes (score.service.score_resolutions, in its own transaction)."""
     with psycopg.connect(settings.dsn) as conn, conn.transaction():
         rules_service.resolve(conn, alarm_id=alarm_id, actor=actor, disposition=disposition, note="on site",
                               now=now)
+    if score:
+        with psycopg.connect(settings.dsn) as conn, conn.transaction():
+            score_service.score_resolutions(conn, now=now or datetime.now(UTC))
 
 
 _LAST_TS: dict[str, int] = {}
@@ -432,7 +437,7 @@ def test_recomputing_every_score_from_the_ledger_gives_the_stored_scores(communi
 
 
 def test_cli_score_show_and_recompute(community: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.cli import app
+    from app.cli import app
 
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
     alarm = raise_alarm(community, "gas-m1", DeviceKind.GAS_DETECTOR, Location.KITCHEN, "s1", "gas_leak",
@@ -466,10 +471,11 @@ def test_the_score_tick_runs_with_the_rules_part(community: Settings) -> None:
 
 
 @pytest.mark.allow_error_logs
-def test_a_scoring_failure_never_blocks_the_resolution_and_the_tick_catches_up(community: Settings,
-                                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_a_scoring_failure_never_blocks_the_resolution_and_the_score_part_catches_up(
+        community: Settings, caplog: pytest.LogCaptureFixture) -> None:
     """The ledger refuses writes for a while (a trigger injected into this test's own database): the worker's
-    resolution still commits, the failure is logged, and the next tick writes the missing entry."""
+    resolution commits (rules never touch the ledger), the score part's failure is logged and retried, and once
+    the ledger takes writes again the score part writes the missing entry, woken by the resolution's NOTIFY."""
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
     alarm = raise_alarm(community, "gas-m1", DeviceKind.GAS_DETECTOR, Location.KITCHEN, "s1", "gas_leak",
                         Severity.CRITICAL, t0)
@@ -477,16 +483,20 @@ def test_a_scoring_failure_never_blocks_the_resolution_and_the_tick_catches_up(c
         conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
                      "$$ BEGIN RAISE EXCEPTION 'ledger disk full (injected)'; END $$")
         conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON score_entry FOR EACH ROW EXECUTE FUNCTION refuse()")
-    resolve(community, alarm, Disposition.REAL_HAZARD, now=t0 + timedelta(minutes=2))
-    assert q(community, "SELECT disposition FROM alarm WHERE id = %s", alarm) == [{"disposition": "real_hazard"}]
-    assert ledger(community, "m1") == []
-    assert any("scoring alarm" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
-
-    with psycopg.connect(community.dsn) as conn, conn.transaction():
-        conn.execute("DROP TRIGGER refuse ON score_entry")
-    with psycopg.connect(community.dsn) as conn, conn.transaction():
-        result = score_service.run_score_tick(conn, now=datetime.now(UTC))
-    assert result.written == {"M-D02": 1}
+    worker = ScoreWorker(community.dsn, interval_s=3600, poll_s=0.2)
+    worker.start()
+    try:
+        resolve(community, alarm, Disposition.REAL_HAZARD, now=t0 + timedelta(minutes=2), score=False)
+        assert q(community, "SELECT disposition FROM alarm WHERE id = %s", alarm) == [{"disposition": "real_hazard"}]
+        wait_for(lambda: any("score failed" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records),
+                 timeout=10, what="the score part's failure logged")
+        assert ledger(community, "m1") == []
+        with psycopg.connect(community.dsn) as conn, conn.transaction():
+            conn.execute("DROP TRIGGER refuse ON score_entry")
+        wait_for(lambda: ledger(community, "m1"), timeout=20, what="the missing entry written")
+        assert worker.checks()[0].ok
+    finally:
+        worker.stop()
     (entry,) = q(community, "SELECT code, alarm_id, actor, at FROM score_entry")
     assert (entry["code"], entry["alarm_id"], entry["actor"], entry["at"]) == ("M-D02", alarm, "w1",
                                                                                t0 + timedelta(minutes=2))

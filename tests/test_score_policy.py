@@ -12,9 +12,9 @@ import yaml
 
 from core.domain import Disposition, Severity
 from core.errors import ConfigError
-from rules import score
 from rules.ruleset import default_rules
-from rules.score_policy import (
+from score import engine as score
+from score.policy import (
     ScorePolicy,
     catalog_alarm_types,
     known_alarm_types,
@@ -23,7 +23,7 @@ from rules.score_policy import (
 )
 from tests.conftest import ROOT
 
-SHIPPED = yaml.safe_load((ROOT / "rules" / "score_policy.yaml").read_text(encoding="utf-8"))
+SHIPPED = yaml.safe_load((ROOT / "score" / "policy.yaml").read_text(encoding="utf-8"))
 T0 = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
 
 
@@ -280,8 +280,8 @@ def test_trend_follows_the_ledger() -> None:
 
 
 def test_policy_override_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rules.score_policy import POLICY_ENV, active_policies
-    from rules.score_service import ScoreTicker
+    from score.policy import POLICY_ENV, active_policies
+    from score.worker import ScoreWorker
 
     custom = copy.deepcopy(SHIPPED)
     custom["restoration"]["points"] = 3
@@ -296,7 +296,7 @@ def test_policy_override_from_the_environment(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setenv(POLICY_ENV, str(bad))
         active_policies.cache_clear()
         with pytest.raises(ConfigError, match=r"bad.yaml: tiers: C \(60-74\) and B \(70-89\) overlap at 70..74"):
-            ScoreTicker("postgresql://unused", interval_s=1)
+            ScoreWorker("postgresql://unused", interval_s=1)
     finally:
         monkeypatch.delenv(POLICY_ENV)
         active_policies.cache_clear()

@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from app.services import Running, start_services
 from core import repo as core_repo
 from core.embedded import free_port
 from core.registry import parse_registry, read_registry
-from core.services import Running, start_services
 from core.settings import Settings
 from simulators import tour
 from simulators.fastlink import FastLink
@@ -202,7 +202,7 @@ def test_fleet_registry_file_loads(tmp_path: Path) -> None:
 
 def _gridwatch(*args: str, mqtt_url: str, prefix: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GRIDWATCH_MQTT_URL": mqtt_url, "GRIDWATCH_TOPIC_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "core.cli", "simulate", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "app.cli", "simulate", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from api import auth
 from api.app import create_app
-from core.services import Running, start_services
+from app.services import Running, start_services
 from core.settings import Settings
 from tests.support import Publisher, Receiver, wait_for
 

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from app.services import start_services
 from core import db
-from core.services import start_services
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env
 from tests.support import Publisher, wait_for

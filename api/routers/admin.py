@@ -320,7 +320,7 @@ def rules_in_force(_who: Admin) -> RulesRead:
     """The alarm rules and the merchant score policy this process runs with (read-only)."""
     policy: dict[str, Any] | None = None
     try:
-        from rules import score_policy
+        from score import policy as score_policy
     except ImportError:  # the score policy ships with the score stage
         score_policy = None  # type: ignore[assignment]
     if score_policy is not None:

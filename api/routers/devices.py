@@ -27,8 +27,8 @@ from core import db
 from core import repo as core_repo
 from core.domain import Device, DeviceKind
 from core.errors import ConflictError, NotFoundError
-from rules import repo as rules_repo
 from rules import service as rules_service
+from rules.actuation import service as actuation
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERRORS)
 
@@ -131,7 +131,7 @@ def staff_device(conn: Connection[Any], who: auth.Principal, device_id: str) -> 
 
 def port_lock(conn: Connection[Any], device_id: str) -> PortLockRead:
     """Whether a port is locked after a safety trip (EB-10)."""
-    lock = rules_repo.get_port_lock(conn, device_id=device_id)
+    lock = actuation.get_port_lock(conn, device_id=device_id)
     if lock is None:
         return PortLockRead(device_id=device_id, locked=False)
     return PortLockRead(device_id=device_id, locked=True, reason=lock[1], locked_at=lock[2])

@@ -1,4 +1,4 @@
-"""Merchant safety score (rules/score_service.py): score, tier, trend, ledger, open hazards and findings;
+"""Merchant safety score (score/service.py): score, tier, trend, ledger, open hazards and findings;
 inspection findings recorded by workers; admins' corrections and the community list by tier."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from api import repo as api_repo
 from api.deps import ERRORS, Admin, Anyone, Conn, Staff
 from api.schemas import CommunityScoresPage, CorrectionCreate, FindingClose, FindingCreate, Me, Page, Problem
 from core.errors import NotFoundError
-from rules import score_service
-from rules.score_service import (
+from score import service as score_service
+from score.schemas import (
     FindingRead,
     LedgerEntryRead,
     LedgerPage,

@@ -93,17 +93,23 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
         running.parts["ingest"].start()
     if "rules" in only:
         # The rules timer (offline, session length, command deadlines) and the command publisher.
-        from ingest.actuator import Actuator
+        from functools import partial
+
+        from ingest.adapters import encode_command
+        from rules.actuation.publisher import Actuator
         from rules.scheduler import RulesTimer
 
         running.parts["rules"] = RulesTimer(settings)
         running.parts["rules"].start()
-        running.parts["actuator"] = Actuator(settings)
+        # The commands go out in each device's dialect, which ingest's adapters know (rules may not import ingest).
+        encode = partial(encode_command, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root)
+        running.parts["actuator"] = Actuator(settings, encode=encode)
         running.parts["actuator"].start()
-        # Merchant score: clean-period restorations, overdue rectifications, upkeep, snapshots (docs/score.md).
-        from rules.score_service import ScoreTicker
+        # Merchant score: verified hazards as they are resolved, then clean-period restorations, overdue
+        # rectifications, upkeep and snapshots on the tick (docs/score.md).
+        from score.worker import ScoreWorker
 
-        running.parts["score"] = ScoreTicker(settings.dsn, interval_s=settings.score_tick_s)
+        running.parts["score"] = ScoreWorker(settings.dsn, interval_s=settings.score_tick_s)
         running.parts["score"].start()
     if "notify" in only:
         from notify.worker import NotifyWorker

@@ -14,7 +14,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from core.domain import Disposition, Severity
-from rules.score_policy import ScorePolicy
+from score.policy import ScorePolicy
 
 MAX_PERIODS = 400  # bound on clean periods examined in one evaluation (~33 years of 30 days)
 

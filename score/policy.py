@@ -418,14 +418,13 @@ def parse_policy(data: Any, source: str, *, alarm_types: Collection[str] | None 
 
 def load_policy(path: Path | None = None, *, ruleset: Any | None = None) -> PolicySet:
     """The shipped default policy, or the file at path, validated against the alarm types of the rule set."""
-    data, source = read_yaml(path, package="rules", default="score_policy.yaml")
+    data, source = read_yaml(path, package="score", default="policy.yaml")
     return parse_policy(data, source, alarm_types=known_alarm_types(ruleset))
 
 
 @lru_cache(maxsize=1)
 def active_policies() -> PolicySet:
-    """The policy in force in this process: $GRIDWATCH_SCORE_POLICY if set, else the shipped default."""
-    from rules.ruleset import default_rules
-
+    """The policy in force in this process: $GRIDWATCH_SCORE_POLICY if set, else the shipped default, checked
+    against the alarm-type catalog (`gridwatch score check` also checks it against the rules in force)."""
     path = os.environ.get(POLICY_ENV)
-    return load_policy(Path(path) if path else None, ruleset=default_rules())
+    return load_policy(Path(path) if path else None)

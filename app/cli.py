@@ -142,7 +142,7 @@ def wait_for_signal(stop: threading.Event, running: object | None = None) -> Exc
 @app.command()
 def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,notify,api")] = None) -> None:
     """Run ingest + rules + notify + api (or some of them)."""
-    from core.services import PARTS, run_migrations, settle_heap, start_services
+    from app.services import PARTS, run_migrations, settle_heap, start_services
 
     settings = _settings()
     parts = tuple(p.strip() for p in only.split(",")) if only else PARTS
@@ -197,7 +197,7 @@ def demo(
     port: Annotated[int, typer.Option(help="API and pages port")] = 8000,
 ) -> None:
     """Everything on embedded defaults: private PostgreSQL and Mosquitto, example community, simulated devices."""
-    from core.demo import run_demo
+    from app.demo import run_demo
 
     setup_logging("WARNING")
     try:
@@ -266,7 +266,7 @@ app.add_typer(score_app, name="score")
 def score_show(merchant: Annotated[str, typer.Argument(help="merchant id")],
                limit: Annotated[int, typer.Option(help="ledger entries to print, newest first")] = 20) -> None:
     """A merchant's score, tier, review flag, open items and ledger."""
-    from rules import score_service
+    from score import service as score_service
 
     settings = _settings()
     try:
@@ -294,7 +294,7 @@ def score_show(merchant: Annotated[str, typer.Argument(help="merchant id")],
 @score_app.command("recompute")
 def score_recompute(refresh: Annotated[bool, typer.Option(help="store the recomputed standings")] = True) -> None:
     """Derive every merchant's standing from the ledger; report differences from the stored scores."""
-    from rules import score_service
+    from score import service as score_service
 
     settings = _settings()
     try:
@@ -313,7 +313,7 @@ def score_tick() -> None:
     """Run the time-based score work once now (restorations, overdue rectifications, upkeep, snapshots)."""
     from datetime import UTC, datetime
 
-    from rules import score_service
+    from score import service as score_service
 
     settings = _settings()
     try:
@@ -330,7 +330,7 @@ def score_check(file: Annotated[Path | None, typer.Argument(help="policy YAML (d
                 ) -> None:
     """Validate a score policy file against the alarm types of the rule set."""
     from rules.ruleset import default_rules
-    from rules.score_policy import load_policy
+    from score.policy import load_policy
 
     try:
         policies = load_policy(file, ruleset=default_rules())

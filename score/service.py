@@ -1,7 +1,7 @@
 """Merchant safety score in a transaction: ledger writes, findings, corrections, the periodic tick, reads.
 
 The caller owns the transaction; nothing here commits. Score, tier and review flag are derived from the
-ledger (rules/score.py) and stored in merchant_score only as a snapshot of that derivation.
+ledger (score/engine.py) and stored in merchant_score only as a snapshot of that derivation.
 """
 
 from __future__ import annotations
@@ -13,165 +13,40 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from psycopg import Connection
-from pydantic import BaseModel, ConfigDict, Field
 
 from core.domain import Disposition, Severity
 from core.errors import ConflictError, GridwatchError, NotFoundError
-from core.loop import Check, Loop
-from rules import score
-from rules import score_repo as repo
-from rules.score_policy import PolicySet, ScorePolicy, active_policies
+from score import engine, repo
+from score.policy import PolicySet, ScorePolicy, active_policies
+from score.schemas import (
+    CommunityScoresRead,
+    FindingRead,
+    LedgerEntryRead,
+    LedgerPage,
+    MerchantScoreRead,
+    Mismatch,
+    OpenAlarmRead,
+    OpenItemsRead,
+    RecomputeReport,
+    ScorePointRead,
+    TickResult,
+)
 
 log = logging.getLogger(__name__)
 
 CORRECTION_CODE = "ADJ"
-# How far back the tick looks for verified alarms whose entries are missing (see on_alarm_resolved).
+# How far back the consumer of resolutions looks for verified alarms whose entries are missing (a score part that
+# was down for up to a week catches up; older resolutions are left to `gridwatch score recompute`).
 CATCH_UP = timedelta(days=7)
+# Resolutions stamped a little ahead of this process's clock (another host's) are not skipped.
+RESOLVED_AHEAD = timedelta(minutes=5)
 # Upkeep alarms closed longer ago than this are not re-examined.
 UPKEEP_LOOKBACK = timedelta(days=60)
 
 
 class InvalidScoreInput(GridwatchError, ValueError):  # noqa: N818 - reads as the condition, like ConflictError
     """A request the policy cannot accept (unknown finding kind, bad points); the API answers 422."""
-
-
-# ---------------------------------------------------------------------------------------------- models
-
-
-class _Read(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class MerchantScoreRead(_Read):
-    """A merchant's standing, derived from the ledger."""
-
-    merchant_id: str
-    merchant_name: str
-    community_id: str
-    score: int = Field(description="base + sum of ledger points, clamped to 0..100")
-    base: int
-    tier: str
-    tier_handling: str
-    review: bool = Field(description="admission review (准入) flag")
-    review_reasons: list[str]
-    hazards_in_window: int = Field(description="verified hazards within the review window")
-    review_window_days: int
-    locked_until: datetime | None = Field(description="no restoration points before this")
-    forced_tier: str | None
-    forced_until: datetime | None
-    entries: int
-    as_of: datetime | None = Field(description="when the stored standing was derived; None = never stored")
-
-
-class LedgerEntryRead(_Read):
-    """One ledger entry: what changed, why, from what, and who."""
-
-    id: int
-    merchant_id: str
-    at: datetime
-    points: int
-    code: str
-    reason: str
-    alarm_id: int | None
-    finding_id: int | None
-    site_id: str | None
-    actor: str | None
-    hazard: bool
-    lock_until: datetime | None
-    forced_tier: str | None
-    forced_until: datetime | None
-    corrects_id: int | None
-    created_at: datetime
-
-
-class LedgerPage(BaseModel):
-    items: list[LedgerEntryRead]
-    next_before: int | None = Field(description="pass as before_id for the next (older) page")
-
-
-class ScorePointRead(BaseModel):
-    """The score right after a ledger entry (trend chart)."""
-
-    at: datetime
-    score: int
-    tier: str
-    entry_id: int | None
-    points: int
-    code: str | None
-
-
-class FindingRead(_Read):
-    """An inspection finding and its rectification state."""
-
-    id: int
-    site_id: str
-    merchant_id: str
-    kind: str
-    code: str
-    note: str
-    found_at: datetime
-    found_by: str
-    due_at: datetime
-    closed_at: datetime | None
-    closed_by: str | None
-    close_note: str | None
-    overdue: bool = False
-
-
-class OpenAlarmRead(_Read):
-    id: int
-    device_id: str
-    site_id: str
-    type: str
-    severity: str
-    active: bool
-    acknowledged: bool
-    raised_at: datetime
-    message: str
-
-
-class OpenItemsRead(BaseModel):
-    """What is still open on a merchant's premises."""
-
-    merchant_id: str
-    alarms: list[OpenAlarmRead]
-    findings: list[FindingRead]
-
-
-class CommunityScoresRead(BaseModel):
-    """Merchants of a community with their standing, lowest score first, and how many per tier."""
-
-    community_id: str | None
-    tiers: dict[str, int]
-    review: int
-    merchants: list[MerchantScoreRead]
-
-
-class TickResult(BaseModel):
-    """What one score tick did."""
-
-    ran: bool
-    now: datetime
-    written: dict[str, int] = Field(default_factory=dict, description="entries written per code")
-    merchants: int = 0
-
-
-class Mismatch(BaseModel):
-    merchant_id: str
-    field: str
-    stored: Any
-    derived: Any
-
-
-class RecomputeReport(BaseModel):
-    """Stored snapshots compared with a fresh derivation from the ledger (at each snapshot's own as_of)."""
-
-    merchants: int
-    compared: int
-    mismatches: list[Mismatch]
-    refreshed: int
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -185,8 +60,8 @@ def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
 
 
-def _facts(row: repo.AlarmFactsRow) -> score.AlarmFacts:
-    return score.AlarmFacts(
+def _facts(row: repo.AlarmFactsRow) -> engine.AlarmFacts:
+    return engine.AlarmFacts(
         id=row.id, type=row.type, severity=Severity(row.severity),
         disposition=Disposition(row.disposition) if row.disposition else None,
         # DESIGN: raised_at is event time (a buffered backlog can be hours old); the acknowledgement deadline
@@ -195,7 +70,7 @@ def _facts(row: repo.AlarmFactsRow) -> score.AlarmFacts:
         closed_at=row.closed_at)
 
 
-def _write(conn: Connection[Any], merchant_id: str, drafts: Sequence[score.Draft], *, alarm_id: int | None = None,
+def _write(conn: Connection[Any], merchant_id: str, drafts: Sequence[engine.Draft], *, alarm_id: int | None = None,
            finding_id: int | None = None, site_id: str | None = None,
            actor: str | None = None) -> list[repo.LedgerRow]:
     written = []
@@ -212,13 +87,13 @@ def _write(conn: Connection[Any], merchant_id: str, drafts: Sequence[score.Draft
 
 def _refresh(conn: Connection[Any], policy: ScorePolicy, merchant_id: str, now: datetime,
              entries: Sequence[repo.LedgerRow] | None = None,
-             findings: Sequence[repo.FindingRow] | None = None) -> score.Standing:
+             findings: Sequence[repo.FindingRow] | None = None) -> engine.Standing:
     """Derive the standing from the ledger (and open hazard findings) and store it as the snapshot."""
     if entries is None:
         entries = repo.list_entries(conn, merchant_id=merchant_id)
     if findings is None:
         findings = repo.list_findings(conn, merchant_id=merchant_id)
-    s = score.derive(policy, entries, now, findings)
+    s = engine.derive(policy, entries, now, findings)
     repo.save_snapshot(conn, merchant_id=merchant_id, score=s.score, tier=s.tier, review=s.review,
                        review_reasons=s.review_reasons, hazards=s.hazards, locked_until=s.locked_until,
                        forced_tier=s.forced_tier, forced_until=s.forced_until, entries=s.entries,
@@ -234,7 +109,7 @@ def _lock(conn: Connection[Any], merchant_id: str) -> repo.MerchantRow:
 
 
 def _score_read(policy: ScorePolicy, row: repo.SnapshotRow,
-                standing: score.Standing | None = None) -> MerchantScoreRead:
+                standing: engine.Standing | None = None) -> MerchantScoreRead:
     if standing is not None:
         values: dict[str, Any] = {
             "score": standing.score, "tier": standing.tier, "review": standing.review,
@@ -260,19 +135,19 @@ def _finding_read(row: repo.FindingRow, now: datetime) -> FindingRead:
 # ---------------------------------------------------------------------------------------------- writes
 
 
-def on_alarm_resolved(conn: Connection[Any], *, alarm: Any, policies: PolicySet | None = None) -> list[LedgerEntryRead]:
-    """Called by rules.service.resolve after the alarm is closed: a verified hazard on a merchant's premises
-    becomes ledger entries; any other disposition, or a site without a merchant, costs nothing.
-
-    Runs in a savepoint: a scoring problem is logged with its traceback and never blocks the resolution of a
-    safety alarm; the score tick re-applies missed entries (they are idempotent) within CATCH_UP.
-    """
-    try:
-        with conn.transaction():
-            return _score_alarm(conn, alarm_id=int(alarm.id), policies=_policies(policies))
-    except (psycopg.Error, GridwatchError):
-        log.exception("scoring alarm %s failed; the score tick will retry it", getattr(alarm, "id", alarm))
+def score_resolutions(conn: Connection[Any], *, now: datetime,
+                      policies: PolicySet | None = None) -> list[LedgerEntryRead]:
+    """The score stage's consumer of resolutions (rules NOTIFYs RESOLVED_CHANNEL when a person resolves an alarm):
+    every alarm resolved real_hazard on a merchant's premises since CATCH_UP without its ledger entries gets them;
+    any other disposition, or a site without a merchant, costs nothing. Idempotent (entries are keyed), one
+    process at a time (the tick's lock): safe to run on every wake-up and again in every tick."""
+    if not repo.try_tick_lock(conn):
         return []
+    ps = _policies(policies)
+    written: list[LedgerEntryRead] = []
+    for alarm in repo.list_unscored_resolved_alarms(conn, since=now - CATCH_UP, now=now + RESOLVED_AHEAD):
+        written += _score_alarm(conn, alarm_id=alarm.id, policies=ps)
+    return written
 
 
 def _score_alarm(conn: Connection[Any], *, alarm_id: int, policies: PolicySet) -> list[LedgerEntryRead]:
@@ -285,7 +160,7 @@ def _score_alarm(conn: Connection[Any], *, alarm_id: int, policies: PolicySet) -
     merchant = _lock(conn, facts.merchant_id)
     policy = policies.for_community(merchant.community_id)
     prior = repo.list_entries(conn, merchant_id=merchant.id)
-    drafts = score.alarm_deductions(policy, _facts(facts), prior)
+    drafts = engine.alarm_deductions(policy, _facts(facts), prior)
     written = _write(conn, merchant.id, drafts, alarm_id=facts.id, site_id=facts.site_id, actor=facts.closed_by)
     if written:
         _refresh(conn, policy, merchant.id, facts.closed_at)
@@ -316,7 +191,7 @@ def record_finding(conn: Connection[Any], *, site_id: str, kind: str, actor: str
         raise InvalidScoreInput(f"the rectification deadline {due.isoformat()} is not after the finding")
     finding = repo.insert_finding(conn, site_id=site_id, merchant_id=merchant.id, kind=kind, code=line.code,
                                   note=note, found_at=at, found_by=actor, due_at=due)
-    draft = score.finding_deduction(policy, finding_id=finding.id, kind=kind, at=at)
+    draft = engine.finding_deduction(policy, finding_id=finding.id, kind=kind, at=at)
     _write(conn, merchant.id, [draft], finding_id=finding.id, site_id=site_id, actor=actor)
     _refresh(conn, policy, merchant.id, at)
     return _finding_read(finding, at)
@@ -334,10 +209,10 @@ def close_finding(conn: Connection[Any], *, finding_id: int, actor: str, note: s
         raise ConflictError(f"finding {finding_id} was already closed by {finding.closed_by}")
     merchant = _lock(conn, finding.merchant_id)
     policy = _policies(policies).for_community(merchant.community_id)
-    drafts = score.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at, closed_at=at, now=at)
+    drafts = engine.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at, closed_at=at, now=at)
     line = policy.finding(finding.kind)
     points = line.points if line is not None else 0
-    on_time = score.rectified_on_time(policy, finding_id=finding.id, points=points, due_at=finding.due_at,
+    on_time = engine.rectified_on_time(policy, finding_id=finding.id, points=points, due_at=finding.due_at,
                                       closed_at=at)
     if on_time is not None:
         drafts.append(on_time)
@@ -363,7 +238,7 @@ def add_correction(conn: Connection[Any], *, merchant_id: str, actor: str, reaso
         target = next((e for e in entries if e.id == corrects_entry_id), None)
         if target is None:
             raise NotFoundError(f"ledger entry {corrects_entry_id} is not in merchant {merchant_id}'s ledger")
-        if target.id in score.voided_ids(entries):
+        if target.id in engine.voided_ids(entries):
             raise ConflictError(f"ledger entry {target.id} has already been reversed in full")
         if points is None:
             already = sum(e.points for e in entries if e.corrects_id == target.id)
@@ -392,11 +267,11 @@ def add_credit(conn: Connection[Any], *, merchant_id: str, code: str, actor: str
     policy = _policies(policies).for_community(merchant.community_id)
     entries = repo.list_entries(conn, merchant_id=merchant.id)
     try:
-        draft = score.credit(policy, entries, code=code, at=at)
+        draft = engine.credit(policy, entries, code=code, at=at)
     except ValueError as exc:
         raise InvalidScoreInput(str(exc)) from None
     if note:
-        draft = score.Draft(code=draft.code, points=draft.points, at=draft.at, key=draft.key,
+        draft = engine.Draft(code=draft.code, points=draft.points, at=draft.at, key=draft.key,
                             reason=f"{draft.reason}: {note}")
     rows = _write(conn, merchant.id, [draft], actor=actor)
     if not rows:
@@ -414,7 +289,7 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
     written: Counter[str] = Counter()
     merchants = {m.id: m for m in repo.lock_merchants(conn)}
 
-    for alarm in repo.list_unscored_resolved_alarms(conn, since=now - CATCH_UP, now=now):
+    for alarm in repo.list_unscored_resolved_alarms(conn, since=now - CATCH_UP, now=now):  # missed resolutions
         for scored in _score_alarm(conn, alarm_id=alarm.id, policies=ps):
             written[scored.code] += 1
 
@@ -423,7 +298,7 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
         ledgers.setdefault(entry.merchant_id, []).append(entry)
     keys = {m: {e.dedupe_key for e in entries} for m, entries in ledgers.items()}
 
-    def write(merchant_id: str, drafts: Sequence[score.Draft], **source: Any) -> None:
+    def write(merchant_id: str, drafts: Sequence[engine.Draft], **source: Any) -> None:
         # Filter by the keys already in the ledger first: a steady-state tick then writes nothing at all.
         fresh = [d for d in drafts if d.key not in keys[merchant_id]]
         for row in _write(conn, merchant_id, fresh, **source):
@@ -433,7 +308,7 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
 
     for finding in repo.list_overdue_findings(conn, now=now):
         policy = ps.for_community(merchants[finding.merchant_id].community_id)
-        write(finding.merchant_id, score.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at,
+        write(finding.merchant_id, engine.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at,
                                                          closed_at=None, now=now),
               finding_id=finding.id, site_id=finding.site_id)
 
@@ -442,7 +317,7 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
         for alarm in repo.list_upkeep_alarms(conn, alarm_types=upkeep_types, since=now - UPKEEP_LOOKBACK, now=now):
             assert alarm.merchant_id is not None  # noqa: S101 - the query selects merchants' sites only
             policy = ps.for_community(merchants[alarm.merchant_id].community_id)
-            write(alarm.merchant_id, score.upkeep_charges(policy, _facts(alarm), now=now), alarm_id=alarm.id,
+            write(alarm.merchant_id, engine.upkeep_charges(policy, _facts(alarm), now=now), alarm_id=alarm.id,
                   site_id=alarm.site_id)
 
     blocking_types = sorted({t for p in ps.all() for t in p.restoration.blocked_by_open_alarm_types})
@@ -454,10 +329,10 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
         states = [blocking[(merchant.id, t)] for t in policy.restoration.blocked_by_open_alarm_types
                   if (merchant.id, t) in blocking]
         closed = [c for _, c in states if c is not None]
-        write(merchant.id, score.restorations_due(policy, ledgers[merchant.id], now=now,
+        write(merchant.id, engine.restorations_due(policy, ledgers[merchant.id], now=now,
                                                   blocked=any(o for o, _ in states),
                                                   unblocked_at=max(closed) if closed else None))
-        st = score.derive(policy, ledgers[merchant.id], now, findings_of.get(merchant.id, ()))
+        st = engine.derive(policy, ledgers[merchant.id], now, findings_of.get(merchant.id, ()))
         snapshots.append({"merchant_id": merchant.id, "score": st.score, "tier": st.tier, "review": st.review,
                           "review_reasons": st.review_reasons, "hazards": st.hazards,
                           "locked_until": st.locked_until, "forced_tier": st.forced_tier,
@@ -494,7 +369,7 @@ def recompute_all(conn: Connection[Any], *, now: datetime | None = None, refresh
         findings = findings_of.get(snap.merchant_id, [])
         if snap.as_of is not None:
             compared += 1
-            s = score.derive(policy, entries, snap.as_of, findings)
+            s = engine.derive(policy, entries, snap.as_of, findings)
             stored = {"score": snap.score, "tier": snap.tier, "review": snap.review,
                       "review_reasons": list(snap.review_reasons or []), "hazards": snap.hazards,
                       "entries": snap.entries, "last_entry_id": snap.last_entry_id}
@@ -527,7 +402,7 @@ def get_score(conn: Connection[Any], *, merchant_id: str, now: datetime | None =
     policy = _policies(policies).for_community(row.community_id)
     if row.as_of is None:
         entries = repo.list_entries(conn, merchant_id=merchant_id)
-        return _score_read(policy, row, score.derive(policy, entries, _now(now),
+        return _score_read(policy, row, engine.derive(policy, entries, _now(now),
                                                      repo.list_findings(conn, merchant_id=merchant_id)))
     return _score_read(policy, row)
 
@@ -539,12 +414,12 @@ def get_trend(conn: Connection[Any], *, merchant_id: str, since: datetime | None
     if merchant is None:
         raise NotFoundError(f"merchant {merchant_id} does not exist")
     policy = _policies(policies).for_community(merchant.community_id)
-    points = score.trend(policy, repo.list_entries(conn, merchant_id=merchant_id))
+    points = engine.trend(policy, repo.list_entries(conn, merchant_id=merchant_id))
     out: list[ScorePointRead] = []
     if since is not None:
         before = [p for p in points if p.at < since]
-        start = before[-1].score if before else score.clamp(policy.base)
-        out.append(ScorePointRead(at=since, score=start, tier=score.tier_for(policy, start), entry_id=None,
+        start = before[-1].score if before else engine.clamp(policy.base)
+        out.append(ScorePointRead(at=since, score=start, tier=engine.tier_for(policy, start), entry_id=None,
                                   points=0, code=None))
     for p in points:
         if (since is None or p.at >= since) and (until is None or p.at <= until):
@@ -585,7 +460,7 @@ def list_community_scores(conn: Connection[Any], *, community_id: str | None = N
     for row in repo.list_snapshots(conn, community_id=community_id):
         policy = ps.for_community(row.community_id)
         if row.as_of is None:
-            standing = score.derive(policy, repo.list_entries(conn, merchant_id=row.merchant_id), at,
+            standing = engine.derive(policy, repo.list_entries(conn, merchant_id=row.merchant_id), at,
                                     repo.list_findings(conn, merchant_id=row.merchant_id))
             merchants.append(_score_read(policy, row, standing))
         else:
@@ -599,46 +474,3 @@ def list_community_scores(conn: Connection[Any], *, community_id: str | None = N
 
 
 # ---------------------------------------------------------------------------------------------- scheduler
-
-
-class ScoreTicker:
-    """The score part: run_score_tick every interval_s (core.loop frame; started with the rules part)."""
-
-    def __init__(self, dsn: str, *, interval_s: float = 300.0) -> None:
-        active_policies()  # a broken policy file stops `serve` at start, with the file's errors
-        self.dsn = dsn
-        self.interval_s = interval_s
-        self.loop: Loop[None] = Loop("score-tick", self)
-        self.ticks = 0
-        self._first = True
-
-    def tick(self) -> TickResult:
-        """One tick in its own transaction, at the wall clock."""
-        with psycopg.connect(self.dsn, autocommit=False) as conn, conn.transaction():
-            return run_score_tick(conn, now=datetime.now(UTC))
-
-    def open(self) -> None:
-        """Each tick opens its own connection (one every few minutes)."""
-
-    def step(self, _held: None) -> float:
-        if self._first:  # the first tick waits one interval, as a restart must not tick twice in a row
-            self._first = False
-            return self.interval_s
-        result = self.tick()
-        self.ticks += 1
-        if result.written:
-            log.info("score tick wrote %s", result.written)
-        return self.interval_s
-
-    def close(self, _held: None) -> None:
-        """Nothing is held between ticks."""
-
-    def start(self) -> None:
-        self.loop.start()
-
-    def stop(self) -> None:
-        self.loop.stop()
-
-    def checks(self) -> list[Check]:
-        """Health for `gridwatch health`."""
-        return [self.loop.check()]

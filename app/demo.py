@@ -103,7 +103,7 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
                 say(f"• loaded {registry.community.name}: {counts['devices']} devices, {counts['workers']} workers, "
                     f"{counts['merchants']} merchants")
         from api import auth
-        from core.services import PARTS, start_services
+        from app.services import PARTS, start_services
 
         with db.connect(settings.dsn) as conn, conn.transaction():
             secret = settings.secret_key.get_secret_value()
