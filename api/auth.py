@@ -13,6 +13,7 @@ from typing import Any, Literal
 from psycopg import Connection
 
 from api import repo
+from core import repo as core_repo
 from core.errors import AuthError, ConfigError, NotFoundError
 
 Role = Literal["admin", "worker", "merchant"]
@@ -68,9 +69,9 @@ def create_token_row(conn: Connection[Any], *, secret_key: str, role: Role, work
         raise ConfigError("a worker token needs --worker ID")
     if role == "merchant" and not merchant_id:
         raise ConfigError("a merchant token needs --merchant ID")
-    if role == "worker" and worker_id and not repo.exists(conn, table="worker", id=worker_id):
+    if role == "worker" and worker_id and not core_repo.exists(conn, table="worker", id=worker_id):
         raise NotFoundError(f"worker {worker_id!r} is not in the registry")
-    if role == "merchant" and merchant_id and not repo.exists(conn, table="merchant", id=merchant_id):
+    if role == "merchant" and merchant_id and not core_repo.exists(conn, table="merchant", id=merchant_id):
         raise NotFoundError(f"merchant {merchant_id!r} is not in the registry")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + ttl if ttl else None

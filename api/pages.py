@@ -30,6 +30,7 @@ from api.routers import alarms as alarm_routes
 from api.routers import devices as device_routes
 from api.routers import merchants as merchant_routes
 from api.stream import alarm_stream
+from core import repo as core_repo
 from core.domain import Disposition, Severity
 from core.errors import AuthError
 from rules import service as rules_service
@@ -190,7 +191,7 @@ def home(who: Anyone) -> Response:
 
 # -- worker board ----------------------------------------------------------------------------------------------------
 
-def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmListRow) -> str:
+def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmInSite) -> str:
     return templates.get_template("_alarm_row.html").render(_ctx(request, who, a=row))
 
 
@@ -346,8 +347,8 @@ def score_page(request: Request, conn: Conn, who: Anyone,
 def admin_page(request: Request, conn: Conn, who: Admin,
                offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> HTMLResponse:
     """KPIs per community and grid, and the device list with live state."""
-    communities = api_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
-    grids = api_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
+    communities = core_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
+    grids = core_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
     kpis = [admin_routes.kpis(conn, scope="community", scope_id=c["id"], since=None, until=None)
             for c in communities]
     kpis += [admin_routes.kpis(conn, scope="grid", scope_id=g["id"], since=None, until=None) for g in grids]

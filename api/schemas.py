@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core import registry
-from core.domain import Adapter, DeviceKind, Disposition, Location, Mounting, Severity, SiteKind, WorkerRole
+from core.domain import Adapter, Alarm, DeviceKind, Disposition, Location, Mounting, Severity, SiteKind, WorkerRole
+from core.readmodel import RowRead
+from notify.repo import Silence
+from rules.actuation.repo import CommandRow
 from score.schemas import MerchantScoreRead
 
 T = TypeVar("T")
 Id = registry.Id
 
 
-class AlarmRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class AlarmRead(RowRead):
+    """An alarm as the API shows it: the stored row, its severity as a word and a priority."""
+
+    ROW = Alarm
+    DERIVED = frozenset({"severity", "priority"})
 
     id: int
     device_id: str
@@ -42,9 +48,9 @@ class AlarmRead(BaseModel):
     message: str
 
     @classmethod
-    def of(cls, row: object) -> AlarmRead:
-        sev = Severity(row.severity)  # type: ignore[attr-defined]
-        data = {k: getattr(row, k) for k in cls.model_fields if k not in ("severity", "priority")}
+    def of(cls, row: Any) -> Self:
+        sev = Severity(row.severity)
+        data = {k: getattr(row, k) for k in cls.model_fields if k not in cls.DERIVED}
         return cls(severity=sev.label, priority=sev.priority, **data)
 
 
@@ -365,8 +371,8 @@ class SilenceCreate(BaseModel):
         return self
 
 
-class SilenceRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class SilenceRead(RowRead):
+    ROW = Silence
 
     id: int
     site_id: str | None
@@ -423,8 +429,8 @@ class CommandIn(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-class CommandRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class CommandRead(RowRead):
+    ROW = CommandRow
 
     id: str
     device_id: str

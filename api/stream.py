@@ -87,9 +87,9 @@ class AlarmHub:
 
 async def alarm_changes(hub: AlarmHub, pool: ConnectionPool, who: auth.Principal,
                         is_disconnected: Callable[[], Any], *, max_s: float | None = None,
-                        ) -> AsyncIterator[api_repo.AlarmListRow | None]:
+                        ) -> AsyncIterator[api_repo.AlarmInSite | None]:
     """Yield alarms in the caller's scope as they change (None = nothing new, time for a keep-alive)."""
-    def read(since: datetime | None) -> tuple[datetime, list[api_repo.AlarmListRow]]:
+    def read(since: datetime | None) -> tuple[datetime, list[api_repo.AlarmInSite]]:
         with pool.connection() as conn:
             now = api_repo.db_now(conn)
             if since is None:
@@ -138,7 +138,7 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
 
 
 def alarm_stream(request: Any, who: auth.Principal, max_s: float | None,
-                 render: Callable[[api_repo.AlarmListRow], str]) -> StreamingResponse:
+                 render: Callable[[api_repo.AlarmInSite], str]) -> StreamingResponse:
     """An SSE response of the caller's alarm changes, each rendered as one `alarm` event (API JSON or a board
     row), with keep-alives while nothing changes."""
     async def events() -> AsyncIterator[str]:

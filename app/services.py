@@ -74,8 +74,8 @@ YOUNG_GC_THRESHOLD = 20_000
 def settle_heap() -> None:
     """For a long-running server process, once its parts have started: move what start-up built (the ingest's
     device cache — 100k Device objects for a district — the compiled rules, the imported modules) out of the
-    cyclic collector's way, and collect young objects less often. bench/ measured full collections walking that
-    cache as ~15 % of the ingest's CPU."""
+    cyclic collector's way, and collect young objects less often: full collections walking that cache took a
+    large share of the ingest's CPU (docs/scaling.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])

@@ -38,19 +38,19 @@ _PUBACK = struct.Struct("!BBH")
 
 
 class ReceiveClient(mqtt.Client):
-    """paho's client with a cheaper receive path for a high-rate QoS-1 subscriber (measured in bench/).
+    """paho's client with a cheaper receive path for a high-rate QoS-1 subscriber (docs/scaling.md).
 
     Stock paho 2.2 reads every packet with three recv() calls (command byte, length byte, body), handles one
     packet per select() wake-up, and builds a full MQTT v5 `Properties` object for every PUBLISH, even one with
-    no properties — together most of the ~60 µs of CPU the bare subscriber spends on a message. Here the
+    no properties — together most of the CPU the bare subscriber spends on a message. Here the
     socket is read in 64 KiB chunks, every complete packet in the buffer is handled per wake-up, and a QoS-1
     PUBLISH whose property length is 0 skips the Properties object (any other PUBLISH takes paho's own path).
     Messages go straight to on_message (no per-topic callbacks are used, so paho's topic-filter walk is skipped).
 
     With `on_batch` set (as ingest runs it) messages arrive as lists of ingest Messages instead: every complete
     QoS-1 PUBLISH without properties in a network read is decoded right from the buffer into a Message, stamped
-    with one receive time and handed over in one call (no MQTTMessage, no per-message callback: bench/ measured
-    ~10 µs of the ingest's CPU a message in paho's per-packet path). A packet split across two reads, or any
+    with one receive time and handed over in one call (no MQTTMessage, no per-message callback, which cost a
+    large share of the ingest's CPU in paho's per-packet path). A packet split across two reads, or any
     other packet, takes paho's path, and reaches on_batch as a list of one, in its place in the order.
     The wire behaviour is unchanged: the same packets are read in the same order and acknowledged the same way.
     """
@@ -235,7 +235,7 @@ def receive_client_class() -> type[mqtt.Client]:
 class Inbox:
     """The bounded hand-off from the network thread to the writers: messages go in as each network read's list
     and come out as batches, one lock round trip each (queue.Queue takes two lock round trips and a condition
-    wait a message: bench/ measured them as a tenth of the ingest's CPU).
+    wait a message, a measurable share of the ingest's CPU).
 
     put_many blocks while the inbox is full, so the bound holds to within one network read (at most 64 KiB of
     messages past it). A full inbox holds the network thread, the broker stops sending (Receive Maximum) and
@@ -361,7 +361,7 @@ class MqttConsumer:
         if mids and isinstance(self.client, ReceiveClient):
             # The batch's PUBACKs as one write: exactly the bytes client.ack() would queue one by one (fixed
             # header, remaining length 2, packet id; MQTT 5 omits reason code 0), but one wake-up of the
-            # network thread and one send() instead of one each per message (bench/: ~15 µs CPU a message).
+            # network thread and one send() instead of one each per message.
             self.client._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
         else:
             for mid in mids:

@@ -51,7 +51,7 @@ def _dumps(obj: Any) -> bytes:
 
 def prepare_connection(conn: Connection[Any]) -> None:
     """Hot-path set-up of an ingest connection: orjson for json/jsonb (rule state, extras) instead of the
-    standard library's encoder, measured as a tenth of the writer's time in bench/ profiles."""
+    standard library's encoder, a measurable share of the writer's time (docs/scaling.md)."""
     set_json_dumps(_dumps, context=conn)
     set_json_loads(orjson.loads, context=conn)
     with conn.transaction():
@@ -79,7 +79,7 @@ ROLLBACK_COPY = "ROLLBACK TO SAVEPOINT reading_copy"
 def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading]) -> list[Reading]:
     """COPY readings in; returns those that were new (a redelivered duplicate is absorbed and left out).
 
-    They are COPYed straight into `reading` (measured in bench/: half the cost of the staging path) under a
+    They are COPYed straight into `reading` (cheaper than the staging path, docs/scaling.md) under a
     savepoint. A batch holding a reading already stored (a redelivery, a bridge repeating itself) fails that COPY:
     the savepoint undoes the COPY alone (the caller's transaction keeps what it holds, e.g. its device locks) and
     the batch goes through the staging table, which absorbs duplicates."""

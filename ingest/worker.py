@@ -128,8 +128,8 @@ class IngestWorker:
         self.decoder = make_decoder(settings)
         self.writers = settings.ingest_writers
         # Every writer holds a full batch unacknowledged and two more batches wait in the inbox, so a writer that
-        # has just acknowledged finds its next batch there instead of waiting for the broker to send it (bench/:
-        # with Receive Maximum = one batch, a single writer drained 7k msg/s; with this window 12k, two writers 14k).
+        # has just acknowledged finds its next batch there instead of waiting for the broker to send it (the
+        # measured effect is in docs/scaling.md).
         window = settings.batch_size * (self.writers + 2)
         self.inbox = Inbox(maxsize=max(settings.queue_size, window))
         self.consumer = MqttConsumer(settings.mqtt, client_id=settings.mqtt_client_id,

@@ -145,6 +145,10 @@ class Silence:
     reason: str
     created_by: str | None
     include_life_safety: bool
+    created_at: datetime
+
+
+SILENCE_COLUMNS = "id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety, created_at"
 
 
 # --- outbox -------------------------------------------------------------------------------------------------
@@ -279,8 +283,8 @@ def get_notified(conn: Connection[Any], *, alarm_id: int, kinds: Sequence[str]) 
         return cur.execute(SELECT_NOTIFIED, (alarm_id, list(kinds))).fetchall()
 
 
-SELECT_SILENCE = """
-SELECT id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety FROM silence
+SELECT_ACTIVE_SILENCE = f"""
+SELECT {SILENCE_COLUMNS} FROM silence
 WHERE (site_id = %(site)s OR device_id = %(device)s) AND starts_at <= %(now)s AND ends_at > %(now)s
 ORDER BY include_life_safety DESC, ends_at DESC LIMIT 1
 """
@@ -289,19 +293,25 @@ ORDER BY include_life_safety DESC, ends_at DESC LIMIT 1
 def get_active_silence(conn: Connection[Any], *, site_id: str, device_id: str, now: datetime) -> Silence | None:
     """The silence covering a site or device now (one that includes life-safety first)."""
     with conn.cursor(row_factory=class_row(Silence)) as cur:
-        return cur.execute(SELECT_SILENCE, {"site": site_id, "device": device_id, "now": now}).fetchone()
+        return cur.execute(SELECT_ACTIVE_SILENCE, {"site": site_id, "device": device_id, "now": now}).fetchone()
 
 
-INSERT_SILENCE = """
+INSERT_SILENCE = f"""
 INSERT INTO silence (site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
-RETURNING id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety
+RETURNING {SILENCE_COLUMNS}
 """
-SELECT_SILENCES = """
-SELECT id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety FROM silence
-WHERE ends_at > %s ORDER BY id
+SELECT_SILENCES = f"""
+SELECT {SILENCE_COLUMNS} FROM silence
+WHERE (%(current)s = false OR ends_at > %(now)s) ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
 """
-END_SILENCE = "UPDATE silence SET ends_at = greatest(starts_at + interval '1 microsecond', %s) WHERE id = %s"
+SELECT_SILENCE = f"SELECT {SILENCE_COLUMNS} FROM silence WHERE id = %s"
+# Ended, not deleted (the row stays as the record of the window); a window planned ahead is cancelled: it ends
+# before it would have started.
+END_SILENCE = """
+UPDATE silence SET starts_at = least(starts_at, %(now)s - interval '1 microsecond'), ends_at = %(now)s
+WHERE id = %(id)s AND ends_at > %(now)s
+"""
 
 
 def insert_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None, starts_at: datetime,
@@ -314,15 +324,23 @@ def insert_silence(conn: Connection[Any], *, site_id: str | None, device_id: str
     return row
 
 
-def list_silences(conn: Connection[Any], *, now: datetime) -> list[Silence]:
-    """Silences not yet expired."""
+def list_silences(conn: Connection[Any], *, now: datetime, current: bool = True, limit: int = 1000,
+                  offset: int = 0) -> list[Silence]:
+    """Silences, newest first (current: only those not over at `now`)."""
     with conn.cursor(row_factory=class_row(Silence)) as cur:
-        return cur.execute(SELECT_SILENCES, (now,)).fetchall()
+        return cur.execute(SELECT_SILENCES, {"now": now, "current": current, "limit": limit,
+                                             "offset": offset}).fetchall()
+
+
+def get_silence(conn: Connection[Any], *, silence_id: int) -> Silence | None:
+    """One silence."""
+    with conn.cursor(row_factory=class_row(Silence)) as cur:
+        return cur.execute(SELECT_SILENCE, (silence_id,)).fetchone()
 
 
 def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> bool:
-    """Expire a silence now."""
-    return conn.execute(END_SILENCE, (now, silence_id)).rowcount > 0
+    """End a silence now (False if there is none, or it is over already)."""
+    return conn.execute(END_SILENCE, {"now": now, "id": silence_id}).rowcount > 0
 
 
 SELECT_GATEWAY_OFFLINE = """

@@ -397,14 +397,37 @@ def send_test(conn: Connection[Any], *, sender: Sender, worker_id: str, now: dat
 
 
 def create_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None, minutes: float,
-                   reason: str, created_by: str | None, include_life_safety: bool, now: datetime) -> repo.Silence:
-    """A maintenance window for one site or one device; life-safety alarms stay loud unless included."""
+                   reason: str, created_by: str | None, include_life_safety: bool, now: datetime,
+                   starts_at: datetime | None = None) -> repo.Silence:
+    """A maintenance window for one site or one device, from starts_at (default now) for `minutes`; life-safety
+    alarms stay loud unless included."""
     if (site_id is None) == (device_id is None):
         raise ConflictError("a silence covers exactly one site or one device")
     if minutes <= 0:
         raise ConflictError("a silence needs a positive duration")
     if not repo.site_or_device_exists(conn, site_id=site_id, device_id=device_id):
         raise NotFoundError(f"{'site' if site_id else 'device'} {site_id or device_id!r} is not registered")
-    return repo.insert_silence(conn, site_id=site_id, device_id=device_id, starts_at=now,
-                               ends_at=now + timedelta(minutes=minutes), reason=reason, created_by=created_by,
+    start = starts_at or now
+    return repo.insert_silence(conn, site_id=site_id, device_id=device_id, starts_at=start,
+                               ends_at=start + timedelta(minutes=minutes), reason=reason, created_by=created_by,
                                include_life_safety=include_life_safety)
+
+
+def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> None:
+    """End a silence now (a planned one is cancelled); the row stays as the record of the window."""
+    if not repo.end_silence(conn, silence_id=silence_id, now=now):
+        raise NotFoundError(f"silence {silence_id} not found (or over already)")
+
+
+def list_silences(conn: Connection[Any], *, now: datetime, current: bool, limit: int,
+                  offset: int) -> list[repo.Silence]:
+    """Silences, newest first (current: only those not over)."""
+    return repo.list_silences(conn, now=now, current=current, limit=limit, offset=offset)
+
+
+def get_silence(conn: Connection[Any], *, silence_id: int) -> repo.Silence:
+    """One silence."""
+    found = repo.get_silence(conn, silence_id=silence_id)
+    if found is None:
+        raise NotFoundError(f"silence {silence_id} not found")
+    return found

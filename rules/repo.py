@@ -12,7 +12,9 @@ from psycopg import Connection
 from psycopg.rows import class_row, tuple_row
 from psycopg.types.json import Jsonb
 
+from core import repo as core_repo
 from core.db import OUTBOX_CHANNEL, RESOLVED_CHANNEL
+from core.domain import Alarm
 
 
 @dataclass(slots=True)
@@ -26,37 +28,7 @@ class DeviceStateRow:
     open_commands: bool = False  # a command to this device awaits confirmation (read with the lock, not saved)
 
 
-@dataclass(slots=True)
-class AlarmRow:
-    id: int
-    device_id: str
-    site_id: str
-    micro_grid_id: str
-    type: str
-    rule_id: str
-    severity: int
-    active: bool
-    acknowledged: bool
-    latching: bool
-    raised_at: datetime
-    last_seen_at: datetime
-    cleared_at: datetime | None
-    acknowledged_at: datetime | None
-    acknowledged_by: str | None
-    closed_at: datetime | None
-    closed_by: str | None
-    disposition: str | None
-    note: str | None
-    value: float | None
-    peak_value: float | None
-    count: int
-    message: str
-    details: dict[str, Any]
-
-
-ALARM_COLUMNS = """id, device_id, site_id, micro_grid_id, type, rule_id, severity, active, acknowledged, latching,
-    raised_at, last_seen_at, cleared_at, acknowledged_at, acknowledged_by, closed_at, closed_by, disposition, note,
-    value, peak_value, count, message, details"""
+ALARM_COLUMNS = core_repo.alarm_columns()
 
 def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | None:
     with conn.cursor(row_factory=tuple_row) as cur:
@@ -81,8 +53,7 @@ SELECT {STATE_COLUMNS} FROM device_state
 WHERE device_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY device_id FOR UPDATE OF device_state
 """
 # The same for ids without a comma (every registry id: core.registry.Id): a comma-joined text split on the server
-# is one index scan over the sorted keys, where the jsonb set is a nested loop of lookups (measured: 4 vs 5.4 ms
-# of server time for 500 of 100,000 devices, 6.4 vs 9.7 ms wall).
+# is one index scan over the sorted keys, where the jsonb set is a nested loop of lookups (docs/scaling.md).
 LOCK_DEVICE_STATES_CSV = f"""
 SELECT {STATE_COLUMNS} FROM device_state
 WHERE device_id = ANY(string_to_array(%s, ',')) ORDER BY device_id FOR UPDATE OF device_state
@@ -169,17 +140,17 @@ RETURNING {ALARM_COLUMNS}
 """
 
 
-def get_open_alarm(conn: Connection[Any], *, device_id: str, alarm_type: str) -> AlarmRow | None:
+def get_open_alarm(conn: Connection[Any], *, device_id: str, alarm_type: str) -> Alarm | None:
     """The open alarm of this type on this device, locked."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_OPEN_ALARM, (device_id, alarm_type)).fetchone()
 
 
 def insert_alarm(conn: Connection[Any], *, device_id: str, site_id: str, alarm_type: str, rule_id: str,
                  severity: int, latching: bool, at: datetime, value: float | None, message: str,
-                 details: dict[str, Any]) -> AlarmRow:
+                 details: dict[str, Any]) -> Alarm:
     """Open a new alarm; the partial unique index refuses a second open one."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         row = cur.execute(INSERT_ALARM, {
             "device_id": device_id, "site_id": site_id, "type": alarm_type, "rule_id": rule_id,
             "severity": severity, "latching": latching, "at": at, "value": value, "message": message,
@@ -191,18 +162,18 @@ def insert_alarm(conn: Connection[Any], *, device_id: str, site_id: str, alarm_t
 
 
 def touch_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime, value: float | None,
-                severity: int, repeats: int = 1) -> AlarmRow:
+                severity: int, repeats: int = 1) -> Alarm:
     """A repeat of an open alarm: last seen, count, peak, severity (only up), active again."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         row = cur.execute(UPDATE_ALARM_SEEN, {"id": alarm_id, "at": at, "value": value,
                                               "severity": severity, "repeats": repeats}).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
 
 
-def clear_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime) -> AlarmRow:
+def clear_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime) -> Alarm:
     """Mark an alarm's condition as gone (it stays open until resolved)."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         row = cur.execute(CLEAR_ALARM, {"id": alarm_id, "at": at}).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
@@ -221,24 +192,24 @@ WHERE id = %(id)s RETURNING {ALARM_COLUMNS}
 """
 
 
-def lock_alarm(conn: Connection[Any], *, alarm_id: int) -> AlarmRow | None:
+def lock_alarm(conn: Connection[Any], *, alarm_id: int) -> Alarm | None:
     """One alarm by id, locked."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_ALARM_FOR_UPDATE, (alarm_id,)).fetchone()
 
 
-def acknowledge_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime) -> AlarmRow:
+def acknowledge_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime) -> Alarm:
     """Record who acknowledged and when."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         row = cur.execute(ACK_ALARM, {"id": alarm_id, "actor": actor, "at": at}).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
 
 
 def close_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime, disposition: str,
-                note: str | None) -> AlarmRow:
+                note: str | None) -> Alarm:
     """Resolve: close the alarm with a disposition."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         row = cur.execute(CLOSE_ALARM, {"id": alarm_id, "actor": actor, "at": at, "disposition": disposition,
                                         "note": note}).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
@@ -388,9 +359,9 @@ FOR UPDATE SKIP LOCKED
 
 
 def alarms_to_escalate(conn: Connection[Any], *, alarm_type: str, rule_id: str, severity: int,
-                       before: datetime) -> list[AlarmRow]:
+                       before: datetime) -> list[Alarm]:
     """Active alarms of a rule raised before `before` still below `severity` (locked)."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_TO_ESCALATE, {"type": alarm_type, "rule_id": rule_id, "severity": severity,
                                                 "before": before}).fetchall()
 
@@ -398,9 +369,9 @@ def alarms_to_escalate(conn: Connection[Any], *, alarm_type: str, rule_id: str, 
 SELECT_OPEN_OF_TYPE = f"SELECT {ALARM_COLUMNS} FROM alarm WHERE type = %s AND closed_at IS NULL ORDER BY id"
 
 
-def open_alarms_of_type(conn: Connection[Any], *, alarm_type: str) -> list[AlarmRow]:
+def open_alarms_of_type(conn: Connection[Any], *, alarm_type: str) -> list[Alarm]:
     """Every open alarm of one type (building outages, misplaced detectors: a handful)."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_OPEN_OF_TYPE, (alarm_type,)).fetchall()
 
 

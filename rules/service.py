@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import Counter
 from psycopg import Connection
 
-from core.domain import Device, DeviceStatus, Disposition, Reading, Severity
+from core.domain import Alarm, Device, DeviceStatus, Disposition, Reading, Severity
 from core.errors import ConflictError, NotFoundError
 from rules import repo
 from rules.actuation import service as actuation
@@ -353,7 +353,7 @@ def record_transition(conn: Connection[Any], *, device: Device, transition: Tran
     return None  # still active: DESIGN says never notify on "still active"
 
 
-def _event(conn: Connection[Any], alarm: repo.AlarmRow, kind: str, at: datetime, *, severity: int,
+def _event(conn: Connection[Any], alarm: Alarm, kind: str, at: datetime, *, severity: int,
            actor: str | None = None, details: dict[str, Any] | None = None, notify: bool = True) -> AlarmChange:
     event_id = repo.insert_event(conn, alarm_id=alarm.id, kind=kind, at=at, actor=actor, severity=severity,
                                  details=details)
@@ -364,7 +364,7 @@ def _event(conn: Connection[Any], alarm: repo.AlarmRow, kind: str, at: datetime,
     return AlarmChange(alarm.id, alarm.device_id, alarm.type, kind, severity)
 
 
-def acknowledge(conn: Connection[Any], *, alarm_id: int, actor: str, now: datetime | None = None) -> repo.AlarmRow:
+def acknowledge(conn: Connection[Any], *, alarm_id: int, actor: str, now: datetime | None = None) -> Alarm:
     """A person has taken the alarm: record who and when (idempotent for the same person)."""
     alarm = repo.lock_alarm(conn, alarm_id=alarm_id)
     if alarm is None:
@@ -380,7 +380,7 @@ def acknowledge(conn: Connection[Any], *, alarm_id: int, actor: str, now: dateti
 
 
 def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Disposition, note: str | None,
-            now: datetime | None = None, ruleset: RuleSet | None = None) -> repo.AlarmRow:
+            now: datetime | None = None, ruleset: RuleSet | None = None) -> Alarm:
     """Close the alarm with a disposition after the person has been on site (then SMK-08: repeated verdicts)."""
     alarm = repo.lock_alarm(conn, alarm_id=alarm_id)
     if alarm is None:
@@ -400,7 +400,7 @@ def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Di
     return alarm
 
 
-def _repeats(conn: Connection[Any], *, alarm: repo.AlarmRow, at: datetime, ruleset: RuleSet | None) -> None:
+def _repeats(conn: Connection[Any], *, alarm: Alarm, at: datetime, ruleset: RuleSet | None) -> None:
     """SMK-08: the device's alarms resolved with the same verdict reached a repeat rule's count."""
     device = _device(conn, alarm.device_id)
     if device is None or alarm.disposition is None:

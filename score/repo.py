@@ -10,6 +10,9 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import class_row
 
+from core import repo as core_repo
+from core.domain import Alarm
+
 # Any constant works as long as every gridwatch process uses the same one.
 SCORE_TICK_LOCK = 0x6777_7363_6F72_6531
 
@@ -50,19 +53,10 @@ class SiteMerchantRow:
 
 
 @dataclass(slots=True)
-class AlarmFactsRow:
-    id: int
-    type: str
-    severity: int
-    disposition: str | None
-    raised_at: datetime
-    created_at: datetime
-    acknowledged_at: datetime | None
-    closed_at: datetime | None
-    closed_by: str | None
-    site_id: str
-    device_id: str
-    merchant_id: str | None
+class MerchantAlarm(Alarm):
+    """An alarm on a merchant's premises (merchant_id None: a site without a merchant)."""
+
+    merchant_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -97,19 +91,6 @@ class SnapshotRow:
     entries: int | None
     last_entry_id: int | None
     as_of: datetime | None
-
-
-@dataclass(slots=True)
-class OpenAlarmRow:
-    id: int
-    device_id: str
-    site_id: str
-    type: str
-    severity: int
-    active: bool
-    acknowledged: bool
-    raised_at: datetime
-    message: str
 
 
 LEDGER_COLUMNS = """id, merchant_id, at, points, code, reason, alarm_id, finding_id, site_id, actor, hazard,
@@ -152,8 +133,7 @@ def get_site_merchant(conn: Connection[Any], *, site_id: str) -> SiteMerchantRow
         return cur.execute(SELECT_SITE_MERCHANT, (site_id,)).fetchone()
 
 
-ALARM_FACTS_COLUMNS = """a.id, a.type, a.severity, a.disposition, a.raised_at, a.created_at, a.acknowledged_at,
-    a.closed_at, a.closed_by, a.site_id, a.device_id, s.merchant_id"""
+ALARM_FACTS_COLUMNS = core_repo.alarm_columns("a") + ", s.merchant_id"
 SELECT_ALARM_FACTS = f"""
 SELECT {ALARM_FACTS_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id WHERE a.id = %s
 """
@@ -166,16 +146,16 @@ ORDER BY s.merchant_id, a.id
 """
 
 
-def get_alarm_facts(conn: Connection[Any], *, alarm_id: int) -> AlarmFactsRow | None:
+def get_alarm_facts(conn: Connection[Any], *, alarm_id: int) -> MerchantAlarm | None:
     """An alarm with the merchant of its site."""
-    with conn.cursor(row_factory=class_row(AlarmFactsRow)) as cur:
+    with conn.cursor(row_factory=class_row(MerchantAlarm)) as cur:
         return cur.execute(SELECT_ALARM_FACTS, (alarm_id,)).fetchone()
 
 
 def list_upkeep_alarms(conn: Connection[Any], *, alarm_types: Sequence[str], since: datetime,
-                       now: datetime) -> list[AlarmFactsRow]:
+                       now: datetime) -> list[MerchantAlarm]:
     """Alarms that may owe upkeep deductions, with their merchant."""
-    with conn.cursor(row_factory=class_row(AlarmFactsRow)) as cur:
+    with conn.cursor(row_factory=class_row(MerchantAlarm)) as cur:
         return cur.execute(SELECT_UPKEEP_ALARMS, {"types": list(alarm_types), "since": since, "now": now}).fetchall()
 
 
@@ -358,16 +338,16 @@ def list_overdue_findings(conn: Connection[Any], *, now: datetime) -> list[Findi
         return cur.execute(SELECT_OVERDUE_FINDINGS, (now,)).fetchall()
 
 
-SELECT_OPEN_ALARMS = """
-SELECT a.id, a.device_id, a.site_id, a.type, a.severity, a.active, a.acknowledged, a.raised_at, a.message
+SELECT_OPEN_ALARMS = f"""
+SELECT {core_repo.alarm_columns("a")}
 FROM alarm a JOIN site s ON s.id = a.site_id
 WHERE s.merchant_id = %s AND a.closed_at IS NULL ORDER BY a.severity DESC, a.id
 """
 
 
-def list_open_alarms(conn: Connection[Any], *, merchant_id: str) -> list[OpenAlarmRow]:
+def list_open_alarms(conn: Connection[Any], *, merchant_id: str) -> list[Alarm]:
     """Alarms still open on the merchant's premises, worst first."""
-    with conn.cursor(row_factory=class_row(OpenAlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_OPEN_ALARMS, (merchant_id,)).fetchall()
 
 
@@ -392,9 +372,9 @@ ORDER BY a.closed_at, a.id
 """
 
 
-def list_unscored_resolved_alarms(conn: Connection[Any], *, since: datetime, now: datetime) -> list[AlarmFactsRow]:
+def list_unscored_resolved_alarms(conn: Connection[Any], *, since: datetime, now: datetime) -> list[MerchantAlarm]:
     """Alarms resolved real_hazard on merchants' premises in (since, now] with no ledger entry yet."""
-    with conn.cursor(row_factory=class_row(AlarmFactsRow)) as cur:
+    with conn.cursor(row_factory=class_row(MerchantAlarm)) as cur:
         return cur.execute(SELECT_RESOLVED_ALARMS, {"since": since, "now": now}).fetchall()
 
 

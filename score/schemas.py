@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from core.domain import Alarm, Severity
+from core.readmodel import RowRead
+from score.repo import FindingRow, LedgerRow
 
 
-class _Read(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class MerchantScoreRead(_Read):
+class MerchantScoreRead(BaseModel):
     """A merchant's standing, derived from the ledger."""
 
     merchant_id: str
@@ -33,8 +33,10 @@ class MerchantScoreRead(_Read):
     as_of: datetime | None = Field(description="when the stored standing was derived; None = never stored")
 
 
-class LedgerEntryRead(_Read):
+class LedgerEntryRead(RowRead):
     """One ledger entry: what changed, why, from what, and who."""
+
+    ROW = LedgerRow
 
     id: int
     merchant_id: str
@@ -70,8 +72,11 @@ class ScorePointRead(BaseModel):
     code: str | None
 
 
-class FindingRead(_Read):
+class FindingRead(RowRead):
     """An inspection finding and its rectification state."""
+
+    ROW = FindingRow
+    DERIVED = frozenset({"overdue"})
 
     id: int
     site_id: str
@@ -88,7 +93,17 @@ class FindingRead(_Read):
     overdue: bool = False
 
 
-class OpenAlarmRead(_Read):
+class OpenAlarmRead(RowRead):
+    """An alarm still open on a merchant's premises."""
+
+    ROW = Alarm
+    DERIVED = frozenset({"severity"})
+
+    @classmethod
+    def of(cls, row: Any) -> Self:
+        data = {k: getattr(row, k) for k in cls.model_fields if k not in cls.DERIVED}
+        return cls(severity=Severity(row.severity).label, **data)
+
     id: int
     device_id: str
     site_id: str

@@ -60,13 +60,13 @@ def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
 
 
-def _facts(row: repo.AlarmFactsRow) -> engine.AlarmFacts:
+def _facts(row: repo.MerchantAlarm) -> engine.AlarmFacts:
     return engine.AlarmFacts(
         id=row.id, type=row.type, severity=Severity(row.severity),
         disposition=Disposition(row.disposition) if row.disposition else None,
         # DESIGN: raised_at is event time (a buffered backlog can be hours old); the acknowledgement deadline
         # runs from when gridwatch could first have told anybody.
-        known_at=max(row.raised_at, row.created_at), acknowledged_at=row.acknowledged_at,
+        known_at=max(row.raised_at, row.created_at or row.raised_at), acknowledged_at=row.acknowledged_at,
         closed_at=row.closed_at)
 
 
@@ -443,10 +443,7 @@ def get_open_items(conn: Connection[Any], *, merchant_id: str, now: datetime | N
     if repo.get_merchant(conn, merchant_id=merchant_id) is None:
         raise NotFoundError(f"merchant {merchant_id} does not exist")
     at = _now(now)
-    alarms = [OpenAlarmRead(id=a.id, device_id=a.device_id, site_id=a.site_id, type=a.type,
-                            severity=Severity(a.severity).label, active=a.active, acknowledged=a.acknowledged,
-                            raised_at=a.raised_at, message=a.message)
-              for a in repo.list_open_alarms(conn, merchant_id=merchant_id)]
+    alarms = [OpenAlarmRead.of(a) for a in repo.list_open_alarms(conn, merchant_id=merchant_id)]
     findings = [_finding_read(f, at) for f in repo.list_open_findings(conn, merchant_id=merchant_id)]
     return OpenItemsRead(merchant_id=merchant_id, alarms=alarms, findings=findings)
 

@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
 from api import auth
-from api import repo as api_repo
 from api.app import create_app
 from core import repo as core_repo
 from core.domain import Severity
@@ -50,10 +49,10 @@ class ApiEnv:
 
 def add_second_merchant(conn: psycopg.Connection[Any]) -> None:
     """m2 with a shop s3 in mg2 and a gas detector gas-3 there (the small registry has only m1)."""
-    api_repo.upsert_merchant(conn, id="m2", community_id="c1", name="Tea house", contact="", phone="", notify=[])
-    api_repo.upsert_site(conn, id="s3", micro_grid_id="mg2", merchant_id="m2", kind="shop", name="Tea house",
+    core_repo.upsert_merchant(conn, id="m2", community_id="c1", name="Tea house", contact="", phone="", notify=[])
+    core_repo.upsert_site(conn, id="s3", micro_grid_id="mg2", merchant_id="m2", kind="shop", name="Tea house",
                          address="3 Lane", floor=1, flags=[], lpg=False)
-    api_repo.upsert_device(conn, id="gas-3", kind="gas_detector", site_id="s3", location="kitchen",
+    core_repo.upsert_device(conn, id="gas-3", kind="gas_detector", site_id="s3", location="kitchen",
                            adapter="native", foreign_id=None, battery=False, report_interval_s=300,
                            gateway_id=None, model="", active=True)
 

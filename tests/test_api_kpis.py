@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api import repo as api_repo
+from core import repo as core_repo
 from core.domain import Disposition, Severity
 from core.settings import Settings
 from rules import service as rules_service
@@ -27,11 +27,11 @@ def seed_history(env: ApiEnv) -> datetime:
     day = timedelta(days=1)
     s = timedelta(seconds=1)
     with env.conn() as conn, conn.transaction():
-        api_repo.upsert_grid(conn, id="g2", community_id="c1", name="Grid two")
-        api_repo.upsert_micro_grid(conn, id="mg3", grid_id="g2", name="Micro three")
-        api_repo.upsert_site(conn, id="s4", micro_grid_id="mg3", merchant_id=None, kind="building", name="Block 4",
+        core_repo.upsert_grid(conn, id="g2", community_id="c1", name="Grid two")
+        core_repo.upsert_micro_grid(conn, id="mg3", grid_id="g2", name="Micro three")
+        core_repo.upsert_site(conn, id="s4", micro_grid_id="mg3", merchant_id=None, kind="building", name="Block 4",
                              address="4 Lane", floor=None, flags=[], lpg=False)
-        api_repo.upsert_device(conn, id="gas-4", kind="gas_detector", site_id="s4", location="kitchen",
+        core_repo.upsert_device(conn, id="gas-4", kind="gas_detector", site_id="s4", location="kitchen",
                                adapter="native", foreign_id=None, battery=False, report_interval_s=300,
                                gateway_id=None, model="", active=True)
 

@@ -122,39 +122,39 @@ class Kind:
 
 def _gateway_is_gateway(conn: Connection[Any], body: DeviceWrite) -> None:
     if body.gateway_id is not None:
-        gw = api_repo.get_registry(conn, table="device", id=body.gateway_id)
+        gw = core_repo.get_registry(conn, table="device", id=body.gateway_id)
         if gw is None or gw["kind"] != "gateway":
             raise HTTPException(422, f"body.gateway_id: {body.gateway_id!r} is not a registered gateway")
 
 
 KINDS: tuple[Kind, ...] = (
     Kind("communities", "community", "community", CommunityWrite, CommunityRead,
-         lambda c, i, b: api_repo.upsert_community(c, id=i, name=b.name, timezone=b.timezone, address=b.address)),
+         lambda c, i, b: core_repo.upsert_community(c, id=i, name=b.name, timezone=b.timezone, address=b.address)),
     Kind("grids", "grid", "grid", GridWrite, GridRead,
-         lambda c, i, b: api_repo.upsert_grid(c, id=i, community_id=b.community_id, name=b.name),
+         lambda c, i, b: core_repo.upsert_grid(c, id=i, community_id=b.community_id, name=b.name),
          refs=(("community_id", "community"),), filters=("community_id",)),
     Kind("micro-grids", "micro_grid", "micro-grid", MicroGridWrite, MicroGridRead,
-         lambda c, i, b: api_repo.upsert_micro_grid(c, id=i, grid_id=b.grid_id, name=b.name),
+         lambda c, i, b: core_repo.upsert_micro_grid(c, id=i, grid_id=b.grid_id, name=b.name),
          refs=(("grid_id", "grid"),), filters=("grid_id",)),
     Kind("workers", "worker", "worker", WorkerWrite, WorkerRead,
-         lambda c, i, b: api_repo.upsert_worker(
+         lambda c, i, b: core_repo.upsert_worker(
              c, id=i, community_id=b.community_id, name=b.name, role=b.role.value, phone=b.phone, locale=b.locale,
              notify=b.notify, roster=b.roster, on_call=b.on_call, active=b.active, micro_grids=b.micro_grids,
              grids=b.grids),
          refs=(("community_id", "community"),), list_refs=(("micro_grids", "micro_grid"), ("grids", "grid")),
          filters=("community_id",)),
     Kind("merchants", "merchant", "merchant", MerchantWrite, MerchantRead,
-         lambda c, i, b: api_repo.upsert_merchant(c, id=i, community_id=b.community_id, name=b.name,
+         lambda c, i, b: core_repo.upsert_merchant(c, id=i, community_id=b.community_id, name=b.name,
                                                   contact=b.contact, phone=b.phone, notify=b.notify),
          refs=(("community_id", "community"),), filters=("community_id",)),
     Kind("sites", "site", "site", SiteWrite, SiteRead,
-         lambda c, i, b: api_repo.upsert_site(c, id=i, micro_grid_id=b.micro_grid_id, merchant_id=b.merchant_id,
+         lambda c, i, b: core_repo.upsert_site(c, id=i, micro_grid_id=b.micro_grid_id, merchant_id=b.merchant_id,
                                               kind=b.kind.value, name=b.name, address=b.address, floor=b.floor,
                                               flags=b.flags, lpg=b.lpg, building=b.building),
          refs=(("micro_grid_id", "micro_grid"), ("merchant_id", "merchant")),
          filters=("micro_grid_id", "merchant_id")),
     Kind("devices", "device", "device", DeviceWrite, DeviceRegistryRead,
-         lambda c, i, b: api_repo.upsert_device(
+         lambda c, i, b: core_repo.upsert_device(
              c, id=i, kind=b.kind.value, site_id=b.site_id, location=b.location.value, adapter=b.adapter.value,
              foreign_id=b.foreign_id, battery=b.battery,
              report_interval_s=b.report_interval_s or registry.DEFAULT_INTERVAL_S[b.battery],
@@ -168,11 +168,11 @@ def _check_refs(conn: Connection[Any], kind: Kind, body: BaseModel) -> None:
     """References must exist: 422 naming the field (not a foreign-key error)."""
     for attr, table in kind.refs:
         value = getattr(body, attr)
-        if value is not None and not api_repo.exists(conn, table=table, id=value):
+        if value is not None and not core_repo.exists(conn, table=table, id=value):
             raise HTTPException(422, f"body.{attr}: {table.replace('_', '-')} {value!r} does not exist")
     for attr, table in kind.list_refs:
         for value in getattr(body, attr):
-            if not api_repo.exists(conn, table=table, id=value):
+            if not core_repo.exists(conn, table=table, id=value):
                 raise HTTPException(422, f"body.{attr}: {table.replace('_', '-')} {value!r} does not exist")
     for check in kind.extra_checks:
         check(conn, body)
@@ -187,12 +187,12 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
                                                        else "parent", include_in_schema=bool(kind.filters))]
                    = None) -> Page[Any]:
         filters = {kind.filters[0]: parent} if kind.filters else {}
-        rows = api_repo.list_registry(conn, table=kind.table, limit=limit, offset=offset, filters=filters)
+        rows = core_repo.list_registry(conn, table=kind.table, limit=limit, offset=offset, filters=filters)
         return Page[read](items=[read.model_validate(r) for r in rows],  # type: ignore[valid-type]
                           next_offset=_next(offset, limit, len(rows)))
 
     def get_item(item_id: PathId, conn: Conn, _who: Admin) -> Any:
-        row = api_repo.get_registry(conn, table=kind.table, id=item_id)
+        row = core_repo.get_registry(conn, table=kind.table, id=item_id)
         if row is None:
             raise NotFoundError(f"{kind.label} {item_id!r} not found")
         return read.model_validate(row)
@@ -201,21 +201,21 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
         with conn.transaction():
             _check_refs(conn, kind, body)
             kind.upsert(conn, item_id, body)
-            row = api_repo.get_registry(conn, table=kind.table, id=item_id)
+            row = core_repo.get_registry(conn, table=kind.table, id=item_id)
         log.info("%s %s written by %s", kind.label, item_id, who.actor)
         return read.model_validate(row)
 
     def delete_item(item_id: PathId, conn: Conn, who: Admin) -> Response:
         with conn.transaction():
-            if api_repo.get_registry(conn, table=kind.table, id=item_id) is None:
+            if core_repo.get_registry(conn, table=kind.table, id=item_id) is None:
                 raise NotFoundError(f"{kind.label} {item_id!r} not found")
-            deps = api_repo.registry_dependents(conn, table=kind.table, id=item_id)
+            deps = core_repo.registry_dependents(conn, table=kind.table, id=item_id)
             if deps:
                 what = ", ".join(f"{n} {k}(s)" for k, n in deps.items())
                 raise ConflictError(f"{kind.label} {item_id!r} is still referenced by {what}; "
                                     f"remove or move those first" + (
                                         " (or set active: false)" if kind.table in ("worker", "device") else ""))
-            api_repo.delete_registry(conn, table=kind.table, id=item_id)
+            core_repo.delete_registry(conn, table=kind.table, id=item_id)
         log.info("%s %s deleted by %s", kind.label, item_id, who.actor)
         return Response(status_code=204)
 
@@ -272,43 +272,34 @@ async def import_registry(request: Request, who: Admin) -> ImportResult:
 def list_silences(conn: Conn, _who: Admin, current: bool = True, offset: Offset = 0,
                   limit: Limit = 100) -> Page[SilenceRead]:
     """Maintenance windows (current: only those not over yet)."""
-    rows = api_repo.list_silences(conn, current=current, limit=limit, offset=offset)
-    return Page[SilenceRead](items=[SilenceRead.model_validate(r) for r in rows],
-                             next_offset=_next(offset, limit, len(rows)))
+    rows = notify_service.list_silences(conn, now=datetime.now(UTC), current=current, limit=limit, offset=offset)
+    return Page[SilenceRead](items=[SilenceRead.of(r) for r in rows], next_offset=_next(offset, limit, len(rows)))
 
 
 @router.post("/silences", status_code=201, tags=["silences"])
 def create_silence(body: SilenceCreate, conn: Conn, who: Admin) -> SilenceRead:
     """Silence a site or a device for a while; life-safety alarms stay loud unless include_life_safety."""
-    if body.starts_at is None and body.ends_at <= datetime.now(UTC):
+    now = datetime.now(UTC)
+    if body.starts_at is None and body.ends_at <= now:
         raise HTTPException(422, "body.ends_at: must be in the future")
+    start = body.starts_at or now
     with conn.transaction():
-        if body.site_id and not api_repo.exists(conn, table="site", id=body.site_id):
+        if body.site_id and not core_repo.exists(conn, table="site", id=body.site_id):
             raise HTTPException(422, f"body.site_id: site {body.site_id!r} does not exist")
-        if body.device_id and not api_repo.exists(conn, table="device", id=body.device_id):
+        if body.device_id and not core_repo.exists(conn, table="device", id=body.device_id):
             raise HTTPException(422, f"body.device_id: device {body.device_id!r} does not exist")
-        if body.starts_at is None:  # from now on: notify's own rule for silences
-            now = datetime.now(UTC)
-            made = notify_service.create_silence(
-                conn, site_id=body.site_id, device_id=body.device_id,
-                minutes=(body.ends_at - now).total_seconds() / 60, reason=body.reason, created_by=who.actor,
-                include_life_safety=body.include_life_safety, now=now)
-            silence_id = made.id
-        else:  # a window planned ahead (notify's service only opens silences from now)
-            silence_id = api_repo.insert_silence(
-                conn, site_id=body.site_id, device_id=body.device_id, starts_at=body.starts_at,
-                ends_at=body.ends_at, reason=body.reason, created_by=who.actor,
-                include_life_safety=body.include_life_safety).id
-        row = api_repo.get_silence(conn, silence_id=silence_id)
-    return SilenceRead.model_validate(row)
+        made = notify_service.create_silence(
+            conn, site_id=body.site_id, device_id=body.device_id, starts_at=start,
+            minutes=(body.ends_at - start).total_seconds() / 60, reason=body.reason, created_by=who.actor,
+            include_life_safety=body.include_life_safety, now=now)
+    return SilenceRead.of(made)
 
 
 @router.delete("/silences/{silence_id}", tags=["silences"], status_code=204, response_class=Response)
 def delete_silence(silence_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn, who: Admin) -> Response:
-    """End a silence now."""
+    """End a silence now (a planned one is cancelled); it stays in the list of past windows."""
     with conn.transaction():
-        if not api_repo.delete_silence(conn, silence_id=silence_id):
-            raise NotFoundError(f"silence {silence_id} not found")
+        notify_service.end_silence(conn, silence_id=silence_id, now=datetime.now(UTC))
     log.info("silence %s ended by %s", silence_id, who.actor)
     return Response(status_code=204)
 
@@ -334,7 +325,7 @@ def kpis(conn: Connection[Any], *, scope: str, scope_id: str, since: datetime | 
          until: datetime | None) -> KpiRead:
     """KPIs for alarms raised in [since, until) (default: the last 30 days)."""
     table = "community" if scope == "community" else "grid"
-    if not api_repo.exists(conn, table=table, id=scope_id):
+    if not core_repo.exists(conn, table=table, id=scope_id):
         raise NotFoundError(f"{table} {scope_id!r} not found")
     now = datetime.now(UTC)
     until = until or now
