@@ -111,6 +111,15 @@ class Publisher:
         self.client.disconnect()
 
 
+def set_device_state(conn: psycopg.Connection[Any], device_id: str, **columns: Any) -> None:
+    """Stand in for what rules records of a device (online, last_seen_at, status_at): its device_state row,
+    created if the device has not been heard from yet (rules creates it with the first message)."""
+    names = ", ".join(columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
+    conn.execute(f"INSERT INTO device_state (device_id, {names}) VALUES (%s{', %s' * len(columns)}) "
+                 f"ON CONFLICT (device_id) DO UPDATE SET {updates}", (device_id, *columns.values()))
+
+
 def make_actuator(settings: Settings, **kwargs: Any) -> Actuator:
     """The command publisher as `serve` wires it: ingest's dialect encoder handed to rules' publisher."""
     encode = partial(encode_command, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root)

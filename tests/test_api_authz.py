@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from api import auth
-from api import repo as api_repo
 from core.settings import Settings
+from notify import service as notify_service
 from score import service as score_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 
@@ -116,9 +116,9 @@ def seed(env: ApiEnv) -> dict[str, object]:
     with env.conn() as conn, conn.transaction():
         alarm_id = raise_alarm(conn, "gas-1")
         spare, _, _ = auth.create_token_row(conn, secret_key=key, role="admin", label="spare")
-        silence = api_repo.insert_silence(conn, site_id="s2", device_id=None, starts_at=None,
-                                          ends_at=datetime.now(UTC) + timedelta(hours=1), reason="works",
-                                          created_by="admin", include_life_safety=False)
+        silence = notify_service.create_silence(conn, site_id="s2", device_id=None, minutes=60, reason="works",
+                                                created_by="admin", include_life_safety=False,
+                                                now=datetime.now(UTC))
         finding = score_service.record_finding(conn, site_id="s1", kind="blocked_exit", actor="w1")
     return {"alarm_id": alarm_id, "device_id": "gas-1", "merchant_id": "m1", "token_id": spare,
             "silence_id": silence.id, "finding_id": finding.id, "community_id": "c1", "grid_id": "g1"}

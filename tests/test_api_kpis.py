@@ -12,6 +12,7 @@ from core.domain import Disposition, Severity
 from core.settings import Settings
 from rules import service as rules_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
+from tests.support import set_device_state
 
 
 @pytest.fixture
@@ -63,11 +64,11 @@ def seed_history(env: ApiEnv) -> datetime:
         notification(a2, "w2", "sent")
         notification(a5, "w1", "failed")  # its alarm was raised before the window
         now = datetime.now(UTC)
-        conn.execute("UPDATE device_state SET online = false, status_at = %s WHERE device_id = 'gas-1'", (now,))
-        conn.execute("UPDATE device_state SET last_seen_at = %s WHERE device_id = 'gas-2'", (now - timedelta(hours=1),))
-        conn.execute("UPDATE device_state SET last_seen_at = %s WHERE device_id = 'smoke-1'",
-                     (now - timedelta(hours=1),))  # battery: 24 h interval, so an hour of silence is fine
-        conn.execute("UPDATE device_state SET online = true, last_seen_at = %s WHERE device_id = 'gas-4'", (now,))
+        set_device_state(conn, "gas-1", online=False, status_at=now)
+        set_device_state(conn, "gas-2", last_seen_at=now - timedelta(hours=1))
+        # battery: 24 h interval, so an hour of silence is fine
+        set_device_state(conn, "smoke-1", last_seen_at=now - timedelta(hours=1))
+        set_device_state(conn, "gas-4", online=True, last_seen_at=now)
         # gas-3 (m2's shop in mg2) has never reported
     return t0
 

@@ -94,8 +94,9 @@ def test_bucket_width(seconds: int, points: int, width: int) -> None:
 
 def test_device_list_state(env: ApiEnv) -> None:
     with env.conn() as conn, conn.transaction():
-        conn.execute("UPDATE device_state SET online = false WHERE device_id = 'gas-2'")
-        conn.execute("UPDATE device_state SET last_seen_at = now() WHERE device_id = 'gas-1'")
+        # What rules records when gas-2's retained status says offline and gas-1 reports (rules owns device_state).
+        conn.execute("INSERT INTO device_state (device_id, online) VALUES ('gas-2', false)")
+        conn.execute("INSERT INTO device_state (device_id, last_seen_at) VALUES ('gas-1', now())")
     devices = {d["id"]: d for d in env.client.get("/api/v1/devices", headers=env.headers("admin")).json()["items"]}
     assert (devices["gas-1"]["offline"], devices["gas-2"]["offline"], devices["smoke-1"]["offline"]) == (
         False, True, False)
