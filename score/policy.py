@@ -223,6 +223,14 @@ class ScorePolicy(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ScorePolicy:
+        self._check_tiers()
+        self._check_tier_names()
+        self._check_deductions()
+        self._check_codes()
+        return self
+
+    def _check_tiers(self) -> None:
+        """Tier bands: unique names, covering 0..100 with no gap and no overlap."""
         bands = sorted(self.tiers, key=lambda b: b.min)
         names = [b.tier for b in self.tiers]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -239,42 +247,47 @@ class ScorePolicy(_Strict):
             if high.min > low.max + 1:
                 raise ValueError(f"tiers: gap between {low.tier} ({low.min}-{low.max}) and {high.tier} "
                                  f"({high.min}-{high.max}): scores {low.max + 1}..{high.min - 1} have no tier")
-        known_tiers = set(names)
-        for tier in self.review.tiers:
-            if tier not in known_tiers:
-                raise ValueError(f"review.tiers: unknown tier {tier!r} (tiers are {', '.join(names)})")
-        if self.review.open_hazard_tier is not None and self.review.open_hazard_tier not in known_tiers:
-            raise ValueError(f"review.open_hazard_tier: unknown tier {self.review.open_hazard_tier!r} "
-                             f"(tiers are {', '.join(names)})")
+
+    def _check_tier_names(self) -> None:
+        """Every tier the review and the forced tiers name exists."""
+        names = [b.tier for b in self.tiers]
+        unknown = [(f"review.tiers: unknown tier {t!r}", t) for t in self.review.tiers]
+        if self.review.open_hazard_tier is not None:
+            unknown.append((f"review.open_hazard_tier: unknown tier {self.review.open_hazard_tier!r}",
+                            self.review.open_hazard_tier))
+        for message, tier in unknown:
+            if tier not in names:
+                raise ValueError(f"{message} (tiers are {', '.join(names)})")
         for forced in self.forced_tiers:
-            if forced.tier not in known_tiers:
+            if forced.tier not in names:
                 raise ValueError(f"forced_tiers: {forced.code} forces unknown tier {forced.tier!r}")
+
+    def _check_deductions(self) -> None:
+        """Finding kinds are unique; no alarm type (at a severity) is charged by two deduction lines."""
         kinds = [f.kind for f in self.findings]
         dupes = sorted({k for k in kinds if kinds.count(k) > 1})
         if dupes:
             raise ValueError(f"findings: duplicate kinds {', '.join(dupes)}")
         seen: dict[tuple[str, Severity | None], str] = {}
         for line in self.alarm_deductions:
-            for alarm_type in line.alarm_types:
-                for sev in line.severities or (None,):
-                    clash = seen.get((alarm_type, sev)) or seen.get((alarm_type, None))
-                    if clash is not None:
-                        raise ValueError(f"alarm_deductions: {alarm_type} is charged twice ({clash} and {line.code}); "
-                                         "split them by severities")
-                    seen[(alarm_type, sev)] = line.code
+            for alarm_type, sev in itertools.product(line.alarm_types, line.severities or (None,)):
+                clash = seen.get((alarm_type, sev)) or seen.get((alarm_type, None))
+                if clash is not None:
+                    raise ValueError(f"alarm_deductions: {alarm_type} is charged twice ({clash} and {line.code}); "
+                                     "split them by severities")
+                seen[(alarm_type, sev)] = line.code
+
+    def _check_codes(self) -> None:
+        """Locks, forced tiers and repeats refer to deduction codes this policy writes."""
         codes = self.codes()
-        for lock in self.locks:
-            for code in lock.codes:
-                if code not in codes:
-                    raise ValueError(f"locks: {code} is no deduction code of this policy")
-        for forced in self.forced_tiers:
-            if forced.code not in codes:
-                raise ValueError(f"forced_tiers: {forced.code} is no deduction code of this policy")
-        for rep in self.repeats:
-            for code in rep.of_codes:
-                if code not in codes:
-                    raise ValueError(f"repeats: {rep.code} counts {code}, which is no deduction code of this policy")
-        return self
+        refs = [(f"locks: {code} is no deduction code of this policy", code)
+                for lock in self.locks for code in lock.codes]
+        refs += [(f"forced_tiers: {f.code} is no deduction code of this policy", f.code) for f in self.forced_tiers]
+        refs += [(f"repeats: {r.code} counts {code}, which is no deduction code of this policy", code)
+                 for r in self.repeats for code in r.of_codes]
+        for message, code in refs:
+            if code not in codes:
+                raise ValueError(message)
 
     def codes(self) -> set[str]:
         """Every deduction code this policy can write."""
