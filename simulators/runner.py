@@ -372,6 +372,20 @@ class ScenarioRun:
         stop = stop or threading.Event()
         started = time.monotonic()
         self._build()
+        self._start_devices()
+        heap, order = self._schedule()
+        try:
+            self._play(heap, order, started, stop)
+            self._flush_reorder_buffers()
+            self._linger(stop)
+            self._handle_commands()
+        finally:
+            self._close_links()
+        self.result.wall_s = time.monotonic() - started
+        return self.result
+
+    def _start_devices(self) -> None:
+        """Announce the Zigbee2MQTT bridge if a device needs it, connect every device not behind a gateway."""
         if any(d.wire.adapter is Adapter.ZIGBEE2MQTT for d in self.devices.values()):
             out = formats.bridge_state(True, self.topics)
             self._publish(self._infra(), out)
@@ -380,6 +394,9 @@ class ScenarioRun:
                 self._connect(dev)
             if isinstance(dev.model, DeviceModel) and dev.spec.kind is DeviceKind.GATEWAY:
                 dev.model.children = len(self._children(dev))  # type: ignore[attr-defined]
+
+    def _schedule(self) -> tuple[list[tuple[float, int, int, Any]], int]:
+        """The timeline's steps and each device's first report, as a heap by event time; and the next order."""
         heap: list[tuple[float, int, int, Any]] = []
         order = 0
         for step in self.scenario.timeline:
@@ -389,44 +406,52 @@ class ScenarioRun:
             phase = dev.rng.uniform(0, min(dev.model.interval_s, 5.0))
             heapq.heappush(heap, (self.t0 + phase, 1, order, dev))
             order += 1
-        try:
-            while heap and not stop.is_set():
-                t, _prio, _o, item = heapq.heappop(heap)
-                if t > self.t_end:
-                    break
-                self._pace(t, started, stop)
-                self.t = t
-                self._handle_commands()
-                if isinstance(item, Step):
-                    self._apply(item, t)
-                    continue
-                dev = item
-                if dev.model.dead:
-                    continue
-                self._report(dev, t)
-                jitter = dev.rng.uniform(-0.02, 0.02) * dev.model.interval_s
-                heapq.heappush(heap, (t + dev.model.interval_s + jitter, 1, order, dev))
-                order += 1
-            for dev in self.devices.values():  # whatever a reorder window still holds
-                if dev.reorder_buf:
-                    groups, dev.reorder_buf = dev.reorder_buf, []
-                    self._send(dev, [o for g in groups for o in g])
-            # Commands raised by what we sent arrive a moment later: stay connected for them.
-            wanted = {(self.id_map.get(c.device, c.device), c.action) for c in self.scenario.expect.commands}
-            deadline = time.monotonic() + self.linger_s
-            while time.monotonic() < deadline and not stop.is_set():
-                self._handle_commands()
-                if wanted and wanted <= {(d, a) for d, a, _ok in self.result.commands}:
-                    break
-                stop.wait(0.05)
+        return heap, order
+
+    def _play(self, heap: list[tuple[float, int, int, Any]], order: int, started: float,
+              stop: threading.Event) -> None:
+        """Apply steps and send reports in event-time order until the end of the scenario (or stop is set)."""
+        while heap and not stop.is_set():
+            t, _prio, _o, item = heapq.heappop(heap)
+            if t > self.t_end:
+                break
+            self._pace(t, started, stop)
+            self.t = t
             self._handle_commands()
-        finally:
-            for link in list(self.links):
-                unacked = not link.close()
-                self._account(link, unacked)
-            self.links.clear()
-        self.result.wall_s = time.monotonic() - started
-        return self.result
+            if isinstance(item, Step):
+                self._apply(item, t)
+                continue
+            dev = item
+            if dev.model.dead:
+                continue
+            self._report(dev, t)
+            jitter = dev.rng.uniform(-0.02, 0.02) * dev.model.interval_s
+            heapq.heappush(heap, (t + dev.model.interval_s + jitter, 1, order, dev))
+            order += 1
+
+    def _flush_reorder_buffers(self) -> None:
+        """Send whatever a reorder window still holds."""
+        for dev in self.devices.values():
+            if dev.reorder_buf:
+                groups, dev.reorder_buf = dev.reorder_buf, []
+                self._send(dev, [o for g in groups for o in g])
+
+    def _linger(self, stop: threading.Event) -> None:
+        """Commands raised by what we sent arrive a moment later: stay connected for them (up to linger_s)."""
+        wanted = {(self.id_map.get(c.device, c.device), c.action) for c in self.scenario.expect.commands}
+        deadline = time.monotonic() + self.linger_s
+        while time.monotonic() < deadline and not stop.is_set():
+            self._handle_commands()
+            if wanted and wanted <= {(d, a) for d, a, _ok in self.result.commands}:
+                break
+            stop.wait(0.05)
+
+    def _close_links(self) -> None:
+        """Close every connection, adding up what each published and what is left unacknowledged."""
+        for link in list(self.links):
+            unacked = not link.close()
+            self._account(link, unacked)
+        self.links.clear()
 
     def _pace(self, t: float, started: float, stop: threading.Event) -> None:
         if self.speed is None:
