@@ -497,17 +497,10 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
     n = sizes.messages
     rounds = range(1, DRAIN_ROUNDS + 1)
     with stage(results, "backlog", say):
-        for r in rounds:
-            bench.open_session(f"bench-raw-{r}", [f"{PREFIX}/+/telemetry"])
-            bench.open_session(f"bench-one-{r}", bench.ingest_topics())
-        bench.open_session("bench-receive", [f"{PREFIX}/+/telemetry"])
-        for cid in ("bench-two-a", "bench-two-b"):
-            bench.open_session(cid, bench.ingest_topics("bench"))
+        open_drain_sessions(bench, rounds)
         capped_left_out = capped_stage_reason(sizes)
-        for r in rounds if capped_left_out is None else ():
-            for _label, cids, group in capped_sessions(r):
-                for cid in cids:
-                    bench.open_session(cid, bench.ingest_topics(group))
+        if capped_left_out is None:
+            open_capped_sessions(bench, rounds)
         messages = backlog(n, sizes.devices, now_ms=int(time.time() * 1000))
         figures["publish_rate"] = round(
             bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, messages, client_id="bench-backlog")
@@ -568,6 +561,29 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
             figures["ingest_capped"] = capped_drains(bench, n)
     else:
         results.notes.append(f"capped scale-out drains left out: {capped_left_out}")
+    add_drain_ratios(figures)
+
+
+def open_drain_sessions(bench: Bench, rounds: range) -> None:
+    """The sessions the backlog is queued for: each round's raw and one-process drain, receive path, two processes."""
+    for r in rounds:
+        bench.open_session(f"bench-raw-{r}", [f"{PREFIX}/+/telemetry"])
+        bench.open_session(f"bench-one-{r}", bench.ingest_topics())
+    bench.open_session("bench-receive", [f"{PREFIX}/+/telemetry"])
+    for cid in ("bench-two-a", "bench-two-b"):
+        bench.open_session(cid, bench.ingest_topics("bench"))
+
+
+def open_capped_sessions(bench: Bench, rounds: range) -> None:
+    """The persistent sessions of each round's capped drains."""
+    for r in rounds:
+        for _label, cids, group in capped_sessions(r):
+            for cid in cids:
+                bench.open_session(cid, bench.ingest_topics(group))
+
+
+def add_drain_ratios(figures: dict[str, Any]) -> None:
+    """The one- and two-process drains compared with the raw limits and with each other."""
     one, two, raw_best = figures["ingest_one"], figures["ingest_two"], figures["raw_subscriber"]
     one["vs_raw"] = round(one["rate"] / raw_best["rate"], 3)
     one["vs_receive_path"] = round(one["rate"] / figures["raw_receive_path"]["rate"], 3)

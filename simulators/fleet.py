@@ -225,60 +225,75 @@ class Fleet:
         stop = stop or threading.Event()
         summary = FleetSummary(len(self.devices), self.connections, self.rate)
         links = self.links or self.connect()
-        n = len(self.devices)
         started = time.monotonic()
         try:
             if self.status:
-                for i, d in enumerate(self.devices):
-                    wire = self._wires.get(i) or Wire(d.id, d.kind)
-                    links[i % len(links)].publish(formats.status(wire, True, self.topics))
-                    summary.statuses += 1
-                for link in links:
-                    if isinstance(link, FastLink):
-                        link.tick()
+                self._publish_statuses(summary, links)
             started = time.monotonic()
-            next_report = started + 1.0
-            k = 0
-            while not stop.is_set():
-                now_m = time.monotonic()
-                elapsed = now_m - started
-                if self.duration_s is not None and elapsed >= self.duration_s:
-                    break
-                due = int(elapsed * self.rate) + 1
-                for link in links:
-                    if isinstance(link, FastLink):
-                        link.tick()
-                if k >= due:
-                    # ahead of schedule: sleep until the next message is due (at most 10 ms at a time)
-                    stop.wait(min(0.01, max(0.0, (k / self.rate) - elapsed)))
-                else:
-                    wall = time.time()
-                    for _ in range(min(due - k, 2_000)):  # chunks: the clock is checked often
-                        i = k % n
-                        kind = self.devices[i].kind.value
-                        summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
-                        for out in self._messages(i, wall):
-                            links[i % len(links)].publish(out)
-                        k += 1
-                    summary.sent = k
-                if self.progress is not None and now_m >= next_report:
-                    next_report = now_m + 1.0
-                    self._show(summary, links, elapsed)
+            self._publish_steadily(summary, links, started, stop)
         finally:
             summary.seconds = time.monotonic() - started
             summary.sent = sum(summary.by_kind.values())
-            for link in links:
-                flushed = link.close()
-                summary.acked += link.stats.acked
-                summary.errors += link.stats.errors
-                summary.last_error = summary.last_error or link.stats.last_error
-                if not flushed:
-                    summary.unacked += link.inflight
+            self._close_links(summary, links)
             if self.progress is not None:
                 self._show(summary, links, summary.seconds)
                 self.progress.write("\n")
                 self.progress.flush()
         return summary
+
+    def _publish_statuses(self, summary: FleetSummary, links: list[MqttLink | FastLink]) -> None:
+        """Every device's retained online status, on the link its telemetry will use."""
+        for i, d in enumerate(self.devices):
+            wire = self._wires.get(i) or Wire(d.id, d.kind)
+            links[i % len(links)].publish(formats.status(wire, True, self.topics))
+            summary.statuses += 1
+        _tick_links(links)
+
+    def _publish_steadily(self, summary: FleetSummary, links: list[MqttLink | FastLink], started: float,
+                          stop: threading.Event) -> None:
+        """Telemetry at the configured rate from started on, until duration_s has passed or stop is set."""
+        next_report = started + 1.0
+        k = 0
+        while not stop.is_set():
+            now_m = time.monotonic()
+            elapsed = now_m - started
+            if self.duration_s is not None and elapsed >= self.duration_s:
+                break
+            due = int(elapsed * self.rate) + 1
+            _tick_links(links)
+            if k >= due:
+                # ahead of schedule: sleep until the next message is due (at most 10 ms at a time)
+                stop.wait(min(0.01, max(0.0, (k / self.rate) - elapsed)))
+            else:
+                k = self._publish_chunk(summary, links, k, min(due - k, 2_000))  # chunks: the clock is checked often
+                summary.sent = k
+            if self.progress is not None and now_m >= next_report:
+                next_report = now_m + 1.0
+                self._show(summary, links, elapsed)
+
+    def _publish_chunk(self, summary: FleetSummary, links: list[MqttLink | FastLink], k: int, count: int) -> int:
+        """count messages from message k on (message k is device k modulo the fleet's size); returns k + count."""
+        n = len(self.devices)
+        wall = time.time()
+        for _ in range(count):
+            i = k % n
+            kind = self.devices[i].kind.value
+            summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
+            for out in self._messages(i, wall):
+                links[i % len(links)].publish(out)
+            k += 1
+        return k
+
+    @staticmethod
+    def _close_links(summary: FleetSummary, links: list[MqttLink | FastLink]) -> None:
+        """Close every link (flushing what is in flight) and add up what the broker acknowledged."""
+        for link in links:
+            flushed = link.close()
+            summary.acked += link.stats.acked
+            summary.errors += link.stats.errors
+            summary.last_error = summary.last_error or link.stats.last_error
+            if not flushed:
+                summary.unacked += link.inflight
 
     def _show(self, summary: FleetSummary, links: list[MqttLink | FastLink], elapsed: float) -> None:
         assert self.progress is not None  # noqa: S101 - checked by the caller
@@ -289,3 +304,10 @@ class Fleet:
         self.progress.write(f"\r[simulate] {elapsed:5.1f}{total} s  sent {summary.sent:>9,}  "
                             f"{rate:8,.0f} msg/s  errors {errors}  in flight {inflight:>5}   ")
         self.progress.flush()
+
+
+def _tick_links(links: list[MqttLink | FastLink]) -> None:
+    """Let every FastLink write what it buffered and keep its connection alive (paho links write at once)."""
+    for link in links:
+        if isinstance(link, FastLink):
+            link.tick()

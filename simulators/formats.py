@@ -178,6 +178,15 @@ def bridge_state(online: bool, topics: Topics, *, legacy: bool = False) -> Out:
 
 # --- Zigbee2MQTT ---------------------------------------------------------------------------------------
 def _z2m_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
+    """A native reading as the attributes of a Zigbee2MQTT device's state."""
+    out = _convert_z2m_alarm_fields(r)
+    out.update(_convert_z2m_device_fields(wire, r))
+    out["linkquality"] = 120
+    return out
+
+
+def _convert_z2m_alarm_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """Gas, CO, smoke, tamper and self-test readings as Zigbee2MQTT exposes them."""
     out: dict[str, Any] = {}
     if "gas" in r:
         out["gas"] = r["gas"]
@@ -195,6 +204,12 @@ def _z2m_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
         out["tamper"] = r["tamper"]
     if r.get("test"):
         out["test"] = True
+    return out
+
+
+def _convert_z2m_device_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
+    """Battery, relay, metering and temperature readings as Zigbee2MQTT exposes them."""
+    out: dict[str, Any] = {}
     if "battery_pct" in r:
         out["battery"] = round(r["battery_pct"])
         out["battery_low"] = r["battery_pct"] < 15
@@ -207,7 +222,6 @@ def _z2m_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
     if "temp_c" in r:
         out["device_temperature" if wire.kind in (DeviceKind.SMART_SOCKET, DeviceKind.CHARGING_PORT)
             else "temperature"] = r["temp_c"]
-    out["linkquality"] = 120
     return out
 
 

@@ -224,6 +224,12 @@ class Scenario(_Strict):
         ids = [d.id for d in self.devices]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate device ids")
+        self._check_timing()
+        self._check_references(ids)
+        return self
+
+    def _check_timing(self) -> None:
+        """The timeline fits its part of the day and lies between 23 h ago and now."""
         span = (self.local_window[1] - self.local_window[0]) if self.local_window else self.duration
         if (self.local_time == "day" and span > 16 * 3600) or (self.local_time == "night" and span > 8 * 3600):
             raise ValueError(f"{span}s does not fit in one {self.local_time} (day 06:00-22:00, night 22:00-06:00)")
@@ -234,6 +240,9 @@ class Scenario(_Strict):
                              "from the future are rejected")
         if self.start > 23 * 3600:
             raise ValueError("start more than 23 h ago: ingest rejects readings older than 24 h")
+
+    def _check_references(self, ids: list[str]) -> None:
+        """Steps, expected alarms and gateways name devices of the scenario; no step is after the end."""
         for step in self.timeline:
             if step.device is not None and step.device not in ids:
                 raise ValueError(f"step at {step.at}s names unknown device {step.device!r}")
@@ -245,7 +254,6 @@ class Scenario(_Strict):
         for d in self.devices:
             if d.gateway is not None and d.gateway not in ids:
                 raise ValueError(f"device {d.id} names unknown gateway {d.gateway!r}")
-        return self
 
     @property
     def alarm_types(self) -> set[str]:
