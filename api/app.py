@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 # Pages are server-rendered with our own script and style files only: nothing inline, nothing third-party.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -54,8 +56,13 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 
 # Domain errors and the status a person gets for each (STYLE: no catch-all): pages show an error page instead.
-ERROR_STATUS: dict[type[Exception], int] = {NotFoundError: 404, ConflictError: 409, RegistryError: 422,
-                                            score_service.InvalidScoreInput: 422, ConfigError: 422}
+ERROR_STATUS: dict[type[Exception], int] = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    RegistryError: 422,
+    score_service.InvalidScoreInput: 422,
+    ConfigError: 422,
+}
 PAGE_STATUSES = (403, 404, 409, 422)
 
 
@@ -73,9 +80,13 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
         if owned:
             app.state.pool.close()
 
-    app = FastAPI(title="gridwatch", version="0.1.0", lifespan=lifespan,
-                  description="Safety monitoring for dense urban housing: alarms, acknowledgements, scores. "
-                              "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.")
+    app = FastAPI(
+        title="gridwatch",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Safety monitoring for dense urban housing: alarms, acknowledgements, scores. "
+        "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.",
+    )
     app.state.settings = settings
     app.state.hub = AlarmHub(settings.dsn)
     app.state.auth_limiter = FailureLimiter()  # failed logins / bearer tokens per client address (issue 9)
@@ -119,8 +130,9 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 async def _auth_error(request: Request, exc: Exception) -> Response:
     if _is_page(request) and request.method == "GET":
         return RedirectResponse(pages.login_url(request), status_code=303)
-    return JSONResponse({"detail": f"not authenticated: {exc}"}, status_code=401,
-                        headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(
+        {"detail": f"not authenticated: {exc}"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

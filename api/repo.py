@@ -64,8 +64,16 @@ FROM api_token WHERE id = %s
 """  # noqa: S105 - SQL, not a secret
 
 
-def insert_token(conn: Connection[Any], *, token_hash: bytes, role: str, worker_id: str | None,
-                 merchant_id: str | None, label: str, expires_at: datetime | None) -> int:
+def insert_token(
+    conn: Connection[Any],
+    *,
+    token_hash: bytes,
+    role: str,
+    worker_id: str | None,
+    merchant_id: str | None,
+    label: str,
+    expires_at: datetime | None,
+) -> int:
     """Store a token's digest; returns its id."""
     row = conn.execute(INSERT_TOKEN, (token_hash, role, worker_id, merchant_id, label, expires_at)).fetchone()
     assert row is not None  # noqa: S101
@@ -184,33 +192,59 @@ ORDER BY a.updated_at, a.id LIMIT %(limit)s
 SELECT_NOW = "SELECT now()"
 
 
-def list_alarms(conn: Connection[Any], *, worker_id: str | None, merchant_id: str | None, open_only: bool,
-                active: bool | None, acknowledged: bool | None, min_severity: int | None, site_id: str | None,
-                before_id: int | None, limit: int, device_id: str | None = None,
-                alarm_type: str | None = None) -> list[AlarmInSite]:
+def list_alarms(
+    conn: Connection[Any],
+    *,
+    worker_id: str | None,
+    merchant_id: str | None,
+    open_only: bool,
+    active: bool | None,
+    acknowledged: bool | None,
+    min_severity: int | None,
+    site_id: str | None,
+    before_id: int | None,
+    limit: int,
+    device_id: str | None = None,
+    alarm_type: str | None = None,
+) -> list[AlarmInSite]:
     """Alarms in the caller's scope, newest first, keyset-paginated by id."""
     with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
-        return cur.execute(SELECT_ALARMS, {
-            "worker": worker_id, "merchant": merchant_id, "open_only": open_only, "active": active,
-            "acknowledged": acknowledged, "min_severity": min_severity, "site": site_id, "before_id": before_id,
-            "limit": limit, "device": device_id, "type": alarm_type,
-        }).fetchall()
+        return cur.execute(
+            SELECT_ALARMS,
+            {
+                "worker": worker_id,
+                "merchant": merchant_id,
+                "open_only": open_only,
+                "active": active,
+                "acknowledged": acknowledged,
+                "min_severity": min_severity,
+                "site": site_id,
+                "before_id": before_id,
+                "limit": limit,
+                "device": device_id,
+                "type": alarm_type,
+            },
+        ).fetchall()
 
 
-def get_alarm_in_scope(conn: Connection[Any], *, alarm_id: int, worker_id: str | None,
-                       merchant_id: str | None) -> AlarmInSite | None:
+def get_alarm_in_scope(
+    conn: Connection[Any], *, alarm_id: int, worker_id: str | None, merchant_id: str | None
+) -> AlarmInSite | None:
     """One alarm if the caller may see it."""
     with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
-        return cur.execute(SELECT_ALARM_IN_SCOPE, {"id": alarm_id, "worker": worker_id,
-                                                   "merchant": merchant_id}).fetchone()
+        return cur.execute(
+            SELECT_ALARM_IN_SCOPE, {"id": alarm_id, "worker": worker_id, "merchant": merchant_id}
+        ).fetchone()
 
 
-def list_alarms_changed(conn: Connection[Any], *, since: datetime, worker_id: str | None,
-                        merchant_id: str | None, limit: int = 200) -> list[AlarmInSite]:
+def list_alarms_changed(
+    conn: Connection[Any], *, since: datetime, worker_id: str | None, merchant_id: str | None, limit: int = 200
+) -> list[AlarmInSite]:
     """Alarms in scope written after `since`, oldest change first."""
     with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
-        return cur.execute(SELECT_ALARMS_CHANGED, {"since": since, "worker": worker_id, "merchant": merchant_id,
-                                                   "limit": limit}).fetchall()
+        return cur.execute(
+            SELECT_ALARMS_CHANGED, {"since": since, "worker": worker_id, "merchant": merchant_id, "limit": limit}
+        ).fetchall()
 
 
 def db_now(conn: Connection[Any]) -> datetime:
@@ -239,16 +273,33 @@ def list_alarm_events(conn: Connection[Any], *, alarm_id: int) -> list[AlarmEven
         return cur.execute(SELECT_ALARM_EVENTS, (alarm_id,)).fetchall()
 
 
-READING_COLUMNS = ("gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "voltage_v", "energy_wh",
-                   "battery_pct", "gas", "smoke", "tamper", "test", "relay", "valve", "fault")
+READING_COLUMNS = (
+    "gas_lel",
+    "co_ppm",
+    "smoke_db_m",
+    "temp_c",
+    "power_w",
+    "current_a",
+    "voltage_v",
+    "energy_wh",
+    "battery_pct",
+    "gas",
+    "smoke",
+    "tamper",
+    "test",
+    "relay",
+    "valve",
+    "fault",
+)
 SELECT_READINGS_RAW = f"""
 SELECT ts, seq, {", ".join(READING_COLUMNS)} FROM reading
 WHERE device_id = %s AND ts >= %s AND ts <= %s ORDER BY ts, seq LIMIT %s
 """
 
 
-def list_readings_raw(conn: Connection[Any], *, device_id: str, start: datetime, end: datetime,
-                      limit: int) -> list[dict[str, Any]]:
+def list_readings_raw(
+    conn: Connection[Any], *, device_id: str, start: datetime, end: datetime, limit: int
+) -> list[dict[str, Any]]:
     """A device's readings in a window (the ones around an alarm)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(SELECT_READINGS_RAW, (device_id, start, end, limit)).fetchall()
@@ -308,21 +359,41 @@ WHERE d.id = %(id)s AND {DEVICE_SCOPE}
 """
 
 
-def list_devices(conn: Connection[Any], *, worker_id: str | None, merchant_id: str | None, site_id: str | None,
-                 kind: str | None, offline: bool | None, limit: int, offset: int) -> list[DeviceRow]:
+def list_devices(
+    conn: Connection[Any],
+    *,
+    worker_id: str | None,
+    merchant_id: str | None,
+    site_id: str | None,
+    kind: str | None,
+    offline: bool | None,
+    limit: int,
+    offset: int,
+) -> list[DeviceRow]:
     """Devices in scope with their live state."""
     with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
-        return cur.execute(SELECT_DEVICES, {"worker": worker_id, "merchant": merchant_id, "site": site_id,
-                                            "kind": kind, "offline": offline, "limit": limit,
-                                            "offset": offset}).fetchall()
+        return cur.execute(
+            SELECT_DEVICES,
+            {
+                "worker": worker_id,
+                "merchant": merchant_id,
+                "site": site_id,
+                "kind": kind,
+                "offline": offline,
+                "limit": limit,
+                "offset": offset,
+            },
+        ).fetchall()
 
 
-def get_device_in_scope(conn: Connection[Any], *, device_id: str, worker_id: str | None,
-                        merchant_id: str | None) -> DeviceRow | None:
+def get_device_in_scope(
+    conn: Connection[Any], *, device_id: str, worker_id: str | None, merchant_id: str | None
+) -> DeviceRow | None:
     """One device if the caller may see it."""
     with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
-        return cur.execute(SELECT_DEVICE_IN_SCOPE, {"id": device_id, "worker": worker_id,
-                                                    "merchant": merchant_id}).fetchone()
+        return cur.execute(
+            SELECT_DEVICE_IN_SCOPE, {"id": device_id, "worker": worker_id, "merchant": merchant_id}
+        ).fetchone()
 
 
 @dataclass(slots=True)
@@ -346,14 +417,25 @@ TIME_BUCKET = "time_bucket(%(width)s::interval, ts, timestamptz '2000-01-01')"
 DATE_BIN = "date_bin(%(width)s::interval, ts, timestamptz '2000-01-01')"
 
 
-def bucket_readings(conn: Connection[Any], *, device_id: str, field: str, start: datetime, end: datetime,
-                    width: timedelta, limit: int, timescale: bool) -> list[BucketRow]:
+def bucket_readings(
+    conn: Connection[Any],
+    *,
+    device_id: str,
+    field: str,
+    start: datetime,
+    end: datetime,
+    width: timedelta,
+    limit: int,
+    timescale: bool,
+) -> list[BucketRow]:
     """A device's readings of one numeric field, bucketed (min/max/avg per bucket)."""
-    query = sql.SQL(SELECT_BUCKETS).format(bucket_fn=sql.SQL(TIME_BUCKET if timescale else DATE_BIN),
-                                           field=sql.Identifier(field))
+    query = sql.SQL(SELECT_BUCKETS).format(
+        bucket_fn=sql.SQL(TIME_BUCKET if timescale else DATE_BIN), field=sql.Identifier(field)
+    )
     with conn.cursor(row_factory=class_row(BucketRow)) as cur:
-        return cur.execute(query, {"device": device_id, "start": start, "end": end, "width": width,
-                                   "limit": limit}).fetchall()
+        return cur.execute(
+            query, {"device": device_id, "start": start, "end": end, "width": width, "limit": limit}
+        ).fetchall()
 
 
 # -- merchants in scope ---------------------------------------------------------------------------------------
@@ -368,12 +450,14 @@ WHERE m.id = %(id)s
 """
 
 
-def get_merchant_in_scope(conn: Connection[Any], *, merchant_id: str, worker_id: str | None,
-                          own_merchant_id: str | None) -> tuple[str, str] | None:
+def get_merchant_in_scope(
+    conn: Connection[Any], *, merchant_id: str, worker_id: str | None, own_merchant_id: str | None
+) -> tuple[str, str] | None:
     """(id, name) of a merchant the caller may see: a merchant only itself, a worker those with a site in
     the micro-grids they cover."""
-    row = conn.execute(SELECT_MERCHANT_IN_SCOPE, {"id": merchant_id, "merchant": own_merchant_id,
-                                                  "worker": worker_id}).fetchone()
+    row = conn.execute(
+        SELECT_MERCHANT_IN_SCOPE, {"id": merchant_id, "merchant": own_merchant_id, "worker": worker_id}
+    ).fetchone()
     if row is None:
         return None
     return (row[0], row[1]) if isinstance(row, tuple) else (row["id"], row["name"])
@@ -441,8 +525,9 @@ class KpiRow:
     last_real_hazard_at: datetime | None
 
 
-def compute_kpis(conn: Connection[Any], *, grid_id: str | None, community_id: str | None, since: datetime,
-                 until: datetime) -> KpiRow:
+def compute_kpis(
+    conn: Connection[Any], *, grid_id: str | None, community_id: str | None, since: datetime, until: datetime
+) -> KpiRow:
     """KPIs of a grid or community for alarms raised in [since, until)."""
     p = {"grid": grid_id, "community": community_id, "since": since, "until": until}
     with conn.cursor() as cur:
@@ -453,11 +538,21 @@ def compute_kpis(conn: Connection[Any], *, grid_id: str | None, community_id: st
         last = cur.execute(KPI_LAST_REAL_HAZARD, p).fetchone()
     if d is None or unreached is None or dev is None or last is None:
         raise LookupError("aggregate queries return one row")
-    return KpiRow(by_type=by_type, alarms=d[0], acknowledged=d[1], resolved=d[2], ack_p50=d[3], ack_p90=d[4],
-                  resolve_p50=d[5], resolve_p90=d[6], unreached=unreached[0], devices=dev[0], offline=dev[1],
-                  never_seen=dev[2], last_real_hazard_at=last[0])
-
-
+    return KpiRow(
+        by_type=by_type,
+        alarms=d[0],
+        acknowledged=d[1],
+        resolved=d[2],
+        ack_p50=d[3],
+        ack_p90=d[4],
+        resolve_p50=d[5],
+        resolve_p90=d[6],
+        unreached=unreached[0],
+        devices=dev[0],
+        offline=dev[1],
+        never_seen=dev[2],
+        last_real_hazard_at=last[0],
+    )
 
 
 SELECT_SITE_IN_SCOPE = """
@@ -471,8 +566,10 @@ SELECT_FINDING_SITE = "SELECT site_id FROM score_finding WHERE id = %s"
 
 def site_in_scope(conn: Connection[Any], *, site_id: str, worker_id: str | None, merchant_id: str | None) -> bool:
     """Whether the caller may see (and, as a worker, inspect) this site."""
-    return conn.execute(SELECT_SITE_IN_SCOPE, {"id": site_id, "worker": worker_id,
-                                               "merchant": merchant_id}).fetchone() is not None
+    return (
+        conn.execute(SELECT_SITE_IN_SCOPE, {"id": site_id, "worker": worker_id, "merchant": merchant_id}).fetchone()
+        is not None
+    )
 
 
 def get_finding_site(conn: Connection[Any], *, finding_id: int) -> str | None:

@@ -99,8 +99,9 @@ class AlarmDetail(BaseModel):
     site_name: str
     site_address: str
     events: list[AlarmEventRead]
-    readings: list[ReadingRead] = Field(description="the device's readings from 10 min before the alarm to "
-                                                    "10 min after it ended (at most 500)")
+    readings: list[ReadingRead] = Field(
+        description="the device's readings from 10 min before the alarm to 10 min after it ended (at most 500)"
+    )
 
 
 class Page(BaseModel, Generic[T]):
@@ -109,6 +110,7 @@ class Page(BaseModel, Generic[T]):
 
 
 # -- auth ------------------------------------------------------------------------------------------------------
+
 
 class Me(BaseModel):
     token_id: int
@@ -158,6 +160,7 @@ class TokenCreated(BaseModel):
 
 # -- devices and readings ------------------------------------------------------------------------------------------
 
+
 class DeviceRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -200,6 +203,7 @@ class ReadingSeries(BaseModel):
 
 
 # -- registry -----------------------------------------------------------------------------------------------------
+
 
 class _Write(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -295,8 +299,9 @@ class DeviceWrite(_Write):
     adapter: Adapter = Adapter.NATIVE
     foreign_id: str | None = Field(default=None, max_length=200)
     battery: bool = False
-    report_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600,
-                                          description="default: 300 s mains, 24 h battery")
+    report_interval_s: int | None = Field(
+        default=None, ge=1, le=7 * 24 * 3600, description="default: 300 s mains, 24 h battery"
+    )
     gateway_id: Id | None = None
     model: str = ""
     mounting: Mounting | None = Field(default=None, description="floor | ceiling | wall (gas detectors, GAS-08)")
@@ -320,6 +325,7 @@ class ImportResult(BaseModel):
 
 # -- KPIs and rules ----------------------------------------------------------------------------------------------------
 
+
 class Percentiles(BaseModel):
     p50_s: float | None
     p90_s: float | None
@@ -341,8 +347,9 @@ class KpiRead(BaseModel):
     devices_offline: int
     devices_never_seen: int
     last_real_hazard_at: datetime | None
-    days_without_real_hazard: int | None = Field(description="whole days since the last alarm resolved as a real "
-                                                             "hazard was raised; null if there never was one")
+    days_without_real_hazard: int | None = Field(
+        description="whole days since the last alarm resolved as a real hazard was raised; null if there never was one"
+    )
 
 
 class RulesRead(BaseModel):
@@ -389,8 +396,11 @@ class FindingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     site_id: Id
-    kind: str = Field(min_length=1, max_length=64, description="a finding kind of the score policy, e.g. "
-                                                               "blocked_exit (GET /api/v1/admin/rules lists them)")
+    kind: str = Field(
+        min_length=1,
+        max_length=64,
+        description="a finding kind of the score policy, e.g. blocked_exit (GET /api/v1/admin/rules lists them)",
+    )
     note: str = Field(default="", max_length=2000)
     due_at: datetime | None = Field(default=None, description="rectification deadline; default from the policy")
     alarm_id: int | None = Field(default=None, ge=1, le=2**62, description="the alarm that led to the visit, if any")
@@ -424,8 +434,10 @@ CommandAction = Literal["self_test", "silence", "cut_power", "restore_power", "c
 class CommandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    action: CommandAction = Field(description="open_valve is always refused (reopen a gas valve by hand on site); "
-                                              "restore_power is refused while the port is locked after a safety trip")
+    action: CommandAction = Field(
+        description="open_valve is always refused (reopen a gas valve by hand on site); "
+        "restore_power is refused while the port is locked after a safety trip"
+    )
     reason: str = Field(default="", max_length=2000)
 
 

@@ -119,11 +119,15 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
     if "api" in only:
         from api.app import create_app
 
-        config = uvicorn.Config(create_app(settings, checks=running.checks), host=settings.api_host,
-                                port=settings.api_port,
-                                log_level="warning", access_log=False,
-                                # open SSE streams (live alarm board) never finish by themselves
-                                timeout_graceful_shutdown=3)
+        config = uvicorn.Config(
+            create_app(settings, checks=running.checks),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+            # open SSE streams (live alarm board) never finish by themselves
+            timeout_graceful_shutdown=3,
+        )
         server = uvicorn.Server(config)
         running.api_server = server
         if api_in_thread:

@@ -299,8 +299,12 @@ class Bench:
         """Between stages: drop the drains' databases and checkpoint, so the next stage does not share the
         machine with the previous one's autovacuum and checkpoint writes (a bench artefact, not production)."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            names = [r[0] for r in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%%' AND datname <> %s", (TEMPLATE,))]
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%%' AND datname <> %s", (TEMPLATE,)
+                )
+            ]
             for name in names:
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute("CHECKPOINT")
@@ -332,7 +336,11 @@ class Bench:
     def spawn(self, part: str, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         log_file = (self.dir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--only", part], cwd=self.dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "app", "serve", "--only", part],
+            cwd=self.dir,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
         proc.log_path = self.dir / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -401,8 +409,11 @@ class Bench:
                     self.say(self.log_tail(p))
                 raise
             time.sleep(0.05)
-            roles = {"ingest": lambda: [p.pid for p in procs], "postgres": lambda: bench_cpu.with_children(self.pg.pid),
-                     "broker": lambda: [self.broker_pid]}
+            roles = {
+                "ingest": lambda: [p.pid for p in procs],
+                "postgres": lambda: bench_cpu.with_children(self.pg.pid),
+                "broker": lambda: [self.broker_pid],
+            }
             released = time.time()
             cpu_before = bench_cpu.snapshot(roles)
         deadline = time.monotonic() + timeout
@@ -979,9 +990,7 @@ def evaluate_targets(f: dict[str, Any]) -> dict[str, Any]:
         "ingest_two_vs_one": check(f.get("ingest_two", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True),
         # The same target with every process held to the same CPU share (cores of its own, in effect). Reported
         # beside the target above, never instead of it.
-        "ingest_two_vs_one_capped": check(
-            f.get("ingest_capped", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True
-        ),
+        "ingest_two_vs_one_capped": check(f.get("ingest_capped", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True),
         "latency_p99_ms": check(f.get("latency", {}).get("p99_ms"), TARGETS["latency_p99_ms"], False),
         "ingest_rss_mb": check(f.get("scale", {}).get("ingest_peak_rss_mb"), TARGETS["ingest_rss_mb"], False),
         "fleet_rate_ratio": check(f.get("fleet", {}).get("ratio"), TARGETS["fleet_rate_ratio"], True),
@@ -1011,8 +1020,10 @@ def render_table(r: Results) -> str:
         cpu = drain.get("cpu_split_us_per_msg")
         if not cpu:
             return "machine CPU not measured"
-        return (f"machine {drain['machine_busy']:.0%} busy: PostgreSQL {cpu['postgres']}, broker {cpu['broker']}, "
-                f"other {cpu['other']} µs/msg")
+        return (
+            f"machine {drain['machine_busy']:.0%} busy: PostgreSQL {cpu['postgres']}, broker {cpu['broker']}, "
+            f"other {cpu['other']} µs/msg"
+        )
 
     def rates(runs: list[int]) -> str:
         return " / ".join(f"{x:,}" for x in runs)
@@ -1028,13 +1039,15 @@ def render_table(r: Results) -> str:
             "",
         ),
         *(
-            [(
-                "raw: gridwatch's receive path alone (ingest.consumer)",
-                f"{recv['rate']:,} msg/s",
-                f"{recv['cpu_us_per_msg']} µs CPU/msg; ingest is {one.get('vs_receive_path', 0):.2f}× this",
-                "",
-                "",
-            )]
+            [
+                (
+                    "raw: gridwatch's receive path alone (ingest.consumer)",
+                    f"{recv['rate']:,} msg/s",
+                    f"{recv['cpu_us_per_msg']} µs CPU/msg; ingest is {one.get('vs_receive_path', 0):.2f}× this",
+                    "",
+                    "",
+                )
+            ]
             if recv
             else []
         ),
@@ -1150,8 +1163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=d.latency_s)
     parser.add_argument("--api-requests", type=int, default=d.api_requests)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="GRIDWATCH_BATCH_SIZE for ingest")
-    parser.add_argument("--cpu-cap", type=float, default=d.cpu_cap,
-                        help="cores per ingest process in the capped scale-out drains (0: leave them out)")
+    parser.add_argument(
+        "--cpu-cap",
+        type=float,
+        default=d.cpu_cap,
+        help="cores per ingest process in the capped scale-out drains (0: leave them out)",
+    )
     parser.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep services' files and logs here")

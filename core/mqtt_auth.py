@@ -100,8 +100,12 @@ def _check_part(value: str, what: str) -> str:
 # bridge root ({fid}: the device's foreign id).
 _FOREIGN_ACLS: dict[Adapter, tuple[tuple[str, str], ...]] = {
     Adapter.SHELLY: (("readwrite", "shellies/{fid}/#"), ("read", "shellies/command")),
-    Adapter.TASMOTA: (("write", "tele/{fid}/#"), ("write", "stat/{fid}/#"), ("read", "cmnd/{fid}/#"),
-                      ("read", "cmnd/tasmotas/#")),
+    Adapter.TASMOTA: (
+        ("write", "tele/{fid}/#"),
+        ("write", "stat/{fid}/#"),
+        ("read", "cmnd/{fid}/#"),
+        ("read", "cmnd/tasmotas/#"),
+    ),
 }
 
 
@@ -130,10 +134,18 @@ def _build_foreign_acl(device: DeviceIn, bridge_root: str) -> tuple[tuple[tuple[
     return acl, f"{adapter} {fid}"
 
 
-def build_accounts(registry: RegistryIn, *, prefix: str = "gw/v1", bridge_root: str = "",
-                   existing: dict[str, str] | None = None, rotate: Iterable[str] = (), rotate_all: bool = False,
-                   ingest_user: str = INGEST_USER, ingest_password: str | None = None,
-                   simulator_password: str | None = None) -> list[Account]:
+def build_accounts(
+    registry: RegistryIn,
+    *,
+    prefix: str = "gw/v1",
+    bridge_root: str = "",
+    existing: dict[str, str] | None = None,
+    rotate: Iterable[str] = (),
+    rotate_all: bool = False,
+    ingest_user: str = INGEST_USER,
+    ingest_password: str | None = None,
+    simulator_password: str | None = None,
+) -> list[Account]:
     """Every account the registry needs, keeping existing passwords unless rotated. With simulator_password,
     also the simulators' account (docker-compose's `sim` profile), which may speak for every native device:
     for a staging broker, never for one that real devices use."""
@@ -162,24 +174,53 @@ def build_accounts(registry: RegistryIn, *, prefix: str = "gw/v1", bridge_root: 
         else:
             zigbee.append(d.id)
     if zigbee:
-        accounts.append(Account(ZIGBEE2MQTT_USER, password(ZIGBEE2MQTT_USER), "bridge",
-                                (("readwrite", _join(bridge_root, "zigbee2mqtt", "#")),),
-                                f"Zigbee2MQTT bridge for {len(zigbee)} device(s)"))
+        accounts.append(
+            Account(
+                ZIGBEE2MQTT_USER,
+                password(ZIGBEE2MQTT_USER),
+                "bridge",
+                (("readwrite", _join(bridge_root, "zigbee2mqtt", "#")),),
+                f"Zigbee2MQTT bridge for {len(zigbee)} device(s)",
+            )
+        )
     _check_user(ingest_user, "ingest username")
-    ingest_acl = [("readwrite", f"{prefix}/#")] + [("readwrite", _join(bridge_root, t, "#"))
-                                                    for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")]
-    accounts.append(Account(ingest_user, ingest_password or password(ingest_user), "ingest", tuple(ingest_acl),
-                            "gridwatch ingest (subscribes to everything, publishes commands)"))
+    ingest_acl = [("readwrite", f"{prefix}/#")] + [
+        ("readwrite", _join(bridge_root, t, "#")) for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")
+    ]
+    accounts.append(
+        Account(
+            ingest_user,
+            ingest_password or password(ingest_user),
+            "ingest",
+            tuple(ingest_acl),
+            "gridwatch ingest (subscribes to everything, publishes commands)",
+        )
+    )
     if simulator_password is not None:
-        accounts.append(Account(SIMULATOR_USER, simulator_password or password(SIMULATOR_USER), "simulator",
-                                (("readwrite", f"{prefix}/#"),), "simulated devices (staging only)"))
-    accounts.append(Account(HEALTHCHECK_USER, HEALTHCHECK_PASSWORD, "healthcheck",
-                            (("read", "$SYS/broker/uptime"),), "broker health probe"))
+        accounts.append(
+            Account(
+                SIMULATOR_USER,
+                simulator_password or password(SIMULATOR_USER),
+                "simulator",
+                (("readwrite", f"{prefix}/#"),),
+                "simulated devices (staging only)",
+            )
+        )
+    accounts.append(
+        Account(
+            HEALTHCHECK_USER,
+            HEALTHCHECK_PASSWORD,
+            "healthcheck",
+            (("read", "$SYS/broker/uptime"),),
+            "broker health probe",
+        )
+    )
     names = [a.username for a in accounts]
     clash = {n for n in names if names.count(n) > 1}
     if clash:
-        raise ConfigError(f"account name(s) used twice: {', '.join(sorted(clash))} "
-                          "(a device id equals a reserved name)")
+        raise ConfigError(
+            f"account name(s) used twice: {', '.join(sorted(clash))} (a device id equals a reserved name)"
+        )
     return accounts
 
 
@@ -190,8 +231,10 @@ def render_password_file(accounts: Iterable[Account]) -> str:
 
 def render_acl(accounts: Iterable[Account]) -> str:
     """Mosquitto's acl_file: every account gets exactly its topics; nothing else is allowed."""
-    out = ["# Generated by `gridwatch mqtt credentials` from the registry. Do not edit: regenerate.",
-           "# Anything not granted here is denied (including to anonymous clients)."]
+    out = [
+        "# Generated by `gridwatch mqtt credentials` from the registry. Do not edit: regenerate.",
+        "# Anything not granted here is denied (including to anonymous clients).",
+    ]
     for a in accounts:
         out += ["", f"# {a.kind}: {a.note}" if a.note else f"# {a.kind}", f"user {a.username}"]
         out += [f"topic {access} {topic}" for access, topic in a.acl]

@@ -109,8 +109,11 @@ class DeviceIn(_Strict):
     report_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     gateway: Id | None = None
     model: str = ""
-    mounting: Mounting | None = Field(default=None, description="floor | ceiling | wall: within 0.3 m of the "
-                                      "floor, of the ceiling, or between (gas detectors, GAS-08)")
+    mounting: Mounting | None = Field(
+        default=None,
+        description="floor | ceiling | wall: within 0.3 m of the "
+        "floor, of the ceiling, or between (gas detectors, GAS-08)",
+    )
 
     @property
     def interval_s(self) -> int:

@@ -75,27 +75,47 @@ def upsert_registry(conn: Connection[Any], *, registry: RegistryIn) -> dict[str,
     with conn.cursor() as cur:
         cur.executemany(UPSERT_GRID, [(g.id, c.id, g.name) for g in registry.grids])
         cur.executemany(UPSERT_MICRO_GRID, [(m.id, g.id, m.name) for g in registry.grids for m in g.micro_grids])
-        cur.executemany(UPSERT_WORKER, [
-            (w.id, c.id, w.name, w.role.value, w.phone, w.locale, w.notify, w.roster, w.on_call)
-            for w in registry.workers
-        ])
+        cur.executemany(
+            UPSERT_WORKER,
+            [
+                (w.id, c.id, w.name, w.role.value, w.phone, w.locale, w.notify, w.roster, w.on_call)
+                for w in registry.workers
+            ],
+        )
         worker_ids = [w.id for w in registry.workers]
         cur.execute(DELETE_WORKER_COVERAGE, (worker_ids,))
         cur.executemany(INSERT_WORKER_COVERAGE, [(w.id, mg) for w in registry.workers for mg in w.micro_grids])
         cur.execute(DELETE_WORKER_GRIDS, (worker_ids,))
         cur.executemany(INSERT_WORKER_GRID, [(w.id, g) for w in registry.workers for g in w.grids])
-        cur.executemany(UPSERT_MERCHANT, [
-            (m.id, c.id, m.name, m.contact, m.phone, m.notify) for m in registry.merchants
-        ])
-        cur.executemany(UPSERT_SITE, [
-            (s.id, s.micro_grid, s.merchant, s.kind.value, s.name, s.address, s.floor, s.flags, s.lpg, s.building)
-            for s in registry.sites
-        ])
-        cur.executemany(UPSERT_DEVICE, [
-            (d.id, d.kind.value, d.site, d.location.value, d.adapter.value, d.foreign_id, d.battery,
-             d.interval_s, d.gateway, d.model, d.mounting.value if d.mounting else None)
-            for d in registry.devices
-        ])
+        cur.executemany(
+            UPSERT_MERCHANT, [(m.id, c.id, m.name, m.contact, m.phone, m.notify) for m in registry.merchants]
+        )
+        cur.executemany(
+            UPSERT_SITE,
+            [
+                (s.id, s.micro_grid, s.merchant, s.kind.value, s.name, s.address, s.floor, s.flags, s.lpg, s.building)
+                for s in registry.sites
+            ],
+        )
+        cur.executemany(
+            UPSERT_DEVICE,
+            [
+                (
+                    d.id,
+                    d.kind.value,
+                    d.site,
+                    d.location.value,
+                    d.adapter.value,
+                    d.foreign_id,
+                    d.battery,
+                    d.interval_s,
+                    d.gateway,
+                    d.model,
+                    d.mounting.value if d.mounting else None,
+                )
+                for d in registry.devices
+            ],
+        )
     return {
         "grids": len(registry.grids),
         "micro_grids": sum(len(g.micro_grids) for g in registry.grids),
@@ -117,9 +137,20 @@ SELECT_ALL_DEVICES = DEVICE_SELECT
 
 
 def _device(row: tuple[Any, ...]) -> Device:
-    return Device(id=row[0], kind=DeviceKind(row[1]), site_id=row[2], location=Location(row[3]),
-                  adapter=Adapter(row[4]), foreign_id=row[5], report_interval_s=row[6], battery=row[7],
-                  gateway_id=row[8], building_id=row[9], mounting=row[10], lpg=row[11])
+    return Device(
+        id=row[0],
+        kind=DeviceKind(row[1]),
+        site_id=row[2],
+        location=Location(row[3]),
+        adapter=Adapter(row[4]),
+        foreign_id=row[5],
+        report_interval_s=row[6],
+        battery=row[7],
+        gateway_id=row[8],
+        building_id=row[9],
+        mounting=row[10],
+        lpg=row[11],
+    )
 
 
 def get_devices(conn: Connection[Any], *, ids: Sequence[str]) -> dict[str, Device]:
@@ -129,8 +160,9 @@ def get_devices(conn: Connection[Any], *, ids: Sequence[str]) -> dict[str, Devic
         return {row[0]: _device(row) for row in cur.fetchall()}
 
 
-def get_devices_by_foreign_id(conn: Connection[Any], *, adapter: Adapter,
-                              foreign_ids: Sequence[str]) -> dict[str, Device]:
+def get_devices_by_foreign_id(
+    conn: Connection[Any], *, adapter: Adapter, foreign_ids: Sequence[str]
+) -> dict[str, Device]:
     """Active devices of one adapter keyed by their foreign id (bridge name, Shelly id, Tasmota topic)."""
     with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(SELECT_DEVICES_BY_FOREIGN, (adapter.value, list(foreign_ids)))
@@ -173,8 +205,9 @@ REGISTRY_SELECT: dict[str, str] = {
 _ALIAS = {"worker": "w.id"}
 
 
-def list_registry(conn: Connection[Any], *, table: str, limit: int, offset: int,
-                  filters: dict[str, str | None]) -> list[dict[str, Any]]:
+def list_registry(
+    conn: Connection[Any], *, table: str, limit: int, offset: int, filters: dict[str, str | None]
+) -> list[dict[str, Any]]:
     """Registry rows of one kind, by id, with optional equality filters on parent columns."""
     wheres = [sql.SQL("{} = %s").format(sql.Identifier(col)) for col, value in filters.items() if value is not None]
     params: list[Any] = [v for v in filters.values() if v is not None]
@@ -211,9 +244,22 @@ def upsert_micro_grid(conn: Connection[Any], *, id: str, grid_id: str, name: str
 UPDATE_WORKER_ACTIVE = "UPDATE worker SET active = %s WHERE id = %s"
 
 
-def upsert_worker(conn: Connection[Any], *, id: str, community_id: str, name: str, role: str,
-                  phone: str, locale: str, notify: list[str], roster: str | None, on_call: bool, active: bool,
-                  micro_grids: list[str], grids: list[str]) -> None:
+def upsert_worker(
+    conn: Connection[Any],
+    *,
+    id: str,
+    community_id: str,
+    name: str,
+    role: str,
+    phone: str,
+    locale: str,
+    notify: list[str],
+    roster: str | None,
+    on_call: bool,
+    active: bool,
+    micro_grids: list[str],
+    grids: list[str],
+) -> None:
     """Insert or update a worker with the micro-grids and grids they cover (replacing the old coverage)."""
     conn.execute(UPSERT_WORKER, (id, community_id, name, role, phone, locale, notify, roster, on_call))
     conn.execute(UPDATE_WORKER_ACTIVE, (active, id))
@@ -224,51 +270,91 @@ def upsert_worker(conn: Connection[Any], *, id: str, community_id: str, name: st
         cur.executemany(INSERT_WORKER_GRID, [(id, g) for g in grids])
 
 
-def upsert_merchant(conn: Connection[Any], *, id: str, community_id: str, name: str, contact: str,
-                    phone: str, notify: list[str]) -> None:
+def upsert_merchant(
+    conn: Connection[Any], *, id: str, community_id: str, name: str, contact: str, phone: str, notify: list[str]
+) -> None:
     """Insert or update a merchant."""
     conn.execute(UPSERT_MERCHANT, (id, community_id, name, contact, phone, notify))
 
 
-def upsert_site(conn: Connection[Any], *, id: str, micro_grid_id: str, merchant_id: str | None,
-                kind: str, name: str, address: str, floor: int | None, flags: list[str], lpg: bool,
-                building: str | None = None) -> None:
+def upsert_site(
+    conn: Connection[Any],
+    *,
+    id: str,
+    micro_grid_id: str,
+    merchant_id: str | None,
+    kind: str,
+    name: str,
+    address: str,
+    floor: int | None,
+    flags: list[str],
+    lpg: bool,
+    building: str | None = None,
+) -> None:
     """Insert or update a site."""
-    conn.execute(UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg,
-                                         building))
+    conn.execute(UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building))
 
 
 UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"
 
 
-def upsert_device(conn: Connection[Any], *, id: str, kind: str, site_id: str, location: str,
-                  adapter: str, foreign_id: str | None, battery: bool, report_interval_s: int,
-                  gateway_id: str | None, model: str, active: bool, mounting: str | None = None) -> None:
+def upsert_device(
+    conn: Connection[Any],
+    *,
+    id: str,
+    kind: str,
+    site_id: str,
+    location: str,
+    adapter: str,
+    foreign_id: str | None,
+    battery: bool,
+    report_interval_s: int,
+    gateway_id: str | None,
+    model: str,
+    active: bool,
+    mounting: str | None = None,
+) -> None:
     """Insert or update a device (its rule state is rules' and is created with its first message)."""
-    conn.execute(UPSERT_DEVICE, (id, kind, site_id, location, adapter, foreign_id, battery,
-                                 report_interval_s, gateway_id, model, mounting))
+    conn.execute(
+        UPSERT_DEVICE,
+        (id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id, model, mounting),
+    )
     conn.execute(UPDATE_DEVICE_ACTIVE, (active, id))
 
 
 # What still points at a registry row, so a delete can say why it is refused instead of failing on a key.
 REGISTRY_DEPENDENTS: dict[str, list[tuple[str, str]]] = {
-    "community": [("grid", "SELECT count(*) FROM grid WHERE community_id = %s"),
-                  ("worker", "SELECT count(*) FROM worker WHERE community_id = %s"),
-                  ("merchant", "SELECT count(*) FROM merchant WHERE community_id = %s")],
-    "grid": [("micro_grid", "SELECT count(*) FROM micro_grid WHERE grid_id = %s"),
-             ("worker (leading it)", "SELECT count(*) FROM worker_grid WHERE grid_id = %s")],
-    "micro_grid": [("site", "SELECT count(*) FROM site WHERE micro_grid_id = %s"),
-                   ("alarm", "SELECT count(*) FROM alarm WHERE micro_grid_id = %s"),
-                   ("worker (covering it)", "SELECT count(*) FROM worker_micro_grid WHERE micro_grid_id = %s")],
-    "worker": [("api token", "SELECT count(*) FROM api_token WHERE worker_id = %s"),
-               ("notification", "SELECT count(*) FROM notification WHERE worker_id = %s")],
-    "merchant": [("site", "SELECT count(*) FROM site WHERE merchant_id = %s"),
-                 ("api token", "SELECT count(*) FROM api_token WHERE merchant_id = %s"),
-                 ("notification", "SELECT count(*) FROM notification WHERE merchant_id = %s")],
-    "site": [("device", "SELECT count(*) FROM device WHERE site_id = %s"),
-             ("alarm", "SELECT count(*) FROM alarm WHERE site_id = %s")],
-    "device": [("alarm", "SELECT count(*) FROM alarm WHERE device_id = %s"),
-               ("device (as its gateway)", "SELECT count(*) FROM device WHERE gateway_id = %s")],
+    "community": [
+        ("grid", "SELECT count(*) FROM grid WHERE community_id = %s"),
+        ("worker", "SELECT count(*) FROM worker WHERE community_id = %s"),
+        ("merchant", "SELECT count(*) FROM merchant WHERE community_id = %s"),
+    ],
+    "grid": [
+        ("micro_grid", "SELECT count(*) FROM micro_grid WHERE grid_id = %s"),
+        ("worker (leading it)", "SELECT count(*) FROM worker_grid WHERE grid_id = %s"),
+    ],
+    "micro_grid": [
+        ("site", "SELECT count(*) FROM site WHERE micro_grid_id = %s"),
+        ("alarm", "SELECT count(*) FROM alarm WHERE micro_grid_id = %s"),
+        ("worker (covering it)", "SELECT count(*) FROM worker_micro_grid WHERE micro_grid_id = %s"),
+    ],
+    "worker": [
+        ("api token", "SELECT count(*) FROM api_token WHERE worker_id = %s"),
+        ("notification", "SELECT count(*) FROM notification WHERE worker_id = %s"),
+    ],
+    "merchant": [
+        ("site", "SELECT count(*) FROM site WHERE merchant_id = %s"),
+        ("api token", "SELECT count(*) FROM api_token WHERE merchant_id = %s"),
+        ("notification", "SELECT count(*) FROM notification WHERE merchant_id = %s"),
+    ],
+    "site": [
+        ("device", "SELECT count(*) FROM device WHERE site_id = %s"),
+        ("alarm", "SELECT count(*) FROM alarm WHERE site_id = %s"),
+    ],
+    "device": [
+        ("alarm", "SELECT count(*) FROM alarm WHERE device_id = %s"),
+        ("device (as its gateway)", "SELECT count(*) FROM device WHERE gateway_id = %s"),
+    ],
 }
 
 

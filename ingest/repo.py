@@ -17,13 +17,50 @@ from core.domain import Reading
 log = logging.getLogger(__name__)
 
 READING_COLUMNS = (
-    "device_id", "ts", "seq", "received_at", "gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w",
-    "current_a", "voltage_v", "energy_wh", "battery_pct", "gas", "smoke", "tamper", "test", "relay", "valve",
-    "fault", "extras",
+    "device_id",
+    "ts",
+    "seq",
+    "received_at",
+    "gas_lel",
+    "co_ppm",
+    "smoke_db_m",
+    "temp_c",
+    "power_w",
+    "current_a",
+    "voltage_v",
+    "energy_wh",
+    "battery_pct",
+    "gas",
+    "smoke",
+    "tamper",
+    "test",
+    "relay",
+    "valve",
+    "fault",
+    "extras",
 )
 READING_TYPES = (
-    "text", "timestamptz", "int8", "timestamptz", "float4", "float4", "float4", "float4", "float4",
-    "float4", "float4", "float8", "float4", "bool", "bool", "bool", "bool", "text", "text", "text", "jsonb",
+    "text",
+    "timestamptz",
+    "int8",
+    "timestamptz",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float8",
+    "float4",
+    "bool",
+    "bool",
+    "bool",
+    "bool",
+    "text",
+    "text",
+    "text",
+    "jsonb",
 )
 _COLS = ", ".join(READING_COLUMNS)
 
@@ -63,12 +100,31 @@ def _copy_rows(cur: Any, statement: str, readings: Sequence[Reading]) -> None:
     with cur.copy(statement) as copy:
         copy.set_types(READING_TYPES)
         for r in readings:
-            copy.write_row((
-                r.device_id, r.ts, -1 if r.seq is None else r.seq, r.received_at, r.gas_lel, r.co_ppm,
-                r.smoke_db_m, r.temp_c, r.power_w, r.current_a, r.voltage_v, r.energy_wh, r.battery_pct,
-                r.gas, r.smoke, r.tamper, r.test, r.relay, r.valve, r.fault,
-                Jsonb(r.extras) if r.extras else None,
-            ))
+            copy.write_row(
+                (
+                    r.device_id,
+                    r.ts,
+                    -1 if r.seq is None else r.seq,
+                    r.received_at,
+                    r.gas_lel,
+                    r.co_ppm,
+                    r.smoke_db_m,
+                    r.temp_c,
+                    r.power_w,
+                    r.current_a,
+                    r.voltage_v,
+                    r.energy_wh,
+                    r.battery_pct,
+                    r.gas,
+                    r.smoke,
+                    r.tamper,
+                    r.test,
+                    r.relay,
+                    r.valve,
+                    r.fault,
+                    Jsonb(r.extras) if r.extras else None,
+                )
+            )
 
 
 # The direct COPY's savepoint is never released: the commit ends it, one round trip fewer a batch.

@@ -30,6 +30,7 @@ class DeviceStateRow:
 
 ALARM_COLUMNS = core_repo.alarm_columns()
 
+
 def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | None:
     with conn.cursor(row_factory=tuple_row) as cur:
         return cur.execute(query, params).fetchone()
@@ -65,8 +66,9 @@ def _ids_json(ids: Sequence[str]) -> str:
 
 
 def _state_rows(rows: Sequence[tuple[Any, ...]]) -> dict[str, DeviceStateRow]:
-    return {r[0]: DeviceStateRow(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), len(r) > 6 and bool(r[6]))
-            for r in rows}
+    return {
+        r[0]: DeviceStateRow(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), len(r) > 6 and bool(r[6])) for r in rows
+    }
 
 
 def _lock_states(conn: Connection[Any], ids: Sequence[str]) -> dict[str, DeviceStateRow]:
@@ -99,8 +101,18 @@ def save_device_states(conn: Connection[Any], *, states: Sequence[DeviceStateRow
     """Write back the states taken by lock_device_states, in one statement."""
     if not states:
         return
-    doc = orjson.dumps([{"device_id": s.device_id, "last_ts": s.last_ts, "last_seq": s.last_seq,
-                         "last_seen_at": s.last_seen_at, "rules": s.rules} for s in states])
+    doc = orjson.dumps(
+        [
+            {
+                "device_id": s.device_id,
+                "last_ts": s.last_ts,
+                "last_seq": s.last_seq,
+                "last_seen_at": s.last_seen_at,
+                "rules": s.rules,
+            }
+            for s in states
+        ]
+    )
     conn.execute(SAVE_DEVICE_STATES, (doc.decode(),))
 
 
@@ -146,27 +158,50 @@ def get_open_alarm(conn: Connection[Any], *, device_id: str, alarm_type: str) ->
         return cur.execute(SELECT_OPEN_ALARM, (device_id, alarm_type)).fetchone()
 
 
-def insert_alarm(conn: Connection[Any], *, device_id: str, site_id: str, alarm_type: str, rule_id: str,
-                 severity: int, latching: bool, at: datetime, value: float | None, message: str,
-                 details: dict[str, Any]) -> Alarm:
+def insert_alarm(
+    conn: Connection[Any],
+    *,
+    device_id: str,
+    site_id: str,
+    alarm_type: str,
+    rule_id: str,
+    severity: int,
+    latching: bool,
+    at: datetime,
+    value: float | None,
+    message: str,
+    details: dict[str, Any],
+) -> Alarm:
     """Open a new alarm; the partial unique index refuses a second open one."""
     with conn.cursor(row_factory=class_row(Alarm)) as cur:
-        row = cur.execute(INSERT_ALARM, {
-            "device_id": device_id, "site_id": site_id, "type": alarm_type, "rule_id": rule_id,
-            "severity": severity, "latching": latching, "at": at, "value": value, "message": message,
-            "details": Jsonb(details),
-        }).fetchone()
+        row = cur.execute(
+            INSERT_ALARM,
+            {
+                "device_id": device_id,
+                "site_id": site_id,
+                "type": alarm_type,
+                "rule_id": rule_id,
+                "severity": severity,
+                "latching": latching,
+                "at": at,
+                "value": value,
+                "message": message,
+                "details": Jsonb(details),
+            },
+        ).fetchone()
     if row is None:
         raise LookupError(f"site {site_id!r} of device {device_id!r} does not exist")
     return row
 
 
-def touch_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime, value: float | None,
-                severity: int, repeats: int = 1) -> Alarm:
+def touch_alarm(
+    conn: Connection[Any], *, alarm_id: int, at: datetime, value: float | None, severity: int, repeats: int = 1
+) -> Alarm:
     """A repeat of an open alarm: last seen, count, peak, severity (only up), active again."""
     with conn.cursor(row_factory=class_row(Alarm)) as cur:
-        row = cur.execute(UPDATE_ALARM_SEEN, {"id": alarm_id, "at": at, "value": value,
-                                              "severity": severity, "repeats": repeats}).fetchone()
+        row = cur.execute(
+            UPDATE_ALARM_SEEN, {"id": alarm_id, "at": at, "value": value, "severity": severity, "repeats": repeats}
+        ).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
 
@@ -206,12 +241,14 @@ def acknowledge_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: d
     return row
 
 
-def close_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime, disposition: str,
-                note: str | None) -> Alarm:
+def close_alarm(
+    conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime, disposition: str, note: str | None
+) -> Alarm:
     """Resolve: close the alarm with a disposition."""
     with conn.cursor(row_factory=class_row(Alarm)) as cur:
-        row = cur.execute(CLOSE_ALARM, {"id": alarm_id, "actor": actor, "at": at, "disposition": disposition,
-                                        "note": note}).fetchone()
+        row = cur.execute(
+            CLOSE_ALARM, {"id": alarm_id, "actor": actor, "at": at, "disposition": disposition, "note": note}
+        ).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     conn.execute(NOTIFY_RESOLVED)  # delivered at commit: the score part scores verified hazards
     return row
@@ -228,8 +265,16 @@ INSERT INTO outbox (alarm_id, event_id, kind, severity) VALUES (%s, %s, %s, %s) 
 NOTIFY_OUTBOX = f"NOTIFY {OUTBOX_CHANNEL}"
 
 
-def insert_event(conn: Connection[Any], *, alarm_id: int, kind: str, at: datetime, actor: str | None = None,
-                 severity: int | None = None, details: dict[str, Any] | None = None) -> int:
+def insert_event(
+    conn: Connection[Any],
+    *,
+    alarm_id: int,
+    kind: str,
+    at: datetime,
+    actor: str | None = None,
+    severity: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> int:
     """Append to an alarm's history."""
     row = conn.execute(INSERT_EVENT, (alarm_id, at, kind, actor, severity, Jsonb(details or {}))).fetchone()
     assert row is not None  # noqa: S101
@@ -240,7 +285,6 @@ def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int, kind: 
     """Queue a transition for notify; NOTIFY wakes it when the transaction commits."""
     conn.execute(INSERT_OUTBOX, (alarm_id, event_id, kind, severity))
     conn.execute(NOTIFY_OUTBOX)
-
 
 
 # --------------------------------------------------------------------------- site context (cross-device rules)
@@ -259,21 +303,55 @@ ORDER BY device_id
 """
 
 
-def find_corroborating_device(conn: Connection[Any], *, site_id: str, device_id: str, types: Sequence[str],
-                              since: datetime, include_self: bool = False) -> str | None:
+def find_corroborating_device(
+    conn: Connection[Any],
+    *,
+    site_id: str,
+    device_id: str,
+    types: Sequence[str],
+    since: datetime,
+    include_self: bool = False,
+) -> str | None:
     """Another device of the site (or this one, with include_self) with one of these alarms active and seen
     since `since`."""
-    row = _one(conn, SELECT_CORROBORATING, {"site_id": site_id, "device_id": device_id, "types": list(types),
-                                              "since": since, "include_self": include_self})
+    row = _one(
+        conn,
+        SELECT_CORROBORATING,
+        {
+            "site_id": site_id,
+            "device_id": device_id,
+            "types": list(types),
+            "since": since,
+            "include_self": include_self,
+        },
+    )
     return None if row is None else str(row[0])
 
 
-def site_alarm_devices(conn: Connection[Any], *, site_id: str, device_id: str, types: Sequence[str],
-                       since: datetime, include_self: bool = False) -> list[str]:
+def site_alarm_devices(
+    conn: Connection[Any],
+    *,
+    site_id: str,
+    device_id: str,
+    types: Sequence[str],
+    since: datetime,
+    include_self: bool = False,
+) -> list[str]:
     """The site's other devices (or this one too) with one of these alarms active and seen since `since`."""
-    return [str(r[0]) for r in _all(conn, SELECT_SITE_ALARM_DEVICES, {
-        "site_id": site_id, "device_id": device_id, "types": list(types), "since": since,
-        "include_self": include_self})]
+    return [
+        str(r[0])
+        for r in _all(
+            conn,
+            SELECT_SITE_ALARM_DEVICES,
+            {
+                "site_id": site_id,
+                "device_id": device_id,
+                "types": list(types),
+                "since": since,
+                "include_self": include_self,
+            },
+        )
+    ]
 
 
 SELECT_UNCANCELLED = """
@@ -287,12 +365,15 @@ ORDER BY a.id
 """
 
 
-def uncancelled_alarms(conn: Connection[Any], *, types: Sequence[str], before: datetime,
-                       confirmed_type: str) -> list[tuple[int, str]]:
+def uncancelled_alarms(
+    conn: Connection[Any], *, types: Sequence[str], before: datetime, confirmed_type: str
+) -> list[tuple[int, str]]:
     """SMK-02c: (alarm id, device) of alarms of these types active since before `before` (in event time, and
     recorded before it on the wall clock), never cancelled, on devices without an active confirmed_type alarm."""
-    return [(int(r[0]), str(r[1])) for r in _all(conn, SELECT_UNCANCELLED, {
-        "types": list(types), "before": before, "confirmed": confirmed_type})]
+    return [
+        (int(r[0]), str(r[1]))
+        for r in _all(conn, SELECT_UNCANCELLED, {"types": list(types), "before": before, "confirmed": confirmed_type})
+    ]
 
 
 SELECT_SITE_GAS_ALARM = """
@@ -315,6 +396,7 @@ def site_devices_of_kind(conn: Connection[Any], *, site_id: str, kind: str) -> l
 
 
 # --------------------------------------------------------------------------- timer
+
 
 @dataclass(slots=True)
 class SeenRow:
@@ -358,12 +440,14 @@ FOR UPDATE SKIP LOCKED
 """
 
 
-def alarms_to_escalate(conn: Connection[Any], *, alarm_type: str, rule_id: str, severity: int,
-                       before: datetime) -> list[Alarm]:
+def alarms_to_escalate(
+    conn: Connection[Any], *, alarm_type: str, rule_id: str, severity: int, before: datetime
+) -> list[Alarm]:
     """Active alarms of a rule raised before `before` still below `severity` (locked)."""
     with conn.cursor(row_factory=class_row(Alarm)) as cur:
-        return cur.execute(SELECT_TO_ESCALATE, {"type": alarm_type, "rule_id": rule_id, "severity": severity,
-                                                "before": before}).fetchall()
+        return cur.execute(
+            SELECT_TO_ESCALATE, {"type": alarm_type, "rule_id": rule_id, "severity": severity, "before": before}
+        ).fetchall()
 
 
 SELECT_OPEN_OF_TYPE = f"SELECT {ALARM_COLUMNS} FROM alarm WHERE type = %s AND closed_at IS NULL ORDER BY id"
@@ -381,8 +465,9 @@ ORDER BY raised_at LIMIT 1
 """
 
 
-def recent_site_alarm(conn: Connection[Any], *, site_ids: Sequence[str], since: datetime,
-                      ignore_types: Sequence[str]) -> int | None:
+def recent_site_alarm(
+    conn: Connection[Any], *, site_ids: Sequence[str], since: datetime, ignore_types: Sequence[str]
+) -> int | None:
     """An alarm raised in these sites since `since` (other than ignore_types), if any."""
     row = _one(conn, SELECT_RECENT_SITE_ALARM, {"sites": list(site_ids), "since": since, "ignore": list(ignore_types)})
     return None if row is None else int(row[0])
@@ -417,9 +502,11 @@ WHERE device_id = %(device_id)s AND type = ANY(%(types)s) AND disposition = %(di
 """
 
 
-def count_resolved(conn: Connection[Any], *, device_id: str, types: Sequence[str], disposition: str,
-                   since: datetime) -> int:
+def count_resolved(
+    conn: Connection[Any], *, device_id: str, types: Sequence[str], disposition: str, since: datetime
+) -> int:
     """SMK-08: alarms of these types on a device raised since `since` and resolved with this disposition."""
-    row = conn.execute(COUNT_RESOLVED, {"device_id": device_id, "types": list(types), "disposition": disposition,
-                                        "since": since}).fetchone()
+    row = conn.execute(
+        COUNT_RESOLVED, {"device_id": device_id, "types": list(types), "disposition": disposition, "since": since}
+    ).fetchone()
     return int(row[0]) if row else 0

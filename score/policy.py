@@ -65,9 +65,12 @@ class ReviewRule(_Strict):
     tiers: tuple[str, ...] = ("D",)
     hazards: int = Field(default=3, ge=1)
     window_days: int = Field(default=90, ge=1)
-    open_hazard_tier: str | None = Field(default=None, description="RULES-REFERENCE 6.2: any open major hazard (a "
-                                         "finding of a `hazard: true` kind not yet rectified) puts the merchant "
-                                         "in this tier regardless of score; null: not applied")
+    open_hazard_tier: str | None = Field(
+        default=None,
+        description="RULES-REFERENCE 6.2: any open major hazard (a "
+        "finding of a `hazard: true` kind not yet rectified) puts the merchant "
+        "in this tier regardless of score; null: not applied",
+    )
 
 
 class AlarmDeduction(_Strict):
@@ -242,19 +245,27 @@ class ScorePolicy(_Strict):
             raise ValueError(f"tiers: scores {bands[-1].max + 1}..100 have no tier (the highest must end at 100)")
         for low, high in itertools.pairwise(bands):
             if high.min <= low.max:
-                raise ValueError(f"tiers: {low.tier} ({low.min}-{low.max}) and {high.tier} ({high.min}-{high.max}) "
-                                 f"overlap at {high.min}..{min(low.max, high.max)}")
+                raise ValueError(
+                    f"tiers: {low.tier} ({low.min}-{low.max}) and {high.tier} ({high.min}-{high.max}) "
+                    f"overlap at {high.min}..{min(low.max, high.max)}"
+                )
             if high.min > low.max + 1:
-                raise ValueError(f"tiers: gap between {low.tier} ({low.min}-{low.max}) and {high.tier} "
-                                 f"({high.min}-{high.max}): scores {low.max + 1}..{high.min - 1} have no tier")
+                raise ValueError(
+                    f"tiers: gap between {low.tier} ({low.min}-{low.max}) and {high.tier} "
+                    f"({high.min}-{high.max}): scores {low.max + 1}..{high.min - 1} have no tier"
+                )
 
     def _check_tier_names(self) -> None:
         """Every tier the review and the forced tiers name exists."""
         names = [b.tier for b in self.tiers]
         unknown = [(f"review.tiers: unknown tier {t!r}", t) for t in self.review.tiers]
         if self.review.open_hazard_tier is not None:
-            unknown.append((f"review.open_hazard_tier: unknown tier {self.review.open_hazard_tier!r}",
-                            self.review.open_hazard_tier))
+            unknown.append(
+                (
+                    f"review.open_hazard_tier: unknown tier {self.review.open_hazard_tier!r}",
+                    self.review.open_hazard_tier,
+                )
+            )
         for message, tier in unknown:
             if tier not in names:
                 raise ValueError(f"{message} (tiers are {', '.join(names)})")
@@ -273,18 +284,24 @@ class ScorePolicy(_Strict):
             for alarm_type, sev in itertools.product(line.alarm_types, line.severities or (None,)):
                 clash = seen.get((alarm_type, sev)) or seen.get((alarm_type, None))
                 if clash is not None:
-                    raise ValueError(f"alarm_deductions: {alarm_type} is charged twice ({clash} and {line.code}); "
-                                     "split them by severities")
+                    raise ValueError(
+                        f"alarm_deductions: {alarm_type} is charged twice ({clash} and {line.code}); "
+                        "split them by severities"
+                    )
                 seen[(alarm_type, sev)] = line.code
 
     def _check_codes(self) -> None:
         """Locks, forced tiers and repeats refer to deduction codes this policy writes."""
         codes = self.codes()
-        refs = [(f"locks: {code} is no deduction code of this policy", code)
-                for lock in self.locks for code in lock.codes]
+        refs = [
+            (f"locks: {code} is no deduction code of this policy", code) for lock in self.locks for code in lock.codes
+        ]
         refs += [(f"forced_tiers: {f.code} is no deduction code of this policy", f.code) for f in self.forced_tiers]
-        refs += [(f"repeats: {r.code} counts {code}, which is no deduction code of this policy", code)
-                 for r in self.repeats for code in r.of_codes]
+        refs += [
+            (f"repeats: {r.code} counts {code}, which is no deduction code of this policy", code)
+            for r in self.repeats
+            for code in r.of_codes
+        ]
         for message, code in refs:
             if code not in codes:
                 raise ValueError(message)
@@ -422,8 +439,10 @@ def parse_policy(data: Any, source: str, *, alarm_types: Collection[str] | None 
             for unknown in sorted(policy.alarm_types() - known):
                 close = difflib.get_close_matches(unknown, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                problems.append(f"{source}{name}: unknown alarm type {unknown!r} (not in the loaded rule set or "
-                                f"the alarm-type catalog of rules/defaults.yaml){hint}")
+                problems.append(
+                    f"{source}{name}: unknown alarm type {unknown!r} (not in the loaded rule set or "
+                    f"the alarm-type catalog of rules/defaults.yaml){hint}"
+                )
         if problems:
             raise ConfigError("\n".join(problems))
     return policies

@@ -62,42 +62,82 @@ def _now(now: datetime | None) -> datetime:
 
 def _facts(row: repo.MerchantAlarm) -> engine.AlarmFacts:
     return engine.AlarmFacts(
-        id=row.id, type=row.type, severity=Severity(row.severity),
+        id=row.id,
+        type=row.type,
+        severity=Severity(row.severity),
         disposition=Disposition(row.disposition) if row.disposition else None,
         # DESIGN: raised_at is event time (a buffered backlog can be hours old); the acknowledgement deadline
         # runs from when gridwatch could first have told anybody.
-        known_at=max(row.raised_at, row.created_at or row.raised_at), acknowledged_at=row.acknowledged_at,
-        closed_at=row.closed_at)
+        known_at=max(row.raised_at, row.created_at or row.raised_at),
+        acknowledged_at=row.acknowledged_at,
+        closed_at=row.closed_at,
+    )
 
 
-def _write(conn: Connection[Any], merchant_id: str, drafts: Sequence[engine.Draft], *, alarm_id: int | None = None,
-           finding_id: int | None = None, site_id: str | None = None,
-           actor: str | None = None) -> list[repo.LedgerRow]:
+def _write(
+    conn: Connection[Any],
+    merchant_id: str,
+    drafts: Sequence[engine.Draft],
+    *,
+    alarm_id: int | None = None,
+    finding_id: int | None = None,
+    site_id: str | None = None,
+    actor: str | None = None,
+) -> list[repo.LedgerRow]:
     written = []
     for d in drafts:
-        row = repo.insert_entry(conn, merchant_id=merchant_id, at=d.at, points=d.points, code=d.code,
-                                reason=d.reason, dedupe_key=d.key, alarm_id=alarm_id, finding_id=finding_id,
-                                site_id=site_id, actor=actor, hazard=d.hazard, lock_until=d.lock_until,
-                                forced_tier=d.forced_tier, forced_until=d.forced_until)
+        row = repo.insert_entry(
+            conn,
+            merchant_id=merchant_id,
+            at=d.at,
+            points=d.points,
+            code=d.code,
+            reason=d.reason,
+            dedupe_key=d.key,
+            alarm_id=alarm_id,
+            finding_id=finding_id,
+            site_id=site_id,
+            actor=actor,
+            hazard=d.hazard,
+            lock_until=d.lock_until,
+            forced_tier=d.forced_tier,
+            forced_until=d.forced_until,
+        )
         if row is not None:
             log.info("score %s %+d %s: %s", merchant_id, d.points, d.code, d.reason)
             written.append(row)
     return written
 
 
-def _refresh(conn: Connection[Any], policy: ScorePolicy, merchant_id: str, now: datetime,
-             entries: Sequence[repo.LedgerRow] | None = None,
-             findings: Sequence[repo.FindingRow] | None = None) -> engine.Standing:
+def _refresh(
+    conn: Connection[Any],
+    policy: ScorePolicy,
+    merchant_id: str,
+    now: datetime,
+    entries: Sequence[repo.LedgerRow] | None = None,
+    findings: Sequence[repo.FindingRow] | None = None,
+) -> engine.Standing:
     """Derive the standing from the ledger (and open hazard findings) and store it as the snapshot."""
     if entries is None:
         entries = repo.list_entries(conn, merchant_id=merchant_id)
     if findings is None:
         findings = repo.list_findings(conn, merchant_id=merchant_id)
     s = engine.derive(policy, entries, now, findings)
-    repo.save_snapshot(conn, merchant_id=merchant_id, score=s.score, tier=s.tier, review=s.review,
-                       review_reasons=s.review_reasons, hazards=s.hazards, locked_until=s.locked_until,
-                       forced_tier=s.forced_tier, forced_until=s.forced_until, entries=s.entries,
-                       last_entry_id=s.last_entry_id, as_of=now)
+    repo.save_snapshot(
+        conn,
+        merchant_id=merchant_id,
+        score=s.score,
+        tier=s.tier,
+        review=s.review,
+        review_reasons=s.review_reasons,
+        hazards=s.hazards,
+        locked_until=s.locked_until,
+        forced_tier=s.forced_tier,
+        forced_until=s.forced_until,
+        entries=s.entries,
+        last_entry_id=s.last_entry_id,
+        as_of=now,
+    )
     return s
 
 
@@ -108,23 +148,44 @@ def _lock(conn: Connection[Any], merchant_id: str) -> repo.MerchantRow:
     return merchant
 
 
-def _score_read(policy: ScorePolicy, row: repo.SnapshotRow,
-                standing: engine.Standing | None = None) -> MerchantScoreRead:
+def _score_read(
+    policy: ScorePolicy, row: repo.SnapshotRow, standing: engine.Standing | None = None
+) -> MerchantScoreRead:
     if standing is not None:
         values: dict[str, Any] = {
-            "score": standing.score, "tier": standing.tier, "review": standing.review,
-            "review_reasons": list(standing.review_reasons), "hazards_in_window": standing.hazards,
-            "locked_until": standing.locked_until, "forced_tier": standing.forced_tier,
-            "forced_until": standing.forced_until, "entries": standing.entries, "as_of": None}
+            "score": standing.score,
+            "tier": standing.tier,
+            "review": standing.review,
+            "review_reasons": list(standing.review_reasons),
+            "hazards_in_window": standing.hazards,
+            "locked_until": standing.locked_until,
+            "forced_tier": standing.forced_tier,
+            "forced_until": standing.forced_until,
+            "entries": standing.entries,
+            "as_of": None,
+        }
     else:
-        values = {"score": row.score, "tier": row.tier, "review": row.review,
-                  "review_reasons": list(row.review_reasons or []), "hazards_in_window": row.hazards,
-                  "locked_until": row.locked_until, "forced_tier": row.forced_tier,
-                  "forced_until": row.forced_until, "entries": row.entries, "as_of": row.as_of}
-    return MerchantScoreRead(merchant_id=row.merchant_id, merchant_name=row.merchant_name,
-                             community_id=row.community_id, base=policy.base,
-                             tier_handling=policy.tier_band(values["tier"]).handling,
-                             review_window_days=policy.review.window_days, **values)
+        values = {
+            "score": row.score,
+            "tier": row.tier,
+            "review": row.review,
+            "review_reasons": list(row.review_reasons or []),
+            "hazards_in_window": row.hazards,
+            "locked_until": row.locked_until,
+            "forced_tier": row.forced_tier,
+            "forced_until": row.forced_until,
+            "entries": row.entries,
+            "as_of": row.as_of,
+        }
+    return MerchantScoreRead(
+        merchant_id=row.merchant_id,
+        merchant_name=row.merchant_name,
+        community_id=row.community_id,
+        base=policy.base,
+        tier_handling=policy.tier_band(values["tier"]).handling,
+        review_window_days=policy.review.window_days,
+        **values,
+    )
 
 
 def _finding_read(row: repo.FindingRow, now: datetime) -> FindingRead:
@@ -135,8 +196,9 @@ def _finding_read(row: repo.FindingRow, now: datetime) -> FindingRead:
 # ---------------------------------------------------------------------------------------------- writes
 
 
-def score_resolutions(conn: Connection[Any], *, now: datetime,
-                      policies: PolicySet | None = None) -> list[LedgerEntryRead]:
+def score_resolutions(
+    conn: Connection[Any], *, now: datetime, policies: PolicySet | None = None
+) -> list[LedgerEntryRead]:
     """The score stage's consumer of resolutions (rules NOTIFYs RESOLVED_CHANNEL when a person resolves an alarm):
     every alarm resolved real_hazard on a merchant's premises since CATCH_UP without its ledger entries gets them;
     any other disposition, or a site without a merchant, costs nothing. Idempotent (entries are keyed), one
@@ -167,9 +229,17 @@ def _score_alarm(conn: Connection[Any], *, alarm_id: int, policies: PolicySet) -
     return [LedgerEntryRead.model_validate(r) for r in written]
 
 
-def record_finding(conn: Connection[Any], *, site_id: str, kind: str, actor: str, note: str = "",
-                   due_at: datetime | None = None, now: datetime | None = None,
-                   policies: PolicySet | None = None) -> FindingRead:
+def record_finding(
+    conn: Connection[Any],
+    *,
+    site_id: str,
+    kind: str,
+    actor: str,
+    note: str = "",
+    due_at: datetime | None = None,
+    now: datetime | None = None,
+    policies: PolicySet | None = None,
+) -> FindingRead:
     """A worker records a hazard seen on a merchant's site; it deducts now and must be rectified by due_at
     (default: the policy's rectify_days for the kind)."""
     at = _now(now)
@@ -182,23 +252,40 @@ def record_finding(conn: Connection[Any], *, site_id: str, kind: str, actor: str
     policy = _policies(policies).for_community(merchant.community_id)
     line = policy.finding(kind)
     if line is None:
-        raise InvalidScoreInput(f"unknown finding kind {kind!r}; the policy knows "
-                                f"{', '.join(f.kind for f in policy.findings)}")
+        raise InvalidScoreInput(
+            f"unknown finding kind {kind!r}; the policy knows {', '.join(f.kind for f in policy.findings)}"
+        )
     if due_at is not None and due_at.tzinfo is None:
         raise InvalidScoreInput("give the rectification deadline with its time zone (e.g. 2026-05-01T18:00+08:00)")
     due = due_at if due_at is not None else at + timedelta(days=line.rectify_days)
     if due <= at:
         raise InvalidScoreInput(f"the rectification deadline {due.isoformat()} is not after the finding")
-    finding = repo.insert_finding(conn, site_id=site_id, merchant_id=merchant.id, kind=kind, code=line.code,
-                                  note=note, found_at=at, found_by=actor, due_at=due)
+    finding = repo.insert_finding(
+        conn,
+        site_id=site_id,
+        merchant_id=merchant.id,
+        kind=kind,
+        code=line.code,
+        note=note,
+        found_at=at,
+        found_by=actor,
+        due_at=due,
+    )
     draft = engine.finding_deduction(policy, finding_id=finding.id, kind=kind, at=at)
     _write(conn, merchant.id, [draft], finding_id=finding.id, site_id=site_id, actor=actor)
     _refresh(conn, policy, merchant.id, at)
     return _finding_read(finding, at)
 
 
-def close_finding(conn: Connection[Any], *, finding_id: int, actor: str, note: str | None = None,
-                  now: datetime | None = None, policies: PolicySet | None = None) -> FindingRead:
+def close_finding(
+    conn: Connection[Any],
+    *,
+    finding_id: int,
+    actor: str,
+    note: str | None = None,
+    now: datetime | None = None,
+    policies: PolicySet | None = None,
+) -> FindingRead:
     """A worker verified the rectification on site: on time restores part of the deduction; late charges the
     overdue periods up to now (whether or not the tick already did) and restores nothing."""
     at = _now(now)
@@ -212,8 +299,9 @@ def close_finding(conn: Connection[Any], *, finding_id: int, actor: str, note: s
     drafts = engine.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at, closed_at=at, now=at)
     line = policy.finding(finding.kind)
     points = line.points if line is not None else 0
-    on_time = engine.rectified_on_time(policy, finding_id=finding.id, points=points, due_at=finding.due_at,
-                                      closed_at=at)
+    on_time = engine.rectified_on_time(
+        policy, finding_id=finding.id, points=points, due_at=finding.due_at, closed_at=at
+    )
     if on_time is not None:
         drafts.append(on_time)
     finding = repo.close_finding(conn, finding_id=finding.id, actor=actor, at=at, note=note)
@@ -222,9 +310,17 @@ def close_finding(conn: Connection[Any], *, finding_id: int, actor: str, note: s
     return _finding_read(finding, at)
 
 
-def add_correction(conn: Connection[Any], *, merchant_id: str, actor: str, reason: str, points: int | None = None,
-                   corrects_entry_id: int | None = None, now: datetime | None = None,
-                   policies: PolicySet | None = None) -> LedgerEntryRead:
+def add_correction(
+    conn: Connection[Any],
+    *,
+    merchant_id: str,
+    actor: str,
+    reason: str,
+    points: int | None = None,
+    corrects_entry_id: int | None = None,
+    now: datetime | None = None,
+    policies: PolicySet | None = None,
+) -> LedgerEntryRead:
     """An admin's compensating entry (the ledger is never edited). Reversing an entry in full (points omitted)
     also lifts its hazard count, lock and forced tier."""
     at = _now(now)
@@ -247,20 +343,36 @@ def add_correction(conn: Connection[Any], *, merchant_id: str, actor: str, reaso
         raise InvalidScoreInput("give the points of the correction, or the entry it reverses")
     if points == 0 or abs(points) > 100:
         raise InvalidScoreInput(f"a correction moves between 1 and 100 points, not {points}")
-    row = repo.insert_entry(conn, merchant_id=merchant.id, at=at, points=points, code=CORRECTION_CODE,
-                            reason=reason.strip(), dedupe_key=f"adj:{uuid.uuid4().hex}",
-                            alarm_id=target.alarm_id if target else None,
-                            finding_id=target.finding_id if target else None,
-                            site_id=target.site_id if target else None, actor=actor,
-                            corrects_id=target.id if target else None)
+    row = repo.insert_entry(
+        conn,
+        merchant_id=merchant.id,
+        at=at,
+        points=points,
+        code=CORRECTION_CODE,
+        reason=reason.strip(),
+        dedupe_key=f"adj:{uuid.uuid4().hex}",
+        alarm_id=target.alarm_id if target else None,
+        finding_id=target.finding_id if target else None,
+        site_id=target.site_id if target else None,
+        actor=actor,
+        corrects_id=target.id if target else None,
+    )
     assert row is not None  # noqa: S101 - a fresh random key cannot conflict
     log.info("score %s corrected %+d by %s: %s", merchant.id, points, actor, reason)
     _refresh(conn, policy, merchant.id, at)
     return LedgerEntryRead.model_validate(row)
 
 
-def add_credit(conn: Connection[Any], *, merchant_id: str, code: str, actor: str, note: str = "",
-               now: datetime | None = None, policies: PolicySet | None = None) -> LedgerEntryRead:
+def add_credit(
+    conn: Connection[Any],
+    *,
+    merchant_id: str,
+    code: str,
+    actor: str,
+    note: str = "",
+    now: datetime | None = None,
+    policies: PolicySet | None = None,
+) -> LedgerEntryRead:
     """A verified restoration an admin records (M-R03 monthly self-test, M-R04 staff training)."""
     at = _now(now)
     merchant = _lock(conn, merchant_id)
@@ -271,8 +383,9 @@ def add_credit(conn: Connection[Any], *, merchant_id: str, code: str, actor: str
     except ValueError as exc:
         raise InvalidScoreInput(str(exc)) from None
     if note:
-        draft = engine.Draft(code=draft.code, points=draft.points, at=draft.at, key=draft.key,
-                            reason=f"{draft.reason}: {note}")
+        draft = engine.Draft(
+            code=draft.code, points=draft.points, at=draft.at, key=draft.key, reason=f"{draft.reason}: {note}"
+        )
     rows = _write(conn, merchant.id, [draft], actor=actor)
     if not rows:
         raise ConflictError(f"{code} was already credited at {at.isoformat()}")
@@ -308,17 +421,24 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
 
     for finding in repo.list_overdue_findings(conn, now=now):
         policy = ps.for_community(merchants[finding.merchant_id].community_id)
-        write(finding.merchant_id, engine.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at,
-                                                         closed_at=None, now=now),
-              finding_id=finding.id, site_id=finding.site_id)
+        write(
+            finding.merchant_id,
+            engine.overdue_charges(policy, finding_id=finding.id, due_at=finding.due_at, closed_at=None, now=now),
+            finding_id=finding.id,
+            site_id=finding.site_id,
+        )
 
     upkeep_types = sorted({t for p in ps.all() for u in p.upkeep for t in u.alarm_types})
     if upkeep_types:
         for alarm in repo.list_upkeep_alarms(conn, alarm_types=upkeep_types, since=now - UPKEEP_LOOKBACK, now=now):
             assert alarm.merchant_id is not None  # noqa: S101 - the query selects merchants' sites only
             policy = ps.for_community(merchants[alarm.merchant_id].community_id)
-            write(alarm.merchant_id, engine.upkeep_charges(policy, _facts(alarm), now=now), alarm_id=alarm.id,
-                  site_id=alarm.site_id)
+            write(
+                alarm.merchant_id,
+                engine.upkeep_charges(policy, _facts(alarm), now=now),
+                alarm_id=alarm.id,
+                site_id=alarm.site_id,
+            )
 
     blocking_types = sorted({t for p in ps.all() for t in p.restoration.blocked_by_open_alarm_types})
     blocking = repo.list_blocking_alarms(conn, alarm_types=blocking_types)
@@ -326,18 +446,39 @@ def run_score_tick(conn: Connection[Any], *, now: datetime, policies: PolicySet 
     snapshots = []
     for merchant in merchants.values():
         policy = ps.for_community(merchant.community_id)
-        states = [blocking[(merchant.id, t)] for t in policy.restoration.blocked_by_open_alarm_types
-                  if (merchant.id, t) in blocking]
+        states = [
+            blocking[(merchant.id, t)]
+            for t in policy.restoration.blocked_by_open_alarm_types
+            if (merchant.id, t) in blocking
+        ]
         closed = [c for _, c in states if c is not None]
-        write(merchant.id, engine.restorations_due(policy, ledgers[merchant.id], now=now,
-                                                  blocked=any(o for o, _ in states),
-                                                  unblocked_at=max(closed) if closed else None))
+        write(
+            merchant.id,
+            engine.restorations_due(
+                policy,
+                ledgers[merchant.id],
+                now=now,
+                blocked=any(o for o, _ in states),
+                unblocked_at=max(closed) if closed else None,
+            ),
+        )
         st = engine.derive(policy, ledgers[merchant.id], now, findings_of.get(merchant.id, ()))
-        snapshots.append({"merchant_id": merchant.id, "score": st.score, "tier": st.tier, "review": st.review,
-                          "review_reasons": st.review_reasons, "hazards": st.hazards,
-                          "locked_until": st.locked_until, "forced_tier": st.forced_tier,
-                          "forced_until": st.forced_until, "entries": st.entries,
-                          "last_entry_id": st.last_entry_id, "as_of": now})
+        snapshots.append(
+            {
+                "merchant_id": merchant.id,
+                "score": st.score,
+                "tier": st.tier,
+                "review": st.review,
+                "review_reasons": st.review_reasons,
+                "hazards": st.hazards,
+                "locked_until": st.locked_until,
+                "forced_tier": st.forced_tier,
+                "forced_until": st.forced_until,
+                "entries": st.entries,
+                "last_entry_id": st.last_entry_id,
+                "as_of": now,
+            }
+        )
     repo.save_snapshots(conn, snapshots=snapshots)
     return TickResult(ran=True, now=now, written=dict(written), merchants=len(merchants))
 
@@ -350,8 +491,9 @@ def _findings_by_merchant(conn: Connection[Any]) -> dict[str, list[repo.FindingR
     return grouped
 
 
-def recompute_all(conn: Connection[Any], *, now: datetime | None = None, refresh: bool = True,
-                  policies: PolicySet | None = None) -> RecomputeReport:
+def recompute_all(
+    conn: Connection[Any], *, now: datetime | None = None, refresh: bool = True, policies: PolicySet | None = None
+) -> RecomputeReport:
     """Derive every merchant's standing from the ledger and compare it with the stored snapshot (at the
     snapshot's own as_of, so time windows match); then, if refresh, store the standing at now."""
     at = _now(now)
@@ -370,31 +512,46 @@ def recompute_all(conn: Connection[Any], *, now: datetime | None = None, refresh
         if snap.as_of is not None:
             compared += 1
             s = engine.derive(policy, entries, snap.as_of, findings)
-            stored = {"score": snap.score, "tier": snap.tier, "review": snap.review,
-                      "review_reasons": list(snap.review_reasons or []), "hazards": snap.hazards,
-                      "entries": snap.entries, "last_entry_id": snap.last_entry_id}
-            derived = {"score": s.score, "tier": s.tier, "review": s.review,
-                       "review_reasons": list(s.review_reasons), "hazards": s.hazards, "entries": s.entries,
-                       "last_entry_id": s.last_entry_id}
+            stored = {
+                "score": snap.score,
+                "tier": snap.tier,
+                "review": snap.review,
+                "review_reasons": list(snap.review_reasons or []),
+                "hazards": snap.hazards,
+                "entries": snap.entries,
+                "last_entry_id": snap.last_entry_id,
+            }
+            derived = {
+                "score": s.score,
+                "tier": s.tier,
+                "review": s.review,
+                "review_reasons": list(s.review_reasons),
+                "hazards": s.hazards,
+                "entries": s.entries,
+                "last_entry_id": s.last_entry_id,
+            }
             for name, value in stored.items():
                 if value != derived[name]:
-                    mismatches.append(Mismatch(merchant_id=snap.merchant_id, field=name, stored=value,
-                                               derived=derived[name]))
+                    mismatches.append(
+                        Mismatch(merchant_id=snap.merchant_id, field=name, stored=value, derived=derived[name])
+                    )
         if refresh:
             _lock(conn, snap.merchant_id)
             _refresh(conn, policy, snap.merchant_id, at, entries=entries, findings=findings)
             refreshed += 1
     for m in mismatches:
-        log.warning("merchant %s: stored %s %r differs from the ledger's %r", m.merchant_id, m.field, m.stored,
-                    m.derived)
+        log.warning(
+            "merchant %s: stored %s %r differs from the ledger's %r", m.merchant_id, m.field, m.stored, m.derived
+        )
     return RecomputeReport(merchants=len(snapshots), compared=compared, mismatches=mismatches, refreshed=refreshed)
 
 
 # ---------------------------------------------------------------------------------------------- reads
 
 
-def get_score(conn: Connection[Any], *, merchant_id: str, now: datetime | None = None,
-              policies: PolicySet | None = None) -> MerchantScoreRead:
+def get_score(
+    conn: Connection[Any], *, merchant_id: str, now: datetime | None = None, policies: PolicySet | None = None
+) -> MerchantScoreRead:
     """A merchant's score, tier and review flag (the stored snapshot; derived on the fly if never stored)."""
     row = repo.get_snapshot(conn, merchant_id=merchant_id)
     if row is None:
@@ -402,13 +559,20 @@ def get_score(conn: Connection[Any], *, merchant_id: str, now: datetime | None =
     policy = _policies(policies).for_community(row.community_id)
     if row.as_of is None:
         entries = repo.list_entries(conn, merchant_id=merchant_id)
-        return _score_read(policy, row, engine.derive(policy, entries, _now(now),
-                                                     repo.list_findings(conn, merchant_id=merchant_id)))
+        return _score_read(
+            policy, row, engine.derive(policy, entries, _now(now), repo.list_findings(conn, merchant_id=merchant_id))
+        )
     return _score_read(policy, row)
 
 
-def get_trend(conn: Connection[Any], *, merchant_id: str, since: datetime | None = None,
-              until: datetime | None = None, policies: PolicySet | None = None) -> list[ScorePointRead]:
+def get_trend(
+    conn: Connection[Any],
+    *,
+    merchant_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    policies: PolicySet | None = None,
+) -> list[ScorePointRead]:
     """The score after each ledger entry in [since, until], starting with the score at `since`."""
     merchant = repo.get_merchant(conn, merchant_id=merchant_id)
     if merchant is None:
@@ -419,23 +583,27 @@ def get_trend(conn: Connection[Any], *, merchant_id: str, since: datetime | None
     if since is not None:
         before = [p for p in points if p.at < since]
         start = before[-1].score if before else engine.clamp(policy.base)
-        out.append(ScorePointRead(at=since, score=start, tier=engine.tier_for(policy, start), entry_id=None,
-                                  points=0, code=None))
+        out.append(
+            ScorePointRead(
+                at=since, score=start, tier=engine.tier_for(policy, start), entry_id=None, points=0, code=None
+            )
+        )
     for p in points:
         if (since is None or p.at >= since) and (until is None or p.at <= until):
-            out.append(ScorePointRead(at=p.at, score=p.score, tier=p.tier, entry_id=p.entry_id, points=p.points,
-                                      code=p.code))
+            out.append(
+                ScorePointRead(at=p.at, score=p.score, tier=p.tier, entry_id=p.entry_id, points=p.points, code=p.code)
+            )
     return out
 
 
-def get_ledger(conn: Connection[Any], *, merchant_id: str, before_id: int | None = None,
-               limit: int = 50) -> LedgerPage:
+def get_ledger(conn: Connection[Any], *, merchant_id: str, before_id: int | None = None, limit: int = 50) -> LedgerPage:
     """A merchant's ledger, newest first, keyset-paginated."""
     if repo.get_merchant(conn, merchant_id=merchant_id) is None:
         raise NotFoundError(f"merchant {merchant_id} does not exist")
     rows = repo.list_entries_page(conn, merchant_id=merchant_id, before_id=before_id, limit=limit)
-    return LedgerPage(items=[LedgerEntryRead.model_validate(r) for r in rows],
-                      next_before=rows[-1].id if len(rows) == limit else None)
+    return LedgerPage(
+        items=[LedgerEntryRead.model_validate(r) for r in rows], next_before=rows[-1].id if len(rows) == limit else None
+    )
 
 
 def get_open_items(conn: Connection[Any], *, merchant_id: str, now: datetime | None = None) -> OpenItemsRead:
@@ -448,8 +616,14 @@ def get_open_items(conn: Connection[Any], *, merchant_id: str, now: datetime | N
     return OpenItemsRead(merchant_id=merchant_id, alarms=alarms, findings=findings)
 
 
-def list_community_scores(conn: Connection[Any], *, community_id: str | None = None, tier: str | None = None,
-                          now: datetime | None = None, policies: PolicySet | None = None) -> CommunityScoresRead:
+def list_community_scores(
+    conn: Connection[Any],
+    *,
+    community_id: str | None = None,
+    tier: str | None = None,
+    now: datetime | None = None,
+    policies: PolicySet | None = None,
+) -> CommunityScoresRead:
     """Merchants (of a community, or all) by standing, optionally one tier only, with counts per tier."""
     ps = _policies(policies)
     at = _now(now)
@@ -457,8 +631,12 @@ def list_community_scores(conn: Connection[Any], *, community_id: str | None = N
     for row in repo.list_snapshots(conn, community_id=community_id):
         policy = ps.for_community(row.community_id)
         if row.as_of is None:
-            standing = engine.derive(policy, repo.list_entries(conn, merchant_id=row.merchant_id), at,
-                                    repo.list_findings(conn, merchant_id=row.merchant_id))
+            standing = engine.derive(
+                policy,
+                repo.list_entries(conn, merchant_id=row.merchant_id),
+                at,
+                repo.list_findings(conn, merchant_id=row.merchant_id),
+            )
             merchants.append(_score_read(policy, row, standing))
         else:
             merchants.append(_score_read(policy, row))
@@ -466,8 +644,12 @@ def list_community_scores(conn: Connection[Any], *, community_id: str | None = N
     tiers = Counter(m.tier for m in merchants)
     policy = ps.for_community(community_id)
     counts = {band.tier: tiers.get(band.tier, 0) for band in sorted(policy.tiers, key=lambda b: -b.min)}
-    return CommunityScoresRead(community_id=community_id, tiers=counts, review=sum(m.review for m in merchants),
-                               merchants=[m for m in merchants if tier is None or m.tier == tier])
+    return CommunityScoresRead(
+        community_id=community_id,
+        tiers=counts,
+        review=sum(m.review for m in merchants),
+        merchants=[m for m in merchants if tier is None or m.tier == tier],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- scheduler

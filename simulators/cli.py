@@ -54,8 +54,10 @@ def map_onto_registry(scenario: Scenario, devices: list[FleetDevice]) -> dict[st
             return (d.adapter is not spec.adapter, d.location is not spec.location)
 
         if not candidates:
-            raise ConfigError(f"scenario {scenario.name} needs a {spec.kind.value} ({spec.location.value}); "
-                              "the registry has none left")
+            raise ConfigError(
+                f"scenario {scenario.name} needs a {spec.kind.value} ({spec.location.value}); "
+                "the registry has none left"
+            )
         pick = min(candidates, key=rank)
         taken.add(pick.id)
         mapping[spec.id] = pick
@@ -65,8 +67,7 @@ def map_onto_registry(scenario: Scenario, devices: list[FleetDevice]) -> dict[st
 def _write_scenario_registry(scenario: Scenario, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(registry_document(scenario), sort_keys=False, allow_unicode=True),
-                    encoding="utf-8")
+    path.write_text(yaml.safe_dump(registry_document(scenario), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 def _say(err: TextIO, line: str) -> None:
@@ -90,8 +91,9 @@ class _FleetThread(threading.Thread):
         self.summary = self.fleet.run(self.fleet_stop)
 
 
-def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout,
-                 stop: threading.Event | None = None) -> int:
+def run_simulate(
+    opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout, stop: threading.Event | None = None
+) -> int:
     """Do what the options say; returns the process exit code."""
     stop = stop or threading.Event()
     topics = Topics(native_prefix=opts.topic_prefix)
@@ -106,8 +108,10 @@ def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO
         return 0
 
     if scenario is None and not fleet_devices:
-        raise ConfigError("nothing to simulate: give --scenario NAME, --devices N or --registry FILE "
-                          "(gridwatch simulate --list shows the scenarios)")
+        raise ConfigError(
+            "nothing to simulate: give --scenario NAME, --devices N or --registry FILE "
+            "(gridwatch simulate --list shows the scenarios)"
+        )
 
     picks = map_onto_registry(scenario, fleet_devices) if scenario is not None and opts.registry else {}
     scenario_ids = {d.id for d in picks.values()}
@@ -117,9 +121,17 @@ def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO
     fleet_thread: _FleetThread | None = None
     fleet_stop = threading.Event()
     if run_fleet:
-        fleet = Fleet(opts.mqtt_url, background, rate=opts.rate, seed=opts.seed, topics=topics,
-                      connections=opts.connections, status=opts.status, progress=err,
-                      duration_s=duration_s if duration_s is not None or forever else (None if scenario else 60.0))
+        fleet = Fleet(
+            opts.mqtt_url,
+            background,
+            rate=opts.rate,
+            seed=opts.seed,
+            topics=topics,
+            connections=opts.connections,
+            status=opts.status,
+            progress=err,
+            duration_s=duration_s if duration_s is not None or forever else (None if scenario else 60.0),
+        )
         fleet.connect()  # here, so an unreachable broker is an error of the command, not of a thread
         fleet_thread = _FleetThread(fleet, fleet_stop)
         fleet_thread.start()
@@ -161,13 +173,15 @@ def _select_fleet_devices(opts: SimulateOptions) -> list[FleetDevice]:
     return []
 
 
-def _write_registry_file(opts: SimulateOptions, path: Path, fleet_devices: list[FleetDevice],
-                         scenario: Scenario | None, out: TextIO) -> None:
+def _write_registry_file(
+    opts: SimulateOptions, path: Path, fleet_devices: list[FleetDevice], scenario: Scenario | None, out: TextIO
+) -> None:
     """--write-registry: the synthetic fleet's registry, else the one the scenario needs."""
     if fleet_devices and opts.registry is None:
         write_registry(fleet_devices, path)
-        out.write(f"wrote a registry of {len(fleet_devices)} devices to {path} "
-                  f"(load it first: gridwatch load {path})\n")
+        out.write(
+            f"wrote a registry of {len(fleet_devices)} devices to {path} (load it first: gridwatch load {path})\n"
+        )
     elif scenario is not None:
         _write_scenario_registry(scenario, path)
         out.write(f"wrote the registry scenario {scenario.name} needs to {path}\n")
@@ -175,18 +189,33 @@ def _write_registry_file(opts: SimulateOptions, path: Path, fleet_devices: list[
         raise ConfigError("--write-registry needs --devices N (synthetic fleet) or --scenario NAME")
 
 
-def _play_scenario(opts: SimulateOptions, scenario: Scenario, picks: dict[str, FleetDevice], topics: Topics,
-                   err: TextIO, stop: threading.Event) -> RunResult:
+def _play_scenario(
+    opts: SimulateOptions,
+    scenario: Scenario,
+    picks: dict[str, FleetDevice],
+    topics: Topics,
+    err: TextIO,
+    stop: threading.Event,
+) -> RunResult:
     """Run the scenario, its devices played by the registry devices picked for them (if any)."""
-    err.write(f"[simulate] scenario {scenario.name}: {scenario.title} "
-              f"({scenario.duration / 3600:.2f} h of event time)\n")
+    err.write(
+        f"[simulate] scenario {scenario.name}: {scenario.title} ({scenario.duration / 3600:.2f} h of event time)\n"
+    )
     for spec_id, d in picks.items():
-        err.write(f"[simulate]   {spec_id} is played by {d.id} ({d.kind.value}, {d.location.value}, "
-                  f"{d.adapter.value})\n")
-    run = ScenarioRun(scenario, url=opts.mqtt_url, topics=topics, seed=opts.seed, speed=opts.speed,
-                      id_map={spec_id: d.id for spec_id, d in picks.items()},
-                      wires={spec_id: (d.adapter, d.foreign_id) for spec_id, d in picks.items()}, linger_s=1.0,
-                      say=lambda line: _say(err, line))
+        err.write(
+            f"[simulate]   {spec_id} is played by {d.id} ({d.kind.value}, {d.location.value}, {d.adapter.value})\n"
+        )
+    run = ScenarioRun(
+        scenario,
+        url=opts.mqtt_url,
+        topics=topics,
+        seed=opts.seed,
+        speed=opts.speed,
+        id_map={spec_id: d.id for spec_id, d in picks.items()},
+        wires={spec_id: (d.adapter, d.foreign_id) for spec_id, d in picks.items()},
+        linger_s=1.0,
+        say=lambda line: _say(err, line),
+    )
     return run.run(stop)
 
 
@@ -200,9 +229,11 @@ def _wait_for_fleet(fleet_thread: threading.Thread, stop: threading.Event, fleet
 
 def _report_scenario(result: RunResult, scenario: Scenario | None, out: TextIO) -> bool:
     """The scenario run's summary; whether everything it published was acknowledged."""
-    out.write(f"scenario {result.scenario}: {result.readings} readings, {result.published} messages in "
-              f"{result.wall_s:.1f} s; errors {result.errors}, unacknowledged {result.unacked}; "
-              f"commands obeyed: {', '.join(f'{d} {a}' for d, a, _ in result.commands) or 'none'}\n")
+    out.write(
+        f"scenario {result.scenario}: {result.readings} readings, {result.published} messages in "
+        f"{result.wall_s:.1f} s; errors {result.errors}, unacknowledged {result.unacked}; "
+        f"commands obeyed: {', '.join(f'{d} {a}' for d, a, _ in result.commands) or 'none'}\n"
+    )
     expected = ", ".join(sorted(scenario.alarm_types)) if scenario else ""
     out.write(f"  expected alarms: {expected or 'none'}\n")
     return result.ok
@@ -213,6 +244,8 @@ def _report_fleet(summary: FleetSummary, out: TextIO) -> bool:
     for line in summary.lines():
         out.write(line + "\n")
     if summary.achieved_rate < 0.95 * summary.rate and summary.seconds > 2:
-        out.write(f"note: the broker and this machine sustained {summary.achieved_rate:.0f} msg/s, "
-                  f"below the {summary.rate:g} msg/s asked for (publishing is bounded, never lossy)\n")
+        out.write(
+            f"note: the broker and this machine sustained {summary.achieved_rate:.0f} msg/s, "
+            f"below the {summary.rate:g} msg/s asked for (publishing is bounded, never lossy)\n"
+        )
     return summary.ok

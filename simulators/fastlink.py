@@ -24,8 +24,13 @@ from simulators.publisher import LinkStats, PublishError
 
 log = logging.getLogger(__name__)
 
-CONNACK_CODES = {1: "unacceptable protocol version", 2: "identifier rejected", 3: "server unavailable",
-                 4: "bad user name or password", 5: "not authorized"}
+CONNACK_CODES = {
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}
 
 
 def _varint(n: int) -> bytes:
@@ -65,8 +70,16 @@ def connect_packet(client_id: str, keepalive: int, username: str | None, passwor
 class FastLink:
     """Publish-only QoS-1 MQTT 3.1.1 connection with batched writes and a bounded in-flight window."""
 
-    def __init__(self, url: str, *, client_id: str | None = None, max_inflight: int = 1_000,
-                 keepalive: int = 30, ca_file: str | None = None, batch_bytes: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        max_inflight: int = 1_000,
+        keepalive: int = 30,
+        ca_file: str | None = None,
+        batch_bytes: int = 64 * 1024,
+    ) -> None:
         from core.settings import MqttTarget
 
         if not 1 <= max_inflight <= 60_000:

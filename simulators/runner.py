@@ -72,11 +72,22 @@ class SimDevice:
 class ScenarioRun:
     """One execution of a scenario; `run()` blocks until the timeline is done (or stop is set)."""
 
-    def __init__(self, scenario: Scenario, *, url: str, topics: Topics | None = None, seed: int | None = None,
-                 tag: str = "", now: float | None = None, speed: float | None = None,
-                 say: Callable[[str], None] | None = None, max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                 linger_s: float = 0.0, id_map: dict[str, str] | None = None,
-                 wires: dict[str, tuple[Adapter, str | None]] | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        url: str,
+        topics: Topics | None = None,
+        seed: int | None = None,
+        tag: str = "",
+        now: float | None = None,
+        speed: float | None = None,
+        say: Callable[[str], None] | None = None,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        linger_s: float = 0.0,
+        id_map: dict[str, str] | None = None,
+        wires: dict[str, tuple[Adapter, str | None]] | None = None,
+    ) -> None:
         self.scenario = scenario
         self.url = url
         self.topics = topics or Topics()
@@ -125,10 +136,15 @@ class ScenarioRun:
         for d in (dev, *children):
             self.command_routes[formats.command_topic(d.wire, self.topics)] = d
             self.result.retained.add(formats.status(d.wire, True, self.topics).topic)
-        link = MqttLink(self.url, client_id=f"sim-{self.tag or 'x'}-{dev.wire.device_id}"[:64],
-                        max_inflight=self.max_inflight, will=formats.status(dev.wire, False, self.topics),
-                        on_connect_messages=on_connect, subscriptions=subs,
-                        on_message=lambda topic, payload: self.commands.put((topic, payload)))
+        link = MqttLink(
+            self.url,
+            client_id=f"sim-{self.tag or 'x'}-{dev.wire.device_id}"[:64],
+            max_inflight=self.max_inflight,
+            will=formats.status(dev.wire, False, self.topics),
+            on_connect_messages=on_connect,
+            subscriptions=subs,
+            on_message=lambda topic, payload: self.commands.put((topic, payload)),
+        )
         for out in on_connect:
             self.result.topics[out.topic] += 1
         link.start()
@@ -210,8 +226,9 @@ class ScenarioRun:
 
     def _apply_flap(self, dev: SimDevice, flap: dict[str, Any], _step: Step, t: float) -> None:
         """Swing an environment value between low and high, a square wave across a threshold."""
-        dev.model.flap_env(t, str(flap["field"]), float(flap["low"]), float(flap["high"]),
-                           parse_duration(flap.get("period", 10)))
+        dev.model.flap_env(
+            t, str(flap["field"]), float(flap["low"]), float(flap["high"]), parse_duration(flap.get("period", 10))
+        )
 
     def _apply_drift(self, dev: SimDevice, drift: dict[str, float], _step: Step, _t: float) -> None:
         """Let environment values drift by so much an hour."""
@@ -328,8 +345,9 @@ class ScenarioRun:
 
     def _infra(self) -> MqttLink:
         if self.infra is None:
-            self.infra = MqttLink(self.url, client_id=f"sim-{self.tag or 'x'}-infra",
-                                  max_inflight=self.max_inflight).start()
+            self.infra = MqttLink(
+                self.url, client_id=f"sim-{self.tag or 'x'}-infra", max_inflight=self.max_inflight
+            ).start()
             self.links.append(self.infra)
         return self.infra
 
@@ -408,8 +426,7 @@ class ScenarioRun:
             order += 1
         return heap, order
 
-    def _play(self, heap: list[tuple[float, int, int, Any]], order: int, started: float,
-              stop: threading.Event) -> None:
+    def _play(self, heap: list[tuple[float, int, int, Any]], order: int, started: float, stop: threading.Event) -> None:
         """Apply steps and send reports in event-time order until the end of the scenario (or stop is set)."""
         while heap and not stop.is_set():
             t, _prio, _o, item = heapq.heappop(heap)

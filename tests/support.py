@@ -91,14 +91,22 @@ class Publisher:
     """A paho publisher that waits for each PUBACK (bounded in flight)."""
 
     def __init__(self, host: str, port: int, *, client_id: str | None = None) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         self.client.max_inflight_messages_set(100)
         self.client.connect(host, port)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: str | bytes | dict[str, Any], *, qos: int = 1, retain: bool = False,
-                wait: bool = True) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self,
+        topic: str,
+        payload: str | bytes | dict[str, Any],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        wait: bool = True,
+    ) -> mqtt.MQTTMessageInfo:
         if isinstance(payload, dict):
             payload = json.dumps(payload)
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -116,8 +124,11 @@ def set_device_state(conn: psycopg.Connection[Any], device_id: str, **columns: A
     created if the device has not been heard from yet (rules creates it with the first message)."""
     names = ", ".join(columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
-    conn.execute(f"INSERT INTO device_state (device_id, {names}) VALUES (%s{', %s' * len(columns)}) "
-                 f"ON CONFLICT (device_id) DO UPDATE SET {updates}", (device_id, *columns.values()))
+    conn.execute(
+        f"INSERT INTO device_state (device_id, {names}) VALUES (%s{', %s' * len(columns)}) "
+        f"ON CONFLICT (device_id) DO UPDATE SET {updates}",
+        (device_id, *columns.values()),
+    )
 
 
 def make_actuator(settings: Settings, **kwargs: Any) -> Actuator:

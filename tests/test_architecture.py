@@ -38,10 +38,16 @@ MEETING_TABLES = {
     # its own part of it (notified, escalated), so one history tells the whole story of an alarm.
     "alarm_event": {"rules", "notify"},
 }
-SQL_RE = re.compile(r"^\s*(SELECT\s|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX)|"
-                    r"ALTER\s+TABLE|WITH\s+\w+\s+AS\s*\()", re.IGNORECASE | re.MULTILINE)
-WRITE_RE = re.compile(r"\b(?:INSERT\s+INTO\s+([a-z_]+)|DELETE\s+FROM\s+([a-z_]+)|"
-                      r"(?<!DO )UPDATE\s+([a-z_]+)(?:\s+[a-z_]+)?\s+SET)\b", re.IGNORECASE)
+SQL_RE = re.compile(
+    r"^\s*(SELECT\s|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX)|"
+    r"ALTER\s+TABLE|WITH\s+\w+\s+AS\s*\()",
+    re.IGNORECASE | re.MULTILINE,
+)
+WRITE_RE = re.compile(
+    r"\b(?:INSERT\s+INTO\s+([a-z_]+)|DELETE\s+FROM\s+([a-z_]+)|"
+    r"(?<!DO )UPDATE\s+([a-z_]+)(?:\s+[a-z_]+)?\s+SET)\b",
+    re.IGNORECASE,
+)
 
 
 def modules() -> list[Path]:
@@ -75,11 +81,15 @@ def test_imports_point_one_way(path: Path) -> None:
 
 def test_only_the_root_imports_every_stage_and_nothing_imports_the_root() -> None:
     """app/ is the composition root: no stage module imports it (tests and the bench sit above it)."""
-    importers = [_rel(p) for p in modules() if not _rel(p).startswith("app/")
-                 and "app" in imported_stages(ast.parse(p.read_text(encoding="utf-8")))]
+    importers = [
+        _rel(p)
+        for p in modules()
+        if not _rel(p).startswith("app/") and "app" in imported_stages(ast.parse(p.read_text(encoding="utf-8")))
+    ]
     assert importers == []
-    assert not any((ROOT / stage / "__main__.py").exists() for stage in STAGES if stage != "app"), \
+    assert not any((ROOT / stage / "__main__.py").exists() for stage in STAGES if stage != "app"), (
         "processes start from the root (`gridwatch serve --only PART`), not from a stage"
+    )
 
 
 def sql_texts(tree: ast.AST) -> list[str]:
@@ -88,8 +98,9 @@ def sql_texts(tree: ast.AST) -> list[str]:
     in_fstring = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
-            text = "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else " x "
-                           for v in node.values)
+            text = "".join(
+                v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else " x " for v in node.values
+            )
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in in_fstring:
             text = node.value
         else:
@@ -143,8 +154,14 @@ def read_models() -> list[type[RowRead]]:
 
 def test_every_read_model_field_exists_on_its_row() -> None:
     models = read_models()
-    assert {m.__name__ for m in models} >= {"AlarmRead", "SilenceRead", "CommandRead", "LedgerEntryRead",
-                                            "FindingRead", "OpenAlarmRead"}
+    assert {m.__name__ for m in models} >= {
+        "AlarmRead",
+        "SilenceRead",
+        "CommandRead",
+        "LedgerEntryRead",
+        "FindingRead",
+        "OpenAlarmRead",
+    }
     for model in models:
         row_fields = {f.name for f in dataclasses.fields(model.ROW)}
         missing = set(model.model_fields) - row_fields - model.DERIVED

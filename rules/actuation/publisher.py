@@ -36,8 +36,9 @@ class Encode(Protocol):
     """A command in a device's dialect: the (topic, payload) messages that carry it; ValueError if its bridge
     cannot carry the action."""
 
-    def __call__(self, device: Device, *, action: str, command_id: str, alarm_id: int | None,
-                 reason: str) -> list[tuple[str, bytes]]: ...
+    def __call__(
+        self, device: Device, *, action: str, command_id: str, alarm_id: int | None, reason: str
+    ) -> list[tuple[str, bytes]]: ...
 
 
 class Actuator:
@@ -52,9 +53,11 @@ class Actuator:
         self.fatal: Exception | None = None
         self.loop: Loop[psycopg.Connection[Any]] = Loop("actuator", self, probe=self._broker_problem)
         target = settings.mqtt
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
-                                  client_id=f"{settings.mqtt_client_id}-act-{uuid.uuid4().hex[:6]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
+            client_id=f"{settings.mqtt_client_id}-act-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv5,
+        )
         if target.username:
             self.client.username_pw_set(target.username, target.password)
         if target.tls:
@@ -74,8 +77,9 @@ class Actuator:
                 if device is None:
                     continue
                 try:
-                    messages = self.encode(device, action=c.action, command_id=c.id, alarm_id=c.alarm_id,
-                                           reason=c.reason)
+                    messages = self.encode(
+                        device, action=c.action, command_id=c.id, alarm_id=c.alarm_id, reason=c.reason
+                    )
                 except ValueError as exc:
                     self._cannot_carry(conn, device, c.id, str(exc))
                     continue
@@ -94,8 +98,9 @@ class Actuator:
         log.error("command %s to %s cannot be sent: %s", command_id, device.id, why)
         failed = actuation.fail(conn, command_id=command_id, detail=f"cannot be sent: {why}", at=datetime.now(UTC))
         if failed is not None:
-            rules_service.raise_actuation_failed(conn, device=device, command=failed, at=failed.done_at or
-                                                 datetime.now(UTC))
+            rules_service.raise_actuation_failed(
+                conn, device=device, command=failed, at=failed.done_at or datetime.now(UTC)
+            )
 
     def open(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.settings.dsn, autocommit=False)

@@ -22,6 +22,7 @@ def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | No
 
 # --------------------------------------------------------------------------- commands (actuation)
 
+
 @dataclass(slots=True)
 class CommandRow:
     id: str
@@ -51,16 +52,39 @@ RETURNING {COMMAND_COLUMNS}
 """
 
 
-def insert_command(conn: Connection[Any], *, command_id: str, device_id: str, action: str, alarm_id: int | None,
-                   reason: str, requested_by: str | None, status: str, at: datetime, deadline: datetime,
-                   detail: str = "", retry_of: str | None = None) -> CommandRow:
+def insert_command(
+    conn: Connection[Any],
+    *,
+    command_id: str,
+    device_id: str,
+    action: str,
+    alarm_id: int | None,
+    reason: str,
+    requested_by: str | None,
+    status: str,
+    at: datetime,
+    deadline: datetime,
+    detail: str = "",
+    retry_of: str | None = None,
+) -> CommandRow:
     """Queue a command (published by ingest's actuator after this transaction commits)."""
     with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        row = cur.execute(INSERT_COMMAND, {
-            "id": command_id, "device_id": device_id, "action": action, "alarm_id": alarm_id, "reason": reason,
-            "requested_by": requested_by, "status": status, "at": at, "deadline": deadline, "detail": detail,
-            "retry_of": retry_of,
-        }).fetchone()
+        row = cur.execute(
+            INSERT_COMMAND,
+            {
+                "id": command_id,
+                "device_id": device_id,
+                "action": action,
+                "alarm_id": alarm_id,
+                "reason": reason,
+                "requested_by": requested_by,
+                "status": status,
+                "at": at,
+                "deadline": deadline,
+                "detail": detail,
+                "retry_of": retry_of,
+            },
+        ).fetchone()
     assert row is not None  # noqa: S101
     return row
 
@@ -73,8 +97,9 @@ RETURNING {", ".join("c." + c.strip() for c in COMMAND_COLUMNS.split(","))}
 """
 
 
-def confirm_commands_by_state(conn: Connection[Any], *, pairs: Sequence[tuple[str, str]],
-                              at: datetime) -> list[CommandRow]:
+def confirm_commands_by_state(
+    conn: Connection[Any], *, pairs: Sequence[tuple[str, str]], at: datetime
+) -> list[CommandRow]:
     """Readings that show the commanded state (valve closed, relay off) confirm open commands."""
     if not pairs:
         return []
@@ -91,12 +116,14 @@ RETURNING {COMMAND_COLUMNS}
 """
 
 
-def ack_command(conn: Connection[Any], *, command_id: str, device_id: str, ok: bool, detail: str,
-                at: datetime) -> CommandRow | None:
+def ack_command(
+    conn: Connection[Any], *, command_id: str, device_id: str, ok: bool, detail: str, at: datetime
+) -> CommandRow | None:
     """A device's cmd/ack: confirmed or failed (None when unknown or already settled)."""
     with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        return cur.execute(ACK_COMMAND, {"id": command_id, "device_id": device_id, "ok": ok, "detail": detail,
-                                         "at": at}).fetchone()
+        return cur.execute(
+            ACK_COMMAND, {"id": command_id, "device_id": device_id, "ok": ok, "detail": detail, "at": at}
+        ).fetchone()
 
 
 EXPIRE_COMMANDS = f"""
@@ -163,11 +190,9 @@ def get_port_lock(conn: Connection[Any], *, device_id: str) -> tuple[int, str, d
     return None if row is None else (int(row[0]), str(row[1]), row[2])
 
 
-def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None,
-                    at: datetime) -> bool:
+def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None, at: datetime) -> bool:
     """A worker cleared the port on site."""
     return _one(conn, CLEAR_LOCK, (at, actor, note, device_id)) is not None
-
 
 
 SELECT_RECENT_COMMAND = """

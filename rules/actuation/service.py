@@ -32,34 +32,73 @@ from rules.actuation.repo import CommandRow
 log = logging.getLogger(__name__)
 
 # GAS-05: "close commanded, but no closed feedback within 30 s" [E]; the same for a port cut.
-DEADLINE_S: dict[str, float] = {"close_valve": 30.0, "cut_power": 30.0, "restore_power": 30.0, "self_test": 60.0,
-                                "silence": 30.0}
+DEADLINE_S: dict[str, float] = {
+    "close_valve": 30.0,
+    "cut_power": 30.0,
+    "restore_power": 30.0,
+    "self_test": 60.0,
+    "silence": 30.0,
+}
 RELAY_ACTIONS = frozenset({"cut_power", "restore_power"})
 # GAS-05 "retry once": a safety action not confirmed is sent once more (a retry is never retried).
 RETRIED_ACTIONS = frozenset({"close_valve", "cut_power"})
 GAS_ALARM_TYPES = ("gas_low", "gas_leak", "gas_explosion_risk", "gas_confirmed")
 # The state a reading shows once an action took effect.
-CONFIRMING_STATE: dict[str, tuple[str, str]] = {"close_valve": ("valve", "closed"), "cut_power": ("relay", "off"),
-                                                "restore_power": ("relay", "on")}
+CONFIRMING_STATE: dict[str, tuple[str, str]] = {
+    "close_valve": ("valve", "closed"),
+    "cut_power": ("relay", "off"),
+    "restore_power": ("relay", "on"),
+}
 ACTUATION_FAILED = "actuation_failed"
 
 
-def request_command(conn: Connection[Any], *, device: Device, action: str, alarm_id: int | None, reason: str,
-                    now: datetime, requested_by: str | None = None, retry_of: str | None = None) -> CommandRow:
+def request_command(
+    conn: Connection[Any],
+    *,
+    device: Device,
+    action: str,
+    alarm_id: int | None,
+    reason: str,
+    now: datetime,
+    requested_by: str | None = None,
+    retry_of: str | None = None,
+) -> CommandRow:
     """Queue a command after the safety policy; a person's request that the policy forbids raises
     ConflictError, a rule's is recorded as refused (so the alarm history says why nothing moved)."""
     refusal = refusal_reason(conn, device=device, action=action)
     if refusal is not None and requested_by is not None:
         raise ConflictError(refusal)
     status = "refused" if refusal else "pending"
-    row = command_repo.insert_command(conn, command_id=str(uuid.uuid4()), device_id=device.id, action=action,
-                              alarm_id=alarm_id, reason=reason, requested_by=requested_by, status=status, at=now,
-                              deadline=now + timedelta(seconds=DEADLINE_S.get(action, 30.0)),
-                              detail=refusal or "", retry_of=retry_of)
+    row = command_repo.insert_command(
+        conn,
+        command_id=str(uuid.uuid4()),
+        device_id=device.id,
+        action=action,
+        alarm_id=alarm_id,
+        reason=reason,
+        requested_by=requested_by,
+        status=status,
+        at=now,
+        deadline=now + timedelta(seconds=DEADLINE_S.get(action, 30.0)),
+        detail=refusal or "",
+        retry_of=retry_of,
+    )
     if alarm_id is not None:
-        repo.insert_event(conn, alarm_id=alarm_id, kind="actuated", at=now, actor=requested_by,
-                          details={"command_id": row.id, "device_id": device.id, "action": action,
-                                   "status": status, "refused": refusal, "retry_of": retry_of})
+        repo.insert_event(
+            conn,
+            alarm_id=alarm_id,
+            kind="actuated",
+            at=now,
+            actor=requested_by,
+            details={
+                "command_id": row.id,
+                "device_id": device.id,
+                "action": action,
+                "status": status,
+                "refused": refusal,
+                "retry_of": retry_of,
+            },
+        )
     if refusal:
         log.warning("command %s on %s refused: %s", action, device.id, refusal)
     else:
@@ -78,8 +117,10 @@ def refusal_reason(conn: Connection[Any], *, device: Device, action: str) -> str
     if action == "restore_power":
         lock = command_repo.get_port_lock(conn, device_id=device.id)
         if lock is not None:
-            return (f"port {device.id} is locked since {lock[2].isoformat()} after a safety trip ({lock[1]}): "
-                    "a worker must check the bike and clear the lock on site")
+            return (
+                f"port {device.id} is locked since {lock[2].isoformat()} after a safety trip ({lock[1]}): "
+                "a worker must check the bike and clear the lock on site"
+            )
     return None
 
 
@@ -118,9 +159,13 @@ def record_confirmations(conn: Connection[Any], *, commands: Sequence[CommandRow
     for c in commands:
         log.info("command %s (%s) on %s confirmed by %s", c.id, c.action, c.device_id, c.confirmed_by)
         if c.alarm_id is not None:
-            repo.insert_event(conn, alarm_id=c.alarm_id, kind="actuation_confirmed", at=at,
-                              details={"command_id": c.id, "device_id": c.device_id, "action": c.action,
-                                       "by": c.confirmed_by})
+            repo.insert_event(
+                conn,
+                alarm_id=c.alarm_id,
+                kind="actuation_confirmed",
+                at=at,
+                details={"command_id": c.id, "device_id": c.device_id, "action": c.action, "by": c.confirmed_by},
+            )
 
 
 def lock_port(conn: Connection[Any], *, device: Device, alarm_id: int | None, reason: str, at: datetime) -> None:
@@ -129,8 +174,7 @@ def lock_port(conn: Connection[Any], *, device: Device, alarm_id: int | None, re
     log.info("port %s locked after %s", device.id, reason)
 
 
-def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None,
-                    now: datetime) -> bool:
+def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None, now: datetime) -> bool:
     """A worker has checked the bike on site and clears the port (returns whether it was locked)."""
     return command_repo.clear_port_lock(conn, device_id=device_id, actor=actor, note=note, at=now)
 
@@ -156,8 +200,9 @@ def confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], at: 
     return confirmed
 
 
-def apply_ack(conn: Connection[Any], *, command_id: str, device_id: str, ok: bool, detail: str,
-              at: datetime) -> CommandRow | None:
+def apply_ack(
+    conn: Connection[Any], *, command_id: str, device_id: str, ok: bool, detail: str, at: datetime
+) -> CommandRow | None:
     """A device's cmd/ack: the command confirmed (ok) or failed (not ok); None for an unknown or settled id."""
     return command_repo.ack_command(conn, command_id=command_id, device_id=device_id, ok=ok, detail=detail, at=at)
 
