@@ -26,14 +26,16 @@ from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, Re
 from core.loop import Check
 from core.ops import Checks, health_body
 from core.settings import Settings
-from rules import score_service
+from score import service as score_service
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 # Pages are server-rendered with our own script and style files only: nothing inline, nothing third-party.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -53,6 +55,17 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+# Domain errors and the status a person gets for each (STYLE: no catch-all): pages show an error page instead.
+ERROR_STATUS: dict[type[Exception], int] = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    RegistryError: 422,
+    score_service.InvalidScoreInput: 422,
+    ConfigError: 422,
+}
+PAGE_STATUSES = (403, 404, 409, 422)
+
+
 def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks: Checks | None = None) -> FastAPI:
     """Build the app; the pool is opened here unless one is given. `checks` are the health of the other parts
     running in this process, reported by /healthz beside the API's own."""
@@ -67,70 +80,86 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
         if owned:
             app.state.pool.close()
 
-    app = FastAPI(title="gridwatch", version="0.1.0", lifespan=lifespan,
-                  description="Safety monitoring for dense urban housing: alarms, acknowledgements, scores. "
-                              "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.")
+    app = FastAPI(
+        title="gridwatch",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Safety monitoring for dense urban housing: alarms, acknowledgements, scores. "
+        "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.",
+    )
     app.state.settings = settings
     app.state.hub = AlarmHub(settings.dsn)
     app.state.auth_limiter = FailureLimiter()  # failed logins / bearer tokens per client address (issue 9)
     if pool is not None:
         app.state.pool = pool
+    app.middleware("http")(security_headers)
+    install_error_handlers(app)
+    add_ops_routes(app, checks)
+    app.include_router(alarms.router)
+    app.include_router(devices.router)
+    app.include_router(merchants.router)
+    admin.include(app)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if not request.url.path.startswith(NO_CSP):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-        if _is_page(request) and not request.url.path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
-    @app.exception_handler(AuthError)
-    async def _auth(request: Request, exc: AuthError) -> Response:
-        if _is_page(request) and request.method == "GET":
-            return RedirectResponse(pages.login_url(request), status_code=303)
-        return JSONResponse({"detail": f"not authenticated: {exc}"}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
+async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """CSP, no sniffing or framing, and no caching of pages (they hold a person's alarms)."""
+    response = await call_next(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if not request.url.path.startswith(NO_CSP):
+        response.headers.setdefault("Content-Security-Policy", CSP)
+    if _is_page(request) and not request.url.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(request: Request, exc: NotFoundError) -> Response:
-        if _is_page(request):
-            return pages.error_page(request, 404, str(exc))
-        return JSONResponse({"detail": str(exc)}, status_code=404)
 
-    @app.exception_handler(ConflictError)
-    async def _conflict(request: Request, exc: ConflictError) -> Response:
-        if _is_page(request):
-            return pages.error_page(request, 409, str(exc))
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+def _problem(request: Request, status: int, detail: str, **extra: Any) -> Response:
+    if _is_page(request) and status in PAGE_STATUSES:
+        return pages.error_page(request, status, detail)
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
 
-    @app.exception_handler(RegistryError)
-    async def _registry(_: Request, exc: RegistryError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    @app.exception_handler(score_service.InvalidScoreInput)
-    async def _score_input(_: Request, exc: score_service.InvalidScoreInput) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
+    return _problem(request, status, str(exc))
 
-    @app.exception_handler(ConfigError)
-    async def _config(_: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        errors = [{"field": _field(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in exc.errors()]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
-        if _is_page(request):
-            return pages.error_page(request, 422, detail)
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+async def _auth_error(request: Request, exc: Exception) -> Response:
+    if _is_page(request) and request.method == "GET":
+        return RedirectResponse(pages.login_url(request), status_code=303)
+    return JSONResponse(
+        {"detail": f"not authenticated: {exc}"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if _is_page(request) and exc.status_code in (403, 404, 409, 422):
-            return pages.error_page(request, exc.status_code, str(exc.detail))
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this type only
+    errors = [{"field": _field(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+    return _problem(request, 422, detail, errors=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this type only
+    if _is_page(request) and exc.status_code in PAGE_STATUSES:
+        return pages.error_page(request, exc.status_code, str(exc.detail))
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error a request can meet, mapped to a status and a sentence a person can act on."""
+    for kind in ERROR_STATUS:
+        app.add_exception_handler(kind, _domain_error)
+    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+def add_ops_routes(app: FastAPI, checks: Checks | None) -> None:
+    """/healthz and /metrics."""
 
     @app.get("/healthz", tags=["ops"])
     def healthz(conn: Conn) -> Response:
@@ -143,11 +172,3 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
-
-    app.include_router(alarms.router)
-    app.include_router(devices.router)
-    app.include_router(merchants.router)
-    admin.include(app)
-    app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app

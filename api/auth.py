@@ -13,6 +13,7 @@ from typing import Any, Literal
 from psycopg import Connection
 
 from api import repo
+from core import repo as core_repo
 from core.errors import AuthError, ConfigError, NotFoundError
 
 Role = Literal["admin", "worker", "merchant"]
@@ -51,16 +52,32 @@ def hash_token(secret_key: str, token: str) -> bytes:
     return hmac.new(secret_key.encode(), token.encode(), hashlib.sha256).digest()
 
 
-def create_token(conn: Connection[Any], *, secret_key: str, role: Role, worker_id: str | None = None,
-                 merchant_id: str | None = None, label: str = "", ttl: timedelta | None = None) -> str:
+def create_token(
+    conn: Connection[Any],
+    *,
+    secret_key: str,
+    role: Role,
+    worker_id: str | None = None,
+    merchant_id: str | None = None,
+    label: str = "",
+    ttl: timedelta | None = None,
+) -> str:
     """Create a token and return it; only its hash is kept."""
-    return create_token_row(conn, secret_key=secret_key, role=role, worker_id=worker_id, merchant_id=merchant_id,
-                            label=label, ttl=ttl)[1]
+    return create_token_row(
+        conn, secret_key=secret_key, role=role, worker_id=worker_id, merchant_id=merchant_id, label=label, ttl=ttl
+    )[1]
 
 
-def create_token_row(conn: Connection[Any], *, secret_key: str, role: Role, worker_id: str | None = None,
-                     merchant_id: str | None = None, label: str = "",
-                     ttl: timedelta | None = None) -> tuple[int, str, datetime | None]:
+def create_token_row(
+    conn: Connection[Any],
+    *,
+    secret_key: str,
+    role: Role,
+    worker_id: str | None = None,
+    merchant_id: str | None = None,
+    label: str = "",
+    ttl: timedelta | None = None,
+) -> tuple[int, str, datetime | None]:
     """Create a token; returns (id, token, expires_at). The token itself is never stored."""
     if role not in ROLES:
         raise ConfigError(f"role {role!r} is not admin, worker or merchant")
@@ -68,16 +85,21 @@ def create_token_row(conn: Connection[Any], *, secret_key: str, role: Role, work
         raise ConfigError("a worker token needs --worker ID")
     if role == "merchant" and not merchant_id:
         raise ConfigError("a merchant token needs --merchant ID")
-    if role == "worker" and worker_id and not repo.exists(conn, table="worker", id=worker_id):
+    if role == "worker" and worker_id and not core_repo.exists(conn, table="worker", id=worker_id):
         raise NotFoundError(f"worker {worker_id!r} is not in the registry")
-    if role == "merchant" and merchant_id and not repo.exists(conn, table="merchant", id=merchant_id):
+    if role == "merchant" and merchant_id and not core_repo.exists(conn, table="merchant", id=merchant_id):
         raise NotFoundError(f"merchant {merchant_id!r} is not in the registry")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + ttl if ttl else None
-    token_id = repo.insert_token(conn, token_hash=hash_token(secret_key, token), role=role,
-                                 worker_id=worker_id if role == "worker" else None,
-                                 merchant_id=merchant_id if role == "merchant" else None, label=label,
-                                 expires_at=expires)
+    token_id = repo.insert_token(
+        conn,
+        token_hash=hash_token(secret_key, token),
+        role=role,
+        worker_id=worker_id if role == "worker" else None,
+        merchant_id=merchant_id if role == "merchant" else None,
+        label=label,
+        expires_at=expires,
+    )
     return token_id, token, expires
 
 
@@ -98,8 +120,9 @@ def authenticate(conn: Connection[Any], *, secret_key: str, token: str) -> Princ
     return _check(row)
 
 
-def create_session(conn: Connection[Any], *, secret_key: str, token: str,
-                   ttl: timedelta = SESSION_TTL) -> tuple[str, Principal]:
+def create_session(
+    conn: Connection[Any], *, secret_key: str, token: str, ttl: timedelta = SESSION_TTL
+) -> tuple[str, Principal]:
     """Log in with a token: returns the session secret for the cookie and who it is."""
     who = authenticate(conn, secret_key=secret_key, token=token)
     session = secrets.token_urlsafe(32)
@@ -107,8 +130,9 @@ def create_session(conn: Connection[Any], *, secret_key: str, token: str,
     token_expiry = repo.get_token_expiry(conn, token_id=who.token_id)
     if token_expiry is not None:
         expires = min(expires, token_expiry)
-    session_id = repo.insert_session(conn, session_hash=hash_token(secret_key, "session:" + session),
-                                     token_id=who.token_id, expires_at=expires)
+    session_id = repo.insert_session(
+        conn, session_hash=hash_token(secret_key, "session:" + session), token_id=who.token_id, expires_at=expires
+    )
     return session, Principal(who.token_id, who.role, who.worker_id, who.merchant_id, session_id)
 
 

@@ -21,9 +21,13 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 bearer = HTTPBearer(auto_error=False, description="`gridwatch token create` or POST /api/v1/admin/tokens")
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 403: {"model": Problem},
-                                           404: {"model": Problem}, 422: {"model": Problem},
-                                           429: {"model": Problem}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem},
+    403: {"model": Problem},
+    404: {"model": Problem},
+    422: {"model": Problem},
+    429: {"model": Problem},
+}
 
 
 def get_conn(request: Request) -> Iterator[Connection[Any]]:
@@ -56,8 +60,9 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-def principal(request: Request, conn: Conn,
-              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> auth.Principal:
+def principal(
+    request: Request, conn: Conn, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> auth.Principal:
     """The caller: a bearer token, or a web session cookie (see csrf_checked for unsafe methods)."""
     key = settings_of(request).secret_key.get_secret_value()
     if creds is not None:
@@ -65,8 +70,11 @@ def principal(request: Request, conn: Conn,
         client = client_key(request.client.host if request.client else None)
         wait = limiter.retry_after(client)
         if wait is not None:
-            raise HTTPException(429, f"too many failed tokens from your address: try again in {wait} s",
-                                headers={"Retry-After": str(wait)})
+            raise HTTPException(
+                429,
+                f"too many failed tokens from your address: try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
         try:
             with conn.transaction():
                 return auth.authenticate(conn, secret_key=key, token=creds.credentials)
@@ -75,8 +83,9 @@ def principal(request: Request, conn: Conn,
             raise
     session = request.cookies.get(SESSION_COOKIE)
     if not session:
-        raise AuthError("send Authorization: Bearer <token> (create one with `gridwatch token create`) "
-                        "or log in at /login")
+        raise AuthError(
+            "send Authorization: Bearer <token> (create one with `gridwatch token create`) or log in at /login"
+        )
     with conn.transaction():
         who = auth.authenticate_session(conn, secret_key=key, session=session)
     request.state.session = session
@@ -100,10 +109,12 @@ Who = Annotated[auth.Principal, Depends(csrf_checked)]
 
 def allow(*roles: auth.Role) -> Callable[[auth.Principal], auth.Principal]:
     """A dependency that admits only these roles (403 for the others, 401 without credentials)."""
+
     def check(who: Who) -> auth.Principal:
         if who.role not in roles:
             raise HTTPException(403, f"this needs the {' or '.join(roles)} role; your token is {who.role}")
         return who
+
     check.__name__ = "allow_" + "_".join(roles)
     return check
 

@@ -14,8 +14,10 @@ STRINGS: dict[str, dict[str, str]] = {
     "login": {"zh-CN": "登录", "en": "Log in"},
     "logout": {"zh-CN": "退出", "en": "Log out"},
     "token": {"zh-CN": "访问令牌", "en": "Access token"},
-    "token_help": {"zh-CN": "粘贴管理员发给您的令牌（gw_ 开头）。", "en": "Paste the token your admin gave you (starts "
-                                                                   "with gw_)."},
+    "token_help": {
+        "zh-CN": "粘贴管理员发给您的令牌（gw_ 开头）。",
+        "en": "Paste the token your admin gave you (starts with gw_).",
+    },
     "login_failed": {"zh-CN": "登录失败", "en": "Login failed"},
     "board": {"zh-CN": "告警看板", "en": "Alarm board"},
     "no_alarms": {"zh-CN": "您负责的微网格当前没有告警。", "en": "No open alarms in your micro-grids."},
@@ -100,7 +102,9 @@ def pick_lang(request: Request) -> str:
 
 def translator(lang: str) -> Callable[[str], str]:
     """t('key') for templates; an unknown key shows itself so a missing string is visible, not blank."""
+
     def t(key: str) -> str:
         entry = STRINGS.get(key)
         return entry.get(lang, entry["en"]) if entry else key
+
     return t

@@ -30,16 +30,27 @@ from api.routers import alarms as alarm_routes
 from api.routers import devices as device_routes
 from api.routers import merchants as merchant_routes
 from api.stream import alarm_stream
+from core import repo as core_repo
 from core.domain import Disposition, Severity
 from core.errors import AuthError
-from rules import score_policy, score_service
 from rules import service as rules_service
+from score import policy as score_policy
+from score import service as score_service
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 LOGIN_COOKIE = "gw_login"
-UNITS = {"gas_lel": "%LEL", "co_ppm": "ppm", "smoke_db_m": "dB/m", "temp_c": "°C", "power_w": "W",
-         "current_a": "A", "voltage_v": "V", "energy_wh": "Wh", "battery_pct": "%"}
+UNITS = {
+    "gas_lel": "%LEL",
+    "co_ppm": "ppm",
+    "smoke_db_m": "dB/m",
+    "temp_c": "°C",
+    "power_w": "W",
+    "current_a": "A",
+    "voltage_v": "V",
+    "energy_wh": "Wh",
+    "battery_pct": "%",
+}
 
 
 def _tz(request: Request) -> ZoneInfo:
@@ -65,20 +76,34 @@ def _ctx(request: Request, who: auth.Principal | None, **extra: Any) -> dict[str
     tz = _tz(request)
     session = getattr(request.state, "session", None)
     key = settings_of(request).secret_key.get_secret_value()
-    return {"t": i18n.translator(lang), "lang": lang, "who": who,
-            "csrf": auth.csrf_token(key, session) if session else "",
-            "time": lambda v: _fmt_time(v, tz), "secs": _fmt_secs,
-            "sev": lambda n: Severity(n).label, "prio": lambda n: Severity(n).priority,
-            "dispositions": [d.value for d in Disposition], **extra}
+    return {
+        "t": i18n.translator(lang),
+        "lang": lang,
+        "who": who,
+        "csrf": auth.csrf_token(key, session) if session else "",
+        "time": lambda v: _fmt_time(v, tz),
+        "secs": _fmt_secs,
+        "sev": lambda n: Severity(n).label,
+        "prio": lambda n: Severity(n).priority,
+        "dispositions": [d.value for d in Disposition],
+        **extra,
+    }
 
 
-def render(request: Request, name: str, who: auth.Principal | None, status_code: int = 200,
-           **extra: Any) -> HTMLResponse:
+def render(
+    request: Request, name: str, who: auth.Principal | None, status_code: int = 200, **extra: Any
+) -> HTMLResponse:
     """A page, with the language cookie refreshed when ?lang= chose one."""
     response = templates.TemplateResponse(request, name, _ctx(request, who, **extra), status_code=status_code)
     if request.query_params.get("lang") in i18n.LANGS:
-        response.set_cookie(i18n.LANG_COOKIE, request.query_params["lang"], max_age=365 * 86400,
-                            samesite="strict", httponly=True, secure=_secure(request))
+        response.set_cookie(
+            i18n.LANG_COOKIE,
+            request.query_params["lang"],
+            max_age=365 * 86400,
+            samesite="strict",
+            httponly=True,
+            secure=_secure(request),
+        )
     return response
 
 
@@ -106,20 +131,29 @@ def _safe_next(value: str | None) -> str:
 
 # -- login / logout ---------------------------------------------------------------------------------------------
 
+
 @router.get("/login")
 def login_form(request: Request, next: Annotated[str | None, Query(max_length=500)] = None) -> HTMLResponse:
     """The login form; a pre-session nonce cookie protects the form itself against login CSRF."""
     nonce = secrets.token_urlsafe(24)
     key = settings_of(request).secret_key.get_secret_value()
-    response = render(request, "login.html", None, next=_safe_next(next),
-                      login_csrf=auth.csrf_token(key, "login:" + nonce), error=None)
-    response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request),
-                        path="/login", max_age=3600)
+    response = render(
+        request,
+        "login.html",
+        None,
+        next=_safe_next(next),
+        login_csrf=auth.csrf_token(key, "login:" + nonce),
+        error=None,
+    )
+    response.set_cookie(
+        LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request), path="/login", max_age=3600
+    )
     return response
 
 
 async def _form(request: Request) -> dict[str, str]:
     from urllib.parse import parse_qs
+
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return {}
     return {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
@@ -132,10 +166,18 @@ def _login_again(request: Request, next_url: str, error: str, *, status_code: in
     """The login form again with the error and a fresh form nonce."""
     key = settings_of(request).secret_key.get_secret_value()
     nonce = secrets.token_urlsafe(24)
-    page = render(request, "login.html", None, status_code=status_code, next=next_url,
-                  login_csrf=auth.csrf_token(key, "login:" + nonce), error=error)
-    page.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request),
-                    path="/login", max_age=3600)
+    page = render(
+        request,
+        "login.html",
+        None,
+        status_code=status_code,
+        next=next_url,
+        login_csrf=auth.csrf_token(key, "login:" + nonce),
+        error=error,
+    )
+    page.set_cookie(
+        LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=_secure(request), path="/login", max_age=3600
+    )
     return page
 
 
@@ -151,8 +193,9 @@ def login(request: Request, conn: Conn, form: Form) -> Response:
     client = client_key(request.client.host if request.client else None)
     wait = limiter.retry_after(client)
     if wait is not None:
-        page = _login_again(request, next_url, f"too many failed logins from your address: try again in {wait} s",
-                            status_code=429)
+        page = _login_again(
+            request, next_url, f"too many failed logins from your address: try again in {wait} s", status_code=429
+        )
         page.headers["Retry-After"] = str(wait)
         return page
     try:
@@ -162,8 +205,15 @@ def login(request: Request, conn: Conn, form: Form) -> Response:
         limiter.fail(client)
         return _login_again(request, next_url, str(exc), status_code=401)
     response = RedirectResponse(next_url, status_code=303)
-    response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", secure=_secure(request),
-                        path="/", max_age=int(auth.SESSION_TTL.total_seconds()))
+    response.set_cookie(
+        SESSION_COOKIE,
+        session,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        path="/",
+        max_age=int(auth.SESSION_TTL.total_seconds()),
+    )
     response.delete_cookie(LOGIN_COOKIE, path="/login")
     return response
 
@@ -183,38 +233,52 @@ def logout(request: Request, conn: Conn, _who: Anyone) -> Response:
 @router.get("/")
 def home(who: Anyone) -> Response:
     """Each role's start page."""
-    return RedirectResponse({"worker": "/board", "merchant": "/score", "admin": "/admin"}[who.role],
-                            status_code=303)
+    return RedirectResponse({"worker": "/board", "merchant": "/score", "admin": "/admin"}[who.role], status_code=303)
 
 
 # -- worker board ----------------------------------------------------------------------------------------------------
 
-def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmListRow) -> str:
+
+def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmInSite) -> str:
     return templates.get_template("_alarm_row.html").render(_ctx(request, who, a=row))
 
 
 @router.get("/board")
 def board(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
     """Open alarms of the worker's micro-grids (all for an admin), updated live."""
-    rows = api_repo.list_alarms(conn, worker_id=who.worker_scope, merchant_id=None, open_only=True, active=None,
-                                acknowledged=None, min_severity=None, site_id=None, before_id=None, limit=200)
+    rows = api_repo.list_alarms(
+        conn,
+        worker_id=who.worker_scope,
+        merchant_id=None,
+        open_only=True,
+        active=None,
+        acknowledged=None,
+        min_severity=None,
+        site_id=None,
+        before_id=None,
+        limit=200,
+    )
     rows.sort(key=lambda r: (r.acknowledged, -r.severity, -r.id))
     return render(request, "board.html", who, alarms=rows)
 
 
 @router.get("/board/stream")
-async def board_stream(request: Request, who: Staff,
-                       max_s: Annotated[float | None, Query(gt=0, le=3600)] = None) -> StreamingResponse:
+async def board_stream(
+    request: Request, who: Staff, max_s: Annotated[float | None, Query(gt=0, le=3600)] = None
+) -> StreamingResponse:
     """The board's live feed: each changed alarm as its rendered row (open=false: take it off the board)."""
-    return alarm_stream(request, who, max_s, lambda row: json.dumps(
-        {"id": row.id, "open": row.closed_at is None, "html": _row_html(request, who, row)}))
+    return alarm_stream(
+        request,
+        who,
+        max_s,
+        lambda row: json.dumps({"id": row.id, "open": row.closed_at is None, "html": _row_html(request, who, row)}),
+    )
 
 
 def _after_action(request: Request, who: auth.Principal, conn: Connection[Any], alarm_id: int) -> Response:
     if request.headers.get("x-requested-with") == "fetch":
         row = alarm_routes.scoped_alarm(conn, who, alarm_id)
-        return JSONResponse({"id": row.id, "open": row.closed_at is None,
-                             "html": _row_html(request, who, row)})
+        return JSONResponse({"id": row.id, "open": row.closed_at is None, "html": _row_html(request, who, row)})
     return RedirectResponse("/board", status_code=303)
 
 
@@ -243,19 +307,35 @@ def board_resolve(alarm_id: int, request: Request, conn: Conn, who: Staff, form:
 
 # -- alarm and device pages -----------------------------------------------------------------------------------------
 
+
 @router.get("/alarms/{alarm_id}")
 def alarm_page(alarm_id: int, request: Request, conn: Conn, who: Anyone) -> HTMLResponse:
     """An alarm with its history and a chart of the device's readings around it."""
     detail = alarm_routes.alarm_detail(conn, who, alarm_id)
     field = _alarm_field(detail.alarm.type, detail.readings)
-    pts = [(r.ts, None, float(r.values[field]), None) for r in detail.readings
-           if field and isinstance(r.values.get(field), int | float) and not isinstance(r.values.get(field), bool)]
-    chart = svg_chart(pts, title=f"{detail.alarm.device_id} {field or ''}", unit=UNITS.get(field or "", ""),
-                      tz_label=settings_of(request).timezone)
+    pts = [
+        (r.ts, None, float(r.values[field]), None)
+        for r in detail.readings
+        if field and isinstance(r.values.get(field), int | float) and not isinstance(r.values.get(field), bool)
+    ]
+    chart = svg_chart(
+        pts,
+        title=f"{detail.alarm.device_id} {field or ''}",
+        unit=UNITS.get(field or "", ""),
+        tz_label=settings_of(request).timezone,
+    )
     row = alarm_routes.scoped_alarm(conn, who, alarm_id)
     kinds = [f.kind for f in score_policy.active_policies().default.findings] if who.role != "merchant" else []
-    return render(request, "alarm.html", who, d=detail, chart=chart, field=field, merchant_id=row.merchant_id,
-                  finding_kinds=kinds if row.merchant_id else [])
+    return render(
+        request,
+        "alarm.html",
+        who,
+        d=detail,
+        chart=chart,
+        field=field,
+        merchant_id=row.merchant_id,
+        finding_kinds=kinds if row.merchant_id else [],
+    )
 
 
 @router.post("/alarms/{alarm_id}/finding")
@@ -264,15 +344,17 @@ def alarm_finding(alarm_id: int, conn: Conn, who: Staff, form: Form) -> Response
     with conn.transaction():
         row = alarm_routes.scoped_alarm(conn, who, alarm_id)
         note = ((form.get("note") or "").strip()[:1900] + f" (alarm {alarm_id})").strip()
-        score_service.record_finding(conn, site_id=row.site_id, kind=form.get("kind", ""), actor=who.actor,
-                                     note=note)
+        score_service.record_finding(conn, site_id=row.site_id, kind=form.get("kind", ""), actor=who.actor, note=note)
     return RedirectResponse(f"/alarms/{alarm_id}", status_code=303)
 
 
 def _alarm_field(alarm_type: str, readings: list[Any]) -> str | None:
     """The measurement that best shows an alarm of this type."""
-    preferred = [f for f in ("gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "battery_pct")
-                 if f.split("_")[0] in alarm_type]
+    preferred = [
+        f
+        for f in ("gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "battery_pct")
+        if f.split("_")[0] in alarm_type
+    ]
     for f in [*preferred, *UNITS]:
         if any(f in r.values for r in readings):
             return f
@@ -280,28 +362,68 @@ def _alarm_field(alarm_type: str, readings: list[Any]) -> str | None:
 
 
 @router.get("/devices/{device_id}")
-def device_page(device_id: str, request: Request, conn: Conn, who: Anyone,
-                field: device_routes.NumericField | None = None,
-                hours: Annotated[int, Query(ge=1, le=31 * 24)] = 24) -> HTMLResponse:
+def device_page(
+    device_id: str,
+    request: Request,
+    conn: Conn,
+    who: Anyone,
+    field: device_routes.NumericField | None = None,
+    hours: Annotated[int, Query(ge=1, le=31 * 24)] = 24,
+) -> HTMLResponse:
     """A device with a chart of one field over the last hours."""
     device = device_routes.scoped_device(conn, who, device_id)
-    default = {"gas_detector": "gas_lel", "co_alarm": "co_ppm", "smoke_detector": "smoke_db_m",
-               "charging_port": "power_w", "smart_socket": "power_w"}.get(device.kind, "temp_c")
+    default = {
+        "gas_detector": "gas_lel",
+        "co_alarm": "co_ppm",
+        "smoke_detector": "smoke_db_m",
+        "charging_port": "power_w",
+        "smart_socket": "power_w",
+    }.get(device.kind, "temp_c")
     chosen = field or default
     end = datetime.now(UTC)
-    series = device_routes.reading_series(conn, who, device_id, field=chosen, start=end - timedelta(hours=hours),
-                                          end=end, points=240)
-    chart = svg_chart([(b.bucket, b.min, b.avg, b.max) for b in series.buckets], title=f"{device_id} {chosen}",
-                      unit=UNITS.get(chosen, ""), tz_label=settings_of(request).timezone)
-    alarms = api_repo.list_alarms(conn, worker_id=who.worker_scope, merchant_id=who.merchant_scope,
-                                  open_only=False, active=None, acknowledged=None, min_severity=None, site_id=None,
-                                  before_id=None, limit=20, device_id=device_id)
+    series = device_routes.reading_series(
+        conn, who, device_id, field=chosen, start=end - timedelta(hours=hours), end=end, points=240
+    )
+    chart = svg_chart(
+        [(b.bucket, b.min, b.avg, b.max) for b in series.buckets],
+        title=f"{device_id} {chosen}",
+        unit=UNITS.get(chosen, ""),
+        tz_label=settings_of(request).timezone,
+    )
+    alarms = api_repo.list_alarms(
+        conn,
+        worker_id=who.worker_scope,
+        merchant_id=who.merchant_scope,
+        open_only=False,
+        active=None,
+        acknowledged=None,
+        min_severity=None,
+        site_id=None,
+        before_id=None,
+        limit=20,
+        device_id=device_id,
+    )
     lock = device_routes.port_lock(conn, device_id) if device.kind == "charging_port" else None
-    actions = [a for a, kinds in device_routes.COMMAND_KINDS.items() if device.kind in kinds] \
-        if who.role != "merchant" else []
-    return render(request, "device.html", who, device=device, chart=chart, field=chosen, hours=hours,
-                  series=series, fields=list(UNITS), alarms=alarms, lock=lock, actions=actions,
-                  done=request.query_params.get("done"))
+    actions = (
+        [a for a, kinds in device_routes.COMMAND_KINDS.items() if device.kind in kinds]
+        if who.role != "merchant"
+        else []
+    )
+    return render(
+        request,
+        "device.html",
+        who,
+        device=device,
+        chart=chart,
+        field=chosen,
+        hours=hours,
+        series=series,
+        fields=list(UNITS),
+        alarms=alarms,
+        lock=lock,
+        actions=actions,
+        done=request.query_params.get("done"),
+    )
 
 
 @router.post("/devices/{device_id}/unlock")
@@ -326,9 +448,11 @@ def device_command(device_id: str, conn: Conn, who: Staff, form: Form) -> Respon
 
 # -- merchant score page ------------------------------------------------------------
 
+
 @router.get("/score")
-def score_page(request: Request, conn: Conn, who: Anyone,
-               merchant: Annotated[str | None, Query(max_length=64)] = None) -> HTMLResponse:
+def score_page(
+    request: Request, conn: Conn, who: Anyone, merchant: Annotated[str | None, Query(max_length=64)] = None
+) -> HTMLResponse:
     """A merchant's score, tier, trend, ledger, open hazards and findings (their own; staff pass ?merchant=)."""
     merchant_id = who.merchant_id if who.role == "merchant" else merchant
     if not merchant_id:
@@ -341,16 +465,25 @@ def score_page(request: Request, conn: Conn, who: Anyone,
 
 # -- admin overview ------------------------------------------------------------
 
+
 @router.get("/admin")
-def admin_page(request: Request, conn: Conn, who: Admin,
-               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> HTMLResponse:
+def admin_page(
+    request: Request, conn: Conn, who: Admin, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
+) -> HTMLResponse:
     """KPIs per community and grid, and the device list with live state."""
-    communities = api_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
-    grids = api_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
-    kpis = [admin_routes.kpis(conn, scope="community", scope_id=c["id"], since=None, until=None)
-            for c in communities]
+    communities = core_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
+    grids = core_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
+    kpis = [admin_routes.kpis(conn, scope="community", scope_id=c["id"], since=None, until=None) for c in communities]
     kpis += [admin_routes.kpis(conn, scope="grid", scope_id=g["id"], since=None, until=None) for g in grids]
-    devices = api_repo.list_devices(conn, worker_id=None, merchant_id=None, site_id=None, kind=None, offline=None,
-                                    limit=100, offset=offset)
-    return render(request, "admin.html", who, kpis=kpis, devices=devices, offset=offset,
-                  next_offset=offset + 100 if len(devices) == 100 else None)
+    devices = api_repo.list_devices(
+        conn, worker_id=None, merchant_id=None, site_id=None, kind=None, offline=None, limit=100, offset=offset
+    )
+    return render(
+        request,
+        "admin.html",
+        who,
+        kpis=kpis,
+        devices=devices,
+        offset=offset,
+        next_offset=offset + 100 if len(devices) == 100 else None,
+    )

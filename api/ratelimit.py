@@ -30,8 +30,14 @@ MAX_ADDRESSES = 10_000  # memory bound: beyond this the address with the oldest 
 class FailureLimiter:
     """Failures per key in a sliding window; thread-safe (sync routes run in a thread pool)."""
 
-    def __init__(self, *, max_failures: int = MAX_FAILURES, window_s: float = WINDOW_S,
-                 max_keys: int = MAX_ADDRESSES, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_failures: int = MAX_FAILURES,
+        window_s: float = WINDOW_S,
+        max_keys: int = MAX_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_failures, self.window_s, self.max_keys, self.clock = max_failures, window_s, max_keys, clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
@@ -68,8 +74,12 @@ class FailureLimiter:
                 times = self._failures[key] = deque(maxlen=self.max_failures)
             times.append(now)
             if len(times) == self.max_failures:
-                log.warning("client %s: %d failed logins within %.0f s; refused for a while", key,
-                            self.max_failures, self.window_s)
+                log.warning(
+                    "client %s: %d failed logins within %.0f s; refused for a while",
+                    key,
+                    self.max_failures,
+                    self.window_s,
+                )
 
 
 def client_key(host: str | None) -> str:

@@ -15,6 +15,7 @@ from psycopg.rows import class_row, dict_row
 
 from core import repo as core_repo
 from core.db import OUTBOX_CHANNEL
+from core.domain import Alarm
 
 # -- tokens and sessions ----------------------------------------------------------------------------------
 
@@ -63,8 +64,16 @@ FROM api_token WHERE id = %s
 """  # noqa: S105 - SQL, not a secret
 
 
-def insert_token(conn: Connection[Any], *, token_hash: bytes, role: str, worker_id: str | None,
-                 merchant_id: str | None, label: str, expires_at: datetime | None) -> int:
+def insert_token(
+    conn: Connection[Any],
+    *,
+    token_hash: bytes,
+    role: str,
+    worker_id: str | None,
+    merchant_id: str | None,
+    label: str,
+    expires_at: datetime | None,
+) -> int:
     """Store a token's digest; returns its id."""
     row = conn.execute(INSERT_TOKEN, (token_hash, role, worker_id, merchant_id, label, expires_at)).fetchone()
     assert row is not None  # noqa: S101
@@ -142,39 +151,15 @@ def revoke_session(conn: Connection[Any], *, session_hash: bytes) -> None:
 
 
 @dataclass(slots=True)
-class AlarmListRow:
-    id: int
-    device_id: str
-    site_id: str
-    micro_grid_id: str
-    type: str
-    rule_id: str
-    severity: int
-    active: bool
-    acknowledged: bool
-    raised_at: datetime
-    last_seen_at: datetime
-    cleared_at: datetime | None
-    acknowledged_at: datetime | None
-    acknowledged_by: str | None
-    closed_at: datetime | None
-    closed_by: str | None
-    disposition: str | None
-    value: float | None
-    peak_value: float | None
-    count: int
-    message: str
-    note: str | None = None
-    updated_at: datetime | None = None
+class AlarmInSite(Alarm):
+    """An alarm with where it is (what boards, pages and the stream show)."""
+
     site_name: str = ""
     site_address: str = ""
     merchant_id: str | None = None
 
 
-ALARM_LIST_COLUMNS = """a.id, a.device_id, a.site_id, a.micro_grid_id, a.type, a.rule_id, a.severity, a.active,
-    a.acknowledged, a.raised_at, a.last_seen_at, a.cleared_at, a.acknowledged_at, a.acknowledged_by, a.closed_at,
-    a.closed_by, a.disposition, a.value, a.peak_value, a.count, a.message, a.note, a.updated_at,
-    s.name AS site_name, s.address AS site_address, s.merchant_id"""
+ALARM_LIST_COLUMNS = core_repo.alarm_columns("a") + ", s.name AS site_name, s.address AS site_address, s.merchant_id"
 
 ALARM_SCOPE = """(%(worker)s::text IS NULL OR a.micro_grid_id IN
         (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
@@ -207,33 +192,59 @@ ORDER BY a.updated_at, a.id LIMIT %(limit)s
 SELECT_NOW = "SELECT now()"
 
 
-def list_alarms(conn: Connection[Any], *, worker_id: str | None, merchant_id: str | None, open_only: bool,
-                active: bool | None, acknowledged: bool | None, min_severity: int | None, site_id: str | None,
-                before_id: int | None, limit: int, device_id: str | None = None,
-                alarm_type: str | None = None) -> list[AlarmListRow]:
+def list_alarms(
+    conn: Connection[Any],
+    *,
+    worker_id: str | None,
+    merchant_id: str | None,
+    open_only: bool,
+    active: bool | None,
+    acknowledged: bool | None,
+    min_severity: int | None,
+    site_id: str | None,
+    before_id: int | None,
+    limit: int,
+    device_id: str | None = None,
+    alarm_type: str | None = None,
+) -> list[AlarmInSite]:
     """Alarms in the caller's scope, newest first, keyset-paginated by id."""
-    with conn.cursor(row_factory=class_row(AlarmListRow)) as cur:
-        return cur.execute(SELECT_ALARMS, {
-            "worker": worker_id, "merchant": merchant_id, "open_only": open_only, "active": active,
-            "acknowledged": acknowledged, "min_severity": min_severity, "site": site_id, "before_id": before_id,
-            "limit": limit, "device": device_id, "type": alarm_type,
-        }).fetchall()
+    with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
+        return cur.execute(
+            SELECT_ALARMS,
+            {
+                "worker": worker_id,
+                "merchant": merchant_id,
+                "open_only": open_only,
+                "active": active,
+                "acknowledged": acknowledged,
+                "min_severity": min_severity,
+                "site": site_id,
+                "before_id": before_id,
+                "limit": limit,
+                "device": device_id,
+                "type": alarm_type,
+            },
+        ).fetchall()
 
 
-def get_alarm_in_scope(conn: Connection[Any], *, alarm_id: int, worker_id: str | None,
-                       merchant_id: str | None) -> AlarmListRow | None:
+def get_alarm_in_scope(
+    conn: Connection[Any], *, alarm_id: int, worker_id: str | None, merchant_id: str | None
+) -> AlarmInSite | None:
     """One alarm if the caller may see it."""
-    with conn.cursor(row_factory=class_row(AlarmListRow)) as cur:
-        return cur.execute(SELECT_ALARM_IN_SCOPE, {"id": alarm_id, "worker": worker_id,
-                                                   "merchant": merchant_id}).fetchone()
+    with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
+        return cur.execute(
+            SELECT_ALARM_IN_SCOPE, {"id": alarm_id, "worker": worker_id, "merchant": merchant_id}
+        ).fetchone()
 
 
-def list_alarms_changed(conn: Connection[Any], *, since: datetime, worker_id: str | None,
-                        merchant_id: str | None, limit: int = 200) -> list[AlarmListRow]:
+def list_alarms_changed(
+    conn: Connection[Any], *, since: datetime, worker_id: str | None, merchant_id: str | None, limit: int = 200
+) -> list[AlarmInSite]:
     """Alarms in scope written after `since`, oldest change first."""
-    with conn.cursor(row_factory=class_row(AlarmListRow)) as cur:
-        return cur.execute(SELECT_ALARMS_CHANGED, {"since": since, "worker": worker_id, "merchant": merchant_id,
-                                                   "limit": limit}).fetchall()
+    with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
+        return cur.execute(
+            SELECT_ALARMS_CHANGED, {"since": since, "worker": worker_id, "merchant": merchant_id, "limit": limit}
+        ).fetchall()
 
 
 def db_now(conn: Connection[Any]) -> datetime:
@@ -262,16 +273,33 @@ def list_alarm_events(conn: Connection[Any], *, alarm_id: int) -> list[AlarmEven
         return cur.execute(SELECT_ALARM_EVENTS, (alarm_id,)).fetchall()
 
 
-READING_COLUMNS = ("gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "voltage_v", "energy_wh",
-                   "battery_pct", "gas", "smoke", "tamper", "test", "relay", "valve", "fault")
+READING_COLUMNS = (
+    "gas_lel",
+    "co_ppm",
+    "smoke_db_m",
+    "temp_c",
+    "power_w",
+    "current_a",
+    "voltage_v",
+    "energy_wh",
+    "battery_pct",
+    "gas",
+    "smoke",
+    "tamper",
+    "test",
+    "relay",
+    "valve",
+    "fault",
+)
 SELECT_READINGS_RAW = f"""
 SELECT ts, seq, {", ".join(READING_COLUMNS)} FROM reading
 WHERE device_id = %s AND ts >= %s AND ts <= %s ORDER BY ts, seq LIMIT %s
 """
 
 
-def list_readings_raw(conn: Connection[Any], *, device_id: str, start: datetime, end: datetime,
-                      limit: int) -> list[dict[str, Any]]:
+def list_readings_raw(
+    conn: Connection[Any], *, device_id: str, start: datetime, end: datetime, limit: int
+) -> list[dict[str, Any]]:
     """A device's readings in a window (the ones around an alarm)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(SELECT_READINGS_RAW, (device_id, start, end, limit)).fetchall()
@@ -331,21 +359,41 @@ WHERE d.id = %(id)s AND {DEVICE_SCOPE}
 """
 
 
-def list_devices(conn: Connection[Any], *, worker_id: str | None, merchant_id: str | None, site_id: str | None,
-                 kind: str | None, offline: bool | None, limit: int, offset: int) -> list[DeviceRow]:
+def list_devices(
+    conn: Connection[Any],
+    *,
+    worker_id: str | None,
+    merchant_id: str | None,
+    site_id: str | None,
+    kind: str | None,
+    offline: bool | None,
+    limit: int,
+    offset: int,
+) -> list[DeviceRow]:
     """Devices in scope with their live state."""
     with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
-        return cur.execute(SELECT_DEVICES, {"worker": worker_id, "merchant": merchant_id, "site": site_id,
-                                            "kind": kind, "offline": offline, "limit": limit,
-                                            "offset": offset}).fetchall()
+        return cur.execute(
+            SELECT_DEVICES,
+            {
+                "worker": worker_id,
+                "merchant": merchant_id,
+                "site": site_id,
+                "kind": kind,
+                "offline": offline,
+                "limit": limit,
+                "offset": offset,
+            },
+        ).fetchall()
 
 
-def get_device_in_scope(conn: Connection[Any], *, device_id: str, worker_id: str | None,
-                        merchant_id: str | None) -> DeviceRow | None:
+def get_device_in_scope(
+    conn: Connection[Any], *, device_id: str, worker_id: str | None, merchant_id: str | None
+) -> DeviceRow | None:
     """One device if the caller may see it."""
     with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
-        return cur.execute(SELECT_DEVICE_IN_SCOPE, {"id": device_id, "worker": worker_id,
-                                                    "merchant": merchant_id}).fetchone()
+        return cur.execute(
+            SELECT_DEVICE_IN_SCOPE, {"id": device_id, "worker": worker_id, "merchant": merchant_id}
+        ).fetchone()
 
 
 @dataclass(slots=True)
@@ -369,14 +417,25 @@ TIME_BUCKET = "time_bucket(%(width)s::interval, ts, timestamptz '2000-01-01')"
 DATE_BIN = "date_bin(%(width)s::interval, ts, timestamptz '2000-01-01')"
 
 
-def bucket_readings(conn: Connection[Any], *, device_id: str, field: str, start: datetime, end: datetime,
-                    width: timedelta, limit: int, timescale: bool) -> list[BucketRow]:
+def bucket_readings(
+    conn: Connection[Any],
+    *,
+    device_id: str,
+    field: str,
+    start: datetime,
+    end: datetime,
+    width: timedelta,
+    limit: int,
+    timescale: bool,
+) -> list[BucketRow]:
     """A device's readings of one numeric field, bucketed (min/max/avg per bucket)."""
-    query = sql.SQL(SELECT_BUCKETS).format(bucket_fn=sql.SQL(TIME_BUCKET if timescale else DATE_BIN),
-                                           field=sql.Identifier(field))
+    query = sql.SQL(SELECT_BUCKETS).format(
+        bucket_fn=sql.SQL(TIME_BUCKET if timescale else DATE_BIN), field=sql.Identifier(field)
+    )
     with conn.cursor(row_factory=class_row(BucketRow)) as cur:
-        return cur.execute(query, {"device": device_id, "start": start, "end": end, "width": width,
-                                   "limit": limit}).fetchall()
+        return cur.execute(
+            query, {"device": device_id, "start": start, "end": end, "width": width, "limit": limit}
+        ).fetchall()
 
 
 # -- merchants in scope ---------------------------------------------------------------------------------------
@@ -391,164 +450,17 @@ WHERE m.id = %(id)s
 """
 
 
-def get_merchant_in_scope(conn: Connection[Any], *, merchant_id: str, worker_id: str | None,
-                          own_merchant_id: str | None) -> tuple[str, str] | None:
+def get_merchant_in_scope(
+    conn: Connection[Any], *, merchant_id: str, worker_id: str | None, own_merchant_id: str | None
+) -> tuple[str, str] | None:
     """(id, name) of a merchant the caller may see: a merchant only itself, a worker those with a site in
     the micro-grids they cover."""
-    row = conn.execute(SELECT_MERCHANT_IN_SCOPE, {"id": merchant_id, "merchant": own_merchant_id,
-                                                  "worker": worker_id}).fetchone()
+    row = conn.execute(
+        SELECT_MERCHANT_IN_SCOPE, {"id": merchant_id, "merchant": own_merchant_id, "worker": worker_id}
+    ).fetchone()
     if row is None:
         return None
     return (row[0], row[1]) if isinstance(row, tuple) else (row["id"], row["name"])
-
-
-# -- registry CRUD ------------------------------------------------------------------------------------------------
-
-
-def exists(conn: Connection[Any], *, table: str, id: str) -> bool:
-    """Whether a registry row exists."""
-    query = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(table))
-    return conn.execute(query, (id,)).fetchone() is not None
-
-
-REGISTRY_SELECT: dict[str, str] = {
-    "community": "SELECT id, name, timezone, address FROM community",
-    "grid": "SELECT id, community_id, name FROM grid",
-    "micro_grid": "SELECT id, grid_id, name FROM micro_grid",
-    "worker": """SELECT w.id, w.community_id, w.name, w.role, w.phone, w.locale, w.notify_urls AS notify, w.roster,
-        w.on_call, w.active,
-        coalesce((SELECT array_agg(micro_grid_id ORDER BY micro_grid_id) FROM worker_micro_grid
-                  WHERE worker_id = w.id), '{}') AS micro_grids,
-        coalesce((SELECT array_agg(grid_id ORDER BY grid_id) FROM worker_grid WHERE worker_id = w.id), '{}')
-            AS grids
-        FROM worker w""",
-    "merchant": "SELECT id, community_id, name, contact, phone, notify_urls AS notify FROM merchant",
-    "site": "SELECT id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building FROM site",
-    "device": """SELECT id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
-        model, mounting, active FROM device""",
-}
-# The alias each SELECT uses for its table (worker's has one).
-_ALIAS = {"worker": "w.id"}
-
-
-def list_registry(conn: Connection[Any], *, table: str, limit: int, offset: int,
-                  filters: dict[str, str | None]) -> list[dict[str, Any]]:
-    """Registry rows of one kind, by id, with optional equality filters on parent columns."""
-    wheres = [sql.SQL("{} = %s").format(sql.Identifier(col)) for col, value in filters.items() if value is not None]
-    params: list[Any] = [v for v in filters.values() if v is not None]
-    query: sql.Composable = sql.SQL(REGISTRY_SELECT[table])
-    if wheres:
-        query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(wheres)
-    query = query + sql.SQL(" ORDER BY id LIMIT %s OFFSET %s")
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, [*params, limit, offset]).fetchall()
-
-
-def get_registry(conn: Connection[Any], *, table: str, id: str) -> dict[str, Any] | None:
-    """One registry row."""
-    query = REGISTRY_SELECT[table] + f" WHERE {_ALIAS.get(table, 'id')} = %s"
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, (id,)).fetchone()
-
-
-def upsert_community(conn: Connection[Any], *, id: str, name: str, timezone: str, address: str) -> None:
-    """Insert or update a community (the same statement `gridwatch load` runs)."""
-    conn.execute(core_repo.UPSERT_COMMUNITY, (id, name, timezone, address))
-
-
-def upsert_grid(conn: Connection[Any], *, id: str, community_id: str, name: str) -> None:
-    """Insert or update a grid."""
-    conn.execute(core_repo.UPSERT_GRID, (id, community_id, name))
-
-
-def upsert_micro_grid(conn: Connection[Any], *, id: str, grid_id: str, name: str) -> None:
-    """Insert or update a micro-grid."""
-    conn.execute(core_repo.UPSERT_MICRO_GRID, (id, grid_id, name))
-
-
-UPDATE_WORKER_ACTIVE = "UPDATE worker SET active = %s WHERE id = %s"
-
-
-def upsert_worker(conn: Connection[Any], *, id: str, community_id: str, name: str, role: str,
-                  phone: str, locale: str, notify: list[str], roster: str | None, on_call: bool, active: bool,
-                  micro_grids: list[str], grids: list[str]) -> None:
-    """Insert or update a worker with the micro-grids and grids they cover (replacing the old coverage)."""
-    conn.execute(core_repo.UPSERT_WORKER, (id, community_id, name, role, phone, locale, notify, roster, on_call))
-    conn.execute(UPDATE_WORKER_ACTIVE, (active, id))
-    conn.execute(core_repo.DELETE_WORKER_COVERAGE, ([id],))
-    conn.execute(core_repo.DELETE_WORKER_GRIDS, ([id],))
-    with conn.cursor() as cur:
-        cur.executemany(core_repo.INSERT_WORKER_COVERAGE, [(id, mg) for mg in micro_grids])
-        cur.executemany(core_repo.INSERT_WORKER_GRID, [(id, g) for g in grids])
-
-
-def upsert_merchant(conn: Connection[Any], *, id: str, community_id: str, name: str, contact: str,
-                    phone: str, notify: list[str]) -> None:
-    """Insert or update a merchant."""
-    conn.execute(core_repo.UPSERT_MERCHANT, (id, community_id, name, contact, phone, notify))
-
-
-def upsert_site(conn: Connection[Any], *, id: str, micro_grid_id: str, merchant_id: str | None,
-                kind: str, name: str, address: str, floor: int | None, flags: list[str], lpg: bool,
-                building: str | None = None) -> None:
-    """Insert or update a site."""
-    conn.execute(core_repo.UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg,
-                                         building))
-
-
-UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"
-
-
-def upsert_device(conn: Connection[Any], *, id: str, kind: str, site_id: str, location: str,
-                  adapter: str, foreign_id: str | None, battery: bool, report_interval_s: int,
-                  gateway_id: str | None, model: str, active: bool, mounting: str | None = None) -> None:
-    """Insert or update a device (and make sure it has a rule-state row)."""
-    conn.execute(core_repo.UPSERT_DEVICE, (id, kind, site_id, location, adapter, foreign_id, battery,
-                                           report_interval_s, gateway_id, model, mounting))
-    conn.execute(UPDATE_DEVICE_ACTIVE, (active, id))
-    conn.execute(core_repo.INSERT_DEVICE_STATE, ([id],))
-
-
-# What still points at a registry row, so a delete can say why it is refused instead of failing on a key.
-REGISTRY_DEPENDENTS: dict[str, list[tuple[str, str]]] = {
-    "community": [("grid", "SELECT count(*) FROM grid WHERE community_id = %s"),
-                  ("worker", "SELECT count(*) FROM worker WHERE community_id = %s"),
-                  ("merchant", "SELECT count(*) FROM merchant WHERE community_id = %s")],
-    "grid": [("micro_grid", "SELECT count(*) FROM micro_grid WHERE grid_id = %s"),
-             ("worker (leading it)", "SELECT count(*) FROM worker_grid WHERE grid_id = %s")],
-    "micro_grid": [("site", "SELECT count(*) FROM site WHERE micro_grid_id = %s"),
-                   ("alarm", "SELECT count(*) FROM alarm WHERE micro_grid_id = %s"),
-                   ("worker (covering it)", "SELECT count(*) FROM worker_micro_grid WHERE micro_grid_id = %s")],
-    "worker": [("api token", "SELECT count(*) FROM api_token WHERE worker_id = %s"),
-               ("notification", "SELECT count(*) FROM notification WHERE worker_id = %s")],
-    "merchant": [("site", "SELECT count(*) FROM site WHERE merchant_id = %s"),
-                 ("api token", "SELECT count(*) FROM api_token WHERE merchant_id = %s"),
-                 ("notification", "SELECT count(*) FROM notification WHERE merchant_id = %s")],
-    "site": [("device", "SELECT count(*) FROM device WHERE site_id = %s"),
-             ("alarm", "SELECT count(*) FROM alarm WHERE site_id = %s")],
-    "device": [("alarm", "SELECT count(*) FROM alarm WHERE device_id = %s"),
-               ("device (as its gateway)", "SELECT count(*) FROM device WHERE gateway_id = %s")],
-}
-DELETE_DEVICE_STATE = "DELETE FROM device_state WHERE device_id = %s"
-
-
-def registry_dependents(conn: Connection[Any], *, table: str, id: str) -> dict[str, int]:
-    """What refers to this row, by kind (only non-zero counts)."""
-    found: dict[str, int] = {}
-    for what, query in REGISTRY_DEPENDENTS[table]:
-        row = conn.execute(query, (id,)).fetchone()
-        n = int(row[0] if isinstance(row, tuple) else next(iter(row.values()))) if row else 0
-        if n:
-            found[what] = n
-    return found
-
-
-def delete_registry(conn: Connection[Any], *, table: str, id: str) -> bool:
-    """Delete one registry row; False if there was none."""
-    if table == "device":
-        conn.execute(DELETE_DEVICE_STATE, (id,))
-    query = sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table))
-    return conn.execute(query, (id,)).rowcount > 0
 
 
 # -- KPIs -----------------------------------------------------------------------------------------------------------
@@ -613,8 +525,9 @@ class KpiRow:
     last_real_hazard_at: datetime | None
 
 
-def compute_kpis(conn: Connection[Any], *, grid_id: str | None, community_id: str | None, since: datetime,
-                 until: datetime) -> KpiRow:
+def compute_kpis(
+    conn: Connection[Any], *, grid_id: str | None, community_id: str | None, since: datetime, until: datetime
+) -> KpiRow:
     """KPIs of a grid or community for alarms raised in [since, until)."""
     p = {"grid": grid_id, "community": community_id, "since": since, "until": until}
     with conn.cursor() as cur:
@@ -625,67 +538,21 @@ def compute_kpis(conn: Connection[Any], *, grid_id: str | None, community_id: st
         last = cur.execute(KPI_LAST_REAL_HAZARD, p).fetchone()
     if d is None or unreached is None or dev is None or last is None:
         raise LookupError("aggregate queries return one row")
-    return KpiRow(by_type=by_type, alarms=d[0], acknowledged=d[1], resolved=d[2], ack_p50=d[3], ack_p90=d[4],
-                  resolve_p50=d[5], resolve_p90=d[6], unreached=unreached[0], devices=dev[0], offline=dev[1],
-                  never_seen=dev[2], last_real_hazard_at=last[0])
-
-
-
-
-# -- silences (table owned by notify, migration 0020) --------------------------------------------------------------
-
-@dataclass(slots=True)
-class SilenceRow:
-    id: int
-    site_id: str | None
-    device_id: str | None
-    starts_at: datetime
-    ends_at: datetime
-    reason: str
-    created_by: str | None
-    include_life_safety: bool
-    created_at: datetime
-
-
-SILENCE_COLUMNS = "id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety, created_at"
-SELECT_SILENCES = f"""
-SELECT {SILENCE_COLUMNS} FROM silence
-WHERE (%(current)s = false OR ends_at > now()) ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
-"""
-INSERT_SILENCE = f"""
-INSERT INTO silence (site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety)
-VALUES (%s, %s, coalesce(%s, now()), %s, %s, %s, %s) RETURNING {SILENCE_COLUMNS}
-"""
-DELETE_SILENCE = "DELETE FROM silence WHERE id = %s"
-SELECT_SILENCE = f"SELECT {SILENCE_COLUMNS} FROM silence WHERE id = %s"
-
-
-def get_silence(conn: Connection[Any], *, silence_id: int) -> SilenceRow | None:
-    """One silence."""
-    with conn.cursor(row_factory=class_row(SilenceRow)) as cur:
-        return cur.execute(SELECT_SILENCE, (silence_id,)).fetchone()
-
-
-def list_silences(conn: Connection[Any], *, current: bool, limit: int, offset: int) -> list[SilenceRow]:
-    """Silences, newest first (current: only those not yet over)."""
-    with conn.cursor(row_factory=class_row(SilenceRow)) as cur:
-        return cur.execute(SELECT_SILENCES, {"current": current, "limit": limit, "offset": offset}).fetchall()
-
-
-def insert_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None,
-                   starts_at: datetime | None, ends_at: datetime, reason: str, created_by: str,
-                   include_life_safety: bool) -> SilenceRow:
-    """A maintenance window for a site or a device."""
-    with conn.cursor(row_factory=class_row(SilenceRow)) as cur:
-        row = cur.execute(INSERT_SILENCE, (site_id, device_id, starts_at, ends_at, reason, created_by,
-                                           include_life_safety)).fetchone()
-    assert row is not None  # noqa: S101
-    return row
-
-
-def delete_silence(conn: Connection[Any], *, silence_id: int) -> bool:
-    """End a silence by removing it."""
-    return conn.execute(DELETE_SILENCE, (silence_id,)).rowcount > 0
+    return KpiRow(
+        by_type=by_type,
+        alarms=d[0],
+        acknowledged=d[1],
+        resolved=d[2],
+        ack_p50=d[3],
+        ack_p90=d[4],
+        resolve_p50=d[5],
+        resolve_p90=d[6],
+        unreached=unreached[0],
+        devices=dev[0],
+        offline=dev[1],
+        never_seen=dev[2],
+        last_real_hazard_at=last[0],
+    )
 
 
 SELECT_SITE_IN_SCOPE = """
@@ -699,8 +566,10 @@ SELECT_FINDING_SITE = "SELECT site_id FROM score_finding WHERE id = %s"
 
 def site_in_scope(conn: Connection[Any], *, site_id: str, worker_id: str | None, merchant_id: str | None) -> bool:
     """Whether the caller may see (and, as a worker, inspect) this site."""
-    return conn.execute(SELECT_SITE_IN_SCOPE, {"id": site_id, "worker": worker_id,
-                                               "merchant": merchant_id}).fetchone() is not None
+    return (
+        conn.execute(SELECT_SITE_IN_SCOPE, {"id": site_id, "worker": worker_id, "merchant": merchant_id}).fetchone()
+        is not None
+    )
 
 
 def get_finding_site(conn: Connection[Any], *, finding_id: int) -> str | None:

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core import registry
-from core.domain import Adapter, DeviceKind, Disposition, Location, Mounting, Severity, SiteKind, WorkerRole
-from rules.score_service import MerchantScoreRead
+from core.domain import Adapter, Alarm, DeviceKind, Disposition, Location, Mounting, Severity, SiteKind, WorkerRole
+from core.readmodel import RowRead
+from notify.repo import Silence
+from rules.actuation.repo import CommandRow
+from score.schemas import MerchantScoreRead
 
 T = TypeVar("T")
 Id = registry.Id
 
 
-class AlarmRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class AlarmRead(RowRead):
+    """An alarm as the API shows it: the stored row, its severity as a word and a priority."""
+
+    ROW = Alarm
+    DERIVED = frozenset({"severity", "priority"})
 
     id: int
     device_id: str
@@ -42,9 +48,9 @@ class AlarmRead(BaseModel):
     message: str
 
     @classmethod
-    def of(cls, row: object) -> AlarmRead:
-        sev = Severity(row.severity)  # type: ignore[attr-defined]
-        data = {k: getattr(row, k) for k in cls.model_fields if k not in ("severity", "priority")}
+    def of(cls, row: Any) -> Self:
+        sev = Severity(row.severity)
+        data = {k: getattr(row, k) for k in cls.model_fields if k not in cls.DERIVED}
         return cls(severity=sev.label, priority=sev.priority, **data)
 
 
@@ -93,8 +99,9 @@ class AlarmDetail(BaseModel):
     site_name: str
     site_address: str
     events: list[AlarmEventRead]
-    readings: list[ReadingRead] = Field(description="the device's readings from 10 min before the alarm to "
-                                                    "10 min after it ended (at most 500)")
+    readings: list[ReadingRead] = Field(
+        description="the device's readings from 10 min before the alarm to 10 min after it ended (at most 500)"
+    )
 
 
 class Page(BaseModel, Generic[T]):
@@ -103,6 +110,7 @@ class Page(BaseModel, Generic[T]):
 
 
 # -- auth ------------------------------------------------------------------------------------------------------
+
 
 class Me(BaseModel):
     token_id: int
@@ -152,6 +160,7 @@ class TokenCreated(BaseModel):
 
 # -- devices and readings ------------------------------------------------------------------------------------------
 
+
 class DeviceRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -194,6 +203,7 @@ class ReadingSeries(BaseModel):
 
 
 # -- registry -----------------------------------------------------------------------------------------------------
+
 
 class _Write(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -289,8 +299,9 @@ class DeviceWrite(_Write):
     adapter: Adapter = Adapter.NATIVE
     foreign_id: str | None = Field(default=None, max_length=200)
     battery: bool = False
-    report_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600,
-                                          description="default: 300 s mains, 24 h battery")
+    report_interval_s: int | None = Field(
+        default=None, ge=1, le=7 * 24 * 3600, description="default: 300 s mains, 24 h battery"
+    )
     gateway_id: Id | None = None
     model: str = ""
     mounting: Mounting | None = Field(default=None, description="floor | ceiling | wall (gas detectors, GAS-08)")
@@ -314,6 +325,7 @@ class ImportResult(BaseModel):
 
 # -- KPIs and rules ----------------------------------------------------------------------------------------------------
 
+
 class Percentiles(BaseModel):
     p50_s: float | None
     p90_s: float | None
@@ -335,8 +347,9 @@ class KpiRead(BaseModel):
     devices_offline: int
     devices_never_seen: int
     last_real_hazard_at: datetime | None
-    days_without_real_hazard: int | None = Field(description="whole days since the last alarm resolved as a real "
-                                                             "hazard was raised; null if there never was one")
+    days_without_real_hazard: int | None = Field(
+        description="whole days since the last alarm resolved as a real hazard was raised; null if there never was one"
+    )
 
 
 class RulesRead(BaseModel):
@@ -365,8 +378,8 @@ class SilenceCreate(BaseModel):
         return self
 
 
-class SilenceRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class SilenceRead(RowRead):
+    ROW = Silence
 
     id: int
     site_id: str | None
@@ -383,8 +396,11 @@ class FindingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     site_id: Id
-    kind: str = Field(min_length=1, max_length=64, description="a finding kind of the score policy, e.g. "
-                                                               "blocked_exit (GET /api/v1/admin/rules lists them)")
+    kind: str = Field(
+        min_length=1,
+        max_length=64,
+        description="a finding kind of the score policy, e.g. blocked_exit (GET /api/v1/admin/rules lists them)",
+    )
     note: str = Field(default="", max_length=2000)
     due_at: datetime | None = Field(default=None, description="rectification deadline; default from the policy")
     alarm_id: int | None = Field(default=None, ge=1, le=2**62, description="the alarm that led to the visit, if any")
@@ -418,13 +434,15 @@ CommandAction = Literal["self_test", "silence", "cut_power", "restore_power", "c
 class CommandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    action: CommandAction = Field(description="open_valve is always refused (reopen a gas valve by hand on site); "
-                                              "restore_power is refused while the port is locked after a safety trip")
+    action: CommandAction = Field(
+        description="open_valve is always refused (reopen a gas valve by hand on site); "
+        "restore_power is refused while the port is locked after a safety trip"
+    )
     reason: str = Field(default="", max_length=2000)
 
 
-class CommandRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class CommandRead(RowRead):
+    ROW = CommandRow
 
     id: str
     device_id: str

@@ -85,17 +85,24 @@ class AlarmHub:
                 await self._task
 
 
-async def alarm_changes(hub: AlarmHub, pool: ConnectionPool, who: auth.Principal,
-                        is_disconnected: Callable[[], Any], *, max_s: float | None = None,
-                        ) -> AsyncIterator[api_repo.AlarmListRow | None]:
+async def alarm_changes(
+    hub: AlarmHub,
+    pool: ConnectionPool,
+    who: auth.Principal,
+    is_disconnected: Callable[[], Any],
+    *,
+    max_s: float | None = None,
+) -> AsyncIterator[api_repo.AlarmInSite | None]:
     """Yield alarms in the caller's scope as they change (None = nothing new, time for a keep-alive)."""
-    def read(since: datetime | None) -> tuple[datetime, list[api_repo.AlarmListRow]]:
+
+    def read(since: datetime | None) -> tuple[datetime, list[api_repo.AlarmInSite]]:
         with pool.connection() as conn:
             now = api_repo.db_now(conn)
             if since is None:
                 return now, []
-            return now, api_repo.list_alarms_changed(conn, since=since, worker_id=who.worker_scope,
-                                                     merchant_id=who.merchant_scope)
+            return now, api_repo.list_alarms_changed(
+                conn, since=since, worker_id=who.worker_scope, merchant_id=who.merchant_scope
+            )
 
     queue = hub.subscribe()
     loop = asyncio.get_running_loop()
@@ -137,15 +144,19 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
     return (f"id: {event_id}\n" if event_id else "") + f"event: {event}\ndata: {data}\n\n"
 
 
-def alarm_stream(request: Any, who: auth.Principal, max_s: float | None,
-                 render: Callable[[api_repo.AlarmListRow], str]) -> StreamingResponse:
+def alarm_stream(
+    request: Any, who: auth.Principal, max_s: float | None, render: Callable[[api_repo.AlarmInSite], str]
+) -> StreamingResponse:
     """An SSE response of the caller's alarm changes, each rendered as one `alarm` event (API JSON or a board
     row), with keep-alives while nothing changes."""
+
     async def events() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
-        async for row in alarm_changes(request.app.state.hub, request.app.state.pool, who,
-                                       request.is_disconnected, max_s=max_s):
+        async for row in alarm_changes(
+            request.app.state.hub, request.app.state.pool, who, request.is_disconnected, max_s=max_s
+        ):
             yield ": keep-alive\n\n" if row is None else sse("alarm", render(row), str(row.id))
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )

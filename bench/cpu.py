@@ -74,8 +74,9 @@ def snapshot(roles: Roles) -> Snapshot:
 
 def split(before: Snapshot, after: Snapshot, *, messages: int) -> dict[str, float]:
     """µs of CPU a message for each role and for the rest of the machine, and how busy the machine was (0-1)."""
-    per_msg = {role: round((after.by_role[role] - before.by_role.get(role, 0.0)) / messages * 1e6, 1)
-               for role in after.by_role}
+    per_msg = {
+        role: round((after.by_role[role] - before.by_role.get(role, 0.0)) / messages * 1e6, 1) for role in after.by_role
+    }
     busy = after.busy - before.busy
     per_msg["other"] = round(max(0.0, busy / messages * 1e6 - sum(per_msg.values())), 1)
     per_msg["machine_busy"] = round(busy / max(after.total - before.total, 1e-9), 3)

@@ -108,7 +108,7 @@ def publish_all(host: str, port: int, messages: Sequence[tuple[str, bytes]], *, 
     while sent < len(messages):
         n = pub.room()
         if n > 0:
-            pub.publish_many(list(messages[sent:sent + n]))
+            pub.publish_many(list(messages[sent : sent + n]))
             sent += n
         else:
             pub.wait_for_acks(0.005)
@@ -174,8 +174,9 @@ class DrainResult:
         return self.messages / self.seconds if self.seconds > 0 else 0.0
 
 
-def _timed(broker_pid: int, start: Callable[[], None], done: threading.Event, timeout: float,
-           shortfall: Callable[[], str]) -> tuple[float, float]:
+def _timed(
+    broker_pid: int, start: Callable[[], None], done: threading.Event, timeout: float, shortfall: Callable[[], str]
+) -> tuple[float, float]:
     """Start a consumer against the paused broker, release it, and time the drain until `done`: wall seconds
     and this process's CPU seconds."""
     with broker_paused(broker_pid):
@@ -211,6 +212,7 @@ def raw_drain(
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(receive_maximum)
     client.on_message = on_message
+
     def start() -> None:
         client.connect(host, port, clean_start=False, properties=_connect_props(receive_maximum))
         client.loop_start()
@@ -239,8 +241,13 @@ def receive_path_drain(
     from ingest.consumer import Inbox, MqttConsumer
 
     q = Inbox(maxsize=max(2000, receive_maximum))
-    consumer = MqttConsumer(MqttTarget(f"mqtt://{host}:{port}"), client_id=client_id, topics=["gw/v1/+/telemetry"],
-                            out=q, receive_maximum=receive_maximum)
+    consumer = MqttConsumer(
+        MqttTarget(f"mqtt://{host}:{port}"),
+        client_id=client_id,
+        topics=["gw/v1/+/telemetry"],
+        out=q,
+        receive_maximum=receive_maximum,
+    )
     done = threading.Event()
     count = 0
 

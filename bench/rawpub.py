@@ -17,8 +17,21 @@ CONNECT, CONNACK, PUBLISH_QOS1, PUBACK, DISCONNECT = 0x10, 0x20, 0x32, 0x40, 0xE
 RECEIVE_MAXIMUM = 0x21  # CONNACK property (3.2.2.3.3)
 # Sizes of the other CONNACK properties, to step over them: 1-byte, 2-byte and 4-byte integers; the rest are
 # strings or binary data (2-byte length), and user properties are a pair of strings.
-_FIXED = {0x01: 1, 0x17: 1, 0x19: 1, 0x24: 1, 0x25: 1, 0x28: 1, 0x29: 1, 0x2A: 1, 0x13: 2, 0x22: 2, 0x23: 2,
-          0x11: 4, 0x27: 4}
+_FIXED = {
+    0x01: 1,
+    0x17: 1,
+    0x19: 1,
+    0x24: 1,
+    0x25: 1,
+    0x28: 1,
+    0x29: 1,
+    0x2A: 1,
+    0x13: 2,
+    0x22: 2,
+    0x23: 2,
+    0x11: 4,
+    0x27: 4,
+}
 USER_PROPERTY = 0x26
 MAX_IN_FLIGHT = 2000  # even when the broker allows more (Mosquitto with max_inflight_messages 0: 65,535)
 
@@ -52,7 +65,7 @@ def split_packets(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     pos = 0
     while (length := read_varint(buf, pos + 1)) is not None and length[1] + length[0] <= len(buf):
         size, body = length
-        packets.append((buf[pos], buf[body:body + size]))
+        packets.append((buf[pos], buf[body : body + size]))
         pos = body + size
     return packets, buf[pos:]
 

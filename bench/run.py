@@ -299,8 +299,12 @@ class Bench:
         """Between stages: drop the drains' databases and checkpoint, so the next stage does not share the
         machine with the previous one's autovacuum and checkpoint writes (a bench artefact, not production)."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            names = [r[0] for r in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%%' AND datname <> %s", (TEMPLATE,))]
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%%' AND datname <> %s", (TEMPLATE,)
+                )
+            ]
             for name in names:
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute("CHECKPOINT")
@@ -332,7 +336,11 @@ class Bench:
     def spawn(self, part: str, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         log_file = (self.dir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", part], cwd=self.dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "app", "serve", "--only", part],
+            cwd=self.dir,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
         proc.log_path = self.dir / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -401,8 +409,11 @@ class Bench:
                     self.say(self.log_tail(p))
                 raise
             time.sleep(0.05)
-            roles = {"ingest": lambda: [p.pid for p in procs], "postgres": lambda: bench_cpu.with_children(self.pg.pid),
-                     "broker": lambda: [self.broker_pid]}
+            roles = {
+                "ingest": lambda: [p.pid for p in procs],
+                "postgres": lambda: bench_cpu.with_children(self.pg.pid),
+                "broker": lambda: [self.broker_pid],
+            }
             released = time.time()
             cpu_before = bench_cpu.snapshot(roles)
         deadline = time.monotonic() + timeout
@@ -497,17 +508,10 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
     n = sizes.messages
     rounds = range(1, DRAIN_ROUNDS + 1)
     with stage(results, "backlog", say):
-        for r in rounds:
-            bench.open_session(f"bench-raw-{r}", [f"{PREFIX}/+/telemetry"])
-            bench.open_session(f"bench-one-{r}", bench.ingest_topics())
-        bench.open_session("bench-receive", [f"{PREFIX}/+/telemetry"])
-        for cid in ("bench-two-a", "bench-two-b"):
-            bench.open_session(cid, bench.ingest_topics("bench"))
+        open_drain_sessions(bench, rounds)
         capped_left_out = capped_stage_reason(sizes)
-        for r in rounds if capped_left_out is None else ():
-            for _label, cids, group in capped_sessions(r):
-                for cid in cids:
-                    bench.open_session(cid, bench.ingest_topics(group))
+        if capped_left_out is None:
+            open_capped_sessions(bench, rounds)
         messages = backlog(n, sizes.devices, now_ms=int(time.time() * 1000))
         figures["publish_rate"] = round(
             bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, messages, client_id="bench-backlog")
@@ -568,6 +572,29 @@ def measure_drains(bench: Bench, results: Results, say: Any) -> None:
             figures["ingest_capped"] = capped_drains(bench, n)
     else:
         results.notes.append(f"capped scale-out drains left out: {capped_left_out}")
+    add_drain_ratios(figures)
+
+
+def open_drain_sessions(bench: Bench, rounds: range) -> None:
+    """The sessions the backlog is queued for: each round's raw and one-process drain, receive path, two processes."""
+    for r in rounds:
+        bench.open_session(f"bench-raw-{r}", [f"{PREFIX}/+/telemetry"])
+        bench.open_session(f"bench-one-{r}", bench.ingest_topics())
+    bench.open_session("bench-receive", [f"{PREFIX}/+/telemetry"])
+    for cid in ("bench-two-a", "bench-two-b"):
+        bench.open_session(cid, bench.ingest_topics("bench"))
+
+
+def open_capped_sessions(bench: Bench, rounds: range) -> None:
+    """The persistent sessions of each round's capped drains."""
+    for r in rounds:
+        for _label, cids, group in capped_sessions(r):
+            for cid in cids:
+                bench.open_session(cid, bench.ingest_topics(group))
+
+
+def add_drain_ratios(figures: dict[str, Any]) -> None:
+    """The one- and two-process drains compared with the raw limits and with each other."""
     one, two, raw_best = figures["ingest_one"], figures["ingest_two"], figures["raw_subscriber"]
     one["vs_raw"] = round(one["rate"] / raw_best["rate"], 3)
     one["vs_receive_path"] = round(one["rate"] / figures["raw_receive_path"]["rate"], 3)
@@ -637,7 +664,7 @@ def drain_figures(d: bench_mqtt.DrainResult) -> dict[str, Any]:
 def ingest_drain(
     bench: Bench, db_name: str, cids: list[str], group: str, n: int, *, caps: list[bench_cgroup.CpuCap] | None = None
 ) -> dict[str, Any]:
-    """`python -m ingest` process(es) draining the backlog of their sessions into a fresh database."""
+    """`gridwatch serve --only ingest` process(es) draining the backlog of their sessions into a fresh database."""
     url = bench.create_db(db_name)
     seconds, cpu, procs = bench.drain_with_ingest(url, client_ids=cids, share_group=group, expected=n, caps=caps)
     peak = max(rss_mb(p.pid)[1] for p in procs)
@@ -963,9 +990,7 @@ def evaluate_targets(f: dict[str, Any]) -> dict[str, Any]:
         "ingest_two_vs_one": check(f.get("ingest_two", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True),
         # The same target with every process held to the same CPU share (cores of its own, in effect). Reported
         # beside the target above, never instead of it.
-        "ingest_two_vs_one_capped": check(
-            f.get("ingest_capped", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True
-        ),
+        "ingest_two_vs_one_capped": check(f.get("ingest_capped", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True),
         "latency_p99_ms": check(f.get("latency", {}).get("p99_ms"), TARGETS["latency_p99_ms"], False),
         "ingest_rss_mb": check(f.get("scale", {}).get("ingest_peak_rss_mb"), TARGETS["ingest_rss_mb"], False),
         "fleet_rate_ratio": check(f.get("fleet", {}).get("ratio"), TARGETS["fleet_rate_ratio"], True),
@@ -995,8 +1020,10 @@ def render_table(r: Results) -> str:
         cpu = drain.get("cpu_split_us_per_msg")
         if not cpu:
             return "machine CPU not measured"
-        return (f"machine {drain['machine_busy']:.0%} busy: PostgreSQL {cpu['postgres']}, broker {cpu['broker']}, "
-                f"other {cpu['other']} µs/msg")
+        return (
+            f"machine {drain['machine_busy']:.0%} busy: PostgreSQL {cpu['postgres']}, broker {cpu['broker']}, "
+            f"other {cpu['other']} µs/msg"
+        )
 
     def rates(runs: list[int]) -> str:
         return " / ".join(f"{x:,}" for x in runs)
@@ -1012,13 +1039,15 @@ def render_table(r: Results) -> str:
             "",
         ),
         *(
-            [(
-                "raw: gridwatch's receive path alone (ingest.consumer)",
-                f"{recv['rate']:,} msg/s",
-                f"{recv['cpu_us_per_msg']} µs CPU/msg; ingest is {one.get('vs_receive_path', 0):.2f}× this",
-                "",
-                "",
-            )]
+            [
+                (
+                    "raw: gridwatch's receive path alone (ingest.consumer)",
+                    f"{recv['rate']:,} msg/s",
+                    f"{recv['cpu_us_per_msg']} µs CPU/msg; ingest is {one.get('vs_receive_path', 0):.2f}× this",
+                    "",
+                    "",
+                )
+            ]
             if recv
             else []
         ),
@@ -1134,8 +1163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=d.latency_s)
     parser.add_argument("--api-requests", type=int, default=d.api_requests)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="GRIDWATCH_BATCH_SIZE for ingest")
-    parser.add_argument("--cpu-cap", type=float, default=d.cpu_cap,
-                        help="cores per ingest process in the capped scale-out drains (0: leave them out)")
+    parser.add_argument(
+        "--cpu-cap",
+        type=float,
+        default=d.cpu_cap,
+        help="cores per ingest process in the capped scale-out drains (0: leave them out)",
+    )
     parser.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep services' files and logs here")

@@ -20,6 +20,8 @@ MIGRATION_RE = re.compile(r"^(?P<num>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<variant
 MIGRATION_LOCK = 0x6772_6964_7761_7463
 # rules NOTIFYs this channel when it writes outbox rows; notify LISTENs (they meet only in the database).
 OUTBOX_CHANNEL = "gridwatch_outbox"
+# rules NOTIFYs this channel when a person resolves an alarm; the score part LISTENs (verified hazards).
+RESOLVED_CHANNEL = "gridwatch_alarm_resolved"
 
 CREATE_MIGRATION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migration (
@@ -102,8 +104,9 @@ def connect(dsn: str) -> Connection[tuple[Any, ...]]:
 
 def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 8, name: str = "gridwatch") -> ConnectionPool:
     """A connection pool; waits for the database to be reachable."""
-    pool = ConnectionPool(dsn, min_size=min_size, max_size=max_size, name=name, open=False,
-                          kwargs={"autocommit": False})
+    pool = ConnectionPool(
+        dsn, min_size=min_size, max_size=max_size, name=name, open=False, kwargs={"autocommit": False}
+    )
     pool.open(wait=True, timeout=30)
     return pool
 
@@ -115,8 +118,9 @@ def ensure_database(admin_url: str, name: str, *, fresh: bool = False) -> str:
     """Create database `name` on the server of admin_url if missing (dropped first when fresh); returns its URL."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         if fresh:
-            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                psycopg.sql.Identifier(name)))
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
+            )
         if conn.execute(SELECT_DATABASE, (name,)).fetchone() is None:
             conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     return admin_url.rsplit("/", 1)[0] + "/" + name

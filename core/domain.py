@@ -169,3 +169,36 @@ class Device:
     building_id: str | None = None  # the site's building (DEV-03), the site itself when none is named
     mounting: str | None = None  # floor | ceiling | wall: gas detector height class (GAS-08)
     lpg: bool = False  # the site burns LPG (heavier than air) rather than natural gas
+
+
+@dataclass(slots=True)
+class Alarm:
+    """An alarm as stored (table `alarm`, written only by rules): the one shape every stage reads it in.
+    severity is Severity's int (4 = critical); details holds the rule's evidence."""
+
+    id: int
+    device_id: str
+    site_id: str
+    micro_grid_id: str
+    type: str
+    rule_id: str
+    severity: int
+    active: bool
+    acknowledged: bool
+    latching: bool
+    raised_at: datetime
+    last_seen_at: datetime
+    cleared_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    closed_at: datetime | None
+    closed_by: str | None
+    disposition: str | None
+    note: str | None
+    value: float | None
+    peak_value: float | None
+    count: int
+    message: str
+    details: dict[str, Any]
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

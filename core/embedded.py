@@ -100,12 +100,35 @@ class EmbeddedPostgres:
             self.data_dir.chmod(0o700)
             _allow_traverse(self.data_dir.parent)
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.data_dir), "-A", "trust", "-U", self._user or
-                      pwd.getpwuid(os.geteuid()).pw_name, "-E", "UTF8", "--no-sync")
-        opts = (f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c fsync=on "
-                "-c max_connections=200 -c shared_buffers=256MB")
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"), "-o", opts,
-                  "-w", "-t", "60", "start")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-A",
+                "trust",
+                "-U",
+                self._user or pwd.getpwuid(os.geteuid()).pw_name,
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+        opts = (
+            f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c fsync=on "
+            "-c max_connections=200 -c shared_buffers=256MB"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         _wait_port(self.port, 30, "PostgreSQL")
         return self.url
 
@@ -160,8 +183,7 @@ class EmbeddedMosquitto:
         if not Path(binary).exists():
             raise ConfigError("mosquitto not found: apt-get install mosquitto (or set GRIDWATCH_MQTT_URL)")
         conf = self.write_config()
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, 15, "mosquitto", self.proc)
         return self.url
 

@@ -57,10 +57,16 @@ class Job(Protocol[R]):
 class Loop(Generic[R]):
     """Runs one Job in a daemon thread until stop(); see the module docstring."""
 
-    def __init__(self, name: str, job: Job[R], *, grace_s: float = DEFAULT_GRACE_S,
-                 wait: Callable[[float], object] | None = None,
-                 probe: Callable[[], str | None] | None = None,
-                 stopping: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        job: Job[R],
+        *,
+        grace_s: float = DEFAULT_GRACE_S,
+        wait: Callable[[float], object] | None = None,
+        probe: Callable[[], str | None] | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self.name = name
         self.job = job
         self.grace_s = grace_s

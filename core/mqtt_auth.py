@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core.domain import Adapter, DeviceKind
 from core.errors import ConfigError
-from core.registry import RegistryIn
+from core.registry import DeviceIn, RegistryIn
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default for $7$
 SALT_BYTES = 12
@@ -96,10 +96,56 @@ def _check_part(value: str, what: str) -> str:
     return value
 
 
-def build_accounts(registry: RegistryIn, *, prefix: str = "gw/v1", bridge_root: str = "",
-                   existing: dict[str, str] | None = None, rotate: Iterable[str] = (), rotate_all: bool = False,
-                   ingest_user: str = INGEST_USER, ingest_password: str | None = None,
-                   simulator_password: str | None = None) -> list[Account]:
+# Shelly and Tasmota devices connect on their own: each account is pinned to its device's topics under the
+# bridge root ({fid}: the device's foreign id).
+_FOREIGN_ACLS: dict[Adapter, tuple[tuple[str, str], ...]] = {
+    Adapter.SHELLY: (("readwrite", "shellies/{fid}/#"), ("read", "shellies/command")),
+    Adapter.TASMOTA: (
+        ("write", "tele/{fid}/#"),
+        ("write", "stat/{fid}/#"),
+        ("read", "cmnd/{fid}/#"),
+        ("read", "cmnd/tasmotas/#"),
+    ),
+}
+
+
+def _list_gateway_children(registry: RegistryIn) -> dict[str, list[str]]:
+    """Gateway id -> the ids of the devices that speak through it."""
+    children: dict[str, list[str]] = {}
+    for d in registry.devices:
+        if d.gateway:
+            children.setdefault(d.gateway, []).append(d.id)
+    return children
+
+
+def _build_native_acl(device: DeviceIn, prefix: str, children: dict[str, list[str]]) -> tuple[tuple[str, str], ...]:
+    """A native device's grant: its own subtree (a gateway's also its children's)."""
+    acl = [("readwrite", f"{prefix}/{device.id}/#")]
+    if device.kind is DeviceKind.GATEWAY:  # a gateway relays its children's messages under their ids
+        acl += [("readwrite", f"{prefix}/{_check_user(c, 'device id')}/#") for c in children.get(device.id, [])]
+    return tuple(acl)
+
+
+def _build_foreign_acl(device: DeviceIn, bridge_root: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A Shelly or Tasmota device's grant, pinned to its foreign id, and the account's note."""
+    adapter = device.adapter.value
+    fid = _check_part(str(device.foreign_id), f"device {device.id}: {adapter} foreign_id")
+    acl = tuple((access, _join(bridge_root, topic.format(fid=fid))) for access, topic in _FOREIGN_ACLS[device.adapter])
+    return acl, f"{adapter} {fid}"
+
+
+def build_accounts(
+    registry: RegistryIn,
+    *,
+    prefix: str = "gw/v1",
+    bridge_root: str = "",
+    existing: dict[str, str] | None = None,
+    rotate: Iterable[str] = (),
+    rotate_all: bool = False,
+    ingest_user: str = INGEST_USER,
+    ingest_password: str | None = None,
+    simulator_password: str | None = None,
+) -> list[Account]:
     """Every account the registry needs, keeping existing passwords unless rotated. With simulator_password,
     also the simulators' account (docker-compose's `sim` profile), which may speak for every native device:
     for a staging broker, never for one that real devices use."""
@@ -115,50 +161,66 @@ def build_accounts(registry: RegistryIn, *, prefix: str = "gw/v1", bridge_root: 
         return existing[user]
 
     accounts: list[Account] = []
-    children: dict[str, list[str]] = {}
-    for d in registry.devices:
-        if d.gateway:
-            children.setdefault(d.gateway, []).append(d.id)
+    children = _list_gateway_children(registry)
     zigbee: list[str] = []
     for d in registry.devices:
         user = _check_user(d.id, "device id")
         if d.adapter is Adapter.NATIVE:
-            acl = [("readwrite", f"{prefix}/{d.id}/#")]
-            if d.kind is DeviceKind.GATEWAY:  # a gateway relays its children's messages under their ids
-                acl += [("readwrite", f"{prefix}/{_check_user(c, 'device id')}/#") for c in children.get(d.id, [])]
-            accounts.append(Account(user, password(user), "device", tuple(acl), f"{d.kind.value} at {d.site}"))
-        elif d.adapter is Adapter.SHELLY:
-            fid = _check_part(str(d.foreign_id), f"device {d.id}: shelly foreign_id")
-            acl = [("readwrite", _join(bridge_root, "shellies", fid, "#")), ("read", _join(bridge_root, "shellies",
-                                                                                           "command"))]
-            accounts.append(Account(user, password(user), "device", tuple(acl), f"shelly {fid}"))
-        elif d.adapter is Adapter.TASMOTA:
-            fid = _check_part(str(d.foreign_id), f"device {d.id}: tasmota foreign_id")
-            acl = [("write", _join(bridge_root, "tele", fid, "#")), ("write", _join(bridge_root, "stat", fid, "#")),
-                   ("read", _join(bridge_root, "cmnd", fid, "#")),
-                   ("read", _join(bridge_root, "cmnd", "tasmotas", "#"))]
-            accounts.append(Account(user, password(user), "device", tuple(acl), f"tasmota {fid}"))
+            acl = _build_native_acl(d, prefix, children)
+            accounts.append(Account(user, password(user), "device", acl, f"{d.kind.value} at {d.site}"))
+        elif d.adapter in _FOREIGN_ACLS:
+            acl, note = _build_foreign_acl(d, bridge_root)
+            accounts.append(Account(user, password(user), "device", acl, note))
         else:
             zigbee.append(d.id)
     if zigbee:
-        accounts.append(Account(ZIGBEE2MQTT_USER, password(ZIGBEE2MQTT_USER), "bridge",
-                                (("readwrite", _join(bridge_root, "zigbee2mqtt", "#")),),
-                                f"Zigbee2MQTT bridge for {len(zigbee)} device(s)"))
+        accounts.append(
+            Account(
+                ZIGBEE2MQTT_USER,
+                password(ZIGBEE2MQTT_USER),
+                "bridge",
+                (("readwrite", _join(bridge_root, "zigbee2mqtt", "#")),),
+                f"Zigbee2MQTT bridge for {len(zigbee)} device(s)",
+            )
+        )
     _check_user(ingest_user, "ingest username")
-    ingest_acl = [("readwrite", f"{prefix}/#")] + [("readwrite", _join(bridge_root, t, "#"))
-                                                    for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")]
-    accounts.append(Account(ingest_user, ingest_password or password(ingest_user), "ingest", tuple(ingest_acl),
-                            "gridwatch ingest (subscribes to everything, publishes commands)"))
+    ingest_acl = [("readwrite", f"{prefix}/#")] + [
+        ("readwrite", _join(bridge_root, t, "#")) for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")
+    ]
+    accounts.append(
+        Account(
+            ingest_user,
+            ingest_password or password(ingest_user),
+            "ingest",
+            tuple(ingest_acl),
+            "gridwatch ingest (subscribes to everything, publishes commands)",
+        )
+    )
     if simulator_password is not None:
-        accounts.append(Account(SIMULATOR_USER, simulator_password or password(SIMULATOR_USER), "simulator",
-                                (("readwrite", f"{prefix}/#"),), "simulated devices (staging only)"))
-    accounts.append(Account(HEALTHCHECK_USER, HEALTHCHECK_PASSWORD, "healthcheck",
-                            (("read", "$SYS/broker/uptime"),), "broker health probe"))
+        accounts.append(
+            Account(
+                SIMULATOR_USER,
+                simulator_password or password(SIMULATOR_USER),
+                "simulator",
+                (("readwrite", f"{prefix}/#"),),
+                "simulated devices (staging only)",
+            )
+        )
+    accounts.append(
+        Account(
+            HEALTHCHECK_USER,
+            HEALTHCHECK_PASSWORD,
+            "healthcheck",
+            (("read", "$SYS/broker/uptime"),),
+            "broker health probe",
+        )
+    )
     names = [a.username for a in accounts]
     clash = {n for n in names if names.count(n) > 1}
     if clash:
-        raise ConfigError(f"account name(s) used twice: {', '.join(sorted(clash))} "
-                          "(a device id equals a reserved name)")
+        raise ConfigError(
+            f"account name(s) used twice: {', '.join(sorted(clash))} (a device id equals a reserved name)"
+        )
     return accounts
 
 
@@ -169,8 +231,10 @@ def render_password_file(accounts: Iterable[Account]) -> str:
 
 def render_acl(accounts: Iterable[Account]) -> str:
     """Mosquitto's acl_file: every account gets exactly its topics; nothing else is allowed."""
-    out = ["# Generated by `gridwatch mqtt credentials` from the registry. Do not edit: regenerate.",
-           "# Anything not granted here is denied (including to anonymous clients)."]
+    out = [
+        "# Generated by `gridwatch mqtt credentials` from the registry. Do not edit: regenerate.",
+        "# Anything not granted here is denied (including to anonymous clients).",
+    ]
     for a in accounts:
         out += ["", f"# {a.kind}: {a.note}" if a.note else f"# {a.kind}", f"user {a.username}"]
         out += [f"topic {access} {topic}" for access, topic in a.acl]

@@ -21,8 +21,7 @@ Checks = Callable[[], list[Check]]
 def health_body(checks: list[Check]) -> tuple[int, bytes]:
     """The /healthz status code and JSON body for these checks (shared with the API's /healthz)."""
     ok = all(c.ok for c in checks)
-    body = {"status": "ok" if ok else "failing",
-            "parts": {c.name: ("ok" if c.ok else c.detail) for c in checks}}
+    body = {"status": "ok" if ok else "failing", "parts": {c.name: ("ok" if c.ok else c.detail) for c in checks}}
     return (200 if ok else 503), orjson.dumps(body)
 
 

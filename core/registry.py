@@ -109,8 +109,11 @@ class DeviceIn(_Strict):
     report_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     gateway: Id | None = None
     model: str = ""
-    mounting: Mounting | None = Field(default=None, description="floor | ceiling | wall: within 0.3 m of the "
-                                      "floor, of the ceiling, or between (gas detectors, GAS-08)")
+    mounting: Mounting | None = Field(
+        default=None,
+        description="floor | ceiling | wall: within 0.3 m of the "
+        "floor, of the ceiling, or between (gas detectors, GAS-08)",
+    )
 
     @property
     def interval_s(self) -> int:
@@ -127,11 +130,14 @@ class RegistryIn(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> RegistryIn:
-        micro = {m.id for g in self.grids for m in g.micro_grids}
-        grids = {g.id for g in self.grids}
-        merchants = {m.id for m in self.merchants}
-        sites = {s.id for s in self.sites}
-        devices = {d.id: d for d in self.devices}
+        self._check_unique_ids()
+        self._check_worker_references()
+        self._check_site_references()
+        self._check_device_references()
+        return self
+
+    def _check_unique_ids(self) -> None:
+        """No two grids, micro-grids, workers, merchants, sites or devices share an id."""
         for kind, ids in (
             ("grid", [g.id for g in self.grids]),
             ("micro_grid", [m.id for g in self.grids for m in g.micro_grids]),
@@ -145,6 +151,11 @@ class RegistryIn(_Strict):
                 if item in seen:
                     raise ValueError(f"duplicate {kind} id {item!r}")
                 seen.add(item)
+
+    def _check_worker_references(self) -> None:
+        """Every micro-grid a worker covers and every grid a worker leads exists."""
+        micro = {m.id for g in self.grids for m in g.micro_grids}
+        grids = {g.id for g in self.grids}
         for w in self.workers:
             for mg in w.micro_grids:
                 if mg not in micro:
@@ -152,11 +163,21 @@ class RegistryIn(_Strict):
             for g in w.grids:
                 if g not in grids:
                     raise ValueError(f"worker {w.id!r} leads unknown grid {g!r}")
+
+    def _check_site_references(self) -> None:
+        """Every site's micro-grid and merchant exist."""
+        micro = {m.id for g in self.grids for m in g.micro_grids}
+        merchants = {m.id for m in self.merchants}
         for s in self.sites:
             if s.micro_grid not in micro:
                 raise ValueError(f"site {s.id!r} is in unknown micro_grid {s.micro_grid!r}")
             if s.merchant is not None and s.merchant not in merchants:
                 raise ValueError(f"site {s.id!r} names unknown merchant {s.merchant!r}")
+
+    def _check_device_references(self) -> None:
+        """Every device's site exists, its gateway is a gateway, and a bridged device has its foreign id."""
+        sites = {s.id for s in self.sites}
+        devices = {d.id: d for d in self.devices}
         for d in self.devices:
             if d.site not in sites:
                 raise ValueError(f"device {d.id!r} is at unknown site {d.site!r}")
@@ -166,7 +187,6 @@ class RegistryIn(_Strict):
                     raise ValueError(f"device {d.id!r} names {d.gateway!r} as gateway, which is no gateway")
             if d.adapter is not Adapter.NATIVE and not d.foreign_id:
                 raise ValueError(f"device {d.id!r} uses adapter {d.adapter} but has no foreign_id")
-        return self
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

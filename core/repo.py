@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg import Connection
-from psycopg.rows import tuple_row
+from psycopg import Connection, sql
+from psycopg.rows import dict_row, tuple_row
 
-from core.domain import Adapter, Device, DeviceKind, Location
+from core.domain import Adapter, Alarm, Device, DeviceKind, Location
 from core.registry import RegistryIn
+
+# Every column of the alarm table, in core.domain.Alarm's order: the dataclass is the one declaration of an alarm.
+ALARM_COLUMNS = tuple(f.name for f in dataclasses.fields(Alarm))
+
+
+def alarm_columns(alias: str = "") -> str:
+    """ALARM_COLUMNS for a SELECT list or a RETURNING clause, qualified by a table alias if given."""
+    return ", ".join(f"{alias}.{c}" if alias else c for c in ALARM_COLUMNS)
+
 
 UPSERT_COMMUNITY = """
 INSERT INTO community (id, name, timezone, address, updated_at) VALUES (%s, %s, %s, %s, now())
@@ -56,9 +66,6 @@ ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, site_id = EXCLUDED.site_id,
     report_interval_s = EXCLUDED.report_interval_s, gateway_id = EXCLUDED.gateway_id, model = EXCLUDED.model,
     mounting = EXCLUDED.mounting, active = true
 """
-INSERT_DEVICE_STATE = """
-INSERT INTO device_state (device_id) SELECT unnest(%s::text[]) ON CONFLICT (device_id) DO NOTHING
-"""
 
 
 def upsert_registry(conn: Connection[Any], *, registry: RegistryIn) -> dict[str, int]:
@@ -68,28 +75,47 @@ def upsert_registry(conn: Connection[Any], *, registry: RegistryIn) -> dict[str,
     with conn.cursor() as cur:
         cur.executemany(UPSERT_GRID, [(g.id, c.id, g.name) for g in registry.grids])
         cur.executemany(UPSERT_MICRO_GRID, [(m.id, g.id, m.name) for g in registry.grids for m in g.micro_grids])
-        cur.executemany(UPSERT_WORKER, [
-            (w.id, c.id, w.name, w.role.value, w.phone, w.locale, w.notify, w.roster, w.on_call)
-            for w in registry.workers
-        ])
+        cur.executemany(
+            UPSERT_WORKER,
+            [
+                (w.id, c.id, w.name, w.role.value, w.phone, w.locale, w.notify, w.roster, w.on_call)
+                for w in registry.workers
+            ],
+        )
         worker_ids = [w.id for w in registry.workers]
         cur.execute(DELETE_WORKER_COVERAGE, (worker_ids,))
         cur.executemany(INSERT_WORKER_COVERAGE, [(w.id, mg) for w in registry.workers for mg in w.micro_grids])
         cur.execute(DELETE_WORKER_GRIDS, (worker_ids,))
         cur.executemany(INSERT_WORKER_GRID, [(w.id, g) for w in registry.workers for g in w.grids])
-        cur.executemany(UPSERT_MERCHANT, [
-            (m.id, c.id, m.name, m.contact, m.phone, m.notify) for m in registry.merchants
-        ])
-        cur.executemany(UPSERT_SITE, [
-            (s.id, s.micro_grid, s.merchant, s.kind.value, s.name, s.address, s.floor, s.flags, s.lpg, s.building)
-            for s in registry.sites
-        ])
-        cur.executemany(UPSERT_DEVICE, [
-            (d.id, d.kind.value, d.site, d.location.value, d.adapter.value, d.foreign_id, d.battery,
-             d.interval_s, d.gateway, d.model, d.mounting.value if d.mounting else None)
-            for d in registry.devices
-        ])
-        cur.execute(INSERT_DEVICE_STATE, ([d.id for d in registry.devices],))
+        cur.executemany(
+            UPSERT_MERCHANT, [(m.id, c.id, m.name, m.contact, m.phone, m.notify) for m in registry.merchants]
+        )
+        cur.executemany(
+            UPSERT_SITE,
+            [
+                (s.id, s.micro_grid, s.merchant, s.kind.value, s.name, s.address, s.floor, s.flags, s.lpg, s.building)
+                for s in registry.sites
+            ],
+        )
+        cur.executemany(
+            UPSERT_DEVICE,
+            [
+                (
+                    d.id,
+                    d.kind.value,
+                    d.site,
+                    d.location.value,
+                    d.adapter.value,
+                    d.foreign_id,
+                    d.battery,
+                    d.interval_s,
+                    d.gateway,
+                    d.model,
+                    d.mounting.value if d.mounting else None,
+                )
+                for d in registry.devices
+            ],
+        )
     return {
         "grids": len(registry.grids),
         "micro_grids": sum(len(g.micro_grids) for g in registry.grids),
@@ -111,9 +137,20 @@ SELECT_ALL_DEVICES = DEVICE_SELECT
 
 
 def _device(row: tuple[Any, ...]) -> Device:
-    return Device(id=row[0], kind=DeviceKind(row[1]), site_id=row[2], location=Location(row[3]),
-                  adapter=Adapter(row[4]), foreign_id=row[5], report_interval_s=row[6], battery=row[7],
-                  gateway_id=row[8], building_id=row[9], mounting=row[10], lpg=row[11])
+    return Device(
+        id=row[0],
+        kind=DeviceKind(row[1]),
+        site_id=row[2],
+        location=Location(row[3]),
+        adapter=Adapter(row[4]),
+        foreign_id=row[5],
+        report_interval_s=row[6],
+        battery=row[7],
+        gateway_id=row[8],
+        building_id=row[9],
+        mounting=row[10],
+        lpg=row[11],
+    )
 
 
 def get_devices(conn: Connection[Any], *, ids: Sequence[str]) -> dict[str, Device]:
@@ -123,8 +160,9 @@ def get_devices(conn: Connection[Any], *, ids: Sequence[str]) -> dict[str, Devic
         return {row[0]: _device(row) for row in cur.fetchall()}
 
 
-def get_devices_by_foreign_id(conn: Connection[Any], *, adapter: Adapter,
-                              foreign_ids: Sequence[str]) -> dict[str, Device]:
+def get_devices_by_foreign_id(
+    conn: Connection[Any], *, adapter: Adapter, foreign_ids: Sequence[str]
+) -> dict[str, Device]:
     """Active devices of one adapter keyed by their foreign id (bridge name, Shelly id, Tasmota topic)."""
     with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(SELECT_DEVICES_BY_FOREIGN, (adapter.value, list(foreign_ids)))
@@ -138,3 +176,201 @@ def get_all_devices(conn: Connection[Any]) -> list[Device]:
         return [_device(row) for row in cur.fetchall()]
 
 
+# -- registry CRUD (the API's admin routes) ---------------------------------------------------------------------
+
+
+def exists(conn: Connection[Any], *, table: str, id: str) -> bool:
+    """Whether a registry row exists."""
+    query = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(table))
+    return conn.execute(query, (id,)).fetchone() is not None
+
+
+REGISTRY_SELECT: dict[str, str] = {
+    "community": "SELECT id, name, timezone, address FROM community",
+    "grid": "SELECT id, community_id, name FROM grid",
+    "micro_grid": "SELECT id, grid_id, name FROM micro_grid",
+    "worker": """SELECT w.id, w.community_id, w.name, w.role, w.phone, w.locale, w.notify_urls AS notify, w.roster,
+        w.on_call, w.active,
+        coalesce((SELECT array_agg(micro_grid_id ORDER BY micro_grid_id) FROM worker_micro_grid
+                  WHERE worker_id = w.id), '{}') AS micro_grids,
+        coalesce((SELECT array_agg(grid_id ORDER BY grid_id) FROM worker_grid WHERE worker_id = w.id), '{}')
+            AS grids
+        FROM worker w""",
+    "merchant": "SELECT id, community_id, name, contact, phone, notify_urls AS notify FROM merchant",
+    "site": "SELECT id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building FROM site",
+    "device": """SELECT id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
+        model, mounting, active FROM device""",
+}
+# The alias each SELECT uses for its table (worker's has one).
+_ALIAS = {"worker": "w.id"}
+
+
+def list_registry(
+    conn: Connection[Any], *, table: str, limit: int, offset: int, filters: dict[str, str | None]
+) -> list[dict[str, Any]]:
+    """Registry rows of one kind, by id, with optional equality filters on parent columns."""
+    wheres = [sql.SQL("{} = %s").format(sql.Identifier(col)) for col, value in filters.items() if value is not None]
+    params: list[Any] = [v for v in filters.values() if v is not None]
+    query: sql.Composable = sql.SQL(REGISTRY_SELECT[table])
+    if wheres:
+        query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(wheres)
+    query = query + sql.SQL(" ORDER BY id LIMIT %s OFFSET %s")
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, [*params, limit, offset]).fetchall()
+
+
+def get_registry(conn: Connection[Any], *, table: str, id: str) -> dict[str, Any] | None:
+    """One registry row."""
+    query = REGISTRY_SELECT[table] + f" WHERE {_ALIAS.get(table, 'id')} = %s"
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, (id,)).fetchone()
+
+
+def upsert_community(conn: Connection[Any], *, id: str, name: str, timezone: str, address: str) -> None:
+    """Insert or update a community (the same statement `gridwatch load` runs)."""
+    conn.execute(UPSERT_COMMUNITY, (id, name, timezone, address))
+
+
+def upsert_grid(conn: Connection[Any], *, id: str, community_id: str, name: str) -> None:
+    """Insert or update a grid."""
+    conn.execute(UPSERT_GRID, (id, community_id, name))
+
+
+def upsert_micro_grid(conn: Connection[Any], *, id: str, grid_id: str, name: str) -> None:
+    """Insert or update a micro-grid."""
+    conn.execute(UPSERT_MICRO_GRID, (id, grid_id, name))
+
+
+UPDATE_WORKER_ACTIVE = "UPDATE worker SET active = %s WHERE id = %s"
+
+
+def upsert_worker(
+    conn: Connection[Any],
+    *,
+    id: str,
+    community_id: str,
+    name: str,
+    role: str,
+    phone: str,
+    locale: str,
+    notify: list[str],
+    roster: str | None,
+    on_call: bool,
+    active: bool,
+    micro_grids: list[str],
+    grids: list[str],
+) -> None:
+    """Insert or update a worker with the micro-grids and grids they cover (replacing the old coverage)."""
+    conn.execute(UPSERT_WORKER, (id, community_id, name, role, phone, locale, notify, roster, on_call))
+    conn.execute(UPDATE_WORKER_ACTIVE, (active, id))
+    conn.execute(DELETE_WORKER_COVERAGE, ([id],))
+    conn.execute(DELETE_WORKER_GRIDS, ([id],))
+    with conn.cursor() as cur:
+        cur.executemany(INSERT_WORKER_COVERAGE, [(id, mg) for mg in micro_grids])
+        cur.executemany(INSERT_WORKER_GRID, [(id, g) for g in grids])
+
+
+def upsert_merchant(
+    conn: Connection[Any], *, id: str, community_id: str, name: str, contact: str, phone: str, notify: list[str]
+) -> None:
+    """Insert or update a merchant."""
+    conn.execute(UPSERT_MERCHANT, (id, community_id, name, contact, phone, notify))
+
+
+def upsert_site(
+    conn: Connection[Any],
+    *,
+    id: str,
+    micro_grid_id: str,
+    merchant_id: str | None,
+    kind: str,
+    name: str,
+    address: str,
+    floor: int | None,
+    flags: list[str],
+    lpg: bool,
+    building: str | None = None,
+) -> None:
+    """Insert or update a site."""
+    conn.execute(UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building))
+
+
+UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"
+
+
+def upsert_device(
+    conn: Connection[Any],
+    *,
+    id: str,
+    kind: str,
+    site_id: str,
+    location: str,
+    adapter: str,
+    foreign_id: str | None,
+    battery: bool,
+    report_interval_s: int,
+    gateway_id: str | None,
+    model: str,
+    active: bool,
+    mounting: str | None = None,
+) -> None:
+    """Insert or update a device (its rule state is rules' and is created with its first message)."""
+    conn.execute(
+        UPSERT_DEVICE,
+        (id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id, model, mounting),
+    )
+    conn.execute(UPDATE_DEVICE_ACTIVE, (active, id))
+
+
+# What still points at a registry row, so a delete can say why it is refused instead of failing on a key.
+REGISTRY_DEPENDENTS: dict[str, list[tuple[str, str]]] = {
+    "community": [
+        ("grid", "SELECT count(*) FROM grid WHERE community_id = %s"),
+        ("worker", "SELECT count(*) FROM worker WHERE community_id = %s"),
+        ("merchant", "SELECT count(*) FROM merchant WHERE community_id = %s"),
+    ],
+    "grid": [
+        ("micro_grid", "SELECT count(*) FROM micro_grid WHERE grid_id = %s"),
+        ("worker (leading it)", "SELECT count(*) FROM worker_grid WHERE grid_id = %s"),
+    ],
+    "micro_grid": [
+        ("site", "SELECT count(*) FROM site WHERE micro_grid_id = %s"),
+        ("alarm", "SELECT count(*) FROM alarm WHERE micro_grid_id = %s"),
+        ("worker (covering it)", "SELECT count(*) FROM worker_micro_grid WHERE micro_grid_id = %s"),
+    ],
+    "worker": [
+        ("api token", "SELECT count(*) FROM api_token WHERE worker_id = %s"),
+        ("notification", "SELECT count(*) FROM notification WHERE worker_id = %s"),
+    ],
+    "merchant": [
+        ("site", "SELECT count(*) FROM site WHERE merchant_id = %s"),
+        ("api token", "SELECT count(*) FROM api_token WHERE merchant_id = %s"),
+        ("notification", "SELECT count(*) FROM notification WHERE merchant_id = %s"),
+    ],
+    "site": [
+        ("device", "SELECT count(*) FROM device WHERE site_id = %s"),
+        ("alarm", "SELECT count(*) FROM alarm WHERE site_id = %s"),
+    ],
+    "device": [
+        ("alarm", "SELECT count(*) FROM alarm WHERE device_id = %s"),
+        ("device (as its gateway)", "SELECT count(*) FROM device WHERE gateway_id = %s"),
+    ],
+}
+
+
+def registry_dependents(conn: Connection[Any], *, table: str, id: str) -> dict[str, int]:
+    """What refers to this row, by kind (only non-zero counts)."""
+    found: dict[str, int] = {}
+    for what, query in REGISTRY_DEPENDENTS[table]:
+        row = conn.execute(query, (id,)).fetchone()
+        n = int(row[0] if isinstance(row, tuple) else next(iter(row.values()))) if row else 0
+        if n:
+            found[what] = n
+    return found
+
+
+def delete_registry(conn: Connection[Any], *, table: str, id: str) -> bool:
+    """Delete one registry row; False if there was none."""
+    # A device's rule state goes with it (device_state ... ON DELETE CASCADE).
+    query = sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table))
+    return conn.execute(query, (id,)).rowcount > 0

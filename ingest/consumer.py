@@ -30,27 +30,32 @@ from ingest.decode import Message
 log = logging.getLogger(__name__)
 
 # MQTT v5 reason codes after which reconnecting cannot succeed (spec 3.2.2.2).
-FATAL_CONNECT_CODES = {"Bad user name or password", "Not authorized", "Client identifier not valid",
-                       "Banned", "Bad authentication method"}
+FATAL_CONNECT_CODES = {
+    "Bad user name or password",
+    "Not authorized",
+    "Client identifier not valid",
+    "Banned",
+    "Bad authentication method",
+}
 SESSION_EXPIRY_S = 7 * 24 * 3600
 PUBACK = 0x40  # MQTT control packet type 4 (spec 2.1.2), as paho's client.PUBACK
 _PUBACK = struct.Struct("!BBH")
 
 
 class ReceiveClient(mqtt.Client):
-    """paho's client with a cheaper receive path for a high-rate QoS-1 subscriber (measured in bench/).
+    """paho's client with a cheaper receive path for a high-rate QoS-1 subscriber (docs/scaling.md).
 
     Stock paho 2.2 reads every packet with three recv() calls (command byte, length byte, body), handles one
     packet per select() wake-up, and builds a full MQTT v5 `Properties` object for every PUBLISH, even one with
-    no properties — together most of the ~60 µs of CPU the bare subscriber spends on a message. Here the
+    no properties — together most of the CPU the bare subscriber spends on a message. Here the
     socket is read in 64 KiB chunks, every complete packet in the buffer is handled per wake-up, and a QoS-1
     PUBLISH whose property length is 0 skips the Properties object (any other PUBLISH takes paho's own path).
     Messages go straight to on_message (no per-topic callbacks are used, so paho's topic-filter walk is skipped).
 
     With `on_batch` set (as ingest runs it) messages arrive as lists of ingest Messages instead: every complete
     QoS-1 PUBLISH without properties in a network read is decoded right from the buffer into a Message, stamped
-    with one receive time and handed over in one call (no MQTTMessage, no per-message callback: bench/ measured
-    ~10 µs of the ingest's CPU a message in paho's per-packet path). A packet split across two reads, or any
+    with one receive time and handed over in one call (no MQTTMessage, no per-message callback, which cost a
+    large share of the ingest's CPU in paho's per-packet path). A packet split across two reads, or any
     other packet, takes paho's path, and reaches on_batch as a list of one, in its place in the order.
     The wire behaviour is unchanged: the same packets are read in the same order and acknowledged the same way.
     """
@@ -72,7 +77,7 @@ class ReceiveClient(mqtt.Client):
                 return b""  # the connection closed
         start = self._rx_pos
         self._rx_pos = min(start + bufsize, len(self._rx))
-        return self._rx[start:self._rx_pos]
+        return self._rx[start : self._rx_pos]
 
     def _sock_close(self) -> None:
         self._rx, self._rx_pos = b"", 0  # bytes of a closed connection must never be read as the next one's
@@ -131,11 +136,20 @@ class ReceiveClient(mqtt.Client):
             if topic_end == i + 2 or topic_end + 3 > body_end or buf[topic_end + 2] != 0:
                 break  # topic alias or properties present, or malformed: paho decides
             try:
-                topic = buf[i + 2:topic_end].decode()
+                topic = buf[i + 2 : topic_end].decode()
             except UnicodeDecodeError:
                 break
-            messages.append(Message(topic, buf[topic_end + 3:body_end], received_at,
-                                    (buf[topic_end] << 8) | buf[topic_end + 1], 1, generation, bool(header & 0x01)))
+            messages.append(
+                Message(
+                    topic,
+                    buf[topic_end + 3 : body_end],
+                    received_at,
+                    (buf[topic_end] << 8) | buf[topic_end + 1],
+                    1,
+                    generation,
+                    bool(header & 0x01),
+                )
+            )
             pos = body_end
         if not messages:
             return
@@ -153,9 +167,19 @@ class ReceiveClient(mqtt.Client):
         # paho walks its topic-filter tree for per-topic callbacks on every message (none are registered here).
         if self.on_batch is not None:
             with self._in_callback_mutex:
-                self.on_batch([Message(topic=message.topic, payload=bytes(message.payload),
-                                       received_at=datetime.now(UTC), mid=message.mid, qos=message.qos,
-                                       generation=self.generation, retain=bool(message.retain))])
+                self.on_batch(
+                    [
+                        Message(
+                            topic=message.topic,
+                            payload=bytes(message.payload),
+                            received_at=datetime.now(UTC),
+                            mid=message.mid,
+                            qos=message.qos,
+                            generation=self.generation,
+                            retain=bool(message.retain),
+                        )
+                    ]
+                )
             return
         on_message = self.on_message
         if on_message is not None:
@@ -175,7 +199,7 @@ class ReceiveClient(mqtt.Client):
         message.qos = 1
         message.dup = bool(header & 0x08)
         message.retain = bool(header & 0x01)
-        message.payload = bytes(packet[pos + 3:])
+        message.payload = bytes(packet[pos + 3 :])
         self._handle_on_message(message)
         return MQTTErrorCode.MQTT_ERR_SUCCESS  # manual ack: the PUBACK goes out after the commit
 
@@ -192,18 +216,35 @@ class StockClient(mqtt.Client):
 
     def _to_batch(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self.on_batch is not None:
-            self.on_batch([Message(topic=message.topic, payload=bytes(message.payload), received_at=datetime.now(UTC),
-                                   mid=message.mid, qos=message.qos, generation=self.generation,
-                                   retain=bool(message.retain))])
+            self.on_batch(
+                [
+                    Message(
+                        topic=message.topic,
+                        payload=bytes(message.payload),
+                        received_at=datetime.now(UTC),
+                        mid=message.mid,
+                        qos=message.qos,
+                        generation=self.generation,
+                        retain=bool(message.retain),
+                    )
+                ]
+            )
 
 
 # What ReceiveClient reaches into: paho's methods it overrides or calls, and the attributes it reads. Verified on
 # the paho-mqtt pinned in pyproject.toml; another release may name them differently (2.1 has _last_msg_in where
 # 2.2 has _last_bytes_received, so keepalive accounting would silently break).
-FAST_PATH_METHODS = ("_sock_recv", "_sock_close", "loop_read", "_handle_on_message", "_handle_publish",
-                     "_packet_queue")
-FAST_PATH_ATTRIBUTES = ("_protocol", "_manual_ack", "_sock", "_in_packet", "_msgtime_mutex", "_last_bytes_received",
-                        "_in_callback_mutex", "_userdata")
+FAST_PATH_METHODS = ("_sock_recv", "_sock_close", "loop_read", "_handle_on_message", "_handle_publish", "_packet_queue")
+FAST_PATH_ATTRIBUTES = (
+    "_protocol",
+    "_manual_ack",
+    "_sock",
+    "_in_packet",
+    "_msgtime_mutex",
+    "_last_bytes_received",
+    "_in_callback_mutex",
+    "_userdata",
+)
 
 
 def fast_path_problem(client_cls: type[mqtt.Client] = mqtt.Client) -> str | None:
@@ -226,8 +267,11 @@ def receive_client_class() -> type[mqtt.Client]:
     if not _CHOSEN:
         problem = fast_path_problem()
         if problem:
-            log.warning("%s: receiving through stock paho instead of the fast path (correct, slower); install the "
-                        "paho-mqtt version pyproject.toml pins", problem)
+            log.warning(
+                "%s: receiving through stock paho instead of the fast path (correct, slower); install the "
+                "paho-mqtt version pyproject.toml pins",
+                problem,
+            )
         _CHOSEN.append(StockClient if problem else ReceiveClient)
     return _CHOSEN[0]
 
@@ -235,7 +279,7 @@ def receive_client_class() -> type[mqtt.Client]:
 class Inbox:
     """The bounded hand-off from the network thread to the writers: messages go in as each network read's list
     and come out as batches, one lock round trip each (queue.Queue takes two lock round trips and a condition
-    wait a message: bench/ measured them as a tenth of the ingest's CPU).
+    wait a message, a measurable share of the ingest's CPU).
 
     put_many blocks while the inbox is full, so the bound holds to within one network read (at most 64 KiB of
     messages past it). A full inbox holds the network thread, the broker stops sending (Receive Maximum) and
@@ -295,9 +339,18 @@ class Inbox:
 class MqttConsumer:
     """Subscribes with QoS 1 and puts every message into a bounded Inbox; acks only when told."""
 
-    def __init__(self, target: MqttTarget, *, client_id: str, topics: list[str], out: Inbox,
-                 receive_maximum: int, ca_file: str | None = None, keepalive: int = 30,
-                 client_cls: type[mqtt.Client] | None = None) -> None:
+    def __init__(
+        self,
+        target: MqttTarget,
+        *,
+        client_id: str,
+        topics: list[str],
+        out: Inbox,
+        receive_maximum: int,
+        ca_file: str | None = None,
+        keepalive: int = 30,
+        client_cls: type[mqtt.Client] | None = None,
+    ) -> None:
         self.target = target
         self.topics = topics
         self.out = out
@@ -308,8 +361,12 @@ class MqttConsumer:
         self.keepalive = keepalive
         cls = client_cls or receive_client_class()
         self.client: ReceiveClient | StockClient = cls(  # type: ignore[assignment,call-arg]
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True,
-            on_batch=out.put_many)
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+            on_batch=out.put_many,
+        )
         if target.username:
             self.client.username_pw_set(target.username, target.password)
         if target.tls:
@@ -324,13 +381,13 @@ class MqttConsumer:
         # bounds a batch, so it is sized to the batch.
         self._props.ReceiveMaximum = receive_maximum
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode,
-                    _props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
         if reason.is_failure:
             name = reason.getName()
             if name in FATAL_CONNECT_CODES:
-                self.fatal = BrokerAuthError(f"broker refused the connection: {name}; check GRIDWATCH_MQTT_URL "
-                                             "credentials (not retrying)")
+                self.fatal = BrokerAuthError(
+                    f"broker refused the connection: {name}; check GRIDWATCH_MQTT_URL credentials (not retrying)"
+                )
                 log.error("%s", self.fatal)
                 self._stopping = True
                 client.disconnect()
@@ -340,11 +397,17 @@ class MqttConsumer:
         self.client.generation += 1
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
         self.connected.set()
-        log.info("connected to mqtt %s:%s (session %s), subscribed to %s", self.target.host, self.target.port,
-                 "resumed" if _flags.session_present else "new", ", ".join(self.topics))
+        log.info(
+            "connected to mqtt %s:%s (session %s), subscribed to %s",
+            self.target.host,
+            self.target.port,
+            "resumed" if _flags.session_present else "new",
+            ", ".join(self.topics),
+        )
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode,
-                       _props: Any) -> None:
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
         self.connected.clear()
         if not self._stopping:
             log.warning("mqtt connection lost (%s); paho reconnects", reason.getName())
@@ -361,7 +424,7 @@ class MqttConsumer:
         if mids and isinstance(self.client, ReceiveClient):
             # The batch's PUBACKs as one write: exactly the bytes client.ack() would queue one by one (fixed
             # header, remaining length 2, packet id; MQTT 5 omits reason code 0), but one wake-up of the
-            # network thread and one send() instead of one each per message (bench/: ~15 µs CPU a message).
+            # network thread and one send() instead of one each per message.
             self.client._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
         else:
             for mid in mids:
@@ -377,11 +440,17 @@ class MqttConsumer:
         delay = 1.0
         while not self._stopping:
             try:
-                self.client.connect(self.target.host, self.target.port, keepalive=self.keepalive,
-                                    clean_start=False, properties=self._props)
+                self.client.connect(
+                    self.target.host,
+                    self.target.port,
+                    keepalive=self.keepalive,
+                    clean_start=False,
+                    properties=self._props,
+                )
             except OSError as exc:
-                log.warning("cannot reach mqtt %s:%s (%s); retrying in %.0f s", self.target.host,
-                            self.target.port, exc, delay)
+                log.warning(
+                    "cannot reach mqtt %s:%s (%s); retrying in %.0f s", self.target.host, self.target.port, exc, delay
+                )
                 threading.Event().wait(delay)
                 delay = min(delay * 2, 30)
                 continue

@@ -83,8 +83,11 @@ def describe_validation_error(errors: list[ErrorDetails]) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "message"
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
-        shown = "" if err["type"] in ("missing",) or where == "message" or isinstance(value, dict) else (
-            f" (got {orjson.dumps(value, default=repr).decode()[:60]})")
+        shown = (
+            ""
+            if err["type"] in ("missing",) or where == "message" or isinstance(value, dict)
+            else (f" (got {orjson.dumps(value, default=repr).decode()[:60]})")
+        )
         parts.append(f"{where}: {msg}{shown}")
     return "; ".join(parts)
 
@@ -104,11 +107,13 @@ def check_time(ts: datetime, received_at: datetime, limits: Limits) -> str | Non
     """Why a device timestamp is unacceptable, or None."""
     if ts - received_at > limits.max_skew:
         ahead = (ts - received_at).total_seconds()
-        return (f"ts {ts.isoformat()} is {ahead:.0f} s in the future (clock skew limit "
-                f"{limits.max_skew.total_seconds():.0f} s): check the device clock")
+        return (
+            f"ts {ts.isoformat()} is {ahead:.0f} s in the future (clock skew limit "
+            f"{limits.max_skew.total_seconds():.0f} s): check the device clock"
+        )
     if received_at - ts > limits.max_age:
         hours = (received_at - ts).total_seconds() / 3600
-        return (f"ts {ts.isoformat()} is {hours:.1f} h old (limit {limits.max_age.total_seconds() / 3600:.0f} h)")
+        return f"ts {ts.isoformat()} is {hours:.1f} h old (limit {limits.max_age.total_seconds() / 3600:.0f} h)"
     return None
 
 
@@ -148,8 +153,9 @@ def validate_telemetry(data: dict[str, Any]) -> tuple[TelemetryIn, datetime | No
     return msg, ts
 
 
-def telemetry_to_reading(device_id: str, data: dict[str, Any], received_at: datetime,
-                         limits: Limits) -> Reading | Reject:
+def telemetry_to_reading(
+    device_id: str, data: dict[str, Any], received_at: datetime, limits: Limits
+) -> Reading | Reject:
     """Validate a v1 telemetry object into a Reading."""
     checked = validate_telemetry(data)
     if isinstance(checked, list):
@@ -164,18 +170,35 @@ def telemetry_to_reading(device_id: str, data: dict[str, Any], received_at: date
     if problem:
         return Reject(problem, device_id)
     return Reading(
-        device_id=device_id, ts=ts, received_at=received_at, seq=msg.seq, gas_lel=msg.gas_lel,
-        co_ppm=msg.co_ppm, smoke_db_m=msg.smoke_db_m, temp_c=msg.temp_c, power_w=msg.power_w,
-        current_a=msg.current_a, voltage_v=msg.voltage_v, energy_wh=msg.energy_wh, battery_pct=msg.battery_pct,
-        gas=msg.gas, smoke=msg.smoke, tamper=msg.tamper, test=msg.test, relay=msg.relay, valve=msg.valve,
-        fault=msg.fault, extras=extras,
+        device_id=device_id,
+        ts=ts,
+        received_at=received_at,
+        seq=msg.seq,
+        gas_lel=msg.gas_lel,
+        co_ppm=msg.co_ppm,
+        smoke_db_m=msg.smoke_db_m,
+        temp_c=msg.temp_c,
+        power_w=msg.power_w,
+        current_a=msg.current_a,
+        voltage_v=msg.voltage_v,
+        energy_wh=msg.energy_wh,
+        battery_pct=msg.battery_pct,
+        gas=msg.gas,
+        smoke=msg.smoke,
+        tamper=msg.tamper,
+        test=msg.test,
+        relay=msg.relay,
+        valve=msg.valve,
+        fault=msg.fault,
+        extras=extras,
     )
 
 
-def decode_native(topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup,
-                  limits: Limits, prefix: str) -> list[Decoded]:
+def decode_native(
+    topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup, limits: Limits, prefix: str
+) -> list[Decoded]:
     """gw/v1/{device_id}/telemetry | status | cmd/ack."""
-    rest = topic[len(prefix) + 1:]
+    rest = topic[len(prefix) + 1 :]
     device_id, _, channel = rest.partition("/")
     if not device_id or not channel:
         return [Reject(f"topic {topic!r} is not {prefix}/<device_id>/<telemetry|status|cmd/ack>")]
@@ -185,8 +208,7 @@ def decode_native(topic: str, payload: bytes, received_at: datetime, lookup: Dev
         return [Reject(f"unknown channel {channel!r} in topic {topic!r}", device_id)]
     device = lookup.device(device_id)
     if device is None:
-        return [Reject(f"unknown device {device_id!r}: not in the registry (add it with `gridwatch load`)",
-                       device_id)]
+        return [Reject(f"unknown device {device_id!r}: not in the registry (add it with `gridwatch load`)", device_id)]
     if len(payload) == 0 and channel == "status":
         return [Ignored("retained status cleared")]
     data = parse_json_object(payload)
@@ -225,8 +247,11 @@ class Decoder:
             why = self.bookkeeping(msg.topic)
             if why is not None:
                 return [Ignored(why)]
-            return [Reject(f"payload of {len(msg.payload)} bytes exceeds the limit of "
-                           f"{self.limits.max_payload_bytes} bytes")]
+            return [
+                Reject(
+                    f"payload of {len(msg.payload)} bytes exceeds the limit of {self.limits.max_payload_bytes} bytes"
+                )
+            ]
         if msg.topic.startswith(self.prefix + "/"):
             return decode_native(msg.topic, msg.payload, msg.received_at, lookup, self.limits, self.prefix)
         for adapter in self.adapters:

@@ -17,13 +17,50 @@ from core.domain import Reading
 log = logging.getLogger(__name__)
 
 READING_COLUMNS = (
-    "device_id", "ts", "seq", "received_at", "gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w",
-    "current_a", "voltage_v", "energy_wh", "battery_pct", "gas", "smoke", "tamper", "test", "relay", "valve",
-    "fault", "extras",
+    "device_id",
+    "ts",
+    "seq",
+    "received_at",
+    "gas_lel",
+    "co_ppm",
+    "smoke_db_m",
+    "temp_c",
+    "power_w",
+    "current_a",
+    "voltage_v",
+    "energy_wh",
+    "battery_pct",
+    "gas",
+    "smoke",
+    "tamper",
+    "test",
+    "relay",
+    "valve",
+    "fault",
+    "extras",
 )
 READING_TYPES = (
-    "text", "timestamptz", "int8", "timestamptz", "float4", "float4", "float4", "float4", "float4",
-    "float4", "float4", "float8", "float4", "bool", "bool", "bool", "bool", "text", "text", "text", "jsonb",
+    "text",
+    "timestamptz",
+    "int8",
+    "timestamptz",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float4",
+    "float8",
+    "float4",
+    "bool",
+    "bool",
+    "bool",
+    "bool",
+    "text",
+    "text",
+    "text",
+    "jsonb",
 )
 _COLS = ", ".join(READING_COLUMNS)
 
@@ -51,7 +88,7 @@ def _dumps(obj: Any) -> bytes:
 
 def prepare_connection(conn: Connection[Any]) -> None:
     """Hot-path set-up of an ingest connection: orjson for json/jsonb (rule state, extras) instead of the
-    standard library's encoder, measured as a tenth of the writer's time in bench/ profiles."""
+    standard library's encoder, a measurable share of the writer's time (docs/scaling.md)."""
     set_json_dumps(_dumps, context=conn)
     set_json_loads(orjson.loads, context=conn)
     with conn.transaction():
@@ -63,12 +100,31 @@ def _copy_rows(cur: Any, statement: str, readings: Sequence[Reading]) -> None:
     with cur.copy(statement) as copy:
         copy.set_types(READING_TYPES)
         for r in readings:
-            copy.write_row((
-                r.device_id, r.ts, -1 if r.seq is None else r.seq, r.received_at, r.gas_lel, r.co_ppm,
-                r.smoke_db_m, r.temp_c, r.power_w, r.current_a, r.voltage_v, r.energy_wh, r.battery_pct,
-                r.gas, r.smoke, r.tamper, r.test, r.relay, r.valve, r.fault,
-                Jsonb(r.extras) if r.extras else None,
-            ))
+            copy.write_row(
+                (
+                    r.device_id,
+                    r.ts,
+                    -1 if r.seq is None else r.seq,
+                    r.received_at,
+                    r.gas_lel,
+                    r.co_ppm,
+                    r.smoke_db_m,
+                    r.temp_c,
+                    r.power_w,
+                    r.current_a,
+                    r.voltage_v,
+                    r.energy_wh,
+                    r.battery_pct,
+                    r.gas,
+                    r.smoke,
+                    r.tamper,
+                    r.test,
+                    r.relay,
+                    r.valve,
+                    r.fault,
+                    Jsonb(r.extras) if r.extras else None,
+                )
+            )
 
 
 # The direct COPY's savepoint is never released: the commit ends it, one round trip fewer a batch.
@@ -79,7 +135,7 @@ ROLLBACK_COPY = "ROLLBACK TO SAVEPOINT reading_copy"
 def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading]) -> list[Reading]:
     """COPY readings in; returns those that were new (a redelivered duplicate is absorbed and left out).
 
-    They are COPYed straight into `reading` (measured in bench/: half the cost of the staging path) under a
+    They are COPYed straight into `reading` (cheaper than the staging path, docs/scaling.md) under a
     savepoint. A batch holding a reading already stored (a redelivery, a bridge repeating itself) fails that COPY:
     the savepoint undoes the COPY alone (the caller's transaction keeps what it holds, e.g. its device locks) and
     the batch goes through the staging table, which absorbs duplicates."""

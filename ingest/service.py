@@ -25,17 +25,29 @@ log = logging.getLogger(__name__)
 MESSAGES = Counter("gridwatch_ingest_messages_total", "MQTT messages processed, by outcome", ["outcome"])
 REJECTS = Counter("gridwatch_ingest_rejects_total", "Messages rejected, by reason class", ["reason"])
 ALARM_TRANSITIONS = Counter("gridwatch_alarm_transitions_total", "Alarm transitions written", ["kind", "type"])
-BATCH_SECONDS = Histogram("gridwatch_ingest_batch_seconds", "Time to process and commit one batch",
-                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-BATCH_SIZE = Histogram("gridwatch_ingest_batch_size", "Messages per committed batch",
-                       buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+BATCH_SECONDS = Histogram(
+    "gridwatch_ingest_batch_seconds",
+    "Time to process and commit one batch",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_SIZE = Histogram(
+    "gridwatch_ingest_batch_size",
+    "Messages per committed batch",
+    buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
 
 
 def reject_class(reason: str) -> str:
     """A low-cardinality label for a reject reason."""
-    for prefix, label in (("malformed JSON", "malformed_json"), ("unknown device", "unknown_device"),
-                          ("payload of", "too_large"), ("payload must be", "not_object"),
-                          ("no decoder", "unknown_topic"), ("ts ", "bad_time"), ("internal error", "internal")):
+    for prefix, label in (
+        ("malformed JSON", "malformed_json"),
+        ("unknown device", "unknown_device"),
+        ("payload of", "too_large"),
+        ("payload must be", "not_object"),
+        ("no decoder", "unknown_topic"),
+        ("ts ", "bad_time"),
+        ("internal error", "internal"),
+    ):
         if reason.startswith(prefix):
             return label
     return "invalid_field"
@@ -148,8 +160,9 @@ def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: Devi
     return out
 
 
-def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCache, ruleset: RuleSet,
-                 turn: LockTurn | None) -> BatchResult:
+def _write_batch(
+    conn: Connection[Any], decoded: Decoded, *, devices: DeviceCache, ruleset: RuleSet, turn: LockTurn | None
+) -> BatchResult:
     result = BatchResult(ignored=decoded.ignored)
     # Batches running at once take their turn here, before writing anything: a batch that left the inbox later
     # locks a shared device only after this one did, and so evaluates it after this one committed. An earlier
@@ -171,22 +184,33 @@ def _write_batch(conn: Connection[Any], decoded: Decoded, *, devices: DeviceCach
     result.duplicates = len(readings) - len(new)
     touched = {r.device_id for r in new}
     known = {d: dev for d in touched if (dev := devices.device(d)) is not None}
-    result.alarm_changes = rules_service.apply_readings(conn, readings=new, devices=known, ruleset=ruleset,
-                                                        states=states)
+    result.alarm_changes = rules_service.apply_readings(
+        conn, readings=new, devices=known, ruleset=ruleset, states=states
+    )
     status_devices = {s.device_id: dev for s in statuses if (dev := devices.device(s.device_id)) is not None}
-    result.alarm_changes += rules_service.apply_statuses(conn, statuses=statuses, devices=status_devices,
-                                                         ruleset=ruleset, states=states)
+    result.alarm_changes += rules_service.apply_statuses(
+        conn, statuses=statuses, devices=status_devices, ruleset=ruleset, states=states
+    )
     result.statuses = len(statuses)
     if decoded.acks:
         result.alarm_changes += rules_service.apply_command_acks(
-            conn, acks=decoded.acks, devices={a.device_id: d for a in decoded.acks
-                                               if (d := devices.device(a.device_id))})
+            conn,
+            acks=decoded.acks,
+            devices={a.device_id: d for a in decoded.acks if (d := devices.device(a.device_id))},
+        )
     return result
 
 
-def process_batch(conn: Connection[Any], *, messages: Sequence[Message], decoder: Decoder, devices: DeviceCache,
-                  ruleset: RuleSet, limiter: RateLimit | None = None,
-                  turn: LockTurn | None = None) -> BatchResult:
+def process_batch(
+    conn: Connection[Any],
+    *,
+    messages: Sequence[Message],
+    decoder: Decoder,
+    devices: DeviceCache,
+    ruleset: RuleSet,
+    limiter: RateLimit | None = None,
+    turn: LockTurn | None = None,
+) -> BatchResult:
     """Decode and persist a batch in one transaction (the caller acks the messages after it returns).
     `turn` orders the device-state locking of batches that run concurrently in one process (IngestWorker)."""
     started = time.perf_counter()

@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 def subscriptions(settings: Settings) -> list[str]:
     """Native topics plus every bridge adapter's, shared when a share group is set."""
     prefix = settings.topic_prefix
-    topics = [f"{prefix}/+/telemetry", f"{prefix}/+/status", f"{prefix}/+/cmd/ack",
-              *adapters.topics(settings.bridge_topic_root)]
+    topics = [
+        f"{prefix}/+/telemetry",
+        f"{prefix}/+/status",
+        f"{prefix}/+/cmd/ack",
+        *adapters.topics(settings.bridge_topic_root),
+    ]
     if settings.mqtt_share_group:
         topics = [f"$share/{settings.mqtt_share_group}/{t}" for t in topics]
     return topics
@@ -34,9 +38,11 @@ def subscriptions(settings: Settings) -> list[str]:
 
 def make_decoder(settings: Settings) -> Decoder:
     """The decoder for these settings, with every bridge adapter."""
-    limits = Limits(max_age=timedelta(hours=settings.max_reading_age_h),
-                    max_skew=timedelta(seconds=settings.max_clock_skew_s),
-                    max_payload_bytes=settings.max_payload_bytes)
+    limits = Limits(
+        max_age=timedelta(hours=settings.max_reading_age_h),
+        max_skew=timedelta(seconds=settings.max_clock_skew_s),
+        max_payload_bytes=settings.max_payload_bytes,
+    )
     return Decoder(prefix=settings.topic_prefix, limits=limits, adapters=adapters.decoders(settings.bridge_topic_root))
 
 
@@ -128,14 +134,18 @@ class IngestWorker:
         self.decoder = make_decoder(settings)
         self.writers = settings.ingest_writers
         # Every writer holds a full batch unacknowledged and two more batches wait in the inbox, so a writer that
-        # has just acknowledged finds its next batch there instead of waiting for the broker to send it (bench/:
-        # with Receive Maximum = one batch, a single writer drained 7k msg/s; with this window 12k, two writers 14k).
+        # has just acknowledged finds its next batch there instead of waiting for the broker to send it (the
+        # measured effect is in docs/scaling.md).
         window = settings.batch_size * (self.writers + 2)
         self.inbox = Inbox(maxsize=max(settings.queue_size, window))
-        self.consumer = MqttConsumer(settings.mqtt, client_id=settings.mqtt_client_id,
-                                     topics=subscriptions(settings), out=self.inbox,
-                                     receive_maximum=min(65535, window),
-                                     ca_file=settings.mqtt_ca_file)
+        self.consumer = MqttConsumer(
+            settings.mqtt,
+            client_id=settings.mqtt_client_id,
+            topics=subscriptions(settings),
+            out=self.inbox,
+            receive_maximum=min(65535, window),
+            ca_file=settings.mqtt_ca_file,
+        )
         self.devices = ingest_service.DeviceCache(conn_factory=None)
         self.limiter = RateLimit()
         self._stop = threading.Event()
@@ -177,11 +187,19 @@ class IngestWorker:
         while not self._stop.is_set():
             try:
                 conn = self._connection()
-                ingest_service.process_batch(conn, messages=batch, decoder=self.decoder, devices=self.devices,
-                                             ruleset=self.ruleset, limiter=self.limiter, turn=turn)
+                ingest_service.process_batch(
+                    conn,
+                    messages=batch,
+                    decoder=self.decoder,
+                    devices=self.devices,
+                    ruleset=self.ruleset,
+                    limiter=self.limiter,
+                    turn=turn,
+                )
             except Exception as exc:
-                if isinstance(exc, psycopg.OperationalError) or (isinstance(exc, psycopg.Error)
-                                                                 and refuses_writes(exc)):
+                if isinstance(exc, psycopg.OperationalError) or (
+                    isinstance(exc, psycopg.Error) and refuses_writes(exc)
+                ):
                     # Not the messages' fault: hold them unacknowledged (the broker keeps them) and retry on a
                     # fresh connection, which also picks up a database made writable again.
                     why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -189,11 +207,19 @@ class IngestWorker:
                         (log.warning if refusal_logged else log.error)(
                             "database refuses writes (%s: %s); holding %d messages unacknowledged at the broker, "
                             "retrying in %.1f s: make it writable (disk space, read-only mode, privileges)",
-                            exc.sqlstate, why, len(batch), delay)
+                            exc.sqlstate,
+                            why,
+                            len(batch),
+                            delay,
+                        )
                         refusal_logged = True
                     else:
-                        log.warning("database unavailable (%s); holding %d messages unacknowledged, retrying in "
-                                    "%.1f s", why, len(batch), delay)
+                        log.warning(
+                            "database unavailable (%s); holding %d messages unacknowledged, retrying in %.1f s",
+                            why,
+                            len(batch),
+                            delay,
+                        )
                     self._drop_connection()
                     self._stop.wait(delay)
                     delay = min(delay * 2, 10)
@@ -202,13 +228,19 @@ class IngestWorker:
                 # the batch unacknowledged, holding Receive Maximum slots and failing again on every redelivery.
                 # Retry one by one and keep the culprit as a reject.
                 in_db = isinstance(exc, psycopg.Error)
-                log.exception("batch of %d failed %s; retrying message by message", len(batch),
-                              "in the database" if in_db else "outside the database")
+                log.exception(
+                    "batch of %d failed %s; retrying message by message",
+                    len(batch),
+                    "in the database" if in_db else "outside the database",
+                )
                 self._drop_connection()
                 if len(batch) > 1:
                     return all(self._commit_batch([single], turn) for single in batch)
-                reason = ("internal error: the database refused it" if in_db
-                          else f"internal error: {type(exc).__name__}: {exc}"[:300])
+                reason = (
+                    "internal error: the database refused it"
+                    if in_db
+                    else f"internal error: {type(exc).__name__}: {exc}"[:300]
+                )
                 try:
                     self._reject_poison(batch[0], reason=reason)
                 except psycopg.Error:
@@ -232,8 +264,7 @@ class IngestWorker:
         """A single message that fails for a reason other than the database being down: keep it as a reject."""
         conn = self._connection()
         with conn.transaction():
-            ingest_repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None,
-                                                               reason)])
+            ingest_repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None, reason)])
 
     def _drop_connection(self) -> None:
         conn = self._conn
@@ -261,8 +292,11 @@ class IngestWorker:
 
     def checks(self) -> list[Check]:
         """Health for `gridwatch health`: every writer working, the consumer connected to the broker."""
-        consumer = Check("ingest-consumer", self.consumer.connected.is_set(),
-                         "" if self.consumer.connected.is_set() else "not connected to the broker")
+        consumer = Check(
+            "ingest-consumer",
+            self.consumer.connected.is_set(),
+            "" if self.consumer.connected.is_set() else "not connected to the broker",
+        )
         return [*(loop.check() for loop in self.loops), consumer]
 
     @property
@@ -284,8 +318,6 @@ class IngestWorker:
         for conn in self._conns:
             if not conn.closed:
                 conn.close()
-
-
 
 
 class _Writer:

@@ -126,8 +126,9 @@ class Policy(_Model):
             return min(1, len(steps) - 1)
         return 0
 
-    def step_due(self, severity: int, step: int, *, started_at: datetime, start_step: int,
-                 now: datetime) -> datetime | None:
+    def step_due(
+        self, severity: int, step: int, *, started_at: datetime, start_step: int, now: datetime
+    ) -> datetime | None:
         """When ladder step `step` falls due, or None past the last step.
 
         A ladder that started higher is shifted earlier by the delay of the steps it skipped, so every later

@@ -145,6 +145,10 @@ class Silence:
     reason: str
     created_by: str | None
     include_life_safety: bool
+    created_at: datetime
+
+
+SILENCE_COLUMNS = "id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety, created_at"
 
 
 # --- outbox -------------------------------------------------------------------------------------------------
@@ -179,8 +183,9 @@ def mark_routed(conn: Connection[Any], *, outbox_ids: Sequence[int]) -> None:
     conn.execute(MARK_ROUTED, (list(outbox_ids),))
 
 
-def insert_event(conn: Connection[Any], *, alarm_id: int, kind: str, at: datetime, severity: int | None,
-                 details: dict[str, Any]) -> int:
+def insert_event(
+    conn: Connection[Any], *, alarm_id: int, kind: str, at: datetime, severity: int | None, details: dict[str, Any]
+) -> int:
     """An alarm_event row written by notify (escalated, notified)."""
     with conn.cursor() as cur:
         row = cur.execute(INSERT_EVENT, (alarm_id, at, kind, severity, Jsonb(details))).fetchone()
@@ -188,8 +193,9 @@ def insert_event(conn: Connection[Any], *, alarm_id: int, kind: str, at: datetim
     return int(row[0])
 
 
-def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int | None, kind: str, severity: int,
-                  detail: dict[str, Any]) -> int:
+def insert_outbox(
+    conn: Connection[Any], *, alarm_id: int, event_id: int | None, kind: str, severity: int, detail: dict[str, Any]
+) -> int:
     """Queue a notify-originated transition (escalated, reminder, ack_timeout) and wake every notify process."""
     with conn.cursor() as cur:
         row = cur.execute(INSERT_OUTBOX, (alarm_id, event_id, kind, severity, Jsonb(detail))).fetchone()
@@ -236,12 +242,14 @@ FROM worker w WHERE w.active AND w.community_id = %(community)s ORDER BY w.id
 """
 
 
-def get_community_workers(conn: Connection[Any], *, community_id: str, grid_id: str,
-                          micro_grid_id: str) -> list[Recipient]:
+def get_community_workers(
+    conn: Connection[Any], *, community_id: str, grid_id: str, micro_grid_id: str
+) -> list[Recipient]:
     """Every active worker of a community, flagged with how they relate to the alarm's micro-grid and grid."""
     with conn.cursor(row_factory=class_row(Recipient)) as cur:
-        return cur.execute(SELECT_COMMUNITY_WORKERS, {"community": community_id, "grid": grid_id,
-                                                      "mg": micro_grid_id}).fetchall()
+        return cur.execute(
+            SELECT_COMMUNITY_WORKERS, {"community": community_id, "grid": grid_id, "mg": micro_grid_id}
+        ).fetchall()
 
 
 SELECT_MERCHANT = """
@@ -279,8 +287,8 @@ def get_notified(conn: Connection[Any], *, alarm_id: int, kinds: Sequence[str]) 
         return cur.execute(SELECT_NOTIFIED, (alarm_id, list(kinds))).fetchall()
 
 
-SELECT_SILENCE = """
-SELECT id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety FROM silence
+SELECT_ACTIVE_SILENCE = f"""
+SELECT {SILENCE_COLUMNS} FROM silence
 WHERE (site_id = %(site)s OR device_id = %(device)s) AND starts_at <= %(now)s AND ends_at > %(now)s
 ORDER BY include_life_safety DESC, ends_at DESC LIMIT 1
 """
@@ -289,40 +297,66 @@ ORDER BY include_life_safety DESC, ends_at DESC LIMIT 1
 def get_active_silence(conn: Connection[Any], *, site_id: str, device_id: str, now: datetime) -> Silence | None:
     """The silence covering a site or device now (one that includes life-safety first)."""
     with conn.cursor(row_factory=class_row(Silence)) as cur:
-        return cur.execute(SELECT_SILENCE, {"site": site_id, "device": device_id, "now": now}).fetchone()
+        return cur.execute(SELECT_ACTIVE_SILENCE, {"site": site_id, "device": device_id, "now": now}).fetchone()
 
 
-INSERT_SILENCE = """
+INSERT_SILENCE = f"""
 INSERT INTO silence (site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
-RETURNING id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety
+RETURNING {SILENCE_COLUMNS}
 """
-SELECT_SILENCES = """
-SELECT id, site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety FROM silence
-WHERE ends_at > %s ORDER BY id
+SELECT_SILENCES = f"""
+SELECT {SILENCE_COLUMNS} FROM silence
+WHERE (%(current)s = false OR ends_at > %(now)s) ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
 """
-END_SILENCE = "UPDATE silence SET ends_at = greatest(starts_at + interval '1 microsecond', %s) WHERE id = %s"
+SELECT_SILENCE = f"SELECT {SILENCE_COLUMNS} FROM silence WHERE id = %s"
+# Ended, not deleted (the row stays as the record of the window); a window planned ahead is cancelled: it ends
+# before it would have started.
+END_SILENCE = """
+UPDATE silence SET starts_at = least(starts_at, %(now)s - interval '1 microsecond'), ends_at = %(now)s
+WHERE id = %(id)s AND ends_at > %(now)s
+"""
 
 
-def insert_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None, starts_at: datetime,
-                   ends_at: datetime, reason: str, created_by: str | None, include_life_safety: bool) -> Silence:
+def insert_silence(
+    conn: Connection[Any],
+    *,
+    site_id: str | None,
+    device_id: str | None,
+    starts_at: datetime,
+    ends_at: datetime,
+    reason: str,
+    created_by: str | None,
+    include_life_safety: bool,
+) -> Silence:
     """A maintenance window for a site or a device."""
     with conn.cursor(row_factory=class_row(Silence)) as cur:
-        row = cur.execute(INSERT_SILENCE, (site_id, device_id, starts_at, ends_at, reason, created_by,
-                                           include_life_safety)).fetchone()
+        row = cur.execute(
+            INSERT_SILENCE, (site_id, device_id, starts_at, ends_at, reason, created_by, include_life_safety)
+        ).fetchone()
     assert row is not None  # noqa: S101
     return row
 
 
-def list_silences(conn: Connection[Any], *, now: datetime) -> list[Silence]:
-    """Silences not yet expired."""
+def list_silences(
+    conn: Connection[Any], *, now: datetime, current: bool = True, limit: int = 1000, offset: int = 0
+) -> list[Silence]:
+    """Silences, newest first (current: only those not over at `now`)."""
     with conn.cursor(row_factory=class_row(Silence)) as cur:
-        return cur.execute(SELECT_SILENCES, (now,)).fetchall()
+        return cur.execute(
+            SELECT_SILENCES, {"now": now, "current": current, "limit": limit, "offset": offset}
+        ).fetchall()
+
+
+def get_silence(conn: Connection[Any], *, silence_id: int) -> Silence | None:
+    """One silence."""
+    with conn.cursor(row_factory=class_row(Silence)) as cur:
+        return cur.execute(SELECT_SILENCE, (silence_id,)).fetchone()
 
 
 def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> bool:
-    """Expire a silence now."""
-    return conn.execute(END_SILENCE, (now, silence_id)).rowcount > 0
+    """End a silence now (False if there is none, or it is over already)."""
+    return conn.execute(END_SILENCE, {"now": now, "id": silence_id}).rowcount > 0
 
 
 SELECT_GATEWAY_OFFLINE = """
@@ -367,16 +401,48 @@ RETURNING id
 """
 
 
-def insert_notification(conn: Connection[Any], *, outbox_id: int, alarm_id: int, worker_id: str | None,
-                        merchant_id: str | None, step: int, kind: str, tier: str, locale: str, site_id: str,
-                        immediate: bool, title: str, body: str, status: str, reason: str | None,
-                        next_at: datetime, now: datetime) -> int | None:
+def insert_notification(
+    conn: Connection[Any],
+    *,
+    outbox_id: int,
+    alarm_id: int,
+    worker_id: str | None,
+    merchant_id: str | None,
+    step: int,
+    kind: str,
+    tier: str,
+    locale: str,
+    site_id: str,
+    immediate: bool,
+    title: str,
+    body: str,
+    status: str,
+    reason: str | None,
+    next_at: datetime,
+    now: datetime,
+) -> int | None:
     """One message for one (transition, recipient); a second insert for the same pair is a no-op (None)."""
-    row = conn.execute(INSERT_NOTIFICATION, {
-        "outbox_id": outbox_id, "alarm_id": alarm_id, "worker_id": worker_id, "merchant_id": merchant_id,
-        "step": step, "kind": kind, "tier": tier, "locale": locale, "site_id": site_id, "immediate": immediate,
-        "title": title, "body": body, "status": status, "reason": reason, "next_at": next_at, "now": now,
-    }).fetchone()
+    row = conn.execute(
+        INSERT_NOTIFICATION,
+        {
+            "outbox_id": outbox_id,
+            "alarm_id": alarm_id,
+            "worker_id": worker_id,
+            "merchant_id": merchant_id,
+            "step": step,
+            "kind": kind,
+            "tier": tier,
+            "locale": locale,
+            "site_id": site_id,
+            "immediate": immediate,
+            "title": title,
+            "body": body,
+            "status": status,
+            "reason": reason,
+            "next_at": next_at,
+            "now": now,
+        },
+    ).fetchone()
     return int(row[0]) if row else None
 
 
@@ -396,16 +462,17 @@ WHERE id = %(id)s
 """
 
 
-def find_open_group(conn: Connection[Any], *, site_id: str, worker_id: str | None, merchant_id: str | None,
-                    now: datetime) -> tuple[int, datetime] | None:
+def find_open_group(
+    conn: Connection[Any], *, site_id: str, worker_id: str | None, merchant_id: str | None, now: datetime
+) -> tuple[int, datetime] | None:
     """A held message for this site and recipient still waiting for more alarms (locked), or None."""
-    row = conn.execute(FIND_OPEN_GROUP, {"site": site_id, "worker": worker_id, "merchant": merchant_id,
-                                         "now": now}).fetchone()
+    row = conn.execute(
+        FIND_OPEN_GROUP, {"site": site_id, "worker": worker_id, "merchant": merchant_id, "now": now}
+    ).fetchone()
     return (int(row[0]), row[1]) if row else None
 
 
-def extend_group(conn: Connection[Any], *, notification_id: int, alarm_id: int, step: int,
-                 next_at: datetime) -> None:
+def extend_group(conn: Connection[Any], *, notification_id: int, alarm_id: int, step: int, next_at: datetime) -> None:
     """Fold another alarm into a held message and move its send time."""
     conn.execute(EXTEND_GROUP, {"id": notification_id, "alarm": alarm_id, "step": step, "next_at": next_at})
 
@@ -444,8 +511,9 @@ WHERE id = %s
 MARK_SUPPRESSED = "UPDATE notification SET status = 'suppressed', reason = %s WHERE id = %s"
 
 
-def record_attempt(conn: Connection[Any], *, notification_id: int, at: datetime, channel: str, ok: bool,
-                   detail: str) -> None:
+def record_attempt(
+    conn: Connection[Any], *, notification_id: int, at: datetime, channel: str, ok: bool, detail: str
+) -> None:
     """One try on one channel, with apprise's answer."""
     conn.execute(INSERT_ATTEMPT, (notification_id, at, channel, ok, detail))
 
@@ -455,8 +523,9 @@ def mark_sent(conn: Connection[Any], *, notification_id: int, at: datetime, titl
     conn.execute(MARK_SENT, (at, title, body, notification_id))
 
 
-def mark_retry(conn: Connection[Any], *, notification_id: int, next_at: datetime, error: str,
-               max_attempts: int) -> None:
+def mark_retry(
+    conn: Connection[Any], *, notification_id: int, next_at: datetime, error: str, max_attempts: int
+) -> None:
     """Schedule another try, or give up after max_attempts (status failed)."""
     conn.execute(MARK_RETRY, (next_at, error, max_attempts, notification_id))
 
@@ -519,11 +588,28 @@ WHERE alarm_id = %(alarm)s AND step = %(step)s AND stopped_at IS NULL AND next_s
 """
 
 
-def start_escalation(conn: Connection[Any], *, alarm_id: int, severity: int, start_step: int, now: datetime,
-                     next_step_at: datetime | None, next_reminder_at: datetime | None) -> None:
+def start_escalation(
+    conn: Connection[Any],
+    *,
+    alarm_id: int,
+    severity: int,
+    start_step: int,
+    now: datetime,
+    next_step_at: datetime | None,
+    next_reminder_at: datetime | None,
+) -> None:
     """Begin (or restart, on reactivation) an alarm's ladder."""
-    conn.execute(START_ESCALATION, {"alarm": alarm_id, "severity": severity, "start_step": start_step, "now": now,
-                                    "next_step_at": next_step_at, "next_reminder_at": next_reminder_at})
+    conn.execute(
+        START_ESCALATION,
+        {
+            "alarm": alarm_id,
+            "severity": severity,
+            "start_step": start_step,
+            "now": now,
+            "next_step_at": next_step_at,
+            "next_reminder_at": next_reminder_at,
+        },
+    )
 
 
 def lock_escalation(conn: Connection[Any], *, alarm_id: int) -> Escalation | None:
@@ -540,11 +626,21 @@ def claim_due_escalations(conn: Connection[Any], *, now: datetime, limit: int) -
 
 def update_escalation(conn: Connection[Any], *, esc: Escalation, now: datetime) -> None:
     """Write back a ladder's step and deadlines."""
-    conn.execute(UPDATE_ESCALATION, {
-        "alarm_id": esc.alarm_id, "severity": esc.severity, "step": esc.step, "next_step_at": esc.next_step_at,
-        "reminders": esc.reminders, "next_reminder_at": esc.next_reminder_at, "renotify_at": esc.renotify_at,
-        "stopped_at": esc.stopped_at, "stop_reason": esc.stop_reason, "now": now,
-    })
+    conn.execute(
+        UPDATE_ESCALATION,
+        {
+            "alarm_id": esc.alarm_id,
+            "severity": esc.severity,
+            "step": esc.step,
+            "next_step_at": esc.next_step_at,
+            "reminders": esc.reminders,
+            "next_reminder_at": esc.next_reminder_at,
+            "renotify_at": esc.renotify_at,
+            "stopped_at": esc.stopped_at,
+            "stop_reason": esc.stop_reason,
+            "now": now,
+        },
+    )
 
 
 def move_on_now(conn: Connection[Any], *, alarm_id: int, step: int, now: datetime) -> bool:

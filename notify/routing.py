@@ -43,8 +43,9 @@ def _fallbacks(tier: str, workers: Sequence[Recipient]) -> list[Callable[[], lis
     return [lambda: [w for w in on_call if w.role == tier]]
 
 
-def tier_recipients(tier: str, workers: Sequence[Recipient], *, merchant: Recipient | None, now: datetime,
-                    tz: str) -> list[Recipient]:
+def tier_recipients(
+    tier: str, workers: Sequence[Recipient], *, merchant: Recipient | None, now: datetime, tz: str
+) -> list[Recipient]:
     """The people of one tier to notify now: members on duty by their roster, else the on-call fallback, else
     every member (a safety alarm goes to someone off duty rather than to nobody)."""
     if tier == "merchant":
@@ -62,8 +63,9 @@ def tier_recipients(tier: str, workers: Sequence[Recipient], *, merchant: Recipi
     return members
 
 
-def ladder_recipients(tiers: Sequence[str], workers: Sequence[Recipient], *, merchant: Recipient | None,
-                      now: datetime, tz: str) -> list[tuple[Recipient, str]]:
+def ladder_recipients(
+    tiers: Sequence[str], workers: Sequence[Recipient], *, merchant: Recipient | None, now: datetime, tz: str
+) -> list[tuple[Recipient, str]]:
     """(recipient, tier) for the tiers of a ladder step; someone in two tiers hears once (the first)."""
     seen: set[tuple[bool, str]] = set()
     out: list[tuple[Recipient, str]] = []

@@ -28,8 +28,18 @@ ESCALATIONS = Counter("gridwatch_escalations_total", "Escalation ladder actions"
 
 # Transitions a person needs to hear about (DESIGN: transitions only, never "still active"). The last three
 # are written by notify itself.
-NOTIFIED_KINDS = {"raised", "reactivated", "severity_raised", "cleared", "acknowledged", "resolved",
-                  "actuation_failed", "escalated", "reminder", "ack_timeout"}
+NOTIFIED_KINDS = {
+    "raised",
+    "reactivated",
+    "severity_raised",
+    "cleared",
+    "acknowledged",
+    "resolved",
+    "actuation_failed",
+    "escalated",
+    "reminder",
+    "ack_timeout",
+}
 # Messages that put someone on the ladder (reached or not reached decides whether the ladder moves on).
 LADDER_KINDS = ("raised", "reactivated", "severity_raised", "actuation_failed", "escalated")
 OPENING_KINDS = ("raised", "reactivated", "escalated")
@@ -55,8 +65,10 @@ def _ack_url(public_url: str, alarm_id: int | None = None) -> str:
 
 # --- routing ------------------------------------------------------------------------------------------------
 
-def route_outbox(conn: Connection[Any], *, policy: Policy, now: datetime, public_url: str = "",
-                 limit: int = 100) -> int:
+
+def route_outbox(
+    conn: Connection[Any], *, policy: Policy, now: datetime, public_url: str = "", limit: int = 100
+) -> int:
     """Expand claimed outbox rows into notifications (and ladder state); returns rows routed."""
     with conn.transaction():
         rows = repo.claim_outbox(conn, limit=limit)
@@ -70,8 +82,7 @@ def route_outbox(conn: Connection[Any], *, policy: Policy, now: datetime, public
     return len(rows)
 
 
-def _suppression(conn: Connection[Any], ctx: repo.AlarmContext, kind: str, policy: Policy,
-                 now: datetime) -> str | None:
+def _suppression(conn: Connection[Any], ctx: repo.AlarmContext, kind: str, policy: Policy, now: datetime) -> str | None:
     """Why messages about this transition must not go out: a silence, or an offline gateway."""
     silence = repo.get_active_silence(conn, site_id=ctx.site_id, device_id=ctx.device_id, now=now)
     if silence is not None:
@@ -79,100 +90,185 @@ def _suppression(conn: Connection[Any], ctx: repo.AlarmContext, kind: str, polic
             target = f"site {silence.site_id}" if silence.site_id else f"device {silence.device_id}"
             return f"silenced ({target} until {silence.ends_at.isoformat(timespec='minutes')}: {silence.reason})"
         log.info("silence %s does not cover life-safety alarm %s (%s)", silence.id, ctx.alarm_id, ctx.type)
-    if (ctx.type in policy.offline_types and ctx.gateway_id and kind not in ("cleared", "resolved")
-            and repo.gateway_offline(conn, gateway_id=ctx.gateway_id, offline_types=sorted(policy.offline_types))):
+    if (
+        ctx.type in policy.offline_types
+        and ctx.gateway_id
+        and kind not in ("cleared", "resolved")
+        and repo.gateway_offline(conn, gateway_id=ctx.gateway_id, offline_types=sorted(policy.offline_types))
+    ):
         return f"inhibited: gateway {ctx.gateway_id} is offline"
     return None
+
+
+@dataclass
+class _Routing:
+    """One outbox row being routed: the alarm, who could be told, and the ladder of its severity."""
+
+    conn: Connection[Any]
+    row: repo.OutboxRow
+    ctx: repo.AlarmContext
+    policy: Policy
+    now: datetime
+    reason: str | None  # why nobody is paged for it (silenced, inhibited), or None
+    workers: list[repo.Recipient]
+    merchant: repo.Recipient | None
+
+    @property
+    def steps(self) -> tuple[Any, ...]:
+        return tuple(self.policy.for_severity(self.ctx.severity).steps)
+
+    def step_targets(self, first: int, last: int) -> list[Target]:
+        """Everyone on the ladder's steps first..last, as the roster has them on duty now."""
+        tz = self.ctx.timezone or self.policy.timezone
+        steps = self.steps
+        out: list[Target] = []
+        for s in range(first, min(last, len(steps) - 1) + 1):
+            out += [
+                Target(r, tier, s)
+                for r, tier in routing.ladder_recipients(
+                    steps[s].tiers, self.workers, merchant=self.merchant, now=self.now, tz=tz
+                )
+            ]
+        return out
+
+    def previously_notified(self) -> list[Target]:
+        return _previously_notified(self.conn, self.ctx, self.workers, self.merchant, kinds=LADDER_KINDS)
+
+    def start_ladder(self, start: int) -> None:
+        if self.reason is None and self.steps:
+            _start_ladder(self.conn, self.ctx, self.policy, start=start, now=self.now)
+
+
+def _route_raised(r: _Routing) -> tuple[list[Target], int | None]:
+    start = r.policy.start_step(r.ctx.severity, r.ctx.site_flags)
+    r.start_ladder(start)
+    return r.step_targets(0, start), start
+
+
+def _route_severity_raised(r: _Routing) -> tuple[list[Target], int | None]:
+    """Severity rose (or a command failed): the ladder restarts if it had stopped, else keeps its step."""
+    ctx, now = r.ctx, r.now
+    esc = repo.lock_escalation(r.conn, alarm_id=ctx.alarm_id)
+    if esc is None or esc.stopped_at is not None:
+        start = r.policy.start_step(ctx.severity, ctx.site_flags)
+        if ctx.active and not ctx.acknowledged:
+            r.start_ladder(start)
+        targets = r.step_targets(0, start)
+    else:
+        targets = r.step_targets(0, esc.step)
+        esc.severity = ctx.severity
+        if not ctx.acknowledged:
+            due = r.policy.step_due(
+                ctx.severity, esc.step + 1, started_at=esc.started_at, start_step=esc.start_step, now=now
+            )
+            esc.next_step_at = max(due, now) if due else None
+        repo.update_escalation(r.conn, esc=esc, now=now)
+    return targets + r.previously_notified(), None
+
+
+def _route_escalated(r: _Routing) -> tuple[list[Target], int | None]:
+    step = int(r.row.detail.get("step", 0))
+    return r.step_targets(step, step), step
+
+
+def _route_reminder(r: _Routing) -> tuple[list[Target], int | None]:
+    return [t for t in r.previously_notified() if not t.recipient.is_merchant], None
+
+
+def _route_acknowledged(r: _Routing) -> tuple[list[Target], int | None]:
+    """The ladder stops climbing (it may renotify later while the alarm stays active); everyone told hears who
+    took it."""
+    ctx, now = r.ctx, r.now
+    esc = repo.lock_escalation(r.conn, alarm_id=ctx.alarm_id)
+    if esc is not None and esc.stopped_at is None:
+        esc.next_step_at = esc.next_reminder_at = None
+        esc.renotify_at = r.policy.renotify_due(ctx.severity, now) if ctx.active else None
+        if esc.renotify_at is None:
+            esc.stopped_at, esc.stop_reason = now, f"acknowledged by {ctx.acknowledged_by}"
+        repo.update_escalation(r.conn, esc=esc, now=now)
+        ESCALATIONS.labels("stopped_ack").inc()
+    return r.previously_notified(), None
+
+
+def _route_closed(r: _Routing) -> tuple[list[Target], int | None]:
+    esc = repo.lock_escalation(r.conn, alarm_id=r.ctx.alarm_id)
+    if esc is not None and esc.stopped_at is None:
+        esc.next_step_at = esc.next_reminder_at = esc.renotify_at = None
+        esc.stopped_at, esc.stop_reason = r.now, r.row.kind
+        repo.update_escalation(r.conn, esc=esc, now=r.now)
+    return r.previously_notified(), None
+
+
+# Outbox kind -> who hears of it, and the ladder step it opens (None: it opens none).
+ROUTES: dict[str, Callable[[_Routing], tuple[list[Target], int | None]]] = {
+    "raised": _route_raised,
+    "reactivated": _route_raised,
+    "severity_raised": _route_severity_raised,
+    "actuation_failed": _route_severity_raised,
+    "escalated": _route_escalated,
+    "reminder": _route_reminder,
+    "ack_timeout": _route_reminder,
+    "acknowledged": _route_acknowledged,
+    "cleared": _route_closed,
+    "resolved": _route_closed,
+}
 
 
 def _route(conn: Connection[Any], row: repo.OutboxRow, *, policy: Policy, now: datetime, public_url: str) -> None:
     ctx = repo.get_alarm_context(conn, alarm_id=row.alarm_id)
     if ctx is None:
         return
-    kind = row.kind
-    reason = _suppression(conn, ctx, kind, policy, now)
-    tz = ctx.timezone or policy.timezone
-    workers = repo.get_community_workers(conn, community_id=ctx.community_id, grid_id=ctx.grid_id,
-                                         micro_grid_id=ctx.micro_grid_id)
+    workers = repo.get_community_workers(
+        conn, community_id=ctx.community_id, grid_id=ctx.grid_id, micro_grid_id=ctx.micro_grid_id
+    )
     merchant = repo.get_merchant(conn, merchant_id=ctx.merchant_id) if ctx.merchant_id else None
-    steps = policy.for_severity(ctx.severity).steps
-
-    def step_targets(first: int, last: int) -> list[Target]:
-        out: list[Target] = []
-        for s in range(first, min(last, len(steps) - 1) + 1):
-            out += [Target(r, tier, s) for r, tier in
-                    routing.ladder_recipients(steps[s].tiers, workers, merchant=merchant, now=now, tz=tz)]
-        return out
-
-    targets: list[Target] = []
-    opened_step: int | None = None
-    if kind in ("raised", "reactivated"):
-        start = policy.start_step(ctx.severity, ctx.site_flags)
-        targets = step_targets(0, start)
-        opened_step = start
-        if reason is None and steps:
-            _start_ladder(conn, ctx, policy, start=start, now=now)
-    elif kind in ("severity_raised", "actuation_failed"):
-        esc = repo.lock_escalation(conn, alarm_id=ctx.alarm_id)
-        if esc is None or esc.stopped_at is not None:
-            start = policy.start_step(ctx.severity, ctx.site_flags)
-            if reason is None and steps and ctx.active and not ctx.acknowledged:
-                _start_ladder(conn, ctx, policy, start=start, now=now)
-            targets = step_targets(0, start)
-        else:
-            targets = step_targets(0, esc.step)
-            esc.severity = ctx.severity
-            if not ctx.acknowledged:
-                due = policy.step_due(ctx.severity, esc.step + 1, started_at=esc.started_at,
-                                      start_step=esc.start_step, now=now)
-                esc.next_step_at = max(due, now) if due else None
-            repo.update_escalation(conn, esc=esc, now=now)
-        targets += _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
-    elif kind == "escalated":
-        step = int(row.detail.get("step", 0))
-        targets = step_targets(step, step)
-        opened_step = step
-    elif kind in ("reminder", "ack_timeout"):
-        targets = [t for t in _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
-                   if not t.recipient.is_merchant]
-    elif kind == "acknowledged":
-        esc = repo.lock_escalation(conn, alarm_id=ctx.alarm_id)
-        if esc is not None and esc.stopped_at is None:
-            esc.next_step_at = esc.next_reminder_at = None
-            esc.renotify_at = policy.renotify_due(ctx.severity, now) if ctx.active else None
-            if esc.renotify_at is None:
-                esc.stopped_at, esc.stop_reason = now, f"acknowledged by {ctx.acknowledged_by}"
-            repo.update_escalation(conn, esc=esc, now=now)
-            ESCALATIONS.labels("stopped_ack").inc()
-        targets = _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
-    elif kind in ("cleared", "resolved"):
-        esc = repo.lock_escalation(conn, alarm_id=ctx.alarm_id)
-        if esc is not None and esc.stopped_at is None:
-            esc.next_step_at = esc.next_reminder_at = esc.renotify_at = None
-            esc.stopped_at, esc.stop_reason = now, kind
-            repo.update_escalation(conn, esc=esc, now=now)
-        targets = _previously_notified(conn, ctx, workers, merchant, kinds=LADDER_KINDS)
-
-    _insert_messages(conn, row, ctx, _dedupe(targets), policy=policy, now=now, public_url=public_url,
-                     reason=reason, workers=workers)
+    r = _Routing(conn, row, ctx, policy, now, _suppression(conn, ctx, row.kind, policy, now), workers, merchant)
+    handler = ROUTES.get(row.kind)
+    targets, opened_step = handler(r) if handler is not None else ([], None)
+    _insert_messages(
+        conn,
+        row,
+        ctx,
+        _dedupe(targets),
+        policy=policy,
+        now=now,
+        public_url=public_url,
+        reason=r.reason,
+        workers=workers,
+    )
     nobody = not any(not t.recipient.is_merchant and t.step == opened_step for t in targets)
     # Nobody to tell at this step (no leader registered, ...): the ladder climbs at once.
-    if (reason is None and opened_step is not None and steps and nobody
-            and repo.move_on_now(conn, alarm_id=ctx.alarm_id, step=opened_step, now=now)):
+    if (
+        r.reason is None
+        and opened_step is not None
+        and r.steps
+        and nobody
+        and repo.move_on_now(conn, alarm_id=ctx.alarm_id, step=opened_step, now=now)
+    ):
         log.warning("alarm %s: nobody to notify at ladder step %s; escalating at once", ctx.alarm_id, opened_step)
 
 
-def _start_ladder(conn: Connection[Any], ctx: repo.AlarmContext, policy: Policy, *, start: int,
-                  now: datetime) -> None:
+def _start_ladder(conn: Connection[Any], ctx: repo.AlarmContext, policy: Policy, *, start: int, now: datetime) -> None:
     repo.start_escalation(
-        conn, alarm_id=ctx.alarm_id, severity=ctx.severity, start_step=start, now=now,
+        conn,
+        alarm_id=ctx.alarm_id,
+        severity=ctx.severity,
+        start_step=start,
+        now=now,
         next_step_at=policy.step_due(ctx.severity, start + 1, started_at=now, start_step=start, now=now),
-        next_reminder_at=policy.reminder_due(ctx.severity, now, 0))
+        next_reminder_at=policy.reminder_due(ctx.severity, now, 0),
+    )
     ESCALATIONS.labels("started").inc()
 
 
-def _previously_notified(conn: Connection[Any], ctx: repo.AlarmContext, workers: list[repo.Recipient],
-                         merchant: repo.Recipient | None, *, kinds: tuple[str, ...]) -> list[Target]:
+def _previously_notified(
+    conn: Connection[Any],
+    ctx: repo.AlarmContext,
+    workers: list[repo.Recipient],
+    merchant: repo.Recipient | None,
+    *,
+    kinds: tuple[str, ...],
+) -> list[Target]:
     by_id = {w.id: w for w in workers}
     out = []
     for n in repo.get_notified(conn, alarm_id=ctx.alarm_id, kinds=kinds):
@@ -196,26 +292,42 @@ def _dedupe(targets: list[Target]) -> list[Target]:
     return out
 
 
-def _insert_messages(conn: Connection[Any], row: repo.OutboxRow, ctx: repo.AlarmContext, targets: list[Target], *,
-                     policy: Policy, now: datetime, public_url: str, reason: str | None,
-                     workers: list[repo.Recipient]) -> None:
+def _insert_messages(
+    conn: Connection[Any],
+    row: repo.OutboxRow,
+    ctx: repo.AlarmContext,
+    targets: list[Target],
+    *,
+    policy: Policy,
+    now: datetime,
+    public_url: str,
+    reason: str | None,
+    workers: list[repo.Recipient],
+) -> None:
     if not targets:
         if row.kind in OPENING_KINDS and policy.for_severity(ctx.severity).steps:
-            log.warning("alarm %s (%s) in micro-grid %s has nobody to notify", ctx.alarm_id, row.kind,
-                        ctx.micro_grid_id)
+            log.warning(
+                "alarm %s (%s) in micro-grid %s has nobody to notify", ctx.alarm_id, row.kind, ctx.micro_grid_id
+            )
         return
     # Reminders and "still active" repeat what people already know: they may be grouped even for life-safety
     # alarms (fifty smoke detectors in one fire are one reminder, not fifty).
     immediate = policy.is_immediate(ctx.type, ctx.severity) and row.kind not in ("reminder", "ack_timeout")
     vulnerable = bool(policy.vulnerable_flags.intersection(ctx.site_flags))
     field = messages.measurement_of(ctx.type)
-    trend = repo.get_recent_values(conn, device_id=ctx.device_id, field_name=field[0],
-                                   since=now - timedelta(minutes=30)) if field and ctx.value is not None else []
+    trend = (
+        repo.get_recent_values(conn, device_id=ctx.device_id, field_name=field[0], since=now - timedelta(minutes=30))
+        if field and ctx.value is not None
+        else []
+    )
     told: list[str] = []
     if row.kind == "escalated":
         names = {w.id: w.name for w in workers}
-        told = [names.get(n.worker_id, n.worker_id) for n in repo.get_notified(
-            conn, alarm_id=ctx.alarm_id, kinds=LADDER_KINDS) if n.worker_id]
+        told = [
+            names.get(n.worker_id, n.worker_id)
+            for n in repo.get_notified(conn, alarm_id=ctx.alarm_id, kinds=LADDER_KINDS)
+            if n.worker_id
+        ]
     actor = ctx.acknowledged_by if row.kind == "acknowledged" else None
     rendered: dict[str, messages.Message] = {}
     storm = policy.storm
@@ -224,8 +336,17 @@ def _insert_messages(conn: Connection[Any], row: repo.OutboxRow, ctx: repo.Alarm
         lang = messages.lang_of(r.locale)
         if lang not in rendered:
             rendered[lang] = messages.render_alarm(
-                ctx, row.kind, lang, now=now, ack_url=_ack_url(public_url, ctx.alarm_id), actor=actor, trend=trend,
-                told=told, reminder=int(row.detail.get("n", 0)), vulnerable=vulnerable)
+                ctx,
+                row.kind,
+                lang,
+                now=now,
+                ack_url=_ack_url(public_url, ctx.alarm_id),
+                actor=actor,
+                trend=trend,
+                told=told,
+                reminder=int(row.detail.get("n", 0)),
+                vulnerable=vulnerable,
+            )
         msg = rendered[lang]
         worker_id, merchant_id = (None, r.id) if r.is_merchant else (r.id, None)
         next_at = policy.deferred_until(ctx.severity, t.tier, now, ctx.type)
@@ -233,24 +354,42 @@ def _insert_messages(conn: Connection[Any], row: repo.OutboxRow, ctx: repo.Alarm
         note_reason = reason
         grouped = not immediate and status == "pending" and next_at == now
         if grouped:
-            group = repo.find_open_group(conn, site_id=ctx.site_id, worker_id=worker_id, merchant_id=merchant_id,
-                                         now=now)
+            group = repo.find_open_group(
+                conn, site_id=ctx.site_id, worker_id=worker_id, merchant_id=merchant_id, now=now
+            )
             if group is not None:
                 group_id, opened_at = group
                 send_at = min(opened_at + timedelta(seconds=storm.max_hold_s), now + timedelta(seconds=storm.hold_s))
-                repo.extend_group(conn, notification_id=group_id, alarm_id=ctx.alarm_id, step=t.step,
-                                  next_at=max(send_at, now))
+                repo.extend_group(
+                    conn, notification_id=group_id, alarm_id=ctx.alarm_id, step=t.step, next_at=max(send_at, now)
+                )
                 continue
             next_at = now + timedelta(seconds=min(storm.hold_s, storm.max_hold_s))
         elif next_at > now:
             note_reason = note_reason or f"quiet hours until {next_at.isoformat(timespec='minutes')}"
         repo.insert_notification(
-            conn, outbox_id=row.id, alarm_id=ctx.alarm_id, worker_id=worker_id, merchant_id=merchant_id,
-            step=t.step, kind=row.kind, tier=t.tier, locale=lang, site_id=ctx.site_id, immediate=not grouped,
-            title=msg.title, body=msg.body, status=status, reason=note_reason, next_at=next_at, now=now)
+            conn,
+            outbox_id=row.id,
+            alarm_id=ctx.alarm_id,
+            worker_id=worker_id,
+            merchant_id=merchant_id,
+            step=t.step,
+            kind=row.kind,
+            tier=t.tier,
+            locale=lang,
+            site_id=ctx.site_id,
+            immediate=not grouped,
+            title=msg.title,
+            body=msg.body,
+            status=status,
+            reason=note_reason,
+            next_at=next_at,
+            now=now,
+        )
 
 
 # --- escalation ladder --------------------------------------------------------------------------------------
+
 
 def run_escalations(conn: Connection[Any], *, policy: Policy, now: datetime, limit: int = 50) -> int:
     """Climb ladders whose deadline has passed (step, reminder, re-notification); returns ladders handled."""
@@ -270,8 +409,9 @@ def _advance(conn: Connection[Any], esc: repo.Escalation, *, policy: Policy, now
     if esc.acknowledged:
         esc.next_step_at = esc.next_reminder_at = None
         if esc.renotify_at is not None and esc.renotify_at <= now:
-            repo.insert_outbox(conn, alarm_id=esc.alarm_id, event_id=None, kind="ack_timeout", severity=esc.severity,
-                               detail={})
+            repo.insert_outbox(
+                conn, alarm_id=esc.alarm_id, event_id=None, kind="ack_timeout", severity=esc.severity, detail={}
+            )
             esc.renotify_at = policy.renotify_due(esc.severity, now)
             ESCALATIONS.labels("ack_timeout").inc()
         if esc.renotify_at is None:
@@ -282,21 +422,43 @@ def _advance(conn: Connection[Any], esc: repo.Escalation, *, policy: Policy, now
         esc.step += 1
         if esc.step < len(steps):
             tiers = list(steps[esc.step].tiers)
-            event_id = repo.insert_event(conn, alarm_id=esc.alarm_id, kind="escalated", at=now, severity=esc.severity,
-                                         details={"step": esc.step, "tiers": tiers,
-                                                  "unacknowledged_s": int((now - esc.started_at).total_seconds())})
-            repo.insert_outbox(conn, alarm_id=esc.alarm_id, event_id=event_id, kind="escalated",
-                               severity=esc.severity, detail={"step": esc.step})
+            event_id = repo.insert_event(
+                conn,
+                alarm_id=esc.alarm_id,
+                kind="escalated",
+                at=now,
+                severity=esc.severity,
+                details={
+                    "step": esc.step,
+                    "tiers": tiers,
+                    "unacknowledged_s": int((now - esc.started_at).total_seconds()),
+                },
+            )
+            repo.insert_outbox(
+                conn,
+                alarm_id=esc.alarm_id,
+                event_id=event_id,
+                kind="escalated",
+                severity=esc.severity,
+                detail={"step": esc.step},
+            )
             ESCALATIONS.labels("step").inc()
             log.info("alarm %s unacknowledged: escalating to step %d (%s)", esc.alarm_id, esc.step, ", ".join(tiers))
-        esc.next_step_at = policy.step_due(esc.severity, esc.step + 1, started_at=esc.started_at,
-                                           start_step=esc.start_step, now=now)
+        esc.next_step_at = policy.step_due(
+            esc.severity, esc.step + 1, started_at=esc.started_at, start_step=esc.start_step, now=now
+        )
         if esc.next_reminder_at is not None:
             esc.next_reminder_at = policy.reminder_due(esc.severity, now, esc.reminders)
     elif esc.next_reminder_at is not None and esc.next_reminder_at <= now:
         esc.reminders += 1
-        repo.insert_outbox(conn, alarm_id=esc.alarm_id, event_id=None, kind="reminder", severity=esc.severity,
-                           detail={"n": esc.reminders})
+        repo.insert_outbox(
+            conn,
+            alarm_id=esc.alarm_id,
+            event_id=None,
+            kind="reminder",
+            severity=esc.severity,
+            detail={"n": esc.reminders},
+        )
         esc.next_reminder_at = policy.reminder_due(esc.severity, now, esc.reminders)
         ESCALATIONS.labels("reminder").inc()
     # At the top of the ladder with nothing left to remind, the ladder idles (no deadline) until the alarm is
@@ -305,8 +467,17 @@ def _advance(conn: Connection[Any], esc: repo.Escalation, *, policy: Policy, now
 
 # --- delivery -----------------------------------------------------------------------------------------------
 
-def deliver_due(conn: Connection[Any], *, sender: Sender, policy: Policy, clock: Clock, max_attempts: int,
-                public_url: str = "", limit: int = 20) -> int:
+
+def deliver_due(
+    conn: Connection[Any],
+    *,
+    sender: Sender,
+    policy: Policy,
+    clock: Clock,
+    max_attempts: int,
+    public_url: str = "",
+    limit: int = 20,
+) -> int:
     """Deliver notifications that are due, holding their row locks while sending; returns how many handled."""
     with conn.transaction():
         due = repo.claim_due(conn, now=clock(), limit=limit)
@@ -319,33 +490,43 @@ def deliver_due(conn: Connection[Any], *, sender: Sender, policy: Policy, clock:
                 continue
             if not note.notify_urls:
                 at = clock()
-                repo.record_attempt(conn, notification_id=note.id, at=at, channel="-", ok=False,
-                                    detail="recipient has no channel")
-                repo.mark_retry(conn, notification_id=note.id, next_at=at, error="recipient has no channel",
-                                max_attempts=1)
+                repo.record_attempt(
+                    conn, notification_id=note.id, at=at, channel="-", ok=False, detail="recipient has no channel"
+                )
+                repo.mark_retry(
+                    conn, notification_id=note.id, next_at=at, error="recipient has no channel", max_attempts=1
+                )
                 DELIVERIES.labels("no_channel").inc()
                 unreached.append(note)
                 continue
             jobs.append((note, _message_for(conn, note, clock(), public_url)))
-        results = sender.send_many([(n.notify_urls, m.title, m.body, n.worker_id or n.merchant_id or "")
-                                    for n, m in jobs])
+        results = sender.send_many(
+            [(n.notify_urls, m.title, m.body, n.worker_id or n.merchant_id or "") for n, m in jobs]
+        )
         at = clock()
         for (note, msg), channel_results in zip(jobs, results, strict=True):
             for res in channel_results:
-                repo.record_attempt(conn, notification_id=note.id, at=at, channel=res.channel, ok=res.ok,
-                                    detail=res.detail)
+                repo.record_attempt(
+                    conn, notification_id=note.id, at=at, channel=res.channel, ok=res.ok, detail=res.detail
+                )
             who = note.worker_id or note.merchant_id
             if any(r.ok for r in channel_results):
                 # The audit of who was told what is notification + delivery_attempt; alarm_event stays the
                 # alarm's own history (raised, escalated, acknowledged, ...).
                 repo.mark_sent(conn, notification_id=note.id, at=at, title=msg.title, body=msg.body)
                 DELIVERIES.labels("sent").inc()
-                log.info("notified %s of alarm %s (%s, %d alarm(s))", who, note.alarm_id, note.kind,
-                         len(note.alarm_ids))
+                log.info(
+                    "notified %s of alarm %s (%s, %d alarm(s))", who, note.alarm_id, note.kind, len(note.alarm_ids)
+                )
             else:
                 error = "; ".join(f"{r.channel}: {r.detail}" for r in channel_results)[:500]
-                repo.mark_retry(conn, notification_id=note.id, next_at=at + policy.backoff(note.attempts + 1),
-                                error=error, max_attempts=max_attempts)
+                repo.mark_retry(
+                    conn,
+                    notification_id=note.id,
+                    next_at=at + policy.backoff(note.attempts + 1),
+                    error=error,
+                    max_attempts=max_attempts,
+                )
                 DELIVERIES.labels("failed_attempt").inc()
                 log.warning("delivery to %s failed (attempt %d): %s", who, note.attempts + 1, error)
                 unreached.append(note)
@@ -353,24 +534,32 @@ def deliver_due(conn: Connection[Any], *, sender: Sender, policy: Policy, clock:
     return len(due)
 
 
-def _message_for(conn: Connection[Any], note: repo.DueNotification, now: datetime,
-                 public_url: str) -> messages.Message:
+def _message_for(conn: Connection[Any], note: repo.DueNotification, now: datetime, public_url: str) -> messages.Message:
     if note.immediate or len(note.alarm_ids) < 2:
         return messages.Message(note.title, note.body)
     contexts = repo.get_alarm_contexts(conn, alarm_ids=note.alarm_ids)
     if not contexts:
         return messages.Message(note.title, note.body)
-    states = {c.alarm_id: ("resolved" if c.closed_at else "cleared" if not c.active else
-                           "acknowledged" if c.acknowledged else "raised") for c in contexts}
+    states = {
+        c.alarm_id: (
+            "resolved" if c.closed_at else "cleared" if not c.active else "acknowledged" if c.acknowledged else "raised"
+        )
+        for c in contexts
+    }
     span = int((now - min(c.raised_at for c in contexts)).total_seconds())
-    return messages.render_group(contexts, states, note.locale, seconds=span, ack_url=_ack_url(public_url),
-                                 vulnerable=any("elderly_living_alone" in c.site_flags for c in contexts))
+    return messages.render_group(
+        contexts,
+        states,
+        note.locale,
+        seconds=span,
+        ack_url=_ack_url(public_url),
+        vulnerable=any("elderly_living_alone" in c.site_flags for c in contexts),
+    )
 
 
 def _move_on_when_unreached(conn: Connection[Any], notes: list[repo.DueNotification], *, now: datetime) -> None:
     """A step whose every recipient could not be reached on any channel does not wait for its timer."""
-    pairs = sorted({(a, n.step) for n in notes if n.kind in LADDER_KINDS and n.tier != "merchant"
-                    for a in n.alarm_ids})
+    pairs = sorted({(a, n.step) for n in notes if n.kind in LADDER_KINDS and n.tier != "merchant" for a in n.alarm_ids})
     for alarm_id, step in pairs:
         # Lock the ladder first: two processes failing the last two recipients of a step then see each other.
         esc = repo.lock_escalation(conn, alarm_id=alarm_id)
@@ -384,6 +573,7 @@ def _move_on_when_unreached(conn: Connection[Any], notes: list[repo.DueNotificat
 
 # --- gridwatch notify test ----------------------------------------------------------------------------------
 
+
 def send_test(conn: Connection[Any], *, sender: Sender, worker_id: str, now: datetime) -> list[ChannelResult]:
     """Send a test message through every channel of a worker, one result per channel."""
     worker = repo.get_worker(conn, worker_id=worker_id)
@@ -391,20 +581,66 @@ def send_test(conn: Connection[Any], *, sender: Sender, worker_id: str, now: dat
         raise NotFoundError(f"worker {worker_id!r} does not exist (load the registry first)")
     if not worker.notify_urls:
         raise ConflictError(f"worker {worker_id!r} has no notify URLs in the registry")
-    msg = messages.render_test(name=worker.name, worker_id=worker.id, role=worker.role,
-                               channels=len(worker.notify_urls), locale=worker.locale, at=now)
+    msg = messages.render_test(
+        name=worker.name,
+        worker_id=worker.id,
+        role=worker.role,
+        channels=len(worker.notify_urls),
+        locale=worker.locale,
+        at=now,
+    )
     return sender.send(worker.notify_urls, msg.title, msg.body, recipient=worker.id)
 
 
-def create_silence(conn: Connection[Any], *, site_id: str | None, device_id: str | None, minutes: float,
-                   reason: str, created_by: str | None, include_life_safety: bool, now: datetime) -> repo.Silence:
-    """A maintenance window for one site or one device; life-safety alarms stay loud unless included."""
+def create_silence(
+    conn: Connection[Any],
+    *,
+    site_id: str | None,
+    device_id: str | None,
+    minutes: float,
+    reason: str,
+    created_by: str | None,
+    include_life_safety: bool,
+    now: datetime,
+    starts_at: datetime | None = None,
+) -> repo.Silence:
+    """A maintenance window for one site or one device, from starts_at (default now) for `minutes`; life-safety
+    alarms stay loud unless included."""
     if (site_id is None) == (device_id is None):
         raise ConflictError("a silence covers exactly one site or one device")
     if minutes <= 0:
         raise ConflictError("a silence needs a positive duration")
     if not repo.site_or_device_exists(conn, site_id=site_id, device_id=device_id):
         raise NotFoundError(f"{'site' if site_id else 'device'} {site_id or device_id!r} is not registered")
-    return repo.insert_silence(conn, site_id=site_id, device_id=device_id, starts_at=now,
-                               ends_at=now + timedelta(minutes=minutes), reason=reason, created_by=created_by,
-                               include_life_safety=include_life_safety)
+    start = starts_at or now
+    return repo.insert_silence(
+        conn,
+        site_id=site_id,
+        device_id=device_id,
+        starts_at=start,
+        ends_at=start + timedelta(minutes=minutes),
+        reason=reason,
+        created_by=created_by,
+        include_life_safety=include_life_safety,
+    )
+
+
+def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> None:
+    """End a silence now (a planned one is cancelled); the row stays as the record of the window."""
+    if not repo.end_silence(conn, silence_id=silence_id, now=now):
+        raise NotFoundError(f"silence {silence_id} not found (or over already)")
+
+
+def list_silences(
+    conn: Connection[Any], *, now: datetime, current: bool, limit: int, offset: int
+) -> list[repo.Silence]:
+    """Silences, newest first (current: only those not over)."""
+    return repo.list_silences(conn, now=now, current=current, limit=limit, offset=offset)
+
+
+def get_silence(conn: Connection[Any], *, silence_id: int) -> repo.Silence:
+    """One silence."""
+    found = repo.get_silence(conn, silence_id=silence_id)
+    if found is None:
+        raise NotFoundError(f"silence {silence_id} not found")
+    return found

@@ -54,15 +54,22 @@ class _Wake:
 class NotifyWorker:
     """Runs until stop(); several of them may run against one database."""
 
-    def __init__(self, settings: Settings, *, policy: Policy | None = None,
-                 clock: service.Clock = system_clock, sender: Sender | None = None,
-                 deliverers: int = DELIVERERS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policy: Policy | None = None,
+        clock: service.Clock = system_clock,
+        sender: Sender | None = None,
+        deliverers: int = DELIVERERS,
+    ) -> None:
         self.settings = settings
         self.policy = policy or load_policy(settings.notify_policy)
         self.clock = clock
         # One sending thread per notification a deliverer may hold, so hanging channels cannot starve the rest.
-        self.sender = sender or Sender(timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url,
-                                       parallel=deliverers * BATCH)
+        self.sender = sender or Sender(
+            timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url, parallel=deliverers * BATCH
+        )
         self.deliverers = deliverers
         self._stop = threading.Event()
         self._wake = _Wake()
@@ -83,8 +90,7 @@ class NotifyWorker:
         """Route the outbox and climb due ladders until nothing is left; returns the work done."""
         work = 0
         while not self._stop.is_set():
-            done = service.route_outbox(conn, policy=self.policy, now=self.clock(),
-                                        public_url=self.settings.public_url)
+            done = service.route_outbox(conn, policy=self.policy, now=self.clock(), public_url=self.settings.public_url)
             done += service.run_escalations(conn, policy=self.policy, now=self.clock())
             if done:
                 self._wake.signal()
@@ -97,9 +103,15 @@ class NotifyWorker:
         """Deliver due notifications in small batches until none is due; returns how many."""
         work = 0
         while not self._stop.is_set():
-            done = service.deliver_due(conn, sender=self.sender, policy=self.policy, clock=self.clock,
-                                       max_attempts=self.settings.notify_max_attempts,
-                                       public_url=self.settings.public_url, limit=BATCH)
+            done = service.deliver_due(
+                conn,
+                sender=self.sender,
+                policy=self.policy,
+                clock=self.clock,
+                max_attempts=self.settings.notify_max_attempts,
+                public_url=self.settings.public_url,
+                limit=BATCH,
+            )
             work += done
             if done == 0:
                 break
@@ -109,8 +121,9 @@ class NotifyWorker:
         """Route, escalate and deliver what is due now in the calling thread (tools and tests)."""
         return self.route_once(conn) + self.deliver_once(conn)
 
-    def _timeout(self, conn: psycopg.Connection[Any], next_due: Callable[[psycopg.Connection[Any]],
-                                                                         datetime | None]) -> float:
+    def _timeout(
+        self, conn: psycopg.Connection[Any], next_due: Callable[[psycopg.Connection[Any]], datetime | None]
+    ) -> float:
         with conn.transaction():
             due = next_due(conn)
         poll = self.settings.notify_poll_s
@@ -121,8 +134,9 @@ class NotifyWorker:
     def start(self) -> None:
         self.warm_up()
         self.loops = [Loop("notify-router", _Router(self), stopping=self._stop)]
-        self.loops += [Loop(f"notify-deliver-{i}", _Deliverer(self, i), stopping=self._stop)
-                       for i in range(1, self.deliverers + 1)]
+        self.loops += [
+            Loop(f"notify-deliver-{i}", _Deliverer(self, i), stopping=self._stop) for i in range(1, self.deliverers + 1)
+        ]
         for loop in self.loops:
             loop.start()
 

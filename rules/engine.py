@@ -81,20 +81,34 @@ class _RuleBase(BaseModel):
 
     def applies_to(self, device: Device) -> bool:
         """Whether this rule watches this device."""
-        return self.enabled and device.kind in self.kinds and (
-            not self.locations or device.location in self.locations
-        )
+        return self.enabled and device.kind in self.kinds and (not self.locations or device.location in self.locations)
 
-    def transition(self, kind: Kind, at: datetime, value: float | None = None, *,
-                   severity: Severity | None = None, details: dict[str, Any] | None = None) -> Transition:
+    def transition(
+        self,
+        kind: Kind,
+        at: datetime,
+        value: float | None = None,
+        *,
+        severity: Severity | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Transition:
         raising = kind == "raise"
         severity = severity or self.severity
         if self.night_uplift and kind != "clear" and is_night(at, self.night_tz):
             severity = Severity(min(int(Severity.CRITICAL), int(severity) + 1))
-        return Transition(rule_id=self.id, alarm_type=self.alarm_type, kind=kind,
-                          severity=severity, at=at, value=value, message=self.message,
-                          latching=self.latching, actions=self.actions if raising else (),
-                          details=details or {}, lockout=self.lockout and raising)
+        return Transition(
+            rule_id=self.id,
+            alarm_type=self.alarm_type,
+            kind=kind,
+            severity=severity,
+            at=at,
+            value=value,
+            message=self.message,
+            latching=self.latching,
+            actions=self.actions if raising else (),
+            details=details or {},
+            lockout=self.lockout and raising,
+        )
 
 
 @lru_cache(maxsize=16)
@@ -437,12 +451,47 @@ class RepeatRule(_RuleBase):
     window_s: float = Field(gt=0)
 
 
-Rule = Annotated[ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | GapRule | RateOfRiseRule
-                 | AbsenceRule | SessionRule | RebootRule | DriftRule | StuckRule | CorroborateRule | RepeatRule
-                 | RealarmRule | NoCancelRule | OutageRule | PlacementRule, Field(discriminator="type")]
-AnyRule = (ThresholdRule | DurationRule | FlagRule | HushRule | DoseRule | GapRule | RateOfRiseRule | AbsenceRule
-           | SessionRule | RebootRule | DriftRule | StuckRule | CorroborateRule | RepeatRule | RealarmRule
-           | NoCancelRule | OutageRule | PlacementRule)
+Rule = Annotated[
+    ThresholdRule
+    | DurationRule
+    | FlagRule
+    | HushRule
+    | DoseRule
+    | GapRule
+    | RateOfRiseRule
+    | AbsenceRule
+    | SessionRule
+    | RebootRule
+    | DriftRule
+    | StuckRule
+    | CorroborateRule
+    | RepeatRule
+    | RealarmRule
+    | NoCancelRule
+    | OutageRule
+    | PlacementRule,
+    Field(discriminator="type"),
+]
+AnyRule = (
+    ThresholdRule
+    | DurationRule
+    | FlagRule
+    | HushRule
+    | DoseRule
+    | GapRule
+    | RateOfRiseRule
+    | AbsenceRule
+    | SessionRule
+    | RebootRule
+    | DriftRule
+    | StuckRule
+    | CorroborateRule
+    | RepeatRule
+    | RealarmRule
+    | NoCancelRule
+    | OutageRule
+    | PlacementRule
+)
 
 
 def watched_fields(rule: AnyRule) -> frozenset[str]:
@@ -481,8 +530,7 @@ def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> T
     flag = bool(reported) if reported is not None else bool(state.get("flag"))
     numeric = _num(value)
     sign = 1.0 if rule.direction == "above" else -1.0
-    above = bool(flag) or (numeric is not None and rule.raise_at is not None
-                           and sign * numeric >= sign * rule.raise_at)
+    above = bool(flag) or (numeric is not None and rule.raise_at is not None and sign * numeric >= sign * rule.raise_at)
     active = state.get("active")
     if not active and not above:  # the hot path: quiet device, nothing armed
         if state:
@@ -649,11 +697,16 @@ def tick_gap(rule: GapRule, state: State, device: Device, *, now: datetime) -> T
     if silent < limit:
         return None
     state["active"] = True
-    return rule.transition("raise", now, state.get("c"), details={"silent_s": round(silent), "gap_after_s": limit,
-                                                                  "last_value": state.get("c")})
+    return rule.transition(
+        "raise",
+        now,
+        state.get("c"),
+        details={"silent_s": round(silent), "gap_after_s": limit, "last_value": state.get("c")},
+    )
 
 
-def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) -> Transition | None:
+# Complexity exception (C901): EB-04's three criteria and their latch read as one algorithm (table-driven tests).
+def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) -> Transition | None:  # noqa: C901
     """Slope, windowed rise and absolute level of a temperature (RULES-REFERENCE 4.4, EB-04)."""
     v = _num(reading.value(rule.field))
     if v is None:
@@ -678,8 +731,12 @@ def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) 
         hist.append([now, v])
     while hist and now - hist[0][0] > rule.window_s:
         hist.pop(0)
-    if (why is None and rule.window_rise is not None and v > rule.window_floor
-            and v - min(p[1] for p in hist) >= rule.window_rise):
+    if (
+        why is None
+        and rule.window_rise is not None
+        and v > rule.window_floor
+        and v - min(p[1] for p in hist) >= rule.window_rise
+    ):
         why = "window"
     if why is None and rule.absolute_at is not None and v >= rule.absolute_at:
         why = "absolute"
@@ -706,8 +763,16 @@ def evaluate_absence(rule: AbsenceRule, state: State, reading: Reading) -> Trans
     return None
 
 
-def tick_absence(rule: AbsenceRule, state: State, device: Device, *, last_seen: datetime, now: datetime,
-                 inhibited: bool = False, floor: Severity | None = None) -> Transition | None:
+def tick_absence(
+    rule: AbsenceRule,
+    state: State,
+    device: Device,
+    *,
+    last_seen: datetime,
+    now: datetime,
+    inhibited: bool = False,
+    floor: Severity | None = None,
+) -> Transition | None:
     """The timer's view: silent longer than offline_after raises (unless the gateway is down); severity
     rises after escalate_after_s of silence, and is at least `floor` (EB-15: a port offline mid-session)."""
     silent = (now - last_seen).total_seconds()
@@ -740,8 +805,7 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
     if s is None:
         if p < rule.start_w:
             return None, False
-        s = state["s"] = {"start": now, "t": now, "p": p, "wh": 0.0, "bulk": [], "low_since": None,
-                          "high_since": None}
+        s = state["s"] = {"start": now, "t": now, "p": p, "wh": 0.0, "bulk": [], "low_since": None, "high_since": None}
     else:
         dt = max(0.0, now - s["t"])
         s["wh"] = round(s["wh"] + s["p"] * dt / 3600, 3)
@@ -759,7 +823,8 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
     return s, False
 
 
-def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Transition | None:
+# Complexity exception (C901): a charging session's phases (bulk, taper, full, re-rise) are one state machine.
+def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Transition | None:  # noqa: C901
     """Charging-session checks in event time (EB-05, EB-07, EB-08, EB-09)."""
     s, ended = _session_step(rule, state, reading)
     ts, now = reading.ts, reading.ts.timestamp()
@@ -803,8 +868,9 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
             return t
         if state.get("active") and stop and not state.get("stopped"):
             state["stopped"] = True
-            t = rule.transition("hold", ts, p, details={"bulk_median_w": median, "hours": round(high / 3600, 2),
-                                                        "stopped": True})
+            t = rule.transition(
+                "hold", ts, p, details={"bulk_median_w": median, "hours": round(high / 3600, 2), "stopped": True}
+            )
             t.actions, t.lockout = rule.actions, rule.lockout
             t.severity = Severity(state.get("sev", int(t.severity)))  # the stop does not re-judge night uplift
             return t
@@ -832,8 +898,12 @@ def _session_full(rule: SessionRule, state: State, s: dict[str, Any], ts: dateti
     if now - s["full_at"] < rule.topup_s:
         return None
     state["active"] = True
-    return rule.transition("raise", ts, p, details={"bulk_median_w": median, "full_below_w": round(limit, 1),
-                                                    "topup_min": round(rule.topup_s / 60)})
+    return rule.transition(
+        "raise",
+        ts,
+        p,
+        details={"bulk_median_w": median, "full_below_w": round(limit, 1), "topup_min": round(rule.topup_s / 60)},
+    )
 
 
 def _session_rerise(rule: SessionRule, state: State, s: dict[str, Any], ts: datetime) -> Transition | None:
@@ -912,8 +982,12 @@ def evaluate_reboot(rule: RebootRule, state: State, reading: Reading) -> Transit
     if not state.get("active"):
         if len(resets) >= rule.count:
             state["active"] = True
-            return rule.transition("raise", reading.ts, float(len(resets)), details={
-                "restarts": len(resets), "window_s": rule.window_s, "seq": seq, "previous_seq": last})
+            return rule.transition(
+                "raise",
+                reading.ts,
+                float(len(resets)),
+                details={"restarts": len(resets), "window_s": rule.window_s, "seq": seq, "previous_seq": last},
+            )
         return None
     if not resets:
         state.pop("active", None)
@@ -939,8 +1013,12 @@ def evaluate_drift(rule: DriftRule, state: State, reading: Reading) -> Transitio
     state["lo"], state["hi"] = lo, hi
     if not state.get("active") and rx - state["since"] >= rule.for_s:
         state["active"] = True
-        return rule.transition("raise", reading.ts, round(lag, 1), details={
-            "lag_s": round(lag, 1), "spread_s": round(hi - lo, 1), "held_s": round(rx - state["since"])})
+        return rule.transition(
+            "raise",
+            reading.ts,
+            round(lag, 1),
+            details={"lag_s": round(lag, 1), "spread_s": round(hi - lo, 1), "held_s": round(rx - state["since"])},
+        )
     return None
 
 
@@ -1026,8 +1104,7 @@ def evaluate(rule: AnyRule, state: State, reading: Reading) -> Transition | None
 def repeat_due(rule: RepeatRule, *, alarm_type: str, disposition: str, resolved_count: int) -> bool:
     """Whether resolving an alarm of `alarm_type` with `disposition` makes `resolved_count` such alarms
     (this one included) in the window reach the rule's count."""
-    return (rule.enabled and alarm_type in rule.of and disposition == rule.disposition
-            and resolved_count >= rule.count)
+    return rule.enabled and alarm_type in rule.of and disposition == rule.disposition and resolved_count >= rule.count
 
 
 def utcnow() -> datetime:

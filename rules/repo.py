@@ -12,7 +12,9 @@ from psycopg import Connection
 from psycopg.rows import class_row, tuple_row
 from psycopg.types.json import Jsonb
 
-from core.db import OUTBOX_CHANNEL
+from core import repo as core_repo
+from core.db import OUTBOX_CHANNEL, RESOLVED_CHANNEL
+from core.domain import Alarm
 
 
 @dataclass(slots=True)
@@ -26,37 +28,8 @@ class DeviceStateRow:
     open_commands: bool = False  # a command to this device awaits confirmation (read with the lock, not saved)
 
 
-@dataclass(slots=True)
-class AlarmRow:
-    id: int
-    device_id: str
-    site_id: str
-    micro_grid_id: str
-    type: str
-    rule_id: str
-    severity: int
-    active: bool
-    acknowledged: bool
-    latching: bool
-    raised_at: datetime
-    last_seen_at: datetime
-    cleared_at: datetime | None
-    acknowledged_at: datetime | None
-    acknowledged_by: str | None
-    closed_at: datetime | None
-    closed_by: str | None
-    disposition: str | None
-    note: str | None
-    value: float | None
-    peak_value: float | None
-    count: int
-    message: str
-    details: dict[str, Any]
+ALARM_COLUMNS = core_repo.alarm_columns()
 
-
-ALARM_COLUMNS = """id, device_id, site_id, micro_grid_id, type, rule_id, severity, active, acknowledged, latching,
-    raised_at, last_seen_at, cleared_at, acknowledged_at, acknowledged_by, closed_at, closed_by, disposition, note,
-    value, peak_value, count, message, details"""
 
 def _one(conn: Connection[Any], query: str, params: Any) -> tuple[Any, ...] | None:
     with conn.cursor(row_factory=tuple_row) as cur:
@@ -81,8 +54,7 @@ SELECT {STATE_COLUMNS} FROM device_state
 WHERE device_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY device_id FOR UPDATE OF device_state
 """
 # The same for ids without a comma (every registry id: core.registry.Id): a comma-joined text split on the server
-# is one index scan over the sorted keys, where the jsonb set is a nested loop of lookups (measured: 4 vs 5.4 ms
-# of server time for 500 of 100,000 devices, 6.4 vs 9.7 ms wall).
+# is one index scan over the sorted keys, where the jsonb set is a nested loop of lookups (docs/scaling.md).
 LOCK_DEVICE_STATES_CSV = f"""
 SELECT {STATE_COLUMNS} FROM device_state
 WHERE device_id = ANY(string_to_array(%s, ',')) ORDER BY device_id FOR UPDATE OF device_state
@@ -94,8 +66,9 @@ def _ids_json(ids: Sequence[str]) -> str:
 
 
 def _state_rows(rows: Sequence[tuple[Any, ...]]) -> dict[str, DeviceStateRow]:
-    return {r[0]: DeviceStateRow(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), len(r) > 6 and bool(r[6]))
-            for r in rows}
+    return {
+        r[0]: DeviceStateRow(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), len(r) > 6 and bool(r[6])) for r in rows
+    }
 
 
 def _lock_states(conn: Connection[Any], ids: Sequence[str]) -> dict[str, DeviceStateRow]:
@@ -128,8 +101,18 @@ def save_device_states(conn: Connection[Any], *, states: Sequence[DeviceStateRow
     """Write back the states taken by lock_device_states, in one statement."""
     if not states:
         return
-    doc = orjson.dumps([{"device_id": s.device_id, "last_ts": s.last_ts, "last_seq": s.last_seq,
-                         "last_seen_at": s.last_seen_at, "rules": s.rules} for s in states])
+    doc = orjson.dumps(
+        [
+            {
+                "device_id": s.device_id,
+                "last_ts": s.last_ts,
+                "last_seq": s.last_seq,
+                "last_seen_at": s.last_seen_at,
+                "rules": s.rules,
+            }
+            for s in states
+        ]
+    )
     conn.execute(SAVE_DEVICE_STATES, (doc.decode(),))
 
 
@@ -169,40 +152,63 @@ RETURNING {ALARM_COLUMNS}
 """
 
 
-def get_open_alarm(conn: Connection[Any], *, device_id: str, alarm_type: str) -> AlarmRow | None:
+def get_open_alarm(conn: Connection[Any], *, device_id: str, alarm_type: str) -> Alarm | None:
     """The open alarm of this type on this device, locked."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_OPEN_ALARM, (device_id, alarm_type)).fetchone()
 
 
-def insert_alarm(conn: Connection[Any], *, device_id: str, site_id: str, alarm_type: str, rule_id: str,
-                 severity: int, latching: bool, at: datetime, value: float | None, message: str,
-                 details: dict[str, Any]) -> AlarmRow:
+def insert_alarm(
+    conn: Connection[Any],
+    *,
+    device_id: str,
+    site_id: str,
+    alarm_type: str,
+    rule_id: str,
+    severity: int,
+    latching: bool,
+    at: datetime,
+    value: float | None,
+    message: str,
+    details: dict[str, Any],
+) -> Alarm:
     """Open a new alarm; the partial unique index refuses a second open one."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
-        row = cur.execute(INSERT_ALARM, {
-            "device_id": device_id, "site_id": site_id, "type": alarm_type, "rule_id": rule_id,
-            "severity": severity, "latching": latching, "at": at, "value": value, "message": message,
-            "details": Jsonb(details),
-        }).fetchone()
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
+        row = cur.execute(
+            INSERT_ALARM,
+            {
+                "device_id": device_id,
+                "site_id": site_id,
+                "type": alarm_type,
+                "rule_id": rule_id,
+                "severity": severity,
+                "latching": latching,
+                "at": at,
+                "value": value,
+                "message": message,
+                "details": Jsonb(details),
+            },
+        ).fetchone()
     if row is None:
         raise LookupError(f"site {site_id!r} of device {device_id!r} does not exist")
     return row
 
 
-def touch_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime, value: float | None,
-                severity: int, repeats: int = 1) -> AlarmRow:
+def touch_alarm(
+    conn: Connection[Any], *, alarm_id: int, at: datetime, value: float | None, severity: int, repeats: int = 1
+) -> Alarm:
     """A repeat of an open alarm: last seen, count, peak, severity (only up), active again."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
-        row = cur.execute(UPDATE_ALARM_SEEN, {"id": alarm_id, "at": at, "value": value,
-                                              "severity": severity, "repeats": repeats}).fetchone()
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
+        row = cur.execute(
+            UPDATE_ALARM_SEEN, {"id": alarm_id, "at": at, "value": value, "severity": severity, "repeats": repeats}
+        ).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
 
 
-def clear_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime) -> AlarmRow:
+def clear_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime) -> Alarm:
     """Mark an alarm's condition as gone (it stays open until resolved)."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         row = cur.execute(CLEAR_ALARM, {"id": alarm_id, "at": at}).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
@@ -221,30 +227,34 @@ WHERE id = %(id)s RETURNING {ALARM_COLUMNS}
 """
 
 
-def lock_alarm(conn: Connection[Any], *, alarm_id: int) -> AlarmRow | None:
+def lock_alarm(conn: Connection[Any], *, alarm_id: int) -> Alarm | None:
     """One alarm by id, locked."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_ALARM_FOR_UPDATE, (alarm_id,)).fetchone()
 
 
-def acknowledge_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime) -> AlarmRow:
+def acknowledge_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime) -> Alarm:
     """Record who acknowledged and when."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         row = cur.execute(ACK_ALARM, {"id": alarm_id, "actor": actor, "at": at}).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
     return row
 
 
-def close_alarm(conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime, disposition: str,
-                note: str | None) -> AlarmRow:
+def close_alarm(
+    conn: Connection[Any], *, alarm_id: int, actor: str, at: datetime, disposition: str, note: str | None
+) -> Alarm:
     """Resolve: close the alarm with a disposition."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
-        row = cur.execute(CLOSE_ALARM, {"id": alarm_id, "actor": actor, "at": at, "disposition": disposition,
-                                        "note": note}).fetchone()
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
+        row = cur.execute(
+            CLOSE_ALARM, {"id": alarm_id, "actor": actor, "at": at, "disposition": disposition, "note": note}
+        ).fetchone()
     assert row is not None  # noqa: S101 - the caller holds the row lock
+    conn.execute(NOTIFY_RESOLVED)  # delivered at commit: the score part scores verified hazards
     return row
 
 
+NOTIFY_RESOLVED = f"NOTIFY {RESOLVED_CHANNEL}"
 INSERT_EVENT = """
 INSERT INTO alarm_event (alarm_id, at, kind, actor, severity, details) VALUES (%s, %s, %s, %s, %s, %s)
 RETURNING id
@@ -255,8 +265,16 @@ INSERT INTO outbox (alarm_id, event_id, kind, severity) VALUES (%s, %s, %s, %s) 
 NOTIFY_OUTBOX = f"NOTIFY {OUTBOX_CHANNEL}"
 
 
-def insert_event(conn: Connection[Any], *, alarm_id: int, kind: str, at: datetime, actor: str | None = None,
-                 severity: int | None = None, details: dict[str, Any] | None = None) -> int:
+def insert_event(
+    conn: Connection[Any],
+    *,
+    alarm_id: int,
+    kind: str,
+    at: datetime,
+    actor: str | None = None,
+    severity: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> int:
     """Append to an alarm's history."""
     row = conn.execute(INSERT_EVENT, (alarm_id, at, kind, actor, severity, Jsonb(details or {}))).fetchone()
     assert row is not None  # noqa: S101
@@ -267,7 +285,6 @@ def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int, kind: 
     """Queue a transition for notify; NOTIFY wakes it when the transaction commits."""
     conn.execute(INSERT_OUTBOX, (alarm_id, event_id, kind, severity))
     conn.execute(NOTIFY_OUTBOX)
-
 
 
 # --------------------------------------------------------------------------- site context (cross-device rules)
@@ -286,35 +303,55 @@ ORDER BY device_id
 """
 
 
-def find_corroborating_device(conn: Connection[Any], *, site_id: str, device_id: str, types: Sequence[str],
-                              since: datetime, include_self: bool = False) -> str | None:
+def find_corroborating_device(
+    conn: Connection[Any],
+    *,
+    site_id: str,
+    device_id: str,
+    types: Sequence[str],
+    since: datetime,
+    include_self: bool = False,
+) -> str | None:
     """Another device of the site (or this one, with include_self) with one of these alarms active and seen
     since `since`."""
-    row = _one(conn, SELECT_CORROBORATING, {"site_id": site_id, "device_id": device_id, "types": list(types),
-                                              "since": since, "include_self": include_self})
+    row = _one(
+        conn,
+        SELECT_CORROBORATING,
+        {
+            "site_id": site_id,
+            "device_id": device_id,
+            "types": list(types),
+            "since": since,
+            "include_self": include_self,
+        },
+    )
     return None if row is None else str(row[0])
 
 
-def site_alarm_devices(conn: Connection[Any], *, site_id: str, device_id: str, types: Sequence[str],
-                       since: datetime, include_self: bool = False) -> list[str]:
+def site_alarm_devices(
+    conn: Connection[Any],
+    *,
+    site_id: str,
+    device_id: str,
+    types: Sequence[str],
+    since: datetime,
+    include_self: bool = False,
+) -> list[str]:
     """The site's other devices (or this one too) with one of these alarms active and seen since `since`."""
-    return [str(r[0]) for r in _all(conn, SELECT_SITE_ALARM_DEVICES, {
-        "site_id": site_id, "device_id": device_id, "types": list(types), "since": since,
-        "include_self": include_self})]
-
-
-SELECT_RECENT_COMMAND = """
-SELECT id FROM command
-WHERE device_id = %(device_id)s AND action = %(action)s AND status IN ('sent', 'confirmed')
-  AND coalesce(done_at, sent_at) >= %(since)s
-ORDER BY coalesce(done_at, sent_at) DESC LIMIT 1
-"""
-
-
-def recent_command(conn: Connection[Any], *, device_id: str, action: str, since: datetime) -> str | None:
-    """The newest command of this action delivered to (or confirmed by) the device since `since`."""
-    row = _one(conn, SELECT_RECENT_COMMAND, {"device_id": device_id, "action": action, "since": since})
-    return None if row is None else str(row[0])
+    return [
+        str(r[0])
+        for r in _all(
+            conn,
+            SELECT_SITE_ALARM_DEVICES,
+            {
+                "site_id": site_id,
+                "device_id": device_id,
+                "types": list(types),
+                "since": since,
+                "include_self": include_self,
+            },
+        )
+    ]
 
 
 SELECT_UNCANCELLED = """
@@ -328,12 +365,15 @@ ORDER BY a.id
 """
 
 
-def uncancelled_alarms(conn: Connection[Any], *, types: Sequence[str], before: datetime,
-                       confirmed_type: str) -> list[tuple[int, str]]:
+def uncancelled_alarms(
+    conn: Connection[Any], *, types: Sequence[str], before: datetime, confirmed_type: str
+) -> list[tuple[int, str]]:
     """SMK-02c: (alarm id, device) of alarms of these types active since before `before` (in event time, and
     recorded before it on the wall clock), never cancelled, on devices without an active confirmed_type alarm."""
-    return [(int(r[0]), str(r[1])) for r in _all(conn, SELECT_UNCANCELLED, {
-        "types": list(types), "before": before, "confirmed": confirmed_type})]
+    return [
+        (int(r[0]), str(r[1]))
+        for r in _all(conn, SELECT_UNCANCELLED, {"types": list(types), "before": before, "confirmed": confirmed_type})
+    ]
 
 
 SELECT_SITE_GAS_ALARM = """
@@ -355,156 +395,8 @@ def site_devices_of_kind(conn: Connection[Any], *, site_id: str, kind: str) -> l
     return [str(r[0]) for r in _all(conn, SELECT_SITE_DEVICES_OF_KIND, (site_id, kind))]
 
 
-# --------------------------------------------------------------------------- commands (actuation)
-
-@dataclass(slots=True)
-class CommandRow:
-    id: str
-    device_id: str
-    action: str
-    alarm_id: int | None
-    reason: str
-    requested_by: str | None
-    status: str
-    created_at: datetime
-    deadline_at: datetime
-    sent_at: datetime | None
-    done_at: datetime | None
-    confirmed_by: str | None
-    detail: str
-    retry_of: str | None = None  # GAS-05: the command this one repeats
-
-
-COMMAND_COLUMNS = """id, device_id, action, alarm_id, reason, requested_by, status, created_at, deadline_at, sent_at,
-    done_at, confirmed_by, detail, retry_of"""
-INSERT_COMMAND = f"""
-INSERT INTO command (id, device_id, action, alarm_id, reason, requested_by, status, created_at, deadline_at,
-                     done_at, detail, retry_of)
-VALUES (%(id)s, %(device_id)s, %(action)s, %(alarm_id)s, %(reason)s, %(requested_by)s, %(status)s, %(at)s,
-        %(deadline)s, CASE WHEN %(status)s = 'refused' THEN %(at)s::timestamptz END, %(detail)s, %(retry_of)s)
-RETURNING {COMMAND_COLUMNS}
-"""
-
-
-def insert_command(conn: Connection[Any], *, command_id: str, device_id: str, action: str, alarm_id: int | None,
-                   reason: str, requested_by: str | None, status: str, at: datetime, deadline: datetime,
-                   detail: str = "", retry_of: str | None = None) -> CommandRow:
-    """Queue a command (published by ingest's actuator after this transaction commits)."""
-    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        row = cur.execute(INSERT_COMMAND, {
-            "id": command_id, "device_id": device_id, "action": action, "alarm_id": alarm_id, "reason": reason,
-            "requested_by": requested_by, "status": status, "at": at, "deadline": deadline, "detail": detail,
-            "retry_of": retry_of,
-        }).fetchone()
-    assert row is not None  # noqa: S101
-    return row
-
-
-CONFIRM_BY_STATE = f"""
-UPDATE command c SET status = 'confirmed', done_at = %(at)s, confirmed_by = 'reading'
-FROM jsonb_to_recordset(%(pairs)s::jsonb) AS v(device_id text, action text)
-WHERE c.device_id = v.device_id AND c.action = v.action AND c.status IN ('pending', 'sent')
-RETURNING {", ".join("c." + c.strip() for c in COMMAND_COLUMNS.split(","))}
-"""
-
-
-def confirm_commands_by_state(conn: Connection[Any], *, pairs: Sequence[tuple[str, str]],
-                              at: datetime) -> list[CommandRow]:
-    """Readings that show the commanded state (valve closed, relay off) confirm open commands."""
-    if not pairs:
-        return []
-    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        doc = orjson.dumps([{"device_id": d, "action": a} for d, a in pairs]).decode()
-        return cur.execute(CONFIRM_BY_STATE, {"pairs": doc, "at": at}).fetchall()
-
-
-ACK_COMMAND = f"""
-UPDATE command SET status = CASE WHEN %(ok)s THEN 'confirmed' ELSE 'failed' END, done_at = %(at)s,
-    confirmed_by = 'ack', detail = %(detail)s
-WHERE id = %(id)s AND device_id = %(device_id)s AND status IN ('pending', 'sent')
-RETURNING {COMMAND_COLUMNS}
-"""
-
-
-def ack_command(conn: Connection[Any], *, command_id: str, device_id: str, ok: bool, detail: str,
-                at: datetime) -> CommandRow | None:
-    """A device's cmd/ack: confirmed or failed (None when unknown or already settled)."""
-    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        return cur.execute(ACK_COMMAND, {"id": command_id, "device_id": device_id, "ok": ok, "detail": detail,
-                                         "at": at}).fetchone()
-
-
-EXPIRE_COMMANDS = f"""
-UPDATE command SET status = 'failed', done_at = %(now)s, detail = 'no confirmation before the deadline'
-WHERE id IN (SELECT id FROM command WHERE status IN ('pending', 'sent') AND deadline_at <= %(now)s
-             ORDER BY deadline_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING {COMMAND_COLUMNS}
-"""
-
-
-def expire_commands(conn: Connection[Any], *, now: datetime, limit: int = 500) -> list[CommandRow]:
-    """Commands past their deadline without confirmation become failed (several timers: SKIP LOCKED)."""
-    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        return cur.execute(EXPIRE_COMMANDS, {"now": now, "limit": limit}).fetchall()
-
-
-CLAIM_PENDING = f"""
-SELECT {COMMAND_COLUMNS} FROM command WHERE status = 'pending' ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED
-"""
-MARK_SENT = "UPDATE command SET status = 'sent', sent_at = %s WHERE id = ANY(%s) AND status = 'pending'"
-
-
-def claim_pending_commands(conn: Connection[Any], *, limit: int = 100) -> list[CommandRow]:
-    """Pending commands for this publisher (locked until its transaction ends; others skip them)."""
-    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        return cur.execute(CLAIM_PENDING, (limit,)).fetchall()
-
-
-def mark_commands_sent(conn: Connection[Any], *, ids: Sequence[str], at: datetime) -> None:
-    """Published to the broker (QoS 1 PUBACK received)."""
-    conn.execute(MARK_SENT, (at, list(ids)))
-
-
-SELECT_COMMANDS = f"SELECT {COMMAND_COLUMNS} FROM command WHERE device_id = %s ORDER BY created_at, id"
-
-
-def get_commands(conn: Connection[Any], *, device_id: str) -> list[CommandRow]:
-    """A device's commands, oldest first."""
-    with conn.cursor(row_factory=class_row(CommandRow)) as cur:
-        return cur.execute(SELECT_COMMANDS, (device_id,)).fetchall()
-
-
-# --------------------------------------------------------------------------- port lockout (EB-10)
-
-INSERT_LOCK = """
-INSERT INTO port_lock (device_id, alarm_id, reason, locked_at) VALUES (%s, %s, %s, %s)
-ON CONFLICT (device_id) WHERE cleared_at IS NULL DO NOTHING
-"""
-SELECT_LOCK = "SELECT id, reason, locked_at FROM port_lock WHERE device_id = %s AND cleared_at IS NULL"
-CLEAR_LOCK = """
-UPDATE port_lock SET cleared_at = %s, cleared_by = %s, note = %s WHERE device_id = %s AND cleared_at IS NULL
-RETURNING id
-"""
-
-
-def lock_port(conn: Connection[Any], *, device_id: str, alarm_id: int | None, reason: str, at: datetime) -> None:
-    """Lock a port after a safety trip (idempotent while locked)."""
-    conn.execute(INSERT_LOCK, (device_id, alarm_id, reason, at))
-
-
-def get_port_lock(conn: Connection[Any], *, device_id: str) -> tuple[int, str, datetime] | None:
-    """The active lock of a port: (id, reason, locked_at)."""
-    row = _one(conn, SELECT_LOCK, (device_id,))
-    return None if row is None else (int(row[0]), str(row[1]), row[2])
-
-
-def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None,
-                    at: datetime) -> bool:
-    """A worker cleared the port on site."""
-    return _one(conn, CLEAR_LOCK, (at, actor, note, device_id)) is not None
-
-
 # --------------------------------------------------------------------------- timer
+
 
 @dataclass(slots=True)
 class SeenRow:
@@ -548,20 +440,22 @@ FOR UPDATE SKIP LOCKED
 """
 
 
-def alarms_to_escalate(conn: Connection[Any], *, alarm_type: str, rule_id: str, severity: int,
-                       before: datetime) -> list[AlarmRow]:
+def alarms_to_escalate(
+    conn: Connection[Any], *, alarm_type: str, rule_id: str, severity: int, before: datetime
+) -> list[Alarm]:
     """Active alarms of a rule raised before `before` still below `severity` (locked)."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
-        return cur.execute(SELECT_TO_ESCALATE, {"type": alarm_type, "rule_id": rule_id, "severity": severity,
-                                                "before": before}).fetchall()
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
+        return cur.execute(
+            SELECT_TO_ESCALATE, {"type": alarm_type, "rule_id": rule_id, "severity": severity, "before": before}
+        ).fetchall()
 
 
 SELECT_OPEN_OF_TYPE = f"SELECT {ALARM_COLUMNS} FROM alarm WHERE type = %s AND closed_at IS NULL ORDER BY id"
 
 
-def open_alarms_of_type(conn: Connection[Any], *, alarm_type: str) -> list[AlarmRow]:
+def open_alarms_of_type(conn: Connection[Any], *, alarm_type: str) -> list[Alarm]:
     """Every open alarm of one type (building outages, misplaced detectors: a handful)."""
-    with conn.cursor(row_factory=class_row(AlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_OPEN_OF_TYPE, (alarm_type,)).fetchall()
 
 
@@ -571,8 +465,9 @@ ORDER BY raised_at LIMIT 1
 """
 
 
-def recent_site_alarm(conn: Connection[Any], *, site_ids: Sequence[str], since: datetime,
-                      ignore_types: Sequence[str]) -> int | None:
+def recent_site_alarm(
+    conn: Connection[Any], *, site_ids: Sequence[str], since: datetime, ignore_types: Sequence[str]
+) -> int | None:
     """An alarm raised in these sites since `since` (other than ignore_types), if any."""
     row = _one(conn, SELECT_RECENT_SITE_ALARM, {"sites": list(site_ids), "since": since, "ignore": list(ignore_types)})
     return None if row is None else int(row[0])
@@ -607,9 +502,11 @@ WHERE device_id = %(device_id)s AND type = ANY(%(types)s) AND disposition = %(di
 """
 
 
-def count_resolved(conn: Connection[Any], *, device_id: str, types: Sequence[str], disposition: str,
-                   since: datetime) -> int:
+def count_resolved(
+    conn: Connection[Any], *, device_id: str, types: Sequence[str], disposition: str, since: datetime
+) -> int:
     """SMK-08: alarms of these types on a device raised since `since` and resolved with this disposition."""
-    row = conn.execute(COUNT_RESOLVED, {"device_id": device_id, "types": list(types), "disposition": disposition,
-                                        "since": since}).fetchone()
+    row = conn.execute(
+        COUNT_RESOLVED, {"device_id": device_id, "types": list(types), "disposition": disposition, "since": since}
+    ).fetchone()
     return int(row[0]) if row else 0

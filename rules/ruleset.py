@@ -32,10 +32,12 @@ class Match(BaseModel):
     device: str | None = None
 
     def matches(self, device: Device) -> bool:
-        return ((self.kind is None or device.kind == self.kind)
-                and (self.location is None or device.location == self.location)
-                and (self.site is None or device.site_id == self.site)
-                and (self.device is None or device.id == self.device))
+        return (
+            (self.kind is None or device.kind == self.kind)
+            and (self.location is None or device.location == self.location)
+            and (self.site is None or device.site_id == self.site)
+            and (self.device is None or device.id == self.device)
+        )
 
 
 class Override(BaseModel):
@@ -154,48 +156,61 @@ def parse_rules(data: Any, source: str, *, base: RuleSet | None = None) -> RuleS
     unknown = set(data) - {"rules", "overrides", "extends"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}")
-    items = data.get("rules") or []
+    rules = _parse_rule_list(data.get("rules") or [], source)
+    extends = data.get("extends")
+    if extends not in (None, "defaults"):
+        raise ConfigError(f"{source}: extends must be 'defaults' (got {extends!r})")
+    inherited: tuple[Override, ...] = ()
+    if extends == "defaults":
+        base = base or default_rules()
+        mine = {r.id for r in rules}
+        rules = [r for r in base.rules if r.id not in mine] + rules
+        inherited = base.overrides
+    overrides = _parse_overrides(data.get("overrides") or [], rules, source)
+    _check_rule_references(rules, source)
+    return RuleSet(rules=tuple(rules), overrides=(*inherited, *overrides))
+
+
+def _parse_rule_list(items: list[Any], source: str) -> list[AnyRule]:
     try:
-        rules = _RULES.validate_python(items)
+        rules: list[AnyRule] = _RULES.validate_python(items)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, items, source, "rule")) from None
     ids = [r.id for r in rules]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ConfigError(f"{source}: duplicate rule ids {', '.join(dupes)}")
-    extends = data.get("extends")
-    if extends not in (None, "defaults"):
-        raise ConfigError(f"{source}: extends must be 'defaults' (got {extends!r})")
-    if extends == "defaults":
-        base = base or default_rules()
-        mine = {r.id for r in rules}
-        rules = [r for r in base.rules if r.id not in mine] + rules
-        inherited = base.overrides
-    else:
-        inherited = ()
-    raw = data.get("overrides") or []
+    return rules
+
+
+def _parse_overrides(raw: list[Any], rules: list[AnyRule], source: str) -> list[Override]:
+    """Overrides, each checked by applying it to the rule it names (the result must still be a valid rule)."""
     try:
         overrides = TypeAdapter(list[Override]).validate_python(raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, raw, source, "override")) from None
-    known = {r.id for r in rules}
+    by_id = {r.id: r for r in rules}
     for i, o in enumerate(overrides):
-        if o.rule not in known:
+        if o.rule not in by_id:
             raise ConfigError(f"{source}: override #{i} names unknown rule {o.rule}")
         try:
-            _RULE.validate_python({**next(r for r in rules if r.id == o.rule).model_dump(), **o.set})
+            _RULE.validate_python({**by_id[o.rule].model_dump(), **o.set})
         except ValidationError as exc:
-            raise ConfigError(f"{source}: override #{i} of {o.rule}: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+            raise ConfigError(
+                f"{source}: override #{i} of {o.rule}: "
+                + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            ) from None
+    return overrides
+
+
+def _check_rule_references(rules: list[AnyRule], source: str) -> None:
+    """inhibited_by and if_active name rules of the set."""
     known_ids = {r.id for r in rules}
     for r in rules:
-        missing = [i for i in r.inhibited_by if i not in known_ids]
-        if missing:
-            raise ConfigError(f"{source}: rule {r.id} is inhibited_by unknown rule(s) {', '.join(missing)}")
-        missing = [i for i in r.if_active if i not in known_ids]
-        if missing:
-            raise ConfigError(f"{source}: rule {r.id} has if_active unknown rule(s) {', '.join(missing)}")
-    return RuleSet(rules=tuple(rules), overrides=(*inherited, *overrides))
+        for what, refs in (("is inhibited_by", r.inhibited_by), ("has if_active", r.if_active)):
+            missing = [i for i in refs if i not in known_ids]
+            if missing:
+                raise ConfigError(f"{source}: rule {r.id} {what} unknown rule(s) {', '.join(missing)}")
 
 
 def load_rules(path: Path | None = None) -> RuleSet:
@@ -213,13 +228,19 @@ def default_rules() -> RuleSet:
 def describe_rules(ruleset: RuleSet, device: Device | None = None) -> str:
     """A human summary: every rule, or the effective rules (overrides applied) for one device."""
     rules = ruleset.rules if device is None else ruleset.for_device(device)
-    head = (f"{len(ruleset.rules)} rules, {len(ruleset.overrides)} overrides: OK" if device is None else
-            f"{device.id} ({device.kind.value}, {device.location.value}, site {device.site_id}): "
-            f"{len(rules)} rules in force")
+    head = (
+        f"{len(ruleset.rules)} rules, {len(ruleset.overrides)} overrides: OK"
+        if device is None
+        else f"{device.id} ({device.kind.value}, {device.location.value}, site {device.site_id}): "
+        f"{len(rules)} rules in force"
+    )
     lines = [head]
     for r in rules:
-        params = r.model_dump(mode="json", exclude={"id", "alarm_type", "kinds", "locations", "severity", "source",
-                                                    "message", "type", "enabled"}, exclude_defaults=True)
+        params = r.model_dump(
+            mode="json",
+            exclude={"id", "alarm_type", "kinds", "locations", "severity", "source", "message", "type", "enabled"},
+            exclude_defaults=True,
+        )
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         lines.append(f"  {r.id:7} {r.type:13} {r.alarm_type:26} {r.severity.label:8} {shown}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from core.loop import Check, Loop
 from core.settings import Settings
 from rules import repo
 from rules import service as rules_service
+from rules.actuation import service as actuation
 from rules.engine import (
     AbsenceRule,
     GapRule,
@@ -43,9 +44,14 @@ TIMER_LOCK_KEY = 0x67_77_03_01  # "gw" 3.1: the rules timer's advisory lock
 REGISTRY_REFRESH_S = 60.0  # the timer's copy of the registry (devices loaded later are judged within a minute)
 
 
-def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = None,
-             devices: dict[str, Device] | None = None,
-             check_registry: bool = False) -> list[rules_service.AlarmChange]:
+def run_tick(
+    conn: Connection[Any],
+    *,
+    ruleset: RuleSet,
+    now: datetime | None = None,
+    devices: dict[str, Device] | None = None,
+    check_registry: bool = False,
+) -> list[rules_service.AlarmChange]:
     """One timer pass in its own transaction; returns the alarm changes (empty if another process ticks).
     `devices` is the registry (loaded here when not given); check_registry also runs the registry checks
     (GAS-08), which the timer does whenever it has refreshed its copy of the registry."""
@@ -64,33 +70,53 @@ def run_tick(conn: Connection[Any], *, ruleset: RuleSet, now: datetime | None = 
     return changes
 
 
-def _expire_commands(conn: Connection[Any], *, devices: dict[str, Device],
-                     now: datetime) -> list[rules_service.AlarmChange]:
+def _expire_commands(
+    conn: Connection[Any], *, devices: dict[str, Device], now: datetime
+) -> list[rules_service.AlarmChange]:
     changes = []
-    for command in repo.expire_commands(conn, now=now):
+    for command in actuation.expire(conn, now=now):
         # A device loaded since the timer's last registry refresh is not in its copy yet: its failure still counts.
         device = devices.get(command.device_id) or core_repo.get_devices(conn, ids=[command.device_id]).get(
-            command.device_id)
-        log.warning("command %s (%s) on %s not confirmed by %s", command.id, command.action, command.device_id,
-                    command.deadline_at.isoformat())
+            command.device_id
+        )
+        log.warning(
+            "command %s (%s) on %s not confirmed by %s",
+            command.id,
+            command.action,
+            command.device_id,
+            command.deadline_at.isoformat(),
+        )
         if device is not None:
             changes += rules_service.command_failed(conn, device=device, command=command, at=now)
     return changes
 
 
-def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
-                          now: datetime) -> list[rules_service.AlarmChange]:
+def _silence_and_sessions(
+    conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet, now: datetime
+) -> list[rules_service.AlarmChange]:
     timer_rules = [r for r in ruleset.rules if isinstance(r, AbsenceRule | SessionRule | GapRule)]
     absences = [r for r in timer_rules if isinstance(r, AbsenceRule)]
     # No device can be due before the shortest possible offline_after (mains floor or battery extra).
     shortest = min((min(r.mains_min_s, r.battery_extra_s) for r in absences), default=300.0)
-    seen = {s.device_id: s for s in repo.get_seen(conn, quiet_since=now - timedelta(seconds=shortest),
-                                                 rule_ids=[r.id for r in timer_rules])}
+    seen = {
+        s.device_id: s
+        for s in repo.get_seen(
+            conn, quiet_since=now - timedelta(seconds=shortest), rule_ids=[r.id for r in timer_rules]
+        )
+    }
     # Devices past their own offline limit (judged once a tick, for the offline rules and for DEV-03).
-    quiet = {i for i, row in seen.items() if i in devices and row.last_seen_at is not None
-             and _silent_for(devices[i], ruleset, (now - row.last_seen_at).total_seconds())}
-    candidates = [i for i, row in seen.items() if i in quiet or (row.timer_state and i in devices
-                                                                  and row.last_seen_at is not None)]
+    quiet = {
+        i
+        for i, row in seen.items()
+        if i in devices
+        and row.last_seen_at is not None
+        and _silent_for(devices[i], ruleset, (now - row.last_seen_at).total_seconds())
+    }
+    candidates = [
+        i
+        for i, row in seen.items()
+        if i in quiet or (row.timer_state and i in devices and row.last_seen_at is not None)
+    ]
     changes, in_outage = _building_outages(conn, devices=devices, seen=seen, quiet=quiet, ruleset=ruleset, now=now)
     if not candidates:
         return changes
@@ -108,13 +134,22 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
             transition = None
             if isinstance(rule, AbsenceRule):
                 # One alarm for a building's outage (DEV-03), as for a gateway's: not one per device in it.
-                inhibited = device_id in in_outage or _gateway_inhibits(conn, device=device, devices=devices,
-                                                                          seen=seen, down=down, now=now)
+                inhibited = device_id in in_outage or _gateway_inhibits(
+                    conn, device=device, devices=devices, seen=seen, down=down, now=now
+                )
                 # EB-15: a port that goes silent with a charging session open is P2, not P3.
-                charging = any("s" in state.rules.get(r.id, {}) for r in ruleset.for_device(device)
-                               if isinstance(r, SessionRule))
-                transition = tick_absence(rule, rule_state, device, last_seen=state.last_seen_at, now=now,
-                                          inhibited=inhibited, floor=Severity.MAJOR if charging else None)
+                charging = any(
+                    "s" in state.rules.get(r.id, {}) for r in ruleset.for_device(device) if isinstance(r, SessionRule)
+                )
+                transition = tick_absence(
+                    rule,
+                    rule_state,
+                    device,
+                    last_seen=state.last_seen_at,
+                    now=now,
+                    inhibited=inhibited,
+                    floor=Severity.MAJOR if charging else None,
+                )
                 if rule_state.get("active") and device.kind is DeviceKind.GATEWAY:
                     down.add(device.id)
             elif isinstance(rule, SessionRule):
@@ -124,9 +159,15 @@ def _silence_and_sessions(conn: Connection[Any], *, devices: dict[str, Device], 
             if not rule_state:
                 state.rules.pop(rule.id, None)
             if transition is not None:
-                changes += rules_service.apply_transition(conn, device=device, rule_id=rule.id,
-                                                          transition=transition, rules=state.rules,
-                                                          ruleset=ruleset, now=now)
+                changes += rules_service.apply_transition(
+                    conn,
+                    device=device,
+                    rule_id=rule.id,
+                    transition=transition,
+                    rules=state.rules,
+                    ruleset=ruleset,
+                    now=now,
+                )
     # Write back only what changed: open sessions are looked at every tick but rarely move.
     repo.save_device_states(conn, states=[st for i, st in states.items() if orjson.dumps(st.rules) != before[i]])
     return changes
@@ -136,8 +177,15 @@ def _silent_for(device: Device, ruleset: RuleSet, silent_s: float) -> bool:
     return any(isinstance(r, AbsenceRule) and silent_s >= r.offline_after_s(device) for r in ruleset.for_device(device))
 
 
-def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen: dict[str, Any], quiet: set[str],
-                      ruleset: RuleSet, now: datetime) -> tuple[list[rules_service.AlarmChange], set[str]]:
+def _building_outages(
+    conn: Connection[Any],
+    *,
+    devices: dict[str, Device],
+    seen: dict[str, Any],
+    quiet: set[str],
+    ruleset: RuleSet,
+    now: datetime,
+) -> tuple[list[rules_service.AlarmChange], set[str]]:
     """DEV-03: raise or clear one alarm per building whose devices went quiet together; returns the changes and
     the devices inside an active outage (their own offline alarms are not raised)."""
     changes: list[rules_service.AlarmChange] = []
@@ -155,8 +203,9 @@ def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen
             building = device.building_id or device.site_id
             if building in members:
                 silent.setdefault(building, []).append((seen[device_id].last_seen_at.timestamp(), device_id))
-        open_alarms = {str(a.details.get("building")): a
-                       for a in repo.open_alarms_of_type(conn, alarm_type=rule.alarm_type)}
+        open_alarms = {
+            str(a.details.get("building")): a for a in repo.open_alarms_of_type(conn, alarm_type=rule.alarm_type)
+        }
         for building in sorted(set(silent) | set(open_alarms)):
             group = outage_cluster(rule, total=len(members.get(building, ())), silent=silent.get(building, []))
             alarm = open_alarms.get(building)
@@ -168,28 +217,59 @@ def _building_outages(conn: Connection[Any], *, devices: dict[str, Device], seen
             in_outage.update(group)
             if alarm is not None and alarm.active:
                 continue
-            changes += _raise_outage(conn, rule=rule, building=building, group=group, members=members[building],
-                                     devices=devices, seen=seen, anchor=alarm.device_id if alarm else None, now=now)
+            changes += _raise_outage(
+                conn,
+                rule=rule,
+                building=building,
+                group=group,
+                members=members[building],
+                devices=devices,
+                seen=seen,
+                anchor=alarm.device_id if alarm else None,
+                now=now,
+            )
     return changes, in_outage
 
 
-def _raise_outage(conn: Connection[Any], *, rule: OutageRule, building: str, group: list[str], members: list[str],
-                  devices: dict[str, Device], seen: dict[str, Any], anchor: str | None,
-                  now: datetime) -> list[rules_service.AlarmChange]:
+def _raise_outage(
+    conn: Connection[Any],
+    *,
+    rule: OutageRule,
+    building: str,
+    group: list[str],
+    members: list[str],
+    devices: dict[str, Device],
+    seen: dict[str, Any],
+    anchor: str | None,
+    now: datetime,
+) -> list[rules_service.AlarmChange]:
     """The outage alarm sits on the first device that went quiet (or the building's open one); critical when
     another alarm came first anywhere in the building (possible fire damage)."""
     began = min(seen[i].last_seen_at for i in group)
     total = len(members)
     sites = sorted({devices[i].site_id for i in members})
-    earlier = repo.recent_site_alarm(conn, site_ids=sites, since=began - timedelta(seconds=rule.recent_s),
-                                     ignore_types=rule.ignore_types)
+    earlier = repo.recent_site_alarm(
+        conn, site_ids=sites, since=began - timedelta(seconds=rule.recent_s), ignore_types=rule.ignore_types
+    )
     severity = rule.severity_if_recent if earlier is not None else rule.severity
     first = anchor or min(group, key=lambda i: (seen[i].last_seen_at, i))
-    t: Transition = rule.transition("raise", now, float(len(group)), severity=severity, details={
-        "building": building, "offline": len(group), "total": total, "devices": sorted(group)[:20],
-        "since": began.isoformat(), "alarm_before": earlier})
-    log.warning("building %s: %d of %d devices went quiet together since %s", building, len(group), total,
-                began.isoformat())
+    t: Transition = rule.transition(
+        "raise",
+        now,
+        float(len(group)),
+        severity=severity,
+        details={
+            "building": building,
+            "offline": len(group),
+            "total": total,
+            "devices": sorted(group)[:20],
+            "since": began.isoformat(),
+            "alarm_before": earlier,
+        },
+    )
+    log.warning(
+        "building %s: %d of %d devices went quiet together since %s", building, len(group), total, began.isoformat()
+    )
     return rules_service.record(conn, device=devices[first], transition=t)
 
 
@@ -211,8 +291,15 @@ def _buildings(devices: dict[str, Device], rule: OutageRule) -> dict[str, list[s
     return found
 
 
-def _gateway_inhibits(conn: Connection[Any], *, device: Device, devices: dict[str, Device], seen: dict[str, Any],
-                      down: set[str], now: datetime) -> bool:
+def _gateway_inhibits(
+    conn: Connection[Any],
+    *,
+    device: Device,
+    devices: dict[str, Device],
+    seen: dict[str, Any],
+    down: set[str],
+    now: datetime,
+) -> bool:
     """A child's silence is its gateway's outage when the gateway is down or went quiet as long ago."""
     gw_id = device.gateway_id
     if not gw_id:
@@ -234,14 +321,19 @@ def _escalate(conn: Connection[Any], *, ruleset: RuleSet, now: datetime) -> list
     for rule in ruleset.rules:
         if rule.escalate_after_s is None or rule.escalate_to is None or isinstance(rule, AbsenceRule):
             continue
-        for alarm in repo.alarms_to_escalate(conn, alarm_type=rule.alarm_type, rule_id=rule.id,
-                                             severity=int(rule.escalate_to),
-                                             before=now - timedelta(seconds=rule.escalate_after_s)):
+        for alarm in repo.alarms_to_escalate(
+            conn,
+            alarm_type=rule.alarm_type,
+            rule_id=rule.id,
+            severity=int(rule.escalate_to),
+            before=now - timedelta(seconds=rule.escalate_after_s),
+        ):
             device = core_repo.get_devices(conn, ids=[alarm.device_id]).get(alarm.device_id)
             if device is None:
                 continue
-            t = rule.transition("hold", now, severity=rule.escalate_to,
-                                details={"escalated_after_s": rule.escalate_after_s})
+            t = rule.transition(
+                "hold", now, severity=rule.escalate_to, details={"escalated_after_s": rule.escalate_after_s}
+            )
             change = rules_service.record_transition(conn, device=device, transition=t, repeats=0)
             if change is not None:
                 changes.append(change)

@@ -14,9 +14,11 @@ from typing import Any
 from prometheus_client import Counter
 from psycopg import Connection
 
-from core.domain import Device, DeviceStatus, Disposition, Reading, Severity
+from core.domain import Alarm, Device, DeviceStatus, Disposition, Reading, Severity
 from core.errors import ConflictError, NotFoundError
-from rules import actuation, repo
+from rules import repo
+from rules.actuation import service as actuation
+from rules.actuation.repo import CommandRow
 from rules.engine import (
     AbsenceRule,
     AnyRule,
@@ -33,8 +35,10 @@ from rules.ruleset import RuleSet
 
 log = logging.getLogger(__name__)
 
-LATE_READINGS = Counter("gridwatch_rules_late_readings_total",
-                        "Readings stored but not evaluated: older than their device's newest evaluated reading")
+LATE_READINGS = Counter(
+    "gridwatch_rules_late_readings_total",
+    "Readings stored but not evaluated: older than their device's newest evaluated reading",
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,9 +60,16 @@ HOLDS = "_hold"  # device_state.rules key: rule id -> [peak, last touch (epoch s
 SELF_TEST = "_self_test"  # device_state.rules key: event time of the last passed self-test (`test` reading)
 
 
-def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], devices: dict[str, Device],
-                   ruleset: RuleSet, now: datetime | None = None,
-                   states: dict[str, repo.DeviceStateRow] | None = None) -> list[AlarmChange]:
+# Complexity exception (C901): the hot path's one pass over a batch; a call per branch costs on every reading.
+def apply_readings(  # noqa: C901
+    conn: Connection[Any],
+    *,
+    readings: Sequence[Reading],
+    devices: dict[str, Device],
+    ruleset: RuleSet,
+    now: datetime | None = None,
+    states: dict[str, repo.DeviceStateRow] | None = None,
+) -> list[AlarmChange]:
     """Evaluate new readings in event-time order per device and persist the resulting transitions.
     `states`: the device states already locked by this transaction (lock_devices); locked here otherwise."""
     if not readings:
@@ -106,8 +117,7 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
                 del rules[rule.id]
                 if transition is None:
                     continue  # the hot path: nothing armed, nothing to say
-            if rule.inhibited_by and not was_active and any(
-                    rules.get(i, {}).get("active") for i in rule.inhibited_by):
+            if rule.inhibited_by and not was_active and any(rules.get(i, {}).get("active") for i in rule.inhibited_by):
                 # A higher level of the family is active: do not page; arm afresh once it has cleared.
                 rules.pop(rule.id, None)
                 continue
@@ -115,47 +125,53 @@ def apply_readings(conn: Connection[Any], *, readings: Sequence[Reading], device
                 continue
             if isinstance(rule, RealarmRule) and not _reset_before(conn, rule=rule, device=device, at=transition.at):
                 continue  # a rising edge without a remote reset before it is the plain alarm (SMK-01)
-            if (transition.kind == "raise" and rule.severity_if_active is not None
-                    and any(rules.get(i, {}).get("active") for i in rule.if_active)):
+            if (
+                transition.kind == "raise"
+                and rule.severity_if_active is not None
+                and any(rules.get(i, {}).get("active") for i in rule.if_active)
+            ):
                 transition.severity = max(transition.severity, rule.severity_if_active)  # EB-06 with EB-03/04
-            changes.extend(apply_transition(conn, device=device, rule_id=rule.id, transition=transition,
-                                            rules=rules, ruleset=ruleset, now=wall, commanded=commanded))
+            changes.extend(
+                apply_transition(
+                    conn,
+                    device=device,
+                    rule_id=rule.id,
+                    transition=transition,
+                    rules=rules,
+                    ruleset=ruleset,
+                    now=wall,
+                    commanded=commanded,
+                )
+            )
     # Only devices with a command open (the lock query says) or commanded just now can confirm one: most batches
     # need no confirmation query at all.
     could = {i for i, st in states.items() if st.open_commands} | commanded
-    changes.extend(_confirm_by_state(conn, readings=[r for r in readings if r.device_id in could], devices=devices,
-                                     at=wall))
+    changes.extend(
+        _confirm_by_state(conn, readings=[r for r in readings if r.device_id in could], devices=devices, at=wall)
+    )
     repo.save_device_states(conn, states=list(states.values()))
     return changes
 
 
-def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, transition: Transition,
-                     rules: dict[str, Any], ruleset: RuleSet, now: datetime,
-                     commanded: set[str] | None = None) -> list[AlarmChange]:
+def apply_transition(
+    conn: Connection[Any],
+    *,
+    device: Device,
+    rule_id: str,
+    transition: Transition,
+    rules: dict[str, Any],
+    ruleset: RuleSet,
+    now: datetime,
+    commanded: set[str] | None = None,
+) -> list[AlarmChange]:
     """Record a transition, throttling repeats, then run its actions and cross-device confirmation."""
     holds: dict[str, list[Any]] = rules.setdefault(HOLDS, {})
-    ts = transition.at.timestamp()
-    if transition.kind == "hold" and not transition.actions:
-        hold = holds.get(rule_id)
-        value = transition.value
-        if hold is not None:
-            peak = hold[0]
-            new_peak = value is not None and (peak is None or value > peak)
-            if not new_peak and ts - hold[1] < TOUCH_EVERY_S and int(transition.severity) <= int(hold[3]):
-                hold[2] += 1
-                return []
-    repeats = 1
-    if transition.kind == "hold" and rule_id in holds:
-        repeats = int(holds[rule_id][2]) + 1
+    if _throttled(holds, rule_id, transition):
+        return []
+    repeats = int(holds[rule_id][2]) + 1 if transition.kind == "hold" and rule_id in holds else 1
     out: list[AlarmChange] = []
     change = record_transition(conn, device=device, transition=transition, repeats=repeats)
-    if transition.kind == "clear":
-        holds.pop(rule_id, None)
-    else:
-        prev = holds.get(rule_id)
-        peak = transition.value if prev is None or prev[0] is None or (
-            transition.value is not None and transition.value > prev[0]) else prev[0]
-        holds[rule_id] = [peak, ts, 0, max(int(transition.severity), int(prev[3]) if prev else 0)]
+    _remember_hold(holds, rule_id, transition)
     if not holds:
         rules.pop(HOLDS, None)
     if change is None:
@@ -166,18 +182,57 @@ def apply_transition(conn: Connection[Any], *, device: Device, rule_id: str, tra
         return out
     out.append(change)
     if change.kind == "cleared":
-        out.extend(_clear_confirmations(conn, device=device, alarm_type=transition.alarm_type, at=transition.at,
-                                        rules=rules, ruleset=ruleset))
+        out.extend(
+            _clear_confirmations(
+                conn, device=device, alarm_type=transition.alarm_type, at=transition.at, rules=rules, ruleset=ruleset
+            )
+        )
     if change.kind in ("raised", "reactivated", "severity_raised"):
         _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now, commanded=commanded)
     if change.kind in ("raised", "reactivated"):
-        out.extend(_corroborate(conn, device=device, alarm_type=transition.alarm_type, at=transition.at,
-                                ruleset=ruleset))
+        out.extend(
+            _corroborate(conn, device=device, alarm_type=transition.alarm_type, at=transition.at, ruleset=ruleset)
+        )
     return out
 
 
-def _actuate(conn: Connection[Any], *, device: Device, transition: Transition, alarm_id: int,
-             now: datetime, commanded: set[str] | None = None) -> None:
+def _throttled(holds: dict[str, list[Any]], rule_id: str, transition: Transition) -> bool:
+    """A repeat of an active alarm with no new peak, no higher severity and no action, within TOUCH_EVERY_S of
+    the last write: counted in the hold (written with the next write), not written now."""
+    hold = holds.get(rule_id)
+    if transition.kind != "hold" or transition.actions or hold is None:
+        return False
+    value, peak = transition.value, hold[0]
+    new_peak = value is not None and (peak is None or value > peak)
+    if new_peak or transition.at.timestamp() - hold[1] >= TOUCH_EVERY_S or int(transition.severity) > int(hold[3]):
+        return False
+    hold[2] += 1
+    return True
+
+
+def _remember_hold(holds: dict[str, list[Any]], rule_id: str, transition: Transition) -> None:
+    """After a write: [peak, written at, repeats since, highest severity] of the alarm, or nothing once clear."""
+    if transition.kind == "clear":
+        holds.pop(rule_id, None)
+        return
+    prev = holds.get(rule_id)
+    peak = (
+        transition.value
+        if prev is None or prev[0] is None or (transition.value is not None and transition.value > prev[0])
+        else prev[0]
+    )
+    holds[rule_id] = [peak, transition.at.timestamp(), 0, max(int(transition.severity), int(prev[3]) if prev else 0)]
+
+
+def _actuate(
+    conn: Connection[Any],
+    *,
+    device: Device,
+    transition: Transition,
+    alarm_id: int,
+    now: datetime,
+    commanded: set[str] | None = None,
+) -> None:
     for action in transition.actions:
         targets = actuation.command_targets(conn, device=device, action=action)
         if not targets:
@@ -187,13 +242,20 @@ def _actuate(conn: Connection[Any], *, device: Device, transition: Transition, a
             target = device if target_id == device.id else _device(conn, target_id)
             if target is None:
                 continue
-            actuation.request_command(conn, device=target, action=actuation.command_for(action), alarm_id=alarm_id,
-                                      reason=f"{transition.rule_id} {transition.alarm_type}", now=now)
+            actuation.request_command(
+                conn,
+                device=target,
+                action=actuation.command_for(action),
+                alarm_id=alarm_id,
+                reason=f"{transition.rule_id} {transition.alarm_type}",
+                now=now,
+            )
             if commanded is not None:
                 commanded.add(target_id)
     if transition.lockout:
-        actuation.lock_port(conn, device=device, alarm_id=alarm_id, reason=f"{transition.rule_id} "
-                            f"{transition.alarm_type}", at=now)
+        actuation.lock_port(
+            conn, device=device, alarm_id=alarm_id, reason=f"{transition.rule_id} {transition.alarm_type}", at=now
+        )
 
 
 def _device(conn: Connection[Any], device_id: str) -> Device | None:
@@ -202,42 +264,58 @@ def _device(conn: Connection[Any], device_id: str) -> Device | None:
     return core_repo.get_devices(conn, ids=[device_id]).get(device_id)
 
 
-def _corroborate(conn: Connection[Any], *, device: Device, alarm_type: str, at: datetime,
-                 ruleset: RuleSet) -> list[AlarmChange]:
+def _corroborate(
+    conn: Connection[Any], *, device: Device, alarm_type: str, at: datetime, ruleset: RuleSet
+) -> list[AlarmChange]:
     """GAS-04 / SMK-02 / SMK-02a: an alarm confirmed by another of the site within the window — this alarm
     confirmed by one already active, or this alarm confirming ones already active (heat or CO after smoke)."""
     out = []
     for rule in ruleset.for_device(device):
         if not isinstance(rule, CorroborateRule) or alarm_type not in rule.of:
             continue
-        by = repo.find_corroborating_device(conn, site_id=device.site_id, device_id=device.id,
-                                            types=rule.confirming, since=at - timedelta(seconds=rule.window_s),
-                                            include_self=rule.same_device)
+        by = repo.find_corroborating_device(
+            conn,
+            site_id=device.site_id,
+            device_id=device.id,
+            types=rule.confirming,
+            since=at - timedelta(seconds=rule.window_s),
+            include_self=rule.same_device,
+        )
         if by is not None:
             out.extend(_confirm(conn, device=device, rule=rule, at=at, details={"confirmed_by": by, "of": alarm_type}))
     for rule in ruleset.rules:
         if not isinstance(rule, CorroborateRule) or alarm_type not in rule.by:
             continue
-        for other_id in repo.site_alarm_devices(conn, site_id=device.site_id, device_id=device.id, types=rule.of,
-                                                since=at - timedelta(seconds=rule.window_s),
-                                                include_self=rule.same_device):
+        for other_id in repo.site_alarm_devices(
+            conn,
+            site_id=device.site_id,
+            device_id=device.id,
+            types=rule.of,
+            since=at - timedelta(seconds=rule.window_s),
+            include_self=rule.same_device,
+        ):
             other = device if other_id == device.id else _device(conn, other_id)
             mine = None if other is None else ruleset.effective(other, rule.id)
             if other is not None and mine is not None:
-                out.extend(_confirm(conn, device=other, rule=mine, at=at, details={
-                    "confirmed_by": device.id, "of": alarm_type}))
+                out.extend(
+                    _confirm(
+                        conn, device=other, rule=mine, at=at, details={"confirmed_by": device.id, "of": alarm_type}
+                    )
+                )
     return out
 
 
-def _confirm(conn: Connection[Any], *, device: Device, rule: AnyRule, at: datetime,
-             details: dict[str, Any]) -> list[AlarmChange]:
+def _confirm(
+    conn: Connection[Any], *, device: Device, rule: AnyRule, at: datetime, details: dict[str, Any]
+) -> list[AlarmChange]:
     return record(conn, device=device, transition=rule.transition("raise", at, details=details))
 
 
 def _reset_before(conn: Connection[Any], *, rule: RealarmRule, device: Device, at: datetime) -> bool:
     """SMK-02b: a remote reset (rule.after) reached the detector within window_s before its alarm came back."""
-    found = repo.recent_command(conn, device_id=device.id, action=rule.after,
-                                since=at - timedelta(seconds=rule.window_s))
+    found = actuation.recent_command(
+        conn, device_id=device.id, action=rule.after, since=at - timedelta(seconds=rule.window_s)
+    )
     if found is not None:
         log.warning("%s re-alarmed within %.0f s of reset %s: fire confirmed", device.id, rule.window_s, found)
     return found is not None
@@ -246,8 +324,9 @@ def _reset_before(conn: Connection[Any], *, rule: RealarmRule, device: Device, a
 CONFIRMING_RULES = (CorroborateRule, RealarmRule, NoCancelRule)
 
 
-def _clear_confirmations(conn: Connection[Any], *, device: Device, alarm_type: str, at: datetime,
-                         rules: dict[str, Any], ruleset: RuleSet) -> list[AlarmChange]:
+def _clear_confirmations(
+    conn: Connection[Any], *, device: Device, alarm_type: str, at: datetime, rules: dict[str, Any], ruleset: RuleSet
+) -> list[AlarmChange]:
     """A confirmation (gas_confirmed, fire_confirmed) clears once none of the alarms it confirms on this device
     is active any more (a latching one then waits for a person to resolve it)."""
     out: list[AlarmChange] = []
@@ -264,8 +343,9 @@ def _clear_confirmations(conn: Connection[Any], *, device: Device, alarm_type: s
     return out
 
 
-def check_installation(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
-                       now: datetime | None = None) -> list[AlarmChange]:
+def check_installation(
+    conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet, now: datetime | None = None
+) -> list[AlarmChange]:
     """GAS-08: registry checks (a gas detector at the wrong height for its site's gas) raise, or clear once the
     registry says it was fixed. Run after a registry load and when the timer refreshes its registry copy."""
     at = now or datetime.now(UTC)
@@ -279,8 +359,7 @@ def check_installation(conn: Connection[Any], *, devices: dict[str, Device], rul
             why = misplacement(mine, device) if isinstance(mine, PlacementRule) else None
             alarm = open_.get(device.id)
             if why is not None and (alarm is None or not alarm.active):
-                t = rule.transition("raise", at, details={"mounting": device.mounting, "lpg": device.lpg,
-                                                          "why": why})
+                t = rule.transition("raise", at, details={"mounting": device.mounting, "lpg": device.lpg, "why": why})
                 t.message = why
             elif why is None and alarm is not None and alarm.active:
                 t = rule.transition("clear", at, details={"mounting": device.mounting})
@@ -290,32 +369,37 @@ def check_installation(conn: Connection[Any], *, devices: dict[str, Device], rul
     return out
 
 
-def confirm_uncancelled(conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet,
-                        now: datetime) -> list[AlarmChange]:
+def confirm_uncancelled(
+    conn: Connection[Any], *, devices: dict[str, Device], ruleset: RuleSet, now: datetime
+) -> list[AlarmChange]:
     """SMK-02c (the timer): an alarm nobody cancelled within after_s while it stayed active is confirmed."""
     out: list[AlarmChange] = []
     for rule in ruleset.rules:
         if not isinstance(rule, NoCancelRule) or not rule.enabled:
             continue
-        for alarm_id, device_id in repo.uncancelled_alarms(conn, types=rule.of,
-                                                           before=now - timedelta(seconds=rule.after_s),
-                                                           confirmed_type=rule.alarm_type):
+        for alarm_id, device_id in repo.uncancelled_alarms(
+            conn, types=rule.of, before=now - timedelta(seconds=rule.after_s), confirmed_type=rule.alarm_type
+        ):
             device = devices.get(device_id)
             mine = None if device is None else ruleset.effective(device, rule.id)
             if device is not None and mine is not None:
-                out.extend(_confirm(conn, device=device, rule=mine, at=now, details={
-                    "trigger": "no_cancel", "alarm": alarm_id, "after_s": rule.after_s}))
+                out.extend(
+                    _confirm(
+                        conn,
+                        device=device,
+                        rule=mine,
+                        at=now,
+                        details={"trigger": "no_cancel", "alarm": alarm_id, "after_s": rule.after_s},
+                    )
+                )
     return out
 
 
-def _confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], devices: dict[str, Device],
-                      at: datetime) -> list[AlarmChange]:
-    pairs = actuation.confirming_pairs(readings)
-    if not pairs:
-        return []
-    confirmed = repo.confirm_commands_by_state(conn, pairs=pairs, at=at)
-    actuation.record_confirmations(conn, commands=confirmed, at=at)
-    return settle_actuation_failed(conn, commands=confirmed, devices=devices, at=at)
+def _confirm_by_state(
+    conn: Connection[Any], *, readings: Sequence[Reading], devices: dict[str, Device], at: datetime
+) -> list[AlarmChange]:
+    confirmed = actuation.confirm_by_state(conn, readings=readings, at=at)
+    return settle_actuation_failed(conn, commands=confirmed, devices=devices, at=at) if confirmed else []
 
 
 def record(conn: Connection[Any], *, device: Device, transition: Transition) -> list[AlarmChange]:
@@ -324,8 +408,9 @@ def record(conn: Connection[Any], *, device: Device, transition: Transition) -> 
     return [change] if change is not None else []
 
 
-def record_transition(conn: Connection[Any], *, device: Device, transition: Transition,
-                      repeats: int = 1) -> AlarmChange | None:
+def record_transition(
+    conn: Connection[Any], *, device: Device, transition: Transition, repeats: int = 1
+) -> AlarmChange | None:
     """Apply one rule transition to the alarm table; transitions (not repeats) go to the outbox."""
     alarm = repo.get_open_alarm(conn, device_id=device.id, alarm_type=transition.alarm_type)
     severity = int(transition.severity)
@@ -333,40 +418,82 @@ def record_transition(conn: Connection[Any], *, device: Device, transition: Tran
         if alarm is None or not alarm.active:
             return None
         alarm = repo.clear_alarm(conn, alarm_id=alarm.id, at=transition.at)
-        return _event(conn, alarm, "cleared", transition.at, severity=alarm.severity,
-                      details={"value": transition.value, **transition.details})
+        return _event(
+            conn,
+            alarm,
+            "cleared",
+            transition.at,
+            severity=alarm.severity,
+            details={"value": transition.value, **transition.details},
+        )
     if alarm is None:
-        alarm = repo.insert_alarm(conn, device_id=device.id, site_id=device.site_id,
-                                  alarm_type=transition.alarm_type, rule_id=transition.rule_id,
-                                  severity=severity, latching=transition.latching, at=transition.at,
-                                  value=transition.value, message=transition.message,
-                                  details=transition.details)
-        return _event(conn, alarm, "raised", transition.at, severity=severity,
-                      details={"value": transition.value, "rule": transition.rule_id, **transition.details})
+        alarm = repo.insert_alarm(
+            conn,
+            device_id=device.id,
+            site_id=device.site_id,
+            alarm_type=transition.alarm_type,
+            rule_id=transition.rule_id,
+            severity=severity,
+            latching=transition.latching,
+            at=transition.at,
+            value=transition.value,
+            message=transition.message,
+            details=transition.details,
+        )
+        return _event(
+            conn,
+            alarm,
+            "raised",
+            transition.at,
+            severity=severity,
+            details={"value": transition.value, "rule": transition.rule_id, **transition.details},
+        )
     before = alarm
-    alarm = repo.touch_alarm(conn, alarm_id=alarm.id, at=transition.at, value=transition.value, severity=severity,
-                             repeats=repeats)
+    alarm = repo.touch_alarm(
+        conn, alarm_id=alarm.id, at=transition.at, value=transition.value, severity=severity, repeats=repeats
+    )
     if not before.active:
-        return _event(conn, alarm, "reactivated", transition.at, severity=alarm.severity,
-                      details={"value": transition.value, "rule": transition.rule_id})
+        return _event(
+            conn,
+            alarm,
+            "reactivated",
+            transition.at,
+            severity=alarm.severity,
+            details={"value": transition.value, "rule": transition.rule_id},
+        )
     if alarm.severity > before.severity:
-        return _event(conn, alarm, "severity_raised", transition.at, severity=alarm.severity,
-                      details={"from": before.severity, "value": transition.value, **transition.details})
+        return _event(
+            conn,
+            alarm,
+            "severity_raised",
+            transition.at,
+            severity=alarm.severity,
+            details={"from": before.severity, "value": transition.value, **transition.details},
+        )
     return None  # still active: DESIGN says never notify on "still active"
 
 
-def _event(conn: Connection[Any], alarm: repo.AlarmRow, kind: str, at: datetime, *, severity: int,
-           actor: str | None = None, details: dict[str, Any] | None = None, notify: bool = True) -> AlarmChange:
-    event_id = repo.insert_event(conn, alarm_id=alarm.id, kind=kind, at=at, actor=actor, severity=severity,
-                                 details=details)
+def _event(
+    conn: Connection[Any],
+    alarm: Alarm,
+    kind: str,
+    at: datetime,
+    *,
+    severity: int,
+    actor: str | None = None,
+    details: dict[str, Any] | None = None,
+    notify: bool = True,
+) -> AlarmChange:
+    event_id = repo.insert_event(
+        conn, alarm_id=alarm.id, kind=kind, at=at, actor=actor, severity=severity, details=details
+    )
     if notify:
         repo.insert_outbox(conn, alarm_id=alarm.id, event_id=event_id, kind=kind, severity=severity)
-    log.info("alarm %s %s: %s on %s (%s)", alarm.id, kind, alarm.type, alarm.device_id,
-             Severity(severity).label)
+    log.info("alarm %s %s: %s on %s (%s)", alarm.id, kind, alarm.type, alarm.device_id, Severity(severity).label)
     return AlarmChange(alarm.id, alarm.device_id, alarm.type, kind, severity)
 
 
-def acknowledge(conn: Connection[Any], *, alarm_id: int, actor: str, now: datetime | None = None) -> repo.AlarmRow:
+def acknowledge(conn: Connection[Any], *, alarm_id: int, actor: str, now: datetime | None = None) -> Alarm:
     """A person has taken the alarm: record who and when (idempotent for the same person)."""
     alarm = repo.lock_alarm(conn, alarm_id=alarm_id)
     if alarm is None:
@@ -381,8 +508,16 @@ def acknowledge(conn: Connection[Any], *, alarm_id: int, actor: str, now: dateti
     return alarm
 
 
-def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Disposition, note: str | None,
-            now: datetime | None = None, ruleset: RuleSet | None = None) -> repo.AlarmRow:
+def resolve(
+    conn: Connection[Any],
+    *,
+    alarm_id: int,
+    actor: str,
+    disposition: Disposition,
+    note: str | None,
+    now: datetime | None = None,
+    ruleset: RuleSet | None = None,
+) -> Alarm:
     """Close the alarm with a disposition after the person has been on site (then SMK-08: repeated verdicts)."""
     alarm = repo.lock_alarm(conn, alarm_id=alarm_id)
     if alarm is None:
@@ -392,18 +527,22 @@ def resolve(conn: Connection[Any], *, alarm_id: int, actor: str, disposition: Di
     if alarm.latching and alarm.active:
         raise ConflictError(f"alarm {alarm_id} latches: it can be resolved only after its condition has cleared")
     at = now or datetime.now(UTC)
-    alarm = repo.close_alarm(conn, alarm_id=alarm_id, actor=actor, at=at, disposition=disposition.value,
-                             note=note)
-    _event(conn, alarm, "resolved", at, severity=alarm.severity, actor=actor,
-           details={"disposition": disposition.value, "note": note})
-    from rules import score_service  # merchant score: verified hazards only (docs/score.md)
+    alarm = repo.close_alarm(conn, alarm_id=alarm_id, actor=actor, at=at, disposition=disposition.value, note=note)
+    _event(
+        conn,
+        alarm,
+        "resolved",
+        at,
+        severity=alarm.severity,
+        actor=actor,
+        details={"disposition": disposition.value, "note": note},
+    )
 
-    score_service.on_alarm_resolved(conn, alarm=alarm)
     _repeats(conn, alarm=alarm, at=at, ruleset=ruleset)
     return alarm
 
 
-def _repeats(conn: Connection[Any], *, alarm: repo.AlarmRow, at: datetime, ruleset: RuleSet | None) -> None:
+def _repeats(conn: Connection[Any], *, alarm: Alarm, at: datetime, ruleset: RuleSet | None) -> None:
     """SMK-08: the device's alarms resolved with the same verdict reached a repeat rule's count."""
     device = _device(conn, alarm.device_id)
     if device is None or alarm.disposition is None:
@@ -413,18 +552,29 @@ def _repeats(conn: Connection[Any], *, alarm: repo.AlarmRow, at: datetime, rules
     for rule in (ruleset or default_rules()).for_device(device):
         if not isinstance(rule, RepeatRule) or alarm.type not in rule.of or alarm.disposition != rule.disposition:
             continue
-        n = repo.count_resolved(conn, device_id=device.id, types=rule.of, disposition=rule.disposition,
-                                since=at - timedelta(seconds=rule.window_s))
+        n = repo.count_resolved(
+            conn,
+            device_id=device.id,
+            types=rule.of,
+            disposition=rule.disposition,
+            since=at - timedelta(seconds=rule.window_s),
+        )
         if repeat_due(rule, alarm_type=alarm.type, disposition=alarm.disposition, resolved_count=n):
-            record_transition(conn, device=device, transition=rule.transition(
-                "raise", at, float(n), details={"count": n, "of": list(rule.of), "last_alarm": alarm.id}))
+            record_transition(
+                conn,
+                device=device,
+                transition=rule.transition(
+                    "raise", at, float(n), details={"count": n, "of": list(rule.of), "last_alarm": alarm.id}
+                ),
+            )
 
 
 # --------------------------------------------------------------------------- statuses, command acks, timer
 
 
-def _states_of(conn: Connection[Any], locked: dict[str, repo.DeviceStateRow] | None,
-               device_ids: Sequence[str]) -> dict[str, repo.DeviceStateRow]:
+def _states_of(
+    conn: Connection[Any], locked: dict[str, repo.DeviceStateRow] | None, device_ids: Sequence[str]
+) -> dict[str, repo.DeviceStateRow]:
     """These devices' states: from those the caller already locked (lock_devices), else locked now."""
     if locked is None:
         return repo.lock_device_states(conn, device_ids=device_ids)
@@ -438,8 +588,14 @@ def lock_devices(conn: Connection[Any], *, device_ids: Sequence[str]) -> dict[st
     return repo.lock_device_states(conn, device_ids=device_ids)
 
 
-def apply_statuses(conn: Connection[Any], *, statuses: Sequence[DeviceStatus], devices: dict[str, Device],
-                   ruleset: RuleSet, states: dict[str, repo.DeviceStateRow] | None = None) -> list[AlarmChange]:
+def apply_statuses(
+    conn: Connection[Any],
+    *,
+    statuses: Sequence[DeviceStatus],
+    devices: dict[str, Device],
+    ruleset: RuleSet,
+    states: dict[str, repo.DeviceStateRow] | None = None,
+) -> list[AlarmChange]:
     """Retained status topics: `offline` (the device's last will) raises offline at once unless its
     gateway is down too; `online` clears it (DESIGN MQTT contract)."""
     changes: list[AlarmChange] = []
@@ -466,8 +622,17 @@ def apply_statuses(conn: Connection[Any], *, statuses: Sequence[DeviceStatus], d
             if not rule_state:
                 state.rules.pop(rule.id, None)
             if transition is not None:
-                changes.extend(apply_transition(conn, device=device, rule_id=rule.id, transition=transition,
-                                      rules=state.rules, ruleset=ruleset, now=status.at))
+                changes.extend(
+                    apply_transition(
+                        conn,
+                        device=device,
+                        rule_id=rule.id,
+                        transition=transition,
+                        rules=state.rules,
+                        ruleset=ruleset,
+                        now=status.at,
+                    )
+                )
     repo.save_device_states(conn, states=list(states.values()))
     return changes
 
@@ -483,8 +648,9 @@ def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: d
     refused/failed command raises actuation_failed and is retried once (GAS-05)."""
     changes: list[AlarmChange] = []
     for ack in acks:
-        row = repo.ack_command(conn, command_id=ack.command_id, device_id=ack.device_id, ok=ack.ok,
-                               detail=ack.detail, at=ack.at)
+        row = actuation.apply_ack(
+            conn, command_id=ack.command_id, device_id=ack.device_id, ok=ack.ok, detail=ack.detail, at=ack.at
+        )
         if row is None:
             log.info("ack for unknown or settled command %s from %s", ack.command_id, ack.device_id)
             continue
@@ -498,38 +664,71 @@ def apply_command_acks(conn: Connection[Any], *, acks: Sequence[Any], devices: d
     return changes
 
 
-def command_failed(conn: Connection[Any], *, device: Device, command: repo.CommandRow,
-                   at: datetime) -> list[AlarmChange]:
+def command_failed(conn: Connection[Any], *, device: Device, command: CommandRow, at: datetime) -> list[AlarmChange]:
     """GAS-05 / ACT-01: a command not carried out (no confirmation by its deadline, or the device answered
     ok=false) raises actuation_failed on the target device, and a safety action is sent once more."""
     changes = raise_actuation_failed(conn, device=device, command=command, at=at)
     if command.action in actuation.RETRIED_ACTIONS and command.retry_of is None:
-        retry = actuation.request_command(conn, device=device, action=command.action, alarm_id=command.alarm_id,
-                                          reason=f"GAS-05 retry of {command.id}: {command.reason}", now=at,
-                                          retry_of=command.id)
-        log.warning("command %s (%s) on %s failed (%s); retried once as %s", command.id, command.action, device.id,
-                    command.detail, retry.id)
+        retry = actuation.request_command(
+            conn,
+            device=device,
+            action=command.action,
+            alarm_id=command.alarm_id,
+            reason=f"GAS-05 retry of {command.id}: {command.reason}",
+            now=at,
+            retry_of=command.id,
+        )
+        log.warning(
+            "command %s (%s) on %s failed (%s); retried once as %s",
+            command.id,
+            command.action,
+            device.id,
+            command.detail,
+            retry.id,
+        )
     return changes
 
 
-def raise_actuation_failed(conn: Connection[Any], *, device: Device, command: repo.CommandRow,
-                           at: datetime) -> list[AlarmChange]:
+def raise_actuation_failed(
+    conn: Connection[Any], *, device: Device, command: CommandRow, at: datetime
+) -> list[AlarmChange]:
     """ACT-01: a command not carried out is an alarm on the target device: critical (P1) when it was sent for
     an alarm, major (P2) for a person's command outside one (GAS-05: "P1 during an alarm / P2 otherwise")."""
     if command.alarm_id is not None:
-        repo.insert_event(conn, alarm_id=command.alarm_id, kind="actuation_failed", at=at,
-                          details={"command_id": command.id, "device_id": device.id, "action": command.action,
-                                   "detail": command.detail})
+        repo.insert_event(
+            conn,
+            alarm_id=command.alarm_id,
+            kind="actuation_failed",
+            at=at,
+            details={
+                "command_id": command.id,
+                "device_id": device.id,
+                "action": command.action,
+                "detail": command.detail,
+            },
+        )
     severity = Severity.CRITICAL if command.alarm_id is not None else Severity.MAJOR
-    t = Transition(rule_id="ACT-01", alarm_type=actuation.ACTUATION_FAILED, kind="raise", severity=severity,
-                   at=at, message=f"{command.action} on {device.id} was not confirmed: act on site",
-                   details={"command_id": command.id, "action": command.action, "detail": command.detail,
-                            "for_alarm": command.alarm_id, "retry_of": command.retry_of})
+    t = Transition(
+        rule_id="ACT-01",
+        alarm_type=actuation.ACTUATION_FAILED,
+        kind="raise",
+        severity=severity,
+        at=at,
+        message=f"{command.action} on {device.id} was not confirmed: act on site",
+        details={
+            "command_id": command.id,
+            "action": command.action,
+            "detail": command.detail,
+            "for_alarm": command.alarm_id,
+            "retry_of": command.retry_of,
+        },
+    )
     return record(conn, device=device, transition=t)
 
 
-def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[repo.CommandRow],
-                            devices: dict[str, Device], at: datetime) -> list[AlarmChange]:
+def settle_actuation_failed(
+    conn: Connection[Any], *, commands: Sequence[CommandRow], devices: dict[str, Device], at: datetime
+) -> list[AlarmChange]:
     """A confirmed command (e.g. GAS-05's retry) clears the device's actuation_failed alarm for that action;
     the alarm stays open for a person to resolve (the first attempt did fail)."""
     changes: list[AlarmChange] = []
@@ -540,22 +739,43 @@ def settle_actuation_failed(conn: Connection[Any], *, commands: Sequence[repo.Co
         device = devices.get(command.device_id) or _device(conn, command.device_id)
         if device is None:
             continue
-        t = Transition(rule_id="ACT-01", alarm_type=actuation.ACTUATION_FAILED, kind="clear",
-                       severity=Severity(alarm.severity), at=at,
-                       details={"confirmed_command": command.id, "by": command.confirmed_by})
+        t = Transition(
+            rule_id="ACT-01",
+            alarm_type=actuation.ACTUATION_FAILED,
+            kind="clear",
+            severity=Severity(alarm.severity),
+            at=at,
+            details={"confirmed_command": command.id, "by": command.confirmed_by},
+        )
         changes += record(conn, device=device, transition=t)
     return changes
 
 
-def request_command(conn: Connection[Any], *, device: Device, action: str, actor: str, reason: str,
-                    alarm_id: int | None = None, now: datetime | None = None) -> repo.CommandRow:
+def request_command(
+    conn: Connection[Any],
+    *,
+    device: Device,
+    action: str,
+    actor: str,
+    reason: str,
+    alarm_id: int | None = None,
+    now: datetime | None = None,
+) -> CommandRow:
     """A person asks for a command (API): the safety policy applies (ConflictError when refused)."""
-    return actuation.request_command(conn, device=device, action=action, alarm_id=alarm_id, reason=reason,
-                                     now=now or datetime.now(UTC), requested_by=actor)
+    return actuation.request_command(
+        conn,
+        device=device,
+        action=action,
+        alarm_id=alarm_id,
+        reason=reason,
+        now=now or datetime.now(UTC),
+        requested_by=actor,
+    )
 
 
-def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None = None,
-                    now: datetime | None = None) -> None:
+def clear_port_lock(
+    conn: Connection[Any], *, device_id: str, actor: str, note: str | None = None, now: datetime | None = None
+) -> None:
     """EB-10: a worker checked the bike on site and clears the port lock."""
     if not actuation.clear_port_lock(conn, device_id=device_id, actor=actor, note=note, now=now or datetime.now(UTC)):
         raise NotFoundError(f"port {device_id} is not locked")

@@ -54,8 +54,10 @@ def map_onto_registry(scenario: Scenario, devices: list[FleetDevice]) -> dict[st
             return (d.adapter is not spec.adapter, d.location is not spec.location)
 
         if not candidates:
-            raise ConfigError(f"scenario {scenario.name} needs a {spec.kind.value} ({spec.location.value}); "
-                              "the registry has none left")
+            raise ConfigError(
+                f"scenario {scenario.name} needs a {spec.kind.value} ({spec.location.value}); "
+                "the registry has none left"
+            )
         pick = min(candidates, key=rank)
         taken.add(pick.id)
         mapping[spec.id] = pick
@@ -65,8 +67,7 @@ def map_onto_registry(scenario: Scenario, devices: list[FleetDevice]) -> dict[st
 def _write_scenario_registry(scenario: Scenario, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(registry_document(scenario), sort_keys=False, allow_unicode=True),
-                    encoding="utf-8")
+    path.write_text(yaml.safe_dump(registry_document(scenario), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 def _say(err: TextIO, line: str) -> None:
@@ -77,8 +78,22 @@ def _say(err: TextIO, line: str) -> None:
 FOREVER = "forever"
 
 
-def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout,
-                 stop: threading.Event | None = None) -> int:
+class _FleetThread(threading.Thread):
+    """Runs a fleet until fleet_stop is set (or its duration has passed) and keeps its summary."""
+
+    def __init__(self, fleet: Fleet, fleet_stop: threading.Event) -> None:
+        super().__init__(name="fleet", daemon=True)
+        self.fleet = fleet
+        self.fleet_stop = fleet_stop
+        self.summary: FleetSummary | None = None
+
+    def run(self) -> None:
+        self.summary = self.fleet.run(self.fleet_stop)
+
+
+def run_simulate(
+    opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout, stop: threading.Event | None = None
+) -> int:
     """Do what the options say; returns the process exit code."""
     stop = stop or threading.Event()
     topics = Topics(native_prefix=opts.topic_prefix)
@@ -87,94 +102,150 @@ def run_simulate(opts: SimulateOptions, *, err: TextIO = sys.stderr, out: TextIO
     forever = opts.duration == FOREVER
     duration_s = parse_duration(opts.duration) if opts.duration and not forever else None
 
-    fleet_devices: list[FleetDevice] = []
-    if opts.registry is not None:
-        fleet_devices = devices_from_registry(opts.registry)
-        if opts.devices is not None:
-            fleet_devices = fleet_devices[: opts.devices]
-    elif opts.devices:
-        fleet_devices = synthetic_devices(opts.devices, seed=opts.seed)
-
+    fleet_devices = _select_fleet_devices(opts)
     if opts.write_registry is not None:
-        if fleet_devices and opts.registry is None:
-            write_registry(fleet_devices, opts.write_registry)
-            out.write(f"wrote a registry of {len(fleet_devices)} devices to {opts.write_registry} "
-                      f"(load it first: gridwatch load {opts.write_registry})\n")
-        elif scenario is not None:
-            _write_scenario_registry(scenario, opts.write_registry)
-            out.write(f"wrote the registry scenario {scenario.name} needs to {opts.write_registry}\n")
-        else:
-            raise ConfigError("--write-registry needs --devices N (synthetic fleet) or --scenario NAME")
+        _write_registry_file(opts, opts.write_registry, fleet_devices, scenario, out)
         return 0
 
     if scenario is None and not fleet_devices:
-        raise ConfigError("nothing to simulate: give --scenario NAME, --devices N or --registry FILE "
-                          "(gridwatch simulate --list shows the scenarios)")
+        raise ConfigError(
+            "nothing to simulate: give --scenario NAME, --devices N or --registry FILE "
+            "(gridwatch simulate --list shows the scenarios)"
+        )
 
     picks = map_onto_registry(scenario, fleet_devices) if scenario is not None and opts.registry else {}
-    id_map = {spec_id: d.id for spec_id, d in picks.items()}
-    wires = {spec_id: (d.adapter, d.foreign_id) for spec_id, d in picks.items()}
-    scenario_ids = set(id_map.values())
+    scenario_ids = {d.id for d in picks.values()}
     background = [d for d in fleet_devices if d.id not in scenario_ids]
     run_fleet = bool(background) and (opts.devices is not None or scenario is None)
 
-    fleet_summary: FleetSummary | None = None
-    fleet_thread: threading.Thread | None = None
+    fleet_thread: _FleetThread | None = None
     fleet_stop = threading.Event()
     if run_fleet:
-        fleet = Fleet(opts.mqtt_url, background, rate=opts.rate, seed=opts.seed, topics=topics,
-                      connections=opts.connections, status=opts.status, progress=err,
-                      duration_s=duration_s if duration_s is not None or forever else (None if scenario else 60.0))
+        fleet = Fleet(
+            opts.mqtt_url,
+            background,
+            rate=opts.rate,
+            seed=opts.seed,
+            topics=topics,
+            connections=opts.connections,
+            status=opts.status,
+            progress=err,
+            duration_s=duration_s if duration_s is not None or forever else (None if scenario else 60.0),
+        )
         fleet.connect()  # here, so an unreachable broker is an error of the command, not of a thread
-
-        def _fleet() -> None:
-            nonlocal fleet_summary
-            fleet_summary = fleet.run(fleet_stop)
-
-        fleet_thread = threading.Thread(target=_fleet, name="fleet", daemon=True)
+        fleet_thread = _FleetThread(fleet, fleet_stop)
         fleet_thread.start()
 
     result: RunResult | None = None
     try:
         if scenario is not None:
-            err.write(f"[simulate] scenario {scenario.name}: {scenario.title} "
-                      f"({scenario.duration / 3600:.2f} h of event time)\n")
-            for spec_id, d in picks.items():
-                err.write(f"[simulate]   {spec_id} is played by {d.id} ({d.kind.value}, {d.location.value}, "
-                          f"{d.adapter.value})\n")
-            run = ScenarioRun(scenario, url=opts.mqtt_url, topics=topics, seed=opts.seed, speed=opts.speed,
-                              id_map=id_map, wires=wires, linger_s=1.0,
-                              say=lambda line: _say(err, line))
-            result = run.run(stop)
+            result = _play_scenario(opts, scenario, picks, topics, err, stop)
             if fleet_thread is not None and duration_s is None:
                 fleet_stop.set()
         if fleet_thread is not None:
-            while fleet_thread.is_alive():
-                if stop.wait(0.2):
-                    fleet_stop.set()
-                fleet_thread.join(0.1)
+            _wait_for_fleet(fleet_thread, stop, fleet_stop)
     finally:
         fleet_stop.set()
         if fleet_thread is not None:
             fleet_thread.join(30)
 
+    fleet_summary = fleet_thread.summary if fleet_thread is not None else None
     ok = True
     if result is not None:
-        out.write(f"scenario {result.scenario}: {result.readings} readings, {result.published} messages in "
-                  f"{result.wall_s:.1f} s; errors {result.errors}, unacknowledged {result.unacked}; "
-                  f"commands obeyed: {', '.join(f'{d} {a}' for d, a, _ in result.commands) or 'none'}\n")
-        expected = ", ".join(sorted(scenario.alarm_types)) if scenario else ""
-        out.write(f"  expected alarms: {expected or 'none'}\n")
-        ok = ok and result.ok
+        ok = _report_scenario(result, scenario, out) and ok
     if fleet_summary is not None:
-        for line in fleet_summary.lines():
-            out.write(line + "\n")
-        if fleet_summary.achieved_rate < 0.95 * fleet_summary.rate and fleet_summary.seconds > 2:
-            out.write(f"note: the broker and this machine sustained {fleet_summary.achieved_rate:.0f} msg/s, "
-                      f"below the {fleet_summary.rate:g} msg/s asked for (publishing is bounded, never lossy)\n")
-        ok = ok and fleet_summary.ok
+        ok = _report_fleet(fleet_summary, out) and ok
     elif run_fleet:
         ok = False  # the fleet thread died
 
     return 0 if ok else 1
 
+
+def _select_fleet_devices(opts: SimulateOptions) -> list[FleetDevice]:
+    """The fleet's devices: the registry's (the first --devices of them), else --devices synthetic ones, else none."""
+    if opts.registry is not None:
+        fleet_devices = devices_from_registry(opts.registry)
+        if opts.devices is not None:
+            fleet_devices = fleet_devices[: opts.devices]
+        return fleet_devices
+    if opts.devices:
+        return synthetic_devices(opts.devices, seed=opts.seed)
+    return []
+
+
+def _write_registry_file(
+    opts: SimulateOptions, path: Path, fleet_devices: list[FleetDevice], scenario: Scenario | None, out: TextIO
+) -> None:
+    """--write-registry: the synthetic fleet's registry, else the one the scenario needs."""
+    if fleet_devices and opts.registry is None:
+        write_registry(fleet_devices, path)
+        out.write(
+            f"wrote a registry of {len(fleet_devices)} devices to {path} (load it first: gridwatch load {path})\n"
+        )
+    elif scenario is not None:
+        _write_scenario_registry(scenario, path)
+        out.write(f"wrote the registry scenario {scenario.name} needs to {path}\n")
+    else:
+        raise ConfigError("--write-registry needs --devices N (synthetic fleet) or --scenario NAME")
+
+
+def _play_scenario(
+    opts: SimulateOptions,
+    scenario: Scenario,
+    picks: dict[str, FleetDevice],
+    topics: Topics,
+    err: TextIO,
+    stop: threading.Event,
+) -> RunResult:
+    """Run the scenario, its devices played by the registry devices picked for them (if any)."""
+    err.write(
+        f"[simulate] scenario {scenario.name}: {scenario.title} ({scenario.duration / 3600:.2f} h of event time)\n"
+    )
+    for spec_id, d in picks.items():
+        err.write(
+            f"[simulate]   {spec_id} is played by {d.id} ({d.kind.value}, {d.location.value}, {d.adapter.value})\n"
+        )
+    run = ScenarioRun(
+        scenario,
+        url=opts.mqtt_url,
+        topics=topics,
+        seed=opts.seed,
+        speed=opts.speed,
+        id_map={spec_id: d.id for spec_id, d in picks.items()},
+        wires={spec_id: (d.adapter, d.foreign_id) for spec_id, d in picks.items()},
+        linger_s=1.0,
+        say=lambda line: _say(err, line),
+    )
+    return run.run(stop)
+
+
+def _wait_for_fleet(fleet_thread: threading.Thread, stop: threading.Event, fleet_stop: threading.Event) -> None:
+    """Wait for the fleet's thread to end, passing stop on to the fleet."""
+    while fleet_thread.is_alive():
+        if stop.wait(0.2):
+            fleet_stop.set()
+        fleet_thread.join(0.1)
+
+
+def _report_scenario(result: RunResult, scenario: Scenario | None, out: TextIO) -> bool:
+    """The scenario run's summary; whether everything it published was acknowledged."""
+    out.write(
+        f"scenario {result.scenario}: {result.readings} readings, {result.published} messages in "
+        f"{result.wall_s:.1f} s; errors {result.errors}, unacknowledged {result.unacked}; "
+        f"commands obeyed: {', '.join(f'{d} {a}' for d, a, _ in result.commands) or 'none'}\n"
+    )
+    expected = ", ".join(sorted(scenario.alarm_types)) if scenario else ""
+    out.write(f"  expected alarms: {expected or 'none'}\n")
+    return result.ok
+
+
+def _report_fleet(summary: FleetSummary, out: TextIO) -> bool:
+    """The fleet's summary, with a note when it fell short of its rate; whether it published without loss."""
+    for line in summary.lines():
+        out.write(line + "\n")
+    if summary.achieved_rate < 0.95 * summary.rate and summary.seconds > 2:
+        out.write(
+            f"note: the broker and this machine sustained {summary.achieved_rate:.0f} msg/s, "
+            f"below the {summary.rate:g} msg/s asked for (publishing is bounded, never lossy)\n"
+        )
+    return summary.ok

@@ -24,8 +24,13 @@ from simulators.publisher import LinkStats, PublishError
 
 log = logging.getLogger(__name__)
 
-CONNACK_CODES = {1: "unacceptable protocol version", 2: "identifier rejected", 3: "server unavailable",
-                 4: "bad user name or password", 5: "not authorized"}
+CONNACK_CODES = {
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}
 
 
 def _varint(n: int) -> bytes:
@@ -65,8 +70,16 @@ def connect_packet(client_id: str, keepalive: int, username: str | None, passwor
 class FastLink:
     """Publish-only QoS-1 MQTT 3.1.1 connection with batched writes and a bounded in-flight window."""
 
-    def __init__(self, url: str, *, client_id: str | None = None, max_inflight: int = 1_000,
-                 keepalive: int = 30, ca_file: str | None = None, batch_bytes: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        max_inflight: int = 1_000,
+        keepalive: int = 30,
+        ca_file: str | None = None,
+        batch_bytes: int = 64 * 1024,
+    ) -> None:
         from core.settings import MqttTarget
 
         if not 1 <= max_inflight <= 60_000:
@@ -144,10 +157,7 @@ class FastLink:
         buf = b""
         while not self._closing:
             sock = self._sock
-            try:
-                chunk = sock.recv(65536) if sock is not None else b""
-            except OSError:
-                chunk = b""
+            chunk = self._receive_chunk(sock)
             if not chunk:
                 if self._closing:
                     return
@@ -157,33 +167,46 @@ class FastLink:
                 buf = b""
                 continue
             buf += chunk
-            acked = 0
-            pos = 0
-            while len(buf) - pos >= 2:
-                kind = buf[pos] & 0xF0
-                length, shift, i = 0, 0, pos + 1
-                while i < len(buf):
-                    byte = buf[i]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    i += 1
-                    if not byte & 0x80:
-                        break
-                else:
-                    break
-                if len(buf) - i < length:
-                    break
-                if kind == 0x40 and length == 2:  # PUBACK
-                    mid = struct.unpack_from("!H", buf, i)[0]
-                    with self._cond:
-                        if self._inflight.pop(mid, None) is not None:
-                            acked += 1
-                pos = i + length
+            acked, pos = self._settle_pubacks(buf)
             buf = buf[pos:]
             if acked:
                 with self._cond:
                     self.stats.acked += acked
                     self._cond.notify_all()
+
+    @staticmethod
+    def _receive_chunk(sock: socket.socket | ssl.SSLSocket | None) -> bytes:
+        """What the broker sent next; b"" when the connection is gone (or there is none)."""
+        try:
+            return sock.recv(65536) if sock is not None else b""
+        except OSError:
+            return b""
+
+    def _settle_pubacks(self, buf: bytes) -> tuple[int, int]:
+        """Clear the PUBACKs among buf's complete packets from in flight: (acknowledged, bytes consumed)."""
+        acked = 0
+        pos = 0
+        while len(buf) - pos >= 2:
+            kind = buf[pos] & 0xF0
+            length, shift, i = 0, 0, pos + 1
+            while i < len(buf):
+                byte = buf[i]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                i += 1
+                if not byte & 0x80:
+                    break
+            else:
+                break
+            if len(buf) - i < length:
+                break
+            if kind == 0x40 and length == 2:  # PUBACK
+                mid = struct.unpack_from("!H", buf, i)[0]
+                with self._cond:
+                    if self._inflight.pop(mid, None) is not None:
+                        acked += 1
+            pos = i + length
+        return acked, pos
 
     # --- publishing --------------------------------------------------------------------------------------
     def _take_mid(self, timeout: float) -> int | None:

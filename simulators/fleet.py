@@ -112,18 +112,24 @@ def write_registry(devices: Sequence[FleetDevice], path: Path, *, notify_url: st
                 f.write(f"      - {{id: sim-mg{m}, name: Micro-grid {m}}}\n")
         f.write("workers:\n")
         for m in range(n_mg):
-            f.write(f"  - {{id: sim-w{m}, name: Worker {m}, role: micro_grid_worker, micro_grids: [sim-mg{m}], "
-                    f"notify: [{q(notify_url).decode()}]}}\n")
+            f.write(
+                f"  - {{id: sim-w{m}, name: Worker {m}, role: micro_grid_worker, micro_grids: [sim-mg{m}], "
+                f"notify: [{q(notify_url).decode()}]}}\n"
+            )
         f.write("sites:\n")
         for s in range(n_sites):
-            f.write(f"  - {{id: sim-s{s}, kind: building, micro_grid: sim-mg{s // SITES_PER_MICRO_GRID}, "
-                    f"name: Building {s}}}\n")
+            f.write(
+                f"  - {{id: sim-s{s}, kind: building, micro_grid: sim-mg{s // SITES_PER_MICRO_GRID}, "
+                f"name: Building {s}}}\n"
+            )
         f.write("devices:\n")
         for i, d in enumerate(devices):
             battery = "true" if d.kind in (DeviceKind.SMOKE_DETECTOR, DeviceKind.CO_ALARM) else "false"
             extra = f", adapter: {d.adapter.value}, foreign_id: {q(d.foreign_id).decode()}" if d.foreign_id else ""
-            f.write(f"  - {{id: {d.id}, kind: {d.kind.value}, site: sim-s{i // DEVICES_PER_SITE}, "
-                    f"location: {d.location.value}, battery: {battery}{extra}}}\n")
+            f.write(
+                f"  - {{id: {d.id}, kind: {d.kind.value}, site: sim-s{i // DEVICES_PER_SITE}, "
+                f"location: {d.location.value}, battery: {battery}{extra}}}\n"
+            )
 
 
 def devices_from_registry(path: Path) -> list[FleetDevice]:
@@ -137,10 +143,21 @@ def devices_from_registry(path: Path) -> list[FleetDevice]:
 class Fleet:
     """Publishes live telemetry for many devices at a steady total rate (messages per second)."""
 
-    def __init__(self, url: str, devices: Sequence[FleetDevice], *, rate: float, duration_s: float | None,
-                 seed: int = 1, connections: int | None = None, topics: Topics | None = None,
-                 status: bool | None = None, progress: TextIO | None = sys.stderr,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT, paho: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        devices: Sequence[FleetDevice],
+        *,
+        rate: float,
+        duration_s: float | None,
+        seed: int = 1,
+        connections: int | None = None,
+        topics: Topics | None = None,
+        status: bool | None = None,
+        progress: TextIO | None = sys.stderr,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        paho: bool = False,
+    ) -> None:
         if not devices:
             raise ValueError("a fleet needs at least one device")
         if rate <= 0:
@@ -168,15 +185,19 @@ class Fleet:
         self.charging = array("b", [0]) * n
         self._native_topics = [f"{self.topics.native_prefix}/{d.id}/telemetry" for d in self.devices]
         self._wires: dict[int, Wire] = {
-            i: Wire(d.id, d.kind, d.adapter, d.foreign_id) for i, d in enumerate(self.devices)
+            i: Wire(d.id, d.kind, d.adapter, d.foreign_id)
+            for i, d in enumerate(self.devices)
             if d.adapter is not Adapter.NATIVE
         }
 
     def connect(self) -> list[MqttLink | FastLink]:
         """Open the shared connections (raises PublishError when the broker cannot be reached)."""
-        self.links = [MqttLink(self.url, max_inflight=self.max_inflight).start() if self.paho
-                      else FastLink(self.url, max_inflight=self.max_inflight).start()
-                      for _ in range(self.connections)]
+        self.links = [
+            MqttLink(self.url, max_inflight=self.max_inflight).start()
+            if self.paho
+            else FastLink(self.url, max_inflight=self.max_inflight).start()
+            for _ in range(self.connections)
+        ]
         return self.links
 
     def _fields(self, i: int, now: float) -> dict[str, Any]:
@@ -202,8 +223,14 @@ class Fleet:
             p = rng.uniform(110, 220) if self.charging[i] else rng.uniform(0.0, 1.5)
             volts = rng.gauss(220, 1.5)
             self.energy[i] += p / 3600 * 60
-            out.update(power_w=round(p, 1), current_a=round(p / volts / 0.95, 3), voltage_v=round(volts, 1),
-                       energy_wh=round(self.energy[i], 1), relay="on", temp_c=round(26 + 0.05 * p, 1))
+            out.update(
+                power_w=round(p, 1),
+                current_a=round(p / volts / 0.95, 3),
+                voltage_v=round(volts, 1),
+                energy_wh=round(self.energy[i], 1),
+                relay="on",
+                temp_c=round(26 + 0.05 * p, 1),
+            )
         elif kind is DeviceKind.GAS_VALVE:
             out["valve"] = "open"
         else:
@@ -225,60 +252,76 @@ class Fleet:
         stop = stop or threading.Event()
         summary = FleetSummary(len(self.devices), self.connections, self.rate)
         links = self.links or self.connect()
-        n = len(self.devices)
         started = time.monotonic()
         try:
             if self.status:
-                for i, d in enumerate(self.devices):
-                    wire = self._wires.get(i) or Wire(d.id, d.kind)
-                    links[i % len(links)].publish(formats.status(wire, True, self.topics))
-                    summary.statuses += 1
-                for link in links:
-                    if isinstance(link, FastLink):
-                        link.tick()
+                self._publish_statuses(summary, links)
             started = time.monotonic()
-            next_report = started + 1.0
-            k = 0
-            while not stop.is_set():
-                now_m = time.monotonic()
-                elapsed = now_m - started
-                if self.duration_s is not None and elapsed >= self.duration_s:
-                    break
-                due = int(elapsed * self.rate) + 1
-                for link in links:
-                    if isinstance(link, FastLink):
-                        link.tick()
-                if k >= due:
-                    # ahead of schedule: sleep until the next message is due (at most 10 ms at a time)
-                    stop.wait(min(0.01, max(0.0, (k / self.rate) - elapsed)))
-                else:
-                    wall = time.time()
-                    for _ in range(min(due - k, 2_000)):  # chunks: the clock is checked often
-                        i = k % n
-                        kind = self.devices[i].kind.value
-                        summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
-                        for out in self._messages(i, wall):
-                            links[i % len(links)].publish(out)
-                        k += 1
-                    summary.sent = k
-                if self.progress is not None and now_m >= next_report:
-                    next_report = now_m + 1.0
-                    self._show(summary, links, elapsed)
+            self._publish_steadily(summary, links, started, stop)
         finally:
             summary.seconds = time.monotonic() - started
             summary.sent = sum(summary.by_kind.values())
-            for link in links:
-                flushed = link.close()
-                summary.acked += link.stats.acked
-                summary.errors += link.stats.errors
-                summary.last_error = summary.last_error or link.stats.last_error
-                if not flushed:
-                    summary.unacked += link.inflight
+            self._close_links(summary, links)
             if self.progress is not None:
                 self._show(summary, links, summary.seconds)
                 self.progress.write("\n")
                 self.progress.flush()
         return summary
+
+    def _publish_statuses(self, summary: FleetSummary, links: list[MqttLink | FastLink]) -> None:
+        """Every device's retained online status, on the link its telemetry will use."""
+        for i, d in enumerate(self.devices):
+            wire = self._wires.get(i) or Wire(d.id, d.kind)
+            links[i % len(links)].publish(formats.status(wire, True, self.topics))
+            summary.statuses += 1
+        _tick_links(links)
+
+    def _publish_steadily(
+        self, summary: FleetSummary, links: list[MqttLink | FastLink], started: float, stop: threading.Event
+    ) -> None:
+        """Telemetry at the configured rate from started on, until duration_s has passed or stop is set."""
+        next_report = started + 1.0
+        k = 0
+        while not stop.is_set():
+            now_m = time.monotonic()
+            elapsed = now_m - started
+            if self.duration_s is not None and elapsed >= self.duration_s:
+                break
+            due = int(elapsed * self.rate) + 1
+            _tick_links(links)
+            if k >= due:
+                # ahead of schedule: sleep until the next message is due (at most 10 ms at a time)
+                stop.wait(min(0.01, max(0.0, (k / self.rate) - elapsed)))
+            else:
+                k = self._publish_chunk(summary, links, k, min(due - k, 2_000))  # chunks: the clock is checked often
+                summary.sent = k
+            if self.progress is not None and now_m >= next_report:
+                next_report = now_m + 1.0
+                self._show(summary, links, elapsed)
+
+    def _publish_chunk(self, summary: FleetSummary, links: list[MqttLink | FastLink], k: int, count: int) -> int:
+        """count messages from message k on (message k is device k modulo the fleet's size); returns k + count."""
+        n = len(self.devices)
+        wall = time.time()
+        for _ in range(count):
+            i = k % n
+            kind = self.devices[i].kind.value
+            summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
+            for out in self._messages(i, wall):
+                links[i % len(links)].publish(out)
+            k += 1
+        return k
+
+    @staticmethod
+    def _close_links(summary: FleetSummary, links: list[MqttLink | FastLink]) -> None:
+        """Close every link (flushing what is in flight) and add up what the broker acknowledged."""
+        for link in links:
+            flushed = link.close()
+            summary.acked += link.stats.acked
+            summary.errors += link.stats.errors
+            summary.last_error = summary.last_error or link.stats.last_error
+            if not flushed:
+                summary.unacked += link.inflight
 
     def _show(self, summary: FleetSummary, links: list[MqttLink | FastLink], elapsed: float) -> None:
         assert self.progress is not None  # noqa: S101 - checked by the caller
@@ -286,6 +329,15 @@ class Fleet:
         inflight = sum(link.inflight for link in links)
         rate = summary.sent / elapsed if elapsed > 0 else 0.0
         total = f"/{self.duration_s:.0f}" if self.duration_s else ""
-        self.progress.write(f"\r[simulate] {elapsed:5.1f}{total} s  sent {summary.sent:>9,}  "
-                            f"{rate:8,.0f} msg/s  errors {errors}  in flight {inflight:>5}   ")
+        self.progress.write(
+            f"\r[simulate] {elapsed:5.1f}{total} s  sent {summary.sent:>9,}  "
+            f"{rate:8,.0f} msg/s  errors {errors}  in flight {inflight:>5}   "
+        )
         self.progress.flush()
+
+
+def _tick_links(links: list[MqttLink | FastLink]) -> None:
+    """Let every FastLink write what it buffered and keep its connection alive (paho links write at once)."""
+    for link in links:
+        if isinstance(link, FastLink):
+            link.tick()

@@ -104,8 +104,11 @@ def telemetry(wire: Wire, reading: dict[str, Any], topics: Topics) -> list[Out]:
 def status(wire: Wire, online: bool, topics: Topics) -> Out:
     """The retained availability message (also the device's last will when offline)."""
     if wire.adapter is Adapter.NATIVE:
-        return Out(f"{topics.native_prefix}/{wire.device_id}/status",
-                   _json({"state": "online" if online else "offline"}), retain=True)
+        return Out(
+            f"{topics.native_prefix}/{wire.device_id}/status",
+            _json({"state": "online" if online else "offline"}),
+            retain=True,
+        )
     state = "online" if online else "offline"
     if wire.adapter is Adapter.ZIGBEE2MQTT:
         payload = state.encode() if wire.z2m_legacy_availability else _json({"state": state})
@@ -149,17 +152,27 @@ def parse_command(wire: Wire, payload: bytes) -> tuple[str | None, str, dict[str
     if wire.adapter is Adapter.SHELLY:
         return None, {"close": "close_valve", "open": "open_valve"}.get(text.lower(), "unknown"), {"raw": text}
     if wire.adapter is Adapter.TASMOTA:
-        return None, {"OFF": "cut_power", "0": "cut_power", "ON": "restore_power", "1": "restore_power"}.get(
-            text.upper(), "unknown"), {"raw": text}
+        return (
+            None,
+            {"OFF": "cut_power", "0": "cut_power", "ON": "restore_power", "1": "restore_power"}.get(
+                text.upper(), "unknown"
+            ),
+            {"raw": text},
+        )
     return None, "unknown", {}
 
 
-def command_ack(wire: Wire, command_id: str | None, ok: bool, detail: str, state: dict[str, Any],
-                topics: Topics) -> list[Out]:
+def command_ack(
+    wire: Wire, command_id: str | None, ok: bool, detail: str, state: dict[str, Any], topics: Topics
+) -> list[Out]:
     """The device's answer: native cmd/ack, or the bridge's state echo (bridges have no ack)."""
     if wire.adapter is Adapter.NATIVE:
-        return [Out(f"{topics.native_prefix}/{wire.device_id}/cmd/ack",
-                    _json({"id": command_id, "ok": ok, "detail": detail}))]
+        return [
+            Out(
+                f"{topics.native_prefix}/{wire.device_id}/cmd/ack",
+                _json({"id": command_id, "ok": ok, "detail": detail}),
+            )
+        ]
     if wire.adapter is Adapter.TASMOTA and "relay" in state:
         return [Out(topics.tasmota("stat", wire.name, "POWER"), state["relay"].upper().encode())]
     if wire.adapter is Adapter.SHELLY and "valve" in state:
@@ -172,12 +185,22 @@ def command_ack(wire: Wire, command_id: str | None, ok: bool, detail: str, state
 def bridge_state(online: bool, topics: Topics, *, legacy: bool = False) -> Out:
     """zigbee2mqtt/bridge/state (retained)."""
     state = "online" if online else "offline"
-    return Out(f"{topics.zigbee2mqtt_base}/bridge/state", state.encode() if legacy else _json({"state": state}),
-               retain=True)
+    return Out(
+        f"{topics.zigbee2mqtt_base}/bridge/state", state.encode() if legacy else _json({"state": state}), retain=True
+    )
 
 
 # --- Zigbee2MQTT ---------------------------------------------------------------------------------------
 def _z2m_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
+    """A native reading as the attributes of a Zigbee2MQTT device's state."""
+    out = _convert_z2m_alarm_fields(r)
+    out.update(_convert_z2m_device_fields(wire, r))
+    out["linkquality"] = 120
+    return out
+
+
+def _convert_z2m_alarm_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """Gas, CO, smoke, tamper and self-test readings as Zigbee2MQTT exposes them."""
     out: dict[str, Any] = {}
     if "gas" in r:
         out["gas"] = r["gas"]
@@ -195,19 +218,29 @@ def _z2m_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
         out["tamper"] = r["tamper"]
     if r.get("test"):
         out["test"] = True
+    return out
+
+
+def _convert_z2m_device_fields(wire: Wire, r: dict[str, Any]) -> dict[str, Any]:
+    """Battery, relay, metering and temperature readings as Zigbee2MQTT exposes them."""
+    out: dict[str, Any] = {}
     if "battery_pct" in r:
         out["battery"] = round(r["battery_pct"])
         out["battery_low"] = r["battery_pct"] < 15
     if "relay" in r:
         out["state"] = r["relay"].upper()
-    for src, dst, scale in (("power_w", "power", 1.0), ("current_a", "current", 1.0),
-                            ("voltage_v", "voltage", 1.0), ("energy_wh", "energy", 0.001)):
+    for src, dst, scale in (
+        ("power_w", "power", 1.0),
+        ("current_a", "current", 1.0),
+        ("voltage_v", "voltage", 1.0),
+        ("energy_wh", "energy", 0.001),
+    ):
         if src in r:
             out[dst] = round(r[src] * scale, 3)
     if "temp_c" in r:
-        out["device_temperature" if wire.kind in (DeviceKind.SMART_SOCKET, DeviceKind.CHARGING_PORT)
-            else "temperature"] = r["temp_c"]
-    out["linkquality"] = 120
+        out[
+            "device_temperature" if wire.kind in (DeviceKind.SMART_SOCKET, DeviceKind.CHARGING_PORT) else "temperature"
+        ] = r["temp_c"]
     return out
 
 
@@ -217,8 +250,13 @@ def _z2m_state(wire: Wire, r: dict[str, Any], topics: Topics) -> list[Out]:
     fields["last_seen"] = int(seconds * 1000) if wire.z2m_last_seen == "epoch" else _iso(seconds)
     base = f"{topics.zigbee2mqtt_base}/{wire.name}"
     if wire.z2m_output == "attribute":
-        return [Out(f"{base}/{key}", value if isinstance(value, bytes) else (
-            value.encode() if isinstance(value, str) else _json(value))) for key, value in fields.items()]
+        return [
+            Out(
+                f"{base}/{key}",
+                value if isinstance(value, bytes) else (value.encode() if isinstance(value, str) else _json(value)),
+            )
+            for key, value in fields.items()
+        ]
     return [Out(base, _json(fields))]
 
 
@@ -253,11 +291,19 @@ def _tasmota_time(ts: int | str) -> str:
 def _tasmota(wire: Wire, r: dict[str, Any], topics: Topics) -> list[Out]:
     time = _tasmota_time(r["ts"])
     out: list[Out] = []
-    energy = {"TotalStartTime": "2026-01-01T00:00:00", "Total": round(r.get("energy_wh", 0.0) / 1000, 3),
-              "Yesterday": 0.0, "Today": round(r.get("energy_wh", 0.0) / 1000, 3), "Period": 0,
-              "Power": round(r.get("power_w", 0.0)), "ApparentPower": round(r.get("power_w", 0.0) / 0.95),
-              "ReactivePower": round(r.get("power_w", 0.0) * 0.33), "Factor": 0.95,
-              "Voltage": round(r.get("voltage_v", 220.0)), "Current": round(r.get("current_a", 0.0), 3)}
+    energy = {
+        "TotalStartTime": "2026-01-01T00:00:00",
+        "Total": round(r.get("energy_wh", 0.0) / 1000, 3),
+        "Yesterday": 0.0,
+        "Today": round(r.get("energy_wh", 0.0) / 1000, 3),
+        "Period": 0,
+        "Power": round(r.get("power_w", 0.0)),
+        "ApparentPower": round(r.get("power_w", 0.0) / 0.95),
+        "ReactivePower": round(r.get("power_w", 0.0) * 0.33),
+        "Factor": 0.95,
+        "Voltage": round(r.get("voltage_v", 220.0)),
+        "Current": round(r.get("current_a", 0.0), 3),
+    }
     sensor: dict[str, Any] = {"Time": time, "ENERGY": energy}
     if "temp_c" in r:
         sensor["ANALOG"] = {"Temperature1": r["temp_c"]}
@@ -270,6 +316,10 @@ def _tasmota(wire: Wire, r: dict[str, Any], topics: Topics) -> list[Out]:
 
 def tasmota_max_power(wire: Wire, ts: int | str, power_w: float, topics: Topics) -> list[Out]:
     """MaxPower exceeded for MaxPowerHold: the warning, then the relay goes off (Tasmota xdrv_03_energy)."""
-    return [Out(topics.tasmota("stat", wire.name, "WARNING"),
-                _json({"Time": _tasmota_time(ts), "MaxPowerReached": round(power_w)})),
-            Out(topics.tasmota("stat", wire.name, "POWER"), b"OFF")]
+    return [
+        Out(
+            topics.tasmota("stat", wire.name, "WARNING"),
+            _json({"Time": _tasmota_time(ts), "MaxPowerReached": round(power_w)}),
+        ),
+        Out(topics.tasmota("stat", wire.name, "POWER"), b"OFF"),
+    ]

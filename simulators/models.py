@@ -76,9 +76,19 @@ class DeviceModel:
 
     kind: DeviceKind = DeviceKind.GATEWAY
 
-    def __init__(self, device_id: str, *, seed: int = 0, interval_s: float = 60.0, battery: bool = False,
-                 battery_pct: float = 100.0, drain_pct_per_day: float = 0.0, clock_offset_s: float = 0.0,
-                 ts_style: str = "epoch_ms", start_seq: int = 0) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        *,
+        seed: int = 0,
+        interval_s: float = 60.0,
+        battery: bool = False,
+        battery_pct: float = 100.0,
+        drain_pct_per_day: float = 0.0,
+        clock_offset_s: float = 0.0,
+        ts_style: str = "epoch_ms",
+        start_seq: int = 0,
+    ) -> None:
         self.device_id = device_id
         # A per-device stream derived from the seed: the same seed gives the same readings whatever else runs.
         self.rng = random.Random(f"{seed}:{device_id}")  # noqa: S311 - simulation, not crypto
@@ -190,8 +200,9 @@ class GasDetector(DeviceModel):
 
     kind = DeviceKind.GAS_DETECTOR
 
-    def __init__(self, device_id: str, *, valve: bool = False, alarm_at: float = 25.0, response_s: float = 20.0,
-                 **kw: Any) -> None:
+    def __init__(
+        self, device_id: str, *, valve: bool = False, alarm_at: float = 25.0, response_s: float = 20.0, **kw: Any
+    ) -> None:
         kw.setdefault("interval_s", 30.0)
         super().__init__(device_id, **kw)
         self.response_s = response_s
@@ -255,8 +266,7 @@ class CoAlarm(DeviceModel):
         value = max(0.0, self.sensed + self.drift.get("co_ppm", 0.0) + self.noise(1.0))
         self._alarm_logic(value, dt)
         # `co` is the alarm's own certified alarm output (Tuya cobj co_status; CO-01 keys on it).
-        return {"co_ppm": round(value, 1), "co": self.alarming,
-                "temp_c": round(self.env.temp_c + self.noise(0.2), 1)}
+        return {"co_ppm": round(value, 1), "co": self.alarming, "temp_c": round(self.env.temp_c + self.noise(0.2), 1)}
 
     # EN 50291-1 response windows (RULES-REFERENCE 2.1): 50 ppm alarms within 60-90 min, 100 ppm within
     # 10-40 min, 300 ppm within 3 min; 30 ppm never within 120 min. The alarm sounds when a level has been
@@ -298,10 +308,13 @@ class SmokeDetector(DeviceModel):
         self.tamper = False
 
     def measure(self, t: float) -> dict[str, Any]:
-        obscuration = max(0.0, self._env_value("smoke_db_m", t) + self.drift.get("smoke_db_m", 0.0)
-                          + self.noise(0.003))
-        return {"smoke": obscuration >= self.alarm_at_db_m, "smoke_db_m": round(obscuration, 3),
-                "temp_c": round(self._env_value("temp_c", t) + self.noise(0.2), 1), "tamper": self.tamper}
+        obscuration = max(0.0, self._env_value("smoke_db_m", t) + self.drift.get("smoke_db_m", 0.0) + self.noise(0.003))
+        return {
+            "smoke": obscuration >= self.alarm_at_db_m,
+            "smoke_db_m": round(obscuration, 3),
+            "temp_c": round(self._env_value("temp_c", t) + self.noise(0.2), 1),
+            "tamper": self.tamper,
+        }
 
     def start_self_test(self) -> None:
         """The button press: the next report carries test=true (never pages, DESIGN)."""
@@ -420,9 +433,14 @@ class ChargingPort(DeviceModel):
         self._advance(t)
         p = max(0.0, self.power_w + (self.noise(1.5) if self.power_w > 5 else 0.0))
         volts = self.mains_v + self.noise(1.0)
-        return {"power_w": round(p, 1), "current_a": round(p / volts / 0.95, 3) if p else 0.0,
-                "voltage_v": round(volts, 1), "energy_wh": round(self.energy_wh, 1),
-                "temp_c": round(min(200.0, self.temp_c + self.noise(0.2)), 1), "relay": self.relay}
+        return {
+            "power_w": round(p, 1),
+            "current_a": round(p / volts / 0.95, 3) if p else 0.0,
+            "voltage_v": round(volts, 1),
+            "energy_wh": round(self.energy_wh, 1),
+            "temp_c": round(min(200.0, self.temp_c + self.noise(0.2)), 1),
+            "relay": self.relay,
+        }
 
     def handle_command(self, t: float, command: Command) -> CommandResult:
         if command.action == "cut_power":
@@ -456,8 +474,11 @@ class Gateway(DeviceModel):
     def measure(self, t: float) -> dict[str, Any]:
         if self.started is None:
             self.started = t
-        return {"temp_c": round(self._env_value("temp_c", t) + 8 + self.noise(0.3), 1),
-                "uptime_s": int(t - self.started), "children": self.children}
+        return {
+            "temp_c": round(self._env_value("temp_c", t) + 8 + self.noise(0.3), 1),
+            "uptime_s": int(t - self.started),
+            "children": self.children,
+        }
 
 
 class GasValve(DeviceModel):

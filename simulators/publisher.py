@@ -86,8 +86,7 @@ class MqttLink:
         self.client = client
 
     # --- callbacks (paho's network thread: never block here) -----------------------------------------
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode,
-                    _props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
         if reason.is_failure:
             self.fatal = f"broker refused the connection: {reason.getName()}"
             self.stats.last_error = self.fatal
@@ -102,12 +101,16 @@ class MqttLink:
             self._send(out, take_slot=False)
         self.connected.set()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode,
-                       _props: Any) -> None:
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
         self.connected.clear()
         if reason.is_failure:
-            log.info("mqtt link %s lost (%s); paho reconnects and resends what is in flight",
-                     self.client_id, reason.getName())
+            log.info(
+                "mqtt link %s lost (%s); paho reconnects and resends what is in flight",
+                self.client_id,
+                reason.getName(),
+            )
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, _mid: int, _reason: Any, _props: Any) -> None:
         with self._lock:
@@ -207,4 +210,3 @@ def clear_retained(url: str, topics: Sequence[str]) -> None:
             link.publish(Out(topic, b"", retain=True))
     finally:
         link.close()
-

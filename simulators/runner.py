@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -72,11 +72,22 @@ class SimDevice:
 class ScenarioRun:
     """One execution of a scenario; `run()` blocks until the timeline is done (or stop is set)."""
 
-    def __init__(self, scenario: Scenario, *, url: str, topics: Topics | None = None, seed: int | None = None,
-                 tag: str = "", now: float | None = None, speed: float | None = None,
-                 say: Callable[[str], None] | None = None, max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                 linger_s: float = 0.0, id_map: dict[str, str] | None = None,
-                 wires: dict[str, tuple[Adapter, str | None]] | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        url: str,
+        topics: Topics | None = None,
+        seed: int | None = None,
+        tag: str = "",
+        now: float | None = None,
+        speed: float | None = None,
+        say: Callable[[str], None] | None = None,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        linger_s: float = 0.0,
+        id_map: dict[str, str] | None = None,
+        wires: dict[str, tuple[Adapter, str | None]] | None = None,
+    ) -> None:
         self.scenario = scenario
         self.url = url
         self.topics = topics or Topics()
@@ -125,10 +136,15 @@ class ScenarioRun:
         for d in (dev, *children):
             self.command_routes[formats.command_topic(d.wire, self.topics)] = d
             self.result.retained.add(formats.status(d.wire, True, self.topics).topic)
-        link = MqttLink(self.url, client_id=f"sim-{self.tag or 'x'}-{dev.wire.device_id}"[:64],
-                        max_inflight=self.max_inflight, will=formats.status(dev.wire, False, self.topics),
-                        on_connect_messages=on_connect, subscriptions=subs,
-                        on_message=lambda topic, payload: self.commands.put((topic, payload)))
+        link = MqttLink(
+            self.url,
+            client_id=f"sim-{self.tag or 'x'}-{dev.wire.device_id}"[:64],
+            max_inflight=self.max_inflight,
+            will=formats.status(dev.wire, False, self.topics),
+            on_connect_messages=on_connect,
+            subscriptions=subs,
+            on_message=lambda topic, payload: self.commands.put((topic, payload)),
+        )
         for out in on_connect:
             self.result.topics[out.topic] += 1
         link.start()
@@ -184,75 +200,122 @@ class ScenarioRun:
 
     # --- steps ---------------------------------------------------------------------------------------
     def _apply(self, step: Step, t: float) -> None:
+        """What a timeline step does: its narration, a raw message, or the one verb it gives its device."""
         if step.say:
             self.say(step.say)
         dev = self.devices[step.device] if step.device else None
-        model = dev.model if dev else None
         if step.raw is not None:
             self._raw(dev, step.raw)
             return
-        if dev is None or model is None:
+        if dev is None:
             return
-        if step.set is not None:
-            model.set_env(t, **step.set)
-        elif step.ramp is not None:
-            model.ramp_env(t, step.over or 0.0, **step.ramp)
-        elif step.flap is not None:
-            model.flap_env(t, str(step.flap["field"]), float(step.flap["low"]), float(step.flap["high"]),
-                           parse_duration(step.flap.get("period", 10)))
-        elif step.drift is not None:
-            for name, rate in step.drift.items():
-                model.set_drift(name, rate)
-        elif step.plug is not None:
-            if not isinstance(model, ChargingPort):
-                raise ValueError(f"{step.device} is a {model.kind}, not a charging port or socket")
-            model.plug(t, Pack(**step.plug))
-        elif step.unplug and isinstance(model, ChargingPort):
-            model.unplug(t)
-        elif step.fault is not None:
-            if isinstance(model, ChargingPort) and model.pack is not None:
-                model.pack.fault = step.fault
-            else:
-                model.pending_flags["fault"] = step.fault
-        elif step.self_test:
-            model.pending_flags["test"] = True
-            self._report(dev, t)
-        elif step.tamper is not None and isinstance(model, SmokeDetector):
-            model.tamper = step.tamper
-            self._report(dev, t)
-        elif step.battery is not None:
-            model._touch(t)
-            if "pct" in step.battery:
-                model.battery_pct = step.battery["pct"]
-            if "drain_pct_per_day" in step.battery:
-                model.drain_pct_per_day = step.battery["drain_pct_per_day"]
-        elif step.die:
-            model.dead = True
-            self._drop_link(dev, with_will=True)
-        elif step.offline:
-            dev.offline = True
-            self._drop_link(dev, with_will=True)
-        elif step.online:
-            dev.offline = False
-            self._connect(dev)
-            backlog, dev.buffer = dev.buffer, []
-            link = dev.link
-            if link is not None:
-                for out in backlog:
-                    self._publish(link, out)
-        elif step.skew is not None:
-            model.clock_offset_s = step.skew
-        elif step.duplicate is not None:
-            dev.duplicate_every = step.duplicate
-        elif step.reorder is not None:
-            if step.reorder <= 1 and dev.reorder_buf:
-                groups, dev.reorder_buf = dev.reorder_buf, []
-                self._send(dev, [o for g in groups for o in g])
-            dev.reorder_window = step.reorder
-        elif step.interval is not None:
-            model.interval_s = step.interval
-        elif step.report:
-            self._report(dev, t)
+        for verb, applies_to, action in _STEP_ACTIONS:
+            value = getattr(step, verb)
+            given = bool(value) if verb in _FLAG_VERBS else value is not None
+            if given and (applies_to is None or isinstance(dev.model, applies_to)):
+                action(self, dev, value, step, t)
+                return
+
+    def _apply_set(self, dev: SimDevice, env: dict[str, float], _step: Step, t: float) -> None:
+        """Set environment values at once."""
+        dev.model.set_env(t, **env)
+
+    def _apply_ramp(self, dev: SimDevice, targets: dict[str, float], step: Step, t: float) -> None:
+        """Move environment values linearly to their targets over `over`."""
+        dev.model.ramp_env(t, step.over or 0.0, **targets)
+
+    def _apply_flap(self, dev: SimDevice, flap: dict[str, Any], _step: Step, t: float) -> None:
+        """Swing an environment value between low and high, a square wave across a threshold."""
+        dev.model.flap_env(
+            t, str(flap["field"]), float(flap["low"]), float(flap["high"]), parse_duration(flap.get("period", 10))
+        )
+
+    def _apply_drift(self, dev: SimDevice, drift: dict[str, float], _step: Step, _t: float) -> None:
+        """Let environment values drift by so much an hour."""
+        for name, rate in drift.items():
+            dev.model.set_drift(name, rate)
+
+    def _apply_plug(self, dev: SimDevice, pack: dict[str, Any], step: Step, t: float) -> None:
+        """Plug a pack into a charging port or socket."""
+        model = dev.model
+        if isinstance(model, ChargingPort):
+            model.plug(t, Pack(**pack))
+            return
+        raise ValueError(f"{step.device} is a {model.kind}, not a charging port or socket")
+
+    def _apply_unplug(self, dev: SimDevice, _unplug: bool, _step: Step, t: float) -> None:
+        """Unplug a charging port's pack (_STEP_ACTIONS picks this verb for charging ports only)."""
+        cast(ChargingPort, dev.model).unplug(t)
+
+    def _apply_fault(self, dev: SimDevice, fault: str, _step: Step, _t: float) -> None:
+        """A fault: of the pack on charge, else reported by the device with its next reading."""
+        model = dev.model
+        if isinstance(model, ChargingPort) and model.pack is not None:
+            model.pack.fault = fault
+        else:
+            model.pending_flags["fault"] = fault
+
+    def _apply_self_test(self, dev: SimDevice, _self_test: bool, _step: Step, t: float) -> None:
+        """Press the test button: the device reports at once."""
+        dev.model.pending_flags["test"] = True
+        self._report(dev, t)
+
+    def _apply_tamper(self, dev: SimDevice, tamper: bool, _step: Step, t: float) -> None:
+        """Open or close a smoke detector's case (_STEP_ACTIONS picks this verb for smoke detectors only)."""
+        cast(SmokeDetector, dev.model).tamper = tamper
+        self._report(dev, t)
+
+    def _apply_battery(self, dev: SimDevice, battery: dict[str, float], _step: Step, t: float) -> None:
+        """Set the battery's charge and drain."""
+        model = dev.model
+        model._touch(t)
+        if "pct" in battery:
+            model.battery_pct = battery["pct"]
+        if "drain_pct_per_day" in battery:
+            model.drain_pct_per_day = battery["drain_pct_per_day"]
+
+    def _apply_die(self, dev: SimDevice, _die: bool, _step: Step, _t: float) -> None:
+        """The device stops for good; the broker publishes its last will."""
+        dev.model.dead = True
+        self._drop_link(dev, with_will=True)
+
+    def _apply_offline(self, dev: SimDevice, _offline: bool, _step: Step, _t: float) -> None:
+        """The device loses its connection (what it sends meanwhile is buffered)."""
+        dev.offline = True
+        self._drop_link(dev, with_will=True)
+
+    def _apply_online(self, dev: SimDevice, _online: bool, _step: Step, _t: float) -> None:
+        """The device reconnects and sends what it buffered."""
+        dev.offline = False
+        self._connect(dev)
+        backlog, dev.buffer = dev.buffer, []
+        link = dev.link
+        if link is not None:
+            for out in backlog:
+                self._publish(link, out)
+
+    def _apply_skew(self, dev: SimDevice, skew: float, _step: Step, _t: float) -> None:
+        """Offset the device's clock."""
+        dev.model.clock_offset_s = skew
+
+    def _apply_duplicate(self, dev: SimDevice, every: int, _step: Step, _t: float) -> None:
+        """Send every n-th message twice (0: stop)."""
+        dev.duplicate_every = every
+
+    def _apply_reorder(self, dev: SimDevice, window: int, _step: Step, _t: float) -> None:
+        """Shuffle messages in windows of n (0 or 1: stop, sending what the window holds)."""
+        if window <= 1 and dev.reorder_buf:
+            groups, dev.reorder_buf = dev.reorder_buf, []
+            self._send(dev, [o for g in groups for o in g])
+        dev.reorder_window = window
+
+    def _apply_interval(self, dev: SimDevice, interval: float, _step: Step, _t: float) -> None:
+        """Change the device's report interval."""
+        dev.model.interval_s = interval
+
+    def _apply_report(self, dev: SimDevice, _report: bool, _step: Step, t: float) -> None:
+        """An event-driven report right now."""
+        self._report(dev, t)
 
     def _drop_link(self, dev: SimDevice, *, with_will: bool) -> None:
         if dev.link is not None:
@@ -282,8 +345,9 @@ class ScenarioRun:
 
     def _infra(self) -> MqttLink:
         if self.infra is None:
-            self.infra = MqttLink(self.url, client_id=f"sim-{self.tag or 'x'}-infra",
-                                  max_inflight=self.max_inflight).start()
+            self.infra = MqttLink(
+                self.url, client_id=f"sim-{self.tag or 'x'}-infra", max_inflight=self.max_inflight
+            ).start()
             self.links.append(self.infra)
         return self.infra
 
@@ -326,6 +390,20 @@ class ScenarioRun:
         stop = stop or threading.Event()
         started = time.monotonic()
         self._build()
+        self._start_devices()
+        heap, order = self._schedule()
+        try:
+            self._play(heap, order, started, stop)
+            self._flush_reorder_buffers()
+            self._linger(stop)
+            self._handle_commands()
+        finally:
+            self._close_links()
+        self.result.wall_s = time.monotonic() - started
+        return self.result
+
+    def _start_devices(self) -> None:
+        """Announce the Zigbee2MQTT bridge if a device needs it, connect every device not behind a gateway."""
         if any(d.wire.adapter is Adapter.ZIGBEE2MQTT for d in self.devices.values()):
             out = formats.bridge_state(True, self.topics)
             self._publish(self._infra(), out)
@@ -334,6 +412,9 @@ class ScenarioRun:
                 self._connect(dev)
             if isinstance(dev.model, DeviceModel) and dev.spec.kind is DeviceKind.GATEWAY:
                 dev.model.children = len(self._children(dev))  # type: ignore[attr-defined]
+
+    def _schedule(self) -> tuple[list[tuple[float, int, int, Any]], int]:
+        """The timeline's steps and each device's first report, as a heap by event time; and the next order."""
         heap: list[tuple[float, int, int, Any]] = []
         order = 0
         for step in self.scenario.timeline:
@@ -343,44 +424,51 @@ class ScenarioRun:
             phase = dev.rng.uniform(0, min(dev.model.interval_s, 5.0))
             heapq.heappush(heap, (self.t0 + phase, 1, order, dev))
             order += 1
-        try:
-            while heap and not stop.is_set():
-                t, _prio, _o, item = heapq.heappop(heap)
-                if t > self.t_end:
-                    break
-                self._pace(t, started, stop)
-                self.t = t
-                self._handle_commands()
-                if isinstance(item, Step):
-                    self._apply(item, t)
-                    continue
-                dev = item
-                if dev.model.dead:
-                    continue
-                self._report(dev, t)
-                jitter = dev.rng.uniform(-0.02, 0.02) * dev.model.interval_s
-                heapq.heappush(heap, (t + dev.model.interval_s + jitter, 1, order, dev))
-                order += 1
-            for dev in self.devices.values():  # whatever a reorder window still holds
-                if dev.reorder_buf:
-                    groups, dev.reorder_buf = dev.reorder_buf, []
-                    self._send(dev, [o for g in groups for o in g])
-            # Commands raised by what we sent arrive a moment later: stay connected for them.
-            wanted = {(self.id_map.get(c.device, c.device), c.action) for c in self.scenario.expect.commands}
-            deadline = time.monotonic() + self.linger_s
-            while time.monotonic() < deadline and not stop.is_set():
-                self._handle_commands()
-                if wanted and wanted <= {(d, a) for d, a, _ok in self.result.commands}:
-                    break
-                stop.wait(0.05)
+        return heap, order
+
+    def _play(self, heap: list[tuple[float, int, int, Any]], order: int, started: float, stop: threading.Event) -> None:
+        """Apply steps and send reports in event-time order until the end of the scenario (or stop is set)."""
+        while heap and not stop.is_set():
+            t, _prio, _o, item = heapq.heappop(heap)
+            if t > self.t_end:
+                break
+            self._pace(t, started, stop)
+            self.t = t
             self._handle_commands()
-        finally:
-            for link in list(self.links):
-                unacked = not link.close()
-                self._account(link, unacked)
-            self.links.clear()
-        self.result.wall_s = time.monotonic() - started
-        return self.result
+            if isinstance(item, Step):
+                self._apply(item, t)
+                continue
+            dev = item
+            if dev.model.dead:
+                continue
+            self._report(dev, t)
+            jitter = dev.rng.uniform(-0.02, 0.02) * dev.model.interval_s
+            heapq.heappush(heap, (t + dev.model.interval_s + jitter, 1, order, dev))
+            order += 1
+
+    def _flush_reorder_buffers(self) -> None:
+        """Send whatever a reorder window still holds."""
+        for dev in self.devices.values():
+            if dev.reorder_buf:
+                groups, dev.reorder_buf = dev.reorder_buf, []
+                self._send(dev, [o for g in groups for o in g])
+
+    def _linger(self, stop: threading.Event) -> None:
+        """Commands raised by what we sent arrive a moment later: stay connected for them (up to linger_s)."""
+        wanted = {(self.id_map.get(c.device, c.device), c.action) for c in self.scenario.expect.commands}
+        deadline = time.monotonic() + self.linger_s
+        while time.monotonic() < deadline and not stop.is_set():
+            self._handle_commands()
+            if wanted and wanted <= {(d, a) for d, a, _ok in self.result.commands}:
+                break
+            stop.wait(0.05)
+
+    def _close_links(self) -> None:
+        """Close every connection, adding up what each published and what is left unacknowledged."""
+        for link in list(self.links):
+            unacked = not link.close()
+            self._account(link, unacked)
+        self.links.clear()
 
     def _pace(self, t: float, started: float, stop: threading.Event) -> None:
         if self.speed is None:
@@ -392,6 +480,34 @@ class ScenarioRun:
                 return
             self._handle_commands()
             stop.wait(min(remaining, 0.05))
+
+
+# A step's verbs that are flags: given when true (every other verb is given when present; tamper: false is given).
+_FLAG_VERBS = frozenset({"unplug", "self_test", "die", "offline", "online", "report"})
+
+# Verb -> what it does, in the order ScenarioRun._apply looks for them (a step has one verb; Step does not count
+# tamper: false as one, so another verb may come with it). A verb for one kind of model is passed over for others.
+_StepAction = Callable[[ScenarioRun, SimDevice, Any, Step, float], None]
+_STEP_ACTIONS: tuple[tuple[str, type[DeviceModel] | None, _StepAction], ...] = (
+    ("set", None, ScenarioRun._apply_set),
+    ("ramp", None, ScenarioRun._apply_ramp),
+    ("flap", None, ScenarioRun._apply_flap),
+    ("drift", None, ScenarioRun._apply_drift),
+    ("plug", None, ScenarioRun._apply_plug),
+    ("unplug", ChargingPort, ScenarioRun._apply_unplug),
+    ("fault", None, ScenarioRun._apply_fault),
+    ("self_test", None, ScenarioRun._apply_self_test),
+    ("tamper", SmokeDetector, ScenarioRun._apply_tamper),
+    ("battery", None, ScenarioRun._apply_battery),
+    ("die", None, ScenarioRun._apply_die),
+    ("offline", None, ScenarioRun._apply_offline),
+    ("online", None, ScenarioRun._apply_online),
+    ("skew", None, ScenarioRun._apply_skew),
+    ("duplicate", None, ScenarioRun._apply_duplicate),
+    ("reorder", None, ScenarioRun._apply_reorder),
+    ("interval", None, ScenarioRun._apply_interval),
+    ("report", None, ScenarioRun._apply_report),
+)
 
 
 def run_scenario(scenario: Scenario, *, url: str, topics: Topics | None = None, **kw: Any) -> RunResult:

@@ -75,8 +75,27 @@ class DeviceSpec(_Strict):
         return self
 
 
-VERBS = ("set", "ramp", "flap", "drift", "plug", "unplug", "fault", "self_test", "tamper", "battery", "die", "offline",
-         "online", "skew", "duplicate", "reorder", "raw", "interval", "report")
+VERBS = (
+    "set",
+    "ramp",
+    "flap",
+    "drift",
+    "plug",
+    "unplug",
+    "fault",
+    "self_test",
+    "tamper",
+    "battery",
+    "die",
+    "offline",
+    "online",
+    "skew",
+    "duplicate",
+    "reorder",
+    "raw",
+    "interval",
+    "report",
+)
 
 
 class Step(_Strict):
@@ -224,16 +243,27 @@ class Scenario(_Strict):
         ids = [d.id for d in self.devices]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate device ids")
+        self._check_timing()
+        self._check_references(ids)
+        return self
+
+    def _check_timing(self) -> None:
+        """The timeline fits its part of the day and lies between 23 h ago and now."""
         span = (self.local_window[1] - self.local_window[0]) if self.local_window else self.duration
         if (self.local_time == "day" and span > 16 * 3600) or (self.local_time == "night" and span > 8 * 3600):
             raise ValueError(f"{span}s does not fit in one {self.local_time} (day 06:00-22:00, night 22:00-06:00)")
         if self.local_window and self.local_window[1] > self.duration:
             raise ValueError("local_window ends after the scenario")
         if self.duration > self.start:
-            raise ValueError(f"duration {self.duration}s runs past now (start {self.start}s ago): readings "
-                             "from the future are rejected")
+            raise ValueError(
+                f"duration {self.duration}s runs past now (start {self.start}s ago): readings "
+                "from the future are rejected"
+            )
         if self.start > 23 * 3600:
             raise ValueError("start more than 23 h ago: ingest rejects readings older than 24 h")
+
+    def _check_references(self, ids: list[str]) -> None:
+        """Steps, expected alarms and gateways name devices of the scenario; no step is after the end."""
         for step in self.timeline:
             if step.device is not None and step.device not in ids:
                 raise ValueError(f"step at {step.at}s names unknown device {step.device!r}")
@@ -245,7 +275,6 @@ class Scenario(_Strict):
         for d in self.devices:
             if d.gateway is not None and d.gateway not in ids:
                 raise ValueError(f"device {d.id} names unknown gateway {d.gateway!r}")
-        return self
 
     @property
     def alarm_types(self) -> set[str]:
@@ -314,8 +343,13 @@ def registry_document(scenario: Scenario, *, notify_url: str = "json://127.0.0.1
         site_specs.setdefault(d.site, SiteSpec(id=d.site))
     devices = []
     for d in scenario.devices:
-        entry: dict[str, Any] = {"id": d.id, "kind": d.kind.value, "site": d.site, "location": d.location.value,
-                                 "adapter": d.adapter.value}
+        entry: dict[str, Any] = {
+            "id": d.id,
+            "kind": d.kind.value,
+            "site": d.site,
+            "location": d.location.value,
+            "adapter": d.adapter.value,
+        }
         if d.foreign_id:
             entry["foreign_id"] = foreign_name(d, tag)
         if d.gateway:
@@ -331,9 +365,18 @@ def registry_document(scenario: Scenario, *, notify_url: str = "json://127.0.0.1
     return {
         "community": {"id": "sim", "name": f"Scenario {scenario.name}"},
         "grids": [{"id": "sim-g1", "name": "Grid 1", "micro_grids": [{"id": "sim-mg1", "name": "Micro-grid 1"}]}],
-        "workers": [{"id": "sim-w1", "name": "Sim worker", "role": "micro_grid_worker", "micro_grids": ["sim-mg1"],
-                     "notify": [notify_url]}],
-        "sites": [{"id": s.id, "kind": s.kind.value, "micro_grid": "sim-mg1", "name": s.id, "lpg": s.lpg}
-                  for s in site_specs.values()],
+        "workers": [
+            {
+                "id": "sim-w1",
+                "name": "Sim worker",
+                "role": "micro_grid_worker",
+                "micro_grids": ["sim-mg1"],
+                "notify": [notify_url],
+            }
+        ],
+        "sites": [
+            {"id": s.id, "kind": s.kind.value, "micro_grid": "sim-mg1", "name": s.id, "lpg": s.lpg}
+            for s in site_specs.values()
+        ],
         "devices": devices,
     }

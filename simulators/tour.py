@@ -28,8 +28,12 @@ Say = Callable[[str], None]
 DeviceRow = tuple[str, str, str]  # (device_id, kind, location)
 
 
-def _pick(devices: Sequence[DeviceRow], kinds: Sequence[DeviceKind], locations: Sequence[Location] = (),
-          taken: set[str] | None = None) -> str | None:
+def _pick(
+    devices: Sequence[DeviceRow],
+    kinds: Sequence[DeviceKind],
+    locations: Sequence[Location] = (),
+    taken: set[str] | None = None,
+) -> str | None:
     taken = taken if taken is not None else set()
     pool = [d for d in devices if d[1] in {k.value for k in kinds} and d[0] not in taken]
     preferred = [d for d in pool if d[2] in {loc.value for loc in locations}]
@@ -42,60 +46,111 @@ def _pick(devices: Sequence[DeviceRow], kinds: Sequence[DeviceKind], locations: 
 
 def _leak(device_id: str) -> Scenario:
     # Event time runs 6x wall time, ending before now: the detector reports every 3 s of event time.
-    return Scenario.model_validate({
-        "name": "tour_kitchen_leak", "title": "Kitchen gas leak", "start": 150, "duration": 120, "speed": 6,
-        "devices": [{"id": "leak", "kind": "gas_detector", "location": "kitchen", "interval": 3,
-                     "options": {"response_s": 3}}],
-        "timeline": [
-            {"at": 3, "device": "leak", "ramp": {"gas_lel": 40}, "over": 12,
-             "say": f"{device_id}: the hob is left on unlit, gas is building up in the kitchen"},
-            {"at": 20, "say": f"{device_id}: 40 %LEL, well past the 25 %LEL alarm level"},
-            {"at": 60, "device": "leak", "ramp": {"gas_lel": 0}, "over": 20,
-             "say": f"{device_id}: a neighbour opens the window, the gas disperses"},
-        ],
-        "expect": {"alarms": [{"alarm_type": "gas_leak"}]},
-    })
+    return Scenario.model_validate(
+        {
+            "name": "tour_kitchen_leak",
+            "title": "Kitchen gas leak",
+            "start": 150,
+            "duration": 120,
+            "speed": 6,
+            "devices": [
+                {
+                    "id": "leak",
+                    "kind": "gas_detector",
+                    "location": "kitchen",
+                    "interval": 3,
+                    "options": {"response_s": 3},
+                }
+            ],
+            "timeline": [
+                {
+                    "at": 3,
+                    "device": "leak",
+                    "ramp": {"gas_lel": 40},
+                    "over": 12,
+                    "say": f"{device_id}: the hob is left on unlit, gas is building up in the kitchen",
+                },
+                {"at": 20, "say": f"{device_id}: 40 %LEL, well past the 25 %LEL alarm level"},
+                {
+                    "at": 60,
+                    "device": "leak",
+                    "ramp": {"gas_lel": 0},
+                    "over": 20,
+                    "say": f"{device_id}: a neighbour opens the window, the gas disperses",
+                },
+            ],
+            "expect": {"alarms": [{"alarm_type": "gas_leak"}]},
+        }
+    )
 
 
 def _stairwell(device_id: str, kind: str) -> Scenario:
     # 48 minutes of an evening fast-forwarded 300x (about 10 s): the readings carry their event times.
-    return Scenario.model_validate({
-        "name": "tour_stairwell_charge", "title": "E-bike charged in a stairwell", "start": 3000, "duration": 2880,
-        "speed": 300,
-        "devices": [{"id": "socket", "kind": kind, "location": "stairwell", "interval": 60}],
-        "timeline": [
-            {"at": 60, "device": "socket", "plug": {"soc": 0.2, "bulk_w": 150},
-             "say": f"{device_id}: an e-bike is plugged in on the stairs (fast-forwarding 48 minutes)"},
-            {"at": 1860, "say": f"{device_id}: 30 minutes of ~150 W: e-bike charging in an escape route"},
-        ],
-        "expect": {"alarms": [{"alarm_type": "ebike_indoor_charging"}]},
-    })
+    return Scenario.model_validate(
+        {
+            "name": "tour_stairwell_charge",
+            "title": "E-bike charged in a stairwell",
+            "start": 3000,
+            "duration": 2880,
+            "speed": 300,
+            "devices": [{"id": "socket", "kind": kind, "location": "stairwell", "interval": 60}],
+            "timeline": [
+                {
+                    "at": 60,
+                    "device": "socket",
+                    "plug": {"soc": 0.2, "bulk_w": 150},
+                    "say": f"{device_id}: an e-bike is plugged in on the stairs (fast-forwarding 48 minutes)",
+                },
+                {"at": 1860, "say": f"{device_id}: 30 minutes of ~150 W: e-bike charging in an escape route"},
+            ],
+            "expect": {"alarms": [{"alarm_type": "ebike_indoor_charging"}]},
+        }
+    )
 
 
 def _offline(device_id: str, kind: str, location: str) -> Scenario:
-    return Scenario.model_validate({
-        "name": "tour_offline", "title": "A device goes offline", "start": 60, "duration": 20, "speed": 2,
-        "devices": [{"id": "dying", "kind": kind, "location": location, "interval": 4}],
-        "timeline": [
-            {"at": 12, "device": "dying", "die": True,
-             "say": f"{device_id}: loses power; the broker publishes its last will (offline)"},
-        ],
-        "expect": {"alarms": [{"alarm_type": "offline"}]},
-    })
+    return Scenario.model_validate(
+        {
+            "name": "tour_offline",
+            "title": "A device goes offline",
+            "start": 60,
+            "duration": 20,
+            "speed": 2,
+            "devices": [{"id": "dying", "kind": kind, "location": location, "interval": 4}],
+            "timeline": [
+                {
+                    "at": 12,
+                    "device": "dying",
+                    "die": True,
+                    "say": f"{device_id}: loses power; the broker publishes its last will (offline)",
+                },
+            ],
+            "expect": {"alarms": [{"alarm_type": "offline"}]},
+        }
+    )
 
 
 class Background(threading.Thread):
     """Normal live telemetry from a few healthy devices over one shared connection (ts = now)."""
 
-    def __init__(self, url: str, prefix: str, devices: Sequence[DeviceRow], stop: threading.Event,
-                 *, every_s: float = 3.0, seed: int = 7) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        devices: Sequence[DeviceRow],
+        stop: threading.Event,
+        *,
+        every_s: float = 3.0,
+        seed: int = 7,
+    ) -> None:
         super().__init__(name="tour-background", daemon=True)
         self.url = url
         self.prefix = prefix
         self.stop = stop
         self.every_s = every_s
-        self.models: list[DeviceModel] = [make_model(kind, device_id, seed=seed, interval_s=every_s)
-                                          for device_id, kind, _location in devices]
+        self.models: list[DeviceModel] = [
+            make_model(kind, device_id, seed=seed, interval_s=every_s) for device_id, kind, _location in devices
+        ]
         self.sent = 0
 
     def run(self) -> None:
@@ -123,8 +178,9 @@ def plan(devices: Sequence[DeviceRow]) -> tuple[list[tuple[Scenario, dict[str, s
     gas = _pick(devices, [DeviceKind.GAS_DETECTOR], [Location.KITCHEN], taken)
     if gas:
         stories.append((_leak(gas), {"leak": gas}))
-    socket = _pick(devices, [DeviceKind.SMART_SOCKET, DeviceKind.CHARGING_PORT],
-                   [Location.STAIRWELL, Location.CORRIDOR], taken)
+    socket = _pick(
+        devices, [DeviceKind.SMART_SOCKET, DeviceKind.CHARGING_PORT], [Location.STAIRWELL, Location.CORRIDOR], taken
+    )
     if socket:
         kind = next(d[1] for d in devices if d[0] == socket)
         stories.append((_stairwell(socket, kind), {"socket": socket}))
@@ -137,8 +193,15 @@ def plan(devices: Sequence[DeviceRow]) -> tuple[list[tuple[Scenario, dict[str, s
     return stories, background
 
 
-def run_tour(mqtt_url: str, topic_prefix: str, devices: Sequence[DeviceRow], stop: threading.Event, *,
-             say: Say = print, seed: int = 7) -> None:
+def run_tour(
+    mqtt_url: str,
+    topic_prefix: str,
+    devices: Sequence[DeviceRow],
+    stop: threading.Event,
+    *,
+    say: Say = print,
+    seed: int = 7,
+) -> None:
     """Play the tour, then keep the background telemetry going until stop is set."""
     from simulators.formats import Topics
 
@@ -146,22 +209,33 @@ def run_tour(mqtt_url: str, topic_prefix: str, devices: Sequence[DeviceRow], sto
     bg = Background(mqtt_url, topic_prefix, background, stop, seed=seed)
     bg.start()
     if background:
-        say(f"  ⚙ background: {len(background)} healthy devices report every few seconds "
-            f"({', '.join(d[0] for d in background)})")
+        say(
+            f"  ⚙ background: {len(background)} healthy devices report every few seconds "
+            f"({', '.join(d[0] for d in background)})"
+        )
     topics = Topics(native_prefix=topic_prefix)
     for scenario, id_map in stories:
         if stop.is_set():
             break
         say(f"▶ {scenario.title}")
-        run = ScenarioRun(scenario, url=mqtt_url, topics=topics, seed=seed, id_map=id_map,
-                          say=lambda line: say(f"  ⚙ {line}"), linger_s=1.0)
+        run = ScenarioRun(
+            scenario,
+            url=mqtt_url,
+            topics=topics,
+            seed=seed,
+            id_map=id_map,
+            say=lambda line: say(f"  ⚙ {line}"),
+            linger_s=1.0,
+        )
         try:
             result = run.run(stop)
         except PublishError as exc:
             say(f"  ✗ {scenario.title}: {exc}")
             continue
-        say(f"  ✓ {scenario.title}: {result.readings} readings sent"
-            + (f"; device obeyed {', '.join(a for _d, a, _ok in result.commands)}" if result.commands else ""))
+        say(
+            f"  ✓ {scenario.title}: {result.readings} readings sent"
+            + (f"; device obeyed {', '.join(a for _d, a, _ok in result.commands)}" if result.commands else "")
+        )
     if not stories:
         say("  (the registry has no native gas detector, socket or detector to tour)")
     stop.wait()

@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
 from api import auth
-from api import repo as api_repo
 from api.app import create_app
 from core import repo as core_repo
 from core.domain import Severity
@@ -50,12 +49,33 @@ class ApiEnv:
 
 def add_second_merchant(conn: psycopg.Connection[Any]) -> None:
     """m2 with a shop s3 in mg2 and a gas detector gas-3 there (the small registry has only m1)."""
-    api_repo.upsert_merchant(conn, id="m2", community_id="c1", name="Tea house", contact="", phone="", notify=[])
-    api_repo.upsert_site(conn, id="s3", micro_grid_id="mg2", merchant_id="m2", kind="shop", name="Tea house",
-                         address="3 Lane", floor=1, flags=[], lpg=False)
-    api_repo.upsert_device(conn, id="gas-3", kind="gas_detector", site_id="s3", location="kitchen",
-                           adapter="native", foreign_id=None, battery=False, report_interval_s=300,
-                           gateway_id=None, model="", active=True)
+    core_repo.upsert_merchant(conn, id="m2", community_id="c1", name="Tea house", contact="", phone="", notify=[])
+    core_repo.upsert_site(
+        conn,
+        id="s3",
+        micro_grid_id="mg2",
+        merchant_id="m2",
+        kind="shop",
+        name="Tea house",
+        address="3 Lane",
+        floor=1,
+        flags=[],
+        lpg=False,
+    )
+    core_repo.upsert_device(
+        conn,
+        id="gas-3",
+        kind="gas_detector",
+        site_id="s3",
+        location="kitchen",
+        adapter="native",
+        foreign_id=None,
+        battery=False,
+        report_interval_s=300,
+        gateway_id=None,
+        model="",
+        active=True,
+    )
 
 
 def make_tokens(settings: Settings) -> dict[str, str]:
@@ -85,14 +105,31 @@ def api_env(settings: Settings) -> Iterator[ApiEnv]:
         pool.close()
 
 
-def raise_alarm(conn: psycopg.Connection[Any], device_id: str, alarm_type: str = "gas_leak", *,
-                severity: Severity = Severity.CRITICAL, at: datetime | None = None, value: float | None = 30.0,
-                rule_id: str = "GAS-02") -> int:
+def raise_alarm(
+    conn: psycopg.Connection[Any],
+    device_id: str,
+    alarm_type: str = "gas_leak",
+    *,
+    severity: Severity = Severity.CRITICAL,
+    at: datetime | None = None,
+    value: float | None = 30.0,
+    rule_id: str = "GAS-02",
+) -> int:
     """Open (or repeat) an alarm through the rules service, exactly as the engine's transition would."""
     device = core_repo.get_devices(conn, ids=[device_id])[device_id]
-    change = rules_service.record_transition(conn, device=device, transition=Transition(
-        rule_id=rule_id, alarm_type=alarm_type, kind="raise", severity=severity, at=at or datetime.now(UTC),
-        value=value, message=f"{alarm_type} on {device_id}"))
+    change = rules_service.record_transition(
+        conn,
+        device=device,
+        transition=Transition(
+            rule_id=rule_id,
+            alarm_type=alarm_type,
+            kind="raise",
+            severity=severity,
+            at=at or datetime.now(UTC),
+            value=value,
+            message=f"{alarm_type} on {device_id}",
+        ),
+    )
     assert change is not None, "a new alarm is a transition"
     return change.alarm_id
 
@@ -107,8 +144,15 @@ def free_port() -> int:
 def live_server(app: FastAPI) -> Iterator[str]:
     """The app on a real uvicorn server (streams, browsers); yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=1, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()

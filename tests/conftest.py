@@ -28,8 +28,9 @@ from core.settings import Settings
 from tests.support import Publisher, Receiver
 
 TEMPLATE_DB = "gridwatch_test_template"
-TERMINATE_SESSIONS = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = %s AND pid <> pg_backend_pid()")
+TERMINATE_SESSIONS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+)
 
 
 @dataclass
@@ -84,8 +85,11 @@ def seal_template(conn: psycopg.Connection[Any], name: str) -> None:
     other sessions, and on TimescaleDB the launcher starts a background-job scheduler in every database that
     has the extension. It skips databases marked as templates or closed to connections
     (src/loader/bgw_launcher.c), so mark it, then end the scheduler that started while it was being migrated."""
-    conn.execute(psycopg.sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
-        psycopg.sql.Identifier(name)))
+    conn.execute(
+        psycopg.sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+            psycopg.sql.Identifier(name)
+        )
+    )
     deadline = time.monotonic() + 30
     while conn.execute(TERMINATE_SESSIONS, (name,)).fetchall():
         if time.monotonic() > deadline:

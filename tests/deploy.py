@@ -72,8 +72,11 @@ def load(variables: Mapping[str, str] | None = None, path: Path = COMPOSE_FILE) 
 
 def gridwatch_services(data: dict[str, Any], *, profiles: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """The services that run the gridwatch image (those under a profile only when the profile is asked for)."""
-    return {name: svc for name, svc in data["services"].items()
-            if svc.get("image") == GRIDWATCH_IMAGE and set(svc.get("profiles", [])) <= set(profiles)}
+    return {
+        name: svc
+        for name, svc in data["services"].items()
+        if svc.get("image") == GRIDWATCH_IMAGE and set(svc.get("profiles", [])) <= set(profiles)
+    }
 
 
 def start_order(services: dict[str, dict[str, Any]]) -> list[str]:

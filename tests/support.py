@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
@@ -17,7 +18,9 @@ from core import repo as core_repo
 from core.domain import Reading
 from core.registry import parse_registry
 from core.settings import Settings
+from ingest.adapters import encode_command
 from rules import service as rules_service
+from rules.actuation.publisher import Actuator
 from rules.ruleset import default_rules
 
 T = TypeVar("T")
@@ -88,14 +91,22 @@ class Publisher:
     """A paho publisher that waits for each PUBACK (bounded in flight)."""
 
     def __init__(self, host: str, port: int, *, client_id: str | None = None) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         self.client.max_inflight_messages_set(100)
         self.client.connect(host, port)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: str | bytes | dict[str, Any], *, qos: int = 1, retain: bool = False,
-                wait: bool = True) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self,
+        topic: str,
+        payload: str | bytes | dict[str, Any],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        wait: bool = True,
+    ) -> mqtt.MQTTMessageInfo:
         if isinstance(payload, dict):
             payload = json.dumps(payload)
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -106,6 +117,24 @@ class Publisher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def set_device_state(conn: psycopg.Connection[Any], device_id: str, **columns: Any) -> None:
+    """Stand in for what rules records of a device (online, last_seen_at, status_at): its device_state row,
+    created if the device has not been heard from yet (rules creates it with the first message)."""
+    names = ", ".join(columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
+    conn.execute(
+        f"INSERT INTO device_state (device_id, {names}) VALUES (%s{', %s' * len(columns)}) "
+        f"ON CONFLICT (device_id) DO UPDATE SET {updates}",
+        (device_id, *columns.values()),
+    )
+
+
+def make_actuator(settings: Settings, **kwargs: Any) -> Actuator:
+    """The command publisher as `serve` wires it: ingest's dialect encoder handed to rules' publisher."""
+    encode = partial(encode_command, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root)
+    return Actuator(settings, encode=encode, **kwargs)
 
 
 def wait_for(fn: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:

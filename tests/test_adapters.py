@@ -21,8 +21,9 @@ LIMITS = Limits()
 
 
 def dev(device_id: str, kind: DeviceKind, adapter: Adapter, foreign_id: str) -> Device:
-    return Device(id=device_id, kind=kind, site_id="s1", location=Location.KITCHEN, adapter=adapter,
-                  foreign_id=foreign_id)
+    return Device(
+        id=device_id, kind=kind, site_id="s1", location=Location.KITCHEN, adapter=adapter, foreign_id=foreign_id
+    )
 
 
 DEVICES = [
@@ -54,10 +55,19 @@ class Registry:
         return next((d for d in self.devices if d.adapter is adapter and d.foreign_id == foreign_id), None)
 
 
-def decode(topic: str, payload: bytes | str | dict[str, Any] | list[Any], *, registry: Registry | None = None,
-           received_at: datetime = NOW, root: str = "") -> list[Decoded]:
-    body = orjson.dumps(payload) if isinstance(payload, dict | list) else (
-        payload.encode() if isinstance(payload, str) else payload)
+def decode(
+    topic: str,
+    payload: bytes | str | dict[str, Any] | list[Any],
+    *,
+    registry: Registry | None = None,
+    received_at: datetime = NOW,
+    root: str = "",
+) -> list[Decoded]:
+    body = (
+        orjson.dumps(payload)
+        if isinstance(payload, dict | list)
+        else (payload.encode() if isinstance(payload, str) else payload)
+    )
     decoder = Decoder(limits=LIMITS, adapters=adapters.decoders(root))
     return decoder.decode(Message(topic=topic, payload=body, received_at=received_at), registry or Registry())
 
@@ -75,8 +85,24 @@ def reading(topic: str, payload: Any, **kw: Any) -> Reading:
 
 
 def fields_of(r: Reading) -> dict[str, Any]:
-    names = ("gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "voltage_v", "energy_wh",
-             "battery_pct", "gas", "smoke", "tamper", "test", "relay", "valve", "fault")
+    names = (
+        "gas_lel",
+        "co_ppm",
+        "smoke_db_m",
+        "temp_c",
+        "power_w",
+        "current_a",
+        "voltage_v",
+        "energy_wh",
+        "battery_pct",
+        "gas",
+        "smoke",
+        "tamper",
+        "test",
+        "relay",
+        "valve",
+        "fault",
+    )
     return {n: getattr(r, n) for n in names if getattr(r, n) is not None}
 
 
@@ -88,59 +114,170 @@ def iso(dt: datetime) -> str:
 # Exposes from the device pages on zigbee2mqtt.io: TS0601_gas_sensor_2, TS0601_smart_CO_air_box,
 # TS0601_smoke_5, Aqara JTYJ-GD-01LM, metering plugs; last_seen formats from advanced.last_seen.
 Z2M_JSON = [
-    pytest.param("kitchen_gas", {"gas": True, "gas_value": 30, "preheat": False, "self_test_result": "success",
-                                 "linkquality": 120, "last_seen": iso(NOW - timedelta(seconds=2))},
-                 {"gas": True, "gas_lel": 30.0}, {"preheat": False, "self_test_result": "success", "linkquality": 120},
-                 NOW - timedelta(seconds=2), id="tuya-gas-iso-last-seen"),
-    pytest.param("kitchen_gas", {"gas": False, "gas_value": 1.5,
-                                 "last_seen": int((NOW - timedelta(seconds=5)).timestamp() * 1000)},
-                 {"gas": False, "gas_lel": 1.5}, {}, NOW - timedelta(seconds=5), id="epoch-ms-last-seen"),
-    pytest.param("kitchen_gas", {"gas": False, "last_seen": "2026-11-23T19:59:50+08:00"},
-                 {"gas": False}, {}, NOW - timedelta(seconds=10), id="iso-local-with-offset"),
-    pytest.param("kitchen_gas", {"gas": False, "last_seen": "5 minutes ago"},
-                 {"gas": False}, {"last_seen": "5 minutes ago"}, NOW, id="relative-last-seen-kept-receive-time"),
-    pytest.param("kitchen_gas", {"gas": True, "last_seen": iso(NOW + timedelta(minutes=10))},
-                 {"gas": True}, {"bridge_clock_ahead_s": 600.0}, NOW, id="bridge-clock-ahead-never-drops-alarm"),
+    pytest.param(
+        "kitchen_gas",
+        {
+            "gas": True,
+            "gas_value": 30,
+            "preheat": False,
+            "self_test_result": "success",
+            "linkquality": 120,
+            "last_seen": iso(NOW - timedelta(seconds=2)),
+        },
+        {"gas": True, "gas_lel": 30.0},
+        {"preheat": False, "self_test_result": "success", "linkquality": 120},
+        NOW - timedelta(seconds=2),
+        id="tuya-gas-iso-last-seen",
+    ),
+    pytest.param(
+        "kitchen_gas",
+        {"gas": False, "gas_value": 1.5, "last_seen": int((NOW - timedelta(seconds=5)).timestamp() * 1000)},
+        {"gas": False, "gas_lel": 1.5},
+        {},
+        NOW - timedelta(seconds=5),
+        id="epoch-ms-last-seen",
+    ),
+    pytest.param(
+        "kitchen_gas",
+        {"gas": False, "last_seen": "2026-11-23T19:59:50+08:00"},
+        {"gas": False},
+        {},
+        NOW - timedelta(seconds=10),
+        id="iso-local-with-offset",
+    ),
+    pytest.param(
+        "kitchen_gas",
+        {"gas": False, "last_seen": "5 minutes ago"},
+        {"gas": False},
+        {"last_seen": "5 minutes ago"},
+        NOW,
+        id="relative-last-seen-kept-receive-time",
+    ),
+    pytest.param(
+        "kitchen_gas",
+        {"gas": True, "last_seen": iso(NOW + timedelta(minutes=10))},
+        {"gas": True},
+        {"bridge_clock_ahead_s": 600.0},
+        NOW,
+        id="bridge-clock-ahead-never-drops-alarm",
+    ),
     pytest.param("kitchen_gas", {"gas": False}, {"gas": False}, {}, NOW, id="no-last-seen-receive-time"),
     pytest.param("floor2/kitchen_gas", {"gas": True}, {"gas": True}, {}, NOW, id="friendly-name-with-slash"),
-    pytest.param("co_box", {"carbon_monoxide": True, "co": 120, "linkquality": 90},
-                 {"co_ppm": 120.0}, {"co": True, "linkquality": 90}, NOW, id="co-flag-and-ppm"),
-    pytest.param("co_box", {"carbon_monoxide": 35, "co2": 800}, {"co_ppm": 35.0}, {"co2": 800}, NOW,
-                 id="numeric-carbon-monoxide-is-ppm-co2-is-not-co"),
-    pytest.param("hall_smoke", {"smoke": True, "tamper": False, "battery": 85, "battery_state": "high",
-                                "fault_alarm": False, "self_test": False, "smoke_concentration": 3.2,
-                                "silence": False},
-                 {"smoke": True, "tamper": False, "battery_pct": 85.0, "test": False},
-                 {"battery_state": "high", "smoke_concentration": 3.2, "silence": False}, NOW, id="tuya-smoke-5"),
-    pytest.param("0x00158d0001d2a2b3", {"smoke": False, "smoke_density": 0, "smoke_density_dbm": 0.1, "test": True,
-                                        "battery": 100, "voltage": 3100, "battery_low": False},
-                 {"smoke": False, "smoke_db_m": 0.1, "test": True, "battery_pct": 100.0},
-                 {"smoke_density": 0, "voltage": 3100, "battery_low": False}, NOW,
-                 id="aqara-smoke-ieee-name-battery-voltage-mv-to-extras"),
-    pytest.param("hall_smoke", {"smoke": False, "fault_alarm": True}, {"smoke": False, "fault": "fault_alarm"}, {},
-                 NOW, id="fault-flag"),
-    pytest.param("hall_smoke", {"smoke": False, "fault": "sensor_dirty"}, {"smoke": False, "fault": "sensor_dirty"},
-                 {}, NOW, id="fault-text"),
-    pytest.param("plug_1", {"state": "ON", "power": 180.5, "current": 0.82, "voltage": 221, "energy": 1.25,
-                            "device_temperature": 41, "temperature": 30, "power_outage_memory": True},
-                 {"relay": "on", "power_w": 180.5, "current_a": 0.82, "voltage_v": 221.0, "energy_wh": 1250.0,
-                  "temp_c": 41.0},
-                 {"temperature": 30, "power_outage_memory": True}, NOW, id="metering-plug"),
+    pytest.param(
+        "co_box",
+        {"carbon_monoxide": True, "co": 120, "linkquality": 90},
+        {"co_ppm": 120.0},
+        {"co": True, "linkquality": 90},
+        NOW,
+        id="co-flag-and-ppm",
+    ),
+    pytest.param(
+        "co_box",
+        {"carbon_monoxide": 35, "co2": 800},
+        {"co_ppm": 35.0},
+        {"co2": 800},
+        NOW,
+        id="numeric-carbon-monoxide-is-ppm-co2-is-not-co",
+    ),
+    pytest.param(
+        "hall_smoke",
+        {
+            "smoke": True,
+            "tamper": False,
+            "battery": 85,
+            "battery_state": "high",
+            "fault_alarm": False,
+            "self_test": False,
+            "smoke_concentration": 3.2,
+            "silence": False,
+        },
+        {"smoke": True, "tamper": False, "battery_pct": 85.0, "test": False},
+        {"battery_state": "high", "smoke_concentration": 3.2, "silence": False},
+        NOW,
+        id="tuya-smoke-5",
+    ),
+    pytest.param(
+        "0x00158d0001d2a2b3",
+        {
+            "smoke": False,
+            "smoke_density": 0,
+            "smoke_density_dbm": 0.1,
+            "test": True,
+            "battery": 100,
+            "voltage": 3100,
+            "battery_low": False,
+        },
+        {"smoke": False, "smoke_db_m": 0.1, "test": True, "battery_pct": 100.0},
+        {"smoke_density": 0, "voltage": 3100, "battery_low": False},
+        NOW,
+        id="aqara-smoke-ieee-name-battery-voltage-mv-to-extras",
+    ),
+    pytest.param(
+        "hall_smoke",
+        {"smoke": False, "fault_alarm": True},
+        {"smoke": False, "fault": "fault_alarm"},
+        {},
+        NOW,
+        id="fault-flag",
+    ),
+    pytest.param(
+        "hall_smoke",
+        {"smoke": False, "fault": "sensor_dirty"},
+        {"smoke": False, "fault": "sensor_dirty"},
+        {},
+        NOW,
+        id="fault-text",
+    ),
+    pytest.param(
+        "plug_1",
+        {
+            "state": "ON",
+            "power": 180.5,
+            "current": 0.82,
+            "voltage": 221,
+            "energy": 1.25,
+            "device_temperature": 41,
+            "temperature": 30,
+            "power_outage_memory": True,
+        },
+        {"relay": "on", "power_w": 180.5, "current_a": 0.82, "voltage_v": 221.0, "energy_wh": 1250.0, "temp_c": 41.0},
+        {"temperature": 30, "power_outage_memory": True},
+        NOW,
+        id="metering-plug",
+    ),
     pytest.param("gas_valve", {"state": "OFF"}, {"valve": "closed"}, {}, NOW, id="valve-state-off-is-closed"),
-    pytest.param("kitchen_gas", {"gas": False, "device": {"friendlyName": "kitchen_gas", "model": "TS0601"},
-                                 "update": {"state": "idle"}, "update_available": False},
-                 {"gas": False}, {}, NOW, id="bridge-metadata-dropped"),
+    pytest.param(
+        "kitchen_gas",
+        {
+            "gas": False,
+            "device": {"friendlyName": "kitchen_gas", "model": "TS0601"},
+            "update": {"state": "idle"},
+            "update_available": False,
+        },
+        {"gas": False},
+        {},
+        NOW,
+        id="bridge-metadata-dropped",
+    ),
     pytest.param("kitchen_gas", {"linkquality": 80}, {}, {"linkquality": 80}, NOW, id="heartbeat-extras-only"),
-    pytest.param("hall_smoke", {"battery": None, "smoke": None, "tamper": False, "linkquality": 60}, {"tamper": False},
-                 {"linkquality": 60}, NOW, id="null-attributes-not-known-yet"),
-    pytest.param("hall_smoke", {"battery": None, "linkquality": 60}, {}, {"linkquality": 60}, NOW,
-                 id="only-nulls-and-heartbeat"),
+    pytest.param(
+        "hall_smoke",
+        {"battery": None, "smoke": None, "tamper": False, "linkquality": 60},
+        {"tamper": False},
+        {"linkquality": 60},
+        NOW,
+        id="null-attributes-not-known-yet",
+    ),
+    pytest.param(
+        "hall_smoke", {"battery": None, "linkquality": 60}, {}, {"linkquality": 60}, NOW, id="only-nulls-and-heartbeat"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "payload", "fields", "extras", "ts"), Z2M_JSON)
-def test_zigbee2mqtt_json_state(name: str, payload: dict[str, Any], fields: dict[str, Any], extras: dict[str, Any],
-                                ts: datetime) -> None:
+def test_zigbee2mqtt_json_state(
+    name: str, payload: dict[str, Any], fields: dict[str, Any], extras: dict[str, Any], ts: datetime
+) -> None:
     r = reading(f"zigbee2mqtt/{name}", payload)
     assert fields_of(r) == fields
     assert r.extras == extras
@@ -150,39 +287,81 @@ def test_zigbee2mqtt_json_state(name: str, payload: dict[str, Any], fields: dict
 
 
 Z2M_REJECTS = [
-    pytest.param("zigbee2mqtt/kitchen_gas", {"gas": "yes"}, "zigbee2mqtt 'kitchen_gas': gas: Input should be a "
-                 "valid boolean", id="wrong-type"),
-    pytest.param("zigbee2mqtt/kitchen_gas", {"gas_value": 130},
-                 "gas_lel (from zigbee2mqtt attribute 'gas_value'): Input should be less than or equal to 100",
-                 id="out-of-range-names-source"),
-    pytest.param("zigbee2mqtt/plug_1", {"state": "TOGGLE"}, "relay (from zigbee2mqtt attribute 'state')",
-                 id="unknown-state"),
-    pytest.param("zigbee2mqtt/plug_1", {"state": []}, "relay (from zigbee2mqtt attribute 'state')",
-                 id="state-a-list"),  # found by the fuzz test: crashed the decoder (unhashable) instead
-    pytest.param("zigbee2mqtt/kitchen_gas", {"state": {"a": 1}}, "relay (from zigbee2mqtt attribute 'state')",
-                 id="state-an-object"),
-    pytest.param("zigbee2mqtt/plug_1", {"energy": "lots"}, "energy_wh (from zigbee2mqtt attribute 'energy')",
-                 id="energy-not-number"),
+    pytest.param(
+        "zigbee2mqtt/kitchen_gas",
+        {"gas": "yes"},
+        "zigbee2mqtt 'kitchen_gas': gas: Input should be a valid boolean",
+        id="wrong-type",
+    ),
+    pytest.param(
+        "zigbee2mqtt/kitchen_gas",
+        {"gas_value": 130},
+        "gas_lel (from zigbee2mqtt attribute 'gas_value'): Input should be less than or equal to 100",
+        id="out-of-range-names-source",
+    ),
+    pytest.param(
+        "zigbee2mqtt/plug_1", {"state": "TOGGLE"}, "relay (from zigbee2mqtt attribute 'state')", id="unknown-state"
+    ),
+    pytest.param(
+        "zigbee2mqtt/plug_1", {"state": []}, "relay (from zigbee2mqtt attribute 'state')", id="state-a-list"
+    ),  # found by the fuzz test: crashed the decoder (unhashable) instead
+    pytest.param(
+        "zigbee2mqtt/kitchen_gas",
+        {"state": {"a": 1}},
+        "relay (from zigbee2mqtt attribute 'state')",
+        id="state-an-object",
+    ),
+    pytest.param(
+        "zigbee2mqtt/plug_1",
+        {"energy": "lots"},
+        "energy_wh (from zigbee2mqtt attribute 'energy')",
+        id="energy-not-number",
+    ),
     pytest.param("zigbee2mqtt/kitchen_gas", b'{"gas": tru', "malformed JSON", id="malformed"),
     pytest.param("zigbee2mqtt/kitchen_gas", [1, 2], "payload must be a JSON object", id="array"),
     pytest.param("zigbee2mqtt/kitchen_gas", {}, "empty object", id="empty-object"),
-    pytest.param("zigbee2mqtt/kitchen_gas", {"gas": True, "last_seen": iso(NOW - timedelta(hours=30))},
-                 "h old (limit 24 h)", id="stale-last-seen"),
-    pytest.param("zigbee2mqtt/ghost", {"gas": True}, "unknown zigbee2mqtt device 'ghost': no registry device has "
-                 "adapter zigbee2mqtt and foreign_id 'ghost' (add it with `gridwatch load`)", id="unknown-device"),
+    pytest.param(
+        "zigbee2mqtt/kitchen_gas",
+        {"gas": True, "last_seen": iso(NOW - timedelta(hours=30))},
+        "h old (limit 24 h)",
+        id="stale-last-seen",
+    ),
+    pytest.param(
+        "zigbee2mqtt/ghost",
+        {"gas": True},
+        "unknown zigbee2mqtt device 'ghost': no registry device has "
+        "adapter zigbee2mqtt and foreign_id 'ghost' (add it with `gridwatch load`)",
+        id="unknown-device",
+    ),
     pytest.param("zigbee2mqtt/ghost/gas", "true", "unknown zigbee2mqtt device 'ghost'", id="unknown-attribute-device"),
-    pytest.param("zigbee2mqtt/floor3/ghost", {"gas": True}, "unknown zigbee2mqtt device 'floor3/ghost'",
-                 id="unknown-slash-name"),
-    pytest.param("zigbee2mqtt/kitchen_gas/gas", "maybe",
-                 "zigbee2mqtt 'kitchen_gas'/gas: gas: Input should be a valid boolean (got \"maybe\")",
-                 id="attribute-wrong-type"),
+    pytest.param(
+        "zigbee2mqtt/floor3/ghost", {"gas": True}, "unknown zigbee2mqtt device 'floor3/ghost'", id="unknown-slash-name"
+    ),
+    pytest.param(
+        "zigbee2mqtt/kitchen_gas/gas",
+        "maybe",
+        "zigbee2mqtt 'kitchen_gas'/gas: gas: Input should be a valid boolean (got \"maybe\")",
+        id="attribute-wrong-type",
+    ),
     pytest.param("zigbee2mqtt/kitchen_gas/availability", "away", "availability must be", id="availability-garbage"),
-    pytest.param("zigbee2mqtt/kitchen_gas/availability", {"state": "sleeping"}, "availability must be",
-                 id="availability-json-garbage"),
-    pytest.param("zigbee2mqtt/ghost/availability", "online", "unknown zigbee2mqtt device 'ghost'",
-                 id="availability-unknown-device"),
-    pytest.param("zigbee2mqtt/bridge/state", "restarting", "zigbee2mqtt bridge/state: availability must be",
-                 id="bridge-state-garbage"),
+    pytest.param(
+        "zigbee2mqtt/kitchen_gas/availability",
+        {"state": "sleeping"},
+        "availability must be",
+        id="availability-json-garbage",
+    ),
+    pytest.param(
+        "zigbee2mqtt/ghost/availability",
+        "online",
+        "unknown zigbee2mqtt device 'ghost'",
+        id="availability-unknown-device",
+    ),
+    pytest.param(
+        "zigbee2mqtt/bridge/state",
+        "restarting",
+        "zigbee2mqtt bridge/state: availability must be",
+        id="bridge-state-garbage",
+    ),
 ]
 
 
@@ -222,8 +401,11 @@ Z2M_IGNORED = [
     pytest.param("zigbee2mqtt/plug_1/get", {"state": ""}, id="get"),
     pytest.param("zigbee2mqtt/bridge/logging", {"level": "info", "message": "MQTT publish"}, id="bridge-logging"),
     pytest.param("zigbee2mqtt/bridge/event", {"type": "device_joined", "data": {}}, id="bridge-event"),
-    pytest.param("zigbee2mqtt/bridge/devices", [{"ieee_address": "0x" + "0" * 16, "definition": {"exposes": [
-        {"name": "x" * 200}] * 200}}], id="bridge-devices-larger-than-payload-limit"),
+    pytest.param(
+        "zigbee2mqtt/bridge/devices",
+        [{"ieee_address": "0x" + "0" * 16, "definition": {"exposes": [{"name": "x" * 200}] * 200}}],
+        id="bridge-devices-larger-than-payload-limit",
+    ),
 ]
 
 
@@ -233,12 +415,15 @@ def test_zigbee2mqtt_bookkeeping_is_ignored(topic: str, payload: Any) -> None:
     assert isinstance(item, Ignored), item
 
 
-@pytest.mark.parametrize(("payload", "online"), [
-    pytest.param({"state": "online"}, True, id="json-online"),
-    pytest.param({"state": "offline"}, False, id="json-offline"),
-    pytest.param("online", True, id="legacy-online"),
-    pytest.param("offline", False, id="legacy-offline"),
-])
+@pytest.mark.parametrize(
+    ("payload", "online"),
+    [
+        pytest.param({"state": "online"}, True, id="json-online"),
+        pytest.param({"state": "offline"}, False, id="json-offline"),
+        pytest.param("online", True, id="legacy-online"),
+        pytest.param("offline", False, id="legacy-offline"),
+    ],
+)
 def test_zigbee2mqtt_availability_both_forms(payload: Any, online: bool) -> None:
     assert one("zigbee2mqtt/kitchen_gas/availability", payload) == DeviceStatus("gas-z1", online, NOW)
     assert one("zigbee2mqtt/floor2/kitchen_gas/availability", payload) == DeviceStatus("gas-z2", online, NOW)
@@ -255,18 +440,22 @@ def test_zigbee2mqtt_bridge_state_without_registered_gateway_is_ignored() -> Non
 def test_identical_copies_share_a_key_and_different_messages_never_do() -> None:
     seen = iso(NOW - timedelta(seconds=3))
     first = reading("zigbee2mqtt/hall_smoke", {"battery": 90, "last_seen": seen})
-    replay = reading("zigbee2mqtt/hall_smoke", {"battery": 90, "last_seen": seen},
-                     received_at=NOW + timedelta(minutes=5))
+    replay = reading(
+        "zigbee2mqtt/hall_smoke", {"battery": 90, "last_seen": seen}, received_at=NOW + timedelta(minutes=5)
+    )
     same_frame = reading("zigbee2mqtt/hall_smoke", {"battery": 90, "smoke": True, "last_seen": seen})
     assert (replay.ts, replay.seq) == (first.ts, first.seq), "a retained/redelivered copy is absorbed"
     assert same_frame.ts == first.ts and same_frame.seq != first.seq, "a second message of one frame still counts"
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    ({"gas": True}, {"gas": False}),
-    ({"gas_lel": 1.0}, {"gas_lel": 1.5}),
-    ({}, {"x": 1}),
-])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"gas": True}, {"gas": False}),
+        ({"gas_lel": 1.0}, {"gas_lel": 1.5}),
+        ({}, {"x": 1}),
+    ],
+)
 def test_content_seq_distinguishes_content(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert content_seq(a, {}) != content_seq(b, {})
     assert content_seq(a, {}) == content_seq(dict(a), {})
@@ -307,27 +496,39 @@ def test_shelly_gas(channel: str, payload: str, fields: dict[str, Any], extras: 
     assert r.ts == NOW, "Shelly Gen1 messages carry no time"
 
 
-@pytest.mark.parametrize(("topic", "payload", "expected"), [
-    pytest.param(f"{SHELLY}/online", "true", DeviceStatus("gas-s1", True, NOW), id="online"),
-    pytest.param(f"{SHELLY}/online", "false", DeviceStatus("gas-s1", False, NOW), id="offline-last-will"),
-    pytest.param(f"{SHELLY}/sensor/gas", "unknown", Ignored, id="gas-unknown"),
-    pytest.param(f"{SHELLY}/sensor/concentration", "-1", Ignored, id="concentration-not-valid-yet"),
-    pytest.param(f"{SHELLY}/valve/0/state", "not_connected", Ignored, id="no-valve"),
-    pytest.param(f"{SHELLY}/online", "", Ignored, id="online-cleared"),
-    pytest.param(f"{SHELLY}/valve/0/command", "close", Ignored, id="our-command"),
-    pytest.param(f"{SHELLY}/sensor/gas", "leak!", "gas alarm state must be one of none, mild, heavy, test",
-                 id="gas-garbage"),
-    pytest.param(f"{SHELLY}/sensor/concentration", "12.5ppm", "concentration must be whole ppm", id="ppm-garbage"),
-    pytest.param(f"{SHELLY}/sensor/concentration", "-7", "concentration must be >= 0 ppm", id="ppm-negative"),
-    pytest.param(f"{SHELLY}/sensor/operation", "booting", "operation must be one of warmup, normal, fault",
-                 id="operation-garbage"),
-    pytest.param(f"{SHELLY}/valve/0/state", "stuck", "valve state must be one of", id="valve-garbage"),
-    pytest.param(f"{SHELLY}/online", "yes", "online must be true or false", id="online-garbage"),
-    pytest.param(f"{SHELLY}/sensor/gas", b"\xff\xfe", "payload is not UTF-8 text", id="binary"),
-    pytest.param("shellies/shellygas-000000000000/sensor/gas", "heavy",
-                 "unknown shelly device 'shellygas-000000000000'", id="unknown-device"),
-    pytest.param("shellies/shelly1-ABC/relay/0", "on", "is not shellies/<id>/<", id="other-shelly-topic"),
-])
+@pytest.mark.parametrize(
+    ("topic", "payload", "expected"),
+    [
+        pytest.param(f"{SHELLY}/online", "true", DeviceStatus("gas-s1", True, NOW), id="online"),
+        pytest.param(f"{SHELLY}/online", "false", DeviceStatus("gas-s1", False, NOW), id="offline-last-will"),
+        pytest.param(f"{SHELLY}/sensor/gas", "unknown", Ignored, id="gas-unknown"),
+        pytest.param(f"{SHELLY}/sensor/concentration", "-1", Ignored, id="concentration-not-valid-yet"),
+        pytest.param(f"{SHELLY}/valve/0/state", "not_connected", Ignored, id="no-valve"),
+        pytest.param(f"{SHELLY}/online", "", Ignored, id="online-cleared"),
+        pytest.param(f"{SHELLY}/valve/0/command", "close", Ignored, id="our-command"),
+        pytest.param(
+            f"{SHELLY}/sensor/gas", "leak!", "gas alarm state must be one of none, mild, heavy, test", id="gas-garbage"
+        ),
+        pytest.param(f"{SHELLY}/sensor/concentration", "12.5ppm", "concentration must be whole ppm", id="ppm-garbage"),
+        pytest.param(f"{SHELLY}/sensor/concentration", "-7", "concentration must be >= 0 ppm", id="ppm-negative"),
+        pytest.param(
+            f"{SHELLY}/sensor/operation",
+            "booting",
+            "operation must be one of warmup, normal, fault",
+            id="operation-garbage",
+        ),
+        pytest.param(f"{SHELLY}/valve/0/state", "stuck", "valve state must be one of", id="valve-garbage"),
+        pytest.param(f"{SHELLY}/online", "yes", "online must be true or false", id="online-garbage"),
+        pytest.param(f"{SHELLY}/sensor/gas", b"\xff\xfe", "payload is not UTF-8 text", id="binary"),
+        pytest.param(
+            "shellies/shellygas-000000000000/sensor/gas",
+            "heavy",
+            "unknown shelly device 'shellygas-000000000000'",
+            id="unknown-device",
+        ),
+        pytest.param("shellies/shelly1-ABC/relay/0", "on", "is not shellies/<id>/<", id="other-shelly-topic"),
+    ],
+)
 def test_shelly_status_ignores_and_rejects(topic: str, payload: Any, expected: Any) -> None:
     item = one(topic, payload)
     if isinstance(expected, str):
@@ -349,48 +550,107 @@ def test_shelly_valve_registered_as_its_own_device() -> None:
 # --- Tasmota -------------------------------------------------------------------------------------------
 # EnergyMqttShow's own example (xdrv_03_energy.ino) and the Power Monitoring docs.
 TASMOTA = "shed_port_3"
-DOC_ENERGY = {"Total": 0.212, "Yesterday": 0.000, "Today": 0.014, "Period": 2.0, "Power": 22.0, "Factor": 1.00,
-              "Voltage": 213.6, "Current": 0.100}
+DOC_ENERGY = {
+    "Total": 0.212,
+    "Yesterday": 0.000,
+    "Today": 0.014,
+    "Period": 2.0,
+    "Power": 22.0,
+    "Factor": 1.00,
+    "Voltage": 213.6,
+    "Current": 0.100,
+}
 TASMOTA_READINGS = [
-    pytest.param("tele/{t}/SENSOR", {"Time": "2017-12-16T11:48:55", "ENERGY": DOC_ENERGY},
-                 {"power_w": 22.0, "voltage_v": 213.6, "current_a": 0.1, "energy_wh": 212.0},
-                 {"energy": {"Yesterday": 0.0, "Today": 0.014, "Period": 2.0, "Factor": 1.0},
-                  "device_time": "2017-12-16T11:48:55"}, id="documented-energy"),
-    pytest.param("tele/{t}/SENSOR", {"Time": "2026-11-23T20:00:00+08:00", "ENERGY": {"Power": 150, "Total": 3.5},
-                                     "DS18B20": {"Id": "01144A0CB2AA", "Temperature": 48.5},
-                                     "ESP32": {"Temperature": 61.2}, "TempUnit": "C"},
-                 {"power_w": 150.0, "energy_wh": 3500.0, "temp_c": 48.5},
-                 {"DS18B20": {"Id": "01144A0CB2AA"}, "ESP32": {"Temperature": 61.2}},
-                 id="ds18b20-chip-temp-not-socket-temp-time-with-offset-is-ts"),
-    pytest.param("tele/{t}/SENSOR", {"AM2301": {"Temperature": 104.0, "Humidity": 30.0}, "TempUnit": "F"},
-                 {"temp_c": 40.0}, {"AM2301": {"Humidity": 30.0}}, id="fahrenheit"),
-    pytest.param("tele/{t}/SENSOR", {"ANALOG": {"Temperature1": 52.0}, "TempUnit": "C"},
-                 {"temp_c": 52.0}, {}, id="ntc-analog-temperature1"),
-    pytest.param("tele/{t}/SENSOR", {"ENERGY": {"Power": [10, 20], "Voltage": 220, "Current": [0.05, 0.1]}},
-                 {"power_w": 10.0, "voltage_v": 220.0, "current_a": 0.05},
-                 {"energy_power": [10, 20], "energy_current": [0.05, 0.1]}, id="multi-channel-arrays"),
-    pytest.param("tele/{t}/STATE", {"Time": "2026-11-23T20:00:00", "Uptime": "0T01:00:00", "POWER": "ON",
-                                    "Wifi": {"RSSI": 80}},
-                 {"relay": "on"}, {"device_time": "2026-11-23T20:00:00"}, id="state-power"),
+    pytest.param(
+        "tele/{t}/SENSOR",
+        {"Time": "2017-12-16T11:48:55", "ENERGY": DOC_ENERGY},
+        {"power_w": 22.0, "voltage_v": 213.6, "current_a": 0.1, "energy_wh": 212.0},
+        {
+            "energy": {"Yesterday": 0.0, "Today": 0.014, "Period": 2.0, "Factor": 1.0},
+            "device_time": "2017-12-16T11:48:55",
+        },
+        id="documented-energy",
+    ),
+    pytest.param(
+        "tele/{t}/SENSOR",
+        {
+            "Time": "2026-11-23T20:00:00+08:00",
+            "ENERGY": {"Power": 150, "Total": 3.5},
+            "DS18B20": {"Id": "01144A0CB2AA", "Temperature": 48.5},
+            "ESP32": {"Temperature": 61.2},
+            "TempUnit": "C",
+        },
+        {"power_w": 150.0, "energy_wh": 3500.0, "temp_c": 48.5},
+        {"DS18B20": {"Id": "01144A0CB2AA"}, "ESP32": {"Temperature": 61.2}},
+        id="ds18b20-chip-temp-not-socket-temp-time-with-offset-is-ts",
+    ),
+    pytest.param(
+        "tele/{t}/SENSOR",
+        {"AM2301": {"Temperature": 104.0, "Humidity": 30.0}, "TempUnit": "F"},
+        {"temp_c": 40.0},
+        {"AM2301": {"Humidity": 30.0}},
+        id="fahrenheit",
+    ),
+    pytest.param(
+        "tele/{t}/SENSOR",
+        {"ANALOG": {"Temperature1": 52.0}, "TempUnit": "C"},
+        {"temp_c": 52.0},
+        {},
+        id="ntc-analog-temperature1",
+    ),
+    pytest.param(
+        "tele/{t}/SENSOR",
+        {"ENERGY": {"Power": [10, 20], "Voltage": 220, "Current": [0.05, 0.1]}},
+        {"power_w": 10.0, "voltage_v": 220.0, "current_a": 0.05},
+        {"energy_power": [10, 20], "energy_current": [0.05, 0.1]},
+        id="multi-channel-arrays",
+    ),
+    pytest.param(
+        "tele/{t}/STATE",
+        {"Time": "2026-11-23T20:00:00", "Uptime": "0T01:00:00", "POWER": "ON", "Wifi": {"RSSI": 80}},
+        {"relay": "on"},
+        {"device_time": "2026-11-23T20:00:00"},
+        id="state-power",
+    ),
     pytest.param("tele/{t}/STATE", {"POWER1": "OFF"}, {"relay": "off"}, {}, id="state-power1"),
     pytest.param("stat/{t}/POWER", "OFF", {"relay": "off"}, {}, id="stat-power"),
     pytest.param("stat/{t}/POWER1", "ON", {"relay": "on"}, {}, id="stat-power1"),
-    pytest.param("tele/{t}/MARGINS", {"Time": "2026-11-23T20:00:00", "PowerHigh": "ON", "PowerDelta": 120},
-                 {}, {"power_high": True, "power_delta_w": 120, "device_time": "2026-11-23T20:00:00"},
-                 id="margins-flat"),
-    pytest.param("tele/{t}/MARGINS", {"Time": "2026-11-23T20:00:00", "MARGINS": {"PowerLow": "OFF",
-                                                                                 "VoltageHigh": "ON"}},
-                 {}, {"power_low": False, "voltage_high": True, "device_time": "2026-11-23T20:00:00"},
-                 id="margins-nested"),
-    pytest.param("stat/{t}/WARNING", {"Time": "2026-11-23T20:00:00", "MaxPowerReached": 2650},
-                 {"power_w": 2650.0}, {"max_power_reached": True, "device_time": "2026-11-23T20:00:00"},
-                 id="max-power-reached"),
-    pytest.param("stat/{t}/WARNING", {"MaxPowerReached": "2650W"}, {"power_w": 2650.0},
-                 {"max_power_reached": True}, id="max-power-reached-old-firmware-units"),
-    pytest.param("stat/{t}/WARNING", {"MaxPowerReachedRetry": "OFF"}, {"relay": "off"},
-                 {"max_power_retry_exhausted": True}, id="max-power-retries-exhausted"),
-    pytest.param("stat/{t}/WARNING", {"MaxEnergyReached": 1.2}, {}, {"max_energy_reached_kwh": 1.2},
-                 id="max-energy"),
+    pytest.param(
+        "tele/{t}/MARGINS",
+        {"Time": "2026-11-23T20:00:00", "PowerHigh": "ON", "PowerDelta": 120},
+        {},
+        {"power_high": True, "power_delta_w": 120, "device_time": "2026-11-23T20:00:00"},
+        id="margins-flat",
+    ),
+    pytest.param(
+        "tele/{t}/MARGINS",
+        {"Time": "2026-11-23T20:00:00", "MARGINS": {"PowerLow": "OFF", "VoltageHigh": "ON"}},
+        {},
+        {"power_low": False, "voltage_high": True, "device_time": "2026-11-23T20:00:00"},
+        id="margins-nested",
+    ),
+    pytest.param(
+        "stat/{t}/WARNING",
+        {"Time": "2026-11-23T20:00:00", "MaxPowerReached": 2650},
+        {"power_w": 2650.0},
+        {"max_power_reached": True, "device_time": "2026-11-23T20:00:00"},
+        id="max-power-reached",
+    ),
+    pytest.param(
+        "stat/{t}/WARNING",
+        {"MaxPowerReached": "2650W"},
+        {"power_w": 2650.0},
+        {"max_power_reached": True},
+        id="max-power-reached-old-firmware-units",
+    ),
+    pytest.param(
+        "stat/{t}/WARNING",
+        {"MaxPowerReachedRetry": "OFF"},
+        {"relay": "off"},
+        {"max_power_retry_exhausted": True},
+        id="max-power-retries-exhausted",
+    ),
+    pytest.param("stat/{t}/WARNING", {"MaxEnergyReached": 1.2}, {}, {"max_energy_reached_kwh": 1.2}, id="max-energy"),
     pytest.param("stat/{t}/RESULT", {"POWER": "OFF"}, {"relay": "off"}, {}, id="result-power-if-it-arrives"),
 ]
 
@@ -404,13 +664,22 @@ def test_tasmota(topic: str, payload: Any, fields: dict[str, Any], extras: dict[
     assert r.ts == NOW, "receive time, or a Time with offset that equals it"
 
 
-@pytest.mark.parametrize(("time", "ts", "extras"), [
-    pytest.param("2026-11-23T19:59:30+08:00", NOW - timedelta(seconds=30), {}, id="setoption52-offset-is-event-time"),
-    pytest.param("2026-11-23T11:59:30Z", NOW - timedelta(seconds=30), {}, id="utc"),
-    pytest.param("2026-11-23T19:59:30", NOW, {"device_time": "2026-11-23T19:59:30"}, id="local-without-offset"),
-    pytest.param("2026-11-23T20:30:00+08:00", NOW, {"device_time": "2026-11-23T20:30:00+08:00",
-                                                    "bridge_clock_ahead_s": 1800.0}, id="device-clock-ahead"),
-])
+@pytest.mark.parametrize(
+    ("time", "ts", "extras"),
+    [
+        pytest.param(
+            "2026-11-23T19:59:30+08:00", NOW - timedelta(seconds=30), {}, id="setoption52-offset-is-event-time"
+        ),
+        pytest.param("2026-11-23T11:59:30Z", NOW - timedelta(seconds=30), {}, id="utc"),
+        pytest.param("2026-11-23T19:59:30", NOW, {"device_time": "2026-11-23T19:59:30"}, id="local-without-offset"),
+        pytest.param(
+            "2026-11-23T20:30:00+08:00",
+            NOW,
+            {"device_time": "2026-11-23T20:30:00+08:00", "bridge_clock_ahead_s": 1800.0},
+            id="device-clock-ahead",
+        ),
+    ],
+)
 def test_tasmota_time(time: str, ts: datetime, extras: dict[str, Any]) -> None:
     r = reading(f"tele/{TASMOTA}/SENSOR", {"Time": time, "ENERGY": {"Power": 100}})
     assert (r.ts, r.extras) == (ts, extras)
@@ -421,30 +690,53 @@ def test_tasmota_stale_time_is_rejected() -> None:
     assert isinstance(item, Reject) and "48.0 h old" in item.reason
 
 
-@pytest.mark.parametrize(("topic", "payload", "expected"), [
-    pytest.param("tele/{t}/LWT", "Online", DeviceStatus("port-t1", True, NOW), id="lwt-online"),
-    pytest.param("tele/{t}/LWT", "Offline", DeviceStatus("port-t1", False, NOW), id="lwt-offline"),
-    pytest.param("tele/{t}/LWT", "", Ignored, id="lwt-cleared"),
-    pytest.param("tele/{t}/STATE", {"Uptime": "0T00:01:00"}, Ignored, id="state-without-relay"),
-    pytest.param("cmnd/{t}/POWER", "OFF", Ignored, id="our-command"),
-    pytest.param("tele/{t}/INFO1", {"Module": "Sonoff Pow R2"}, Ignored, id="info"),
-    pytest.param("stat/{t}/RESULT", {"MaxPower": 2500}, Ignored, id="result-other-command"),
-    pytest.param("tele/{t}/LWT", "online", "must be Online or Offline", id="lwt-garbage"),
-    pytest.param("tele/{t}/SENSOR", {"Time": "2026-11-23T20:00:00"}, "carries neither ENERGY nor a temperature",
-                 id="sensor-empty"),
-    pytest.param("tele/{t}/SENSOR", b"{\"ENERGY\":", "malformed JSON", id="sensor-malformed"),
-    pytest.param("tele/{t}/SENSOR", {"ENERGY": {"Power": -5}}, "power_w (from Tasmota field 'ENERGY.Power')",
-                 id="negative-power"),
-    pytest.param("tele/{t}/SENSOR", {"ENERGY": {"Power": "high"}}, "power_w (from Tasmota field 'ENERGY.Power')",
-                 id="power-not-number"),
-    pytest.param("tele/{t}/STATE", {"POWER": "BLINK"}, "POWER must be ON or OFF", id="state-garbage"),
-    pytest.param("stat/{t}/POWER", "2", "must be ON or OFF", id="stat-power-garbage"),
-    pytest.param("tele/{t}/MARGINS", {"Time": "x"}, "carries no PowerLow", id="margins-empty"),
-    pytest.param("stat/{t}/WARNING", {"Time": "x", "Overtemp": 1}, "unrecognised Tasmota warning (carries Overtemp",
-                 id="warning-unknown"),
-    pytest.param("tele/tasmota_5A9AE8/SENSOR", {"ENERGY": {"Power": 1}}, "unknown tasmota device 'tasmota_5A9AE8'",
-                 id="unknown-device"),
-])
+@pytest.mark.parametrize(
+    ("topic", "payload", "expected"),
+    [
+        pytest.param("tele/{t}/LWT", "Online", DeviceStatus("port-t1", True, NOW), id="lwt-online"),
+        pytest.param("tele/{t}/LWT", "Offline", DeviceStatus("port-t1", False, NOW), id="lwt-offline"),
+        pytest.param("tele/{t}/LWT", "", Ignored, id="lwt-cleared"),
+        pytest.param("tele/{t}/STATE", {"Uptime": "0T00:01:00"}, Ignored, id="state-without-relay"),
+        pytest.param("cmnd/{t}/POWER", "OFF", Ignored, id="our-command"),
+        pytest.param("tele/{t}/INFO1", {"Module": "Sonoff Pow R2"}, Ignored, id="info"),
+        pytest.param("stat/{t}/RESULT", {"MaxPower": 2500}, Ignored, id="result-other-command"),
+        pytest.param("tele/{t}/LWT", "online", "must be Online or Offline", id="lwt-garbage"),
+        pytest.param(
+            "tele/{t}/SENSOR",
+            {"Time": "2026-11-23T20:00:00"},
+            "carries neither ENERGY nor a temperature",
+            id="sensor-empty",
+        ),
+        pytest.param("tele/{t}/SENSOR", b'{"ENERGY":', "malformed JSON", id="sensor-malformed"),
+        pytest.param(
+            "tele/{t}/SENSOR",
+            {"ENERGY": {"Power": -5}},
+            "power_w (from Tasmota field 'ENERGY.Power')",
+            id="negative-power",
+        ),
+        pytest.param(
+            "tele/{t}/SENSOR",
+            {"ENERGY": {"Power": "high"}},
+            "power_w (from Tasmota field 'ENERGY.Power')",
+            id="power-not-number",
+        ),
+        pytest.param("tele/{t}/STATE", {"POWER": "BLINK"}, "POWER must be ON or OFF", id="state-garbage"),
+        pytest.param("stat/{t}/POWER", "2", "must be ON or OFF", id="stat-power-garbage"),
+        pytest.param("tele/{t}/MARGINS", {"Time": "x"}, "carries no PowerLow", id="margins-empty"),
+        pytest.param(
+            "stat/{t}/WARNING",
+            {"Time": "x", "Overtemp": 1},
+            "unrecognised Tasmota warning (carries Overtemp",
+            id="warning-unknown",
+        ),
+        pytest.param(
+            "tele/tasmota_5A9AE8/SENSOR",
+            {"ENERGY": {"Power": 1}},
+            "unknown tasmota device 'tasmota_5A9AE8'",
+            id="unknown-device",
+        ),
+    ],
+)
 def test_tasmota_status_ignores_and_rejects(topic: str, payload: Any, expected: Any) -> None:
     item = one(topic.format(t=TASMOTA), payload)
     if isinstance(expected, str):
@@ -479,34 +771,46 @@ def test_oversize_device_message_is_still_rejected() -> None:
 
 
 # --- commands back to the bridges ----------------------------------------------------------------------
-@pytest.mark.parametrize(("device_id", "action", "topic", "payload"), [
-    pytest.param("plug-z1", "cut_power", "zigbee2mqtt/plug_1/set", {"state": "OFF"}, id="z2m-cut-power"),
-    pytest.param("plug-z1", "restore_power", "zigbee2mqtt/plug_1/set", {"state": "ON"}, id="z2m-restore"),
-    pytest.param("valve-z1", "close_valve", "zigbee2mqtt/gas_valve/set", {"state": "OFF"}, id="z2m-valve"),
-    pytest.param("gas-z1", "self_test", "zigbee2mqtt/kitchen_gas/set", {"self_test": True}, id="z2m-self-test"),
-    pytest.param("gas-z1", "silence", "zigbee2mqtt/kitchen_gas/set", {"silence": True}, id="z2m-silence"),
-    pytest.param("gas-s1", "close_valve", f"{SHELLY}/valve/0/command", "close", id="shelly-close-valve"),
-    pytest.param("gas-s1", "self_test", f"{SHELLY}/sensor/start_self_test", "self_test", id="shelly-self-test"),
-    pytest.param("gas-s1", "silence", f"{SHELLY}/sensor/mute", "mute", id="shelly-mute"),
-    pytest.param("valve-s2", "close_valve", "shellies/shellygas-A1B2C3D4E5F6/valve/0/command", "close",
-                 id="shelly-valve-device"),
-    pytest.param("port-t1", "cut_power", "cmnd/shed_port_3/POWER", "OFF", id="tasmota-cut-power"),
-    pytest.param("port-t1", "restore_power", "cmnd/shed_port_3/POWER", "ON", id="tasmota-restore"),
-])
+@pytest.mark.parametrize(
+    ("device_id", "action", "topic", "payload"),
+    [
+        pytest.param("plug-z1", "cut_power", "zigbee2mqtt/plug_1/set", {"state": "OFF"}, id="z2m-cut-power"),
+        pytest.param("plug-z1", "restore_power", "zigbee2mqtt/plug_1/set", {"state": "ON"}, id="z2m-restore"),
+        pytest.param("valve-z1", "close_valve", "zigbee2mqtt/gas_valve/set", {"state": "OFF"}, id="z2m-valve"),
+        pytest.param("gas-z1", "self_test", "zigbee2mqtt/kitchen_gas/set", {"self_test": True}, id="z2m-self-test"),
+        pytest.param("gas-z1", "silence", "zigbee2mqtt/kitchen_gas/set", {"silence": True}, id="z2m-silence"),
+        pytest.param("gas-s1", "close_valve", f"{SHELLY}/valve/0/command", "close", id="shelly-close-valve"),
+        pytest.param("gas-s1", "self_test", f"{SHELLY}/sensor/start_self_test", "self_test", id="shelly-self-test"),
+        pytest.param("gas-s1", "silence", f"{SHELLY}/sensor/mute", "mute", id="shelly-mute"),
+        pytest.param(
+            "valve-s2",
+            "close_valve",
+            "shellies/shellygas-A1B2C3D4E5F6/valve/0/command",
+            "close",
+            id="shelly-valve-device",
+        ),
+        pytest.param("port-t1", "cut_power", "cmnd/shed_port_3/POWER", "OFF", id="tasmota-cut-power"),
+        pytest.param("port-t1", "restore_power", "cmnd/shed_port_3/POWER", "ON", id="tasmota-restore"),
+    ],
+)
 def test_encode_command(device_id: str, action: str, topic: str, payload: Any) -> None:
     device = Registry().device(device_id)
     assert device is not None
-    (got_topic, got_payload), = adapters.encode_command(device, action=action, command_id="c1", alarm_id=7,
-                                                        reason="test")
+    ((got_topic, got_payload),) = adapters.encode_command(
+        device, action=action, command_id="c1", alarm_id=7, reason="test"
+    )
     assert got_topic == topic
     assert (orjson.loads(got_payload) if isinstance(payload, dict) else got_payload.decode()) == payload
 
 
-@pytest.mark.parametrize(("device_id", "action", "reason"), [
-    pytest.param("gas-s1", "cut_power", "has no relay", id="shelly-has-no-relay"),
-    pytest.param("port-t1", "close_valve", "cannot carry the action 'close_valve'", id="tasmota-has-no-valve"),
-    pytest.param("plug-z1", "reboot", "cannot carry the action 'reboot'", id="z2m-unknown-action"),
-])
+@pytest.mark.parametrize(
+    ("device_id", "action", "reason"),
+    [
+        pytest.param("gas-s1", "cut_power", "has no relay", id="shelly-has-no-relay"),
+        pytest.param("port-t1", "close_valve", "cannot carry the action 'close_valve'", id="tasmota-has-no-valve"),
+        pytest.param("plug-z1", "reboot", "cannot carry the action 'reboot'", id="z2m-unknown-action"),
+    ],
+)
 def test_encode_command_refuses_what_a_bridge_cannot_do(device_id: str, action: str, reason: str) -> None:
     device = Registry().device(device_id)
     assert device is not None
@@ -522,8 +826,9 @@ def test_encode_command_needs_a_foreign_id() -> None:
 
 def test_encode_command_native_unchanged() -> None:
     device = dev("gas-1", DeviceKind.GAS_DETECTOR, Adapter.NATIVE, "")
-    (topic, payload), = adapters.encode_command(device, action="close_valve", command_id="c9", alarm_id=3,
-                                                reason="GAS-02")
+    ((topic, payload),) = adapters.encode_command(
+        device, action="close_valve", command_id="c9", alarm_id=3, reason="GAS-02"
+    )
     assert topic == "gw/v1/gas-1/cmd"
     assert orjson.loads(payload) == {"id": "c9", "action": "close_valve", "alarm_id": 3, "reason": "GAS-02"}
 
@@ -553,8 +858,11 @@ def test_shelly_periodic_republish_of_unchanged_state_does_not_retrigger() -> No
     # must stay quiet, and an unchanged "heavy" repeat only holds the alarm.
     quiet = [(f"{SHELLY}/sensor/gas", "none", 0), (f"{SHELLY}/sensor/concentration", "0", 1)] * 3
     assert run_rules("gas-s1", quiet) == []
-    leak = [(f"{SHELLY}/sensor/gas", "heavy", 0), (f"{SHELLY}/sensor/gas", "heavy", 30),
-            (f"{SHELLY}/sensor/gas", "heavy", 60)]
+    leak = [
+        (f"{SHELLY}/sensor/gas", "heavy", 0),
+        (f"{SHELLY}/sensor/gas", "heavy", 30),
+        (f"{SHELLY}/sensor/gas", "heavy", 60),
+    ]
     assert run_rules("gas-s1", leak) == [("gas_leak", "raise")]
 
 

@@ -20,9 +20,9 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from app.services import Running, start_services
 from core import repo as core_repo
 from core.registry import parse_registry
-from core.services import Running, start_services
 from core.settings import Settings
 from tests.support import Publisher, Receiver, wait_for
 
@@ -94,18 +94,27 @@ def readings(settings: Settings, device_id: str) -> int:
 
 
 def transitions(settings: Settings, device_id: str, alarm_type: str) -> list[str]:
-    return [r[0] for r in rows(settings, """
+    return [
+        r[0]
+        for r in rows(
+            settings,
+            """
         SELECT e.kind FROM alarm_event e JOIN alarm a ON a.id = e.alarm_id
         WHERE a.device_id = %s AND a.type = %s AND e.kind IN ('raised', 'reactivated', 'cleared')
-        ORDER BY e.id""", device_id, alarm_type)]
+        ORDER BY e.id""",
+            device_id,
+            alarm_type,
+        )
+    ]
 
 
 def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def test_zigbee2mqtt_gas_alarm_and_state_cache_repeats(bridged: Settings, ingest: Running, publisher: Publisher,
-                                                       receiver: Receiver) -> None:
+def test_zigbee2mqtt_gas_alarm_and_state_cache_repeats(
+    bridged: Settings, ingest: Running, publisher: Publisher, receiver: Receiver
+) -> None:
     topic = f"{bridged.bridge_topic_root}/zigbee2mqtt/kitchen_gas"
     t0 = (datetime.now(UTC) - timedelta(seconds=30)).replace(microsecond=0)
     first = {"gas": True, "gas_value": 32, "preheat": False, "linkquality": 120, "last_seen": iso(t0)}
@@ -129,8 +138,9 @@ def test_zigbee2mqtt_gas_alarm_and_state_cache_repeats(bridged: Settings, ingest
     assert stored[0][4] == {"preheat": False, "linkquality": 120}
 
 
-def test_cleared_alarm_is_not_reopened_by_a_stale_bridge_copy(bridged: Settings, ingest: Running,
-                                                               publisher: Publisher) -> None:
+def test_cleared_alarm_is_not_reopened_by_a_stale_bridge_copy(
+    bridged: Settings, ingest: Running, publisher: Publisher
+) -> None:
     topic = f"{bridged.bridge_topic_root}/zigbee2mqtt/kitchen_gas"
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     alarm = {"gas": True, "gas_value": 30, "last_seen": iso(t0)}
@@ -147,22 +157,27 @@ def test_cleared_alarm_is_not_reopened_by_a_stale_bridge_copy(bridged: Settings,
     assert count(bridged, "SELECT count(*) FROM alarm WHERE device_id = 'z-gas' AND active") == 0
 
 
-def test_zigbee2mqtt_attribute_output_availability_and_bridge_state(bridged: Settings, ingest: Running,
-                                                                    publisher: Publisher) -> None:
+def test_zigbee2mqtt_attribute_output_availability_and_bridge_state(
+    bridged: Settings, ingest: Running, publisher: Publisher
+) -> None:
     root = f"{bridged.bridge_topic_root}/zigbee2mqtt"
     publisher.publish(f"{root}/co_box/co", "12")
     publisher.publish(f"{root}/co_box/carbon_monoxide", "true")
     publisher.publish(f"{root}/co_box/linkquality", "87")  # alone: not stored
     wait_for(lambda: readings(bridged, "z-co") == 2, what="two attribute readings")
     wait_for(lambda: transitions(bridged, "z-co", "co_alarm") == ["raised"], what="CO alarm from the device's flag")
-    assert sorted(rows(bridged, "SELECT co_ppm, extras FROM reading WHERE device_id = 'z-co'"),
-                  key=lambda r: r[0] is None) == [(12.0, None), (None, {"co": True})]
+    assert sorted(
+        rows(bridged, "SELECT co_ppm, extras FROM reading WHERE device_id = 'z-co'"), key=lambda r: r[0] is None
+    ) == [(12.0, None), (None, {"co": True})]
 
     publisher.publish(f"{root}/co_box/availability", {"state": "offline"}, retain=True)
     publisher.publish(f"{root}/kitchen_gas/availability", "online", retain=True)  # the legacy form
     publisher.publish(f"{root}/bridge/state", "offline", retain=True)
-    publisher.publish(f"{root}/bridge/devices", orjson.dumps([{"ieee_address": "0x00158d0001d2a2b3", "definition": {
-        "exposes": [{"name": "x" * 100}] * 300}}]), retain=True)  # bookkeeping larger than the payload limit
+    publisher.publish(
+        f"{root}/bridge/devices",
+        orjson.dumps([{"ieee_address": "0x00158d0001d2a2b3", "definition": {"exposes": [{"name": "x" * 100}] * 300}}]),
+        retain=True,
+    )  # bookkeeping larger than the payload limit
 
     def online() -> dict[str, bool | None]:
         return dict(rows(bridged, "SELECT device_id, online FROM device_state WHERE device_id LIKE 'z-%%'"))
@@ -205,12 +220,16 @@ def test_shelly_gas_closes_its_valve(bridged: Settings, receiver: Receiver, publ
         wait_for(lambda: receiver.for_path("w1"), what="notification")
         assert arrived.wait(15), "close_valve never reached the Shelly"
         assert [(t.split("/", 3 if t.startswith(bridged.bridge_topic_root) else 2)[-1], p) for t, p in got] == [
-            ("valve/0/command", b"close")]
+            ("valve/0/command", b"close")
+        ]
         publisher.publish(f"{base}/valve/0/state", "closed")
-        wait_for(lambda: rows(bridged, "SELECT valve FROM reading WHERE device_id = 's-valve'") == [("closed",)],
-                 what="the valve's state on the valve device")
-        assert rows(bridged, "SELECT gas_lel, extras FROM reading WHERE device_id = 's-gas' AND gas_lel IS NOT NULL"
-                    ) == [(8.0, {"gas_ppm": 4000})]
+        wait_for(
+            lambda: rows(bridged, "SELECT valve FROM reading WHERE device_id = 's-valve'") == [("closed",)],
+            what="the valve's state on the valve device",
+        )
+        assert rows(
+            bridged, "SELECT gas_lel, extras FROM reading WHERE device_id = 's-gas' AND gas_lel IS NOT NULL"
+        ) == [(8.0, {"gas_ppm": 4000})]
         assert rows(bridged, "SELECT online FROM device_state WHERE device_id = 's-gas'") == [(True,)]
         publisher.publish(f"{base}/online", b"", retain=True)
     finally:
@@ -222,16 +241,35 @@ def test_shelly_gas_closes_its_valve(bridged: Settings, receiver: Receiver, publ
 def test_tasmota_energy_relay_and_max_power(bridged: Settings, ingest: Running, publisher: Publisher) -> None:
     root = bridged.bridge_topic_root
     publisher.publish(f"{root}/tele/shed_port_3/LWT", "Online", retain=True)
-    publisher.publish(f"{root}/tele/shed_port_3/SENSOR", {"Time": "2026-11-23T20:00:00", "ENERGY": {
-        "TotalStartTime": "2026-01-01T00:00:00", "Total": 12.5, "Yesterday": 0.9, "Today": 0.3, "Power": 180,
-        "ApparentPower": 190, "ReactivePower": 60, "Factor": 0.95, "Voltage": 221, "Current": 0.82}})
+    publisher.publish(
+        f"{root}/tele/shed_port_3/SENSOR",
+        {
+            "Time": "2026-11-23T20:00:00",
+            "ENERGY": {
+                "TotalStartTime": "2026-01-01T00:00:00",
+                "Total": 12.5,
+                "Yesterday": 0.9,
+                "Today": 0.3,
+                "Power": 180,
+                "ApparentPower": 190,
+                "ReactivePower": 60,
+                "Factor": 0.95,
+                "Voltage": 221,
+                "Current": 0.82,
+            },
+        },
+    )
     publisher.publish(f"{root}/stat/shed_port_3/WARNING", {"Time": "2026-11-23T20:05:00", "MaxPowerReached": 2650})
     publisher.publish(f"{root}/stat/shed_port_3/POWER", "OFF")
     wait_for(lambda: readings(bridged, "t-port") == 3, what="three Tasmota readings")
-    got = rows(bridged, """SELECT power_w, voltage_v, current_a, energy_wh, relay, extras->>'max_power_reached'
-                           FROM reading WHERE device_id = 't-port' ORDER BY received_at""")
-    assert (180.0, 221.0, 0.82, 12500.0, None, None) in [tuple(round(v, 2) if isinstance(v, float) else v
-                                                              for v in r) for r in got]
+    got = rows(
+        bridged,
+        """SELECT power_w, voltage_v, current_a, energy_wh, relay, extras->>'max_power_reached'
+                           FROM reading WHERE device_id = 't-port' ORDER BY received_at""",
+    )
+    assert (180.0, 221.0, 0.82, 12500.0, None, None) in [
+        tuple(round(v, 2) if isinstance(v, float) else v for v in r) for r in got
+    ]
     assert (2650.0, None, None, None, None, "true") in got
     assert (None, None, None, None, "off", None) in got
     assert rows(bridged, "SELECT online FROM device_state WHERE device_id = 't-port'") == [(True,)]
@@ -251,9 +289,13 @@ def test_bridge_rejects_land_in_ingest_reject(bridged: Settings, ingest: Running
     wait_for(lambda: count(bridged, "SELECT count(*) FROM ingest_reject") == 6, what="six rejects")
     got = rows(bridged, "SELECT topic, device_id, reason FROM ingest_reject ORDER BY id")
     assert [(t.removeprefix(root + "/"), d) for t, d, _ in got] == [
-        ("zigbee2mqtt/hallway_sensor", None), ("zigbee2mqtt/kitchen_gas", "z-gas"),
-        ("zigbee2mqtt/kitchen_gas", "z-gas"), (f"shellies/{sid}/sensor/gas", "s-gas"),
-        ("tele/shed_port_3/LWT", "t-port"), ("tele/other_plug/SENSOR", None)]
+        ("zigbee2mqtt/hallway_sensor", None),
+        ("zigbee2mqtt/kitchen_gas", "z-gas"),
+        ("zigbee2mqtt/kitchen_gas", "z-gas"),
+        (f"shellies/{sid}/sensor/gas", "s-gas"),
+        ("tele/shed_port_3/LWT", "t-port"),
+        ("tele/other_plug/SENSOR", None),
+    ]
     reasons = [r for _, _, r in got]
     assert reasons[0].startswith("unknown zigbee2mqtt device 'hallway_sensor': no registry device has adapter")
     assert "malformed JSON" in reasons[1]

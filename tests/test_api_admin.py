@@ -25,13 +25,34 @@ CHAIN: list[tuple[str, str, dict[str, Any]]] = [
     ("communities", "c9", {"name": "Ninth", "address": "9 Road"}),
     ("grids", "g9", {"community_id": "c9", "name": "Grid nine"}),
     ("micro-grids", "mg9", {"grid_id": "g9", "name": "Micro nine"}),
-    ("workers", "w9", {"community_id": "c9", "name": "Zhao", "role": "micro_grid_worker", "micro_grids": ["mg9"],
-                       "notify": ["json://127.0.0.1:9/w9"], "roster": "Mon-Fri 09:00-17:00"}),
+    (
+        "workers",
+        "w9",
+        {
+            "community_id": "c9",
+            "name": "Zhao",
+            "role": "micro_grid_worker",
+            "micro_grids": ["mg9"],
+            "notify": ["json://127.0.0.1:9/w9"],
+            "roster": "Mon-Fri 09:00-17:00",
+        },
+    ),
     ("merchants", "m9", {"community_id": "c9", "name": "Hotpot", "notify": []}),
     ("sites", "s9", {"micro_grid_id": "mg9", "merchant_id": "m9", "kind": "shop", "name": "Hotpot", "floor": 1}),
     ("devices", "gw9", {"kind": "gateway", "site_id": "s9", "location": "storage"}),
-    ("devices", "gas-9", {"kind": "gas_detector", "site_id": "s9", "location": "kitchen", "adapter": "zigbee2mqtt",
-                          "foreign_id": "kitchen-gas", "gateway_id": "gw9", "battery": True}),
+    (
+        "devices",
+        "gas-9",
+        {
+            "kind": "gas_detector",
+            "site_id": "s9",
+            "location": "kitchen",
+            "adapter": "zigbee2mqtt",
+            "foreign_id": "kitchen-gas",
+            "gateway_id": "gw9",
+            "battery": True,
+        },
+    ),
 ]
 
 
@@ -42,8 +63,9 @@ def test_registry_crud_round_trip(env: ApiEnv) -> None:
         assert r.status_code == 200, (kind, r.text)
         got = env.client.get(f"/api/v1/admin/{kind}/{item_id}", headers=h).json()
         assert {k: got[k] for k in body} == body
-    assert env.client.get("/api/v1/admin/devices/gas-9", headers=h).json()["report_interval_s"] == 86400, \
+    assert env.client.get("/api/v1/admin/devices/gas-9", headers=h).json()["report_interval_s"] == 86400, (
         "a battery device defaults to the daily report interval"
+    )
     assert env.client.get("/api/v1/admin/workers?community_id=c9", headers=h).json()["items"][0]["id"] == "w9"
     # the new worker's token sees the new micro-grid's alarms and nothing else
     with env.conn() as conn, conn.transaction():
@@ -77,14 +99,20 @@ BAD_WRITES: list[tuple[str, str, dict[str, Any], str]] = [
     ("grids", "g8", {"community_id": "nowhere", "name": "x"}, "body.community_id"),
     ("sites", "s8", {"micro_grid_id": "mg1", "merchant_id": "ghost", "kind": "shop"}, "body.merchant_id"),
     ("sites", "s8", {"micro_grid_id": "mg1", "kind": "castle"}, "body.kind"),
-    ("workers", "w8", {"community_id": "c1", "name": "x", "role": "micro_grid_worker", "micro_grids": ["zz"]},
-     "body.micro_grids"),
-    ("workers", "w8", {"community_id": "c1", "name": "x", "role": "micro_grid_worker", "roster": "weekdays"},
-     "body"),
-    ("devices", "d8", {"kind": "gas_detector", "site_id": "s1", "location": "kitchen", "gateway_id": "gas-1"},
-     "body.gateway_id"),
-    ("devices", "d8", {"kind": "gas_detector", "site_id": "s1", "location": "kitchen", "adapter": "shelly"},
-     "body"),
+    (
+        "workers",
+        "w8",
+        {"community_id": "c1", "name": "x", "role": "micro_grid_worker", "micro_grids": ["zz"]},
+        "body.micro_grids",
+    ),
+    ("workers", "w8", {"community_id": "c1", "name": "x", "role": "micro_grid_worker", "roster": "weekdays"}, "body"),
+    (
+        "devices",
+        "d8",
+        {"kind": "gas_detector", "site_id": "s1", "location": "kitchen", "gateway_id": "gas-1"},
+        "body.gateway_id",
+    ),
+    ("devices", "d8", {"kind": "gas_detector", "site_id": "s1", "location": "kitchen", "adapter": "shelly"}, "body"),
     ("devices", "bad id!", {"kind": "gas_detector", "site_id": "s1", "location": "kitchen"}, "path.item_id"),
 ]
 
@@ -117,11 +145,15 @@ def test_bulk_import_is_the_load_file(env: ApiEnv) -> None:
     assert counts["merchants"] == 57
     again = env.client.post("/api/v1/admin/import", content=text, headers=h)
     assert again.json() == r.json(), "idempotent, like gridwatch load"
-    listed = env.client.get(f"/api/v1/admin/merchants?community_id={r.json()['community']}&limit=500",
-                            headers=env.headers("admin")).json()["items"]
+    listed = env.client.get(
+        f"/api/v1/admin/merchants?community_id={r.json()['community']}&limit=500", headers=env.headers("admin")
+    ).json()["items"]
     assert len(listed) == 57
-    bad = env.client.post("/api/v1/admin/import", headers=h, content=b"community: {id: c1, name: x}\ndevices:\n"
-                          b"  - {id: d1, kind: toaster, site: s1, location: kitchen}\n")
+    bad = env.client.post(
+        "/api/v1/admin/import",
+        headers=h,
+        content=b"community: {id: c1, name: x}\ndevices:\n  - {id: d1, kind: toaster, site: s1, location: kitchen}\n",
+    )
     assert bad.status_code == 422
     assert bad.json()["detail"].startswith("body:3: devices.0.kind"), bad.json()
 
@@ -129,14 +161,18 @@ def test_bulk_import_is_the_load_file(env: ApiEnv) -> None:
 def test_silences(env: ApiEnv) -> None:
     h = env.headers("admin")
     ends = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-    r = env.client.post("/api/v1/admin/silences", headers=h,
-                        json={"device_id": "gas-2", "ends_at": ends, "reason": "detector replacement"})
+    r = env.client.post(
+        "/api/v1/admin/silences",
+        headers=h,
+        json={"device_id": "gas-2", "ends_at": ends, "reason": "detector replacement"},
+    )
     assert r.status_code == 201, r.text
     silence = r.json()
     assert (silence["created_by"], silence["include_life_safety"]) == ("admin:1", False)
     assert [s["id"] for s in env.client.get("/api/v1/admin/silences", headers=h).json()["items"]] == [silence["id"]]
-    both = env.client.post("/api/v1/admin/silences", headers=h, json={"device_id": "gas-2", "site_id": "s2",
-                                                                      "ends_at": ends})
+    both = env.client.post(
+        "/api/v1/admin/silences", headers=h, json={"device_id": "gas-2", "site_id": "s2", "ends_at": ends}
+    )
     assert both.status_code == 422 and "exactly one" in both.json()["detail"]
     past = env.client.post("/api/v1/admin/silences", headers=h, json={"site_id": "s2", "ends_at": "2020-01-01T00:00Z"})
     assert past.status_code == 422 and past.json()["detail"].startswith("body.ends_at")
@@ -145,9 +181,16 @@ def test_silences(env: ApiEnv) -> None:
     assert env.client.delete(f"/api/v1/admin/silences/{silence['id']}", headers=h).status_code == 204
     assert env.client.get("/api/v1/admin/silences", headers=h).json()["items"] == []
     planned_start = datetime.now(UTC) + timedelta(days=1)
-    planned = env.client.post("/api/v1/admin/silences", headers=h, json={
-        "site_id": "s2", "starts_at": planned_start.isoformat(), "ends_at": (planned_start + timedelta(hours=3)
-                                                                             ).isoformat(), "reason": "rewiring"})
+    planned = env.client.post(
+        "/api/v1/admin/silences",
+        headers=h,
+        json={
+            "site_id": "s2",
+            "starts_at": planned_start.isoformat(),
+            "ends_at": (planned_start + timedelta(hours=3)).isoformat(),
+            "reason": "rewiring",
+        },
+    )
     assert planned.status_code == 201, planned.text
     assert datetime.fromisoformat(planned.json()["starts_at"]) == planned_start
     assert env.client.delete(f"/api/v1/admin/silences/{silence['id']}", headers=h).status_code == 404

@@ -28,8 +28,10 @@ def env(loaded: Settings) -> Iterator[ApiEnv]:
 
 def test_filters_and_keyset_pagination(env: ApiEnv) -> None:
     with env.conn() as conn, conn.transaction():
-        ids = [raise_alarm(conn, "gas-1", t, severity=sev) for t, sev in
-               [("gas_leak", Severity.CRITICAL), ("gas_low", Severity.MAJOR), ("gas_drift", Severity.MINOR)]]
+        ids = [
+            raise_alarm(conn, "gas-1", t, severity=sev)
+            for t, sev in [("gas_leak", Severity.CRITICAL), ("gas_low", Severity.MAJOR), ("gas_drift", Severity.MINOR)]
+        ]
         raise_alarm(conn, "gas-2", "gas_leak")
         rules_service.acknowledge(conn, alarm_id=ids[0], actor="w1")
     h = env.headers("w1")
@@ -38,10 +40,10 @@ def test_filters_and_keyset_pagination(env: ApiEnv) -> None:
     page2 = env.client.get(f"/api/v1/alarms?limit=2&before={page1['next_before']}", headers=h).json()
     assert [a["id"] for a in page2["items"]] == [ids[0]] and page2["next_before"] is None
     assert [a["id"] for a in env.client.get("/api/v1/alarms?severity=P2", headers=h).json()["items"]] == ids[1::-1]
-    assert [a["id"] for a in env.client.get("/api/v1/alarms?acknowledged=false", headers=h).json()["items"]] == \
-        ids[:0:-1]
-    assert [a["type"] for a in env.client.get("/api/v1/alarms?type=gas_low", headers=h).json()["items"]] == \
-        ["gas_low"]
+    assert [a["id"] for a in env.client.get("/api/v1/alarms?acknowledged=false", headers=h).json()["items"]] == ids[
+        :0:-1
+    ]
+    assert [a["type"] for a in env.client.get("/api/v1/alarms?type=gas_low", headers=h).json()["items"]] == ["gas_low"]
     assert env.client.get("/api/v1/alarms?site=s2", headers=h).json()["items"] == [], "s2 is not w1's"
     assert len(env.client.get("/api/v1/alarms", headers=env.headers("admin")).json()["items"]) == 4
 
@@ -67,15 +69,21 @@ def test_detail_ack_resolve_and_conflicts(env: ApiEnv) -> None:
     raised = datetime.now(UTC) - timedelta(minutes=5)
     with env.conn() as conn, conn.transaction():
         # seconds from the raise; the window is 10 min before it to 10 min after it was resolved (now = +5 min)
-        for i, (dt, lel) in enumerate([(-1200, 1.5), (-540, 3.0), (-60, 8.0), (0, 30.0), (60, 32.0), (400, 12.0),
-                                       (1200, 1.0)]):
-            conn.execute("INSERT INTO reading (device_id, ts, seq, received_at, gas_lel) VALUES (%s, %s, %s, %s, %s)",
-                         ("gas-1", raised + timedelta(seconds=dt), i, raised, lel))
+        for i, (dt, lel) in enumerate(
+            [(-1200, 1.5), (-540, 3.0), (-60, 8.0), (0, 30.0), (60, 32.0), (400, 12.0), (1200, 1.0)]
+        ):
+            conn.execute(
+                "INSERT INTO reading (device_id, ts, seq, received_at, gas_lel) VALUES (%s, %s, %s, %s, %s)",
+                ("gas-1", raised + timedelta(seconds=dt), i, raised, lel),
+            )
         alarm_id = raise_alarm(conn, "gas-1", at=raised)
     h = env.headers("w1")
     assert env.client.post(f"/api/v1/alarms/{alarm_id}/ack", headers=h).json()["acknowledged_by"] == "w1"
-    r = env.client.post(f"/api/v1/alarms/{alarm_id}/resolve", headers=h,
-                        json={"disposition": "real_hazard", "note": "hose cracked, valve closed"})
+    r = env.client.post(
+        f"/api/v1/alarms/{alarm_id}/resolve",
+        headers=h,
+        json={"disposition": "real_hazard", "note": "hose cracked, valve closed"},
+    )
     assert r.status_code == 200, r.text
     assert (r.json()["disposition"], r.json()["closed_by"]) == ("real_hazard", "w1")
     detail = env.client.get(f"/api/v1/alarms/{alarm_id}/detail", headers=h).json()
@@ -89,8 +97,9 @@ def test_detail_ack_resolve_and_conflicts(env: ApiEnv) -> None:
     assert env.client.post(f"/api/v1/alarms/{alarm_id}/ack", headers=h).status_code == 409
     bad = env.client.post(f"/api/v1/alarms/{alarm_id}/resolve", headers=h, json={"disposition": "fixed"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.disposition"
-    extra = env.client.post(f"/api/v1/alarms/{alarm_id}/resolve", headers=h,
-                            json={"disposition": "test", "colour": "red"})
+    extra = env.client.post(
+        f"/api/v1/alarms/{alarm_id}/resolve", headers=h, json={"disposition": "test", "colour": "red"}
+    )
     assert extra.status_code == 422 and extra.json()["errors"][0]["field"] == "body.colour"
     assert env.client.get("/api/v1/alarms/999999", headers=h).status_code == 404
 
@@ -140,8 +149,11 @@ def test_live_stream_sends_changes_in_scope_only(loaded: Settings) -> None:
             assert got[0]["acknowledged"] is False
             with env.conn() as conn, conn.transaction():
                 rules_service.acknowledge(conn, alarm_id=mine, actor="w1")
-            wait_for(lambda: any(e["id"] == mine and e["acknowledged"] for e in w1.events), timeout=10,
-                     what="w1 sees the acknowledgement")
+            wait_for(
+                lambda: any(e["id"] == mine and e["acknowledged"] for e in w1.events),
+                timeout=10,
+                what="w1 sees the acknowledgement",
+            )
             with env.conn() as conn, conn.transaction():
                 m2_alarm = raise_alarm(conn, "gas-3")
             wait_for(lambda: [e for e in m2.events if e["id"] == m2_alarm], timeout=10, what="m2 sees its alarm")

@@ -14,17 +14,25 @@ import psycopg
 import pytest
 
 from api import auth
-from api import repo as api_repo
 from core.settings import Settings
-from rules import score_service
+from notify import service as notify_service
+from score import service as score_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 
 ALL = frozenset({"admin", "worker", "merchant"})
 STAFF = frozenset({"admin", "worker"})
 ADMIN = frozenset({"admin"})
 ADMIN_PREFIXES = ("/api/v1/admin/",)
-PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/login"), ("POST", "/login"), ("GET", "/openapi.json"),
-          ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+}
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/alarms"): ALL,
     ("GET", "/api/v1/alarms/stream"): ALL,
@@ -62,8 +70,15 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin"): ADMIN,
 }
 PRINCIPAL = {"admin": "admin", "worker": "w1", "merchant": "m1"}
-ITEM_IDS = {"communities": "c1", "grids": "g1", "micro-grids": "mg1", "workers": "w1", "merchants": "m1",
-            "sites": "s1", "devices": "gas-1"}
+ITEM_IDS = {
+    "communities": "c1",
+    "grids": "g1",
+    "micro-grids": "mg1",
+    "workers": "w1",
+    "merchants": "m1",
+    "sites": "s1",
+    "devices": "gas-1",
+}
 STREAMS = {"/api/v1/alarms/stream", "/board/stream"}
 
 
@@ -105,6 +120,7 @@ def fill(env: ApiEnv, path: str, ids: dict[str, object]) -> str:
             kind = path.split("/")[4]
             return ITEM_IDS[kind]
         return str(ids[name])
+
     url = re.sub(r"\{(\w+)\}", one, path)
     if path in STREAMS:
         url += "?max_s=0.2"
@@ -116,12 +132,27 @@ def seed(env: ApiEnv) -> dict[str, object]:
     with env.conn() as conn, conn.transaction():
         alarm_id = raise_alarm(conn, "gas-1")
         spare, _, _ = auth.create_token_row(conn, secret_key=key, role="admin", label="spare")
-        silence = api_repo.insert_silence(conn, site_id="s2", device_id=None, starts_at=None,
-                                          ends_at=datetime.now(UTC) + timedelta(hours=1), reason="works",
-                                          created_by="admin", include_life_safety=False)
+        silence = notify_service.create_silence(
+            conn,
+            site_id="s2",
+            device_id=None,
+            minutes=60,
+            reason="works",
+            created_by="admin",
+            include_life_safety=False,
+            now=datetime.now(UTC),
+        )
         finding = score_service.record_finding(conn, site_id="s1", kind="blocked_exit", actor="w1")
-    return {"alarm_id": alarm_id, "device_id": "gas-1", "merchant_id": "m1", "token_id": spare,
-            "silence_id": silence.id, "finding_id": finding.id, "community_id": "c1", "grid_id": "g1"}
+    return {
+        "alarm_id": alarm_id,
+        "device_id": "gas-1",
+        "merchant_id": "m1",
+        "token_id": spare,
+        "silence_id": silence.id,
+        "finding_id": finding.id,
+        "community_id": "c1",
+        "grid_id": "g1",
+    }
 
 
 def call(env: ApiEnv, method: str, url: str, who: str | None) -> int:
@@ -179,15 +210,15 @@ def test_out_of_scope_objects_are_404_not_403(env: ApiEnv) -> None:
         assert env.client.get("/devices/gas-1", headers=h).status_code == 404
     h = env.headers("w2")
     assert env.client.post(f"/api/v1/alarms/{a}/ack", headers=h).status_code == 404
-    assert env.client.post(f"/api/v1/alarms/{a}/resolve", headers=h,
-                           json={"disposition": "test"}).status_code == 404
-    assert env.client.post("/api/v1/findings", headers=h, json={"site_id": "s1", "kind": "blocked_exit"}
-                           ).status_code == 404
+    assert env.client.post(f"/api/v1/alarms/{a}/resolve", headers=h, json={"disposition": "test"}).status_code == 404
+    assert (
+        env.client.post("/api/v1/findings", headers=h, json={"site_id": "s1", "kind": "blocked_exit"}).status_code
+        == 404
+    )
     assert env.client.post(f"/api/v1/findings/{ids['finding_id']}/close", headers=h, json={}).status_code == 404
     assert env.client.get("/api/v1/devices/gas-1/lock", headers=h).status_code == 404
     assert env.client.post("/api/v1/devices/gas-1/unlock", headers=h, json={"note": "x"}).status_code == 404
-    assert env.client.post("/api/v1/devices/gas-1/commands", headers=h, json={"action": "self_test"}
-                           ).status_code == 404
+    assert env.client.post("/api/v1/devices/gas-1/commands", headers=h, json={"action": "self_test"}).status_code == 404
     # and what is in scope answers
     assert env.client.get(f"/api/v1/alarms/{a}", headers=env.headers("w1")).status_code == 200
     assert env.client.get(f"/api/v1/alarms/{a}", headers=env.headers("m1")).status_code == 200
@@ -205,17 +236,22 @@ def test_revoked_and_expired_tokens_are_refused(env: ApiEnv) -> None:
     assert r.status_code == 401 and "expired" in r.json()["detail"]
     r = env.client.get("/api/v1/alarms", headers={"Authorization": "Bearer gw_nonsense"})
     assert r.status_code == 401 and "unknown" in r.json()["detail"]
-    made = env.client.post("/api/v1/admin/tokens", headers=env.headers("admin"),
-                           json={"role": "merchant", "merchant_id": "m1", "label": "shop phone", "days": 30})
+    made = env.client.post(
+        "/api/v1/admin/tokens",
+        headers=env.headers("admin"),
+        json={"role": "merchant", "merchant_id": "m1", "label": "shop phone", "days": 30},
+    )
     assert made.status_code == 201
     token = made.json()["token"]
     assert env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()["merchant_id"] == "m1"
-    assert env.client.delete(f"/api/v1/admin/tokens/{made.json()['id']}", headers=env.headers("admin")
-                             ).status_code == 200
+    assert (
+        env.client.delete(f"/api/v1/admin/tokens/{made.json()['id']}", headers=env.headers("admin")).status_code == 200
+    )
     r = env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401 and "revoked" in r.json()["detail"]
-    assert env.client.delete(f"/api/v1/admin/tokens/{made.json()['id']}", headers=env.headers("admin")
-                             ).status_code == 409
+    assert (
+        env.client.delete(f"/api/v1/admin/tokens/{made.json()['id']}", headers=env.headers("admin")).status_code == 409
+    )
     with psycopg.connect(env.settings.dsn) as conn:
         stored = conn.execute("SELECT token_hash FROM api_token WHERE id = %s", (made.json()["id"],)).fetchone()
     assert stored is not None and token.encode() not in bytes(stored[0]), "only the digest is stored"

@@ -19,9 +19,8 @@ from api.app import create_app
 from core import repo as core_repo
 from core.registry import parse_registry
 from core.settings import Settings
-from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
-from tests.support import Publisher, wait_for
+from tests.support import Publisher, make_actuator, wait_for
 from tests.test_rules_scenarios import SimulatedValve, ago_ms, q, send, start_ingest
 
 REGISTRY = textwrap.dedent("""\
@@ -60,10 +59,12 @@ def env(settings: Settings) -> Iterator[Env]:
     key = settings.secret_key.get_secret_value()
     with psycopg.connect(settings.dsn) as conn, conn.transaction():
         core_repo.upsert_registry(conn, registry=parse_registry(REGISTRY))
-        tokens = {"admin": auth.create_token(conn, secret_key=key, role="admin"),
-                  "w1": auth.create_token(conn, secret_key=key, role="worker", worker_id="w1"),
-                  "w2": auth.create_token(conn, secret_key=key, role="worker", worker_id="w2"),
-                  "m1": auth.create_token(conn, secret_key=key, role="merchant", merchant_id="m1")}
+        tokens = {
+            "admin": auth.create_token(conn, secret_key=key, role="admin"),
+            "w1": auth.create_token(conn, secret_key=key, role="worker", worker_id="w1"),
+            "w2": auth.create_token(conn, secret_key=key, role="worker", worker_id="w2"),
+            "m1": auth.create_token(conn, secret_key=key, role="merchant", merchant_id="m1"),
+        }
     pool = ConnectionPool(settings.dsn, min_size=1, max_size=4, open=True, name="test-device-actions")
     try:
         with TestClient(create_app(settings, pool)) as client:
@@ -75,7 +76,7 @@ def env(settings: Settings) -> Iterator[Env]:
 @pytest.fixture
 def pipeline(env: Env) -> Iterator[IngestWorker]:
     worker = start_ingest(env.settings)
-    actuator = Actuator(env.settings, poll_s=0.05)
+    actuator = make_actuator(env.settings, poll_s=0.05)
     actuator.start()
     yield worker
     actuator.stop()
@@ -84,17 +85,26 @@ def pipeline(env: Env) -> Iterator[IngestWorker]:
 
 def overheat(env: Env, publisher: Publisher) -> None:
     """port-1 charging at 70 C for 2 minutes (EB-03: >= 65 C for 30 s -> cut_power, lock)."""
-    send(publisher, env.settings, "port-1",
-         [(i * 10, {"power_w": 180, "temp_c": 70, "relay": "on"}) for i in range(12)], ago_ms(300))
+    send(
+        publisher,
+        env.settings,
+        "port-1",
+        [(i * 10, {"power_w": 180, "temp_c": 70, "relay": "on"}) for i in range(12)],
+        ago_ms(300),
+    )
 
 
-def test_overtemp_lock_refuses_remote_restore_until_a_worker_clears_it(env: Env, pipeline: IngestWorker,
-                                                                      publisher: Publisher, services: Any) -> None:
+def test_overtemp_lock_refuses_remote_restore_until_a_worker_clears_it(
+    env: Env, pipeline: IngestWorker, publisher: Publisher, services: Any
+) -> None:
     port = SimulatedValve(env.settings, services.mqtt_port, "port-1")  # acks, reports relay off on cut_power
     try:
         overheat(env, publisher)
-        wait_for(lambda: ("cut_power", "confirmed") in q(env.settings, "SELECT action, status FROM command"),
-                 timeout=20, what="cut confirmed")
+        wait_for(
+            lambda: ("cut_power", "confirmed") in q(env.settings, "SELECT action, status FROM command"),
+            timeout=20,
+            what="cut confirmed",
+        )
         assert "charging_overtemp" in [r[0] for r in q(env.settings, "SELECT type FROM alarm")]
         c = env.client
         lock = c.get("/api/v1/devices/port-1/lock", headers=env.h("m1")).json()
@@ -102,31 +112,41 @@ def test_overtemp_lock_refuses_remote_restore_until_a_worker_clears_it(env: Env,
 
         # remote restore refused for everyone while locked, with what to do
         for who in ("w1", "admin"):
-            r = c.post("/api/v1/devices/port-1/commands", headers=env.h(who),
-                       json={"action": "restore_power", "reason": "owner asked by phone"})
+            r = c.post(
+                "/api/v1/devices/port-1/commands",
+                headers=env.h(who),
+                json={"action": "restore_power", "reason": "owner asked by phone"},
+            )
             assert r.status_code == 409, r.text
             assert "locked" in r.json()["detail"] and "clear the lock on site" in r.json()["detail"]
-        assert c.post("/api/v1/devices/port-1/commands", headers=env.h("m1"),
-                      json={"action": "restore_power"}).status_code == 403
+        assert (
+            c.post("/api/v1/devices/port-1/commands", headers=env.h("m1"), json={"action": "restore_power"}).status_code
+            == 403
+        )
         # a worker of another micro-grid cannot tell the port exists; a merchant may not unlock
         assert c.post("/api/v1/devices/port-1/unlock", headers=env.h("w2"), json={"note": "x"}).status_code == 404
         assert c.post("/api/v1/devices/port-1/unlock", headers=env.h("m1"), json={"note": "x"}).status_code == 403
         assert c.post("/api/v1/devices/port-1/unlock", headers=env.h("w1"), json={}).status_code == 422
         assert q(env.settings, "SELECT count(*) FROM command WHERE action = 'restore_power'") == [(0,)]
 
-        r = c.post("/api/v1/devices/port-1/unlock", headers=env.h("w1"),
-                   json={"note": "bike checked, battery removed"})
+        r = c.post("/api/v1/devices/port-1/unlock", headers=env.h("w1"), json={"note": "bike checked, battery removed"})
         assert r.status_code == 200 and r.json()["locked"] is False, r.text
         assert q(env.settings, "SELECT cleared_by, note FROM port_lock") == [("w1", "bike checked, battery removed")]
         again = c.post("/api/v1/devices/port-1/unlock", headers=env.h("w1"), json={"note": "again"})
         assert again.status_code == 409 and "not locked" in again.json()["detail"]
 
-        r = c.post("/api/v1/devices/port-1/commands", headers=env.h("w1"),
-                   json={"action": "restore_power", "reason": "cleared on site"})
+        r = c.post(
+            "/api/v1/devices/port-1/commands",
+            headers=env.h("w1"),
+            json={"action": "restore_power", "reason": "cleared on site"},
+        )
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "pending" and r.json()["requested_by"] == "w1"
-        wait_for(lambda: "restore_power" in [cmd["action"] for cmd in port.commands], timeout=10,
-                 what="restore_power published to the port")
+        wait_for(
+            lambda: "restore_power" in [cmd["action"] for cmd in port.commands],
+            timeout=10,
+            what="restore_power published to the port",
+        )
     finally:
         port.close()
 
@@ -143,18 +163,22 @@ def test_command_policy_refusals_are_409_with_a_reason(env: Env) -> None:
     assert ok.status_code == 201 and ok.json()["action"] == "silence"
     ok = c.post("/api/v1/devices/valve-k/commands", headers=env.h("w1"), json={"action": "close_valve"})
     assert ok.status_code == 201
-    assert c.post("/api/v1/devices/smoke-k/commands", headers=env.h("w2"),
-                  json={"action": "self_test"}).status_code == 404
-    assert sorted(q(env.settings, "SELECT action, requested_by FROM command")) == [("close_valve", "w1"),
-                                                                                  ("silence", "w1")]
+    assert (
+        c.post("/api/v1/devices/smoke-k/commands", headers=env.h("w2"), json={"action": "self_test"}).status_code == 404
+    )
+    assert sorted(q(env.settings, "SELECT action, requested_by FROM command")) == [
+        ("close_valve", "w1"),
+        ("silence", "w1"),
+    ]
 
 
 def _login(client: TestClient, token: str) -> str:
     form = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf
-    r = client.post("/login", data={"token": token, "csrf": csrf.group(1), "next": "/devices/port-1"},
-                    follow_redirects=False)
+    r = client.post(
+        "/login", data={"token": token, "csrf": csrf.group(1), "next": "/devices/port-1"}, follow_redirects=False
+    )
     assert r.status_code == 303, r.text
     page = client.get("/devices/port-1")
     meta = re.search(r'<meta name="csrf" content="([^"]+)"', page.text)
@@ -171,8 +195,7 @@ def test_device_page_unlock_button_with_csrf(env: Env) -> None:
     assert 'id="unlock-form"' in page and 'id="command-form"' in page and 'value="restore_power"' in page
     # without the CSRF token the form is refused and the lock stays
     assert c.post("/devices/port-1/unlock", data={"note": "checked"}, follow_redirects=False).status_code == 403
-    refused = c.post("/devices/port-1/commands", data={"csrf": csrf, "action": "restore_power"},
-                     follow_redirects=False)
+    refused = c.post("/devices/port-1/commands", data={"csrf": csrf, "action": "restore_power"}, follow_redirects=False)
     assert refused.status_code == 409 and "locked" in refused.text
     r = c.post("/devices/port-1/unlock", data={"csrf": csrf, "note": "battery removed"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/devices/port-1?done=unlocked"

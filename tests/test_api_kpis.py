@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api import repo as api_repo
+from core import repo as core_repo
 from core.domain import Disposition, Severity
 from core.settings import Settings
 from rules import service as rules_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
+from tests.support import set_device_state
 
 
 @pytest.fixture
@@ -27,47 +28,77 @@ def seed_history(env: ApiEnv) -> datetime:
     day = timedelta(days=1)
     s = timedelta(seconds=1)
     with env.conn() as conn, conn.transaction():
-        api_repo.upsert_grid(conn, id="g2", community_id="c1", name="Grid two")
-        api_repo.upsert_micro_grid(conn, id="mg3", grid_id="g2", name="Micro three")
-        api_repo.upsert_site(conn, id="s4", micro_grid_id="mg3", merchant_id=None, kind="building", name="Block 4",
-                             address="4 Lane", floor=None, flags=[], lpg=False)
-        api_repo.upsert_device(conn, id="gas-4", kind="gas_detector", site_id="s4", location="kitchen",
-                               adapter="native", foreign_id=None, battery=False, report_interval_s=300,
-                               gateway_id=None, model="", active=True)
+        core_repo.upsert_grid(conn, id="g2", community_id="c1", name="Grid two")
+        core_repo.upsert_micro_grid(conn, id="mg3", grid_id="g2", name="Micro three")
+        core_repo.upsert_site(
+            conn,
+            id="s4",
+            micro_grid_id="mg3",
+            merchant_id=None,
+            kind="building",
+            name="Block 4",
+            address="4 Lane",
+            floor=None,
+            flags=[],
+            lpg=False,
+        )
+        core_repo.upsert_device(
+            conn,
+            id="gas-4",
+            kind="gas_detector",
+            site_id="s4",
+            location="kitchen",
+            adapter="native",
+            foreign_id=None,
+            battery=False,
+            report_interval_s=300,
+            gateway_id=None,
+            model="",
+            active=True,
+        )
 
-        def alarm(device: str, kind: str, at: datetime, ack_s: int | None, resolve_s: int | None,
-                  disposition: Disposition = Disposition.REAL_HAZARD) -> int:
+        def alarm(
+            device: str,
+            kind: str,
+            at: datetime,
+            ack_s: int | None,
+            resolve_s: int | None,
+            disposition: Disposition = Disposition.REAL_HAZARD,
+        ) -> int:
             alarm_id = raise_alarm(conn, device, kind, severity=Severity.CRITICAL, at=at)
             if ack_s is not None:
                 rules_service.acknowledge(conn, alarm_id=alarm_id, actor="w1", now=at + ack_s * s)
             if resolve_s is not None:
-                rules_service.resolve(conn, alarm_id=alarm_id, actor="w1", disposition=disposition, note=None,
-                                      now=at + resolve_s * s)
+                rules_service.resolve(
+                    conn, alarm_id=alarm_id, actor="w1", disposition=disposition, note=None, now=at + resolve_s * s
+                )
             return alarm_id
 
-        a1 = alarm("gas-1", "gas_leak", t0 + 1 * day, 60, 600)                               # g1, real hazard
-        a2 = alarm("gas-2", "gas_leak", t0 + 2 * day, 120, 1200, Disposition.FALSE_ALARM)     # g1
-        alarm("smoke-1", "smoke", t0 + 3 * day, 300, None)                                    # g1, still open
-        alarm("gas-1", "gas_low", t0 + 4 * day, None, None)                                   # g1, nobody acted
-        a5 = alarm("gas-2", "gas_low", t0 - 1 * day, 10, None)                                # before the window
-        alarm("gas-4", "gas_leak", t0 + 5 * day, 30, 60)                                      # g2, real hazard
+        a1 = alarm("gas-1", "gas_leak", t0 + 1 * day, 60, 600)  # g1, real hazard
+        a2 = alarm("gas-2", "gas_leak", t0 + 2 * day, 120, 1200, Disposition.FALSE_ALARM)  # g1
+        alarm("smoke-1", "smoke", t0 + 3 * day, 300, None)  # g1, still open
+        alarm("gas-1", "gas_low", t0 + 4 * day, None, None)  # g1, nobody acted
+        a5 = alarm("gas-2", "gas_low", t0 - 1 * day, 10, None)  # before the window
+        alarm("gas-4", "gas_leak", t0 + 5 * day, 30, 60)  # g2, real hazard
 
         def notification(alarm_id: int, worker: str, status: str) -> None:
             outbox = conn.execute("SELECT min(id) FROM outbox WHERE alarm_id = %s", (alarm_id,)).fetchone()
             assert outbox is not None and outbox[0] is not None
-            conn.execute("INSERT INTO notification (outbox_id, alarm_id, worker_id, status) VALUES (%s, %s, %s, %s)",
-                         (outbox[0], alarm_id, worker, status))
+            conn.execute(
+                "INSERT INTO notification (outbox_id, alarm_id, worker_id, status) VALUES (%s, %s, %s, %s)",
+                (outbox[0], alarm_id, worker, status),
+            )
 
         notification(a1, "w1", "failed")
         notification(a1, "w2", "failed")
         notification(a2, "w2", "sent")
         notification(a5, "w1", "failed")  # its alarm was raised before the window
         now = datetime.now(UTC)
-        conn.execute("UPDATE device_state SET online = false, status_at = %s WHERE device_id = 'gas-1'", (now,))
-        conn.execute("UPDATE device_state SET last_seen_at = %s WHERE device_id = 'gas-2'", (now - timedelta(hours=1),))
-        conn.execute("UPDATE device_state SET last_seen_at = %s WHERE device_id = 'smoke-1'",
-                     (now - timedelta(hours=1),))  # battery: 24 h interval, so an hour of silence is fine
-        conn.execute("UPDATE device_state SET online = true, last_seen_at = %s WHERE device_id = 'gas-4'", (now,))
+        set_device_state(conn, "gas-1", online=False, status_at=now)
+        set_device_state(conn, "gas-2", last_seen_at=now - timedelta(hours=1))
+        # battery: 24 h interval, so an hour of silence is fine
+        set_device_state(conn, "smoke-1", last_seen_at=now - timedelta(hours=1))
+        set_device_state(conn, "gas-4", online=True, last_seen_at=now)
         # gas-3 (m2's shop in mg2) has never reported
     return t0
 
@@ -106,11 +137,17 @@ def test_kpis_match_the_hand_computed_history(env: ApiEnv) -> None:
 
 def test_kpi_errors_name_the_parameter(env: ApiEnv) -> None:
     h = env.headers("admin")
-    r = env.client.get("/api/v1/admin/kpis/grids/g1", params={"since": "2026-01-01T00:00:00Z",
-                                                             "until": "2025-01-01T00:00:00Z"}, headers=h)
+    r = env.client.get(
+        "/api/v1/admin/kpis/grids/g1",
+        params={"since": "2026-01-01T00:00:00Z", "until": "2025-01-01T00:00:00Z"},
+        headers=h,
+    )
     assert r.status_code == 422 and r.json()["detail"].startswith("since")
-    r = env.client.get("/api/v1/admin/kpis/grids/g1", params={"since": "2020-01-01T00:00:00Z",
-                                                             "until": "2026-01-01T00:00:00Z"}, headers=h)
+    r = env.client.get(
+        "/api/v1/admin/kpis/grids/g1",
+        params={"since": "2020-01-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
+        headers=h,
+    )
     assert r.status_code == 422 and r.json()["detail"].startswith("until")
     r = env.client.get("/api/v1/admin/kpis/grids/g1", params={"since": "yesterday"}, headers=h)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.since"

@@ -23,15 +23,18 @@ class Clock:
 
 
 # (failure times, check time, expected retry_after) with max 3 failures per 60 s
-@pytest.mark.parametrize(("failures", "at", "want"), [
-    ([], 0.0, None),
-    ([0.0, 1.0], 2.0, None),                 # under the limit
-    ([0.0, 1.0, 2.0], 2.0, 58),              # third failure: wait until the first leaves the window
-    ([0.0, 1.0, 2.0], 59.5, 1),              # rounds up, at least 1 s
-    ([0.0, 1.0, 2.0], 60.0, None),           # the first failure left the window
-    ([0.0, 30.0, 40.0, 50.0], 55.0, 35),     # sliding: the 3 most recent count (30 + 60 - 55)
-    ([0.0, 10.0, 100.0], 101.0, None),       # old failures expire
-])
+@pytest.mark.parametrize(
+    ("failures", "at", "want"),
+    [
+        ([], 0.0, None),
+        ([0.0, 1.0], 2.0, None),  # under the limit
+        ([0.0, 1.0, 2.0], 2.0, 58),  # third failure: wait until the first leaves the window
+        ([0.0, 1.0, 2.0], 59.5, 1),  # rounds up, at least 1 s
+        ([0.0, 1.0, 2.0], 60.0, None),  # the first failure left the window
+        ([0.0, 30.0, 40.0, 50.0], 55.0, 35),  # sliding: the 3 most recent count (30 + 60 - 55)
+        ([0.0, 10.0, 100.0], 101.0, None),  # old failures expire
+    ],
+)
 def test_sliding_window(failures: list[float], at: float, want: int | None) -> None:
     clock = Clock()
     limiter = FailureLimiter(max_failures=3, window_s=60.0, clock=clock)

@@ -15,13 +15,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from core.settings import Settings
-from rules import score_service
+from score import service as score_service
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 
 MAX_EXAMPLES = 4
-SKIP = {("GET", "/api/v1/alarms/stream"),
-        # revoking a random token id could take away the callers' own tokens; test_api_authz covers it
-        ("DELETE", "/api/v1/admin/tokens/{token_id}")}
+SKIP = {
+    ("GET", "/api/v1/alarms/stream"),
+    # revoking a random token id could take away the callers' own tokens; test_api_authz covers it
+    ("DELETE", "/api/v1/admin/tokens/{token_id}"),
+}
 
 
 @pytest.fixture
@@ -45,19 +47,27 @@ def test_no_server_errors(env: ApiEnv) -> None:
     for op in operations:
         if (op.method.upper(), op.path) in SKIP:
             continue
-        callers = ["admin"] if op.path.startswith("/api/v1/admin") or op.path == "/api/v1/scores" else [
-            "admin", "w1", "m1"]
+        callers = (
+            ["admin"] if op.path.startswith("/api/v1/admin") or op.path == "/api/v1/scores" else ["admin", "w1", "m1"]
+        )
 
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=op.as_strategy(), who=st.sampled_from(callers))
         def run(case: schemathesis.Case, who: str) -> None:
             nonlocal calls
             calls += 1
             response = case.call(headers=env.headers(who))
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} as {who}: {response.status_code} "
-                                f"{response.text[:300]}")
+                failures.append(
+                    f"{case.method} {case.formatted_path} as {who}: {response.status_code} {response.text[:300]}"
+                )
 
         run()
     elapsed = time.monotonic() - started

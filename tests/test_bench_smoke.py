@@ -65,8 +65,13 @@ def test_bench_runs_every_stage_at_tiny_size(tmp_path: Path) -> None:
     assert f["scale"]["ingest_peak_rss_mb"] > 0
     board = f["api"]["worker_board"]
     assert board["status"] == 200 and board["items"] > 0, "the busy worker's board lists open alarms"
-    assert set(f["targets"]) >= {"ingest_one_vs_raw", "ingest_two_vs_one", "latency_p99_ms", "ingest_rss_mb",
-                                  "fleet_rate_ratio"}
+    assert set(f["targets"]) >= {
+        "ingest_one_vs_raw",
+        "ingest_two_vs_one",
+        "latency_p99_ms",
+        "ingest_rss_mb",
+        "fleet_rate_ratio",
+    }
 
 
 @pytest.mark.parametrize(
@@ -123,8 +128,7 @@ def test_raw_publisher_delivers_every_message_in_order_with_qos_1(services: Any)
     """The latency stage's load generator writes PUBLISH packets itself: the real broker must take them all,
     acknowledge them and deliver them unchanged, in order, at QoS 1."""
     got: list[tuple[str, bytes, int]] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rawpub-sub-{time.time_ns()}",
-                      protocol=mqtt.MQTTv5)
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rawpub-sub-{time.time_ns()}", protocol=mqtt.MQTTv5)
     sub.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload), m.qos))
     sub.connect("127.0.0.1", services.mqtt_port)
     sub.subscribe("rawpub/#", qos=1)
@@ -136,7 +140,7 @@ def test_raw_publisher_delivers_every_message_in_order_with_qos_1(services: Any)
     while sent < len(messages):
         room = min(pub.room(), 250)
         if room > 0:
-            pub.publish_many(messages[sent:sent + room])
+            pub.publish_many(messages[sent : sent + room])
             sent += room
             time.sleep(0.01)  # paced: the stock subscriber is the slow side here
         else:

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from core.cli import app
-from core.services import PARTS, start_services
+from app.cli import app
+from app.services import PARTS, start_services
 from core.settings import Settings
 from tests import deploy
 from tests.support import wait_for
@@ -48,10 +48,16 @@ def test_every_gridwatch_variable_is_a_setting_and_secrets_are_required() -> Non
         for key in env:
             seen.add(key)
             assert key in known, f"{name}: {key} is not a gridwatch setting"
-        assert re.search(r"\$\{GRIDWATCH_SECRET_KEY:\?", str(env["GRIDWATCH_SECRET_KEY"])), \
+        assert re.search(r"\$\{GRIDWATCH_SECRET_KEY:\?", str(env["GRIDWATCH_SECRET_KEY"])), (
             f"{name}: the secret key must be a required variable"
-        Settings(_env_file=None, **{k.removeprefix("GRIDWATCH_").lower(): _example(v)  # type: ignore[arg-type]
-                                    for k, v in env.items()})
+        )
+        Settings(
+            _env_file=None,
+            **{
+                k.removeprefix("GRIDWATCH_").lower(): _example(v)  # type: ignore[arg-type]
+                for k, v in env.items()
+            },
+        )
     assert "GRIDWATCH_SECRET_KEY" in seen
 
 
@@ -69,8 +75,11 @@ def test_the_image_installs_the_wheel_and_the_context_holds_every_package() -> N
     assert re.search(r"^RUN pip wheel .* \.$", dockerfile, re.MULTILINE), dockerfile
     assert "pip install --no-cache-dir /dist/*.whl" in dockerfile
     assert deploy.dockerfile_entrypoint() == ["gridwatch"]
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     roots = re.search(r"include = \[(.*?)\]", pyproject)
     assert roots
@@ -104,16 +113,19 @@ def test_every_part_runs_in_some_service_and_every_long_running_service_is_healt
 
 
 @pytest.mark.parametrize("part", PARTS)
-def test_health_check_fails_when_its_part_is_dead(settings: Settings, part: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_health_check_fails_when_its_part_is_dead(
+    settings: Settings, part: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`gridwatch health` (the compose health check) with the process's own settings: 0 while the part works,
     1 naming the part once it has stopped working, although the process is still there."""
     from core.embedded import free_port
 
     port = free_port()
     running = start_services(settings.model_copy(update={"metrics_port": port, "api_port": free_port()}), (part,))
-    env = {"GRIDWATCH_METRICS_PORT": str(port) if part != "api" else "0",
-           "GRIDWATCH_API_PORT": str(running.settings.api_port)}
+    env = {
+        "GRIDWATCH_METRICS_PORT": str(port) if part != "api" else "0",
+        "GRIDWATCH_API_PORT": str(running.settings.api_port),
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     runner = CliRunner()
@@ -124,8 +136,11 @@ def test_health_check_fails_when_its_part_is_dead(settings: Settings, part: str,
         else:
             loops = [getattr(p, "loop", None) or p.loops[0] for p in running.parts.values()]
             loops[0].stop()
-        result = wait_for(lambda: (r := runner.invoke(app, ["health"])).exit_code == 1 and r, timeout=20,
-                          what=f"{part}'s health check failing")
+        result = wait_for(
+            lambda: (r := runner.invoke(app, ["health"])).exit_code == 1 and r,
+            timeout=20,
+            what=f"{part}'s health check failing",
+        )
         if part != "api":
             assert "not running" in result.output
     finally:
@@ -136,8 +151,8 @@ def test_split_processes_export_metrics(settings: Settings) -> None:
     """ingest alone (no api in the process) serves its counters on GRIDWATCH_METRICS_PORT."""
     import urllib.request
 
+    from app.services import start_services
     from core.embedded import free_port
-    from core.services import start_services
 
     port = free_port()
     running = start_services(settings.model_copy(update={"metrics_port": port}), ("ingest",))

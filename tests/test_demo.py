@@ -13,9 +13,25 @@ from tests.conftest import ROOT
 def test_demo_runs_on_embedded_defaults_and_delivers_a_gas_alarm(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
     result = subprocess.run(
-        [sys.executable, "-m", "core.cli", "demo", "--duration", "20", "--port", "0", "--data-dir",
-         str(tmp_path / "demo")],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "demo",
+            "--duration",
+            "20",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "starting a private PostgreSQL" in out and "starting a private Mosquitto" in out

@@ -50,7 +50,7 @@ def rehearsal_registry(receiver: Receiver) -> str:
             micro_grids:
               - {{id: rmg1, name: Micro one}}
         workers:
-          - {{id: rw1, name: Wang, role: micro_grid_worker, micro_grids: [rmg1], notify: ["{receiver.url('rw1')}"]}}
+          - {{id: rw1, name: Wang, role: micro_grid_worker, micro_grids: [rmg1], notify: ["{receiver.url("rw1")}"]}}
         merchants:
           - {{id: rm1, name: Noodle shop}}
         sites:
@@ -63,8 +63,7 @@ def rehearsal_registry(receiver: Receiver) -> str:
         """)
 
 
-def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 300) -> str:
+def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> str:
     result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, f"{' '.join(argv[:4])} failed ({result.returncode}):\n{result.stderr[-3000:]}"
     return result.stdout
@@ -84,8 +83,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(base / "dist"), str(context)])
     wheel = next((base / "dist").glob("gridwatch-*.whl"))
     shipped = {Path(n).parent.as_posix() for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
-    source = {Path(n).parent.as_posix() for n in files if n.endswith(".py") and "/" in n
-              and n.split("/")[0] not in ("tests", "bench", "examples", "scripts", "docs")}
+    source = {
+        Path(n).parent.as_posix()
+        for n in files
+        if n.endswith(".py") and "/" in n and n.split("/")[0] not in ("tests", "bench", "examples", "scripts", "docs")
+    }
     assert source <= shipped, f"the wheel lacks {sorted(source - shipped)}"
     venv = base / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
@@ -121,16 +123,21 @@ class Deployment:
         argv[0] = str(self.bin / argv[0])
         self.logs[name] = self.workdir / f"{name}.log"
         with self.logs[name].open("wb") as out:
-            self.procs[name] = subprocess.Popen(argv, env=self.env(name), cwd=self.workdir, stdout=out,
-                                                stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen(
+                argv, env=self.env(name), cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def healthy(self, name: str) -> bool:
         check = deploy.healthcheck_argv(self.data["services"][name])
         assert check is not None, f"{name} has no health check"
         if check[0] == "gridwatch":
             check[0] = str(self.bin / "gridwatch")
-        return subprocess.run(check, env=self.env(name), cwd=self.workdir, capture_output=True,
-                              timeout=30, check=False).returncode == 0
+        return (
+            subprocess.run(
+                check, env=self.env(name), cwd=self.workdir, capture_output=True, timeout=30, check=False
+            ).returncode
+            == 0
+        )
 
     def wait_healthy(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -160,9 +167,12 @@ class Deployment:
 
 @pytest.fixture
 def deployment(installed: Path, services: Services, tmp_path: Path, receiver: Receiver) -> Iterator[Deployment]:
-    variables = {"POSTGRES_PASSWORD": secrets.token_urlsafe(12), "GRIDWATCH_SECRET_KEY": secrets.token_urlsafe(32),
-                 "GRIDWATCH_MQTT_INGEST_PASSWORD": secrets.token_urlsafe(12),
-                 "GRIDWATCH_MQTT_SIMULATOR_PASSWORD": secrets.token_urlsafe(12)}
+    variables = {
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(12),
+        "GRIDWATCH_SECRET_KEY": secrets.token_urlsafe(32),
+        "GRIDWATCH_MQTT_INGEST_PASSWORD": secrets.token_urlsafe(12),
+        "GRIDWATCH_MQTT_SIMULATOR_PASSWORD": secrets.token_urlsafe(12),
+    }
     data = deploy.load(variables)
     workdir = tmp_path / "app"  # the image's WORKDIR: the examples are there, as the Dockerfile copies them
     workdir.mkdir()
@@ -178,50 +188,82 @@ def deployment(installed: Path, services: Services, tmp_path: Path, receiver: Re
         role = psycopg.sql.Identifier(str(parts["user"]))
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (parts["user"],)).fetchone():
             # The timescaledb image makes POSTGRES_USER a superuser (it creates the extension).
-            conn.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-                role, psycopg.sql.Literal(str(parts["password"]))))
+            conn.execute(
+                psycopg.sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                    role, psycopg.sql.Literal(str(parts["password"]))
+                )
+            )
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(psycopg.sql.Identifier(database), role))
     pg = psycopg.conninfo.conninfo_to_dict(services.postgres_url)
-    network = deploy.Network(hosts={("timescaledb", 5432): (str(pg.get("host", "127.0.0.1")), int(pg["port"]))},
-                             databases={str(parts["dbname"]): database})
+    network = deploy.Network(
+        hosts={("timescaledb", 5432): (str(pg.get("host", "127.0.0.1")), int(pg["port"]))},
+        databases={str(parts["dbname"]): database},
+    )
 
     # mosquitto: credentials generated from the registry (the compose file's first step), the shipped config
     # with its container paths mapped to the volumes' sources, a TLS certificate for the 8883 listener.
     conf_dir = tmp_path / "mosquitto"
-    env = {"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8",
-           "GRIDWATCH_MQTT_INGEST_PASSWORD": variables["GRIDWATCH_MQTT_INGEST_PASSWORD"],
-           "GRIDWATCH_MQTT_SIMULATOR_PASSWORD": variables["GRIDWATCH_MQTT_SIMULATOR_PASSWORD"]}
-    run([str(installed / "gridwatch"), "mqtt", "credentials", "--registry", str(registry), "--out", str(conf_dir),
-         "--simulator"], env=env, cwd=workdir)
+    env = {
+        "PATH": f"{installed}:/usr/bin:/bin",
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "GRIDWATCH_MQTT_INGEST_PASSWORD": variables["GRIDWATCH_MQTT_INGEST_PASSWORD"],
+        "GRIDWATCH_MQTT_SIMULATOR_PASSWORD": variables["GRIDWATCH_MQTT_SIMULATOR_PASSWORD"],
+    }
+    run(
+        [
+            str(installed / "gridwatch"),
+            "mqtt",
+            "credentials",
+            "--registry",
+            str(registry),
+            "--out",
+            str(conf_dir),
+            "--simulator",
+        ],
+        env=env,
+        cwd=workdir,
+    )
     (conf_dir / "mosquitto.conf").write_text(
-        (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8"), encoding="utf-8")
+        (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8"), encoding="utf-8"
+    )
     make_certs(conf_dir / "certs")
     broker_svc = data["services"]["mosquitto"]
-    mounts = deploy.volume_map(broker_svc, named={"mosquitto-data": tmp_path / "mosquitto-data"},
-                               binds={"./deploy/mosquitto/" + p.name: p for p in conf_dir.iterdir()}
-                               | {"./deploy/mosquitto/certs": conf_dir / "certs"})
+    mounts = deploy.volume_map(
+        broker_svc,
+        named={"mosquitto-data": tmp_path / "mosquitto-data"},
+        binds={"./deploy/mosquitto/" + p.name: p for p in conf_dir.iterdir()}
+        | {"./deploy/mosquitto/certs": conf_dir / "certs"},
+    )
     (tmp_path / "mosquitto-data").mkdir()
-    text, listeners = deploy.rewrite_listeners(deploy.rewrite_paths(
-        (conf_dir / "mosquitto.conf").read_text(encoding="utf-8"), mounts))
+    text, listeners = deploy.rewrite_listeners(
+        deploy.rewrite_paths((conf_dir / "mosquitto.conf").read_text(encoding="utf-8"), mounts)
+    )
     conf = tmp_path / "mosquitto-run.conf"
     # As root Mosquitto would switch to the 'mosquitto' user, which cannot read pytest's private tmp dir (in the
     # image it runs as that user over files it owns).
     conf.write_text(("user root\n" if os.geteuid() == 0 else "") + text, encoding="utf-8")
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=(tmp_path / "mosquitto.log").open("wb"),
-                              stderr=subprocess.STDOUT)
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=(tmp_path / "mosquitto.log").open("wb"), stderr=subprocess.STDOUT
+    )
     network.hosts[("mosquitto", 1883)] = ("127.0.0.1", listeners[1883])
     network.hosts[("mosquitto", 8883)] = ("127.0.0.1", listeners[8883])
     dep = Deployment(installed, workdir, data, network)
-    dep.credentials = {row["username"]: row["password"]  # type: ignore[attr-defined]
-                       for row in csv.DictReader((conf_dir / "credentials.csv").open(encoding="utf-8"))}
+    dep.credentials = {
+        row["username"]: row["password"]  # type: ignore[attr-defined]
+        for row in csv.DictReader((conf_dir / "credentials.csv").open(encoding="utf-8"))
+    }
     dep.broker_port = listeners[1883]  # type: ignore[attr-defined]
     try:
         wait_for(lambda: _broker_answers(listeners[1883]), timeout=15, what="mosquitto listening")
         check = deploy.healthcheck_argv(broker_svc)
         assert check is not None
         check = [a.replace("-p 1883", f"-p {listeners[1883]}") for a in check]
-        wait_for(lambda: subprocess.run(check, capture_output=True, timeout=10, check=False).returncode == 0,
-                 timeout=15, what="the broker's own health check")
+        wait_for(
+            lambda: subprocess.run(check, capture_output=True, timeout=10, check=False).returncode == 0,
+            timeout=15,
+            what="the broker's own health check",
+        )
         # `docker compose up -d`: the services in compose's order; migrate must complete, the rest turn healthy.
         for name in deploy.start_order(deploy.gridwatch_services(data)):
             dep.start(name)
@@ -237,8 +279,9 @@ def deployment(installed: Path, services: Services, tmp_path: Path, receiver: Re
         broker.terminate()
         broker.wait(timeout=15)
         with psycopg.connect(services.postgres_url, autocommit=True) as conn:
-            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                psycopg.sql.Identifier(database)))
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(database))
+            )
 
 
 def _broker_answers(port: int) -> bool:
@@ -259,8 +302,7 @@ class FieldDevice:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
         self.client.username_pw_set(device_id, dep.credentials[device_id])  # type: ignore[attr-defined]
         if will:
-            self.client.will_set(f"{PREFIX}/{device_id}/status", json.dumps({"state": "offline"}), qos=1,
-                                 retain=True)
+            self.client.will_set(f"{PREFIX}/{device_id}/status", json.dumps({"state": "offline"}), qos=1, retain=True)
         self.commands: list[dict[str, Any]] = []
         self.answer = True
         self.client.on_message = self._on_message
@@ -290,8 +332,9 @@ class FieldDevice:
         self.client.disconnect()
 
 
-def test_compose_deployment_runs_every_part_from_the_wheel(deployment: Deployment, receiver: Receiver,
-                                                           services: Services) -> None:
+def test_compose_deployment_runs_every_part_from_the_wheel(
+    deployment: Deployment, receiver: Receiver, services: Services
+) -> None:
     dep = deployment
     dsn = dep.envs["api"]["GRIDWATCH_DATABASE_URL"]
     admin = dep.gridwatch("api", "token", "create", "--role", "admin").strip()
@@ -306,25 +349,45 @@ def test_compose_deployment_runs_every_part_from_the_wheel(deployment: Deploymen
         #    valve: the rules part publishes close_valve, the valve acknowledges, the command is confirmed.
         now = datetime.now(UTC)
         gas.send(now - timedelta(seconds=150), gas_lel=62.0)
-        wait_for(lambda: any(c["action"] == "close_valve" for c in valve.commands), timeout=30,
-                 what="close_valve at the valve")
-        wait_for(lambda: {r[0] for r in _query(dsn, "SELECT status FROM command WHERE device_id = 'r-valve'")}
-                 == {"confirmed"}, timeout=30, what="the close_valve command confirmed")
+        wait_for(
+            lambda: any(c["action"] == "close_valve" for c in valve.commands),
+            timeout=30,
+            what="close_valve at the valve",
+        )
+        wait_for(
+            lambda: (
+                {r[0] for r in _query(dsn, "SELECT status FROM command WHERE device_id = 'r-valve'")} == {"confirmed"}
+            ),
+            timeout=30,
+            what="the close_valve command confirmed",
+        )
         # 2. The worker's phone (the local receiver) gets the alarm through notify.
         wait_for(lambda: receiver.for_path("rw1"), timeout=30, what="a notification at the worker's receiver")
         # 3. Acknowledged and resolved through the API; a verified hazard on a merchant's premises is a score entry.
         gas.send(now - timedelta(seconds=140), gas_lel=0.0)
         gas.send(now - timedelta(seconds=60), gas_lel=0.0)
-        alarms = wait_for(lambda: [a for a in http.get("/api/v1/alarms", headers=_bearer(worker)).json()["items"]
-                                   if a["device_id"] == "r-gas" and not a["active"]],
-                          timeout=20, what="the gas alarm cleared")
+        alarms = wait_for(
+            lambda: [
+                a
+                for a in http.get("/api/v1/alarms", headers=_bearer(worker)).json()["items"]
+                if a["device_id"] == "r-gas" and not a["active"]
+            ],
+            timeout=20,
+            what="the gas alarm cleared",
+        )
         for alarm in alarms:
             assert http.post(f"/api/v1/alarms/{alarm['id']}/ack", headers=_bearer(worker)).status_code == 200
-            answer = http.post(f"/api/v1/alarms/{alarm['id']}/resolve", headers=_bearer(worker),
-                               json={"disposition": "real_hazard", "note": "hose cracked, replaced"})
+            answer = http.post(
+                f"/api/v1/alarms/{alarm['id']}/resolve",
+                headers=_bearer(worker),
+                json={"disposition": "real_hazard", "note": "hose cracked, replaced"},
+            )
             assert answer.status_code == 200, answer.text
-        ledger = wait_for(lambda: http.get("/api/v1/merchants/rm1/ledger", headers=_bearer(admin)).json()["items"],
-                          timeout=30, what="a ledger entry for the merchant")
+        ledger = wait_for(
+            lambda: http.get("/api/v1/merchants/rm1/ledger", headers=_bearer(admin)).json()["items"],
+            timeout=30,
+            what="a ledger entry for the merchant",
+        )
         assert any(e["code"] == "M-D02" and e["points"] < 0 for e in ledger), ledger
         # 4. A detector that goes silent: the broker notices (keepalive) and publishes its will; offline is raised.
         smoke.send(battery_pct=90.0)
@@ -334,10 +397,14 @@ def test_compose_deployment_runs_every_part_from_the_wheel(deployment: Deploymen
         t0 = datetime.now(UTC) - timedelta(seconds=5)
         port.send(t0, current_a=8.0, power_w=1800.0)
         port.send(t0 + timedelta(seconds=3), current_a=8.0, power_w=1800.0)
-        wait_for(lambda: any(c["action"] == "cut_power" for c in port.commands), timeout=30,
-                 what="cut_power at the port")
-        wait_for(lambda: "actuation_failed" in _alarm_types(dsn, "r-port"), timeout=60,
-                 what="actuation_failed raised by the rules timer")
+        wait_for(
+            lambda: any(c["action"] == "cut_power" for c in port.commands), timeout=30, what="cut_power at the port"
+        )
+        wait_for(
+            lambda: "actuation_failed" in _alarm_types(dsn, "r-port"),
+            timeout=60,
+            what="actuation_failed raised by the rules timer",
+        )
     finally:
         for device in (valve, gas, port):
             device.close()
@@ -351,8 +418,11 @@ def test_compose_deployment_runs_every_part_from_the_wheel(deployment: Deploymen
     dep.gridwatch("api", "load", "examples/storage-area.yaml")
     dep.start("simulator")
     try:
-        wait_for(lambda: _query(dsn, "SELECT count(*) FROM reading WHERE device_id LIKE 'hhc-%'")[0][0] > 20,
-                 timeout=60, what="simulated readings stored")
+        wait_for(
+            lambda: _query(dsn, "SELECT count(*) FROM reading WHERE device_id LIKE 'hhc-%'")[0][0] > 20,
+            timeout=60,
+            what="simulated readings stored",
+        )
     finally:
         dep.procs["simulator"].terminate()
         dep.procs["simulator"].wait(timeout=15)

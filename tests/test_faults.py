@@ -4,7 +4,7 @@ Every test here injects one fault while messages or notifications are in flight,
 recover on its own, and then counts: published, stored, duplicates, lost (must be 0). The counts are
 printed (run with -s to see them) and logged, and asserted.
 
-Processes that get killed run as real subprocesses (`python -m ingest`, `python -m notify`) with
+Processes that get killed run as real subprocesses (`python -m app serve --only ingest` / `notify`) with
 GRIDWATCH_* settings; brokers and databases that get restarted are private to this module.
 """
 
@@ -56,9 +56,11 @@ SECRET = "fault-test-secret-key-0123456789"
 
 def fault_registry(receiver_base: str, *, gas_devices: int = 3) -> str:
     """One micro-grid, one worker, gas detectors gas-01.. plus a smoke detector."""
-    devices = "\n".join(f"  - {{id: gas-{i:02d}, kind: gas_detector, site: s1, location: kitchen}}"
-                        for i in range(1, gas_devices + 1))
-    return textwrap.dedent(f"""\
+    devices = "\n".join(
+        f"  - {{id: gas-{i:02d}, kind: gas_detector, site: s1, location: kitchen}}" for i in range(1, gas_devices + 1)
+    )
+    return (
+        textwrap.dedent(f"""\
         community: {{id: c1, name: Fault community}}
         grids:
           - id: g1
@@ -71,7 +73,10 @@ def fault_registry(receiver_base: str, *, gas_devices: int = 3) -> str:
         sites:
           - {{id: s1, kind: shop, micro_grid: mg1, name: Noodle shop, address: 1 Lane, floor: 1}}
         devices:
-        """) + devices + "\n  - {id: smoke-1, kind: smoke_detector, site: s1, location: corridor, battery: true}\n"
+        """)
+        + devices
+        + "\n  - {id: smoke-1, kind: smoke_detector, site: s1, location: corridor, battery: true}\n"
+    )
 
 
 def load_registry(dsn: str, text: str) -> None:
@@ -137,8 +142,9 @@ class PacedPublisher:
         self.rate = rate
         # Released by every PUBACK (paho's callback runs under paho's own lock: take no lock of ours there).
         self.window = threading.Semaphore(window)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         self.client.max_inflight_messages_set(window)
         self.client.reconnect_delay_set(min_delay=0.2, max_delay=1)
         self.client.on_publish = self._on_publish
@@ -198,7 +204,7 @@ class PacedPublisher:
 
 
 class Part:
-    """`python -m ingest` or `python -m notify` as a real process with GRIDWATCH_* settings."""
+    """`gridwatch serve --only ingest` (or notify) as a real process with GRIDWATCH_* settings."""
 
     def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
         self.module = module
@@ -212,16 +218,24 @@ class Part:
         with self.log_path.open("ab") as out:
             out.write(f"---- start {self.module} at {datetime.now(UTC).isoformat()}\n".encode())
             out.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, cwd=self.log_path.parent,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--only", self.module],
+                env=env,
+                cwd=self.log_path.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def wait_log(self, pattern: str, *, timeout: float = 20, after: int = 0) -> None:
-        wait_for(lambda: re.search(pattern, self.log()[after:]) is not None, timeout=timeout,
-                 what=f"{self.module} to log {pattern!r}")
+        wait_for(
+            lambda: re.search(pattern, self.log()[after:]) is not None,
+            timeout=timeout,
+            what=f"{self.module} to log {pattern!r}",
+        )
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye to the broker or the database."""
@@ -240,9 +254,17 @@ class Part:
 
 
 def part_env(dsn: str, mqtt_url: str, prefix: str, client_id: str, **extra: str) -> dict[str, str]:
-    return {"GRIDWATCH_DATABASE_URL": dsn, "GRIDWATCH_MQTT_URL": mqtt_url, "GRIDWATCH_TOPIC_PREFIX": prefix,
-            "GRIDWATCH_MQTT_CLIENT_ID": client_id, "GRIDWATCH_SECRET_KEY": SECRET, "GRIDWATCH_LOG_LEVEL": "INFO",
-            "GRIDWATCH_BATCH_LINGER_MS": "5", "GRIDWATCH_NOTIFY_POLL_S": "0.2", **extra}
+    return {
+        "GRIDWATCH_DATABASE_URL": dsn,
+        "GRIDWATCH_MQTT_URL": mqtt_url,
+        "GRIDWATCH_TOPIC_PREFIX": prefix,
+        "GRIDWATCH_MQTT_CLIENT_ID": client_id,
+        "GRIDWATCH_SECRET_KEY": SECRET,
+        "GRIDWATCH_LOG_LEVEL": "INFO",
+        "GRIDWATCH_BATCH_LINGER_MS": "5",
+        "GRIDWATCH_NOTIFY_POLL_S": "0.2",
+        **extra,
+    }
 
 
 class Webhook:
@@ -323,8 +345,10 @@ def assert_alarms_once(dsn: str, load: Load) -> dict[str, int]:
     """gas-01 raised gas_leak exactly once (one open alarm per device and type, one 'raised' event)."""
     with psycopg.connect(dsn) as conn:
         alarms = conn.execute("SELECT id, device_id, type, count FROM alarm ORDER BY id").fetchall()
-        raised = conn.execute("SELECT a.device_id, a.type, count(*) FROM alarm_event e JOIN alarm a "
-                              "ON a.id = e.alarm_id WHERE e.kind = 'raised' GROUP BY 1, 2").fetchall()
+        raised = conn.execute(
+            "SELECT a.device_id, a.type, count(*) FROM alarm_event e JOIN alarm a "
+            "ON a.id = e.alarm_id WHERE e.kind = 'raised' GROUP BY 1, 2"
+        ).fetchall()
     per_type = Counter((d, t) for _, d, t, _ in alarms)
     assert all(n == 1 for n in per_type.values()), f"duplicate alarm: {per_type}"
     assert all(n == 1 for _, _, n in raised), f"raised more than once: {raised}"
@@ -384,8 +408,9 @@ def parts(tmp_path: Path) -> Iterator[list[Part]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_sigkill_ingest_under_load_stores_every_reading_once(services: Services, database_url: str, tag: str,
-                                                             tmp_path: Path, parts: list[Part]) -> None:
+def test_sigkill_ingest_under_load_stores_every_reading_once(
+    services: Services, database_url: str, tag: str, tmp_path: Path, parts: list[Part]
+) -> None:
     """Issue 2 must-show 3: SIGKILL while messages are in flight, restart, every reading exactly once."""
     prefix = f"t{tag}/gw/v1"
     load_registry(database_url, fault_registry("json://127.0.0.1:9"))
@@ -397,8 +422,12 @@ def test_sigkill_ingest_under_load_stores_every_reading_once(services: Services,
     load = Load(prefix, total=3000)
     pub = PacedPublisher(services.mqtt_port, load, rate=1500).start()
     try:
-        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM reading") >= 600, timeout=30,
-                 interval=0.01, what="ingest to store some readings")
+        wait_for(
+            lambda: scalar(database_url, "SELECT count(*) FROM reading") >= 600,
+            timeout=30,
+            interval=0.01,
+            what="ingest to store some readings",
+        )
         ingest.kill()
         stored_at_kill = scalar(database_url, "SELECT count(*) FROM reading")
         in_flight = not pub.done.is_set()
@@ -407,8 +436,11 @@ def test_sigkill_ingest_under_load_stores_every_reading_once(services: Services,
         ingest.start()
         ingest.wait_log(r"session resumed", after=mark)
         pub.finish()
-        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM reading") >= load.total, timeout=60,
-                 what="every reading stored after restart")
+        wait_for(
+            lambda: scalar(database_url, "SELECT count(*) FROM reading") >= load.total,
+            timeout=60,
+            what="every reading stored after restart",
+        )
         time.sleep(0.5)  # anything redelivered late would show up as a duplicate now
     finally:
         pub.close()
@@ -429,9 +461,9 @@ def _publish_all(port: int, load: Load) -> None:
 
 
 @pytest.mark.parametrize("fault", ["read_only", "revoked_insert"])
-def test_database_refusing_writes_holds_readings_unacknowledged(services: Services, database_url: str, tag: str,
-                                                                tmp_path: Path, parts: list[Part],
-                                                                fault: str) -> None:
+def test_database_refusing_writes_holds_readings_unacknowledged(
+    services: Services, database_url: str, tag: str, tmp_path: Path, parts: list[Part], fault: str
+) -> None:
     """A read-only database (disk full, failover to a replica) or a revoked INSERT privilege is not the
     messages' fault: clear error, nothing acknowledged, nothing turned into rejects, all stored afterwards."""
     prefix = f"t{tag}/gw/v1"
@@ -447,8 +479,11 @@ def test_database_refusing_writes_holds_readings_unacknowledged(services: Servic
                 conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
                 conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
                 conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
-            dsn = urlunsplit(urlsplit(database_url)._replace(netloc=f"{role}@{urlsplit(database_url).hostname}:"
-                                                                    f"{urlsplit(database_url).port}"))
+            dsn = urlunsplit(
+                urlsplit(database_url)._replace(
+                    netloc=f"{role}@{urlsplit(database_url).hostname}:{urlsplit(database_url).port}"
+                )
+            )
     ingest = Part("ingest", part_env(dsn, services.mqtt_url, prefix, f"ingest-{tag}"), tmp_path / "ingest.log")
     parts.append(ingest.start())
     ingest.wait_log("connected to mqtt")
@@ -476,8 +511,11 @@ def test_database_refusing_writes_holds_readings_unacknowledged(services: Servic
         else:
             with psycopg.connect(database_url, autocommit=True) as conn:
                 conn.execute(f"GRANT INSERT ON reading TO {role}")
-    wait_for(lambda: scalar(database_url, "SELECT count(*) FROM reading") >= load.total, timeout=60,
-             what="readings stored once the database takes writes again")
+    wait_for(
+        lambda: scalar(database_url, "SELECT count(*) FROM reading") >= load.total,
+        timeout=60,
+        what="readings stored once the database takes writes again",
+    )
     time.sleep(0.3)
     counts = reading_counts(database_url, load)
     report(f"database_{fault}", **counts, stored_while_refused=held, rejects=rejects_during)
@@ -492,8 +530,9 @@ def test_database_refusing_writes_holds_readings_unacknowledged(services: Servic
 
 
 @pytest.mark.parametrize("fault", ["postgres_restart", "mosquitto_restart"])
-def test_restart_under_load_loses_nothing(private: Private, tag: str, tmp_path: Path, parts: list[Part],
-                                          fault: str) -> None:
+def test_restart_under_load_loses_nothing(
+    private: Private, tag: str, tmp_path: Path, parts: list[Part], fault: str
+) -> None:
     """PostgreSQL restarted: ingest holds its batch unacknowledged, reconnects, catches up.
     Mosquitto restarted (persistence on): publisher and ingest reconnect, the session's queue survives."""
     dsn = private.new_database()
@@ -506,8 +545,12 @@ def test_restart_under_load_loses_nothing(private: Private, tag: str, tmp_path: 
     load = Load(prefix, total=2000)
     pub = PacedPublisher(private.mosquitto.port, load, rate=800).start()
     try:
-        wait_for(lambda: (try_scalar(dsn, "SELECT count(*) FROM reading") or 0) >= 400, timeout=30, interval=0.01,
-                 what="ingest to store some readings")
+        wait_for(
+            lambda: (try_scalar(dsn, "SELECT count(*) FROM reading") or 0) >= 400,
+            timeout=30,
+            interval=0.01,
+            what="ingest to store some readings",
+        )
         mark = len(ingest.log())
         down_started = time.monotonic()
         published_at_fault = pub.sent
@@ -525,15 +568,24 @@ def test_restart_under_load_loses_nothing(private: Private, tag: str, tmp_path: 
             ingest.wait_log("session resumed", after=mark, timeout=40)
         downtime_ms = int((time.monotonic() - down_started) * 1000)
         pub.finish(timeout=60)
-        wait_for(lambda: (try_scalar(dsn, "SELECT count(*) FROM reading") or 0) >= load.total, timeout=60,
-                 what="every reading stored after the restart")
+        wait_for(
+            lambda: (try_scalar(dsn, "SELECT count(*) FROM reading") or 0) >= load.total,
+            timeout=60,
+            what="every reading stored after the restart",
+        )
         time.sleep(0.5)
     finally:
         pub.close()
     counts = reading_counts(dsn, load)
     alarms = assert_alarms_once(dsn, load)
-    report(fault, **counts, published_before_fault=published_at_fault, downtime_ms=downtime_ms,
-           republished=pub.republished, **alarms)
+    report(
+        fault,
+        **counts,
+        published_before_fault=published_at_fault,
+        downtime_ms=downtime_ms,
+        republished=pub.republished,
+        **alarms,
+    )
     assert published_at_fault < load.total, "the fault must land while messages are in flight"
     assert counts == {"published": load.total, "stored": load.total, "duplicates": 0, "lost": 0, "unexpected": 0}
     assert stored_before is None or stored_before < load.total
@@ -556,8 +608,9 @@ def _raise_gas_alarms(port: int, prefix: str, devices: int) -> None:
 def all_sent(dsn: str, at_least: int) -> bool:
     """At least this many notifications for w1, and none of them pending."""
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*), count(*) FILTER (WHERE status = 'sent') FROM notification "
-                           "WHERE worker_id = 'w1'").fetchone()
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'sent') FROM notification WHERE worker_id = 'w1'"
+        ).fetchone()
     assert row is not None
     return bool(row[0] >= at_least and row[0] == row[1])
 
@@ -565,9 +618,10 @@ def all_sent(dsn: str, at_least: int) -> bool:
 def notification_counts(dsn: str, hook: Webhook) -> dict[str, int]:
     """notifications (rows for w1) / sent / received at the webhook / lost / doubled."""
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT n.id, n.status, (SELECT count(*) FROM delivery_attempt d WHERE "
-                            "d.notification_id = n.id AND d.ok) FROM notification n WHERE n.worker_id = 'w1'"
-                            ).fetchall()
+        rows = conn.execute(
+            "SELECT n.id, n.status, (SELECT count(*) FROM delivery_attempt d WHERE "
+            "d.notification_id = n.id AND d.ok) FROM notification n WHERE n.worker_id = 'w1'"
+        ).fetchall()
         alarms = [r[0] for r in conn.execute("SELECT id FROM alarm").fetchall()]
     received = Counter(hook.alarm_ids())
     return {
@@ -581,8 +635,9 @@ def notification_counts(dsn: str, hook: Webhook) -> dict[str, int]:
     }
 
 
-def _start_ingest_and_notify(services: Services, dsn: str, prefix: str, tag: str, tmp_path: Path,
-                             parts: list[Part]) -> Part:
+def _start_ingest_and_notify(
+    services: Services, dsn: str, prefix: str, tag: str, tmp_path: Path, parts: list[Part]
+) -> Part:
     env = part_env(dsn, services.mqtt_url, prefix, f"ingest-{tag}")
     ingest = Part("ingest", env, tmp_path / "ingest.log").start()
     notify = Part("notify", env, tmp_path / "notify.log").start()
@@ -591,8 +646,9 @@ def _start_ingest_and_notify(services: Services, dsn: str, prefix: str, tag: str
     return notify
 
 
-def test_receiver_down_then_every_notification_delivered_once(services: Services, database_url: str, tag: str,
-                                                              tmp_path: Path, parts: list[Part]) -> None:
+def test_receiver_down_then_every_notification_delivered_once(
+    services: Services, database_url: str, tag: str, tmp_path: Path, parts: list[Part]
+) -> None:
     """The workers' webhook is unreachable (port closed) for a while: attempts fail and are recorded, retries
     back off, and once it is back every notification arrives exactly once."""
     hook = Webhook()
@@ -603,13 +659,22 @@ def test_receiver_down_then_every_notification_delivered_once(services: Services
         prefix = f"t{tag}/gw/v1"
         _start_ingest_and_notify(services, database_url, prefix, tag, tmp_path, parts)
         _raise_gas_alarms(services.mqtt_port, prefix, devices)
-        wait_for(lambda: scalar(database_url, "SELECT count(DISTINCT notification_id) FROM delivery_attempt "
-                                              "WHERE NOT ok") >= devices, timeout=30, what="failed attempts")
+        wait_for(
+            lambda: (
+                scalar(database_url, "SELECT count(DISTINCT notification_id) FROM delivery_attempt WHERE NOT ok")
+                >= devices
+            ),
+            timeout=30,
+            what="failed attempts",
+        )
         time.sleep(1.0)  # stays down past the first retry
         failed_while_down = scalar(database_url, "SELECT count(*) FROM delivery_attempt WHERE NOT ok")
         hook.up()
-        wait_for(lambda: all_sent(database_url, devices), timeout=40,
-                 what="every notification delivered after the receiver came back")
+        wait_for(
+            lambda: all_sent(database_url, devices),
+            timeout=40,
+            what="every notification delivered after the receiver came back",
+        )
         time.sleep(0.5)  # a second delivery of anything would arrive by now
         counts = notification_counts(database_url, hook)
     finally:
@@ -622,8 +687,9 @@ def test_receiver_down_then_every_notification_delivered_once(services: Services
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-def test_notify_killed_mid_delivery_loses_nothing(services: Services, database_url: str, tag: str, tmp_path: Path,
-                                                  parts: list[Part], how: str) -> None:
+def test_notify_killed_mid_delivery_loses_nothing(
+    services: Services, database_url: str, tag: str, tmp_path: Path, parts: list[Part], how: str
+) -> None:
     """notify stopped while deliveries are in flight (the webhook has the message, notify has no answer yet).
 
     What "doubled" means: delivery is at least once. The receiver accepting a request and notify committing
@@ -652,8 +718,9 @@ def test_notify_killed_mid_delivery_loses_nothing(services: Services, database_u
         committed_before = scalar(database_url, "SELECT count(*) FROM notification WHERE status = 'sent'")
         hook.delay_s = 0
         notify.start()
-        wait_for(lambda: all_sent(database_url, devices), timeout=40,
-                 what="every notification delivered after the restart")
+        wait_for(
+            lambda: all_sent(database_url, devices), timeout=40, what="every notification delivered after the restart"
+        )
         time.sleep(1.0)
         counts = notification_counts(database_url, hook)
     finally:

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.services import start_services
 from core.domain import Adapter, Device, DeviceKind, DeviceStatus, Location, Reading
-from core.services import start_services
 from core.settings import Settings
 from ingest import adapters as ingest_adapters
 from ingest import service as ingest_service
@@ -34,8 +34,14 @@ LIMITS = Limits()
 DECODED = (Reading, DeviceStatus, CommandAck, Reject, Ignored)
 # The contract's physical ranges (DESIGN.md telemetry table); a Reading outside them is a decoder bug.
 RANGES: dict[str, tuple[float, float]] = {
-    "gas_lel": (0, 100), "co_ppm": (0, math.inf), "smoke_db_m": (0, math.inf), "temp_c": (-40, 200),
-    "power_w": (0, math.inf), "current_a": (0, math.inf), "voltage_v": (0, math.inf), "energy_wh": (0, math.inf),
+    "gas_lel": (0, 100),
+    "co_ppm": (0, math.inf),
+    "smoke_db_m": (0, math.inf),
+    "temp_c": (-40, 200),
+    "power_w": (0, math.inf),
+    "current_a": (0, math.inf),
+    "voltage_v": (0, math.inf),
+    "energy_wh": (0, math.inf),
     "battery_pct": (0, 100),
 }
 
@@ -45,9 +51,12 @@ def _device(id_: str, kind: DeviceKind, adapter: Adapter = Adapter.NATIVE, forei
 
 
 DEVICES = [
-    _device("gas-1", DeviceKind.GAS_DETECTOR), _device("co-1", DeviceKind.CO_ALARM),
-    _device("smoke-1", DeviceKind.SMOKE_DETECTOR), _device("sock-1", DeviceKind.SMART_SOCKET),
-    _device("port-1", DeviceKind.CHARGING_PORT), _device("valve-1", DeviceKind.GAS_VALVE),
+    _device("gas-1", DeviceKind.GAS_DETECTOR),
+    _device("co-1", DeviceKind.CO_ALARM),
+    _device("smoke-1", DeviceKind.SMOKE_DETECTOR),
+    _device("sock-1", DeviceKind.SMART_SOCKET),
+    _device("port-1", DeviceKind.CHARGING_PORT),
+    _device("valve-1", DeviceKind.GAS_VALVE),
     _device("z-gas", DeviceKind.GAS_DETECTOR, Adapter.ZIGBEE2MQTT, "kitchen_gas"),
     _device("z-smoke", DeviceKind.SMOKE_DETECTOR, Adapter.ZIGBEE2MQTT, "hall smoke"),
     _device("z-plug", DeviceKind.SMART_SOCKET, Adapter.ZIGBEE2MQTT, "shed/plug 1"),
@@ -75,37 +84,139 @@ LOOKUP = Registry()
 
 # --- strategies ---------------------------------------------------------------------------------------------------
 
-ABSURD = [math.nan, math.inf, -math.inf, -1, -1e-300, 0, 1e308, -1e308, 2**63, 2**64, -(2**63) - 1, 10**30, 1e-320,
-          "30", "", "\x00", "NaN", "Infinity", "on", "OFF", True, False, None, [], {}, [1, 2], {"a": 1}]
-TELEMETRY_FIELDS = ["ts", "seq", "gas_lel", "gas", "co_ppm", "smoke", "smoke_db_m", "temp_c", "power_w", "current_a",
-                    "voltage_v", "energy_wh", "relay", "valve", "battery_pct", "tamper", "test", "fault"]
+ABSURD = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    -1,
+    -1e-300,
+    0,
+    1e308,
+    -1e308,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    10**30,
+    1e-320,
+    "30",
+    "",
+    "\x00",
+    "NaN",
+    "Infinity",
+    "on",
+    "OFF",
+    True,
+    False,
+    None,
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+]
+TELEMETRY_FIELDS = [
+    "ts",
+    "seq",
+    "gas_lel",
+    "gas",
+    "co_ppm",
+    "smoke",
+    "smoke_db_m",
+    "temp_c",
+    "power_w",
+    "current_a",
+    "voltage_v",
+    "energy_wh",
+    "relay",
+    "valve",
+    "battery_pct",
+    "tamper",
+    "test",
+    "fault",
+]
 # Foreign payload keys the adapters look for (Zigbee2MQTT exposes, Tasmota SENSOR/STATE, Shelly values).
-FOREIGN_FIELDS = ["gas", "smoke", "carbon_monoxide", "co", "gas_density", "smoke_density", "temperature",
-                  "battery", "battery_low", "tamper", "state", "power", "current", "voltage", "energy", "test",
-                  "ENERGY", "Power", "Voltage", "Current", "Total", "POWER", "POWER1", "Time", "Temperature",
-                  "ANALOG", "StatusSNS", "online", "availability", "last_seen", "linkquality", "Warning"]
+FOREIGN_FIELDS = [
+    "gas",
+    "smoke",
+    "carbon_monoxide",
+    "co",
+    "gas_density",
+    "smoke_density",
+    "temperature",
+    "battery",
+    "battery_low",
+    "tamper",
+    "state",
+    "power",
+    "current",
+    "voltage",
+    "energy",
+    "test",
+    "ENERGY",
+    "Power",
+    "Voltage",
+    "Current",
+    "Total",
+    "POWER",
+    "POWER1",
+    "Time",
+    "Temperature",
+    "ANALOG",
+    "StatusSNS",
+    "online",
+    "availability",
+    "last_seen",
+    "linkquality",
+    "Warning",
+]
 
 # A small alphabet with the nasty characters in it is much cheaper to draw than all of Unicode (10,000 examples
 # must fit in about a minute); one full-Unicode branch stays in `segment`.
-NASTY = st.sampled_from([*"abcXYZ019 _-./:+#$%{}[]\"'\\", "\x00", "\x7f", "\t", "\n", "é", "煤", "气", "🔥",
-                         "\u2028", "\ufeff", "\U0010ffff", "\u0301"])
+NASTY = st.sampled_from(
+    [
+        *"abcXYZ019 _-./:+#$%{}[]\"'\\",
+        "\x00",
+        "\x7f",
+        "\t",
+        "\n",
+        "é",
+        "煤",
+        "气",
+        "🔥",
+        "\u2028",
+        "\ufeff",
+        "\U0010ffff",
+        "\u0301",
+    ]
+)
 text = st.text(alphabet=NASTY, max_size=16)
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), text, st.sampled_from(ABSURD),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    text,
+    st.sampled_from(ABSURD),
 )
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(text, inner, max_size=3)), max_leaves=6)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(text, inner, max_size=3)),
+    max_leaves=6,
+)
 NAIVE_MIN, NAIVE_MAX = datetime(1900, 1, 1), datetime(2200, 1, 1)  # noqa: DTZ001 - hypothesis bounds are naive
 timestamps = st.one_of(
     st.datetimes(min_value=NAIVE_MIN, max_value=NAIVE_MAX, timezones=st.just(UTC)).map(lambda d: d.isoformat()),
     st.integers(min_value=-(2**62), max_value=2**62),  # epoch ms, absurd ones included
-    st.just(datetime.now(UTC).isoformat()), st.just(int(time.time() * 1000)),
-    st.just("2026-13-45T25:61:61Z"), st.just("yesterday"), st.just(datetime.now(UTC).replace(tzinfo=None).isoformat()),
+    st.just(datetime.now(UTC).isoformat()),
+    st.just(int(time.time() * 1000)),
+    st.just("2026-13-45T25:61:61Z"),
+    st.just("yesterday"),
+    st.just(datetime.now(UTC).replace(tzinfo=None).isoformat()),
 )
 telemetry_objects = st.dictionaries(
     st.one_of(st.sampled_from(TELEMETRY_FIELDS + FOREIGN_FIELDS), text),
-    st.one_of(json_scalars, json_values, timestamps), max_size=6)
+    st.one_of(json_scalars, json_values, timestamps),
+    max_size=6,
+)
 
 
 def _nested(depth: int) -> bytes:
@@ -126,40 +237,102 @@ def _encode(obj: Any, how: str) -> bytes:
 
 
 payloads = st.one_of(
-    st.builds(_encode, telemetry_objects, st.sampled_from(["utf-8"] * 6 + ["utf-16", "latin-1-mangled", "bom",
-                                                                            "truncated"])),
+    st.builds(
+        _encode, telemetry_objects, st.sampled_from(["utf-8"] * 6 + ["utf-16", "latin-1-mangled", "bom", "truncated"])
+    ),
     st.builds(_encode, json_values, st.just("utf-8")),
     st.binary(max_size=300),
     # Deeper than 255 crashes the Zigbee2MQTT and Tasmota adapters (known defect, see
     # test_deeply_nested_bridge_payload): the fuzz stays below it so it keeps finding new things.
     st.integers(min_value=1, max_value=250).map(_nested),
     st.integers(min_value=1025, max_value=3000).map(_nested),
-    st.sampled_from([b"", b"null", b"[]", b"{}", b"NaN", b"Infinity", b"-Infinity", b'{"gas_lel": NaN}',
-                     b'{"gas_lel": 1e999}', b'{"gas_lel": -0.0}', b'{"seq": 18446744073709551616, "gas": true}',
-                     b'{"gas_lel": 30, "gas_lel": "x"}', b'{"fault": "E\\u0000"}', b'{"smoke": true, "\\u0000": 1}',
-                     b"\x00\x00\x00", b"ON", b"OFF", b"online", b"true", b"0", b"-5", b"1e400", b"offline",
-                     b'{"state": "ON"}', b'{"StatusSNS": {"ENERGY": {"Power": -5}}}', "煤气".encode()]),
+    st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"[]",
+            b"{}",
+            b"NaN",
+            b"Infinity",
+            b"-Infinity",
+            b'{"gas_lel": NaN}',
+            b'{"gas_lel": 1e999}',
+            b'{"gas_lel": -0.0}',
+            b'{"seq": 18446744073709551616, "gas": true}',
+            b'{"gas_lel": 30, "gas_lel": "x"}',
+            b'{"fault": "E\\u0000"}',
+            b'{"smoke": true, "\\u0000": 1}',
+            b"\x00\x00\x00",
+            b"ON",
+            b"OFF",
+            b"online",
+            b"true",
+            b"0",
+            b"-5",
+            b"1e400",
+            b"offline",
+            b'{"state": "ON"}',
+            b'{"StatusSNS": {"ENERGY": {"Power": -5}}}',
+            "煤气".encode(),
+        ]
+    ),
     st.builds(lambda n: b'{"gas_lel": 1, "pad": "' + b"x" * n + b'"}', st.integers(16_000, 40_000)),
 )
-segment = st.one_of(st.sampled_from([d.id for d in DEVICES] + [d.foreign_id or "" for d in DEVICES] +
-                                    ["", "+", "#", "$SYS", "..", "bridge", "state", "availability", "set", "get"]),
-                    text, st.text(max_size=12))
-native_topics = st.builds(lambda d, ch: f"{PREFIX}/{d}/{ch}", segment,
-                          st.one_of(st.sampled_from(["telemetry", "status", "cmd", "cmd/ack", "cmd/ack/x",
-                                                     "telemetry/x", ""]), text))
-foreign_topics = st.one_of(
-    st.builds(lambda n, s: f"zigbee2mqtt/{n}{s}", segment,
-              st.sampled_from(["", "/availability", "/set", "/get", "/x/y", "/bridge/state"])),
-    st.builds(lambda i, ch: f"shellies/{i}/{ch}", segment,
-              st.sampled_from(["sensor/operation", "sensor/gas", "sensor/concentration", "sensor/self_test",
-                               "valve/0/state", "online", "valve/0/command", "announce", "x"])),
-    st.builds(lambda p, t, leaf: f"{p}/{t}/{leaf}", st.sampled_from(["tele", "stat", "cmnd"]), segment,
-              st.sampled_from(["SENSOR", "STATE", "LWT", "MARGINS", "POWER", "POWER1", "WARNING", "RESULT", "x"])),
+segment = st.one_of(
+    st.sampled_from(
+        [d.id for d in DEVICES]
+        + [d.foreign_id or "" for d in DEVICES]
+        + ["", "+", "#", "$SYS", "..", "bridge", "state", "availability", "set", "get"]
+    ),
+    text,
+    st.text(max_size=12),
 )
-topics = st.one_of(native_topics, foreign_topics, text,
-                   # huge topics, built cheaply from a short draw
-                   st.builds(lambda t, n: f"{PREFIX}/{t * n}/telemetry", st.text(alphabet=NASTY, min_size=1, max_size=4),
-                             st.integers(250, 5000)))
+native_topics = st.builds(
+    lambda d, ch: f"{PREFIX}/{d}/{ch}",
+    segment,
+    st.one_of(st.sampled_from(["telemetry", "status", "cmd", "cmd/ack", "cmd/ack/x", "telemetry/x", ""]), text),
+)
+foreign_topics = st.one_of(
+    st.builds(
+        lambda n, s: f"zigbee2mqtt/{n}{s}",
+        segment,
+        st.sampled_from(["", "/availability", "/set", "/get", "/x/y", "/bridge/state"]),
+    ),
+    st.builds(
+        lambda i, ch: f"shellies/{i}/{ch}",
+        segment,
+        st.sampled_from(
+            [
+                "sensor/operation",
+                "sensor/gas",
+                "sensor/concentration",
+                "sensor/self_test",
+                "valve/0/state",
+                "online",
+                "valve/0/command",
+                "announce",
+                "x",
+            ]
+        ),
+    ),
+    st.builds(
+        lambda p, t, leaf: f"{p}/{t}/{leaf}",
+        st.sampled_from(["tele", "stat", "cmnd"]),
+        segment,
+        st.sampled_from(["SENSOR", "STATE", "LWT", "MARGINS", "POWER", "POWER1", "WARNING", "RESULT", "x"]),
+    ),
+)
+topics = st.one_of(
+    native_topics,
+    foreign_topics,
+    text,
+    # huge topics, built cheaply from a short draw
+    st.builds(
+        lambda t, n: f"{PREFIX}/{t * n}/telemetry",
+        st.text(alphabet=NASTY, min_size=1, max_size=4),
+        st.integers(250, 5000),
+    ),
+)
 
 # --- properties ---------------------------------------------------------------------------------------------------
 
@@ -202,8 +375,13 @@ def check_reading(r: Reading) -> None:
 NATIVE = Decoder(prefix=PREFIX, limits=LIMITS, adapters=list(ingest_adapters.DECODERS))
 
 
-@settings(max_examples=10_000, deadline=timedelta(seconds=2), database=None, derandomize=False,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+@settings(
+    max_examples=10_000,
+    deadline=timedelta(seconds=2),
+    database=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
 @given(topic=topics, payload=payloads)
 def test_decoder_survives_hostile_messages(topic: str, payload: bytes) -> None:
     """Must show 2: >= 10,000 generated messages through the full decoder (native + every adapter), 0 crashes."""
@@ -212,8 +390,12 @@ def test_decoder_survives_hostile_messages(topic: str, payload: bytes) -> None:
 
 
 @pytest.mark.parametrize("adapter", ingest_adapters.DECODERS, ids=lambda a: type(a).__name__)
-@settings(max_examples=600, deadline=timedelta(seconds=2), database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+@settings(
+    max_examples=600,
+    deadline=timedelta(seconds=2),
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
 @given(topic=st.one_of(foreign_topics, topics), payload=payloads)
 def test_each_adapter_survives_hostile_messages(adapter: Any, topic: str, payload: bytes) -> None:
     """Every registered adapter on its own, without the decoder's size guard in front of it."""
@@ -249,25 +431,28 @@ HOSTILE_STORED = [
 ]
 
 
-@pytest.mark.parametrize(("what", "payload"), HOSTILE_STORED,
-                         ids=[p.values[0] if hasattr(p, "values") else p[0] for p in HOSTILE_STORED])
+@pytest.mark.parametrize(
+    ("what", "payload"), HOSTILE_STORED, ids=[p.values[0] if hasattr(p, "values") else p[0] for p in HOSTILE_STORED]
+)
 def test_hostile_payload_through_the_database(loaded: Settings, what: str, payload: bytes) -> None:
     """Stored or rejected with a reason, in one batch with a good message that must not suffer for it."""
     decoder = make_decoder(loaded)
     now = datetime.now(UTC)
-    good = Message(topic=f"{loaded.topic_prefix}/gas-2/telemetry", payload=b'{"gas_lel": 3, "seq": 1}',
-                   received_at=now)
+    good = Message(topic=f"{loaded.topic_prefix}/gas-2/telemetry", payload=b'{"gas_lel": 3, "seq": 1}', received_at=now)
     bad = Message(topic=f"{loaded.topic_prefix}/gas-1/telemetry", payload=payload, received_at=now)
     with psycopg.connect(loaded.dsn) as conn:
         devices = ingest_service.DeviceCache(conn_factory=None)
         devices.prime(conn)
         conn.commit()
         try:
-            result = ingest_service.process_batch(conn, messages=[good, bad], decoder=decoder, devices=devices,
-                                                  ruleset=default_rules())
+            result = ingest_service.process_batch(
+                conn, messages=[good, bad], decoder=decoder, devices=devices, ruleset=default_rules()
+            )
         except psycopg.Error as exc:
-            pytest.fail(f"{what}: the decoder accepted what the database refuses ({exc.sqlstate}: {exc}); the "
-                        "whole batch would fail and fall back to message-by-message")
+            pytest.fail(
+                f"{what}: the decoder accepted what the database refuses ({exc.sqlstate}: {exc}); the "
+                "whole batch would fail and fall back to message-by-message"
+            )
         rows = conn.execute("SELECT device_id FROM reading ORDER BY device_id").fetchall()
         rejects = conn.execute("SELECT device_id, reason FROM ingest_reject").fetchall()
     assert ("gas-2",) in rows, "the good message in the same batch is stored"
@@ -280,8 +465,9 @@ def test_hostile_payload_through_the_database(loaded: Settings, what: str, paylo
 # Zigbee2MQTT or Tasmota payload nested 256-1,024 deep used to crash the decoder. It is now a reject.
 @pytest.mark.parametrize("topic", ["zigbee2mqtt/kitchen_gas", "tele/socket_1/SENSOR"])
 def test_deeply_nested_bridge_payload(topic: str) -> None:
-    msg = Message(topic=topic, payload=_nested(300).replace(b'"gas_lel": 1', b'"gas": true'),
-                  received_at=datetime.now(UTC))
+    msg = Message(
+        topic=topic, payload=_nested(300).replace(b'"gas_lel": 1', b'"gas": true'), received_at=datetime.now(UTC)
+    )
     check_outcome(NATIVE.decode(msg, LOOKUP), topic)
 
 
@@ -291,19 +477,34 @@ def test_poison_message_is_isolated_and_the_ingest_keeps_going(loaded: Settings,
     root = loaded.topic_prefix.split("/")[0]
     settings = Settings(_env_file=None, **{**loaded.model_dump(), "bridge_topic_root": root})  # type: ignore[call-arg]
     with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        conn.execute("INSERT INTO device (id, kind, site_id, location, adapter, foreign_id) VALUES "
-                     "('z-gas', 'gas_detector', 's1', 'kitchen', 'zigbee2mqtt', 'kitchen_gas')")
+        conn.execute(
+            "INSERT INTO device (id, kind, site_id, location, adapter, foreign_id) VALUES "
+            "('z-gas', 'gas_detector', 's1', 'kitchen', 'zigbee2mqtt', 'kitchen_gas')"
+        )
     running = start_services(settings, ("ingest",))
     try:
         wait_for(running.parts["ingest"].consumer.connected.is_set, what="ingest connected")
         for i in range(3):
             publisher.publish(f"{root}/zigbee2mqtt/kitchen_gas", _nested(300).replace(b'"gas_lel": 1', b'"gas": true'))
             publisher.publish(f"{settings.topic_prefix}/gas-2/telemetry", {"seq": i, "gas_lel": 2})
-        wait_for(lambda: psycopg.connect(settings.dsn).execute(
-            "SELECT count(*) FROM reading WHERE device_id = 'gas-2'").fetchone() == (3,), what="good messages stored")
-        wait_for(lambda: psycopg.connect(settings.dsn).execute(
-            "SELECT count(*) FROM ingest_reject WHERE topic LIKE '%zigbee2mqtt%'").fetchone() == (3,),
-            what="poison messages kept as rejects")
+        wait_for(
+            lambda: (
+                psycopg.connect(settings.dsn)
+                .execute("SELECT count(*) FROM reading WHERE device_id = 'gas-2'")
+                .fetchone()
+                == (3,)
+            ),
+            what="good messages stored",
+        )
+        wait_for(
+            lambda: (
+                psycopg.connect(settings.dsn)
+                .execute("SELECT count(*) FROM ingest_reject WHERE topic LIKE '%zigbee2mqtt%'")
+                .fetchone()
+                == (3,)
+            ),
+            what="poison messages kept as rejects",
+        )
         reasons = [r[0] for r in psycopg.connect(settings.dsn).execute("SELECT reason FROM ingest_reject")]
         assert running.fatal() is None
     finally:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from app.services import start_services
 from core.domain import Reading
-from core.services import start_services
 from core.settings import Settings
 from ingest.ratelimit import SUPPRESSED, RateLimit
 from tests.support import Publisher, wait_for
@@ -27,15 +27,19 @@ def rejects(n: int, device: str | None = "dev-1", topic: str = "gw/v1/dev-1/tele
     return [(datetime.now(UTC), topic, b"x", device, f"malformed JSON: {i}") for i in range(n)]
 
 
-@pytest.mark.parametrize(("burst", "rate", "sent", "advance_s", "then", "stored_first", "stored_then"), [
-    (5, 1.0, 3, 0, 0, 3, 0),        # under the burst: all stored
-    (5, 1.0, 20, 0, 0, 5, 0),       # a flood: the burst is stored, the rest counted
-    (5, 1.0, 20, 3, 10, 5, 3),      # 3 s later 3 tokens came back
-    (5, 1.0, 20, 100, 10, 5, 5),    # refilled to the burst, never beyond
-    (5, 0.5, 10, 4, 5, 5, 2),       # slower refill
-])
-def test_token_bucket(burst: float, rate: float, sent: int, advance_s: float, then: int, stored_first: int,
-                      stored_then: int) -> None:
+@pytest.mark.parametrize(
+    ("burst", "rate", "sent", "advance_s", "then", "stored_first", "stored_then"),
+    [
+        (5, 1.0, 3, 0, 0, 3, 0),  # under the burst: all stored
+        (5, 1.0, 20, 0, 0, 5, 0),  # a flood: the burst is stored, the rest counted
+        (5, 1.0, 20, 3, 10, 5, 3),  # 3 s later 3 tokens came back
+        (5, 1.0, 20, 100, 10, 5, 5),  # refilled to the burst, never beyond
+        (5, 0.5, 10, 4, 5, 5, 2),  # slower refill
+    ],
+)
+def test_token_bucket(
+    burst: float, rate: float, sent: int, advance_s: float, then: int, stored_first: int, stored_then: int
+) -> None:
     clock = Clock()
     limit = RateLimit(rate_per_s=rate, burst=burst, clock=clock)
     assert len(limit.filter_rejects(rejects(sent))) == stored_first
@@ -68,8 +72,9 @@ def test_sources_are_independent_and_the_total_is_bounded() -> None:
 def test_readings_are_counted_never_dropped() -> None:
     clock = Clock()
     limit = RateLimit(reading_rate_per_s=1, reading_burst=5, clock=clock)
-    readings = [Reading(device_id="chatty", ts=datetime.now(UTC), received_at=datetime.now(UTC), seq=i)
-                for i in range(50)]
+    readings = [
+        Reading(device_id="chatty", ts=datetime.now(UTC), received_at=datetime.now(UTC), seq=i) for i in range(50)
+    ]
     assert limit.count_readings(readings) == 45
     assert len(readings) == 50
     clock.now += 2.0  # two tokens back at 1/s
@@ -93,10 +98,14 @@ def test_flooding_device_does_not_flood_the_reject_table(loaded: Settings, publi
                 row = conn.execute(sql).fetchone()
                 return int(row[0]) if row else 0
 
-        wait_for(lambda: count("SELECT count(*) FROM alarm WHERE device_id = 'gas-2'") == 1,
-                 what="the other device's gas alarm")
-        wait_for(lambda: SUPPRESSED._value.get() - before + count("SELECT count(*) FROM ingest_reject") >= 300,
-                 what="every broken message stored or counted")
+        wait_for(
+            lambda: count("SELECT count(*) FROM alarm WHERE device_id = 'gas-2'") == 1,
+            what="the other device's gas alarm",
+        )
+        wait_for(
+            lambda: SUPPRESSED._value.get() - before + count("SELECT count(*) FROM ingest_reject") >= 300,
+            what="every broken message stored or counted",
+        )
         stored = count("SELECT count(*) FROM ingest_reject WHERE device_id = 'gas-1'")
     finally:
         running.stop()

@@ -32,8 +32,9 @@ def test_batched_pubacks_release_the_broker_and_settle_the_session(loaded: Setti
         wait_for(worker.consumer.connected.is_set, what="ingest connected")
         start = int(time.time() * 1000) - total
         for i in range(total):
-            publisher.publish(f"{settings.topic_prefix}/gas-{1 + i % 2}/telemetry",
-                              {"ts": start + i, "seq": i, "gas_lel": 1.0})
+            publisher.publish(
+                f"{settings.topic_prefix}/gas-{1 + i % 2}/telemetry", {"ts": start + i, "seq": i, "gas_lel": 1.0}
+            )
         wait_for(lambda: count_readings(settings) >= total, timeout=30, what="every reading stored")
         wait_for(lambda: worker.processed >= total, what="every message acknowledged")
     finally:
@@ -42,8 +43,9 @@ def test_batched_pubacks_release_the_broker_and_settle_the_session(loaded: Setti
 
     # Resume the same session: a message the broker still held unacknowledged would be sent again now.
     out = Inbox(maxsize=10_000)
-    again = MqttConsumer(settings.mqtt, client_id=settings.mqtt_client_id, topics=subscriptions(settings), out=out,
-                         receive_maximum=100)
+    again = MqttConsumer(
+        settings.mqtt, client_id=settings.mqtt_client_id, topics=subscriptions(settings), out=out, receive_maximum=100
+    )
     again.start()
     try:
         wait_for(again.connected.is_set, what="session resumed")

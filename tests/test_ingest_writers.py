@@ -25,9 +25,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from app.services import YOUNG_GC_THRESHOLD, settle_heap
 from core import repo as core_repo
 from core.registry import parse_registry
-from core.services import YOUNG_GC_THRESHOLD, settle_heap
 from core.settings import MqttTarget, Settings
 from ingest.consumer import Inbox, MqttConsumer, ReceiveClient, StockClient, fast_path_problem
 from ingest.decode import Message
@@ -105,8 +105,9 @@ def two_writers(settings: Settings) -> Iterator[IngestWorker]:
     worker.stop()
 
 
-def test_a_burst_on_one_device_is_evaluated_in_order_by_two_writers(two_writers: IngestWorker,
-                                                                     publisher: Publisher) -> None:
+def test_a_burst_on_one_device_is_evaluated_in_order_by_two_writers(
+    two_writers: IngestWorker, publisher: Publisher
+) -> None:
     settings = two_writers.settings
     late_before = rules_service.LATE_READINGS._value.get()
     base = int(time.time() * 1000) - 3_600_000
@@ -114,11 +115,17 @@ def test_a_burst_on_one_device_is_evaluated_in_order_by_two_writers(two_writers:
     # sock-1: an e-bike charging in a storage room (EB-14b needs 30 min of 60-400 W in event time), one reading
     # every 5 s; sock-2 interleaved, idle. 50 batches of 20 go through the two writers.
     for i in range(n):
-        publisher.publish(f"{settings.topic_prefix}/sock-1/telemetry",
-                          {"ts": base + i * 5000, "seq": i, "power_w": 150.0, "relay": "on"}, wait=False)
+        publisher.publish(
+            f"{settings.topic_prefix}/sock-1/telemetry",
+            {"ts": base + i * 5000, "seq": i, "power_w": 150.0, "relay": "on"},
+            wait=False,
+        )
         if i % 3 == 0:
-            publisher.publish(f"{settings.topic_prefix}/sock-2/telemetry",
-                              {"ts": base + i * 5000, "seq": i, "power_w": 0.5, "relay": "on"}, wait=False)
+            publisher.publish(
+                f"{settings.topic_prefix}/sock-2/telemetry",
+                {"ts": base + i * 5000, "seq": i, "power_w": 0.5, "relay": "on"},
+                wait=False,
+            )
 
     def state() -> tuple[Any, ...] | None:
         with psycopg.connect(settings.dsn) as conn:
@@ -134,8 +141,15 @@ def test_a_burst_on_one_device_is_evaluated_in_order_by_two_writers(two_writers:
     assert two_writers.processed == n + n // 3
 
 
-def _drain(client_cls: type[mqtt.Client], port: int, topic: str, expected: int, *,
-           batches: bool = False, protocol: int = mqtt.MQTTv5) -> list[tuple[str, bytes, bool]]:
+def _drain(
+    client_cls: type[mqtt.Client],
+    port: int,
+    topic: str,
+    expected: int,
+    *,
+    batches: bool = False,
+    protocol: int = mqtt.MQTTv5,
+) -> list[tuple[str, bytes, bool]]:
     got: list[tuple[str, bytes, bool]] = []
     done = threading.Event()
 
@@ -153,8 +167,9 @@ def _drain(client_cls: type[mqtt.Client], port: int, topic: str, expected: int, 
             done.set()
 
     # manual_ack, as ingest runs it: ReceiveClient's own PUBLISH decoding applies only then.
-    client = client_cls(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rx-{time.time_ns()}", protocol=protocol,
-                        manual_ack=True)
+    client = client_cls(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"rx-{time.time_ns()}", protocol=protocol, manual_ack=True
+    )
     if batches:
         assert isinstance(client, ReceiveClient)
         client.on_batch = on_batch
@@ -196,12 +211,24 @@ def test_receive_path_delivers_what_stock_paho_delivers(services: Any, settings:
 
     def collect(cls: type[mqtt.Client], key: str) -> None:
         # MQTT 3.1.1 has no property length in a PUBLISH: the batch decoder must leave those packets to paho
-        results[key] = _drain(cls, services.mqtt_port, f"{prefix}/live/+", 300, batches=key.startswith("batches"),
-                              protocol=mqtt.MQTTv311 if key == "batches-3.1.1" else mqtt.MQTTv5)
+        results[key] = _drain(
+            cls,
+            services.mqtt_port,
+            f"{prefix}/live/+",
+            300,
+            batches=key.startswith("batches"),
+            protocol=mqtt.MQTTv311 if key == "batches-3.1.1" else mqtt.MQTTv5,
+        )
 
-    threads = [threading.Thread(target=collect, args=(cls, key))
-               for cls, key in ((ReceiveClient, "ReceiveClient"), (ReceiveClient, "batches"),
-                                (ReceiveClient, "batches-3.1.1"), (mqtt.Client, "Client"))]
+    threads = [
+        threading.Thread(target=collect, args=(cls, key))
+        for cls, key in (
+            (ReceiveClient, "ReceiveClient"),
+            (ReceiveClient, "batches"),
+            (ReceiveClient, "batches-3.1.1"),
+            (mqtt.Client, "Client"),
+        )
+    ]
     for th in threads:
         th.start()
     time.sleep(0.5)
@@ -221,8 +248,9 @@ def test_receive_path_delivers_what_stock_paho_delivers(services: Any, settings:
 
 
 @pytest.mark.parametrize("client_cls", [ReceiveClient, StockClient], ids=["fast path", "stock fallback"])
-def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, settings: Settings,
-                                                          client_cls: type[mqtt.Client]) -> None:
+def test_consumer_with_manual_ack_gets_a_backlog_in_order(
+    services: Any, settings: Settings, client_cls: type[mqtt.Client]
+) -> None:
     """Under manual ack, with the fast path and with the stock-paho fallback (a paho whose private names the fast
     path does not know): a queued backlog arrives complete and in order, and what was acknowledged is gone."""
     client_id = f"backlog-{time.time_ns()}"
@@ -231,8 +259,9 @@ def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, setting
     out = Inbox(maxsize=5000)
 
     def consumer() -> MqttConsumer:
-        return MqttConsumer(target, client_id=client_id, topics=[topic], out=out, receive_maximum=1000,
-                            client_cls=client_cls)
+        return MqttConsumer(
+            target, client_id=client_id, topics=[topic], out=out, receive_maximum=1000, client_cls=client_cls
+        )
 
     first = consumer()
     first.start()
@@ -265,24 +294,33 @@ def test_consumer_with_manual_ack_gets_a_backlog_in_order(services: Any, setting
 def test_fast_path_check_finds_what_paho_2_1_lacks(tmp_path: Path) -> None:
     """On paho-mqtt 2.1 (allowed before the pin) the fast path's private names are not all there: the check says
     which, and the consumer takes stock paho with one warning instead of silently breaking keepalive."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "paho-mqtt==2.1.0", "-d",
-                    str(tmp_path)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "paho-mqtt==2.1.0", "-d", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     with zipfile.ZipFile(next(tmp_path.glob("paho_mqtt-2.1.0-*.whl"))) as wheel:
         wheel.extractall(tmp_path / "site")
-    probe = ("import logging, sys; logging.basicConfig(level=logging.WARNING); "
-             f"sys.path.insert(0, {str(tmp_path / 'site')!r}); "
-             "import paho.mqtt; from ingest import consumer; print(paho.mqtt.__version__); "
-             "print(consumer.receive_client_class().__name__); consumer.receive_client_class()")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            check=True)
+    probe = (
+        "import logging, sys; logging.basicConfig(level=logging.WARNING); "
+        f"sys.path.insert(0, {str(tmp_path / 'site')!r}); "
+        "import paho.mqtt; from ingest import consumer; print(paho.mqtt.__version__); "
+        "print(consumer.receive_client_class().__name__); consumer.receive_client_class()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
     assert result.stdout.split() == ["2.1.0", "StockClient"], result.stdout
     assert result.stderr.count("lacks _last_bytes_received") == 1, result.stderr
     assert fast_path_problem() is None, "the pinned paho has everything the fast path uses"
 
 
 def _messages(start: int, n: int) -> list[Message]:
-    return [Message(topic=f"t/{i}", payload=b"%d" % i, received_at=datetime.now(UTC), mid=i) for i in range(start,
-                                                                                                     start + n)]
+    return [
+        Message(topic=f"t/{i}", payload=b"%d" % i, received_at=datetime.now(UTC), mid=i)
+        for i in range(start, start + n)
+    ]
 
 
 def test_inbox_hands_over_in_order_and_holds_the_network_thread_when_full() -> None:

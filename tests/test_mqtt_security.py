@@ -23,12 +23,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from app.cli import app
+from app.services import Running, start_services
 from core import mqtt_auth
-from core.cli import app
 from core.embedded import free_port
 from core.errors import BrokerAuthError, ConfigError
 from core.registry import parse_registry
-from core.services import Running, start_services
 from core.settings import MqttTarget, Settings
 from tests.conftest import ROOT, small_registry
 from tests.support import wait_for
@@ -47,8 +47,23 @@ def make_certs(d: Path) -> None:
     run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=gridwatch test CA")
     run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n", encoding="utf-8")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
 
 
 @dataclass
@@ -78,10 +93,14 @@ def secure_broker(tmp_path: Path, settings: Settings) -> Iterator[SecureBroker]:
     port, tls_port = free_port(), free_port()
     log_file = conf_dir / "mosquitto.log"
     text = DEPLOY_CONF.read_text(encoding="utf-8")
-    for old, new in (("/mosquitto/config/", f"{conf_dir}/"), ("/mosquitto/data/", f"{conf_dir}/data/"),
-                     ("/mosquitto/certs/", f"{conf_dir}/certs/"), ("listener 1883", f"listener {port} 127.0.0.1"),
-                     ("listener 8883", f"listener {tls_port} 127.0.0.1"),
-                     ("log_dest stdout", f"log_dest file {log_file}")):
+    for old, new in (
+        ("/mosquitto/config/", f"{conf_dir}/"),
+        ("/mosquitto/data/", f"{conf_dir}/data/"),
+        ("/mosquitto/certs/", f"{conf_dir}/certs/"),
+        ("listener 1883", f"listener {port} 127.0.0.1"),
+        ("listener 8883", f"listener {tls_port} 127.0.0.1"),
+        ("log_dest stdout", f"log_dest file {log_file}"),
+    ):
         assert old in text, f"the shipped config no longer has {old!r}"
         text = text.replace(old, new)
     (conf_dir / "data").mkdir()
@@ -89,8 +108,9 @@ def secure_broker(tmp_path: Path, settings: Settings) -> Iterator[SecureBroker]:
     # as root, mosquitto would switch to the 'mosquitto' user, which cannot read pytest's private tmp dir
     conf.write_text(("user root\n" if os.geteuid() == 0 else "") + text, encoding="utf-8")
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    broker = SecureBroker(port, tls_port, log_file, conf_dir / "certs" / "ca.crt",
-                          {a.username: a for a in accounts}, proc)
+    broker = SecureBroker(
+        port, tls_port, log_file, conf_dir / "certs" / "ca.crt", {a.username: a for a in accounts}, proc
+    )
     wait_for(lambda: "running" in broker.log() if log_file.exists() else False, timeout=10, what="mosquitto up")
     yield broker
     proc.terminate()
@@ -100,8 +120,15 @@ def secure_broker(tmp_path: Path, settings: Settings) -> Iterator[SecureBroker]:
 class Device:
     """A paho MQTT v5 client that records PUBACK / SUBACK reason codes and the CONNACK."""
 
-    def __init__(self, port: int, username: str | None, password: str | None, *, tls_ca: Path | None = None,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        *,
+        tls_ca: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.client_id = f"dev-{uuid.uuid4().hex[:8]}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if username is not None:
@@ -175,8 +202,10 @@ def test_device_cannot_publish_as_another(ingest_on_secure: Settings, secure_bro
         gas2.subscribe(f"{prefix}/gas-2/cmd")
         assert not server.publish(f"{prefix}/gas-2/cmd", '{"id": "c1", "action": "self_test"}').is_failure
         wait_for(lambda: gas2.messages, what="gas-2 to receive its own command")
-        wait_for(lambda: count(settings.dsn, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 1,
-                 what="gas-1's own reading stored")
+        wait_for(
+            lambda: count(settings.dsn, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 1,
+            what="gas-1's own reading stored",
+        )
         time.sleep(1.0)  # had the forged message passed, it would be stored (and alarming) by now
         forged_stored = count(settings.dsn, "SELECT count(*) FROM reading WHERE device_id = 'gas-2'")
         forged_rejects = count(settings.dsn, "SELECT count(*) FROM ingest_reject")
@@ -188,8 +217,10 @@ def test_device_cannot_publish_as_another(ingest_on_secure: Settings, secure_bro
         server.close()
     log_text = secure_broker.log()
     denied = re.findall(rf"Denied PUBLISH from {gas1.client_id} \(.*'{re.escape(prefix)}/gas-2/telemetry'", log_text)
-    print(f"SECURITY own_puback={own.getName()} forged_puback={forged.getName()} ({forged.value}) "
-          f"snooped={len(snooped)} forged_stored={forged_stored} broker_log={denied}")
+    print(
+        f"SECURITY own_puback={own.getName()} forged_puback={forged.getName()} ({forged.value}) "
+        f"snooped={len(snooped)} forged_stored={forged_stored} broker_log={denied}"
+    )
     assert not own.is_failure
     assert forged.value == 135, f"the broker must refuse the forged PUBLISH, answered {forged.getName()}"
     assert snooped == [], "a device must not read another device's commands"
@@ -198,8 +229,9 @@ def test_device_cannot_publish_as_another(ingest_on_secure: Settings, secure_bro
 
 
 @pytest.mark.parametrize(("user", "password"), [("gas-1", "wrong-password"), (None, None), ("nobody", "x")])
-def test_wrong_or_missing_credentials_are_refused(secure_broker: SecureBroker, user: str | None,
-                                                  password: str | None) -> None:
+def test_wrong_or_missing_credentials_are_refused(
+    secure_broker: SecureBroker, user: str | None, password: str | None
+) -> None:
     d = Device(secure_broker.port, user, password)
     try:
         assert d.connected.wait(10)
@@ -210,8 +242,9 @@ def test_wrong_or_missing_credentials_are_refused(secure_broker: SecureBroker, u
 
 
 @pytest.mark.allow_error_logs  # the consumer logs the refused connection at ERROR, as it should
-def test_ingest_stops_retrying_on_bad_credentials(loaded: Settings, secure_broker: SecureBroker,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_ingest_stops_retrying_on_bad_credentials(
+    loaded: Settings, secure_broker: SecureBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     s = with_mqtt(loaded, f"mqtt://ingest:s3cret-in-url@127.0.0.1:{secure_broker.port}")
     running = start_services(s, ("ingest",))
     try:
@@ -232,12 +265,19 @@ def test_ingest_and_device_over_tls(loaded: Settings, secure_broker: SecureBroke
     gas2 = None
     try:
         wait_for(running.parts["ingest"].consumer.connected.is_set, what="ingest connected over TLS")
-        gas2 = Device(secure_broker.tls_port, "gas-2", secure_broker.password("gas-2"), tls_ca=secure_broker.ca_file,
-                      host="localhost")
+        gas2 = Device(
+            secure_broker.tls_port,
+            "gas-2",
+            secure_broker.password("gas-2"),
+            tls_ca=secure_broker.ca_file,
+            host="localhost",
+        )
         assert gas2.connected.wait(10) and not gas2.connack.is_failure
         assert not gas2.publish(f"{s.topic_prefix}/gas-2/telemetry", '{"seq": 7, "gas_lel": 2}').is_failure
-        wait_for(lambda: count(s.dsn, "SELECT count(*) FROM reading WHERE device_id = 'gas-2'") == 1,
-                 what="reading over TLS stored")
+        wait_for(
+            lambda: count(s.dsn, "SELECT count(*) FROM reading WHERE device_id = 'gas-2'") == 1,
+            what="reading over TLS stored",
+        )
     finally:
         if gas2 is not None:
             gas2.close()
@@ -254,12 +294,15 @@ def test_untrusted_certificate_is_refused(secure_broker: SecureBroker, tmp_path:
         client.connect("localhost", secure_broker.tls_port)
 
 
-@pytest.mark.parametrize(("url", "tls", "port", "user", "password"), [
-    ("mqtt://broker", False, 1883, None, None),
-    ("mqtts://broker", True, 8883, None, None),
-    ("mqtts://ingest:p%40ss@broker:9883", True, 9883, "ingest", "p@ss"),
-    ("mqtt://ingest:secret@127.0.0.1:1884", False, 1884, "ingest", "secret"),
-])
+@pytest.mark.parametrize(
+    ("url", "tls", "port", "user", "password"),
+    [
+        ("mqtt://broker", False, 1883, None, None),
+        ("mqtts://broker", True, 8883, None, None),
+        ("mqtts://ingest:p%40ss@broker:9883", True, 9883, "ingest", "p@ss"),
+        ("mqtt://ingest:secret@127.0.0.1:1884", False, 1884, "ingest", "secret"),
+    ],
+)
 def test_mqtt_url_parsing(url: str, tls: bool, port: int, user: str | None, password: str | None) -> None:
     target = MqttTarget(url)
     assert (target.tls, target.port, target.username, target.password) == (tls, port, user, password)
@@ -282,8 +325,9 @@ def test_credentials_command_keeps_passwords_and_rotates_one(tmp_path: Path) -> 
     before = mqtt_auth.read_credentials(out / "credentials.csv")
     assert set(before) == {"gas-1", "gas-2", "smoke-1", "ingest", "healthcheck"}
     assert (out / "credentials.csv").stat().st_mode & 0o777 == 0o600
-    second = runner.invoke(app, ["mqtt", "credentials", "--registry", str(reg), "--out", str(out), "--rotate",
-                                 "gas-1"], env=env)
+    second = runner.invoke(
+        app, ["mqtt", "credentials", "--registry", str(reg), "--out", str(out), "--rotate", "gas-1"], env=env
+    )
     assert second.exit_code == 0, second.output
     after = mqtt_auth.read_credentials(out / "credentials.csv")
     assert after["gas-1"] != before["gas-1"]

@@ -26,12 +26,10 @@ def login(client: TestClient, token: str) -> str:
     form = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf
-    r = client.post("/login", data={"token": token, "csrf": csrf.group(1), "next": "/board"},
-                    follow_redirects=False)
+    r = client.post("/login", data={"token": token, "csrf": csrf.group(1), "next": "/board"}, follow_redirects=False)
     assert r.status_code == 303, r.text
     cookie = r.headers["set-cookie"]
-    assert "gw_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict",
-                                                                                                    "strict")
+    assert "gw_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     assert token not in cookie, "the cookie carries a session id, never the token"
     page = client.get(r.headers["location"])
     meta = re.search(r'<meta name="csrf" content="([^"]+)"', page.text)
@@ -49,14 +47,23 @@ def test_login_board_and_one_tap_actions(env: ApiEnv) -> None:
     assert "确认接警" in client.get("/board?lang=zh-CN").text
     # a form post without the CSRF token, or from another origin, is refused
     assert client.post(f"/board/alarms/{alarm_id}/ack", follow_redirects=False).status_code == 403
-    assert client.post(f"/board/alarms/{alarm_id}/ack", data={"csrf": csrf}, headers={"Origin": "http://evil.test"},
-                       follow_redirects=False).status_code == 403
+    assert (
+        client.post(
+            f"/board/alarms/{alarm_id}/ack",
+            data={"csrf": csrf},
+            headers={"Origin": "http://evil.test"},
+            follow_redirects=False,
+        ).status_code
+        == 403
+    )
     assert client.post(f"/api/v1/alarms/{alarm_id}/ack").status_code == 403, "cookie + unsafe method needs CSRF"
     r = client.post(f"/board/alarms/{alarm_id}/ack", data={"csrf": csrf}, follow_redirects=False)
     assert r.status_code == 303
-    r = client.post(f"/board/alarms/{alarm_id}/resolve", data={"csrf": csrf, "disposition": "false_alarm",
-                                                               "note": "steam from the wok"},
-                    headers={"X-Requested-With": "fetch"})
+    r = client.post(
+        f"/board/alarms/{alarm_id}/resolve",
+        data={"csrf": csrf, "disposition": "false_alarm", "note": "steam from the wok"},
+        headers={"X-Requested-With": "fetch"},
+    )
     assert r.status_code == 200 and r.json()["open"] is False
     detail = env.client.get(f"/api/v1/alarms/{alarm_id}/detail", headers=env.headers("w1")).json()
     assert (detail["alarm"]["disposition"], detail["note"]) == ("false_alarm", "steam from the wok")
@@ -64,14 +71,20 @@ def test_login_board_and_one_tap_actions(env: ApiEnv) -> None:
     # on site: record an inspection finding from the alarm page (the score service deducts per the policy)
     page = client.get(f"/alarms/{alarm_id}")
     assert 'id="finding-form"' in page.text and 'value="blocked_exit"' in page.text
-    assert client.post(f"/alarms/{alarm_id}/finding", data={"kind": "blocked_exit"},
-                       follow_redirects=False).status_code == 403, "CSRF applies here too"
-    r = client.post(f"/alarms/{alarm_id}/finding", data={"csrf": csrf, "kind": "blocked_exit", "note": "boxes"},
-                    follow_redirects=False)
+    assert (
+        client.post(f"/alarms/{alarm_id}/finding", data={"kind": "blocked_exit"}, follow_redirects=False).status_code
+        == 403
+    ), "CSRF applies here too"
+    r = client.post(
+        f"/alarms/{alarm_id}/finding",
+        data={"csrf": csrf, "kind": "blocked_exit", "note": "boxes"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
     found = env.client.get("/api/v1/merchants/m1/open", headers=env.headers("m1")).json()["findings"]
-    assert [(f["kind"], f["found_by"], f["note"]) for f in found] == [("blocked_exit", "w1",
-                                                                       f"boxes (alarm {alarm_id})")]
+    assert [(f["kind"], f["found_by"], f["note"]) for f in found] == [
+        ("blocked_exit", "w1", f"boxes (alarm {alarm_id})")
+    ]
     # logging out ends the session
     assert client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
     assert client.get("/board", follow_redirects=False).headers["location"].startswith("/login")
@@ -83,14 +96,22 @@ def test_login_rejects_bad_tokens_and_forged_forms(env: ApiEnv) -> None:
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf
     bad = client.post("/login", data={"token": "gw_wrong", "csrf": csrf.group(1)}, follow_redirects=False)
-    assert bad.status_code == 401 and "unknown token" in bad.text and "gw_session" not in bad.headers.get(
-        "set-cookie", "")
+    assert (
+        bad.status_code == 401 and "unknown token" in bad.text and "gw_session" not in bad.headers.get("set-cookie", "")
+    )
     fresh = TestClient(env.app)
     forged = fresh.post("/login", data={"token": env.tokens["w1"], "csrf": csrf.group(1)}, follow_redirects=False)
     assert forged.status_code == 403, "a login form posted without its own nonce cookie is refused"
     # an open redirect through ?next= is not possible
-    r = client.post("/login", data={"token": env.tokens["w1"], "csrf": re.search(
-        r'name="csrf" value="([^"]+)"', bad.text).group(1), "next": "//evil.test/"}, follow_redirects=False)  # type: ignore[union-attr]
+    r = client.post(
+        "/login",
+        data={
+            "token": env.tokens["w1"],
+            "csrf": re.search(r'name="csrf" value="([^"]+)"', bad.text).group(1),
+            "next": "//evil.test/",
+        },
+        follow_redirects=False,
+    )  # type: ignore[union-attr]
     assert r.headers["location"] == "/"
 
 
@@ -110,8 +131,10 @@ def test_pages_render_for_each_role(env: ApiEnv) -> None:
     now = datetime.now(UTC)
     with env.conn() as conn, conn.transaction():
         for i in range(30):
-            conn.execute("INSERT INTO reading (device_id, ts, seq, received_at, gas_lel) VALUES (%s, %s, %s, %s, %s)",
-                         ("gas-1", now - timedelta(minutes=30 - i), i, now, float(i % 7)))
+            conn.execute(
+                "INSERT INTO reading (device_id, ts, seq, received_at, gas_lel) VALUES (%s, %s, %s, %s, %s)",
+                ("gas-1", now - timedelta(minutes=30 - i), i, now, float(i % 7)),
+            )
         alarm_id = raise_alarm(conn, "gas-1", at=now - timedelta(minutes=5))
     admin = env.client.get("/admin?lang=en", headers=env.headers("admin"))
     assert admin.status_code == 200 and 'id="kpi-grid-g1"' in admin.text and "gas-3" in admin.text
@@ -127,12 +150,15 @@ def test_pages_render_for_each_role(env: ApiEnv) -> None:
     assert home.headers["location"] == "/score"
 
 
-@pytest.mark.parametrize(("points", "polyline"), [
-    ([], False),
-    ([(datetime(2026, 1, 1, tzinfo=UTC), None, 5.0, None)], True),
-    ([(datetime(2026, 1, 1, tzinfo=UTC), 1.0, 2.0, 3.0), (datetime(2026, 1, 2, tzinfo=UTC), 2.0, 4.0, 9.0)], True),
-    ([(datetime(2026, 1, 1, tzinfo=UTC), None, None, None)], False),
-])
+@pytest.mark.parametrize(
+    ("points", "polyline"),
+    [
+        ([], False),
+        ([(datetime(2026, 1, 1, tzinfo=UTC), None, 5.0, None)], True),
+        ([(datetime(2026, 1, 1, tzinfo=UTC), 1.0, 2.0, 3.0), (datetime(2026, 1, 2, tzinfo=UTC), 2.0, 4.0, 9.0)], True),
+        ([(datetime(2026, 1, 1, tzinfo=UTC), None, None, None)], False),
+    ],
+)
 def test_svg_chart(points: list[tuple[datetime, float | None, float | None, float | None]], polyline: bool) -> None:
     svg = str(svg_chart(points, title="<gas & co>", unit="%LEL"))
     assert svg.startswith("<svg") and svg.endswith("</svg>")

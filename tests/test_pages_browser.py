@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from core.services import Running, start_services
+from app.services import Running, start_services
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env, live_server
 from tests.support import Publisher, wait_for
@@ -24,7 +24,8 @@ CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="headless browser tests need Debian's chromium and chromium-driver (apt-get install chromium "
-           "chromium-driver); they are not installed")
+    "chromium-driver); they are not installed",
+)
 
 if CHROMIUM and CHROMEDRIVER:
     from selenium import webdriver
@@ -39,9 +40,17 @@ if CHROMIUM and CHROMEDRIVER:
 def browser() -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=412,915", "--lang=en-US"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=412,915",
+        "--lang=en-US",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -52,7 +61,7 @@ def browser() -> Iterator[WebDriver]:
 @pytest.fixture
 def stack(loaded: Settings) -> Iterator[tuple[ApiEnv, str, Running]]:
     """The API on a real server, and the real ingest reading MQTT."""
-    running = start_services(loaded, ("ingest",))
+    running = start_services(loaded, ("ingest", "rules"))  # rules: the score part scores verified hazards
     try:
         wait_for(running.parts["ingest"].consumer.connected.is_set, what="ingest connected")
         with api_env(loaded) as env, live_server(create_app(loaded, env.pool)) as base:
@@ -71,13 +80,16 @@ def clear_gas(env: ApiEnv, publisher: Publisher, alarm_id: int) -> None:
     """Gas back below the clear level for over 60 s of event time (GAS-02 latches until its condition clears)."""
     now_ms = int(time.time() * 1000)
     for i, (offset_s, lel) in enumerate([(1, 5.0), (75, 4.0)]):
-        publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry",
-                          {"ts": now_ms + offset_s * 1000, "seq": 100 + i, "gas_lel": lel})
+        publisher.publish(
+            f"{env.settings.topic_prefix}/gas-1/telemetry",
+            {"ts": now_ms + offset_s * 1000, "seq": 100 + i, "gas_lel": lel},
+        )
 
     def cleared() -> bool:
         with psycopg.connect(env.settings.dsn) as conn:
             row = conn.execute("SELECT active FROM alarm WHERE id = %s", (alarm_id,)).fetchone()
         return row is not None and row[0] is False
+
     wait_for(cleared, timeout=10, what="the gas alarm cleared")
 
 
@@ -87,8 +99,9 @@ def alarm_row(env: ApiEnv) -> int | None:
     return None if row is None else int(row[0])
 
 
-def test_worker_sees_a_live_alarm_and_handles_it(stack: tuple[ApiEnv, str, Running], browser: WebDriver,
-                                                 publisher: Publisher) -> None:
+def test_worker_sees_a_live_alarm_and_handles_it(
+    stack: tuple[ApiEnv, str, Running], browser: WebDriver, publisher: Publisher
+) -> None:
     env, base, _ = stack
     wait = WebDriverWait(browser, 20)
     log_in(browser, base, env.tokens["w1"])
@@ -115,13 +128,15 @@ def test_worker_sees_a_live_alarm_and_handles_it(stack: tuple[ApiEnv, str, Runni
     assert browser.execute_script("return window.__notReloaded === true;")
     assert browser.find_element(By.ID, "empty").is_displayed()
     with psycopg.connect(env.settings.dsn) as conn:
-        got = conn.execute("SELECT acknowledged_by, closed_by, disposition, note FROM alarm WHERE id = %s",
-                           (alarm_id,)).fetchone()
+        got = conn.execute(
+            "SELECT acknowledged_by, closed_by, disposition, note FROM alarm WHERE id = %s", (alarm_id,)
+        ).fetchone()
     assert got == ("w1", "w1", "real_hazard", "cooker left on")
 
 
-def test_merchant_sees_score_and_ledger_entry_after_a_violation(stack: tuple[ApiEnv, str, Running],
-                                                                browser: WebDriver, publisher: Publisher) -> None:
+def test_merchant_sees_score_and_ledger_entry_after_a_violation(
+    stack: tuple[ApiEnv, str, Running], browser: WebDriver, publisher: Publisher
+) -> None:
     env, base, _ = stack
     wait = WebDriverWait(browser, 20)
     log_in(browser, base, env.tokens["m1"])
@@ -133,9 +148,18 @@ def test_merchant_sees_score_and_ledger_entry_after_a_violation(stack: tuple[Api
     publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 40})
     alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
     clear_gas(env, publisher, alarm_id)
-    r = env.client.post(f"/api/v1/alarms/{alarm_id}/resolve", headers=env.headers("w1"),
-                        json={"disposition": "real_hazard", "note": "hose cracked"})
+    r = env.client.post(
+        f"/api/v1/alarms/{alarm_id}/resolve",
+        headers=env.headers("w1"),
+        json={"disposition": "real_hazard", "note": "hose cracked"},
+    )
     assert r.status_code == 200, r.text
+    # The score part (woken by the resolution's NOTIFY) writes the entry in its own transaction.
+    wait_for(
+        lambda: env.client.get("/api/v1/merchants/m1/ledger", headers=env.headers("m1")).json()["items"],
+        timeout=10,
+        what="the ledger entry",
+    )
 
     browser.refresh()
     entry = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#ledger tr.entry")))

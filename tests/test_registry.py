@@ -20,15 +20,33 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GRIDWATCH_DATABASE_URL": settings.dsn, "GRIDWATCH_LOG_LEVEL": "WARNING"}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
 
 
 def counts(settings: Settings) -> dict[str, int]:
     with psycopg.connect(settings.dsn) as conn:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-                for t in ("community", "grid", "micro_grid", "worker", "worker_micro_grid", "merchant", "site",
-                          "device", "device_state")}
+        return {
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+            for t in (
+                "community",
+                "grid",
+                "micro_grid",
+                "worker",
+                "worker_micro_grid",
+                "merchant",
+                "site",
+                "device",
+                "device_state",
+            )
+        }
 
 
 def test_examples_describe_the_brief() -> None:
@@ -59,24 +77,40 @@ def test_load_updates_in_place(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(small_registry(), encoding="utf-8")
     assert run_cli(settings, "load", str(path)).returncode == 0
-    path.write_text(small_registry().replace("name: Wang", "name: Wang Wei").replace(
-        "micro_grids: [mg1], notify", "micro_grids: [mg1, mg2], notify"), encoding="utf-8")
+    path.write_text(
+        small_registry()
+        .replace("name: Wang", "name: Wang Wei")
+        .replace("micro_grids: [mg1], notify", "micro_grids: [mg1, mg2], notify"),
+        encoding="utf-8",
+    )
     assert run_cli(settings, "load", str(path)).returncode == 0
     with psycopg.connect(settings.dsn) as conn:
         assert conn.execute("SELECT name FROM worker WHERE id = 'w1'").fetchone() == ("Wang Wei",)
-        assert conn.execute("SELECT array_agg(micro_grid_id ORDER BY micro_grid_id) FROM worker_micro_grid "
-                            "WHERE worker_id = 'w1'").fetchone() == (["mg1", "mg2"],)
+        assert conn.execute(
+            "SELECT array_agg(micro_grid_id ORDER BY micro_grid_id) FROM worker_micro_grid WHERE worker_id = 'w1'"
+        ).fetchone() == (["mg1", "mg2"],)
 
 
-@pytest.mark.parametrize(("mutate", "line", "words"), [
-    (lambda t: t.replace("kind: gas_detector, site: s1", "kind: gas_detektor, site: s1"), 17, "devices.0.kind"),
-    (lambda t: t.replace("role: micro_grid_worker, micro_grids: [mg1]", "role: janitor, micro_grids: [mg1]"), 9,
-     "workers.0.role"),
-    (lambda t: t.replace("{id: s2, kind: building, micro_grid: mg2,", "{id: s2, kind: building, micro_grid: mgX,"),
-     15, "site 's2' is in unknown micro_grid 'mgX'"),
-    (lambda t: t.replace("community: {id: c1", "community: {id: c1, colour: red"), 1, "community.colour"),
-    (lambda t: t + "devices: [\n", None, "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "line", "words"),
+    [
+        (lambda t: t.replace("kind: gas_detector, site: s1", "kind: gas_detektor, site: s1"), 17, "devices.0.kind"),
+        (
+            lambda t: t.replace("role: micro_grid_worker, micro_grids: [mg1]", "role: janitor, micro_grids: [mg1]"),
+            9,
+            "workers.0.role",
+        ),
+        (
+            lambda t: t.replace(
+                "{id: s2, kind: building, micro_grid: mg2,", "{id: s2, kind: building, micro_grid: mgX,"
+            ),
+            15,
+            "site 's2' is in unknown micro_grid 'mgX'",
+        ),
+        (lambda t: t.replace("community: {id: c1", "community: {id: c1, colour: red"), 1, "community.colour"),
+        (lambda t: t + "devices: [\n", None, "not valid YAML"),
+    ],
+)
 def test_bad_files_name_the_line(mutate: object, line: int | None, words: str) -> None:
     text = mutate(small_registry())  # type: ignore[operator]
     with pytest.raises(RegistryError) as err:

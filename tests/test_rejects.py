@@ -10,7 +10,7 @@ import orjson
 import psycopg
 import pytest
 
-from core.services import Running, start_services
+from app.services import Running, start_services
 from core.settings import Settings
 from ingest import service as ingest_service
 from ingest.decode import Message
@@ -29,8 +29,10 @@ def running(loaded: Settings) -> Iterator[Running]:
 
 def rejects(settings: Settings) -> list[tuple[str, str | None, str, bytes]]:
     with psycopg.connect(settings.dsn) as conn:
-        return [(r[0], r[1], r[2], bytes(r[3])) for r in conn.execute(
-            "SELECT topic, device_id, reason, payload FROM ingest_reject ORDER BY id").fetchall()]
+        return [
+            (r[0], r[1], r[2], bytes(r[3]))
+            for r in conn.execute("SELECT topic, device_id, reason, payload FROM ingest_reject ORDER BY id").fetchall()
+        ]
 
 
 BAD_INPUTS = [
@@ -52,8 +54,7 @@ BAD_INPUTS = [
 ]
 
 
-def test_each_bad_input_is_recorded_with_its_reason(loaded: Settings, running: Running,
-                                                   publisher: Publisher) -> None:
+def test_each_bad_input_is_recorded_with_its_reason(loaded: Settings, running: Running, publisher: Publisher) -> None:
     for device, payload, _ in BAD_INPUTS:
         publisher.publish(f"{loaded.topic_prefix}/{device}/telemetry", payload)
     publisher.publish(f"{loaded.topic_prefix}/gas-1/status", b'{"state": "sleeping"}')
@@ -69,8 +70,10 @@ def test_each_bad_input_is_recorded_with_its_reason(loaded: Settings, running: R
 
     # Still running and still storing good readings; nothing was stored from the bad ones.
     publisher.publish(f"{loaded.topic_prefix}/gas-1/telemetry", {"gas_lel": 3, "seq": 1})
-    wait_for(lambda: psycopg.connect(loaded.dsn).execute("SELECT count(*) FROM reading").fetchone()[0] == 1,  # type: ignore[index]
-             what="good reading after the bad ones")
+    wait_for(
+        lambda: psycopg.connect(loaded.dsn).execute("SELECT count(*) FROM reading").fetchone()[0] == 1,  # type: ignore[index]
+        what="good reading after the bad ones",
+    )
     assert running.parts["ingest"].alive
 
 
@@ -107,10 +110,16 @@ def test_a_batch_holding_a_stored_reading_still_judges_its_new_ones(loaded: Sett
         devices = ingest_service.DeviceCache(conn_factory=None)
         devices.prime(conn)
         conn.commit()
-        first = ingest_service.process_batch(conn, messages=[message(1, 2)], decoder=decoder, devices=devices,
-                                             ruleset=default_rules())
-        again = ingest_service.process_batch(conn, messages=[message(1, 2), message(2, 40), message(3, 1, "gas-2")],
-                                             decoder=decoder, devices=devices, ruleset=default_rules())
+        first = ingest_service.process_batch(
+            conn, messages=[message(1, 2)], decoder=decoder, devices=devices, ruleset=default_rules()
+        )
+        again = ingest_service.process_batch(
+            conn,
+            messages=[message(1, 2), message(2, 40), message(3, 1, "gas-2")],
+            decoder=decoder,
+            devices=devices,
+            ruleset=default_rules(),
+        )
         rows = conn.execute("SELECT device_id, seq FROM reading ORDER BY device_id, seq").fetchall()
         alarms = conn.execute("SELECT device_id, type FROM alarm WHERE closed_at IS NULL").fetchall()
         last = conn.execute("SELECT last_seq FROM device_state WHERE device_id = 'gas-1'").fetchone()

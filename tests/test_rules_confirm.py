@@ -16,8 +16,8 @@ from core import repo as core_repo
 from core.domain import Disposition
 from core.errors import ConflictError
 from core.settings import Settings
-from rules import actuation
 from rules import service as rules_service
+from rules.actuation import service as actuation
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
 from tests import support
@@ -60,31 +60,36 @@ def tick(settings: Settings, now: datetime) -> list[tuple[str, str, str]]:
 
 def open_alarms(settings: Settings) -> list[tuple[str, str, bool]]:
     with psycopg.connect(settings.dsn) as conn:
-        return conn.execute("SELECT device_id, type, active FROM alarm WHERE closed_at IS NULL "
-                            "ORDER BY id").fetchall()
+        return conn.execute("SELECT device_id, type, active FROM alarm WHERE closed_at IS NULL ORDER BY id").fetchall()
 
 
 def test_co_after_smoke_in_the_same_site_confirms_the_fire(db: Settings) -> None:
     now = datetime.now(UTC)
     assert feed(db, "smoke-1", now, smoke=True) == [("smoke-1", "smoke", "raised")]
     assert feed(db, "co-x", now + timedelta(seconds=30), co=True) == [("co-x", "co_alarm", "raised")], (
-        "CO next door confirms nothing here")
+        "CO next door confirms nothing here"
+    )
     assert feed(db, "co-1", now + timedelta(seconds=60), co=True) == [
-        ("co-1", "co_alarm", "raised"), ("smoke-1", "fire_confirmed", "raised")]
+        ("co-1", "co_alarm", "raised"),
+        ("smoke-1", "fire_confirmed", "raised"),
+    ]
 
 
 def test_smoke_after_co_in_the_same_site_confirms_the_fire(db: Settings) -> None:
     now = datetime.now(UTC)
     feed(db, "co-1", now, co=True)
     assert feed(db, "smoke-2", now + timedelta(seconds=120), smoke=True) == [
-        ("smoke-2", "smoke", "raised"), ("smoke-2", "fire_confirmed", "raised")]
+        ("smoke-2", "smoke", "raised"),
+        ("smoke-2", "fire_confirmed", "raised"),
+    ]
 
 
 def test_co_long_after_the_window_does_not_confirm(db: Settings) -> None:
     now = datetime.now(UTC)
     feed(db, "co-1", now, co=True)
     assert feed(db, "smoke-2", now + timedelta(minutes=11), smoke=True) == [("smoke-2", "smoke", "raised")], (
-        "the CO alarm was last seen 11 min earlier: outside SMK-02a's 10 min window")
+        "the CO alarm was last seen 11 min earlier: outside SMK-02a's 10 min window"
+    )
 
 
 def test_heat_on_the_detector_itself_confirms_its_smoke(db: Settings) -> None:
@@ -92,14 +97,19 @@ def test_heat_on_the_detector_itself_confirms_its_smoke(db: Settings) -> None:
     feed(db, "smoke-1", now, smoke=True, temp_c=40.0)
     assert feed(db, "smoke-1", now + timedelta(seconds=5), smoke=True, temp_c=61.0) == []
     assert feed(db, "smoke-1", now + timedelta(seconds=16), smoke=True, temp_c=63.0) == [
-        ("smoke-1", "heat", "raised"), ("smoke-1", "fire_confirmed", "raised")]
+        ("smoke-1", "heat", "raised"),
+        ("smoke-1", "fire_confirmed", "raised"),
+    ]
 
 
-@pytest.mark.parametrize(("temps", "raised"), [
-    ([57.9, 57.9, 57.9], False),   # below the 58 C level
-    ([58.0, 58.0, 58.0], True),    # at it, held 10 s
-    ([60.0, 40.0, 60.0], False),   # not held for 10 s
-])
+@pytest.mark.parametrize(
+    ("temps", "raised"),
+    [
+        ([57.9, 57.9, 57.9], False),  # below the 58 C level
+        ([58.0, 58.0, 58.0], True),  # at it, held 10 s
+        ([60.0, 40.0, 60.0], False),  # not held for 10 s
+    ],
+)
 def test_heat_threshold(db: Settings, temps: list[float], raised: bool) -> None:
     now = datetime.now(UTC)
     got = []
@@ -113,12 +123,14 @@ def test_realarm_within_60_s_of_a_remote_reset_confirms(db: Settings) -> None:
     feed(db, "smoke-1", now, smoke=True)
     with psycopg.connect(db.dsn) as conn, conn.transaction():
         dev = core_repo.get_devices(conn, ids=["smoke-1"])["smoke-1"]
-        cmd = rules_service.request_command(conn, device=dev, action="silence", actor="w1", reason="remote reset",
-                                            now=now + timedelta(seconds=20))
+        cmd = rules_service.request_command(
+            conn, device=dev, action="silence", actor="w1", reason="remote reset", now=now + timedelta(seconds=20)
+        )
         actuation.mark_sent(conn, ids=[cmd.id], at=now + timedelta(seconds=20))
     feed(db, "smoke-1", now + timedelta(seconds=25), smoke=False)
-    assert feed(db, "smoke-1", now + timedelta(seconds=50), smoke=True) == [
-        ("smoke-1", "fire_confirmed", "raised")], "back in alarm 30 s after the reset"
+    assert feed(db, "smoke-1", now + timedelta(seconds=50), smoke=True) == [("smoke-1", "fire_confirmed", "raised")], (
+        "back in alarm 30 s after the reset"
+    )
 
 
 def test_realarm_without_a_reset_or_too_late_does_not_confirm(db: Settings) -> None:
@@ -128,12 +140,14 @@ def test_realarm_without_a_reset_or_too_late_does_not_confirm(db: Settings) -> N
     assert feed(db, "smoke-1", now + timedelta(seconds=50), smoke=True) == [], "no reset was sent"
     with psycopg.connect(db.dsn) as conn, conn.transaction():
         dev = core_repo.get_devices(conn, ids=["smoke-x"])["smoke-x"]
-        cmd = rules_service.request_command(conn, device=dev, action="silence", actor="w1", reason="remote reset",
-                                            now=now)
+        cmd = rules_service.request_command(
+            conn, device=dev, action="silence", actor="w1", reason="remote reset", now=now
+        )
         actuation.mark_sent(conn, ids=[cmd.id], at=now)
     feed(db, "smoke-x", now + timedelta(seconds=1), smoke=False)
     assert feed(db, "smoke-x", now + timedelta(seconds=90), smoke=True) == [("smoke-x", "smoke", "raised")], (
-        "90 s after the reset: outside the 60 s verification window")
+        "90 s after the reset: outside the 60 s verification window"
+    )
 
 
 def test_smoke_not_cancelled_within_180_s_is_confirmed_by_the_timer(db: Settings) -> None:
@@ -149,8 +163,14 @@ def test_cancelled_or_self_clearing_smoke_is_not_confirmed(db: Settings) -> None
     feed(db, "smoke-1", now, smoke=True)
     with psycopg.connect(db.dsn) as conn, conn.transaction():
         alarm_id = conn.execute("SELECT id FROM alarm WHERE device_id = 'smoke-1'").fetchone()[0]  # type: ignore[index]
-        rules_service.resolve(conn, alarm_id=alarm_id, actor="w1", disposition=Disposition.FALSE_ALARM,
-                              note="toast", now=now + timedelta(seconds=60))
+        rules_service.resolve(
+            conn,
+            alarm_id=alarm_id,
+            actor="w1",
+            disposition=Disposition.FALSE_ALARM,
+            note="toast",
+            now=now + timedelta(seconds=60),
+        )
     feed(db, "smoke-2", now, smoke=True)
     feed(db, "smoke-2", now + timedelta(seconds=90), smoke=False)  # cooking smoke, gone by itself
     feed(db, "smoke-2", now + timedelta(seconds=160), smoke=False)
@@ -162,18 +182,24 @@ def test_fire_confirmed_clears_with_the_smoke_and_can_then_be_resolved(db: Setti
     now = datetime.now(UTC)
     feed(db, "smoke-1", now, smoke=True)
     feed(db, "smoke-2", now + timedelta(seconds=30), smoke=True)
-    assert open_alarms(db) == [("smoke-1", "smoke", True), ("smoke-2", "smoke", True),
-                               ("smoke-2", "fire_confirmed", True)]
+    assert open_alarms(db) == [
+        ("smoke-1", "smoke", True),
+        ("smoke-2", "smoke", True),
+        ("smoke-2", "fire_confirmed", True),
+    ]
     with psycopg.connect(db.dsn) as conn, conn.transaction():
         fire = conn.execute("SELECT id FROM alarm WHERE type = 'fire_confirmed'").fetchone()[0]  # type: ignore[index]
         with pytest.raises(ConflictError, match="latches"):
             rules_service.resolve(conn, alarm_id=fire, actor="w1", disposition=Disposition.REAL_HAZARD, note=None)
     assert feed(db, "smoke-2", now + timedelta(minutes=20), smoke=False) == [], "SMK-01 clears after 60 s"
     assert feed(db, "smoke-2", now + timedelta(minutes=21), smoke=False) == [
-        ("smoke-2", "smoke", "cleared"), ("smoke-2", "fire_confirmed", "cleared")]
+        ("smoke-2", "smoke", "cleared"),
+        ("smoke-2", "fire_confirmed", "cleared"),
+    ]
     with psycopg.connect(db.dsn) as conn, conn.transaction():
-        closed = rules_service.resolve(conn, alarm_id=fire, actor="w1", disposition=Disposition.REAL_HAZARD,
-                                       note="bin fire, put out")
+        closed = rules_service.resolve(
+            conn, alarm_id=fire, actor="w1", disposition=Disposition.REAL_HAZARD, note="bin fire, put out"
+        )
     assert closed.closed_at is not None
 
 

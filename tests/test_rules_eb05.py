@@ -11,8 +11,8 @@ import pytest
 
 from core.domain import Reading
 from core.settings import Settings
-from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
+from rules.actuation.publisher import Actuator
 from rules.engine import evaluate
 from rules.ruleset import default_rules
 from tests.support import Publisher, wait_for
@@ -39,31 +39,45 @@ def steady(watts: float, until_h: float, every: float = 300) -> list[tuple[float
     return [(i * every, watts) for i in range(int(until_h * H / every) + 1)]
 
 
-@pytest.mark.parametrize(("series", "expected"), [
-    (steady(200, 5.9), []),
-    (steady(200, 6.5), [(6 * H, "raise", (), False)]),                       # alarm at 6 h, no stop yet
-    (steady(200, 8.5), [(6 * H, "raise", (), False),
-                        (8 * H, "hold", ("cut_power",), True)]),             # the stop and lock at 8 h, once
-    (steady(200, 8) + [(8 * H + 300 * i, 1.0) for i in range(1, 3)] + [(8 * H + 1200, 1.0)],
-     [(6 * H, "raise", (), False), (8 * H, "hold", ("cut_power",), True),
-      (8 * H + 600, "clear", (), False)]),                                   # cut: < 3 W for 5 min ends the session
-    (steady(180, 3) + [(3 * H + 300 * i, 60) for i in range(1, 80)], []),   # lead-acid taper: nothing
-])
-def test_no_taper_alarm_then_stop_at_8h(series: list[tuple[float, float]],
-                                        expected: list[tuple[float, str, tuple[str, ...], bool]]) -> None:
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        (steady(200, 5.9), []),
+        (steady(200, 6.5), [(6 * H, "raise", (), False)]),  # alarm at 6 h, no stop yet
+        (
+            steady(200, 8.5),
+            [(6 * H, "raise", (), False), (8 * H, "hold", ("cut_power",), True)],
+        ),  # the stop and lock at 8 h, once
+        (
+            steady(200, 8) + [(8 * H + 300 * i, 1.0) for i in range(1, 3)] + [(8 * H + 1200, 1.0)],
+            [(6 * H, "raise", (), False), (8 * H, "hold", ("cut_power",), True), (8 * H + 600, "clear", (), False)],
+        ),  # cut: < 3 W for 5 min ends the session
+        (steady(180, 3) + [(3 * H + 300 * i, 60) for i in range(1, 80)], []),  # lead-acid taper: nothing
+    ],
+)
+def test_no_taper_alarm_then_stop_at_8h(
+    series: list[tuple[float, float]], expected: list[tuple[float, str, tuple[str, ...], bool]]
+) -> None:
     assert transitions(series) == expected
 
 
-def test_no_taper_8h_cut_and_lock_through_the_pipeline(site: Settings, ingest: IngestWorker,  # noqa: F811
-                                                      actuator: Actuator, publisher: Publisher,  # noqa: F811
-                                                      services: Any) -> None:
+def test_no_taper_8h_cut_and_lock_through_the_pipeline(
+    site: Settings,  # noqa: F811
+    ingest: IngestWorker,  # noqa: F811
+    actuator: Actuator,  # noqa: F811
+    publisher: Publisher,
+    services: Any,
+) -> None:
     port = SimulatedValve(site, services.mqtt_port, "port-1")  # answers cut_power with relay off
     try:
         base = ago_ms(8 * H + 900)
         # 150 W for 8 h (1.2 kWh: under EB-09's 1.5 kWh, so EB-05 is the one that stops it)
         send(publisher, site, "port-1", [(i * 600.0, {"power_w": 150, "relay": "on"}) for i in range(49)], base)
-        wait_for(lambda: ("cut_power", "confirmed") in q(site, "SELECT action, status FROM command"), timeout=20,
-                 what="EB-05 cut confirmed")
+        wait_for(
+            lambda: ("cut_power", "confirmed") in q(site, "SELECT action, status FROM command"),
+            timeout=20,
+            what="EB-05 cut confirmed",
+        )
         got = alarms(site, "port-1")
         assert sorted(a[1] for a in got) == ["charging_too_long", "no_cutoff_at_full"], got  # EB-07: 8 h, minor
         assert q(site, "SELECT reason FROM port_lock WHERE cleared_at IS NULL") == [("EB-05 no_cutoff_at_full",)]

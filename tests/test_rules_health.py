@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from core.cli import app
+from app.cli import app
 from core.settings import Settings
 from ingest.worker import IngestWorker
 from rules.ruleset import default_rules
@@ -68,24 +68,33 @@ def publish_all(publisher: Publisher, settings: Settings, readings: list[tuple[s
     before = q(settings, "SELECT count(*) FROM reading")[0][0]
     for device, payload in readings:
         publisher.publish(f"{settings.topic_prefix}/{device}/telemetry", payload)
-    wait_for(lambda: q(settings, "SELECT count(*) FROM reading")[0][0] >= before + len(readings), timeout=20,
-             what="readings stored")
+    wait_for(
+        lambda: q(settings, "SELECT count(*) FROM reading")[0][0] >= before + len(readings),
+        timeout=20,
+        what="readings stored",
+    )
 
 
 def tick(settings: Settings, now: datetime) -> list[tuple[str, str, str, int]]:
     with psycopg.connect(settings.dsn) as conn:
-        return sorted((c.device_id, c.alarm_type, c.kind, c.severity)
-                      for c in run_tick(conn, ruleset=default_rules(), now=now))
+        return sorted(
+            (c.device_id, c.alarm_type, c.kind, c.severity) for c in run_tick(conn, ruleset=default_rules(), now=now)
+        )
 
 
 def heard(settings: Settings) -> datetime:
     return max(r[0] for r in q(settings, "SELECT last_seen_at FROM device_state WHERE last_seen_at IS NOT NULL"))
 
 
-def test_power_cut_in_a_building_is_one_outage_alarm_not_six_offline(site: Settings, ingest: IngestWorker,
-                                                                     publisher: Publisher) -> None:
-    publish_all(publisher, site, [(d, {"relay": "on", "power_w": 5.0}) for d in MAINS]
-                + [("smoke-1", {"battery_pct": 90}), ("smoke-2", {"battery_pct": 90}), ("sock-9", {"power_w": 3.0})])
+def test_power_cut_in_a_building_is_one_outage_alarm_not_six_offline(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
+    publish_all(
+        publisher,
+        site,
+        [(d, {"relay": "on", "power_w": 5.0}) for d in MAINS]
+        + [("smoke-1", {"battery_pct": 90}), ("smoke-2", {"battery_pct": 90}), ("sock-9", {"power_w": 3.0})],
+    )
     last = heard(site)
     assert tick(site, last + timedelta(minutes=4)) == [], "mains devices are offline after 5 min, not before"
     got = tick(site, last + timedelta(minutes=6))
@@ -100,38 +109,46 @@ def test_power_cut_in_a_building_is_one_outage_alarm_not_six_offline(site: Setti
     publish_all(publisher, site, [(d, {"relay": "on", "power_w": 5.0}) for d in MAINS[:5]])
     back = tick(site, heard(site) + timedelta(seconds=5))
     assert ("building_outage" in {c[1] for c in back}) and [c[2] for c in back if c[1] == "building_outage"] == [
-        "cleared"]
+        "cleared"
+    ]
 
 
-def test_outage_right_after_another_alarm_is_critical(site: Settings, ingest: IngestWorker,
-                                                      publisher: Publisher) -> None:
+def test_outage_right_after_another_alarm_is_critical(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     publish_all(publisher, site, [(d, {"relay": "on", "power_w": 5.0}) for d in MAINS])
     publish_all(publisher, site, [("smoke-2", {"smoke": True})])  # a fire, then the devices die
     got = tick(site, heard(site) + timedelta(minutes=6))
     assert [c[3] for c in got if c[1] == "building_outage"] == [4], "P1: possible fire damage"
 
 
-def test_co_samples_stopping_at_an_elevated_level_raise_a_data_gap(site: Settings, ingest: IngestWorker,
-                                                                   publisher: Publisher) -> None:
+def test_co_samples_stopping_at_an_elevated_level_raise_a_data_gap(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    publish_all(publisher, site, [("co-9", {"ts": now_ms - 60_000, "co_ppm": 20.0}),
-                                  ("co-9", {"ts": now_ms, "co_ppm": 45.0})])
+    publish_all(
+        publisher, site, [("co-9", {"ts": now_ms - 60_000, "co_ppm": 20.0}), ("co-9", {"ts": now_ms, "co_ppm": 45.0})]
+    )
     last = heard(site)
     assert [c for c in tick(site, last + timedelta(seconds=100)) if c[1] == "co_data_gap"] == []
     assert [c for c in tick(site, last + timedelta(seconds=125)) if c[1] == "co_data_gap"] == [
-        ("co-9", "co_data_gap", "raised", 2)]
+        ("co-9", "co_data_gap", "raised", 2)
+    ]
     publish_all(publisher, site, [("co-9", {"co_ppm": 41.0})])
     assert q(site, "SELECT active FROM alarm WHERE type = 'co_data_gap'") == [(False,)], "samples resumed"
 
 
-def test_a_device_restarting_three_times_in_an_hour_is_a_reboot_loop(site: Settings, ingest: IngestWorker,
-                                                                     publisher: Publisher) -> None:
+def test_a_device_restarting_three_times_in_an_hour_is_a_reboot_loop(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     base = int(datetime.now(UTC).timestamp() * 1000) - 3_000_000
     seqs = [812, 0, 1, 2, 0, 1, 0]
-    publish_all(publisher, site, [("sock-9", {"ts": base + i * 300_000, "seq": s, "power_w": 2.0})
-                                  for i, s in enumerate(seqs)])
+    publish_all(
+        publisher, site, [("sock-9", {"ts": base + i * 300_000, "seq": s, "power_w": 2.0}) for i, s in enumerate(seqs)]
+    )
     assert q(site, "SELECT type, severity, raised_at FROM alarm") == [
-        ("reboot_loop", 2, datetime.fromtimestamp((base + 6 * 300_000) / 1000, tz=UTC))]
+        ("reboot_loop", 2, datetime.fromtimestamp((base + 6 * 300_000) / 1000, tz=UTC))
+    ]
 
 
 def test_load_checks_gas_detector_placement(site: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,7 +170,8 @@ def test_load_checks_gas_detector_placement(site: Settings, tmp_path: Path, monk
     assert out.exit_code == 0, out.output
     assert "registry check: detector_misplaced raised on gas-lpg" in out.output
     assert q(site, "SELECT device_id, severity, message, active FROM alarm") == [
-        ("gas-lpg", 2, "LPG site: mount the detector within 0.3 m of the floor, not at ceiling height", True)]
+        ("gas-lpg", 2, "LPG site: mount the detector within 0.3 m of the floor, not at ceiling height", True)
+    ]
     again = runner.invoke(app, ["load", str(registry)])
     assert "registry check" not in again.output, "idempotent: the alarm is already open"
     registry.write_text(text.replace("MOUNT", "floor"))  # the installer moved it down

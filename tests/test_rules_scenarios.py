@@ -18,13 +18,13 @@ from core import repo as core_repo
 from core.domain import Disposition
 from core.errors import ConflictError
 from core.settings import Settings
-from ingest.actuator import Actuator
 from ingest.worker import IngestWorker
 from rules import service as rules_service
+from rules.actuation.publisher import Actuator
 from rules.engine import is_night
 from rules.ruleset import default_rules
 from rules.scheduler import run_tick
-from tests.support import Publisher, load_registry, wait_for
+from tests.support import Publisher, load_registry, make_actuator, wait_for
 
 REGISTRY = textwrap.dedent("""\
     community: {id: c1, name: Test community}
@@ -76,7 +76,7 @@ def ingest(site: Settings) -> Iterator[IngestWorker]:
 
 @pytest.fixture
 def actuator(site: Settings) -> Iterator[Actuator]:
-    act = Actuator(site, poll_s=0.05)
+    act = make_actuator(site, poll_s=0.05)
     act.start()
     yield act
     act.stop()
@@ -97,15 +97,17 @@ def readings_stored(settings: Settings, device: str) -> int:
     return int(q(settings, "SELECT count(*) FROM reading WHERE device_id = %s", device)[0][0])
 
 
-def send(publisher: Publisher, settings: Settings, device: str, series: list[tuple[float, dict[str, Any]]],
-         base_ms: int) -> None:
+def send(
+    publisher: Publisher, settings: Settings, device: str, series: list[tuple[float, dict[str, Any]]], base_ms: int
+) -> None:
     """Publish (offset s, fields) as the device would, in event time from base_ms."""
     before = readings_stored(settings, device)
     for offset_s, fields in series:
-        publisher.publish(f"{settings.topic_prefix}/{device}/telemetry",
-                          {"ts": base_ms + int(offset_s * 1000), "seq": int(offset_s), **fields})
-    wait_for(lambda: readings_stored(settings, device) >= before + len(series), timeout=20,
-             what=f"{device} readings")
+        publisher.publish(
+            f"{settings.topic_prefix}/{device}/telemetry",
+            {"ts": base_ms + int(offset_s * 1000), "seq": int(offset_s), **fields},
+        )
+    wait_for(lambda: readings_stored(settings, device) >= before + len(series), timeout=20, what=f"{device} readings")
 
 
 def ago_ms(seconds: float) -> int:
@@ -131,8 +133,9 @@ class SimulatedValve:
     def __init__(self, settings: Settings, port: int, device: str, *, responds: bool = True, misses: int = 0) -> None:
         self.prefix, self.device, self.responds, self.misses = settings.topic_prefix, device, responds, misses
         self.commands: list[dict[str, Any]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{device}-{time.time_ns()}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{device}-{time.time_ns()}", protocol=mqtt.MQTTv5
+        )
         self.client.on_message = self._on_message
         self.subscribed = False
         self.client.on_subscribe = lambda *_a: setattr(self, "subscribed", True)
@@ -147,8 +150,9 @@ class SimulatedValve:
         if not self.responds or len(self.commands) <= self.misses:
             return
         state = {"close_valve": {"valve": "closed"}, "cut_power": {"relay": "off"}}.get(cmd["action"], {})
-        self.client.publish(f"{self.prefix}/{self.device}/cmd/ack", json.dumps({"id": cmd["id"], "ok": True,
-                                                                                "detail": "done"}), qos=1)
+        self.client.publish(
+            f"{self.prefix}/{self.device}/cmd/ack", json.dumps({"id": cmd["id"], "ok": True, "detail": "done"}), qos=1
+        )
         if state:
             self.client.publish(f"{self.prefix}/{self.device}/telemetry", json.dumps(state), qos=1)
 
@@ -160,9 +164,9 @@ class SimulatedValve:
 # ------------------------------------------------------------------------------------------------ gas
 
 
-def test_kitchen_gas_leak_ramp_closes_the_valve_confirms_and_clears(site: Settings, ingest: IngestWorker,
-                                                                     actuator: Actuator, publisher: Publisher,
-                                                                     services: Any) -> None:
+def test_kitchen_gas_leak_ramp_closes_the_valve_confirms_and_clears(
+    site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any
+) -> None:
     valve = SimulatedValve(site, services.mqtt_port, "valve-k")
     try:
         base = ago_ms(600)
@@ -170,8 +174,10 @@ def test_kitchen_gas_leak_ramp_closes_the_valve_confirms_and_clears(site: Settin
         send(publisher, site, "gas-k", [(t, {"gas_lel": v}) for t, v in ramp], base)
         assert [(a[1], a[2], a[3]) for a in alarms(site, "gas-k")] == [("gas_low", 3, True), ("gas_leak", 4, True)]
         # the valve got exactly one close_valve, acknowledged it and reported closed
-        wait_for(lambda: q(site, "SELECT status FROM command WHERE device_id = 'valve-k'") == [("confirmed",)],
-                 what="valve command confirmed")
+        wait_for(
+            lambda: q(site, "SELECT status FROM command WHERE device_id = 'valve-k'") == [("confirmed",)],
+            what="valve command confirmed",
+        )
         assert [c["action"] for c in valve.commands] == ["close_valve"]
         leak_id = q(site, "SELECT id FROM alarm WHERE type = 'gas_leak'")[0][0]
         kinds = [r[0] for r in q(site, "SELECT kind FROM alarm_event WHERE alarm_id = %s ORDER BY id", leak_id)]
@@ -181,14 +187,17 @@ def test_kitchen_gas_leak_ramp_closes_the_valve_confirms_and_clears(site: Settin
         with conn_for(site) as conn, conn.transaction():
             devices = core_repo.get_devices(conn, ids=["sock-k", "valve-k"])
             with pytest.raises(ConflictError, match="no remote relay switching"):
-                rules_service.request_command(conn, device=devices["sock-k"], action="restore_power", actor="w1",
-                                              reason="test")
+                rules_service.request_command(
+                    conn, device=devices["sock-k"], action="restore_power", actor="w1", reason="test"
+                )
             with pytest.raises(ConflictError, match="never reopened"):
-                rules_service.request_command(conn, device=devices["valve-k"], action="restore_power", actor="w1",
-                                              reason="test")
+                rules_service.request_command(
+                    conn, device=devices["valve-k"], action="restore_power", actor="w1", reason="test"
+                )
             with pytest.raises(ConflictError, match="latches"):
-                rules_service.resolve(conn, alarm_id=leak_id, actor="w1", disposition=Disposition.REAL_HAZARD,
-                                      note="still leaking")
+                rules_service.resolve(
+                    conn, alarm_id=leak_id, actor="w1", disposition=Disposition.REAL_HAZARD, note="still leaking"
+                )
 
         # ventilated: the gas falls, both alarms clear with their hysteresis; the latching leak stays open
         fall = [(80, 19), (100, 12), (140, 7), (170, 5), (200, 3), (230, 1)]
@@ -196,15 +205,21 @@ def test_kitchen_gas_leak_ramp_closes_the_valve_confirms_and_clears(site: Settin
         wait_for(lambda: [a[3] for a in alarms(site, "gas-k")] == [False, False], what="both cleared")
         assert [a[4] for a in alarms(site, "gas-k")] == [False, False], "cleared, not resolved"
         with conn_for(site) as conn, conn.transaction():
-            closed = rules_service.resolve(conn, alarm_id=leak_id, actor="w1", disposition=Disposition.REAL_HAZARD,
-                                           note="hose replaced, valve reopened by hand")
+            closed = rules_service.resolve(
+                conn,
+                alarm_id=leak_id,
+                actor="w1",
+                disposition=Disposition.REAL_HAZARD,
+                note="hose replaced, valve reopened by hand",
+            )
         assert closed.disposition == "real_hazard"
     finally:
         valve.close()
 
 
 def test_valve_that_never_confirms_raises_actuation_failed_and_is_retried_once(
-        site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any) -> None:
+    site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any
+) -> None:
     valve = SimulatedValve(site, services.mqtt_port, "valve-k", responds=False)
     try:
         send(publisher, site, "gas-k", [(0, {"gas": True})], ago_ms(60))
@@ -214,7 +229,8 @@ def test_valve_that_never_confirms_raises_actuation_failed_and_is_retried_once(
             assert run_tick(conn, ruleset=default_rules(), now=start + timedelta(seconds=20)) == []
             changes = run_tick(conn, ruleset=default_rules(), now=start + timedelta(seconds=31))
         assert [(c.device_id, c.alarm_type, c.kind, c.severity) for c in changes] == [
-            ("valve-k", "actuation_failed", "raised", 4)], "P1: the close was sent for a gas alarm (GAS-05)"
+            ("valve-k", "actuation_failed", "raised", 4)
+        ], "P1: the close was sent for a gas alarm (GAS-05)"
         # GAS-05 "retry once": the close goes out a second time
         wait_for(lambda: len(valve.commands) == 2, what="retry delivered")
         assert valve.commands[1]["action"] == "close_valve" and valve.commands[1]["id"] != valve.commands[0]["id"]
@@ -233,23 +249,27 @@ def test_valve_that_never_confirms_raises_actuation_failed_and_is_retried_once(
 
 
 def test_valve_that_misses_the_first_close_is_confirmed_by_the_retry(
-        site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any) -> None:
+    site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any
+) -> None:
     valve = SimulatedValve(site, services.mqtt_port, "valve-k", misses=1)
     try:
         send(publisher, site, "gas-k", [(0, {"gas": True})], ago_ms(60))
         wait_for(lambda: valve.commands, what="command delivered")
         with conn_for(site) as conn:
             run_tick(conn, ruleset=default_rules(), now=datetime.now(UTC) + timedelta(seconds=31))
-        wait_for(lambda: q(site, "SELECT status FROM command ORDER BY created_at") == [("failed",), ("confirmed",)],
-                 what="the retry confirmed")
+        wait_for(
+            lambda: q(site, "SELECT status FROM command ORDER BY created_at") == [("failed",), ("confirmed",)],
+            what="the retry confirmed",
+        )
         failed = q(site, "SELECT severity, active, closed_at FROM alarm WHERE type = 'actuation_failed'")
         assert failed == [(4, False, None)], "cleared by the retry's confirmation, open for a person to resolve"
     finally:
         valve.close()
 
 
-def test_a_persons_command_that_fails_outside_an_alarm_is_major(site: Settings, ingest: IngestWorker,
-                                                                 actuator: Actuator, services: Any) -> None:
+def test_a_persons_command_that_fails_outside_an_alarm_is_major(
+    site: Settings, ingest: IngestWorker, actuator: Actuator, services: Any
+) -> None:
     port = SimulatedValve(site, services.mqtt_port, "port-1", responds=False)
     try:
         with conn_for(site) as conn, conn.transaction():
@@ -266,16 +286,32 @@ def test_a_persons_command_that_fails_outside_an_alarm_is_major(site: Settings, 
 # ------------------------------------------------------------------------------------------------ smoke
 
 
-def test_cooking_smoke_false_alarm_is_resolved_as_false_alarm(site: Settings, ingest: IngestWorker,
-                                                              publisher: Publisher) -> None:
+def test_cooking_smoke_false_alarm_is_resolved_as_false_alarm(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     base = ago_ms(900)
-    send(publisher, site, "smoke-b", [(0, {"smoke": True, "smoke_db_m": 0.2}), (40, {"smoke": True}),
-                                      (90, {"smoke": False, "smoke_db_m": 0.02}), (160, {"smoke": False})], base)
+    send(
+        publisher,
+        site,
+        "smoke-b",
+        [
+            (0, {"smoke": True, "smoke_db_m": 0.2}),
+            (40, {"smoke": True}),
+            (90, {"smoke": False, "smoke_db_m": 0.02}),
+            (160, {"smoke": False}),
+        ],
+        base,
+    )
     assert alarms(site) == [("smoke-b", "smoke", 4, False, False)], "one detector: unverified, no fire_confirmed"
     alarm_id = q(site, "SELECT id FROM alarm")[0][0]
     with conn_for(site) as conn, conn.transaction():
-        rules_service.resolve(conn, alarm_id=alarm_id, actor="w1", disposition=Disposition.FALSE_ALARM,
-                              note="wok smoke, detector 2 m from the stove")
+        rules_service.resolve(
+            conn,
+            alarm_id=alarm_id,
+            actor="w1",
+            disposition=Disposition.FALSE_ALARM,
+            note="wok smoke, detector 2 m from the stove",
+        )
     assert q(site, "SELECT disposition, note FROM alarm") == [("false_alarm", "wok smoke, detector 2 m from the stove")]
     # a test press never pages but is recorded as a passed self-test
     send(publisher, site, "smoke-a", [(300, {"test": True, "smoke": True})], base)
@@ -288,17 +324,23 @@ def test_second_smoke_detector_confirms_fire(site: Settings, ingest: IngestWorke
     base = ago_ms(600)
     send(publisher, site, "smoke-a", [(0, {"smoke": True})], base)
     send(publisher, site, "smoke-b", [(45, {"smoke": True})], base)
-    assert [(a[0], a[1], a[2]) for a in alarms(site)] == [("smoke-a", "smoke", 4), ("smoke-b", "smoke", 4),
-                                                          ("smoke-b", "fire_confirmed", 4)]
+    assert [(a[0], a[1], a[2]) for a in alarms(site)] == [
+        ("smoke-a", "smoke", 4),
+        ("smoke-b", "smoke", 4),
+        ("smoke-b", "fire_confirmed", 4),
+    ]
 
 
-def test_smoke_silenced_while_smoke_persists_is_raised_again(site: Settings, ingest: IngestWorker,
-                                                             publisher: Publisher) -> None:
+def test_smoke_silenced_while_smoke_persists_is_raised_again(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     base = ago_ms(3600)
     series = [(0, {"smoke": True})] + [(60 + i * 60, {"smoke": True, "silence": True}) for i in range(11)]
     send(publisher, site, "smoke-a", series, base)
-    wait_for(lambda: [a[1:3] for a in alarms(site, "smoke-a")] == [("smoke", 4), ("smoke_hushed", 4)],
-             what="SMK-07 raised P1 next to SMK-01")
+    wait_for(
+        lambda: [a[1:3] for a in alarms(site, "smoke-a")] == [("smoke", 4), ("smoke_hushed", 4)],
+        what="SMK-07 raised P1 next to SMK-01",
+    )
     raised_at = q(site, "SELECT raised_at FROM alarm WHERE type = 'smoke_hushed'")[0][0]
     assert raised_at == datetime.fromtimestamp((base + 660_000) / 1000, tz=UTC), "10 min after the silence"
 
@@ -311,8 +353,10 @@ def test_ebike_charged_in_a_stairwell_overnight(site: Settings, ingest: IngestWo
     night = [(i * 300, {"power_w": 150.0 - i * 0.5, "relay": "on"}) for i in range(97)]  # 8 h, every 5 min
     night += [(8 * 3600 + 300 + i * 60, {"power_w": 1.0, "relay": "on"}) for i in range(7)]
     send(publisher, site, "sock-st", night, base)
-    wait_for(lambda: alarms(site, "sock-st") == [("sock-st", "ebike_indoor_charging", 3, False, False)],
-             what="violation raised then cleared on unplugging")
+    wait_for(
+        lambda: alarms(site, "sock-st") == [("sock-st", "ebike_indoor_charging", 3, False, False)],
+        what="violation raised then cleared on unplugging",
+    )
     raised_at, count = q(site, "SELECT raised_at, count FROM alarm")[0]
     assert raised_at == datetime.fromtimestamp((base + 1800 * 1000) / 1000, tz=UTC), "after 30 min in the band"
     assert count >= 2, "repeats through the night update the one alarm"
@@ -321,8 +365,9 @@ def test_ebike_charged_in_a_stairwell_overnight(site: Settings, ingest: IngestWo
     assert q(site, "SELECT count(*) FROM command") == [(0,)], "never auto-cut a private socket by default"
 
 
-def test_charger_climbing_2c_per_minute_is_cut_and_locked(site: Settings, ingest: IngestWorker, actuator: Actuator,
-                                                          publisher: Publisher, services: Any) -> None:
+def test_charger_climbing_2c_per_minute_is_cut_and_locked(
+    site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any
+) -> None:
     port = SimulatedValve(site, services.mqtt_port, "port-1")  # answers cut_power with relay off
     try:
         base = ago_ms(1800)
@@ -331,14 +376,20 @@ def test_charger_climbing_2c_per_minute_is_cut_and_locked(site: Settings, ingest
         got = alarms(site, "port-1")
         assert got[0][:3] == ("port-1", "thermal_runaway_precursor", 4)
         assert q(site, "SELECT raised_at FROM alarm")[0][0] == datetime.fromtimestamp((base + 480_000) / 1000, tz=UTC)
-        wait_for(lambda: q(site, "SELECT action, status, confirmed_by FROM command") in (
-            [("cut_power", "confirmed", "ack")], [("cut_power", "confirmed", "reading")]), what="cut confirmed")
+        wait_for(
+            lambda: (
+                q(site, "SELECT action, status, confirmed_by FROM command")
+                in ([("cut_power", "confirmed", "ack")], [("cut_power", "confirmed", "reading")])
+            ),
+            what="cut confirmed",
+        )
         assert q(site, "SELECT device_id FROM port_lock WHERE cleared_at IS NULL") == [("port-1",)]
         with conn_for(site) as conn, conn.transaction():
             dev = core_repo.get_devices(conn, ids=["port-1"])["port-1"]
             with pytest.raises(ConflictError, match="locked"):
-                rules_service.request_command(conn, device=dev, action="restore_power", actor="owner-qr",
-                                              reason="restart by QR code")
+                rules_service.request_command(
+                    conn, device=dev, action="restore_power", actor="owner-qr", reason="restart by QR code"
+                )
         with conn_for(site) as conn, conn.transaction():
             rules_service.clear_port_lock(conn, device_id="port-1", actor="w1", note="bike checked, battery removed")
             cmd = rules_service.request_command(conn, device=dev, action="restore_power", actor="w1", reason="cleared")
@@ -347,34 +398,43 @@ def test_charger_climbing_2c_per_minute_is_cut_and_locked(site: Settings, ingest
         port.close()
 
 
-def test_lithium_charge_is_stopped_at_full_after_the_top_up(site: Settings, ingest: IngestWorker, actuator: Actuator,
-                                                            publisher: Publisher, services: Any) -> None:
+def test_lithium_charge_is_stopped_at_full_after_the_top_up(
+    site: Settings, ingest: IngestWorker, actuator: Actuator, publisher: Publisher, services: Any
+) -> None:
     port = SimulatedValve(site, services.mqtt_port, "port-1")  # answers cut_power with relay off
     try:
         base = ago_ms(3 * 3600)
         charge = [(i * 60, {"power_w": 150 if i < 60 else 20, "relay": "on"}) for i in range(120)]  # 1 h bulk, 1 h low
         send(publisher, site, "port-1", charge, base)
-        wait_for(lambda: alarms(site, "port-1") == [("port-1", "charging_full_stop", 1, True, False)],
-                 what="EB-08 raised at info")
+        wait_for(
+            lambda: alarms(site, "port-1") == [("port-1", "charging_full_stop", 1, True, False)],
+            what="EB-08 raised at info",
+        )
         raised_at = q(site, "SELECT raised_at FROM alarm")[0][0]
         assert raised_at == datetime.fromtimestamp((base + (3600 + 600 + 2700) * 1000) / 1000, tz=UTC)
-        wait_for(lambda: q(site, "SELECT action, status FROM command") == [("cut_power", "confirmed")],
-                 what="stop confirmed")
+        wait_for(
+            lambda: q(site, "SELECT action, status FROM command") == [("cut_power", "confirmed")], what="stop confirmed"
+        )
         assert q(site, "SELECT count(*) FROM port_lock") == [(0,)], "a stop at full is not a safety lockout"
     finally:
         port.close()
 
 
-def test_rerise_after_taper_with_a_runaway_temperature_is_critical(site: Settings, ingest: IngestWorker,
-                                                                   publisher: Publisher) -> None:
+def test_rerise_after_taper_with_a_runaway_temperature_is_critical(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     base = daytime_ago_ms(5400)  # the P1 must come from EB-04, not from the night uplift
     charge = [(i * 60, {"power_w": 150, "temp_c": 35, "relay": "on"}) for i in range(60)]  # 1 h bulk
     charge += [(3600 + i * 60, {"power_w": 20, "temp_c": 32, "relay": "on"}) for i in range(20)]  # taper
     charge += [(4800 + i * 60, {"power_w": 45, "temp_c": 85, "relay": "on"}) for i in range(11)]  # re-rise, 85 C
     send(publisher, site, "port-1", charge, base)
-    wait_for(lambda: [a[1:3] for a in alarms(site, "port-1")] == [("thermal_runaway_precursor", 4),
-                                                                   ("charging_overtemp", 3), ("charging_rerise", 4)],
-             what="EB-04 then EB-06 raised critical (P1 with EB-04 active)")
+    wait_for(
+        lambda: (
+            [a[1:3] for a in alarms(site, "port-1")]
+            == [("thermal_runaway_precursor", 4), ("charging_overtemp", 3), ("charging_rerise", 4)]
+        ),
+        what="EB-04 then EB-06 raised critical (P1 with EB-04 active)",
+    )
     raised_at = q(site, "SELECT raised_at FROM alarm WHERE type = 'charging_rerise'")[0][0]
     assert raised_at == datetime.fromtimestamp((base + (4800 + 600) * 1000) / 1000, tz=UTC)
     assert q(site, "SELECT device_id FROM port_lock WHERE cleared_at IS NULL") == [("port-1",)]
@@ -383,29 +443,36 @@ def test_rerise_after_taper_with_a_runaway_temperature_is_critical(site: Setting
 # ------------------------------------------------------------------------------------------------ device health
 
 
-def test_battery_smoke_detector_goes_offline_after_its_interval_not_before(site: Settings, ingest: IngestWorker,
-                                                                          publisher: Publisher) -> None:
+def test_battery_smoke_detector_goes_offline_after_its_interval_not_before(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     send(publisher, site, "smoke-a", [(0, {"smoke": False, "battery_pct": 90})], ago_ms(5))
     heard = q(site, "SELECT last_seen_at FROM device_state WHERE device_id = 'smoke-a'")[0][0]
     rules = default_rules()
     with conn_for(site) as conn:
         for hours in (1, 25, 48.99):
-            assert [c for c in run_tick(conn, ruleset=rules, now=heard + timedelta(hours=hours))
-                    if c.device_id == "smoke-a"] == []
+            assert [
+                c for c in run_tick(conn, ruleset=rules, now=heard + timedelta(hours=hours)) if c.device_id == "smoke-a"
+            ] == []
         at49 = run_tick(conn, ruleset=rules, now=heard + timedelta(hours=49))
         assert [(c.device_id, c.alarm_type, c.kind) for c in at49 if c.device_id == "smoke-a"] == [
-            ("smoke-a", "offline", "raised")]
+            ("smoke-a", "offline", "raised")
+        ]
         later = run_tick(conn, ruleset=rules, now=heard + timedelta(hours=73))
         assert [(c.alarm_type, c.kind, c.severity) for c in later if c.device_id == "smoke-a"] == [
-            ("offline", "severity_raised", 3)], "DEV-02: a life-safety device offline > 72 h is P2"
+            ("offline", "severity_raised", 3)
+        ], "DEV-02: a life-safety device offline > 72 h is P2"
     # it comes back: one good message clears the offline alarm
     send(publisher, site, "smoke-a", [(10, {"smoke": False})], ago_ms(5))
-    wait_for(lambda: [a for a in alarms(site, "smoke-a") if a[1] == "offline"] == [
-        ("smoke-a", "offline", 3, False, False)], what="offline cleared")
+    wait_for(
+        lambda: [a for a in alarms(site, "smoke-a") if a[1] == "offline"] == [("smoke-a", "offline", 3, False, False)],
+        what="offline cleared",
+    )
 
 
-def test_gateway_outage_raises_one_alarm_for_the_gateway_none_for_children(site: Settings, ingest: IngestWorker,
-                                                                          publisher: Publisher) -> None:
+def test_gateway_outage_raises_one_alarm_for_the_gateway_none_for_children(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     for dev in ("gw-1", "child-1", "child-2"):
         send(publisher, site, dev, [(0, {"battery_pct": 100} if dev != "gw-1" else {"temp_c": 30})], ago_ms(5))
     heard = max(r[0] for r in q(site, "SELECT last_seen_at FROM device_state WHERE last_seen_at IS NOT NULL"))
@@ -416,23 +483,30 @@ def test_gateway_outage_raises_one_alarm_for_the_gateway_none_for_children(site:
     assert again == []
     # a child's retained last will while its gateway is down adds nothing either
     publisher.publish(f"{site.topic_prefix}/child-1/status", {"state": "offline"}, retain=True)
-    wait_for(lambda: q(site, "SELECT online FROM device_state WHERE device_id = 'child-1'") == [(False,)],
-             what="status stored")
+    wait_for(
+        lambda: q(site, "SELECT online FROM device_state WHERE device_id = 'child-1'") == [(False,)],
+        what="status stored",
+    )
     assert [a[0] for a in alarms(site)] == ["gw-1"]
     publisher.publish(f"{site.topic_prefix}/child-1/status", b"", retain=True)
     # control: the gateway is back and talking, the children have been silent for 40 min -> they are offline
     send(publisher, site, "gw-1", [(60, {"temp_c": 31})], ago_ms(5))
     with conn_for(site) as conn, conn.transaction():
-        conn.execute("UPDATE device_state SET last_seen_at = now() - interval '40 min', online = NULL "
-                     "WHERE device_id LIKE 'child-%'")
+        conn.execute(
+            "UPDATE device_state SET last_seen_at = now() - interval '40 min', online = NULL "
+            "WHERE device_id LIKE 'child-%'"
+        )
     with conn_for(site) as conn:
         changes = run_tick(conn, ruleset=default_rules(), now=datetime.now(UTC))
     assert sorted((c.device_id, c.alarm_type, c.kind) for c in changes) == [
-        ("child-1", "offline", "raised"), ("child-2", "offline", "raised")]
+        ("child-1", "offline", "raised"),
+        ("child-2", "offline", "raised"),
+    ]
 
 
-def test_retained_offline_status_raises_offline_at_once_and_online_clears(site: Settings, ingest: IngestWorker,
-                                                                         publisher: Publisher) -> None:
+def test_retained_offline_status_raises_offline_at_once_and_online_clears(
+    site: Settings, ingest: IngestWorker, publisher: Publisher
+) -> None:
     topic = f"{site.topic_prefix}/port-1/status"
     publisher.publish(topic, {"state": "offline"}, retain=True)
     wait_for(lambda: alarms(site) == [("port-1", "offline", 2, True, False)], what="offline from last will")
@@ -458,18 +532,31 @@ def test_restart_mid_duration_fires_at_the_original_deadline(site: Settings, pub
     finally:
         second.stop()
     assert q(site, "SELECT type, raised_at FROM alarm") == [
-        ("ebike_indoor_charging", datetime.fromtimestamp((base + 1800_000) / 1000, tz=UTC))]
+        ("ebike_indoor_charging", datetime.fromtimestamp((base + 1800_000) / 1000, tz=UTC))
+    ]
 
 
 def test_two_workers_on_a_shared_subscription_open_exactly_one_alarm(site: Settings, publisher: Publisher) -> None:
-    shared = [site.model_copy(update={"mqtt_share_group": "gwtest", "mqtt_client_id": f"{site.mqtt_client_id}-{i}",
-                                      "batch_linger_ms": 2, "batch_size": 20}) for i in (1, 2)]
+    shared = [
+        site.model_copy(
+            update={
+                "mqtt_share_group": "gwtest",
+                "mqtt_client_id": f"{site.mqtt_client_id}-{i}",
+                "batch_linger_ms": 2,
+                "batch_size": 20,
+            }
+        )
+        for i in (1, 2)
+    ]
     workers = [start_ingest(s) for s in shared]
     try:
         base = ago_ms(300)
         for i in range(300):
-            publisher.publish(f"{site.topic_prefix}/gas-k/telemetry", {"ts": base + i * 100, "seq": i,
-                                                                       "gas_lel": 26 + i % 7}, wait=False)
+            publisher.publish(
+                f"{site.topic_prefix}/gas-k/telemetry",
+                {"ts": base + i * 100, "seq": i, "gas_lel": 26 + i % 7},
+                wait=False,
+            )
         wait_for(lambda: readings_stored(site, "gas-k") == 300, timeout=30, what="burst stored")
         wait_for(lambda: sum(w.processed for w in workers) >= 300, what="all acknowledged")
     finally:

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from app.cli import app
+from app.services import start_services
 from core import repo as core_repo
-from core.cli import app
-from core.services import start_services
 from core.settings import Settings
 from rules import service as rules_service
 from rules.ruleset import default_rules
@@ -66,7 +66,8 @@ def test_low_battery_escalates_to_major_after_7_days(db: Settings) -> None:
         assert [c for c in early if c.alarm_type == "low_battery"] == []
         changes = run_tick(conn, ruleset=default_rules(), now=now)
     assert [(c.alarm_type, c.kind, c.severity) for c in changes if c.alarm_type == "low_battery"] == [
-        ("low_battery", "severity_raised", 3)]
+        ("low_battery", "severity_raised", 3)
+    ]
 
 
 def test_timer_ages_a_charging_session_and_stops_it_at_12h(db: Settings) -> None:
@@ -77,20 +78,26 @@ def test_timer_ages_a_charging_session_and_stops_it_at_12h(db: Settings) -> None
         at12 = run_tick(conn, ruleset=default_rules(), now=start + timedelta(hours=12, seconds=1))
         commands = conn.execute("SELECT action, status FROM command WHERE device_id = 'port-1'").fetchall()
     assert [(c.alarm_type, c.kind, c.severity) for c in at8 if c.alarm_type == "charging_too_long"] == [
-        ("charging_too_long", "raised", 2)]
+        ("charging_too_long", "raised", 2)
+    ]
     assert [(c.alarm_type, c.severity) for c in at8 if c.alarm_type == "offline"] == [("offline", 3)], (
-        "EB-15: a port silent with a session open is offline at P2")
+        "EB-15: a port silent with a session open is offline at P2"
+    )
     assert [(c.alarm_type, c.kind, c.severity) for c in at12 if c.alarm_type == "charging_too_long"] == [
-        ("charging_too_long", "severity_raised", 3)]
+        ("charging_too_long", "severity_raised", 3)
+    ]
     assert commands == [("cut_power", "pending")]
 
 
-def test_rules_check_validates_and_shows_effective_rules(db: Settings, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rules_check_validates_and_shows_effective_rules(
+    db: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = CliRunner()
     good = tmp_path / "site.yaml"
-    good.write_text("extends: defaults\noverrides:\n"
-                    "  - {match: {device: port-1}, rule: EB-03, set: {raise_at: 60, clear_below: 50}}\n")
+    good.write_text(
+        "extends: defaults\noverrides:\n"
+        "  - {match: {device: port-1}, rule: EB-03, set: {raise_at: 60, clear_below: 50}}\n"
+    )
     ok = runner.invoke(app, ["rules", "check", str(good)])
     assert ok.exit_code == 0 and "OK" in ok.output
     monkeypatch.setenv("GRIDWATCH_DATABASE_URL", db.dsn)
@@ -100,8 +107,10 @@ def test_rules_check_validates_and_shows_effective_rules(db: Settings, tmp_path:
     assert "raise_at=60.0" in line
     assert "GAS-02" not in shown.output, "only the rules that watch a charging port"
     bad = tmp_path / "bad.yaml"
-    bad.write_text("rules:\n  - {id: GAS-01, type: threshold, alarm_type: gas_low, kinds: [gas_detector], "
-                   "severity: major, source: eng judgement, field: gas_lel}\n")
+    bad.write_text(
+        "rules:\n  - {id: GAS-01, type: threshold, alarm_type: gas_low, kinds: [gas_detector], "
+        "severity: major, source: eng judgement, field: gas_lel}\n"
+    )
     refused = runner.invoke(app, ["rules", "check", str(bad)])
     assert refused.exit_code == 2 and "GAS-01" in refused.output and "raise_at" in refused.output
 
@@ -113,7 +122,8 @@ def test_smoke_alarm_cuts_the_charging_ports_of_its_site(db: Settings) -> None:
     assert [(c.alarm_type, c.kind) for c in raised] == [("smoke", "raised")]
     with psycopg.connect(db.dsn) as conn:
         assert conn.execute("SELECT device_id, action, status FROM command").fetchall() == [
-            ("port-1", "cut_power", "pending")]
+            ("port-1", "cut_power", "pending")
+        ]
     # the port reports its relay off: the command is confirmed by the reading
     feed(db, "port-1", now + timedelta(seconds=5), power_w=0.0, relay="off")
     with psycopg.connect(db.dsn) as conn:
@@ -128,7 +138,9 @@ def test_second_gas_detector_of_a_site_confirms_the_leak(db: Settings) -> None:
     assert [(c.device_id, c.alarm_type) for c in other_site] == [("gas-3", "gas_leak")]
     second = feed(db, "gas-2", now + timedelta(seconds=60), gas_lel=26.0)
     assert [(c.device_id, c.alarm_type, c.severity) for c in second] == [
-        ("gas-2", "gas_leak", 4), ("gas-2", "gas_confirmed", 4)]
+        ("gas-2", "gas_leak", 4),
+        ("gas-2", "gas_confirmed", 4),
+    ]
 
 
 def test_serve_rules_part_runs_the_timer_and_publishes_commands(db: Settings, services: Any) -> None:
@@ -147,6 +159,7 @@ def test_serve_rules_part_runs_the_timer_and_publishes_commands(db: Settings, se
             cmd = rules_service.request_command(conn, device=port, action="cut_power", actor="w1", reason="test")
         wait_for(lambda: got, what="command on the wire")
         assert json.loads(got[0]) == {"id": cmd.id, "action": "cut_power", "alarm_id": None, "reason": "test"}
+
         def statuses() -> list[Any]:
             with psycopg.connect(db.dsn) as conn:
                 return conn.execute("SELECT status FROM command").fetchall()

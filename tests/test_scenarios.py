@@ -16,10 +16,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from app.services import Running, start_services
 from core import repo as core_repo
 from core.domain import Adapter, Severity
 from core.registry import RegistryIn
-from core.services import Running, start_services
 from core.settings import Settings
 from ingest import adapters
 from ingest.worker import subscriptions
@@ -93,8 +93,14 @@ def alarms_of(settings: Settings) -> list[dict[str, Any]]:
         events = conn.execute("SELECT alarm_id, kind FROM alarm_event ORDER BY id").fetchall()
     out = []
     for alarm_id, device_id, alarm_type, severity in rows:
-        out.append({"device": device_id, "type": alarm_type, "severity": severity,
-                    "events": [kind for a, kind in events if a == alarm_id]})
+        out.append(
+            {
+                "device": device_id,
+                "type": alarm_type,
+                "severity": severity,
+                "events": [kind for a, kind in events if a == alarm_id],
+            }
+        )
     return out
 
 
@@ -108,15 +114,18 @@ def check_alarms(scenario: Scenario, got: list[dict[str, Any]]) -> list[str]:
     problems = []
     pool = list(got)
     for exp in scenario.expect.alarm_list:
-        match = next((a for a in pool if a["type"] == exp.alarm_type
-                      and (exp.device is None or a["device"] == exp.device)), None)
+        match = next(
+            (a for a in pool if a["type"] == exp.alarm_type and (exp.device is None or a["device"] == exp.device)), None
+        )
         if match is None:
             problems.append(f"missing alarm {exp.alarm_type} on {exp.device or 'any device'}")
             continue
         pool.remove(match)
         if exp.severity is not None and match["severity"] != int(Severity.parse(exp.severity)):
-            problems.append(f"{exp.alarm_type} on {match['device']}: severity {Severity(match['severity']).label}, "
-                            f"expected {exp.severity}")
+            problems.append(
+                f"{exp.alarm_type} on {match['device']}: severity {Severity(match['severity']).label}, "
+                f"expected {exp.severity}"
+            )
         if exp.events is not None:
             kinds = [k for k in match["events"] if k in ("raised", "cleared", "reactivated")]
             if kinds != exp.events:
@@ -144,8 +153,9 @@ def test_scenario(name: str, services: Services, settings: Settings, ingest: Run
     tag = uuid.uuid4().hex[:6]
     load_scenario_registry(settings, scenario, tag)
     topics = Topics(native_prefix=settings.topic_prefix)
-    run = ScenarioRun(scenario, url=services.mqtt_url, topics=topics, tag=tag,
-                      linger_s=10.0 if scenario.expect.commands else 0.5)
+    run = ScenarioRun(
+        scenario, url=services.mqtt_url, topics=topics, tag=tag, linger_s=10.0 if scenario.expect.commands else 0.5
+    )
     try:
         result = run.run()
         assert result.ok, f"publishing failed: {result.errors} errors, {result.unacked} unacknowledged"
@@ -157,8 +167,11 @@ def test_scenario(name: str, services: Services, settings: Settings, ingest: Run
         wait_for(lambda: worker.inbox.empty(), timeout=10, what="ingest queue drained")
         problems = check_alarms(scenario, alarms_of(settings)) + check_rejects(scenario, rejects_of(settings))
         obeyed = {(d, a) for d, a, ok in result.commands if ok}
-        problems += [f"device {c.device} never obeyed {c.action}" for c in scenario.expect.commands
-                     if (c.device, c.action) not in obeyed]
+        problems += [
+            f"device {c.device} never obeyed {c.action}"
+            for c in scenario.expect.commands
+            if (c.device, c.action) not in obeyed
+        ]
         print(f"{name}: commands {result.commands}; {result.readings} readings, {result.published} messages")
     finally:
         clear_retained(services.mqtt_url, sorted(run.result.retained))
@@ -167,10 +180,23 @@ def test_scenario(name: str, services: Services, settings: Settings, ingest: Run
 
 def test_library_covers_the_issue() -> None:
     """The library holds the stories issue 7 lists, each declaring its expectations."""
-    wanted = {"kitchen_gas_leak", "lpg_cylinder_leak", "co_charcoal_stove", "cooking_smoke", "real_fire",
-              "ebike_stairwell_overnight", "charger_no_cutoff", "thermal_runaway_precursor", "sensor_drift",
-              "flapping_threshold", "device_dying", "gateway_outage", "clock_skew", "duplicate_out_of_order",
-              "malformed_messages"}
+    wanted = {
+        "kitchen_gas_leak",
+        "lpg_cylinder_leak",
+        "co_charcoal_stove",
+        "cooking_smoke",
+        "real_fire",
+        "ebike_stairwell_overnight",
+        "charger_no_cutoff",
+        "thermal_runaway_precursor",
+        "sensor_drift",
+        "flapping_threshold",
+        "device_dying",
+        "gateway_outage",
+        "clock_skew",
+        "duplicate_out_of_order",
+        "malformed_messages",
+    }
     assert wanted <= set(SCENARIOS)
     for scenario in SCENARIOS.values():
         assert scenario.duration <= scenario.start, scenario.name
@@ -185,10 +211,16 @@ def test_pending_scenarios_are_marked_by_missing_rule_or_adapter() -> None:
     speaking a bridge no adapter decodes) is pending; the mark vanishes when the rule or adapter lands."""
     from simulators.scenario import parse_scenario
 
-    base = {"name": "p", "title": "t", "start": "1h", "duration": "10m",
-            "devices": [{"id": "d", "kind": "gas_detector", "location": "kitchen"}]}
-    missing = parse_scenario({**base, "expect": {"alarms": [{"alarm_type": "gas_leak"},
-                                                            {"alarm_type": "no_such_alarm"}]}}, "t")
+    base = {
+        "name": "p",
+        "title": "t",
+        "start": "1h",
+        "duration": "10m",
+        "devices": [{"id": "d", "kind": "gas_detector", "location": "kitchen"}],
+    }
+    missing = parse_scenario(
+        {**base, "expect": {"alarms": [{"alarm_type": "gas_leak"}, {"alarm_type": "no_such_alarm"}]}}, "t"
+    )
     assert pending_reason(missing) == "rule no_such_alarm not implemented yet"
     present = parse_scenario({**base, "expect": {"alarms": [{"alarm_type": "gas_leak"}]}}, "t")
     assert pending_reason(present) is None

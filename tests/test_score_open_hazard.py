@@ -12,8 +12,9 @@ import yaml
 
 from core.errors import ConfigError
 from core.settings import Settings
-from rules import score, score_service
-from rules.score_policy import load_policy, parse_policy
+from score import engine as score
+from score import service as score_service
+from score.policy import load_policy, parse_policy
 from tests.conftest import ROOT
 from tests.support import load_registry
 from tests.test_score_pipeline import REGISTRY
@@ -42,18 +43,20 @@ class Entry:
     corrects_id: int | None = None
 
 
-@pytest.mark.parametrize(("findings", "at", "points", "tier", "reason"), [
-    ([], T0, -10, "A", None),                                                  # 90: A, nothing open
-    ([F("blocked_exit", T0)], T0, -10, "D", "1 open hazard not yet rectified"),  # 90 but an open hazard: D
-    ([F("blocked_exit", T0), F("window_bars", T0)], T0 + H, -20, "D", "2 open hazards not yet rectified"),
-    ([F("blocked_exit", T0, T0 + H)], T0 + 2 * H, -10, "A", None),             # rectified: back to the score's tier
-    ([F("blocked_exit", T0, T0 + H)], T0 + H / 2, -10, "D", "1 open hazard"),  # judged at a moment it was open
-    ([F("blocked_exit", T0 + H)], T0, 0, "A", None),                           # not yet recorded at `at`
-    ([F("retired_kind", T0)], T0, 0, "D", "1 open hazard"),                    # a kind the policy forgot still counts
-    ([F("blocked_exit", T0)], T0, -50, "D", "1 open hazard"),                  # already D by score: reason shown
-])
-def test_open_hazard_forces_tier_d(findings: list[F], at: datetime, points: int, tier: str,
-                                   reason: str | None) -> None:
+@pytest.mark.parametrize(
+    ("findings", "at", "points", "tier", "reason"),
+    [
+        ([], T0, -10, "A", None),  # 90: A, nothing open
+        ([F("blocked_exit", T0)], T0, -10, "D", "1 open hazard not yet rectified"),  # 90 but an open hazard: D
+        ([F("blocked_exit", T0), F("window_bars", T0)], T0 + H, -20, "D", "2 open hazards not yet rectified"),
+        ([F("blocked_exit", T0, T0 + H)], T0 + 2 * H, -10, "A", None),  # rectified: back to the score's tier
+        ([F("blocked_exit", T0, T0 + H)], T0 + H / 2, -10, "D", "1 open hazard"),  # judged at a moment it was open
+        ([F("blocked_exit", T0 + H)], T0, 0, "A", None),  # not yet recorded at `at`
+        ([F("retired_kind", T0)], T0, 0, "D", "1 open hazard"),  # a kind the policy forgot still counts
+        ([F("blocked_exit", T0)], T0, -50, "D", "1 open hazard"),  # already D by score: reason shown
+    ],
+)
+def test_open_hazard_forces_tier_d(findings: list[F], at: datetime, points: int, tier: str, reason: str | None) -> None:
     policy = load_policy().default
     assert policy.review.open_hazard_tier == "D"
     entries = [Entry(1, T0, points)] if points else []
@@ -67,15 +70,20 @@ def test_open_hazard_forces_tier_d(findings: list[F], at: datetime, points: int,
 
 def test_non_hazard_kind_and_disabled_policy_do_not_force() -> None:
     base = load_policy().default
-    not_hazard = base.model_copy(update={"findings": tuple(
-        f.model_copy(update={"hazard": False}) if f.kind == "blocked_exit" else f for f in base.findings)})
+    not_hazard = base.model_copy(
+        update={
+            "findings": tuple(
+                f.model_copy(update={"hazard": False}) if f.kind == "blocked_exit" else f for f in base.findings
+            )
+        }
+    )
     assert score.derive(not_hazard, [], T0, [F("blocked_exit", T0)]).tier == "A"
     off = base.model_copy(update={"review": base.review.model_copy(update={"open_hazard_tier": None})})
     assert score.derive(off, [], T0, [F("blocked_exit", T0)]).tier == "A"
 
 
 def test_unknown_open_hazard_tier_is_refused() -> None:
-    data = yaml.safe_load((ROOT / "rules" / "score_policy.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((ROOT / "score" / "policy.yaml").read_text(encoding="utf-8"))
     data["review"]["open_hazard_tier"] = "E"
     with pytest.raises(ConfigError, match=r"review\.open_hazard_tier: unknown tier 'E'"):
         parse_policy(data, "policy.yaml")

@@ -12,9 +12,9 @@ import yaml
 
 from core.domain import Disposition, Severity
 from core.errors import ConfigError
-from rules import score
 from rules.ruleset import default_rules
-from rules.score_policy import (
+from score import engine as score
+from score.policy import (
     ScorePolicy,
     catalog_alarm_types,
     known_alarm_types,
@@ -23,7 +23,7 @@ from rules.score_policy import (
 )
 from tests.conftest import ROOT
 
-SHIPPED = yaml.safe_load((ROOT / "rules" / "score_policy.yaml").read_text(encoding="utf-8"))
+SHIPPED = yaml.safe_load((ROOT / "score" / "policy.yaml").read_text(encoding="utf-8"))
 T0 = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
 
 
@@ -64,30 +64,40 @@ def _edit(path: str, value: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize(("path", "value", "expected"), [
-    ("alarm_deductions.1.alarm_types", ["ebike_indoor_chargng"],
-     "unknown alarm type 'ebike_indoor_chargng' (not in the loaded rule set or the alarm-type catalog of "
-     "rules/defaults.yaml); did you mean 'ebike_indoor_charging'?"),
-    ("upkeep.0.alarm_types", ["battery_flat"], "unknown alarm type 'battery_flat'"),
-    ("tiers.1", {"tier": "B", "min": 75, "max": 90}, "tiers: B (75-90) and A (90-100) overlap at 90..90"),
-    ("tiers.2", {"tier": "C", "min": 61, "max": 74}, "gap between D (0-59) and C (61-74): scores 60..60 have no tier"),
-    ("tiers.3", {"tier": "D", "min": 1, "max": 59}, "scores 0..0 have no tier"),
-    ("tiers.0", {"tier": "A", "min": 90, "max": 99}, "scores 100..100 have no tier"),
-    ("tiers.0", {"tier": "A", "min": 95, "max": 90}, "tier A: min 95 is above max 90"),
-    ("tiers.1", {"tier": "A", "min": 75, "max": 89}, "duplicate tier names A"),
-    ("review.tiers", ["E"], "review.tiers: unknown tier 'E'"),
-    ("alarm_deductions.0.points", 10, "alarm_deductions.0 (M-D02).points: Input should be less than 0"),
-    ("alarm_deductions.0.code", "MD-02", "alarm_deductions.0 (MD-02).code: String should match pattern"),
-    ("alarm_deductions.0.alarm_types", ["gas_leak", "tamper"], "tamper is charged twice (M-D02 and M-D04)"),
-    ("restoration.points", -2, "restoration.points: Input should be greater than 0"),
-    ("locks.0.codes", ["M-D77"], "locks: M-D77 is no deduction code of this policy"),
-    ("forced_tiers.0.tier", "F", "forced_tiers: M-D01 forces unknown tier 'F'"),
-    ("alarm_deductions.0.severities", ["urgent"], "alarm_deductions.0 (M-D02).severities"),
-    ("findings.1.kind", "blocked_exit", "findings: duplicate kinds blocked_exit"),
-    ("ack_deadline.minutes", {"critical": 0}, "deadline for critical must be > 0 minutes"),
-    ("base", 120, "base: Input should be less than or equal to 100"),
-    ("surprise", 1, "surprise: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (
+            "alarm_deductions.1.alarm_types",
+            ["ebike_indoor_chargng"],
+            "unknown alarm type 'ebike_indoor_chargng' (not in the loaded rule set or the alarm-type catalog of "
+            "rules/defaults.yaml); did you mean 'ebike_indoor_charging'?",
+        ),
+        ("upkeep.0.alarm_types", ["battery_flat"], "unknown alarm type 'battery_flat'"),
+        ("tiers.1", {"tier": "B", "min": 75, "max": 90}, "tiers: B (75-90) and A (90-100) overlap at 90..90"),
+        (
+            "tiers.2",
+            {"tier": "C", "min": 61, "max": 74},
+            "gap between D (0-59) and C (61-74): scores 60..60 have no tier",
+        ),
+        ("tiers.3", {"tier": "D", "min": 1, "max": 59}, "scores 0..0 have no tier"),
+        ("tiers.0", {"tier": "A", "min": 90, "max": 99}, "scores 100..100 have no tier"),
+        ("tiers.0", {"tier": "A", "min": 95, "max": 90}, "tier A: min 95 is above max 90"),
+        ("tiers.1", {"tier": "A", "min": 75, "max": 89}, "duplicate tier names A"),
+        ("review.tiers", ["E"], "review.tiers: unknown tier 'E'"),
+        ("alarm_deductions.0.points", 10, "alarm_deductions.0 (M-D02).points: Input should be less than 0"),
+        ("alarm_deductions.0.code", "MD-02", "alarm_deductions.0 (MD-02).code: String should match pattern"),
+        ("alarm_deductions.0.alarm_types", ["gas_leak", "tamper"], "tamper is charged twice (M-D02 and M-D04)"),
+        ("restoration.points", -2, "restoration.points: Input should be greater than 0"),
+        ("locks.0.codes", ["M-D77"], "locks: M-D77 is no deduction code of this policy"),
+        ("forced_tiers.0.tier", "F", "forced_tiers: M-D01 forces unknown tier 'F'"),
+        ("alarm_deductions.0.severities", ["urgent"], "alarm_deductions.0 (M-D02).severities"),
+        ("findings.1.kind", "blocked_exit", "findings: duplicate kinds blocked_exit"),
+        ("ack_deadline.minutes", {"critical": 0}, "deadline for critical must be > 0 minutes"),
+        ("base", 120, "base: Input should be less than or equal to 100"),
+        ("surprise", 1, "surprise: Extra inputs are not permitted"),
+    ],
+)
 def test_policy_errors_are_clear(path: str, value: Any, expected: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_policy(_edit(path, value), "policy.yaml", alarm_types=known_alarm_types(default_rules()))
@@ -118,9 +128,19 @@ def test_policy_file_errors(tmp_path: Path) -> None:
         load_policy(bad)
 
 
-@pytest.mark.parametrize(("value", "tier"), [
-    (100, "A"), (90, "A"), (89, "B"), (75, "B"), (74, "C"), (60, "C"), (59, "D"), (0, "D"),
-])
+@pytest.mark.parametrize(
+    ("value", "tier"),
+    [
+        (100, "A"),
+        (90, "A"),
+        (89, "B"),
+        (75, "B"),
+        (74, "C"),
+        (60, "C"),
+        (59, "D"),
+        (0, "D"),
+    ],
+)
 def test_tier_boundaries(value: int, tier: str) -> None:
     assert score.tier_for(policy(), value) == tier
 
@@ -130,33 +150,50 @@ class E:
 
     _next = 0
 
-    def __init__(self, at: datetime, points: int, code: str = "M-D02", *, hazard: bool = False,
-                 lock_until: datetime | None = None, forced_tier: str | None = None,
-                 forced_until: datetime | None = None, corrects_id: int | None = None) -> None:
+    def __init__(
+        self,
+        at: datetime,
+        points: int,
+        code: str = "M-D02",
+        *,
+        hazard: bool = False,
+        lock_until: datetime | None = None,
+        forced_tier: str | None = None,
+        forced_until: datetime | None = None,
+        corrects_id: int | None = None,
+    ) -> None:
         E._next += 1
         self.id = E._next
         self.at, self.points, self.code, self.hazard = at, points, code, hazard
-        self.lock_until, self.forced_tier, self.forced_until, self.corrects_id = (lock_until, forced_tier,
-                                                                                   forced_until, corrects_id)
+        self.lock_until, self.forced_tier, self.forced_until, self.corrects_id = (
+            lock_until,
+            forced_tier,
+            forced_until,
+            corrects_id,
+        )
 
 
-@pytest.mark.parametrize(("points", "hazard_days", "now_days", "expected"), [
-    ([], [], 0, (100, "A", False)),
-    ([-10], [], 0, (90, "A", False)),
-    ([-11], [], 0, (89, "B", False)),
-    ([-25], [], 0, (75, "B", False)),
-    ([-26], [], 0, (74, "C", False)),
-    ([-40], [], 0, (60, "C", False)),
-    ([-41], [], 0, (59, "D", True)),
-    ([-100, -50], [], 0, (0, "D", True)),
-    ([-30, +200], [], 0, (100, "A", False)),
-    ([], [0, 10, 20], 20, (100, "A", True)),  # three verified hazards within 90 days
-    ([], [0, 10, 20], 89, (100, "A", True)),
-    ([], [0, 10, 20], 90, (100, "A", False)),  # the first left the window
-    ([], [0, 10], 20, (100, "A", False)),
-])
-def test_derive_score_tier_review(points: list[int], hazard_days: list[int], now_days: int,
-                                  expected: tuple[int, str, bool]) -> None:
+@pytest.mark.parametrize(
+    ("points", "hazard_days", "now_days", "expected"),
+    [
+        ([], [], 0, (100, "A", False)),
+        ([-10], [], 0, (90, "A", False)),
+        ([-11], [], 0, (89, "B", False)),
+        ([-25], [], 0, (75, "B", False)),
+        ([-26], [], 0, (74, "C", False)),
+        ([-40], [], 0, (60, "C", False)),
+        ([-41], [], 0, (59, "D", True)),
+        ([-100, -50], [], 0, (0, "D", True)),
+        ([-30, +200], [], 0, (100, "A", False)),
+        ([], [0, 10, 20], 20, (100, "A", True)),  # three verified hazards within 90 days
+        ([], [0, 10, 20], 89, (100, "A", True)),
+        ([], [0, 10, 20], 90, (100, "A", False)),  # the first left the window
+        ([], [0, 10], 20, (100, "A", False)),
+    ],
+)
+def test_derive_score_tier_review(
+    points: list[int], hazard_days: list[int], now_days: int, expected: tuple[int, str, bool]
+) -> None:
     entries = [E(T0, p) for p in points] + [E(T0 + timedelta(days=d), -1, hazard=True) for d in hazard_days]
     # hazards carry -1 each; compensate so the score column tests only `points`
     entries += [E(T0, len(hazard_days), "ADJ")] if hazard_days else []
@@ -165,8 +202,15 @@ def test_derive_score_tier_review(points: list[int], hazard_days: list[int], now
 
 
 def test_forced_tier_and_reversal() -> None:
-    fire = E(T0, -40, "M-D01", hazard=True, lock_until=T0 + timedelta(days=90), forced_tier="D",
-             forced_until=T0 + timedelta(days=180))
+    fire = E(
+        T0,
+        -40,
+        "M-D01",
+        hazard=True,
+        lock_until=T0 + timedelta(days=90),
+        forced_tier="D",
+        forced_until=T0 + timedelta(days=180),
+    )
     s = score.derive(policy(), [fire, E(T0, +30, "ADJ")], T0 + timedelta(days=1))
     assert (s.score, s.tier, s.review, s.forced_tier) == (90, "D", True, "D")
     assert s.locked_until == T0 + timedelta(days=90)
@@ -176,36 +220,56 @@ def test_forced_tier_and_reversal() -> None:
     assert (s.score, s.tier, s.review, s.locked_until, s.hazards) == (100, "A", False, None, 0)
 
 
-def facts(disposition: Disposition | None, *, alarm_type: str = "gas_leak", severity: Severity = Severity.CRITICAL,
-          ack_after_min: float | None = 1, closed_after_min: float = 30) -> score.AlarmFacts:
-    return score.AlarmFacts(id=7, type=alarm_type, severity=severity, disposition=disposition, known_at=T0,
-                            acknowledged_at=T0 + timedelta(minutes=ack_after_min) if ack_after_min is not None
-                            else None, closed_at=T0 + timedelta(minutes=closed_after_min))
+def facts(
+    disposition: Disposition | None,
+    *,
+    alarm_type: str = "gas_leak",
+    severity: Severity = Severity.CRITICAL,
+    ack_after_min: float | None = 1,
+    closed_after_min: float = 30,
+) -> score.AlarmFacts:
+    return score.AlarmFacts(
+        id=7,
+        type=alarm_type,
+        severity=severity,
+        disposition=disposition,
+        known_at=T0,
+        acknowledged_at=T0 + timedelta(minutes=ack_after_min) if ack_after_min is not None else None,
+        closed_at=T0 + timedelta(minutes=closed_after_min),
+    )
 
 
-@pytest.mark.parametrize(("f", "expected"), [
-    (facts(Disposition.FALSE_ALARM), []),
-    (facts(Disposition.TEST), []),
-    (facts(Disposition.DEVICE_FAULT), []),
-    (facts(None), []),
-    (facts(Disposition.REAL_HAZARD), [("M-D02", -10)]),
-    (facts(Disposition.REAL_HAZARD, ack_after_min=5), [("M-D02", -10)]),  # at the deadline is on time
-    (facts(Disposition.REAL_HAZARD, ack_after_min=6), [("M-D02", -10), ("M-D14", -5)]),
-    (facts(Disposition.REAL_HAZARD, ack_after_min=None), [("M-D02", -10), ("M-D14", -5)]),
-    (facts(Disposition.REAL_HAZARD, alarm_type="ebike_indoor_charging", severity=Severity.MINOR, ack_after_min=None),
-     [("M-D08", -10)]),  # minor alarms have no acknowledgement deadline
-    (facts(Disposition.REAL_HAZARD, alarm_type="charging_overtemp", severity=Severity.MAJOR), [("M-D13", -5)]),
-    (facts(Disposition.REAL_HAZARD, alarm_type="thermal_runaway_precursor"), [("M-D13", -10)]),
-    (facts(Disposition.REAL_HAZARD, alarm_type="tamper", severity=Severity.MAJOR), [("M-D04", -15)]),
-    (facts(Disposition.REAL_HAZARD, alarm_type="gas_drift", severity=Severity.MINOR), []),
-])
+@pytest.mark.parametrize(
+    ("f", "expected"),
+    [
+        (facts(Disposition.FALSE_ALARM), []),
+        (facts(Disposition.TEST), []),
+        (facts(Disposition.DEVICE_FAULT), []),
+        (facts(None), []),
+        (facts(Disposition.REAL_HAZARD), [("M-D02", -10)]),
+        (facts(Disposition.REAL_HAZARD, ack_after_min=5), [("M-D02", -10)]),  # at the deadline is on time
+        (facts(Disposition.REAL_HAZARD, ack_after_min=6), [("M-D02", -10), ("M-D14", -5)]),
+        (facts(Disposition.REAL_HAZARD, ack_after_min=None), [("M-D02", -10), ("M-D14", -5)]),
+        (
+            facts(
+                Disposition.REAL_HAZARD, alarm_type="ebike_indoor_charging", severity=Severity.MINOR, ack_after_min=None
+            ),
+            [("M-D08", -10)],
+        ),  # minor alarms have no acknowledgement deadline
+        (facts(Disposition.REAL_HAZARD, alarm_type="charging_overtemp", severity=Severity.MAJOR), [("M-D13", -5)]),
+        (facts(Disposition.REAL_HAZARD, alarm_type="thermal_runaway_precursor"), [("M-D13", -10)]),
+        (facts(Disposition.REAL_HAZARD, alarm_type="tamper", severity=Severity.MAJOR), [("M-D04", -15)]),
+        (facts(Disposition.REAL_HAZARD, alarm_type="gas_drift", severity=Severity.MINOR), []),
+    ],
+)
 def test_alarm_deductions_only_when_verified(f: score.AlarmFacts, expected: list[tuple[str, int]]) -> None:
     assert [(d.code, d.points) for d in score.alarm_deductions(policy(), f, [])] == expected
 
 
 def test_tamper_locks_restorations_and_third_violation_escalates() -> None:
-    (tamper,) = score.alarm_deductions(policy(), facts(Disposition.REAL_HAZARD, alarm_type="tamper",
-                                                       severity=Severity.MAJOR), [])
+    (tamper,) = score.alarm_deductions(
+        policy(), facts(Disposition.REAL_HAZARD, alarm_type="tamper", severity=Severity.MAJOR), []
+    )
     assert tamper.lock_until == tamper.at + timedelta(days=90)
     ebike = facts(Disposition.REAL_HAZARD, alarm_type="ebike_indoor_charging", severity=Severity.MINOR)
     prior = [E(T0 - timedelta(days=80), -10, "M-D08"), E(T0 - timedelta(days=10), -10, "M-D08")]
@@ -216,44 +280,60 @@ def test_tamper_locks_restorations_and_third_violation_escalates() -> None:
     assert [d.code for d in score.alarm_deductions(policy(), ebike, old)] == ["M-D08"]
 
 
-@pytest.mark.parametrize(("days", "expected"), [
-    (29, []),
-    (30, [(30, 2)]),
-    (59, [(30, 2)]),
-    (60, [(30, 2), (60, 2)]),
-    (200, [(30, 2), (60, 2), (90, 2), (120, 2), (150, 2)]),  # 90 -> 100, never above base
-])
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        (29, []),
+        (30, [(30, 2)]),
+        (59, [(30, 2)]),
+        (60, [(30, 2), (60, 2)]),
+        (200, [(30, 2), (60, 2), (90, 2), (120, 2), (150, 2)]),  # 90 -> 100, never above base
+    ],
+)
 def test_restorations_per_clean_period(days: int, expected: list[tuple[int, int]]) -> None:
     drafts = score.restorations_due(policy(), [E(T0, -10)], now=T0 + timedelta(days=days))
     assert [((d.at - T0).days, d.points) for d in drafts] == expected
 
 
 def test_restorations_respect_quarter_cap_locks_and_blocking() -> None:
-    p = policy().model_copy(update={"restoration": policy().restoration.model_copy(
-        update={"clean_days": 10, "max_per_quarter": 4})})
+    p = policy().model_copy(
+        update={"restoration": policy().restoration.model_copy(update={"clean_days": 10, "max_per_quarter": 4})}
+    )
     start = datetime(2026, 1, 1, tzinfo=UTC)
     drafts = score.restorations_due(p, [E(start, -30)], now=start + timedelta(days=95))
     # Jan 11 +2, Jan 21 +2, then the Q1 cap; Apr 1 (Asia/Shanghai Q2) +2
     assert [(d.at.date().isoformat(), d.points) for d in drafts] == [
-        ("2026-01-11", 2), ("2026-01-21", 2), ("2026-04-01", 2)]
+        ("2026-01-11", 2),
+        ("2026-01-21", 2),
+        ("2026-04-01", 2),
+    ]
     locked = E(T0, -15, "M-D04", lock_until=T0 + timedelta(days=90))
     assert score.restorations_due(policy(), [locked], now=T0 + timedelta(days=119)) == []
-    assert [(d.at - T0).days for d in score.restorations_due(policy(), [locked], now=T0 + timedelta(days=120))] == [
-        120]
+    assert [(d.at - T0).days for d in score.restorations_due(policy(), [locked], now=T0 + timedelta(days=120))] == [120]
     assert score.restorations_due(policy(), [E(T0, -10)], now=T0 + timedelta(days=40), blocked=True) == []
-    later = score.restorations_due(policy(), [E(T0, -10)], now=T0 + timedelta(days=40),
-                                   unblocked_at=T0 + timedelta(days=20))
+    later = score.restorations_due(
+        policy(), [E(T0, -10)], now=T0 + timedelta(days=40), unblocked_at=T0 + timedelta(days=20)
+    )
     assert later == []  # the clean period restarts when the device came back online
 
 
-@pytest.mark.parametrize(("closed_after_h", "now_after_h", "expected"), [
-    (None, 0, 0), (None, 1, 1), (None, 24 * 7, 1), (None, 24 * 7 + 1, 2), (None, 24 * 100, 8),
-    (0, 24 * 30, 0), (5, 24 * 30, 1),
-])
+@pytest.mark.parametrize(
+    ("closed_after_h", "now_after_h", "expected"),
+    [
+        (None, 0, 0),
+        (None, 1, 1),
+        (None, 24 * 7, 1),
+        (None, 24 * 7 + 1, 2),
+        (None, 24 * 100, 8),
+        (0, 24 * 30, 0),
+        (5, 24 * 30, 1),
+    ],
+)
 def test_overdue_charges(closed_after_h: float | None, now_after_h: float, expected: int) -> None:
     closed = T0 + timedelta(hours=closed_after_h) if closed_after_h is not None else None
-    drafts = score.overdue_charges(policy(), finding_id=1, due_at=T0, closed_at=closed,
-                                   now=T0 + timedelta(hours=now_after_h))
+    drafts = score.overdue_charges(
+        policy(), finding_id=1, due_at=T0, closed_at=closed, now=T0 + timedelta(hours=now_after_h)
+    )
     assert len(drafts) == expected
     assert all(d.points == -5 and d.code == "M-D12" for d in drafts)
 
@@ -261,8 +341,10 @@ def test_overdue_charges(closed_after_h: float | None, now_after_h: float, expec
 def test_on_time_rectification_restores_half() -> None:
     on_time = score.rectified_on_time(policy(), finding_id=1, points=-10, due_at=T0, closed_at=T0)
     assert on_time is not None and (on_time.code, on_time.points) == ("M-R02", 5)
-    assert score.rectified_on_time(policy(), finding_id=1, points=-10, due_at=T0,
-                                   closed_at=T0 + timedelta(seconds=1)) is None
+    assert (
+        score.rectified_on_time(policy(), finding_id=1, points=-10, due_at=T0, closed_at=T0 + timedelta(seconds=1))
+        is None
+    )
 
 
 def test_upkeep_charges() -> None:
@@ -280,8 +362,8 @@ def test_trend_follows_the_ledger() -> None:
 
 
 def test_policy_override_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rules.score_policy import POLICY_ENV, active_policies
-    from rules.score_service import ScoreTicker
+    from score.policy import POLICY_ENV, active_policies
+    from score.worker import ScoreWorker
 
     custom = copy.deepcopy(SHIPPED)
     custom["restoration"]["points"] = 3
@@ -296,7 +378,7 @@ def test_policy_override_from_the_environment(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setenv(POLICY_ENV, str(bad))
         active_policies.cache_clear()
         with pytest.raises(ConfigError, match=r"bad.yaml: tiers: C \(60-74\) and B \(70-89\) overlap at 70..74"):
-            ScoreTicker("postgresql://unused", interval_s=1)
+            ScoreWorker("postgresql://unused", interval_s=1)
     finally:
         monkeypatch.delenv(POLICY_ENV)
         active_policies.cache_clear()

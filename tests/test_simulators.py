@@ -54,7 +54,7 @@ def test_cc_cv_curve_shape() -> None:
     full_at = next(r["h"] for r in rows if r["h"] > cv_start and r["power_w"] < 5)
     assert 5.5 < full_at < 9.0, "a 48 V 20 Ah pack from 20 % is full after an overnight charge"
     taper = [r["power_w"] for r in rows if cv_start <= r["h"] <= full_at - 0.05]
-    smoothed = [sum(taper[i:i + 5]) / 5 for i in range(0, len(taper) - 5, 5)]
+    smoothed = [sum(taper[i : i + 5]) / 5 for i in range(0, len(taper) - 5, 5)]
     assert all(a >= b for a, b in itertools.pairwise(smoothed)), "the CV taper only goes down"
     assert all(r["power_w"] < 5 for r in rows if r["h"] > full_at + 0.1), "cut off at full: standby only"
     energy = rows[-1]["energy_wh"]
@@ -80,12 +80,13 @@ def test_thermal_runaway_precursor_heats_fast() -> None:
     # +10 C within 5 min while above 45 C (RULES-REFERENCE 4.4, EB-04)
     assert any(rows[i + 10]["temp_c"] - rows[i]["temp_c"] >= 10 for i in range(hot, len(rows) - 10))
     assert max(r["temp_c"] for r in rows) >= 80
-    taper_low = min(r["power_w"] for r in rows[hot - 60:hot])
+    taper_low = min(r["power_w"] for r in rows[hot - 60 : hot])
     assert max(r["power_w"] for r in rows[hot:]) > 2 * taper_low + 10, "power re-rises after the taper"
 
 
-@pytest.mark.parametrize(("action", "relay", "power_zero"), [("cut_power", "off", True),
-                                                             ("restore_power", "on", False)])
+@pytest.mark.parametrize(
+    ("action", "relay", "power_zero"), [("cut_power", "off", True), ("restore_power", "on", False)]
+)
 def test_port_relay_obeys(action: str, relay: str, power_zero: bool) -> None:
     port = ChargingPort("p4", seed=1)
     port.reading(T0)
@@ -115,13 +116,17 @@ def test_gas_detector_valve_obeys_close_valve(valve: bool, ok: bool, reported: s
         assert later["gas_lel"] < 2
 
 
-@pytest.mark.parametrize(("kind", "days", "drain", "start", "expected"), [
-    (DeviceKind.SMOKE_DETECTOR, 10, 0.5, 90.0, 85.0),
-    (DeviceKind.CO_ALARM, 30, 0.1, 50.0, 47.0),
-    (DeviceKind.SMOKE_DETECTOR, 3, 10.0, 20.0, 0.0),
-])
-def test_battery_drains_in_event_time(kind: DeviceKind, days: float, drain: float, start: float,
-                                      expected: float) -> None:
+@pytest.mark.parametrize(
+    ("kind", "days", "drain", "start", "expected"),
+    [
+        (DeviceKind.SMOKE_DETECTOR, 10, 0.5, 90.0, 85.0),
+        (DeviceKind.CO_ALARM, 30, 0.1, 50.0, 47.0),
+        (DeviceKind.SMOKE_DETECTOR, 3, 10.0, 20.0, 0.0),
+    ],
+)
+def test_battery_drains_in_event_time(
+    kind: DeviceKind, days: float, drain: float, start: float, expected: float
+) -> None:
     model = make_model(kind, "b1", seed=1, battery=True, battery_pct=start, drain_pct_per_day=drain)
     model.reading(T0)
     last = None
@@ -142,13 +147,16 @@ def test_battery_device_heartbeat_and_seq() -> None:
     assert [r["ts"] for r in readings if r] == [round((T0 + i * 300) * 1000) for i in range(5)]
 
 
-@pytest.mark.parametrize(("kind", "env", "minutes"), [
-    (DeviceKind.GAS_DETECTOR, {"gas_lel": 12.0}, 60),
-    (DeviceKind.CO_ALARM, {"co_ppm": 80.0}, 60),
-    (DeviceKind.SMOKE_DETECTOR, {"smoke_db_m": 0.05}, 60),
-    (DeviceKind.CHARGING_PORT, {}, 60),
-    (DeviceKind.GATEWAY, {}, 60),
-])
+@pytest.mark.parametrize(
+    ("kind", "env", "minutes"),
+    [
+        (DeviceKind.GAS_DETECTOR, {"gas_lel": 12.0}, 60),
+        (DeviceKind.CO_ALARM, {"co_ppm": 80.0}, 60),
+        (DeviceKind.SMOKE_DETECTOR, {"smoke_db_m": 0.05}, 60),
+        (DeviceKind.CHARGING_PORT, {}, 60),
+        (DeviceKind.GATEWAY, {}, 60),
+    ],
+)
 def test_same_seed_same_readings(kind: DeviceKind, env: dict[str, float], minutes: int) -> None:
     def run(seed: int) -> list[dict[str, object]]:
         model = make_model(kind, "d1", seed=seed)
@@ -172,14 +180,18 @@ def test_readings_are_valid_v1_telemetry() -> None:
             TelemetryIn.model_validate(orjson.loads(orjson.dumps(reading)))
 
 
-@pytest.mark.parametrize(("ppm", "alarm_within_min", "quiet_for_min"), [
-    (300, 3, None),    # EN 50291: 300 ppm alarms in under 3 min
-    (100, 40, 10),     # 100 ppm: 10-40 min
-    (50, 90, 60),      # 50 ppm: 60-90 min
-    (30, None, 120),   # 30 ppm: no alarm for 120 min
-])
-def test_co_alarm_own_flag_follows_en50291(ppm: float, alarm_within_min: float | None,
-                                           quiet_for_min: float | None) -> None:
+@pytest.mark.parametrize(
+    ("ppm", "alarm_within_min", "quiet_for_min"),
+    [
+        (300, 3, None),  # EN 50291: 300 ppm alarms in under 3 min
+        (100, 40, 10),  # 100 ppm: 10-40 min
+        (50, 90, 60),  # 50 ppm: 60-90 min
+        (30, None, 120),  # 30 ppm: no alarm for 120 min
+    ],
+)
+def test_co_alarm_own_flag_follows_en50291(
+    ppm: float, alarm_within_min: float | None, quiet_for_min: float | None
+) -> None:
     co = CoAlarm("co1", seed=1, interval_s=30)
     co.set_env(T0, co_ppm=ppm)
     flags = [(i * 0.5, bool(r["co"])) for i in range(0, 300) if (r := co.reading(T0 + i * 30)) is not None]
@@ -198,14 +210,17 @@ def test_flap_is_a_square_wave() -> None:
     assert [v > 10 for v in values] == [True, False] * 4
 
 
-@pytest.mark.parametrize(("style", "expected"), [("epoch_ms", 1_790_000_000_500),
-                                                 ("rfc3339", "2026-09-21T14:13:20.500Z")])
+@pytest.mark.parametrize(
+    ("style", "expected"), [("epoch_ms", 1_790_000_000_500), ("rfc3339", "2026-09-21T14:13:20.500Z")]
+)
 def test_device_timestamps(style: str, expected: object) -> None:
     assert format_ts(T0 + 0.5, style) == expected
 
 
-@pytest.mark.parametrize(("text", "seconds"), [(90, 90.0), ("90s", 90.0), ("15m", 900.0), ("8h", 28800.0),
-                                               ("1.5d", 129600.0), ("-3m", -180.0), ("250ms", 0.25)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(90, 90.0), ("90s", 90.0), ("15m", 900.0), ("8h", 28800.0), ("1.5d", 129600.0), ("-3m", -180.0), ("250ms", 0.25)],
+)
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -218,25 +233,78 @@ def test_parse_duration_refuses(bad: object) -> None:
 
 # --- wire formats --------------------------------------------------------------------------------------
 READING = {"ts": 1_790_000_000_000, "seq": 4, "gas_lel": 30.0, "gas": True, "temp_c": 24.0, "valve": "open"}
-SOCKET = {"ts": 1_790_000_000_000, "seq": 1, "power_w": 150.0, "current_a": 0.7, "voltage_v": 221.0,
-          "energy_wh": 1234.0, "relay": "on", "temp_c": 31.0}
+SOCKET = {
+    "ts": 1_790_000_000_000,
+    "seq": 1,
+    "power_w": 150.0,
+    "current_a": 0.7,
+    "voltage_v": 221.0,
+    "energy_wh": 1234.0,
+    "relay": "on",
+    "temp_c": 31.0,
+}
 
 
-@pytest.mark.parametrize(("wire", "reading", "expected"), [
-    (Wire("g1", DeviceKind.GAS_DETECTOR), READING, [("gw/v1/g1/telemetry", READING)]),
-    (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.ZIGBEE2MQTT, "kitchen_gas"), READING,
-     [("zigbee2mqtt/kitchen_gas", {"gas": True, "gas_value": 30.0, "temperature": 24.0, "linkquality": 120,
-                                   "last_seen": "2026-09-21T14:13:20.000Z"})]),
-    (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "shellygas-1"), READING,
-     [("shellies/shellygas-1/sensor/operation", "normal"), ("shellies/shellygas-1/sensor/gas", "heavy"),
-      ("shellies/shellygas-1/sensor/concentration", "15000"), ("shellies/shellygas-1/valve/0/state", "opened")]),
-    (Wire("s1", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "plug7"), SOCKET,
-     [("tele/plug7/SENSOR", {"Time": "2026-09-21T14:13:20+00:00", "ENERGY": {
-         "TotalStartTime": "2026-01-01T00:00:00", "Total": 1.234, "Yesterday": 0.0, "Today": 1.234, "Period": 0,
-         "Power": 150, "ApparentPower": 158, "ReactivePower": 50, "Factor": 0.95, "Voltage": 221, "Current": 0.7},
-         "ANALOG": {"Temperature1": 31.0}, "TempUnit": "C"}),
-      ("tele/plug7/STATE", {"Time": "2026-09-21T14:13:20+00:00", "POWER": "ON"})]),
-])
+@pytest.mark.parametrize(
+    ("wire", "reading", "expected"),
+    [
+        (Wire("g1", DeviceKind.GAS_DETECTOR), READING, [("gw/v1/g1/telemetry", READING)]),
+        (
+            Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.ZIGBEE2MQTT, "kitchen_gas"),
+            READING,
+            [
+                (
+                    "zigbee2mqtt/kitchen_gas",
+                    {
+                        "gas": True,
+                        "gas_value": 30.0,
+                        "temperature": 24.0,
+                        "linkquality": 120,
+                        "last_seen": "2026-09-21T14:13:20.000Z",
+                    },
+                )
+            ],
+        ),
+        (
+            Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "shellygas-1"),
+            READING,
+            [
+                ("shellies/shellygas-1/sensor/operation", "normal"),
+                ("shellies/shellygas-1/sensor/gas", "heavy"),
+                ("shellies/shellygas-1/sensor/concentration", "15000"),
+                ("shellies/shellygas-1/valve/0/state", "opened"),
+            ],
+        ),
+        (
+            Wire("s1", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "plug7"),
+            SOCKET,
+            [
+                (
+                    "tele/plug7/SENSOR",
+                    {
+                        "Time": "2026-09-21T14:13:20+00:00",
+                        "ENERGY": {
+                            "TotalStartTime": "2026-01-01T00:00:00",
+                            "Total": 1.234,
+                            "Yesterday": 0.0,
+                            "Today": 1.234,
+                            "Period": 0,
+                            "Power": 150,
+                            "ApparentPower": 158,
+                            "ReactivePower": 50,
+                            "Factor": 0.95,
+                            "Voltage": 221,
+                            "Current": 0.7,
+                        },
+                        "ANALOG": {"Temperature1": 31.0},
+                        "TempUnit": "C",
+                    },
+                ),
+                ("tele/plug7/STATE", {"Time": "2026-09-21T14:13:20+00:00", "POWER": "ON"}),
+            ],
+        ),
+    ],
+)
 def test_telemetry_formats(wire: Wire, reading: dict[str, object], expected: list[tuple[str, object]]) -> None:
     outs = formats.telemetry(wire, dict(reading), Topics())
     got = []
@@ -250,8 +318,9 @@ def test_telemetry_formats(wire: Wire, reading: dict[str, object], expected: lis
 
 
 def test_z2m_attribute_output_and_epoch_last_seen() -> None:
-    wire = Wire("s1", DeviceKind.SMOKE_DETECTOR, Adapter.ZIGBEE2MQTT, "smoke1", z2m_output="attribute",
-                z2m_last_seen="epoch")
+    wire = Wire(
+        "s1", DeviceKind.SMOKE_DETECTOR, Adapter.ZIGBEE2MQTT, "smoke1", z2m_output="attribute", z2m_last_seen="epoch"
+    )
     outs = formats.telemetry(wire, {"ts": 1_790_000_000_000, "smoke": True, "battery_pct": 80.0}, Topics())
     by_topic = {o.topic: o.payload for o in outs}
     assert by_topic["zigbee2mqtt/smoke1/smoke"] == b"true"
@@ -259,27 +328,41 @@ def test_z2m_attribute_output_and_epoch_last_seen() -> None:
     assert by_topic["zigbee2mqtt/smoke1/last_seen"] == b"1790000000000"
 
 
-@pytest.mark.parametrize(("wire", "online", "topic", "payload"), [
-    (Wire("g1", DeviceKind.GAS_DETECTOR), False, "gw/v1/g1/status", b'{"state":"offline"}'),
-    (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.ZIGBEE2MQTT, "n"), True, "zigbee2mqtt/n/availability",
-     b'{"state":"online"}'),
-    (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.ZIGBEE2MQTT, "n", z2m_legacy_availability=True), False,
-     "zigbee2mqtt/n/availability", b"offline"),
-    (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "sg"), False, "shellies/sg/online", b"false"),
-    (Wire("p1", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "t"), True, "tele/t/LWT", b"Online"),
-])
+@pytest.mark.parametrize(
+    ("wire", "online", "topic", "payload"),
+    [
+        (Wire("g1", DeviceKind.GAS_DETECTOR), False, "gw/v1/g1/status", b'{"state":"offline"}'),
+        (
+            Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.ZIGBEE2MQTT, "n"),
+            True,
+            "zigbee2mqtt/n/availability",
+            b'{"state":"online"}',
+        ),
+        (
+            Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.ZIGBEE2MQTT, "n", z2m_legacy_availability=True),
+            False,
+            "zigbee2mqtt/n/availability",
+            b"offline",
+        ),
+        (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "sg"), False, "shellies/sg/online", b"false"),
+        (Wire("p1", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "t"), True, "tele/t/LWT", b"Online"),
+    ],
+)
 def test_status_is_retained_per_dialect(wire: Wire, online: bool, topic: str, payload: bytes) -> None:
     out = formats.status(wire, online, Topics())
     assert (out.topic, out.payload, out.retain) == (topic, payload, True)
 
 
-@pytest.mark.parametrize(("wire", "payload", "action"), [
-    (Wire("g1", DeviceKind.GAS_DETECTOR), b'{"id":"x","action":"close_valve"}', "close_valve"),
-    (Wire("p", DeviceKind.SMART_SOCKET, Adapter.ZIGBEE2MQTT, "p"), b'{"state":"OFF"}', "cut_power"),
-    (Wire("g", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "g"), b"close", "close_valve"),
-    (Wire("p", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "p"), b"OFF", "cut_power"),
-    (Wire("p", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "p"), b"ON", "restore_power"),
-])
+@pytest.mark.parametrize(
+    ("wire", "payload", "action"),
+    [
+        (Wire("g1", DeviceKind.GAS_DETECTOR), b'{"id":"x","action":"close_valve"}', "close_valve"),
+        (Wire("p", DeviceKind.SMART_SOCKET, Adapter.ZIGBEE2MQTT, "p"), b'{"state":"OFF"}', "cut_power"),
+        (Wire("g", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "g"), b"close", "close_valve"),
+        (Wire("p", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "p"), b"OFF", "cut_power"),
+        (Wire("p", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "p"), b"ON", "restore_power"),
+    ],
+)
 def test_commands_parsed_per_dialect(wire: Wire, payload: bytes, action: str) -> None:
     assert formats.parse_command(wire, payload)[1] == action
 
@@ -303,19 +386,30 @@ def test_scenario_lookup_names_the_choices() -> None:
         get_scenario("no_such_story")
 
 
-BASE = {"name": "s", "title": "t", "start": "1h", "duration": "30m",
-        "devices": [{"id": "d", "kind": "gas_detector", "location": "kitchen"}], "expect": {"alarms": "none"}}
+BASE = {
+    "name": "s",
+    "title": "t",
+    "start": "1h",
+    "duration": "30m",
+    "devices": [{"id": "d", "kind": "gas_detector", "location": "kitchen"}],
+    "expect": {"alarms": "none"},
+}
 
 
-@pytest.mark.parametrize(("change", "problem"), [
-    ({"duration": "2h"}, "runs past now"),
-    ({"start": "30h", "duration": "1h"}, "older than 24 h"),
-    ({"timeline": [{"at": "1m", "device": "d", "set": {"gas_lel": 1}, "die": True}]}, "exactly one"),
-    ({"timeline": [{"at": "1m", "device": "nope", "die": True}]}, "unknown device"),
-    ({"timeline": [{"at": "1m", "device": "d", "ramp": {"gas_lel": 30}}]}, "needs over"),
-    ({"devices": [{"id": "d", "kind": "gas_detector", "location": "kitchen", "adapter": "shelly"}]},
-     "needs a foreign_id"),
-])
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"duration": "2h"}, "runs past now"),
+        ({"start": "30h", "duration": "1h"}, "older than 24 h"),
+        ({"timeline": [{"at": "1m", "device": "d", "set": {"gas_lel": 1}, "die": True}]}, "exactly one"),
+        ({"timeline": [{"at": "1m", "device": "nope", "die": True}]}, "unknown device"),
+        ({"timeline": [{"at": "1m", "device": "d", "ramp": {"gas_lel": 30}}]}, "needs over"),
+        (
+            {"devices": [{"id": "d", "kind": "gas_detector", "location": "kitchen", "adapter": "shelly"}]},
+            "needs a foreign_id",
+        ),
+    ],
+)
 def test_scenario_validation(change: dict[str, object], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         parse_scenario({**BASE, **change}, "test.yaml")
@@ -326,14 +420,23 @@ def test_scenario_mapped_onto_registry_devices() -> None:
     from simulators.cli import map_onto_registry
     from simulators.fleet import FleetDevice
 
-    registry = [FleetDevice("z-gas", DeviceKind.GAS_DETECTOR, Location.KITCHEN, Adapter.ZIGBEE2MQTT, "zg"),
-                FleetDevice("n-gas-room", DeviceKind.GAS_DETECTOR, Location.ROOM),
-                FleetDevice("n-gas-kit", DeviceKind.GAS_DETECTOR, Location.KITCHEN),
-                FleetDevice("smoke", DeviceKind.SMOKE_DETECTOR, Location.CORRIDOR)]
-    scenario = parse_scenario({**BASE, "devices": [
-        {"id": "a", "kind": "gas_detector", "location": "kitchen"},
-        {"id": "b", "kind": "gas_detector", "location": "kitchen"},
-        {"id": "c", "kind": "gas_detector", "location": "kitchen"}]}, "t")
+    registry = [
+        FleetDevice("z-gas", DeviceKind.GAS_DETECTOR, Location.KITCHEN, Adapter.ZIGBEE2MQTT, "zg"),
+        FleetDevice("n-gas-room", DeviceKind.GAS_DETECTOR, Location.ROOM),
+        FleetDevice("n-gas-kit", DeviceKind.GAS_DETECTOR, Location.KITCHEN),
+        FleetDevice("smoke", DeviceKind.SMOKE_DETECTOR, Location.CORRIDOR),
+    ]
+    scenario = parse_scenario(
+        {
+            **BASE,
+            "devices": [
+                {"id": "a", "kind": "gas_detector", "location": "kitchen"},
+                {"id": "b", "kind": "gas_detector", "location": "kitchen"},
+                {"id": "c", "kind": "gas_detector", "location": "kitchen"},
+            ],
+        },
+        "t",
+    )
     picks = map_onto_registry(scenario, registry)
     assert {k: v.id for k, v in picks.items()} == {"a": "n-gas-kit", "b": "n-gas-room", "c": "z-gas"}
     too_many = parse_scenario({**BASE, "devices": [{"id": "s", "kind": "co_alarm", "location": "room"}]}, "t")
@@ -347,7 +450,8 @@ def test_tasmota_max_power_warning_then_relay_off() -> None:
     outs = formats.tasmota_max_power(wire, 1_790_000_000_000, 1312.4, Topics())
     assert [(o.topic, o.payload) for o in outs] == [
         ("stat/shed1/WARNING", b'{"Time":"2026-09-21T14:13:20+00:00","MaxPowerReached":1312}'),
-        ("stat/shed1/POWER", b"OFF")]
+        ("stat/shed1/POWER", b"OFF"),
+    ]
 
 
 @pytest.mark.parametrize("local_hour", range(24))

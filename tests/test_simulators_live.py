@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from app.services import Running, start_services
 from core import repo as core_repo
 from core.embedded import free_port
 from core.registry import parse_registry, read_registry
-from core.services import Running, start_services
 from core.settings import Settings
 from simulators import tour
 from simulators.fastlink import FastLink
@@ -37,8 +37,9 @@ class Sink:
     def __init__(self, services: Services, topic: str) -> None:
         self.got: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sink-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"sink-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         self.client.on_message = self._on_message
         self.subscribed = threading.Event()
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
@@ -87,8 +88,11 @@ def test_publisher_bounds_messages_in_flight(services: Services, prefix: str) ->
 def test_last_will_and_online_status(services: Services, prefix: str) -> None:
     """A device link publishes its retained online status; losing power makes the broker send its will."""
     status = f"{prefix}/dev-1/status"
-    link = MqttLink(services.mqtt_url, will=Out(status, b'{"state":"offline"}', retain=True),
-                    on_connect_messages=[Out(status, b'{"state":"online"}', retain=True)]).start()
+    link = MqttLink(
+        services.mqtt_url,
+        will=Out(status, b'{"state":"offline"}', retain=True),
+        on_connect_messages=[Out(status, b'{"state":"online"}', retain=True)],
+    ).start()
     assert link.flush(5)
     sink = Sink(services, status)
     wait_for(lambda: sink.count() >= 1, what="retained online status")
@@ -109,8 +113,9 @@ def test_publisher_reconnects_and_loses_nothing(services: Services, prefix: str)
     re-announced on the new connection."""
     sink = Sink(services, f"{prefix}/#")
     status = f"{prefix}/dev-2/status"
-    link = MqttLink(services.mqtt_url, max_inflight=50,
-                    on_connect_messages=[Out(status, b'{"state":"online"}', retain=True)]).start()
+    link = MqttLink(
+        services.mqtt_url, max_inflight=50, on_connect_messages=[Out(status, b'{"state":"online"}', retain=True)]
+    ).start()
     try:
         for i in range(300):
             link.publish(Out(f"{prefix}/dev-2/telemetry", orjson.dumps({"seq": i, "gas_lel": 1})))
@@ -122,8 +127,11 @@ def test_publisher_reconnects_and_loses_nothing(services: Services, prefix: str)
         assert link.flush(30), "everything in flight was resent and acknowledged"
     finally:
         link.close()
-    wait_for(lambda: len({p for t, p, _r in sink.got if t.endswith("telemetry")}) == 300, timeout=20,
-             what="all 300 readings delivered (duplicates allowed, losses not)")
+    wait_for(
+        lambda: len({p for t, p, _r in sink.got if t.endswith("telemetry")}) == 300,
+        timeout=20,
+        what="all 300 readings delivered (duplicates allowed, losses not)",
+    )
     assert sum(1 for t, _p, _r in sink.got if t == status) >= 2, "online re-announced after the reconnect"
     sink.close()
 
@@ -178,8 +186,15 @@ def test_fleet_publishes_at_a_steady_rate(services: Services, prefix: str) -> No
 
     sink = Sink(services, f"{prefix}/+/telemetry")
     devices = synthetic_devices(300, seed=4)
-    fleet = Fleet(services.mqtt_url, devices, rate=400, duration_s=1.5, topics=Topics(native_prefix=prefix),
-                  progress=None, status=False)
+    fleet = Fleet(
+        services.mqtt_url,
+        devices,
+        rate=400,
+        duration_s=1.5,
+        topics=Topics(native_prefix=prefix),
+        progress=None,
+        status=False,
+    )
     summary = fleet.run()
     assert summary.ok
     assert 450 <= summary.sent <= 620, summary.lines()  # generous: this machine is shared
@@ -202,14 +217,22 @@ def test_fleet_registry_file_loads(tmp_path: Path) -> None:
 
 def _gridwatch(*args: str, mqtt_url: str, prefix: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GRIDWATCH_MQTT_URL": mqtt_url, "GRIDWATCH_TOPIC_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "core.cli", "simulate", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "simulate", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_simulate_command_runs_a_fleet_and_reports(services: Services, prefix: str, tmp_path: Path) -> None:
     sink = Sink(services, f"{prefix}/+/telemetry")
-    done = _gridwatch("--devices", "40", "--rate", "100", "--duration", "1s", "--seed", "3",
-                      mqtt_url=services.mqtt_url, prefix=prefix)
+    done = _gridwatch(
+        "--devices", "40", "--rate", "100", "--duration", "1s", "--seed", "3", mqtt_url=services.mqtt_url, prefix=prefix
+    )
     assert done.returncode == 0, done.stderr
     assert "fleet: 40 devices" in done.stdout
     assert "errors: 0; unacknowledged: 0" in done.stdout
@@ -224,8 +247,7 @@ def test_simulate_command_runs_a_fleet_and_reports(services: Services, prefix: s
 
 
 def test_simulate_command_fails_without_a_broker(prefix: str) -> None:
-    done = _gridwatch("--devices", "5", "--duration", "1s", mqtt_url=f"mqtt://127.0.0.1:{free_port()}",
-                      prefix=prefix)
+    done = _gridwatch("--devices", "5", "--duration", "1s", mqtt_url=f"mqtt://127.0.0.1:{free_port()}", prefix=prefix)
     assert done.returncode != 0
     assert "cannot reach mqtt broker" in done.stderr
 
@@ -258,20 +280,27 @@ def tour_services(settings: Settings) -> Iterator[Running]:
 def test_tour_plan_picks_devices_by_kind_and_place() -> None:
     rows = [(d.id, d.kind.value, d.location.value) for d in parse_registry(TOUR_REGISTRY).devices]
     stories, background = tour.plan(rows)
-    assert [(s.name, m) for s, m in stories] == [("tour_kitchen_leak", {"leak": "gas-k"}),
-                                                 ("tour_stairwell_charge", {"socket": "sock-st"}),
-                                                 ("tour_offline", {"dying": "smoke-c"})]
+    assert [(s.name, m) for s, m in stories] == [
+        ("tour_kitchen_leak", {"leak": "gas-k"}),
+        ("tour_stairwell_charge", {"socket": "sock-st"}),
+        ("tour_offline", {"dying": "smoke-c"}),
+    ]
     assert [d[0] for d in background] == ["gas-2", "co-1"]
 
 
-def test_tour_leaks_within_seconds_and_stops_cleanly(settings: Settings, services: Services,
-                                                     tour_services: Running) -> None:
+def test_tour_leaks_within_seconds_and_stops_cleanly(
+    settings: Settings, services: Services, tour_services: Running
+) -> None:
     lines: list[str] = []
     stop = threading.Event()
     rows = [(d.id, d.kind.value, d.location.value) for d in parse_registry(TOUR_REGISTRY).devices]
     started = time.monotonic()
-    thread = threading.Thread(target=tour.run_tour, args=(services.mqtt_url, settings.topic_prefix, rows, stop),
-                              kwargs={"say": lines.append}, daemon=True)
+    thread = threading.Thread(
+        target=tour.run_tour,
+        args=(services.mqtt_url, settings.topic_prefix, rows, stop),
+        kwargs={"say": lines.append},
+        daemon=True,
+    )
     thread.start()
 
     def alarm_types() -> set[str]:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from api import auth
 from api.app import create_app
-from core.services import Running, start_services
+from app.services import Running, start_services
 from core.settings import Settings
 from tests.support import Publisher, Receiver, wait_for
 
@@ -26,8 +26,12 @@ def running(loaded: Settings) -> Iterator[Running]:
 
 def token(settings: Settings, role: str, **kw: str) -> str:
     with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        return auth.create_token(conn, secret_key=settings.secret_key.get_secret_value(), role=role,  # type: ignore[arg-type]
-                                 **kw)
+        return auth.create_token(
+            conn,
+            secret_key=settings.secret_key.get_secret_value(),
+            role=role,  # type: ignore[arg-type]
+            **kw,
+        )
 
 
 def count(settings: Settings, sql: str, *args: object) -> int:
@@ -37,8 +41,9 @@ def count(settings: Settings, sql: str, *args: object) -> int:
         return int(row[0])
 
 
-def test_gas_message_to_alarm_notification_and_ack(loaded: Settings, running: Running, publisher: Publisher,
-                                                   receiver: Receiver) -> None:
+def test_gas_message_to_alarm_notification_and_ack(
+    loaded: Settings, running: Running, publisher: Publisher, receiver: Receiver
+) -> None:
     topic = f"{loaded.topic_prefix}/gas-1/telemetry"
     started = time.monotonic()
     publisher.publish(topic, {"gas_lel": 30})
@@ -52,7 +57,8 @@ def test_gas_message_to_alarm_notification_and_ack(loaded: Settings, running: Ru
         w2 = {"Authorization": f"Bearer {token(loaded, 'worker', worker_id='w2')}"}
         alarms = client.get("/api/v1/alarms", headers=w1).json()["items"]
         assert [(a["device_id"], a["type"], a["severity"], a["active"]) for a in alarms] == [
-            ("gas-1", "gas_leak", "critical", True)]
+            ("gas-1", "gas_leak", "critical", True)
+        ]
         assert client.get("/api/v1/alarms", headers=w2).json()["items"] == []
         alarm_id = alarms[0]["id"]
         assert client.get(f"/api/v1/alarms/{alarm_id}", headers=w2).status_code == 404
@@ -64,8 +70,9 @@ def test_gas_message_to_alarm_notification_and_ack(loaded: Settings, running: Ru
         assert acked.json()["acknowledged_at"] is not None
 
         publisher.publish(topic, {"gas_lel": 32})
-        wait_for(lambda: count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 2,
-                 what="second reading")
+        wait_for(
+            lambda: count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 2, what="second reading"
+        )
         again = client.get("/api/v1/alarms?status=all", headers=w1).json()["items"]
         assert len(again) == 1, "a repeat updates the open alarm, never a second one"
         assert again[0]["count"] == 2 and again[0]["peak_value"] == 32
@@ -86,9 +93,21 @@ def test_gas_alarm_clears_with_hysteresis(loaded: Settings, running: Running, pu
         publisher.publish(topic, {"ts": base + offset_s * 1000, "seq": i, "gas_lel": lel})
     assert t0  # event time is the readings' own, not arrival time
     wait_for(lambda: count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-2'") == 6, what="readings")
-    kinds = wait_for(lambda: [r[0] for r in psycopg.connect(loaded.dsn).execute(
-        "SELECT e.kind FROM alarm_event e JOIN alarm a ON a.id = e.alarm_id WHERE a.device_id = 'gas-2' ORDER BY e.id"
-    ).fetchall()] if count(loaded, "SELECT count(*) FROM alarm_event") >= 2 else [], what="events")
+    kinds = wait_for(
+        lambda: (
+            [
+                r[0]
+                for r in psycopg.connect(loaded.dsn)
+                .execute(
+                    "SELECT e.kind FROM alarm_event e JOIN alarm a ON a.id = e.alarm_id WHERE a.device_id = 'gas-2' ORDER BY e.id"
+                )
+                .fetchall()
+            ]
+            if count(loaded, "SELECT count(*) FROM alarm_event") >= 2
+            else []
+        ),
+        what="events",
+    )
     # 22 stays inside the band; 19 starts the clear timer, 21 (not >= 25) holds it... 15 at +100 s and
     # 10 at +170 s complete 60 s below 20 counted from +100 s.
     assert kinds == ["raised", "cleared"]

@@ -67,14 +67,20 @@ def _next(offset: int, limit: int, n: int) -> int | None:
 
 # -- tokens -------------------------------------------------------------------------------------------------------
 
+
 @router.post("/tokens", status_code=201, tags=["auth"])
 def create_token(body: TokenCreate, request: Request, conn: Conn, who: Admin) -> TokenCreated:
     """Create a token for a person or integration; the token is shown only in this response."""
     with conn.transaction():
         token_id, token, expires = auth.create_token_row(
-            conn, secret_key=settings_of(request).secret_key.get_secret_value(), role=body.role,
-            worker_id=body.worker_id, merchant_id=body.merchant_id, label=body.label,
-            ttl=timedelta(days=body.days) if body.days else None)
+            conn,
+            secret_key=settings_of(request).secret_key.get_secret_value(),
+            role=body.role,
+            worker_id=body.worker_id,
+            merchant_id=body.merchant_id,
+            label=body.label,
+            ttl=timedelta(days=body.days) if body.days else None,
+        )
     log.info("token %s (%s) created by %s", token_id, body.role, who.actor)
     return TokenCreated(id=token_id, token=token, role=body.role, expires_at=expires)
 
@@ -83,8 +89,9 @@ def create_token(body: TokenCreate, request: Request, conn: Conn, who: Admin) ->
 def list_tokens(conn: Conn, _who: Admin, offset: Offset = 0, limit: Limit = 100) -> Page[TokenRead]:
     """Every token's metadata (never the secret)."""
     rows = api_repo.list_tokens(conn, limit=limit, offset=offset)
-    return Page[TokenRead](items=[TokenRead.model_validate(r) for r in rows], next_offset=_next(offset, limit,
-                                                                                                len(rows)))
+    return Page[TokenRead](
+        items=[TokenRead.model_validate(r) for r in rows], next_offset=_next(offset, limit, len(rows))
+    )
 
 
 @router.delete("/tokens/{token_id}", tags=["auth"], responses={409: {"model": Problem}})
@@ -104,6 +111,7 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn, who
 
 # -- registry CRUD ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Kind:
     """One registry object kind as the API serves it."""
@@ -114,53 +122,132 @@ class Kind:
     write: type[BaseModel]
     read: type[BaseModel]
     upsert: Callable[[Connection[Any], str, Any], None]
-    refs: tuple[tuple[str, str], ...] = ()          # (body field, table it must exist in)
-    list_refs: tuple[tuple[str, str], ...] = ()     # (body list field, table every item must exist in)
-    filters: tuple[str, ...] = ()                   # parent columns the list can be filtered by
+    refs: tuple[tuple[str, str], ...] = ()  # (body field, table it must exist in)
+    list_refs: tuple[tuple[str, str], ...] = ()  # (body list field, table every item must exist in)
+    filters: tuple[str, ...] = ()  # parent columns the list can be filtered by
     extra_checks: tuple[Callable[[Connection[Any], Any], None], ...] = field(default=())
 
 
 def _gateway_is_gateway(conn: Connection[Any], body: DeviceWrite) -> None:
     if body.gateway_id is not None:
-        gw = api_repo.get_registry(conn, table="device", id=body.gateway_id)
+        gw = core_repo.get_registry(conn, table="device", id=body.gateway_id)
         if gw is None or gw["kind"] != "gateway":
             raise HTTPException(422, f"body.gateway_id: {body.gateway_id!r} is not a registered gateway")
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("communities", "community", "community", CommunityWrite, CommunityRead,
-         lambda c, i, b: api_repo.upsert_community(c, id=i, name=b.name, timezone=b.timezone, address=b.address)),
-    Kind("grids", "grid", "grid", GridWrite, GridRead,
-         lambda c, i, b: api_repo.upsert_grid(c, id=i, community_id=b.community_id, name=b.name),
-         refs=(("community_id", "community"),), filters=("community_id",)),
-    Kind("micro-grids", "micro_grid", "micro-grid", MicroGridWrite, MicroGridRead,
-         lambda c, i, b: api_repo.upsert_micro_grid(c, id=i, grid_id=b.grid_id, name=b.name),
-         refs=(("grid_id", "grid"),), filters=("grid_id",)),
-    Kind("workers", "worker", "worker", WorkerWrite, WorkerRead,
-         lambda c, i, b: api_repo.upsert_worker(
-             c, id=i, community_id=b.community_id, name=b.name, role=b.role.value, phone=b.phone, locale=b.locale,
-             notify=b.notify, roster=b.roster, on_call=b.on_call, active=b.active, micro_grids=b.micro_grids,
-             grids=b.grids),
-         refs=(("community_id", "community"),), list_refs=(("micro_grids", "micro_grid"), ("grids", "grid")),
-         filters=("community_id",)),
-    Kind("merchants", "merchant", "merchant", MerchantWrite, MerchantRead,
-         lambda c, i, b: api_repo.upsert_merchant(c, id=i, community_id=b.community_id, name=b.name,
-                                                  contact=b.contact, phone=b.phone, notify=b.notify),
-         refs=(("community_id", "community"),), filters=("community_id",)),
-    Kind("sites", "site", "site", SiteWrite, SiteRead,
-         lambda c, i, b: api_repo.upsert_site(c, id=i, micro_grid_id=b.micro_grid_id, merchant_id=b.merchant_id,
-                                              kind=b.kind.value, name=b.name, address=b.address, floor=b.floor,
-                                              flags=b.flags, lpg=b.lpg, building=b.building),
-         refs=(("micro_grid_id", "micro_grid"), ("merchant_id", "merchant")),
-         filters=("micro_grid_id", "merchant_id")),
-    Kind("devices", "device", "device", DeviceWrite, DeviceRegistryRead,
-         lambda c, i, b: api_repo.upsert_device(
-             c, id=i, kind=b.kind.value, site_id=b.site_id, location=b.location.value, adapter=b.adapter.value,
-             foreign_id=b.foreign_id, battery=b.battery,
-             report_interval_s=b.report_interval_s or registry.DEFAULT_INTERVAL_S[b.battery],
-             gateway_id=b.gateway_id, model=b.model, mounting=b.mounting.value if b.mounting else None,
-             active=b.active),
-         refs=(("site_id", "site"),), filters=("site_id",), extra_checks=(_gateway_is_gateway,)),
+    Kind(
+        "communities",
+        "community",
+        "community",
+        CommunityWrite,
+        CommunityRead,
+        lambda c, i, b: core_repo.upsert_community(c, id=i, name=b.name, timezone=b.timezone, address=b.address),
+    ),
+    Kind(
+        "grids",
+        "grid",
+        "grid",
+        GridWrite,
+        GridRead,
+        lambda c, i, b: core_repo.upsert_grid(c, id=i, community_id=b.community_id, name=b.name),
+        refs=(("community_id", "community"),),
+        filters=("community_id",),
+    ),
+    Kind(
+        "micro-grids",
+        "micro_grid",
+        "micro-grid",
+        MicroGridWrite,
+        MicroGridRead,
+        lambda c, i, b: core_repo.upsert_micro_grid(c, id=i, grid_id=b.grid_id, name=b.name),
+        refs=(("grid_id", "grid"),),
+        filters=("grid_id",),
+    ),
+    Kind(
+        "workers",
+        "worker",
+        "worker",
+        WorkerWrite,
+        WorkerRead,
+        lambda c, i, b: core_repo.upsert_worker(
+            c,
+            id=i,
+            community_id=b.community_id,
+            name=b.name,
+            role=b.role.value,
+            phone=b.phone,
+            locale=b.locale,
+            notify=b.notify,
+            roster=b.roster,
+            on_call=b.on_call,
+            active=b.active,
+            micro_grids=b.micro_grids,
+            grids=b.grids,
+        ),
+        refs=(("community_id", "community"),),
+        list_refs=(("micro_grids", "micro_grid"), ("grids", "grid")),
+        filters=("community_id",),
+    ),
+    Kind(
+        "merchants",
+        "merchant",
+        "merchant",
+        MerchantWrite,
+        MerchantRead,
+        lambda c, i, b: core_repo.upsert_merchant(
+            c, id=i, community_id=b.community_id, name=b.name, contact=b.contact, phone=b.phone, notify=b.notify
+        ),
+        refs=(("community_id", "community"),),
+        filters=("community_id",),
+    ),
+    Kind(
+        "sites",
+        "site",
+        "site",
+        SiteWrite,
+        SiteRead,
+        lambda c, i, b: core_repo.upsert_site(
+            c,
+            id=i,
+            micro_grid_id=b.micro_grid_id,
+            merchant_id=b.merchant_id,
+            kind=b.kind.value,
+            name=b.name,
+            address=b.address,
+            floor=b.floor,
+            flags=b.flags,
+            lpg=b.lpg,
+            building=b.building,
+        ),
+        refs=(("micro_grid_id", "micro_grid"), ("merchant_id", "merchant")),
+        filters=("micro_grid_id", "merchant_id"),
+    ),
+    Kind(
+        "devices",
+        "device",
+        "device",
+        DeviceWrite,
+        DeviceRegistryRead,
+        lambda c, i, b: core_repo.upsert_device(
+            c,
+            id=i,
+            kind=b.kind.value,
+            site_id=b.site_id,
+            location=b.location.value,
+            adapter=b.adapter.value,
+            foreign_id=b.foreign_id,
+            battery=b.battery,
+            report_interval_s=b.report_interval_s or registry.DEFAULT_INTERVAL_S[b.battery],
+            gateway_id=b.gateway_id,
+            model=b.model,
+            mounting=b.mounting.value if b.mounting else None,
+            active=b.active,
+        ),
+        refs=(("site_id", "site"),),
+        filters=("site_id",),
+        extra_checks=(_gateway_is_gateway,),
+    ),
 )
 
 
@@ -168,11 +255,11 @@ def _check_refs(conn: Connection[Any], kind: Kind, body: BaseModel) -> None:
     """References must exist: 422 naming the field (not a foreign-key error)."""
     for attr, table in kind.refs:
         value = getattr(body, attr)
-        if value is not None and not api_repo.exists(conn, table=table, id=value):
+        if value is not None and not core_repo.exists(conn, table=table, id=value):
             raise HTTPException(422, f"body.{attr}: {table.replace('_', '-')} {value!r} does not exist")
     for attr, table in kind.list_refs:
         for value in getattr(body, attr):
-            if not api_repo.exists(conn, table=table, id=value):
+            if not core_repo.exists(conn, table=table, id=value):
                 raise HTTPException(422, f"body.{attr}: {table.replace('_', '-')} {value!r} does not exist")
     for check in kind.extra_checks:
         check(conn, body)
@@ -182,17 +269,27 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
     read, write = kind.read, kind.write
     tag = f"registry: {kind.path}"
 
-    def list_items(conn: Conn, _who: Admin, offset: Offset = 0, limit: Limit = 100,
-                   parent: Annotated[str | None, Query(max_length=64, alias=kind.filters[0] if kind.filters
-                                                       else "parent", include_in_schema=bool(kind.filters))]
-                   = None) -> Page[Any]:
+    def list_items(
+        conn: Conn,
+        _who: Admin,
+        offset: Offset = 0,
+        limit: Limit = 100,
+        parent: Annotated[
+            str | None,
+            Query(
+                max_length=64, alias=kind.filters[0] if kind.filters else "parent", include_in_schema=bool(kind.filters)
+            ),
+        ] = None,
+    ) -> Page[Any]:
         filters = {kind.filters[0]: parent} if kind.filters else {}
-        rows = api_repo.list_registry(conn, table=kind.table, limit=limit, offset=offset, filters=filters)
-        return Page[read](items=[read.model_validate(r) for r in rows],  # type: ignore[valid-type]
-                          next_offset=_next(offset, limit, len(rows)))
+        rows = core_repo.list_registry(conn, table=kind.table, limit=limit, offset=offset, filters=filters)
+        return Page[read](  # type: ignore[valid-type]
+            items=[read.model_validate(r) for r in rows],
+            next_offset=_next(offset, limit, len(rows)),
+        )
 
     def get_item(item_id: PathId, conn: Conn, _who: Admin) -> Any:
-        row = api_repo.get_registry(conn, table=kind.table, id=item_id)
+        row = core_repo.get_registry(conn, table=kind.table, id=item_id)
         if row is None:
             raise NotFoundError(f"{kind.label} {item_id!r} not found")
         return read.model_validate(row)
@@ -201,21 +298,23 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
         with conn.transaction():
             _check_refs(conn, kind, body)
             kind.upsert(conn, item_id, body)
-            row = api_repo.get_registry(conn, table=kind.table, id=item_id)
+            row = core_repo.get_registry(conn, table=kind.table, id=item_id)
         log.info("%s %s written by %s", kind.label, item_id, who.actor)
         return read.model_validate(row)
 
     def delete_item(item_id: PathId, conn: Conn, who: Admin) -> Response:
         with conn.transaction():
-            if api_repo.get_registry(conn, table=kind.table, id=item_id) is None:
+            if core_repo.get_registry(conn, table=kind.table, id=item_id) is None:
                 raise NotFoundError(f"{kind.label} {item_id!r} not found")
-            deps = api_repo.registry_dependents(conn, table=kind.table, id=item_id)
+            deps = core_repo.registry_dependents(conn, table=kind.table, id=item_id)
             if deps:
                 what = ", ".join(f"{n} {k}(s)" for k, n in deps.items())
-                raise ConflictError(f"{kind.label} {item_id!r} is still referenced by {what}; "
-                                    f"remove or move those first" + (
-                                        " (or set active: false)" if kind.table in ("worker", "device") else ""))
-            api_repo.delete_registry(conn, table=kind.table, id=item_id)
+                raise ConflictError(
+                    f"{kind.label} {item_id!r} is still referenced by {what}; "
+                    f"remove or move those first"
+                    + (" (or set active: false)" if kind.table in ("worker", "device") else "")
+                )
+            core_repo.delete_registry(conn, table=kind.table, id=item_id)
         log.info("%s %s deleted by %s", kind.label, item_id, who.actor)
         return Response(status_code=204)
 
@@ -224,24 +323,49 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
     get_item.__doc__ = f"One {kind.label}."
     put_item.__doc__ = f"Create or replace a {kind.label} (idempotent, like `gridwatch load`)."
     delete_item.__doc__ = f"Delete a {kind.label}; refused (409) while anything still refers to it."
-    app_router.add_api_route(base, list_items, methods=["GET"], response_model=Page[read], tags=[tag],  # type: ignore[valid-type]
-                             name=f"list_{kind.table}s")
-    app_router.add_api_route(base + "/{item_id}", get_item, methods=["GET"], response_model=read, tags=[tag],
-                             name=f"get_{kind.table}")
-    app_router.add_api_route(base + "/{item_id}", put_item, methods=["PUT"], response_model=read, tags=[tag],
-                             name=f"put_{kind.table}")
-    app_router.add_api_route(base + "/{item_id}", delete_item, methods=["DELETE"], status_code=204, tags=[tag],
-                             name=f"delete_{kind.table}", responses={409: {"model": Problem}},
-                             response_class=Response)
+    app_router.add_api_route(
+        base,
+        list_items,
+        methods=["GET"],
+        response_model=Page[read],  # type: ignore[valid-type]
+        tags=[tag],
+        name=f"list_{kind.table}s",
+    )
+    app_router.add_api_route(
+        base + "/{item_id}", get_item, methods=["GET"], response_model=read, tags=[tag], name=f"get_{kind.table}"
+    )
+    app_router.add_api_route(
+        base + "/{item_id}", put_item, methods=["PUT"], response_model=read, tags=[tag], name=f"put_{kind.table}"
+    )
+    app_router.add_api_route(
+        base + "/{item_id}",
+        delete_item,
+        methods=["DELETE"],
+        status_code=204,
+        tags=[tag],
+        name=f"delete_{kind.table}",
+        responses={409: {"model": Problem}},
+        response_class=Response,
+    )
 
 
 for _kind in KINDS:
     _add_crud(router, _kind)
 
 
-@router.post("/import", tags=["registry"], openapi_extra={"requestBody": {
-    "required": True, "content": {"application/yaml": {"schema": {"type": "string"}},
-                                  "text/plain": {"schema": {"type": "string"}}}}})
+@router.post(
+    "/import",
+    tags=["registry"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/yaml": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 async def import_registry(request: Request, who: Admin) -> ImportResult:
     """Bulk import: the same YAML as `gridwatch load` (idempotent upsert); errors name the line."""
     body = await request.body()
@@ -261,6 +385,7 @@ async def import_registry(request: Request, who: Admin) -> ImportResult:
             return core_repo.upsert_registry(conn, registry=parsed)
 
     from starlette.concurrency import run_in_threadpool
+
     counts = await run_in_threadpool(write)
     log.info("registry %s imported by %s: %s", parsed.community.id, who.actor, counts)
     return ImportResult(community=parsed.community.id, counts=counts)
@@ -268,59 +393,60 @@ async def import_registry(request: Request, who: Admin) -> ImportResult:
 
 # -- silences -------------------------------------------------------------------------------------------------------
 
+
 @router.get("/silences", tags=["silences"])
-def list_silences(conn: Conn, _who: Admin, current: bool = True, offset: Offset = 0,
-                  limit: Limit = 100) -> Page[SilenceRead]:
+def list_silences(
+    conn: Conn, _who: Admin, current: bool = True, offset: Offset = 0, limit: Limit = 100
+) -> Page[SilenceRead]:
     """Maintenance windows (current: only those not over yet)."""
-    rows = api_repo.list_silences(conn, current=current, limit=limit, offset=offset)
-    return Page[SilenceRead](items=[SilenceRead.model_validate(r) for r in rows],
-                             next_offset=_next(offset, limit, len(rows)))
+    rows = notify_service.list_silences(conn, now=datetime.now(UTC), current=current, limit=limit, offset=offset)
+    return Page[SilenceRead](items=[SilenceRead.of(r) for r in rows], next_offset=_next(offset, limit, len(rows)))
 
 
 @router.post("/silences", status_code=201, tags=["silences"])
 def create_silence(body: SilenceCreate, conn: Conn, who: Admin) -> SilenceRead:
     """Silence a site or a device for a while; life-safety alarms stay loud unless include_life_safety."""
-    if body.starts_at is None and body.ends_at <= datetime.now(UTC):
+    now = datetime.now(UTC)
+    if body.starts_at is None and body.ends_at <= now:
         raise HTTPException(422, "body.ends_at: must be in the future")
+    start = body.starts_at or now
     with conn.transaction():
-        if body.site_id and not api_repo.exists(conn, table="site", id=body.site_id):
+        if body.site_id and not core_repo.exists(conn, table="site", id=body.site_id):
             raise HTTPException(422, f"body.site_id: site {body.site_id!r} does not exist")
-        if body.device_id and not api_repo.exists(conn, table="device", id=body.device_id):
+        if body.device_id and not core_repo.exists(conn, table="device", id=body.device_id):
             raise HTTPException(422, f"body.device_id: device {body.device_id!r} does not exist")
-        if body.starts_at is None:  # from now on: notify's own rule for silences
-            now = datetime.now(UTC)
-            made = notify_service.create_silence(
-                conn, site_id=body.site_id, device_id=body.device_id,
-                minutes=(body.ends_at - now).total_seconds() / 60, reason=body.reason, created_by=who.actor,
-                include_life_safety=body.include_life_safety, now=now)
-            silence_id = made.id
-        else:  # a window planned ahead (notify's service only opens silences from now)
-            silence_id = api_repo.insert_silence(
-                conn, site_id=body.site_id, device_id=body.device_id, starts_at=body.starts_at,
-                ends_at=body.ends_at, reason=body.reason, created_by=who.actor,
-                include_life_safety=body.include_life_safety).id
-        row = api_repo.get_silence(conn, silence_id=silence_id)
-    return SilenceRead.model_validate(row)
+        made = notify_service.create_silence(
+            conn,
+            site_id=body.site_id,
+            device_id=body.device_id,
+            starts_at=start,
+            minutes=(body.ends_at - start).total_seconds() / 60,
+            reason=body.reason,
+            created_by=who.actor,
+            include_life_safety=body.include_life_safety,
+            now=now,
+        )
+    return SilenceRead.of(made)
 
 
 @router.delete("/silences/{silence_id}", tags=["silences"], status_code=204, response_class=Response)
 def delete_silence(silence_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn, who: Admin) -> Response:
-    """End a silence now."""
+    """End a silence now (a planned one is cancelled); it stays in the list of past windows."""
     with conn.transaction():
-        if not api_repo.delete_silence(conn, silence_id=silence_id):
-            raise NotFoundError(f"silence {silence_id} not found")
+        notify_service.end_silence(conn, silence_id=silence_id, now=datetime.now(UTC))
     log.info("silence %s ended by %s", silence_id, who.actor)
     return Response(status_code=204)
 
 
 # -- rules and policy -------------------------------------------------------------------------------------------------
 
+
 @router.get("/rules", tags=["rules"])
 def rules_in_force(_who: Admin) -> RulesRead:
     """The alarm rules and the merchant score policy this process runs with (read-only)."""
     policy: dict[str, Any] | None = None
     try:
-        from rules import score_policy
+        from score import policy as score_policy
     except ImportError:  # the score policy ships with the score stage
         score_policy = None  # type: ignore[assignment]
     if score_policy is not None:
@@ -330,11 +456,13 @@ def rules_in_force(_who: Admin) -> RulesRead:
 
 # -- KPIs -------------------------------------------------------------------------------------------------------------
 
-def kpis(conn: Connection[Any], *, scope: str, scope_id: str, since: datetime | None,
-         until: datetime | None) -> KpiRead:
+
+def kpis(
+    conn: Connection[Any], *, scope: str, scope_id: str, since: datetime | None, until: datetime | None
+) -> KpiRead:
     """KPIs for alarms raised in [since, until) (default: the last 30 days)."""
     table = "community" if scope == "community" else "grid"
-    if not api_repo.exists(conn, table=table, id=scope_id):
+    if not core_repo.exists(conn, table=table, id=scope_id):
         raise NotFoundError(f"{table} {scope_id!r} not found")
     now = datetime.now(UTC)
     until = until or now
@@ -348,30 +476,47 @@ def kpis(conn: Connection[Any], *, scope: str, scope_id: str, since: datetime | 
         raise HTTPException(422, "since: must be before until")
     if until - since > MAX_KPI_RANGE:
         raise HTTPException(422, f"until: the range is limited to {MAX_KPI_RANGE.days} days")
-    k = api_repo.compute_kpis(conn, grid_id=scope_id if scope == "grid" else None,
-                              community_id=scope_id if scope == "community" else None, since=since, until=until)
+    k = api_repo.compute_kpis(
+        conn,
+        grid_id=scope_id if scope == "grid" else None,
+        community_id=scope_id if scope == "community" else None,
+        since=since,
+        until=until,
+    )
     last = k.last_real_hazard_at
     return KpiRead(
-        scope=scope, id=scope_id, since=since, until=until, alarms=k.alarms,
-        alarms_by_type=k.by_type, acknowledged=k.acknowledged, resolved=k.resolved,
+        scope=scope,
+        id=scope_id,
+        since=since,
+        until=until,
+        alarms=k.alarms,
+        alarms_by_type=k.by_type,
+        acknowledged=k.acknowledged,
+        resolved=k.resolved,
         time_to_acknowledge=Percentiles(p50_s=k.ack_p50, p90_s=k.ack_p90),
         time_to_resolve=Percentiles(p50_s=k.resolve_p50, p90_s=k.resolve_p90),
-        unreached_notifications=k.unreached, devices=k.devices, devices_offline=k.offline,
-        devices_never_seen=k.never_seen, last_real_hazard_at=last,
-        days_without_real_hazard=None if last is None else max(0, (now - last).days))
+        unreached_notifications=k.unreached,
+        devices=k.devices,
+        devices_offline=k.offline,
+        devices_never_seen=k.never_seen,
+        last_real_hazard_at=last,
+        days_without_real_hazard=None if last is None else max(0, (now - last).days),
+    )
 
 
 @router.get("/kpis/communities/{community_id}", tags=["kpis"])
-def community_kpis(community_id: PathId, conn: Conn, _who: Admin, since: datetime | None = None,
-                   until: datetime | None = None) -> KpiRead:
+def community_kpis(
+    community_id: PathId, conn: Conn, _who: Admin, since: datetime | None = None, until: datetime | None = None
+) -> KpiRead:
     """A community's KPIs: alarms by type, time to acknowledge and resolve (p50/p90), unreached notifications,
     devices offline, days without a real hazard."""
     return kpis(conn, scope="community", scope_id=community_id, since=since, until=until)
 
 
 @router.get("/kpis/grids/{grid_id}", tags=["kpis"])
-def grid_kpis(grid_id: PathId, conn: Conn, _who: Admin, since: datetime | None = None,
-              until: datetime | None = None) -> KpiRead:
+def grid_kpis(
+    grid_id: PathId, conn: Conn, _who: Admin, since: datetime | None = None, until: datetime | None = None
+) -> KpiRead:
     """A grid's KPIs (as for a community)."""
     return kpis(conn, scope="grid", scope_id=grid_id, since=since, until=until)
 

@@ -23,10 +23,11 @@ AROUND = timedelta(minutes=10)
 MAX_AROUND_READINGS = 500
 
 
-def scoped_alarm(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> api_repo.AlarmListRow:
+def scoped_alarm(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> api_repo.AlarmInSite:
     """The alarm if in scope; 404 otherwise, so existence outside one's scope is not revealed."""
-    row = api_repo.get_alarm_in_scope(conn, alarm_id=alarm_id, worker_id=who.worker_scope,
-                                      merchant_id=who.merchant_scope)
+    row = api_repo.get_alarm_in_scope(
+        conn, alarm_id=alarm_id, worker_id=who.worker_scope, merchant_id=who.merchant_scope
+    )
     if row is None:
         raise NotFoundError(f"alarm {alarm_id} not found")
     return row
@@ -44,7 +45,8 @@ def parse_severity(severity: str | None) -> int | None:
 
 @router.get("")
 def list_alarms(
-    conn: Conn, who: Anyone,
+    conn: Conn,
+    who: Anyone,
     status: Literal["open", "all"] = "open",
     active: bool | None = None,
     acknowledged: bool | None = None,
@@ -56,19 +58,36 @@ def list_alarms(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AlarmPage:
     """Alarms the caller may see: a worker's micro-grids, a merchant's sites, everything for an admin."""
-    rows = api_repo.list_alarms(conn, worker_id=who.worker_scope, merchant_id=who.merchant_scope,
-                                open_only=status == "open", active=active, acknowledged=acknowledged,
-                                min_severity=parse_severity(severity), site_id=site, before_id=before, limit=limit,
-                                device_id=device, alarm_type=type)
-    return AlarmPage(items=[AlarmRead.of(r) for r in rows],
-                     next_before=rows[-1].id if len(rows) == limit else None)
+    rows = api_repo.list_alarms(
+        conn,
+        worker_id=who.worker_scope,
+        merchant_id=who.merchant_scope,
+        open_only=status == "open",
+        active=active,
+        acknowledged=acknowledged,
+        min_severity=parse_severity(severity),
+        site_id=site,
+        before_id=before,
+        limit=limit,
+        device_id=device,
+        alarm_type=type,
+    )
+    return AlarmPage(items=[AlarmRead.of(r) for r in rows], next_before=rows[-1].id if len(rows) == limit else None)
 
 
-@router.get("/stream", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`event: alarm` with an AlarmRead as data, per change"}})
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`event: alarm` with an AlarmRead as data, per change",
+        }
+    },
+)
 async def stream_alarms(
-    request: Request, who: Anyone,
+    request: Request,
+    who: Anyone,
     max_s: Annotated[float | None, Query(gt=0, le=3600, description="end the stream after this long")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: every new or changed alarm in the caller's scope, as it happens."""
@@ -86,14 +105,24 @@ def alarm_detail(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> A
     row = scoped_alarm(conn, who, alarm_id)
     end = (row.closed_at or row.cleared_at or row.last_seen_at) + AROUND
     end = max(end, row.last_seen_at + AROUND)
-    readings = api_repo.list_readings_raw(conn, device_id=row.device_id, start=row.raised_at - AROUND, end=end,
-                                          limit=MAX_AROUND_READINGS)
+    readings = api_repo.list_readings_raw(
+        conn, device_id=row.device_id, start=row.raised_at - AROUND, end=end, limit=MAX_AROUND_READINGS
+    )
     return AlarmDetail(
-        alarm=AlarmRead.of(row), note=row.note, site_name=row.site_name, site_address=row.site_address,
+        alarm=AlarmRead.of(row),
+        note=row.note,
+        site_name=row.site_name,
+        site_address=row.site_address,
         events=[AlarmEventRead.model_validate(e) for e in api_repo.list_alarm_events(conn, alarm_id=alarm_id)],
-        readings=[ReadingRead(ts=r["ts"], seq=r["seq"],
-                              values={k: v for k, v in r.items() if k not in ("ts", "seq") and v is not None})
-                  for r in readings])
+        readings=[
+            ReadingRead(
+                ts=r["ts"],
+                seq=r["seq"],
+                values={k: v for k, v in r.items() if k not in ("ts", "seq") and v is not None},
+            )
+            for r in readings
+        ],
+    )
 
 
 @router.get("/{alarm_id}/detail")
@@ -116,6 +145,5 @@ def resolve_alarm(alarm_id: int, body: ResolveIn, conn: Conn, who: Staff) -> Ala
     """Close the alarm with what it turned out to be (real_hazard, false_alarm, test, device_fault) and a note."""
     with conn.transaction():
         scoped_alarm(conn, who, alarm_id)
-        rules_service.resolve(conn, alarm_id=alarm_id, actor=who.actor, disposition=body.disposition,
-                              note=body.note)
+        rules_service.resolve(conn, alarm_id=alarm_id, actor=who.actor, disposition=body.disposition, note=body.note)
     return AlarmRead.of(scoped_alarm(conn, who, alarm_id))

@@ -27,21 +27,23 @@ from core import db
 from core import repo as core_repo
 from core.domain import Device, DeviceKind
 from core.errors import ConflictError, NotFoundError
-from rules import repo as rules_repo
 from rules import service as rules_service
+from rules.actuation import service as actuation
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERRORS)
 
-NumericField = Literal["gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "voltage_v",
-                       "energy_wh", "battery_pct"]
+NumericField = Literal[
+    "gas_lel", "co_ppm", "smoke_db_m", "temp_c", "power_w", "current_a", "voltage_v", "energy_wh", "battery_pct"
+]
 MAX_RANGE = timedelta(days=31)
 MAX_POINTS = 1000
 
 
 def scoped_device(conn: Connection[Any], who: auth.Principal, device_id: str) -> api_repo.DeviceRow:
     """The device if in scope; 404 otherwise."""
-    row = api_repo.get_device_in_scope(conn, device_id=device_id, worker_id=who.worker_scope,
-                                       merchant_id=who.merchant_scope)
+    row = api_repo.get_device_in_scope(
+        conn, device_id=device_id, worker_id=who.worker_scope, merchant_id=who.merchant_scope
+    )
     if row is None:
         raise NotFoundError(f"device {device_id!r} not found")
     return row
@@ -49,7 +51,8 @@ def scoped_device(conn: Connection[Any], who: auth.Principal, device_id: str) ->
 
 @router.get("")
 def list_devices(
-    conn: Conn, who: Anyone,
+    conn: Conn,
+    who: Anyone,
     site: Annotated[str | None, Query(max_length=64)] = None,
     kind: DeviceKind | None = None,
     offline: bool | None = None,
@@ -57,10 +60,19 @@ def list_devices(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Page[DeviceRead]:
     """Devices the caller may see, with online state and open alarms."""
-    rows = api_repo.list_devices(conn, worker_id=who.worker_scope, merchant_id=who.merchant_scope, site_id=site,
-                                 kind=kind.value if kind else None, offline=offline, limit=limit, offset=offset)
-    return Page[DeviceRead](items=[DeviceRead.model_validate(r) for r in rows],
-                            next_offset=offset + limit if len(rows) == limit else None)
+    rows = api_repo.list_devices(
+        conn,
+        worker_id=who.worker_scope,
+        merchant_id=who.merchant_scope,
+        site_id=site,
+        kind=kind.value if kind else None,
+        offline=offline,
+        limit=limit,
+        offset=offset,
+    )
+    return Page[DeviceRead](
+        items=[DeviceRead.model_validate(r) for r in rows], next_offset=offset + limit if len(rows) == limit else None
+    )
 
 
 @router.get("/{device_id}")
@@ -74,8 +86,16 @@ def bucket_width(start: datetime, end: datetime, points: int) -> timedelta:
     return timedelta(seconds=max(1, math.ceil((end - start).total_seconds() / points)))
 
 
-def reading_series(conn: Connection[Any], who: auth.Principal, device_id: str, *, field: str,
-                   start: datetime | None, end: datetime | None, points: int) -> ReadingSeries:
+def reading_series(
+    conn: Connection[Any],
+    who: auth.Principal,
+    device_id: str,
+    *,
+    field: str,
+    start: datetime | None,
+    end: datetime | None,
+    points: int,
+) -> ReadingSeries:
     """Bucketed readings with the range and point limits applied."""
     scoped_device(conn, who, device_id)
     end = end or datetime.now(UTC)
@@ -91,16 +111,25 @@ def reading_series(conn: Connection[Any], who: auth.Principal, device_id: str, *
         raise HTTPException(422, f"end: the range is limited to {MAX_RANGE.days} days; narrow start/end")
     width = bucket_width(start, end, points)
     timescale = db.has_timescale(conn)
-    rows = api_repo.bucket_readings(conn, device_id=device_id, field=field, start=start, end=end, width=width,
-                                    limit=points + 1, timescale=timescale)
-    return ReadingSeries(device_id=device_id, field=field, start=start, end=end,
-                         width_s=int(width.total_seconds()), storage="timescale" if timescale else "plain",
-                         buckets=[BucketRead.model_validate(r) for r in rows])
+    rows = api_repo.bucket_readings(
+        conn, device_id=device_id, field=field, start=start, end=end, width=width, limit=points + 1, timescale=timescale
+    )
+    return ReadingSeries(
+        device_id=device_id,
+        field=field,
+        start=start,
+        end=end,
+        width_s=int(width.total_seconds()),
+        storage="timescale" if timescale else "plain",
+        buckets=[BucketRead.model_validate(r) for r in rows],
+    )
 
 
 @router.get("/{device_id}/readings")
 def get_readings(
-    device_id: str, conn: Conn, who: Anyone,
+    device_id: str,
+    conn: Conn,
+    who: Anyone,
     field: NumericField = "gas_lel",
     start: datetime | None = None,
     end: datetime | None = None,
@@ -131,24 +160,26 @@ def staff_device(conn: Connection[Any], who: auth.Principal, device_id: str) -> 
 
 def port_lock(conn: Connection[Any], device_id: str) -> PortLockRead:
     """Whether a port is locked after a safety trip (EB-10)."""
-    lock = rules_repo.get_port_lock(conn, device_id=device_id)
+    lock = actuation.get_port_lock(conn, device_id=device_id)
     if lock is None:
         return PortLockRead(device_id=device_id, locked=False)
     return PortLockRead(device_id=device_id, locked=True, reason=lock[1], locked_at=lock[2])
 
 
-def command(conn: Connection[Any], who: auth.Principal, device_id: str, *, action: str,
-            reason: str) -> CommandRead:
+def command(conn: Connection[Any], who: auth.Principal, device_id: str, *, action: str, reason: str) -> CommandRead:
     """Queue a person's command after the rules' safety policy (ConflictError: 409 with what to do instead)."""
     with conn.transaction():
         device = staff_device(conn, who, device_id)
         if action == "open_valve":
-            raise ConflictError("a gas valve is never reopened remotely: reopen it by hand on site after checking "
-                                "for gas (GB 50028 10.8.4)")
+            raise ConflictError(
+                "a gas valve is never reopened remotely: reopen it by hand on site after checking "
+                "for gas (GB 50028 10.8.4)"
+            )
         if device.kind.value not in COMMAND_KINDS[action]:
             raise ConflictError(f"{device_id} is a {device.kind.value}: it cannot {action.replace('_', ' ')}")
-        row = rules_service.request_command(conn, device=device, action=action, actor=who.actor,
-                                            reason=reason or f"requested by {who.actor}")
+        row = rules_service.request_command(
+            conn, device=device, action=action, actor=who.actor, reason=reason or f"requested by {who.actor}"
+        )
     return CommandRead.model_validate(row)
 
 

@@ -1,4 +1,4 @@
-"""Merchant safety score (rules/score_service.py): score, tier, trend, ledger, open hazards and findings;
+"""Merchant safety score (score/service.py): score, tier, trend, ledger, open hazards and findings;
 inspection findings recorded by workers; admins' corrections and the community list by tier."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from api import repo as api_repo
 from api.deps import ERRORS, Admin, Anyone, Conn, Staff
 from api.schemas import CommunityScoresPage, CorrectionCreate, FindingClose, FindingCreate, Me, Page, Problem
 from core.errors import NotFoundError
-from rules import score_service
-from rules.score_service import (
+from score import service as score_service
+from score.schemas import (
     FindingRead,
     LedgerEntryRead,
     LedgerPage,
@@ -38,8 +38,9 @@ def me(who: Anyone) -> Me:
 def scoped_merchant(conn: Connection[Any], who: auth.Principal, merchant_id: str) -> str:
     """The merchant's name if the caller may see it: a merchant only itself, a worker the merchants with a site in
     their micro-grids, an admin all. 404 otherwise, so others' existence is not revealed."""
-    found = api_repo.get_merchant_in_scope(conn, merchant_id=merchant_id, worker_id=who.worker_scope,
-                                           own_merchant_id=who.merchant_scope)
+    found = api_repo.get_merchant_in_scope(
+        conn, merchant_id=merchant_id, worker_id=who.worker_scope, own_merchant_id=who.merchant_scope
+    )
     if found is None:
         raise NotFoundError(f"merchant {merchant_id!r} not found")
     return found[1]
@@ -53,21 +54,31 @@ def get_score(merchant_id: MerchantId, conn: Conn, who: Anyone) -> MerchantScore
 
 
 @router.get("/merchants/{merchant_id}/trend", tags=["score"])
-def get_trend(merchant_id: MerchantId, conn: Conn, who: Anyone, since: datetime | None = None,
-              until: datetime | None = None,
-              offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> Page[ScorePointRead]:
+def get_trend(
+    merchant_id: MerchantId,
+    conn: Conn,
+    who: Anyone,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> Page[ScorePointRead]:
     """The score after each ledger entry, oldest first (paginated by offset)."""
     scoped_merchant(conn, who, merchant_id)
     points = score_service.get_trend(conn, merchant_id=merchant_id, since=since, until=until)
-    return Page[ScorePointRead](items=points[offset:offset + limit],
-                                next_offset=offset + limit if len(points) > offset + limit else None)
+    return Page[ScorePointRead](
+        items=points[offset : offset + limit], next_offset=offset + limit if len(points) > offset + limit else None
+    )
 
 
 @router.get("/merchants/{merchant_id}/ledger", tags=["score"])
-def get_ledger(merchant_id: MerchantId, conn: Conn, who: Anyone,
-               before: Annotated[int | None, Query(ge=1, le=2**62, description="cursor from next_before")] = None,
-               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> LedgerPage:
+def get_ledger(
+    merchant_id: MerchantId,
+    conn: Conn,
+    who: Anyone,
+    before: Annotated[int | None, Query(ge=1, le=2**62, description="cursor from next_before")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> LedgerPage:
     """Every change of the score with its reason and alarm or finding, newest first."""
     scoped_merchant(conn, who, merchant_id)
     return score_service.get_ledger(conn, merchant_id=merchant_id, before_id=before, limit=limit)
@@ -81,17 +92,24 @@ def get_open_items(merchant_id: MerchantId, conn: Conn, who: Anyone) -> OpenItem
 
 
 @router.get("/scores", tags=["score"])
-def list_scores(conn: Conn, _who: Admin,
-                community: Annotated[str | None, Query(max_length=64)] = None,
-                tier: Annotated[str | None, Query(max_length=4)] = None,
-                offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-                limit: Annotated[int, Query(ge=1, le=500)] = 100) -> CommunityScoresPage:
+def list_scores(
+    conn: Conn,
+    _who: Admin,
+    community: Annotated[str | None, Query(max_length=64)] = None,
+    tier: Annotated[str | None, Query(max_length=4)] = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> CommunityScoresPage:
     """Merchants by standing, lowest score first (optionally one community and tier), with counts per tier."""
     result = score_service.list_community_scores(conn, community_id=community, tier=tier)
-    items = result.merchants[offset:offset + limit]
-    return CommunityScoresPage(community_id=result.community_id, tiers=result.tiers, review=result.review,
-                               items=items,
-                               next_offset=offset + limit if len(result.merchants) > offset + limit else None)
+    items = result.merchants[offset : offset + limit]
+    return CommunityScoresPage(
+        community_id=result.community_id,
+        tiers=result.tiers,
+        review=result.review,
+        items=items,
+        next_offset=offset + limit if len(result.merchants) > offset + limit else None,
+    )
 
 
 @router.post("/findings", tags=["score"], status_code=201, responses={409: {"model": Problem}})
@@ -102,29 +120,37 @@ def record_finding(body: FindingCreate, conn: Conn, who: Staff) -> FindingRead:
         if not api_repo.site_in_scope(conn, site_id=body.site_id, worker_id=who.worker_scope, merchant_id=None):
             raise NotFoundError(f"site {body.site_id!r} not found")
         note = body.note if body.alarm_id is None else f"{body.note} (alarm {body.alarm_id})".strip()
-        return score_service.record_finding(conn, site_id=body.site_id, kind=body.kind, actor=who.actor,
-                                            note=note, due_at=body.due_at)
+        return score_service.record_finding(
+            conn, site_id=body.site_id, kind=body.kind, actor=who.actor, note=note, due_at=body.due_at
+        )
 
 
 @router.post("/findings/{finding_id}/close", tags=["score"], responses={409: {"model": Problem}})
-def close_finding(finding_id: Annotated[int, Path(ge=1, le=2**62)], body: FindingClose, conn: Conn,
-                  who: Staff) -> FindingRead:
+def close_finding(
+    finding_id: Annotated[int, Path(ge=1, le=2**62)], body: FindingClose, conn: Conn, who: Staff
+) -> FindingRead:
     """The rectification was verified on site: on time restores part of the deduction."""
     with conn.transaction():
         site = api_repo.get_finding_site(conn, finding_id=finding_id)
-        if site is None or not api_repo.site_in_scope(conn, site_id=site, worker_id=who.worker_scope,
-                                                      merchant_id=None):
+        if site is None or not api_repo.site_in_scope(conn, site_id=site, worker_id=who.worker_scope, merchant_id=None):
             raise NotFoundError(f"finding {finding_id} not found")
         return score_service.close_finding(conn, finding_id=finding_id, actor=who.actor, note=body.note)
 
 
-@router.post("/admin/merchants/{merchant_id}/corrections", tags=["score"], status_code=201,
-             responses={409: {"model": Problem}})
+@router.post(
+    "/admin/merchants/{merchant_id}/corrections", tags=["score"], status_code=201, responses={409: {"model": Problem}}
+)
 def add_correction(merchant_id: MerchantId, body: CorrectionCreate, conn: Conn, who: Admin) -> LedgerEntryRead:
     """An admin's compensating ledger entry (the ledger is never edited)."""
     with conn.transaction():
-        return score_service.add_correction(conn, merchant_id=merchant_id, actor=who.actor, reason=body.reason,
-                                            points=body.points, corrects_entry_id=body.corrects_entry_id)
+        return score_service.add_correction(
+            conn,
+            merchant_id=merchant_id,
+            actor=who.actor,
+            reason=body.reason,
+            points=body.points,
+            corrects_entry_id=body.corrects_entry_id,
+        )
 
 
 @dataclass
@@ -142,8 +168,11 @@ class MerchantView:
 def merchant_view(conn: Connection[Any], who: auth.Principal, merchant_id: str) -> MerchantView:
     """Score, trend, the latest ledger entries and open items, for the page."""
     name = scoped_merchant(conn, who, merchant_id)
-    return MerchantView(merchant_id=merchant_id, merchant_name=name,
-                        score=score_service.get_score(conn, merchant_id=merchant_id),
-                        trend=score_service.get_trend(conn, merchant_id=merchant_id)[-200:],
-                        ledger=score_service.get_ledger(conn, merchant_id=merchant_id, limit=50).items,
-                        open=score_service.get_open_items(conn, merchant_id=merchant_id))
+    return MerchantView(
+        merchant_id=merchant_id,
+        merchant_name=name,
+        score=score_service.get_score(conn, merchant_id=merchant_id),
+        trend=score_service.get_trend(conn, merchant_id=merchant_id)[-200:],
+        ledger=score_service.get_ledger(conn, merchant_id=merchant_id, limit=50).items,
+        open=score_service.get_open_items(conn, merchant_id=merchant_id),
+    )

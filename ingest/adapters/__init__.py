@@ -47,8 +47,16 @@ class CommandNotSupportedError(ValueError):
     """The device's bridge has no way to carry this action."""
 
 
-def encode_command(device: Device, *, action: str, command_id: str, alarm_id: int | None, reason: str,
-                   prefix: str = "gw/v1", bridge_root: str = "") -> list[tuple[str, bytes]]:
+def encode_command(
+    device: Device,
+    *,
+    action: str,
+    command_id: str,
+    alarm_id: int | None,
+    reason: str,
+    prefix: str = "gw/v1",
+    bridge_root: str = "",
+) -> list[tuple[str, bytes]]:
     """The (topic, payload) messages that carry a command to this device in its own dialect.
 
     Bridges have no command id or ack: the device's next state (relay off, valve closed) confirms it.
@@ -58,8 +66,10 @@ def encode_command(device: Device, *, action: str, command_id: str, alarm_id: in
         payload = {"id": command_id, "action": action, "alarm_id": alarm_id, "reason": reason}
         return [(f"{prefix}/{device.id}/cmd", orjson.dumps(payload))]
     if not device.foreign_id:
-        raise CommandNotSupportedError(f"device {device.id} uses adapter {device.adapter.value} but has no foreign_id "
-                                  "in the registry, so there is no topic to command it on")
+        raise CommandNotSupportedError(
+            f"device {device.id} uses adapter {device.adapter.value} but has no foreign_id "
+            "in the registry, so there is no topic to command it on"
+        )
     try:
         return adapters(bridge_root)[device.adapter].encode(device, action)
     except ValueError as exc:

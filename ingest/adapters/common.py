@@ -43,8 +43,10 @@ def join(root: str, *parts: str) -> str:
 
 def unknown_device(adapter: Adapter, foreign_id: str) -> Reject:
     """The rejection for a bridge device that is not in the registry."""
-    return Reject(f"unknown {adapter.value} device {foreign_id!r}: no registry device has adapter "
-                  f"{adapter.value} and foreign_id {foreign_id!r} (add it with `gridwatch load`)")
+    return Reject(
+        f"unknown {adapter.value} device {foreign_id!r}: no registry device has adapter "
+        f"{adapter.value} and foreign_id {foreign_id!r} (add it with `gridwatch load`)"
+    )
 
 
 def resolve(lookup: DeviceLookup, adapter: Adapter, foreign_id: str) -> Device | Reject:
@@ -77,15 +79,27 @@ def describe_field_errors(errors: list[ErrorDetails], sources: Mapping[str, str]
         source = sources.get(field)
         where = f"{field} (from {origin} {source!r})" if source and source != field else field
         value = err.get("input")
-        shown = "" if field == "message" or isinstance(value, dict) else (
-            f" (got {orjson.dumps(value, default=repr).decode()[:60]})")
+        shown = (
+            ""
+            if field == "message" or isinstance(value, dict)
+            else (f" (got {orjson.dumps(value, default=repr).decode()[:60]})")
+        )
         parts.append(f"{where}: {msg}{shown}")
     return "; ".join(parts)
 
 
-def build_reading(device: Device, *, fields: dict[str, Any], extras: dict[str, Any], ts: datetime | None,
-                  received_at: datetime, limits: Limits, sources: Mapping[str, str] | None = None,
-                  origin: str = "bridge attribute", what: str = "") -> Reading | Reject | Ignored:
+def build_reading(
+    device: Device,
+    *,
+    fields: dict[str, Any],
+    extras: dict[str, Any],
+    ts: datetime | None,
+    received_at: datetime,
+    limits: Limits,
+    sources: Mapping[str, str] | None = None,
+    origin: str = "bridge attribute",
+    what: str = "",
+) -> Reading | Reject | Ignored:
     """Validate mapped native fields (same types and ranges as v1 telemetry) and build the Reading.
 
     `fields` uses native names (gas_lel, relay, ...); `extras` keeps what has no native field. A message with
@@ -106,8 +120,9 @@ def build_reading(device: Device, *, fields: dict[str, Any], extras: dict[str, A
     problem = check_time(stamp, received_at, limits) or extras_problem(extras)
     if problem:
         return Reject(problem, device.id)
-    return Reading(device_id=device.id, ts=stamp, received_at=received_at, seq=content_seq(fields, extras),
-                   extras=extras, **values)
+    return Reading(
+        device_id=device.id, ts=stamp, received_at=received_at, seq=content_seq(fields, extras), extras=extras, **values
+    )
 
 
 def is_number(value: Any) -> bool:
@@ -115,8 +130,9 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def bridge_time(value: Any, received_at: datetime, limits: Limits, extras: dict[str, Any], *,
-                raw_key: str) -> datetime | None:
+def bridge_time(
+    value: Any, received_at: datetime, limits: Limits, extras: dict[str, Any], *, raw_key: str
+) -> datetime | None:
     """A bridge-supplied time (RFC 3339 with offset, or epoch ms) as the reading's ts; None means "use the
     receive time". Unparseable (no offset, `relative`): kept in extras[raw_key]. Ahead of our clock by more
     than the skew limit: the receive time, noted in extras `bridge_clock_ahead_s` (a bridge clock problem must

@@ -51,8 +51,7 @@ from ingest.decode import Decoded, DeviceLookup, Ignored, Limits, Reject
 ADAPTER = Adapter.SHELLY
 PPM_PER_LEL = 500.0  # methane: LEL 5 %vol = 50,000 ppm
 CHANNELS = ("sensor/operation", "sensor/gas", "sensor/concentration", "sensor/self_test", "valve/0/state", "online")
-COMMAND_CHANNELS = frozenset({"valve/0/command", "sensor/start_self_test", "sensor/mute", "sensor/unmute",
-                              "command"})
+COMMAND_CHANNELS = frozenset({"valve/0/command", "sensor/start_self_test", "sensor/mute", "sensor/unmute", "command"})
 
 OPERATION = {"warmup": None, "normal": None, "fault": "sensor_fault"}
 GAS = {"none": False, "mild": True, "heavy": True}
@@ -66,45 +65,72 @@ def _expected(values: Any) -> str:
     return ", ".join(values)
 
 
-def map_channel(channel: str, text: str) -> tuple[dict[str, Any], dict[str, Any]] | Ignored | str:
+Mapped = tuple[dict[str, Any], dict[str, Any]] | Ignored | str
+
+
+def _operation(value: str, text: str) -> Mapped:
+    if value not in OPERATION:
+        return f"operation must be one of {_expected(OPERATION)}, got {text[:40]!r}"
+    return {"fault": OPERATION[value]}, {"operation": value}
+
+
+def _gas(value: str, text: str) -> Mapped:
+    if value == "test":
+        return {"test": True}, {"alarm_state": value}
+    if value not in GAS:
+        return f"gas alarm state must be one of {_expected([*GAS, 'test'])}, got {text[:40]!r}"
+    return {"gas": GAS[value]}, {"alarm_state": value}
+
+
+def _concentration(value: str, text: str) -> Mapped:
+    try:
+        ppm = int(value)
+    except ValueError:
+        return f"concentration must be whole ppm, got {text[:40]!r}"
+    if ppm == -1:
+        return Ignored("shelly concentration is not valid yet (-1: warming up)")
+    if ppm < 0:
+        return f"concentration must be >= 0 ppm, got {ppm}"
+    return {"gas_lel": min(round(ppm / PPM_PER_LEL, 2), 100.0)}, {"gas_ppm": ppm}
+
+
+def _self_test(value: str, text: str) -> Mapped:
+    if value not in SELF_TEST:
+        return f"self_test must be one of {_expected(SELF_TEST)}, got {text[:40]!r}"
+    return {"test": SELF_TEST[value]}, {"self_test": value}
+
+
+def _valve(value: str, text: str) -> Mapped:
+    if value == "not_connected":
+        return Ignored("shelly gas has no valve connected")
+    if value in VALVE_MOVING:
+        return {}, {"valve_state": value}
+    if value not in VALVE:
+        return (
+            f"valve state must be one of {_expected([*VALVE, *sorted(VALVE_MOVING), 'not_connected'])}, "
+            f"got {text[:40]!r}"
+        )
+    return {"valve": VALVE[value]}, {"valve_state": value}
+
+
+CHANNEL_MAPPERS = {
+    "sensor/operation": _operation,
+    "sensor/gas": _gas,
+    "sensor/concentration": _concentration,
+    "sensor/self_test": _self_test,
+    "valve/0/state": _valve,
+}
+
+
+def map_channel(channel: str, text: str) -> Mapped:
     """(fields, extras) for one Shelly Gas message; Ignored; or text saying what was wrong."""
     value = text.lower()
     if value == "unknown":
         return Ignored(f"shelly {channel} is unknown (sensor not ready)")
-    if channel == "sensor/operation":
-        if value not in OPERATION:
-            return f"operation must be one of {_expected(OPERATION)}, got {text[:40]!r}"
-        return {"fault": OPERATION[value]}, {"operation": value}
-    if channel == "sensor/gas":
-        if value == "test":
-            return {"test": True}, {"alarm_state": value}
-        if value not in GAS:
-            return f"gas alarm state must be one of {_expected([*GAS, 'test'])}, got {text[:40]!r}"
-        return {"gas": GAS[value]}, {"alarm_state": value}
-    if channel == "sensor/concentration":
-        try:
-            ppm = int(value)
-        except ValueError:
-            return f"concentration must be whole ppm, got {text[:40]!r}"
-        if ppm == -1:
-            return Ignored("shelly concentration is not valid yet (-1: warming up)")
-        if ppm < 0:
-            return f"concentration must be >= 0 ppm, got {ppm}"
-        return {"gas_lel": min(round(ppm / PPM_PER_LEL, 2), 100.0)}, {"gas_ppm": ppm}
-    if channel == "sensor/self_test":
-        if value not in SELF_TEST:
-            return f"self_test must be one of {_expected(SELF_TEST)}, got {text[:40]!r}"
-        return {"test": SELF_TEST[value]}, {"self_test": value}
-    if channel == "valve/0/state":
-        if value == "not_connected":
-            return Ignored("shelly gas has no valve connected")
-        if value in VALVE_MOVING:
-            return {}, {"valve_state": value}
-        if value not in VALVE:
-            return (f"valve state must be one of {_expected([*VALVE, *sorted(VALVE_MOVING), 'not_connected'])}, "
-                    f"got {text[:40]!r}")
-        return {"valve": VALVE[value]}, {"valve_state": value}
-    return f"unsupported shelly channel {channel!r}"
+    mapper = CHANNEL_MAPPERS.get(channel)
+    if mapper is None:
+        return f"unsupported shelly channel {channel!r}"
+    return mapper(value, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +152,7 @@ class Shelly:
         head = self.prefix + "/"
         if not topic.startswith(head):
             return None
-        shelly_id, _, channel = topic[len(head):].partition("/")
+        shelly_id, _, channel = topic[len(head) :].partition("/")
         return shelly_id, channel
 
     def ignores(self, topic: str) -> str | None:
@@ -139,8 +165,9 @@ class Shelly:
             return "a command or announcement under shellies/"
         return None
 
-    def __call__(self, topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup,
-                 limits: Limits) -> list[Decoded] | None:
+    def __call__(
+        self, topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup, limits: Limits
+    ) -> list[Decoded] | None:
         split = self._split(topic)
         if split is None:
             return None
@@ -167,9 +194,19 @@ class Shelly:
         if isinstance(mapped, str):
             return [Reject(f"shelly {shelly_id!r} {channel}: {mapped}", device.id)]
         fields, extras = mapped
-        return [build_reading(device, fields=fields, extras=extras, ts=None, received_at=received_at,
-                              limits=limits, sources=dict.fromkeys(fields, channel), origin="shelly topic",
-                              what=f"shelly {shelly_id!r} {channel}")]
+        return [
+            build_reading(
+                device,
+                fields=fields,
+                extras=extras,
+                ts=None,
+                received_at=received_at,
+                limits=limits,
+                sources=dict.fromkeys(fields, channel),
+                origin="shelly topic",
+                what=f"shelly {shelly_id!r} {channel}",
+            )
+        ]
 
     def _online(self, device: Device, text: str, received_at: datetime) -> Decoded:
         if text == "":

@@ -56,8 +56,14 @@ ADAPTER = Adapter.TASMOTA
 TELE = ("SENSOR", "STATE", "LWT", "MARGINS")
 STAT = ("POWER", "POWER1", "WARNING")
 CHIP_SENSORS = frozenset({"ESP32", "ESP8266"})
-MARGIN_KEYS = {"PowerLow": "power_low", "PowerHigh": "power_high", "VoltageLow": "voltage_low",
-               "VoltageHigh": "voltage_high", "CurrentLow": "current_low", "CurrentHigh": "current_high"}
+MARGIN_KEYS = {
+    "PowerLow": "power_low",
+    "PowerHigh": "power_high",
+    "VoltageLow": "voltage_low",
+    "VoltageHigh": "voltage_high",
+    "CurrentLow": "current_low",
+    "CurrentHigh": "current_high",
+}
 ENERGY_KEYS = {"Power": "power_w", "Voltage": "voltage_v", "Current": "current_a"}
 
 
@@ -143,8 +149,10 @@ def map_warning(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] |
         extras["max_energy_reached_kwh"] = data["MaxEnergyReached"]
     if not fields and not extras:
         keys = ", ".join(k for k in data if k != "Time") or "nothing"
-        return f"unrecognised Tasmota warning (carries {keys}; expected MaxPowerReached, MaxPowerReachedRetry, " \
-               "MaxEnergyReached)"
+        return (
+            f"unrecognised Tasmota warning (carries {keys}; expected MaxPowerReached, MaxPowerReachedRetry, "
+            "MaxEnergyReached)"
+        )
     if "Time" in data:
         extras["device_time"] = data["Time"]
     return fields, extras
@@ -159,11 +167,12 @@ class Tasmota:
     def topics(self) -> list[str]:
         """Only the leaves we map (see the module docstring for why not stat/+/RESULT)."""
         return [join(self.root, "tele", "+", leaf) for leaf in TELE] + [
-            join(self.root, "stat", "+", leaf) for leaf in STAT]
+            join(self.root, "stat", "+", leaf) for leaf in STAT
+        ]
 
     def _split(self, topic: str) -> tuple[str, str, str] | None:
         head = join(self.root, "")
-        rest = topic[len(head) + 1:] if self.root else topic
+        rest = topic[len(head) + 1 :] if self.root else topic
         if self.root and not topic.startswith(head + "/"):
             return None
         parts = rest.split("/")
@@ -183,8 +192,9 @@ class Tasmota:
             return f"Tasmota {prefix}/{leaf} is not stored"
         return None
 
-    def __call__(self, topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup,
-                 limits: Limits) -> list[Decoded] | None:
+    def __call__(
+        self, topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup, limits: Limits
+    ) -> list[Decoded] | None:
         split = self._split(topic)
         if split is None:
             return None
@@ -207,15 +217,19 @@ class Tasmota:
             relay = _relay(text)
             if relay is None:
                 return [Reject(f"{what} must be ON or OFF, got {text[:40]!r}", device.id)]
-            return [build_reading(device, fields={"relay": relay}, extras={}, ts=None, received_at=received_at,
-                                  limits=limits)]
+            return [
+                build_reading(
+                    device, fields={"relay": relay}, extras={}, ts=None, received_at=received_at, limits=limits
+                )
+            ]
         data = parse_json_object(payload)
         if isinstance(data, Reject):
             return [Reject(f"{what}: {data.reason}", device.id)]
         return [self._json(device, leaf, data, received_at, limits, what)]
 
-    def _json(self, device: Device, leaf: str, data: dict[str, Any], received_at: datetime, limits: Limits,
-              what: str) -> Decoded:
+    def _json(
+        self, device: Device, leaf: str, data: dict[str, Any], received_at: datetime, limits: Limits, what: str
+    ) -> Decoded:
         sources: dict[str, str] = {}
         if leaf == "SENSOR":
             fields, extras, sources = map_sensor(data)
@@ -232,8 +246,9 @@ class Tasmota:
         elif leaf == "MARGINS":
             fields, extras = {}, map_margins(data)
             if not extras:
-                return Reject(f"{what} carries no PowerLow/PowerHigh/VoltageLow/VoltageHigh/CurrentLow/"
-                              "CurrentHigh", device.id)
+                return Reject(
+                    f"{what} carries no PowerLow/PowerHigh/VoltageLow/VoltageHigh/CurrentLow/CurrentHigh", device.id
+                )
         else:
             mapped = map_warning(data)
             if isinstance(mapped, str):
@@ -243,8 +258,17 @@ class Tasmota:
         ts = bridge_time(data.get("Time"), received_at, limits, extras, raw_key="device_time")
         if ts is not None:
             extras.pop("device_time", None)  # it is the ts now
-        return build_reading(device, fields=fields, extras=extras, ts=ts, received_at=received_at, limits=limits,
-                             sources=sources, origin="Tasmota field", what=what)
+        return build_reading(
+            device,
+            fields=fields,
+            extras=extras,
+            ts=ts,
+            received_at=received_at,
+            limits=limits,
+            sources=sources,
+            origin="Tasmota field",
+            what=what,
+        )
 
     def _lwt(self, device: Device, payload: bytes, received_at: datetime, what: str) -> Decoded:
         text = scalar_text(payload, what=what, device_id=device.id)
@@ -256,8 +280,9 @@ class Tasmota:
             return Reject(f"{what} must be Online or Offline, got {text[:40]!r}", device.id)
         return DeviceStatus(device.id, text == "Online", received_at)
 
-    def _result(self, name: str, payload: bytes, received_at: datetime, lookup: DeviceLookup,
-                limits: Limits) -> Decoded:
+    def _result(
+        self, name: str, payload: bytes, received_at: datetime, lookup: DeviceLookup, limits: Limits
+    ) -> Decoded:
         """stat/<topic>/RESULT is not subscribed; if a broader subscription brings one, a POWER in it counts."""
         data = parse_json_object(payload)
         relay = _relay(data.get("POWER", data.get("POWER1"))) if isinstance(data, dict) else None
@@ -266,8 +291,9 @@ class Tasmota:
         device = resolve(lookup, ADAPTER, name)
         if isinstance(device, Reject):
             return device
-        return build_reading(device, fields={"relay": relay}, extras={}, ts=None, received_at=received_at,
-                             limits=limits)
+        return build_reading(
+            device, fields={"relay": relay}, extras={}, ts=None, received_at=received_at, limits=limits
+        )
 
     def encode(self, device: Device, action: str) -> list[tuple[str, bytes]]:
         """cmnd/<topic>/POWER for the relay actions."""

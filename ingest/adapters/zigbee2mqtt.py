@@ -77,72 +77,111 @@ ATTRIBUTE_NOISE = frozenset({"linkquality", "last_seen"}) | DROPPED
 COMMAND_CHANNELS = frozenset({"set", "get"})
 
 
+# Attributes that map one to one onto a native field.
+RENAMED = {
+    "gas": "gas",
+    "gas_value": "gas_lel",
+    "smoke": "smoke",
+    "smoke_density_dbm": "smoke_db_m",
+    "co": "co_ppm",
+    "tamper": "tamper",
+    "battery": "battery_pct",
+    "power": "power_w",
+    "current": "current_a",
+}
+
+
+@dataclass
+class _Mapped:
+    """What map_attributes builds: native fields, extras, and which attribute each native field came from."""
+
+    device: Device
+    fields: dict[str, Any]
+    extras: dict[str, Any]
+    sources: dict[str, str]
+
+    @property
+    def metering(self) -> bool:
+        return self.device.kind in METERING_KINDS
+
+    def put(self, name: str, value: Any, source: str) -> None:
+        self.fields[name] = value
+        self.sources[name] = source
+
+
+def _carbon_monoxide(m: _Mapped, key: str, value: Any) -> None:
+    if isinstance(value, bool):
+        m.extras["co"] = value  # the alarm flag; a numeric Zigbee2MQTT `co` is ppm and goes to co_ppm
+    else:
+        m.put("co_ppm", value, key)
+
+
+def _temperature(m: _Mapped, key: str, value: Any) -> None:
+    """A socket's own temperature is what overheats; a detector's ambient one is what it measures."""
+    preferred = "device_temperature" if m.metering else "temperature"
+    if key == preferred or "temp_c" not in m.fields:
+        if "temp_c" in m.fields:
+            m.extras[m.sources["temp_c"]] = m.fields["temp_c"]
+        m.put("temp_c", value, key)
+    else:
+        m.extras[key] = value
+
+
+def _voltage(m: _Mapped, key: str, value: Any) -> None:
+    if m.metering:  # a battery device's `voltage` is its battery in mV, not the mains
+        m.put("voltage_v", value, key)
+    else:
+        m.extras[key] = value
+
+
+def _energy(m: _Mapped, key: str, value: Any) -> None:
+    m.put("energy_wh", value * 1000 if is_number(value) else value, key)
+
+
+def _state(m: _Mapped, _key: str, value: Any) -> None:
+    _map_state(m.device, value, m.put)
+
+
+def _test(m: _Mapped, key: str, value: Any) -> None:
+    if not (m.fields.get("test") is True and value is False):  # either one running means a test
+        m.put("test", value, key)
+
+
+def _fault(m: _Mapped, key: str, value: Any) -> None:
+    if isinstance(value, bool):
+        if value or "fault" not in m.fields:
+            m.put("fault", key if value else None, key)
+    else:
+        m.put("fault", value if value is None else str(value), key)
+
+
+SPECIAL = {
+    "carbon_monoxide": _carbon_monoxide,
+    "temperature": _temperature,
+    "device_temperature": _temperature,
+    "voltage": _voltage,
+    "energy": _energy,
+    "state": _state,
+    "self_test": _test,
+    "test": _test,
+    "fault": _fault,
+    "fault_alarm": _fault,
+}
+
+
 def map_attributes(device: Device, attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """Zigbee2MQTT attributes -> (native fields, extras, native field -> source attribute)."""
-    fields: dict[str, Any] = {}
-    extras: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    metering = device.kind in METERING_KINDS
-
-    def put(name: str, value: Any, source: str) -> None:
-        fields[name] = value
-        sources[name] = source
-
+    m = _Mapped(device, {}, {}, {})
     for key, value in attrs.items():
         if key in DROPPED or key == "last_seen" or value is None:
             continue  # null: the bridge's cache has no value yet (e.g. battery before the first report)
-        if key == "gas":
-            put("gas", value, key)
-        elif key == "gas_value":
-            put("gas_lel", value, key)
-        elif key == "smoke":
-            put("smoke", value, key)
-        elif key == "smoke_density_dbm":
-            put("smoke_db_m", value, key)
-        elif key == "carbon_monoxide":
-            if isinstance(value, bool):
-                extras["co"] = value  # the alarm flag; a numeric Zigbee2MQTT `co` is ppm and goes to co_ppm
-            else:
-                put("co_ppm", value, key)
-        elif key == "co":
-            put("co_ppm", value, key)
-        elif key == "tamper":
-            put("tamper", value, key)
-        elif key == "battery":
-            put("battery_pct", value, key)
-        elif key in ("temperature", "device_temperature"):
-            preferred = "device_temperature" if metering else "temperature"
-            if key == preferred or "temp_c" not in fields:
-                if "temp_c" in fields:
-                    extras[sources["temp_c"]] = fields["temp_c"]
-                put("temp_c", value, key)
-            else:
-                extras[key] = value
-        elif key == "power":
-            put("power_w", value, key)
-        elif key == "current":
-            put("current_a", value, key)
-        elif key == "voltage":
-            if metering:
-                put("voltage_v", value, key)
-            else:
-                extras[key] = value
-        elif key == "energy":
-            put("energy_wh", value * 1000 if is_number(value) else value, key)
-        elif key == "state":
-            _map_state(device, value, put)
-        elif key in ("self_test", "test"):
-            if not (fields.get("test") is True and value is False):  # either one running means a test
-                put("test", value, key)
-        elif key in ("fault", "fault_alarm"):
-            if isinstance(value, bool):
-                if value or "fault" not in fields:
-                    put("fault", key if value else None, key)
-            else:
-                put("fault", value if value is None else str(value), key)
+        if key in RENAMED:
+            m.put(RENAMED[key], value, key)
+        elif key in SPECIAL:
+            SPECIAL[key](m, key, value)
         else:
-            extras[key] = value
-    return fields, extras, sources
+            m.extras[key] = value
+    return m.fields, m.extras, m.sources
 
 
 def _map_state(device: Device, value: Any, put: Any) -> None:
@@ -166,8 +205,7 @@ def parse_availability(payload: bytes) -> bool | str | None:
         state = data.get("state") if isinstance(data, dict) else None
     if state in ("online", "offline"):
         return state == "online"
-    return (f"availability must be {{\"state\":\"online\"|\"offline\"}} or the legacy online/offline, "
-            f"got {text[:60]!r}")
+    return f'availability must be {{"state":"online"|"offline"}} or the legacy online/offline, got {text[:60]!r}'
 
 
 def parse_attribute_value(payload: bytes) -> Any:
@@ -208,10 +246,11 @@ class Zigbee2Mqtt:
 
     def _rest(self, topic: str) -> str | None:
         head = self.prefix + "/"
-        return topic[len(head):] if topic.startswith(head) else None
+        return topic[len(head) :] if topic.startswith(head) else None
 
-    def __call__(self, topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup,
-                 limits: Limits) -> list[Decoded] | None:
+    def __call__(
+        self, topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup, limits: Limits
+    ) -> list[Decoded] | None:
         rest = self._rest(topic)
         if rest is None:
             return None
@@ -243,8 +282,10 @@ class Zigbee2Mqtt:
             return Reject(f"zigbee2mqtt bridge/state: {online}")
         gateway = lookup.by_foreign_id(ADAPTER, BRIDGE_FOREIGN_ID)
         if gateway is None:
-            return Ignored(f"zigbee2mqtt bridge is {'online' if online else 'offline'}; no gateway with adapter "
-                           f"zigbee2mqtt and foreign_id {BRIDGE_FOREIGN_ID!r} is registered to record it")
+            return Ignored(
+                f"zigbee2mqtt bridge is {'online' if online else 'offline'}; no gateway with adapter "
+                f"zigbee2mqtt and foreign_id {BRIDGE_FOREIGN_ID!r} is registered to record it"
+            )
         return DeviceStatus(gateway.id, online, received_at)
 
     def _availability(self, name: str, payload: bytes, received_at: datetime, lookup: DeviceLookup) -> Decoded:
@@ -263,16 +304,24 @@ class Zigbee2Mqtt:
         if isinstance(data, Reject):
             return Reject(f"zigbee2mqtt {device.foreign_id!r} state: {data.reason}", device.id)
         if not data:
-            return Reject(f"zigbee2mqtt {device.foreign_id!r} state is an empty object: nothing to record",
-                          device.id)
+            return Reject(f"zigbee2mqtt {device.foreign_id!r} state is an empty object: nothing to record", device.id)
         fields, extras, sources = map_attributes(device, data)
         ts = bridge_time(data.get("last_seen"), received_at, limits, extras, raw_key="last_seen")
-        return build_reading(device, fields=fields, extras=extras, ts=ts, received_at=received_at, limits=limits,
-                             sources=sources, origin="zigbee2mqtt attribute",
-                             what=f"zigbee2mqtt {device.foreign_id!r}")
+        return build_reading(
+            device,
+            fields=fields,
+            extras=extras,
+            ts=ts,
+            received_at=received_at,
+            limits=limits,
+            sources=sources,
+            origin="zigbee2mqtt attribute",
+            what=f"zigbee2mqtt {device.foreign_id!r}",
+        )
 
-    def _attribute(self, device: Device, attribute: str, payload: bytes, received_at: datetime,
-                   limits: Limits) -> Decoded:
+    def _attribute(
+        self, device: Device, attribute: str, payload: bytes, received_at: datetime, limits: Limits
+    ) -> Decoded:
         text = scalar_text(payload, what=f"zigbee2mqtt {device.foreign_id!r}/{attribute}", device_id=device.id)
         if isinstance(text, Reject):
             return text
@@ -281,9 +330,17 @@ class Zigbee2Mqtt:
         if attribute in ATTRIBUTE_NOISE or "-" in attribute:
             return Ignored(f"zigbee2mqtt attribute {attribute!r} alone is not stored")
         fields, extras, sources = map_attributes(device, {attribute: parse_attribute_value(payload)})
-        return build_reading(device, fields=fields, extras=extras, ts=None, received_at=received_at,
-                             limits=limits, sources=sources, origin="zigbee2mqtt attribute",
-                             what=f"zigbee2mqtt {device.foreign_id!r}/{attribute}")
+        return build_reading(
+            device,
+            fields=fields,
+            extras=extras,
+            ts=None,
+            received_at=received_at,
+            limits=limits,
+            sources=sources,
+            origin="zigbee2mqtt attribute",
+            what=f"zigbee2mqtt {device.foreign_id!r}/{attribute}",
+        )
 
     def encode(self, device: Device, action: str) -> list[tuple[str, bytes]]:
         """The /set message that carries a native action to this device."""

@@ -16,8 +16,11 @@ from core.errors import GridwatchError
 from core.logs import setup_logging
 from core.settings import Settings
 
-app = typer.Typer(help="gridwatch: gas, CO, smoke and e-bike charging alarms routed to micro-grid workers.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="gridwatch: gas, CO, smoke and e-bike charging alarms routed to micro-grid workers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 rules_app = typer.Typer(help="Alarm rules.", no_args_is_help=True)
@@ -47,8 +50,10 @@ def migrate() -> None:
             timescale = db.has_timescale(conn)
     except GridwatchError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(map(str, applied)) if applied else ''}; "
-               f"storage: {'TimescaleDB hypertable' if timescale else 'plain PostgreSQL'}")
+    typer.echo(
+        f"applied {len(applied)} migration(s){': ' + ', '.join(map(str, applied)) if applied else ''}; "
+        f"storage: {'TimescaleDB hypertable' if timescale else 'plain PostgreSQL'}"
+    )
 
 
 @app.command()
@@ -93,10 +98,15 @@ def token_create(
     try:
         settings.check_production()
         with db.connect(settings.dsn) as conn, conn.transaction():
-            token = auth.create_token(conn, secret_key=settings.secret_key.get_secret_value(),
-                                      role=role,  # type: ignore[arg-type]
-                                      worker_id=worker, merchant_id=merchant, label=label,
-                                      ttl=timedelta(days=days) if days else None)
+            token = auth.create_token(
+                conn,
+                secret_key=settings.secret_key.get_secret_value(),
+                role=role,  # type: ignore[arg-type]
+                worker_id=worker,
+                merchant_id=merchant,
+                label=label,
+                ttl=timedelta(days=days) if days else None,
+            )
     except GridwatchError as exc:
         raise _fail(exc) from exc
     typer.echo(token)
@@ -128,8 +138,10 @@ def rules_check(
 
 def wait_for_signal(stop: threading.Event, running: object | None = None) -> Exception | None:
     """Block until SIGINT/SIGTERM, stop is set, or a running part gives up (returned)."""
+
     def _handler(_signum: int, _frame: object) -> None:
         stop.set()
+
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     while not stop.wait(0.5):
@@ -142,7 +154,7 @@ def wait_for_signal(stop: threading.Event, running: object | None = None) -> Exc
 @app.command()
 def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,notify,api")] = None) -> None:
     """Run ingest + rules + notify + api (or some of them)."""
-    from core.services import PARTS, run_migrations, settle_heap, start_services
+    from app.services import PARTS, run_migrations, settle_heap, start_services
 
     settings = _settings()
     parts = tuple(p.strip() for p in only.split(",")) if only else PARTS
@@ -157,8 +169,10 @@ def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,no
         raise _fail(exc) from exc
     settle_heap()
     stop = threading.Event()
-    typer.echo(f"gridwatch serving {', '.join(parts)}" + (
-        f" — API on http://{settings.api_host}:{settings.api_port}/docs" if "api" in parts else ""))
+    typer.echo(
+        f"gridwatch serving {', '.join(parts)}"
+        + (f" — API on http://{settings.api_host}:{settings.api_port}/docs" if "api" in parts else "")
+    )
     try:
         fatal = wait_for_signal(stop, running)
     finally:
@@ -168,9 +182,15 @@ def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,no
 
 
 @app.command()
-def health(url: Annotated[str | None, typer.Option(
-        help="the /healthz to ask (default: this process's GRIDWATCH_METRICS_PORT, else GRIDWATCH_API_PORT)")] = None,
-           timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 3.0) -> None:
+def health(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="the /healthz to ask (default: this process's GRIDWATCH_METRICS_PORT, else GRIDWATCH_API_PORT)"
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 3.0,
+) -> None:
     """Ask a running `serve` whether each of its parts works (exit 0) or not (exit 1): the deployment's health
     check, run inside the service's container with the service's own environment."""
     import urllib.error
@@ -192,12 +212,13 @@ def health(url: Annotated[str | None, typer.Option(
 @app.command()
 def demo(
     data_dir: Annotated[Path, typer.Option(help="where the private database and broker keep their files")] = Path(
-        ".gridwatch/demo"),
+        ".gridwatch/demo"
+    ),
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")] = None,
     port: Annotated[int, typer.Option(help="API and pages port")] = 8000,
 ) -> None:
     """Everything on embedded defaults: private PostgreSQL and Mosquitto, example community, simulated devices."""
-    from core.demo import run_demo
+    from app.demo import run_demo
 
     setup_logging("WARNING")
     try:
@@ -236,8 +257,9 @@ def notify_silence(
     site: Annotated[str | None, typer.Option(help="site id")] = None,
     device: Annotated[str | None, typer.Option(help="device id")] = None,
     reason: Annotated[str, typer.Option(help="why (shown in the audit)")] = "maintenance",
-    include_life_safety: Annotated[bool, typer.Option(
-        help="also silence gas, CO and smoke alarms (explicit override)")] = False,
+    include_life_safety: Annotated[
+        bool, typer.Option(help="also silence gas, CO and smoke alarms (explicit override)")
+    ] = False,
 ) -> None:
     """Silence a site or a device for a while (life-safety alarms stay loud unless overridden)."""
     from datetime import UTC, datetime
@@ -247,26 +269,38 @@ def notify_silence(
     settings = _settings()
     try:
         with db.connect(settings.dsn) as conn, conn.transaction():
-            silence = notify_service.create_silence(conn, site_id=site, device_id=device, minutes=minutes,
-                                                    reason=reason, created_by="cli",
-                                                    include_life_safety=include_life_safety, now=datetime.now(UTC))
+            silence = notify_service.create_silence(
+                conn,
+                site_id=site,
+                device_id=device,
+                minutes=minutes,
+                reason=reason,
+                created_by="cli",
+                include_life_safety=include_life_safety,
+                now=datetime.now(UTC),
+            )
     except GridwatchError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"silence {silence.id}: {site or device} until {silence.ends_at.isoformat(timespec='minutes')}"
-               + (" (life-safety included)" if include_life_safety else " (life-safety alarms still notify)"))
+    typer.echo(
+        f"silence {silence.id}: {site or device} until {silence.ends_at.isoformat(timespec='minutes')}"
+        + (" (life-safety included)" if include_life_safety else " (life-safety alarms still notify)")
+    )
 
 
 # ------------------------------------------------------------------ merchant safety score (docs/score.md)
-score_app = typer.Typer(help="Merchant safety score: show, recompute from the ledger, tick, check a policy.",
-                        no_args_is_help=True)
+score_app = typer.Typer(
+    help="Merchant safety score: show, recompute from the ledger, tick, check a policy.", no_args_is_help=True
+)
 app.add_typer(score_app, name="score")
 
 
 @score_app.command("show")
-def score_show(merchant: Annotated[str, typer.Argument(help="merchant id")],
-               limit: Annotated[int, typer.Option(help="ledger entries to print, newest first")] = 20) -> None:
+def score_show(
+    merchant: Annotated[str, typer.Argument(help="merchant id")],
+    limit: Annotated[int, typer.Option(help="ledger entries to print, newest first")] = 20,
+) -> None:
     """A merchant's score, tier, review flag, open items and ledger."""
-    from rules import score_service
+    from score import service as score_service
 
     settings = _settings()
     try:
@@ -277,15 +311,19 @@ def score_show(merchant: Annotated[str, typer.Argument(help="merchant id")],
     except GridwatchError as exc:
         raise _fail(exc) from exc
     s = standing
-    typer.echo(f"{s.merchant_id} {s.merchant_name}: {s.score} (tier {s.tier}, {s.tier_handling})"
-               + (f" — ADMISSION REVIEW: {'; '.join(s.review_reasons)}" if s.review else ""))
+    typer.echo(
+        f"{s.merchant_id} {s.merchant_name}: {s.score} (tier {s.tier}, {s.tier_handling})"
+        + (f" — ADMISSION REVIEW: {'; '.join(s.review_reasons)}" if s.review else "")
+    )
     if s.locked_until:
         typer.echo(f"  no restorations until {s.locked_until:%Y-%m-%d %H:%M} UTC")
     for alarm in items.alarms:
         typer.echo(f"  open alarm {alarm.id}: {alarm.type} ({alarm.severity}) on {alarm.device_id}")
     for finding in items.findings:
-        typer.echo(f"  open finding {finding.id}: {finding.kind} due {finding.due_at:%Y-%m-%d %H:%M}"
-                   + (" OVERDUE" if finding.overdue else ""))
+        typer.echo(
+            f"  open finding {finding.id}: {finding.kind} due {finding.due_at:%Y-%m-%d %H:%M}"
+            + (" OVERDUE" if finding.overdue else "")
+        )
     for e in page.items:
         source = f"alarm {e.alarm_id}" if e.alarm_id else f"finding {e.finding_id}" if e.finding_id else "-"
         typer.echo(f"  {e.at:%Y-%m-%d %H:%M} {e.points:+4d} {e.code:6s} {e.reason} [{source}; {e.actor or 'policy'}]")
@@ -294,7 +332,7 @@ def score_show(merchant: Annotated[str, typer.Argument(help="merchant id")],
 @score_app.command("recompute")
 def score_recompute(refresh: Annotated[bool, typer.Option(help="store the recomputed standings")] = True) -> None:
     """Derive every merchant's standing from the ledger; report differences from the stored scores."""
-    from rules import score_service
+    from score import service as score_service
 
     settings = _settings()
     try:
@@ -302,8 +340,10 @@ def score_recompute(refresh: Annotated[bool, typer.Option(help="store the recomp
             report = score_service.recompute_all(conn, refresh=refresh)
     except GridwatchError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"{report.merchants} merchants, {report.compared} compared, {len(report.mismatches)} mismatches"
-               + (f", {report.refreshed} refreshed" if refresh else ""))
+    typer.echo(
+        f"{report.merchants} merchants, {report.compared} compared, {len(report.mismatches)} mismatches"
+        + (f", {report.refreshed} refreshed" if refresh else "")
+    )
     for m in report.mismatches:
         typer.echo(f"  {m.merchant_id}: stored {m.field} {m.stored!r}, ledger says {m.derived!r}")
 
@@ -313,7 +353,7 @@ def score_tick() -> None:
     """Run the time-based score work once now (restorations, overdue rectifications, upkeep, snapshots)."""
     from datetime import UTC, datetime
 
-    from rules import score_service
+    from score import service as score_service
 
     settings = _settings()
     try:
@@ -321,30 +361,35 @@ def score_tick() -> None:
             result = score_service.run_score_tick(conn, now=datetime.now(UTC))
     except GridwatchError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"score tick: {result.written or 'nothing due'} ({result.merchants} merchants)"
-               if result.ran else "score tick: another process is ticking")
+    typer.echo(
+        f"score tick: {result.written or 'nothing due'} ({result.merchants} merchants)"
+        if result.ran
+        else "score tick: another process is ticking"
+    )
 
 
 @score_app.command("check")
-def score_check(file: Annotated[Path | None, typer.Argument(help="policy YAML (default: the shipped one)")] = None
-                ) -> None:
+def score_check(
+    file: Annotated[Path | None, typer.Argument(help="policy YAML (default: the shipped one)")] = None,
+) -> None:
     """Validate a score policy file against the alarm types of the rule set."""
     from rules.ruleset import default_rules
-    from rules.score_policy import load_policy
+    from score.policy import load_policy
 
     try:
         policies = load_policy(file, ruleset=default_rules())
     except GridwatchError as exc:
         raise _fail(exc) from exc
     p = policies.default
-    typer.echo(f"ok: base {p.base}; tiers " + ", ".join(f"{b.tier} {b.min}-{b.max}" for b in p.tiers)
-               + f"; {len(p.alarm_deductions)} alarm deductions, {len(p.findings)} finding kinds"
-               + (f"; overrides for {', '.join(policies.communities)}" if policies.communities else ""))
+    typer.echo(
+        f"ok: base {p.base}; tiers "
+        + ", ".join(f"{b.tier} {b.min}-{b.max}" for b in p.tiers)
+        + f"; {len(p.alarm_deductions)} alarm deductions, {len(p.findings)} finding kinds"
+        + (f"; overrides for {', '.join(policies.communities)}" if policies.communities else "")
+    )
 
 
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             add_help_option=False)
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def bench(ctx: typer.Context) -> None:
     """Benchmarks with targets (from a source checkout); `gridwatch bench --help` lists the sizes."""
     root = Path(__file__).resolve().parent.parent
@@ -365,13 +410,18 @@ def simulate(
     scenario: Annotated[str | None, typer.Option(help="library scenario name (or a scenario YAML file)")] = None,
     seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same readings")] = 1,
     duration: Annotated[str | None, typer.Option(help="fleet run time: 90s, 10m, forever (default 60s)")] = None,
-    write_registry: Annotated[Path | None, typer.Option(
-        help="write the registry of the synthetic devices (or the scenario) to FILE and exit")] = None,
+    write_registry: Annotated[
+        Path | None, typer.Option(help="write the registry of the synthetic devices (or the scenario) to FILE and exit")
+    ] = None,
     connections: Annotated[int | None, typer.Option(help="MQTT connections shared by the fleet")] = None,
-    speed: Annotated[float | None, typer.Option(
-        help="scenario event seconds per wall second (default: as fast as the broker takes them)")] = None,
-    status: Annotated[bool | None, typer.Option(
-        help="publish a retained online status per fleet device (default: on up to 10,000 devices)")] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(help="scenario event seconds per wall second (default: as fast as the broker takes them)"),
+    ] = None,
+    status: Annotated[
+        bool | None,
+        typer.Option(help="publish a retained online status per fleet device (default: on up to 10,000 devices)"),
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the scenario library and exit")] = False,
 ) -> None:
     """Simulated devices: a scenario in simulated time, a live fleet at a steady rate, or both."""
@@ -382,10 +432,20 @@ def simulate(
         return
     settings = _settings()
     try:
-        opts = SimulateOptions(mqtt_url=settings.mqtt_url or "", topic_prefix=settings.topic_prefix,
-                               registry=registry, devices=devices, rate=rate, scenario=scenario, seed=seed,
-                               duration=duration, write_registry=write_registry, connections=connections,
-                               speed=speed, status=status)
+        opts = SimulateOptions(
+            mqtt_url=settings.mqtt_url or "",
+            topic_prefix=settings.topic_prefix,
+            registry=registry,
+            devices=devices,
+            rate=rate,
+            scenario=scenario,
+            seed=seed,
+            duration=duration,
+            write_registry=write_registry,
+            connections=connections,
+            speed=speed,
+            status=status,
+        )
         if write_registry is None:
             settings.mqtt  # noqa: B018 - raises a ConfigError naming GRIDWATCH_MQTT_URL when unset
         stop = threading.Event()
@@ -395,6 +455,7 @@ def simulate(
     except (GridwatchError, ValueError) as exc:
         raise _fail(exc) from exc
     raise typer.Exit(code)
+
 
 mqtt_app = typer.Typer(help="MQTT broker: per-device credentials and ACL.", no_args_is_help=True)
 app.add_typer(mqtt_app, name="mqtt")
@@ -407,13 +468,19 @@ def mqtt_credentials(
     rotate: Annotated[list[str] | None, typer.Option(help="give this account a new password (repeatable)")] = None,
     rotate_all: Annotated[bool, typer.Option(help="new passwords for every account")] = False,
     ingest_user: Annotated[str, typer.Option(help="the ingest's broker username")] = "ingest",
-    ingest_password: Annotated[str | None, typer.Option(envvar="GRIDWATCH_MQTT_INGEST_PASSWORD",
-                                                        help="the ingest's password (default: kept or generated)")
-                               ] = None,
+    ingest_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GRIDWATCH_MQTT_INGEST_PASSWORD", help="the ingest's password (default: kept or generated)"
+        ),
+    ] = None,
     simulator: Annotated[bool, typer.Option(help="also the simulators' account (staging brokers only)")] = False,
-    simulator_password: Annotated[str | None, typer.Option(
-        envvar="GRIDWATCH_MQTT_SIMULATOR_PASSWORD", help="the simulators' password (default: kept or generated)")
-                                  ] = None,
+    simulator_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GRIDWATCH_MQTT_SIMULATOR_PASSWORD", help="the simulators' password (default: kept or generated)"
+        ),
+    ] = None,
 ) -> None:
     """Write Mosquitto's password file and ACL from the registry (devices pinned to their own topics)."""
     from core import mqtt_auth
@@ -423,16 +490,25 @@ def mqtt_credentials(
     try:
         reg = read_registry(registry)
         existing = mqtt_auth.read_credentials(out / "credentials.csv")
-        accounts = mqtt_auth.build_accounts(reg, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root,
-                                            existing=existing, rotate=rotate or [], rotate_all=rotate_all,
-                                            ingest_user=ingest_user, ingest_password=ingest_password,
-                                            simulator_password=(simulator_password or "") if simulator else None)
+        accounts = mqtt_auth.build_accounts(
+            reg,
+            prefix=settings.topic_prefix,
+            bridge_root=settings.bridge_topic_root,
+            existing=existing,
+            rotate=rotate or [],
+            rotate_all=rotate_all,
+            ingest_user=ingest_user,
+            ingest_password=ingest_password,
+            simulator_password=(simulator_password or "") if simulator else None,
+        )
         files = mqtt_auth.write_files(out, accounts)
     except GridwatchError as exc:
         raise _fail(exc) from exc
     changed = sorted(a.username for a in accounts if existing.get(a.username) != a.password)
-    typer.echo(f"{len(accounts)} accounts -> {files['passwd']}, {files['acl']}; plaintext for provisioning in "
-               f"{files['credentials']} (mode 0600, keep it out of the broker)")
+    typer.echo(
+        f"{len(accounts)} accounts -> {files['passwd']}, {files['acl']}; plaintext for provisioning in "
+        f"{files['credentials']} (mode 0600, keep it out of the broker)"
+    )
     if changed:
         typer.echo(f"new or rotated passwords: {', '.join(changed)}")
     typer.echo("reload the broker to apply: kill -HUP <mosquitto pid> (docker compose kill -s HUP mosquitto)")

@@ -74,8 +74,8 @@ YOUNG_GC_THRESHOLD = 20_000
 def settle_heap() -> None:
     """For a long-running server process, once its parts have started: move what start-up built (the ingest's
     device cache — 100k Device objects for a district — the compiled rules, the imported modules) out of the
-    cyclic collector's way, and collect young objects less often. bench/ measured full collections walking that
-    cache as ~15 % of the ingest's CPU."""
+    cyclic collector's way, and collect young objects less often: full collections walking that cache took a
+    large share of the ingest's CPU (docs/scaling.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
@@ -93,17 +93,23 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
         running.parts["ingest"].start()
     if "rules" in only:
         # The rules timer (offline, session length, command deadlines) and the command publisher.
-        from ingest.actuator import Actuator
+        from functools import partial
+
+        from ingest.adapters import encode_command
+        from rules.actuation.publisher import Actuator
         from rules.scheduler import RulesTimer
 
         running.parts["rules"] = RulesTimer(settings)
         running.parts["rules"].start()
-        running.parts["actuator"] = Actuator(settings)
+        # The commands go out in each device's dialect, which ingest's adapters know (rules may not import ingest).
+        encode = partial(encode_command, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root)
+        running.parts["actuator"] = Actuator(settings, encode=encode)
         running.parts["actuator"].start()
-        # Merchant score: clean-period restorations, overdue rectifications, upkeep, snapshots (docs/score.md).
-        from rules.score_service import ScoreTicker
+        # Merchant score: verified hazards as they are resolved, then clean-period restorations, overdue
+        # rectifications, upkeep and snapshots on the tick (docs/score.md).
+        from score.worker import ScoreWorker
 
-        running.parts["score"] = ScoreTicker(settings.dsn, interval_s=settings.score_tick_s)
+        running.parts["score"] = ScoreWorker(settings.dsn, interval_s=settings.score_tick_s)
         running.parts["score"].start()
     if "notify" in only:
         from notify.worker import NotifyWorker
@@ -113,11 +119,15 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
     if "api" in only:
         from api.app import create_app
 
-        config = uvicorn.Config(create_app(settings, checks=running.checks), host=settings.api_host,
-                                port=settings.api_port,
-                                log_level="warning", access_log=False,
-                                # open SSE streams (live alarm board) never finish by themselves
-                                timeout_graceful_shutdown=3)
+        config = uvicorn.Config(
+            create_app(settings, checks=running.checks),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+            # open SSE streams (live alarm board) never finish by themselves
+            timeout_graceful_shutdown=3,
+        )
         server = uvicorn.Server(config)
         running.api_server = server
         if api_in_thread:

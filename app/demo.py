@@ -88,9 +88,15 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
             mosq = EmbeddedMosquitto(data_dir / "mosquitto", port=free_port())
             mqtt_url = mosq.start()
         api_port = port if port else free_port()
-        settings = Settings(database_url=database_url, mqtt_url=mqtt_url, demo=True, api_port=api_port,
-                            notify_redirect_url=receiver.url, public_url=f"http://127.0.0.1:{api_port}",
-                            mqtt_client_id="gridwatch-demo-ingest")
+        settings = Settings(
+            database_url=database_url,
+            mqtt_url=mqtt_url,
+            demo=True,
+            api_port=api_port,
+            notify_redirect_url=receiver.url,
+            public_url=f"http://127.0.0.1:{api_port}",
+            mqtt_client_id="gridwatch-demo-ingest",
+        )
         with db.connect(settings.dsn) as conn:
             db.migrate(conn)
             for name in DEMO_REGISTRIES:
@@ -100,17 +106,18 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
                 registry = read_registry(path)
                 with conn.transaction():
                     counts = core_repo.upsert_registry(conn, registry=registry)
-                say(f"• loaded {registry.community.name}: {counts['devices']} devices, {counts['workers']} workers, "
-                    f"{counts['merchants']} merchants")
+                say(
+                    f"• loaded {registry.community.name}: {counts['devices']} devices, {counts['workers']} workers, "
+                    f"{counts['merchants']} merchants"
+                )
         from api import auth
-        from core.services import PARTS, start_services
+        from app.services import PARTS, start_services
 
         with db.connect(settings.dsn) as conn, conn.transaction():
             secret = settings.secret_key.get_secret_value()
             admin = auth.create_token(conn, secret_key=secret, role="admin", label="demo")
             worker = auth.create_token(conn, secret_key=secret, role="worker", worker_id="hhc-w1", label="demo")
-            merchant = auth.create_token(conn, secret_key=secret, role="merchant", merchant_id="hhc-m01",
-                                         label="demo")
+            merchant = auth.create_token(conn, secret_key=secret, role="merchant", merchant_id="hhc-m01", label="demo")
         running = start_services(settings, PARTS)
         base = f"http://127.0.0.1:{api_port}"
         say(f"• gridwatch is running: API docs {base}/docs · health {base}/healthz · metrics {base}/metrics")
@@ -146,9 +153,17 @@ def _start_tour(settings: Settings, stop: threading.Event) -> threading.Thread:
     from simulators import tour
 
     with db.connect(settings.dsn) as conn:
-        devices = [(d.id, d.kind.value, d.location.value) for d in core_repo.get_all_devices(conn)
-                   if d.adapter.value == "native"]
-    thread = threading.Thread(target=tour.run_tour, args=(settings.mqtt.url, settings.topic_prefix, devices, stop),
-                              kwargs={"say": say}, name="demo-tour", daemon=True)
+        devices = [
+            (d.id, d.kind.value, d.location.value)
+            for d in core_repo.get_all_devices(conn)
+            if d.adapter.value == "native"
+        ]
+    thread = threading.Thread(
+        target=tour.run_tour,
+        args=(settings.mqtt.url, settings.topic_prefix, devices, stop),
+        kwargs={"say": say},
+        name="demo-tour",
+        daemon=True,
+    )
     thread.start()
     return thread

@@ -14,7 +14,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from core.domain import Disposition, Severity
-from rules.score_policy import ScorePolicy
+from score.policy import ScorePolicy
 
 MAX_PERIODS = 400  # bound on clean periods examined in one evaluation (~33 years of 30 days)
 
@@ -56,11 +56,14 @@ class FindingLike(Protocol):
 def open_hazards(policy: ScorePolicy, findings: Iterable[FindingLike], at: datetime) -> int:
     """Findings of a hazard kind recorded by `at` and not rectified by then (RULES-REFERENCE 6.2's "open
     major hazard"); a kind the policy no longer knows still counts (it was a hazard when recorded)."""
+
     def is_hazard(kind: str) -> bool:
         known = policy.finding(kind)
         return known is None or known.hazard
-    return sum(1 for f in findings
-               if f.found_at <= at and (f.closed_at is None or f.closed_at > at) and is_hazard(f.kind))
+
+    return sum(
+        1 for f in findings if f.found_at <= at and (f.closed_at is None or f.closed_at > at) and is_hazard(f.kind)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +145,9 @@ def voided_ids(entries: Iterable[EntryLike]) -> set[int]:
     return {i for i, total in reversed_by.items() if i in by_id and by_id[i].points + total == 0}
 
 
-def derive(policy: ScorePolicy, entries: Sequence[EntryLike], now: datetime,
-           findings: Sequence[FindingLike] = ()) -> Standing:
+def derive(
+    policy: ScorePolicy, entries: Sequence[EntryLike], now: datetime, findings: Sequence[FindingLike] = ()
+) -> Standing:
     """Score, tier and review flag from the whole ledger of one merchant, judged at `now`; `findings` (all
     the merchant's, open or closed) put the merchant in review.open_hazard_tier while one of a hazard kind
     is open."""
@@ -153,8 +157,11 @@ def derive(policy: ScorePolicy, entries: Sequence[EntryLike], now: datetime,
     window = now - timedelta(days=policy.review.window_days)
     hazards = sum(1 for e in live if e.hazard and window < e.at <= now)
     locks = [e.lock_until for e in live if e.lock_until is not None and e.lock_until > now]
-    forced = [(policy.tier_band(e.forced_tier).min, e.forced_tier, e.forced_until) for e in live
-              if e.forced_tier is not None and e.forced_until is not None and e.forced_until > now]
+    forced = [
+        (policy.tier_band(e.forced_tier).min, e.forced_tier, e.forced_until)
+        for e in live
+        if e.forced_tier is not None and e.forced_until is not None and e.forced_until > now
+    ]
     tier = tier_for(policy, score)
     forced_tier = forced_until = None
     if forced:
@@ -169,14 +176,24 @@ def derive(policy: ScorePolicy, entries: Sequence[EntryLike], now: datetime,
     if open_count and tier == hazard_tier:
         reasons.append(f"{open_count} open hazard{'s' if open_count > 1 else ''} not yet rectified")
     if tier in policy.review.tiers:
-        reasons.append(f"tier {tier}" + (f" (forced until {forced_until:%Y-%m-%d})" if tier == forced_tier
-                                         and forced_until else ""))
+        reasons.append(
+            f"tier {tier}"
+            + (f" (forced until {forced_until:%Y-%m-%d})" if tier == forced_tier and forced_until else "")
+        )
     if hazards >= policy.review.hazards:
         reasons.append(f"{hazards} verified hazards in {policy.review.window_days} days")
-    return Standing(score=score, tier=tier, review=bool(reasons), review_reasons=tuple(reasons), hazards=hazards,
-                    locked_until=max(locks) if locks else None, forced_tier=forced_tier,
-                    forced_until=forced_until, entries=len(entries),
-                    last_entry_id=max((e.id for e in entries), default=None))
+    return Standing(
+        score=score,
+        tier=tier,
+        review=bool(reasons),
+        review_reasons=tuple(reasons),
+        hazards=hazards,
+        locked_until=max(locks) if locks else None,
+        forced_tier=forced_tier,
+        forced_until=forced_until,
+        entries=len(entries),
+        last_entry_id=max((e.id for e in entries), default=None),
+    )
 
 
 def trend(policy: ScorePolicy, entries: Sequence[EntryLike]) -> list[TrendPoint]:
@@ -186,8 +203,9 @@ def trend(policy: ScorePolicy, entries: Sequence[EntryLike]) -> list[TrendPoint]
     for e in sorted(entries, key=lambda e: (e.at, e.id)):
         total += e.points
         score = clamp(total)
-        points.append(TrendPoint(at=e.at, score=score, tier=tier_for(policy, score), entry_id=e.id,
-                                 points=e.points, code=e.code))
+        points.append(
+            TrendPoint(at=e.at, score=score, tier=tier_for(policy, score), entry_id=e.id, points=e.points, code=e.code)
+        )
     return points
 
 
@@ -210,17 +228,36 @@ def alarm_deductions(policy: ScorePolicy, alarm: AlarmFacts, prior: Sequence[Ent
     drafts: list[Draft] = []
     line = next((d for d in policy.alarm_deductions if d.matches(alarm.type, alarm.severity)), None)
     if line is not None:
-        drafts.append(_with_effects(policy, Draft(
-            code=line.code, points=line.points_for(alarm.severity), reason=f"{line.reason} ({alarm.type})",
-            at=at, key=f"alarm:{alarm.id}:{line.code}", hazard=line.hazard)))
+        drafts.append(
+            _with_effects(
+                policy,
+                Draft(
+                    code=line.code,
+                    points=line.points_for(alarm.severity),
+                    reason=f"{line.reason} ({alarm.type})",
+                    at=at,
+                    key=f"alarm:{alarm.id}:{line.code}",
+                    hazard=line.hazard,
+                ),
+            )
+        )
     ack = policy.ack_deadline
     if ack is not None and alarm.severity in ack.minutes:
         deadline = alarm.known_at + timedelta(minutes=ack.minutes[alarm.severity])
         acked = alarm.acknowledged_at
         if acked is None or acked > deadline:
-            drafts.append(_with_effects(policy, Draft(
-                code=ack.code, points=ack.points, at=at, key=f"alarm:{alarm.id}:{ack.code}",
-                reason=f"{ack.reason} ({alarm.type}, {ack.minutes[alarm.severity]} min)")))
+            drafts.append(
+                _with_effects(
+                    policy,
+                    Draft(
+                        code=ack.code,
+                        points=ack.points,
+                        at=at,
+                        key=f"alarm:{alarm.id}:{ack.code}",
+                        reason=f"{ack.reason} ({alarm.type}, {ack.minutes[alarm.severity]} min)",
+                    ),
+                )
+            )
     return drafts + repeat_deductions(policy, drafts, prior)
 
 
@@ -237,9 +274,19 @@ def repeat_deductions(policy: ScorePolicy, new: Sequence[Draft], prior: Sequence
             count = 1 + sum(1 for e in live if e.code in rep.of_codes and since < e.at <= draft.at)
             already = any(e.code == rep.code and since < e.at <= draft.at for e in live)
             if count >= rep.count and not already:
-                drafts.append(_with_effects(policy, Draft(
-                    code=rep.code, points=rep.points, at=draft.at, key=f"{draft.key}:{rep.code}", hazard=False,
-                    reason=f"{rep.reason} ({count} in {rep.window_days} days)")))
+                drafts.append(
+                    _with_effects(
+                        policy,
+                        Draft(
+                            code=rep.code,
+                            points=rep.points,
+                            at=draft.at,
+                            key=f"{draft.key}:{rep.code}",
+                            hazard=False,
+                            reason=f"{rep.reason} ({count} in {rep.window_days} days)",
+                        ),
+                    )
+                )
                 break
     return drafts
 
@@ -250,12 +297,22 @@ def finding_deduction(policy: ScorePolicy, *, finding_id: int, kind: str, at: da
     if line is None:
         known = ", ".join(f.kind for f in policy.findings)
         raise ValueError(f"unknown finding kind {kind!r}; the policy knows {known}")
-    return _with_effects(policy, Draft(code=line.code, points=line.points, reason=line.reason, at=at,
-                                       key=f"finding:{finding_id}", hazard=line.hazard))
+    return _with_effects(
+        policy,
+        Draft(
+            code=line.code,
+            points=line.points,
+            reason=line.reason,
+            at=at,
+            key=f"finding:{finding_id}",
+            hazard=line.hazard,
+        ),
+    )
 
 
-def overdue_charges(policy: ScorePolicy, *, finding_id: int, due_at: datetime, closed_at: datetime | None,
-                    now: datetime) -> list[Draft]:
+def overdue_charges(
+    policy: ScorePolicy, *, finding_id: int, due_at: datetime, closed_at: datetime | None, now: datetime
+) -> list[Draft]:
     """M-D12: one deduction per started overdue period, at the instant that period starts."""
     rect = policy.rectification
     until = closed_at if closed_at is not None and closed_at <= now else now
@@ -264,21 +321,36 @@ def overdue_charges(policy: ScorePolicy, *, finding_id: int, due_at: datetime, c
         starts = due_at + timedelta(days=rect.overdue_every_days * k)
         if until <= starts:
             break
-        drafts.append(_with_effects(policy, Draft(
-            code=rect.overdue_code, points=rect.overdue_points, at=starts, key=f"finding:{finding_id}:overdue:{k}",
-            reason=f"Hazard not rectified by its deadline (overdue period {k + 1})")))
+        drafts.append(
+            _with_effects(
+                policy,
+                Draft(
+                    code=rect.overdue_code,
+                    points=rect.overdue_points,
+                    at=starts,
+                    key=f"finding:{finding_id}:overdue:{k}",
+                    reason=f"Hazard not rectified by its deadline (overdue period {k + 1})",
+                ),
+            )
+        )
     return drafts
 
 
-def rectified_on_time(policy: ScorePolicy, *, finding_id: int, points: int, due_at: datetime,
-                      closed_at: datetime) -> Draft | None:
+def rectified_on_time(
+    policy: ScorePolicy, *, finding_id: int, points: int, due_at: datetime, closed_at: datetime
+) -> Draft | None:
     """M-R02: closing a finding by its deadline restores part of its deduction; late closing restores nothing."""
     rect = policy.rectification
     restore = abs(points) * rect.on_time_restore_pct // 100
     if closed_at > due_at or restore <= 0:
         return None
-    return Draft(code=rect.on_time_code, points=restore, at=closed_at, key=f"finding:{finding_id}:rectified",
-                 reason=f"Rectification completed and verified on time ({rect.on_time_restore_pct} % restored)")
+    return Draft(
+        code=rect.on_time_code,
+        points=restore,
+        at=closed_at,
+        key=f"finding:{finding_id}:rectified",
+        reason=f"Rectification completed and verified on time ({rect.on_time_restore_pct} % restored)",
+    )
 
 
 def _quarter(at: datetime, tz: ZoneInfo) -> tuple[int, int]:
@@ -286,8 +358,14 @@ def _quarter(at: datetime, tz: ZoneInfo) -> tuple[int, int]:
     return local.year, (local.month - 1) // 3
 
 
-def restorations_due(policy: ScorePolicy, entries: Sequence[EntryLike], *, now: datetime,
-                     blocked: bool = False, unblocked_at: datetime | None = None) -> list[Draft]:
+def restorations_due(
+    policy: ScorePolicy,
+    entries: Sequence[EntryLike],
+    *,
+    now: datetime,
+    blocked: bool = False,
+    unblocked_at: datetime | None = None,
+) -> list[Draft]:
     """M-R01: +points per clean period counted from the last deduction (or lock end, or the end of the last
     blocking alarm), capped at base and per calendar quarter; nothing while a blocking alarm is open."""
     rest = policy.restoration
@@ -323,8 +401,15 @@ def restorations_due(policy: ScorePolicy, entries: Sequence[EntryLike], *, now: 
         points = min(rest.points, rest.max_per_quarter - per_quarter.get(q, 0), policy.base - score)
         if points <= 0:
             continue
-        drafts.append(Draft(code=rest.code, points=points, at=at, key=f"restore:{at.isoformat()}",
-                            reason=f"{rest.clean_days} clean days"))
+        drafts.append(
+            Draft(
+                code=rest.code,
+                points=points,
+                at=at,
+                key=f"restore:{at.isoformat()}",
+                reason=f"{rest.clean_days} clean days",
+            )
+        )
         per_quarter[q] = per_quarter.get(q, 0) + points
         score += points
     return drafts
@@ -341,9 +426,18 @@ def upkeep_charges(policy: ScorePolicy, alarm: AlarmFacts, *, now: datetime) -> 
             at = alarm.known_at + timedelta(hours=rule.open_for_h + (rule.repeat_h or 0) * k)
             if at > until or (alarm.closed_at is not None and at >= alarm.closed_at):
                 break
-            drafts.append(_with_effects(policy, Draft(
-                code=rule.code, points=rule.points, at=at, key=f"alarm:{alarm.id}:{rule.code}:{k}",
-                reason=f"{rule.reason} ({alarm.type})")))
+            drafts.append(
+                _with_effects(
+                    policy,
+                    Draft(
+                        code=rule.code,
+                        points=rule.points,
+                        at=at,
+                        key=f"alarm:{alarm.id}:{rule.code}:{k}",
+                        reason=f"{rule.reason} ({alarm.type})",
+                    ),
+                )
+            )
             if rule.repeat_h is None:
                 break
     return drafts

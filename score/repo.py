@@ -10,6 +10,9 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import class_row
 
+from core import repo as core_repo
+from core.domain import Alarm
+
 # Any constant works as long as every gridwatch process uses the same one.
 SCORE_TICK_LOCK = 0x6777_7363_6F72_6531
 
@@ -50,19 +53,10 @@ class SiteMerchantRow:
 
 
 @dataclass(slots=True)
-class AlarmFactsRow:
-    id: int
-    type: str
-    severity: int
-    disposition: str | None
-    raised_at: datetime
-    created_at: datetime
-    acknowledged_at: datetime | None
-    closed_at: datetime | None
-    closed_by: str | None
-    site_id: str
-    device_id: str
-    merchant_id: str | None
+class MerchantAlarm(Alarm):
+    """An alarm on a merchant's premises (merchant_id None: a site without a merchant)."""
+
+    merchant_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -97,19 +91,6 @@ class SnapshotRow:
     entries: int | None
     last_entry_id: int | None
     as_of: datetime | None
-
-
-@dataclass(slots=True)
-class OpenAlarmRow:
-    id: int
-    device_id: str
-    site_id: str
-    type: str
-    severity: int
-    active: bool
-    acknowledged: bool
-    raised_at: datetime
-    message: str
 
 
 LEDGER_COLUMNS = """id, merchant_id, at, points, code, reason, alarm_id, finding_id, site_id, actor, hazard,
@@ -152,8 +133,7 @@ def get_site_merchant(conn: Connection[Any], *, site_id: str) -> SiteMerchantRow
         return cur.execute(SELECT_SITE_MERCHANT, (site_id,)).fetchone()
 
 
-ALARM_FACTS_COLUMNS = """a.id, a.type, a.severity, a.disposition, a.raised_at, a.created_at, a.acknowledged_at,
-    a.closed_at, a.closed_by, a.site_id, a.device_id, s.merchant_id"""
+ALARM_FACTS_COLUMNS = core_repo.alarm_columns("a") + ", s.merchant_id"
 SELECT_ALARM_FACTS = f"""
 SELECT {ALARM_FACTS_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id WHERE a.id = %s
 """
@@ -166,16 +146,17 @@ ORDER BY s.merchant_id, a.id
 """
 
 
-def get_alarm_facts(conn: Connection[Any], *, alarm_id: int) -> AlarmFactsRow | None:
+def get_alarm_facts(conn: Connection[Any], *, alarm_id: int) -> MerchantAlarm | None:
     """An alarm with the merchant of its site."""
-    with conn.cursor(row_factory=class_row(AlarmFactsRow)) as cur:
+    with conn.cursor(row_factory=class_row(MerchantAlarm)) as cur:
         return cur.execute(SELECT_ALARM_FACTS, (alarm_id,)).fetchone()
 
 
-def list_upkeep_alarms(conn: Connection[Any], *, alarm_types: Sequence[str], since: datetime,
-                       now: datetime) -> list[AlarmFactsRow]:
+def list_upkeep_alarms(
+    conn: Connection[Any], *, alarm_types: Sequence[str], since: datetime, now: datetime
+) -> list[MerchantAlarm]:
     """Alarms that may owe upkeep deductions, with their merchant."""
-    with conn.cursor(row_factory=class_row(AlarmFactsRow)) as cur:
+    with conn.cursor(row_factory=class_row(MerchantAlarm)) as cur:
         return cur.execute(SELECT_UPKEEP_ALARMS, {"types": list(alarm_types), "since": since, "now": now}).fetchall()
 
 
@@ -195,12 +176,12 @@ def list_entries(conn: Connection[Any], *, merchant_id: str) -> list[LedgerRow]:
         return cur.execute(SELECT_ENTRIES, (merchant_id,)).fetchall()
 
 
-def list_entries_page(conn: Connection[Any], *, merchant_id: str, before_id: int | None,
-                      limit: int) -> list[LedgerRow]:
+def list_entries_page(conn: Connection[Any], *, merchant_id: str, before_id: int | None, limit: int) -> list[LedgerRow]:
     """A page of a merchant's ledger, newest first, keyset-paginated by id."""
     with conn.cursor(row_factory=class_row(LedgerRow)) as cur:
-        return cur.execute(SELECT_ENTRIES_PAGE, {"merchant": merchant_id, "before": before_id,
-                                                 "limit": limit}).fetchall()
+        return cur.execute(
+            SELECT_ENTRIES_PAGE, {"merchant": merchant_id, "before": before_id, "limit": limit}
+        ).fetchall()
 
 
 def get_entry(conn: Connection[Any], *, entry_id: int) -> LedgerRow | None:
@@ -225,19 +206,47 @@ RETURNING {LEDGER_COLUMNS}
 """
 
 
-def insert_entry(conn: Connection[Any], *, merchant_id: str, at: datetime, points: int, code: str, reason: str,
-                 dedupe_key: str, alarm_id: int | None = None, finding_id: int | None = None,
-                 site_id: str | None = None, actor: str | None = None, hazard: bool = False,
-                 lock_until: datetime | None = None, forced_tier: str | None = None,
-                 forced_until: datetime | None = None, corrects_id: int | None = None) -> LedgerRow | None:
+def insert_entry(
+    conn: Connection[Any],
+    *,
+    merchant_id: str,
+    at: datetime,
+    points: int,
+    code: str,
+    reason: str,
+    dedupe_key: str,
+    alarm_id: int | None = None,
+    finding_id: int | None = None,
+    site_id: str | None = None,
+    actor: str | None = None,
+    hazard: bool = False,
+    lock_until: datetime | None = None,
+    forced_tier: str | None = None,
+    forced_until: datetime | None = None,
+    corrects_id: int | None = None,
+) -> LedgerRow | None:
     """Append one entry; None when an entry with this key exists already (idempotent)."""
     with conn.cursor(row_factory=class_row(LedgerRow)) as cur:
-        return cur.execute(INSERT_ENTRY, {
-            "merchant_id": merchant_id, "at": at, "points": points, "code": code, "reason": reason,
-            "alarm_id": alarm_id, "finding_id": finding_id, "site_id": site_id, "actor": actor, "hazard": hazard,
-            "lock_until": lock_until, "forced_tier": forced_tier, "forced_until": forced_until,
-            "corrects_id": corrects_id, "dedupe_key": dedupe_key,
-        }).fetchone()
+        return cur.execute(
+            INSERT_ENTRY,
+            {
+                "merchant_id": merchant_id,
+                "at": at,
+                "points": points,
+                "code": code,
+                "reason": reason,
+                "alarm_id": alarm_id,
+                "finding_id": finding_id,
+                "site_id": site_id,
+                "actor": actor,
+                "hazard": hazard,
+                "lock_until": lock_until,
+                "forced_tier": forced_tier,
+                "forced_until": forced_until,
+                "corrects_id": corrects_id,
+                "dedupe_key": dedupe_key,
+            },
+        ).fetchone()
 
 
 UPSERT_SNAPSHOT = """
@@ -252,17 +261,40 @@ ON CONFLICT (merchant_id) DO UPDATE SET score = EXCLUDED.score, tier = EXCLUDED.
 """
 
 
-def save_snapshot(conn: Connection[Any], *, merchant_id: str, score: int, tier: str, review: bool,
-                  review_reasons: Sequence[str], hazards: int, locked_until: datetime | None,
-                  forced_tier: str | None, forced_until: datetime | None, entries: int,
-                  last_entry_id: int | None, as_of: datetime) -> None:
+def save_snapshot(
+    conn: Connection[Any],
+    *,
+    merchant_id: str,
+    score: int,
+    tier: str,
+    review: bool,
+    review_reasons: Sequence[str],
+    hazards: int,
+    locked_until: datetime | None,
+    forced_tier: str | None,
+    forced_until: datetime | None,
+    entries: int,
+    last_entry_id: int | None,
+    as_of: datetime,
+) -> None:
     """Store the standing derived from the ledger."""
-    conn.execute(UPSERT_SNAPSHOT, {
-        "merchant_id": merchant_id, "score": score, "tier": tier, "review": review,
-        "review_reasons": list(review_reasons), "hazards": hazards, "locked_until": locked_until,
-        "forced_tier": forced_tier, "forced_until": forced_until, "entries": entries,
-        "last_entry_id": last_entry_id, "as_of": as_of,
-    })
+    conn.execute(
+        UPSERT_SNAPSHOT,
+        {
+            "merchant_id": merchant_id,
+            "score": score,
+            "tier": tier,
+            "review": review,
+            "review_reasons": list(review_reasons),
+            "hazards": hazards,
+            "locked_until": locked_until,
+            "forced_tier": forced_tier,
+            "forced_until": forced_until,
+            "entries": entries,
+            "last_entry_id": last_entry_id,
+            "as_of": as_of,
+        },
+    )
 
 
 SNAPSHOT_COLUMNS = """m.id AS merchant_id, m.name AS merchant_name, m.community_id, ms.score, ms.tier, ms.review,
@@ -314,13 +346,33 @@ SELECT {FINDING_COLUMNS} FROM score_finding WHERE closed_at IS NULL AND due_at <
 """
 
 
-def insert_finding(conn: Connection[Any], *, site_id: str, merchant_id: str, kind: str, code: str, note: str,
-                   found_at: datetime, found_by: str, due_at: datetime) -> FindingRow:
+def insert_finding(
+    conn: Connection[Any],
+    *,
+    site_id: str,
+    merchant_id: str,
+    kind: str,
+    code: str,
+    note: str,
+    found_at: datetime,
+    found_by: str,
+    due_at: datetime,
+) -> FindingRow:
     """Record an inspection finding."""
     with conn.cursor(row_factory=class_row(FindingRow)) as cur:
-        row = cur.execute(INSERT_FINDING, {"site_id": site_id, "merchant_id": merchant_id, "kind": kind,
-                                           "code": code, "note": note, "found_at": found_at,
-                                           "found_by": found_by, "due_at": due_at}).fetchone()
+        row = cur.execute(
+            INSERT_FINDING,
+            {
+                "site_id": site_id,
+                "merchant_id": merchant_id,
+                "kind": kind,
+                "code": code,
+                "note": note,
+                "found_at": found_at,
+                "found_by": found_by,
+                "due_at": due_at,
+            },
+        ).fetchone()
     assert row is not None  # noqa: S101 - INSERT ... RETURNING returns the row
     return row
 
@@ -331,8 +383,7 @@ def lock_finding(conn: Connection[Any], *, finding_id: int) -> FindingRow | None
         return cur.execute(LOCK_FINDING, (finding_id,)).fetchone()
 
 
-def close_finding(conn: Connection[Any], *, finding_id: int, actor: str, at: datetime,
-                  note: str | None) -> FindingRow:
+def close_finding(conn: Connection[Any], *, finding_id: int, actor: str, at: datetime, note: str | None) -> FindingRow:
     """Mark a finding rectified."""
     with conn.cursor(row_factory=class_row(FindingRow)) as cur:
         row = cur.execute(CLOSE_FINDING, {"id": finding_id, "actor": actor, "at": at, "note": note}).fetchone()
@@ -358,16 +409,16 @@ def list_overdue_findings(conn: Connection[Any], *, now: datetime) -> list[Findi
         return cur.execute(SELECT_OVERDUE_FINDINGS, (now,)).fetchall()
 
 
-SELECT_OPEN_ALARMS = """
-SELECT a.id, a.device_id, a.site_id, a.type, a.severity, a.active, a.acknowledged, a.raised_at, a.message
+SELECT_OPEN_ALARMS = f"""
+SELECT {core_repo.alarm_columns("a")}
 FROM alarm a JOIN site s ON s.id = a.site_id
 WHERE s.merchant_id = %s AND a.closed_at IS NULL ORDER BY a.severity DESC, a.id
 """
 
 
-def list_open_alarms(conn: Connection[Any], *, merchant_id: str) -> list[OpenAlarmRow]:
+def list_open_alarms(conn: Connection[Any], *, merchant_id: str) -> list[Alarm]:
     """Alarms still open on the merchant's premises, worst first."""
-    with conn.cursor(row_factory=class_row(OpenAlarmRow)) as cur:
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
         return cur.execute(SELECT_OPEN_ALARMS, (merchant_id,)).fetchall()
 
 
@@ -392,9 +443,9 @@ ORDER BY a.closed_at, a.id
 """
 
 
-def list_unscored_resolved_alarms(conn: Connection[Any], *, since: datetime, now: datetime) -> list[AlarmFactsRow]:
+def list_unscored_resolved_alarms(conn: Connection[Any], *, since: datetime, now: datetime) -> list[MerchantAlarm]:
     """Alarms resolved real_hazard on merchants' premises in (since, now] with no ledger entry yet."""
-    with conn.cursor(row_factory=class_row(AlarmFactsRow)) as cur:
+    with conn.cursor(row_factory=class_row(MerchantAlarm)) as cur:
         return cur.execute(SELECT_RESOLVED_ALARMS, {"since": since, "now": now}).fetchall()
 
 
@@ -415,8 +466,9 @@ GROUP BY s.merchant_id, a.type
 """
 
 
-def list_blocking_alarms(conn: Connection[Any], *,
-                         alarm_types: Sequence[str]) -> dict[tuple[str, str], tuple[bool, datetime | None]]:
+def list_blocking_alarms(
+    conn: Connection[Any], *, alarm_types: Sequence[str]
+) -> dict[tuple[str, str], tuple[bool, datetime | None]]:
     """Per (merchant, alarm type): whether one is open, and when the last one closed."""
     if not alarm_types:
         return {}

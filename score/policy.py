@@ -65,9 +65,12 @@ class ReviewRule(_Strict):
     tiers: tuple[str, ...] = ("D",)
     hazards: int = Field(default=3, ge=1)
     window_days: int = Field(default=90, ge=1)
-    open_hazard_tier: str | None = Field(default=None, description="RULES-REFERENCE 6.2: any open major hazard (a "
-                                         "finding of a `hazard: true` kind not yet rectified) puts the merchant "
-                                         "in this tier regardless of score; null: not applied")
+    open_hazard_tier: str | None = Field(
+        default=None,
+        description="RULES-REFERENCE 6.2: any open major hazard (a "
+        "finding of a `hazard: true` kind not yet rectified) puts the merchant "
+        "in this tier regardless of score; null: not applied",
+    )
 
 
 class AlarmDeduction(_Strict):
@@ -223,6 +226,14 @@ class ScorePolicy(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ScorePolicy:
+        self._check_tiers()
+        self._check_tier_names()
+        self._check_deductions()
+        self._check_codes()
+        return self
+
+    def _check_tiers(self) -> None:
+        """Tier bands: unique names, covering 0..100 with no gap and no overlap."""
         bands = sorted(self.tiers, key=lambda b: b.min)
         names = [b.tier for b in self.tiers]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -234,47 +245,66 @@ class ScorePolicy(_Strict):
             raise ValueError(f"tiers: scores {bands[-1].max + 1}..100 have no tier (the highest must end at 100)")
         for low, high in itertools.pairwise(bands):
             if high.min <= low.max:
-                raise ValueError(f"tiers: {low.tier} ({low.min}-{low.max}) and {high.tier} ({high.min}-{high.max}) "
-                                 f"overlap at {high.min}..{min(low.max, high.max)}")
+                raise ValueError(
+                    f"tiers: {low.tier} ({low.min}-{low.max}) and {high.tier} ({high.min}-{high.max}) "
+                    f"overlap at {high.min}..{min(low.max, high.max)}"
+                )
             if high.min > low.max + 1:
-                raise ValueError(f"tiers: gap between {low.tier} ({low.min}-{low.max}) and {high.tier} "
-                                 f"({high.min}-{high.max}): scores {low.max + 1}..{high.min - 1} have no tier")
-        known_tiers = set(names)
-        for tier in self.review.tiers:
-            if tier not in known_tiers:
-                raise ValueError(f"review.tiers: unknown tier {tier!r} (tiers are {', '.join(names)})")
-        if self.review.open_hazard_tier is not None and self.review.open_hazard_tier not in known_tiers:
-            raise ValueError(f"review.open_hazard_tier: unknown tier {self.review.open_hazard_tier!r} "
-                             f"(tiers are {', '.join(names)})")
+                raise ValueError(
+                    f"tiers: gap between {low.tier} ({low.min}-{low.max}) and {high.tier} "
+                    f"({high.min}-{high.max}): scores {low.max + 1}..{high.min - 1} have no tier"
+                )
+
+    def _check_tier_names(self) -> None:
+        """Every tier the review and the forced tiers name exists."""
+        names = [b.tier for b in self.tiers]
+        unknown = [(f"review.tiers: unknown tier {t!r}", t) for t in self.review.tiers]
+        if self.review.open_hazard_tier is not None:
+            unknown.append(
+                (
+                    f"review.open_hazard_tier: unknown tier {self.review.open_hazard_tier!r}",
+                    self.review.open_hazard_tier,
+                )
+            )
+        for message, tier in unknown:
+            if tier not in names:
+                raise ValueError(f"{message} (tiers are {', '.join(names)})")
         for forced in self.forced_tiers:
-            if forced.tier not in known_tiers:
+            if forced.tier not in names:
                 raise ValueError(f"forced_tiers: {forced.code} forces unknown tier {forced.tier!r}")
+
+    def _check_deductions(self) -> None:
+        """Finding kinds are unique; no alarm type (at a severity) is charged by two deduction lines."""
         kinds = [f.kind for f in self.findings]
         dupes = sorted({k for k in kinds if kinds.count(k) > 1})
         if dupes:
             raise ValueError(f"findings: duplicate kinds {', '.join(dupes)}")
         seen: dict[tuple[str, Severity | None], str] = {}
         for line in self.alarm_deductions:
-            for alarm_type in line.alarm_types:
-                for sev in line.severities or (None,):
-                    clash = seen.get((alarm_type, sev)) or seen.get((alarm_type, None))
-                    if clash is not None:
-                        raise ValueError(f"alarm_deductions: {alarm_type} is charged twice ({clash} and {line.code}); "
-                                         "split them by severities")
-                    seen[(alarm_type, sev)] = line.code
+            for alarm_type, sev in itertools.product(line.alarm_types, line.severities or (None,)):
+                clash = seen.get((alarm_type, sev)) or seen.get((alarm_type, None))
+                if clash is not None:
+                    raise ValueError(
+                        f"alarm_deductions: {alarm_type} is charged twice ({clash} and {line.code}); "
+                        "split them by severities"
+                    )
+                seen[(alarm_type, sev)] = line.code
+
+    def _check_codes(self) -> None:
+        """Locks, forced tiers and repeats refer to deduction codes this policy writes."""
         codes = self.codes()
-        for lock in self.locks:
-            for code in lock.codes:
-                if code not in codes:
-                    raise ValueError(f"locks: {code} is no deduction code of this policy")
-        for forced in self.forced_tiers:
-            if forced.code not in codes:
-                raise ValueError(f"forced_tiers: {forced.code} is no deduction code of this policy")
-        for rep in self.repeats:
-            for code in rep.of_codes:
-                if code not in codes:
-                    raise ValueError(f"repeats: {rep.code} counts {code}, which is no deduction code of this policy")
-        return self
+        refs = [
+            (f"locks: {code} is no deduction code of this policy", code) for lock in self.locks for code in lock.codes
+        ]
+        refs += [(f"forced_tiers: {f.code} is no deduction code of this policy", f.code) for f in self.forced_tiers]
+        refs += [
+            (f"repeats: {r.code} counts {code}, which is no deduction code of this policy", code)
+            for r in self.repeats
+            for code in r.of_codes
+        ]
+        for message, code in refs:
+            if code not in codes:
+                raise ValueError(message)
 
     def codes(self) -> set[str]:
         """Every deduction code this policy can write."""
@@ -409,8 +439,10 @@ def parse_policy(data: Any, source: str, *, alarm_types: Collection[str] | None 
             for unknown in sorted(policy.alarm_types() - known):
                 close = difflib.get_close_matches(unknown, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                problems.append(f"{source}{name}: unknown alarm type {unknown!r} (not in the loaded rule set or "
-                                f"the alarm-type catalog of rules/defaults.yaml){hint}")
+                problems.append(
+                    f"{source}{name}: unknown alarm type {unknown!r} (not in the loaded rule set or "
+                    f"the alarm-type catalog of rules/defaults.yaml){hint}"
+                )
         if problems:
             raise ConfigError("\n".join(problems))
     return policies
@@ -418,14 +450,13 @@ def parse_policy(data: Any, source: str, *, alarm_types: Collection[str] | None 
 
 def load_policy(path: Path | None = None, *, ruleset: Any | None = None) -> PolicySet:
     """The shipped default policy, or the file at path, validated against the alarm types of the rule set."""
-    data, source = read_yaml(path, package="rules", default="score_policy.yaml")
+    data, source = read_yaml(path, package="score", default="policy.yaml")
     return parse_policy(data, source, alarm_types=known_alarm_types(ruleset))
 
 
 @lru_cache(maxsize=1)
 def active_policies() -> PolicySet:
-    """The policy in force in this process: $GRIDWATCH_SCORE_POLICY if set, else the shipped default."""
-    from rules.ruleset import default_rules
-
+    """The policy in force in this process: $GRIDWATCH_SCORE_POLICY if set, else the shipped default, checked
+    against the alarm-type catalog (`gridwatch score check` also checks it against the rules in force)."""
     path = os.environ.get(POLICY_ENV)
-    return load_policy(Path(path) if path else None, ruleset=default_rules())
+    return load_policy(Path(path) if path else None)

@@ -1,7 +1,7 @@
 """Actuation policy: which command goes to which device, what is refused, and when it counts as confirmed.
 
 Commands are rows written in the rules transaction (so an alarm and its valve close commit together);
-ingest/actuator.py publishes them on gw/v1/{device}/cmd after commit. Confirmation is a cmd/ack or the
+rules/actuation/publisher.py publishes them on gw/v1/{device}/cmd after commit. Confirmation is a cmd/ack or the
 next reading showing the state (valve closed, relay off); no confirmation by the deadline is a critical
 actuation_failed alarm (the timer, rules/scheduler.py).
 
@@ -26,38 +26,79 @@ from psycopg import Connection
 from core.domain import Device, DeviceKind, Reading
 from core.errors import ConflictError
 from rules import repo
+from rules.actuation import repo as command_repo
+from rules.actuation.repo import CommandRow
 
 log = logging.getLogger(__name__)
 
 # GAS-05: "close commanded, but no closed feedback within 30 s" [E]; the same for a port cut.
-DEADLINE_S: dict[str, float] = {"close_valve": 30.0, "cut_power": 30.0, "restore_power": 30.0, "self_test": 60.0,
-                                "silence": 30.0}
+DEADLINE_S: dict[str, float] = {
+    "close_valve": 30.0,
+    "cut_power": 30.0,
+    "restore_power": 30.0,
+    "self_test": 60.0,
+    "silence": 30.0,
+}
 RELAY_ACTIONS = frozenset({"cut_power", "restore_power"})
 # GAS-05 "retry once": a safety action not confirmed is sent once more (a retry is never retried).
 RETRIED_ACTIONS = frozenset({"close_valve", "cut_power"})
 GAS_ALARM_TYPES = ("gas_low", "gas_leak", "gas_explosion_risk", "gas_confirmed")
 # The state a reading shows once an action took effect.
-CONFIRMING_STATE: dict[str, tuple[str, str]] = {"close_valve": ("valve", "closed"), "cut_power": ("relay", "off"),
-                                                "restore_power": ("relay", "on")}
+CONFIRMING_STATE: dict[str, tuple[str, str]] = {
+    "close_valve": ("valve", "closed"),
+    "cut_power": ("relay", "off"),
+    "restore_power": ("relay", "on"),
+}
 ACTUATION_FAILED = "actuation_failed"
 
 
-def request_command(conn: Connection[Any], *, device: Device, action: str, alarm_id: int | None, reason: str,
-                    now: datetime, requested_by: str | None = None, retry_of: str | None = None) -> repo.CommandRow:
+def request_command(
+    conn: Connection[Any],
+    *,
+    device: Device,
+    action: str,
+    alarm_id: int | None,
+    reason: str,
+    now: datetime,
+    requested_by: str | None = None,
+    retry_of: str | None = None,
+) -> CommandRow:
     """Queue a command after the safety policy; a person's request that the policy forbids raises
     ConflictError, a rule's is recorded as refused (so the alarm history says why nothing moved)."""
     refusal = refusal_reason(conn, device=device, action=action)
     if refusal is not None and requested_by is not None:
         raise ConflictError(refusal)
     status = "refused" if refusal else "pending"
-    row = repo.insert_command(conn, command_id=str(uuid.uuid4()), device_id=device.id, action=action,
-                              alarm_id=alarm_id, reason=reason, requested_by=requested_by, status=status, at=now,
-                              deadline=now + timedelta(seconds=DEADLINE_S.get(action, 30.0)),
-                              detail=refusal or "", retry_of=retry_of)
+    row = command_repo.insert_command(
+        conn,
+        command_id=str(uuid.uuid4()),
+        device_id=device.id,
+        action=action,
+        alarm_id=alarm_id,
+        reason=reason,
+        requested_by=requested_by,
+        status=status,
+        at=now,
+        deadline=now + timedelta(seconds=DEADLINE_S.get(action, 30.0)),
+        detail=refusal or "",
+        retry_of=retry_of,
+    )
     if alarm_id is not None:
-        repo.insert_event(conn, alarm_id=alarm_id, kind="actuated", at=now, actor=requested_by,
-                          details={"command_id": row.id, "device_id": device.id, "action": action,
-                                   "status": status, "refused": refusal, "retry_of": retry_of})
+        repo.insert_event(
+            conn,
+            alarm_id=alarm_id,
+            kind="actuated",
+            at=now,
+            actor=requested_by,
+            details={
+                "command_id": row.id,
+                "device_id": device.id,
+                "action": action,
+                "status": status,
+                "refused": refusal,
+                "retry_of": retry_of,
+            },
+        )
     if refusal:
         log.warning("command %s on %s refused: %s", action, device.id, refusal)
     else:
@@ -74,10 +115,12 @@ def refusal_reason(conn: Connection[Any], *, device: Device, action: str) -> str
         if gas is not None:
             return f"gas alarm {gas} is active in site {device.site_id}: no remote relay switching there"
     if action == "restore_power":
-        lock = repo.get_port_lock(conn, device_id=device.id)
+        lock = command_repo.get_port_lock(conn, device_id=device.id)
         if lock is not None:
-            return (f"port {device.id} is locked since {lock[2].isoformat()} after a safety trip ({lock[1]}): "
-                    "a worker must check the bike and clear the lock on site")
+            return (
+                f"port {device.id} is locked since {lock[2].isoformat()} after a safety trip ({lock[1]}): "
+                "a worker must check the bike and clear the lock on site"
+            )
     return None
 
 
@@ -111,34 +154,79 @@ def confirming_pairs(readings: Sequence[Reading]) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def record_confirmations(conn: Connection[Any], *, commands: Sequence[repo.CommandRow], at: datetime) -> None:
+def record_confirmations(conn: Connection[Any], *, commands: Sequence[CommandRow], at: datetime) -> None:
     """Audit each confirmed command on its alarm."""
     for c in commands:
         log.info("command %s (%s) on %s confirmed by %s", c.id, c.action, c.device_id, c.confirmed_by)
         if c.alarm_id is not None:
-            repo.insert_event(conn, alarm_id=c.alarm_id, kind="actuation_confirmed", at=at,
-                              details={"command_id": c.id, "device_id": c.device_id, "action": c.action,
-                                       "by": c.confirmed_by})
+            repo.insert_event(
+                conn,
+                alarm_id=c.alarm_id,
+                kind="actuation_confirmed",
+                at=at,
+                details={"command_id": c.id, "device_id": c.device_id, "action": c.action, "by": c.confirmed_by},
+            )
 
 
 def lock_port(conn: Connection[Any], *, device: Device, alarm_id: int | None, reason: str, at: datetime) -> None:
     """EB-10: lock a port after a safety trip."""
-    repo.lock_port(conn, device_id=device.id, alarm_id=alarm_id, reason=reason, at=at)
+    command_repo.lock_port(conn, device_id=device.id, alarm_id=alarm_id, reason=reason, at=at)
     log.info("port %s locked after %s", device.id, reason)
 
 
-def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None,
-                    now: datetime) -> bool:
+def clear_port_lock(conn: Connection[Any], *, device_id: str, actor: str, note: str | None, now: datetime) -> bool:
     """A worker has checked the bike on site and clears the port (returns whether it was locked)."""
-    return repo.clear_port_lock(conn, device_id=device_id, actor=actor, note=note, at=now)
+    return command_repo.clear_port_lock(conn, device_id=device_id, actor=actor, note=note, at=now)
 
 
-def claim_pending(conn: Connection[Any], *, limit: int = 100) -> list[repo.CommandRow]:
+def claim_pending(conn: Connection[Any], *, limit: int = 100) -> list[CommandRow]:
     """Pending commands for a publisher, locked until its transaction ends (others skip them)."""
-    return repo.claim_pending_commands(conn, limit=limit)
+    return command_repo.claim_pending_commands(conn, limit=limit)
 
 
 def mark_sent(conn: Connection[Any], *, ids: Sequence[str], at: datetime) -> None:
     """The broker acknowledged these commands."""
     if ids:
-        repo.mark_commands_sent(conn, ids=ids, at=at)
+        command_repo.mark_commands_sent(conn, ids=ids, at=at)
+
+
+def confirm_by_state(conn: Connection[Any], *, readings: Sequence[Reading], at: datetime) -> list[CommandRow]:
+    """Commands the devices' reported state confirms (relay off after cut_power, valve closed after close_valve)."""
+    pairs = confirming_pairs(readings)
+    if not pairs:
+        return []
+    confirmed = command_repo.confirm_commands_by_state(conn, pairs=pairs, at=at)
+    record_confirmations(conn, commands=confirmed, at=at)
+    return confirmed
+
+
+def apply_ack(
+    conn: Connection[Any], *, command_id: str, device_id: str, ok: bool, detail: str, at: datetime
+) -> CommandRow | None:
+    """A device's cmd/ack: the command confirmed (ok) or failed (not ok); None for an unknown or settled id."""
+    return command_repo.ack_command(conn, command_id=command_id, device_id=device_id, ok=ok, detail=detail, at=at)
+
+
+def expire(conn: Connection[Any], *, now: datetime) -> list[CommandRow]:
+    """Commands past their deadline without confirmation, now failed (the timer raises actuation_failed)."""
+    return command_repo.expire_commands(conn, now=now)
+
+
+def recent_command(conn: Connection[Any], *, device_id: str, action: str, since: datetime) -> str | None:
+    """The newest command of this action delivered to (or confirmed by) the device since `since`."""
+    return command_repo.recent_command(conn, device_id=device_id, action=action, since=since)
+
+
+def get_port_lock(conn: Connection[Any], *, device_id: str) -> tuple[int, str, datetime] | None:
+    """The port's open lockout (id, reason, since), if any."""
+    return command_repo.get_port_lock(conn, device_id=device_id)
+
+
+def get_commands(conn: Connection[Any], *, device_id: str) -> list[CommandRow]:
+    """A device's commands, oldest first."""
+    return command_repo.get_commands(conn, device_id=device_id)
+
+
+def fail(conn: Connection[Any], *, command_id: str, detail: str, at: datetime) -> CommandRow | None:
+    """A pending command that cannot be carried out at all (its bridge has no such command): failed now."""
+    return command_repo.fail_command(conn, command_id=command_id, detail=detail, at=at)

@@ -1,9 +1,11 @@
-"""Publishes pending commands (rules' `command` rows) to the devices on gw/v1/{device}/cmd, QoS 1.
+"""Publishes pending commands to the devices, QoS 1 (the rules part runs it).
 
-A command row is claimed FOR UPDATE SKIP LOCKED (several ingest processes never send one twice), published
-in the device's own dialect (ingest.adapters.encode_command), and marked sent in the same transaction only
-once the broker has acknowledged it: a crash in between republishes (devices dedupe by command id).
-Confirmation comes back on cmd/ack (ingest -> rules_service.apply_command_acks) or in the next reading.
+A command row is claimed FOR UPDATE SKIP LOCKED (several processes never send one twice), published in the
+device's own dialect (the `encode` function the composition root hands in: ingest.adapters.encode_command, which
+knows every bridge), and marked sent in the same transaction only once the broker has acknowledged it: a crash in
+between republishes (devices dedupe by command id). A command the device's bridge cannot carry fails at once
+with the reason and raises actuation_failed, instead of blocking the commands behind it. Confirmation comes back
+on cmd/ack (ingest -> rules_service.apply_command_acks) or in the device's next state.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import psycopg
 
 from core import repo as core_repo
+from core.domain import Device
 from core.loop import Check, Loop
 from core.settings import Settings
-from ingest import adapters
-from rules import actuation
+from rules import service as rules_service
+from rules.actuation import service as actuation
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +32,32 @@ class CommandNotSentError(TimeoutError):
     """The broker did not acknowledge a command in time (the row stays pending and is published again)."""
 
 
+class Encode(Protocol):
+    """A command in a device's dialect: the (topic, payload) messages that carry it; ValueError if its bridge
+    cannot carry the action."""
+
+    def __call__(
+        self, device: Device, *, action: str, command_id: str, alarm_id: int | None, reason: str
+    ) -> list[tuple[str, bytes]]: ...
+
+
 class Actuator:
     """Polls for pending commands every poll_s and publishes them."""
 
-    def __init__(self, settings: Settings, *, poll_s: float = 0.2, batch: int = 100) -> None:
+    def __init__(self, settings: Settings, *, encode: Encode, poll_s: float = 0.2, batch: int = 100) -> None:
         self.settings = settings
+        self.encode = encode
         self.poll_s = poll_s
         self.batch = batch
         self.published = 0
         self.fatal: Exception | None = None
         self.loop: Loop[psycopg.Connection[Any]] = Loop("actuator", self, probe=self._broker_problem)
         target = settings.mqtt
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
-                                  client_id=f"{settings.mqtt_client_id}-act-{uuid.uuid4().hex[:6]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
+            client_id=f"{settings.mqtt_client_id}-act-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv5,
+        )
         if target.username:
             self.client.username_pw_set(target.username, target.password)
         if target.tls:
@@ -61,9 +76,14 @@ class Actuator:
                 device = devices.get(c.device_id)
                 if device is None:
                     continue
-                for topic, payload in adapters.encode_command(device, action=c.action, command_id=c.id,
-                                                              alarm_id=c.alarm_id, reason=c.reason,
-                                                              prefix=self.settings.topic_prefix):
+                try:
+                    messages = self.encode(
+                        device, action=c.action, command_id=c.id, alarm_id=c.alarm_id, reason=c.reason
+                    )
+                except ValueError as exc:
+                    self._cannot_carry(conn, device, c.id, str(exc))
+                    continue
+                for topic, payload in messages:
                     info = self.client.publish(topic, payload, qos=1)
                     info.wait_for_publish(timeout=5)
                     if not info.is_published():
@@ -73,6 +93,14 @@ class Actuator:
             actuation.mark_sent(conn, ids=sent, at=datetime.now(UTC))
         self.published += len(sent)
         return len(sent)
+
+    def _cannot_carry(self, conn: psycopg.Connection[Any], device: Device, command_id: str, why: str) -> None:
+        log.error("command %s to %s cannot be sent: %s", command_id, device.id, why)
+        failed = actuation.fail(conn, command_id=command_id, detail=f"cannot be sent: {why}", at=datetime.now(UTC))
+        if failed is not None:
+            rules_service.raise_actuation_failed(
+                conn, device=device, command=failed, at=failed.done_at or datetime.now(UTC)
+            )
 
     def open(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.settings.dsn, autocommit=False)
