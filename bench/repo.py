@@ -250,3 +250,16 @@ def copy_rows(conn: Connection[Any], *, rows: list[tuple[Any, ...]]) -> None:
 def jsonb_or_none(value: dict[str, Any] | None) -> Jsonb | None:
     """Extras as COPY wants them."""
     return Jsonb(value) if value else None
+
+
+COUNT_TRANSITIONS = """
+SELECT (SELECT count(*) FROM alarm_event WHERE kind IN ('raised', 'cleared', 'reactivated', 'severity_raised')),
+       (SELECT count(*) FROM outbox)
+"""
+
+
+def count_transitions(conn: Connection[Any]) -> tuple[int, int]:
+    """(alarm transitions written, outbox rows queued for notify) in a drained database."""
+    row = conn.execute(COUNT_TRANSITIONS).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
