@@ -61,7 +61,7 @@ def browser() -> Iterator[WebDriver]:
 @pytest.fixture
 def stack(loaded: Settings) -> Iterator[tuple[ApiEnv, str, Running]]:
     """The API on a real server, and the real ingest reading MQTT."""
-    running = start_services(loaded, ("ingest",))
+    running = start_services(loaded, ("ingest", "rules"))  # rules: the score part scores verified hazards
     try:
         wait_for(running.parts["ingest"].consumer.connected.is_set, what="ingest connected")
         with api_env(loaded) as env, live_server(create_app(loaded, env.pool)) as base:
@@ -154,6 +154,12 @@ def test_merchant_sees_score_and_ledger_entry_after_a_violation(
         json={"disposition": "real_hazard", "note": "hose cracked"},
     )
     assert r.status_code == 200, r.text
+    # The score part (woken by the resolution's NOTIFY) writes the entry in its own transaction.
+    wait_for(
+        lambda: env.client.get("/api/v1/merchants/m1/ledger", headers=env.headers("m1")).json()["items"],
+        timeout=10,
+        what="the ledger entry",
+    )
 
     browser.refresh()
     entry = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#ledger tr.entry")))
