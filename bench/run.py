@@ -269,8 +269,12 @@ class Bench:
             conn.execute("ALTER SYSTEM SET synchronous_commit = on")
             conn.execute("ALTER SYSTEM SET maintenance_work_mem = '512MB'")
             conn.execute("ALTER SYSTEM SET max_wal_size = '4GB'")
+            # The server's own account of where its time went (the field workloads' statement profile).
+            conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
         self.pg.stop()
         self.admin_url = self.pg.start()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.mosquitto.start()
         assert self.mosquitto.proc is not None
         self.broker_pid = self.mosquitto.proc.pid
@@ -784,8 +788,13 @@ def workload_drains(bench: Bench, results: Results, say: Any, workload: str, n: 
 
 
 def workload_drain(bench: Bench, db_name: str, cids: list[str], group: str, readings: int) -> dict[str, Any]:
-    """An ingest drain of a workload, with its alarm transitions and the PostgreSQL CPU a reading cost."""
+    """An ingest drain of a workload, with its alarm transitions, the PostgreSQL CPU a reading cost and the
+    server's statement profile (pg_stat_statements: where its time went, per reading)."""
+    with psycopg.connect(bench.admin_url, autocommit=True) as conn:
+        repo.reset_statements(conn)
     figures = ingest_drain(bench, db_name, cids, group, readings)
+    with psycopg.connect(bench.admin_url, autocommit=True) as conn:
+        figures["statements_us_per_reading"] = repo.top_statements(conn, database=db_name, per=readings)
     with psycopg.connect(bench.db_url(db_name)) as conn:
         transitions, outbox = repo.count_transitions(conn)
     figures["rate"] = round(readings / figures["seconds"])
