@@ -5,6 +5,8 @@ The caller (ingest) owns the transaction; nothing here commits.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,18 +89,22 @@ def apply_readings(  # noqa: C901
             continue
         if state.last_seen_at is None or reading.received_at > state.last_seen_at:
             state.last_seen_at = reading.received_at
-        # DESIGN: a reading older than the device's latest is stored but never re-evaluated, so a late
-        # duplicate cannot re-open a cleared alarm.
-        if state.last_ts is not None and reading.ts < state.last_ts:
+        plan = ruleset.plan_for(device)
+        reading = _judged_time(reading, plan.max_ahead_s)
+        # DESIGN: a reading older than the device's latest is still judged, on a copy of the rule state: a hazard
+        # in it raises (or is recorded against) an alarm, marked late, but it never clears or downgrades what
+        # newer readings set, and it leaves the device's windows and hysteresis as they were.
+        late = state.last_ts is not None and reading.ts < state.last_ts
+        if late:
             LATE_READINGS.inc()
-            continue
-        state.last_ts, state.last_seq = reading.ts, reading.seq
-        rules = state.rules
-        if reading.test:
+            rules = copy.deepcopy(state.rules)
+        else:
+            state.last_ts, state.last_seq = reading.ts, reading.seq
+            rules = state.rules
+        if reading.test and not late:
             # A self-test never pages (RULES-REFERENCE 7.3 test mode): record it as passed, judge nothing else.
             rules[SELF_TEST] = reading.ts.isoformat()
             log.info("self-test passed on %s at %s", device.id, reading.ts.isoformat())
-        plan = ruleset.plan_for(device)
         present = plan.present(reading)
         test = reading.test
         for compiled in plan.rules:
@@ -125,6 +131,11 @@ def apply_readings(  # noqa: C901
                 continue
             if transition is None:
                 continue
+            if late:
+                if transition.kind == "clear":
+                    continue  # newer readings decide what is clear
+                transition.details = {**transition.details, "late": True}
+                _adopt(state.rules, rules, rule.id)  # the alarm the late reading raised is the rule's state now
             if isinstance(rule, RealarmRule) and not _reset_before(conn, rule=rule, device=device, at=transition.at):
                 continue  # a rising edge without a remote reset before it is the plain alarm (SMK-01)
             if (
@@ -133,7 +144,7 @@ def apply_readings(  # noqa: C901
                 and any(rules.get(i, {}).get("active") for i in rule.if_active)
             ):
                 transition.severity = max(transition.severity, rule.severity_if_active)  # EB-06 with EB-03/04
-            stage_transition(batch, device=device, rule_id=rule.id, transition=transition, rules=rules)
+            stage_transition(batch, device=device, rule_id=rule.id, transition=transition, rules=state.rules)
     changes.extend(flush_batch(conn, batch, ruleset=ruleset, now=wall, commanded=commanded))
     # Only devices with a command open (the lock query says) or commanded just now can confirm one: most batches
     # need no confirmation query at all.
@@ -143,6 +154,22 @@ def apply_readings(  # noqa: C901
     )
     repo.save_device_states(conn, states=list(states.values()))
     return changes
+
+
+def _adopt(into: dict[str, Any], rules: dict[str, Any], rule_id: str) -> None:
+    adopted = rules.get(rule_id)
+    if adopted is None:
+        into.pop(rule_id, None)
+    else:
+        into[rule_id] = adopted
+
+
+def _judged_time(reading: Reading, max_ahead_s: float | None) -> Reading:
+    """The reading as the rules judge it: at its own time, or at its arrival when the device's clock runs ahead of
+    the arrival by more than max_ahead_s (DEV-05c raises about the clock; device_ts keeps the device's time)."""
+    if max_ahead_s is None or (reading.ts - reading.received_at).total_seconds() <= max_ahead_s:
+        return reading
+    return dataclasses.replace(reading, ts=reading.received_at, device_ts=reading.ts)
 
 
 def apply_transition(
