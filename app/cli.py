@@ -62,7 +62,7 @@ def load(file: Annotated[Path, typer.Argument(help="registry YAML (see examples/
     from core import repo as core_repo
     from core.registry import read_registry
     from rules import service as rules_service
-    from rules.ruleset import default_rules
+    from rules.ruleset import rules_in_force
 
     settings = _settings()
     try:
@@ -73,7 +73,9 @@ def load(file: Annotated[Path, typer.Argument(help="registry YAML (see examples/
                 counts = core_repo.upsert_registry(conn, registry=registry)
                 devices = core_repo.get_devices(conn, ids=[d.id for d in registry.devices])
                 # GAS-08 and other registry checks: a misplaced detector is an alarm from the moment it is loaded.
-                checks = rules_service.check_installation(conn, devices=devices, ruleset=default_rules())
+                checks = rules_service.check_installation(
+                    conn, devices=devices, ruleset=rules_in_force(settings.rules_file)
+                )
     except GridwatchError as exc:
         raise _fail(exc) from exc
     typer.echo(f"loaded {registry.community.id}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -250,3 +250,34 @@ def copy_rows(conn: Connection[Any], *, rows: list[tuple[Any, ...]]) -> None:
 def jsonb_or_none(value: dict[str, Any] | None) -> Jsonb | None:
     """Extras as COPY wants them."""
     return Jsonb(value) if value else None
+
+
+COUNT_TRANSITIONS = """
+SELECT (SELECT count(*) FROM alarm_event WHERE kind IN ('raised', 'cleared', 'reactivated', 'severity_raised')),
+       (SELECT count(*) FROM outbox)
+"""
+
+
+def count_transitions(conn: Connection[Any]) -> tuple[int, int]:
+    """(alarm transitions written, outbox rows queued for notify) in a drained database."""
+    row = conn.execute(COUNT_TRANSITIONS).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+TOP_STATEMENTS = """
+SELECT regexp_replace(left(query, 90), '\\s+', ' ', 'g'), calls, total_exec_time
+FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s)
+ORDER BY total_exec_time DESC LIMIT %s
+"""
+
+
+def reset_statements(conn: Connection[Any]) -> None:
+    """Forget the statement profile so far (pg_stat_statements)."""
+    conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def top_statements(conn: Connection[Any], *, database: str, per: int, limit: int = 8) -> list[dict[str, Any]]:
+    """The statements that took the server's time in one database, as µs of execution per reading."""
+    rows = conn.execute(TOP_STATEMENTS, (database, limit)).fetchall()
+    return [{"statement": q, "calls": int(c), "us_per_reading": round(t * 1000 / per, 1)} for q, c, t in rows]

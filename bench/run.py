@@ -41,6 +41,7 @@ from bench import cgroup as bench_cgroup
 from bench import cpu as bench_cpu
 from bench import mqtt as bench_mqtt
 from bench import repo
+from bench import workloads as bench_workloads
 from core import db
 from core.embedded import EmbeddedMosquitto, EmbeddedPostgres, free_port
 from core.settings import Settings
@@ -53,6 +54,11 @@ TEMPLATE = "bench_district"
 SCALE_SEQ = 10_000_000  # sequence number of the one message per device sent to the scale data set
 
 TARGETS = {
+    # issue 18: field workloads (bench/workloads.py) against the bare subscriber in the same run
+    "mixed_one_vs_raw": 0.8,
+    "storm_vs_mixed": 0.8,
+    "mixed_two_vs_one": 1.3,
+    "storm_latency_p99_ms": 1000.0,
     "ingest_one_vs_raw": 0.70,
     "ingest_two_vs_one": 1.8,
     "latency_p99_ms": 500.0,
@@ -82,6 +88,8 @@ class Sizes:
     # Each ingest process's CPU in the capped scale-out drains (bench/cgroup.py); 0 leaves that stage out.
     # Two such processes plus the broker and PostgreSQL must fit in two cores with room to spare.
     cpu_cap: float = 0.3
+    # Issue 18's field workloads: messages per drain from 1,000 devices (mixed values, alarm storm).
+    workload_messages: int = 50_000
 
     @classmethod
     def tiny(cls) -> Sizes:
@@ -100,6 +108,7 @@ class Sizes:
             fleet_devices=1_000,
             fleet_rate=500.0,
             fleet_s=2.0,
+            workload_messages=2_000,
         )
 
 
@@ -260,8 +269,12 @@ class Bench:
             conn.execute("ALTER SYSTEM SET synchronous_commit = on")
             conn.execute("ALTER SYSTEM SET maintenance_work_mem = '512MB'")
             conn.execute("ALTER SYSTEM SET max_wal_size = '4GB'")
+            # The server's own account of where its time went (the field workloads' statement profile).
+            conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
         self.pg.stop()
         self.admin_url = self.pg.start()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.mosquitto.start()
         assert self.mosquitto.proc is not None
         self.broker_pid = self.mosquitto.proc.pid
@@ -453,6 +466,7 @@ def run(
     out: Path | None = RESULTS,
     quiet: bool = False,
     skip_scale: bool = False,
+    workloads_only: bool = False,
 ) -> Results:
     """Run every stage and return the figures (also written to `out` as JSON)."""
     say = (lambda *_a: None) if quiet else (lambda msg: print(msg, flush=True))
@@ -474,14 +488,19 @@ def run(
             bench.start()
         with stage(results, "district", say):
             bench.create_template()
-        measure_drains(bench, results, say)
+        measure_workloads(bench, results, say)
         bench.settle()
-        measure_latency(bench, results, say)
-        measure_fleet(bench, results, say)
-        if not skip_scale:
-            measure_scale(bench, results, say)
+        if workloads_only:
+            results.notes.append("only the field workloads were run (--workloads-only)")
         else:
-            results.notes.append("scale stage skipped (--skip-scale)")
+            measure_drains(bench, results, say)
+            bench.settle()
+            measure_latency(bench, results, say)
+            measure_fleet(bench, results, say)
+            if not skip_scale:
+                measure_scale(bench, results, say)
+            else:
+                results.notes.append("scale stage skipped (--skip-scale)")
     finally:
         bench.stop()
         if data_dir is None:
@@ -689,6 +708,168 @@ def ingest_drain(
 
 
 DEVICE_IN_TEXT = re.compile(r"\bd\d{6}\b")
+
+
+WORKLOAD_TOPICS = [f"{PREFIX}/+/telemetry", f"{PREFIX}/+/status"]
+
+
+def workload_devices(sizes: Sizes) -> int:
+    """The field workloads' devices: the district's first 1,000 (half of a tiny district), the rest stay quiet."""
+    return min(bench_workloads.DEVICES, sizes.devices // 2)
+
+
+def measure_workloads(bench: Bench, results: Results, say: Any) -> None:
+    """Issue 18: the mixed and storm backlogs (bench/workloads.py), each drained by the bare subscriber and by one
+    ingest process alternately (best of DRAIN_ROUNDS each), mixed also by two processes; then the storm arrives live
+    while gas leaks are probed on quiet devices (publish -> webhook)."""
+    n = bench.sizes.workload_messages
+    out: dict[str, Any] = results.figures.setdefault("workloads", {})
+    for workload in ("mixed", "storm"):
+        out[workload] = workload_drains(bench, results, say, workload, n, two=workload == "mixed")
+    mixed, storm = out["mixed"], out["storm"]
+    mixed["one"]["vs_raw"] = round(mixed["one"]["rate"] / mixed["raw"]["rate"], 3)
+    storm["one"]["vs_raw"] = round(storm["one"]["rate"] / storm["raw"]["rate"], 3)
+    storm["one"]["vs_mixed"] = round(storm["one"]["rate"] / mixed["one"]["rate"], 3)
+    mixed["two"]["vs_one"] = round(mixed["two"]["rate"] / mixed["one"]["rate"], 3)
+    out["storm_latency"] = storm_latency(bench, results, say, rate=0.5 * storm["one"]["rate"])
+
+
+def workload_drains(bench: Bench, results: Results, say: Any, workload: str, n: int, *, two: bool) -> dict[str, Any]:
+    """One workload's backlog queued once for every session, then drained by each (see measure_workloads)."""
+    rounds = range(1, DRAIN_ROUNDS + 1)
+    with stage(results, f"{workload} backlog", say):
+        for r in rounds:
+            bench.open_session(f"bench-{workload}-raw-{r}", WORKLOAD_TOPICS)
+            bench.open_session(f"bench-{workload}-one-{r}", bench.ingest_topics())
+        if two:
+            for cid in (f"bench-{workload}-two-a", f"bench-{workload}-two-b"):
+                bench.open_session(cid, bench.ingest_topics("bench"))
+        messages = bench_workloads.backlog(
+            workload, n, now_ms=int(time.time() * 1000), devices=workload_devices(bench.sizes)
+        )
+        readings = sum(1 for topic, _ in messages if topic.endswith("/telemetry"))
+        bench_mqtt.publish_all("127.0.0.1", bench.mosquitto.port, messages, client_id=f"bench-{workload}-backlog")
+    raw_runs, one_runs = [], []
+    for r in rounds:
+        with stage(results, f"{workload} raw {r}", say):
+            raw = bench_mqtt.raw_drain(
+                "127.0.0.1",
+                bench.mosquitto.port,
+                client_id=f"bench-{workload}-raw-{r}",
+                expected=len(messages),
+                receive_maximum=bench.sizes.raw_receive_maximum,
+                broker_pid=bench.broker_pid,
+            )
+            raw_runs.append(drain_figures(raw))
+        with stage(results, f"{workload} one {r}", say):
+            one_runs.append(
+                workload_drain(bench, f"bench_{workload}_one_{r}", [f"bench-{workload}-one-{r}"], "", readings)
+            )
+    found: dict[str, Any] = {
+        "messages": len(messages),
+        "readings": readings,
+        "raw": {**max(raw_runs, key=lambda x: x["rate"]), "runs": [x["rate"] for x in raw_runs]},
+        "one": {**max(one_runs, key=lambda x: x["rate"]), "runs": [x["rate"] for x in one_runs]},
+    }
+    if two:
+        with stage(results, f"{workload} two", say):
+            found["two"] = workload_drain(
+                bench,
+                f"bench_{workload}_two",
+                [f"bench-{workload}-two-a", f"bench-{workload}-two-b"],
+                "bench",
+                readings,
+            )
+    for cid in [f"bench-{workload}-{k}-{r}" for k in ("raw", "one") for r in rounds] + (
+        [f"bench-{workload}-two-a", f"bench-{workload}-two-b"] if two else []
+    ):
+        bench_mqtt.close_session("127.0.0.1", bench.mosquitto.port, client_id=cid)
+    return found
+
+
+def workload_drain(bench: Bench, db_name: str, cids: list[str], group: str, readings: int) -> dict[str, Any]:
+    """An ingest drain of a workload, with its alarm transitions, the PostgreSQL CPU a reading cost and the
+    server's statement profile (pg_stat_statements: where its time went, per reading)."""
+    with psycopg.connect(bench.admin_url, autocommit=True) as conn:
+        repo.reset_statements(conn)
+    figures = ingest_drain(bench, db_name, cids, group, readings)
+    with psycopg.connect(bench.admin_url, autocommit=True) as conn:
+        figures["statements_us_per_reading"] = repo.top_statements(conn, database=db_name, per=readings)
+    with psycopg.connect(bench.db_url(db_name)) as conn:
+        transitions, outbox = repo.count_transitions(conn)
+    figures["rate"] = round(readings / figures["seconds"])
+    figures["transitions"] = transitions
+    figures["transitions_per_reading"] = round(transitions / readings, 3)
+    figures["transitions_per_s"] = round(transitions / figures["seconds"])
+    figures["notifications_queued"] = outbox
+    figures["postgres_us_per_reading"] = figures["cpu_split_us_per_msg"].get("postgres")
+    return figures
+
+
+def storm_latency(bench: Bench, results: Results, say: Any, *, rate: float) -> dict[str, Any]:
+    """Gas-leak probes on quiet devices while the storm arrives live at `rate`: publish -> the worker's webhook."""
+    sizes = bench.sizes
+    with stage(results, "storm latency", say):
+        url = bench.create_db("bench_storm_latency")
+        bench.open_session("bench-storm-lat", bench.ingest_topics())
+        ingest = bench.spawn("ingest", bench.settings_env(url, client_id="bench-storm-lat"), "storm-latency-ingest")
+        notify = bench.spawn("notify", bench.settings_env(url, client_id="bench-storm-notify"), "storm-latency-notify")
+        bench_mqtt.wait_connections(bench.mosquitto.port, 1, timeout=120, alive=lambda: ingest.poll() is None)
+        devices = workload_devices(sizes)
+        probe_pool = [d for d in range(devices, sizes.devices) if repo.device_kind(d) == "gas_detector"]
+        load = bench_mqtt.FleetProcess(
+            "127.0.0.1",
+            bench.mosquitto.port,
+            rate=rate,
+            make=functools.partial(bench_workloads.storm_message, devices=devices),
+        )
+        load.start()
+        time.sleep(min(3.0, sizes.latency_s / 2))
+        probe_pub = bench_mqtt.Publisher("127.0.0.1", bench.mosquitto.port, client_id="bench-storm-probe")
+        sent_at: dict[str, float] = {}
+        probes = min(len(probe_pool), max(1, int(sizes.latency_s * sizes.probes_per_s)))
+        for k in range(probes):
+            d = probe_pool[-1 - k]
+            topic, payload = telemetry(d, 1, int(time.time() * 1000), alarm=True)
+            sent_at[repo.device_id(d)] = time.time()
+            probe_pub.publish(topic, payload)
+            time.sleep(1 / sizes.probes_per_s)
+        achieved = load.stop()
+        latencies = collect_latencies(bench, sent_at, timeout=15)
+        probe_pub.close()
+        bench.stop_proc(notify)
+        bench.stop_proc(ingest)
+        bench_mqtt.close_session("127.0.0.1", bench.mosquitto.port, client_id="bench-storm-lat")
+        with psycopg.connect(url) as conn:
+            transitions, outbox = repo.count_transitions(conn)
+    values = list(latencies.values())
+    if len(values) < len(sent_at):
+        results.notes.append(f"storm latency: {len(sent_at) - len(values)} probe(s) not notified within 15 s")
+    return {
+        "load_rate": round(rate),
+        "load_achieved_rate": round(achieved),
+        "probes": len(sent_at),
+        "notified": len(values),
+        "transitions": transitions,
+        "notifications_queued": outbox,
+        "p50_ms": round(percentile(values, 50), 1) if values else None,
+        "p99_ms": round(percentile(values, 99), 1) if values else None,
+        "max_ms": round(max(values), 1) if values else None,
+    }
+
+
+def collect_latencies(bench: Bench, sent_at: dict[str, float], *, timeout: float) -> dict[str, float]:
+    """Per probed device, ms from publish to the first webhook message naming it."""
+    deadline = time.monotonic() + timeout
+    latencies: dict[str, float] = {}
+    while time.monotonic() < deadline and len(latencies) < len(sent_at):
+        for at, data in bench.webhook.snapshot():
+            text = f"{data.get('title', '')} {data.get('message', data.get('body', ''))}"
+            for dev in DEVICE_IN_TEXT.findall(text):
+                if dev in sent_at and dev not in latencies:
+                    latencies[dev] = (at - sent_at[dev]) * 1000
+        time.sleep(0.1)
+    return latencies
 
 
 def measure_fleet(bench: Bench, results: Results, say: Any) -> None:
@@ -985,7 +1166,13 @@ def evaluate_targets(f: dict[str, Any]) -> dict[str, Any]:
         return {"value": value, "target": target, "met": met}
 
     api = f.get("api", {})
+    w = f.get("workloads", {})
+    mixed, storm = w.get("mixed", {}), w.get("storm", {})
     return {
+        "mixed_one_vs_raw": check(mixed.get("one", {}).get("vs_raw"), TARGETS["mixed_one_vs_raw"], True),
+        "storm_vs_mixed": check(storm.get("one", {}).get("vs_mixed"), TARGETS["storm_vs_mixed"], True),
+        "mixed_two_vs_one": check(mixed.get("two", {}).get("vs_one"), TARGETS["mixed_two_vs_one"], True),
+        "storm_latency_p99_ms": check(w.get("storm_latency", {}).get("p99_ms"), TARGETS["storm_latency_p99_ms"], False),
         "ingest_one_vs_raw": check(f.get("ingest_one", {}).get("vs_raw"), TARGETS["ingest_one_vs_raw"], True),
         "ingest_two_vs_one": check(f.get("ingest_two", {}).get("vs_one"), TARGETS["ingest_two_vs_one"], True),
         # The same target with every process held to the same CPU share (cores of its own, in effect). Reported
@@ -1003,34 +1190,85 @@ def evaluate_targets(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_table(r: Results) -> str:
-    """The human-readable table."""
-    f = r.figures
-    raw, copy_, one, two = f["raw_subscriber"], f["raw_copy"], f["ingest_one"], f["ingest_two"]
-    lat = f.get("latency", {})
-    scale = f.get("scale", {})
-    api = f.get("api", {})
-    t = f["targets"]
+def machine(drain: dict[str, Any]) -> str:
+    """Where the machine's CPU went during a drain."""
+    cpu = drain.get("cpu_split_us_per_msg")
+    if not cpu:
+        return "machine CPU not measured"
+    return (
+        f"machine {drain['machine_busy']:.0%} busy: PostgreSQL {cpu['postgres']}, broker {cpu['broker']}, "
+        f"other {cpu['other']} µs/msg"
+    )
 
-    def mark(key: str) -> str:
-        met = t.get(key, {}).get("met")
-        return "n/a" if met is None else ("PASS" if met else "MISS")
 
-    def machine(drain: dict[str, Any]) -> str:
-        cpu = drain.get("cpu_split_us_per_msg")
-        if not cpu:
-            return "machine CPU not measured"
+def rates(runs: list[int]) -> str:
+    return " / ".join(f"{x:,}" for x in runs)
+
+
+def workload_rows(w: dict[str, Any], mark: Any) -> list[tuple[str, ...]]:
+    """Issue 18's field workloads: what each drain did and its ratio against the bare subscriber."""
+    if not w:
+        return []
+    mixed, storm, lat = w["mixed"], w["storm"], w.get("storm_latency", {})
+
+    def detail(d: dict[str, Any]) -> str:
         return (
-            f"machine {drain['machine_busy']:.0%} busy: PostgreSQL {cpu['postgres']}, broker {cpu['broker']}, "
-            f"other {cpu['other']} µs/msg"
+            f"{d['transitions_per_s']:,} transitions/s ({d['transitions_per_reading']:.0%} of readings), "
+            f"{d['notifications_queued']:,} notifications queued, PostgreSQL {d['postgres_us_per_reading']} µs "
+            f"CPU/reading"
         )
 
-    def rates(runs: list[int]) -> str:
-        return " / ".join(f"{x:,}" for x in runs)
+    rows: list[tuple[str, ...]] = [
+        (
+            "mixed: bare paho v5 subscriber (1,000 devices, full ranges)",
+            f"{mixed['raw']['rate']:,} msg/s",
+            f"best of {rates(mixed['raw']['runs'])}, {mixed['messages']:,} msgs",
+            "",
+            "",
+        ),
+        (
+            "mixed: ingest, 1 process",
+            f"{mixed['one']['rate']:,} readings/s",
+            f"{mixed['one']['vs_raw']:.2f}× raw (best of {rates(mixed['one']['runs'])}); {detail(mixed['one'])}; "
+            f"{machine(mixed['one'])}",
+            "≥ 0.8× raw",
+            mark("mixed_one_vs_raw"),
+        ),
+        (
+            "mixed: ingest, 2 processes ($share)",
+            f"{mixed['two']['rate']:,} readings/s",
+            f"{mixed['two']['vs_one']:.2f}× one; {machine(mixed['two'])}",
+            "≥ 1.3× one",
+            mark("mixed_two_vs_one"),
+        ),
+        (
+            "storm: ingest, 1 process",
+            f"{storm['one']['rate']:,} readings/s",
+            f"{storm['one']['vs_mixed']:.2f}× mixed, {storm['one']['vs_raw']:.2f}× raw (raw "
+            f"{storm['raw']['rate']:,} msg/s); {detail(storm['one'])}",
+            "≥ 0.8× mixed",
+            mark("storm_vs_mixed"),
+        ),
+    ]
+    if lat:
+        rows.append(
+            (
+                f"storm: gas-leak latency p50 / p99 at {lat['load_achieved_rate']:,} msg/s of live storm",
+                f"{lat['p50_ms']} / {lat['p99_ms']} ms",
+                f"{lat['notified']}/{lat['probes']} probes, {lat['transitions']:,} transitions meanwhile",
+                "p99 ≤ 1 s",
+                mark("storm_latency_p99_ms"),
+            )
+        )
+    return rows
 
+
+def drain_rows(f: dict[str, Any], mark: Any) -> list[tuple[str, ...]]:
+    """The quiet-value drains (issue 8's stages)."""
+    raw, copy_, one, two = f["raw_subscriber"], f["raw_copy"], f["ingest_one"], f["ingest_two"]
     recv = f.get("raw_receive_path")
     runs = f"best of {rates(raw['runs'])}, " if raw.get("runs") else ""
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "raw: bare paho v5 subscriber drain",
             f"{raw['rate']:,} msg/s",
@@ -1077,6 +1315,24 @@ def render_table(r: Results) -> str:
             mark("ingest_two_vs_one"),
         ),
     ]
+    return rows
+
+
+def render_table(r: Results) -> str:
+    """The human-readable table."""
+    f = r.figures
+    lat = f.get("latency", {})
+    scale = f.get("scale", {})
+    api = f.get("api", {})
+    t = f["targets"]
+
+    def mark(key: str) -> str:
+        met = t.get(key, {}).get("met")
+        return "n/a" if met is None else ("PASS" if met else "MISS")
+
+    rows = workload_rows(f.get("workloads", {}), mark)
+    if "raw_subscriber" in f:
+        rows += drain_rows(f, mark)
     cap = f.get("ingest_capped")
     if cap:
         rows.append(
@@ -1171,6 +1427,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--workloads-only", action="store_true", help="only issue 18's mixed and storm stages")
+    parser.add_argument(
+        "--workload-messages",
+        type=int,
+        default=d.workload_messages,
+        help="messages per mixed / storm drain (1,000 devices, one reading each per second)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep services' files and logs here")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args(argv)
@@ -1188,6 +1451,7 @@ def main(argv: list[str] | None = None) -> int:
             api_requests=args.api_requests,
             batch_size=args.batch_size,
             cpu_cap=args.cpu_cap,
+            workload_messages=args.workload_messages,
         )
-    run(sizes, data_dir=args.data_dir, out=args.json, skip_scale=args.skip_scale)
+    run(sizes, data_dir=args.data_dir, out=args.json, skip_scale=args.skip_scale, workloads_only=args.workloads_only)
     return 0

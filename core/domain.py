@@ -132,6 +132,9 @@ class Reading:
     valve: str | None = None
     fault: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # The device's own timestamp when the rules judge the reading at another time (its clock ran ahead of its
+    # arrival by more than the bound: rules.service judges it at arrival instead); None otherwise.
+    device_ts: datetime | None = None
 
     def value(self, name: str) -> Any:
         """A field by name, looking in extras for names outside the contract."""

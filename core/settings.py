@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     notify_policy: str | None = None
 
     rules_tick_s: float = Field(default=5.0, gt=0)
+    # A rules file in force instead of the shipped rules (e.g. `extends: defaults` with site overrides); checked
+    # with `gridwatch rules check FILE`.
+    rules_file: str | None = None
     # Merchant score tick (restorations, overdue rectifications, upkeep); its work is per day, not per second.
     score_tick_s: float = Field(default=300.0, gt=0)
     timezone: str = "Asia/Shanghai"

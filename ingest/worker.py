@@ -17,7 +17,7 @@ from ingest import service as ingest_service
 from ingest.consumer import Inbox, MqttConsumer
 from ingest.decode import Decoder, Limits, Message
 from ingest.ratelimit import RateLimit
-from rules.ruleset import RuleSet, default_rules
+from rules.ruleset import RuleSet, rules_in_force
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class IngestWorker:
 
     def __init__(self, settings: Settings, *, ruleset: RuleSet | None = None) -> None:
         self.settings = settings
-        self.ruleset = ruleset or default_rules()
+        self.ruleset = ruleset or rules_in_force(settings.rules_file)
         self.decoder = make_decoder(settings)
         self.writers = settings.ingest_writers
         # Every writer holds a full batch unacknowledged and two more batches wait in the inbox, so a writer that

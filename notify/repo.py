@@ -154,12 +154,13 @@ SILENCE_COLUMNS = "id, site_id, device_id, starts_at, ends_at, reason, created_b
 # --- outbox -------------------------------------------------------------------------------------------------
 
 # Only the earliest unrouted row of each alarm: a later transition (acknowledged) is routed after the earlier
-# one (raised) has committed, whichever notify process takes it.
+# one (raised) has committed, whichever notify process takes it. The most severe first: in an alarm storm a gas
+# leak is routed before the thousands of battery flaps queued ahead of it (issue 18).
 CLAIM_OUTBOX = """
 SELECT o.id, o.alarm_id, o.event_id, o.kind, o.severity, o.created_at, o.detail FROM outbox o
 WHERE o.routed_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.alarm_id = o.alarm_id AND p.routed_at IS NULL AND p.id < o.id)
-ORDER BY o.id LIMIT %s FOR UPDATE SKIP LOCKED
+ORDER BY o.severity DESC, o.id LIMIT %s FOR UPDATE SKIP LOCKED
 """
 MARK_ROUTED = "UPDATE outbox SET routed_at = now() WHERE id = ANY(%s)"
 INSERT_OUTBOX = """
@@ -484,7 +485,7 @@ SELECT n.id, n.alarm_id, n.worker_id, n.merchant_id, n.kind, n.tier, n.step, n.l
 FROM notification n LEFT JOIN worker w ON w.id = n.worker_id LEFT JOIN merchant m ON m.id = n.merchant_id
 JOIN alarm a ON a.id = n.alarm_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= %s
-ORDER BY n.next_attempt_at, n.id LIMIT %s
+ORDER BY n.immediate DESC, n.next_attempt_at, n.id LIMIT %s
 FOR UPDATE OF n SKIP LOCKED
 """
 

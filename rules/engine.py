@@ -332,6 +332,17 @@ class DriftRule(_RuleBase):
     clear_below_s: float = Field(default=120, ge=0)
 
 
+class ClockRule(_RuleBase):
+    """DEV-05c: the device's clock runs ahead of the reading's arrival by more than max_ahead_s. The ingest accepts
+    device times up to GRIDWATCH_MAX_CLOCK_SKEW_S ahead, but judging readings in a clock that runs ahead would
+    make the later, correctly stamped ones look old: past max_ahead_s the rules judge a reading at its arrival
+    (rules.service) and this alarm says the clock is wrong. Clears once a reading is within clear_within_s."""
+
+    type: Literal["clock"] = "clock"
+    max_ahead_s: float = Field(default=60, gt=0)
+    clear_within_s: float = Field(default=30, ge=0)
+
+
 class OutageRule(_RuleBase):
     """DEV-03: at least `frac` of a building's devices (and min_devices) went silent, each past its own offline
     limit, within window_s of each other: a power or network loss, or fire damage. One alarm per building,
@@ -463,6 +474,7 @@ Rule = Annotated[
     | SessionRule
     | RebootRule
     | DriftRule
+    | ClockRule
     | StuckRule
     | CorroborateRule
     | RepeatRule
@@ -484,6 +496,7 @@ AnyRule = (
     | SessionRule
     | RebootRule
     | DriftRule
+    | ClockRule
     | StuckRule
     | CorroborateRule
     | RepeatRule
@@ -502,7 +515,7 @@ def watched_fields(rule: AnyRule) -> frozenset[str]:
         return frozenset((rule.field, rule.hush_field))
     if isinstance(rule, StuckRule):
         return frozenset((*rule.fields, "test"))
-    if isinstance(rule, AbsenceRule | DriftRule):
+    if isinstance(rule, AbsenceRule | DriftRule | ClockRule):
         return frozenset()  # every message counts
     if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule | OutageRule | PlacementRule):
         return frozenset({"-"})  # never per reading
@@ -1022,6 +1035,21 @@ def evaluate_drift(rule: DriftRule, state: State, reading: Reading) -> Transitio
     return None
 
 
+def evaluate_clock(rule: ClockRule, state: State, reading: Reading) -> Transition | None:
+    """A device time ahead of arrival by more than max_ahead_s raises; one within clear_within_s clears."""
+    device_ts = reading.device_ts or reading.ts
+    ahead = device_ts.timestamp() - reading.received_at.timestamp()
+    if ahead > rule.max_ahead_s:
+        if state.get("active"):
+            return None
+        state["active"] = True
+        return rule.transition("raise", reading.ts, round(ahead, 1), details={"ahead_s": round(ahead, 1)})
+    if state.get("active") and ahead <= rule.clear_within_s:
+        state.clear()
+        return rule.transition("clear", reading.ts, round(ahead, 1))
+    return None
+
+
 def evaluate_stuck(rule: StuckRule, state: State, reading: Reading) -> Transition | None:
     """No change in the watched fields and no passed self-test for window_s."""
     now = reading.ts.timestamp()
@@ -1078,6 +1106,7 @@ _EVALUATORS: dict[type, Any] = {
     StuckRule: evaluate_stuck,
     RebootRule: evaluate_reboot,
     DriftRule: evaluate_drift,
+    ClockRule: evaluate_clock,
     CorroborateRule: lambda _rule, _state, _reading: None,
     RepeatRule: lambda _rule, _state, _reading: None,
     RealarmRule: evaluate_realarm,

@@ -287,6 +287,80 @@ def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int, kind: 
     conn.execute(NOTIFY_OUTBOX)
 
 
+# --------------------------------------------------------------------------- a batch's alarms, set-based (rules.batch)
+
+LOCK_OPEN_ALARMS = f"""
+SELECT {ALARM_COLUMNS} FROM alarm
+WHERE (device_id, type) IN (
+    SELECT k.device_id, k.type FROM jsonb_to_recordset(%s::jsonb) AS k(device_id text, type text))
+  AND closed_at IS NULL
+ORDER BY id FOR UPDATE
+"""
+INSERT_ALARMS = """
+INSERT INTO alarm (device_id, site_id, micro_grid_id, type, rule_id, severity, active, latching, raised_at,
+                   last_seen_at, cleared_at, value, peak_value, count, message, details)
+SELECT v.device_id, s.id, s.micro_grid_id, v.type, v.rule_id, v.severity, v.active, v.latching, v.raised_at,
+       v.last_seen_at, v.cleared_at, v.value, v.peak_value, v.count, v.message, v.details
+FROM jsonb_to_recordset(%s::jsonb) AS v(n integer, device_id text, site_id text, type text, rule_id text,
+     severity smallint, active boolean, latching boolean, raised_at timestamptz, last_seen_at timestamptz,
+     cleared_at timestamptz, value float8, peak_value float8, count integer, message text, details jsonb)
+JOIN site s ON s.id = v.site_id
+ORDER BY v.n
+RETURNING id, device_id, type
+"""
+UPDATE_ALARMS = """
+UPDATE alarm a SET severity = v.severity, active = v.active, last_seen_at = v.last_seen_at, cleared_at = v.cleared_at,
+    value = v.value, peak_value = v.peak_value, count = v.count, updated_at = now()
+FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, severity smallint, active boolean, last_seen_at timestamptz,
+     cleared_at timestamptz, value float8, peak_value float8, count integer)
+WHERE a.id = v.id
+"""
+# Events in the order given (ORDER BY n: the sequence hands out ids in that order), each with its outbox row.
+APPEND_EVENTS = """
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb)
+        AS v(n integer, alarm_id bigint, at timestamptz, kind text, severity smallint, details jsonb)
+), ev AS (
+    INSERT INTO alarm_event (alarm_id, at, kind, severity, details)
+    SELECT alarm_id, at, kind, severity, details FROM v ORDER BY n
+    RETURNING id, alarm_id, kind, severity
+)
+INSERT INTO outbox (alarm_id, event_id, kind, severity) SELECT alarm_id, id, kind, severity FROM ev ORDER BY id
+"""
+
+
+def _json_rows(rows: Sequence[dict[str, Any]]) -> str:
+    return orjson.dumps(rows).decode()
+
+
+def lock_open_alarms(conn: Connection[Any], *, keys: Sequence[tuple[str, str]]) -> list[Alarm]:
+    """The open alarms of these (device, type) pairs, locked (in id order: batches never deadlock on them)."""
+    doc = _json_rows([{"device_id": d, "type": t} for d, t in keys])
+    with conn.cursor(row_factory=class_row(Alarm)) as cur:
+        return cur.execute(LOCK_OPEN_ALARMS, (doc,)).fetchall()
+
+
+def insert_alarms(conn: Connection[Any], *, rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """New alarms in one statement, their ids in the order given (raise order); returns them by (device, type)."""
+    if not rows:
+        return {}
+    doc = _json_rows([{**r, "n": n} for n, r in enumerate(rows)])
+    return {(r[1], r[2]): int(r[0]) for r in _all(conn, INSERT_ALARMS, (doc,))}
+
+
+def update_alarms(conn: Connection[Any], *, rows: Sequence[dict[str, Any]]) -> None:
+    """Existing (locked) alarms to the state their transitions left them in, in one statement."""
+    if rows:
+        conn.execute(UPDATE_ALARMS, (_json_rows(rows),))
+
+
+def append_events(conn: Connection[Any], *, rows: Sequence[dict[str, Any]]) -> None:
+    """Alarm events in order, each with its outbox row, in one statement; NOTIFY wakes notify at commit."""
+    if rows:
+        conn.execute(APPEND_EVENTS, (_json_rows([{**r, "n": n} for n, r in enumerate(rows)]),))
+        conn.execute(NOTIFY_OUTBOX)
+
+
 # --------------------------------------------------------------------------- site context (cross-device rules)
 
 SELECT_CORROBORATING = """

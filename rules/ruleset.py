@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from core.configfile import read_yaml
 from core.domain import READING_ATTRIBUTES, Device, DeviceKind, Location, Reading
 from core.errors import ConfigError
-from rules.engine import AbsenceRule, AnyRule, Rule, StuckRule, evaluator, watched_fields
+from rules.engine import AbsenceRule, AnyRule, ClockRule, Rule, StuckRule, evaluator, watched_fields
 
 _RULES = TypeAdapter(list[Rule])
 _RULE = TypeAdapter(Rule)
@@ -66,10 +66,12 @@ class CompiledRule:
 class Plan:
     """A device's compiled rules and the reading fields they read, split into Reading attributes and extras."""
 
-    __slots__ = ("extra_fields", "rules", "slot_fields")
+    __slots__ = ("extra_fields", "max_ahead_s", "rules", "slot_fields")
 
     def __init__(self, rules: tuple[CompiledRule, ...]) -> None:
         self.rules = rules
+        # How far ahead of its arrival a reading's device time may be and still be judged in it (DEV-05c).
+        self.max_ahead_s = min((c.rule.max_ahead_s for c in rules if isinstance(c.rule, ClockRule)), default=None)
         fields = sorted({f for c in rules for f in c.fields if f != "-"})
         self.slot_fields = tuple(f for f in fields if f in READING_ATTRIBUTES)
         self.extra_fields = tuple(f for f in fields if f not in READING_ATTRIBUTES)
@@ -244,3 +246,10 @@ def describe_rules(ruleset: RuleSet, device: Device | None = None) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         lines.append(f"  {r.id:7} {r.type:13} {r.alarm_type:26} {r.severity.label:8} {shown}")
     return "\n".join(lines)
+
+
+@lru_cache(maxsize=4)
+def rules_in_force(path: str | None) -> RuleSet:
+    """The rules a process runs with: GRIDWATCH_RULES_FILE (`extends: defaults` plus overrides, validated at
+    start) when set, else the shipped defaults."""
+    return load_rules(Path(path)) if path else default_rules()

@@ -36,7 +36,7 @@ from rules.engine import (
     tick_gap,
     tick_session,
 )
-from rules.ruleset import RuleSet, default_rules
+from rules.ruleset import RuleSet, rules_in_force
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class RulesTimer:
 
     def __init__(self, settings: Settings, *, ruleset: RuleSet | None = None) -> None:
         self.settings = settings
-        self.ruleset = ruleset or default_rules()
+        self.ruleset = ruleset or rules_in_force(settings.rules_file)
         self.loop: Loop[psycopg.Connection[Any]] = Loop("rules-timer", self)
         self._devices: dict[str, Device] = {}
         self._loaded_at = -REGISTRY_REFRESH_S

@@ -5,6 +5,8 @@ The caller (ingest) owns the transaction; nothing here commits.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from core.errors import ConflictError, NotFoundError
 from rules import repo
 from rules.actuation import service as actuation
 from rules.actuation.repo import CommandRow
+from rules.batch import AlarmBatch
 from rules.engine import (
     AbsenceRule,
     AnyRule,
@@ -78,6 +81,7 @@ def apply_readings(  # noqa: C901
     changes: list[AlarmChange] = []
     commanded: set[str] = set()  # devices this transaction sends a command to
     wall = now or datetime.now(UTC)
+    batch = AlarmBatch()  # the batch's transitions, written set-based after every reading is judged
     for reading in sorted(readings, key=lambda r: (r.device_id, r.ts, r.seq or 0)):
         state = states.get(reading.device_id)
         device = devices.get(reading.device_id)
@@ -85,18 +89,22 @@ def apply_readings(  # noqa: C901
             continue
         if state.last_seen_at is None or reading.received_at > state.last_seen_at:
             state.last_seen_at = reading.received_at
-        # DESIGN: a reading older than the device's latest is stored but never re-evaluated, so a late
-        # duplicate cannot re-open a cleared alarm.
-        if state.last_ts is not None and reading.ts < state.last_ts:
+        plan = ruleset.plan_for(device)
+        reading = _judged_time(reading, plan.max_ahead_s)
+        # DESIGN: a reading older than the device's latest is still judged, on a copy of the rule state: a hazard
+        # in it raises (or is recorded against) an alarm, marked late, but it never clears or downgrades what
+        # newer readings set, and it leaves the device's windows and hysteresis as they were.
+        late = state.last_ts is not None and reading.ts < state.last_ts
+        if late:
             LATE_READINGS.inc()
-            continue
-        state.last_ts, state.last_seq = reading.ts, reading.seq
-        rules = state.rules
-        if reading.test:
+            rules = copy.deepcopy(state.rules)
+        else:
+            state.last_ts, state.last_seq = reading.ts, reading.seq
+            rules = state.rules
+        if reading.test and not late:
             # A self-test never pages (RULES-REFERENCE 7.3 test mode): record it as passed, judge nothing else.
             rules[SELF_TEST] = reading.ts.isoformat()
             log.info("self-test passed on %s at %s", device.id, reading.ts.isoformat())
-        plan = ruleset.plan_for(device)
         present = plan.present(reading)
         test = reading.test
         for compiled in plan.rules:
@@ -123,6 +131,11 @@ def apply_readings(  # noqa: C901
                 continue
             if transition is None:
                 continue
+            if late:
+                if transition.kind == "clear":
+                    continue  # newer readings decide what is clear
+                transition.details = {**transition.details, "late": True}
+                _adopt(state.rules, rules, rule.id)  # the alarm the late reading raised is the rule's state now
             if isinstance(rule, RealarmRule) and not _reset_before(conn, rule=rule, device=device, at=transition.at):
                 continue  # a rising edge without a remote reset before it is the plain alarm (SMK-01)
             if (
@@ -131,18 +144,8 @@ def apply_readings(  # noqa: C901
                 and any(rules.get(i, {}).get("active") for i in rule.if_active)
             ):
                 transition.severity = max(transition.severity, rule.severity_if_active)  # EB-06 with EB-03/04
-            changes.extend(
-                apply_transition(
-                    conn,
-                    device=device,
-                    rule_id=rule.id,
-                    transition=transition,
-                    rules=rules,
-                    ruleset=ruleset,
-                    now=wall,
-                    commanded=commanded,
-                )
-            )
+            stage_transition(batch, device=device, rule_id=rule.id, transition=transition, rules=state.rules)
+    changes.extend(flush_batch(conn, batch, ruleset=ruleset, now=wall, commanded=commanded))
     # Only devices with a command open (the lock query says) or commanded just now can confirm one: most batches
     # need no confirmation query at all.
     could = {i for i, st in states.items() if st.open_commands} | commanded
@@ -151,6 +154,22 @@ def apply_readings(  # noqa: C901
     )
     repo.save_device_states(conn, states=list(states.values()))
     return changes
+
+
+def _adopt(into: dict[str, Any], rules: dict[str, Any], rule_id: str) -> None:
+    adopted = rules.get(rule_id)
+    if adopted is None:
+        into.pop(rule_id, None)
+    else:
+        into[rule_id] = adopted
+
+
+def _judged_time(reading: Reading, max_ahead_s: float | None) -> Reading:
+    """The reading as the rules judge it: at its own time, or at its arrival when the device's clock runs ahead of
+    the arrival by more than max_ahead_s (DEV-05c raises about the clock; device_ts keeps the device's time)."""
+    if max_ahead_s is None or (reading.ts - reading.received_at).total_seconds() <= max_ahead_s:
+        return reading
+    return dataclasses.replace(reading, ts=reading.received_at, device_ts=reading.ts)
 
 
 def apply_transition(
@@ -164,35 +183,53 @@ def apply_transition(
     now: datetime,
     commanded: set[str] | None = None,
 ) -> list[AlarmChange]:
-    """Record a transition, throttling repeats, then run its actions and cross-device confirmation."""
+    """Record one transition now (the timer's path): throttle repeats, write, then its after-effects."""
+    batch = AlarmBatch()
+    stage_transition(batch, device=device, rule_id=rule_id, transition=transition, rules=rules)
+    return flush_batch(conn, batch, ruleset=ruleset, now=now, commanded=commanded)
+
+
+def stage_transition(
+    batch: AlarmBatch, *, device: Device, rule_id: str, transition: Transition, rules: dict[str, Any]
+) -> None:
+    """Queue a transition in the batch unless it is a repeat to throttle; keep the rule's hold up to date."""
     holds: dict[str, list[Any]] = rules.setdefault(HOLDS, {})
     if _throttled(holds, rule_id, transition):
-        return []
+        return
     repeats = int(holds[rule_id][2]) + 1 if transition.kind == "hold" and rule_id in holds else 1
-    out: list[AlarmChange] = []
-    change = record_transition(conn, device=device, transition=transition, repeats=repeats)
+    batch.add(device, transition, repeats=repeats, rules=rules)
     _remember_hold(holds, rule_id, transition)
     if not holds:
         rules.pop(HOLDS, None)
-    if change is None:
-        if transition.kind == "hold" and transition.actions:  # EB-05: a later stop within the same alarm
-            alarm = repo.get_open_alarm(conn, device_id=device.id, alarm_type=transition.alarm_type)
-            if alarm is not None:
-                _actuate(conn, device=device, transition=transition, alarm_id=alarm.id, now=now, commanded=commanded)
-        return out
-    out.append(change)
-    if change.kind == "cleared":
-        out.extend(
-            _clear_confirmations(
-                conn, device=device, alarm_type=transition.alarm_type, at=transition.at, rules=rules, ruleset=ruleset
+
+
+def flush_batch(
+    conn: Connection[Any], batch: AlarmBatch, *, ruleset: RuleSet, now: datetime, commanded: set[str] | None = None
+) -> list[AlarmChange]:
+    """Write the batch's transitions set-based (rules.batch), then run each change's after-effects in order:
+    its actions (commands, port lockout), cross-device confirmation, and clearing what it confirmed."""
+    written, open_ids = batch.flush(conn)
+    by_pending = {id(w.pending): w for w in written}
+    out: list[AlarmChange] = []
+    for p in batch.pending:
+        t, device, w = p.transition, p.device, by_pending.get(id(p))
+        if w is None:
+            alarm_id = open_ids.get((device.id, t.alarm_type))
+            if t.kind == "hold" and t.actions and alarm_id is not None:  # EB-05: a later stop within the same alarm
+                _actuate(conn, device=device, transition=t, alarm_id=alarm_id, now=now, commanded=commanded)
+            continue
+        log.info("alarm %s %s: %s on %s (%s)", w.alarm_id, w.kind, t.alarm_type, device.id, Severity(w.severity).label)
+        out.append(AlarmChange(w.alarm_id, device.id, t.alarm_type, w.kind, w.severity))
+        if w.kind == "cleared":
+            out.extend(
+                _clear_confirmations(
+                    conn, device=device, alarm_type=t.alarm_type, at=t.at, rules=p.rules, ruleset=ruleset
+                )
             )
-        )
-    if change.kind in ("raised", "reactivated", "severity_raised"):
-        _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now, commanded=commanded)
-    if change.kind in ("raised", "reactivated"):
-        out.extend(
-            _corroborate(conn, device=device, alarm_type=transition.alarm_type, at=transition.at, ruleset=ruleset)
-        )
+        if w.kind in ("raised", "reactivated", "severity_raised"):
+            _actuate(conn, device=device, transition=t, alarm_id=w.alarm_id, now=now, commanded=commanded)
+        if w.kind in ("raised", "reactivated"):
+            out.extend(_corroborate(conn, device=device, alarm_type=t.alarm_type, at=t.at, ruleset=ruleset))
     return out
 
 
@@ -602,6 +639,7 @@ def apply_statuses(
     if not statuses:
         return changes
     states = _states_of(conn, states, [s.device_id for s in statuses])
+    batch = AlarmBatch()  # a gateway and its children dropping at once: their transitions written together
     for status in sorted(statuses, key=lambda s: (s.device_id, s.at)):
         repo.set_device_online(conn, device_id=status.device_id, online=status.online, at=status.at)
         device, state = devices.get(status.device_id), states.get(status.device_id)
@@ -622,17 +660,8 @@ def apply_statuses(
             if not rule_state:
                 state.rules.pop(rule.id, None)
             if transition is not None:
-                changes.extend(
-                    apply_transition(
-                        conn,
-                        device=device,
-                        rule_id=rule.id,
-                        transition=transition,
-                        rules=state.rules,
-                        ruleset=ruleset,
-                        now=status.at,
-                    )
-                )
+                stage_transition(batch, device=device, rule_id=rule.id, transition=transition, rules=state.rules)
+    changes.extend(flush_batch(conn, batch, ruleset=ruleset, now=datetime.now(UTC)))
     repo.save_device_states(conn, states=list(states.values()))
     return changes
 

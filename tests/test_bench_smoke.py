@@ -31,6 +31,18 @@ def test_bench_runs_every_stage_at_tiny_size(tmp_path: Path) -> None:
     f = results.figures
     assert json.loads(out.read_text())["figures"]["ingest_one"]["messages"] == sizes.messages
 
+    w = f["workloads"]
+    for name in ("mixed", "storm"):
+        one = w[name]["one"]
+        assert w[name]["raw"]["messages"] == w[name]["messages"], "the bare subscriber gets every message"
+        assert one["stored"] == w[name]["readings"] and one["duplicate_open_alarms"] == 0
+        assert one["transitions"] > 0 and one["notifications_queued"] == one["transitions"]
+        assert one["statements_us_per_reading"], "the server's statement profile"
+    assert w["storm"]["one"]["transitions_per_reading"] >= 0.15, "a storm flips at least 15 % of readings"
+    assert w["mixed"]["two"]["processes"] == 2 and w["mixed"]["two"]["stored"] == w["mixed"]["readings"]
+    assert w["storm_latency"]["probes"] > 0
+    assert {"mixed_one_vs_raw", "storm_vs_mixed", "mixed_two_vs_one", "storm_latency_p99_ms"} <= set(f["targets"])
+
     assert f["raw_subscriber"]["messages"] == sizes.messages
     assert f["raw_copy"]["rows"] == sizes.messages
     for label in ("ingest_one", "ingest_two"):

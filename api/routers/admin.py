@@ -50,7 +50,8 @@ from core import registry
 from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
 from notify import service as notify_service
-from rules.ruleset import default_rules
+from rules.ruleset import rules_in_force
+from score import policy as score_policy
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=ERRORS)
@@ -442,16 +443,11 @@ def delete_silence(silence_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn,
 
 
 @router.get("/rules", tags=["rules"])
-def rules_in_force(_who: Admin) -> RulesRead:
-    """The alarm rules and the merchant score policy this process runs with (read-only)."""
-    policy: dict[str, Any] | None = None
-    try:
-        from score import policy as score_policy
-    except ImportError:  # the score policy ships with the score stage
-        score_policy = None  # type: ignore[assignment]
-    if score_policy is not None:
-        policy = score_policy.active_policies().model_dump(mode="json")
-    return RulesRead(rules=[r.model_dump(mode="json") for r in default_rules().rules], score_policy=policy)
+def get_rules_in_force(request: Request, _who: Admin) -> RulesRead:
+    """The alarm rules (GRIDWATCH_RULES_FILE or the shipped ones) and the merchant score policy in force."""
+    ruleset = rules_in_force(settings_of(request).rules_file)
+    policy = score_policy.active_policies().model_dump(mode="json")
+    return RulesRead(rules=[r.model_dump(mode="json") for r in ruleset.rules], score_policy=policy)
 
 
 # -- KPIs -------------------------------------------------------------------------------------------------------------
