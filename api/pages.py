@@ -250,6 +250,7 @@ def board(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
         conn,
         worker_id=who.worker_scope,
         merchant_id=None,
+        communities=who.community_scope,
         open_only=True,
         active=None,
         acknowledged=None,
@@ -394,6 +395,7 @@ def device_page(
         conn,
         worker_id=who.worker_scope,
         merchant_id=who.merchant_scope,
+        communities=who.community_scope,
         open_only=False,
         active=None,
         acknowledged=None,
@@ -471,12 +473,21 @@ def admin_page(
     request: Request, conn: Conn, who: Admin, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
 ) -> HTMLResponse:
     """KPIs per community and grid, and the device list with live state."""
-    communities = core_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
-    grids = core_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
+    scope = who.community_scope
+    communities = core_repo.list_registry(conn, table="community", limit=50, offset=0, filters={}, communities=scope)
+    grids = core_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={}, communities=scope)
     kpis = [admin_routes.kpis(conn, scope="community", scope_id=c["id"], since=None, until=None) for c in communities]
     kpis += [admin_routes.kpis(conn, scope="grid", scope_id=g["id"], since=None, until=None) for g in grids]
     devices = api_repo.list_devices(
-        conn, worker_id=None, merchant_id=None, site_id=None, kind=None, offline=None, limit=100, offset=offset
+        conn,
+        worker_id=None,
+        merchant_id=None,
+        communities=scope,
+        site_id=None,
+        kind=None,
+        offline=None,
+        limit=100,
+        offset=offset,
     )
     return render(
         request,

@@ -117,6 +117,8 @@ class Me(BaseModel):
     role: Literal["admin", "worker", "merchant"]
     worker_id: str | None
     merchant_id: str | None
+    worker_role: str | None = Field(default=None, description="a worker's registry role, which sets their scope")
+    communities: list[str] | None = Field(default=None, description="an admin token's communities; null: all")
 
 
 class TokenCreate(BaseModel):
@@ -127,6 +129,12 @@ class TokenCreate(BaseModel):
     merchant_id: Id | None = None
     label: str = Field(default="", max_length=200)
     days: int | None = Field(default=90, ge=1, le=3660, description="expires after this many days; null: never")
+    communities: list[Id] | None = Field(
+        default=None,
+        max_length=100,
+        description="admin only: limit the token to these communities (a community's admin); "
+        "omit for an admin of every community (a street office)",
+    )
 
     @model_validator(mode="after")
     def _subject(self) -> TokenCreate:
@@ -134,6 +142,10 @@ class TokenCreate(BaseModel):
             raise ValueError("a worker token needs worker_id")
         if self.role == "merchant" and not self.merchant_id:
             raise ValueError("a merchant token needs merchant_id")
+        if self.communities is not None and self.role != "admin":
+            raise ValueError("communities limit admin tokens only (a worker's or merchant's scope is their own)")
+        if self.communities is not None and not self.communities:
+            raise ValueError("communities: give at least one, or omit it for every community")
         return self
 
 
@@ -149,6 +161,7 @@ class TokenRead(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    communities: list[str] | None = Field(default=None, description="an admin token's communities; null: all")
 
 
 class TokenCreated(BaseModel):
@@ -156,6 +169,7 @@ class TokenCreated(BaseModel):
     token: str = Field(description="shown once; only its hash is stored")
     role: str
     expires_at: datetime | None
+    communities: list[str] | None = None
 
 
 # -- devices and readings ------------------------------------------------------------------------------------------

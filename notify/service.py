@@ -8,7 +8,7 @@ clock in tests. The caller passes a connection; each function owns one short tra
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -632,15 +632,21 @@ def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> Non
 
 
 def list_silences(
-    conn: Connection[Any], *, now: datetime, current: bool, limit: int, offset: int
+    conn: Connection[Any],
+    *,
+    now: datetime,
+    current: bool,
+    limit: int,
+    offset: int,
+    communities: Sequence[str] | None = None,
 ) -> list[repo.Silence]:
-    """Silences, newest first (current: only those not over)."""
-    return repo.list_silences(conn, now=now, current=current, limit=limit, offset=offset)
+    """Silences, newest first (current: only those not over; of some communities only, when given)."""
+    return repo.list_silences(conn, now=now, current=current, limit=limit, offset=offset, communities=communities)
 
 
-def get_silence(conn: Connection[Any], *, silence_id: int) -> repo.Silence:
-    """One silence."""
-    found = repo.get_silence(conn, silence_id=silence_id)
+def get_silence(conn: Connection[Any], *, silence_id: int, communities: Sequence[str] | None = None) -> repo.Silence:
+    """One silence (NotFoundError if unknown, or outside the given communities)."""
+    found = repo.get_silence(conn, silence_id=silence_id, communities=communities)
     if found is None:
         raise NotFoundError(f"silence {silence_id} not found")
     return found

@@ -26,7 +26,11 @@ MAX_AROUND_READINGS = 500
 def scoped_alarm(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> api_repo.AlarmInSite:
     """The alarm if in scope; 404 otherwise, so existence outside one's scope is not revealed."""
     row = api_repo.get_alarm_in_scope(
-        conn, alarm_id=alarm_id, worker_id=who.worker_scope, merchant_id=who.merchant_scope
+        conn,
+        alarm_id=alarm_id,
+        worker_id=who.worker_scope,
+        merchant_id=who.merchant_scope,
+        communities=who.community_scope,
     )
     if row is None:
         raise NotFoundError(f"alarm {alarm_id} not found")
@@ -62,6 +66,7 @@ def list_alarms(
         conn,
         worker_id=who.worker_scope,
         merchant_id=who.merchant_scope,
+        communities=who.community_scope,
         open_only=status == "open",
         active=active,
         acknowledged=acknowledged,
