@@ -22,6 +22,7 @@ from api.deps import Conn
 from api.ratelimit import FailureLimiter
 from api.routers import admin, alarms, devices, merchants
 from api.stream import AlarmHub
+from core.actionlink import LinkError
 from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
 from core.loop import Check
 from core.ops import Checks, health_body
@@ -62,6 +63,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     RegistryError: 422,
     score_service.InvalidScoreInput: 422,
     ConfigError: 422,
+    LinkError: 403,
 }
 PAGE_STATUSES = (403, 404, 409, 422)
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from psycopg import Connection
 
 from api import repo
+from core import actionlink
 from core import repo as core_repo
 from core.errors import AuthError, ConfigError, NotFoundError
 
@@ -214,3 +215,33 @@ def csrf_token(secret_key: str, session: str) -> str:
 def check_csrf(secret_key: str, session: str, presented: str | None) -> bool:
     """Whether a form's or header's CSRF token belongs to this session."""
     return bool(presented) and hmac.compare_digest(csrf_token(secret_key, session), presented or "")
+
+
+# -- signed alarm links ---------------------------------------------------------------------------------------------
+
+
+def verify_link(
+    conn: Connection[Any], *, secret_key: str, alarm_id: int, key: str, ttl: timedelta, now: datetime | None = None
+) -> actionlink.LinkClaim:
+    """Who a message link was sent to, if it may still be used: signed for this alarm and this recipient, not
+    expired, its recipient still active, and issued after their links were last revoked (LinkError otherwise)."""
+    at = now or datetime.now(UTC)
+    claim = actionlink.verify(secret_key, alarm_id=alarm_id, key=key, now=at, ttl=ttl)
+    recipient = repo.get_link_recipient(conn, kind=claim.recipient_kind, recipient_id=claim.recipient_id)
+    if recipient is None or not recipient.active:
+        raise actionlink.LinkError(
+            f"this link was sent to {claim.recipient_id}, who is no longer active: ask your admin or log in"
+        )
+    if recipient.not_before is not None and claim.issued_at < recipient.not_before:
+        raise actionlink.LinkError("this link was revoked: open a newer message about the alarm, or log in")
+    return claim
+
+
+def revoke_links(conn: Connection[Any], *, kind: actionlink.RecipientKind, recipient_id: str, by: str) -> datetime:
+    """Refuse every link sent to this recipient until now (a lost phone); later messages carry working links."""
+    return repo.revoke_links(conn, kind=kind, recipient_id=recipient_id, at=datetime.now(UTC), by=by)
+
+
+def link_csrf(secret_key: str, key: str) -> str:
+    """The CSRF token of the forms on a link's page (derived from the link, as a session's is from the session)."""
+    return csrf_token(secret_key, "link:" + key)

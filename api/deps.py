@@ -60,6 +60,11 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
+def same_origin(request: Request) -> bool:
+    """Whether an unsafe request comes from our own pages (for forms that carry no session, as a link's)."""
+    return _same_origin(request)
+
+
 def principal(
     request: Request, conn: Conn, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> auth.Principal:

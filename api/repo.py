@@ -680,3 +680,44 @@ def ping(conn: Connection[Any]) -> None:
 async def listen_outbox(conn: AsyncConnection[Any]) -> None:
     """Subscribe an autocommit connection to alarm changes (rules NOTIFY with every outbox row)."""
     await conn.execute(LISTEN_OUTBOX)
+
+
+# -- signed alarm links (core/actionlink.py) -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LinkRecipient:
+    """Whether a link's recipient may still use their links."""
+
+    active: bool
+    not_before: datetime | None
+
+
+SELECT_LINK_RECIPIENT = """
+SELECT r.active, v.not_before FROM (
+    SELECT w.active FROM worker w WHERE %(kind)s = 'worker' AND w.id = %(id)s
+    UNION ALL
+    SELECT true FROM merchant m WHERE %(kind)s = 'merchant' AND m.id = %(id)s
+) r LEFT JOIN alarm_link_revocation v ON v.recipient_kind = %(kind)s AND v.recipient_id = %(id)s
+"""
+# Revocation only ever moves forward: a later revocation never revives links an earlier one refused.
+REVOKE_LINKS = """
+INSERT INTO alarm_link_revocation (recipient_kind, recipient_id, not_before, revoked_by)
+VALUES (%(kind)s, %(id)s, %(at)s, %(by)s)
+ON CONFLICT (recipient_kind, recipient_id) DO UPDATE
+SET not_before = greatest(alarm_link_revocation.not_before, EXCLUDED.not_before), revoked_by = EXCLUDED.revoked_by
+RETURNING not_before
+"""
+
+
+def get_link_recipient(conn: Connection[Any], *, kind: str, recipient_id: str) -> LinkRecipient | None:
+    """A link recipient's standing (None: not in the registry)."""
+    with conn.cursor(row_factory=class_row(LinkRecipient)) as cur:
+        return cur.execute(SELECT_LINK_RECIPIENT, {"kind": kind, "id": recipient_id}).fetchone()
+
+
+def revoke_links(conn: Connection[Any], *, kind: str, recipient_id: str, at: datetime, by: str) -> datetime:
+    """Refuse every link of this recipient issued before `at`; returns the instant in force."""
+    row = conn.execute(REVOKE_LINKS, {"kind": kind, "id": recipient_id, "at": at, "by": by}).fetchone()
+    assert row is not None  # noqa: S101 - RETURNING always yields the row
+    return row[0]  # type: ignore[no-any-return]

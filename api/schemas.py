@@ -164,6 +164,12 @@ class TokenRead(BaseModel):
     communities: list[str] | None = Field(default=None, description="an admin token's communities; null: all")
 
 
+class LinksRevoked(BaseModel):
+    recipient_kind: Literal["worker", "merchant"]
+    recipient_id: str
+    not_before: datetime = Field(description="alarm links sent to them before this instant are refused")
+
+
 class TokenCreated(BaseModel):
     id: int
     token: str = Field(description="shown once; only its hash is stored")

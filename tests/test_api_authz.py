@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from api import auth
+from core import actionlink
 from core.settings import Settings
 from notify import service as notify_service
 from score import service as score_service
@@ -66,6 +67,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/board/alarms/{alarm_id}/resolve"): STAFF,
     ("GET", "/alarms/{alarm_id}"): ALL,
     ("POST", "/alarms/{alarm_id}/finding"): STAFF,
+    ("POST", "/alarms/{alarm_id}/ack"): STAFF,
+    ("POST", "/alarms/{alarm_id}/resolve"): STAFF,
     ("GET", "/devices/{device_id}"): ALL,
     ("POST", "/devices/{device_id}/unlock"): STAFF,
     ("POST", "/devices/{device_id}/commands"): STAFF,
@@ -92,6 +95,13 @@ ITEM_IDS = {
     "devices": "gas-1",
 }
 STREAMS = {"/api/v1/alarms/stream", "/board/stream"}
+# The signed link in every message (core/actionlink.py): the link itself is the credential, for one alarm; a token
+# or session neither adds nor takes away anything. Its own hostile tests are in tests/test_alarm_links.py.
+LINK_ROUTES = {
+    ("GET", "/alarms/{alarm_id}/link/{key}"),
+    ("POST", "/alarms/{alarm_id}/link/{key}/ack"),
+    ("POST", "/alarms/{alarm_id}/link/{key}/resolve"),
+}
 
 
 def expected_roles(method: str, path: str) -> frozenset[str] | None:
@@ -155,6 +165,7 @@ def seed(env: ApiEnv) -> dict[str, object]:
             now=datetime.now(UTC),
         )
         finding = score_service.record_finding(conn, site_id="s1", kind="blocked_exit", actor="w1")
+    link = actionlink.sign(key, alarm_id=alarm_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC))
     return {
         "alarm_id": alarm_id,
         "device_id": "gas-1",
@@ -164,6 +175,7 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "finding_id": finding.id,
         "community_id": "c1",
         "grid_id": "g1",
+        "key": link,
     }
 
 
@@ -171,17 +183,39 @@ def call(env: ApiEnv, method: str, url: str, who: str | None) -> int:
     return env.client.request(method, url, headers=env.headers(who), follow_redirects=False).status_code
 
 
+def link_row(env: ApiEnv, method: str, path: str, ids: dict[str, object], failures: list[str]) -> str:
+    """A link route answers the same with or without a token; a valid link opens its page without one (its forms
+    need the page's CSRF token, so a bare POST is 403)."""
+    url = fill(env, path, ids)
+    anon = call(env, method, url, None)
+    want = 200 if method == "GET" else 403
+    if anon != want:
+        failures.append(f"{method} {path} with a valid link and no credentials: {anon}, want {want}")
+    cells = [str(anon)]
+    for column, (principal, _role) in PRINCIPALS.items():
+        status = call(env, method, url, principal)
+        cells.append(str(status))
+        if status != anon:
+            failures.append(f"{method} {path} as {column}: {status}; a token must change nothing on a link ({anon})")
+    return f"| {method} {path} | the link's recipient | " + " | ".join(cells) + " |"
+
+
 def test_every_route_declares_its_roles_and_enforces_them(env: ApiEnv) -> None:
     ids = seed(env)
     declared = {(m, p) for m, p in routes(env)}
     openapi = {(m.upper(), p) for p, ops in env.app.openapi()["paths"].items() for m in ops}
     assert openapi <= declared, "every OpenAPI operation is a route"
-    undeclared = sorted(r for r in declared - PUBLIC if expected_roles(*r) is None and not r[1].startswith("/static"))
+    undeclared = sorted(
+        r for r in declared - PUBLIC - LINK_ROUTES if expected_roles(*r) is None and not r[1].startswith("/static")
+    )
     assert not undeclared, f"new routes need an authorisation expectation in this test: {undeclared}"
 
     rows, failures = [], []
     for method, path in sorted(declared):
         if (method, path) in PUBLIC or path.startswith("/static"):
+            continue
+        if (method, path) in LINK_ROUTES:
+            rows.append(link_row(env, method, path, ids, failures))
             continue
         roles = expected_roles(method, path)
         assert roles is not None

@@ -28,6 +28,7 @@ from api.schemas import (
     GridWrite,
     ImportResult,
     KpiRead,
+    LinksRevoked,
     MerchantRead,
     MerchantWrite,
     MicroGridRead,
@@ -46,7 +47,7 @@ from api.schemas import (
     WorkerRead,
     WorkerWrite,
 )
-from core import registry
+from core import actionlink, registry
 from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
 from notify import service as notify_service
@@ -146,6 +147,29 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn, who
         row = api_repo.get_token(conn, token_id=token_id)
     log.info("token %s revoked by %s", token_id, who.actor)
     return TokenRead.model_validate(row)
+
+
+def _revoke_links(conn: Connection[Any], who: auth.Principal, kind: str, recipient_id: str) -> LinksRevoked:
+    with conn.transaction():
+        if not core_repo.in_communities(conn, table=kind, id=recipient_id, communities=who.community_scope):
+            raise NotFoundError(f"{kind} {recipient_id!r} not found")
+        link_kind: actionlink.RecipientKind = "worker" if kind == "worker" else "merchant"
+        at = auth.revoke_links(conn, kind=link_kind, recipient_id=recipient_id, by=who.actor)
+    log.info("links of %s %s revoked by %s", kind, recipient_id, who.actor)
+    return LinksRevoked(recipient_kind=link_kind, recipient_id=recipient_id, not_before=at)
+
+
+@router.post("/workers/{item_id}/revoke-links", tags=["auth"])
+def revoke_worker_links(item_id: PathId, conn: Conn, who: Admin) -> LinksRevoked:
+    """Refuse every alarm link sent to this worker so far (a lost phone): their later messages carry working links.
+    Deactivating the worker (active: false) refuses all their links at once, too."""
+    return _revoke_links(conn, who, "worker", item_id)
+
+
+@router.post("/merchants/{item_id}/revoke-links", tags=["auth"])
+def revoke_merchant_links(item_id: PathId, conn: Conn, who: Admin) -> LinksRevoked:
+    """Refuse every alarm link sent to this merchant so far."""
+    return _revoke_links(conn, who, "merchant", item_id)
 
 
 # -- registry CRUD ------------------------------------------------------------------------------------------------

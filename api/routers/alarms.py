@@ -107,7 +107,12 @@ def get_alarm(alarm_id: int, conn: Conn, who: Anyone) -> AlarmRead:
 
 def alarm_detail(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> AlarmDetail:
     """An alarm with its history and the device's readings around it."""
-    row = scoped_alarm(conn, who, alarm_id)
+    return detail_of(conn, scoped_alarm(conn, who, alarm_id))
+
+
+def detail_of(conn: Connection[Any], row: api_repo.AlarmInSite) -> AlarmDetail:
+    """The detail of an alarm the caller may see (its scope, or a link for it, was checked already)."""
+    alarm_id = row.id
     end = (row.closed_at or row.cleared_at or row.last_seen_at) + AROUND
     end = max(end, row.last_seen_at + AROUND)
     readings = api_repo.list_readings_raw(
