@@ -20,7 +20,7 @@ STRINGS: dict[str, dict[str, str]] = {
     },
     "login_failed": {"zh-CN": "登录失败", "en": "Login failed"},
     "board": {"zh-CN": "告警看板", "en": "Alarm board"},
-    "no_alarms": {"zh-CN": "您负责的微网格当前没有告警。", "en": "No open alarms in your micro-grids."},
+    "no_alarms": {"zh-CN": "您负责的范围内当前没有告警。", "en": "No open alarms in your area."},
     "live": {"zh-CN": "实时", "en": "live"},
     "offline_stream": {"zh-CN": "连接中断，正在重连…", "en": "connection lost, reconnecting…"},
     "ack": {"zh-CN": "确认接警", "en": "Acknowledge"},

@@ -29,8 +29,10 @@ from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, same_origin, se
 from api.ratelimit import FailureLimiter, client_key
 from api.routers import admin as admin_routes
 from api.routers import alarms as alarm_routes
+from api.routers import board as board_routes
 from api.routers import devices as device_routes
 from api.routers import merchants as merchant_routes
+from api.schemas import BoardItem
 from api.stream import alarm_stream
 from core import actionlink
 from core import repo as core_repo
@@ -243,28 +245,23 @@ def home(who: Anyone) -> Response:
 # -- worker board ----------------------------------------------------------------------------------------------------
 
 
-def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmInSite) -> str:
-    return templates.get_template("_alarm_row.html").render(_ctx(request, who, a=row))
+def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmInSite, item: BoardItem | None = None) -> str:
+    """One board row, rendered by the server (the page, its live stream and its one-tap actions alike)."""
+    if item is None:
+        item = board_routes.board_item(
+            row, policy=board_routes.policy_of(request), tier=who.tier, now=datetime.now(UTC)
+        )
+    return templates.get_template("_alarm_row.html").render(
+        _ctx(request, who, a=row, b=item, rank=board_routes.rank(item))
+    )
 
 
 @router.get("/board")
 def board(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
-    """Open alarms of the worker's micro-grids (all for an admin), updated live."""
-    rows = api_repo.list_alarms(
-        conn,
-        worker_id=who.worker_scope,
-        merchant_id=None,
-        communities=who.community_scope,
-        open_only=True,
-        active=None,
-        acknowledged=None,
-        min_severity=None,
-        site_id=None,
-        before_id=None,
-        limit=200,
-    )
-    rows.sort(key=lambda r: (r.acknowledged, -r.severity, -r.id))
-    return render(request, "board.html", who, alarms=rows)
+    """Open alarms of the caller's scope, those escalated to their tier first with how long they have waited;
+    updated live."""
+    rows = board_routes.board_rows(conn, who, board_routes.policy_of(request))
+    return render(request, "board.html", who, rows=[_row_html(request, who, r, item) for r, item in rows])
 
 
 @router.get("/board/stream")
@@ -351,7 +348,7 @@ def _alarm_view(
     )
     staff = who is not None and who.role != "merchant"
     kinds = [f.kind for f in score_policy.active_policies().default.findings] if staff else []
-    return render(
+    page = render(
         request,
         "alarm.html",
         who,
@@ -364,6 +361,11 @@ def _alarm_view(
         done=request.query_params.get("done"),
         **extra,
     )
+    # A browser posts this page's forms with Origin: null under no-referrer (Fetch: "append a request Origin
+    # header"), which the CSRF check refuses; same-origin keeps our Origin on them and still sends no referrer
+    # (nor a link's key) to anyone else.
+    page.headers["Referrer-Policy"] = "same-origin"
+    return page
 
 
 @router.get("/alarms/{alarm_id}")

@@ -195,14 +195,26 @@ def revoke_session(conn: Connection[Any], *, session_hash: bytes) -> None:
 
 @dataclass(slots=True)
 class AlarmInSite(Alarm):
-    """An alarm with where it is (what boards, pages and the stream show)."""
+    """An alarm with where it is (what boards, pages and the stream show) and how far up its escalation ladder
+    it has climbed (notify's escalation row: ladder_step None when it has no ladder)."""
 
     site_name: str = ""
     site_address: str = ""
     merchant_id: str | None = None
+    ladder_step: int | None = None
+    ladder_stopped_at: datetime | None = None
+    escalated_at: datetime | None = None
 
 
-ALARM_LIST_COLUMNS = core_repo.alarm_columns("a") + ", s.name AS site_name, s.address AS site_address, s.merchant_id"
+# The ladder columns read notify's escalation table and the alarm's latest `escalated` event (alarm_event_alarm
+# index); an alarm without a ladder (info, silenced) has nulls.
+ALARM_LIST_COLUMNS = (
+    core_repo.alarm_columns("a")
+    + """, s.name AS site_name, s.address AS site_address, s.merchant_id,
+    e.step AS ladder_step, e.stopped_at AS ladder_stopped_at,
+    (SELECT max(ev.at) FROM alarm_event ev WHERE ev.alarm_id = a.id AND ev.kind = 'escalated') AS escalated_at"""
+)
+ALARM_FROM = "alarm a JOIN site s ON s.id = a.site_id LEFT JOIN escalation e ON e.alarm_id = a.id"
 
 # The micro-grids a worker sees follow the registry's hierarchy: those they cover; every micro-grid of the grids
 # they lead (a grid leader, as notify/routing.py's leader tier); the whole community for its duty office and fire
@@ -227,7 +239,7 @@ SITE_SCOPE = f"""(%(worker)s::text IS NULL OR s.micro_grid_id IN ({WORKER_MICRO_
 ALARM_SCOPE = SITE_SCOPE
 
 SELECT_ALARMS = f"""
-SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
+SELECT {ALARM_LIST_COLUMNS} FROM {ALARM_FROM}
 WHERE {ALARM_SCOPE}
   AND (%(open_only)s = false OR a.closed_at IS NULL)
   AND (%(active)s::boolean IS NULL OR a.active = %(active)s)
@@ -240,13 +252,13 @@ WHERE {ALARM_SCOPE}
 ORDER BY a.id DESC LIMIT %(limit)s
 """
 SELECT_ALARM_IN_SCOPE = f"""
-SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
+SELECT {ALARM_LIST_COLUMNS} FROM {ALARM_FROM}
 WHERE a.id = %(id)s AND {ALARM_SCOPE}
 """
 # Changes for the live stream. updated_at is the writing transaction's start, so a transaction that
 # commits late can carry an older stamp: callers re-read with an overlap and de-duplicate.
 SELECT_ALARMS_CHANGED = f"""
-SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
+SELECT {ALARM_LIST_COLUMNS} FROM {ALARM_FROM}
 WHERE a.updated_at > %(since)s AND {ALARM_SCOPE}
 ORDER BY a.updated_at, a.id LIMIT %(limit)s
 """

@@ -54,6 +54,24 @@ class AlarmRead(RowRead):
         return cls(severity=sev.label, priority=sev.priority, **data)
 
 
+class BoardItem(BaseModel):
+    alarm: AlarmRead
+    site_name: str
+    site_address: str
+    ladder_step: int | None = Field(description="the escalation ladder's highest step told; null: no ladder")
+    tiers_reached: list[str] = Field(description="every tier the ladder has told so far, in ladder order")
+    escalated: bool = Field(description="unacknowledged and climbed past the first step")
+    escalated_to: list[str] = Field(description="the tiers of the step it has climbed to (when escalated)")
+    escalated_at: datetime | None = Field(description="when it last climbed (when escalated)")
+    reached_you: bool = Field(description="escalated to your tier (for an admin: escalated at all)")
+    waiting_s: float | None = Field(description="seconds since it was raised, while nobody has acknowledged it")
+
+
+class BoardRead(BaseModel):
+    tier: str | None = Field(description="your tier on the ladder (worker, leader, community, fire_station)")
+    items: list[BoardItem]
+
+
 class AlarmPage(BaseModel):
     items: list[AlarmRead]
     next_before: int | None = Field(description="pass as ?before= for the next page; null when done")

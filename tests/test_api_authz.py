@@ -56,6 +56,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/merchants/{merchant_id}/ledger"): ALL,
     ("GET", "/api/v1/merchants/{merchant_id}/open"): ALL,
     ("GET", "/api/v1/scores"): ADMIN,
+    ("GET", "/api/v1/board"): STAFF,
     ("POST", "/api/v1/findings"): STAFF,
     ("POST", "/api/v1/findings/{finding_id}/close"): STAFF,
     # pages
