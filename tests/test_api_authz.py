@@ -507,3 +507,19 @@ def test_token_create_command_limits_an_admin_to_communities(env: ApiEnv, monkey
     )
     bad = CliRunner().invoke(cli_app, ["token", "create", "--role", "worker", "--worker", "w1", "--community", "c1"])
     assert bad.exit_code != 0
+
+
+def test_the_live_stream_follows_the_same_scope(env: ApiEnv) -> None:
+    """A grid leader's and a community admin's streams carry the alarms of their scope, and no others."""
+    for who, shown, hidden in (
+        ("lead2", {"gas-4"}, {"gas-1", "gas-9"}),
+        ("cadmin", {"gas-1", "gas-4"}, {"gas-9"}),
+        ("duty2", {"gas-9"}, {"gas-1", "gas-4"}),
+    ):
+        with env.client.stream("GET", "/api/v1/alarms/stream?max_s=2", headers=env.headers(who)) as stream:
+            seed_hierarchy_alarms(env)
+            text = "".join(stream.iter_text())
+        devices = set(re.findall(r'"device_id":\s*"([^"]+)"', text))
+        assert shown <= devices and not hidden & devices, (who, devices)
+        with env.conn() as conn, conn.transaction():
+            conn.execute("UPDATE alarm SET closed_at = now(), closed_by = 'test', disposition = 'test'")
