@@ -20,12 +20,14 @@ from api import pages
 from api import repo as api_repo
 from api.deps import Conn
 from api.ratelimit import FailureLimiter
-from api.routers import admin, alarms, devices, merchants
+from api.routers import admin, alarms, board, devices, merchants
 from api.stream import AlarmHub
+from core.actionlink import LinkError
 from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
 from core.loop import Check
 from core.ops import Checks, health_body
 from core.settings import Settings
+from notify.policy import load_policy
 from score import service as score_service
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     RegistryError: 422,
     score_service.InvalidScoreInput: 422,
     ConfigError: 422,
+    LinkError: 403,
 }
 PAGE_STATUSES = (403, 404, 409, 422)
 
@@ -88,6 +91,8 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
         "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.",
     )
     app.state.settings = settings
+    # The ladder notify runs with: the board shows how far each alarm has climbed (api/routers/board.py).
+    app.state.policy = load_policy(settings.notify_policy)
     app.state.hub = AlarmHub(settings.dsn)
     app.state.auth_limiter = FailureLimiter()  # failed logins / bearer tokens per client address (issue 9)
     if pool is not None:
@@ -96,6 +101,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     install_error_handlers(app)
     add_ops_routes(app, checks)
     app.include_router(alarms.router)
+    app.include_router(board.router)
     app.include_router(devices.router)
     app.include_router(merchants.router)
     admin.include(app)

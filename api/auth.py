@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from psycopg import Connection
 
 from api import repo
+from core import actionlink
 from core import repo as core_repo
 from core.errors import AuthError, ConfigError, NotFoundError
 
@@ -31,6 +33,10 @@ class Principal:
     worker_id: str | None = None
     merchant_id: str | None = None
     session_id: int | None = None
+    # Filled by with_scope: the registry role of a worker, and the communities an admin token is limited to
+    # (None: every community, a street office).
+    worker_role: str | None = None
+    communities: tuple[str, ...] | None = None
 
     @property
     def actor(self) -> str:
@@ -45,6 +51,36 @@ class Principal:
     def merchant_scope(self) -> str | None:
         """The merchant whose sites bound what this caller sees (None: not a merchant)."""
         return self.merchant_id if self.role == "merchant" else None
+
+    @property
+    def community_scope(self) -> list[str] | None:
+        """The communities an admin is limited to (None: not limited, or not an admin)."""
+        return list(self.communities) if self.role == "admin" and self.communities is not None else None
+
+    @property
+    def tier(self) -> str | None:
+        """The ladder tier this caller is on (notify/policy.yaml), for the board's order; None for admins."""
+        return WORKER_TIERS.get(self.worker_role or "") if self.role == "worker" else None
+
+
+# A worker's registry role -> the escalation ladder's tier it is reached on.
+WORKER_TIERS = {
+    "micro_grid_worker": "worker",
+    "grid_leader": "leader",
+    "community_duty": "community",
+    "fire_station": "fire_station",
+}
+
+
+def with_scope(conn: Connection[Any], who: Principal) -> Principal:
+    """The principal with what bounds its scope beyond its token: a worker's registry role (a grid leader sees
+    their grids, community duty and the fire station their community) and an admin token's communities."""
+    if who.role == "worker" and who.worker_id:
+        return replace(who, worker_role=repo.get_worker_role(conn, worker_id=who.worker_id))
+    if who.role == "admin":
+        communities = repo.get_token_communities(conn, token_id=who.token_id)
+        return replace(who, communities=tuple(communities) if communities else None)
+    return who
 
 
 def hash_token(secret_key: str, token: str) -> bytes:
@@ -61,10 +97,18 @@ def create_token(
     merchant_id: str | None = None,
     label: str = "",
     ttl: timedelta | None = None,
+    communities: Sequence[str] | None = None,
 ) -> str:
     """Create a token and return it; only its hash is kept."""
     return create_token_row(
-        conn, secret_key=secret_key, role=role, worker_id=worker_id, merchant_id=merchant_id, label=label, ttl=ttl
+        conn,
+        secret_key=secret_key,
+        role=role,
+        worker_id=worker_id,
+        merchant_id=merchant_id,
+        label=label,
+        ttl=ttl,
+        communities=communities,
     )[1]
 
 
@@ -77,8 +121,10 @@ def create_token_row(
     merchant_id: str | None = None,
     label: str = "",
     ttl: timedelta | None = None,
+    communities: Sequence[str] | None = None,
 ) -> tuple[int, str, datetime | None]:
-    """Create a token; returns (id, token, expires_at). The token itself is never stored."""
+    """Create a token; returns (id, token, expires_at). The token itself is never stored. An admin token may be
+    limited to some communities (none given: every community)."""
     if role not in ROLES:
         raise ConfigError(f"role {role!r} is not admin, worker or merchant")
     if role == "worker" and not worker_id:
@@ -89,6 +135,11 @@ def create_token_row(
         raise NotFoundError(f"worker {worker_id!r} is not in the registry")
     if role == "merchant" and merchant_id and not core_repo.exists(conn, table="merchant", id=merchant_id):
         raise NotFoundError(f"merchant {merchant_id!r} is not in the registry")
+    if communities and role != "admin":
+        raise ConfigError("only an admin token is limited to communities (a worker's or merchant's scope is theirs)")
+    for community in communities or ():
+        if not core_repo.exists(conn, table="community", id=community):
+            raise NotFoundError(f"community {community!r} is not in the registry")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + ttl if ttl else None
     token_id = repo.insert_token(
@@ -100,6 +151,8 @@ def create_token_row(
         label=label,
         expires_at=expires,
     )
+    if role == "admin" and communities:
+        repo.insert_token_communities(conn, token_id=token_id, communities=sorted(set(communities)))
     return token_id, token, expires
 
 
@@ -162,3 +215,33 @@ def csrf_token(secret_key: str, session: str) -> str:
 def check_csrf(secret_key: str, session: str, presented: str | None) -> bool:
     """Whether a form's or header's CSRF token belongs to this session."""
     return bool(presented) and hmac.compare_digest(csrf_token(secret_key, session), presented or "")
+
+
+# -- signed alarm links ---------------------------------------------------------------------------------------------
+
+
+def verify_link(
+    conn: Connection[Any], *, secret_key: str, alarm_id: int, key: str, ttl: timedelta, now: datetime | None = None
+) -> actionlink.LinkClaim:
+    """Who a message link was sent to, if it may still be used: signed for this alarm and this recipient, not
+    expired, its recipient still active, and issued after their links were last revoked (LinkError otherwise)."""
+    at = now or datetime.now(UTC)
+    claim = actionlink.verify(secret_key, alarm_id=alarm_id, key=key, now=at, ttl=ttl)
+    recipient = repo.get_link_recipient(conn, kind=claim.recipient_kind, recipient_id=claim.recipient_id)
+    if recipient is None or not recipient.active:
+        raise actionlink.LinkError(
+            f"this link was sent to {claim.recipient_id}, who is no longer active: ask your admin or log in"
+        )
+    if recipient.not_before is not None and claim.issued_at < recipient.not_before:
+        raise actionlink.LinkError("this link was revoked: open a newer message about the alarm, or log in")
+    return claim
+
+
+def revoke_links(conn: Connection[Any], *, kind: actionlink.RecipientKind, recipient_id: str, by: str) -> datetime:
+    """Refuse every link sent to this recipient until now (a lost phone); later messages carry working links."""
+    return repo.revoke_links(conn, kind=kind, recipient_id=recipient_id, at=datetime.now(UTC), by=by)
+
+
+def link_csrf(secret_key: str, key: str) -> str:
+    """The CSRF token of the forms on a link's page (derived from the link, as a session's is from the session)."""
+    return csrf_token(secret_key, "link:" + key)

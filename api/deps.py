@@ -60,6 +60,11 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
+def same_origin(request: Request) -> bool:
+    """Whether an unsafe request comes from our own pages (for forms that carry no session, as a link's)."""
+    return _same_origin(request)
+
+
 def principal(
     request: Request, conn: Conn, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> auth.Principal:
@@ -92,7 +97,14 @@ def principal(
     return who
 
 
-async def csrf_checked(request: Request, who: Annotated[auth.Principal, Depends(principal)]) -> auth.Principal:
+def scoped_principal(conn: Conn, who: Annotated[auth.Principal, Depends(principal)]) -> auth.Principal:
+    """The caller with what bounds their scope beyond the token: a worker's registry role (a grid leader sees
+    their grids, community duty and the fire station their community), an admin token's communities."""
+    with conn.transaction():
+        return auth.with_scope(conn, who)
+
+
+async def csrf_checked(request: Request, who: Annotated[auth.Principal, Depends(scoped_principal)]) -> auth.Principal:
     """A cookie-authenticated unsafe request must carry the session's CSRF token and come from our origin;
     bearer tokens are not sent by browsers on their own, so they need neither."""
     session: str | None = getattr(request.state, "session", None)

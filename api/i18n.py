@@ -20,7 +20,7 @@ STRINGS: dict[str, dict[str, str]] = {
     },
     "login_failed": {"zh-CN": "登录失败", "en": "Login failed"},
     "board": {"zh-CN": "告警看板", "en": "Alarm board"},
-    "no_alarms": {"zh-CN": "您负责的微网格当前没有告警。", "en": "No open alarms in your micro-grids."},
+    "no_alarms": {"zh-CN": "您负责的范围内当前没有告警。", "en": "No open alarms in your area."},
     "live": {"zh-CN": "实时", "en": "live"},
     "offline_stream": {"zh-CN": "连接中断，正在重连…", "en": "connection lost, reconnecting…"},
     "ack": {"zh-CN": "确认接警", "en": "Acknowledge"},
@@ -86,6 +86,18 @@ STRINGS: dict[str, dict[str, str]] = {
     "cut_power": {"zh-CN": "断电", "en": "Cut power"},
     "restore_power": {"zh-CN": "恢复供电", "en": "Restore power"},
     "close_valve": {"zh-CN": "关阀", "en": "Close valve"},
+    "link_for": {"zh-CN": "此链接发给", "en": "This link was sent to"},
+    "link_acts": {"zh-CN": "在此确认或处置均记录为您本人", "en": "what you do here is recorded as you"},
+    "done_ack": {"zh-CN": "已确认接警。", "en": "Acknowledged."},
+    "done_resolve": {"zh-CN": "已处置完毕。", "en": "Resolved."},
+    "waiting": {"zh-CN": "已等待", "en": "waiting"},
+    "escalated_to": {"zh-CN": "已上报至", "en": "escalated to"},
+    "for_you": {"zh-CN": "轮到您", "en": "now yours"},
+    "tier_worker": {"zh-CN": "微网格员", "en": "micro-grid worker"},
+    "tier_merchant": {"zh-CN": "商户", "en": "merchant"},
+    "tier_leader": {"zh-CN": "网格长", "en": "grid leader"},
+    "tier_community": {"zh-CN": "社区值班", "en": "community duty"},
+    "tier_fire_station": {"zh-CN": "微型消防站", "en": "fire station"},
 }
 
 

@@ -8,6 +8,7 @@ every form post carries the session's CSRF token (api/deps.py checks it).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from psycopg import Connection
@@ -23,20 +25,24 @@ from psycopg import Connection
 from api import auth, i18n
 from api import repo as api_repo
 from api.chart import svg_chart
-from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, settings_of
+from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, same_origin, settings_of
 from api.ratelimit import FailureLimiter, client_key
 from api.routers import admin as admin_routes
 from api.routers import alarms as alarm_routes
+from api.routers import board as board_routes
 from api.routers import devices as device_routes
 from api.routers import merchants as merchant_routes
+from api.schemas import BoardItem
 from api.stream import alarm_stream
+from core import actionlink
 from core import repo as core_repo
 from core.domain import Disposition, Severity
-from core.errors import AuthError
+from core.errors import AuthError, NotFoundError
 from rules import service as rules_service
 from score import policy as score_policy
 from score import service as score_service
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 LOGIN_COOKIE = "gw_login"
@@ -239,27 +245,23 @@ def home(who: Anyone) -> Response:
 # -- worker board ----------------------------------------------------------------------------------------------------
 
 
-def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmInSite) -> str:
-    return templates.get_template("_alarm_row.html").render(_ctx(request, who, a=row))
+def _row_html(request: Request, who: auth.Principal, row: api_repo.AlarmInSite, item: BoardItem | None = None) -> str:
+    """One board row, rendered by the server (the page, its live stream and its one-tap actions alike)."""
+    if item is None:
+        item = board_routes.board_item(
+            row, policy=board_routes.policy_of(request), tier=who.tier, now=datetime.now(UTC)
+        )
+    return templates.get_template("_alarm_row.html").render(
+        _ctx(request, who, a=row, b=item, rank=board_routes.rank(item))
+    )
 
 
 @router.get("/board")
 def board(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
-    """Open alarms of the worker's micro-grids (all for an admin), updated live."""
-    rows = api_repo.list_alarms(
-        conn,
-        worker_id=who.worker_scope,
-        merchant_id=None,
-        open_only=True,
-        active=None,
-        acknowledged=None,
-        min_severity=None,
-        site_id=None,
-        before_id=None,
-        limit=200,
-    )
-    rows.sort(key=lambda r: (r.acknowledged, -r.severity, -r.id))
-    return render(request, "board.html", who, alarms=rows)
+    """Open alarms of the caller's scope, those escalated to their tier first with how long they have waited;
+    updated live."""
+    rows = board_routes.board_rows(conn, who, board_routes.policy_of(request))
+    return render(request, "board.html", who, rows=[_row_html(request, who, r, item) for r, item in rows])
 
 
 @router.get("/board/stream")
@@ -282,36 +284,56 @@ def _after_action(request: Request, who: auth.Principal, conn: Connection[Any], 
     return RedirectResponse("/board", status_code=303)
 
 
-@router.post("/board/alarms/{alarm_id}/ack")
-def board_ack(alarm_id: int, request: Request, conn: Conn, who: Staff) -> Response:
-    """One tap: acknowledge."""
+def _acknowledge(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> None:
     with conn.transaction():
         alarm_routes.scoped_alarm(conn, who, alarm_id)
         rules_service.acknowledge(conn, alarm_id=alarm_id, actor=who.actor)
+
+
+def _disposition(form: dict[str, str]) -> tuple[Disposition, str | None]:
+    """The disposition of the button pressed and the note, if any."""
+    try:
+        disposition = Disposition(form.get("disposition", ""))
+    except ValueError:
+        raise HTTPException(422, "disposition: choose real_hazard, false_alarm, test or device_fault") from None
+    return disposition, (form.get("note") or "").strip()[:2000] or None
+
+
+def _resolve(conn: Connection[Any], who: auth.Principal, alarm_id: int, form: dict[str, str]) -> None:
+    disposition, note = _disposition(form)
+    with conn.transaction():
+        alarm_routes.scoped_alarm(conn, who, alarm_id)
+        rules_service.resolve(conn, alarm_id=alarm_id, actor=who.actor, disposition=disposition, note=note)
+
+
+@router.post("/board/alarms/{alarm_id}/ack")
+def board_ack(alarm_id: int, request: Request, conn: Conn, who: Staff) -> Response:
+    """One tap: acknowledge."""
+    _acknowledge(conn, who, alarm_id)
     return _after_action(request, who, conn, alarm_id)
 
 
 @router.post("/board/alarms/{alarm_id}/resolve")
 def board_resolve(alarm_id: int, request: Request, conn: Conn, who: Staff, form: Form) -> Response:
     """One tap: resolve with the disposition of the button pressed (and the note, if any)."""
-    try:
-        disposition = Disposition(form.get("disposition", ""))
-    except ValueError:
-        raise HTTPException(422, "disposition: choose real_hazard, false_alarm, test or device_fault") from None
-    note = (form.get("note") or "").strip()[:2000] or None
-    with conn.transaction():
-        alarm_routes.scoped_alarm(conn, who, alarm_id)
-        rules_service.resolve(conn, alarm_id=alarm_id, actor=who.actor, disposition=disposition, note=note)
+    _resolve(conn, who, alarm_id, form)
     return _after_action(request, who, conn, alarm_id)
 
 
 # -- alarm and device pages -----------------------------------------------------------------------------------------
 
 
-@router.get("/alarms/{alarm_id}")
-def alarm_page(alarm_id: int, request: Request, conn: Conn, who: Anyone) -> HTMLResponse:
-    """An alarm with its history and a chart of the device's readings around it."""
-    detail = alarm_routes.alarm_detail(conn, who, alarm_id)
+def _alarm_view(
+    request: Request,
+    conn: Connection[Any],
+    who: auth.Principal | None,
+    row: api_repo.AlarmInSite,
+    *,
+    acting: dict[str, str] | None,
+    **extra: Any,
+) -> HTMLResponse:
+    """The alarm page: history, a chart of the readings around it, and (acting) the forms to act on it."""
+    detail = alarm_routes.detail_of(conn, row)
     field = _alarm_field(detail.alarm.type, detail.readings)
     pts = [
         (r.ts, None, float(r.values[field]), None)
@@ -324,9 +346,9 @@ def alarm_page(alarm_id: int, request: Request, conn: Conn, who: Anyone) -> HTML
         unit=UNITS.get(field or "", ""),
         tz_label=settings_of(request).timezone,
     )
-    row = alarm_routes.scoped_alarm(conn, who, alarm_id)
-    kinds = [f.kind for f in score_policy.active_policies().default.findings] if who.role != "merchant" else []
-    return render(
+    staff = who is not None and who.role != "merchant"
+    kinds = [f.kind for f in score_policy.active_policies().default.findings] if staff else []
+    page = render(
         request,
         "alarm.html",
         who,
@@ -335,7 +357,137 @@ def alarm_page(alarm_id: int, request: Request, conn: Conn, who: Anyone) -> HTML
         field=field,
         merchant_id=row.merchant_id,
         finding_kinds=kinds if row.merchant_id else [],
+        acting=acting,
+        done=request.query_params.get("done"),
+        **extra,
     )
+    # A browser posts this page's forms with Origin: null under no-referrer (Fetch: "append a request Origin
+    # header"), which the CSRF check refuses; same-origin keeps our Origin on them and still sends no referrer
+    # (nor a link's key) to anyone else.
+    page.headers["Referrer-Policy"] = "same-origin"
+    return page
+
+
+@router.get("/alarms/{alarm_id}")
+def alarm_page(alarm_id: int, request: Request, conn: Conn, who: Anyone) -> HTMLResponse:
+    """An alarm with its history and a chart of the device's readings around it; staff whose scope includes it
+    acknowledge and resolve it here."""
+    row = alarm_routes.scoped_alarm(conn, who, alarm_id)
+    acting = (
+        {"ack": f"/alarms/{alarm_id}/ack", "resolve": f"/alarms/{alarm_id}/resolve", "csrf": _ctx(request, who)["csrf"]}
+        if who.role != "merchant"
+        else None
+    )
+    return _alarm_view(request, conn, who, row, acting=acting)
+
+
+@router.post("/alarms/{alarm_id}/ack")
+def alarm_ack(alarm_id: int, conn: Conn, who: Staff) -> Response:
+    """The alarm page's acknowledge button."""
+    _acknowledge(conn, who, alarm_id)
+    return RedirectResponse(f"/alarms/{alarm_id}?done=ack", status_code=303)
+
+
+@router.post("/alarms/{alarm_id}/resolve")
+def alarm_resolve(alarm_id: int, conn: Conn, who: Staff, form: Form) -> Response:
+    """The alarm page's resolve buttons (one per disposition, with an optional note)."""
+    _resolve(conn, who, alarm_id, form)
+    return RedirectResponse(f"/alarms/{alarm_id}?done=resolve", status_code=303)
+
+
+# -- the signed link in every message (core/actionlink.py) ------------------------------------------------------------
+
+LinkKey = Annotated[str, PathParam(min_length=1, max_length=200)]
+
+
+def _link_claim(request: Request, conn: Connection[Any], alarm_id: int, key: str) -> actionlink.LinkClaim:
+    """The verified link, or 403 saying why not; failures count against the address like failed tokens."""
+    limiter: FailureLimiter = request.app.state.auth_limiter
+    client = client_key(request.client.host if request.client else None)
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        raise HTTPException(
+            429, f"too many invalid links from your address: try again in {wait} s", headers={"Retry-After": str(wait)}
+        )
+    settings = settings_of(request)
+    try:
+        with conn.transaction():
+            return auth.verify_link(
+                conn,
+                secret_key=settings.secret_key.get_secret_value(),
+                alarm_id=alarm_id,
+                key=key,
+                ttl=timedelta(hours=settings.link_ttl_h),
+            )
+    except actionlink.LinkError:
+        limiter.fail(client)
+        raise
+
+
+def _link_alarm(conn: Connection[Any], alarm_id: int) -> api_repo.AlarmInSite:
+    """The alarm a verified link names (the link is the authority: it was sent to this person about it)."""
+    row = api_repo.get_alarm_in_scope(conn, alarm_id=alarm_id, worker_id=None, merchant_id=None)
+    if row is None:
+        raise NotFoundError(f"alarm {alarm_id} not found")
+    return row
+
+
+def _link_form(request: Request, key: str, form: dict[str, str]) -> None:
+    """A link's page has no session: its forms carry a token derived from the link and must come from our pages."""
+    secret = settings_of(request).secret_key.get_secret_value()
+    if not same_origin(request) or not auth.check_csrf(secret, "link:" + key, form.get("csrf")):
+        raise HTTPException(403, "CSRF check failed: open the link again and try again")
+
+
+def _link_worker(claim: actionlink.LinkClaim) -> str:
+    if claim.recipient_kind != "worker":
+        raise HTTPException(
+            403, "this link opens the alarm for you to see; acknowledging is for the workers it was sent to"
+        )
+    return claim.recipient_id
+
+
+@router.get("/alarms/{alarm_id}/link/{key}")
+def alarm_link(alarm_id: int, key: LinkKey, request: Request, conn: Conn) -> HTMLResponse:
+    """The alarm as its message's link opens it, without a token; a worker's link offers acknowledge (one tap) and
+    resolve. Opening it changes nothing: chat apps fetch links for their previews."""
+    claim = _link_claim(request, conn, alarm_id, key)
+    row = _link_alarm(conn, alarm_id)
+    secret = settings_of(request).secret_key.get_secret_value()
+    base = f"/alarms/{alarm_id}/link/{quote(key, safe='')}"
+    acting = (
+        {"ack": base + "/ack", "resolve": base + "/resolve", "csrf": auth.link_csrf(secret, key)}
+        if claim.recipient_kind == "worker"
+        else None
+    )
+    return _alarm_view(
+        request, conn, None, row, acting=acting, link_for=claim.recipient_id, csrf=auth.link_csrf(secret, key)
+    )
+
+
+@router.post("/alarms/{alarm_id}/link/{key}/ack")
+def alarm_link_ack(alarm_id: int, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
+    """One tap from the message: acknowledge, recorded as the person the link was sent to."""
+    _link_form(request, key, form)
+    actor = _link_worker(_link_claim(request, conn, alarm_id, key))
+    with conn.transaction():
+        _link_alarm(conn, alarm_id)
+        rules_service.acknowledge(conn, alarm_id=alarm_id, actor=actor)
+    log.info("alarm %s acknowledged by %s through their message link", alarm_id, actor)
+    return RedirectResponse(f"/alarms/{alarm_id}/link/{quote(key, safe='')}?done=ack", status_code=303)
+
+
+@router.post("/alarms/{alarm_id}/link/{key}/resolve")
+def alarm_link_resolve(alarm_id: int, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
+    """Resolve from the message's link, recorded as the person it was sent to."""
+    _link_form(request, key, form)
+    actor = _link_worker(_link_claim(request, conn, alarm_id, key))
+    disposition, note = _disposition(form)
+    with conn.transaction():
+        _link_alarm(conn, alarm_id)
+        rules_service.resolve(conn, alarm_id=alarm_id, actor=actor, disposition=disposition, note=note)
+    log.info("alarm %s resolved by %s through their message link", alarm_id, actor)
+    return RedirectResponse(f"/alarms/{alarm_id}/link/{quote(key, safe='')}?done=resolve", status_code=303)
 
 
 @router.post("/alarms/{alarm_id}/finding")
@@ -394,6 +546,7 @@ def device_page(
         conn,
         worker_id=who.worker_scope,
         merchant_id=who.merchant_scope,
+        communities=who.community_scope,
         open_only=False,
         active=None,
         acknowledged=None,
@@ -471,12 +624,21 @@ def admin_page(
     request: Request, conn: Conn, who: Admin, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
 ) -> HTMLResponse:
     """KPIs per community and grid, and the device list with live state."""
-    communities = core_repo.list_registry(conn, table="community", limit=50, offset=0, filters={})
-    grids = core_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={})
+    scope = who.community_scope
+    communities = core_repo.list_registry(conn, table="community", limit=50, offset=0, filters={}, communities=scope)
+    grids = core_repo.list_registry(conn, table="grid", limit=200, offset=0, filters={}, communities=scope)
     kpis = [admin_routes.kpis(conn, scope="community", scope_id=c["id"], since=None, until=None) for c in communities]
     kpis += [admin_routes.kpis(conn, scope="grid", scope_id=g["id"], since=None, until=None) for g in grids]
     devices = api_repo.list_devices(
-        conn, worker_id=None, merchant_id=None, site_id=None, kind=None, offline=None, limit=100, offset=offset
+        conn,
+        worker_id=None,
+        merchant_id=None,
+        communities=scope,
+        site_id=None,
+        kind=None,
+        offline=None,
+        limit=100,
+        offset=offset,
     )
     return render(
         request,

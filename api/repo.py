@@ -1,11 +1,15 @@
 """SQL the API runs: tokens, sessions, scoped alarms, devices and readings, registry CRUD, KPIs.
 
-Scope convention: worker=None and merchant=None mean an admin (everything); a worker sees the micro-grids
-they cover; a merchant their own sites. Every function takes the connection first and never commits.
+Scope convention (SITE_SCOPE): worker, merchant and communities None mean an admin of every community;
+a worker sees the micro-grids of their registry role (WORKER_MICRO_GRIDS), a merchant their own sites, an admin
+limited to some communities those communities. Alarms are scoped by their site's current micro-grid, not the one
+recorded when they were raised, so moving a site moves its open alarms with it. Every function takes the
+connection first and never commits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +46,7 @@ class TokenListRow:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    communities: list[str] | None = None
 
 
 INSERT_TOKEN = """
@@ -54,14 +59,28 @@ RETURNING id, role, worker_id, merchant_id, label, expires_at, revoked_at
 """  # noqa: S105 - SQL, not a secret
 REVOKE_TOKEN = "UPDATE api_token SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL"  # noqa: S105
 SELECT_TOKEN_EXPIRY = "SELECT expires_at FROM api_token WHERE id = %s"  # noqa: S105
-SELECT_TOKENS = """
-SELECT id, role, worker_id, merchant_id, label, created_at, expires_at, revoked_at, last_used_at
-FROM api_token ORDER BY id LIMIT %s OFFSET %s
+TOKEN_LIST_COLUMNS = """t.id, t.role, t.worker_id, t.merchant_id, t.label, t.created_at, t.expires_at, t.revoked_at,
+    t.last_used_at,
+    (SELECT array_agg(c.community_id ORDER BY c.community_id) FROM api_token_community c WHERE c.token_id = t.id)
+        AS communities"""  # noqa: S105 - SQL, not a secret
+# The tokens an admin limited to some communities may see and revoke: those of their communities' workers and
+# merchants, and admin tokens limited to some of their communities (never an unlimited one).
+TOKEN_SCOPE = """(%(communities)s::text[] IS NULL
+    OR (SELECT w.community_id FROM worker w WHERE w.id = t.worker_id) = ANY(%(communities)s)
+    OR (SELECT m.community_id FROM merchant m WHERE m.id = t.merchant_id) = ANY(%(communities)s)
+    OR (t.role = 'admin' AND EXISTS (SELECT 1 FROM api_token_community c WHERE c.token_id = t.id)
+        AND NOT EXISTS (SELECT 1 FROM api_token_community c
+                        WHERE c.token_id = t.id AND NOT c.community_id = ANY(%(communities)s))))"""  # noqa: S105 - SQL
+SELECT_TOKENS = f"""
+SELECT {TOKEN_LIST_COLUMNS} FROM api_token t
+WHERE {TOKEN_SCOPE} ORDER BY t.id LIMIT %(limit)s OFFSET %(offset)s
 """
-SELECT_TOKEN_BY_ID = """
-SELECT id, role, worker_id, merchant_id, label, created_at, expires_at, revoked_at, last_used_at
-FROM api_token WHERE id = %s
-"""  # noqa: S105 - SQL, not a secret
+SELECT_TOKEN_BY_ID = f"""
+SELECT {TOKEN_LIST_COLUMNS} FROM api_token t WHERE t.id = %(id)s AND {TOKEN_SCOPE}
+"""
+INSERT_TOKEN_COMMUNITY = "INSERT INTO api_token_community (token_id, community_id) VALUES (%s, %s)"  # noqa: S105
+SELECT_TOKEN_COMMUNITIES = "SELECT community_id FROM api_token_community WHERE token_id = %s ORDER BY community_id"  # noqa: S105
+SELECT_WORKER_ROLE = "SELECT role FROM worker WHERE id = %s"
 
 
 def insert_token(
@@ -97,16 +116,40 @@ def get_token_expiry(conn: Connection[Any], *, token_id: int) -> datetime | None
     return None if row is None else (row[0] if isinstance(row, tuple) else row["expires_at"])
 
 
-def list_tokens(conn: Connection[Any], *, limit: int, offset: int) -> list[TokenListRow]:
-    """Tokens (never their secrets), oldest first."""
+def list_tokens(
+    conn: Connection[Any], *, limit: int, offset: int, communities: Sequence[str] | None = None
+) -> list[TokenListRow]:
+    """Tokens (never their secrets), oldest first; those of some communities only, when given."""
+    params = {"limit": limit, "offset": offset, "communities": _array(communities)}
     with conn.cursor(row_factory=class_row(TokenListRow)) as cur:
-        return cur.execute(SELECT_TOKENS, (limit, offset)).fetchall()
+        return cur.execute(SELECT_TOKENS, params).fetchall()
 
 
-def get_token(conn: Connection[Any], *, token_id: int) -> TokenListRow | None:
-    """One token's metadata."""
+def get_token(conn: Connection[Any], *, token_id: int, communities: Sequence[str] | None = None) -> TokenListRow | None:
+    """One token's metadata (None if unknown, or outside the given communities)."""
     with conn.cursor(row_factory=class_row(TokenListRow)) as cur:
-        return cur.execute(SELECT_TOKEN_BY_ID, (token_id,)).fetchone()
+        return cur.execute(SELECT_TOKEN_BY_ID, {"id": token_id, "communities": _array(communities)}).fetchone()
+
+
+def insert_token_communities(conn: Connection[Any], *, token_id: int, communities: Sequence[str]) -> None:
+    """Limit an admin token to these communities."""
+    with conn.cursor() as cur:
+        cur.executemany(INSERT_TOKEN_COMMUNITY, [(token_id, c) for c in communities])
+
+
+def get_token_communities(conn: Connection[Any], *, token_id: int) -> list[str]:
+    """The communities an admin token is limited to (empty: every community)."""
+    return [r[0] for r in conn.execute(SELECT_TOKEN_COMMUNITIES, (token_id,)).fetchall()]
+
+
+def get_worker_role(conn: Connection[Any], *, worker_id: str) -> str | None:
+    """A worker's registry role (micro_grid_worker, grid_leader, community_duty, fire_station)."""
+    row = conn.execute(SELECT_WORKER_ROLE, (worker_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _array(values: Sequence[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
 
 
 @dataclass(slots=True)
@@ -152,21 +195,51 @@ def revoke_session(conn: Connection[Any], *, session_hash: bytes) -> None:
 
 @dataclass(slots=True)
 class AlarmInSite(Alarm):
-    """An alarm with where it is (what boards, pages and the stream show)."""
+    """An alarm with where it is (what boards, pages and the stream show) and how far up its escalation ladder
+    it has climbed (notify's escalation row: ladder_step None when it has no ladder)."""
 
     site_name: str = ""
     site_address: str = ""
     merchant_id: str | None = None
+    ladder_step: int | None = None
+    ladder_stopped_at: datetime | None = None
+    escalated_at: datetime | None = None
 
 
-ALARM_LIST_COLUMNS = core_repo.alarm_columns("a") + ", s.name AS site_name, s.address AS site_address, s.merchant_id"
+# The ladder columns read notify's escalation table and the alarm's latest `escalated` event (alarm_event_alarm
+# index); an alarm without a ladder (info, silenced) has nulls.
+ALARM_LIST_COLUMNS = (
+    core_repo.alarm_columns("a")
+    + """, s.name AS site_name, s.address AS site_address, s.merchant_id,
+    e.step AS ladder_step, e.stopped_at AS ladder_stopped_at,
+    (SELECT max(ev.at) FROM alarm_event ev WHERE ev.alarm_id = a.id AND ev.kind = 'escalated') AS escalated_at"""
+)
+ALARM_FROM = "alarm a JOIN site s ON s.id = a.site_id LEFT JOIN escalation e ON e.alarm_id = a.id"
 
-ALARM_SCOPE = """(%(worker)s::text IS NULL OR a.micro_grid_id IN
-        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
-  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)"""
+# The micro-grids a worker sees follow the registry's hierarchy: those they cover; every micro-grid of the grids
+# they lead (a grid leader, as notify/routing.py's leader tier); the whole community for its duty office and fire
+# station.
+WORKER_MICRO_GRIDS = """
+SELECT wm.micro_grid_id FROM worker_micro_grid wm WHERE wm.worker_id = %(worker)s
+UNION ALL
+SELECT mg.id FROM worker_grid wg JOIN worker w ON w.id = wg.worker_id AND w.role = 'grid_leader'
+JOIN micro_grid mg ON mg.grid_id = wg.grid_id WHERE wg.worker_id = %(worker)s
+UNION ALL
+SELECT mg.id FROM worker w JOIN grid g ON g.community_id = w.community_id JOIN micro_grid mg ON mg.grid_id = g.id
+WHERE w.id = %(worker)s AND w.role IN ('community_duty', 'fire_station')
+"""
+COMMUNITY_MICRO_GRIDS = """
+SELECT mg.id FROM micro_grid mg JOIN grid g ON g.id = mg.grid_id WHERE g.community_id = ANY(%(communities)s)
+"""
+# What the caller may see of a site `s` (and of the alarms and devices in it).
+SITE_SCOPE = f"""(%(worker)s::text IS NULL OR s.micro_grid_id IN ({WORKER_MICRO_GRIDS}))
+  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)
+  AND (%(communities)s::text[] IS NULL OR s.micro_grid_id IN ({COMMUNITY_MICRO_GRIDS}))"""
+# Alarms by their site's current micro-grid (alarm a JOIN site s), not a.micro_grid_id recorded at the raise.
+ALARM_SCOPE = SITE_SCOPE
 
 SELECT_ALARMS = f"""
-SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
+SELECT {ALARM_LIST_COLUMNS} FROM {ALARM_FROM}
 WHERE {ALARM_SCOPE}
   AND (%(open_only)s = false OR a.closed_at IS NULL)
   AND (%(active)s::boolean IS NULL OR a.active = %(active)s)
@@ -179,13 +252,13 @@ WHERE {ALARM_SCOPE}
 ORDER BY a.id DESC LIMIT %(limit)s
 """
 SELECT_ALARM_IN_SCOPE = f"""
-SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
+SELECT {ALARM_LIST_COLUMNS} FROM {ALARM_FROM}
 WHERE a.id = %(id)s AND {ALARM_SCOPE}
 """
 # Changes for the live stream. updated_at is the writing transaction's start, so a transaction that
 # commits late can carry an older stamp: callers re-read with an overlap and de-duplicate.
 SELECT_ALARMS_CHANGED = f"""
-SELECT {ALARM_LIST_COLUMNS} FROM alarm a JOIN site s ON s.id = a.site_id
+SELECT {ALARM_LIST_COLUMNS} FROM {ALARM_FROM}
 WHERE a.updated_at > %(since)s AND {ALARM_SCOPE}
 ORDER BY a.updated_at, a.id LIMIT %(limit)s
 """
@@ -206,6 +279,7 @@ def list_alarms(
     limit: int,
     device_id: str | None = None,
     alarm_type: str | None = None,
+    communities: Sequence[str] | None = None,
 ) -> list[AlarmInSite]:
     """Alarms in the caller's scope, newest first, keyset-paginated by id."""
     with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
@@ -214,6 +288,7 @@ def list_alarms(
             {
                 "worker": worker_id,
                 "merchant": merchant_id,
+                "communities": _array(communities),
                 "open_only": open_only,
                 "active": active,
                 "acknowledged": acknowledged,
@@ -228,23 +303,38 @@ def list_alarms(
 
 
 def get_alarm_in_scope(
-    conn: Connection[Any], *, alarm_id: int, worker_id: str | None, merchant_id: str | None
+    conn: Connection[Any],
+    *,
+    alarm_id: int,
+    worker_id: str | None,
+    merchant_id: str | None,
+    communities: Sequence[str] | None = None,
 ) -> AlarmInSite | None:
     """One alarm if the caller may see it."""
+    params = {"id": alarm_id, "worker": worker_id, "merchant": merchant_id, "communities": _array(communities)}
     with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
-        return cur.execute(
-            SELECT_ALARM_IN_SCOPE, {"id": alarm_id, "worker": worker_id, "merchant": merchant_id}
-        ).fetchone()
+        return cur.execute(SELECT_ALARM_IN_SCOPE, params).fetchone()
 
 
 def list_alarms_changed(
-    conn: Connection[Any], *, since: datetime, worker_id: str | None, merchant_id: str | None, limit: int = 200
+    conn: Connection[Any],
+    *,
+    since: datetime,
+    worker_id: str | None,
+    merchant_id: str | None,
+    limit: int = 200,
+    communities: Sequence[str] | None = None,
 ) -> list[AlarmInSite]:
     """Alarms in scope written after `since`, oldest change first."""
+    params = {
+        "since": since,
+        "worker": worker_id,
+        "merchant": merchant_id,
+        "communities": _array(communities),
+        "limit": limit,
+    }
     with conn.cursor(row_factory=class_row(AlarmInSite)) as cur:
-        return cur.execute(
-            SELECT_ALARMS_CHANGED, {"since": since, "worker": worker_id, "merchant": merchant_id, "limit": limit}
-        ).fetchall()
+        return cur.execute(SELECT_ALARMS_CHANGED, params).fetchall()
 
 
 def db_now(conn: Connection[Any]) -> datetime:
@@ -340,9 +430,7 @@ DEVICE_COLUMNS = f"""d.id, d.kind, d.site_id, d.location, d.adapter, d.foreign_i
     d.gateway_id, d.model, d.active, d.installed_at, s.micro_grid_id, s.merchant_id, s.name AS site_name,
     st.online, st.last_seen_at, {DEVICE_OFFLINE} AS offline,
     (SELECT count(*) FROM alarm a WHERE a.device_id = d.id AND a.closed_at IS NULL)::int AS open_alarms"""
-DEVICE_SCOPE = """(%(worker)s::text IS NULL OR s.micro_grid_id IN
-        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
-  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)"""
+DEVICE_SCOPE = SITE_SCOPE
 SELECT_DEVICES = f"""
 SELECT {DEVICE_COLUMNS}
 FROM device d JOIN site s ON s.id = d.site_id LEFT JOIN device_state st ON st.device_id = d.id
@@ -369,6 +457,7 @@ def list_devices(
     offline: bool | None,
     limit: int,
     offset: int,
+    communities: Sequence[str] | None = None,
 ) -> list[DeviceRow]:
     """Devices in scope with their live state."""
     with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
@@ -377,6 +466,7 @@ def list_devices(
             {
                 "worker": worker_id,
                 "merchant": merchant_id,
+                "communities": _array(communities),
                 "site": site_id,
                 "kind": kind,
                 "offline": offline,
@@ -387,13 +477,17 @@ def list_devices(
 
 
 def get_device_in_scope(
-    conn: Connection[Any], *, device_id: str, worker_id: str | None, merchant_id: str | None
+    conn: Connection[Any],
+    *,
+    device_id: str,
+    worker_id: str | None,
+    merchant_id: str | None,
+    communities: Sequence[str] | None = None,
 ) -> DeviceRow | None:
     """One device if the caller may see it."""
+    params = {"id": device_id, "worker": worker_id, "merchant": merchant_id, "communities": _array(communities)}
     with conn.cursor(row_factory=class_row(DeviceRow)) as cur:
-        return cur.execute(
-            SELECT_DEVICE_IN_SCOPE, {"id": device_id, "worker": worker_id, "merchant": merchant_id}
-        ).fetchone()
+        return cur.execute(SELECT_DEVICE_IN_SCOPE, params).fetchone()
 
 
 @dataclass(slots=True)
@@ -440,23 +534,29 @@ def bucket_readings(
 
 # -- merchants in scope ---------------------------------------------------------------------------------------
 
-SELECT_MERCHANT_IN_SCOPE = """
+SELECT_MERCHANT_IN_SCOPE = f"""
 SELECT m.id, m.name FROM merchant m
 WHERE m.id = %(id)s
   AND (%(merchant)s::text IS NULL OR m.id = %(merchant)s)
   AND (%(worker)s::text IS NULL OR EXISTS (
-        SELECT 1 FROM site s JOIN worker_micro_grid w ON w.micro_grid_id = s.micro_grid_id
-        WHERE s.merchant_id = m.id AND w.worker_id = %(worker)s))
+        SELECT 1 FROM site s WHERE s.merchant_id = m.id AND s.micro_grid_id IN ({WORKER_MICRO_GRIDS})))
+  AND (%(communities)s::text[] IS NULL OR m.community_id = ANY(%(communities)s))
 """
 
 
 def get_merchant_in_scope(
-    conn: Connection[Any], *, merchant_id: str, worker_id: str | None, own_merchant_id: str | None
+    conn: Connection[Any],
+    *,
+    merchant_id: str,
+    worker_id: str | None,
+    own_merchant_id: str | None,
+    communities: Sequence[str] | None = None,
 ) -> tuple[str, str] | None:
     """(id, name) of a merchant the caller may see: a merchant only itself, a worker those with a site in
-    the micro-grids they cover."""
+    the micro-grids they see, an admin limited to some communities the merchants of those."""
     row = conn.execute(
-        SELECT_MERCHANT_IN_SCOPE, {"id": merchant_id, "merchant": own_merchant_id, "worker": worker_id}
+        SELECT_MERCHANT_IN_SCOPE,
+        {"id": merchant_id, "merchant": own_merchant_id, "worker": worker_id, "communities": _array(communities)},
     ).fetchone()
     if row is None:
         return None
@@ -555,21 +655,23 @@ def compute_kpis(
     )
 
 
-SELECT_SITE_IN_SCOPE = """
-SELECT 1 FROM site s WHERE s.id = %(id)s
-  AND (%(worker)s::text IS NULL OR s.micro_grid_id IN
-        (SELECT micro_grid_id FROM worker_micro_grid WHERE worker_id = %(worker)s))
-  AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)
+SELECT_SITE_IN_SCOPE = f"""
+SELECT 1 FROM site s WHERE s.id = %(id)s AND {SITE_SCOPE}
 """
 SELECT_FINDING_SITE = "SELECT site_id FROM score_finding WHERE id = %s"
 
 
-def site_in_scope(conn: Connection[Any], *, site_id: str, worker_id: str | None, merchant_id: str | None) -> bool:
+def site_in_scope(
+    conn: Connection[Any],
+    *,
+    site_id: str,
+    worker_id: str | None,
+    merchant_id: str | None,
+    communities: Sequence[str] | None = None,
+) -> bool:
     """Whether the caller may see (and, as a worker, inspect) this site."""
-    return (
-        conn.execute(SELECT_SITE_IN_SCOPE, {"id": site_id, "worker": worker_id, "merchant": merchant_id}).fetchone()
-        is not None
-    )
+    params = {"id": site_id, "worker": worker_id, "merchant": merchant_id, "communities": _array(communities)}
+    return conn.execute(SELECT_SITE_IN_SCOPE, params).fetchone() is not None
 
 
 def get_finding_site(conn: Connection[Any], *, finding_id: int) -> str | None:
@@ -590,3 +692,44 @@ def ping(conn: Connection[Any]) -> None:
 async def listen_outbox(conn: AsyncConnection[Any]) -> None:
     """Subscribe an autocommit connection to alarm changes (rules NOTIFY with every outbox row)."""
     await conn.execute(LISTEN_OUTBOX)
+
+
+# -- signed alarm links (core/actionlink.py) -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LinkRecipient:
+    """Whether a link's recipient may still use their links."""
+
+    active: bool
+    not_before: datetime | None
+
+
+SELECT_LINK_RECIPIENT = """
+SELECT r.active, v.not_before FROM (
+    SELECT w.active FROM worker w WHERE %(kind)s = 'worker' AND w.id = %(id)s
+    UNION ALL
+    SELECT true FROM merchant m WHERE %(kind)s = 'merchant' AND m.id = %(id)s
+) r LEFT JOIN alarm_link_revocation v ON v.recipient_kind = %(kind)s AND v.recipient_id = %(id)s
+"""
+# Revocation only ever moves forward: a later revocation never revives links an earlier one refused.
+REVOKE_LINKS = """
+INSERT INTO alarm_link_revocation (recipient_kind, recipient_id, not_before, revoked_by)
+VALUES (%(kind)s, %(id)s, %(at)s, %(by)s)
+ON CONFLICT (recipient_kind, recipient_id) DO UPDATE
+SET not_before = greatest(alarm_link_revocation.not_before, EXCLUDED.not_before), revoked_by = EXCLUDED.revoked_by
+RETURNING not_before
+"""
+
+
+def get_link_recipient(conn: Connection[Any], *, kind: str, recipient_id: str) -> LinkRecipient | None:
+    """A link recipient's standing (None: not in the registry)."""
+    with conn.cursor(row_factory=class_row(LinkRecipient)) as cur:
+        return cur.execute(SELECT_LINK_RECIPIENT, {"kind": kind, "id": recipient_id}).fetchone()
+
+
+def revoke_links(conn: Connection[Any], *, kind: str, recipient_id: str, at: datetime, by: str) -> datetime:
+    """Refuse every link of this recipient issued before `at`; returns the instant in force."""
+    row = conn.execute(REVOKE_LINKS, {"kind": kind, "id": recipient_id, "at": at, "by": by}).fetchone()
+    assert row is not None  # noqa: S101 - RETURNING always yields the row
+    return row[0]  # type: ignore[no-any-return]

@@ -54,6 +54,24 @@ class AlarmRead(RowRead):
         return cls(severity=sev.label, priority=sev.priority, **data)
 
 
+class BoardItem(BaseModel):
+    alarm: AlarmRead
+    site_name: str
+    site_address: str
+    ladder_step: int | None = Field(description="the escalation ladder's highest step told; null: no ladder")
+    tiers_reached: list[str] = Field(description="every tier the ladder has told so far, in ladder order")
+    escalated: bool = Field(description="unacknowledged and climbed past the first step")
+    escalated_to: list[str] = Field(description="the tiers of the step it has climbed to (when escalated)")
+    escalated_at: datetime | None = Field(description="when it last climbed (when escalated)")
+    reached_you: bool = Field(description="escalated to your tier (for an admin: escalated at all)")
+    waiting_s: float | None = Field(description="seconds since it was raised, while nobody has acknowledged it")
+
+
+class BoardRead(BaseModel):
+    tier: str | None = Field(description="your tier on the ladder (worker, leader, community, fire_station)")
+    items: list[BoardItem]
+
+
 class AlarmPage(BaseModel):
     items: list[AlarmRead]
     next_before: int | None = Field(description="pass as ?before= for the next page; null when done")
@@ -117,6 +135,8 @@ class Me(BaseModel):
     role: Literal["admin", "worker", "merchant"]
     worker_id: str | None
     merchant_id: str | None
+    worker_role: str | None = Field(default=None, description="a worker's registry role, which sets their scope")
+    communities: list[str] | None = Field(default=None, description="an admin token's communities; null: all")
 
 
 class TokenCreate(BaseModel):
@@ -127,6 +147,12 @@ class TokenCreate(BaseModel):
     merchant_id: Id | None = None
     label: str = Field(default="", max_length=200)
     days: int | None = Field(default=90, ge=1, le=3660, description="expires after this many days; null: never")
+    communities: list[Id] | None = Field(
+        default=None,
+        max_length=100,
+        description="admin only: limit the token to these communities (a community's admin); "
+        "omit for an admin of every community (a street office)",
+    )
 
     @model_validator(mode="after")
     def _subject(self) -> TokenCreate:
@@ -134,6 +160,10 @@ class TokenCreate(BaseModel):
             raise ValueError("a worker token needs worker_id")
         if self.role == "merchant" and not self.merchant_id:
             raise ValueError("a merchant token needs merchant_id")
+        if self.communities is not None and self.role != "admin":
+            raise ValueError("communities limit admin tokens only (a worker's or merchant's scope is their own)")
+        if self.communities is not None and not self.communities:
+            raise ValueError("communities: give at least one, or omit it for every community")
         return self
 
 
@@ -149,6 +179,13 @@ class TokenRead(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    communities: list[str] | None = Field(default=None, description="an admin token's communities; null: all")
+
+
+class LinksRevoked(BaseModel):
+    recipient_kind: Literal["worker", "merchant"]
+    recipient_id: str
+    not_before: datetime = Field(description="alarm links sent to them before this instant are refused")
 
 
 class TokenCreated(BaseModel):
@@ -156,6 +193,7 @@ class TokenCreated(BaseModel):
     token: str = Field(description="shown once; only its hash is stored")
     role: str
     expires_at: datetime | None
+    communities: list[str] | None = None
 
 
 # -- devices and readings ------------------------------------------------------------------------------------------

@@ -101,7 +101,11 @@ async def alarm_changes(
             if since is None:
                 return now, []
             return now, api_repo.list_alarms_changed(
-                conn, since=since, worker_id=who.worker_scope, merchant_id=who.merchant_scope
+                conn,
+                since=since,
+                worker_id=who.worker_scope,
+                merchant_id=who.merchant_scope,
+                communities=who.community_scope,
             )
 
     queue = hub.subscribe()

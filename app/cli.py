@@ -90,6 +90,10 @@ def token_create(
     merchant: Annotated[str | None, typer.Option(help="merchant id (role merchant)")] = None,
     label: Annotated[str, typer.Option(help="what the token is for")] = "",
     days: Annotated[int | None, typer.Option(help="expires after this many days")] = 90,
+    community: Annotated[
+        list[str] | None,
+        typer.Option(help="admin only, repeatable: limit the token to this community (none: every community)"),
+    ] = None,
 ) -> None:
     """Create an API token and print it (it is stored only as a hash)."""
     from api import auth
@@ -108,6 +112,7 @@ def token_create(
                 merchant_id=merchant,
                 label=label,
                 ttl=timedelta(days=days) if days else None,
+                communities=community or None,
             )
     except GridwatchError as exc:
         raise _fail(exc) from exc

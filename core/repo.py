@@ -203,14 +203,39 @@ REGISTRY_SELECT: dict[str, str] = {
 }
 # The alias each SELECT uses for its table (worker's has one).
 _ALIAS = {"worker": "w.id"}
+# The community each registry row belongs to, as an expression over its REGISTRY_SELECT (an admin limited to some
+# communities sees and edits only their rows).
+REGISTRY_COMMUNITY: dict[str, str] = {
+    "community": "community.id",
+    "grid": "grid.community_id",
+    "micro_grid": "(SELECT g.community_id FROM grid g WHERE g.id = micro_grid.grid_id)",
+    "worker": "w.community_id",
+    "merchant": "merchant.community_id",
+    "site": """(SELECT g.community_id FROM micro_grid mg JOIN grid g ON g.id = mg.grid_id
+        WHERE mg.id = site.micro_grid_id)""",
+    "device": """(SELECT g.community_id FROM site s JOIN micro_grid mg ON mg.id = s.micro_grid_id
+        JOIN grid g ON g.id = mg.grid_id WHERE s.id = device.site_id)""",
+}
 
 
 def list_registry(
-    conn: Connection[Any], *, table: str, limit: int, offset: int, filters: dict[str, str | None]
+    conn: Connection[Any],
+    *,
+    table: str,
+    limit: int,
+    offset: int,
+    filters: dict[str, str | None],
+    communities: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Registry rows of one kind, by id, with optional equality filters on parent columns."""
-    wheres = [sql.SQL("{} = %s").format(sql.Identifier(col)) for col, value in filters.items() if value is not None]
+    """Registry rows of one kind, by id, with optional equality filters on parent columns (and only the rows of
+    some communities, when given)."""
+    wheres: list[sql.Composable] = [
+        sql.SQL("{} = %s").format(sql.Identifier(col)) for col, value in filters.items() if value is not None
+    ]
     params: list[Any] = [v for v in filters.values() if v is not None]
+    if communities is not None:
+        wheres.append(sql.SQL(REGISTRY_COMMUNITY[table] + " = ANY(%s)"))
+        params.append(list(communities))
     query: sql.Composable = sql.SQL(REGISTRY_SELECT[table])
     if wheres:
         query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(wheres)
@@ -219,11 +244,22 @@ def list_registry(
         return cur.execute(query, [*params, limit, offset]).fetchall()
 
 
-def get_registry(conn: Connection[Any], *, table: str, id: str) -> dict[str, Any] | None:
-    """One registry row."""
+def get_registry(
+    conn: Connection[Any], *, table: str, id: str, communities: Sequence[str] | None = None
+) -> dict[str, Any] | None:
+    """One registry row (None if there is none, or it is outside the given communities)."""
     query = REGISTRY_SELECT[table] + f" WHERE {_ALIAS.get(table, 'id')} = %s"
+    params: list[Any] = [id]
+    if communities is not None:
+        query += f" AND {REGISTRY_COMMUNITY[table]} = ANY(%s)"
+        params.append(list(communities))
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, (id,)).fetchone()
+        return cur.execute(query, params).fetchone()
+
+
+def in_communities(conn: Connection[Any], *, table: str, id: str, communities: Sequence[str] | None) -> bool:
+    """Whether a registry row exists and belongs to one of the communities (None: any community)."""
+    return get_registry(conn, table=table, id=id, communities=communities) is not None
 
 
 def upsert_community(conn: Connection[Any], *, id: str, name: str, timezone: str, address: str) -> None:
@@ -326,6 +362,7 @@ def upsert_device(
 REGISTRY_DEPENDENTS: dict[str, list[tuple[str, str]]] = {
     "community": [
         ("grid", "SELECT count(*) FROM grid WHERE community_id = %s"),
+        ("admin token (limited to it)", "SELECT count(*) FROM api_token_community WHERE community_id = %s"),
         ("worker", "SELECT count(*) FROM worker WHERE community_id = %s"),
         ("merchant", "SELECT count(*) FROM merchant WHERE community_id = %s"),
     ],

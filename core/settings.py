@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str = ""
+    # Signed alarm links in messages (core/actionlink.py) open and acknowledge one alarm for this long.
+    link_ttl_h: float = Field(default=24.0, gt=0, le=31 * 24)
 
     # Ingest: a batch is bounded by MQTT v5 Receive Maximum, so size both together.
     batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -3,7 +3,8 @@ value and trend, what to do, where to acknowledge. The first rendered line is th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -172,6 +173,24 @@ TYPE_FIELD = {
     "low_battery": ("battery_pct", "%"),
 }
 ADVISED_KINDS = {"raised", "reactivated", "severity_raised", "escalated", "reminder", "ack_timeout", "actuation_failed"}
+# Messages whose link is for acknowledging: the alarm waits for a person. The others link to the alarm to look.
+ACTIONABLE_KINDS = {"raised", "reactivated", "severity_raised", "escalated", "reminder", "actuation_failed"}
+ROLE_NAMES = {
+    "zh-CN": {
+        "micro_grid_worker": "微网格员",
+        "grid_leader": "网格长",
+        "community_duty": "社区值班",
+        "fire_station": "微型消防站",
+        "admin": "管理员",
+    },
+    "en": {
+        "micro_grid_worker": "micro-grid worker",
+        "grid_leader": "grid leader",
+        "community_duty": "community duty office",
+        "fire_station": "fire station",
+        "admin": "admin",
+    },
+}
 GROUP_LIST_LIMIT = 20
 
 
@@ -183,6 +202,28 @@ class Message:
 
 def lang_of(locale: str) -> str:
     return "zh-CN" if locale.lower().startswith("zh") else "en"
+
+
+def person(name: str, role: str, person_id: str, locale: str) -> str:
+    """Who did something, as the reader says it: name, role and id ("网格长 Leader one（lead1）")."""
+    lang = lang_of(locale)
+    role_name = ROLE_NAMES[lang].get(role, role)
+    if lang == "zh-CN":
+        return f"{role_name} {name}（{person_id}）" if name else f"{role_name}（{person_id}）"
+    return f"{name} ({role_name}, {person_id})" if name else f"{role_name} {person_id}"
+
+
+def with_links(message: Message, public_url: str, link: Callable[[int], str]) -> Message:
+    """The message with each plain alarm URL (PUBLIC_URL/alarms/<id>) replaced by link(<id>): the recipient's own
+    signed link, made at sending so that the stored message never holds one."""
+    if not public_url:
+        return message
+    pattern = re.compile(re.escape(public_url.rstrip("/")) + r"/alarms/(\d+)(?![\d/])")
+
+    def swap(text: str) -> str:
+        return pattern.sub(lambda m: link(int(m.group(1))), text)
+
+    return Message(swap(message.title), swap(message.body))
 
 
 @lru_cache(maxsize=1)
@@ -278,8 +319,9 @@ def render_alarm(
     reminder: int = 0,
     also: Sequence[str] = (),
     vulnerable: bool = False,
+    act: bool = True,
 ) -> Message:
-    """Title and body of a message about one alarm transition."""
+    """Title and body of a message about one alarm transition (act: its link is for acknowledging)."""
     lang = lang_of(locale)
     value, peak = _reading(ctx)
     minutes_from = ctx.acknowledged_at if kind == "ack_timeout" and ctx.acknowledged_at else ctx.raised_at
@@ -307,6 +349,7 @@ def render_alarm(
         also=", ".join(also),
         advice=advice_for(ctx.type, lang) if kind in ADVISED_KINDS and ctx.active else "",
         ack_url=ack_url,
+        act=act and kind in ACTIONABLE_KINDS,
         alarm_id=ctx.alarm_id,
     )
 
@@ -319,8 +362,10 @@ def render_group(
     seconds: int,
     ack_url: str = "",
     vulnerable: bool = False,
+    alarm_url: Callable[[int], str] | None = None,
 ) -> Message:
-    """One message for several alarms of one site (storm control)."""
+    """One message for several alarms of one site (storm control); alarm_url gives each listed alarm its link,
+    ack_url is the board."""
     lang = lang_of(locale)
     first = contexts[0]
     items = []
@@ -335,6 +380,7 @@ def render_group(
                 "reading": value,
                 "sev": SEVERITY_NAMES[lang].get(ctx.severity, ""),
                 "alarm_id": ctx.alarm_id,
+                "url": alarm_url(ctx.alarm_id) if alarm_url else "",
             }
         )
     worst = max(contexts, key=lambda c: c.severity)

@@ -306,11 +306,19 @@ INSERT INTO silence (site_id, device_id, starts_at, ends_at, reason, created_by,
 VALUES (%s, %s, %s, %s, %s, %s, %s)
 RETURNING {SILENCE_COLUMNS}
 """
+# The community a silence is in (by its site, or its device's site): an admin limited to some communities sees
+# and ends only theirs.
+SILENCE_IN_COMMUNITIES = """(%(communities)s::text[] IS NULL OR coalesce(
+    (SELECT g.community_id FROM site s JOIN micro_grid mg ON mg.id = s.micro_grid_id JOIN grid g ON g.id = mg.grid_id
+     WHERE s.id = silence.site_id),
+    (SELECT g.community_id FROM device d JOIN site s ON s.id = d.site_id JOIN micro_grid mg ON mg.id = s.micro_grid_id
+     JOIN grid g ON g.id = mg.grid_id WHERE d.id = silence.device_id)) = ANY(%(communities)s))"""
 SELECT_SILENCES = f"""
 SELECT {SILENCE_COLUMNS} FROM silence
-WHERE (%(current)s = false OR ends_at > %(now)s) ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
+WHERE (%(current)s = false OR ends_at > %(now)s) AND {SILENCE_IN_COMMUNITIES}
+ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
 """
-SELECT_SILENCE = f"SELECT {SILENCE_COLUMNS} FROM silence WHERE id = %s"
+SELECT_SILENCE = f"SELECT {SILENCE_COLUMNS} FROM silence WHERE id = %(id)s AND {SILENCE_IN_COMMUNITIES}"
 # Ended, not deleted (the row stays as the record of the window); a window planned ahead is cancelled: it ends
 # before it would have started.
 END_SILENCE = """
@@ -340,19 +348,31 @@ def insert_silence(
 
 
 def list_silences(
-    conn: Connection[Any], *, now: datetime, current: bool = True, limit: int = 1000, offset: int = 0
+    conn: Connection[Any],
+    *,
+    now: datetime,
+    current: bool = True,
+    limit: int = 1000,
+    offset: int = 0,
+    communities: Sequence[str] | None = None,
 ) -> list[Silence]:
-    """Silences, newest first (current: only those not over at `now`)."""
+    """Silences, newest first (current: only those not over at `now`; of some communities only, when given)."""
+    params = {
+        "now": now,
+        "current": current,
+        "limit": limit,
+        "offset": offset,
+        "communities": None if communities is None else list(communities),
+    }
     with conn.cursor(row_factory=class_row(Silence)) as cur:
-        return cur.execute(
-            SELECT_SILENCES, {"now": now, "current": current, "limit": limit, "offset": offset}
-        ).fetchall()
+        return cur.execute(SELECT_SILENCES, params).fetchall()
 
 
-def get_silence(conn: Connection[Any], *, silence_id: int) -> Silence | None:
-    """One silence."""
+def get_silence(conn: Connection[Any], *, silence_id: int, communities: Sequence[str] | None = None) -> Silence | None:
+    """One silence (None if unknown, or outside the given communities)."""
+    params = {"id": silence_id, "communities": None if communities is None else list(communities)}
     with conn.cursor(row_factory=class_row(Silence)) as cur:
-        return cur.execute(SELECT_SILENCE, (silence_id,)).fetchone()
+        return cur.execute(SELECT_SILENCE, params).fetchone()
 
 
 def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> bool:

@@ -8,7 +8,7 @@ clock in tests. The caller passes a connection; each function owns one short tra
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import Counter
 from psycopg import Connection
 
+from core import actionlink
 from core.errors import ConflictError, NotFoundError
 from notify import messages, repo, routing
 from notify.delivery import ChannelResult, Sender
@@ -57,10 +58,12 @@ class Target:
 
 
 def _ack_url(public_url: str, alarm_id: int | None = None) -> str:
+    """The plain URL of an alarm's page (or of the board): what is stored; each recipient's message gets their own
+    signed link in its place when it is sent (deliver_due)."""
     if not public_url:
         return ""
     base = public_url.rstrip("/")
-    return f"{base}/alarms/{alarm_id}" if alarm_id is not None else f"{base}/alarms"
+    return f"{base}/alarms/{alarm_id}" if alarm_id is not None else f"{base}/board"
 
 
 # --- routing ------------------------------------------------------------------------------------------------
@@ -176,8 +179,9 @@ def _route_reminder(r: _Routing) -> tuple[list[Target], int | None]:
 
 
 def _route_acknowledged(r: _Routing) -> tuple[list[Target], int | None]:
-    """The ladder stops climbing (it may renotify later while the alarm stays active); everyone told hears who
-    took it."""
+    """The ladder stops climbing, whoever acknowledged (a leader, the duty office or the fire station as much as
+    the micro-grid worker; it may renotify later while the alarm stays active); everyone told hears who took it,
+    except the one who took it."""
     ctx, now = r.ctx, r.now
     esc = repo.lock_escalation(r.conn, alarm_id=ctx.alarm_id)
     if esc is not None and esc.stopped_at is None:
@@ -187,7 +191,8 @@ def _route_acknowledged(r: _Routing) -> tuple[list[Target], int | None]:
             esc.stopped_at, esc.stop_reason = now, f"acknowledged by {ctx.acknowledged_by}"
         repo.update_escalation(r.conn, esc=esc, now=now)
         ESCALATIONS.labels("stopped_ack").inc()
-    return r.previously_notified(), None
+    taker = ctx.acknowledged_by
+    return [t for t in r.previously_notified() if t.recipient.is_merchant or t.recipient.id != taker], None
 
 
 def _route_closed(r: _Routing) -> tuple[list[Target], int | None]:
@@ -328,26 +333,28 @@ def _insert_messages(
             for n in repo.get_notified(conn, alarm_id=ctx.alarm_id, kinds=LADDER_KINDS)
             if n.worker_id
         ]
-    actor = ctx.acknowledged_by if row.kind == "acknowledged" else None
-    rendered: dict[str, messages.Message] = {}
+    taker = _taker(conn, ctx.acknowledged_by, workers) if row.kind == "acknowledged" else None
+    # One text per language and kind of reader (a worker's link acknowledges, a merchant's only opens the alarm).
+    rendered: dict[tuple[str, bool], messages.Message] = {}
     storm = policy.storm
     for t in targets:
         r = t.recipient
         lang = messages.lang_of(r.locale)
-        if lang not in rendered:
-            rendered[lang] = messages.render_alarm(
+        if (lang, r.is_merchant) not in rendered:
+            rendered[(lang, r.is_merchant)] = messages.render_alarm(
                 ctx,
                 row.kind,
                 lang,
                 now=now,
                 ack_url=_ack_url(public_url, ctx.alarm_id),
-                actor=actor,
+                actor=messages.person(*taker, lang) if taker else None,
                 trend=trend,
                 told=told,
                 reminder=int(row.detail.get("n", 0)),
                 vulnerable=vulnerable,
+                act=not r.is_merchant,
             )
-        msg = rendered[lang]
+        msg = rendered[(lang, r.is_merchant)]
         worker_id, merchant_id = (None, r.id) if r.is_merchant else (r.id, None)
         next_at = policy.deferred_until(ctx.severity, t.tier, now, ctx.type)
         status = "suppressed" if reason else "pending"
@@ -386,6 +393,16 @@ def _insert_messages(
             next_at=next_at,
             now=now,
         )
+
+
+def _taker(conn: Connection[Any], actor: str | None, workers: list[repo.Recipient]) -> tuple[str, str, str] | None:
+    """(name, role, id) of whoever acknowledged: a worker of any tier, or an admin ("admin:<token>")."""
+    if actor is None:
+        return None
+    worker = next((w for w in workers if w.id == actor), None) or repo.get_worker(conn, worker_id=actor)
+    if worker is not None:
+        return worker.name, worker.role, worker.id
+    return "", "admin" if actor.startswith("admin:") else "", actor
 
 
 # --- escalation ladder --------------------------------------------------------------------------------------
@@ -477,8 +494,11 @@ def deliver_due(
     max_attempts: int,
     public_url: str = "",
     limit: int = 20,
+    links: actionlink.Signer | None = None,
 ) -> int:
-    """Deliver notifications that are due, holding their row locks while sending; returns how many handled."""
+    """Deliver notifications that are due, holding their row locks while sending; returns how many handled.
+    With `links`, each recipient's message carries their own signed link to each alarm in it, made now; the
+    stored text keeps the plain alarm URL."""
     with conn.transaction():
         due = repo.claim_due(conn, now=clock(), limit=limit)
         jobs: list[tuple[repo.DueNotification, messages.Message]] = []
@@ -500,8 +520,12 @@ def deliver_due(
                 unreached.append(note)
                 continue
             jobs.append((note, _message_for(conn, note, clock(), public_url)))
+        personal = [_with_links(n, m, links, clock()) for n, m in jobs]
         results = sender.send_many(
-            [(n.notify_urls, m.title, m.body, n.worker_id or n.merchant_id or "") for n, m in jobs]
+            [
+                (n.notify_urls, p.title, p.body, n.worker_id or n.merchant_id or "")
+                for (n, _), p in zip(jobs, personal, strict=True)
+            ]
         )
         at = clock()
         for (note, msg), channel_results in zip(jobs, results, strict=True):
@@ -534,6 +558,21 @@ def deliver_due(
     return len(due)
 
 
+def _with_links(
+    note: repo.DueNotification, msg: messages.Message, links: actionlink.Signer | None, now: datetime
+) -> messages.Message:
+    """The message as this recipient gets it: every alarm URL in it replaced by their own signed link."""
+    if links is None:
+        return msg
+    kind: actionlink.RecipientKind = "worker" if note.worker_id else "merchant"
+    recipient = note.worker_id or note.merchant_id or ""
+    return messages.with_links(
+        msg,
+        links.public_url,
+        lambda alarm_id: links.url_for(alarm_id=alarm_id, kind=kind, recipient_id=recipient, now=now),
+    )
+
+
 def _message_for(conn: Connection[Any], note: repo.DueNotification, now: datetime, public_url: str) -> messages.Message:
     if note.immediate or len(note.alarm_ids) < 2:
         return messages.Message(note.title, note.body)
@@ -552,8 +591,10 @@ def _message_for(conn: Connection[Any], note: repo.DueNotification, now: datetim
         states,
         note.locale,
         seconds=span,
-        ack_url=_ack_url(public_url),
+        # the board for workers; a merchant has each alarm's own link only
+        ack_url="" if note.merchant_id else _ack_url(public_url),
         vulnerable=any("elderly_living_alone" in c.site_flags for c in contexts),
+        alarm_url=lambda alarm_id: _ack_url(public_url, alarm_id),
     )
 
 
@@ -632,15 +673,21 @@ def end_silence(conn: Connection[Any], *, silence_id: int, now: datetime) -> Non
 
 
 def list_silences(
-    conn: Connection[Any], *, now: datetime, current: bool, limit: int, offset: int
+    conn: Connection[Any],
+    *,
+    now: datetime,
+    current: bool,
+    limit: int,
+    offset: int,
+    communities: Sequence[str] | None = None,
 ) -> list[repo.Silence]:
-    """Silences, newest first (current: only those not over)."""
-    return repo.list_silences(conn, now=now, current=current, limit=limit, offset=offset)
+    """Silences, newest first (current: only those not over; of some communities only, when given)."""
+    return repo.list_silences(conn, now=now, current=current, limit=limit, offset=offset, communities=communities)
 
 
-def get_silence(conn: Connection[Any], *, silence_id: int) -> repo.Silence:
-    """One silence."""
-    found = repo.get_silence(conn, silence_id=silence_id)
+def get_silence(conn: Connection[Any], *, silence_id: int, communities: Sequence[str] | None = None) -> repo.Silence:
+    """One silence (NotFoundError if unknown, or outside the given communities)."""
+    found = repo.get_silence(conn, silence_id=silence_id, communities=communities)
     if found is None:
         raise NotFoundError(f"silence {silence_id} not found")
     return found

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from core import actionlink
 from core.db import OUTBOX_CHANNEL
 from core.loop import Check, Loop
 from core.settings import Settings
@@ -71,6 +72,12 @@ class NotifyWorker:
             timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url, parallel=deliverers * BATCH
         )
         self.deliverers = deliverers
+        # Each message's own link to its alarm (core/actionlink.py); without a public URL there is nothing to link.
+        self.links = (
+            actionlink.Signer(settings.secret_key.get_secret_value(), settings.public_url)
+            if settings.public_url
+            else None
+        )
         self._stop = threading.Event()
         self._wake = _Wake()
         self._ready = [threading.Event() for _ in range(deliverers + 1)]
@@ -111,6 +118,7 @@ class NotifyWorker:
                 max_attempts=self.settings.notify_max_attempts,
                 public_url=self.settings.public_url,
                 limit=BATCH,
+                links=self.links,
             )
             work += done
             if done == 0:

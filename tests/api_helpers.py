@@ -22,6 +22,7 @@ from api import auth
 from api.app import create_app
 from core import repo as core_repo
 from core.domain import Severity
+from core.registry import parse_registry
 from core.settings import Settings
 from rules import service as rules_service
 from rules.engine import Transition
@@ -78,24 +79,86 @@ def add_second_merchant(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def make_tokens(settings: Settings) -> dict[str, str]:
+# The registry's hierarchy above the small registry (tests/conftest.py): in c1 a second grid g2 (mg3, site s4,
+# gas-4) beside g1 (mg1, mg2), a leader for each grid, the duty office and the fire station; a second community
+# c2 (g9, mg9, site s9 of merchant m9, gas-9) with its own worker and duty office.
+HIERARCHY_C1 = """\
+community: {id: c1, name: Test community}
+grids:
+  - id: g1
+    name: Grid one
+    micro_grids: [{id: mg1, name: Micro one}, {id: mg2, name: Micro two}]
+  - id: g2
+    name: Grid two
+    micro_grids: [{id: mg3, name: Micro three}]
+workers:
+  - {id: lead1, name: Leader one, role: grid_leader, grids: [g1], notify: ["json://127.0.0.1:9/lead1"]}
+  - {id: lead2, name: Leader two, role: grid_leader, grids: [g2], notify: ["json://127.0.0.1:9/lead2"]}
+  - {id: duty1, name: Duty office, role: community_duty, notify: ["json://127.0.0.1:9/duty1"]}
+  - {id: fire1, name: Fire station, role: fire_station, notify: ["json://127.0.0.1:9/fire1"]}
+sites:
+  - {id: s4, kind: building, micro_grid: mg3, name: Block 4, address: 4 Lane}
+devices:
+  - {id: gas-4, kind: gas_detector, site: s4, location: kitchen}
+"""
+HIERARCHY_C2 = """\
+community: {id: c2, name: Other community}
+grids:
+  - id: g9
+    name: Grid nine
+    micro_grids: [{id: mg9, name: Micro nine}]
+workers:
+  - {id: w9, name: Zhou, role: micro_grid_worker, micro_grids: [mg9], notify: ["json://127.0.0.1:9/w9"]}
+  - {id: duty2, name: Other duty office, role: community_duty, notify: ["json://127.0.0.1:9/duty2"]}
+merchants:
+  - {id: m9, name: Hardware shop}
+sites:
+  - {id: s9, kind: shop, micro_grid: mg9, merchant: m9, name: Hardware shop, address: 9 Lane}
+devices:
+  - {id: gas-9, kind: gas_detector, site: s9, location: storage}
+"""
+# Principals of the hierarchy: the admin of c1 only ("cadmin"), of c2 only, and the ladder's people.
+HIERARCHY_WORKERS = ("lead1", "lead2", "duty1", "fire1", "w9", "duty2")
+
+
+def add_hierarchy(conn: psycopg.Connection[Any]) -> None:
+    """Grid leaders, the duty office, the fire station, a second grid and a second community (HIERARCHY_C1/C2)."""
+    for text in (HIERARCHY_C1, HIERARCHY_C2):
+        core_repo.upsert_registry(conn, registry=parse_registry(text))
+
+
+def make_tokens(settings: Settings, *, hierarchy: bool = False) -> dict[str, str]:
     key = settings.secret_key.get_secret_value()
     with psycopg.connect(settings.dsn) as conn, conn.transaction():
-        return {
+        tokens = {
             "admin": auth.create_token(conn, secret_key=key, role="admin", label="test admin"),
             "w1": auth.create_token(conn, secret_key=key, role="worker", worker_id="w1"),
             "w2": auth.create_token(conn, secret_key=key, role="worker", worker_id="w2"),
             "m1": auth.create_token(conn, secret_key=key, role="merchant", merchant_id="m1"),
             "m2": auth.create_token(conn, secret_key=key, role="merchant", merchant_id="m2"),
         }
+        if hierarchy:
+            for worker in HIERARCHY_WORKERS:
+                tokens[worker] = auth.create_token(conn, secret_key=key, role="worker", worker_id=worker)
+            tokens["m9"] = auth.create_token(conn, secret_key=key, role="merchant", merchant_id="m9")
+            tokens["cadmin"] = auth.create_token(
+                conn, secret_key=key, role="admin", label="c1 admin", communities=["c1"]
+            )
+            tokens["c2admin"] = auth.create_token(
+                conn, secret_key=key, role="admin", label="c2 admin", communities=["c2"]
+            )
+        return tokens
 
 
 @contextmanager
-def api_env(settings: Settings) -> Iterator[ApiEnv]:
-    """The app over a pool on this test's database, with m2 added and tokens made."""
+def api_env(settings: Settings, *, hierarchy: bool = False) -> Iterator[ApiEnv]:
+    """The app over a pool on this test's database, with m2 added and tokens made (and, with hierarchy, the
+    leaders, duty office, fire station, a second grid and a second community of add_hierarchy)."""
     with psycopg.connect(settings.dsn) as conn, conn.transaction():
         add_second_merchant(conn)
-    tokens = make_tokens(settings)
+        if hierarchy:
+            add_hierarchy(conn)
+    tokens = make_tokens(settings, hierarchy=hierarchy)
     pool = ConnectionPool(settings.dsn, min_size=1, max_size=6, open=True, name="test-api")
     try:
         app = create_app(settings, pool)

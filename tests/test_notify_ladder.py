@@ -295,17 +295,20 @@ def test_critical_gas_reaches_the_worker_at_once_then_climbs_the_ladder(
         )
     ] == ["1", "2"]
     acknowledge(community, alarm_id, "w1")
-    for who in ("w1", "m1", "lead1", "duty", "fire"):
+    for who in ("m1", "lead1", "duty", "fire"):
         wait_for(
             lambda who=who: any("已确认" in t for t in titles(receiver, who)),
             timeout=5,
             what=f"{who} hears that w1 acknowledged",
         )
+    told = [d["message"] for d in receiver.for_path("lead1") if "已确认" in d["title"]]
+    assert len(told) == 1 and "已由 微网格员 Wang（w1） 确认接警" in told[0], told
     stopped = query(
         community, "SELECT stopped_at IS NOT NULL, stop_reason FROM escalation WHERE alarm_id = %s", alarm_id
     )
     assert stopped == [(True, "acknowledged by w1")]
-    assert len(receiver.for_path("w1")) == 2, "raised + acknowledged, nothing for 'still active'"
+    time.sleep(0.5)
+    assert len(receiver.for_path("w1")) == 1, "raised only: the one who acknowledged is not told it, nor 'still active'"
 
 
 def test_ack_stops_the_ladder(
@@ -315,7 +318,7 @@ def test_ack_stops_the_ladder(
     alarm_id = raise_alarm(community, "gas-1", "gas_leak", 4, 31.0)
     wait_for(lambda: receiver.for_path("w1"), timeout=3, what="w1 hears it")
     acknowledge(community, alarm_id, "w1")
-    wait_for(lambda: len(receiver.for_path("w1")) == 2, timeout=3, what="the acknowledgement message")
+    wait_for(lambda: len(receiver.for_path("m1")) == 2, timeout=3, what="the acknowledgement message")
     time.sleep(3.0)  # past the leader's 2 s step
     assert receiver.for_path("lead1") == [] and receiver.for_path("duty") == [] and receiver.for_path("fire") == []
     assert query(community, "SELECT count(*) FROM alarm_event WHERE kind = 'escalated'") == [(0,)]
@@ -440,7 +443,7 @@ def test_two_notify_processes_deliver_every_message_exactly_once(
     alarms = [raise_alarm(community, f"t-{i:02d}", "smoke", 4) for i in range(20)]
     wait_for(lambda: len(receiver.for_path("w1")) >= 20, timeout=10, what="20 alarm messages")
     for alarm_id in alarms[:10]:
-        acknowledge(community, alarm_id, "w1")
+        acknowledge(community, alarm_id, "lead1")  # w1 hears who took each one
     wait_for(lambda: len(receiver.for_path("w1")) >= 30, timeout=10, what="10 acknowledgement messages")
     time.sleep(1.5)
     got = [(d["title"], d["message"]) for d in receiver.for_path("w1")]
@@ -540,7 +543,7 @@ def test_reminders_until_acknowledged_and_renotify_while_still_active(
     notify_workers(community, policy=policy)
     alarm_id = raise_alarm(community, "gas-1", "gas_leak", 4, 30.0)
     wait_for(lambda: sum("提醒" in t for t in titles(receiver, "w1")) >= 2, timeout=8, what="two reminders")
-    acknowledge(community, alarm_id, "w1")
+    acknowledge(community, alarm_id, "duty")  # w1 hears that the duty office took it
     wait_for(lambda: any("已确认" in t for t in titles(receiver, "w1")), timeout=3, what="ack message")
     reminders = sum("提醒" in t for t in titles(receiver, "w1"))
     wait_for(

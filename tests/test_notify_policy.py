@@ -290,7 +290,8 @@ def test_alarm_message_says_what_where_how_bad_what_to_do(locale: str, needles: 
         ("escalated", "en", "Not acknowledged for 4 min; previously told: Wang"),
         ("escalated", "zh-CN", "已 4 分钟无人确认"),
         ("reminder", "en", "Reminder 2"),
-        ("acknowledged", "en", "By: w1"),
+        ("acknowledged", "en", "Acknowledged by w1: they have it"),
+        ("acknowledged", "zh-CN", "已由 w1 确认接警"),
         ("cleared", "zh-CN", "已恢复"),
     ],
 )

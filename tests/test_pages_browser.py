@@ -9,14 +9,18 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
 from api.app import create_app
 from app.services import Running, start_services
+from core import actionlink
 from core.settings import Settings
-from tests.api_helpers import ApiEnv, api_env, live_server
+from notify import service as notify_service
+from notify.policy import load_policy
+from tests.api_helpers import ApiEnv, api_env, live_server, raise_alarm
 from tests.support import Publisher, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -168,3 +172,73 @@ def test_merchant_sees_score_and_ledger_entry_after_a_violation(
     ledger = env.client.get("/api/v1/merchants/m1/ledger", headers=env.headers("m1")).json()["items"]
     assert score == 100 + sum(e["points"] for e in ledger) and score < 100
     assert [e["alarm_id"] for e in ledger] == [alarm_id] * len(ledger)
+
+
+@pytest.fixture
+def served(loaded: Settings) -> Iterator[tuple[ApiEnv, str]]:
+    """The API on a real server (no ingest needed), with the hierarchy's leaders."""
+    with api_env(loaded, hierarchy=True) as env, live_server(create_app(loaded, env.pool)) as base:
+        yield env, base
+
+
+def test_a_message_link_opens_the_alarm_on_a_phone_and_acknowledges_in_one_tap(
+    served: tuple[ApiEnv, str], browser: WebDriver
+) -> None:
+    """Issue 20: the link in a message, on a phone that never logged in: one tap acknowledges, as its recipient."""
+    env, base = served
+    with psycopg.connect(env.settings.dsn) as conn, conn.transaction():
+        alarm_id = raise_alarm(conn, "gas-2")  # mg2: the grid leader's grid
+    key = actionlink.sign(
+        env.settings.secret_key.get_secret_value(),
+        alarm_id=alarm_id,
+        kind="worker",
+        recipient_id="lead1",
+        issued_at=datetime.now(UTC),
+    )
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{base}/alarms/{alarm_id}/link/{key}?lang=en")
+    button = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#ack-form button.ack")))
+    assert "lead1" in browser.find_element(By.ID, "link-for").text
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth;"), (
+        "fits a phone's width"
+    )
+    assert button.size["height"] >= 44, "a thumb-sized button"
+    button.click()  # the one tap
+    wait.until(ec.text_to_be_present_in_element((By.ID, "done"), "Acknowledged"))
+    assert "lead1" in browser.find_element(By.ID, "acked-by").text
+    assert not browser.find_elements(By.ID, "ack-form"), "nothing left to acknowledge"
+    assert browser.get_cookie("gw_session") is None, "the link opened no session"
+    with psycopg.connect(env.settings.dsn) as conn:
+        got = conn.execute("SELECT acknowledged_by FROM alarm WHERE id = %s", (alarm_id,)).fetchone()
+    assert got == ("lead1",)
+
+
+def test_the_leaders_board_puts_the_alarm_escalated_to_them_first(
+    served: tuple[ApiEnv, str], browser: WebDriver
+) -> None:
+    """Issue 20: escalated alarms first for the tier they have reached, with how long they have waited; a live
+    change keeps the server's order."""
+    env, base = served
+    t0 = datetime.now(UTC)
+    with psycopg.connect(env.settings.dsn) as conn, conn.transaction():
+        old = raise_alarm(conn, "gas-1", at=t0 - timedelta(minutes=5))
+    policy = load_policy()
+    with psycopg.connect(env.settings.dsn) as conn:
+        notify_service.route_outbox(conn, policy=policy, now=t0 - timedelta(seconds=200))
+        notify_service.run_escalations(conn, policy=policy, now=t0)  # 200 s unacknowledged: the grid leader
+    with psycopg.connect(env.settings.dsn) as conn, conn.transaction():
+        fresh = raise_alarm(conn, "gas-2")
+    wait = WebDriverWait(browser, 20)
+    log_in(browser, base, env.tokens["lead1"])
+    wait.until(ec.url_contains("/board"))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+    ids = [e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, "li.alarm")]
+    assert ids == [f"alarm-{old}", f"alarm-{fresh}"]
+    first = browser.find_element(By.ID, f"alarm-{old}")
+    assert "escalated to grid leader" in first.text and "waiting 5" in first.text
+    # a change to the other alarm arrives live and the rows stay in the server's order
+    with psycopg.connect(env.settings.dsn) as conn, conn.transaction():
+        newest = raise_alarm(conn, "gas-3")  # mg2, arriving live
+    wait.until(ec.presence_of_element_located((By.ID, f"alarm-{newest}")))
+    ids = [e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, "li.alarm")]
+    assert ids == [f"alarm-{old}", f"alarm-{newest}", f"alarm-{fresh}"], "a live row takes its ranked place"

@@ -28,6 +28,7 @@ from api.schemas import (
     GridWrite,
     ImportResult,
     KpiRead,
+    LinksRevoked,
     MerchantRead,
     MerchantWrite,
     MicroGridRead,
@@ -46,7 +47,7 @@ from api.schemas import (
     WorkerRead,
     WorkerWrite,
 )
-from core import registry
+from core import actionlink, registry
 from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
 from notify import service as notify_service
@@ -69,10 +70,41 @@ def _next(offset: int, limit: int, n: int) -> int | None:
 # -- tokens -------------------------------------------------------------------------------------------------------
 
 
+def _limited_to(who: auth.Principal) -> str:
+    return ", ".join(who.community_scope or ())
+
+
+def _check_token_scope(conn: Connection[Any], who: auth.Principal, body: TokenCreate) -> None:
+    """An admin limited to some communities makes tokens for those only: their workers and merchants (others are
+    "not in the registry", as unknown ones), and admin tokens limited to some of them."""
+    scope = who.community_scope
+    if scope is None:
+        return
+    if body.role == "admin":
+        if not body.communities:
+            raise HTTPException(
+                403,
+                f"your token is limited to {_limited_to(who)}: an admin token you make must be limited too "
+                "(body.communities); only an admin of every community makes unlimited ones",
+            )
+        outside = sorted(set(body.communities) - set(scope))
+        if outside:
+            raise HTTPException(403, f"body.communities: your token is limited to {_limited_to(who)}, not {outside}")
+    for table, subject in (("worker", body.worker_id), ("merchant", body.merchant_id)):
+        if (
+            subject is not None
+            and body.role == table
+            and not core_repo.in_communities(conn, table=table, id=subject, communities=scope)
+        ):
+            raise NotFoundError(f"{table} {subject!r} is not in the registry")
+
+
 @router.post("/tokens", status_code=201, tags=["auth"])
 def create_token(body: TokenCreate, request: Request, conn: Conn, who: Admin) -> TokenCreated:
-    """Create a token for a person or integration; the token is shown only in this response."""
+    """Create a token for a person or integration; the token is shown only in this response. An admin token may
+    be limited to some communities (a community's own admin); without `communities` it sees them all."""
     with conn.transaction():
+        _check_token_scope(conn, who, body)
         token_id, token, expires = auth.create_token_row(
             conn,
             secret_key=settings_of(request).secret_key.get_secret_value(),
@@ -81,15 +113,23 @@ def create_token(body: TokenCreate, request: Request, conn: Conn, who: Admin) ->
             merchant_id=body.merchant_id,
             label=body.label,
             ttl=timedelta(days=body.days) if body.days else None,
+            communities=body.communities,
         )
     log.info("token %s (%s) created by %s", token_id, body.role, who.actor)
-    return TokenCreated(id=token_id, token=token, role=body.role, expires_at=expires)
+    return TokenCreated(
+        id=token_id,
+        token=token,
+        role=body.role,
+        expires_at=expires,
+        communities=sorted(set(body.communities)) if body.communities else None,
+    )
 
 
 @router.get("/tokens", tags=["auth"])
-def list_tokens(conn: Conn, _who: Admin, offset: Offset = 0, limit: Limit = 100) -> Page[TokenRead]:
-    """Every token's metadata (never the secret)."""
-    rows = api_repo.list_tokens(conn, limit=limit, offset=offset)
+def list_tokens(conn: Conn, who: Admin, offset: Offset = 0, limit: Limit = 100) -> Page[TokenRead]:
+    """Every token's metadata (never the secret); an admin limited to some communities sees those of their
+    communities' workers and merchants and of admins limited within them."""
+    rows = api_repo.list_tokens(conn, limit=limit, offset=offset, communities=who.community_scope)
     return Page[TokenRead](
         items=[TokenRead.model_validate(r) for r in rows], next_offset=_next(offset, limit, len(rows))
     )
@@ -99,7 +139,7 @@ def list_tokens(conn: Conn, _who: Admin, offset: Offset = 0, limit: Limit = 100)
 def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn, who: Admin) -> TokenRead:
     """Revoke a token at once; web sessions opened with it end too."""
     with conn.transaction():
-        row = api_repo.get_token(conn, token_id=token_id)
+        row = api_repo.get_token(conn, token_id=token_id, communities=who.community_scope)
         if row is None:
             raise NotFoundError(f"token {token_id} not found")
         if row.revoked_at is not None:
@@ -108,6 +148,29 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn, who
         row = api_repo.get_token(conn, token_id=token_id)
     log.info("token %s revoked by %s", token_id, who.actor)
     return TokenRead.model_validate(row)
+
+
+def _revoke_links(conn: Connection[Any], who: auth.Principal, kind: str, recipient_id: str) -> LinksRevoked:
+    with conn.transaction():
+        if not core_repo.in_communities(conn, table=kind, id=recipient_id, communities=who.community_scope):
+            raise NotFoundError(f"{kind} {recipient_id!r} not found")
+        link_kind: actionlink.RecipientKind = "worker" if kind == "worker" else "merchant"
+        at = auth.revoke_links(conn, kind=link_kind, recipient_id=recipient_id, by=who.actor)
+    log.info("links of %s %s revoked by %s", kind, recipient_id, who.actor)
+    return LinksRevoked(recipient_kind=link_kind, recipient_id=recipient_id, not_before=at)
+
+
+@router.post("/workers/{item_id}/revoke-links", tags=["auth"])
+def revoke_worker_links(item_id: PathId, conn: Conn, who: Admin) -> LinksRevoked:
+    """Refuse every alarm link sent to this worker so far (a lost phone): their later messages carry working links.
+    Deactivating the worker (active: false) refuses all their links at once, too."""
+    return _revoke_links(conn, who, "worker", item_id)
+
+
+@router.post("/merchants/{item_id}/revoke-links", tags=["auth"])
+def revoke_merchant_links(item_id: PathId, conn: Conn, who: Admin) -> LinksRevoked:
+    """Refuse every alarm link sent to this merchant so far."""
+    return _revoke_links(conn, who, "merchant", item_id)
 
 
 # -- registry CRUD ------------------------------------------------------------------------------------------------
@@ -126,12 +189,12 @@ class Kind:
     refs: tuple[tuple[str, str], ...] = ()  # (body field, table it must exist in)
     list_refs: tuple[tuple[str, str], ...] = ()  # (body list field, table every item must exist in)
     filters: tuple[str, ...] = ()  # parent columns the list can be filtered by
-    extra_checks: tuple[Callable[[Connection[Any], Any], None], ...] = field(default=())
+    extra_checks: tuple[Callable[[Connection[Any], Any, list[str] | None], None], ...] = field(default=())
 
 
-def _gateway_is_gateway(conn: Connection[Any], body: DeviceWrite) -> None:
+def _gateway_is_gateway(conn: Connection[Any], body: DeviceWrite, communities: list[str] | None) -> None:
     if body.gateway_id is not None:
-        gw = core_repo.get_registry(conn, table="device", id=body.gateway_id)
+        gw = core_repo.get_registry(conn, table="device", id=body.gateway_id, communities=communities)
         if gw is None or gw["kind"] != "gateway":
             raise HTTPException(422, f"body.gateway_id: {body.gateway_id!r} is not a registered gateway")
 
@@ -252,18 +315,38 @@ KINDS: tuple[Kind, ...] = (
 )
 
 
-def _check_refs(conn: Connection[Any], kind: Kind, body: BaseModel) -> None:
-    """References must exist: 422 naming the field (not a foreign-key error)."""
+def _check_refs(conn: Connection[Any], kind: Kind, body: BaseModel, communities: list[str] | None) -> None:
+    """References must exist (for an admin limited to some communities: in those): 422 naming the field (not a
+    foreign-key error), the same answer for an object outside one's communities as for one that does not exist."""
     for attr, table in kind.refs:
         value = getattr(body, attr)
-        if value is not None and not core_repo.exists(conn, table=table, id=value):
+        if value is not None and not core_repo.in_communities(conn, table=table, id=value, communities=communities):
             raise HTTPException(422, f"body.{attr}: {table.replace('_', '-')} {value!r} does not exist")
     for attr, table in kind.list_refs:
         for value in getattr(body, attr):
-            if not core_repo.exists(conn, table=table, id=value):
+            if not core_repo.in_communities(conn, table=table, id=value, communities=communities):
                 raise HTTPException(422, f"body.{attr}: {table.replace('_', '-')} {value!r} does not exist")
     for check in kind.extra_checks:
-        check(conn, body)
+        check(conn, body, communities)
+
+
+def _check_writable(conn: Connection[Any], kind: Kind, item_id: str, who: auth.Principal) -> None:
+    """An admin limited to some communities writes only inside them: another community (existing or new) is 403
+    whichever it is, an existing object of another community 404, as if it did not exist."""
+    scope = who.community_scope
+    if scope is None:
+        return
+    if kind.table == "community":
+        if item_id not in scope:
+            raise HTTPException(
+                403,
+                f"your token is limited to {_limited_to(who)}: adding or changing another community needs an "
+                "admin of every community (a street office)",
+            )
+    elif core_repo.exists(conn, table=kind.table, id=item_id) and not core_repo.in_communities(
+        conn, table=kind.table, id=item_id, communities=scope
+    ):
+        raise NotFoundError(f"{kind.label} {item_id!r} not found")
 
 
 def _add_crud(app_router: APIRouter, kind: Kind) -> None:
@@ -272,7 +355,7 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
 
     def list_items(
         conn: Conn,
-        _who: Admin,
+        who: Admin,
         offset: Offset = 0,
         limit: Limit = 100,
         parent: Annotated[
@@ -283,21 +366,24 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
         ] = None,
     ) -> Page[Any]:
         filters = {kind.filters[0]: parent} if kind.filters else {}
-        rows = core_repo.list_registry(conn, table=kind.table, limit=limit, offset=offset, filters=filters)
+        rows = core_repo.list_registry(
+            conn, table=kind.table, limit=limit, offset=offset, filters=filters, communities=who.community_scope
+        )
         return Page[read](  # type: ignore[valid-type]
             items=[read.model_validate(r) for r in rows],
             next_offset=_next(offset, limit, len(rows)),
         )
 
-    def get_item(item_id: PathId, conn: Conn, _who: Admin) -> Any:
-        row = core_repo.get_registry(conn, table=kind.table, id=item_id)
+    def get_item(item_id: PathId, conn: Conn, who: Admin) -> Any:
+        row = core_repo.get_registry(conn, table=kind.table, id=item_id, communities=who.community_scope)
         if row is None:
             raise NotFoundError(f"{kind.label} {item_id!r} not found")
         return read.model_validate(row)
 
     def put_item(item_id: PathId, body: write, conn: Conn, who: Admin) -> Any:  # type: ignore[valid-type]
         with conn.transaction():
-            _check_refs(conn, kind, body)
+            _check_writable(conn, kind, item_id, who)
+            _check_refs(conn, kind, body, who.community_scope)
             kind.upsert(conn, item_id, body)
             row = core_repo.get_registry(conn, table=kind.table, id=item_id)
         log.info("%s %s written by %s", kind.label, item_id, who.actor)
@@ -305,7 +391,7 @@ def _add_crud(app_router: APIRouter, kind: Kind) -> None:
 
     def delete_item(item_id: PathId, conn: Conn, who: Admin) -> Response:
         with conn.transaction():
-            if core_repo.get_registry(conn, table=kind.table, id=item_id) is None:
+            if core_repo.get_registry(conn, table=kind.table, id=item_id, communities=who.community_scope) is None:
                 raise NotFoundError(f"{kind.label} {item_id!r} not found")
             deps = core_repo.registry_dependents(conn, table=kind.table, id=item_id)
             if deps:
@@ -380,6 +466,11 @@ async def import_registry(request: Request, who: Admin) -> ImportResult:
         parsed = registry.parse_registry(text, "body")
     except yaml.YAMLError as exc:  # e.g. control characters: not a MarkedYAMLError, so parse_registry lets it by
         raise HTTPException(422, f"body: not valid YAML: {exc}") from None
+    scope = who.community_scope
+    if scope is not None and parsed.community.id not in scope:
+        raise HTTPException(
+            403, f"your token is limited to {_limited_to(who)}: it cannot import community {parsed.community.id!r}"
+        )
 
     def write() -> dict[str, int]:
         with request.app.state.pool.connection() as conn, conn.transaction():
@@ -397,10 +488,12 @@ async def import_registry(request: Request, who: Admin) -> ImportResult:
 
 @router.get("/silences", tags=["silences"])
 def list_silences(
-    conn: Conn, _who: Admin, current: bool = True, offset: Offset = 0, limit: Limit = 100
+    conn: Conn, who: Admin, current: bool = True, offset: Offset = 0, limit: Limit = 100
 ) -> Page[SilenceRead]:
-    """Maintenance windows (current: only those not over yet)."""
-    rows = notify_service.list_silences(conn, now=datetime.now(UTC), current=current, limit=limit, offset=offset)
+    """Maintenance windows (current: only those not over yet) of the caller's communities."""
+    rows = notify_service.list_silences(
+        conn, now=datetime.now(UTC), current=current, limit=limit, offset=offset, communities=who.community_scope
+    )
     return Page[SilenceRead](items=[SilenceRead.of(r) for r in rows], next_offset=_next(offset, limit, len(rows)))
 
 
@@ -412,9 +505,10 @@ def create_silence(body: SilenceCreate, conn: Conn, who: Admin) -> SilenceRead:
         raise HTTPException(422, "body.ends_at: must be in the future")
     start = body.starts_at or now
     with conn.transaction():
-        if body.site_id and not core_repo.exists(conn, table="site", id=body.site_id):
+        scope = who.community_scope
+        if body.site_id and not core_repo.in_communities(conn, table="site", id=body.site_id, communities=scope):
             raise HTTPException(422, f"body.site_id: site {body.site_id!r} does not exist")
-        if body.device_id and not core_repo.exists(conn, table="device", id=body.device_id):
+        if body.device_id and not core_repo.in_communities(conn, table="device", id=body.device_id, communities=scope):
             raise HTTPException(422, f"body.device_id: device {body.device_id!r} does not exist")
         made = notify_service.create_silence(
             conn,
@@ -434,6 +528,7 @@ def create_silence(body: SilenceCreate, conn: Conn, who: Admin) -> SilenceRead:
 def delete_silence(silence_id: Annotated[int, Path(ge=1, le=2**62)], conn: Conn, who: Admin) -> Response:
     """End a silence now (a planned one is cancelled); it stays in the list of past windows."""
     with conn.transaction():
+        notify_service.get_silence(conn, silence_id=silence_id, communities=who.community_scope)
         notify_service.end_silence(conn, silence_id=silence_id, now=datetime.now(UTC))
     log.info("silence %s ended by %s", silence_id, who.actor)
     return Response(status_code=204)
@@ -454,11 +549,18 @@ def get_rules_in_force(request: Request, _who: Admin) -> RulesRead:
 
 
 def kpis(
-    conn: Connection[Any], *, scope: str, scope_id: str, since: datetime | None, until: datetime | None
+    conn: Connection[Any],
+    *,
+    scope: str,
+    scope_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    communities: list[str] | None = None,
 ) -> KpiRead:
-    """KPIs for alarms raised in [since, until) (default: the last 30 days)."""
+    """KPIs for alarms raised in [since, until) (default: the last 30 days); a community or grid outside
+    `communities` (when given) is not found."""
     table = "community" if scope == "community" else "grid"
-    if not core_repo.exists(conn, table=table, id=scope_id):
+    if not core_repo.in_communities(conn, table=table, id=scope_id, communities=communities):
         raise NotFoundError(f"{table} {scope_id!r} not found")
     now = datetime.now(UTC)
     until = until or now
@@ -502,19 +604,21 @@ def kpis(
 
 @router.get("/kpis/communities/{community_id}", tags=["kpis"])
 def community_kpis(
-    community_id: PathId, conn: Conn, _who: Admin, since: datetime | None = None, until: datetime | None = None
+    community_id: PathId, conn: Conn, who: Admin, since: datetime | None = None, until: datetime | None = None
 ) -> KpiRead:
     """A community's KPIs: alarms by type, time to acknowledge and resolve (p50/p90), unreached notifications,
     devices offline, days without a real hazard."""
-    return kpis(conn, scope="community", scope_id=community_id, since=since, until=until)
+    return kpis(
+        conn, scope="community", scope_id=community_id, since=since, until=until, communities=who.community_scope
+    )
 
 
 @router.get("/kpis/grids/{grid_id}", tags=["kpis"])
 def grid_kpis(
-    grid_id: PathId, conn: Conn, _who: Admin, since: datetime | None = None, until: datetime | None = None
+    grid_id: PathId, conn: Conn, who: Admin, since: datetime | None = None, until: datetime | None = None
 ) -> KpiRead:
     """A grid's KPIs (as for a community)."""
-    return kpis(conn, scope="grid", scope_id=grid_id, since=since, until=until)
+    return kpis(conn, scope="grid", scope_id=grid_id, since=since, until=until, communities=who.community_scope)
 
 
 def include(app: FastAPI) -> None:

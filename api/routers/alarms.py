@@ -26,7 +26,11 @@ MAX_AROUND_READINGS = 500
 def scoped_alarm(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> api_repo.AlarmInSite:
     """The alarm if in scope; 404 otherwise, so existence outside one's scope is not revealed."""
     row = api_repo.get_alarm_in_scope(
-        conn, alarm_id=alarm_id, worker_id=who.worker_scope, merchant_id=who.merchant_scope
+        conn,
+        alarm_id=alarm_id,
+        worker_id=who.worker_scope,
+        merchant_id=who.merchant_scope,
+        communities=who.community_scope,
     )
     if row is None:
         raise NotFoundError(f"alarm {alarm_id} not found")
@@ -62,6 +66,7 @@ def list_alarms(
         conn,
         worker_id=who.worker_scope,
         merchant_id=who.merchant_scope,
+        communities=who.community_scope,
         open_only=status == "open",
         active=active,
         acknowledged=acknowledged,
@@ -102,7 +107,12 @@ def get_alarm(alarm_id: int, conn: Conn, who: Anyone) -> AlarmRead:
 
 def alarm_detail(conn: Connection[Any], who: auth.Principal, alarm_id: int) -> AlarmDetail:
     """An alarm with its history and the device's readings around it."""
-    row = scoped_alarm(conn, who, alarm_id)
+    return detail_of(conn, scoped_alarm(conn, who, alarm_id))
+
+
+def detail_of(conn: Connection[Any], row: api_repo.AlarmInSite) -> AlarmDetail:
+    """The detail of an alarm the caller may see (its scope, or a link for it, was checked already)."""
+    alarm_id = row.id
     end = (row.closed_at or row.cleared_at or row.last_seen_at) + AROUND
     end = max(end, row.last_seen_at + AROUND)
     readings = api_repo.list_readings_raw(

@@ -42,7 +42,11 @@ MAX_POINTS = 1000
 def scoped_device(conn: Connection[Any], who: auth.Principal, device_id: str) -> api_repo.DeviceRow:
     """The device if in scope; 404 otherwise."""
     row = api_repo.get_device_in_scope(
-        conn, device_id=device_id, worker_id=who.worker_scope, merchant_id=who.merchant_scope
+        conn,
+        device_id=device_id,
+        worker_id=who.worker_scope,
+        merchant_id=who.merchant_scope,
+        communities=who.community_scope,
     )
     if row is None:
         raise NotFoundError(f"device {device_id!r} not found")
@@ -64,6 +68,7 @@ def list_devices(
         conn,
         worker_id=who.worker_scope,
         merchant_id=who.merchant_scope,
+        communities=who.community_scope,
         site_id=site,
         kind=kind.value if kind else None,
         offline=offline,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from psycopg import Connection
 
 from api import auth
@@ -32,14 +32,25 @@ MerchantId = Annotated[str, Path(min_length=1, max_length=64)]
 @router.get("/me", tags=["auth"])
 def me(who: Anyone) -> Me:
     """Who this token or session is."""
-    return Me(token_id=who.token_id, role=who.role, worker_id=who.worker_id, merchant_id=who.merchant_id)
+    return Me(
+        token_id=who.token_id,
+        role=who.role,
+        worker_id=who.worker_id,
+        merchant_id=who.merchant_id,
+        worker_role=who.worker_role,
+        communities=who.community_scope,
+    )
 
 
 def scoped_merchant(conn: Connection[Any], who: auth.Principal, merchant_id: str) -> str:
     """The merchant's name if the caller may see it: a merchant only itself, a worker the merchants with a site in
     their micro-grids, an admin all. 404 otherwise, so others' existence is not revealed."""
     found = api_repo.get_merchant_in_scope(
-        conn, merchant_id=merchant_id, worker_id=who.worker_scope, own_merchant_id=who.merchant_scope
+        conn,
+        merchant_id=merchant_id,
+        worker_id=who.worker_scope,
+        own_merchant_id=who.merchant_scope,
+        communities=who.community_scope,
     )
     if found is None:
         raise NotFoundError(f"merchant {merchant_id!r} not found")
@@ -94,13 +105,22 @@ def get_open_items(merchant_id: MerchantId, conn: Conn, who: Anyone) -> OpenItem
 @router.get("/scores", tags=["score"])
 def list_scores(
     conn: Conn,
-    _who: Admin,
+    who: Admin,
     community: Annotated[str | None, Query(max_length=64)] = None,
     tier: Annotated[str | None, Query(max_length=4)] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> CommunityScoresPage:
-    """Merchants by standing, lowest score first (optionally one community and tier), with counts per tier."""
+    """Merchants by standing, lowest score first (optionally one community and tier), with counts per tier. An
+    admin limited to one community gets theirs; limited to several, names one."""
+    scope = who.community_scope
+    if scope is not None:
+        if community is None and len(scope) == 1:
+            community = scope[0]
+        elif community is None:
+            raise HTTPException(422, f"community: your token covers {', '.join(scope)}: choose one (?community=)")
+        elif community not in scope:
+            raise NotFoundError(f"community {community!r} not found")
     result = score_service.list_community_scores(conn, community_id=community, tier=tier)
     items = result.merchants[offset : offset + limit]
     return CommunityScoresPage(
@@ -117,7 +137,9 @@ def record_finding(body: FindingCreate, conn: Conn, who: Staff) -> FindingRead:
     """A worker records a hazard seen on a merchant's site by inspection (deducts per the policy, with a
     rectification deadline)."""
     with conn.transaction():
-        if not api_repo.site_in_scope(conn, site_id=body.site_id, worker_id=who.worker_scope, merchant_id=None):
+        if not api_repo.site_in_scope(
+            conn, site_id=body.site_id, worker_id=who.worker_scope, merchant_id=None, communities=who.community_scope
+        ):
             raise NotFoundError(f"site {body.site_id!r} not found")
         note = body.note if body.alarm_id is None else f"{body.note} (alarm {body.alarm_id})".strip()
         return score_service.record_finding(
@@ -132,7 +154,9 @@ def close_finding(
     """The rectification was verified on site: on time restores part of the deduction."""
     with conn.transaction():
         site = api_repo.get_finding_site(conn, finding_id=finding_id)
-        if site is None or not api_repo.site_in_scope(conn, site_id=site, worker_id=who.worker_scope, merchant_id=None):
+        if site is None or not api_repo.site_in_scope(
+            conn, site_id=site, worker_id=who.worker_scope, merchant_id=None, communities=who.community_scope
+        ):
             raise NotFoundError(f"finding {finding_id} not found")
         return score_service.close_finding(conn, finding_id=finding_id, actor=who.actor, note=body.note)
 
@@ -143,6 +167,8 @@ def close_finding(
 def add_correction(merchant_id: MerchantId, body: CorrectionCreate, conn: Conn, who: Admin) -> LedgerEntryRead:
     """An admin's compensating ledger entry (the ledger is never edited)."""
     with conn.transaction():
+        if who.community_scope is not None:
+            scoped_merchant(conn, who, merchant_id)
         return score_service.add_correction(
             conn,
             merchant_id=merchant_id,

@@ -10,6 +10,13 @@
 
   function refreshEmpty() { empty.hidden = list.children.length > 0; }
 
+  // The server ranks every row (escalated to you first, then the longest waiting); keep live rows in that order.
+  function sortRows() {
+    var rows = Array.prototype.slice.call(list.children);
+    rows.sort(function (a, b) { return (a.dataset.rank || "").localeCompare(b.dataset.rank || ""); });
+    rows.forEach(function (row) { list.appendChild(row); });
+  }
+
   function place(msg) {
     var old = document.getElementById("alarm-" + msg.id);
     if (!msg.open) {
@@ -19,8 +26,23 @@
     } else {
       list.insertAdjacentHTML("afterbegin", msg.html);
     }
+    sortRows();
     refreshEmpty();
   }
+
+  // How long each alarm has waited, kept current between server updates (same units as the server's).
+  function secs(s) {
+    if (s < 120) { return Math.round(s) + " s"; }
+    if (s < 7200) { return (s / 60).toFixed(1) + " min"; }
+    return (s / 3600).toFixed(1) + " h";
+  }
+  function tick() {
+    var now = Date.now();
+    list.querySelectorAll(".waited[data-since]").forEach(function (el) {
+      el.textContent = list.dataset.waiting + " " + secs(Math.max(0, now - Number(el.dataset.since)) / 1000);
+    });
+  }
+  window.setInterval(tick, 15000);
 
   var source = new EventSource(list.dataset.stream);
   source.onopen = function () { live.textContent = live.dataset.live; live.classList.remove("down"); };
