@@ -80,13 +80,23 @@ def log_in(driver: WebDriver, base: str, token: str) -> None:
     driver.find_element(By.ID, "login-submit").click()
 
 
+LEAK_AGO_S = 120  # the leak reading is stamped this long ago, so its clearing fits in the past (event time)
+
+
+def leak(env: ApiEnv, publisher: Publisher, lel: float) -> None:
+    """A gas reading arriving now, stamped LEAK_AGO_S ago (a detector's buffered report)."""
+    ts = int((time.time() - LEAK_AGO_S) * 1000)
+    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"ts": ts, "seq": 1, "gas_lel": lel})
+
+
 def clear_gas(env: ApiEnv, publisher: Publisher, alarm_id: int) -> None:
-    """Gas back below the clear level for over 60 s of event time (GAS-02 latches until its condition clears)."""
-    now_ms = int(time.time() * 1000)
-    for i, (offset_s, lel) in enumerate([(1, 5.0), (75, 4.0)]):
+    """Gas back below the clear level for over 60 s of event time after the leak (GAS-02 latches until its
+    condition clears), all stamped before now: a device clock ahead of arrival is judged at arrival (DEV-05c)."""
+    leak_ms = int((time.time() - LEAK_AGO_S) * 1000)
+    for i, (offset_s, lel) in enumerate([(10, 5.0), (80, 4.0)]):
         publisher.publish(
             f"{env.settings.topic_prefix}/gas-1/telemetry",
-            {"ts": now_ms + offset_s * 1000, "seq": 100 + i, "gas_lel": lel},
+            {"ts": leak_ms + offset_s * 1000, "seq": 100 + i, "gas_lel": lel},
         )
 
     def cleared() -> bool:
@@ -115,7 +125,7 @@ def test_worker_sees_a_live_alarm_and_handles_it(
     browser.execute_script("window.__notReloaded = true;")
 
     published = time.monotonic()
-    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 31})
+    leak(env, publisher, 31.0)
     alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
     row = wait.until(ec.presence_of_element_located((By.ID, f"alarm-{alarm_id}")))
     print(f"gas reading published -> row on the worker's board: {time.monotonic() - published:.2f} s")
@@ -149,7 +159,7 @@ def test_merchant_sees_score_and_ledger_entry_after_a_violation(
     assert browser.find_elements(By.CSS_SELECTOR, "#ledger tr.entry") == []
 
     # the violation: gas on the merchant's premises, verified on site by the worker as a real hazard
-    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 40})
+    leak(env, publisher, 40.0)
     alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
     clear_gas(env, publisher, alarm_id)
     r = env.client.post(
