@@ -126,6 +126,15 @@ def set_device_online(conn: Connection[Any], *, device_id: str, online: bool, at
     conn.execute(SET_DEVICE_ONLINE, (online, at, device_id))
 
 
+SELECT_OPEN_ALARM_ACTIVE = "SELECT active FROM alarm WHERE device_id = %s AND type = %s AND closed_at IS NULL"
+
+
+def open_alarm_active(conn: Connection[Any], *, device_id: str, alarm_type: str) -> bool | None:
+    """Whether the open alarm of this type on this device is active (None: there is no open alarm)."""
+    row = _one(conn, SELECT_OPEN_ALARM_ACTIVE, (device_id, alarm_type))
+    return None if row is None else bool(row[0])
+
+
 SELECT_OPEN_ALARM = f"""
 SELECT {ALARM_COLUMNS} FROM alarm WHERE device_id = %s AND type = %s AND closed_at IS NULL FOR UPDATE
 """

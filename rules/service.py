@@ -131,11 +131,8 @@ def apply_readings(  # noqa: C901
                 continue
             if transition is None:
                 continue
-            if late:
-                if transition.kind == "clear":
-                    continue  # newer readings decide what is clear
-                transition.details = {**transition.details, "late": True}
-                _adopt(state.rules, rules, rule.id)  # the alarm the late reading raised is the rule's state now
+            if late and not _late_hazard(conn, state.rules, rules, rule.id, transition, device):
+                continue
             if isinstance(rule, RealarmRule) and not _reset_before(conn, rule=rule, device=device, at=transition.at):
                 continue  # a rising edge without a remote reset before it is the plain alarm (SMK-01)
             if (
@@ -154,6 +151,29 @@ def apply_readings(  # noqa: C901
     )
     repo.save_device_states(conn, states=list(states.values()))
     return changes
+
+
+def _late_hazard(
+    conn: Connection[Any],
+    into: dict[str, Any],
+    rules: dict[str, Any],
+    rule_id: str,
+    transition: Transition,
+    device: Device,
+) -> bool:
+    """Whether a late reading's transition is written (marked late). Newer readings decide what is clear: a late
+    clear is dropped, and so is a late raise of an alarm newer readings have cleared (a bridge's stale copy never
+    re-opens it). A late raise with no open alarm raises one, and the rule's state becomes the alarm's."""
+    if transition.kind == "clear":
+        return False
+    if transition.kind == "raise":
+        status = repo.open_alarm_active(conn, device_id=device.id, alarm_type=transition.alarm_type)
+        if status is False:
+            return False
+        if status is None:
+            _adopt(into, rules, rule_id)
+    transition.details = {**transition.details, "late": True}
+    return True
 
 
 def _adopt(into: dict[str, Any], rules: dict[str, Any], rule_id: str) -> None:
