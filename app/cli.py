@@ -162,7 +162,7 @@ def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,no
     if unknown:
         raise _fail(ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}"))
     try:
-        settings.check_production()
+        settings.check_production(parts)
         run_migrations(settings)
         running = start_services(settings, parts)
     except GridwatchError as exc:
@@ -474,6 +474,20 @@ def mqtt_credentials(
             envvar="GRIDWATCH_MQTT_INGEST_PASSWORD", help="the ingest's password (default: kept or generated)"
         ),
     ] = None,
+    extra_ingest: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="one more ingest account, for one more ingest process on the shared subscription (repeatable): "
+            "the broker binds client ids to accounts, so two processes cannot share one"
+        ),
+    ] = None,
+    rules_user: Annotated[str, typer.Option(help="the rules part's broker username (its command publisher)")] = "rules",
+    rules_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GRIDWATCH_MQTT_RULES_PASSWORD", help="the rules part's password (default: kept or generated)"
+        ),
+    ] = None,
     simulator: Annotated[bool, typer.Option(help="also the simulators' account (staging brokers only)")] = False,
     simulator_password: Annotated[
         str | None,
@@ -499,6 +513,9 @@ def mqtt_credentials(
             rotate_all=rotate_all,
             ingest_user=ingest_user,
             ingest_password=ingest_password,
+            extra_ingest_users=extra_ingest or [],
+            rules_user=rules_user,
+            rules_password=rules_password,
             simulator_password=(simulator_password or "") if simulator else None,
         )
         files = mqtt_auth.write_files(out, accounts)
@@ -506,8 +523,8 @@ def mqtt_credentials(
         raise _fail(exc) from exc
     changed = sorted(a.username for a in accounts if existing.get(a.username) != a.password)
     typer.echo(
-        f"{len(accounts)} accounts -> {files['passwd']}, {files['acl']}; plaintext for provisioning in "
-        f"{files['credentials']} (mode 0600, keep it out of the broker)"
+        f"{len(accounts)} accounts -> {files['passwd']}, {files['acl']}, {files['healthcheck']} (the broker's "
+        f"health probe); plaintext for provisioning in {files['credentials']} (mode 0600, keep it out of the broker)"
     )
     if changed:
         typer.echo(f"new or rotated passwords: {', '.join(changed)}")

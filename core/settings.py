@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
 from urllib.parse import unquote, urlsplit
 
@@ -35,7 +36,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDWATCH_", env_file=".env", extra="ignore")
 
     database_url: str | None = None
+    # The ingest's broker account (and, unless mqtt_command_url is set, the rules part's command publisher's).
     mqtt_url: str | None = None
+    # The rules part's command publisher's own account. The shipped broker binds client ids to accounts, so a
+    # process running both ingest and rules needs two accounts (`gridwatch mqtt credentials` makes `rules`).
+    mqtt_command_url: str | None = None
     mqtt_client_id: str = "gridwatch-ingest"
     mqtt_ca_file: str | None = None
     topic_prefix: str = "gw/v1"
@@ -80,8 +85,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:
-        if self.mqtt_url is not None:
-            MqttTarget(self.mqtt_url)
+        for url in (self.mqtt_url, self.mqtt_command_url):
+            if url is not None:
+                MqttTarget(url)
         return self
 
     @cached_property
@@ -91,6 +97,17 @@ class Settings(BaseSettings):
             raise ConfigError("GRIDWATCH_MQTT_URL is not set (e.g. mqtt://ingest:secret@broker:1883)")
         return MqttTarget(self.mqtt_url)
 
+    @cached_property
+    def mqtt_command(self) -> MqttTarget:
+        """The broker account the rules part's command publisher uses."""
+        if self.mqtt_command_url is not None:
+            return MqttTarget(self.mqtt_command_url)
+        if self.mqtt_url is None:
+            raise ConfigError(
+                "GRIDWATCH_MQTT_COMMAND_URL (or GRIDWATCH_MQTT_URL) is not set (e.g. mqtt://rules:secret@broker:1883)"
+            )
+        return MqttTarget(self.mqtt_url)
+
     @property
     def dsn(self) -> str:
         """The PostgreSQL connection string."""
@@ -98,10 +115,12 @@ class Settings(BaseSettings):
             raise ConfigError("GRIDWATCH_DATABASE_URL is not set (e.g. postgresql://gridwatch@db/gridwatch)")
         return self.database_url
 
-    def check_production(self) -> None:
-        """Refuse to run a real deployment on the demo's placeholders."""
+    def check_production(self, parts: Iterable[str] = ()) -> None:
+        """Refuse to run a real deployment on the demo's placeholders (the broker URLs only for the parts that
+        connect to it: ingest, rules)."""
         if self.demo:
             return
+        parts = set(parts)
         problems = []
         if self.secret_key.get_secret_value() == DEMO_SECRET:
             problems.append("GRIDWATCH_SECRET_KEY is the demo placeholder: set a long random value")
@@ -109,7 +128,24 @@ class Settings(BaseSettings):
             problems.append("GRIDWATCH_SECRET_KEY is shorter than 16 characters")
         if self.database_url is None:
             problems.append("GRIDWATCH_DATABASE_URL is not set")
-        if self.mqtt_url is None:
-            problems.append("GRIDWATCH_MQTT_URL is not set")
+        if "ingest" in parts and self.mqtt_url is None:
+            problems.append("GRIDWATCH_MQTT_URL is not set (the ingest's broker account)")
+        if "rules" in parts and self.mqtt_url is None and self.mqtt_command_url is None:
+            problems.append("GRIDWATCH_MQTT_COMMAND_URL is not set (the rules part's broker account)")
+        if {"ingest", "rules"} <= parts:
+            problems += self._shared_account_problem()
         if problems:
             raise ConfigError("refusing to start: " + "; ".join(problems) + " (or run `gridwatch demo`)")
+
+    def _shared_account_problem(self) -> list[str]:
+        """Ingest and the command publisher in one process on one account: a broker that binds client ids to
+        accounts (the shipped config) would have each connection throw the other off, for ever."""
+        if self.mqtt_url is None:
+            return []
+        ingest, command = self.mqtt.username, self.mqtt_command.username
+        if ingest is None or ingest != command:
+            return []
+        return [
+            f"ingest and rules would share the broker account {ingest!r}: set GRIDWATCH_MQTT_COMMAND_URL to the "
+            "rules part's account (`gridwatch mqtt credentials` makes `rules`)"
+        ]
