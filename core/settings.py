@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     ingest_writers: int = Field(default=3, ge=1, le=8)
     batch_linger_ms: int = Field(default=20, ge=0, le=5_000)
     queue_size: int = Field(default=2_000, ge=1)
+    # The inbox's bound in payload bytes as well as messages: the broker hands the ingest up to Receive Maximum
+    # messages of up to its max_packet_size (1 MiB) each, which unbounded would be gigabytes.
+    queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # What a reject keeps of its payload (the full size is stored beside it), how long rejects are kept, and how
+    # many at most: a device cannot fill the database with junk (issue 23).
+    reject_excerpt_bytes: int = Field(default=1_024, ge=0, le=65_536)
+    reject_retention_days: float = Field(default=30.0, gt=0)
+    reject_max_rows: int = Field(default=1_000_000, ge=1)
     max_reading_age_h: float = Field(default=24.0, gt=0)
     max_clock_skew_s: float = Field(default=300.0, gt=0)
     max_payload_bytes: int = Field(default=16_384, ge=256)

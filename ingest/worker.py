@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -137,7 +137,7 @@ class IngestWorker:
         # has just acknowledged finds its next batch there instead of waiting for the broker to send it (the
         # measured effect is in docs/scaling.md).
         window = settings.batch_size * (self.writers + 2)
-        self.inbox = Inbox(maxsize=max(settings.queue_size, window))
+        self.inbox = Inbox(maxsize=max(settings.queue_size, window), max_bytes=settings.queue_bytes)
         self.consumer = MqttConsumer(
             settings.mqtt,
             client_id=settings.mqtt_client_id,
@@ -149,7 +149,7 @@ class IngestWorker:
         self.devices = ingest_service.DeviceCache(conn_factory=None)
         self.limiter = RateLimit()
         self._stop = threading.Event()
-        self.loops: list[Loop[None]] = []
+        self.loops: list[Loop[Any]] = []
         self._local = threading.local()  # each writer thread's own database connection
         self._conns: list[psycopg.Connection[Any]] = []
         self._take = threading.Lock()
@@ -195,6 +195,7 @@ class IngestWorker:
                     ruleset=self.ruleset,
                     limiter=self.limiter,
                     turn=turn,
+                    reject_excerpt_bytes=self.settings.reject_excerpt_bytes,
                 )
             except Exception as exc:
                 if isinstance(exc, psycopg.OperationalError) or (
@@ -264,7 +265,11 @@ class IngestWorker:
         """A single message that fails for a reason other than the database being down: keep it as a reject."""
         conn = self._connection()
         with conn.transaction():
-            ingest_repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None, reason)])
+            ingest_repo.insert_rejects(
+                conn,
+                rejects=[(msg.received_at, msg.topic, msg.payload, None, reason)],
+                excerpt_bytes=self.settings.reject_excerpt_bytes,
+            )
 
     def _drop_connection(self) -> None:
         conn = self._conn
@@ -281,6 +286,7 @@ class IngestWorker:
         self._drop_connection()  # each writer opens its own
         writers = [_Writer(self, i) for i in range(self.writers)]
         self.loops = [Loop(f"ingest-writer-{w.index + 1}", w, stopping=self._stop) for w in writers]
+        self.loops.append(Loop("ingest-reject-retention", RejectRetention(self.settings), stopping=self._stop))
         for loop in self.loops:
             loop.start()
         # Subscribing only once every writer holds its connection: a persistent session's backlog arrives at once,
@@ -318,6 +324,33 @@ class IngestWorker:
         for conn in self._conns:
             if not conn.closed:
                 conn.close()
+
+
+class RejectRetention:
+    """Deletes rejects past their retention and beyond the row budget (GRIDWATCH_REJECT_RETENTION_DAYS,
+    GRIDWATCH_REJECT_MAX_ROWS), a chunk per step so no step holds a long transaction."""
+
+    INTERVAL_S = 600.0
+    CHUNK = 10_000
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def open(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.settings.dsn, autocommit=False)
+
+    def step(self, conn: psycopg.Connection[Any]) -> float:
+        before = datetime.now(UTC) - timedelta(days=self.settings.reject_retention_days)
+        with conn.transaction():
+            deleted = ingest_service.expire_rejects(
+                conn, before=before, keep_rows=self.settings.reject_max_rows, limit=self.CHUNK
+            )
+        if deleted:
+            log.info("deleted %d rejects past their retention or the row budget", deleted)
+        return 0.0 if deleted >= self.CHUNK else self.INTERVAL_S
+
+    def close(self, conn: psycopg.Connection[Any]) -> None:
+        conn.close()
 
 
 class _Writer:
