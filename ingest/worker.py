@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from prometheus_client import Counter
 
 from core.loop import Check, Loop
 from core.settings import Settings
@@ -57,6 +58,20 @@ def refuses_writes(exc: psycopg.Error) -> bool:
     """Whether a database error is an outage to wait out rather than a message to reject."""
     state = exc.sqlstate or ""
     return state in REFUSED_WRITE_STATES or state[:2] in REFUSED_WRITE_CLASSES
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure is the database's (away, refusing writes, or a deadlock or serialization failure: class
+    40) and retrying later can succeed, rather than the message's."""
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    return isinstance(exc, psycopg.Error) and (refuses_writes(exc) or (exc.sqlstate or "")[:2] == "40")
+
+
+UNRECORDED = Counter(
+    "gridwatch_ingest_unrecorded_total",
+    "Messages that failed and could not be recorded as rejects either (logged at ERROR, acknowledged)",
+)
 
 
 class Turns:
@@ -242,15 +257,43 @@ class IngestWorker:
                     if in_db
                     else f"internal error: {type(exc).__name__}: {exc}"[:300]
                 )
-                try:
-                    self._reject_poison(batch[0], reason=reason)
-                except psycopg.Error:
-                    log.warning("could not record the failing message as a reject; retrying it", exc_info=True)
-                    self._drop_connection()
+                if not self._record_poison(batch[0], reason=reason):
                     self._stop.wait(delay)
+                    delay = min(delay * 2, 10)
                     continue
             return True
         return False
+
+    def _record_poison(self, msg: Message, *, reason: str) -> bool:
+        """Keep a message that failed on its own as a reject. True once it is accounted for, so its batch can be
+        acknowledged; False while the database is away (the caller retries).
+
+        Recording can fail too (a trigger or constraint an operator added, a bug in the bounding of what is
+        stored): then a second try keeps only the topic and the reason, and if that fails as well the message is
+        logged at ERROR with its topic, size and first bytes, counted, and acknowledged. Anything else would leave
+        the batch unacknowledged, and every later batch waiting behind it while the process looks alive."""
+        attempts = ((msg.payload, reason), (b"", f"{reason} [payload not kept: recording it failed]"))
+        for payload, why in attempts:
+            try:
+                self._reject_poison(msg, payload=payload, reason=why)
+            except Exception as exc:
+                self._drop_connection()
+                if is_outage(exc):
+                    log.warning("could not record the failing message as a reject (%s); retrying it", exc)
+                    return False
+                log.exception("could not record the failing message on %.200s as a reject", msg.topic)
+                continue
+            return True
+        UNRECORDED.inc()
+        log.error(
+            "a message on %.200s (%d bytes, starting %r) failed and could not be recorded as a reject either: "
+            "acknowledging it so that the messages behind it are not held (%s)",
+            msg.topic,
+            len(msg.payload),
+            msg.payload[:64],
+            reason,
+        )
+        return True
 
     def _handle(self, batch: list[Message], ticket: int) -> None:
         """Commit, then acknowledge after every earlier batch (the whole batch at once, in arrival order)."""
@@ -261,13 +304,13 @@ class IngestWorker:
         self.processed += len(batch)
         self.turns.acked(ticket)
 
-    def _reject_poison(self, msg: Message, *, reason: str) -> None:
+    def _reject_poison(self, msg: Message, *, payload: bytes, reason: str) -> None:
         """A single message that fails for a reason other than the database being down: keep it as a reject."""
         conn = self._connection()
         with conn.transaction():
             ingest_repo.insert_rejects(
                 conn,
-                rejects=[(msg.received_at, msg.topic, msg.payload, None, reason)],
+                rejects=[(msg.received_at, msg.topic, payload, None, reason)],
                 excerpt_bytes=self.settings.reject_excerpt_bytes,
             )
 

@@ -193,3 +193,44 @@ def test_large_payload_flood_cannot_exhaust_ingest_memory(loaded: Settings, publ
         wait_for(lambda: scalar(s.dsn, "SELECT count(*) FROM ingest_reject") == 31, timeout=30, what="all 31 rejected")
     finally:
         running.stop()
+
+
+# -- a failure while recording a reject ------------------------------------------------------------------------------
+
+REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.topic LIKE '%poison-dev%' THEN
+        RAISE EXCEPTION 'reject of % refused (an operator''s trigger)', NEW.topic;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON ingest_reject FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+@pytest.mark.allow_error_logs  # the message that cannot be recorded is logged at ERROR, as it should be
+def test_failing_reject_record_cannot_stall_the_ingest(
+    loaded: Settings, publisher: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When a poison message could not be recorded as a reject, the writer retried it for ever: its batch was never
+    acknowledged and every later batch waited behind it while the process looked alive. Now a second try keeps
+    the topic and reason only, and failing that the message is logged at ERROR and acknowledged."""
+    with psycopg.connect(loaded.dsn) as conn, conn.transaction():
+        conn.execute(REFUSE_POISON)  # type: ignore[arg-type]
+    running = start_services(loaded, ("ingest",))
+    worker: IngestWorker = running.parts["ingest"]
+    try:
+        wait_for(worker.consumer.connected.is_set, what="ingest connected")
+        publisher.publish(f"{loaded.topic_prefix}/poison-dev/telemetry", b'{"gas_lel": 1}')
+        publisher.publish(f"{loaded.topic_prefix}/gas-2/telemetry", {"seq": 1, "gas_lel": 2})
+        wait_for(
+            lambda: scalar(loaded.dsn, "SELECT count(*) FROM reading WHERE device_id = 'gas-2'") == 1,
+            timeout=20,
+            what="the reading behind the poison message stored",
+        )
+        wait_for(lambda: worker.processed >= 2, what="both messages acknowledged")
+        assert worker.alive
+    finally:
+        running.stop()
+    assert "could not be recorded as a reject either" in caplog.text
