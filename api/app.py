@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -88,7 +89,13 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
         "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.",
     )
     app.state.settings = settings
-    app.state.hub = AlarmHub(settings.dsn)
+    app.state.conn_gates = weakref.WeakKeyDictionary()  # api.deps.connection_gate
+    app.state.hub = AlarmHub(
+        settings.dsn,
+        recheck_s=settings.stream_recheck_s,
+        max_per_token=settings.stream_max_per_token,
+        max_per_address=settings.stream_max_per_address,
+    )
     app.state.auth_limiter = FailureLimiter()  # failed logins / bearer tokens per client address (issue 9)
     if pool is not None:
         app.state.pool = pool

@@ -108,13 +108,15 @@ def _check(row: repo.TokenRow) -> Principal:
         raise AuthError("token revoked")
     if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
         raise AuthError("token expired")
+    if row.role == "worker" and not row.worker_active:
+        raise AuthError("this worker is no longer active in the registry: ask an admin")
     role: Role = row.role  # type: ignore[assignment]
     return Principal(row.id, role, row.worker_id, row.merchant_id)
 
 
 def authenticate(conn: Connection[Any], *, secret_key: str, token: str) -> Principal:
     """The principal behind a bearer token, or AuthError saying why not."""
-    row = repo.find_token(conn, token_hash=hash_token(secret_key, token))
+    row = repo.find_token(conn, token_hash=hash_token(secret_key, token), now=datetime.now(UTC))
     if row is None:
         raise AuthError("unknown token")
     return _check(row)

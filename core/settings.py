@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str = ""
+    # Live alarm streams (SSE): open at once per token and per client address (429 beyond), and how often a stream
+    # re-checks its credentials (revoked, expired, worker deactivated) when no alarm changes wake it.
+    stream_max_per_token: int = Field(default=4, ge=1)
+    stream_max_per_address: int = Field(default=32, ge=1)
+    stream_recheck_s: float = Field(default=5.0, gt=0, le=60)
 
     # Ingest: a batch is bounded by MQTT v5 Receive Maximum, so size both together.
     batch_size: int = Field(default=500, ge=1, le=10_000)
