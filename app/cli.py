@@ -237,7 +237,11 @@ def notify_test(worker: Annotated[str, typer.Option(help="worker id from the reg
     from notify.delivery import Sender
 
     settings = _settings()
-    sender = Sender(timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url)
+    sender = Sender(
+        timeout_s=settings.notify_timeout_s,
+        deadline_s=settings.notify_deadline_s,
+        redirect_url=settings.notify_redirect_url,
+    )
     try:
         with db.connect(settings.dsn) as conn:
             results = notify_service.send_test(conn, sender=sender, worker_id=worker, now=datetime.now(UTC))

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Notify
     notify_poll_s: float = Field(default=1.0, gt=0)
     notify_timeout_s: float = Field(default=5.0, gt=0)
+    # A channel's whole request (connect, send, the full answer) must finish within this; notify_timeout_s bounds
+    # each socket operation only, which an endpoint trickling its answer never trips.
+    notify_deadline_s: float = Field(default=15.0, gt=0, le=300)
     notify_max_attempts: int = Field(default=8, ge=1)
     # When set, every delivery goes to this apprise URL instead of the worker's (demo, staging).
     notify_redirect_url: str | None = None

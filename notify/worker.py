@@ -68,7 +68,10 @@ class NotifyWorker:
         self.clock = clock
         # One sending thread per notification a deliverer may hold, so hanging channels cannot starve the rest.
         self.sender = sender or Sender(
-            timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url, parallel=deliverers * BATCH
+            timeout_s=settings.notify_timeout_s,
+            deadline_s=settings.notify_deadline_s,
+            redirect_url=settings.notify_redirect_url,
+            parallel=deliverers * BATCH,
         )
         self.deliverers = deliverers
         self._stop = threading.Event()
