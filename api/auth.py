@@ -20,6 +20,10 @@ Role = Literal["admin", "worker", "merchant"]
 ROLES: tuple[Role, ...] = ("admin", "worker", "merchant")
 TOKEN_PREFIX = "gw_"  # noqa: S105 - a prefix, not a secret
 SESSION_TTL = timedelta(hours=12)
+# Every token expires (issue 23): a lost phone's or a departed worker's token must not work for ever because
+# nobody thought of giving it a lifetime. A longer-lived integration gets a new token before this runs out.
+DEFAULT_TOKEN_TTL = timedelta(days=90)
+MAX_TOKEN_TTL = timedelta(days=3660)
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,8 +81,9 @@ def create_token_row(
     merchant_id: str | None = None,
     label: str = "",
     ttl: timedelta | None = None,
-) -> tuple[int, str, datetime | None]:
-    """Create a token; returns (id, token, expires_at). The token itself is never stored."""
+) -> tuple[int, str, datetime]:
+    """Create a token; returns (id, token, expires_at). The token itself is never stored. Without a lifetime it
+    expires after DEFAULT_TOKEN_TTL; there are no tokens that never expire."""
     if role not in ROLES:
         raise ConfigError(f"role {role!r} is not admin, worker or merchant")
     if role == "worker" and not worker_id:
@@ -89,8 +94,10 @@ def create_token_row(
         raise NotFoundError(f"worker {worker_id!r} is not in the registry")
     if role == "merchant" and merchant_id and not core_repo.exists(conn, table="merchant", id=merchant_id):
         raise NotFoundError(f"merchant {merchant_id!r} is not in the registry")
+    if ttl is not None and ttl > MAX_TOKEN_TTL:
+        raise ConfigError(f"a token lives at most {MAX_TOKEN_TTL.days} days")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    expires = datetime.now(UTC) + ttl if ttl else None
+    expires = datetime.now(UTC) + (DEFAULT_TOKEN_TTL if ttl is None else ttl)
     token_id = repo.insert_token(
         conn,
         token_hash=hash_token(secret_key, token),

@@ -87,7 +87,7 @@ def token_create(
     worker: Annotated[str | None, typer.Option(help="worker id (role worker)")] = None,
     merchant: Annotated[str | None, typer.Option(help="merchant id (role merchant)")] = None,
     label: Annotated[str, typer.Option(help="what the token is for")] = "",
-    days: Annotated[int | None, typer.Option(help="expires after this many days")] = 90,
+    days: Annotated[int, typer.Option(min=1, max=3660, help="expires after this many days (every token expires)")] = 90,
 ) -> None:
     """Create an API token and print it (it is stored only as a hash)."""
     from api import auth
@@ -105,7 +105,7 @@ def token_create(
                 worker_id=worker,
                 merchant_id=merchant,
                 label=label,
-                ttl=timedelta(days=days) if days else None,
+                ttl=timedelta(days=days),
             )
     except GridwatchError as exc:
         raise _fail(exc) from exc

@@ -4,6 +4,7 @@ streams). Each test is named after the attack it stops."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -231,3 +232,97 @@ def test_moved_site_alarm_follows_its_new_micro_grid(loaded: Settings) -> None:
     assert seen["old worker reads"] == 404 and seen["old worker acks"] == 404
     assert seen["new worker reads"] == 200 and alarm_id in seen["new worker lists"]
     assert seen["new worker acks"] == 200
+
+
+# -- the low findings: production defaults ---------------------------------------------------------------------------
+
+
+def test_metrics_and_docs_are_not_public_on_the_api_port(loaded: Settings) -> None:
+    """/metrics, /docs, /redoc and /openapi.json answered anyone on the published API port. Now they are for admins
+    (pages send a person to the login), and every process serves /metrics on GRIDWATCH_METRICS_PORT, which compose
+    keeps on the internal network."""
+    with api_env(loaded) as env:
+        c = env.client
+        answers = {
+            path: (
+                c.get(path, follow_redirects=False).status_code,
+                c.get(path, headers=env.headers("w1"), follow_redirects=False).status_code,
+                c.get(path, headers=env.headers("admin"), follow_redirects=False).status_code,
+            )
+            for path in ("/metrics", "/openapi.json", "/docs", "/redoc")
+        }
+        print(f"OPS anonymous / worker / admin: {answers}")
+        assert answers["/metrics"] == (401, 403, 200) and answers["/openapi.json"] == (401, 403, 200)
+        assert answers["/docs"][1:] == (403, 200) and answers["/redoc"][1:] == (403, 200)
+        assert answers["/docs"][0] == answers["/redoc"][0] == 303, "a person is sent to the login"
+        assert "gridwatch_" in c.get("/metrics", headers=env.headers("admin")).text
+        assert c.get("/healthz").status_code == 200, "health stays public (it says only ok or failing)"
+    from app.services import start_services
+    from core.embedded import free_port
+
+    internal = free_port()
+    running = start_services(with_settings(loaded, metrics_port=internal, api_port=free_port()), ("api",))
+    try:
+        text = wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{internal}/metrics", timeout=5).text, what="the internal /metrics"
+        )
+    finally:
+        running.stop()
+    assert "gridwatch_" in text or "python_info" in text
+
+
+def test_session_cookie_is_secure_outside_the_demo(loaded: Settings) -> None:
+    """The session cookie had no Secure flag when the public URL was http (the compose default), so a browser sent
+    it over plain HTTP. Now it is Secure everywhere but the demo."""
+    for demo, want in ((False, True), (True, False)):
+        s = with_settings(loaded, public_url="http://gridwatch.example:8000", demo=demo)
+        with api_env(s) as env:
+            # The app sees plain HTTP (as behind a TLS proxy that does not say so, and the public URL says http);
+            # the login form's nonce cookie is handed back by hand, as a browser on HTTPS would.
+            pages = TestClient(env.app, base_url="http://testserver")
+            form = pages.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            nonce = re.search(r"gw_login=([^;]+)", form.headers["set-cookie"])
+            assert csrf and nonce
+            pages.cookies.clear()
+            r = pages.post(
+                "/login",
+                data={"token": env.tokens["w1"], "csrf": csrf.group(1)},
+                headers={"Cookie": f"gw_login={nonce.group(1)}"},
+                follow_redirects=False,
+            )
+            cookie = r.headers.get("set-cookie", "")
+            assert r.status_code == 303 and "gw_session=" in cookie, r.text
+            assert ("secure" in cookie.lower()) is want, f"demo={demo}: {cookie}"
+            assert ("secure" in form.headers["set-cookie"].lower()) is want, "the login form's cookie too"
+
+
+def test_tokens_expire_by_default(loaded: Settings) -> None:
+    """A token made without a lifetime never expired (`days: null` through the API, `--days 0` on the command line,
+    any caller of the auth module). Now every token expires: 90 days unless a shorter or longer lifetime (at most
+    ten years) is asked for."""
+    with api_env(loaded) as env:
+        admin = env.headers("admin")
+        never = env.client.post(
+            "/api/v1/admin/tokens", headers=admin, json={"role": "merchant", "merchant_id": "m1", "days": None}
+        )
+        default = env.client.post("/api/v1/admin/tokens", headers=admin, json={"role": "merchant", "merchant_id": "m1"})
+        with env.conn() as conn:
+            unbounded = conn.execute("SELECT count(*) FROM api_token WHERE expires_at IS NULL").fetchone()
+    assert never.status_code == 422, f"a token that never expires was made: {never.text}"
+    assert default.status_code == 201 and default.json()["expires_at"] is not None
+    assert unbounded == (0,), "every token has a lifetime (also those the tests make without one)"
+
+
+def test_bearer_reads_do_not_write_on_every_request(loaded: Settings) -> None:
+    """Every bearer request wrote last_used_at (a write on every read). Now it is refreshed every few minutes."""
+    with api_env(loaded) as env:
+        seen = []
+        for _ in range(3):
+            assert env.client.get("/api/v1/alarms", headers=env.headers("w1")).status_code == 200
+            with env.conn() as conn:
+                seen.append(
+                    conn.execute(f"SELECT last_used_at FROM api_token WHERE id = {token_id(env, 'w1')}").fetchone()
+                )
+            time.sleep(0.05)
+    assert seen[0][0] is not None and seen[0] == seen[1] == seen[2]
