@@ -262,12 +262,13 @@ class Decoder:
 
     def source_of(self, topic: str) -> str:
         """The part of a topic one broker account speaks for, which a reject's rate limit is kept per when it names
-        no registry device: a native device's `{prefix}/<id>`, a Shelly's or Tasmota's own base, the whole
-        Zigbee2MQTT base (one bridge account publishes all of it). Topics invented under it share their account's
-        budget, so rotating them cannot escape the per-source limit and exhaust the global one (ratelimit.py)."""
+        no registry device (ingest.service.reject_row): a Shelly's or Tasmota's own base, the whole Zigbee2MQTT base
+        (one bridge account publishes all of it), and for native topics the prefix itself (a registry device is
+        its own source; ids nobody registered, which only a prefix-wide account can publish, share one budget).
+        Topics invented under one account share its budget, so rotating them cannot escape the per-source limit
+        and exhaust the global one (ratelimit.py)."""
         if topic.startswith(self.prefix + "/"):
-            device_id = topic[len(self.prefix) + 1 :].partition("/")[0]
-            return f"{self.prefix}/{device_id}"
+            return self.prefix
         for adapter in self.adapters:
             source = getattr(adapter, "source", None)
             found = source(topic) if source is not None else None
