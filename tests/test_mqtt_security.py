@@ -24,6 +24,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from typer.testing import CliRunner
 
 from app.cli import app
@@ -86,8 +88,9 @@ class SecureBroker:
 
 
 @pytest.fixture
-def secure_broker(tmp_path: Path, settings: Settings) -> Iterator[SecureBroker]:
-    """Mosquitto with the shipped config, the generated passwd + ACL for the small registry, and TLS."""
+def secure_broker(tmp_path: Path, settings: Settings, request: pytest.FixtureRequest) -> Iterator[SecureBroker]:
+    """Mosquitto with the shipped config, the generated passwd + ACL for the small registry, and TLS. Parametrized
+    indirectly with {option: value}, those options of the shipped config get another value (scaled down)."""
     registry = parse_registry(small_registry())
     accounts = mqtt_auth.build_accounts(registry, prefix=settings.topic_prefix)
     conf_dir = tmp_path / "mosquitto"
@@ -106,6 +109,9 @@ def secure_broker(tmp_path: Path, settings: Settings) -> Iterator[SecureBroker]:
     ):
         assert old in text, f"the shipped config no longer has {old!r}"
         text = text.replace(old, new)
+    for option, value in getattr(request, "param", {}).items():
+        text, found = re.subn(rf"^{option}\s.*$", f"{option} {value}", text, flags=re.MULTILINE)
+        assert found == 1, f"the shipped config sets {option} {found} times"
     (conf_dir / "data").mkdir()
     conf = conf_dir / "mosquitto.conf"
     # The shipped config logs no debug lines; the tests investigate, as docs/operations.md says to: refused publishes
@@ -481,3 +487,43 @@ def test_shipped_broker_config_is_safe_by_default() -> None:
     compose = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
     assert "healthcheck -P healthcheck" not in compose
     assert not re.search(r'^\s*-\s*"?(\d+\.\d+\.\d+\.\d+:)?1883:1883', compose, re.MULTILINE), "1883 published"
+
+
+@pytest.mark.parametrize("secure_broker", [{"max_queued_bytes": "200000"}], indirect=True)
+def test_offline_ingest_queue_is_capped_in_bytes(secure_broker: SecureBroker, settings: Settings) -> None:
+    """Finding 4: the broker's queue for the ingest's offline session had no byte cap, so a device publishing large
+    messages could fill the broker's memory. The shipped config caps it (max_queued_bytes, a global option: here
+    scaled down to 200 kB to see it work): past it Mosquitto keeps no more for that session."""
+    shipped = re.search(r"^max_queued_bytes\s+(\d+)", DEPLOY_CONF.read_text(encoding="utf-8"), re.MULTILINE)
+    assert shipped and 0 < int(shipped.group(1)) <= 4 * 1024**3, "the shipped config caps the queue in bytes"
+    prefix = settings.topic_prefix
+    session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    session.SessionExpiryInterval = 3600
+    received: list[bytes] = []
+
+    def ingest_session() -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ingest", protocol=mqtt.MQTTv5)
+        client.username_pw_set("ingest", secure_broker.password("ingest"))
+        client.on_message = lambda _c, _u, msg: received.append(msg.payload)
+        client.connect("127.0.0.1", secure_broker.port, clean_start=False, properties=session)
+        client.loop_start()
+        return client
+
+    ingest = ingest_session()
+    wait_for(ingest.is_connected, what="the ingest's session")
+    ingest.subscribe(f"{prefix}/+/telemetry", qos=1)
+    time.sleep(0.5)
+    ingest.loop_stop()
+    ingest.disconnect()  # offline: the broker queues for the session
+    gas1 = Device(secure_broker.port, "gas-1", secure_broker.password("gas-1"))
+    try:
+        for i in range(60):
+            gas1.publish(f"{prefix}/gas-1/telemetry", f'{{"seq": {i}, "pad": "{"x" * 10_000}"}}')
+    finally:
+        gas1.close()
+    ingest = ingest_session()
+    time.sleep(3.0)
+    ingest.loop_stop()
+    ingest.disconnect()
+    print(f"BROKER queue capped at 200,000 bytes: {len(received)} of 60 x 10 kB messages kept for the offline ingest")
+    assert 0 < len(received) <= 25, "past the byte cap the broker keeps no more"
