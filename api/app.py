@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
@@ -18,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import pages
 from api import repo as api_repo
-from api.deps import Conn
+from api.deps import Admin, Conn
 from api.ratelimit import FailureLimiter
 from api.routers import admin, alarms, board, devices, merchants
 from api.stream import AlarmHub
@@ -83,23 +85,37 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
         if owned:
             app.state.pool.close()
 
+    # Outside the demo the API's own description (/docs, /redoc, /openapi.json) is for admins only: it maps every
+    # route an attacker could try (issue 23). The demo keeps FastAPI's public pages.
+    public_docs = settings.demo
     app = FastAPI(
         title="gridwatch",
         version="0.1.0",
         lifespan=lifespan,
         description="Safety monitoring for dense urban housing: alarms, acknowledgements, scores. "
         "Authenticate with `Authorization: Bearer <token>`; see docs/api.md.",
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
+        openapi_url="/openapi.json" if public_docs else None,
     )
     app.state.settings = settings
     # The ladder notify runs with: the board shows how far each alarm has climbed (api/routers/board.py).
     app.state.policy = load_policy(settings.notify_policy)
-    app.state.hub = AlarmHub(settings.dsn)
+    app.state.conn_gates = weakref.WeakKeyDictionary()  # api.deps.connection_gate
+    app.state.hub = AlarmHub(
+        settings.dsn,
+        recheck_s=settings.stream_recheck_s,
+        max_per_token=settings.stream_max_per_token,
+        max_per_address=settings.stream_max_per_address,
+    )
     app.state.auth_limiter = FailureLimiter()  # failed logins / bearer tokens per client address (issue 9)
     if pool is not None:
         app.state.pool = pool
     app.middleware("http")(security_headers)
     install_error_handlers(app)
-    add_ops_routes(app, checks)
+    add_ops_routes(app, checks, public=settings.demo)
+    if not public_docs:
+        add_doc_routes(app)
     app.include_router(alarms.router)
     app.include_router(board.router)
     app.include_router(devices.router)
@@ -164,8 +180,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-def add_ops_routes(app: FastAPI, checks: Checks | None) -> None:
-    """/healthz and /metrics."""
+def add_ops_routes(app: FastAPI, checks: Checks | None, *, public: bool = False) -> None:
+    """/healthz (public: it says ok or failing and which part) and /metrics (admins only on this, the public port,
+    unless `public` (the demo); Prometheus scrapes a process's GRIDWATCH_METRICS_PORT on the internal network, or
+    sends an admin token)."""
 
     @app.get("/healthz", tags=["ops"])
     def healthz(conn: Conn) -> Response:
@@ -174,7 +192,31 @@ def add_ops_routes(app: FastAPI, checks: Checks | None) -> None:
         status, body = health_body([Check("api", True), *(checks() if checks else [])])
         return Response(body, status_code=status, media_type="application/json")
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    if public:
+        app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)(metrics)
+        return
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    def admin_metrics(_who: Admin) -> PlainTextResponse:
+        """Prometheus text format (admins; or GRIDWATCH_METRICS_PORT on the internal network)."""
+        return metrics()
+
+
+def add_doc_routes(app: FastAPI) -> None:
+    """The OpenAPI description and its viewers, for admins (a session cookie or a bearer token)."""
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_who: Admin) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger(_who: Admin) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="gridwatch API")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(_who: Admin) -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="gridwatch API")

@@ -22,6 +22,10 @@ Role = Literal["admin", "worker", "merchant"]
 ROLES: tuple[Role, ...] = ("admin", "worker", "merchant")
 TOKEN_PREFIX = "gw_"  # noqa: S105 - a prefix, not a secret
 SESSION_TTL = timedelta(hours=12)
+# Every token expires (issue 23): a lost phone's or a departed worker's token must not work for ever because
+# nobody thought of giving it a lifetime. A longer-lived integration gets a new token before this runs out.
+DEFAULT_TOKEN_TTL = timedelta(days=90)
+MAX_TOKEN_TTL = timedelta(days=3660)
 
 
 @dataclass(slots=True, frozen=True)
@@ -122,9 +126,10 @@ def create_token_row(
     label: str = "",
     ttl: timedelta | None = None,
     communities: Sequence[str] | None = None,
-) -> tuple[int, str, datetime | None]:
-    """Create a token; returns (id, token, expires_at). The token itself is never stored. An admin token may be
-    limited to some communities (none given: every community)."""
+) -> tuple[int, str, datetime]:
+    """Create a token; returns (id, token, expires_at). The token itself is never stored. Without a lifetime it
+    expires after DEFAULT_TOKEN_TTL; there are no tokens that never expire. An admin token may be limited to some
+    communities (none given: every community)."""
     if role not in ROLES:
         raise ConfigError(f"role {role!r} is not admin, worker or merchant")
     if role == "worker" and not worker_id:
@@ -140,8 +145,10 @@ def create_token_row(
     for community in communities or ():
         if not core_repo.exists(conn, table="community", id=community):
             raise NotFoundError(f"community {community!r} is not in the registry")
+    if ttl is not None and ttl > MAX_TOKEN_TTL:
+        raise ConfigError(f"a token lives at most {MAX_TOKEN_TTL.days} days")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    expires = datetime.now(UTC) + ttl if ttl else None
+    expires = datetime.now(UTC) + (DEFAULT_TOKEN_TTL if ttl is None else ttl)
     token_id = repo.insert_token(
         conn,
         token_hash=hash_token(secret_key, token),
@@ -161,13 +168,15 @@ def _check(row: repo.TokenRow) -> Principal:
         raise AuthError("token revoked")
     if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
         raise AuthError("token expired")
+    if row.role == "worker" and not row.worker_active:
+        raise AuthError("this worker is no longer active in the registry: ask an admin")
     role: Role = row.role  # type: ignore[assignment]
     return Principal(row.id, role, row.worker_id, row.merchant_id)
 
 
 def authenticate(conn: Connection[Any], *, secret_key: str, token: str) -> Principal:
     """The principal behind a bearer token, or AuthError saying why not."""
-    row = repo.find_token(conn, token_hash=hash_token(secret_key, token))
+    row = repo.find_token(conn, token_hash=hash_token(secret_key, token), now=datetime.now(UTC))
     if row is None:
         raise AuthError("unknown token")
     return _check(row)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg import Connection
+from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.ratelimit import FailureLimiter, client_key
@@ -30,13 +33,38 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_conn(request: Request) -> Iterator[Connection[Any]]:
-    """A pooled connection for one request."""
-    with request.app.state.pool.connection() as conn:
-        yield conn
+def connection_gate(app: Any) -> asyncio.Semaphore:
+    """The event loop's gate in front of the app's pool: as many places as the pool has connections.
+
+    Requests wait for a connection here, on the event loop, not in a worker thread. Waiting in threads deadlocks
+    under load (issue 23, 60 streams at once): once every thread of the pool Starlette runs sync code in waits for a
+    connection, the requests holding the connections have no thread left to finish on and give them back, and all
+    of them wait for the pool's timeout. One gate per event loop (a test client runs each request on its own)."""
+    gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = app.state.conn_gates
+    loop = asyncio.get_running_loop()
+    gate = gates.get(loop)
+    if gate is None:
+        gate = gates[loop] = asyncio.Semaphore(app.state.pool.max_size)
+    return gate
 
 
-Conn = Annotated[Connection[Any], Depends(get_conn)]
+async def get_conn(request: Request) -> AsyncIterator[Connection[Any]]:
+    """A pooled connection for one request (committed when the route returns, rolled back if it raises)."""
+    async with connection_gate(request.app):
+        context = request.app.state.pool.connection()
+        conn = await run_in_threadpool(context.__enter__)
+        try:
+            yield conn
+        except BaseException as exc:
+            await run_in_threadpool(context.__exit__, type(exc), exc, exc.__traceback__)
+            raise
+        await run_in_threadpool(context.__exit__, None, None, None)
+
+
+# Given back to the pool when the route function returns, not when the response has been sent: a live stream's
+# response lasts hours, and with the default (request) scope every open stream held one of the pool's connections
+# (issue 23). Routes return finished responses (pages render on return).
+Conn = Annotated[Connection[Any], Depends(get_conn, scope="function")]
 
 
 def settings_of(request: Request) -> Settings:

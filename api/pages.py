@@ -125,7 +125,11 @@ def login_url(request: Request) -> str:
 
 
 def _secure(request: Request) -> bool:
-    return settings_of(request).public_url.startswith("https://") or request.url.scheme == "https"
+    """Cookies are Secure (sent over HTTPS only) everywhere but the demo, whatever the public URL says: a
+    deployment serves its pages through TLS (a proxy in front of the API), and a session cookie that a browser would
+    also send over plain HTTP can be read off the network (issue 23). The demo runs on http://localhost."""
+    settings = settings_of(request)
+    return not settings.demo or settings.public_url.startswith("https://") or request.url.scheme == "https"
 
 
 def _safe_next(value: str | None) -> str:

@@ -33,6 +33,8 @@ class TokenRow:
     label: str
     expires_at: datetime | None
     revoked_at: datetime | None
+    worker_active: bool | None = None  # a worker token's worker is still active (None: not a worker token)
+    last_used_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -54,9 +56,14 @@ INSERT INTO api_token (token_hash, role, worker_id, merchant_id, label, expires_
 VALUES (%s, %s, %s, %s, %s, %s) RETURNING id
 """  # noqa: S105 - SQL, not a secret
 SELECT_TOKEN = """
-UPDATE api_token SET last_used_at = now() WHERE token_hash = %s
-RETURNING id, role, worker_id, merchant_id, label, expires_at, revoked_at
+SELECT t.id, t.role, t.worker_id, t.merchant_id, t.label, t.expires_at, t.revoked_at, w.active AS worker_active,
+       t.last_used_at
+FROM api_token t LEFT JOIN worker w ON w.id = t.worker_id WHERE t.token_hash = %s
 """  # noqa: S105 - SQL, not a secret
+# last_used_at is for a person auditing tokens, to the minutes: written at most every TOUCH_EVERY, not on every
+# request (which made every read a write).
+TOUCH_EVERY = timedelta(minutes=5)
+TOUCH_TOKEN = "UPDATE api_token SET last_used_at = now() WHERE id = %s"  # noqa: S105 - SQL, not a secret
 REVOKE_TOKEN = "UPDATE api_token SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL"  # noqa: S105
 SELECT_TOKEN_EXPIRY = "SELECT expires_at FROM api_token WHERE id = %s"  # noqa: S105
 TOKEN_LIST_COLUMNS = """t.id, t.role, t.worker_id, t.merchant_id, t.label, t.created_at, t.expires_at, t.revoked_at,
@@ -99,10 +106,14 @@ def insert_token(
     return int(row[0] if isinstance(row, tuple) else row["id"])
 
 
-def find_token(conn: Connection[Any], *, token_hash: bytes) -> TokenRow | None:
-    """The token with this hash (and note that it was used)."""
+def find_token(conn: Connection[Any], *, token_hash: bytes, now: datetime) -> TokenRow | None:
+    """The token with this hash, with whether its worker is active (and note that it was used, every few
+    minutes)."""
     with conn.cursor(row_factory=class_row(TokenRow)) as cur:
-        return cur.execute(SELECT_TOKEN, (token_hash,)).fetchone()
+        row = cur.execute(SELECT_TOKEN, (token_hash,)).fetchone()
+    if row is not None and (row.last_used_at is None or row.last_used_at < now - TOUCH_EVERY):
+        conn.execute(TOUCH_TOKEN, (row.id,))
+    return row
 
 
 def revoke_token(conn: Connection[Any], *, token_id: int) -> bool:
@@ -163,8 +174,9 @@ class SessionRow:
 INSERT_SESSION = "INSERT INTO web_session (session_hash, token_id, expires_at) VALUES (%s, %s, %s) RETURNING id"
 SELECT_SESSION = """
 SELECT s.id, s.expires_at, s.revoked_at, t.id, t.role, t.worker_id, t.merchant_id, t.label, t.expires_at,
-       t.revoked_at
-FROM web_session s JOIN api_token t ON t.id = s.token_id WHERE s.session_hash = %s
+       t.revoked_at, w.active
+FROM web_session s JOIN api_token t ON t.id = s.token_id LEFT JOIN worker w ON w.id = t.worker_id
+WHERE s.session_hash = %s
 """
 REVOKE_SESSION = "UPDATE web_session SET revoked_at = now() WHERE session_hash = %s AND revoked_at IS NULL"
 
@@ -188,6 +200,27 @@ def find_session(conn: Connection[Any], *, session_hash: bytes) -> SessionRow | 
 def revoke_session(conn: Connection[Any], *, session_hash: bytes) -> None:
     """Log a session out."""
     conn.execute(REVOKE_SESSION, (session_hash,))
+
+
+# What the live streams re-check, for every stream of a scope in one round trip: tokens still valid (not revoked,
+# not expired, a worker's worker still active) and web sessions not ended.
+SELECT_VALID_TOKENS = """
+SELECT t.id FROM api_token t LEFT JOIN worker w ON w.id = t.worker_id
+WHERE t.id = ANY(%(ids)s) AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
+  AND (t.role <> 'worker' OR coalesce(w.active, false))
+"""
+SELECT_VALID_SESSIONS = """
+SELECT id FROM web_session WHERE id = ANY(%(ids)s) AND revoked_at IS NULL AND expires_at > now()
+"""
+
+
+def list_valid_credentials(
+    conn: Connection[Any], *, token_ids: list[int], session_ids: list[int]
+) -> tuple[set[int], set[int]]:
+    """(token ids, session ids) of those given that still admit their holder."""
+    tokens = {r[0] for r in conn.execute(SELECT_VALID_TOKENS, {"ids": token_ids})} if token_ids else set()
+    sessions = {r[0] for r in conn.execute(SELECT_VALID_SESSIONS, {"ids": session_ids})} if session_ids else set()
+    return tokens, sessions
 
 
 # -- alarms -------------------------------------------------------------------------------------------------
@@ -235,7 +268,8 @@ SELECT mg.id FROM micro_grid mg JOIN grid g ON g.id = mg.grid_id WHERE g.communi
 SITE_SCOPE = f"""(%(worker)s::text IS NULL OR s.micro_grid_id IN ({WORKER_MICRO_GRIDS}))
   AND (%(merchant)s::text IS NULL OR s.merchant_id = %(merchant)s)
   AND (%(communities)s::text[] IS NULL OR s.micro_grid_id IN ({COMMUNITY_MICRO_GRIDS}))"""
-# Alarms by their site's current micro-grid (alarm a JOIN site s), not a.micro_grid_id recorded at the raise.
+# Alarms by their site's current micro-grid (alarm a JOIN site s), not a.micro_grid_id recorded at the raise:
+# after a site moves, its open alarms are the new worker's to see and acknowledge (issue 23).
 ALARM_SCOPE = SITE_SCOPE
 
 SELECT_ALARMS = f"""

@@ -146,7 +146,7 @@ class TokenCreate(BaseModel):
     worker_id: Id | None = None
     merchant_id: Id | None = None
     label: str = Field(default="", max_length=200)
-    days: int | None = Field(default=90, ge=1, le=3660, description="expires after this many days; null: never")
+    days: int = Field(default=90, ge=1, le=3660, description="expires after this many days (every token expires)")
     communities: list[Id] | None = Field(
         default=None,
         max_length=100,

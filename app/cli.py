@@ -89,7 +89,7 @@ def token_create(
     worker: Annotated[str | None, typer.Option(help="worker id (role worker)")] = None,
     merchant: Annotated[str | None, typer.Option(help="merchant id (role merchant)")] = None,
     label: Annotated[str, typer.Option(help="what the token is for")] = "",
-    days: Annotated[int | None, typer.Option(help="expires after this many days")] = 90,
+    days: Annotated[int, typer.Option(min=1, max=3660, help="expires after this many days (every token expires)")] = 90,
     community: Annotated[
         list[str] | None,
         typer.Option(help="admin only, repeatable: limit the token to this community (none: every community)"),
@@ -111,7 +111,7 @@ def token_create(
                 worker_id=worker,
                 merchant_id=merchant,
                 label=label,
-                ttl=timedelta(days=days) if days else None,
+                ttl=timedelta(days=days),
                 communities=community or None,
             )
     except GridwatchError as exc:
@@ -169,7 +169,7 @@ def serve(only: Annotated[str | None, typer.Option(help="comma list of ingest,no
     if unknown:
         raise _fail(ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}"))
     try:
-        settings.check_production()
+        settings.check_production(parts)
         run_migrations(settings)
         running = start_services(settings, parts)
     except GridwatchError as exc:
@@ -244,7 +244,11 @@ def notify_test(worker: Annotated[str, typer.Option(help="worker id from the reg
     from notify.delivery import Sender
 
     settings = _settings()
-    sender = Sender(timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url)
+    sender = Sender(
+        timeout_s=settings.notify_timeout_s,
+        deadline_s=settings.notify_deadline_s,
+        redirect_url=settings.notify_redirect_url,
+    )
     try:
         with db.connect(settings.dsn) as conn:
             results = notify_service.send_test(conn, sender=sender, worker_id=worker, now=datetime.now(UTC))
@@ -481,6 +485,20 @@ def mqtt_credentials(
             envvar="GRIDWATCH_MQTT_INGEST_PASSWORD", help="the ingest's password (default: kept or generated)"
         ),
     ] = None,
+    extra_ingest: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="one more ingest account, for one more ingest process on the shared subscription (repeatable): "
+            "the broker binds client ids to accounts, so two processes cannot share one"
+        ),
+    ] = None,
+    rules_user: Annotated[str, typer.Option(help="the rules part's broker username (its command publisher)")] = "rules",
+    rules_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GRIDWATCH_MQTT_RULES_PASSWORD", help="the rules part's password (default: kept or generated)"
+        ),
+    ] = None,
     simulator: Annotated[bool, typer.Option(help="also the simulators' account (staging brokers only)")] = False,
     simulator_password: Annotated[
         str | None,
@@ -506,6 +524,9 @@ def mqtt_credentials(
             rotate_all=rotate_all,
             ingest_user=ingest_user,
             ingest_password=ingest_password,
+            extra_ingest_users=extra_ingest or [],
+            rules_user=rules_user,
+            rules_password=rules_password,
             simulator_password=(simulator_password or "") if simulator else None,
         )
         files = mqtt_auth.write_files(out, accounts)
@@ -513,8 +534,8 @@ def mqtt_credentials(
         raise _fail(exc) from exc
     changed = sorted(a.username for a in accounts if existing.get(a.username) != a.password)
     typer.echo(
-        f"{len(accounts)} accounts -> {files['passwd']}, {files['acl']}; plaintext for provisioning in "
-        f"{files['credentials']} (mode 0600, keep it out of the broker)"
+        f"{len(accounts)} accounts -> {files['passwd']}, {files['acl']}, {files['healthcheck']} (the broker's "
+        f"health probe); plaintext for provisioning in {files['credentials']} (mode 0600, keep it out of the broker)"
     )
     if changed:
         typer.echo(f"new or rotated passwords: {', '.join(changed)}")

@@ -134,8 +134,9 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
             server.config.install_signal_handlers = False  # type: ignore[attr-defined]
             running.api_thread = threading.Thread(target=server.run, name="api", daemon=True)
             running.api_thread.start()
-    if settings.metrics_port and "api" not in only:
-        # Counters live per process: a process without the api exports its own, with its health beside them.
+    if settings.metrics_port:
+        # Counters live per process: every process exports its own, with its health beside them, on the internal
+        # port (the api's public port serves /metrics to admins only).
         running.ops = OpsServer(settings.metrics_port, running.checks)
         running.ops.start()
         log.info("metrics and health on :%d (/metrics, /healthz)", running.ops.port)

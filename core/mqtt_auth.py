@@ -1,14 +1,18 @@
 """Mosquitto credentials from the registry: a password file, an ACL and the plaintext list to provision devices.
 
-DESIGN: the topic's device id is the identity, so each device's account may publish only under its own
-`{prefix}/{id}/#`; a device that tries to speak for another is refused by the broker (and never reaches the
-ingest). Accounts:
-  - one per native device, pinned to `{prefix}/{id}/#` (a gateway also to its children's subtrees);
+DESIGN: the topic's device id is the identity, so each device's account may publish only its own
+`{prefix}/{id}/telemetry|status|cmd/ack` and read its own `cmd`; a device that tries to speak for another is refused
+by the broker (and never reaches the ingest). The shipped broker config binds client ids to accounts
+(`use_username_as_clientid`), so every process that connects needs an account of its own. Accounts:
+  - one per native device, pinned to its own topics (a gateway also to its children's);
   - one per Shelly / Tasmota device (each connects on its own), pinned to its own foreign topics;
   - one Zigbee2MQTT bridge account for `zigbee2mqtt/#` (the bridge speaks for all its devices);
-  - the ingest's own account (reads everything it subscribes to, writes commands);
+  - the ingest's own account (reads what it subscribes to, writes nothing), and on request more of them
+    (`--extra-ingest`), one per further ingest process on a shared subscription;
+  - the rules part's account (its command publisher writes the command topics, reads nothing);
   - on request (`--simulator`), the simulators' account for a staging broker (docker-compose's `sim` profile);
-  - `healthcheck`, which may read `$SYS/broker/uptime` only (docker-compose's broker health probe).
+  - `healthcheck`, which may read `$SYS/broker/uptime` only (docker-compose's broker health probe). Its password is
+    generated like every other and also written to `healthcheck.pw`, which compose mounts for the probe.
 
 Passwords are kept across runs (read back from credentials.csv) unless rotated, so regenerating after a
 registry change does not re-key every device in the field. The password file holds PBKDF2-SHA512 hashes in
@@ -24,7 +28,7 @@ import io
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +39,12 @@ from core.registry import DeviceIn, RegistryIn
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default for $7$
 SALT_BYTES = 12
 INGEST_USER = "ingest"
+RULES_USER = "rules"
 HEALTHCHECK_USER = "healthcheck"
-HEALTHCHECK_PASSWORD = "healthcheck"  # noqa: S105 - reads $SYS/broker/uptime only; compose's probe uses it
+# What releases before issue 23 gave the health probe: a known password is refused from credentials.csv and
+# replaced by a generated one.
+LEGACY_HEALTHCHECK_PASSWORD = "healthcheck"  # noqa: S105 - the value refused, not a secret
+HEALTHCHECK_FILE = "healthcheck.pw"
 ZIGBEE2MQTT_USER = "bridge-zigbee2mqtt"
 SIMULATOR_USER = "simulator"
 
@@ -51,7 +59,7 @@ class Account:
 
     username: str
     password: str
-    kind: str  # device | bridge | ingest | healthcheck
+    kind: str  # device | bridge | ingest | rules | simulator | healthcheck
     acl: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     note: str = ""
 
@@ -118,11 +126,45 @@ def _list_gateway_children(registry: RegistryIn) -> dict[str, list[str]]:
     return children
 
 
+# The v1 contract's topics of one native device (DESIGN.md, MQTT contract): exactly these and no others, so an
+# account cannot fill the broker's retained store or the reject table with topics of its own invention.
+_NATIVE_ACL = (("write", "telemetry"), ("write", "status"), ("write", "cmd/ack"), ("read", "cmd"))
+
+
+def _native_grants(prefix: str, device_id: str) -> list[tuple[str, str]]:
+    return [(access, f"{prefix}/{device_id}/{channel}") for access, channel in _NATIVE_ACL]
+
+
 def _build_native_acl(device: DeviceIn, prefix: str, children: dict[str, list[str]]) -> tuple[tuple[str, str], ...]:
-    """A native device's grant: its own subtree (a gateway's also its children's)."""
-    acl = [("readwrite", f"{prefix}/{device.id}/#")]
+    """A native device's grant: its own topics (a gateway's also its children's)."""
+    acl = _native_grants(prefix, device.id)
     if device.kind is DeviceKind.GATEWAY:  # a gateway relays its children's messages under their ids
-        acl += [("readwrite", f"{prefix}/{_check_user(c, 'device id')}/#") for c in children.get(device.id, [])]
+        for child in children.get(device.id, []):
+            acl += _native_grants(prefix, _check_user(child, "device id"))
+    return tuple(acl)
+
+
+# The command topics the rules part's publisher writes (ingest.adapters.encode_command), per dialect; {fid} is a
+# device's foreign id. Zigbee2MQTT names may hold '/', so its devices are granted one by one (see _rules_acl).
+_COMMAND_TOPICS: dict[Adapter, tuple[str, ...]] = {
+    Adapter.SHELLY: ("shellies/+/valve/0/command", "shellies/+/sensor/start_self_test", "shellies/+/sensor/mute"),
+    Adapter.TASMOTA: ("cmnd/+/POWER",),
+}
+
+
+def _rules_acl(registry: RegistryIn, prefix: str, bridge_root: str) -> tuple[tuple[str, str], ...]:
+    """The rules part's grant: write every command topic of the registry's devices, read nothing."""
+    acl = [("write", f"{prefix}/+/cmd")]
+    adapters = {d.adapter for d in registry.devices}
+    for adapter, topics in _COMMAND_TOPICS.items():
+        if adapter in adapters:
+            acl += [("write", _join(bridge_root, t)) for t in topics]
+    for d in registry.devices:
+        if d.adapter is Adapter.ZIGBEE2MQTT and d.foreign_id:
+            name = str(d.foreign_id)
+            if any(c in name for c in "+#\x00") or not name.strip("/"):
+                raise ConfigError(f"device {d.id}: zigbee2mqtt foreign_id {name!r} cannot be pinned in the ACL")
+            acl.append(("write", _join(bridge_root, "zigbee2mqtt", name, "set")))
     return tuple(acl)
 
 
@@ -132,6 +174,54 @@ def _build_foreign_acl(device: DeviceIn, bridge_root: str) -> tuple[tuple[tuple[
     fid = _check_part(str(device.foreign_id), f"device {device.id}: {adapter} foreign_id")
     acl = tuple((access, _join(bridge_root, topic.format(fid=fid))) for access, topic in _FOREIGN_ACLS[device.adapter])
     return acl, f"{adapter} {fid}"
+
+
+def _service_accounts(
+    registry: RegistryIn,
+    password: Callable[[str], str],
+    *,
+    prefix: str,
+    bridge_root: str,
+    ingest_users: Sequence[str],
+    ingest_password: str | None,
+    rules_user: str,
+    rules_password: str | None,
+) -> list[Account]:
+    """gridwatch's own accounts: the ingest's (read only; one per ingest process) and the rules part's (commands)."""
+    bridges = tuple(("read", _join(bridge_root, t, "#")) for t in ("zigbee2mqtt", "shellies", "tele", "stat"))
+    ingest_acl = (("read", f"{prefix}/#"), *bridges)
+    accounts = []
+    for i, user in enumerate(ingest_users):
+        _check_user(user, "ingest username")
+        given = ingest_password if i == 0 else None
+        accounts.append(
+            Account(
+                user,
+                given or password(user),
+                "ingest",
+                ingest_acl,
+                "gridwatch ingest (subscribes to devices' messages, publishes nothing)",
+            )
+        )
+    _check_user(rules_user, "rules username")
+    accounts.append(
+        Account(
+            rules_user,
+            rules_password or password(rules_user),
+            "rules",
+            _rules_acl(registry, prefix, bridge_root),
+            "gridwatch rules part (its command publisher writes command topics, reads nothing)",
+        )
+    )
+    return accounts
+
+
+def _healthcheck_password(existing: dict[str, str], rotated: bool) -> str:
+    """The probe's password: kept unless rotated or it is the fixed one older releases shipped."""
+    kept = existing.get(HEALTHCHECK_USER)
+    if rotated or not kept or kept == LEGACY_HEALTHCHECK_PASSWORD:
+        return new_password()
+    return kept
 
 
 def build_accounts(
@@ -144,6 +234,9 @@ def build_accounts(
     rotate_all: bool = False,
     ingest_user: str = INGEST_USER,
     ingest_password: str | None = None,
+    extra_ingest_users: Sequence[str] = (),
+    rules_user: str = RULES_USER,
+    rules_password: str | None = None,
     simulator_password: str | None = None,
 ) -> list[Account]:
     """Every account the registry needs, keeping existing passwords unless rotated. With simulator_password,
@@ -151,7 +244,9 @@ def build_accounts(
     for a staging broker, never for one that real devices use."""
     existing = existing or {}
     rotate = set(rotate)
-    unknown = rotate - {d.id for d in registry.devices} - {ingest_user, ZIGBEE2MQTT_USER, SIMULATOR_USER}
+    ingest_users = [ingest_user, *extra_ingest_users]
+    reserved = {*ingest_users, rules_user, ZIGBEE2MQTT_USER, SIMULATOR_USER, HEALTHCHECK_USER}
+    unknown = rotate - {d.id for d in registry.devices} - reserved
     if unknown:
         raise ConfigError(f"cannot rotate unknown account(s): {', '.join(sorted(unknown))}")
 
@@ -183,18 +278,15 @@ def build_accounts(
                 f"Zigbee2MQTT bridge for {len(zigbee)} device(s)",
             )
         )
-    _check_user(ingest_user, "ingest username")
-    ingest_acl = [("readwrite", f"{prefix}/#")] + [
-        ("readwrite", _join(bridge_root, t, "#")) for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")
-    ]
-    accounts.append(
-        Account(
-            ingest_user,
-            ingest_password or password(ingest_user),
-            "ingest",
-            tuple(ingest_acl),
-            "gridwatch ingest (subscribes to everything, publishes commands)",
-        )
+    accounts += _service_accounts(
+        registry,
+        password,
+        prefix=prefix,
+        bridge_root=bridge_root,
+        ingest_users=ingest_users,
+        ingest_password=ingest_password,
+        rules_user=rules_user,
+        rules_password=rules_password,
     )
     if simulator_password is not None:
         accounts.append(
@@ -209,7 +301,7 @@ def build_accounts(
     accounts.append(
         Account(
             HEALTHCHECK_USER,
-            HEALTHCHECK_PASSWORD,
+            _healthcheck_password(existing, rotate_all or HEALTHCHECK_USER in rotate),
             "healthcheck",
             (("read", "$SYS/broker/uptime"),),
             "broker health probe",
@@ -271,11 +363,20 @@ def _write_private(path: Path, text: str, mode: int) -> None:
 
 
 def write_files(out: Path, accounts: list[Account]) -> dict[str, Path]:
-    """passwd + acl for the broker, credentials.csv (plaintext, 0600) for provisioning; atomically replaced."""
+    """passwd + acl for the broker, credentials.csv (plaintext, 0600) for provisioning, healthcheck.pw (0600) for
+    the broker's health probe; atomically replaced."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"passwd": out / "passwd", "acl": out / "acl", "credentials": out / "credentials.csv"}
-    # Mosquitto (running as its own user) must read passwd and acl; only the operator reads the plaintext.
+    files = {
+        "passwd": out / "passwd",
+        "acl": out / "acl",
+        "credentials": out / "credentials.csv",
+        "healthcheck": out / HEALTHCHECK_FILE,
+    }
+    # Mosquitto (running as its own user) must read passwd and acl; only the operator reads the plaintext. The
+    # probe runs as root inside the broker's container (docker's default), which reads the 0600 file.
     _write_private(files["credentials"], render_credentials(accounts), 0o600)
     _write_private(files["passwd"], render_password_file(accounts), 0o644)
     _write_private(files["acl"], render_acl(accounts), 0o644)
+    probe = next((a.password for a in accounts if a.username == HEALTHCHECK_USER), "")
+    _write_private(files["healthcheck"], probe, 0o600)
     return files

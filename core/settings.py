@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
 from urllib.parse import unquote, urlsplit
 
@@ -35,7 +36,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDWATCH_", env_file=".env", extra="ignore")
 
     database_url: str | None = None
+    # The ingest's broker account (and, unless mqtt_command_url is set, the rules part's command publisher's).
     mqtt_url: str | None = None
+    # The rules part's command publisher's own account. The shipped broker binds client ids to accounts, so a
+    # process running both ingest and rules needs two accounts (`gridwatch mqtt credentials` makes `rules`).
+    mqtt_command_url: str | None = None
     mqtt_client_id: str = "gridwatch-ingest"
     mqtt_ca_file: str | None = None
     topic_prefix: str = "gw/v1"
@@ -53,6 +58,11 @@ class Settings(BaseSettings):
     public_url: str = ""
     # Signed alarm links in messages (core/actionlink.py) open and acknowledge one alarm for this long.
     link_ttl_h: float = Field(default=24.0, gt=0, le=31 * 24)
+    # Live alarm streams (SSE): open at once per token and per client address (429 beyond), and how often a stream
+    # re-checks its credentials (revoked, expired, worker deactivated) when no alarm changes wake it.
+    stream_max_per_token: int = Field(default=4, ge=1)
+    stream_max_per_address: int = Field(default=32, ge=1)
+    stream_recheck_s: float = Field(default=5.0, gt=0, le=60)
 
     # Ingest: a batch is bounded by MQTT v5 Receive Maximum, so size both together.
     batch_size: int = Field(default=500, ge=1, le=10_000)
@@ -60,6 +70,14 @@ class Settings(BaseSettings):
     ingest_writers: int = Field(default=3, ge=1, le=8)
     batch_linger_ms: int = Field(default=20, ge=0, le=5_000)
     queue_size: int = Field(default=2_000, ge=1)
+    # The inbox's bound in payload bytes as well as messages: the broker hands the ingest up to Receive Maximum
+    # messages of up to its max_packet_size (1 MiB) each, which unbounded would be gigabytes.
+    queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # What a reject keeps of its payload (the full size is stored beside it), how long rejects are kept, and how
+    # many at most: a device cannot fill the database with junk (issue 23).
+    reject_excerpt_bytes: int = Field(default=1_024, ge=0, le=65_536)
+    reject_retention_days: float = Field(default=30.0, gt=0)
+    reject_max_rows: int = Field(default=1_000_000, ge=1)
     max_reading_age_h: float = Field(default=24.0, gt=0)
     max_clock_skew_s: float = Field(default=300.0, gt=0)
     max_payload_bytes: int = Field(default=16_384, ge=256)
@@ -67,6 +85,9 @@ class Settings(BaseSettings):
     # Notify
     notify_poll_s: float = Field(default=1.0, gt=0)
     notify_timeout_s: float = Field(default=5.0, gt=0)
+    # A channel's whole request (connect, send, the full answer) must finish within this; notify_timeout_s bounds
+    # each socket operation only, which an endpoint trickling its answer never trips.
+    notify_deadline_s: float = Field(default=15.0, gt=0, le=300)
     notify_max_attempts: int = Field(default=8, ge=1)
     # When set, every delivery goes to this apprise URL instead of the worker's (demo, staging).
     notify_redirect_url: str | None = None
@@ -85,8 +106,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:
-        if self.mqtt_url is not None:
-            MqttTarget(self.mqtt_url)
+        for url in (self.mqtt_url, self.mqtt_command_url):
+            if url is not None:
+                MqttTarget(url)
         return self
 
     @cached_property
@@ -96,6 +118,17 @@ class Settings(BaseSettings):
             raise ConfigError("GRIDWATCH_MQTT_URL is not set (e.g. mqtt://ingest:secret@broker:1883)")
         return MqttTarget(self.mqtt_url)
 
+    @cached_property
+    def mqtt_command(self) -> MqttTarget:
+        """The broker account the rules part's command publisher uses."""
+        if self.mqtt_command_url is not None:
+            return MqttTarget(self.mqtt_command_url)
+        if self.mqtt_url is None:
+            raise ConfigError(
+                "GRIDWATCH_MQTT_COMMAND_URL (or GRIDWATCH_MQTT_URL) is not set (e.g. mqtt://rules:secret@broker:1883)"
+            )
+        return MqttTarget(self.mqtt_url)
+
     @property
     def dsn(self) -> str:
         """The PostgreSQL connection string."""
@@ -103,10 +136,12 @@ class Settings(BaseSettings):
             raise ConfigError("GRIDWATCH_DATABASE_URL is not set (e.g. postgresql://gridwatch@db/gridwatch)")
         return self.database_url
 
-    def check_production(self) -> None:
-        """Refuse to run a real deployment on the demo's placeholders."""
+    def check_production(self, parts: Iterable[str] = ()) -> None:
+        """Refuse to run a real deployment on the demo's placeholders (the broker URLs only for the parts that
+        connect to it: ingest, rules)."""
         if self.demo:
             return
+        parts = set(parts)
         problems = []
         if self.secret_key.get_secret_value() == DEMO_SECRET:
             problems.append("GRIDWATCH_SECRET_KEY is the demo placeholder: set a long random value")
@@ -114,7 +149,24 @@ class Settings(BaseSettings):
             problems.append("GRIDWATCH_SECRET_KEY is shorter than 16 characters")
         if self.database_url is None:
             problems.append("GRIDWATCH_DATABASE_URL is not set")
-        if self.mqtt_url is None:
-            problems.append("GRIDWATCH_MQTT_URL is not set")
+        if "ingest" in parts and self.mqtt_url is None:
+            problems.append("GRIDWATCH_MQTT_URL is not set (the ingest's broker account)")
+        if "rules" in parts and self.mqtt_url is None and self.mqtt_command_url is None:
+            problems.append("GRIDWATCH_MQTT_COMMAND_URL is not set (the rules part's broker account)")
+        if {"ingest", "rules"} <= parts:
+            problems += self._shared_account_problem()
         if problems:
             raise ConfigError("refusing to start: " + "; ".join(problems) + " (or run `gridwatch demo`)")
+
+    def _shared_account_problem(self) -> list[str]:
+        """Ingest and the command publisher in one process on one account: a broker that binds client ids to
+        accounts (the shipped config) would have each connection throw the other off, for ever."""
+        if self.mqtt_url is None:
+            return []
+        ingest, command = self.mqtt.username, self.mqtt_command.username
+        if ingest is None or ingest != command:
+            return []
+        return [
+            f"ingest and rules would share the broker account {ingest!r}: set GRIDWATCH_MQTT_COMMAND_URL to the "
+            "rules part's account (`gridwatch mqtt credentials` makes `rules`)"
+        ]

@@ -281,23 +281,32 @@ class Inbox:
     and come out as batches, one lock round trip each (queue.Queue takes two lock round trips and a condition
     wait a message, a measurable share of the ingest's CPU).
 
-    put_many blocks while the inbox is full, so the bound holds to within one network read (at most 64 KiB of
-    messages past it). A full inbox holds the network thread, the broker stops sending (Receive Maximum) and
-    keeps the rest: a safety system never drops here.
+    put_many blocks while the inbox is full, in messages or in payload bytes, so the bound holds to within one
+    network read (at most 64 KiB of messages past it, or one message of up to the broker's max_packet_size). A
+    full inbox holds the network thread, the broker stops sending (Receive Maximum) and keeps the rest: a safety
+    system never drops here. The byte bound matters because Receive Maximum counts messages: thousands of 1 MiB
+    payloads (which the decoder will reject) must not take the process's memory on their way there.
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, max_bytes: int | None = None) -> None:
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._items: deque[Message] = deque()
         lock = threading.Lock()
         self._not_empty = threading.Condition(lock)
         self._not_full = threading.Condition(lock)
 
+    def _full(self) -> bool:
+        return len(self._items) >= self.maxsize or (self.max_bytes is not None and self.bytes >= self.max_bytes)
+
     def put_many(self, messages: list[Message]) -> None:
+        size = sum([len(m.payload) for m in messages]) if self.max_bytes is not None else 0
         with self._not_full:
-            while len(self._items) >= self.maxsize:
+            while self._full():
                 self._not_full.wait()
             self._items.extend(messages)
+            self.bytes += size
             self._not_empty.notify()
 
     def take(self, limit: int, *, timeout: float, linger: float = 0.0) -> list[Message]:
@@ -324,6 +333,8 @@ class Inbox:
                 items.clear()
             else:
                 batch = [items.popleft() for _ in range(limit)]
+            if self.max_bytes is not None:
+                self.bytes = max(0, self.bytes - sum([len(m.payload) for m in batch])) if items else 0
             self._not_full.notify()
             if items:
                 self._not_empty.notify()  # another writer may take the rest

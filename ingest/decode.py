@@ -260,6 +260,22 @@ class Decoder:
                 return result
         return [Reject(f"no decoder for topic {msg.topic!r}")]
 
+    def source_of(self, topic: str) -> str:
+        """The part of a topic one broker account speaks for, which a reject's rate limit is kept per when it names
+        no registry device (ingest.service.reject_row): a Shelly's or Tasmota's own base, the whole Zigbee2MQTT base
+        (one bridge account publishes all of it), and for native topics the prefix itself (a registry device is
+        its own source; ids nobody registered, which only a prefix-wide account can publish, share one budget).
+        Topics invented under one account share its budget, so rotating them cannot escape the per-source limit
+        and exhaust the global one (ratelimit.py)."""
+        if topic.startswith(self.prefix + "/"):
+            return self.prefix
+        for adapter in self.adapters:
+            source = getattr(adapter, "source", None)
+            found = source(topic) if source is not None else None
+            if found is not None:
+                return str(found)
+        return topic.partition("/")[0]
+
     def bookkeeping(self, topic: str) -> str | None:
         """Why a topic is a bridge's bookkeeping we never store (asked before the size limit, because e.g.
         zigbee2mqtt/bridge/devices is legitimately large); an adapter opts in with an `ignores(topic)` method."""

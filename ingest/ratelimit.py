@@ -1,7 +1,11 @@
 """Per-source rate limit on rejects, so one broken or hostile device cannot flood the ingest_reject table.
 
-A token bucket per source (the device id a reject names, else its topic) plus one bucket for all rejects
-together (random topics would otherwise each get their own budget). Rejects within budget are stored as
+A token bucket per source plus one bucket for all rejects together. The ingest names each reject's source (a sixth
+element of the row): the registry device it comes from, or else the part of the topic one broker account speaks
+for (ingest.decode.Decoder.source_of: a device's own base, a whole Zigbee2MQTT base), so that topics invented
+under one account share that account's budget instead of each getting one of its own and exhausting the total,
+which would hide every other device's rejects (issue 23). Rows without a source are keyed by their device id, else
+their topic. Rejects within budget are stored as
 always; beyond it they are counted (gridwatch_ingest_rejects_suppressed_total) and acknowledged, and the next
 reject of that source that is stored says how many were left out since when. The messages themselves are
 garbage by definition (each one failed validation), so summarising them loses nothing a person would act on.
@@ -89,8 +93,8 @@ class RateLimit:
                 del buckets[key]
 
     def filter_rejects(self, rejects: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """The rejects to store: (received_at, topic, payload, device_id, reason) rows within budget, the reason
-        of the first one after a suppressed run saying how many were left out."""
+        """The rejects to store: (received_at, topic, payload, device_id, reason[, source]) rows within budget, the
+        reason of the first one after a suppressed run saying how many were left out."""
         if not rejects:
             return []
         with self._lock:
@@ -100,7 +104,7 @@ class RateLimit:
         now = self.clock()
         kept: list[tuple[Any, ...]] = []
         for row in rejects:
-            key = f"device:{row[3]}" if row[3] else f"topic:{row[1]}"
+            key = row[5] if len(row) > 5 else (f"device:{row[3]}" if row[3] else f"topic:{row[1]}")
             if self._total is None:
                 self._total = Bucket(self.total_burst, now)
             total = self._total
@@ -126,6 +130,7 @@ class RateLimit:
                     *row[:4],
                     f"{row[4]} [rate limit: {bucket.suppressed} more rejects from this source were "
                     f"not stored since {since}]",
+                    *row[5:],
                 )
                 bucket.suppressed, bucket.since = 0, None
             kept.append(row)

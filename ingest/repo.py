@@ -165,13 +165,66 @@ def insert_readings(conn: Connection[Any], *, readings: Sequence[Reading]) -> li
     return new
 
 
+# A reject is kept to show a person what arrived and why it was refused, not to archive the message: the payload
+# is stored as an excerpt (its full size beside it), and the texts that come from the message are bounded too (a
+# topic may be 64 KiB, and reasons quote it).
+MAX_REJECT_TOPIC = 512
+MAX_REJECT_REASON = 1_000
+MAX_REJECT_DEVICE_ID = 128
+DEFAULT_REJECT_EXCERPT = 1_024
+
 INSERT_REJECT = """
-INSERT INTO ingest_reject (received_at, topic, payload, device_id, reason) VALUES (%s, %s, %s, %s, %s)
+INSERT INTO ingest_reject (received_at, topic, payload, payload_bytes, device_id, reason)
+VALUES (%s, %s, %s, %s, %s, %s)
 """
 
 
-def insert_rejects(conn: Connection[Any], *, rejects: Sequence[tuple[datetime, str, bytes, str | None, str]]) -> None:
-    """Record rejected messages: (received_at, topic, payload, device_id, reason)."""
+def _storable(text: str, limit: int) -> str:
+    """Text from a message bounded and made storable (a NUL or a lone surrogate written out, not refused)."""
+    clipped = text[:limit]
+    if "\x00" in clipped:
+        clipped = clipped.replace("\x00", "\\x00")
+    return clipped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def insert_rejects(
+    conn: Connection[Any],
+    *,
+    rejects: Sequence[tuple[Any, ...]],
+    excerpt_bytes: int = DEFAULT_REJECT_EXCERPT,
+) -> None:
+    """Record rejected messages, (received_at, topic, payload, device_id, reason, ...) rows: an excerpt of the
+    payload and its size, the texts bounded."""
     if rejects:
+        rows = [
+            (
+                r[0],
+                _storable(r[1], MAX_REJECT_TOPIC),
+                bytes(r[2][:excerpt_bytes]),
+                len(r[2]),
+                None if r[3] is None else _storable(r[3], MAX_REJECT_DEVICE_ID),
+                _storable(r[4], MAX_REJECT_REASON),
+            )
+            for r in rejects
+        ]
         with conn.cursor() as cur:
-            cur.executemany(INSERT_REJECT, rejects)
+            cur.executemany(INSERT_REJECT, rows)
+
+
+DELETE_REJECTS_BEFORE = """
+DELETE FROM ingest_reject WHERE id IN (SELECT id FROM ingest_reject WHERE received_at < %s ORDER BY id LIMIT %s)
+"""
+DELETE_REJECTS_BEYOND = """
+DELETE FROM ingest_reject WHERE id IN (
+    SELECT id FROM ingest_reject
+    WHERE id <= (SELECT id FROM ingest_reject ORDER BY id DESC OFFSET %(keep)s LIMIT 1)
+    ORDER BY id LIMIT %(limit)s)
+"""
+
+
+def delete_expired_rejects(conn: Connection[Any], *, before: datetime, keep_rows: int, limit: int) -> int:
+    """Delete up to `limit` rejects received before `before`, then up to `limit` of the oldest beyond the newest
+    `keep_rows`; returns how many went."""
+    deleted = conn.execute(DELETE_REJECTS_BEFORE, (before, limit)).rowcount
+    deleted += conn.execute(DELETE_REJECTS_BEYOND, {"keep": keep_rows, "limit": limit}).rowcount
+    return max(deleted, 0)

@@ -6,10 +6,26 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS
 
+
+def check_device_text(value: str) -> str:
+    """A string from a device that PostgreSQL can store as text: no NUL character (text and jsonb refuse it) and no
+    lone surrogate (not valid UTF-8). Checked at decode time, so one bad message is a reject of its own instead of
+    failing the batch it came in."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (\\u0000), which cannot be stored: fix the sender")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate, which is not valid Unicode text: fix the sender") from None
+    return value
+
+
+# Every free-text field a device sends (fault codes, command ids and details): storable, and bounded in length.
+DeviceText = Annotated[str, AfterValidator(check_device_text)]
 Percent = Annotated[float, Field(ge=0, le=100)]
 CARRIED = frozenset(MEASUREMENT_FIELDS + FLAG_FIELDS + ("relay", "valve", "fault"))  # a message needs one of these
 NonNegative = Annotated[float, Field(ge=0)]
@@ -76,7 +92,7 @@ class TelemetryIn(BaseModel):
     battery_pct: Percent | None = None
     tamper: bool | None = None
     test: bool | None = None
-    fault: Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")] | None = None
+    fault: Annotated[DeviceText, Field(max_length=200)] | None = None
 
 
 class StatusIn(BaseModel):
@@ -97,10 +113,11 @@ class CommandOut(BaseModel):
 
 
 class CommandAckIn(BaseModel):
-    """gw/v1/{device_id}/cmd/ack, device to server."""
+    """gw/v1/{device_id}/cmd/ack, device to server. The id names one of our commands (a UUID: 36 characters); the
+    detail is the device's own words, bounded so an acknowledgement cannot carry a payload's worth of text."""
 
     model_config = ConfigDict(extra="allow")
 
-    id: str
+    id: Annotated[DeviceText, Field(min_length=1, max_length=64)]
     ok: bool
-    detail: str = ""
+    detail: Annotated[DeviceText, Field(max_length=500)] = ""

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
@@ -82,6 +83,13 @@ class DeviceCache:
         conn: Connection[Any] | None = getattr(self._local, "conn", None)
         return conn
 
+    MAX_MISSES = 10_000  # ids not in the registry remembered at once (invented ids must not grow memory)
+
+    def _remember_miss(self, key: str) -> None:
+        if len(self._missing) >= self.MAX_MISSES:
+            self._missing.clear()
+        self._missing[key] = time.monotonic()
+
     def _lookup_miss(self, key: str) -> bool:
         seen = self._missing.get(key)
         return seen is not None and time.monotonic() - seen < self.ttl_s
@@ -92,7 +100,7 @@ class DeviceCache:
             return found
         got = core_repo.get_devices(self._conn, ids=[device_id]).get(device_id)
         if got is None:
-            self._missing[device_id] = time.monotonic()
+            self._remember_miss(device_id)
         else:
             self._put(got)
         return got
@@ -105,7 +113,7 @@ class DeviceCache:
         got = core_repo.get_devices_by_foreign_id(self._conn, adapter=adapter, foreign_ids=[foreign_id])
         device = got.get(foreign_id)
         if device is None:
-            self._missing[key] = time.monotonic()
+            self._remember_miss(key)
         else:
             self._put(device)
         return device
@@ -142,6 +150,15 @@ class Decoded:
     ignored: int = 0
 
 
+def reject_row(msg: Message, reject: Reject, *, decoder: Decoder, devices: DeviceCache) -> tuple[Any, ...]:
+    """(received_at, topic, payload, device_id, reason, source): the source the reject's rate limit is kept per
+    is a registry device it names, else the topic's account namespace (a device id in the topic that is not in
+    the registry is anyone's invention, so it is no source of its own)."""
+    known = reject.device_id is not None and devices.device(reject.device_id) is not None
+    source = f"device:{reject.device_id}" if known else f"source:{decoder.source_of(msg.topic)}"
+    return (msg.received_at, msg.topic, msg.payload, reject.device_id, reject.reason, source)
+
+
 def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: DeviceCache) -> Decoded:
     """Every message of a batch as readings, statuses, command acks, rejects (with their reason) or ignored."""
     out = Decoded()
@@ -150,7 +167,7 @@ def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: Devi
             if isinstance(item, Reading):
                 out.readings.append(item)
             elif isinstance(item, Reject):
-                out.rejects.append((msg.received_at, msg.topic, msg.payload, item.device_id, item.reason))
+                out.rejects.append(reject_row(msg, item, decoder=decoder, devices=devices))
             elif isinstance(item, DeviceStatus):
                 out.statuses.append(item)
             elif isinstance(item, CommandAck):
@@ -161,7 +178,13 @@ def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: Devi
 
 
 def _write_batch(
-    conn: Connection[Any], decoded: Decoded, *, devices: DeviceCache, ruleset: RuleSet, turn: LockTurn | None
+    conn: Connection[Any],
+    decoded: Decoded,
+    *,
+    devices: DeviceCache,
+    ruleset: RuleSet,
+    turn: LockTurn | None,
+    excerpt_bytes: int,
 ) -> BatchResult:
     result = BatchResult(ignored=decoded.ignored)
     # Batches running at once take their turn here, before writing anything: a batch that left the inbox later
@@ -172,7 +195,8 @@ def _write_batch(
     if turn is not None:
         turn.wait()
     readings, statuses = decoded.readings, decoded.statuses
-    repo.insert_rejects(conn, rejects=decoded.rejects)  # in the ordered part: reject ids follow arrival order
+    # in the ordered part: reject ids follow arrival order
+    repo.insert_rejects(conn, rejects=decoded.rejects, excerpt_bytes=excerpt_bytes)
     # Every device state of the batch in one sorted lock: two writers cannot deadlock on them.
     ids = [*{r.device_id for r in readings}, *(s.device_id for s in statuses)]
     states = rules_service.lock_devices(conn, device_ids=ids) if ids else {}
@@ -210,6 +234,7 @@ def process_batch(
     ruleset: RuleSet,
     limiter: RateLimit | None = None,
     turn: LockTurn | None = None,
+    reject_excerpt_bytes: int = repo.DEFAULT_REJECT_EXCERPT,
 ) -> BatchResult:
     """Decode and persist a batch in one transaction (the caller acks the messages after it returns).
     `turn` orders the device-state locking of batches that run concurrently in one process (IngestWorker)."""
@@ -220,7 +245,9 @@ def process_batch(
         if limiter is not None:  # one broken device must not flood the reject table (ratelimit.py)
             limiter.count_readings(decoded.readings)
             decoded.rejects = limiter.filter_rejects(decoded.rejects)
-        result = _write_batch(conn, decoded, devices=devices, ruleset=ruleset, turn=turn)
+        result = _write_batch(
+            conn, decoded, devices=devices, ruleset=ruleset, turn=turn, excerpt_bytes=reject_excerpt_bytes
+        )
     rejects, acks = decoded.rejects, decoded.acks
     for ack in acks:
         log.info("command %s on %s acknowledged ok=%s %s", ack.command_id, ack.device_id, ack.ok, ack.detail)
@@ -236,3 +263,9 @@ def process_batch(
     BATCH_SECONDS.observe(time.perf_counter() - started)
     BATCH_SIZE.observe(len(messages))
     return result
+
+
+def expire_rejects(conn: Connection[Any], *, before: datetime, keep_rows: int, limit: int) -> int:
+    """Delete rejects received before `before` and the oldest beyond the newest `keep_rows` (up to `limit` of
+    each); returns how many went. The caller owns the transaction."""
+    return repo.delete_expired_rejects(conn, before=before, keep_rows=keep_rows, limit=limit)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from prometheus_client import Counter
 
 from core.loop import Check, Loop
 from core.settings import Settings
@@ -57,6 +58,20 @@ def refuses_writes(exc: psycopg.Error) -> bool:
     """Whether a database error is an outage to wait out rather than a message to reject."""
     state = exc.sqlstate or ""
     return state in REFUSED_WRITE_STATES or state[:2] in REFUSED_WRITE_CLASSES
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure is the database's (away, refusing writes, or a deadlock or serialization failure: class
+    40) and retrying later can succeed, rather than the message's."""
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    return isinstance(exc, psycopg.Error) and (refuses_writes(exc) or (exc.sqlstate or "")[:2] == "40")
+
+
+UNRECORDED = Counter(
+    "gridwatch_ingest_unrecorded_total",
+    "Messages that failed and could not be recorded as rejects either (logged at ERROR, acknowledged)",
+)
 
 
 class Turns:
@@ -137,7 +152,7 @@ class IngestWorker:
         # has just acknowledged finds its next batch there instead of waiting for the broker to send it (the
         # measured effect is in docs/scaling.md).
         window = settings.batch_size * (self.writers + 2)
-        self.inbox = Inbox(maxsize=max(settings.queue_size, window))
+        self.inbox = Inbox(maxsize=max(settings.queue_size, window), max_bytes=settings.queue_bytes)
         self.consumer = MqttConsumer(
             settings.mqtt,
             client_id=settings.mqtt_client_id,
@@ -149,7 +164,7 @@ class IngestWorker:
         self.devices = ingest_service.DeviceCache(conn_factory=None)
         self.limiter = RateLimit()
         self._stop = threading.Event()
-        self.loops: list[Loop[None]] = []
+        self.loops: list[Loop[Any]] = []
         self._local = threading.local()  # each writer thread's own database connection
         self._conns: list[psycopg.Connection[Any]] = []
         self._take = threading.Lock()
@@ -195,6 +210,7 @@ class IngestWorker:
                     ruleset=self.ruleset,
                     limiter=self.limiter,
                     turn=turn,
+                    reject_excerpt_bytes=self.settings.reject_excerpt_bytes,
                 )
             except Exception as exc:
                 if isinstance(exc, psycopg.OperationalError) or (
@@ -241,15 +257,43 @@ class IngestWorker:
                     if in_db
                     else f"internal error: {type(exc).__name__}: {exc}"[:300]
                 )
-                try:
-                    self._reject_poison(batch[0], reason=reason)
-                except psycopg.Error:
-                    log.warning("could not record the failing message as a reject; retrying it", exc_info=True)
-                    self._drop_connection()
+                if not self._record_poison(batch[0], reason=reason):
                     self._stop.wait(delay)
+                    delay = min(delay * 2, 10)
                     continue
             return True
         return False
+
+    def _record_poison(self, msg: Message, *, reason: str) -> bool:
+        """Keep a message that failed on its own as a reject. True once it is accounted for, so its batch can be
+        acknowledged; False while the database is away (the caller retries).
+
+        Recording can fail too (a trigger or constraint an operator added, a bug in the bounding of what is
+        stored): then a second try keeps only the topic and the reason, and if that fails as well the message is
+        logged at ERROR with its topic, size and first bytes, counted, and acknowledged. Anything else would leave
+        the batch unacknowledged, and every later batch waiting behind it while the process looks alive."""
+        attempts = ((msg.payload, reason), (b"", f"{reason} [payload not kept: recording it failed]"))
+        for payload, why in attempts:
+            try:
+                self._reject_poison(msg, payload=payload, reason=why)
+            except Exception as exc:
+                self._drop_connection()
+                if is_outage(exc):
+                    log.warning("could not record the failing message as a reject (%s); retrying it", exc)
+                    return False
+                log.exception("could not record the failing message on %.200s as a reject", msg.topic)
+                continue
+            return True
+        UNRECORDED.inc()
+        log.error(
+            "a message on %.200s (%d bytes, starting %r) failed and could not be recorded as a reject either: "
+            "acknowledging it so that the messages behind it are not held (%s)",
+            msg.topic,
+            len(msg.payload),
+            msg.payload[:64],
+            reason,
+        )
+        return True
 
     def _handle(self, batch: list[Message], ticket: int) -> None:
         """Commit, then acknowledge after every earlier batch (the whole batch at once, in arrival order)."""
@@ -260,11 +304,15 @@ class IngestWorker:
         self.processed += len(batch)
         self.turns.acked(ticket)
 
-    def _reject_poison(self, msg: Message, *, reason: str) -> None:
+    def _reject_poison(self, msg: Message, *, payload: bytes, reason: str) -> None:
         """A single message that fails for a reason other than the database being down: keep it as a reject."""
         conn = self._connection()
         with conn.transaction():
-            ingest_repo.insert_rejects(conn, rejects=[(msg.received_at, msg.topic, msg.payload, None, reason)])
+            ingest_repo.insert_rejects(
+                conn,
+                rejects=[(msg.received_at, msg.topic, payload, None, reason)],
+                excerpt_bytes=self.settings.reject_excerpt_bytes,
+            )
 
     def _drop_connection(self) -> None:
         conn = self._conn
@@ -281,6 +329,7 @@ class IngestWorker:
         self._drop_connection()  # each writer opens its own
         writers = [_Writer(self, i) for i in range(self.writers)]
         self.loops = [Loop(f"ingest-writer-{w.index + 1}", w, stopping=self._stop) for w in writers]
+        self.loops.append(Loop("ingest-reject-retention", RejectRetention(self.settings), stopping=self._stop))
         for loop in self.loops:
             loop.start()
         # Subscribing only once every writer holds its connection: a persistent session's backlog arrives at once,
@@ -318,6 +367,33 @@ class IngestWorker:
         for conn in self._conns:
             if not conn.closed:
                 conn.close()
+
+
+class RejectRetention:
+    """Deletes rejects past their retention and beyond the row budget (GRIDWATCH_REJECT_RETENTION_DAYS,
+    GRIDWATCH_REJECT_MAX_ROWS), a chunk per step so no step holds a long transaction."""
+
+    INTERVAL_S = 600.0
+    CHUNK = 10_000
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def open(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.settings.dsn, autocommit=False)
+
+    def step(self, conn: psycopg.Connection[Any]) -> float:
+        before = datetime.now(UTC) - timedelta(days=self.settings.reject_retention_days)
+        with conn.transaction():
+            deleted = ingest_service.expire_rejects(
+                conn, before=before, keep_rows=self.settings.reject_max_rows, limit=self.CHUNK
+            )
+        if deleted:
+            log.info("deleted %d rejects past their retention or the row budget", deleted)
+        return 0.0 if deleted >= self.CHUNK else self.INTERVAL_S
+
+    def close(self, conn: psycopg.Connection[Any]) -> None:
+        conn.close()
 
 
 class _Writer:

@@ -504,16 +504,35 @@ SELECT n.id, n.alarm_id, n.worker_id, n.merchant_id, n.kind, n.tier, n.step, n.l
        a.acknowledged AS alarm_acknowledged, a.closed_at IS NOT NULL AS alarm_closed
 FROM notification n LEFT JOIN worker w ON w.id = n.worker_id LEFT JOIN merchant m ON m.id = n.merchant_id
 JOIN alarm a ON a.id = n.alarm_id
-WHERE n.status = 'pending' AND n.next_attempt_at <= %s
-ORDER BY n.immediate DESC, n.next_attempt_at, n.id LIMIT %s
+WHERE n.status = 'pending' AND n.next_attempt_at <= %(now)s AND (n.claimed_until IS NULL OR n.claimed_until <= %(now)s)
+ORDER BY n.immediate DESC, n.next_attempt_at, n.id LIMIT %(limit)s
 FOR UPDATE OF n SKIP LOCKED
 """
+LEASE = "UPDATE notification SET claimed_until = %s WHERE id = ANY(%s)"
+SELECT_CLAIMS = "SELECT id, status, claimed_until FROM notification WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+RELEASE = "UPDATE notification SET claimed_until = NULL WHERE id = ANY(%s)"
 
 
 def claim_due(conn: Connection[Any], *, now: datetime, limit: int) -> list[DueNotification]:
-    """Lock notifications due for (re)delivery; other processes skip them."""
+    """Lock notifications due for (re)delivery and not leased by another deliverer; other processes skip them."""
     with conn.cursor(row_factory=class_row(DueNotification)) as cur:
-        return cur.execute(CLAIM_DUE, (now, limit)).fetchall()
+        return cur.execute(CLAIM_DUE, {"now": now, "limit": limit}).fetchall()
+
+
+def lease(conn: Connection[Any], *, notification_ids: Sequence[int], until: datetime) -> None:
+    """Claim notifications for one delivery until `until` (the claim's token: no one else sends them before)."""
+    conn.execute(LEASE, (until, list(notification_ids)))
+
+
+def lock_claims(conn: Connection[Any], *, notification_ids: Sequence[int]) -> dict[int, tuple[str, datetime | None]]:
+    """id -> (status, claimed_until) of these notifications, locked, after their delivery."""
+    rows = conn.execute(SELECT_CLAIMS, (list(notification_ids),)).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def release(conn: Connection[Any], *, notification_ids: Sequence[int]) -> None:
+    """End the claims on these notifications."""
+    conn.execute(RELEASE, (list(notification_ids),))
 
 
 INSERT_ATTEMPT = """

@@ -496,64 +496,34 @@ def deliver_due(
     limit: int = 20,
     links: actionlink.Signer | None = None,
 ) -> int:
-    """Deliver notifications that are due, holding their row locks while sending; returns how many handled.
-    With `links`, each recipient's message carries their own signed link to each alarm in it, made now; the
-    stored text keeps the plain alarm URL."""
+    """Deliver notifications that are due; returns how many were handled. With `links`, each recipient's message
+    carries their own signed link to each alarm in it, made now; the stored text keeps the plain alarm URL.
+
+    Never holds a transaction across the network: the due notifications are claimed (a lease of the sender's
+    whole-request deadline per channel, plus a margin) in one short transaction, sent with none open, and their
+    attempts recorded in a second. While the lease lasts no other deliverer takes them; if this process dies while
+    sending, they are due again once it lapses (delivery is at least once, as before)."""
     with conn.transaction():
         due = repo.claim_due(conn, now=clock(), limit=limit)
-        jobs: list[tuple[repo.DueNotification, messages.Message]] = []
-        unreached: list[repo.DueNotification] = []
-        for note in due:
-            if note.kind in WAITING_KINDS and (note.alarm_acknowledged or note.alarm_closed):
-                repo.mark_suppressed(conn, notification_id=note.id, reason="acknowledged before delivery")
-                DELIVERIES.labels("suppressed").inc()
-                continue
-            if not note.notify_urls:
-                at = clock()
-                repo.record_attempt(
-                    conn, notification_id=note.id, at=at, channel="-", ok=False, detail="recipient has no channel"
-                )
-                repo.mark_retry(
-                    conn, notification_id=note.id, next_at=at, error="recipient has no channel", max_attempts=1
-                )
-                DELIVERIES.labels("no_channel").inc()
-                unreached.append(note)
-                continue
-            jobs.append((note, _message_for(conn, note, clock(), public_url)))
-        personal = [_with_links(n, m, links, clock()) for n, m in jobs]
-        results = sender.send_many(
-            [
-                (n.notify_urls, p.title, p.body, n.worker_id or n.merchant_id or "")
-                for (n, _), p in zip(jobs, personal, strict=True)
-            ]
-        )
+        jobs, unreached = _prepare(conn, due, clock=clock, public_url=public_url)
+        lease_until = None
+        if jobs:
+            channels = max(len(n.notify_urls) for n, _ in jobs) if not sender.redirect_url else 1
+            lease_until = clock() + timedelta(seconds=sender.deadline_s * channels + LEASE_MARGIN_S)
+            repo.lease(conn, notification_ids=[n.id for n, _ in jobs], until=lease_until)
+    personal = [_with_links(n, m, links, clock()) for n, m in jobs]
+    results = sender.send_many(
+        [
+            (n.notify_urls, p.title, p.body, n.worker_id or n.merchant_id or "")
+            for (n, _), p in zip(jobs, personal, strict=True)
+        ]
+    )
+    with conn.transaction():
         at = clock()
-        for (note, msg), channel_results in zip(jobs, results, strict=True):
-            for res in channel_results:
-                repo.record_attempt(
-                    conn, notification_id=note.id, at=at, channel=res.channel, ok=res.ok, detail=res.detail
-                )
-            who = note.worker_id or note.merchant_id
-            if any(r.ok for r in channel_results):
-                # The audit of who was told what is notification + delivery_attempt; alarm_event stays the
-                # alarm's own history (raised, escalated, acknowledged, ...).
-                repo.mark_sent(conn, notification_id=note.id, at=at, title=msg.title, body=msg.body)
-                DELIVERIES.labels("sent").inc()
-                log.info(
-                    "notified %s of alarm %s (%s, %d alarm(s))", who, note.alarm_id, note.kind, len(note.alarm_ids)
-                )
-            else:
-                error = "; ".join(f"{r.channel}: {r.detail}" for r in channel_results)[:500]
-                repo.mark_retry(
-                    conn,
-                    notification_id=note.id,
-                    next_at=at + policy.backoff(note.attempts + 1),
-                    error=error,
-                    max_attempts=max_attempts,
-                )
-                DELIVERIES.labels("failed_attempt").inc()
-                log.warning("delivery to %s failed (attempt %d): %s", who, note.attempts + 1, error)
-                unreached.append(note)
+        if jobs:
+            unreached += _record(
+                conn, jobs, results, lease_until=lease_until, at=at, policy=policy, max_attempts=max_attempts
+            )
         _move_on_when_unreached(conn, unreached, now=at)
     return len(due)
 
@@ -571,6 +541,81 @@ def _with_links(
         links.public_url,
         lambda alarm_id: links.url_for(alarm_id=alarm_id, kind=kind, recipient_id=recipient, now=now),
     )
+
+
+# Beyond the senders' deadlines, how long a claim lasts: a process that stalls longer than this may see another
+# deliverer send its notifications too (at least once, never lost).
+LEASE_MARGIN_S = 5.0
+
+
+def _prepare(
+    conn: Connection[Any], due: list[repo.DueNotification], *, clock: Clock, public_url: str
+) -> tuple[list[tuple[repo.DueNotification, messages.Message]], list[repo.DueNotification]]:
+    """The claimed notifications to send with their messages, and those that cannot be (no channel); the ones no
+    longer needed are suppressed."""
+    jobs: list[tuple[repo.DueNotification, messages.Message]] = []
+    unreached: list[repo.DueNotification] = []
+    for note in due:
+        if note.kind in WAITING_KINDS and (note.alarm_acknowledged or note.alarm_closed):
+            repo.mark_suppressed(conn, notification_id=note.id, reason="acknowledged before delivery")
+            DELIVERIES.labels("suppressed").inc()
+            continue
+        if not note.notify_urls:
+            at = clock()
+            repo.record_attempt(
+                conn, notification_id=note.id, at=at, channel="-", ok=False, detail="recipient has no channel"
+            )
+            repo.mark_retry(conn, notification_id=note.id, next_at=at, error="recipient has no channel", max_attempts=1)
+            DELIVERIES.labels("no_channel").inc()
+            unreached.append(note)
+            continue
+        jobs.append((note, _message_for(conn, note, clock(), public_url)))
+    return jobs, unreached
+
+
+def _record(
+    conn: Connection[Any],
+    jobs: list[tuple[repo.DueNotification, messages.Message]],
+    results: list[list[ChannelResult]],
+    *,
+    lease_until: datetime | None,
+    at: datetime,
+    policy: Policy,
+    max_attempts: int,
+) -> list[repo.DueNotification]:
+    """Record every attempt; a notification still under this delivery's claim is marked sent or scheduled for a
+    retry (one claimed by another deliverer after the lease lapsed is that deliverer's to mark). Returns the
+    notifications nobody could be reached for."""
+    claims = repo.lock_claims(conn, notification_ids=[n.id for n, _ in jobs])
+    unreached: list[repo.DueNotification] = []
+    for (note, msg), channel_results in zip(jobs, results, strict=True):
+        for res in channel_results:
+            repo.record_attempt(conn, notification_id=note.id, at=at, channel=res.channel, ok=res.ok, detail=res.detail)
+        status, claimed_until = claims.get(note.id, ("", None))
+        if claimed_until != lease_until:
+            log.warning("notification %s was claimed again while this delivery ran past its lease", note.id)
+            continue
+        who = note.worker_id or note.merchant_id
+        if any(r.ok for r in channel_results):
+            # The audit of who was told what is notification + delivery_attempt; alarm_event stays the
+            # alarm's own history (raised, escalated, acknowledged, ...).
+            repo.mark_sent(conn, notification_id=note.id, at=at, title=msg.title, body=msg.body)
+            DELIVERIES.labels("sent").inc()
+            log.info("notified %s of alarm %s (%s, %d alarm(s))", who, note.alarm_id, note.kind, len(note.alarm_ids))
+        elif status == "pending":
+            error = "; ".join(f"{r.channel}: {r.detail}" for r in channel_results)[:500]
+            repo.mark_retry(
+                conn,
+                notification_id=note.id,
+                next_at=at + policy.backoff(note.attempts + 1),
+                error=error,
+                max_attempts=max_attempts,
+            )
+            DELIVERIES.labels("failed_attempt").inc()
+            log.warning("delivery to %s failed (attempt %d): %s", who, note.attempts + 1, error)
+            unreached.append(note)
+    repo.release(conn, notification_ids=[n.id for n, _ in jobs if claims.get(n.id, ("", None))[1] == lease_until])
+    return unreached
 
 
 def _message_for(conn: Connection[Any], note: repo.DueNotification, now: datetime, public_url: str) -> messages.Message:

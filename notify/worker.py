@@ -69,7 +69,10 @@ class NotifyWorker:
         self.clock = clock
         # One sending thread per notification a deliverer may hold, so hanging channels cannot starve the rest.
         self.sender = sender or Sender(
-            timeout_s=settings.notify_timeout_s, redirect_url=settings.notify_redirect_url, parallel=deliverers * BATCH
+            timeout_s=settings.notify_timeout_s,
+            deadline_s=settings.notify_deadline_s,
+            redirect_url=settings.notify_redirect_url,
+            parallel=deliverers * BATCH,
         )
         self.deliverers = deliverers
         # Each message's own link to its alarm (core/actionlink.py); without a public URL there is nothing to link.

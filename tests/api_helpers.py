@@ -162,7 +162,8 @@ def api_env(settings: Settings, *, hierarchy: bool = False) -> Iterator[ApiEnv]:
     pool = ConnectionPool(settings.dsn, min_size=1, max_size=6, open=True, name="test-api")
     try:
         app = create_app(settings, pool)
-        with TestClient(app) as client:
+        # https: session cookies are Secure outside the demo, and a client keeps them for HTTPS only
+        with TestClient(app, base_url="https://testserver") as client:
             yield ApiEnv(settings, pool, app, client, tokens)
     finally:
         pool.close()

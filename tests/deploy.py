@@ -169,9 +169,10 @@ def volume_map(service: dict[str, Any], named: Mapping[str, Path], binds: Mappin
 
 
 def rewrite_paths(text: str, mounts: Mapping[str, Path]) -> str:
-    """Replace container paths in a config file by the host paths they are mounted from (longest first)."""
+    """Replace container paths in a config file or a shell line by the host paths they are mounted from (longest
+    first)."""
     for target in sorted(mounts, key=len, reverse=True):
-        text = re.sub(re.escape(target.rstrip("/")) + r"(?=/|\s|$)", str(mounts[target]).rstrip("/"), text)
+        text = re.sub(re.escape(target.rstrip("/")) + r"""(?=[/\s"')]|$)""", str(mounts[target]).rstrip("/"), text)
     return text
 
 

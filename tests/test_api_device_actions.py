@@ -67,7 +67,7 @@ def env(settings: Settings) -> Iterator[Env]:
         }
     pool = ConnectionPool(settings.dsn, min_size=1, max_size=4, open=True, name="test-device-actions")
     try:
-        with TestClient(create_app(settings, pool)) as client:
+        with TestClient(create_app(settings, pool), base_url="https://testserver") as client:
             yield Env(settings, client, tokens)
     finally:
         pool.close()
@@ -204,6 +204,6 @@ def test_device_page_unlock_button_with_csrf(env: Env) -> None:
     assert r.status_code == 303
     assert q(env.settings, "SELECT action, requested_by FROM command") == [("restore_power", "w1")]
     # a merchant sees the device page but no buttons
-    m = TestClient(c.app)
+    m = TestClient(c.app, base_url="https://testserver")
     _login(m, env.tokens["m1"])
     assert 'id="command-form"' not in m.get("/devices/port-1").text

@@ -44,7 +44,12 @@ def test_every_gridwatch_variable_is_a_setting_and_secrets_are_required() -> Non
     seen = set()
     for name, svc in deploy.gridwatch_services(data, profiles=("sim",)).items():
         env = svc.get("environment", {})
-        assert "GRIDWATCH_DATABASE_URL" in env and "GRIDWATCH_MQTT_URL" in env, name
+        assert "GRIDWATCH_DATABASE_URL" in env, name
+        # Each service holds only the broker credentials it uses (issue 23): the ingest its account, the rules
+        # part its command publisher's, the simulators theirs; notify and the api none.
+        parts = parts_run_by(svc)
+        assert ("GRIDWATCH_MQTT_URL" in env) == ("ingest" in parts or name == "simulator"), name
+        assert ("GRIDWATCH_MQTT_COMMAND_URL" in env) == ("rules" in parts), name
         for key in env:
             seen.add(key)
             assert key in known, f"{name}: {key} is not a gridwatch setting"

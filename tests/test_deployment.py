@@ -171,6 +171,7 @@ def deployment(installed: Path, services: Services, tmp_path: Path, receiver: Re
         "POSTGRES_PASSWORD": secrets.token_urlsafe(12),
         "GRIDWATCH_SECRET_KEY": secrets.token_urlsafe(32),
         "GRIDWATCH_MQTT_INGEST_PASSWORD": secrets.token_urlsafe(12),
+        "GRIDWATCH_MQTT_RULES_PASSWORD": secrets.token_urlsafe(12),
         "GRIDWATCH_MQTT_SIMULATOR_PASSWORD": secrets.token_urlsafe(12),
     }
     data = deploy.load(variables)
@@ -208,6 +209,7 @@ def deployment(installed: Path, services: Services, tmp_path: Path, receiver: Re
         "HOME": str(workdir),
         "LANG": "C.UTF-8",
         "GRIDWATCH_MQTT_INGEST_PASSWORD": variables["GRIDWATCH_MQTT_INGEST_PASSWORD"],
+        "GRIDWATCH_MQTT_RULES_PASSWORD": variables["GRIDWATCH_MQTT_RULES_PASSWORD"],
         "GRIDWATCH_MQTT_SIMULATOR_PASSWORD": variables["GRIDWATCH_MQTT_SIMULATOR_PASSWORD"],
     }
     run(
@@ -258,7 +260,8 @@ def deployment(installed: Path, services: Services, tmp_path: Path, receiver: Re
         wait_for(lambda: _broker_answers(listeners[1883]), timeout=15, what="mosquitto listening")
         check = deploy.healthcheck_argv(broker_svc)
         assert check is not None
-        check = [a.replace("-p 1883", f"-p {listeners[1883]}") for a in check]
+        # inside the broker's container: its port and the files mounted into it (the probe's generated credential)
+        check = [deploy.rewrite_paths(a, mounts).replace("-p 1883", f"-p {listeners[1883]}") for a in check]
         wait_for(
             lambda: subprocess.run(check, capture_output=True, timeout=10, check=False).returncode == 0,
             timeout=15,

@@ -40,7 +40,7 @@ def login(client: TestClient, token: str) -> str:
 def test_login_board_and_one_tap_actions(env: ApiEnv) -> None:
     with env.conn() as conn, conn.transaction():
         alarm_id = raise_alarm(conn, "gas-1")
-    client = TestClient(env.app, base_url="http://testserver")
+    client = TestClient(env.app, base_url="https://testserver")
     csrf = login(client, env.tokens["w1"])
     board = client.get("/board?lang=en")
     assert board.status_code == 200 and f'id="alarm-{alarm_id}"' in board.text and "Acknowledge" in board.text
@@ -91,7 +91,7 @@ def test_login_board_and_one_tap_actions(env: ApiEnv) -> None:
 
 
 def test_login_rejects_bad_tokens_and_forged_forms(env: ApiEnv) -> None:
-    client = TestClient(env.app)
+    client = TestClient(env.app, base_url="https://testserver")
     form = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf
@@ -99,7 +99,7 @@ def test_login_rejects_bad_tokens_and_forged_forms(env: ApiEnv) -> None:
     assert (
         bad.status_code == 401 and "unknown token" in bad.text and "gw_session" not in bad.headers.get("set-cookie", "")
     )
-    fresh = TestClient(env.app)
+    fresh = TestClient(env.app, base_url="https://testserver")
     forged = fresh.post("/login", data={"token": env.tokens["w1"], "csrf": csrf.group(1)}, follow_redirects=False)
     assert forged.status_code == 403, "a login form posted without its own nonce cookie is refused"
     # an open redirect through ?next= is not possible

@@ -112,7 +112,7 @@ def create_token(body: TokenCreate, request: Request, conn: Conn, who: Admin) ->
             worker_id=body.worker_id,
             merchant_id=body.merchant_id,
             label=body.label,
-            ttl=timedelta(days=body.days) if body.days else None,
+            ttl=timedelta(days=body.days),
             communities=body.communities,
         )
     log.info("token %s (%s) created by %s", token_id, body.role, who.actor)

@@ -155,6 +155,11 @@ class Shelly:
         shelly_id, _, channel = topic[len(head) :].partition("/")
         return shelly_id, channel
 
+    def source(self, topic: str) -> str | None:
+        """The base one Shelly's account publishes under (`shellies/<id>`, pinned by its ACL)."""
+        split = self._split(topic)
+        return None if split is None else f"{self.prefix}/{split[0]}"
+
     def ignores(self, topic: str) -> str | None:
         """Commands (ours or another client's) and announcements under the Shelly base."""
         split = self._split(topic)

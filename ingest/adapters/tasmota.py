@@ -180,6 +180,11 @@ class Tasmota:
             return None
         return parts[0], parts[1], parts[2]
 
+    def source(self, topic: str) -> str | None:
+        """The base one Tasmota's account publishes under (`tele|stat/<topic>`, pinned by its ACL)."""
+        split = self._split(topic)
+        return None if split is None else join(self.root, split[0], split[1])
+
     def ignores(self, topic: str) -> str | None:
         """Commands, and Tasmota messages we do not map."""
         split = self._split(topic)

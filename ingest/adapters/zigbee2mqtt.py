@@ -232,6 +232,10 @@ class Zigbee2Mqtt:
         `<name>/availability` and `<name>/<attribute>`)."""
         return [f"{self.prefix}/+", f"{self.prefix}/+/+"]
 
+    def source(self, topic: str) -> str | None:
+        """The whole base: one bridge account publishes every name under it, so it can invent names at will."""
+        return None if self._rest(topic) is None else self.prefix
+
     def ignores(self, topic: str) -> str | None:
         """Bridge bookkeeping and commands we subscribe to but never store."""
         rest = self._rest(topic)

@@ -52,7 +52,9 @@ class Actuator:
         self.published = 0
         self.fatal: Exception | None = None
         self.loop: Loop[psycopg.Connection[Any]] = Loop("actuator", self, probe=self._broker_problem)
-        target = settings.mqtt
+        # Its own broker account (GRIDWATCH_MQTT_COMMAND_URL): the shipped broker binds client ids to accounts, so
+        # sharing the ingest's would have the two connections throw each other off.
+        target = settings.mqtt_command
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
             client_id=f"{settings.mqtt_client_id}-act-{uuid.uuid4().hex[:6]}",
@@ -116,7 +118,7 @@ class Actuator:
 
     def start(self) -> None:
         """Connect to the broker and run in a daemon thread."""
-        target = self.settings.mqtt
+        target = self.settings.mqtt_command
         self.client.connect_async(target.host, target.port)
         self.client.loop_start()
         self.loop.start()
