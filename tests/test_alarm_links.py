@@ -20,7 +20,7 @@ from tests.api_helpers import ApiEnv, api_env, raise_alarm
 from tests.support import Receiver, wait_for
 from tests.test_pages import login
 
-PUBLIC = "http://testserver"
+PUBLIC = "https://testserver"  # Secure cookies outside the demo (issue 23)
 LINK_RE = re.compile(re.escape(PUBLIC) + r"/alarms/(\d+)/link/([A-Za-z0-9._:~-]+)")
 
 

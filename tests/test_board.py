@@ -95,7 +95,7 @@ def test_the_board_page_shows_the_climb_and_the_wait(env: ApiEnv) -> None:
         old = raise_alarm(conn, "gas-1", at=t0 - timedelta(minutes=7))
     climb(env, t0 - timedelta(seconds=200))
     climb(env, t0)
-    client = TestClient(env.app, base_url="http://testserver")
+    client = TestClient(env.app, base_url="https://testserver")  # Secure cookies outside the demo
     login(client, env.tokens["lead1"])
     page = client.get("/board?lang=en").text
     ids = [int(i) for i in re.findall(r'<li id="alarm-(\d+)"', page)]
