@@ -306,9 +306,22 @@ def _corroborate(
 
 
 def _confirm(
-    conn: Connection[Any], *, device: Device, rule: AnyRule, at: datetime, details: dict[str, Any]
+    conn: Connection[Any],
+    *,
+    device: Device,
+    rule: AnyRule,
+    at: datetime,
+    details: dict[str, Any],
+    now: datetime | None = None,
 ) -> list[AlarmChange]:
-    return record(conn, device=device, transition=rule.transition("raise", at, details=details))
+    """Raise a confirmation (gas_confirmed, fire_confirmed); one that actuates does so when it is raised (SMK-02:
+    the site's e-bike ports, automatic linkage on two signals as GB 50116-2013 4.1.6 requires)."""
+    transition = rule.transition("raise", at, details=details)
+    changes = record(conn, device=device, transition=transition)
+    for change in changes:
+        if transition.actions and change.kind in ("raised", "reactivated"):
+            _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now or datetime.now(UTC))
+    return changes
 
 
 def _reset_before(conn: Connection[Any], *, rule: RealarmRule, device: Device, at: datetime) -> bool:
@@ -390,6 +403,7 @@ def confirm_uncancelled(
                         rule=mine,
                         at=now,
                         details={"trigger": "no_cancel", "alarm": alarm_id, "after_s": rule.after_s},
+                        now=now,
                     )
                 )
     return out

@@ -110,8 +110,10 @@ def test_worker_sees_a_live_alarm_and_handles_it(
     assert browser.find_elements(By.CSS_SELECTOR, "li.alarm") == []
     browser.execute_script("window.__notReloaded = true;")
 
+    now_ms = int(time.time() * 1000)  # GAS-02: two samples >= 25 %LEL spanning 10 s (issue 19)
+    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"ts": now_ms - 10_000, "gas_lel": 31})
     published = time.monotonic()
-    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 31})
+    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"ts": now_ms, "gas_lel": 31})
     alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
     row = wait.until(ec.presence_of_element_located((By.ID, f"alarm-{alarm_id}")))
     print(f"gas reading published -> row on the worker's board: {time.monotonic() - published:.2f} s")
@@ -145,7 +147,9 @@ def test_merchant_sees_score_and_ledger_entry_after_a_violation(
     assert browser.find_elements(By.CSS_SELECTOR, "#ledger tr.entry") == []
 
     # the violation: gas on the merchant's premises, verified on site by the worker as a real hazard
-    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 40})
+    now_ms = int(time.time() * 1000)  # GAS-02: two samples >= 25 %LEL spanning 10 s (issue 19)
+    for ts in (now_ms - 10_000, now_ms):
+        publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"ts": ts, "gas_lel": 40})
     alarm_id = wait_for(lambda: alarm_row(env), timeout=10, what="the ingest raised the alarm")
     clear_gas(env, publisher, alarm_id)
     r = env.client.post(
