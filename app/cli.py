@@ -494,6 +494,8 @@ def mqtt_credentials(
             reg,
             prefix=settings.topic_prefix,
             bridge_root=settings.bridge_topic_root,
+            zigbee2mqtt_base=settings.zigbee2mqtt_base_topic.strip("/"),
+            esphome_base=settings.esphome_base_topic.strip("/"),
             existing=existing,
             rotate=rotate or [],
             rotate_all=rotate_all,

@@ -4,8 +4,9 @@ DESIGN: the topic's device id is the identity, so each device's account may publ
 `{prefix}/{id}/#`; a device that tries to speak for another is refused by the broker (and never reaches the
 ingest). Accounts:
   - one per native device, pinned to `{prefix}/{id}/#` (a gateway also to its children's subtrees);
-  - one per Shelly / Tasmota device (each connects on its own), pinned to its own foreign topics;
-  - one Zigbee2MQTT bridge account for `zigbee2mqtt/#` (the bridge speaks for all its devices);
+  - one per Shelly / Tasmota / ESPHome device (each connects on its own), pinned to its own foreign topics
+    (an ESPHome node to `<esphome base>/<node>/#`: its status, entity states and the commands it takes);
+  - one Zigbee2MQTT bridge account for `<zigbee2mqtt base>/#` (the bridge speaks for all its devices);
   - the ingest's own account (reads everything it subscribes to, writes commands);
   - on request (`--simulator`), the simulators' account for a staging broker (docker-compose's `sim` profile);
   - `healthcheck`, which may read `$SYS/broker/uptime` only (docker-compose's broker health probe).
@@ -96,16 +97,17 @@ def _check_part(value: str, what: str) -> str:
     return value
 
 
-# Shelly and Tasmota devices connect on their own: each account is pinned to its device's topics under the
-# bridge root ({fid}: the device's foreign id).
-_FOREIGN_ACLS: dict[Adapter, tuple[tuple[str, str], ...]] = {
-    Adapter.SHELLY: (("readwrite", "shellies/{fid}/#"), ("read", "shellies/command")),
+# Shelly, Tasmota and ESPHome devices connect on their own: each account is pinned to its device's topics under the
+# bridge root ({fid}: the device's foreign id; {esphome}: the ESPHome base topic, which may be empty).
+_FOREIGN_ACLS: dict[Adapter, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    Adapter.SHELLY: (("readwrite", ("shellies", "{fid}", "#")), ("read", ("shellies", "command"))),
     Adapter.TASMOTA: (
-        ("write", "tele/{fid}/#"),
-        ("write", "stat/{fid}/#"),
-        ("read", "cmnd/{fid}/#"),
-        ("read", "cmnd/tasmotas/#"),
+        ("write", ("tele", "{fid}", "#")),
+        ("write", ("stat", "{fid}", "#")),
+        ("read", ("cmnd", "{fid}", "#")),
+        ("read", ("cmnd", "tasmotas", "#")),
     ),
+    Adapter.ESPHOME: (("readwrite", ("{esphome}", "{fid}", "#")),),
 }
 
 
@@ -126,11 +128,16 @@ def _build_native_acl(device: DeviceIn, prefix: str, children: dict[str, list[st
     return tuple(acl)
 
 
-def _build_foreign_acl(device: DeviceIn, bridge_root: str) -> tuple[tuple[tuple[str, str], ...], str]:
-    """A Shelly or Tasmota device's grant, pinned to its foreign id, and the account's note."""
+def _build_foreign_acl(
+    device: DeviceIn, bridge_root: str, esphome_base: str = "esphome"
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A Shelly, Tasmota or ESPHome device's grant, pinned to its foreign id, and the account's note."""
     adapter = device.adapter.value
     fid = _check_part(str(device.foreign_id), f"device {device.id}: {adapter} foreign_id")
-    acl = tuple((access, _join(bridge_root, topic.format(fid=fid))) for access, topic in _FOREIGN_ACLS[device.adapter])
+    acl = tuple(
+        (access, _join(bridge_root, *(p.format(fid=fid, esphome=esphome_base) for p in parts)))
+        for access, parts in _FOREIGN_ACLS[device.adapter]
+    )
     return acl, f"{adapter} {fid}"
 
 
@@ -139,6 +146,8 @@ def build_accounts(
     *,
     prefix: str = "gw/v1",
     bridge_root: str = "",
+    zigbee2mqtt_base: str = "zigbee2mqtt",
+    esphome_base: str = "esphome",
     existing: dict[str, str] | None = None,
     rotate: Iterable[str] = (),
     rotate_all: bool = False,
@@ -169,7 +178,7 @@ def build_accounts(
             acl = _build_native_acl(d, prefix, children)
             accounts.append(Account(user, password(user), "device", acl, f"{d.kind.value} at {d.site}"))
         elif d.adapter in _FOREIGN_ACLS:
-            acl, note = _build_foreign_acl(d, bridge_root)
+            acl, note = _build_foreign_acl(d, bridge_root, esphome_base)
             accounts.append(Account(user, password(user), "device", acl, note))
         else:
             zigbee.append(d.id)
@@ -179,14 +188,22 @@ def build_accounts(
                 ZIGBEE2MQTT_USER,
                 password(ZIGBEE2MQTT_USER),
                 "bridge",
-                (("readwrite", _join(bridge_root, "zigbee2mqtt", "#")),),
+                (("readwrite", _join(bridge_root, zigbee2mqtt_base, "#")),),
                 f"Zigbee2MQTT bridge for {len(zigbee)} device(s)",
             )
         )
     _check_user(ingest_user, "ingest username")
     ingest_acl = [("readwrite", f"{prefix}/#")] + [
-        ("readwrite", _join(bridge_root, t, "#")) for t in ("zigbee2mqtt", "shellies", "tele", "stat", "cmnd")
+        ("readwrite", _join(bridge_root, t, "#")) for t in (zigbee2mqtt_base, "shellies", "tele", "stat", "cmnd")
     ]
+    if esphome_base:
+        ingest_acl.append(("readwrite", _join(bridge_root, esphome_base, "#")))
+    else:  # nodes at the top level: the ingest may read and command exactly the registered ones
+        ingest_acl += [
+            ("readwrite", _join(bridge_root, str(d.foreign_id), "#"))
+            for d in registry.devices
+            if d.adapter is Adapter.ESPHOME
+        ]
     accounts.append(
         Account(
             ingest_user,

@@ -771,7 +771,11 @@ def evaluate_flag(rule: FlagRule, state: State, reading: Reading) -> Transition 
             return None
         _activate(state)
         state["on"] = now
-        return rule.transition("raise", reading.ts, details={"field": rule.field, "reported": detail})
+        details: dict[str, Any] = {"field": rule.field, "reported": detail}
+        own = reading.extras.get(f"{rule.field}_state")  # the device's own word for it (Shelly: not_connected)
+        if isinstance(own, str):
+            details["state"] = own
+        return rule.transition("raise", reading.ts, details=details)
     _disarm(state)
     if state.get("active") and now - state.get("on", now) >= rule.clear_for_s:
         state.clear()

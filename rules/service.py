@@ -178,7 +178,9 @@ def apply_transition(
         if transition.kind == "hold" and transition.actions:  # EB-05: a later stop within the same alarm
             alarm = repo.get_open_alarm(conn, device_id=device.id, alarm_type=transition.alarm_type)
             if alarm is not None:
-                _actuate(conn, device=device, transition=transition, alarm_id=alarm.id, now=now, commanded=commanded)
+                out += _actuate(
+                    conn, device=device, transition=transition, alarm_id=alarm.id, now=now, commanded=commanded
+                )
         return out
     out.append(change)
     if change.kind == "cleared":
@@ -188,7 +190,9 @@ def apply_transition(
             )
         )
     if change.kind in ("raised", "reactivated", "severity_raised"):
-        _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now, commanded=commanded)
+        out += _actuate(
+            conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now, commanded=commanded
+        )
     if change.kind in ("raised", "reactivated"):
         out.extend(
             _corroborate(conn, device=device, alarm_type=transition.alarm_type, at=transition.at, ruleset=ruleset)
@@ -232,7 +236,10 @@ def _actuate(
     alarm_id: int,
     now: datetime,
     commanded: set[str] | None = None,
-) -> None:
+) -> list[AlarmChange]:
+    """Queue the transition's commands (and the port lock); a target that cannot carry the command (a gas valve
+    reporting a failure, or none connected) is failed at once and raises actuation_failed on it (issue 19)."""
+    changes: list[AlarmChange] = []
     for action in transition.actions:
         targets = actuation.command_targets(conn, device=device, action=action)
         if not targets:
@@ -242,7 +249,7 @@ def _actuate(
             target = device if target_id == device.id else _device(conn, target_id)
             if target is None:
                 continue
-            actuation.request_command(
+            row = actuation.request_command(
                 conn,
                 device=target,
                 action=actuation.command_for(action),
@@ -250,12 +257,15 @@ def _actuate(
                 reason=f"{transition.rule_id} {transition.alarm_type}",
                 now=now,
             )
-            if commanded is not None:
+            if row.status == "failed":
+                changes += raise_actuation_failed(conn, device=target, command=row, at=now)
+            elif commanded is not None:
                 commanded.add(target_id)
     if transition.lockout:
         actuation.lock_port(
             conn, device=device, alarm_id=alarm_id, reason=f"{transition.rule_id} {transition.alarm_type}", at=now
         )
+    return changes
 
 
 def _device(conn: Connection[Any], device_id: str) -> Device | None:
@@ -318,9 +328,10 @@ def _confirm(
     the site's e-bike ports, automatic linkage on two signals as GB 50116-2013 4.1.6 requires)."""
     transition = rule.transition("raise", at, details=details)
     changes = record(conn, device=device, transition=transition)
-    for change in changes:
+    for change in list(changes):
         if transition.actions and change.kind in ("raised", "reactivated"):
-            _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=now or datetime.now(UTC))
+            at_ = now or datetime.now(UTC)
+            changes += _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=at_)
     return changes
 
 

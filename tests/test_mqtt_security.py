@@ -357,3 +357,23 @@ def test_password_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
     assert mqtt_auth.verify_password("s3cret", theirs)
     assert not mqtt_auth.verify_password("other", theirs)
     assert mqtt_auth.verify_password("s3cret", mqtt_auth.hash_password("s3cret"))
+
+
+def test_esphome_nodes_and_a_configured_zigbee2mqtt_base_in_the_acl() -> None:
+    """Issue 19: an ESPHome node is pinned to <esphome base>/<node>/# (status, states and the commands it takes);
+    the ingest reads the ESPHome base and the configured Zigbee2MQTT base topic."""
+    text = """\
+community: {id: c1, name: C}
+grids: [{id: g1, name: G, micro_grids: [{id: mg1, name: M}]}]
+sites: [{id: s1, kind: shop, micro_grid: mg1}]
+devices:
+  - {id: e-gas, kind: gas_detector, site: s1, location: kitchen, adapter: esphome, foreign_id: kitchen-node}
+  - {id: z-gas, kind: gas_detector, site: s1, location: kitchen, adapter: zigbee2mqtt, foreign_id: kitchen_gas}
+"""
+    accounts = {a.username: a for a in mqtt_auth.build_accounts(parse_registry(text), zigbee2mqtt_base="z2m-home")}
+    assert accounts["e-gas"].acl == (("readwrite", "esphome/kitchen-node/#"),)
+    assert accounts["bridge-zigbee2mqtt"].acl == (("readwrite", "z2m-home/#"),)
+    assert {("readwrite", "esphome/#"), ("readwrite", "z2m-home/#")} <= set(accounts["ingest"].acl)
+    bare = {a.username: a for a in mqtt_auth.build_accounts(parse_registry(text), bridge_root="r", esphome_base="")}
+    assert bare["e-gas"].acl == (("readwrite", "r/kitchen-node/#"),)
+    assert ("readwrite", "r/kitchen-node/#") in bare["ingest"].acl and ("readwrite", "r/#") not in bare["ingest"].acl
