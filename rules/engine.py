@@ -482,6 +482,50 @@ class StuckRule(_RuleBase):
     window_s: float = 30 * 86400
 
 
+class CommissioningRule(_RuleBase):
+    """Issue 19, commissioning: installing a device is not done until it has proved itself. A worker or installer
+    starts a check; the device must report within within_s, and a device of test_kinds (a detector) must also give
+    its test or alarm signal (a test press) within it. A device that never passes raises alarm_type when its check
+    fails, or when it has said nothing for grace_s since it was registered (its silence is an alarm of its own:
+    offline is judged only for devices that have reported). Judged by the timer; a passing check clears it."""
+
+    type: Literal["commissioning"] = "commissioning"
+    within_s: float = Field(default=600, gt=0)
+    grace_s: float = Field(default=86400, gt=0)
+    test_kinds: tuple[DeviceKind, ...] = (DeviceKind.GAS_DETECTOR, DeviceKind.CO_ALARM, DeviceKind.SMOKE_DETECTOR)
+
+    def needs_test(self, device: Device) -> bool:
+        """Whether the check needs the device's test or alarm signal besides a message."""
+        return device.kind in self.test_kinds
+
+
+@dataclass(frozen=True, slots=True)
+class CheckEvidence:
+    """What a device did since its commissioning check began: its first message, and its first test or alarm
+    signal (which one)."""
+
+    reported_at: datetime | None = None
+    tested_at: datetime | None = None
+    signal: str | None = None
+
+
+def judge_commissioning(
+    *, needs_test: bool, deadline: datetime, evidence: CheckEvidence, now: datetime
+) -> tuple[Literal["passed", "failed"], str] | None:
+    """A check's verdict with its reason, or None while it may still pass."""
+    if evidence.reported_at is not None and (not needs_test or evidence.tested_at is not None):
+        proof = f"; test signal: {evidence.signal}" if needs_test else ""
+        return "passed", f"reported at {evidence.reported_at.isoformat(timespec='seconds')}{proof}"
+    if now < deadline:
+        return None
+    if evidence.reported_at is None:
+        return "failed", f"no message from the device by {deadline.isoformat(timespec='seconds')}"
+    return "failed", (
+        f"the device reported, but no test or alarm signal came by {deadline.isoformat(timespec='seconds')}: "
+        "its test press did not reach us (check the detector and its bridge)"
+    )
+
+
 class CorroborateRule(_RuleBase):
     """An alarm of `of` on this device is confirmed by an alarm of `by` (default: `of` again) active on another
     device of the same site within window_s — or on this device too with same_device (a multi-sensor detector's
@@ -554,7 +598,8 @@ Rule = Annotated[
     | RealarmRule
     | NoCancelRule
     | OutageRule
-    | PlacementRule,
+    | PlacementRule
+    | CommissioningRule,
     Field(discriminator="type"),
 ]
 AnyRule = (
@@ -576,6 +621,7 @@ AnyRule = (
     | NoCancelRule
     | OutageRule
     | PlacementRule
+    | CommissioningRule
 )
 
 
@@ -589,7 +635,7 @@ def watched_fields(rule: AnyRule) -> frozenset[str]:
         return frozenset((*rule.fields, "test"))
     if isinstance(rule, AbsenceRule | DriftRule):
         return frozenset()  # every message counts
-    if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule | OutageRule | PlacementRule):
+    if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule | OutageRule | PlacementRule | CommissioningRule):
         return frozenset({"-"})  # never per reading
     return frozenset((rule.field,))
 
@@ -1310,6 +1356,7 @@ _EVALUATORS: dict[type, Any] = {
     NoCancelRule: lambda _rule, _state, _reading: None,
     OutageRule: lambda _rule, _state, _reading: None,
     PlacementRule: lambda _rule, _state, _reading: None,
+    CommissioningRule: lambda _rule, _state, _reading: None,
 }
 
 
