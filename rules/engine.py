@@ -674,12 +674,24 @@ def _disarm(state: State) -> None:
     state.pop("last", None)
 
 
-def _window(state: State, key: str, value: float, now: float, confirm: Confirm | None) -> tuple[float, float] | None:
-    """(lowest, highest) of the last `samples` values of a measurement, each within max_gap_s of the one before:
-    the level every one of them reached and the level none of them passed. A single spike or dropout moves neither
-    (its neighbour holds the pair). None until enough samples have come (after a dropout, the count restarts)."""
+def _window(
+    state: State, key: str, value: float, now: float, confirm: Confirm | None
+) -> tuple[float, float, float] | None:
+    """(lowest, highest, first sample's time) of the last `samples` values of a measurement, each within max_gap_s of
+    the one before: the level every one of them reached and the level none of them passed. A single spike or dropout
+    moves neither (its neighbour holds the pair). None until enough samples have come (after a dropout, the count
+    restarts). On every sample of the hot path: the common pair is kept flat, [time, value] of the one before."""
     if confirm is None or confirm.samples < 2:
-        return value, value
+        return value, value, now
+    if confirm.samples == 2:
+        prev = state.get(key)
+        state[key] = [now, value]
+        if prev and isinstance(prev[0], list):  # kept as a list of points (a samples > 2 window before an override)
+            prev = prev[-1]
+        if prev is None or not 0 <= now - prev[0] <= confirm.max_gap_s:
+            return None
+        pv = prev[1]
+        return (pv, value, prev[0]) if pv < value else (value, pv, prev[0])
     points: list[list[float]] = state.get(key) or []
     if points and not (0 <= now - points[-1][0] <= confirm.max_gap_s):
         points = []
@@ -689,7 +701,7 @@ def _window(state: State, key: str, value: float, now: float, confirm: Confirm |
     if len(points) < confirm.samples:
         return None
     values = [v for _, v in points]
-    return min(values), max(values)
+    return min(values), max(values), points[0][0]
 
 
 def _flag_confirmed(rule: ThresholdRule, state: State, reported: Any, now: float) -> bool:
@@ -718,12 +730,14 @@ def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> T
     reported = reading.value(rule.flag) if rule.flag else None
     if value is None and reported is None:
         return None  # this reading says nothing about this rule
-    ts = reading.ts
-    now = ts.timestamp()
-    flag = _flag_confirmed(rule, state, reported, now) if rule.flag else False
     numeric = _num(value)
     sign = 1.0 if rule.direction == "above" else -1.0
     measured = numeric is not None and rule.raise_at is not None and sign * numeric >= sign * rule.raise_at
+    if not state and not measured and not reported:
+        return None  # the hot path: quiet device, nothing armed, no flag held
+    ts = reading.ts
+    now = ts.timestamp()
+    flag = _flag_confirmed(rule, state, reported, now) if rule.flag else False
     above = flag or measured
     active = state.get("active")
     if not active:
@@ -1058,11 +1072,11 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
     pair = _window(state, "w", p, now, rule.confirm)
     if pair is None:
         return s, False
-    lo, hi = pair
+    lo, hi, first = pair
     if s is None:
         if lo < rule.start_w:
             return None, False
-        start = float(state["w"][0][0]) if "w" in state else now  # the session began with the first of the pair
+        start = first  # the session began with the first sample of the pair
         s = state["s"] = {
             "start": start,
             "t": start,
@@ -1132,8 +1146,11 @@ def _session_no_taper(rule: SessionRule, state: State, s: dict[str, Any], ts: da
     s["high_since"] = s["high_since"] or (now if s.get("tapered") else s["start"])
     high = now - s["high_since"]
     stop = rule.stop_after_s is None or high >= rule.stop_after_s
+    active = state.get("active")
+    if high < rule.taper_s and not active:
+        return None  # the hot path: a session in its high phase, not yet long enough
     details = {"bulk_median_w": median, "hours": round(high / 3600, 2)}
-    if high >= rule.taper_s and not state.get("active"):
+    if not active:
         t = rule.transition("raise", ts, p, details=details)
         state["active"], state["sev"] = True, int(t.severity)
         if stop:
@@ -1141,7 +1158,7 @@ def _session_no_taper(rule: SessionRule, state: State, s: dict[str, Any], ts: da
         else:
             t.actions, t.lockout = (), False  # the stop comes at stop_after_s
         return t
-    if state.get("active") and stop and not state.get("stopped"):
+    if stop and not state.get("stopped"):
         state["stopped"] = True
         t = rule.transition("hold", ts, p, details={**details, "stopped": True})
         t.actions, t.lockout = rule.actions, rule.lockout

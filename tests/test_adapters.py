@@ -1302,6 +1302,7 @@ DOCUMENTED = [
     (f"stat/{TASMOTA}/RESULT", {"Time": "x", "PowerMonitor": "ON"}, "reading"),
     (f"stat/{TASMOTA}/RESULT", {"Time": "x", "EnergyMonitor": "ON"}, "not_data"),
     (f"stat/{TASMOTA}/POWER", "ON", "reading"),
+    (f"stat/{TASMOTA}/POWERMONITOR", {"Time": "x", "PowerMonitor": "ON"}, "reading"),
     (f"stat/{TASMOTA}/POWER1", "OFF", "reading"),
     (f"stat/{TASMOTA}/STATUS8", {"StatusSNS": {}}, "not_data"),
     (f"tele/{TASMOTA}/RESULT", {"IrReceived": {}}, "not_data"),

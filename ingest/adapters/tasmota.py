@@ -85,6 +85,15 @@ def _phase(key: str) -> tuple[str, int]:
     return match["key"], int(match["phase"] or 1)
 
 
+# Command results: RESULT, or with SetOption4 1 one topic per command (POWERMONITOR: power restored after MaxPower).
+RESULTS = ("RESULT", "POWERMONITOR")
+
+
+def _relay_leaf(leaf: str) -> bool:
+    """stat/<t>/POWER, POWER1, POWER2, ...: a relay's state as plain ON/OFF."""
+    return leaf == "POWER" or (leaf.startswith("POWER") and leaf[5:].isdigit())
+
+
 def _relay(text: Any) -> str | None:
     return {"ON": "on", "OFF": "off"}.get(text.upper()) if isinstance(text, str) else None
 
@@ -243,7 +252,7 @@ class Tasmota:
             return "a command to a Tasmota device (ours or another client's, or its own empty POWER at boot)"
         if prefix == "tele" and leaf not in TELE:
             return f"Tasmota tele/{leaf} (boot or discovery information) is not device data"
-        if prefix == "stat" and leaf not in (*STAT, "RESULT") and not leaf.startswith("POWER"):
+        if prefix == "stat" and leaf not in (*STAT, *RESULTS) and not _relay_leaf(leaf):
             return f"Tasmota stat/{leaf} (a status reply) is not device data"
         return None
 
@@ -263,7 +272,7 @@ class Tasmota:
         what = f"tasmota {name!r} {prefix}/{leaf}"
         if leaf == "LWT":
             return [self._lwt(device, payload, received_at, what)]
-        if prefix == "stat" and leaf.startswith("POWER"):
+        if prefix == "stat" and _relay_leaf(leaf):
             return [self._power(device, leaf, payload, received_at, limits, what)]
         if not payload.strip():
             return [not_data(f"{what} cleared (empty retained message)", device.id)]
@@ -272,7 +281,7 @@ class Tasmota:
             return [Reject(f"{what}: {data.reason}", device.id)]
         if leaf == "INFO3":
             return [self._booted(device, data, received_at)]
-        if leaf == "RESULT":
+        if leaf in RESULTS:
             return [self._result(device, data, received_at, limits, what)]
         return [self._json(device, leaf, data, received_at, limits, what)]
 
