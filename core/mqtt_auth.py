@@ -164,7 +164,10 @@ def _esphome_reads(registry: RegistryIn, bridge_root: str, esphome_base: str) ->
 
 
 def _rules_acl(
-    registry: RegistryIn, prefix: str, bridge_root: str, zigbee2mqtt_base: str = "zigbee2mqtt",
+    registry: RegistryIn,
+    prefix: str,
+    bridge_root: str,
+    zigbee2mqtt_base: str = "zigbee2mqtt",
     esphome_base: str = "esphome",
 ) -> tuple[tuple[str, str], ...]:
     """The rules part's grant: write every command topic of the registry's devices, read nothing."""
@@ -180,8 +183,14 @@ def _rules_acl(
                 raise ConfigError(f"device {d.id}: zigbee2mqtt foreign_id {name!r} cannot be pinned in the ACL")
             acl.append(("write", _join(bridge_root, zigbee2mqtt_base, name, "set")))
         if d.adapter is Adapter.ESPHOME and d.foreign_id:  # switch and button commands of this node
-            acl.append(("write", _join(bridge_root, esphome_base, _check_part(str(d.foreign_id), "esphome node"),
-                                       "+", "+", "command")))
+            acl.append(
+                (
+                    "write",
+                    _join(
+                        bridge_root, esphome_base, _check_part(str(d.foreign_id), "esphome node"), "+", "+", "command"
+                    ),
+                )
+            )
     return tuple(acl)
 
 
