@@ -39,6 +39,7 @@ from core import repo as core_repo
 from core.domain import Disposition, Severity
 from core.errors import AuthError, NotFoundError
 from rules import service as rules_service
+from rules.commissioning import service as commissioning
 from score import policy as score_policy
 from score import service as score_service
 
@@ -561,6 +562,7 @@ def device_page(
         device_id=device_id,
     )
     lock = device_routes.port_lock(conn, device_id) if device.kind == "charging_port" else None
+    commissioning = device_routes.commissioning_status(conn, who, device_id)
     actions = (
         [a for a, kinds in device_routes.COMMAND_KINDS.items() if device.kind in kinds]
         if who.role != "merchant"
@@ -579,6 +581,7 @@ def device_page(
         alarms=alarms,
         lock=lock,
         actions=actions,
+        commissioning=commissioning,
         done=request.query_params.get("done"),
     )
 
@@ -591,6 +594,13 @@ def device_unlock(device_id: str, conn: Conn, who: Staff, form: Form) -> Respons
         raise HTTPException(422, "note: say what you checked on site before clearing the lock")
     device_routes.unlock(conn, who, device_id, note=note)
     return RedirectResponse(f"/devices/{quote(device_id)}?done=unlocked", status_code=303)
+
+
+@router.post("/devices/{device_id}/commission")
+def device_commission(device_id: str, conn: Conn, who: Staff) -> Response:
+    """Start a commissioning check from the device page (issue 19); the page shows how it goes."""
+    device_routes.commission(conn, who, device_id, within_s=None, silence=True)
+    return RedirectResponse(f"/devices/{quote(device_id)}?done=commission_started", status_code=303)
 
 
 @router.post("/devices/{device_id}/commands")
@@ -644,12 +654,15 @@ def admin_page(
         limit=100,
         offset=offset,
     )
+    states = commissioning.states(conn, device_ids=[d.id for d in devices])
     return render(
         request,
         "admin.html",
         who,
         kpis=kpis,
         devices=devices,
+        uncommissioned=commissioning.uncommissioned(conn, limit=200),
+        commissioned={i for i, st in states.items() if st.commissioned},
         offset=offset,
         next_offset=offset + 100 if len(devices) == 100 else None,
     )

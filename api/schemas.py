@@ -12,6 +12,7 @@ from core.domain import Adapter, Alarm, DeviceKind, Disposition, Location, Mount
 from core.readmodel import RowRead
 from notify.repo import Silence
 from rules.actuation.repo import CommandRow
+from rules.commissioning.repo import CheckRow
 from score.schemas import MerchantScoreRead
 
 T = TypeVar("T")
@@ -491,6 +492,48 @@ class CommandRead(RowRead):
     status: str
     created_at: datetime
     deadline_at: datetime
+
+
+class CommissionIn(BaseModel):
+    """Start a commissioning check (issue 19)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    within_s: float | None = Field(
+        default=None, gt=0, le=24 * 3600, description="the window to report (and test) in; default the rule's 600 s"
+    )
+    silence: bool = Field(
+        default=True,
+        description="silence the device's notifications for the window, life-safety included: the installer is on "
+        "site and the test press raises its alarm (RULES-REFERENCE 7.3.6 installer window)",
+    )
+
+
+class CommissioningRead(RowRead):
+    """One commissioning check."""
+
+    ROW = CheckRow
+
+    id: int
+    device_id: str
+    started_at: datetime
+    started_by: str
+    deadline_at: datetime
+    needs_test: bool
+    status: str
+    reported_at: datetime | None
+    tested_at: datetime | None
+    test_signal: str | None
+    finished_at: datetime | None
+    reason: str
+
+
+class CommissioningStatusRead(BaseModel):
+    """Whether a device is commissioned (it passed a check), and its checks, newest first."""
+
+    device_id: str
+    commissioned: bool
+    checks: list[CommissioningRead]
 
 
 class UnlockIn(BaseModel):

@@ -7,7 +7,7 @@ import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -298,6 +298,94 @@ def notify_silence(
     )
 
 
+# ------------------------------------------------------------------ devices: commissioning (issue 19)
+device_app = typer.Typer(help="Devices: commissioning checks.", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+COMMISSION_SILENCE_MAX_S = 30 * 60  # as the API: the installer's window, never longer than half an hour
+
+
+def _start_commissioning(settings: Settings, device_id: str, *, by: str, within_s: float | None, silence: bool) -> Any:
+    """Start the check (and the installer window's silence) in one transaction; returns the check."""
+    from datetime import UTC, datetime
+
+    from core import repo as core_repo
+    from core.errors import NotFoundError
+    from notify import service as notify_service
+    from rules.commissioning import service as commissioning
+    from rules.ruleset import default_rules
+
+    now = datetime.now(UTC)
+    with db.connect(settings.dsn) as conn, conn.transaction():
+        device = core_repo.get_devices(conn, ids=[device_id]).get(device_id)
+        if device is None:
+            raise NotFoundError(f"device {device_id!r} is not registered (or not active)")
+        check = commissioning.start_check(
+            conn, device=device, by=by, ruleset=default_rules(), now=now, within_s=within_s
+        )
+        if silence:
+            notify_service.create_silence(
+                conn,
+                site_id=None,
+                device_id=device_id,
+                minutes=min((check.deadline_at - now).total_seconds(), COMMISSION_SILENCE_MAX_S) / 60,
+                reason=f"commissioning check #{check.id} (installer window)",
+                created_by=by,
+                include_life_safety=True,
+                now=now,
+            )
+    return check
+
+
+def _wait_for_verdict(settings: Settings, check: Any, *, poll_s: float = 2.0) -> Any:
+    """Poll the check until the rules timer has judged it (or a minute past its deadline)."""
+    import time as _time
+    from datetime import UTC, datetime
+
+    from rules.commissioning import service as commissioning
+
+    give_up = check.deadline_at + timedelta(minutes=1)
+    while True:
+        with db.connect(settings.dsn) as conn:
+            found = next(
+                (c for c in commissioning.get_checks(conn, device_id=check.device_id) if c.id == check.id), None
+            )
+        if found is None or found.status != "pending" or datetime.now(UTC) > give_up:
+            return found
+        _time.sleep(poll_s)
+
+
+@device_app.command("commission")
+def device_commission(
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    by: Annotated[str, typer.Option(help="who runs the check (worker or installer), for the record")] = "cli",
+    within: Annotated[
+        float | None, typer.Option(help="seconds the device has to report and test (default the rule's 600)")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="wait for the verdict (the rules part of serve must be running)")] = True,
+    silence: Annotated[
+        bool, typer.Option(help="hold the device's notifications during the check (the test press alarms)")
+    ] = True,
+) -> None:
+    """Start a commissioning check: the device must report within the window, and a detector must send its test
+    or alarm signal (press its test button now). Exit 0 passed, 1 failed, 3 no verdict yet."""
+    settings = _settings()
+    try:
+        check = _start_commissioning(settings, device_id, by=by, within_s=within, silence=silence)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    todo = "report and send its test or alarm signal (press its test button)" if check.needs_test else "report"
+    typer.echo(f"check #{check.id}: {device_id} must {todo} by {check.deadline_at.isoformat(timespec='seconds')}")
+    if not wait:
+        return
+    found = _wait_for_verdict(settings, check)
+    if found is None or found.status == "pending":
+        typer.secho("no verdict yet: is the rules part running (gridwatch serve --only rules)?", err=True)
+        raise typer.Exit(3)
+    colour = typer.colors.GREEN if found.status == "passed" else typer.colors.RED
+    typer.secho(f"check #{found.id} {found.status}: {found.reason}", fg=colour)
+    raise typer.Exit(0 if found.status == "passed" else 1)
+
+
 # ------------------------------------------------------------------ merchant safety score (docs/score.md)
 score_app = typer.Typer(
     help="Merchant safety score: show, recompute from the ledger, tick, check a policy.", no_args_is_help=True
@@ -519,6 +607,8 @@ def mqtt_credentials(
             reg,
             prefix=settings.topic_prefix,
             bridge_root=settings.bridge_topic_root,
+            zigbee2mqtt_base=settings.zigbee2mqtt_base_topic.strip("/"),
+            esphome_base=settings.esphome_base_topic.strip("/"),
             existing=existing,
             rotate=rotate or [],
             rotate_all=rotate_all,

@@ -95,14 +95,14 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
         # The rules timer (offline, session length, command deadlines) and the command publisher.
         from functools import partial
 
-        from ingest.adapters import encode_command
+        from ingest.adapters import bases, encode_command
         from rules.actuation.publisher import Actuator
         from rules.scheduler import RulesTimer
 
         running.parts["rules"] = RulesTimer(settings)
         running.parts["rules"].start()
         # The commands go out in each device's dialect, which ingest's adapters know (rules may not import ingest).
-        encode = partial(encode_command, prefix=settings.topic_prefix, bridge_root=settings.bridge_topic_root)
+        encode = partial(encode_command, prefix=settings.topic_prefix, bridge_root=bases(settings))
         running.parts["actuator"] = Actuator(settings, encode=encode)
         running.parts["actuator"].start()
         # Merchant score: verified hazards as they are resolved, then clean-period restorations, overdue

@@ -33,6 +33,7 @@ class Adapter(StrEnum):
     ZIGBEE2MQTT = "zigbee2mqtt"
     SHELLY = "shelly"
     TASMOTA = "tasmota"
+    ESPHOME = "esphome"
 
 
 class SiteKind(StrEnum):

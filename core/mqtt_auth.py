@@ -5,8 +5,9 @@ DESIGN: the topic's device id is the identity, so each device's account may publ
 by the broker (and never reaches the ingest). The shipped broker config binds client ids to accounts
 (`use_username_as_clientid`), so every process that connects needs an account of its own. Accounts:
   - one per native device, pinned to its own topics (a gateway also to its children's);
-  - one per Shelly / Tasmota device (each connects on its own), pinned to its own foreign topics;
-  - one Zigbee2MQTT bridge account for `zigbee2mqtt/#` (the bridge speaks for all its devices);
+  - one per Shelly / Tasmota / ESPHome device (each connects on its own), pinned to its own foreign topics
+    (an ESPHome node to `<esphome base>/<node>/#`: its status, entity states and the commands it takes);
+  - one Zigbee2MQTT bridge account for `<zigbee2mqtt base>/#` (the bridge speaks for all its devices);
   - the ingest's own account (reads what it subscribes to, writes nothing), and on request more of them
     (`--extra-ingest`), one per further ingest process on a shared subscription;
   - the rules part's account (its command publisher writes the command topics, reads nothing);
@@ -104,16 +105,17 @@ def _check_part(value: str, what: str) -> str:
     return value
 
 
-# Shelly and Tasmota devices connect on their own: each account is pinned to its device's topics under the
-# bridge root ({fid}: the device's foreign id).
-_FOREIGN_ACLS: dict[Adapter, tuple[tuple[str, str], ...]] = {
-    Adapter.SHELLY: (("readwrite", "shellies/{fid}/#"), ("read", "shellies/command")),
+# Shelly, Tasmota and ESPHome devices connect on their own: each account is pinned to its device's topics under the
+# bridge root ({fid}: the device's foreign id; {esphome}: the ESPHome base topic, which may be empty).
+_FOREIGN_ACLS: dict[Adapter, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    Adapter.SHELLY: (("readwrite", ("shellies", "{fid}", "#")), ("read", ("shellies", "command"))),
     Adapter.TASMOTA: (
-        ("write", "tele/{fid}/#"),
-        ("write", "stat/{fid}/#"),
-        ("read", "cmnd/{fid}/#"),
-        ("read", "cmnd/tasmotas/#"),
+        ("write", ("tele", "{fid}", "#")),
+        ("write", ("stat", "{fid}", "#")),
+        ("read", ("cmnd", "{fid}", "#")),
+        ("read", ("cmnd", "tasmotas", "#")),
     ),
+    Adapter.ESPHOME: (("readwrite", ("{esphome}", "{fid}", "#")),),
 }
 
 
@@ -152,7 +154,22 @@ _COMMAND_TOPICS: dict[Adapter, tuple[str, ...]] = {
 }
 
 
-def _rules_acl(registry: RegistryIn, prefix: str, bridge_root: str) -> tuple[tuple[str, str], ...]:
+def _esphome_reads(registry: RegistryIn, bridge_root: str, esphome_base: str) -> tuple[tuple[str, str], ...]:
+    """What the ingest reads of ESPHome nodes: their base, or (nodes at the top level) exactly the registered ones."""
+    if esphome_base:
+        return (("read", _join(bridge_root, esphome_base, "#")),)
+    return tuple(
+        ("read", _join(bridge_root, str(d.foreign_id), "#")) for d in registry.devices if d.adapter is Adapter.ESPHOME
+    )
+
+
+def _rules_acl(
+    registry: RegistryIn,
+    prefix: str,
+    bridge_root: str,
+    zigbee2mqtt_base: str = "zigbee2mqtt",
+    esphome_base: str = "esphome",
+) -> tuple[tuple[str, str], ...]:
     """The rules part's grant: write every command topic of the registry's devices, read nothing."""
     acl = [("write", f"{prefix}/+/cmd")]
     adapters = {d.adapter for d in registry.devices}
@@ -164,15 +181,29 @@ def _rules_acl(registry: RegistryIn, prefix: str, bridge_root: str) -> tuple[tup
             name = str(d.foreign_id)
             if any(c in name for c in "+#\x00") or not name.strip("/"):
                 raise ConfigError(f"device {d.id}: zigbee2mqtt foreign_id {name!r} cannot be pinned in the ACL")
-            acl.append(("write", _join(bridge_root, "zigbee2mqtt", name, "set")))
+            acl.append(("write", _join(bridge_root, zigbee2mqtt_base, name, "set")))
+        if d.adapter is Adapter.ESPHOME and d.foreign_id:  # switch and button commands of this node
+            acl.append(
+                (
+                    "write",
+                    _join(
+                        bridge_root, esphome_base, _check_part(str(d.foreign_id), "esphome node"), "+", "+", "command"
+                    ),
+                )
+            )
     return tuple(acl)
 
 
-def _build_foreign_acl(device: DeviceIn, bridge_root: str) -> tuple[tuple[tuple[str, str], ...], str]:
-    """A Shelly or Tasmota device's grant, pinned to its foreign id, and the account's note."""
+def _build_foreign_acl(
+    device: DeviceIn, bridge_root: str, esphome_base: str = "esphome"
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A Shelly, Tasmota or ESPHome device's grant, pinned to its foreign id, and the account's note."""
     adapter = device.adapter.value
     fid = _check_part(str(device.foreign_id), f"device {device.id}: {adapter} foreign_id")
-    acl = tuple((access, _join(bridge_root, topic.format(fid=fid))) for access, topic in _FOREIGN_ACLS[device.adapter])
+    acl = tuple(
+        (access, _join(bridge_root, *(p.format(fid=fid, esphome=esphome_base) for p in parts)))
+        for access, parts in _FOREIGN_ACLS[device.adapter]
+    )
     return acl, f"{adapter} {fid}"
 
 
@@ -182,14 +213,16 @@ def _service_accounts(
     *,
     prefix: str,
     bridge_root: str,
+    zigbee2mqtt_base: str,
+    esphome_base: str,
     ingest_users: Sequence[str],
     ingest_password: str | None,
     rules_user: str,
     rules_password: str | None,
 ) -> list[Account]:
     """gridwatch's own accounts: the ingest's (read only; one per ingest process) and the rules part's (commands)."""
-    bridges = tuple(("read", _join(bridge_root, t, "#")) for t in ("zigbee2mqtt", "shellies", "tele", "stat"))
-    ingest_acl = (("read", f"{prefix}/#"), *bridges)
+    bridges = tuple(("read", _join(bridge_root, t, "#")) for t in (zigbee2mqtt_base, "shellies", "tele", "stat"))
+    ingest_acl = (("read", f"{prefix}/#"), *bridges, *_esphome_reads(registry, bridge_root, esphome_base))
     accounts = []
     for i, user in enumerate(ingest_users):
         _check_user(user, "ingest username")
@@ -209,7 +242,7 @@ def _service_accounts(
             rules_user,
             rules_password or password(rules_user),
             "rules",
-            _rules_acl(registry, prefix, bridge_root),
+            _rules_acl(registry, prefix, bridge_root, zigbee2mqtt_base, esphome_base),
             "gridwatch rules part (its command publisher writes command topics, reads nothing)",
         )
     )
@@ -229,6 +262,8 @@ def build_accounts(
     *,
     prefix: str = "gw/v1",
     bridge_root: str = "",
+    zigbee2mqtt_base: str = "zigbee2mqtt",
+    esphome_base: str = "esphome",
     existing: dict[str, str] | None = None,
     rotate: Iterable[str] = (),
     rotate_all: bool = False,
@@ -264,7 +299,7 @@ def build_accounts(
             acl = _build_native_acl(d, prefix, children)
             accounts.append(Account(user, password(user), "device", acl, f"{d.kind.value} at {d.site}"))
         elif d.adapter in _FOREIGN_ACLS:
-            acl, note = _build_foreign_acl(d, bridge_root)
+            acl, note = _build_foreign_acl(d, bridge_root, esphome_base)
             accounts.append(Account(user, password(user), "device", acl, note))
         else:
             zigbee.append(d.id)
@@ -274,7 +309,7 @@ def build_accounts(
                 ZIGBEE2MQTT_USER,
                 password(ZIGBEE2MQTT_USER),
                 "bridge",
-                (("readwrite", _join(bridge_root, "zigbee2mqtt", "#")),),
+                (("readwrite", _join(bridge_root, zigbee2mqtt_base, "#")),),
                 f"Zigbee2MQTT bridge for {len(zigbee)} device(s)",
             )
         )
@@ -283,6 +318,8 @@ def build_accounts(
         password,
         prefix=prefix,
         bridge_root=bridge_root,
+        zigbee2mqtt_base=zigbee2mqtt_base,
+        esphome_base=esphome_base,
         ingest_users=ingest_users,
         ingest_password=ingest_password,
         rules_user=rules_user,

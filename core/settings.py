@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     mqtt_share_group: str = ""
     # Root under which the bridges publish ("" = their defaults zigbee2mqtt/..., shellies/..., tele/...).
     bridge_topic_root: str = ""
+    # Zigbee2MQTT's `mqtt.base_topic` (under the root).
+    zigbee2mqtt_base_topic: str = Field(default="zigbee2mqtt", min_length=1, pattern=r"^[^+#]+$")
+    # ESPHome nodes publish under <base>/<node name> (their `mqtt: topic_prefix: esphome/${name}`); "" = ESPHome's
+    # own default, the node name at the top level (broad filters such as +/status on a shared broker).
+    esphome_base_topic: str = Field(default="esphome", pattern=r"^[^+#]*$")
     secret_key: SecretStr = SecretStr(DEMO_SECRET)
     demo: bool = False
 

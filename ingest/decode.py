@@ -1,4 +1,9 @@
-"""Turn an MQTT message into readings, statuses or command acks, or a rejection with a reason.
+"""Turn an MQTT message into readings, statuses, device events or command acks, or a rejection with a reason.
+
+Every message ends in exactly one of these (issue 19): nothing is dropped without a record. A message that is valid
+but not device data (a bridge's bookkeeping, a command published by us or another client, a retained message being
+cleared) is a Reject of kind "not_data": recorded with its reason like any reject, its payload cut to
+NOT_DATA_PAYLOAD_BYTES (it is kept to show what it was, not to be replayed).
 
 Decoders are pure: they never touch the network or the database; device lookups come in through
 a DeviceLookup so adapters can map a bridge's name to a registry device.
@@ -9,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import ValidationError
@@ -32,12 +37,41 @@ class Message:
     retain: bool = False
 
 
+NOT_DATA_PAYLOAD_BYTES = 1024
+
+
 @dataclass(slots=True, frozen=True)
 class Reject:
-    """A message that could not be used, and why."""
+    """A message that could not be used, and why. kind "invalid": the message is wrong (malformed, out of range,
+    an unknown device); "not_data": it is fine but carries no device data (bookkeeping, a command, a clear)."""
 
     reason: str
     device_id: str | None = None
+    kind: Literal["invalid", "not_data"] = "invalid"
+
+
+def not_data(reason: str, device_id: str | None = None) -> Reject:
+    """The record of a message that is not device data (see the module docstring)."""
+    return Reject(reason, device_id, "not_data")
+
+
+# What a bridge reports about a device's membership of its network (issue 19: a recorded device event).
+DeviceEventKind = Literal[
+    "joined", "announced", "interview_started", "interview_successful", "interview_failed", "left", "removed", "booted"
+]
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceEvent:
+    """A device joined, announced itself, was interviewed (or failed to be), left, was removed, or (re)booted. The
+    device may not be registered yet (a new device joining): foreign_id names it, device_id only when known."""
+
+    adapter: str
+    foreign_id: str
+    kind: DeviceEventKind
+    at: datetime
+    device_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,14 +85,7 @@ class CommandAck:
     at: datetime
 
 
-@dataclass(slots=True, frozen=True)
-class Ignored:
-    """A message we subscribe to but do not store (bridge bookkeeping, our own commands)."""
-
-    why: str
-
-
-Decoded = Reading | DeviceStatus | CommandAck | Reject | Ignored
+Decoded = Reading | DeviceStatus | DeviceEvent | CommandAck | Reject
 
 
 class DeviceLookup(Protocol):
@@ -203,14 +230,14 @@ def decode_native(
     if not device_id or not channel:
         return [Reject(f"topic {topic!r} is not {prefix}/<device_id>/<telemetry|status|cmd/ack>")]
     if channel == "cmd":
-        return [Ignored("our own command")]
+        return [not_data(f"a command to {device_id} (ours), not a report from it", device_id)]
     if channel not in ("telemetry", "status", "cmd/ack"):
         return [Reject(f"unknown channel {channel!r} in topic {topic!r}", device_id)]
     device = lookup.device(device_id)
     if device is None:
         return [Reject(f"unknown device {device_id!r}: not in the registry (add it with `gridwatch load`)", device_id)]
     if len(payload) == 0 and channel == "status":
-        return [Ignored("retained status cleared")]
+        return [not_data("retained status cleared (empty message)", device_id)]
     data = parse_json_object(payload)
     if isinstance(data, Reject):
         return [Reject(data.reason, device_id)]
@@ -243,22 +270,27 @@ class Decoder:
     adapters: list[AdapterDecoder] = field(default_factory=list)
 
     def decode(self, msg: Message, lookup: DeviceLookup) -> list[Decoded]:
+        """What the message is (see decode_tagged)."""
+        return self.decode_tagged(msg, lookup)[1]
+
+    def decode_tagged(self, msg: Message, lookup: DeviceLookup) -> tuple[str, list[Decoded]]:
+        """(which adapter took the message: native, an adapter's name, or unknown; what it is)."""
         if len(msg.payload) > self.limits.max_payload_bytes:
-            why = self.bookkeeping(msg.topic)
-            if why is not None:
-                return [Ignored(why)]
-            return [
+            found = self.bookkeeping(msg.topic)
+            if found is not None:
+                return found[0], [not_data(found[1])]
+            return self._adapter_of(msg.topic), [
                 Reject(
                     f"payload of {len(msg.payload)} bytes exceeds the limit of {self.limits.max_payload_bytes} bytes"
                 )
             ]
         if msg.topic.startswith(self.prefix + "/"):
-            return decode_native(msg.topic, msg.payload, msg.received_at, lookup, self.limits, self.prefix)
+            return "native", decode_native(msg.topic, msg.payload, msg.received_at, lookup, self.limits, self.prefix)
         for adapter in self.adapters:
             result = adapter(msg.topic, msg.payload, msg.received_at, lookup, self.limits)
             if result is not None:
-                return result
-        return [Reject(f"no decoder for topic {msg.topic!r}")]
+                return _name(adapter), result
+        return "unknown", [Reject(f"no decoder for topic {msg.topic!r}")]
 
     def source_of(self, topic: str) -> str:
         """The part of a topic one broker account speaks for, which a reject's rate limit is kept per when it names
@@ -276,12 +308,25 @@ class Decoder:
                 return str(found)
         return topic.partition("/")[0]
 
-    def bookkeeping(self, topic: str) -> str | None:
-        """Why a topic is a bridge's bookkeeping we never store (asked before the size limit, because e.g.
-        zigbee2mqtt/bridge/devices is legitimately large); an adapter opts in with an `ignores(topic)` method."""
+    def _adapter_of(self, topic: str) -> str:
+        if topic.startswith(self.prefix + "/"):
+            return "native"
+        for adapter in self.adapters:
+            owns = getattr(adapter, "owns", None)
+            if owns is not None and owns(topic):
+                return _name(adapter)
+        return "unknown"
+
+    def bookkeeping(self, topic: str) -> tuple[str, str] | None:
+        """(adapter, why) when a topic is a bridge's bookkeeping we never store (asked before the size limit,
+        because e.g. zigbee2mqtt/bridge/devices is legitimately large); an adapter opts in with `ignores(topic)`."""
         for adapter in self.adapters:
             ignores = getattr(adapter, "ignores", None)
             why = ignores(topic) if ignores is not None else None
             if why is not None:
-                return str(why)
+                return _name(adapter), str(why)
         return None
+
+
+def _name(adapter: AdapterDecoder) -> str:
+    return str(getattr(adapter, "name", "bridge"))

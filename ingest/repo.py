@@ -173,6 +173,32 @@ MAX_REJECT_REASON = 1_000
 MAX_REJECT_DEVICE_ID = 128
 DEFAULT_REJECT_EXCERPT = 1_024
 
+INSERT_DEVICE_EVENT = """
+INSERT INTO device_event (received_at, adapter, foreign_id, device_id, kind, topic, details)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+def insert_device_events(
+    conn: Connection[Any], *, events: Sequence[tuple[datetime, str, str, str | None, str, str, Any]]
+) -> None:
+    """Record device events: (received_at, adapter, foreign_id, device_id, kind, topic, details)."""
+    if events:
+        with conn.cursor() as cur:
+            cur.executemany(INSERT_DEVICE_EVENT, [(*e[:6], Jsonb(e[6])) for e in events])
+
+
+SELECT_DEVICE_EVENTS = """
+SELECT received_at, adapter, foreign_id, device_id, kind, topic, details FROM device_event
+WHERE device_id = %s ORDER BY received_at DESC, id DESC LIMIT %s
+"""
+
+
+def get_device_events(conn: Connection[Any], *, device_id: str, limit: int = 50) -> list[tuple[Any, ...]]:
+    """A device's latest events, newest first."""
+    return conn.execute(SELECT_DEVICE_EVENTS, (device_id, limit)).fetchall()
+
+
 INSERT_REJECT = """
 INSERT INTO ingest_reject (received_at, topic, payload, payload_bytes, device_id, reason)
 VALUES (%s, %s, %s, %s, %s, %s)

@@ -16,7 +16,7 @@ from psycopg import Connection
 from core import repo as core_repo
 from core.domain import Adapter, Device, DeviceStatus, Reading
 from ingest import repo
-from ingest.decode import CommandAck, Decoder, Ignored, Message, Reject
+from ingest.decode import NOT_DATA_PAYLOAD_BYTES, CommandAck, Decoder, DeviceEvent, Message, Reject
 from ingest.ratelimit import RateLimit
 from rules import service as rules_service
 from rules.ruleset import RuleSet
@@ -24,6 +24,13 @@ from rules.ruleset import RuleSet
 log = logging.getLogger(__name__)
 
 MESSAGES = Counter("gridwatch_ingest_messages_total", "MQTT messages processed, by outcome", ["outcome"])
+# Issue 19: every message ends in a reading (new or an absorbed duplicate), a status, a device event, a command ack or
+# a reject (invalid, or not device data), counted per adapter (native, zigbee2mqtt, shelly, tasmota, esphome, unknown).
+OUTCOMES = Counter(
+    "gridwatch_ingest_outcomes_total",
+    "MQTT messages by the adapter that decoded them and what they became",
+    ["adapter", "outcome"],
+)
 REJECTS = Counter("gridwatch_ingest_rejects_total", "Messages rejected, by reason class", ["reason"])
 ALARM_TRANSITIONS = Counter("gridwatch_alarm_transitions_total", "Alarm transitions written", ["kind", "type"])
 BATCH_SECONDS = Histogram(
@@ -41,6 +48,7 @@ BATCH_SIZE = Histogram(
 def reject_class(reason: str) -> str:
     """A low-cardinality label for a reject reason."""
     for prefix, label in (
+        ("not device data", "not_device_data"),
         ("malformed JSON", "malformed_json"),
         ("unknown device", "unknown_device"),
         ("payload of", "too_large"),
@@ -74,6 +82,10 @@ class DeviceCache:
         self._by_id[d.id] = d
         if d.foreign_id:
             self._by_foreign[(d.adapter, d.foreign_id)] = d
+
+    def all(self) -> list[Device]:
+        """The devices known so far (after prime: the whole registry)."""
+        return list(self._by_id.values())
 
     def bind(self, conn: Connection[Any]) -> None:
         self._local.conn = conn
@@ -135,19 +147,40 @@ class BatchResult:
     duplicates: int = 0
     rejected: int = 0
     statuses: int = 0
-    ignored: int = 0
+    events: int = 0
     alarm_changes: list[rules_service.AlarmChange] = field(default_factory=list)
+    new: list[Reading] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class Decoded:
-    """A batch's messages, decoded."""
+    """A batch's messages, decoded, and the adapter that took each (for the outcome counter)."""
 
     readings: list[Reading] = field(default_factory=list)
     statuses: list[DeviceStatus] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
     acks: list[CommandAck] = field(default_factory=list)
     rejects: list[tuple[Any, ...]] = field(default_factory=list)
-    ignored: int = 0
+    reading_messages: list[tuple[str, int, int]] = field(default_factory=list)  # (adapter, first reading, readings)
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (adapter, outcome) -> messages
+
+    def count(self, adapter: str, outcome: str) -> None:
+        key = (adapter, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
+def _outcome(items: Sequence[Any]) -> str:
+    """What a message became (an adapter gives one kind of outcome per message)."""
+    item = items[0] if items else None
+    if isinstance(item, Reading):
+        return "reading"
+    if isinstance(item, DeviceStatus):
+        return "status"
+    if isinstance(item, DeviceEvent):
+        return "event"
+    if isinstance(item, CommandAck):
+        return "ack"
+    return "not_data" if isinstance(item, Reject) and item.kind == "not_data" else "rejected"
 
 
 def reject_row(msg: Message, reject: Reject, *, decoder: Decoder, devices: DeviceCache) -> tuple[Any, ...]:
@@ -156,24 +189,38 @@ def reject_row(msg: Message, reject: Reject, *, decoder: Decoder, devices: Devic
     the registry is anyone's invention, so it is no source of its own)."""
     known = reject.device_id is not None and devices.device(reject.device_id) is not None
     source = f"device:{reject.device_id}" if known else f"source:{decoder.source_of(msg.topic)}"
-    return (msg.received_at, msg.topic, msg.payload, reject.device_id, reject.reason, source)
+    # A bridge's bookkeeping (not device data) is kept short and says so (issue 19: every message leaves a trace).
+    payload = msg.payload[:NOT_DATA_PAYLOAD_BYTES] if reject.kind == "not_data" else msg.payload
+    reason = f"not device data: {reject.reason}" if reject.kind == "not_data" else reject.reason
+    return (msg.received_at, msg.topic, payload, reject.device_id, reason, source)
 
 
 def decode_batch(messages: Sequence[Message], *, decoder: Decoder, devices: DeviceCache) -> Decoded:
-    """Every message of a batch as readings, statuses, command acks, rejects (with their reason) or ignored."""
+    """Every message of a batch as readings, statuses, device events, command acks or rejects (with their reason):
+    each message ends in one of them (issue 19), none is dropped."""
     out = Decoded()
     for msg in messages:
-        for item in decoder.decode(msg, devices):
+        adapter, items = decoder.decode_tagged(msg, devices)
+        if not items:  # a decoder bug must not lose a message silently
+            items = [Reject(f"internal error: no decoder result for topic {msg.topic!r}")]
+        outcome = _outcome(items)
+        if outcome == "reading":  # counted once the COPY says whether they were new (_count_outcomes)
+            out.reading_messages.append((adapter, len(out.readings), len(items)))
+        else:
+            out.count(adapter, outcome)
+        for item in items:
             if isinstance(item, Reading):
                 out.readings.append(item)
             elif isinstance(item, Reject):
                 out.rejects.append(reject_row(msg, item, decoder=decoder, devices=devices))
             elif isinstance(item, DeviceStatus):
                 out.statuses.append(item)
-            elif isinstance(item, CommandAck):
+            elif isinstance(item, DeviceEvent):
+                out.events.append(
+                    (item.at, item.adapter, item.foreign_id, item.device_id, item.kind, msg.topic, item.details)
+                )
+            else:
                 out.acks.append(item)
-            elif isinstance(item, Ignored):
-                out.ignored += 1
     return out
 
 
@@ -186,7 +233,7 @@ def _write_batch(
     turn: LockTurn | None,
     excerpt_bytes: int,
 ) -> BatchResult:
-    result = BatchResult(ignored=decoded.ignored)
+    result = BatchResult()
     # Batches running at once take their turn here, before writing anything: a batch that left the inbox later
     # locks a shared device only after this one did, and so evaluates it after this one committed. An earlier
     # batch never waits for a later one, so the two cannot block each other. Only the lock is in turn: the
@@ -197,12 +244,15 @@ def _write_batch(
     readings, statuses = decoded.readings, decoded.statuses
     # in the ordered part: reject ids follow arrival order
     repo.insert_rejects(conn, rejects=decoded.rejects, excerpt_bytes=excerpt_bytes)
+    repo.insert_device_events(conn, events=decoded.events)
+    result.events = len(decoded.events)
     # Every device state of the batch in one sorted lock: two writers cannot deadlock on them.
     ids = [*{r.device_id for r in readings}, *(s.device_id for s in statuses)]
     states = rules_service.lock_devices(conn, device_ids=ids) if ids else {}
     if turn is not None:
         turn.done()
     new = repo.insert_readings(conn, readings=readings)
+    result.new = new
     result.rejected = len(decoded.rejects)
     result.stored = len(new)
     result.duplicates = len(readings) - len(new)
@@ -223,6 +273,17 @@ def _write_batch(
             devices={a.device_id: d for a in decoded.acks if (d := devices.device(a.device_id))},
         )
     return result
+
+
+def _count_outcomes(decoded: Decoded, *, new: Sequence[Reading]) -> None:
+    """gridwatch_ingest_outcomes_total: one count per message; a reading message whose readings were all absorbed
+    (a redelivery, a bridge repeating itself) is a duplicate."""
+    fresh = {id(r) for r in new}
+    for adapter, start, count in decoded.reading_messages:
+        kept = any(id(r) in fresh for r in decoded.readings[start : start + count])
+        decoded.count(adapter, "reading" if kept else "duplicate")
+    for (adapter, outcome), n in decoded.outcomes.items():
+        OUTCOMES.labels(adapter, outcome).inc(n)
 
 
 def process_batch(
@@ -255,6 +316,8 @@ def process_batch(
     MESSAGES.labels("duplicate").inc(result.duplicates)
     MESSAGES.labels("rejected").inc(result.rejected)
     MESSAGES.labels("status").inc(result.statuses)
+    MESSAGES.labels("event").inc(result.events)
+    _count_outcomes(decoded, new=result.new)
     for reject in rejects:
         REJECTS.labels(reject_class(reject[4])).inc()
         log.info("rejected %s: %s", reject[1], reject[4])

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from prometheus_client import Counter
 
+from core.domain import Device
 from core.loop import Check, Loop
 from core.settings import Settings
 from ingest import adapters
@@ -30,8 +31,16 @@ def subscriptions(settings: Settings) -> list[str]:
         f"{prefix}/+/telemetry",
         f"{prefix}/+/status",
         f"{prefix}/+/cmd/ack",
-        *adapters.topics(settings.bridge_topic_root),
+        *adapters.topics(adapters.bases(settings)),
     ]
+    if settings.mqtt_share_group:
+        topics = [f"$share/{settings.mqtt_share_group}/{t}" for t in topics]
+    return topics
+
+
+def device_subscriptions(settings: Settings, devices: list[Device]) -> list[str]:
+    """Subscriptions only some registered devices need (Zigbee2MQTT friendly names with a '/'), shared as above."""
+    topics = adapters.device_topics(devices, adapters.bases(settings))
     if settings.mqtt_share_group:
         topics = [f"$share/{settings.mqtt_share_group}/{t}" for t in topics]
     return topics
@@ -44,7 +53,7 @@ def make_decoder(settings: Settings) -> Decoder:
         max_skew=timedelta(seconds=settings.max_clock_skew_s),
         max_payload_bytes=settings.max_payload_bytes,
     )
-    return Decoder(prefix=settings.topic_prefix, limits=limits, adapters=adapters.decoders(settings.bridge_topic_root))
+    return Decoder(prefix=settings.topic_prefix, limits=limits, adapters=adapters.decoders(adapters.bases(settings)))
 
 
 # SQLSTATEs meaning the database will not take writes now, through no fault of the messages: a read-only
@@ -326,6 +335,8 @@ class IngestWorker:
     def start(self) -> None:
         """Check the database, run the writers in threads, and connect to the broker once they are ready."""
         self._connection()
+        extra = device_subscriptions(self.settings, self.devices.all())
+        self.consumer.topics = [*self.consumer.topics, *(t for t in extra if t not in self.consumer.topics)]
         self._drop_connection()  # each writer opens its own
         writers = [_Writer(self, i) for i in range(self.writers)]
         self.loops = [Loop(f"ingest-writer-{w.index + 1}", w, stopping=self._stop) for w in writers]

@@ -53,6 +53,7 @@ ALARM_NAMES = {
         "building_outage": "整栋楼设备离线",
         "detector_misplaced": "燃气探测器安装高度不当",
         "device_relocate": "频繁误报：请移位或更换探测器",
+        "not_commissioned": "设备未调试合格",
         "actuation_failed": "联动执行失败",
     },
     "en": {
@@ -93,6 +94,7 @@ ALARM_NAMES = {
         "building_outage": "building-wide device outage",
         "detector_misplaced": "gas detector mounted at the wrong height",
         "device_relocate": "repeated false alarms: relocate or replace the detector",
+        "not_commissioned": "device not commissioned",
         "actuation_failed": "valve/power cut not confirmed",
     },
 }

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,6 +46,32 @@ def _sev(value: Any) -> Severity:
     return value if isinstance(value, Severity) else Severity.parse(value)
 
 
+ConfirmBy = Literal["second_sample", "duration", "co_signal", "device"]
+
+
+class Confirm(BaseModel):
+    """How a rule that actuates or latches confirms its condition before it does so (issue 19: no single glitch
+    may close a valve, cut a port or latch an alarm). `by` names the kind of evidence its source asks for:
+    - second_sample: `samples` consecutive samples meet the condition (a spike is one sample; its neighbours
+      contradict it);
+    - duration: as second_sample, and the rule's own duration (`for_s`, a session's hours) runs over them;
+    - co_signal: another signal confirms it (a second detector, heat or CO: GB 50116 4.1.6 AND logic);
+    - device: the device's own alarm output, which its standard already delays and confirms (a certified CO
+      alarm, a gas detector's 15-60 s, a charger's fuse detection), is taken as it comes.
+    Consecutive means each within max_gap_s of the one before (event time): a dropout or a device clock that
+    went back starts the count again. `flag` says how a device flag next to a measurement is taken (threshold
+    rules such as GAS-02): `device` trusts it at once, `samples` counts its reports like a measurement
+    (GB 16808-2025 5.5.1.8's optional two-signal confirmation, per site)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    by: ConfirmBy
+    samples: int = Field(default=2, ge=1, le=10)
+    max_gap_s: float = Field(default=120, gt=0)
+    flag: Literal["device", "samples"] = "device"
+    source: str = Field(min_length=3, description="the standard or practice the confirmation follows")
+
+
 class _RuleBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,11 +99,57 @@ class _RuleBase(BaseModel):
     enabled: bool = True
     source: str = Field(min_length=3, description="standard, vendor practice, or 'engineering judgement'")
     message: str = ""
+    # Required when the rule actuates or latches (issue 19); validated against what the rule type can confirm by.
+    confirm: Confirm | None = None
+
+    # The kinds of confirmation each rule type carries out (its evaluator, or the service for cross-device ones).
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"duration"})
 
     @field_validator("severity", "escalate_to", "severity_if_active", mode="before")
     @classmethod
     def _severity(cls, value: Any) -> Severity | None:
         return None if value is None else _sev(value)
+
+    @model_validator(mode="after")
+    def _confirmed(self) -> Self:
+        if self.confirm is None:
+            if self.actions or self.latching:
+                what = "actuates" if self.actions else "latches"
+                raise ValueError(
+                    f"{self.id} {what}: say how its condition is confirmed "
+                    "(confirm: {by: second_sample | duration | co_signal | device, source: ...})"
+                )
+            return self
+        by = self.confirm.by
+        if by not in self.CONFIRMS_BY:
+            raise ValueError(
+                f"{self.id}: a {self.type_name} rule cannot confirm by {by} "
+                f"(it can by {', '.join(sorted(self.CONFIRMS_BY))})"
+            )
+        if by in ("second_sample", "duration") and self.confirm.samples < 2:
+            raise ValueError(f"{self.id}: confirm by {by} needs samples >= 2")
+        if by == "duration" and not self.has_duration():
+            raise ValueError(f"{self.id}: confirm by duration needs a duration of its own (for_s > 0)")
+        return self
+
+    @property
+    def type_name(self) -> str:
+        return str(getattr(self, "type", "?"))
+
+    def has_duration(self) -> bool:
+        """Whether the rule's condition must hold for a time of its own (confirm by duration)."""
+        return float(getattr(self, "for_s", 1)) > 0
+
+    @property
+    def confirm_samples_for_flag(self) -> int:
+        """Consecutive reports a device flag needs when confirm.flag is `samples`."""
+        return self.confirm.samples if self.confirm is not None and self.confirm.flag == "samples" else 1
+
+    @property
+    def confirm_samples(self) -> int:
+        """Consecutive samples a measurement needs before the rule raises (1: as it comes)."""
+        c = self.confirm
+        return c.samples if c is not None and c.by in ("second_sample", "duration") else 1
 
     def applies_to(self, device: Device) -> bool:
         """Whether this rule watches this device."""
@@ -132,6 +204,7 @@ class ThresholdRule(_RuleBase):
     direction=below watches for low values (battery): raise at <= raise_at, clear above clear_above."""
 
     type: Literal["threshold"] = "threshold"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"second_sample", "duration", "device"})
     field: str | None = None
     direction: Literal["above", "below"] = "above"
     raise_at: float | None = None
@@ -145,6 +218,11 @@ class ThresholdRule(_RuleBase):
     def _consistent(self) -> ThresholdRule:
         if self.field is None and self.flag is None:
             raise ValueError(f"{self.id}: a threshold rule needs a field, a flag, or both")
+        if self.confirm is not None and self.confirm.by == "device" and self.field is not None:
+            raise ValueError(
+                f"{self.id}: a measurement ({self.field}) cannot be confirmed by the device: confirm it by "
+                "second_sample or duration (the device's own flag is taken per confirm.flag)"
+            )
         if self.field is not None:
             if self.raise_at is None:
                 raise ValueError(f"{self.id}: field {self.field!r} needs raise_at")
@@ -164,6 +242,7 @@ class DurationRule(_RuleBase):
     clear once it has been outside the band for clear_for_s."""
 
     type: Literal["duration"] = "duration"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"duration"})
     field: str
     min: float = -math.inf
     max: float = math.inf
@@ -177,6 +256,7 @@ class FlagRule(_RuleBase):
     are repeated by the device while they last)."""
 
     type: Literal["flag"] = "flag"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"device", "second_sample", "duration"})
     field: str
     equals: str | bool | None = None
     clear_on_absent: bool = False
@@ -205,6 +285,7 @@ class DoseRule(_RuleBase):
     c < clear_below for clear_for_s and E < clear_dose_frac * r. A gap longer than max_gap_s holds E."""
 
     type: Literal["dose"] = "dose"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"second_sample"})
     field: str = "co_ppm"
     r: float = Field(gt=0)
     tau_s: float = Field(gt=0)
@@ -239,6 +320,7 @@ class RateOfRiseRule(_RuleBase):
     Clears below clear_below held for clear_for_s."""
 
     type: Literal["rate_of_rise"] = "rate_of_rise"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"second_sample"})
     field: str = "temp_c"
     per_s_rise: float | None = 1.0
     per_s_for_s: float = 3
@@ -278,6 +360,7 @@ class SessionRule(_RuleBase):
     the bulk median, power >= the taper's minimum x (1 + rerise_frac) and + rerise_min_w for rerise_s: EB-06)."""
 
     type: Literal["session"] = "session"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"duration", "second_sample"})
     check: Literal["too_long", "no_taper", "energy", "full", "rerise"]
     field: str = "power_w"
     start_w: float = 30
@@ -410,6 +493,50 @@ class StuckRule(_RuleBase):
     window_s: float = 30 * 86400
 
 
+class CommissioningRule(_RuleBase):
+    """Issue 19, commissioning: installing a device is not done until it has proved itself. A worker or installer
+    starts a check; the device must report within within_s, and a device of test_kinds (a detector) must also give
+    its test or alarm signal (a test press) within it. A device that never passes raises alarm_type when its check
+    fails, or when it has said nothing for grace_s since it was registered (its silence is an alarm of its own:
+    offline is judged only for devices that have reported). Judged by the timer; a passing check clears it."""
+
+    type: Literal["commissioning"] = "commissioning"
+    within_s: float = Field(default=600, gt=0)
+    grace_s: float = Field(default=86400, gt=0)
+    test_kinds: tuple[DeviceKind, ...] = (DeviceKind.GAS_DETECTOR, DeviceKind.CO_ALARM, DeviceKind.SMOKE_DETECTOR)
+
+    def needs_test(self, device: Device) -> bool:
+        """Whether the check needs the device's test or alarm signal besides a message."""
+        return device.kind in self.test_kinds
+
+
+@dataclass(frozen=True, slots=True)
+class CheckEvidence:
+    """What a device did since its commissioning check began: its first message, and its first test or alarm
+    signal (which one)."""
+
+    reported_at: datetime | None = None
+    tested_at: datetime | None = None
+    signal: str | None = None
+
+
+def judge_commissioning(
+    *, needs_test: bool, deadline: datetime, evidence: CheckEvidence, now: datetime
+) -> tuple[Literal["passed", "failed"], str] | None:
+    """A check's verdict with its reason, or None while it may still pass."""
+    if evidence.reported_at is not None and (not needs_test or evidence.tested_at is not None):
+        proof = f"; test signal: {evidence.signal}" if needs_test else ""
+        return "passed", f"reported at {evidence.reported_at.isoformat(timespec='seconds')}{proof}"
+    if now < deadline:
+        return None
+    if evidence.reported_at is None:
+        return "failed", f"no message from the device by {deadline.isoformat(timespec='seconds')}"
+    return "failed", (
+        f"the device reported, but no test or alarm signal came by {deadline.isoformat(timespec='seconds')}: "
+        "its test press did not reach us (check the detector and its bridge)"
+    )
+
+
 class CorroborateRule(_RuleBase):
     """An alarm of `of` on this device is confirmed by an alarm of `by` (default: `of` again) active on another
     device of the same site within window_s — or on this device too with same_device (a multi-sensor detector's
@@ -418,6 +545,7 @@ class CorroborateRule(_RuleBase):
     alarms have all cleared."""
 
     type: Literal["corroborate"] = "corroborate"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"co_signal"})
     of: tuple[str, ...] = Field(min_length=1)
     by: tuple[str, ...] = ()
     same_device: bool = False
@@ -435,6 +563,7 @@ class RealarmRule(_RuleBase):
     edge; the service checks the command history (raised only when a reset preceded the edge)."""
 
     type: Literal["realarm"] = "realarm"
+    CONFIRMS_BY: ClassVar[frozenset[str]] = frozenset({"second_sample"})
     field: str = "smoke"
     of: tuple[str, ...] = ("smoke",)  # the alarms it confirms (it clears when they have all cleared)
     after: Literal["silence", "self_test"] = "silence"
@@ -481,7 +610,8 @@ Rule = Annotated[
     | RealarmRule
     | NoCancelRule
     | OutageRule
-    | PlacementRule,
+    | PlacementRule
+    | CommissioningRule,
     Field(discriminator="type"),
 ]
 AnyRule = (
@@ -504,6 +634,7 @@ AnyRule = (
     | NoCancelRule
     | OutageRule
     | PlacementRule
+    | CommissioningRule
 )
 
 
@@ -517,7 +648,7 @@ def watched_fields(rule: AnyRule) -> frozenset[str]:
         return frozenset((*rule.fields, "test"))
     if isinstance(rule, AbsenceRule | DriftRule | ClockRule):
         return frozenset()  # every message counts
-    if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule | OutageRule | PlacementRule):
+    if isinstance(rule, CorroborateRule | RepeatRule | NoCancelRule | OutageRule | PlacementRule | CommissioningRule):
         return frozenset({"-"})  # never per reading
     return frozenset((rule.field,))
 
@@ -527,44 +658,108 @@ def _activate(state: State) -> None:
     state["active"] = True
 
 
+# Confirmation (issue 19). A rule's run of consecutive samples that meet its raise condition lives in its state:
+# "since" (event time the run began; the rule's own for_s counts from there), "n" (samples in it) and "last" (the
+# newest). Rules without `confirm` keep only "since", as before.
+
+
+def _arm(state: State, now: float, confirm: Confirm | None) -> tuple[int, float]:
+    """One more sample meets the raise condition: (samples in the run, when the run began). A dropout longer than
+    confirm.max_gap_s, or a device clock that went back, starts the run again at this sample."""
+    since = state.get("since")
+    if confirm is None:
+        if since is None or now < since:
+            state["since"] = since = now
+        return 1, float(since)
+    last = state.get("last", since)
+    if since is None or last is None or now < last or now - last > confirm.max_gap_s:
+        state["since"], state["n"] = now, 1
+    else:
+        state["n"] = int(state.get("n", 1)) + 1
+    state["last"] = now
+    return int(state["n"]), float(state["since"])
+
+
+def _disarm(state: State) -> None:
+    """A sample that does not meet the raise condition ends the run."""
+    state.pop("since", None)
+    state.pop("n", None)
+    state.pop("last", None)
+
+
+def _window(
+    state: State, key: str, value: float, now: float, confirm: Confirm | None
+) -> tuple[float, float, float] | None:
+    """(lowest, highest, first sample's time) of the last `samples` values of a measurement, each within max_gap_s of
+    the one before: the level every one of them reached and the level none of them passed. A single spike or dropout
+    moves neither (its neighbour holds the pair). None until enough samples have come (after a dropout, the count
+    restarts). On every sample of the hot path: the common pair is kept flat, [time, value] of the one before."""
+    if confirm is None or confirm.samples < 2:
+        return value, value, now
+    if confirm.samples == 2:
+        prev = state.get(key)
+        state[key] = [now, value]
+        if prev and isinstance(prev[0], list):  # kept as a list of points (a samples > 2 window before an override)
+            prev = prev[-1]
+        if prev is None or not 0 <= now - prev[0] <= confirm.max_gap_s:
+            return None
+        pv = prev[1]
+        return (pv, value, prev[0]) if pv < value else (value, pv, prev[0])
+    points: list[list[float]] = state.get(key) or []
+    if points and not (0 <= now - points[-1][0] <= confirm.max_gap_s):
+        points = []
+    points.append([now, value])
+    del points[: -confirm.samples]
+    state[key] = points
+    if len(points) < confirm.samples:
+        return None
+    values = [v for _, v in points]
+    return min(values), max(values), points[0][0]
+
+
+def _flag_confirmed(rule: ThresholdRule, state: State, reported: Any, now: float) -> bool:
+    """The device's own flag, held until the device reports it off (a reading with only the measurement, e.g. a
+    bridge's separate concentration topic, does not turn it off); per confirm.flag taken at once or counted."""
+    counted = rule.confirm if rule.confirm is not None and rule.confirm.flag == "samples" else None
+    if reported is not None:
+        if not reported:
+            state.pop("flag", None)
+            state.pop("fn", None)
+            return False
+        state["flag"] = True
+        if counted is not None:
+            prev = state.get("fn") or [0, -math.inf]
+            fresh = 0 <= now - prev[1] <= counted.max_gap_s
+            state["fn"] = [prev[0] + 1 if fresh else 1, now]
+    if not state.get("flag"):
+        return False
+    return counted is None or int(state.get("fn", [0])[0]) >= rule.confirm_samples_for_flag
+
+
 def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> Transition | None:
-    """Edge-triggered threshold with an arming duration and a hysteresis band; updates state in place."""
+    """Edge-triggered threshold with an arming duration and a hysteresis band; updates state in place. With
+    `confirm`, the measurement must meet raise_at on consecutive samples (and for_s must run over them)."""
     value = reading.value(rule.field) if rule.field else None
     reported = reading.value(rule.flag) if rule.flag else None
     if value is None and reported is None:
         return None  # this reading says nothing about this rule
-    # The device's own flag holds until the device says otherwise: a reading that carries only the
-    # measurement (a bridge's separate concentration topic) does not turn it off.
-    if reported is not None:
-        if reported:
-            state["flag"] = True
-        else:
-            state.pop("flag", None)
-    flag = bool(reported) if reported is not None else bool(state.get("flag"))
     numeric = _num(value)
     sign = 1.0 if rule.direction == "above" else -1.0
-    above = bool(flag) or (numeric is not None and rule.raise_at is not None and sign * numeric >= sign * rule.raise_at)
+    measured = numeric is not None and rule.raise_at is not None and sign * numeric >= sign * rule.raise_at
+    if not state and not measured and not reported:
+        return None  # the hot path: quiet device, nothing armed, no flag held
+    ts = reading.ts
+    now = ts.timestamp()
+    flag = _flag_confirmed(rule, state, reported, now) if rule.flag else False
+    above = flag or measured
     active = state.get("active")
-    if not active and not above:  # the hot path: quiet device, nothing armed
-        if state:
-            state.pop("since", None)
-        return None
-    held = {"flag": True} if flag else {}
+    if not active:
+        return _arm_threshold(rule, state, ts, numeric, flag=flag, measured=measured)
     clear_level = rule.clear_below if rule.direction == "above" else rule.clear_above
     if clear_level is None:
         clear_level = rule.raise_at
-    below = not flag and (numeric is None or clear_level is None or sign * numeric < sign * clear_level)
-    ts = reading.ts
-    now = ts.timestamp()
-
-    if not active:
-        since = state.setdefault("since", now)
-        # A device's own alarm flag is authoritative (RULES-REFERENCE 7.2 conventions): no arming delay.
-        if flag or now - since >= rule.for_s:
-            _activate(state)
-            state.update(held)
-            return rule.transition("raise", ts, numeric, details={"field": rule.field, "flag": bool(flag)})
-        return None
+    held = bool(state.get("flag"))
+    below = not held and (numeric is None or clear_level is None or sign * numeric < sign * clear_level)
     if above or not below:
         state.pop("clear_since", None)
         return rule.transition("hold", ts, numeric) if above else None
@@ -573,6 +768,35 @@ def evaluate_threshold(rule: ThresholdRule, state: State, reading: Reading) -> T
         state.clear()
         return rule.transition("clear", ts, numeric)
     return None
+
+
+def _arm_threshold(
+    rule: ThresholdRule, state: State, ts: datetime, numeric: float | None, *, flag: bool, measured: bool
+) -> Transition | None:
+    """Not active yet: the device's confirmed flag raises at once (RULES-REFERENCE 7.2: a device flag is
+    authoritative); a measurement raises once its run of samples is confirmed and for_s has passed."""
+    if flag:
+        held = bool(state.get("flag"))
+        _activate(state)
+        if held:
+            state["flag"] = True
+        return rule.transition("raise", ts, numeric, details={"field": rule.field, "flag": True})
+    if not measured:
+        if numeric is not None:
+            _disarm(state)
+        return None
+    now = ts.timestamp()
+    n, since = _arm(state, now, rule.confirm if rule.confirm_samples > 1 else None)
+    if n < rule.confirm_samples or now - since < rule.for_s:
+        return None
+    held = bool(state.get("flag"))
+    _activate(state)
+    if held:
+        state["flag"] = True
+    details: dict[str, Any] = {"field": rule.field, "flag": False}
+    if rule.confirm_samples > 1:
+        details["confirmed_by"] = {"samples": n, "over_s": round(now - since, 1)}
+    return rule.transition("raise", ts, numeric, details=details)
 
 
 def evaluate_duration(rule: DurationRule, state: State, reading: Reading) -> Transition | None:
@@ -586,10 +810,10 @@ def evaluate_duration(rule: DurationRule, state: State, reading: Reading) -> Tra
     ts, now = reading.ts, reading.ts.timestamp()
     if not state.get("active"):
         if not inside:
-            state.pop("since", None)
+            _disarm(state)
             return None
-        since = state.setdefault("since", now)
-        if now - since >= rule.for_s:
+        n, since = _arm(state, now, rule.confirm if rule.confirm_samples > 1 else None)
+        if n >= rule.confirm_samples and now - since >= rule.for_s:
             _activate(state)
             return rule.transition("raise", ts, value, details={"field": rule.field, "held_s": now - since})
         return None
@@ -615,13 +839,17 @@ def evaluate_flag(rule: FlagRule, state: State, reading: Reading) -> Transition 
         if state.get("active"):
             state["on"] = now
             return rule.transition("hold", reading.ts)
-        since = state.setdefault("since", now)
-        if now - since < rule.for_s:
+        n, since = _arm(state, now, rule.confirm if rule.confirm_samples > 1 else None)
+        if n < rule.confirm_samples or now - since < rule.for_s:
             return None
         _activate(state)
         state["on"] = now
-        return rule.transition("raise", reading.ts, details={"field": rule.field, "reported": detail})
-    state.pop("since", None)
+        details: dict[str, Any] = {"field": rule.field, "reported": detail}
+        own = reading.extras.get(f"{rule.field}_state")  # the device's own word for it (Shelly: not_connected)
+        if isinstance(own, str):
+            details["state"] = own
+        return rule.transition("raise", reading.ts, details=details)
+    _disarm(state)
     if state.get("active") and now - state.get("on", now) >= rule.clear_for_s:
         state.clear()
         return rule.transition("clear", reading.ts)
@@ -657,16 +885,27 @@ def evaluate_dose(rule: DoseRule, state: State, reading: Reading) -> Transition 
     ts, now = reading.ts, reading.ts.timestamp()
     last = state.get("t")
     e = float(state.get("e", 0.0))
-    if last is not None:
+    # With confirm, the level integrated is the lower of the last samples (a CO spike of one sample is not an
+    # exposure; two samples at the level are): one sample later, a small share of tau (see docs/rules.md).
+    pair = _window(state, "w", c, now, rule.confirm)
+    level = None if pair is None else pair[0]
+    if last is not None and level is not None:
         dt = now - last
         # Samples more than max_gap_s apart: hold E rather than integrate a level nobody measured (CO-05).
         if 0 < dt <= rule.max_gap_s:
-            e += (c - e) * (1 - math.exp(-dt / rule.tau_s))
+            e += (level - e) * (1 - math.exp(-dt / rule.tau_s))
     state["t"], state["e"] = now, round(e, 4)
     if rule.override_at is not None and c >= rule.override_at:
-        state.setdefault("over_since", now)
+        # The override's samples must be consecutive: a dropout longer than max_gap_s, or a device clock that
+        # jumped (either way), starts its 60 s again.
+        gap = rule.confirm.max_gap_s if rule.confirm is not None else rule.max_gap_s
+        over_last = state.get("over_last", state.get("over_since"))
+        if over_last is None or not 0 <= now - over_last <= gap:
+            state["over_since"] = now
+        state["over_last"] = now
     else:
         state.pop("over_since", None)
+        state.pop("over_last", None)
     over = "over_since" in state and now - state["over_since"] >= rule.override_for_s
     alarm = e >= rule.r or over
     if not state.get("active"):
@@ -718,46 +957,69 @@ def tick_gap(rule: GapRule, state: State, device: Device, *, now: datetime) -> T
     )
 
 
-# Complexity exception (C901): EB-04's three criteria and their latch read as one algorithm (table-driven tests).
-def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) -> Transition | None:  # noqa: C901
-    """Slope, windowed rise and absolute level of a temperature (RULES-REFERENCE 4.4, EB-04)."""
-    v = _num(reading.value(rule.field))
-    if v is None:
-        return None
-    ts, now = reading.ts, reading.ts.timestamp()
-    hist: list[list[float]] = state.setdefault("h", [])
+def _rise_trigger(rule: RateOfRiseRule, state: State, v: float, now: float) -> tuple[str | None, bool]:
+    """EB-04's criteria for one sample: (the one it meets, or None; whether it rises at the slope rate at all)."""
     why = None
-    if hist and rule.per_s_rise is not None:
-        pt, pv = hist[-1]
+    rising = False
+    prev = state.get("pv")  # the previous sample: the slope is between consecutive samples
+    state["pv"] = [now, v]
+    if prev is not None and rule.per_s_rise is not None:
+        pt, pv = prev
         if now > pt and (v - pv) / (now - pt) >= rule.per_s_rise:
+            rising = True
             since = state.setdefault("slope_since", pt)
             if now - since > rule.per_s_for_s:
                 why = "slope"
         else:
             state.pop("slope_since", None)
-    # At most one point per 10 s (the lowest): the window minimum is all the windowed check needs, and the
-    # history is persisted with the device state on every batch.
-    if hist and now - hist[-1][0] < 10:
-        if v < hist[-1][1]:
-            hist[-1][1] = v
-    else:
-        hist.append([now, v])
-    while hist and now - hist[0][0] > rule.window_s:
+    # With confirm, the history keeps the higher of each pair of samples: a single dropout (a sensor reading 0
+    # once) must not become the window's minimum, from which every normal sample would look like a 10 C rise.
+    hist: list[list[float]] = state.setdefault("h", [])
+    pair = _window(state, "w", v, now, rule.confirm)
+    if pair is not None:
+        level = pair[1]
+        # At most one point per 10 s (the lowest): the window minimum is all the windowed check needs, and the
+        # history is persisted with the device state on every batch.
+        if hist and 0 <= now - hist[-1][0] < 10:
+            hist[-1][1] = min(hist[-1][1], level)
+        else:
+            hist.append([now, level])
+    while hist and (now - hist[0][0] > rule.window_s or now < hist[0][0]):
         hist.pop(0)
     if (
         why is None
         and rule.window_rise is not None
+        and hist
         and v > rule.window_floor
         and v - min(p[1] for p in hist) >= rule.window_rise
     ):
         why = "window"
     if why is None and rule.absolute_at is not None and v >= rule.absolute_at:
         why = "absolute"
-    if not state.get("active"):
-        if why is not None:
-            state["active"] = True
-            return rule.transition("raise", ts, v, details={"trigger": why})
+    return why, rising
+
+
+def evaluate_rate_of_rise(rule: RateOfRiseRule, state: State, reading: Reading) -> Transition | None:
+    """Slope, windowed rise and absolute level of a temperature (RULES-REFERENCE 4.4, EB-04). With confirm, a
+    criterion must be met after `samples` consecutive samples that each rose at the slope rate or met one."""
+    v = _num(reading.value(rule.field))
+    if v is None:
         return None
+    ts, now = reading.ts, reading.ts.timestamp()
+    why, rising = _rise_trigger(rule, state, v, now)
+    if not state.get("active"):
+        if why is None and not rising:
+            _disarm(state)
+            return None
+        n, since = _arm(state, now, rule.confirm)
+        if why is None or n < rule.confirm_samples:
+            return None
+        _disarm(state)
+        state["active"] = True
+        details: dict[str, Any] = {"trigger": why}
+        if rule.confirm_samples > 1:
+            details["confirmed_by"] = {"samples": n, "over_s": round(now - since, 1)}
+        return rule.transition("raise", ts, v, details=details)
     if v < rule.clear_below:
         clear_since = state.setdefault("clear_since", now)
         if now - clear_since >= rule.clear_for_s:
@@ -809,24 +1071,43 @@ def tick_absence(
 
 
 def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[dict[str, Any] | None, bool]:
-    """Advance the charging session in state; returns (session, ended_now)."""
+    """Advance the charging session in state; returns (session, ended_now). With confirm, the session sees the
+    power of consecutive sample pairs: "p" the lower (what both reached: starts, energy, rises) and "ph" the
+    higher (what neither passed: ends, tapers, full), so one spike or dropout changes no phase and adds no energy."""
     p = _num(reading.value(rule.field))
-    if p is None:
-        return state.get("s"), False
-    now = reading.ts.timestamp()
     s: dict[str, Any] | None = state.get("s")
+    if p is None:
+        return s, False
+    now = reading.ts.timestamp()
+    if s is None and p < rule.start_w:
+        state.pop("w", None)  # an idle port keeps no state (no pair with this sample can start a session)
+        return None, False
+    pair = _window(state, "w", p, now, rule.confirm)
+    if pair is None:
+        return s, False
+    lo, hi, first = pair
     if s is None:
-        if p < rule.start_w:
+        if lo < rule.start_w:
             return None, False
-        s = state["s"] = {"start": now, "t": now, "p": p, "wh": 0.0, "bulk": [], "low_since": None, "high_since": None}
-    else:
-        dt = max(0.0, now - s["t"])
+        start = first  # the session began with the first sample of the pair
+        s = state["s"] = {
+            "start": start,
+            "t": start,
+            "p": lo,
+            "ph": hi,
+            "wh": 0.0,
+            "bulk": [],
+            "low_since": None,
+            "high_since": None,
+        }
+    dt = max(0.0, now - s["t"])
+    if rule.confirm is None or dt <= rule.confirm.max_gap_s:  # a longer gap (or a clock jump) adds no energy
         s["wh"] = round(s["wh"] + s["p"] * dt / 3600, 3)
-        s["t"], s["p"] = now, p
+    s["t"], s["p"], s["ph"] = now, lo, hi
     # The bulk-phase median needs only a few samples; the state is written back on every batch, so keep it small.
     if rule.check in ("no_taper", "full", "rerise") and now - s["start"] <= rule.bulk_s and len(s["bulk"]) < 15:
-        s["bulk"].append(p)
-    if p < rule.end_w:
+        s["bulk"].append(lo)
+    if hi < rule.end_w:
         s["low_since"] = s["low_since"] or now
         if now - s["low_since"] >= rule.end_s:
             state.pop("s", None)
@@ -836,8 +1117,7 @@ def _session_step(rule: SessionRule, state: State, reading: Reading) -> tuple[di
     return s, False
 
 
-# Complexity exception (C901): a charging session's phases (bulk, taper, full, re-rise) are one state machine.
-def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Transition | None:  # noqa: C901
+def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Transition | None:
     """Charging-session checks in event time (EB-05, EB-07, EB-08, EB-09)."""
     s, ended = _session_step(rule, state, reading)
     ts, now = reading.ts, reading.ts.timestamp()
@@ -850,7 +1130,6 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
         return None
     if s is None:
         return None
-    p = s["p"]
     if rule.check == "too_long":
         return _session_age(rule, state, now, ts)
     if rule.check == "energy":
@@ -862,33 +1141,42 @@ def evaluate_session(rule: SessionRule, state: State, reading: Reading) -> Trans
         return _session_full(rule, state, s, ts)
     if rule.check == "rerise":
         return _session_rerise(rule, state, s, ts)
-    # no_taper: power stays near the bulk-phase median for taper_s (VRLA runaway / shorted cell signature).
+    return _session_no_taper(rule, state, s, ts)
+
+
+def _session_no_taper(rule: SessionRule, state: State, s: dict[str, Any], ts: datetime) -> Transition | None:
+    """EB-05: power stays near the bulk-phase median for taper_s (VRLA runaway / shorted cell signature); the
+    rule's actions at stop_after_s."""
+    now, p = ts.timestamp(), s["p"]
     bulk = sorted(s["bulk"])
     if now - s["start"] <= rule.bulk_s or not bulk:
         return None
     median = bulk[len(bulk) // 2]
-    if p >= rule.taper_frac * median:
-        s["high_since"] = s["high_since"] or s["start"]
-        high = now - s["high_since"]
-        stop = rule.stop_after_s is None or high >= rule.stop_after_s
-        if high >= rule.taper_s and not state.get("active"):
-            t = rule.transition("raise", ts, p, details={"bulk_median_w": median, "hours": round(high / 3600, 2)})
-            state["active"], state["sev"] = True, int(t.severity)
-            if stop:
-                state["stopped"] = True
-            else:
-                t.actions, t.lockout = (), False  # the stop comes at stop_after_s
-            return t
-        if state.get("active") and stop and not state.get("stopped"):
+    if s.get("ph", p) < rule.taper_frac * median:
+        s["high_since"], s["tapered"] = None, True
+        return None
+    # The high phase runs from the session's start; after a taper, a new one from the sample that ended it.
+    s["high_since"] = s["high_since"] or (now if s.get("tapered") else s["start"])
+    high = now - s["high_since"]
+    stop = rule.stop_after_s is None or high >= rule.stop_after_s
+    active = state.get("active")
+    if high < rule.taper_s and not active:
+        return None  # the hot path: a session in its high phase, not yet long enough
+    details = {"bulk_median_w": median, "hours": round(high / 3600, 2)}
+    if not active:
+        t = rule.transition("raise", ts, p, details=details)
+        state["active"], state["sev"] = True, int(t.severity)
+        if stop:
             state["stopped"] = True
-            t = rule.transition(
-                "hold", ts, p, details={"bulk_median_w": median, "hours": round(high / 3600, 2), "stopped": True}
-            )
-            t.actions, t.lockout = rule.actions, rule.lockout
-            t.severity = Severity(state.get("sev", int(t.severity)))  # the stop does not re-judge night uplift
-            return t
-    else:
-        s["high_since"] = None
+        else:
+            t.actions, t.lockout = (), False  # the stop comes at stop_after_s
+        return t
+    if stop and not state.get("stopped"):
+        state["stopped"] = True
+        t = rule.transition("hold", ts, p, details={**details, "stopped": True})
+        t.actions, t.lockout = rule.actions, rule.lockout
+        t.severity = Severity(state.get("sev", int(t.severity)))  # the stop does not re-judge night uplift
+        return t
     return None
 
 
@@ -901,7 +1189,7 @@ def _session_full(rule: SessionRule, state: State, s: dict[str, Any], ts: dateti
     median = bulk[len(bulk) // 2]
     limit = max(rule.full_floor_w, rule.full_frac * median)
     if s.get("full_at") is None:
-        if p >= limit:
+        if s.get("ph", p) >= limit:
             s["full_low"] = None
             return None
         s["full_low"] = s.get("full_low") or now
@@ -927,12 +1215,13 @@ def _session_rerise(rule: SessionRule, state: State, s: dict[str, Any], ts: date
         return None
     median = bulk[len(bulk) // 2]
     low = s.get("taper_min")
+    ph = s.get("ph", p)  # the taper and its minimum are judged on confirmed lows: a dropout to 0 is no taper minimum
     if low is None:
-        if p < rule.rerise_taper_frac * median:
-            s["taper_min"] = p
+        if ph < rule.rerise_taper_frac * median:
+            s["taper_min"] = ph
         return None
-    if p < low:
-        s["taper_min"], s["rise_since"] = p, None
+    if ph < low:
+        s["taper_min"], s["rise_since"] = ph, None
         return None
     if p < max(low * (1 + rule.rerise_frac), low + rule.rerise_min_w):
         s["rise_since"] = None
@@ -1113,6 +1402,7 @@ _EVALUATORS: dict[type, Any] = {
     NoCancelRule: lambda _rule, _state, _reading: None,
     OutageRule: lambda _rule, _state, _reading: None,
     PlacementRule: lambda _rule, _state, _reading: None,
+    CommissioningRule: lambda _rule, _state, _reading: None,
 }
 
 

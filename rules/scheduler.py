@@ -25,6 +25,7 @@ from core.settings import Settings
 from rules import repo
 from rules import service as rules_service
 from rules.actuation import service as actuation
+from rules.commissioning import service as commissioning
 from rules.engine import (
     AbsenceRule,
     GapRule,
@@ -67,6 +68,7 @@ def run_tick(
         changes += _silence_and_sessions(conn, devices=devices, ruleset=ruleset, now=now)
         changes += _escalate(conn, ruleset=ruleset, now=now)
         changes += rules_service.confirm_uncancelled(conn, devices=devices, ruleset=ruleset, now=now)
+        changes += commissioning.tick(conn, devices=devices, ruleset=ruleset, now=now)
     return changes
 
 

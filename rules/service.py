@@ -236,7 +236,7 @@ def flush_batch(
         if w is None:
             alarm_id = open_ids.get((device.id, t.alarm_type))
             if t.kind == "hold" and t.actions and alarm_id is not None:  # EB-05: a later stop within the same alarm
-                _actuate(conn, device=device, transition=t, alarm_id=alarm_id, now=now, commanded=commanded)
+                out += _actuate(conn, device=device, transition=t, alarm_id=alarm_id, now=now, commanded=commanded)
             continue
         log.info("alarm %s %s: %s on %s (%s)", w.alarm_id, w.kind, t.alarm_type, device.id, Severity(w.severity).label)
         out.append(AlarmChange(w.alarm_id, device.id, t.alarm_type, w.kind, w.severity))
@@ -247,7 +247,7 @@ def flush_batch(
                 )
             )
         if w.kind in ("raised", "reactivated", "severity_raised"):
-            _actuate(conn, device=device, transition=t, alarm_id=w.alarm_id, now=now, commanded=commanded)
+            out += _actuate(conn, device=device, transition=t, alarm_id=w.alarm_id, now=now, commanded=commanded)
         if w.kind in ("raised", "reactivated"):
             out.extend(_corroborate(conn, device=device, alarm_type=t.alarm_type, at=t.at, ruleset=ruleset))
     return out
@@ -289,7 +289,10 @@ def _actuate(
     alarm_id: int,
     now: datetime,
     commanded: set[str] | None = None,
-) -> None:
+) -> list[AlarmChange]:
+    """Queue the transition's commands (and the port lock); a target that cannot carry the command (a gas valve
+    reporting a failure, or none connected) is failed at once and raises actuation_failed on it (issue 19)."""
+    changes: list[AlarmChange] = []
     for action in transition.actions:
         targets = actuation.command_targets(conn, device=device, action=action)
         if not targets:
@@ -299,7 +302,7 @@ def _actuate(
             target = device if target_id == device.id else _device(conn, target_id)
             if target is None:
                 continue
-            actuation.request_command(
+            row = actuation.request_command(
                 conn,
                 device=target,
                 action=actuation.command_for(action),
@@ -307,12 +310,15 @@ def _actuate(
                 reason=f"{transition.rule_id} {transition.alarm_type}",
                 now=now,
             )
-            if commanded is not None:
+            if row.status == "failed":
+                changes += raise_actuation_failed(conn, device=target, command=row, at=now)
+            elif commanded is not None:
                 commanded.add(target_id)
     if transition.lockout:
         actuation.lock_port(
             conn, device=device, alarm_id=alarm_id, reason=f"{transition.rule_id} {transition.alarm_type}", at=now
         )
+    return changes
 
 
 def _device(conn: Connection[Any], device_id: str) -> Device | None:
@@ -363,9 +369,23 @@ def _corroborate(
 
 
 def _confirm(
-    conn: Connection[Any], *, device: Device, rule: AnyRule, at: datetime, details: dict[str, Any]
+    conn: Connection[Any],
+    *,
+    device: Device,
+    rule: AnyRule,
+    at: datetime,
+    details: dict[str, Any],
+    now: datetime | None = None,
 ) -> list[AlarmChange]:
-    return record(conn, device=device, transition=rule.transition("raise", at, details=details))
+    """Raise a confirmation (gas_confirmed, fire_confirmed); one that actuates does so when it is raised (SMK-02:
+    the site's e-bike ports, automatic linkage on two signals as GB 50116-2013 4.1.6 requires)."""
+    transition = rule.transition("raise", at, details=details)
+    changes = record(conn, device=device, transition=transition)
+    for change in list(changes):
+        if transition.actions and change.kind in ("raised", "reactivated"):
+            at_ = now or datetime.now(UTC)
+            changes += _actuate(conn, device=device, transition=transition, alarm_id=change.alarm_id, now=at_)
+    return changes
 
 
 def _reset_before(conn: Connection[Any], *, rule: RealarmRule, device: Device, at: datetime) -> bool:
@@ -447,6 +467,7 @@ def confirm_uncancelled(
                         rule=mine,
                         at=now,
                         details={"trigger": "no_cancel", "alarm": alarm_id, "after_s": rule.after_s},
+                        now=now,
                     )
                 )
     return out

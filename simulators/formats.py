@@ -12,6 +12,10 @@ Formats follow the bridges' documentation:
   `tele/<topic>/STATE` with POWER, retained `tele/<topic>/LWT` Online/Offline, `stat/<topic>/POWER` on
   change, MaxPower over-limit as `stat/<topic>/WARNING {"MaxPowerReached":...}`; commands on
   `cmnd/<topic>/POWER`. Time is shown with its UTC offset (SetOption52 1) so event time survives.
+- ESPHome (esphome.io, MQTT component): a node with `topic_prefix: esphome/<name>` publishes retained `online` /
+  `offline` on `<prefix>/status` and each entity's state as text on `<prefix>/<component>/<object_id>/state`
+  (binary_sensor ON/OFF, sensor numbers, switch ON/OFF); commands arrive on `<prefix>/switch/<id>/command`
+  (ON/OFF) and `<prefix>/button/<id>/command` (PRESS). No timestamps: ingest stamps them on receipt.
 """
 
 from __future__ import annotations
@@ -41,13 +45,18 @@ class Topics:
 
     native_prefix: str = "gw/v1"
     bridge_root: str = ""  # "" -> the bridges' own defaults; "x" -> x/zigbee2mqtt/..., x/tele/...
+    zigbee2mqtt: str = "zigbee2mqtt"  # Zigbee2MQTT's mqtt.base_topic
+    esphome: str = "esphome"  # the ESPHome nodes' topic_prefix is <this>/<node name>
 
     def _under(self, *parts: str) -> str:
         return "/".join(p for p in (self.bridge_root.strip("/"), *parts) if p)
 
     @property
     def zigbee2mqtt_base(self) -> str:
-        return self._under("zigbee2mqtt")
+        return self._under(self.zigbee2mqtt)
+
+    def esphome_node(self, name: str) -> str:
+        return self._under(self.esphome, name)
 
     @property
     def shelly_base(self) -> str:
@@ -98,6 +107,8 @@ def telemetry(wire: Wire, reading: dict[str, Any], topics: Topics) -> list[Out]:
         return _shelly_gas(wire, reading, topics)
     if wire.adapter is Adapter.TASMOTA:
         return _tasmota(wire, reading, topics)
+    if wire.adapter is Adapter.ESPHOME:
+        return _esphome(wire, reading, topics)
     raise ValueError(f"no simulator format for adapter {wire.adapter}")
 
 
@@ -117,6 +128,8 @@ def status(wire: Wire, online: bool, topics: Topics) -> Out:
         return Out(f"{topics.shelly_base}/{wire.name}/online", b"true" if online else b"false", retain=True)
     if wire.adapter is Adapter.TASMOTA:
         return Out(topics.tasmota("tele", wire.name, "LWT"), b"Online" if online else b"Offline", retain=True)
+    if wire.adapter is Adapter.ESPHOME:
+        return Out(f"{topics.esphome_node(wire.name)}/status", state.encode(), retain=True)
     raise ValueError(f"no simulator format for adapter {wire.adapter}")
 
 
@@ -130,11 +143,14 @@ def command_topic(wire: Wire, topics: Topics) -> str:
         return f"{topics.shelly_base}/{wire.name}/valve/0/command"
     if wire.adapter is Adapter.TASMOTA:
         return topics.tasmota("cmnd", wire.name, "POWER")
+    if wire.adapter is Adapter.ESPHOME:
+        return f"{topics.esphome_node(wire.name)}/+/+/command"  # switch/relay, switch/valve, button/self_test, ...
     raise ValueError(f"no simulator format for adapter {wire.adapter}")
 
 
-def parse_command(wire: Wire, payload: bytes) -> tuple[str | None, str, dict[str, Any]]:
-    """(command id or None, native action, raw) from a command message in the device's dialect."""
+def parse_command(wire: Wire, payload: bytes, topic: str = "") -> tuple[str | None, str, dict[str, Any]]:
+    """(command id or None, native action, raw) from a command message in the device's dialect (ESPHome: the topic
+    names the entity, so it is needed too)."""
     text = payload.decode(errors="replace").strip()
     if wire.adapter is Adapter.NATIVE:
         data = orjson.loads(payload)
@@ -159,7 +175,19 @@ def parse_command(wire: Wire, payload: bytes) -> tuple[str | None, str, dict[str
             ),
             {"raw": text},
         )
+    if wire.adapter is Adapter.ESPHOME:
+        return None, _esphome_action(topic, text), {"raw": text, "topic": topic}
     return None, "unknown", {}
+
+
+def _esphome_action(topic: str, text: str) -> str:
+    """The native action an ESPHome command stands for (the topic says which entity: switch/relay, button/...)."""
+    entity = "/".join(topic.split("/")[-3:-1])
+    if entity == "switch/valve":
+        return "close_valve" if text.upper() == "OFF" else "open_valve"
+    if entity == "switch/relay":
+        return {"OFF": "cut_power", "ON": "restore_power"}.get(text.upper(), "unknown")
+    return {"button/self_test": "self_test", "button/silence": "silence"}.get(entity, "unknown")
 
 
 def command_ack(
@@ -179,6 +207,8 @@ def command_ack(
         return [Out(f"{topics.shelly_base}/{wire.name}/valve/0/state", _shelly_valve(state["valve"]).encode())]
     if wire.adapter is Adapter.ZIGBEE2MQTT and "relay" in state:
         return [Out(f"{topics.zigbee2mqtt_base}/{wire.name}", _json({"state": state["relay"].upper()}))]
+    if wire.adapter is Adapter.ESPHOME and ("relay" in state or "valve" in state):
+        return _esphome(wire, {k: v for k, v in state.items() if k in ("relay", "valve")}, topics)
     return []
 
 
@@ -323,3 +353,48 @@ def tasmota_max_power(wire: Wire, ts: int | str, power_w: float, topics: Topics)
         ),
         Out(topics.tasmota("stat", wire.name, "POWER"), b"OFF"),
     ]
+
+
+# --- ESPHome -------------------------------------------------------------------------------------------
+# A native field -> (component, object_id) as an ESPHome node names its entities (ingest/adapters/esphome.py).
+ESPHOME_ENTITIES: dict[str, tuple[str, str]] = {
+    "gas": ("binary_sensor", "gas"),
+    "smoke": ("binary_sensor", "smoke"),
+    "co": ("binary_sensor", "co"),
+    "tamper": ("binary_sensor", "tamper"),
+    "test": ("binary_sensor", "test"),
+    "gas_lel": ("sensor", "gas_lel"),
+    "co_ppm": ("sensor", "co_ppm"),
+    "smoke_db_m": ("sensor", "smoke_db_m"),
+    "temp_c": ("sensor", "temperature"),
+    "power_w": ("sensor", "power"),
+    "current_a": ("sensor", "current"),
+    "voltage_v": ("sensor", "voltage"),
+    "energy_wh": ("sensor", "energy"),
+    "battery_pct": ("sensor", "battery"),
+    "relay": ("switch", "relay"),
+    "valve": ("switch", "valve"),
+}
+
+
+def _esphome_text(field: str, value: Any) -> bytes:
+    if field == "relay":
+        return str(value).upper().encode()
+    if field == "valve":
+        return b"ON" if value == "open" else b"OFF"
+    if isinstance(value, bool):
+        return b"ON" if value else b"OFF"
+    return f"{value:.3f}".rstrip("0").rstrip(".").encode() if isinstance(value, float) else str(value).encode()
+
+
+def _esphome(wire: Wire, r: dict[str, Any], topics: Topics) -> list[Out]:
+    """One retained state message per entity the reading touches (ESPHome publishes entities separately)."""
+    node = topics.esphome_node(wire.name)
+    out = []
+    for field, value in r.items():
+        entity = ESPHOME_ENTITIES.get(field)
+        if entity is None or value is None:
+            continue
+        component, object_id = entity
+        out.append(Out(f"{node}/{component}/{object_id}/state", _esphome_text(field, value), retain=True))
+    return out

@@ -358,11 +358,11 @@ class ScenarioRun:
                 topic, payload = self.commands.get_nowait()
             except queue.Empty:
                 return
-            dev = self.command_routes.get(topic)
+            dev = self.command_routes.get(topic) or _route(self.command_routes, topic)
             if dev is None:
                 continue
             try:
-                command_id, action, _raw = formats.parse_command(dev.wire, payload)
+                command_id, action, _raw = formats.parse_command(dev.wire, payload, topic)
             except orjson.JSONDecodeError:
                 log.warning("unreadable command on %s: %r", topic, payload[:80])
                 continue
@@ -513,3 +513,14 @@ _STEP_ACTIONS: tuple[tuple[str, type[DeviceModel] | None, _StepAction], ...] = (
 def run_scenario(scenario: Scenario, *, url: str, topics: Topics | None = None, **kw: Any) -> RunResult:
     """Convenience wrapper: build and run."""
     return ScenarioRun(scenario, url=url, topics=topics, **kw).run()
+
+
+def _route(routes: dict[str, Any], topic: str) -> Any:
+    """The device whose command subscription (with '+' wildcards: ESPHome's <node>/+/+/command) matches a topic."""
+    parts = topic.split("/")
+    for sub, dev in routes.items():
+        pattern = sub.split("/")
+        same = "+" in pattern and len(pattern) == len(parts)
+        if same and all(p in ("+", t) for p, t in zip(pattern, parts, strict=True)):
+            return dev
+    return None

@@ -1,5 +1,5 @@
-"""Bridge adapters, pure: documented Zigbee2MQTT, Shelly Gas Gen1 and Tasmota payloads in, native readings,
-statuses, rejects and ignores out. Fixtures follow the bridges' documentation (cited per table); the
+"""Bridge adapters, pure: documented Zigbee2MQTT, Shelly Gas Gen1, Tasmota and ESPHome payloads in, native readings,
+statuses, device events and rejects (invalid, or not device data) out: every message one of them (issue 19). Fixtures follow the bridges' documentation (cited per table); the
 simulators publish the same shapes (simulators/formats.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from core.domain import Adapter, Device, DeviceKind, DeviceStatus, Location, Reading
 from ingest import adapters
 from ingest.adapters.common import content_seq
-from ingest.decode import Decoded, Decoder, Ignored, Limits, Message, Reject
+from ingest.decode import Decoded, Decoder, DeviceEvent, Limits, Message, Reject
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 LIMITS = Limits()
@@ -39,6 +39,9 @@ DEVICES = [
     dev("port-t1", DeviceKind.CHARGING_PORT, Adapter.TASMOTA, "shed_port_3"),
     dev("gas-s2", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "shellygas-A1B2C3D4E5F6"),
     dev("valve-s2", DeviceKind.GAS_VALVE, Adapter.SHELLY, "shellygas-A1B2C3D4E5F6/valve/0"),
+    dev("gas-e1", DeviceKind.GAS_DETECTOR, Adapter.ESPHOME, "kitchen-node"),
+    dev("socket-e1", DeviceKind.SMART_SOCKET, Adapter.ESPHOME, "corridor-socket"),
+    dev("valve-e1", DeviceKind.GAS_VALVE, Adapter.ESPHOME, "valve-node"),
 ]
 
 
@@ -379,6 +382,7 @@ Z2M_ATTRIBUTES = [
     pytest.param("plug_1/energy", "2.5", {"energy_wh": 2500.0}, {}, id="kwh"),
     pytest.param("co_box/carbon_monoxide", "true", {}, {"co": True}, id="co-flag-extras-only-still-stored"),
     pytest.param("hall_smoke/battery_low", "true", {}, {"battery_low": True}, id="unmapped-kept"),
+    pytest.param("kitchen_gas/linkquality", "99", {}, {"linkquality": 99}, id="linkquality-alone-proves-alive"),
 ]
 
 
@@ -390,8 +394,7 @@ def test_zigbee2mqtt_attribute_output(path: str, payload: str, fields: dict[str,
     assert r.ts == NOW
 
 
-Z2M_IGNORED = [
-    pytest.param("zigbee2mqtt/kitchen_gas/linkquality", "99", id="linkquality-alone"),
+Z2M_NOT_DATA = [
     pytest.param("zigbee2mqtt/kitchen_gas/last_seen", "2026-11-23T11:59:00.000Z", id="last-seen-alone"),
     pytest.param("zigbee2mqtt/plug_1/update-state", "idle", id="nested-object-attribute"),
     pytest.param("zigbee2mqtt/hall_smoke/battery", "", id="null-attribute"),
@@ -400,7 +403,15 @@ Z2M_IGNORED = [
     pytest.param("zigbee2mqtt/plug_1/set/state", "OFF", id="our-command-attribute-form"),
     pytest.param("zigbee2mqtt/plug_1/get", {"state": ""}, id="get"),
     pytest.param("zigbee2mqtt/bridge/logging", {"level": "info", "message": "MQTT publish"}, id="bridge-logging"),
-    pytest.param("zigbee2mqtt/bridge/event", {"type": "device_joined", "data": {}}, id="bridge-event"),
+    pytest.param("zigbee2mqtt/bridge/info", {"version": "2.1.0", "permit_join": False}, id="bridge-info"),
+    pytest.param("zigbee2mqtt/bridge/request/permit_join", {"time": 254}, id="bridge-request"),
+    pytest.param("zigbee2mqtt/kitchen_gas", "", id="state-cleared-on-rename"),
+    pytest.param("zigbee2mqtt/bridge/log", {"type": "devices", "message": []}, id="legacy-log-devices-list"),
+    pytest.param(
+        "zigbee2mqtt/bridge/response/device/remove",
+        {"data": {"id": "plug_1"}, "status": "error", "error": "Device 'plug_1' does not exist"},
+        id="remove-failed",
+    ),
     pytest.param(
         "zigbee2mqtt/bridge/devices",
         [{"ieee_address": "0x" + "0" * 16, "definition": {"exposes": [{"name": "x" * 200}] * 200}}],
@@ -409,10 +420,10 @@ Z2M_IGNORED = [
 ]
 
 
-@pytest.mark.parametrize(("topic", "payload"), Z2M_IGNORED)
-def test_zigbee2mqtt_bookkeeping_is_ignored(topic: str, payload: Any) -> None:
+@pytest.mark.parametrize(("topic", "payload"), Z2M_NOT_DATA)
+def test_zigbee2mqtt_bookkeeping_is_recorded_as_not_data(topic: str, payload: Any) -> None:
     item = one(topic, payload)
-    assert isinstance(item, Ignored), item
+    assert isinstance(item, Reject) and item.kind == "not_data", item
 
 
 @pytest.mark.parametrize(
@@ -430,10 +441,10 @@ def test_zigbee2mqtt_availability_both_forms(payload: Any, online: bool) -> None
     assert one("zigbee2mqtt/bridge/state", payload) == DeviceStatus("gw-z1", online, NOW)
 
 
-def test_zigbee2mqtt_bridge_state_without_registered_gateway_is_ignored() -> None:
+def test_zigbee2mqtt_bridge_state_without_registered_gateway_is_recorded() -> None:
     registry = Registry([d for d in DEVICES if d.foreign_id != "bridge"])
     item = one("zigbee2mqtt/bridge/state", "offline", registry=registry)
-    assert isinstance(item, Ignored) and "foreign_id 'bridge'" in item.why
+    assert isinstance(item, Reject) and item.kind == "not_data" and "foreign_id 'bridge'" in item.reason
 
 
 # --- content-addressed seq: what (device, ts, seq) dedupe absorbs and what it keeps --------------------
@@ -466,9 +477,19 @@ def test_content_seq_distinguishes_content(a: dict[str, Any], b: dict[str, Any])
 # MQTT section of the Shelly Gen1 API and the SHGS-1 CoAP description.
 SHELLY = "shellies/shellygas-E868E7C6E54A"
 SHELLY_READINGS = [
-    pytest.param("sensor/operation", "warmup", {}, {"operation": "warmup"}, id="warmup-no-fault"),
-    pytest.param("sensor/operation", "normal", {}, {"operation": "normal"}, id="normal"),
-    pytest.param("sensor/operation", "fault", {"fault": "sensor_fault"}, {"operation": "fault"}, id="fault"),
+    pytest.param("sensor/operation", "warmup", {}, {"operation": "warmup", "preheat": True}, id="warmup-no-fault"),
+    pytest.param("sensor/operation", "normal", {}, {"operation": "normal", "preheat": False}, id="normal"),
+    pytest.param(
+        "sensor/operation", "fault", {"fault": "sensor_fault"}, {"operation": "fault", "preheat": False}, id="fault"
+    ),
+    pytest.param("sensor/operation", "unknown", {}, {"operation": "unknown"}, id="operation-unknown-alive"),
+    pytest.param("sensor/gas", "unknown", {}, {"alarm_state": "unknown"}, id="gas-unknown-alive"),
+    pytest.param(
+        "sensor/concentration", "-1", {}, {"gas_ppm": -1, "gas_ppm_valid": False}, id="concentration-not-valid-yet"
+    ),
+    pytest.param(
+        "sensor/self_test", "not_completed", {"test": False}, {"self_test": "not_completed"}, id="st-not-done"
+    ),
     pytest.param("sensor/gas", "none", {"gas": False}, {"alarm_state": "none"}, id="gas-none"),
     pytest.param("sensor/gas", "mild", {"gas": True}, {"alarm_state": "mild"}, id="gas-mild"),
     pytest.param("sensor/gas", "heavy", {"gas": True}, {"alarm_state": "heavy"}, id="gas-heavy"),
@@ -482,8 +503,13 @@ SHELLY_READINGS = [
     pytest.param("sensor/self_test", "completed", {"test": False}, {"self_test": "completed"}, id="self-test-done"),
     pytest.param("valve/0/state", "opened", {"valve": "open"}, {"valve_state": "opened"}, id="valve-opened"),
     pytest.param("valve/0/state", "closed", {"valve": "closed"}, {"valve_state": "closed"}, id="valve-closed"),
-    pytest.param("valve/0/state", "failure", {"valve": "fault"}, {"valve_state": "failure"}, id="valve-failure"),
+    # the detector has no valve registered: its valve's failure is kept, there is nothing to actuate
+    pytest.param("valve/0/state", "failure", {}, {"valve_state": "failure"}, id="valve-failure-no-valve-device"),
+    pytest.param("valve/0/state", "not_connected", {}, {"valve_state": "not_connected"}, id="no-valve-connected"),
     pytest.param("valve/0/state", "closing", {}, {"valve_state": "closing"}, id="valve-moving"),
+    pytest.param("valve/0/state", "opening", {}, {"valve_state": "opening"}, id="valve-opening"),
+    pytest.param("valve/0/state", "checking", {}, {"valve_state": "checking"}, id="valve-checking"),
+    pytest.param("valve/0/state", "unknown", {}, {"valve_state": "unknown"}, id="valve-unknown"),
 ]
 
 
@@ -501,20 +527,19 @@ def test_shelly_gas(channel: str, payload: str, fields: dict[str, Any], extras: 
     [
         pytest.param(f"{SHELLY}/online", "true", DeviceStatus("gas-s1", True, NOW), id="online"),
         pytest.param(f"{SHELLY}/online", "false", DeviceStatus("gas-s1", False, NOW), id="offline-last-will"),
-        pytest.param(f"{SHELLY}/sensor/gas", "unknown", Ignored, id="gas-unknown"),
-        pytest.param(f"{SHELLY}/sensor/concentration", "-1", Ignored, id="concentration-not-valid-yet"),
-        pytest.param(f"{SHELLY}/valve/0/state", "not_connected", Ignored, id="no-valve"),
-        pytest.param(f"{SHELLY}/online", "", Ignored, id="online-cleared"),
-        pytest.param(f"{SHELLY}/valve/0/command", "close", Ignored, id="our-command"),
+        pytest.param(f"{SHELLY}/online", "", "not_data", id="online-cleared"),
+        pytest.param(f"{SHELLY}/valve/0/command", "close", "not_data", id="our-command"),
+        pytest.param(f"{SHELLY}/sensor/mute", "mute", "not_data", id="our-mute"),
+        pytest.param("shellies/command", "announce", "not_data", id="announce-request"),
         pytest.param(
-            f"{SHELLY}/sensor/gas", "leak!", "gas alarm state must be one of none, mild, heavy, test", id="gas-garbage"
+            f"{SHELLY}/sensor/gas", "leak!", "gas alarm state must be one of unknown, none, mild", id="gas-garbage"
         ),
         pytest.param(f"{SHELLY}/sensor/concentration", "12.5ppm", "concentration must be whole ppm", id="ppm-garbage"),
         pytest.param(f"{SHELLY}/sensor/concentration", "-7", "concentration must be >= 0 ppm", id="ppm-negative"),
         pytest.param(
             f"{SHELLY}/sensor/operation",
             "booting",
-            "operation must be one of warmup, normal, fault",
+            "operation must be one of unknown, warmup, normal, fault",
             id="operation-garbage",
         ),
         pytest.param(f"{SHELLY}/valve/0/state", "stuck", "valve state must be one of", id="valve-garbage"),
@@ -529,13 +554,17 @@ def test_shelly_gas(channel: str, payload: str, fields: dict[str, Any], extras: 
         pytest.param("shellies/shelly1-ABC/relay/0", "on", "is not shellies/<id>/<", id="other-shelly-topic"),
     ],
 )
-def test_shelly_status_ignores_and_rejects(topic: str, payload: Any, expected: Any) -> None:
-    item = one(topic, payload)
-    if isinstance(expected, str):
-        assert isinstance(item, Reject), item
+def test_shelly_status_and_rejects(topic: str, payload: Any, expected: Any) -> None:
+    check_outcome(one(topic, payload), expected)
+
+
+def check_outcome(item: Decoded, expected: Any) -> None:
+    """expected: "not_data" (a recorded not-device-data reject), a reason fragment (an invalid reject), or the item."""
+    if expected == "not_data":
+        assert isinstance(item, Reject) and item.kind == "not_data", item
+    elif isinstance(expected, str):
+        assert isinstance(item, Reject) and item.kind == "invalid", item
         assert expected in item.reason
-    elif expected is Ignored:
-        assert isinstance(item, Ignored), item
     else:
         assert item == expected
 
@@ -607,11 +636,13 @@ TASMOTA_READINGS = [
     ),
     pytest.param(
         "tele/{t}/STATE",
-        {"Time": "2026-11-23T20:00:00", "Uptime": "0T01:00:00", "POWER": "ON", "Wifi": {"RSSI": 80}},
+        {"Time": "2026-11-23T20:00:00", "Uptime": "0T01:00:00", "UptimeSec": 3600, "POWER": "ON", "Wifi": {"RSSI": 80}},
         {"relay": "on"},
-        {"device_time": "2026-11-23T20:00:00"},
+        {"device_time": "2026-11-23T20:00:00", "uptime_s": 3600, "wifi_rssi": 80},
         id="state-power",
     ),
+    pytest.param("tele/{t}/STATE", {"UptimeSec": 60}, {}, {"uptime_s": 60}, id="state-without-relay-proves-alive"),
+    pytest.param("stat/{t}/POWER2", "ON", {}, {"relay_2": "on"}, id="second-relay-kept"),
     pytest.param("tele/{t}/STATE", {"POWER1": "OFF"}, {"relay": "off"}, {}, id="state-power1"),
     pytest.param("stat/{t}/POWER", "OFF", {"relay": "off"}, {}, id="stat-power"),
     pytest.param("stat/{t}/POWER1", "ON", {"relay": "on"}, {}, id="stat-power1"),
@@ -632,16 +663,30 @@ TASMOTA_READINGS = [
     pytest.param(
         "stat/{t}/WARNING",
         {"Time": "2026-11-23T20:00:00", "MaxPowerReached": 2650},
-        {"power_w": 2650.0},
+        {"power_w": 2650.0, "relay": "off"},
         {"max_power_reached": True, "device_time": "2026-11-23T20:00:00"},
-        id="max-power-reached",
+        id="max-power-reached-relay-forced-off",
     ),
     pytest.param(
         "stat/{t}/WARNING",
         {"MaxPowerReached": "2650W"},
-        {"power_w": 2650.0},
+        {"power_w": 2650.0, "relay": "off"},
         {"max_power_reached": True},
         id="max-power-reached-old-firmware-units",
+    ),
+    pytest.param(
+        "stat/{t}/WARNING",
+        {"MaxPowerReached1": 2100},
+        {"power_w": 2100.0, "relay": "off"},
+        {"max_power_reached": True},
+        id="max-power-reached-esp32-phase-suffix",
+    ),
+    pytest.param(
+        "tele/{t}/MARGINS",
+        {"MARGINS": {"PowerHigh1": "ON", "PowerHigh2": "OFF"}},
+        {},
+        {"power_high": True, "power_high_2": False},
+        id="margins-esp32-phases",
     ),
     pytest.param(
         "stat/{t}/WARNING",
@@ -650,8 +695,21 @@ TASMOTA_READINGS = [
         {"max_power_retry_exhausted": True},
         id="max-power-retries-exhausted",
     ),
-    pytest.param("stat/{t}/WARNING", {"MaxEnergyReached": 1.2}, {}, {"max_energy_reached_kwh": 1.2}, id="max-energy"),
+    pytest.param(
+        "stat/{t}/WARNING",
+        {"MaxEnergyReached": 1.2},
+        {"relay": "off"},
+        {"max_energy_reached_kwh": 1.2},
+        id="max-energy",
+    ),
     pytest.param("stat/{t}/RESULT", {"POWER": "OFF"}, {"relay": "off"}, {}, id="result-power-if-it-arrives"),
+    pytest.param(
+        "stat/{t}/RESULT",
+        {"Time": "2026-11-23T20:00:00", "PowerMonitor": "ON"},
+        {"relay": "on"},
+        {"power_monitor": True},
+        id="power-restored-after-max-power-window",
+    ),
 ]
 
 
@@ -695,16 +753,19 @@ def test_tasmota_stale_time_is_rejected() -> None:
     [
         pytest.param("tele/{t}/LWT", "Online", DeviceStatus("port-t1", True, NOW), id="lwt-online"),
         pytest.param("tele/{t}/LWT", "Offline", DeviceStatus("port-t1", False, NOW), id="lwt-offline"),
-        pytest.param("tele/{t}/LWT", "", Ignored, id="lwt-cleared"),
-        pytest.param("tele/{t}/STATE", {"Uptime": "0T00:01:00"}, Ignored, id="state-without-relay"),
-        pytest.param("cmnd/{t}/POWER", "OFF", Ignored, id="our-command"),
-        pytest.param("tele/{t}/INFO1", {"Module": "Sonoff Pow R2"}, Ignored, id="info"),
-        pytest.param("stat/{t}/RESULT", {"MaxPower": 2500}, Ignored, id="result-other-command"),
+        pytest.param("tele/{t}/LWT", "", "not_data", id="lwt-cleared"),
+        pytest.param("tele/{t}/STATE", {"Uptime": "0T00:01:00"}, "not_data", id="state-with-nothing-we-keep"),
+        pytest.param("cmnd/{t}/POWER", "OFF", "not_data", id="our-command"),
+        pytest.param("cmnd/{t}/POWER", "", "not_data", id="its-own-empty-power-at-boot"),
+        pytest.param("tele/{t}/INFO1", {"Info1": {"Module": "Sonoff Pow R2"}}, "not_data", id="info1"),
+        pytest.param("tele/{t}/HASS_STATE", {"Version": "x"}, "not_data", id="hass-state"),
+        pytest.param("stat/{t}/STATUS8", {"StatusSNS": {}}, "not_data", id="status-reply"),
+        pytest.param("stat/{t}/RESULT", {"MaxPower": 2500}, "not_data", id="result-other-command"),
         pytest.param("tele/{t}/LWT", "online", "must be Online or Offline", id="lwt-garbage"),
         pytest.param(
             "tele/{t}/SENSOR",
             {"Time": "2026-11-23T20:00:00"},
-            "carries neither ENERGY nor a temperature",
+            "carries neither ENERGY nor any sensor",
             id="sensor-empty",
         ),
         pytest.param("tele/{t}/SENSOR", b'{"ENERGY":', "malformed JSON", id="sensor-malformed"),
@@ -737,15 +798,8 @@ def test_tasmota_stale_time_is_rejected() -> None:
         ),
     ],
 )
-def test_tasmota_status_ignores_and_rejects(topic: str, payload: Any, expected: Any) -> None:
-    item = one(topic.format(t=TASMOTA), payload)
-    if isinstance(expected, str):
-        assert isinstance(item, Reject), item
-        assert expected in item.reason
-    elif expected is Ignored:
-        assert isinstance(item, Ignored), item
-    else:
-        assert item == expected
+def test_tasmota_status_and_rejects(topic: str, payload: Any, expected: Any) -> None:
+    check_outcome(one(topic.format(t=TASMOTA), payload), expected)
 
 
 # --- routing, roots and subscriptions ------------------------------------------------------------------
@@ -880,3 +934,416 @@ def test_shelly_fault_is_not_cleared_by_other_topics() -> None:
     period = [(f"{SHELLY}/sensor/operation", "fault", 0), (f"{SHELLY}/sensor/gas", "none", 1)]
     messages = [(t, p, s + 30 * i) for i in range(3) for t, p, s in period]
     assert run_rules("gas-s1", messages) == [("device_fault", "raise")]
+
+
+# --- Zigbee2MQTT device events (issue 19): bridge/event, the 1.x legacy bridge/log, removal ---------------
+# zigbee2mqtt.io "MQTT topics and messages" (verbatim examples) and 1.42.0 lib/extension/legacy/bridgeLegacy.ts.
+IEEE = "0x90fd9ffffe6494fc"
+Z2M_EVENTS = [
+    pytest.param(
+        "bridge/event",
+        {"type": "device_joined", "data": {"friendly_name": IEEE, "ieee_address": IEEE}},
+        ("joined", IEEE, None),
+        id="joined-new-device",
+    ),
+    pytest.param(
+        "bridge/event",
+        {"type": "device_announce", "data": {"friendly_name": "kitchen_gas", "ieee_address": IEEE}},
+        ("announced", "kitchen_gas", "gas-z1"),
+        id="announce",
+    ),
+    pytest.param(
+        "bridge/event",
+        {"type": "device_interview", "data": {"friendly_name": IEEE, "status": "started", "ieee_address": IEEE}},
+        ("interview_started", IEEE, None),
+        id="interview-started",
+    ),
+    pytest.param(
+        "bridge/event",
+        {
+            "type": "device_interview",
+            "data": {
+                "friendly_name": "hall_smoke",
+                "status": "successful",
+                "ieee_address": IEEE,
+                "supported": True,
+                "definition": {"model": "HS1SA-E", "vendor": "HEIMAN", "description": "Smoke detector"},
+            },
+        },
+        ("interview_successful", "hall_smoke", "smoke-z1"),
+        id="interview-successful",
+    ),
+    pytest.param(
+        "bridge/event",
+        {"type": "device_interview", "data": {"friendly_name": "co_box", "status": "failed", "ieee_address": IEEE}},
+        ("interview_failed", "co_box", "co-z1"),
+        id="interview-failed",
+    ),
+    pytest.param(
+        "bridge/event",
+        {"type": "device_leave", "data": {"ieee_address": IEEE, "friendly_name": "plug_1"}},
+        ("left", "plug_1", "plug-z1"),
+        id="leave",
+    ),
+    pytest.param(
+        "bridge/event",
+        {"type": "device_leave", "data": {"ieee_address": "0x00158d0001d2a2b3"}},
+        ("left", "0x00158d0001d2a2b3", "smoke-z2"),
+        id="leave-by-ieee-only",
+    ),
+    pytest.param(
+        "bridge/response/device/remove",
+        {"data": {"id": "plug_1", "block": False, "force": False}, "status": "ok", "transaction": 3},
+        ("removed", "plug_1", "plug-z1"),
+        id="removed-2x",
+    ),
+    pytest.param(
+        "bridge/log",
+        {"type": "pairing", "message": "interview_failed", "meta": {"friendly_name": "co_box"}},
+        ("interview_failed", "co_box", "co-z1"),
+        id="legacy-pairing-failed",
+    ),
+    pytest.param(
+        "bridge/log",
+        {"type": "device_removed", "message": "left_network", "meta": {"friendly_name": "plug_1"}},
+        ("left", "plug_1", "plug-z1"),
+        id="legacy-left-network",
+    ),
+    pytest.param(
+        "bridge/log",
+        {"type": "device_force_removed", "message": "plug_1"},
+        ("removed", "plug_1", "plug-z1"),
+        id="legacy-force-removed",
+    ),
+    pytest.param(
+        "bridge/log",
+        {"type": "device_banned", "message": "plug_1"},
+        ("removed", "plug_1", "plug-z1"),
+        id="legacy-banned",
+    ),
+    pytest.param(
+        "bridge/log",
+        {"type": "device_connected", "message": {"friendly_name": IEEE}},
+        ("joined", IEEE, None),
+        id="legacy-connected",
+    ),
+]
+
+
+@pytest.mark.parametrize(("leaf", "payload", "expected"), Z2M_EVENTS)
+def test_zigbee2mqtt_device_events(leaf: str, payload: dict[str, Any], expected: tuple[str, str, str | None]) -> None:
+    item = one(f"zigbee2mqtt/{leaf}", payload)
+    assert isinstance(item, DeviceEvent), item
+    assert (item.kind, item.foreign_id, item.device_id) == expected
+    assert item.adapter == "zigbee2mqtt" and item.at == NOW
+
+
+def test_zigbee2mqtt_interview_keeps_the_model() -> None:
+    item = one("zigbee2mqtt/bridge/event", Z2M_EVENTS[3].values[1])
+    assert isinstance(item, DeviceEvent)
+    assert item.details == {
+        "ieee_address": IEEE,
+        "friendly_name": "hall_smoke",
+        "status": "successful",
+        "supported": True,
+        "model": "HS1SA-E",
+        "vendor": "HEIMAN",
+        "description": "Smoke detector",
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        pytest.param({"type": "device_renamed", "data": {"from": "a", "to": "b"}}, "not a documented device event", id="unknown-type"),
+        pytest.param({"type": "device_interview", "data": {"friendly_name": "x", "status": "pending"}}, "not a documented", id="unknown-status"),
+        pytest.param({"type": "device_joined", "data": {}}, "names no device", id="no-name"),
+        pytest.param({"type": "device_joined"}, "has no data object", id="no-data"),
+        pytest.param(b"{not json", "malformed JSON", id="malformed"),
+    ],
+)  # fmt: skip
+def test_zigbee2mqtt_bad_events_are_rejected_with_a_reason(payload: Any, reason: str) -> None:
+    check_outcome(one("zigbee2mqtt/bridge/event", payload), reason)
+
+
+def test_zigbee2mqtt_base_topic_is_configurable() -> None:
+    bases = adapters.Bases(zigbee2mqtt="z2m-home")
+    topics = adapters.topics(bases)
+    assert "z2m-home/+" in topics and "z2m-home/bridge/event" in topics and "z2m-home/+/availability" in topics
+    assert not [t for t in topics if t.startswith("zigbee2mqtt/")]
+    decoder = Decoder(limits=LIMITS, adapters=adapters.decoders(bases))
+    got = decoder.decode(Message("z2m-home/kitchen_gas", orjson.dumps({"gas": True}), NOW), Registry())
+    assert isinstance(got[0], Reading) and got[0].gas is True
+    ((topic, _),) = adapters.encode_command(
+        Registry().device("plug-z1"), action="cut_power", command_id="c", alarm_id=None, reason="", bridge_root=bases
+    )  # type: ignore[arg-type]
+    assert topic == "z2m-home/plug_1/set"
+
+
+def test_zigbee2mqtt_subscriptions_cover_attribute_output_without_commands_or_logging() -> None:
+    topics = adapters.topics("")
+    assert {"zigbee2mqtt/+/gas", "zigbee2mqtt/+/smoke", "zigbee2mqtt/+/gas_value", "zigbee2mqtt/+/battery_low"} <= set(
+        topics
+    )
+    assert "zigbee2mqtt/+/+" not in topics, "would bring bridge/logging (a line per log record) and our own /set"
+    assert adapters.device_topics(DEVICES) == ["zigbee2mqtt/floor2/kitchen_gas", "zigbee2mqtt/floor2/kitchen_gas/+"]
+
+
+# --- Shelly Gas: announce, info, the valve's unavailable states (issue 19) -------------------------------
+def test_shelly_announce_is_a_device_event() -> None:
+    body = {"id": "shellygas-E868E7C6E54A", "model": "SHGS-1", "mac": "E868E7C6E54A", "ip": "192.168.1.50",
+            "new_fw": False, "fw_ver": "20230913-114244/v1.14.0-gcb84623"}  # fmt: skip
+    for topic in ("shellies/announce", f"{SHELLY}/announce"):
+        item = one(topic, body)
+        assert isinstance(item, DeviceEvent) and (item.kind, item.device_id) == ("announced", "gas-s1")
+        assert item.details["model"] == "SHGS-1"
+    new = one("shellies/announce", {**body, "id": "shellygas-FFFFFFFFFFFF"})
+    assert isinstance(new, DeviceEvent) and new.device_id is None, "an unregistered Shelly is still recorded"
+
+
+@pytest.mark.parametrize(
+    ("state", "fields"),
+    [
+        pytest.param("not_connected", {"valve": "fault"}, id="not-connected-is-unavailable"),
+        pytest.param("failure", {"valve": "fault"}, id="failure-is-unavailable"),
+        pytest.param("opened", {"valve": "open"}, id="opened"),
+        pytest.param("closed", {"valve": "closed"}, id="closed"),
+        pytest.param("closing", {}, id="closing"),
+    ],
+)
+def test_shelly_valve_device_states(state: str, fields: dict[str, Any]) -> None:
+    r = reading("shellies/shellygas-A1B2C3D4E5F6/valve/0/state", state)
+    assert r.device_id == "valve-s2" and fields_of(r) == fields and r.extras == {"valve_state": state}
+
+
+def test_shelly_info_is_the_detector_and_its_valve() -> None:
+    status = {
+        "gas_sensor": {"sensor_state": "normal", "self_test_state": "completed", "alarm_state": "mild"},
+        "concentration": {"ppm": 1900, "is_valid": True},
+        "valves": [{"state": "not_connected"}],
+    }
+    items = decode("shellies/shellygas-A1B2C3D4E5F6/info", status)
+    assert [type(i) for i in items] == [Reading, Reading]
+    detector, valve = items
+    assert isinstance(detector, Reading) and isinstance(valve, Reading)
+    assert (detector.device_id, fields_of(detector)) == ("gas-s2", {"gas": True, "test": False, "gas_lel": 3.8})
+    assert detector.extras == {
+        "operation": "normal",
+        "preheat": False,
+        "alarm_state": "mild",
+        "self_test": "completed",
+        "gas_ppm": 1900,
+    }
+    assert (valve.device_id, fields_of(valve)) == ("valve-s2", {"valve": "fault"})
+    invalid = one(f"{SHELLY}/info", {"concentration": {"ppm": 0, "is_valid": False}})
+    assert isinstance(invalid, Reading) and invalid.extras == {"gas_ppm": -1, "gas_ppm_valid": False}
+    check_outcome(one(f"{SHELLY}/info", {"wifi_sta": {}}), "carries no gas_sensor")
+
+
+# --- Tasmota boot information (issue 19) -------------------------------------------------------------
+def test_tasmota_restart_is_a_device_event() -> None:
+    for body in ({"Info3": {"RestartReason": "Power On"}}, {"RestartReason": "Power On"}):
+        item = one(f"tele/{TASMOTA}/INFO3", body)
+        assert isinstance(item, DeviceEvent)
+        assert (item.kind, item.device_id, item.details) == ("booted", "port-t1", {"restart_reason": "Power On"})
+
+
+# --- ESPHome (issue 19) --------------------------------------------------------------------------------
+# esphome.io/components/mqtt.html: <topic_prefix>/status online/offline, <prefix>/<component>/<object_id>/state.
+ESPHOME_READINGS = [
+    pytest.param("kitchen-node/binary_sensor/gas/state", "ON", {"gas": True}, {}, id="gas-flag-on"),
+    pytest.param("kitchen-node/binary_sensor/gas_leak/state", "OFF", {"gas": False}, {}, id="gas-leak-off"),
+    pytest.param("kitchen-node/binary_sensor/co/state", "ON", {}, {"co": True}, id="co-flag-extras"),
+    pytest.param("kitchen-node/binary_sensor/tamper/state", "ON", {"tamper": True}, {}, id="tamper"),
+    pytest.param("kitchen-node/binary_sensor/battery_low/state", "ON", {}, {"battery_low": True}, id="battery-low"),
+    pytest.param("kitchen-node/binary_sensor/fault/state", "ON", {"fault": "fault"}, {}, id="fault-binary"),
+    pytest.param("kitchen-node/binary_sensor/motion/state", "ON", {}, {"motion": True}, id="other-binary-kept"),
+    pytest.param("kitchen-node/sensor/gas_lel/state", "12.5", {"gas_lel": 12.5}, {}, id="gas-lel"),
+    pytest.param("kitchen-node/sensor/co_ppm/state", "35", {"co_ppm": 35.0}, {}, id="co-ppm"),
+    pytest.param("kitchen-node/sensor/temperature/state", "21.50", {"temp_c": 21.5}, {}, id="temperature"),
+    pytest.param("kitchen-node/sensor/gas_lel/state", "nan", {}, {"gas_lel": None}, id="nan-no-value"),
+    pytest.param("kitchen-node/sensor/gas_lel/state", "None", {}, {"gas_lel": None}, id="publish-nan-as-none"),
+    pytest.param("kitchen-node/sensor/humidity/state", "44", {}, {"humidity": 44.0}, id="other-sensor-kept"),
+    pytest.param("kitchen-node/text_sensor/fault/state", "sensor_end_of_life", {"fault": "sensor_end_of_life"}, {}, id="fault-text"),
+    pytest.param("kitchen-node/text_sensor/fault/state", "ok", {}, {}, id="fault-text-ok-is-no-fault"),
+    pytest.param("kitchen-node/text_sensor/firmware/state", "2024.10.0", {}, {"firmware": "2024.10.0"}, id="text-kept"),
+    pytest.param("corridor-socket/switch/relay/state", "ON", {"relay": "on"}, {}, id="relay"),
+    pytest.param("corridor-socket/sensor/power/state", "180.4", {"power_w": 180.4}, {}, id="power"),
+    pytest.param("corridor-socket/sensor/current/state", "0.82", {"current_a": 0.82}, {}, id="current"),
+    pytest.param("corridor-socket/sensor/voltage/state", "229.9", {"voltage_v": 229.9}, {}, id="voltage"),
+    pytest.param("corridor-socket/sensor/energy_kwh/state", "1.25", {"energy_wh": 1250.0}, {}, id="energy-kwh"),
+    pytest.param("corridor-socket/switch/usb/state", "OFF", {}, {"switch_usb": False}, id="other-switch-kept"),
+    pytest.param("valve-node/switch/valve/state", "OFF", {"valve": "closed"}, {}, id="valve-closed"),
+    pytest.param("valve-node/switch/valve/state", "ON", {"valve": "open"}, {}, id="valve-open"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "payload", "fields", "extras"), ESPHOME_READINGS)
+def test_esphome_states(path: str, payload: str, fields: dict[str, Any], extras: dict[str, Any]) -> None:
+    r = reading(f"esphome/{path}", payload)
+    assert fields_of(r) == fields and r.extras == extras and r.ts == NOW
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "expected"),
+    [
+        pytest.param("kitchen-node/status", "online", DeviceStatus("gas-e1", True, NOW), id="birth"),
+        pytest.param("kitchen-node/status", "offline", DeviceStatus("gas-e1", False, NOW), id="last-will"),
+        pytest.param("kitchen-node/status", "", "not_data", id="status-cleared"),
+        pytest.param("kitchen-node/status", "rebooting", "must be online or offline", id="status-garbage"),
+        pytest.param("kitchen-node/binary_sensor/gas/state", "maybe", "is ON or OFF", id="binary-garbage"),
+        pytest.param("kitchen-node/sensor/gas_lel/state", "lots", "is a number", id="sensor-garbage"),
+        pytest.param("kitchen-node/sensor/gas_lel/state", "250", "gas_lel (from esphome entity", id="out-of-range"),
+        pytest.param("corridor-socket/switch/relay/command", "OFF", "not_data", id="our-command"),
+        pytest.param("kitchen-node/debug", "[D][sensor:093]: 'Gas': Sending state", "not_data", id="log-line"),
+        pytest.param("kitchen-node/number/sensitivity/state", "3", "not_data", id="unmapped-component"),
+        pytest.param("kitchen-node/binary_sensor/gas/state", "", "not_data", id="state-cleared"),
+        pytest.param("ghost-node/status", "online", "unknown esphome device 'ghost-node'", id="unknown-node"),
+        pytest.param("kitchen-node/binary_sensor/gas", "ON", "is not <node>/status", id="bad-shape"),
+    ],
+)
+def test_esphome_status_and_rejects(path: str, payload: str, expected: Any) -> None:
+    check_outcome(one(f"esphome/{path}", payload), expected)
+
+
+def test_esphome_topics_and_an_empty_base() -> None:
+    assert "esphome/+/status" in adapters.TOPICS and "esphome/+/binary_sensor/+/state" in adapters.TOPICS
+    bare = adapters.Bases(esphome="")
+    assert "+/status" in adapters.topics(bare)
+    decoder = Decoder(limits=LIMITS, adapters=adapters.decoders(bare))
+    got = decoder.decode(Message("kitchen-node/sensor/gas_lel/state", b"30", NOW), Registry())
+    assert isinstance(got[0], Reading) and got[0].gas_lel == 30.0
+    assert decoder.decode_tagged(Message("kitchen-node/status", b"online", NOW), Registry())[0] == "esphome"
+
+
+@pytest.mark.parametrize(
+    ("device_id", "action", "topic", "payload"),
+    [
+        pytest.param("socket-e1", "cut_power", "esphome/corridor-socket/switch/relay/command", "OFF", id="cut"),
+        pytest.param("socket-e1", "restore_power", "esphome/corridor-socket/switch/relay/command", "ON", id="restore"),
+        pytest.param("valve-e1", "close_valve", "esphome/valve-node/switch/valve/command", "OFF", id="close-valve"),
+        pytest.param("gas-e1", "self_test", "esphome/kitchen-node/button/self_test/command", "PRESS", id="self-test"),
+        pytest.param("gas-e1", "silence", "esphome/kitchen-node/button/silence/command", "PRESS", id="silence"),
+    ],
+)
+def test_esphome_commands(device_id: str, action: str, topic: str, payload: str) -> None:
+    device = Registry().device(device_id)
+    assert device is not None
+    assert adapters.encode_command(device, action=action, command_id="c", alarm_id=None, reason="") == [
+        (topic, payload.encode())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("device_id", "action"), [("valve-e1", "restore_power"), ("valve-e1", "cut_power"), ("gas-e1", "close_valve")]
+)
+def test_esphome_refuses_what_the_node_cannot_do(device_id: str, action: str) -> None:
+    device = Registry().device(device_id)
+    assert device is not None
+    with pytest.raises(adapters.CommandNotSupportedError, match="cannot carry"):
+        adapters.encode_command(device, action=action, command_id="c", alarm_id=None, reason="")
+
+
+# --- every documented topic of every bridge ends in exactly one outcome (issue 19) -----------------------
+# /work/notes/bridges.md's summary tables, one documented example each: what each becomes.
+DOCUMENTED = [
+    ("zigbee2mqtt/bridge/state", {"state": "online"}, "status"),
+    ("zigbee2mqtt/bridge/state", "offline", "status"),
+    ("zigbee2mqtt/bridge/info", {"version": "2.1.0"}, "not_data"),
+    ("zigbee2mqtt/bridge/devices", [{"ieee_address": IEEE, "friendly_name": "kitchen_gas"}], "not_data"),
+    ("zigbee2mqtt/bridge/groups", [{"id": 1, "friendly_name": "g", "members": []}], "not_data"),
+    ("zigbee2mqtt/bridge/definitions", {"clusters": {}}, "not_data"),
+    ("zigbee2mqtt/bridge/extensions", [], "not_data"),
+    ("zigbee2mqtt/bridge/converters", [], "not_data"),
+    ("zigbee2mqtt/bridge/health", {"response_time": 1}, "not_data"),
+    ("zigbee2mqtt/bridge/logging", {"level": "info", "message": "x", "namespace": "z2m"}, "not_data"),
+    ("zigbee2mqtt/bridge/event", {"type": "device_leave", "data": {"ieee_address": IEEE, "friendly_name": "plug_1"}}, "event"),
+    ("zigbee2mqtt/bridge/response/permit_join", {"data": {"value": True}, "status": "ok"}, "not_data"),
+    ("zigbee2mqtt/bridge/response/device/remove", {"data": {"id": "plug_1"}, "status": "ok"}, "event"),
+    ("zigbee2mqtt/bridge/request/permit_join", {"time": 254}, "not_data"),
+    ("zigbee2mqtt/bridge/config", {"version": "1.42.0"}, "not_data"),
+    ("zigbee2mqtt/bridge/log", {"type": "pairing", "message": "interview_successful", "meta": {"friendly_name": "co_box"}}, "event"),
+    ("zigbee2mqtt/kitchen_gas", {"gas": False, "tamper": False, "battery_low": False, "linkquality": 87}, "reading"),
+    ("zigbee2mqtt/kitchen_gas/gas", "true", "reading"),
+    ("zigbee2mqtt/kitchen_gas/availability", {"state": "offline"}, "status"),
+    ("zigbee2mqtt/kitchen_gas/availability", "", "not_data"),
+    ("zigbee2mqtt/plug_1/action", "single", "reading"),
+    ("zigbee2mqtt/plug_1/l1", {"state": "ON"}, "reading"),
+    ("zigbee2mqtt/plug_1/set", {"state": "ON"}, "not_data"),
+    ("zigbee2mqtt/plug_1/set/state", "ON", "not_data"),
+    ("zigbee2mqtt/plug_1/get", {"state": ""}, "not_data"),
+    ("zigbee2mqtt/plug_1/l1/set", {"state": "ON"}, "not_data"),
+    (f"{SHELLY}/online", "true", "status"),
+    ("shellies/announce", {"id": "shellygas-E868E7C6E54A", "model": "SHGS-1"}, "event"),
+    (f"{SHELLY}/announce", {"id": "shellygas-E868E7C6E54A", "model": "SHGS-1"}, "event"),
+    (f"{SHELLY}/info", {"gas_sensor": {"sensor_state": "normal", "self_test_state": "completed", "alarm_state": "none"}, "concentration": {"ppm": 100, "is_valid": True}, "valves": [{"state": "not_connected"}]}, "reading"),
+    *((f"{SHELLY}/sensor/operation", v, "reading") for v in ("unknown", "warmup", "normal", "fault")),
+    *((f"{SHELLY}/sensor/gas", v, "reading") for v in ("unknown", "none", "mild", "heavy", "test")),
+    *((f"{SHELLY}/sensor/self_test", v, "reading") for v in ("not_completed", "completed", "running", "pending")),
+    *((f"{SHELLY}/sensor/concentration", v, "reading") for v in ("0", "120", "65535", "-1")),
+    *((f"{SHELLY}/valve/0/state", v, "reading") for v in ("unknown", "closed", "opened", "not_connected", "failure", "closing", "opening", "checking")),
+    *((f"{SHELLY}/sensor/{c}", "x", "not_data") for c in ("start_self_test", "mute", "unmute")),
+    (f"{SHELLY}/valve/0/command", "close", "not_data"),
+    (f"{SHELLY}/command", "announce", "not_data"),
+    ("shellies/command", "update", "not_data"),
+    (f"tele/{TASMOTA}/LWT", "Online", "status"),
+    (f"tele/{TASMOTA}/INFO1", {"Info1": {"Module": "Generic", "Version": "7.0.0.3"}}, "not_data"),
+    (f"tele/{TASMOTA}/INFO2", {"Info2": {"Hostname": "wemos2"}}, "not_data"),
+    (f"tele/{TASMOTA}/INFO3", {"Info3": {"RestartReason": "Software/System restart"}}, "event"),
+    (f"tele/{TASMOTA}/STATE", {"Time": "2019-10-31T11:14:59", "UptimeSec": 66972, "POWER": "OFF", "Wifi": {"RSSI": 100}}, "reading"),
+    (f"tele/{TASMOTA}/SENSOR", {"Time": "2018-02-15T17:37:10", "ENERGY": {"Total": 6.294, "Power": 263, "Voltage": 227, "Current": 1.161}}, "reading"),
+    (f"tele/{TASMOTA}/SENSOR", {"ANALOG": {"A0": 512}}, "reading"),
+    (f"tele/{TASMOTA}/MARGINS", {"MARGINS": {"PowerDelta": 123}}, "reading"),
+    (f"tele/{TASMOTA}/MARGINS", {"MARGINS": {"PowerHigh": "ON"}}, "reading"),
+    (f"stat/{TASMOTA}/WARNING", {"Time": "2026-11-23T20:00:00", "MaxPowerReached": 2100}, "reading"),
+    (f"stat/{TASMOTA}/WARNING", {"MaxPowerReachedRetry": "OFF"}, "reading"),
+    (f"stat/{TASMOTA}/WARNING", {"MaxEnergyReached": 1.234}, "reading"),
+    (f"stat/{TASMOTA}/RESULT", {"POWER": "OFF"}, "reading"),
+    (f"stat/{TASMOTA}/RESULT", {"Time": "x", "PowerMonitor": "ON"}, "reading"),
+    (f"stat/{TASMOTA}/RESULT", {"Time": "x", "EnergyMonitor": "ON"}, "not_data"),
+    (f"stat/{TASMOTA}/POWER", "ON", "reading"),
+    (f"stat/{TASMOTA}/POWERMONITOR", {"Time": "x", "PowerMonitor": "ON"}, "reading"),
+    (f"stat/{TASMOTA}/POWER1", "OFF", "reading"),
+    (f"stat/{TASMOTA}/STATUS8", {"StatusSNS": {}}, "not_data"),
+    (f"tele/{TASMOTA}/RESULT", {"IrReceived": {}}, "not_data"),
+    (f"tele/{TASMOTA}/HASS_STATE", {}, "not_data"),
+    (f"cmnd/{TASMOTA}/POWER", "", "not_data"),
+    ("esphome/kitchen-node/status", "online", "status"),
+    ("esphome/kitchen-node/binary_sensor/gas/state", "ON", "reading"),
+    ("esphome/kitchen-node/sensor/gas_lel/state", "21.5", "reading"),
+    ("esphome/kitchen-node/sensor/gas_lel/state", "nan", "reading"),
+    ("esphome/corridor-socket/switch/relay/state", "ON", "reading"),
+    ("esphome/corridor-socket/switch/relay/command", "TOGGLE", "not_data"),
+    ("esphome/kitchen-node/text_sensor/fault/state", "normal", "reading"),
+    ("esphome/kitchen-node/debug", "[D][sensor:093]: 'Gas': Sending state 512.00000", "not_data"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("topic", "payload", "outcome"), DOCUMENTED, ids=lambda v: v if isinstance(v, str) else "")
+def test_every_documented_topic_ends_in_one_outcome(topic: str, payload: Any, outcome: str) -> None:
+    items = decode(topic, payload)
+    assert items, "nothing is dropped"
+    kinds = {
+        "reading" if isinstance(i, Reading)
+        else "status" if isinstance(i, DeviceStatus)
+        else "event" if isinstance(i, DeviceEvent)
+        else i.kind.replace("invalid", "rejected") if isinstance(i, Reject)
+        else type(i).__name__
+        for i in items
+    }  # fmt: skip
+    assert kinds == {outcome}, items
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one topic can match both filters (ours hold no '#')."""
+    pa, pb = a.split("/"), b.split("/")
+    return len(pa) == len(pb) and all(x == y or "+" in (x, y) for x, y in zip(pa, pb, strict=True))
+
+
+@pytest.mark.parametrize("bases", [adapters.Bases(), adapters.Bases("root9")], ids=["defaults", "rooted"])
+def test_no_two_subscriptions_overlap(bases: adapters.Bases) -> None:
+    """A message matching two of our filters is delivered twice by Mosquitto (seen: zigbee2mqtt/bridge/state under
+    both bridge/state and the `+/state` attribute filter), and counted twice."""
+    topics = [*adapters.topics(bases), *adapters.device_topics(DEVICES, bases)]
+    clashes = [(a, b) for i, a in enumerate(topics) for b in topics[i + 1 :] if _overlap(a, b)]
+    assert clashes == []

@@ -19,11 +19,13 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
 from app.services import Running, start_services
 from core import repo as core_repo
 from core.registry import parse_registry
 from core.settings import Settings
+from ingest import service as ingest_service
 from tests.support import Publisher, Receiver, wait_for
 
 SHELLY_ID = "shellygas-E868E7C6E54A"
@@ -55,6 +57,9 @@ def registry_yaml(receiver: Receiver, tag: str) -> str:
              foreign_id: {SHELLY_ID}-{tag}/valve/0}}
           - {{id: t-port, kind: charging_port, site: s2, location: charging_shed, adapter: tasmota,
              foreign_id: shed_port_3}}
+          - {{id: e-gas, kind: gas_detector, site: s1, location: kitchen, adapter: esphome, foreign_id: kitchen-node}}
+          - {{id: e-socket, kind: smart_socket, site: s2, location: corridor, adapter: esphome,
+             foreign_id: corridor-socket}}
         """)
 
 
@@ -270,7 +275,7 @@ def test_tasmota_energy_relay_and_max_power(bridged: Settings, ingest: Running, 
     assert (180.0, 221.0, 0.82, 12500.0, None, None) in [
         tuple(round(v, 2) if isinstance(v, float) else v for v in r) for r in got
     ]
-    assert (2650.0, None, None, None, None, "true") in got
+    assert (2650.0, None, None, None, "off", "true") in got, "MaxPower: Tasmota has switched the relay off"
     assert (None, None, None, None, "off", None) in got
     assert rows(bridged, "SELECT online FROM device_state WHERE device_id = 't-port'") == [(True,)]
     publisher.publish(f"{root}/tele/shed_port_3/LWT", b"", retain=True)
@@ -300,7 +305,159 @@ def test_bridge_rejects_land_in_ingest_reject(bridged: Settings, ingest: Running
     assert reasons[0].startswith("unknown zigbee2mqtt device 'hallway_sensor': no registry device has adapter")
     assert "malformed JSON" in reasons[1]
     assert "gas_lel (from zigbee2mqtt attribute 'gas_value'): Input should be less than or equal to 100" in reasons[2]
-    assert "gas alarm state must be one of none, mild, heavy, test, got 'leaking'" in reasons[3]
+    assert "gas alarm state must be one of unknown, none, mild, heavy, test, got 'leaking'" in reasons[3]
     assert "must be Online or Offline" in reasons[4]
     assert reasons[5].startswith("unknown tasmota device 'other_plug'")
     assert readings(bridged, "z-gas") == 0
+
+
+# --- issue 19: device events, the valve that cannot close, ESPHome, and every message accounted for ------------
+
+
+def outcomes() -> dict[tuple[str, str], float]:
+    """gridwatch_ingest_outcomes_total as it stands (process-wide: compare before and after)."""
+    return {
+        (m.labels["adapter"], m.labels["outcome"]): m.value
+        for metric in ingest_service.OUTCOMES.collect()
+        for m in metric.samples
+        if m.name.endswith("_total")
+    }
+
+
+def delta(before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    after = outcomes()
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+def test_zigbee2mqtt_device_events_are_recorded_and_counted(
+    bridged: Settings, ingest: Running, publisher: Publisher
+) -> None:
+    root = f"{bridged.bridge_topic_root}/zigbee2mqtt"
+    ieee = "0x90fd9ffffe6494fc"
+    before = outcomes()
+    publisher.publish(
+        f"{root}/bridge/event", {"type": "device_joined", "data": {"friendly_name": ieee, "ieee_address": ieee}}
+    )
+    publisher.publish(
+        f"{root}/bridge/event",
+        {"type": "device_interview", "data": {"friendly_name": ieee, "status": "failed", "ieee_address": ieee}},
+    )
+    publisher.publish(
+        f"{root}/bridge/event", {"type": "device_leave", "data": {"ieee_address": ieee, "friendly_name": "co_box"}}
+    )
+    publisher.publish(f"{root}/bridge/response/device/remove", {"data": {"id": "kitchen_gas"}, "status": "ok"})
+    publisher.publish(
+        f"{root}/bridge/log",
+        {"type": "pairing", "message": "interview_successful", "meta": {"friendly_name": "co_box"}},
+    )
+    wait_for(lambda: count(bridged, "SELECT count(*) FROM device_event") == 5, what="five device events")
+    got = rows(bridged, "SELECT adapter, foreign_id, device_id, kind, topic FROM device_event ORDER BY id")
+    assert [(a, f, d, k, t.removeprefix(root + "/")) for a, f, d, k, t in got] == [
+        ("zigbee2mqtt", ieee, None, "joined", "bridge/event"),
+        ("zigbee2mqtt", ieee, None, "interview_failed", "bridge/event"),
+        ("zigbee2mqtt", "co_box", "z-co", "left", "bridge/event"),
+        ("zigbee2mqtt", "kitchen_gas", "z-gas", "removed", "bridge/response/device/remove"),
+        ("zigbee2mqtt", "co_box", "z-co", "interview_successful", "bridge/log"),
+    ]
+    wait_for(lambda: delta(before).get(("zigbee2mqtt", "event")) == 5, what="counted as events")
+    text = generate_latest().decode()
+    assert 'gridwatch_ingest_outcomes_total{adapter="zigbee2mqtt",outcome="event"}' in text
+    assert count(bridged, "SELECT count(*) FROM ingest_reject") == 0
+
+
+def test_a_shelly_valve_that_cannot_close_is_no_actuation_target(
+    bridged: Settings, ingest: Running, publisher: Publisher, receiver: Receiver
+) -> None:
+    """not_connected (or failure) on the Shelly's valve: GAS-05 tells the worker at once; a gas alarm then records
+    the close as failed and raises actuation_failed (P1) on the valve instead of sending a command nobody can carry
+    out; the valve back (closed/opened) is a target again."""
+    base = f"{bridged.bridge_topic_root}/shellies/{shelly_id(bridged)}"
+    publisher.publish(f"{base}/valve/0/state", "not_connected")
+    wait_for(lambda: transitions(bridged, "s-valve", "device_fault") == ["raised"], what="GAS-05 on the valve")
+    fault = rows(bridged, "SELECT severity, details FROM alarm WHERE device_id = 's-valve' AND type = 'device_fault'")
+    assert fault[0][0] == 3 and fault[0][1]["state"] == "not_connected"
+    publisher.publish(f"{base}/sensor/gas", "heavy")
+    wait_for(lambda: transitions(bridged, "s-gas", "gas_leak") == ["raised"], what="gas_leak")
+    wait_for(
+        lambda: (
+            rows(bridged, "SELECT device_id, action, status FROM command") == [("s-valve", "close_valve", "failed")]
+        ),
+        what="the close recorded as failed",
+    )
+    detail = rows(bridged, "SELECT detail FROM command")[0][0]
+    assert "unavailable (not_connected" in detail and "shut the gas by hand" in detail
+    failed = rows(bridged, "SELECT device_id, severity, active FROM alarm WHERE type = 'actuation_failed'")
+    assert failed == [("s-valve", 4, True)], "P1: the gas is not shut off"
+    wait_for(lambda: len(receiver.for_path("w1")) >= 3, what="the worker told: fault, leak, failed close")
+    publisher.publish(f"{base}/valve/0/state", "closed")
+    wait_for(lambda: transitions(bridged, "s-valve", "device_fault") == ["raised", "cleared"], what="valve back")
+
+
+def test_esphome_node_end_to_end(bridged: Settings, ingest: Running, publisher: Publisher) -> None:
+    node = f"{bridged.bridge_topic_root}/esphome/kitchen-node"
+    socket = f"{bridged.bridge_topic_root}/esphome/corridor-socket"
+    before = outcomes()
+    publisher.publish(f"{node}/status", "online", retain=True)
+    publisher.publish(f"{node}/sensor/gas_lel/state", "nan")
+    publisher.publish(f"{node}/binary_sensor/gas/state", "ON")
+    publisher.publish(f"{socket}/switch/relay/state", "ON")
+    publisher.publish(f"{socket}/sensor/power/state", "182.5")
+    wait_for(lambda: transitions(bridged, "e-gas", "gas_leak") == ["raised"], what="gas_leak from the node's flag")
+    wait_for(lambda: readings(bridged, "e-socket") == 2, what="the socket's relay and power")
+    assert rows(bridged, "SELECT online FROM device_state WHERE device_id = 'e-gas'") == [(True,)]
+    assert rows(
+        bridged, "SELECT relay, power_w FROM reading WHERE device_id = 'e-socket' ORDER BY relay NULLS LAST"
+    ) == [
+        ("on", None),
+        (None, 182.5),
+    ]
+    wait_for(
+        lambda: delta(before) == {("esphome", "status"): 1, ("esphome", "reading"): 4},
+        what="every message counted once",
+    )
+    assert count(bridged, "SELECT count(*) FROM ingest_reject") == 0
+    publisher.publish(f"{node}/status", b"", retain=True)
+
+
+def test_every_message_ends_in_exactly_one_outcome(bridged: Settings, ingest: Running, publisher: Publisher) -> None:
+    """A mix of documented messages from every bridge: each one is counted once, and what it became is in the
+    database (readings, statuses, events, rejects)."""
+    root = bridged.bridge_topic_root
+    sid = shelly_id(bridged)
+    messages: list[tuple[str, Any]] = [
+        (f"{root}/zigbee2mqtt/kitchen_gas", {"gas": False, "gas_value": 1}),
+        (f"{root}/zigbee2mqtt/kitchen_gas/availability", {"state": "online"}),
+        (f"{root}/zigbee2mqtt/bridge/state", {"state": "online"}),
+        (f"{root}/zigbee2mqtt/bridge/event", {"type": "device_announce", "data": {"friendly_name": "co_box"}}),
+        (f"{root}/zigbee2mqtt/ghost", {"gas": True}),
+        (f"{root}/shellies/{sid}/sensor/gas", "unknown"),
+        (f"{root}/shellies/{sid}/sensor/concentration", "-1"),
+        (f"{root}/shellies/{sid}/online", "true"),
+        (f"{root}/shellies/{sid}/announce", {"id": sid, "model": "SHGS-1"}),
+        (f"{root}/tele/shed_port_3/STATE", {"UptimeSec": 10, "POWER": "ON"}),
+        (f"{root}/tele/shed_port_3/INFO3", {"Info3": {"RestartReason": "Power On"}}),
+        (f"{root}/tele/shed_port_3/MARGINS", {"MARGINS": {"PowerHigh": "ON"}}),
+        (f"{root}/esphome/kitchen-node/binary_sensor/gas/state", "OFF"),
+    ]
+    before = outcomes()
+    for topic, payload in messages:
+        publisher.publish(topic, payload)
+    wait_for(lambda: sum(delta(before).values()) >= len(messages), what="every message counted")
+    time.sleep(0.3)
+    got = delta(before)
+    assert got == {
+        ("zigbee2mqtt", "reading"): 1,
+        ("zigbee2mqtt", "status"): 2,
+        ("zigbee2mqtt", "event"): 1,
+        ("zigbee2mqtt", "rejected"): 1,
+        ("shelly", "reading"): 2,
+        ("shelly", "status"): 1,
+        ("shelly", "event"): 1,
+        ("tasmota", "reading"): 2,
+        ("tasmota", "event"): 1,
+        ("esphome", "reading"): 1,
+    }
+    assert count(bridged, "SELECT count(*) FROM reading") == 6
+    assert count(bridged, "SELECT count(*) FROM device_event") == 3
+    assert count(bridged, "SELECT count(*) FROM ingest_reject") == 1
+    assert count(bridged, "SELECT count(*) FROM device_state WHERE online IS NOT NULL") == 3

@@ -51,6 +51,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/devices/{device_id}/lock"): ALL,
     ("POST", "/api/v1/devices/{device_id}/unlock"): STAFF,
     ("POST", "/api/v1/devices/{device_id}/commands"): STAFF,
+    ("POST", "/api/v1/devices/{device_id}/commission"): STAFF,
+    ("GET", "/api/v1/devices/{device_id}/commissioning"): ALL,
     ("GET", "/api/v1/me"): ALL,
     ("GET", "/api/v1/merchants/{merchant_id}/score"): ALL,
     ("GET", "/api/v1/merchants/{merchant_id}/trend"): ALL,
@@ -74,6 +76,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/devices/{device_id}"): ALL,
     ("POST", "/devices/{device_id}/unlock"): STAFF,
     ("POST", "/devices/{device_id}/commands"): STAFF,
+    ("POST", "/devices/{device_id}/commission"): STAFF,
     ("GET", "/score"): ALL,
     ("GET", "/admin"): ADMIN,
 }

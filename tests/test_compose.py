@@ -166,3 +166,4 @@ def test_split_processes_export_metrics(settings: Settings) -> None:
     finally:
         running.stop()
     assert "gridwatch_ingest_messages_total" in text
+    assert "gridwatch_ingest_outcomes_total" in text, "issue 19: every message counted by adapter and outcome"

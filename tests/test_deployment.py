@@ -351,6 +351,7 @@ def test_compose_deployment_runs_every_part_from_the_wheel(
         # 1. A gas leak (judged in event time: rise, then clean air for longer than the clear delay) closes the
         #    valve: the rules part publishes close_valve, the valve acknowledges, the command is confirmed.
         now = datetime.now(UTC)
+        gas.send(now - timedelta(seconds=160), gas_lel=62.0)  # two samples spanning 10 s (issue 19: GAS-02/03)
         gas.send(now - timedelta(seconds=150), gas_lel=62.0)
         wait_for(
             lambda: any(c["action"] == "close_valve" for c in valve.commands),

@@ -118,7 +118,7 @@ class Load:
             ts = base + timedelta(milliseconds=10 * i)
             body: dict[str, Any] = {"ts": ts.isoformat(), "seq": seq}
             if device == "gas-01":
-                body["gas_lel"] = 30.0
+                body |= {"gas": True, "gas_lel": 30.0}  # the detector's own alarm flag: GAS-02 at once
             elif device.startswith("gas"):
                 body["gas_lel"] = 2.0
             else:
@@ -599,9 +599,11 @@ def test_restart_under_load_loses_nothing(
 
 
 def _raise_gas_alarms(port: int, prefix: str, devices: int) -> None:
-    """One reading at 30 %LEL from each gas detector: one gas_leak alarm each, one notification each."""
+    """One reading at 30 %LEL with the detector's own alarm flag from each gas detector (GAS-02 at once): one
+    gas_leak alarm each, one notification each."""
     load = Load(prefix, total=devices, devices=tuple(f"gas-{i:02d}" for i in range(1, devices + 1)))
-    load.payloads = [(d, 0, json.dumps({"seq": 0, "gas_lel": 30.0}).encode()) for d, _, _ in load.payloads]
+    body = json.dumps({"seq": 0, "gas": True, "gas_lel": 30.0}).encode()
+    load.payloads = [(d, 0, body) for d, _, _ in load.payloads]
     _publish_all(port, load)
 
 

@@ -3,6 +3,7 @@ dropped by the limiter (DESIGN: a backlog is judged in event time as if it had a
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -91,7 +92,9 @@ def test_flooding_device_does_not_flood_the_reject_table(loaded: Settings, publi
         wait_for(running.parts["ingest"].consumer.connected.is_set, what="ingest connected")
         for _ in range(300):
             publisher.publish(f"{loaded.topic_prefix}/gas-1/telemetry", b"{not json", wait=False)
-        publisher.publish(f"{loaded.topic_prefix}/gas-2/telemetry", {"seq": 1, "gas_lel": 40})
+        now_ms = int(time.time() * 1000)  # a leak on two samples spanning 10 s (GAS-02, issue 19)
+        for seq, ts in ((1, now_ms - 10_000), (2, now_ms)):
+            publisher.publish(f"{loaded.topic_prefix}/gas-2/telemetry", {"ts": ts, "seq": seq, "gas_lel": 40})
 
         def count(sql: str) -> int:
             with psycopg.connect(loaded.dsn) as conn:

@@ -527,3 +527,24 @@ def test_offline_ingest_queue_is_capped_in_bytes(secure_broker: SecureBroker, se
     ingest.disconnect()
     print(f"BROKER queue capped at 200,000 bytes: {len(received)} of 60 x 10 kB messages kept for the offline ingest")
     assert 0 < len(received) <= 25, "past the byte cap the broker keeps no more"
+
+
+def test_esphome_nodes_and_a_configured_zigbee2mqtt_base_in_the_acl() -> None:
+    """Issue 19: an ESPHome node is pinned to <esphome base>/<node>/# (status, states and the commands it takes);
+    the ingest reads the ESPHome base and the configured Zigbee2MQTT base topic."""
+    text = """\
+community: {id: c1, name: C}
+grids: [{id: g1, name: G, micro_grids: [{id: mg1, name: M}]}]
+sites: [{id: s1, kind: shop, micro_grid: mg1}]
+devices:
+  - {id: e-gas, kind: gas_detector, site: s1, location: kitchen, adapter: esphome, foreign_id: kitchen-node}
+  - {id: z-gas, kind: gas_detector, site: s1, location: kitchen, adapter: zigbee2mqtt, foreign_id: kitchen_gas}
+"""
+    accounts = {a.username: a for a in mqtt_auth.build_accounts(parse_registry(text), zigbee2mqtt_base="z2m-home")}
+    assert accounts["e-gas"].acl == (("readwrite", "esphome/kitchen-node/#"),)
+    assert accounts["bridge-zigbee2mqtt"].acl == (("readwrite", "z2m-home/#"),)
+    assert {("read", "esphome/#"), ("read", "z2m-home/#")} <= set(accounts["ingest"].acl), "the ingest only reads"
+    assert ("write", "esphome/kitchen-node/+/+/command") in accounts["rules"].acl, "commands come from the rules part"
+    bare = {a.username: a for a in mqtt_auth.build_accounts(parse_registry(text), bridge_root="r", esphome_base="")}
+    assert bare["e-gas"].acl == (("readwrite", "r/kitchen-node/#"),)
+    assert ("read", "r/kitchen-node/#") in bare["ingest"].acl and ("read", "r/#") not in bare["ingest"].acl

@@ -264,8 +264,11 @@ def test_critical_gas_reaches_the_worker_at_once_then_climbs_the_ladder(
     notify_workers: Callable[..., list[NotifyWorker]],
 ) -> None:
     notify_workers(community)
+    # GAS-02: two samples >= 25 %LEL spanning 10 s (issue 19); the first was taken 10 s ago
+    now_ms = int(time.time() * 1000)
+    publisher.publish(f"{community.topic_prefix}/gas-1/telemetry", {"ts": now_ms - 10_000, "gas_lel": 30})
     started = time.monotonic()
-    publisher.publish(f"{community.topic_prefix}/gas-1/telemetry", {"gas_lel": 30})
+    publisher.publish(f"{community.topic_prefix}/gas-1/telemetry", {"ts": now_ms, "gas_lel": 30})
     wait_for(lambda: receiver.for_path("w1"), timeout=5, what="w1 hears the gas alarm")
     ((first, w1_at),) = arrivals(receiver, "w1")
     assert w1_at - started < 1.0, f"the covering worker must hear within 1 s (took {w1_at - started:.3f} s)"

@@ -84,9 +84,11 @@ LEAK_AGO_S = 120  # the leak reading is stamped this long ago, so its clearing f
 
 
 def leak(env: ApiEnv, publisher: Publisher, lel: float) -> None:
-    """A gas reading arriving now, stamped LEAK_AGO_S ago (a detector's buffered report)."""
+    """A leak arriving now, stamped LEAK_AGO_S ago (a detector's buffered report): two samples spanning 10 s, as
+    GAS-02 confirms a measured level (issue 19)."""
     ts = int((time.time() - LEAK_AGO_S) * 1000)
-    publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"ts": ts, "seq": 1, "gas_lel": lel})
+    for seq, at in ((1, ts - 10_000), (2, ts)):
+        publisher.publish(f"{env.settings.topic_prefix}/gas-1/telemetry", {"ts": at, "seq": seq, "gas_lel": lel})
 
 
 def clear_gas(env: ApiEnv, publisher: Publisher, alarm_id: int) -> None:

@@ -48,11 +48,13 @@ def test_a_detector_clock_five_minutes_fast_cannot_blind_the_gas_rules(
     now = datetime.now(UTC)
     send(loaded, publisher, "gas-1", now + timedelta(seconds=280), 1, gas_lel=0.0)  # accepted: within 300 s
     wait_for(lambda: "clock_wrong" in alarms(loaded, "gas-1"), timeout=30, what="clock_wrong raised")
-    send(loaded, publisher, "gas-1", now + timedelta(seconds=2), 2, gas_lel=45.0)  # the clock is right again
+    # The clock is right again: a leak, confirmed by a second sample 10 s later (GAS-02, issue 19).
+    send(loaded, publisher, "gas-1", now + timedelta(seconds=2), 2, gas_lel=45.0)
+    send(loaded, publisher, "gas-1", now + timedelta(seconds=12), 3, gas_lel=45.0)
     found = wait_for(lambda: alarms(loaded, "gas-1").get("gas_leak"), timeout=30, what="the 45 %LEL leak raised")
     assert found[0], "the leak is active"
     assert alarms(loaded, "gas-1")["clock_wrong"][1]["ahead_s"] > 250
-    send(loaded, publisher, "gas-1", datetime.now(UTC), 3, gas_lel=46.0)
+    send(loaded, publisher, "gas-1", datetime.now(UTC) + timedelta(seconds=13), 4, gas_lel=46.0)
     wait_for(lambda: not alarms(loaded, "gas-1")["clock_wrong"][0], timeout=30, what="clock_wrong cleared")
 
 
@@ -62,7 +64,8 @@ def test_an_ntp_step_back_leaves_readings_judged_and_a_late_low_reading_clears_n
     now = datetime.now(UTC)
     send(loaded, publisher, "gas-1", now + timedelta(seconds=40), 1, gas_lel=0.0)  # 40 s fast: judged in its time
     wait_for(lambda: _stored(loaded, "gas-1"), timeout=30, what="the fast reading judged")  # (a batch sorts by time)
-    send(loaded, publisher, "gas-1", now + timedelta(seconds=1), 2, gas_lel=30.0)  # stepped back: older, a hazard
+    # Stepped back: older than the latest, and a hazard the detector itself flags (acted on at once, GAS-02).
+    send(loaded, publisher, "gas-1", now + timedelta(seconds=1), 2, gas_lel=30.0, gas=True)
     leak = wait_for(lambda: alarms(loaded, "gas-1").get("gas_leak"), timeout=30, what="the late leak raised")
     assert leak[0] and leak[1].get("late") is True
     assert "clock_wrong" not in alarms(loaded, "gas-1"), "40 s ahead is within DEV-05c's bound"

@@ -205,7 +205,9 @@ def test_fire_confirmed_clears_with_the_smoke_and_can_then_be_resolved(db: Setti
 
 def test_gas_confirmed_clears_when_the_detector_clears(db: Settings) -> None:
     now = datetime.now(UTC)
+    feed(db, "gas-1", now - timedelta(seconds=10), gas_lel=30.0)  # GAS-02: two samples spanning 10 s (issue 19)
     feed(db, "gas-1", now, gas_lel=30.0)
+    feed(db, "gas-2", now + timedelta(seconds=10), gas_lel=28.0)
     assert ("gas-2", "gas_confirmed", "raised") in feed(db, "gas-2", now + timedelta(seconds=20), gas_lel=28.0)
     feed(db, "gas-2", now + timedelta(seconds=100), gas_lel=2.0)
     got = feed(db, "gas-2", now + timedelta(seconds=170), gas_lel=1.0)

@@ -50,8 +50,8 @@ def steady(watts: float, until_h: float, every: float = 300) -> list[tuple[float
         ),  # the stop and lock at 8 h, once
         (
             steady(200, 8) + [(8 * H + 300 * i, 1.0) for i in range(1, 3)] + [(8 * H + 1200, 1.0)],
-            [(6 * H, "raise", (), False), (8 * H, "hold", ("cut_power",), True), (8 * H + 600, "clear", (), False)],
-        ),  # cut: < 3 W for 5 min ends the session
+            [(6 * H, "raise", (), False), (8 * H, "hold", ("cut_power",), True), (8 * H + 1200, "clear", (), False)],
+        ),  # cut: < 3 W for 5 min, from the second sample below (issue 19: sample pairs), ends the session
         (steady(180, 3) + [(3 * H + 300 * i, 60) for i in range(1, 80)], []),  # lead-acid taper: nothing
     ],
 )

@@ -73,6 +73,7 @@ def test_low_battery_escalates_to_major_after_7_days(db: Settings) -> None:
 def test_timer_ages_a_charging_session_and_stops_it_at_12h(db: Settings) -> None:
     start = datetime.now(UTC) - timedelta(hours=1)
     feed(db, "port-1", start, power_w=180.0, relay="on")
+    feed(db, "port-1", start + timedelta(seconds=60), power_w=180.0)  # a session starts on two samples (issue 19)
     with psycopg.connect(db.dsn) as conn:
         at8 = run_tick(conn, ruleset=default_rules(), now=start + timedelta(hours=8, seconds=1))
         at12 = run_tick(conn, ruleset=default_rules(), now=start + timedelta(hours=12, seconds=1))
@@ -115,27 +116,36 @@ def test_rules_check_validates_and_shows_effective_rules(
     assert refused.exit_code == 2 and "GAS-01" in refused.output and "raise_at" in refused.output
 
 
-def test_smoke_alarm_cuts_the_charging_ports_of_its_site(db: Settings) -> None:
+def test_confirmed_smoke_alarm_cuts_the_charging_ports_of_its_site(db: Settings) -> None:
+    """SMK-01 pages at once and cuts nothing; nobody cancels it within 180 s, the timer confirms the fire (SMK-02c)
+    and that cuts the site's ports (issue 19: linkage on a confirmed fire, GB 50116-2013 4.1.6)."""
     now = datetime.now(UTC)
     feed(db, "port-1", now - timedelta(minutes=5), power_w=150.0, relay="on")
     raised = feed(db, "smoke-1", now, smoke=True)
     assert [(c.alarm_type, c.kind) for c in raised] == [("smoke", "raised")]
     with psycopg.connect(db.dsn) as conn:
+        assert conn.execute("SELECT device_id, action, status FROM command").fetchall() == []
+        confirmed = run_tick(conn, ruleset=default_rules(), now=now + timedelta(seconds=181))
+        assert ("smoke-1", "fire_confirmed", "raised") in [(c.device_id, c.alarm_type, c.kind) for c in confirmed]
         assert conn.execute("SELECT device_id, action, status FROM command").fetchall() == [
             ("port-1", "cut_power", "pending")
         ]
     # the port reports its relay off: the command is confirmed by the reading
-    feed(db, "port-1", now + timedelta(seconds=5), power_w=0.0, relay="off")
+    feed(db, "port-1", now + timedelta(seconds=185), power_w=0.0, relay="off")
     with psycopg.connect(db.dsn) as conn:
         assert conn.execute("SELECT status, confirmed_by FROM command").fetchall() == [("confirmed", "reading")]
 
 
 def test_second_gas_detector_of_a_site_confirms_the_leak(db: Settings) -> None:
     now = datetime.now(UTC)
+    # GAS-02: two samples >= 25 %LEL spanning 10 s each (issue 19)
+    feed(db, "gas-1", now - timedelta(seconds=10), gas_lel=30.0)
     first = feed(db, "gas-1", now, gas_lel=30.0)
     assert [(c.device_id, c.alarm_type) for c in first] == [("gas-1", "gas_leak")]
+    feed(db, "gas-3", now + timedelta(seconds=20), gas_lel=30.0)
     other_site = feed(db, "gas-3", now + timedelta(seconds=30), gas_lel=30.0)
     assert [(c.device_id, c.alarm_type) for c in other_site] == [("gas-3", "gas_leak")]
+    feed(db, "gas-2", now + timedelta(seconds=50), gas_lel=26.0)
     second = feed(db, "gas-2", now + timedelta(seconds=60), gas_lel=26.0)
     assert [(c.device_id, c.alarm_type, c.severity) for c in second] == [
         ("gas-2", "gas_leak", 4),

@@ -108,9 +108,10 @@ def gas_alarm_through_ingest(settings: Settings, publisher: Publisher, device: s
     going away (event time in the recent past, after the device's previous readings); return the alarm,
     cleared and ready to be resolved."""
     before = {r["id"] for r in q(settings, "SELECT id FROM alarm WHERE device_id = %s", device)}
-    base = max(int(time.time() * 1000) - 10 * 60 * 1000, _LAST_TS.get(device, 0) + 1000)
+    base = max(int(time.time() * 1000) - 10 * 60 * 1000, _LAST_TS.get(device, 0) + 11_000)
     topic = f"{settings.topic_prefix}/{device}/telemetry"
-    publisher.publish(topic, {"ts": base, "seq": base // 1000, "gas_lel": 30})
+    for ts in (base - 10_000, base):  # GAS-02: two samples >= 25 %LEL spanning 10 s (issue 19)
+        publisher.publish(topic, {"ts": ts, "seq": ts // 1000, "gas_lel": 30})
     rows = wait_for(
         lambda: [
             r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -346,6 +347,7 @@ def test_z2m_attribute_output_and_epoch_last_seen() -> None:
         ),
         (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.SHELLY, "sg"), False, "shellies/sg/online", b"false"),
         (Wire("p1", DeviceKind.SMART_SOCKET, Adapter.TASMOTA, "t"), True, "tele/t/LWT", b"Online"),
+        (Wire("g1", DeviceKind.GAS_DETECTOR, Adapter.ESPHOME, "node1"), False, "esphome/node1/status", b"offline"),
     ],
 )
 def test_status_is_retained_per_dialect(wire: Wire, online: bool, topic: str, payload: bytes) -> None:
@@ -365,6 +367,55 @@ def test_status_is_retained_per_dialect(wire: Wire, online: bool, topic: str, pa
 )
 def test_commands_parsed_per_dialect(wire: Wire, payload: bytes, action: str) -> None:
     assert formats.parse_command(wire, payload)[1] == action
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "action"),
+    [
+        ("esphome/n/switch/relay/command", b"OFF", "cut_power"),
+        ("esphome/n/switch/relay/command", b"ON", "restore_power"),
+        ("esphome/n/switch/valve/command", b"OFF", "close_valve"),
+        ("esphome/n/button/self_test/command", b"PRESS", "self_test"),
+        ("esphome/n/button/silence/command", b"PRESS", "silence"),
+    ],
+)
+def test_esphome_commands_parsed_from_their_topic(topic: str, payload: bytes, action: str) -> None:
+    wire = Wire("p", DeviceKind.SMART_SOCKET, Adapter.ESPHOME, "n")
+    assert formats.command_topic(wire, Topics()) == "esphome/n/+/+/command"
+    assert formats.parse_command(wire, payload, topic)[1] == action
+
+
+def test_esphome_telemetry_is_what_the_ingest_adapter_reads() -> None:
+    """The simulator speaks ESPHome as ingest/adapters/esphome.py reads it: one retained state per entity."""
+    from core.domain import Device, Location
+    from ingest import adapters
+    from ingest.decode import Decoder, Message
+
+    wire = Wire("sock", DeviceKind.SMART_SOCKET, Adapter.ESPHOME, "sock-node")
+    reading = {"ts": 1_790_000_000_000, "power_w": 182.5, "current_a": 0.8, "temp_c": 31.0, "relay": "on"}
+    outs = formats.telemetry(wire, reading, Topics())
+    assert {o.topic: o.payload for o in outs} == {
+        "esphome/sock-node/sensor/power/state": b"182.5",
+        "esphome/sock-node/sensor/current/state": b"0.8",
+        "esphome/sock-node/sensor/temperature/state": b"31",
+        "esphome/sock-node/switch/relay/state": b"ON",
+    }
+    assert all(o.retain for o in outs)
+    device = Device("sock", DeviceKind.SMART_SOCKET, "s1", Location.CORRIDOR, Adapter.ESPHOME, "sock-node")
+
+    class Lookup:
+        def device(self, device_id: str) -> Device | None:
+            return device if device_id == "sock" else None
+
+        def by_foreign_id(self, adapter: Adapter, foreign_id: str) -> Device | None:
+            return device if (adapter, foreign_id) == (Adapter.ESPHOME, "sock-node") else None
+
+    decoder = Decoder(adapters=adapters.decoders())
+    got: dict[str, object] = {}
+    for o in outs:
+        (item,) = decoder.decode(Message(o.topic, o.payload, datetime.now(UTC)), Lookup())
+        got.update({k: getattr(item, k) for k in ("power_w", "current_a", "temp_c", "relay") if getattr(item, k)})
+    assert got == {"power_w": 182.5, "current_a": 0.8, "temp_c": 31.0, "relay": "on"}
 
 
 def test_bridge_root_moves_every_bridge_topic() -> None:

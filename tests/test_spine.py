@@ -45,12 +45,15 @@ def test_gas_message_to_alarm_notification_and_ack(
     loaded: Settings, running: Running, publisher: Publisher, receiver: Receiver
 ) -> None:
     topic = f"{loaded.topic_prefix}/gas-1/telemetry"
+    # GAS-02 closes the valve on two samples >= 25 %LEL spanning 10 s (issue 19): the first was taken 10 s ago
+    now_ms = int(time.time() * 1000)
+    publisher.publish(topic, {"ts": now_ms - 10_000, "gas_lel": 30})
     started = time.monotonic()
-    publisher.publish(topic, {"gas_lel": 30})
+    publisher.publish(topic, {"ts": now_ms, "gas_lel": 30})
     got = wait_for(lambda: receiver.for_path("w1"), timeout=5, what="notification to w1")
     assert time.monotonic() - started < 2.0, "the covering worker must hear within 2 s"
     assert "gas" in got[0]["title"].lower() or "燃气" in got[0]["title"]
-    assert count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 1
+    assert count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 2
 
     with TestClient(create_app(loaded)) as client:
         w1 = {"Authorization": f"Bearer {token(loaded, 'worker', worker_id='w1')}"}
@@ -71,7 +74,7 @@ def test_gas_message_to_alarm_notification_and_ack(
 
         publisher.publish(topic, {"gas_lel": 32})
         wait_for(
-            lambda: count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 2, what="second reading"
+            lambda: count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-1'") == 3, what="third reading"
         )
         again = client.get("/api/v1/alarms?status=all", headers=w1).json()["items"]
         assert len(again) == 1, "a repeat updates the open alarm, never a second one"
@@ -89,10 +92,11 @@ def test_gas_alarm_clears_with_hysteresis(loaded: Settings, running: Running, pu
     t0 = 1_800_000_000_000  # epoch ms, event time
     now_ms = int(time.time() * 1000)
     base = now_ms - 10 * 60 * 1000
-    for i, (offset_s, lel) in enumerate([(0, 30), (30, 22), (60, 19), (90, 21), (100, 15), (170, 10)]):
+    # raised by two samples >= 25 %LEL spanning 10 s (issue 19)
+    for i, (offset_s, lel) in enumerate([(0, 30), (10, 30), (40, 22), (70, 19), (100, 21), (110, 15), (180, 10)]):
         publisher.publish(topic, {"ts": base + offset_s * 1000, "seq": i, "gas_lel": lel})
     assert t0  # event time is the readings' own, not arrival time
-    wait_for(lambda: count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-2'") == 6, what="readings")
+    wait_for(lambda: count(loaded, "SELECT count(*) FROM reading WHERE device_id = 'gas-2'") == 7, what="readings")
     kinds = wait_for(
         lambda: (
             [
@@ -108,6 +112,6 @@ def test_gas_alarm_clears_with_hysteresis(loaded: Settings, running: Running, pu
         ),
         what="events",
     )
-    # 22 stays inside the band; 19 starts the clear timer, 21 (not >= 25) holds it... 15 at +100 s and
-    # 10 at +170 s complete 60 s below 20 counted from +100 s.
+    # 22 stays inside the band; 19 starts the clear timer, 21 (not below 20) stops it... 15 at +110 s and
+    # 10 at +180 s complete 60 s below 20 counted from +110 s.
     assert kinds == ["raised", "cleared"]

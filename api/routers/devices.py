@@ -16,6 +16,9 @@ from api.schemas import (
     BucketRead,
     CommandIn,
     CommandRead,
+    CommissionIn,
+    CommissioningRead,
+    CommissioningStatusRead,
     DeviceRead,
     Page,
     PortLockRead,
@@ -27,8 +30,11 @@ from core import db
 from core import repo as core_repo
 from core.domain import Device, DeviceKind
 from core.errors import ConflictError, NotFoundError
+from notify import service as notify_service
 from rules import service as rules_service
 from rules.actuation import service as actuation
+from rules.commissioning import service as commissioning
+from rules.ruleset import default_rules
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERRORS)
 
@@ -219,3 +225,56 @@ def send_command(device_id: str, body: CommandIn, conn: Conn, who: Staff) -> Com
     policy applies: no valve reopening, no restore_power on a locked port, no relay switching during a gas
     alarm in the site; a refusal is 409 saying what to do instead."""
     return command(conn, who, device_id, action=body.action, reason=body.reason)
+
+
+SILENCE_MAX_S = 30 * 60  # RULES-REFERENCE 7.3.6: a 10-minute installer window; never longer than half an hour
+
+
+def commission(
+    conn: Connection[Any], who: auth.Principal, device_id: str, *, within_s: float | None, silence: bool
+) -> CommissioningRead:
+    """Start a commissioning check (issue 19); with `silence`, the device's notifications are held for its window
+    (the installer's test press raises the detector's alarm: RULES-REFERENCE 7.3.6)."""
+    now = datetime.now(UTC)
+    with conn.transaction():
+        device = staff_device(conn, who, device_id)
+        check = commissioning.start_check(
+            conn, device=device, by=who.actor, ruleset=default_rules(), now=now, within_s=within_s
+        )
+        if silence:
+            notify_service.create_silence(
+                conn,
+                site_id=None,
+                device_id=device_id,
+                # at most the reference's installer window and a little: a worker cannot mute a detector for long
+                minutes=min((check.deadline_at - now).total_seconds(), SILENCE_MAX_S) / 60,
+                reason=f"commissioning check #{check.id} (installer window)",
+                created_by=who.actor,
+                include_life_safety=True,
+                now=now,
+            )
+    return CommissioningRead.of(check)
+
+
+def commissioning_status(conn: Connection[Any], who: auth.Principal, device_id: str) -> CommissioningStatusRead:
+    """A device's commissioning: commissioned or not, and its checks."""
+    scoped_device(conn, who, device_id)
+    state = commissioning.states(conn, device_ids=[device_id])[device_id]
+    checks = commissioning.get_checks(conn, device_id=device_id)
+    return CommissioningStatusRead(
+        device_id=device_id, commissioned=state.commissioned, checks=[CommissioningRead.of(c) for c in checks]
+    )
+
+
+@router.post("/{device_id}/commission", status_code=201, responses={409: {"model": Problem}})
+def start_commissioning(device_id: str, body: CommissionIn, conn: Conn, who: Staff) -> CommissioningRead:
+    """Start a commissioning check: the device must report within the window (default 10 min) and a detector must
+    give its test or alarm signal (press its test button). The rules timer judges it; a device that never passes
+    is "not commissioned" and raises `not_commissioned`. A check in progress is replaced."""
+    return commission(conn, who, device_id, within_s=body.within_s, silence=body.silence)
+
+
+@router.get("/{device_id}/commissioning")
+def get_commissioning(device_id: str, conn: Conn, who: Anyone) -> CommissioningStatusRead:
+    """Whether the device is commissioned, and its commissioning checks (newest first)."""
+    return commissioning_status(conn, who, device_id)

@@ -30,7 +30,7 @@ import orjson
 from pydantic_core import ErrorDetails
 
 from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS, STATE_FIELDS, Adapter, Device, Reading
-from ingest.decode import DeviceLookup, Ignored, Limits, Reject, check_time, extras_problem, validate_telemetry
+from ingest.decode import DeviceLookup, Limits, Reject, check_time, extras_problem, not_data, validate_telemetry
 from ingest.schemas import parse_timestamp
 
 READING_FIELDS = MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS
@@ -99,7 +99,7 @@ def build_reading(
     sources: Mapping[str, str] | None = None,
     origin: str = "bridge attribute",
     what: str = "",
-) -> Reading | Reject | Ignored:
+) -> Reading | Reject:
     """Validate mapped native fields (same types and ranges as v1 telemetry) and build the Reading.
 
     `fields` uses native names (gas_lel, relay, ...); `extras` keeps what has no native field. A message with
@@ -115,7 +115,7 @@ def build_reading(
         msg = checked[0]
         values = {name: getattr(msg, name) for name in READING_FIELDS if name in fields}
     elif not extras:
-        return Ignored("nothing to store")
+        return not_data(f"{what}: carries nothing to store" if what else "carries nothing to store", device.id)
     stamp = ts or received_at
     problem = check_time(stamp, received_at, limits) or extras_problem(extras)
     if problem:
@@ -123,6 +123,11 @@ def build_reading(
     return Reading(
         device_id=device.id, ts=stamp, received_at=received_at, seq=content_seq(fields, extras), extras=extras, **values
     )
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """A JSON object as a dict, anything else as an empty one (a bridge's optional nested objects)."""
+    return value if isinstance(value, dict) else {}
 
 
 def is_number(value: Any) -> bool:

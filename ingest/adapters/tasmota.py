@@ -4,23 +4,31 @@ Formats are Tasmota's (tasmota.github.io MQTT and Power Monitoring docs; xdrv_03
 MARGINS and MaxPower messages), with the default FullTopic `%prefix%/%topic%/`, under an optional bridge
 topic root.
 
-Topics we subscribe to (`topics()`), and what each becomes:
-- `tele/<topic>/SENSOR` `{"Time":..,"ENERGY":{"Total":kWh,"Today":kWh,"Power":W,"Voltage":V,"Current":A,..},
-  "DS18B20":{"Temperature":..},"TempUnit":"C"}` -> power_w, voltage_v, current_a, energy_wh = Total x 1000,
-  temp_c; the rest of ENERGY (Today, Yesterday, Factor, ..) in extras `energy`, other sensors in extras.
-- `tele/<topic>/STATE` `{"Time":..,"POWER":"ON",..}` (POWER1 on multi-relay devices) -> relay.
-- `tele/<topic>/LWT` `Online` / `Offline` (retained, the last will) -> DeviceStatus.
-- `tele/<topic>/MARGINS` `{"Time":..,"PowerHigh":"ON",..}` (newer firmware nests it under "MARGINS") ->
-  extras power_high, power_low, voltage_high, voltage_low, current_high, current_low (true/false),
-  power_delta_w.
-- `stat/<topic>/POWER`, `stat/<topic>/POWER1` `ON` / `OFF` -> relay.
-- `stat/<topic>/WARNING` `{"MaxPowerReached":2500}` (older firmware `"2500W"`) -> power_w and extras
-  max_power_reached; `{"MaxPowerReachedRetry":"OFF"}` -> relay off and extras max_power_retry_exhausted;
-  `{"MaxEnergyReached":1.2}` -> extras max_energy_reached_kwh.
+Topics and what each becomes (issue 19: every message is a reading, a status, a device event or a reject with its
+reason):
+- `tele/<topic>/SENSOR`:
+  `{"Time":..,"ENERGY":{"Total":kWh,"Power":W,"Voltage":V,"Current":A,..},"DS18B20":{"Temperature":..},"TempUnit":"C"}`
+  -> power_w, voltage_v, current_a, energy_wh = Total x 1000, temp_c; the rest of ENERGY in extras `energy`, other
+  sensors (ANALOG, MQ gas) in extras
+- `tele/<topic>/STATE`: `{"Time":..,"UptimeSec":..,"POWER":"ON","Wifi":{"RSSI":..},..}` -> relay (POWER or POWER1),
+  extras uptime_s, wifi_rssi; without POWER still a reading (the device is alive)
+- `tele/<topic>/LWT`: `Online` / `Offline` (retained, the last will) -> DeviceStatus; empty: not data
+- `tele/<topic>/MARGINS`: `{"MARGINS":{"PowerHigh":"ON","PowerDelta":123,..}}` (older: flat; ESP32 builds:
+  `PowerHigh1`) -> extras power_high, power_low, voltage_high, voltage_low, current_high, current_low (true/false),
+  power_delta_w; phase n > 1 as `_n`
+- `tele/<topic>/INFO3`: `{"Info3":{"RestartReason":..}}` (older: flat) -> DeviceEvent booted (a restart: "a sensor
+  that resets")
+- `stat/<topic>/POWER`, `POWER1`: `ON` / `OFF` -> relay (POWER2.. as extras relay_2..)
+- `stat/<topic>/WARNING`: `{"MaxPowerReached":2100}` (W measured; older `"2100W"`; ESP32 `MaxPowerReached1`),
+  `{"MaxPowerReachedRetry":"OFF"}`, `{"MaxEnergyReached":1.2}` -> power_w and relay off (Tasmota has switched it
+  off), extras max_power_reached / max_power_retry_exhausted / max_energy_reached_kwh
+- `stat/<topic>/RESULT` (not subscribed): `{"POWER":"OFF"}`, `{"PowerMonitor":"ON"}` -> relay; PowerMonitor ON
+  (power restored after MaxPowerWindow) relay on; any other command result not data
+- `tele/<topic>/INFO1`, `INFO2`, `HASS_STATE`, `stat/<topic>/STATUS*`, `cmnd/<topic>/*`: boot info, discovery,
+  status replies, commands -> not data (not subscribed)
 The list is tight on purpose: `stat/+/RESULT` carries every command response of every Tasmota on the broker
 (relay changes also come as `stat/<topic>/POWER`), and MaxPowerReached is published to `stat/<topic>/WARNING`,
-not RESULT. `tele/<topic>/INFO1..3`, `stat/<topic>/STATUS*`, `cmnd/#` are not subscribed; if one arrives it is
-Ignored.
+not RESULT.
 
 Temperature: the first sensor object with a `Temperature` key (DS18B20, AM2301, SHT3X, ANALOG
 `Temperature1`, ..); the ESP chip's own (`ESP32`) is kept in extras, it is not the socket's. `TempUnit: F`
@@ -44,16 +52,17 @@ The confirmation is the `stat/<topic>/POWER` Tasmota publishes afterwards.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from core.domain import Adapter, Device, DeviceStatus
-from ingest.adapters.common import bridge_time, build_reading, is_number, join, resolve, scalar_text
-from ingest.decode import Decoded, DeviceLookup, Ignored, Limits, Reject, parse_json_object
+from ingest.adapters.common import as_object, bridge_time, build_reading, is_number, join, resolve, scalar_text
+from ingest.decode import Decoded, DeviceEvent, DeviceLookup, Limits, Reject, not_data, parse_json_object
 
 ADAPTER = Adapter.TASMOTA
-TELE = ("SENSOR", "STATE", "LWT", "MARGINS")
+TELE = ("SENSOR", "STATE", "LWT", "MARGINS", "INFO3")
 STAT = ("POWER", "POWER1", "WARNING")
 CHIP_SENSORS = frozenset({"ESP32", "ESP8266"})
 MARGIN_KEYS = {
@@ -65,6 +74,24 @@ MARGIN_KEYS = {
     "CurrentHigh": "current_high",
 }
 ENERGY_KEYS = {"Power": "power_w", "Voltage": "voltage_v", "Current": "current_a"}
+_PHASE = re.compile(r"^(?P<key>[A-Za-z]+?)(?P<phase>\d*)$")  # ESP32 energy builds number the phases: PowerHigh1
+
+
+def _phase(key: str) -> tuple[str, int]:
+    """("PowerHigh", 1) from "PowerHigh" or "PowerHigh1"; ("PowerHigh", 2) from "PowerHigh2"."""
+    match = _PHASE.match(key)
+    if match is None:
+        return key, 1
+    return match["key"], int(match["phase"] or 1)
+
+
+# Command results: RESULT, or with SetOption4 1 one topic per command (POWERMONITOR: power restored after MaxPower).
+RESULTS = ("RESULT", "POWERMONITOR")
+
+
+def _relay_leaf(leaf: str) -> bool:
+    """stat/<t>/POWER, POWER1, POWER2, ...: a relay's state as plain ON/OFF."""
+    return leaf == "POWER" or (leaf.startswith("POWER") and leaf[5:].isdigit())
 
 
 def _relay(text: Any) -> str | None:
@@ -117,37 +144,68 @@ def map_sensor(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], di
     return fields, extras, sources
 
 
+def map_state(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """tele/<topic>/STATE -> (fields, extras), or what was wrong with POWER."""
+    fields: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    raw = data.get("POWER", data.get("POWER1"))
+    if raw is not None:
+        relay = _relay(raw)
+        if relay is None:
+            return f"POWER must be ON or OFF, got {str(raw)[:40]!r}"
+        fields["relay"] = relay
+    if is_number(data.get("UptimeSec")):
+        extras["uptime_s"] = data["UptimeSec"]
+    wifi = data.get("Wifi")
+    if isinstance(wifi, dict) and is_number(wifi.get("RSSI")):
+        extras["wifi_rssi"] = wifi["RSSI"]
+    if "Time" in data:
+        extras["device_time"] = data["Time"]
+    return fields, extras
+
+
 def map_margins(data: dict[str, Any]) -> dict[str, Any]:
-    """tele/<topic>/MARGINS (flat, or nested under "MARGINS") -> extras."""
+    """tele/<topic>/MARGINS (flat, or nested under "MARGINS"; ESP32 builds number the phases) -> extras."""
     nested = data.get("MARGINS")
     inner: dict[str, Any] = nested if isinstance(nested, dict) else data
     extras: dict[str, Any] = {}
-    for key, value in inner.items():
+    for raw_key, value in inner.items():
+        key, phase = _phase(raw_key)
+        suffix = "" if phase == 1 else f"_{phase}"
         if key in MARGIN_KEYS:
-            extras[MARGIN_KEYS[key]] = value.upper() == "ON" if isinstance(value, str) else value
+            extras[MARGIN_KEYS[key] + suffix] = value.upper() == "ON" if isinstance(value, str) else value
         elif key == "PowerDelta":
-            extras["power_delta_w"] = value
+            extras["power_delta_w" + suffix] = value
     return extras
 
 
+def _watts(raw: Any) -> Any:
+    if isinstance(raw, str):  # older firmware: "2500W" or "2500 W"
+        digits = raw.strip().removesuffix("W").strip()
+        return float(digits) if digits.replace(".", "", 1).isdigit() else raw
+    return raw
+
+
 def map_warning(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | str:
-    """stat/<topic>/WARNING -> (fields, extras), or what was not understood."""
+    """stat/<topic>/WARNING -> (fields, extras), or what was not understood. Every one of these warnings means
+    Tasmota has switched the relay off (xdrv_03_energy.ino): the state confirms a pending cut."""
     fields: dict[str, Any] = {}
     extras: dict[str, Any] = {}
-    if "MaxPowerReached" in data:
-        raw = data["MaxPowerReached"]
-        watts = raw
-        if isinstance(raw, str):  # older firmware: "2500W" or "2500 W"
-            digits = raw.strip().removesuffix("W").strip()
-            watts = float(digits) if digits.replace(".", "", 1).isdigit() else raw
-        fields["power_w"] = watts
-        extras["max_power_reached"] = True
-    if "MaxPowerReachedRetry" in data:
-        fields["relay"] = "off"  # retries used up: Tasmota switches the relay off and leaves it off
-        extras["max_power_retry_exhausted"] = True
-    if "MaxEnergyReached" in data:
-        extras["max_energy_reached_kwh"] = data["MaxEnergyReached"]
-    if not fields and not extras:
+    for raw_key, value in data.items():
+        key, phase = _phase(raw_key)
+        if phase != 1:
+            extras[f"{key}_{phase}"] = value  # another phase of a multi-phase meter: kept, channel 1 is judged
+        elif key == "MaxPowerReached":
+            fields["power_w"] = _watts(value)
+            fields["relay"] = "off"
+            extras["max_power_reached"] = True
+        elif key == "MaxPowerReachedRetry":
+            fields["relay"] = "off"  # retries used up: Tasmota switches the relay off and leaves it off
+            extras["max_power_retry_exhausted"] = True
+        elif key == "MaxEnergyReached":
+            fields["relay"] = "off"
+            extras["max_energy_reached_kwh"] = value
+    if not fields:
         keys = ", ".join(k for k in data if k != "Time") or "nothing"
         return (
             f"unrecognised Tasmota warning (carries {keys}; expected MaxPowerReached, MaxPowerReachedRetry, "
@@ -160,9 +218,10 @@ def map_warning(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] |
 
 @dataclass(frozen=True, slots=True)
 class Tasmota:
-    """The Tasmota adapter for one topic root (an AdapterDecoder with `ignores`)."""
+    """The Tasmota adapter for one topic root (an AdapterDecoder with `ignores` and `owns`)."""
 
     root: str = ""
+    name: ClassVar[str] = "tasmota"
 
     def topics(self) -> list[str]:
         """Only the leaves we map (see the module docstring for why not stat/+/RESULT)."""
@@ -185,16 +244,21 @@ class Tasmota:
         split = self._split(topic)
         return None if split is None else join(self.root, split[0], split[1])
 
+    def owns(self, topic: str) -> bool:
+        return self._split(topic) is not None
+
     def ignores(self, topic: str) -> str | None:
-        """Commands, and Tasmota messages we do not map."""
+        """Commands, and Tasmota messages that are not device data."""
         split = self._split(topic)
         if split is None:
             return None
         prefix, _, leaf = split
         if prefix == "cmnd":
-            return "a command to a Tasmota device (ours or another client's)"
-        if (prefix == "tele" and leaf not in TELE) or (prefix == "stat" and leaf not in STAT):
-            return f"Tasmota {prefix}/{leaf} is not stored"
+            return "a command to a Tasmota device (ours or another client's, or its own empty POWER at boot)"
+        if prefix == "tele" and leaf not in TELE:
+            return f"Tasmota tele/{leaf} (boot or discovery information) is not device data"
+        if prefix == "stat" and leaf not in (*STAT, *RESULTS) and not _relay_leaf(leaf):
+            return f"Tasmota stat/{leaf} (a status reply) is not device data"
         return None
 
     def __call__(
@@ -206,31 +270,40 @@ class Tasmota:
         prefix, name, leaf = split
         why = self.ignores(topic)
         if why is not None:
-            if prefix == "stat" and leaf == "RESULT":
-                return [self._result(name, payload, received_at, lookup, limits)]
-            return [Ignored(why)]
+            return [not_data(why)]
         device = resolve(lookup, ADAPTER, name)
         if isinstance(device, Reject):
             return [device]
         what = f"tasmota {name!r} {prefix}/{leaf}"
         if leaf == "LWT":
             return [self._lwt(device, payload, received_at, what)]
-        if prefix == "stat" and leaf in ("POWER", "POWER1"):
-            text = scalar_text(payload, what=what, device_id=device.id)
-            if isinstance(text, Reject):
-                return [text]
-            relay = _relay(text)
-            if relay is None:
-                return [Reject(f"{what} must be ON or OFF, got {text[:40]!r}", device.id)]
-            return [
-                build_reading(
-                    device, fields={"relay": relay}, extras={}, ts=None, received_at=received_at, limits=limits
-                )
-            ]
+        if prefix == "stat" and _relay_leaf(leaf):
+            return [self._power(device, leaf, payload, received_at, limits, what)]
+        if not payload.strip():
+            return [not_data(f"{what} cleared (empty retained message)", device.id)]
         data = parse_json_object(payload)
         if isinstance(data, Reject):
             return [Reject(f"{what}: {data.reason}", device.id)]
+        if leaf == "INFO3":
+            return [self._booted(device, data, received_at)]
+        if leaf in RESULTS:
+            return [self._result(device, data, received_at, limits, what)]
         return [self._json(device, leaf, data, received_at, limits, what)]
+
+    def _power(
+        self, device: Device, leaf: str, payload: bytes, received_at: datetime, limits: Limits, what: str
+    ) -> Decoded:
+        text = scalar_text(payload, what=what, device_id=device.id)
+        if isinstance(text, Reject):
+            return text
+        relay = _relay(text)
+        if relay is None:
+            return Reject(f"{what} must be ON or OFF, got {text[:40]!r}", device.id)
+        channel = leaf.removeprefix("POWER") or "1"
+        fields, extras = ({"relay": relay}, {}) if channel == "1" else ({}, {f"relay_{channel}": relay})
+        return build_reading(
+            device, fields=fields, extras=extras, ts=None, received_at=received_at, limits=limits, what=what
+        )
 
     def _json(
         self, device: Device, leaf: str, data: dict[str, Any], received_at: datetime, limits: Limits, what: str
@@ -239,27 +312,25 @@ class Tasmota:
         if leaf == "SENSOR":
             fields, extras, sources = map_sensor(data)
             if not fields and set(extras) <= {"device_time"}:
-                return Reject(f"{what} carries neither ENERGY nor a temperature", device.id)
+                return Reject(f"{what} carries neither ENERGY nor any sensor", device.id)
         elif leaf == "STATE":
-            raw = data.get("POWER", data.get("POWER1"))
-            if raw is None:
-                return Ignored(f"{what} carries no POWER (a device without a relay)")
-            relay = _relay(raw)
-            if relay is None:
-                return Reject(f"{what}: POWER must be ON or OFF, got {str(raw)[:40]!r}", device.id)
-            fields, extras = {"relay": relay}, {"device_time": data["Time"]} if "Time" in data else {}
+            state = map_state(data)
+            if isinstance(state, str):
+                return Reject(f"{what}: {state}", device.id)
+            fields, extras = state
         elif leaf == "MARGINS":
             fields, extras = {}, map_margins(data)
             if not extras:
                 return Reject(
-                    f"{what} carries no PowerLow/PowerHigh/VoltageLow/VoltageHigh/CurrentLow/CurrentHigh", device.id
+                    f"{what} carries no PowerLow/PowerHigh/PowerDelta/VoltageLow/VoltageHigh/CurrentLow/CurrentHigh",
+                    device.id,
                 )
         else:
             mapped = map_warning(data)
             if isinstance(mapped, str):
                 return Reject(f"{what}: {mapped}", device.id)
             fields, extras = mapped
-            sources = {"power_w": "MaxPowerReached", "relay": "MaxPowerReachedRetry"}
+            sources = {"power_w": "MaxPowerReached", "relay": "MaxPower warning"}
         ts = bridge_time(data.get("Time"), received_at, limits, extras, raw_key="device_time")
         if ts is not None:
             extras.pop("device_time", None)  # it is the ts now
@@ -280,24 +351,31 @@ class Tasmota:
         if isinstance(text, Reject):
             return text
         if text == "":
-            return Ignored("tasmota LWT cleared (empty retained message)")
+            return not_data("tasmota LWT cleared (empty retained message)", device.id)
         if text not in ("Online", "Offline"):
             return Reject(f"{what} must be Online or Offline, got {text[:40]!r}", device.id)
         return DeviceStatus(device.id, text == "Online", received_at)
 
+    def _booted(self, device: Device, data: dict[str, Any], at: datetime) -> Decoded:
+        """tele/<topic>/INFO3 after every start: the restart reason (a sensor that resets shows here)."""
+        inner = as_object(data.get("Info3")) or data
+        details = {"restart_reason": inner["RestartReason"]} if "RestartReason" in inner else {}
+        return DeviceEvent(self.name, str(device.foreign_id), "booted", at, device.id, details)
+
     def _result(
-        self, name: str, payload: bytes, received_at: datetime, lookup: DeviceLookup, limits: Limits
+        self, device: Device, data: dict[str, Any], received_at: datetime, limits: Limits, what: str
     ) -> Decoded:
-        """stat/<topic>/RESULT is not subscribed; if a broader subscription brings one, a POWER in it counts."""
-        data = parse_json_object(payload)
-        relay = _relay(data.get("POWER", data.get("POWER1"))) if isinstance(data, dict) else None
+        """stat/<topic>/RESULT is not subscribed; if a broader subscription brings one, a POWER in it counts, and
+        PowerMonitor ON (the power restored after MaxPowerWindow) means the relay is on again."""
+        relay = _relay(data.get("POWER", data.get("POWER1")))
+        monitor = next((v for k, v in data.items() if _phase(k) == ("PowerMonitor", 1)), None)
+        if relay is None and isinstance(monitor, str) and monitor.upper() == "ON":
+            relay = "on"
         if relay is None:
-            return Ignored("a Tasmota command result")
-        device = resolve(lookup, ADAPTER, name)
-        if isinstance(device, Reject):
-            return device
+            return not_data(f"{what}: a command result", device.id)
+        extras = {"power_monitor": True} if monitor is not None else {}
         return build_reading(
-            device, fields={"relay": relay}, extras={}, ts=None, received_at=received_at, limits=limits
+            device, fields={"relay": relay}, extras=extras, ts=None, received_at=received_at, limits=limits, what=what
         )
 
     def encode(self, device: Device, action: str) -> list[tuple[str, bytes]]:

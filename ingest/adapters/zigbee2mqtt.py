@@ -1,24 +1,42 @@
-"""Zigbee2MQTT: device state, per-attribute output, availability and bridge state, mapped to native readings.
+"""Zigbee2MQTT: device state (JSON and attribute output), availability, bridge state and bridge events, mapped to
+native readings, statuses and device events.
 
-Formats are Zigbee2MQTT's documented ones (zigbee2mqtt.io "MQTT topics and messages", "Device-Availability",
-and the Controller's publishEntityState). Base topic `zigbee2mqtt`, under an optional bridge topic root.
+Formats are Zigbee2MQTT's documented ones (zigbee2mqtt.io "MQTT topics and messages", "Device-Availability", the
+Controller's publishEntityState, lib/types/api.ts; /work/notes/bridges.md section 1 has the sources), for 1.x and
+2.x. Base topic `zigbee2mqtt` (`mqtt.base_topic`, configurable: GRIDWATCH_ZIGBEE2MQTT_BASE_TOPIC), under an optional
+bridge topic root.
 
-Topics we subscribe to (`topics()`), and what each becomes:
-- `zigbee2mqtt/<friendly_name>` (output: json, the default): a JSON object of attributes -> one Reading.
-- `zigbee2mqtt/<friendly_name>/<attribute>` (output: attribute): one attribute per message, the value as
-  text (`true`, `23.5`, `ON`, ISO time; `''` for null) -> one Reading with that attribute.
-  Both arrive through the filter `zigbee2mqtt/+/+`; a friendly name with one '/' (`kitchen/detector`) is
-  tried as a whole first, so JSON output works for it; attribute output needs names without '/'.
-- `zigbee2mqtt/<friendly_name>/availability`: `{"state":"online"}` / `{"state":"offline"}` (current form,
-  `advanced.legacy_availability_payload: false`) or the legacy plain `online` / `offline` -> DeviceStatus.
-- `zigbee2mqtt/bridge/state`: the same two forms -> DeviceStatus of the registry gateway whose foreign_id is
-  `bridge` (Ignored when none is registered).
-- Ignored (bookkeeping we never store): `zigbee2mqtt/bridge/<anything else>` (info, devices, groups,
-  definitions, logging, event, response/...), `<name>/set[/...]` and `<name>/get[/...]` (commands, ours
-  included), `''` on availability (a cleared retained message).
+Topics and what each becomes (issue 19: every message is a reading, a status, a device event or a reject with its
+reason; "not data" rejects are kept with their reason and a cut payload):
+- `<name>`: JSON object of attributes (output: json, the default) -> Reading
+- `<name>`: empty (retained state cleared on rename/remove) -> not data
+- `<name>/<attribute>`: one attribute as text (output: attribute): `true`, `23.5`, `ON`, `""` for null -> Reading
+  (`""`, nested `a-b` metadata: not data)
+- `<name>/availability`: `{"state":"online"}` / `{"state":"offline"}` (2.x, 1.x non-legacy) or `online` / `offline`
+  (1.x legacy) -> DeviceStatus (empty: not data)
+- `bridge/state`: the same two forms (the bridge's last will) -> DeviceStatus of the gateway registered with
+  foreign_id `bridge` (none registered: not data)
+- `bridge/event`: `{"type":"device_joined" | "device_announce" | "device_interview" | "device_leave","data":{...}}`
+  -> DeviceEvent joined / announced / interview_started, _successful, _failed / left
+- `bridge/log` (1.x legacy API): `{"type":"pairing","message":"interview_failed","meta":{...}}`, `device_connected`,
+  `device_announced`, `device_removed` (`left_network`: left), `device_force_removed`, `device_banned` ->
+  DeviceEvent; other types not data
+- `bridge/response/device/remove`: `{"data":{"id":"<name>",...},"status":"ok"}` -> DeviceEvent removed (2.x has no
+  removal event); `"status":"error"`: not data with the bridge's error
+- `bridge/<other>` (info, devices, groups, definitions, extensions, converters, health, logging, config,
+  request/..., response/...): JSON -> not data (bookkeeping; not subscribed)
+- `<name>/set[/...]`, `<name>/get[/...]`: commands (ours or another client's) -> not data (not subscribed)
 
-Device: the registry device with adapter `zigbee2mqtt` and foreign_id = the friendly name (or the IEEE
-address when the bridge has no friendly name for it). Unregistered -> Reject "unknown zigbee2mqtt device".
+Subscriptions (`topics()`) are tight, because Zigbee2MQTT publishes much we never store (`bridge/logging` carries a
+line per log record): `<base>/+` (JSON state), `<base>/+/availability`, the bridge topics above (bridge/state
+through the `state` filter), and one filter per attribute we map for attribute output (`<base>/+/gas`,
+`<base>/+/smoke`, ...; ATTRIBUTE_TOPICS). Friendly names with a '/' (`floor2/kitchen_gas`) are subscribed one by one
+from the registry (`device_topics`): their JSON state is `<base>/<a>/<b>`, which `<base>/+` does not match; in
+attribute output they need names without '/'.
+
+Device: the registry device with adapter `zigbee2mqtt` and foreign_id = the friendly name (or the IEEE address when
+the bridge has no friendly name for it). Unregistered -> Reject "unknown zigbee2mqtt device" (a device event of an
+unregistered device is still recorded, with no device id: a new device joining is not registered yet).
 
 Attribute mapping (Zigbee2MQTT expose -> native field; everything not listed is kept in extras as is):
 | expose | native | note |
@@ -28,7 +46,7 @@ Attribute mapping (Zigbee2MQTT expose -> native field; everything not listed is 
 | smoke (bool) | smoke | |
 | smoke_density_dbm (number) | smoke_db_m | Aqara JTYJ-GD-01LM |
 | smoke_concentration, smoke_density | extras | units differ per device, not dB/m |
-| carbon_monoxide (bool) | extras co | the CO alarm's own flag, the extra `co` rule CO-01 watches |
+| carbon_monoxide (bool; "ON"/"OFF" on Tuya DCR-CO) | extras co | the CO alarm's own flag, which CO-01 watches |
 | carbon_monoxide (number), co (number, ppm) | co_ppm | `co2` is carbon dioxide and stays in extras |
 | tamper (bool) | tamper | |
 | battery (%) | battery_pct | battery_low (flag of rule SMK-06), battery_state stay in extras |
@@ -51,30 +69,63 @@ extras and the receive time used; one ahead of our clock by more than the skew l
 receive time (a bridge clock problem must not drop a gas alarm; extras `bridge_clock_ahead_s` records it);
 one older than the age limit is rejected as stale, like any reading.
 
-Commands (`encode`): `zigbee2mqtt/<name>/set` with `{"state":"OFF"}` (cut_power; close_valve on valve
+Commands (`encode`): `<base>/<name>/set` with `{"state":"OFF"}` (cut_power; close_valve on valve
 controllers, whose switch state OFF is closed), `{"state":"ON"}` (restore_power), `{"self_test":true}`,
 `{"silence":true}`. The bridge has no command ack: the state it publishes afterwards is the confirmation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 from core.domain import Adapter, Device, DeviceKind, DeviceStatus
-from ingest.adapters.common import bridge_time, build_reading, is_number, join, resolve, scalar_text, unknown_device
-from ingest.decode import Decoded, DeviceLookup, Ignored, Limits, Reject, parse_json_object
+from ingest.adapters.common import (
+    as_object,
+    bridge_time,
+    build_reading,
+    is_number,
+    join,
+    resolve,
+    scalar_text,
+    unknown_device,
+)
+from ingest.decode import (
+    Decoded,
+    DeviceEvent,
+    DeviceEventKind,
+    DeviceLookup,
+    Limits,
+    Reject,
+    not_data,
+    parse_json_object,
+)
 
 ADAPTER = Adapter.ZIGBEE2MQTT
 BRIDGE_FOREIGN_ID = "bridge"
 METERING_KINDS = frozenset({DeviceKind.SMART_SOCKET, DeviceKind.CHARGING_PORT})
 DROPPED = frozenset({"device", "update", "update_available"})
-# Attributes that, alone in an attribute-output message, say nothing worth a row.
-ATTRIBUTE_NOISE = frozenset({"linkquality", "last_seen"}) | DROPPED
 COMMAND_CHANNELS = frozenset({"set", "get"})
+# The bridge topics that carry device data or device events; the rest of bridge/ is bookkeeping.
+BRIDGE_TOPICS = ("state", "event", "log", "response/device/remove")
+EVENTS: dict[str, DeviceEventKind] = {"device_joined": "joined", "device_announce": "announced", "device_leave": "left"}
+INTERVIEW: dict[str, DeviceEventKind] = {
+    "started": "interview_started",
+    "successful": "interview_successful",
+    "failed": "interview_failed",
+}
+# 1.x legacy API bridge/log types that are device events (1.42.0 lib/extension/legacy/bridgeLegacy.ts).
+LEGACY: dict[str, DeviceEventKind] = {
+    "device_connected": "joined",
+    "device_announced": "announced",
+    "device_removed": "removed",
+    "device_force_removed": "removed",
+    "device_banned": "removed",
+}
 
 
 # Attributes that map one to one onto a native field.
@@ -112,6 +163,8 @@ class _Mapped:
 def _carbon_monoxide(m: _Mapped, key: str, value: Any) -> None:
     if isinstance(value, bool):
         m.extras["co"] = value  # the alarm flag; a numeric Zigbee2MQTT `co` is ppm and goes to co_ppm
+    elif isinstance(value, str) and value.upper() in ("ON", "OFF"):
+        m.extras["co"] = value.upper() == "ON"  # Tuya DCR-CO publishes its flag as "ON"/"OFF"
     else:
         m.put("co_ppm", value, key)
 
@@ -167,6 +220,8 @@ SPECIAL = {
     "fault": _fault,
     "fault_alarm": _fault,
 }
+# Attribute output: the attributes subscribed one filter each (what we map, and the extras rules read).
+ATTRIBUTE_TOPICS: tuple[str, ...] = (*RENAMED, *SPECIAL, "battery_low", "silence", "preheat")
 
 
 def map_attributes(device: Device, attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
@@ -216,36 +271,67 @@ def parse_attribute_value(payload: bytes) -> Any:
         return payload.decode("utf-8", errors="replace")
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _event_details(data: dict[str, Any]) -> dict[str, Any]:
+    """What a bridge event says about the device, kept with the event (the definition's model and vendor)."""
+    definition = as_object(data.get("definition"))
+    model = {k: v for k, v in _pick(definition, "model", "vendor", "description").items() if isinstance(v, str)}
+    return {**_pick(data, "ieee_address", "friendly_name", "status", "supported"), **model}
+
+
+def _pick(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: data[k] for k in keys if k in data}
+
+
 @dataclass(frozen=True, slots=True)
 class Zigbee2Mqtt:
-    """The Zigbee2MQTT adapter for one bridge base topic (an AdapterDecoder with `ignores`)."""
+    """The Zigbee2MQTT adapter for one bridge base topic (an AdapterDecoder with `ignores` and `owns`)."""
 
     root: str = ""
     base: str = "zigbee2mqtt"
+    name: ClassVar[str] = "zigbee2mqtt"
 
     @property
     def prefix(self) -> str:
         return join(self.root, self.base)
 
     def topics(self) -> list[str]:
-        """Subscriptions: JSON state, availability, attribute output and bridge/state (one filter covers both
-        `<name>/availability` and `<name>/<attribute>`)."""
-        return [f"{self.prefix}/+", f"{self.prefix}/+/+"]
+        """Subscriptions: JSON state, availability, the bridge's state and device events, attribute output."""
+        p = self.prefix
+        return [
+            f"{p}/+",
+            f"{p}/+/availability",
+            # bridge/state comes through the `state` attribute filter: a second, overlapping filter would have the
+            # broker deliver it twice
+            *(f"{p}/bridge/{leaf}" for leaf in BRIDGE_TOPICS if leaf not in ATTRIBUTE_TOPICS),
+            *(f"{p}/+/{attribute}" for attribute in ATTRIBUTE_TOPICS),
+        ]
+
+    def device_topics(self, foreign_ids: Iterable[str]) -> list[str]:
+        """Extra subscriptions for registered friendly names with a '/' (their JSON state and availability)."""
+        return sorted({t for f in foreign_ids if "/" in f for t in (f"{self.prefix}/{f}", f"{self.prefix}/{f}/+")})
+
+    def owns(self, topic: str) -> bool:
+        return topic.startswith(self.prefix + "/")
 
     def source(self, topic: str) -> str | None:
         """The whole base: one bridge account publishes every name under it, so it can invent names at will."""
         return None if self._rest(topic) is None else self.prefix
 
     def ignores(self, topic: str) -> str | None:
-        """Bridge bookkeeping and commands we subscribe to but never store."""
+        """Bridge bookkeeping and commands: not device data (asked before the size limit: bridge/devices is big)."""
         rest = self._rest(topic)
         if rest is None:
             return None
-        if rest.startswith("bridge/") and rest != "bridge/state":
-            return f"zigbee2mqtt bridge bookkeeping ({rest})"
+        if rest.startswith("bridge/"):
+            leaf = rest.removeprefix("bridge/")
+            return None if leaf in BRIDGE_TOPICS else f"zigbee2mqtt bridge/{leaf} is the bridge's bookkeeping"
         parts = rest.split("/")
         if len(parts) >= 2 and (parts[-1] in COMMAND_CHANNELS or parts[-2] in COMMAND_CHANNELS):
-            return "a command to a zigbee2mqtt device (ours or another client's)"
+            return "a command to a zigbee2mqtt device (ours or another client's), not a report from it"
         return None
 
     def _rest(self, topic: str) -> str | None:
@@ -260,11 +346,11 @@ class Zigbee2Mqtt:
             return None
         why = self.ignores(topic)
         if why is not None:
-            return [Ignored(why)]
+            return [not_data(why)]
         if not rest:
             return [Reject(f"topic {topic!r} names no zigbee2mqtt device")]
-        if rest == "bridge/state":
-            return [self._bridge_state(payload, received_at, lookup)]
+        if rest.startswith("bridge/"):
+            return [self._bridge(rest.removeprefix("bridge/"), payload, received_at, lookup)]
         if rest.endswith("/availability"):
             return [self._availability(rest.removesuffix("/availability"), payload, received_at, lookup)]
         device = lookup.by_foreign_id(ADAPTER, rest)
@@ -278,19 +364,95 @@ class Zigbee2Mqtt:
         unknown = rest if not name or payload.lstrip().startswith(b"{") else name
         return [unknown_device(ADAPTER, unknown)]
 
+    # ---------------------------------------------------------------------------------------------- bridge
+
+    def _bridge(self, leaf: str, payload: bytes, received_at: datetime, lookup: DeviceLookup) -> Decoded:
+        if leaf == "state":
+            return self._bridge_state(payload, received_at, lookup)
+        data = parse_json_object(payload) if payload.strip() else None
+        if data is None:
+            return not_data(f"zigbee2mqtt bridge/{leaf} cleared (empty message)")
+        if isinstance(data, Reject):
+            return Reject(f"zigbee2mqtt bridge/{leaf}: {data.reason}")
+        if leaf == "event":
+            return self._event(data, received_at, lookup)
+        if leaf == "log":
+            return self._legacy_log(data, received_at, lookup)
+        return self._removed(data, received_at, lookup)
+
     def _bridge_state(self, payload: bytes, received_at: datetime, lookup: DeviceLookup) -> Decoded:
         online = parse_availability(payload)
         if online is None:
-            return Ignored("zigbee2mqtt bridge/state cleared")
+            return not_data("zigbee2mqtt bridge/state cleared (empty retained message)")
         if isinstance(online, str):
             return Reject(f"zigbee2mqtt bridge/state: {online}")
         gateway = lookup.by_foreign_id(ADAPTER, BRIDGE_FOREIGN_ID)
         if gateway is None:
-            return Ignored(
+            return not_data(
                 f"zigbee2mqtt bridge is {'online' if online else 'offline'}; no gateway with adapter "
                 f"zigbee2mqtt and foreign_id {BRIDGE_FOREIGN_ID!r} is registered to record it"
             )
         return DeviceStatus(gateway.id, online, received_at)
+
+    def _device_event(
+        self, kind: DeviceEventKind, name: str, at: datetime, lookup: DeviceLookup, details: dict[str, Any]
+    ) -> DeviceEvent:
+        ieee = _text(details.get("ieee_address"))
+        device = lookup.by_foreign_id(ADAPTER, name) or (lookup.by_foreign_id(ADAPTER, ieee) if ieee else None)
+        return DeviceEvent(self.name, name, kind, at, device.id if device else None, details)
+
+    def _event(self, data: dict[str, Any], at: datetime, lookup: DeviceLookup) -> Decoded:
+        """bridge/event (1.17+ API, the same in 2.x): joined, announce, interview, leave."""
+        kind_text, body = data.get("type"), data.get("data")
+        if not isinstance(body, dict):
+            return Reject(f"zigbee2mqtt bridge/event {str(kind_text)[:40]!r} has no data object")
+        name = _text(body.get("friendly_name")) or _text(body.get("ieee_address"))
+        kind = INTERVIEW.get(str(body.get("status"))) if kind_text == "device_interview" else EVENTS.get(str(kind_text))
+        if kind is None:
+            return Reject(
+                f"zigbee2mqtt bridge/event type {str(kind_text)[:40]!r} (status {str(body.get('status'))[:20]!r}) is "
+                "not a documented device event (device_joined, device_announce, device_interview, device_leave)"
+            )
+        if name is None:
+            return Reject(f"zigbee2mqtt bridge/event {kind_text}: names no device (friendly_name, ieee_address)")
+        return self._device_event(kind, name, at, lookup, _event_details(body))
+
+    def _legacy_log(self, data: dict[str, Any], at: datetime, lookup: DeviceLookup) -> Decoded:
+        """bridge/log of the 1.x legacy API: pairing results and removals are device events, the rest log lines."""
+        kind_text, message, meta = data.get("type"), data.get("message"), as_object(data.get("meta"))
+        name = _text(meta.get("friendly_name")) or (
+            _text(message.get("friendly_name")) if isinstance(message, dict) else _text(message)
+        )
+        kind: DeviceEventKind | None
+        if kind_text == "pairing":
+            kind = INTERVIEW.get(str(message).removeprefix("interview_"))
+            if kind is None or not str(message).startswith("interview_"):
+                return not_data(f"zigbee2mqtt legacy bridge/log pairing {str(message)[:40]!r} (a log line)")
+        else:
+            kind = LEGACY.get(str(kind_text))
+        if kind is None:
+            return not_data(f"zigbee2mqtt legacy bridge/log {str(kind_text)[:40]!r} (not a device event)")
+        if kind == "removed" and message == "left_network":
+            kind = "left"
+            name = _text(meta.get("friendly_name")) or name
+        if name is None or name == "left_network":
+            return Reject(f"zigbee2mqtt legacy bridge/log {kind_text}: names no device")
+        details = _pick(meta, "model", "vendor", "description", "supported")
+        return self._device_event(kind, name, at, lookup, {**details, "legacy": True})
+
+    def _removed(self, data: dict[str, Any], at: datetime, lookup: DeviceLookup) -> Decoded:
+        """bridge/response/device/remove: 2.x announces a removal only in the answer to the request."""
+        body = as_object(data.get("data"))
+        name = _text(body.get("id"))
+        if data.get("status") != "ok":
+            return not_data(
+                f"zigbee2mqtt could not remove device {name!r}: {str(data.get('error') or 'no reason given')[:120]}"
+            )
+        if name is None:
+            return Reject("zigbee2mqtt bridge/response/device/remove names no device (data.id)")
+        return self._device_event("removed", name, at, lookup, _pick(body, "block", "force"))
+
+    # ---------------------------------------------------------------------------------------------- devices
 
     def _availability(self, name: str, payload: bytes, received_at: datetime, lookup: DeviceLookup) -> Decoded:
         device = resolve(lookup, ADAPTER, name)
@@ -298,12 +460,17 @@ class Zigbee2Mqtt:
             return device
         online = parse_availability(payload)
         if online is None:
-            return Ignored("zigbee2mqtt availability cleared (empty retained message)")
+            return not_data("zigbee2mqtt availability cleared (empty retained message: renamed or removed)", device.id)
         if isinstance(online, str):
             return Reject(f"zigbee2mqtt {name!r}: {online}", device.id)
         return DeviceStatus(device.id, online, received_at)
 
     def _state(self, device: Device, payload: bytes, received_at: datetime, limits: Limits) -> Decoded:
+        if not payload.strip():
+            return not_data(
+                f"zigbee2mqtt {device.foreign_id!r} state cleared (empty retained message: renamed or removed)",
+                device.id,
+            )
         data = parse_json_object(payload)
         if isinstance(data, Reject):
             return Reject(f"zigbee2mqtt {device.foreign_id!r} state: {data.reason}", device.id)
@@ -326,13 +493,14 @@ class Zigbee2Mqtt:
     def _attribute(
         self, device: Device, attribute: str, payload: bytes, received_at: datetime, limits: Limits
     ) -> Decoded:
-        text = scalar_text(payload, what=f"zigbee2mqtt {device.foreign_id!r}/{attribute}", device_id=device.id)
+        what = f"zigbee2mqtt {device.foreign_id!r}/{attribute}"
+        text = scalar_text(payload, what=what, device_id=device.id)
         if isinstance(text, Reject):
             return text
         if text == "":
-            return Ignored(f"zigbee2mqtt attribute {attribute!r} is null")
-        if attribute in ATTRIBUTE_NOISE or "-" in attribute:
-            return Ignored(f"zigbee2mqtt attribute {attribute!r} alone is not stored")
+            return not_data(f"{what} is null (the bridge has no value yet)", device.id)
+        if attribute in DROPPED or "-" in attribute:
+            return not_data(f"{what} is the bridge's metadata, not device data", device.id)
         fields, extras, sources = map_attributes(device, {attribute: parse_attribute_value(payload)})
         return build_reading(
             device,
@@ -343,7 +511,7 @@ class Zigbee2Mqtt:
             limits=limits,
             sources=sources,
             origin="zigbee2mqtt attribute",
-            what=f"zigbee2mqtt {device.foreign_id!r}/{attribute}",
+            what=what,
         )
 
     def encode(self, device: Device, action: str) -> list[tuple[str, bytes]]:

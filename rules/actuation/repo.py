@@ -47,7 +47,8 @@ INSERT_COMMAND = f"""
 INSERT INTO command (id, device_id, action, alarm_id, reason, requested_by, status, created_at, deadline_at,
                      done_at, detail, retry_of)
 VALUES (%(id)s, %(device_id)s, %(action)s, %(alarm_id)s, %(reason)s, %(requested_by)s, %(status)s, %(at)s,
-        %(deadline)s, CASE WHEN %(status)s = 'refused' THEN %(at)s::timestamptz END, %(detail)s, %(retry_of)s)
+        %(deadline)s, CASE WHEN %(status)s IN ('refused', 'failed') THEN %(at)s::timestamptz END, %(detail)s,
+        %(retry_of)s)
 RETURNING {COMMAND_COLUMNS}
 """
 

@@ -10,7 +10,11 @@ Policy (RULES-REFERENCE 1.4, 4.4, 7.3):
 - an active gas alarm in a site blocks remote relay switching there (no sparks in a gas cloud), for
   automatic cuts too: the refusal is recorded on the alarm;
 - after an e-bike safety trip the port is locked until a worker clears it on site (Wuhan 2025 case):
-  restore_power is refused while locked.
+  restore_power is refused while locked;
+- a gas valve that reports a failure or that no valve is connected (Shelly Gas `valve/0/state` failure /
+  not_connected: GAS-05's device_fault is active on it) is no actuation target: an automatic close_valve is recorded
+  as failed at once, and the service raises actuation_failed (P1 during an alarm) so the worker shuts the gas by
+  hand (issue 19); a person's request is refused with the reason.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ CONFIRMING_STATE: dict[str, tuple[str, str]] = {
     "restore_power": ("relay", "on"),
 }
 ACTUATION_FAILED = "actuation_failed"
+VALVE_FAULT = "device_fault"  # GAS-05's alarm on a gas_valve that reports a fault
 
 
 def request_command(
@@ -66,9 +71,11 @@ def request_command(
     """Queue a command after the safety policy; a person's request that the policy forbids raises
     ConflictError, a rule's is recorded as refused (so the alarm history says why nothing moved)."""
     refusal = refusal_reason(conn, device=device, action=action)
-    if refusal is not None and requested_by is not None:
-        raise ConflictError(refusal)
-    status = "refused" if refusal else "pending"
+    unavailable = None if refusal else unavailable_reason(conn, device=device, action=action)
+    if (refusal or unavailable) is not None and requested_by is not None:
+        raise ConflictError(str(refusal or unavailable))
+    status = "refused" if refusal else "failed" if unavailable else "pending"
+    refusal = refusal or unavailable
     row = command_repo.insert_command(
         conn,
         command_id=str(uuid.uuid4()),
@@ -122,6 +129,20 @@ def refusal_reason(conn: Connection[Any], *, device: Device, action: str) -> str
                 "a worker must check the bike and clear the lock on site"
             )
     return None
+
+
+def unavailable_reason(conn: Connection[Any], *, device: Device, action: str) -> str | None:
+    """Why this gas valve cannot carry out a close now (it reported a failure, or no valve is connected), or None."""
+    if action != "close_valve" or device.kind is not DeviceKind.GAS_VALVE:
+        return None
+    fault = repo.get_open_alarm(conn, device_id=device.id, alarm_type=VALVE_FAULT)
+    if fault is None or not fault.active:
+        return None
+    state = fault.details.get("state") or fault.details.get("reported") or "fault"
+    return (
+        f"valve {device.id} is unavailable ({state}, reported {fault.raised_at.isoformat(timespec='seconds')}): "
+        "it cannot close; shut the gas by hand on site"
+    )
 
 
 def command_for(action: str) -> str:
