@@ -131,6 +131,8 @@ def telemetry(d: int, seq: int, ts_ms: int, *, alarm: bool = False) -> tuple[str
     body: dict[str, Any] = {"ts": ts_ms, "seq": seq}
     if kind == "gas_detector":
         body.update(gas_lel=40.0 if alarm else float(seq % 7), battery_pct=88.0)
+        if alarm:  # a detector in alarm reports its own flag, which confirms at once (GAS-02, issue 19)
+            body["gas"] = True
     elif kind == "smoke_detector":
         body.update(smoke=False, smoke_db_m=0.01, battery_pct=90.0, temp_c=24.5)
     elif kind == "co_alarm":
@@ -153,7 +155,7 @@ def fleet_message(i: int, *, devices: int) -> tuple[str, bytes]:
 
 
 def backlog(n: int, devices: int, *, now_ms: int) -> list[tuple[str, bytes]]:
-    """n messages over the devices; about one in 1000 is a gas detector going over its threshold."""
+    """n messages over the devices; about one in 1000 is a gas detector in alarm (over its threshold, flag set)."""
     out = []
     every = max(10, min(1000, n // 10))
     for i in range(n):

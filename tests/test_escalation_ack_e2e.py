@@ -118,7 +118,7 @@ def test_a_leader_takes_an_escalated_alarm_from_the_link_and_the_ladder_stops(
     settings, _running = served
     base = settings.public_url
     started = time.monotonic()
-    publisher.publish(f"{settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 30})
+    publisher.publish(f"{settings.topic_prefix}/gas-1/telemetry", {"gas_lel": 30, "gas": True})  # flagged: confirmed
     for who in ("w1", "w1en", "m1"):
         wait_for(lambda who=who: receiver.for_path(who), timeout=5, what=f"{who} hears the gas alarm")
     assert "确认：" + base + "/alarms/" in messages(receiver, "w1")[0][1]

@@ -89,7 +89,7 @@ def test_trickling_endpoint_cannot_hold_a_delivery_or_its_rows(settings: Setting
     worker.start()
     try:
         wait_for(worker.is_ready, timeout=20, what="notify ready")
-        feed(s, "gas-1", datetime.now(UTC), gas_lel=60.0)
+        feed(s, "gas-1", datetime.now(UTC), gas_lel=60.0, gas=True)  # the detector's own flag confirms (issue 19)
         assert trickle.requested.wait(20), "the alarm's notification reached the endpoint"
         sent_at = time.monotonic()
         time.sleep(0.5)

@@ -115,7 +115,7 @@ def ago_ms(seconds: float) -> int:
 
 
 def daytime_ago_ms(span_s: float) -> int:
-    """The latest start (ms) at least 2 h ago whose span_s lies within 08:00-20:00 Chengdu (no EB-11 uplift)."""
+    """The latest start (ms) at least 2 h ago whose span_s lies outside 22:00-06:00 Chengdu (no EB-11 uplift)."""
     start = time.time() - 2 * 3600 - span_s
     while is_night(datetime.fromtimestamp(start, tz=UTC)) or is_night(datetime.fromtimestamp(start + span_s, tz=UTC)):
         start -= 900
@@ -425,10 +425,11 @@ def test_lithium_charge_is_stopped_at_full_after_the_top_up(
 def test_rerise_after_taper_with_a_runaway_temperature_is_critical(
     site: Settings, ingest: IngestWorker, publisher: Publisher
 ) -> None:
-    base = daytime_ago_ms(5400)  # the P1 must come from EB-04, not from the night uplift
     charge = [(i * 60, {"power_w": 150, "temp_c": 35, "relay": "on"}) for i in range(60)]  # 1 h bulk
     charge += [(3600 + i * 60, {"power_w": 20, "temp_c": 32, "relay": "on"}) for i in range(20)]  # taper
     charge += [(4800 + i * 60, {"power_w": 45, "temp_c": 85, "relay": "on"}) for i in range(12)]  # re-rise, 85 C
+    # the whole series, to its last sample, in daytime: the P1 must come from EB-04, not from the night uplift
+    base = daytime_ago_ms(charge[-1][0])
     send(publisher, site, "port-1", charge, base)
     wait_for(
         lambda: (
