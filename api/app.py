@@ -22,13 +22,14 @@ from api import pages
 from api import repo as api_repo
 from api.deps import Admin, Conn
 from api.ratelimit import FailureLimiter
-from api.routers import admin, alarms, board, devices, merchants
+from api.routers import admin, alarms, board, devices, field, merchants
 from api.stream import AlarmHub
 from core.actionlink import LinkError
 from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
 from core.loop import Check
 from core.ops import Checks, health_body
 from core.settings import Settings
+from field import service as field_service
 from notify.policy import load_policy
 from score import service as score_service
 
@@ -65,6 +66,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ConflictError: 409,
     RegistryError: 422,
     score_service.InvalidScoreInput: 422,
+    field_service.FieldInputError: 422,
     ConfigError: 422,
     LinkError: 403,
 }
@@ -120,6 +122,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     app.include_router(board.router)
     app.include_router(devices.router)
     app.include_router(merchants.router)
+    app.include_router(field.router)
     admin.include(app)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

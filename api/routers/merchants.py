@@ -14,7 +14,8 @@ from api import auth
 from api import repo as api_repo
 from api.deps import ERRORS, Admin, Anyone, Conn, Staff
 from api.schemas import CommunityScoresPage, CorrectionCreate, FindingClose, FindingCreate, Me, Page, Problem
-from core.errors import NotFoundError
+from core.errors import ConflictError, NotFoundError
+from field import service as field_service
 from score import service as score_service
 from score.schemas import (
     FindingRead,
@@ -158,6 +159,12 @@ def close_finding(
             conn, site_id=site, worker_id=who.worker_scope, merchant_id=None, communities=who.community_scope
         ):
             raise NotFoundError(f"finding {finding_id} not found")
+        order = field_service.order_of_finding(conn, finding_id=finding_id)
+        if order is not None:
+            raise ConflictError(
+                f"finding {finding_id} is work order {order}'s: it closes only by that order's on-site re-inspection "
+                f"(POST /api/v1/work-orders/{order}/reinspection)"
+            )
         return score_service.close_finding(conn, finding_id=finding_id, actor=who.actor, note=body.note)
 
 

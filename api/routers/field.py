@@ -1,0 +1,151 @@
+"""The work on foot (field/service.py, docs/field.md): check-lists, hazard work orders for any site and party,
+their photos (checked by content, served only through here to those whose scope includes the site), "fixed"
+reports and the re-inspection that alone closes an order."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api import auth
+from api.deps import ERRORS, Anyone, Conn, Staff, connection_gate
+from api.schemas import Problem
+from field import checklists
+from field import service as field_service
+from field.photos import MAX_BYTES
+from field.repo import Scope
+from field.schemas import (
+    ChecklistItemRead,
+    ChecklistRead,
+    FixedIn,
+    PhotoRead,
+    ReinspectIn,
+    WorkOrderCreate,
+    WorkOrderDetail,
+    WorkOrderPage,
+    WorkOrderRead,
+)
+
+router = APIRouter(prefix="/api/v1", responses=ERRORS)
+OrderId = Annotated[int, Path(ge=1, le=2**62)]
+PhotoId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Problem}}
+# The multipart envelope around one photo: boundaries, headers and the few form fields.
+ENVELOPE = 16 * 1024
+
+
+def scope_of(who: auth.Principal) -> Scope:
+    """What a caller may see: their micro-grids / grids / community, their own sites, or their communities."""
+    return Scope(worker=who.worker_scope, merchant=who.merchant_scope, communities=who.community_scope)
+
+
+@router.get("/checklists", tags=["field"])
+def list_checklists(_who: Anyone) -> list[ChecklistRead]:
+    """The check-lists per kind of place (an item's code is a work order's kind)."""
+    return [
+        ChecklistRead(
+            kind=c.kind,
+            zh=c.zh,
+            en=c.en,
+            items=[ChecklistItemRead(code=i.code, severity=i.severity, zh=i.zh, en=i.en) for i in c.items],
+        )
+        for c in checklists.CHECKLISTS.values()
+    ]
+
+
+@router.get("/work-orders", tags=["field"])
+def list_work_orders(
+    conn: Conn,
+    who: Anyone,
+    open: bool = True,
+    site: Annotated[str | None, Query(max_length=64)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> WorkOrderPage:
+    """Orders on the sites in your scope (a merchant: the ones it must fix), open ones first by deadline."""
+    items = field_service.list_work_orders(
+        conn, scope=scope_of(who), open_only=open, site_id=site, before_id=before, limit=limit + 1
+    )
+    more = len(items) > limit
+    return WorkOrderPage(items=items[:limit], next_before=items[limit - 1].id if more else None)
+
+
+@router.post("/work-orders", tags=["field"], status_code=201, responses=CONFLICT)
+def open_work_order(body: WorkOrderCreate, conn: Conn, who: Staff) -> WorkOrderRead:
+    """A finding on a site in your scope becomes an order with a deadline by severity; a merchant's order on a
+    kind of the score policy deducts as a verified hazard."""
+    with conn.transaction():
+        return field_service.open_work_order(conn, body=body, actor=who.actor, scope=scope_of(who))
+
+
+@router.get("/work-orders/{order_id}", tags=["field"])
+def get_work_order(order_id: OrderId, conn: Conn, who: Anyone) -> WorkOrderDetail:
+    """An order with its history and photos."""
+    return field_service.get_work_order(conn, order_id=order_id, scope=scope_of(who))
+
+
+@router.post("/work-orders/{order_id}/fixed", tags=["field"], responses=CONFLICT)
+def report_fixed(order_id: OrderId, body: FixedIn, conn: Conn, who: Anyone) -> WorkOrderRead:
+    """The responsible party (a merchant, on its own order) or a worker reports it fixed."""
+    with conn.transaction():
+        return field_service.report_fixed(conn, order_id=order_id, actor=who.actor, scope=scope_of(who), note=body.note)
+
+
+@router.post("/work-orders/{order_id}/reinspection", tags=["field"], responses=CONFLICT)
+def reinspect(order_id: OrderId, body: ReinspectIn, conn: Conn, who: Staff) -> WorkOrderRead:
+    """The on-site re-inspection, the only way an order closes: pass closes, fail sets a new deadline."""
+    with conn.transaction():
+        return field_service.reinspect(conn, order_id=order_id, body=body, actor=who.actor, scope=scope_of(who))
+
+
+async def read_photo(request: Request) -> tuple[bytes, str]:
+    """The photo and its stage from a multipart form, refused before reading when it is too large."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise HTTPException(411, "send the photo with a Content-Length")
+    if int(length) > MAX_BYTES + ENVELOPE:
+        raise HTTPException(413, f"the upload is {length} bytes; a photo may have at most {MAX_BYTES} (5 MiB)")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, "send the photo as multipart/form-data in the field 'photo'")
+    form = await request.form(max_files=1, max_fields=8, max_part_size=ENVELOPE)
+    photo = form.get("photo")
+    stage = form.get("stage") or "found"
+    if not isinstance(photo, UploadFile) or not isinstance(stage, str):
+        raise HTTPException(422, "photo: attach one image file in the field 'photo'")
+    data = await photo.read(MAX_BYTES + 1)
+    return data, stage
+
+
+@router.post("/work-orders/{order_id}/photos", tags=["field"], status_code=201, responses=CONFLICT)
+async def upload_photo(order_id: OrderId, request: Request, who: Anyone) -> PhotoRead:
+    """A photo from the phone (JPEG, PNG or WebP, judged by its bytes; at most 5 MiB and 20 per order)."""
+    data, stage = await read_photo(request)
+    return await store_photo(request, order_id, data, stage, who)
+
+
+async def store_photo(request: Request, order_id: int, data: bytes, stage: str, who: auth.Principal) -> PhotoRead:
+    """Check and keep the photo in its own transaction (a pool connection taken behind the app's gate)."""
+
+    def store() -> PhotoRead:
+        with request.app.state.pool.connection() as conn, conn.transaction():
+            return field_service.add_photo(
+                conn, order_id=order_id, data=data, stage=stage, actor=who.actor, scope=scope_of(who)
+            )
+
+    async with connection_gate(request.app):
+        return await run_in_threadpool(store)
+
+
+@router.get("/work-orders/{order_id}/photos/{photo_id}", tags=["field"], response_class=Response)
+def get_photo(order_id: OrderId, photo_id: PhotoId, conn: Conn, who: Anyone) -> Response:
+    """A photo's bytes with the type sniffed at upload; only for callers whose scope includes the order's site."""
+    photo = field_service.get_photo(conn, order_id=order_id, photo_id=photo_id, scope=scope_of(who))
+    return Response(
+        photo.data,
+        media_type=photo.content_type,
+        headers={"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{photo.id}"'},
+    )

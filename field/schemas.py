@@ -1,0 +1,134 @@
+"""Wire and read models of the field stage (work orders, their history and photos)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from core.readmodel import RowRead
+from field import repo
+
+Party = Literal["merchant", "landlord", "household", "community"]
+Text = Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True)]
+Short = Annotated[str, StringConstraints(max_length=100, strip_whitespace=True)]
+
+
+class WorkOrderCreate(BaseModel):
+    """A finding on site: a check-list item (kind) or free text (kind 'other' with a title)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z_]+$")] = "other"
+    title: Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)] = ""
+    note: Text = ""
+    party: Party | None = Field(None, description="who must fix it; default: the site's merchant, else community")
+    party_name: Short = ""
+    party_phone: Annotated[str, StringConstraints(max_length=32, pattern=r"^[0-9+\- ]*$")] = ""
+    severity: int | None = Field(None, ge=1, le=4, description="1 critical .. 4 info; default: the item's")
+    due_at: datetime | None = Field(None, description="default: by severity (1 d, 3 d, 7 d, 14 d)")
+
+    @model_validator(mode="after")
+    def _free_text_has_title(self) -> WorkOrderCreate:
+        if self.kind == "other" and not self.title:
+            raise ValueError("a free-text finding (kind 'other') needs a title saying what was found")
+        return self
+
+
+class FixedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: Text = ""
+
+
+class ReinspectIn(BaseModel):
+    """The re-inspection on site: pass closes the order; fail sets a new deadline (given, or by severity)."""
+
+    model_config = ConfigDict(extra="forbid")
+    passed: bool
+    note: Text = ""
+    due_at: datetime | None = None
+
+
+class WorkOrderRead(RowRead):
+    ROW: ClassVar[type] = repo.WorkOrderRow
+    DERIVED: ClassVar[frozenset[str]] = frozenset({"overdue"})
+
+    id: int
+    site_id: str
+    site_name: str
+    micro_grid_id: str
+    party: str
+    party_name: str
+    party_phone: str
+    merchant_id: str | None
+    kind: str
+    title: str
+    note: str
+    severity: int
+    status: str
+    source: str
+    opened_at: datetime
+    opened_by: str
+    due_at: datetime
+    fixed_at: datetime | None
+    fixed_by: str | None
+    closed_at: datetime | None
+    closed_by: str | None
+    reinspections: int
+    escalation: int
+    finding_id: int | None
+    overdue: bool = False
+
+
+class WorkOrderEventRead(RowRead):
+    ROW: ClassVar[type] = repo.WorkOrderEventRow
+
+    id: int
+    at: datetime
+    kind: str
+    actor: str | None
+    passed: bool | None
+    note: str
+    due_at: datetime | None
+
+
+class PhotoRead(RowRead):
+    ROW: ClassVar[type] = repo.PhotoRow
+    DERIVED: ClassVar[frozenset[str]] = frozenset({"url"})
+
+    id: str
+    content_type: str
+    size: int
+    width: int
+    height: int
+    stage: str
+    uploaded_by: str
+    uploaded_at: datetime
+    url: str = ""
+
+
+class WorkOrderDetail(BaseModel):
+    order: WorkOrderRead
+    events: list[WorkOrderEventRead]
+    photos: list[PhotoRead]
+
+
+class WorkOrderPage(BaseModel):
+    items: list[WorkOrderRead]
+    next_before: int | None
+
+
+class ChecklistItemRead(BaseModel):
+    code: str
+    severity: int
+    zh: str
+    en: str
+
+
+class ChecklistRead(BaseModel):
+    kind: str
+    zh: str
+    en: str
+    items: list[ChecklistItemRead]

@@ -1,0 +1,351 @@
+"""Work orders (隐患整改单): opened from a check-list item or free text on any site, for any responsible party;
+photos; "fixed" reported by the party or the worker; closed only by an on-site re-inspection (pass closes, fail
+sets a new deadline); overdue orders climb a ladder of notices. A merchant's order on a kind the score policy
+knows is also the score finding (score.service), so the ledger sees the verified hazard, the overdue weeks and
+the on-time fix exactly as the policy says."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import Connection
+
+from core.errors import ConflictError, GridwatchError, NotFoundError
+from field import checklists, repo
+from field.photos import PhotoError, inspect_photo
+from field.repo import Scope
+from field.schemas import (
+    PhotoRead,
+    ReinspectIn,
+    WorkOrderCreate,
+    WorkOrderDetail,
+    WorkOrderEventRead,
+    WorkOrderRead,
+)
+from score import service as score_service
+from score.policy import active_policies
+
+log = logging.getLogger(__name__)
+
+MAX_PHOTOS = 20
+PHOTO_STAGES = ("found", "fixed", "reinspection")
+# The overdue ladder: (step, time past the deadline, who is told). Like an alarm's, it starts with the micro-grid
+# worker (and the merchant who must fix it), then climbs to the grid leader and the community's duty office.
+LADDER = ((1, timedelta(0), "worker"), (2, timedelta(days=1), "leader"), (3, timedelta(days=3), "community"))
+RETRY = (timedelta(seconds=30), timedelta(minutes=2), timedelta(minutes=10), timedelta(hours=1))
+MAX_ATTEMPTS = 8
+
+
+class FieldInputError(GridwatchError):
+    """A work order request that cannot be carried out as given (422)."""
+
+
+# (urls, title, body, recipient) -> one (ok, detail) per channel; notify's Sender, wired by the composition root.
+SendFn = Callable[[list[str], str, str, str], Sequence[tuple[bool, str]]]
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def _read(row: repo.WorkOrderRow, now: datetime) -> WorkOrderRead:
+    read = WorkOrderRead.of(row)
+    read.overdue = row.status != "closed" and row.due_at < now
+    return read
+
+
+def _order(conn: Connection[Any], order_id: int, scope: Scope, *, lock: bool = False) -> repo.WorkOrderRow:
+    row = repo.get_work_order(conn, order_id=order_id, scope=scope, lock=lock)
+    if row is None:
+        raise NotFoundError(f"work order {order_id} not found")
+    return row
+
+
+def _deadline(due_at: datetime | None, default: datetime, at: datetime) -> datetime:
+    if due_at is None:
+        return default
+    if due_at.tzinfo is None:
+        raise FieldInputError("give the deadline with its time zone (e.g. 2026-05-01T18:00+08:00)")
+    if due_at <= at:
+        raise FieldInputError(f"the deadline {due_at.isoformat()} is not in the future")
+    return due_at
+
+
+def _party(body: WorkOrderCreate, site: repo.SiteRow) -> str:
+    party = body.party or ("merchant" if site.merchant_id else "community")
+    if party == "merchant" and site.merchant_id is None:
+        raise FieldInputError(
+            f"site {site.id} belongs to no merchant: name the landlord, household or community as the party"
+        )
+    return party
+
+
+def open_work_order(
+    conn: Connection[Any],
+    *,
+    body: WorkOrderCreate,
+    actor: str,
+    scope: Scope,
+    source: str = "inspection",
+    now: datetime | None = None,
+) -> WorkOrderRead:
+    """Record a finding as an order with a deadline by severity; a merchant's order on a policy kind deducts."""
+    at = _now(now)
+    site = repo.get_site(conn, site_id=body.site_id, scope=scope)
+    if site is None:
+        raise NotFoundError(f"site {body.site_id!r} not found")
+    item = checklists.item(body.kind)
+    if item is None and body.kind != checklists.OTHER:
+        raise FieldInputError(f"unknown check-list item {body.kind!r}; use a check-list item or 'other'")
+    party = _party(body, site)
+    severity = body.severity or (item.severity if item else 3)
+    due = _deadline(body.due_at, at + checklists.rectify_time(severity), at)
+    title = body.title or (f"{item.zh} / {item.en}" if item else body.kind)
+    finding_id = None
+    merchant_id = site.merchant_id if party == "merchant" else None
+    policy = active_policies().for_community(site.community_id)
+    if merchant_id is not None and policy.finding(body.kind) is not None:
+        finding = score_service.record_finding(
+            conn, site_id=site.id, kind=body.kind, actor=actor, note=f"{title} {body.note}".strip(), due_at=due, now=at
+        )
+        finding_id = finding.id
+    order_id = repo.insert_work_order(
+        conn,
+        site_id=site.id,
+        party=party,
+        party_name=body.party_name,
+        party_phone=body.party_phone,
+        merchant_id=merchant_id,
+        kind=body.kind,
+        title=title[:200],
+        note=body.note,
+        severity=severity,
+        source=source,
+        opened_at=at,
+        opened_by=actor,
+        due_at=due,
+        finding_id=finding_id,
+    )
+    repo.insert_event(conn, order_id=order_id, at=at, kind="opened", actor=actor, note=body.note, due_at=due)
+    row = _order(conn, order_id, Scope())
+    if merchant_id is not None:
+        _tell_merchant(conn, row, step=0, at=at)
+    log.info("work order %s opened on %s by %s (%s, due %s)", order_id, site.id, actor, body.kind, due.isoformat())
+    return _read(row, at)
+
+
+def report_fixed(
+    conn: Connection[Any], *, order_id: int, actor: str, scope: Scope, note: str = "", now: datetime | None = None
+) -> WorkOrderRead:
+    """The party (or the worker for them) reports it fixed; the order waits for a re-inspection."""
+    at = _now(now)
+    row = _order(conn, order_id, scope, lock=True)
+    if row.status != "open":
+        raise ConflictError(f"work order {order_id} is {row.status}: only an open order can be reported fixed")
+    repo.mark_fixed(conn, order_id=order_id, actor=actor, at=at)
+    repo.insert_event(conn, order_id=order_id, at=at, kind="fixed", actor=actor, note=note)
+    return _read(_order(conn, order_id, Scope()), at)
+
+
+def reinspect(
+    conn: Connection[Any], *, order_id: int, body: ReinspectIn, actor: str, scope: Scope, now: datetime | None = None
+) -> WorkOrderRead:
+    """The on-site re-inspection, the only way an order closes: pass closes it (and its score finding, on time or
+    late per the policy); fail reopens it with a new, shorter deadline."""
+    at = _now(now)
+    row = _order(conn, order_id, scope, lock=True)
+    if row.status == "closed":
+        raise ConflictError(f"work order {order_id} was already closed by {row.closed_by} after a re-inspection")
+    due = None
+    if not body.passed:
+        due = _deadline(body.due_at, at + checklists.rectify_time(row.severity, again=True), at)
+    repo.mark_reinspected(conn, order_id=order_id, actor=actor, at=at, passed=body.passed, due_at=due)
+    repo.insert_event(
+        conn, order_id=order_id, at=at, kind="reinspected", actor=actor, passed=body.passed, note=body.note, due_at=due
+    )
+    if body.passed and row.finding_id is not None:
+        score_service.close_finding(
+            conn, finding_id=row.finding_id, actor=actor, note=f"work order {order_id} re-inspected", now=at
+        )
+    log.info("work order %s re-inspected by %s: %s", order_id, actor, "pass" if body.passed else "fail")
+    return _read(_order(conn, order_id, Scope()), at)
+
+
+def add_photo(
+    conn: Connection[Any],
+    *,
+    order_id: int,
+    data: bytes,
+    stage: str,
+    actor: str,
+    scope: Scope,
+    now: datetime | None = None,
+) -> PhotoRead:
+    """Keep a checked photo of an order under a random id (FieldInputError if it is not a photo we keep)."""
+    at = _now(now)
+    if stage not in PHOTO_STAGES:
+        raise FieldInputError(f"stage must be one of {', '.join(PHOTO_STAGES)}")
+    row = _order(conn, order_id, scope, lock=True)
+    if row.status == "closed":
+        raise ConflictError(f"work order {order_id} is closed: no more photos")
+    if repo.count_photos(conn, order_id=order_id) >= MAX_PHOTOS:
+        raise ConflictError(f"work order {order_id} already has {MAX_PHOTOS} photos")
+    try:
+        photo = inspect_photo(data)
+    except PhotoError as exc:
+        raise FieldInputError(str(exc)) from None
+    photo_id = secrets.token_hex(16)
+    repo.insert_photo(
+        conn,
+        id=photo_id,
+        order=order_id,
+        content_type=photo.content_type,
+        size=photo.size,
+        width=photo.width,
+        height=photo.height,
+        sha256=photo.sha256,
+        data=data,
+        stage=stage,
+        by=actor,
+        at=at,
+    )
+    repo.insert_event(conn, order_id=order_id, at=at, kind="photo", actor=actor, details={"photo": photo_id})
+    photos = {p.id: p for p in repo.list_photos(conn, order_id=order_id)}
+    return _photo_read(photos[photo_id])
+
+
+def _photo_read(row: repo.PhotoRow) -> PhotoRead:
+    read = PhotoRead.of(row)
+    read.url = f"/api/v1/work-orders/{row.work_order_id}/photos/{row.id}"
+    return read
+
+
+def get_photo(conn: Connection[Any], *, order_id: int, photo_id: str, scope: Scope) -> repo.PhotoData:
+    """A photo's bytes, only for those whose scope includes the order's site."""
+    found = repo.get_photo_data(conn, photo_id=photo_id, scope=scope)
+    if found is None or _order(conn, order_id, scope).site_id != found.site_id:
+        raise NotFoundError(f"photo {photo_id} not found")
+    return found
+
+
+def get_work_order(
+    conn: Connection[Any], *, order_id: int, scope: Scope, now: datetime | None = None
+) -> WorkOrderDetail:
+    """An order with its history and photos."""
+    row = _order(conn, order_id, scope)
+    return WorkOrderDetail(
+        order=_read(row, _now(now)),
+        events=[WorkOrderEventRead.of(e) for e in repo.list_events(conn, order_id=order_id)],
+        photos=[_photo_read(p) for p in repo.list_photos(conn, order_id=order_id)],
+    )
+
+
+def list_work_orders(
+    conn: Connection[Any],
+    *,
+    scope: Scope,
+    open_only: bool = True,
+    site_id: str | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
+    now: datetime | None = None,
+) -> list[WorkOrderRead]:
+    """Orders in scope, open ones first by deadline."""
+    at = _now(now)
+    rows = repo.list_work_orders(
+        conn, scope=scope, open_only=open_only, site_id=site_id, before_id=before_id, limit=limit
+    )
+    return [_read(r, at) for r in rows]
+
+
+def order_of_finding(conn: Connection[Any], *, finding_id: int) -> int | None:
+    """The work order a score finding belongs to (its close goes through the order's re-inspection)."""
+    return repo.order_of_finding(conn, finding_id=finding_id)
+
+
+# -- notices: the party told, the overdue ladder -----------------------------------------------------------------
+
+
+def _site_of(conn: Connection[Any], row: repo.WorkOrderRow) -> repo.SiteRow:
+    site = repo.get_site(conn, site_id=row.site_id, scope=Scope())
+    assert site is not None  # noqa: S101 - an order's site is a foreign key
+    return site
+
+
+def _message(row: repo.WorkOrderRow, step: int) -> tuple[str, str]:
+    due = row.due_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if step == 0:
+        title = f"隐患整改通知 / Hazard to fix: {row.title}"
+        body = f"{row.site_name or row.site_id}: {row.title}. 整改期限 / fix by {due}. 工单 / work order #{row.id}"
+    else:
+        title = f"隐患逾期未整改 (第{step}级) / Work order overdue (step {step}): {row.title}"
+        body = (
+            f"{row.site_name or row.site_id}: {row.title}, due {due}, not yet closed by a re-inspection. "
+            f"工单 / work order #{row.id}"
+        )
+    return title, body
+
+
+def _tell_merchant(conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, at: datetime) -> int:
+    if row.merchant_id is None:
+        return 0
+    recipient = repo.merchant_recipient(conn, merchant_id=row.merchant_id)
+    if recipient is None:
+        return 0
+    title, body = _message(row, step)
+    return int(repo.insert_notice(conn, order_id=row.id, step=step, recipient=recipient, title=title, body=body, at=at))
+
+
+def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) -> int:
+    """Climb the overdue ladder for every order past its deadline; returns the steps taken. Idempotent."""
+    taken = 0
+    for row in repo.list_overdue(conn, now=now, limit=limit):
+        site = None
+        for step, after, tier in LADDER:
+            if step <= row.escalation or now < row.due_at + after:
+                continue
+            if not repo.set_escalation(conn, order_id=row.id, step=step):
+                continue
+            site = site or _site_of(conn, row)
+            title, body = _message(row, step)
+            told = [
+                r.worker_id
+                for r in repo.tier_recipients(conn, tier=tier, site=site)
+                if repo.insert_notice(conn, order_id=row.id, step=step, recipient=r, title=title, body=body, at=now)
+            ]
+            if step == 1:
+                told += [row.merchant_id] if _tell_merchant(conn, row, step=step, at=now) else []
+            repo.insert_event(
+                conn, order_id=row.id, at=now, kind="escalated", actor=None, details={"step": step, "told": told}
+            )
+            log.info("work order %s overdue: step %s (%s) told %s", row.id, step, tier, told)
+            taken += 1
+    return taken
+
+
+def deliver_notices(conn: Connection[Any], *, send: SendFn, now: datetime, limit: int = 50) -> int:
+    """Send pending notices through apprise (notify's sender); failures retry with backoff. Returns sent."""
+    sent = 0
+    for note in repo.claim_notices(conn, now=now, limit=limit):
+        who = note.worker_id or note.merchant_id or ""
+        results = send(list(note.urls), note.title, note.body, who) if note.urls else [(False, "no channel")]
+        ok = any(r[0] for r in results)
+        error = None if ok else "; ".join(r[1] for r in results)[:500]
+        attempts = note.attempts + 1
+        status = "sent" if ok else ("failed" if attempts >= MAX_ATTEMPTS else "pending")
+        retry = RETRY[min(attempts - 1, len(RETRY) - 1)]
+        repo.record_notice(
+            conn, notice_id=note.id, status=status, sent_at=now if ok else None, error=error, next_at=now + retry
+        )
+        if ok:
+            sent += 1
+            repo.insert_event(
+                conn, order_id=note.work_order_id, at=now, kind="notified", actor=None, details={"to": who}
+            )
+        else:
+            log.warning("work order %s: notice to %s failed (%s): %s", note.work_order_id, who, status, error)
+    return sent

@@ -1,0 +1,279 @@
+"""Work orders (issue 21, docs/field.md) on the real database through the API: any site and any responsible
+party, photos checked by their bytes and served only in scope, "fixed" then the re-inspection that alone closes an
+order, the merchant's ledger fed as the score policy says, and the overdue ladder delivered for real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from core import repo as core_repo
+from core.settings import Settings
+from field import service as field_service
+from field.photos import MAX_BYTES, PhotoError, inspect_photo
+from field.repo import Scope
+from notify.delivery import Sender
+from tests.api_helpers import ApiEnv, api_env
+from tests.field_helpers import jpeg, png
+from tests.support import Receiver, wait_for
+
+W1_MERCHANT_ORDER = {"site_id": "s1", "kind": "blocked_exit", "note": "boxes in the exit"}
+
+
+@pytest.fixture
+def env(loaded: Settings) -> Iterator[ApiEnv]:
+    with api_env(loaded, hierarchy=True) as e:
+        yield e
+
+
+def open_order(env: ApiEnv, who: str = "w1", **body: Any) -> dict[str, Any]:
+    r = env.client.post("/api/v1/work-orders", headers=env.headers(who), json=body or W1_MERCHANT_ORDER)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def upload(env: ApiEnv, order_id: int, data: bytes, *, who: str = "w1", name: str = "p.jpg", ctype: str = "image/jpeg"):  # type: ignore[no-untyped-def]
+    return env.client.post(
+        f"/api/v1/work-orders/{order_id}/photos",
+        headers=env.headers(who),
+        files={"photo": (name, data, ctype)},
+        data={"stage": "found"},
+    )
+
+
+def ledger_codes(env: ApiEnv) -> list[tuple[str, int]]:
+    items = env.client.get("/api/v1/merchants/m1/ledger", headers=env.headers("m1")).json()["items"]
+    return sorted((e["code"], e["points"]) for e in items)
+
+
+def test_a_merchant_order_runs_from_finding_to_reinspection_and_feeds_the_ledger(env: ApiEnv) -> None:
+    order = open_order(env)
+    assert (order["party"], order["merchant_id"], order["severity"], order["status"]) == ("merchant", "m1", 1, "open")
+    opened = datetime.fromisoformat(order["opened_at"])
+    assert datetime.fromisoformat(order["due_at"]) - opened == timedelta(days=1), "critical: one day"
+    assert order["finding_id"] is not None
+    assert ledger_codes(env) == [("M-D10", -10)], "a verified hazard on the merchant's premises deducts"
+    # the merchant sees it and reports it fixed; that alone does not close it
+    mine = env.client.get("/api/v1/work-orders", headers=env.headers("m1")).json()["items"]
+    assert [o["id"] for o in mine] == [order["id"]]
+    r = env.client.post(f"/api/v1/work-orders/{order['id']}/fixed", headers=env.headers("m1"), json={"note": "moved"})
+    assert r.status_code == 200 and r.json()["status"] == "fixed" and r.json()["fixed_by"] == "m1"
+    # the score finding cannot be closed around the order's re-inspection
+    r = env.client.post(f"/api/v1/findings/{order['finding_id']}/close", headers=env.headers("w1"), json={})
+    assert r.status_code == 409 and "re-inspection" in r.json()["detail"]
+    # a merchant cannot re-inspect its own fix
+    r = env.client.post(
+        f"/api/v1/work-orders/{order['id']}/reinspection", headers=env.headers("m1"), json={"passed": True}
+    )
+    assert r.status_code == 403
+    r = env.client.post(
+        f"/api/v1/work-orders/{order['id']}/reinspection",
+        headers=env.headers("w1"),
+        json={"passed": True, "note": "ok"},
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["closed_by"], r.json()["reinspections"]) == ("closed", "w1", 1)
+    assert ledger_codes(env) == [("M-D10", -10), ("M-R02", 5)], "closed on time restores half"
+    # closed is closed: no second re-inspection, no "fixed", no photo
+    for path, body in (("reinspection", {"passed": True}), ("fixed", {})):
+        r = env.client.post(f"/api/v1/work-orders/{order['id']}/{path}", headers=env.headers("w1"), json=body)
+        assert r.status_code == 409, (path, r.text)
+    assert upload(env, order["id"], jpeg()).status_code == 409
+    detail = env.client.get(f"/api/v1/work-orders/{order['id']}", headers=env.headers("w1")).json()
+    assert [e["kind"] for e in detail["events"]] == ["opened", "fixed", "reinspected"]
+    assert env.client.get("/api/v1/work-orders", headers=env.headers("w1")).json()["items"] == []
+    assert len(env.client.get("/api/v1/work-orders?open=false", headers=env.headers("w1")).json()["items"]) == 1
+
+
+def test_any_site_and_party_and_a_failed_reinspection_sets_a_new_deadline(env: ApiEnv) -> None:
+    # a residential building (no merchant): 409 for a finding before; a work order for the landlord now
+    order = open_order(
+        env,
+        "w2",
+        site_id="s2",
+        kind="other",
+        title="Cardboard piled in stairwell 2",
+        party="landlord",
+        party_name="Mr Chen",
+        party_phone="+86 138 0000 0000",
+        severity=2,
+    )
+    assert (order["party"], order["merchant_id"], order["finding_id"], order["kind"]) == (
+        "landlord",
+        None,
+        None,
+        "other",
+    )
+    r = env.client.post(
+        "/api/v1/work-orders",
+        headers=env.headers("w2"),
+        json={"site_id": "s2", "kind": "valve_bypassed", "party": "merchant"},
+    )
+    assert r.status_code == 422 and "no merchant" in r.json()["detail"]
+    assert open_order(env, "w2", site_id="s2", kind="flammables_in_stairwell")["party"] == "community"
+    r = env.client.post(
+        f"/api/v1/work-orders/{order['id']}/reinspection",
+        headers=env.headers("w2"),
+        json={"passed": False, "note": "still there"},
+    )
+    assert r.status_code == 200
+    failed = r.json()
+    assert failed["status"] == "open" and failed["reinspections"] == 1
+    assert datetime.fromisoformat(failed["due_at"]) > datetime.fromisoformat(order["due_at"]) - timedelta(days=3)
+    events = env.client.get(f"/api/v1/work-orders/{order['id']}", headers=env.headers("w2")).json()["events"]
+    assert (
+        events[-1]["kind"] == "reinspected"
+        and events[-1]["passed"] is False
+        and events[-1]["due_at"] == failed["due_at"]
+    )
+    # free text needs a title; an unknown check-list item is refused
+    assert env.client.post("/api/v1/work-orders", headers=env.headers("w2"), json={"site_id": "s2"}).status_code == 422
+    bad = {"site_id": "s2", "kind": "made_up_item"}
+    assert env.client.post("/api/v1/work-orders", headers=env.headers("w2"), json=bad).status_code == 422
+
+
+def test_photos_are_judged_by_their_bytes_and_served_only_in_scope(env: ApiEnv) -> None:
+    order = open_order(env)
+    r = upload(env, order["id"], jpeg(4032, 3024))
+    assert r.status_code == 201, r.text
+    photo = r.json()
+    assert (photo["content_type"], photo["width"], photo["height"]) == ("image/jpeg", 4032, 3024)
+    assert len(photo["id"]) == 32 and photo["url"] == f"/api/v1/work-orders/{order['id']}/photos/{photo['id']}"
+    # a PNG sent as "image/jpeg" is stored as what it is
+    as_png = upload(env, order["id"], png(), ctype="image/jpeg").json()
+    assert as_png["content_type"] == "image/png"
+    got = env.client.get(photo["url"], headers=env.headers("m1"))
+    assert got.status_code == 200 and got.content == jpeg(4032, 3024)
+    assert got.headers["content-type"] == "image/jpeg" and got.headers["x-content-type-options"] == "nosniff"
+    assert "no-store" in got.headers["cache-control"]
+    detail = env.client.get(f"/api/v1/work-orders/{order['id']}", headers=env.headers("w1")).json()
+    assert [p["id"] for p in detail["photos"]] == [photo["id"], as_png["id"]]
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "ctype", "status", "says"),
+    [
+        (b"<html><script>alert(1)</script></html>", "evil.jpg", "image/jpeg", 422, "not a JPEG"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>', "x.svg", "image/svg+xml", 422, "not a JPEG"),
+        (jpeg()[:40], "cut.jpg", "image/jpeg", 422, "JPEG"),
+        (b"\xff\xd8\xff" + b"\x00" * 100, "junk.jpg", "image/jpeg", 422, "JPEG"),
+        (png()[:30], "cut.png", "image/png", 422, "PNG"),
+        (b"", "empty.jpg", "image/jpeg", 422, "empty"),
+        (b"GIF89a" + b"\x00" * 50, "a.gif", "image/gif", 422, "not a JPEG"),
+    ],
+)
+def test_hostile_uploads_are_refused(env: ApiEnv, data: bytes, name: str, ctype: str, status: int, says: str) -> None:
+    order = open_order(env)
+    r = upload(env, order["id"], data, name=name, ctype=ctype)
+    assert r.status_code == status, r.text
+    assert says in r.json()["detail"]
+    assert env.client.get(f"/api/v1/work-orders/{order['id']}", headers=env.headers("w1")).json()["photos"] == []
+
+
+def test_oversized_and_malformed_requests(env: ApiEnv) -> None:
+    order = open_order(env)
+    url = f"/api/v1/work-orders/{order['id']}/photos"
+    big = jpeg()[:-2] + b"\x00" * (MAX_BYTES + 20_000) + b"\xff\xd9"
+    r = upload(env, order["id"], big)
+    assert r.status_code == 413 and "5 MiB" in r.json()["detail"]
+    # just under the envelope: the part itself is still measured
+    r = upload(env, order["id"], jpeg()[:-2] + b"\x00" * (MAX_BYTES - 10) + b"\xff\xd9")
+    assert r.status_code == 422 and "at most" in r.json()["detail"]
+    r = env.client.post(url, headers={**env.headers("w1"), "Content-Type": "image/jpeg"}, content=jpeg())
+    assert r.status_code == 415
+    r = env.client.post(
+        url, headers=env.headers("w1"), data={"stage": "found"}, files={"other": ("a", b"x", "text/plain")}
+    )
+    assert r.status_code == 422
+    assert upload(env, order["id"], jpeg(), who="w1").status_code == 201
+    r = env.client.post(
+        url, headers=env.headers("w1"), files={"photo": ("p.jpg", jpeg(), "image/jpeg")}, data={"stage": "../x"}
+    )
+    assert r.status_code == 422
+
+
+def test_other_scopes_see_nothing(env: ApiEnv) -> None:
+    order = open_order(env)
+    photo = upload(env, order["id"], jpeg()).json()
+    other = open_order(env, "w9", site_id="s9", kind="illegal_wiring")
+    other_photo = upload(env, other["id"], png(), who="w9").json()
+    for who in ("w2", "m2", "w9", "m9", "c2admin", "lead2"):
+        h = env.headers(who)
+        assert env.client.get(f"/api/v1/work-orders/{order['id']}", headers=h).status_code == 404, who
+        assert env.client.get(photo["url"], headers=h).status_code == 404, who
+        assert env.client.post(f"/api/v1/work-orders/{order['id']}/fixed", headers=h, json={}).status_code in (403, 404)
+        assert upload(env, order["id"], jpeg(), who=who).status_code == 404, who
+        assert order["id"] not in [o["id"] for o in env.client.get("/api/v1/work-orders", headers=h).json()["items"]]
+    # a photo id of another order, under an order the caller may see: still 404
+    assert (
+        env.client.get(
+            f"/api/v1/work-orders/{order['id']}/photos/{other_photo['id']}", headers=env.headers("admin")
+        ).status_code
+        == 404
+    )
+    assert (
+        env.client.get(f"/api/v1/work-orders/{order['id']}/photos/{'0' * 32}", headers=env.headers("w1")).status_code
+        == 404
+    )
+    assert env.client.get(
+        f"/api/v1/work-orders/{order['id']}/photos/..%2f..%2fetc", headers=env.headers("w1")
+    ).status_code in (404, 422)
+    # a worker cannot open an order on a site outside their micro-grids
+    r = env.client.post("/api/v1/work-orders", headers=env.headers("w2"), json=W1_MERCHANT_ORDER)
+    assert r.status_code == 404
+    assert env.client.post("/api/v1/work-orders", headers=env.headers("m1"), json=W1_MERCHANT_ORDER).status_code == 403
+    assert env.client.get("/api/v1/work-orders").status_code == 401
+    for who in ("w1", "lead1", "duty1", "cadmin", "admin"):
+        assert env.client.get(photo["url"], headers=env.headers(who)).status_code == 200, who
+
+
+def test_overdue_orders_climb_the_ladder_and_reach_people(env: ApiEnv, receiver: Receiver) -> None:
+    with env.conn() as conn, conn.transaction():
+        core_repo.upsert_merchant(
+            conn, id="m1", community_id="c1", name="Noodle shop", contact="", phone="", notify=[receiver.url("m1")]
+        )
+    order = open_order(env)
+    due = datetime.fromisoformat(order["due_at"])
+    sender = Sender(timeout_s=2, deadline_s=5)
+
+    def send(urls: list[str], title: str, body: str, who: str) -> list[tuple[bool, str]]:
+        return [(r.ok, r.detail) for r in sender.send(urls, title, body, recipient=who)]
+
+    try:
+        with env.conn() as conn, conn.transaction():
+            assert field_service.escalate_overdue(conn, now=due - timedelta(minutes=1)) == 0
+            assert field_service.escalate_overdue(conn, now=due + timedelta(days=1, minutes=1)) == 2
+            assert field_service.escalate_overdue(conn, now=due + timedelta(days=1, minutes=2)) == 0, "idempotent"
+        with env.conn() as conn, conn.transaction():
+            field_service.deliver_notices(conn, send=send, now=due + timedelta(days=1, minutes=3))
+        wait_for(lambda: receiver.for_path("w1") and len(receiver.for_path("m1")) == 2, timeout=10)
+    finally:
+        sender.close()
+    assert "overdue" in receiver.for_path("w1")[0]["title"]
+    titles = [m["title"] for m in receiver.for_path("m1")]
+    assert any("Hazard to fix" in t for t in titles) and any("overdue" in t for t in titles), (
+        "told when opened, then when overdue"
+    )
+    with env.conn() as conn:
+        rows = conn.execute(
+            "SELECT step, coalesce(worker_id, merchant_id), status FROM field_notice WHERE work_order_id = %s ORDER BY step, 2",
+            (order["id"],),
+        ).fetchall()
+    assert rows == [(0, "m1", "sent"), (1, "m1", "sent"), (1, "w1", "sent"), (2, "lead1", "pending")], (
+        "the leader's channel is unreachable here: retried later"
+    )
+    detail = env.client.get(f"/api/v1/work-orders/{order['id']}", headers=env.headers("w1")).json()
+    assert detail["order"]["escalation"] == 2 and detail["order"]["overdue"] is False, "not yet by the wall clock"
+    with env.conn() as conn:
+        later = field_service.get_work_order(conn, order_id=order["id"], scope=Scope(), now=due + timedelta(days=1))
+    assert later.order.overdue is True
+    assert [e["kind"] for e in detail["events"]].count("escalated") == 2
+
+
+def test_photo_checks_directly() -> None:
+    assert inspect_photo(jpeg(1, 1)).content_type == "image/jpeg"
+    with pytest.raises(PhotoError, match="pixels"):
+        inspect_photo(png(1, 1)[:16] + (20000).to_bytes(4, "big") + png(1, 1)[20:])
