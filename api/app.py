@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import pages
+from api import field_pages, pages
 from api import repo as api_repo
 from api.deps import Admin, Conn
 from api.ratelimit import FailureLimiter
@@ -124,6 +124,7 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     app.include_router(merchants.router)
     app.include_router(field.router)
     admin.include(app)
+    app.include_router(field_pages.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -53,7 +53,7 @@ class Running:
             self.api_server.should_exit = True
             if self.api_thread:
                 self.api_thread.join(timeout=10)
-        for name in ("ingest", "rules", "actuator", "score", "notify"):
+        for name in ("ingest", "rules", "actuator", "score", "notify", "field"):
             part = self.parts.get(name)
             if part is not None:
                 part.stop()
@@ -116,6 +116,22 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
 
         running.parts["notify"] = NotifyWorker(settings)
         running.parts["notify"].start()
+        # Work orders' notices (the party told, the overdue ladder) go out through notify's apprise sender.
+        from field.worker import FieldWorker
+        from notify.delivery import Sender
+
+        sender = Sender(
+            timeout_s=settings.notify_timeout_s,
+            deadline_s=settings.notify_deadline_s,
+            redirect_url=settings.notify_redirect_url,
+            parallel=2,
+        )
+
+        def send(urls: list[str], title: str, body: str, who: str) -> list[tuple[bool, str]]:
+            return [(r.ok, r.detail) for r in sender.send(urls, title, body, recipient=who)]
+
+        running.parts["field"] = FieldWorker(settings.dsn, send=send)
+        running.parts["field"].start()
     if "api" in only:
         from api.app import create_app
 

@@ -456,3 +456,16 @@ def order_of_finding(conn: Connection[Any], *, finding_id: int) -> int | None:
     """The order a score finding was opened with."""
     row = conn.execute(SELECT_ORDER_OF_FINDING, (finding_id,)).fetchone()
     return None if row is None else int(row[0])
+
+
+SELECT_SITES = f"""
+SELECT s.id, s.kind, s.name, s.micro_grid_id, s.merchant_id, mg.grid_id, g.community_id
+FROM site s JOIN micro_grid mg ON mg.id = s.micro_grid_id JOIN grid g ON g.id = mg.grid_id
+WHERE {SITE_SCOPE} ORDER BY s.micro_grid_id, s.id LIMIT %(limit)s
+"""
+
+
+def list_sites(conn: Connection[Any], *, scope: Scope, limit: int = 2000) -> list[SiteRow]:
+    """The sites a caller may inspect."""
+    with conn.cursor(row_factory=class_row(SiteRow)) as cur:
+        return cur.execute(SELECT_SITES, {"limit": limit, **scope.params()}).fetchall()

@@ -349,3 +349,8 @@ def deliver_notices(conn: Connection[Any], *, send: SendFn, now: datetime, limit
         else:
             log.warning("work order %s: notice to %s failed (%s): %s", note.work_order_id, who, status, error)
     return sent
+
+
+def list_sites(conn: Connection[Any], *, scope: Scope) -> list[repo.SiteRow]:
+    """The sites a caller may inspect (for the page's site picker)."""
+    return repo.list_sites(conn, scope=scope)

@@ -1,0 +1,147 @@
+"""Pages of the work on foot (phone first): the work orders in one's scope with a form to open one from a
+check-list item or free text, and an order's page with its photos (taken with the phone's camera), "fixed" and
+the re-inspection that alone closes it. The JSON API is api/routers/field.py; the logic field/service.py."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from api import auth, i18n
+from api.deps import Anyone, Conn, Staff, same_origin, scoped_principal, settings_of
+from api.pages import Form, render
+from api.routers.field import read_photo, scope_of, store_photo
+from field import checklists
+from field import service as field_service
+from field.schemas import ReinspectIn, WorkOrderCreate
+
+router = APIRouter(include_in_schema=False)
+OrderId = Annotated[int, PathParam(ge=1, le=2**62)]
+PARTIES = ("merchant", "landlord", "household", "community")
+
+
+def _page(response: HTMLResponse) -> HTMLResponse:
+    # A browser posts a page's forms with Origin: null under no-referrer, which the CSRF check refuses (see
+    # api/pages.py's alarm page); same-origin keeps our Origin and still sends no referrer elsewhere.
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def _label(lang: str) -> Any:
+    def label(code: str) -> str:
+        item = checklists.item(code)
+        if item is None:
+            return code
+        return item.zh if lang == "zh-CN" else item.en
+
+    return label
+
+
+@router.get("/work-orders")
+def work_orders_page(request: Request, conn: Conn, who: Anyone, closed: bool = False) -> HTMLResponse:
+    """Open orders in one's scope, soonest deadline first (closed ones with ?closed=1); staff open new ones."""
+    scope = scope_of(who)
+    orders = field_service.list_work_orders(conn, scope=scope, open_only=not closed, limit=200)
+    staff = who.role != "merchant"
+    sites = field_service.list_sites(conn, scope=scope) if staff else []
+    response = render(
+        request,
+        "field_orders.html",
+        who,
+        orders=orders,
+        closed=closed,
+        sites=sites,
+        staff=staff,
+        checklists=list(checklists.CHECKLISTS.values()),
+        parties=PARTIES,
+        label=_label(i18n.pick_lang(request)),
+        error=request.query_params.get("error"),
+    )
+    return _page(response)
+
+
+@router.post("/work-orders")
+def open_order_form(conn: Conn, who: Staff, form: Form) -> Response:
+    """The new-order form: a check-list item or free text on a site in one's scope."""
+    try:
+        body = WorkOrderCreate(
+            site_id=form.get("site_id", ""),
+            kind=form.get("kind") or "other",
+            title=form.get("title", ""),
+            note=form.get("note", ""),
+            party=form.get("party") or None,
+            party_name=form.get("party_name", ""),
+            party_phone=form.get("party_phone", ""),
+            severity=int(form["severity"]) if form.get("severity", "").isdigit() else None,
+        )
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
+    with conn.transaction():
+        order = field_service.open_work_order(conn, body=body, actor=who.actor, scope=scope_of(who))
+    return RedirectResponse(f"/work-orders/{order.id}", status_code=303)
+
+
+@router.get("/work-orders/{order_id}")
+def work_order_page(order_id: OrderId, request: Request, conn: Conn, who: Anyone) -> HTMLResponse:
+    """One order: what, where, who must fix it by when, its photos and history, and what one may do next."""
+    detail = field_service.get_work_order(conn, order_id=order_id, scope=scope_of(who))
+    response = render(
+        request,
+        "field_order.html",
+        who,
+        d=detail,
+        o=detail.order,
+        staff=who.role != "merchant",
+        label=_label(i18n.pick_lang(request)),
+        done=request.query_params.get("done"),
+    )
+    return _page(response)
+
+
+@router.post("/work-orders/{order_id}/fixed")
+def fixed_form(order_id: OrderId, conn: Conn, who: Anyone, form: Form) -> Response:
+    """The party (a merchant on its own order) or a worker reports it fixed."""
+    with conn.transaction():
+        field_service.report_fixed(
+            conn, order_id=order_id, actor=who.actor, scope=scope_of(who), note=form.get("note", "")[:2000]
+        )
+    return RedirectResponse(f"/work-orders/{order_id}?done=fixed", status_code=303)
+
+
+@router.post("/work-orders/{order_id}/reinspection")
+def reinspection_form(order_id: OrderId, conn: Conn, who: Staff, form: Form) -> Response:
+    """The on-site re-inspection: pass closes the order, fail gives a new deadline."""
+    passed = form.get("passed")
+    if passed not in ("1", "0"):
+        raise HTTPException(422, "choose pass or fail")
+    due = form.get("due_at") or None
+    body = ReinspectIn(
+        passed=passed == "1",
+        note=form.get("note", "")[:2000],
+        due_at=datetime.fromisoformat(due) if due else None,
+    )
+    with conn.transaction():
+        field_service.reinspect(conn, order_id=order_id, body=body, actor=who.actor, scope=scope_of(who))
+    return RedirectResponse(f"/work-orders/{order_id}?done={'passed' if body.passed else 'failed'}", status_code=303)
+
+
+@router.post("/work-orders/{order_id}/photos")
+async def photo_form(
+    order_id: OrderId, request: Request, who: Annotated[auth.Principal, Depends(scoped_principal)]
+) -> Response:
+    """A photo from the phone's camera. The form is multipart, so its CSRF token is checked here from the form."""
+    data, stage = await read_photo(request)
+    session = getattr(request.state, "session", None)
+    if session is not None:
+        form = await request.form()
+        presented = form.get("csrf")
+        key = settings_of(request).secret_key.get_secret_value()
+        if not same_origin(request) or not isinstance(presented, str) or not auth.check_csrf(key, session, presented):
+            raise HTTPException(403, "CSRF check failed: reload the page and try again")
+    await store_photo(request, order_id, data, stage, who)
+    return RedirectResponse(f"/work-orders/{order_id}?done=photo", status_code=303)
