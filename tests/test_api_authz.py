@@ -19,9 +19,13 @@ import pytest
 from api import auth
 from core import actionlink
 from core.settings import Settings
+from field import service as field_service
+from field.repo import Scope
+from field.schemas import WorkOrderCreate
 from notify import service as notify_service
 from score import service as score_service
 from tests.api_helpers import HIERARCHY_C2, ApiEnv, api_env, raise_alarm
+from tests.field_helpers import jpeg
 
 ALL = frozenset({"admin", "worker", "merchant"})
 STAFF = frozenset({"admin", "worker"})
@@ -79,6 +83,21 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/devices/{device_id}/commission"): STAFF,
     ("GET", "/score"): ALL,
     ("GET", "/admin"): ADMIN,
+    # issue 21: the work on foot (a merchant sees and reports fixed its own orders; staff open and re-inspect)
+    ("GET", "/api/v1/checklists"): ALL,
+    ("GET", "/api/v1/work-orders"): ALL,
+    ("POST", "/api/v1/work-orders"): STAFF,
+    ("GET", "/api/v1/work-orders/{order_id}"): ALL,
+    ("POST", "/api/v1/work-orders/{order_id}/fixed"): ALL,
+    ("POST", "/api/v1/work-orders/{order_id}/reinspection"): STAFF,
+    ("POST", "/api/v1/work-orders/{order_id}/photos"): ALL,
+    ("GET", "/api/v1/work-orders/{order_id}/photos/{photo_id}"): ALL,
+    ("GET", "/work-orders"): ALL,
+    ("POST", "/work-orders"): STAFF,
+    ("GET", "/work-orders/{order_id}"): ALL,
+    ("POST", "/work-orders/{order_id}/fixed"): ALL,
+    ("POST", "/work-orders/{order_id}/reinspection"): STAFF,
+    ("POST", "/work-orders/{order_id}/photos"): ALL,
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {
@@ -170,6 +189,10 @@ def seed(env: ApiEnv) -> dict[str, object]:
             now=datetime.now(UTC),
         )
         finding = score_service.record_finding(conn, site_id="s1", kind="blocked_exit", actor="w1")
+        order = field_service.open_work_order(
+            conn, body=WorkOrderCreate(site_id="s1", kind="illegal_wiring"), actor="w1", scope=Scope()
+        )
+        photo = field_service.add_photo(conn, order_id=order.id, data=jpeg(), stage="found", actor="w1", scope=Scope())
     link = actionlink.sign(key, alarm_id=alarm_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC))
     return {
         "alarm_id": alarm_id,
@@ -178,6 +201,8 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "token_id": spare,
         "silence_id": silence.id,
         "finding_id": finding.id,
+        "order_id": order.id,
+        "photo_id": photo.id,
         "community_id": "c1",
         "grid_id": "g1",
         "key": link,

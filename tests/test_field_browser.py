@@ -1,0 +1,128 @@
+"""Issue 21 in headless Chromium at a phone's width (390 px): a worker opens a work order from a check-list item,
+takes a photo (the file input a phone's camera fills), the merchant reports it fixed, and the worker's on-site
+re-inspection closes it; nothing on the way is wider than the phone."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.app import create_app
+from core.settings import Settings
+from tests.api_helpers import ApiEnv, api_env, live_server
+from tests.field_helpers import jpeg
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="headless browser tests need Debian's chromium and chromium-driver; they are not installed",
+)
+
+if CHROMIUM and CHROMEDRIVER:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+PHONE_WIDTH = 390
+
+
+@pytest.fixture
+def phone() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--lang=en-US",
+    ):
+        options.add_argument(flag)
+    # a phone's viewport (desktop Chrome will not make a window this narrow)
+    options.add_experimental_option(
+        "mobileEmulation", {"deviceMetrics": {"width": PHONE_WIDTH, "height": 844, "pixelRatio": 3.0}}
+    )
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def site(loaded: Settings) -> Iterator[tuple[ApiEnv, str]]:
+    with api_env(loaded) as env, live_server(create_app(loaded, env.pool)) as base:
+        yield env, base
+
+
+def log_in(driver: WebDriver, base: str, token: str, then: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(f"{base}/login?lang=en&next={then}")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "login-submit").click()
+
+
+def fits(driver: WebDriver) -> None:
+    viewport, width = driver.execute_script("return [window.innerWidth, document.documentElement.scrollWidth];")
+    assert viewport == PHONE_WIDTH, "the phone's viewport"
+    assert width <= PHONE_WIDTH, f"the page is {width} px wide on a {PHONE_WIDTH} px phone"
+
+
+def test_work_order_from_finding_to_reinspection_on_a_phone(
+    site: tuple[ApiEnv, str], phone: WebDriver, tmp_path: Path
+) -> None:
+    env, base = site
+    wait = WebDriverWait(phone, 20)
+    log_in(phone, base, env.tokens["w1"], "/work-orders")
+    wait.until(ec.presence_of_element_located((By.ID, "new-order")))
+    fits(phone)
+    Select(phone.find_element(By.NAME, "site_id")).select_by_value("s1")
+    Select(phone.find_element(By.NAME, "kind")).select_by_value("blocked_exit")
+    phone.find_element(By.NAME, "note").send_keys("boxes in the back exit")
+    phone.find_element(By.ID, "open-order").click()
+    wait.until(ec.presence_of_element_located((By.ID, "wo-status")))
+    assert phone.find_element(By.ID, "wo-status").get_attribute("data-status") == "open"
+    assert "Exit or escape route blocked" in phone.find_element(By.ID, "wo-what").text
+    order_url = phone.current_url
+    fits(phone)
+
+    picture = tmp_path / "IMG_0001.jpg"
+    picture.write_bytes(jpeg(640, 480))
+    phone.find_element(By.ID, "photo-input").send_keys(str(picture))
+    phone.find_element(By.ID, "photo-upload").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "done"), "Photo uploaded"))
+    img = phone.find_element(By.CSS_SELECTOR, "#wo-photos img")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) is not None)
+    assert "/api/v1/work-orders/" in (img.get_attribute("src") or "")
+    fits(phone)
+
+    # the merchant, on their own phone, reports it fixed
+    log_in(phone, base, env.tokens["m1"], order_url.removeprefix(base))
+    wait.until(ec.presence_of_element_located((By.ID, "report-fixed")))
+    assert phone.find_elements(By.ID, "reinspect-form") == []
+    phone.find_element(By.ID, "report-fixed").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "done"), "awaiting re-inspection"))
+    assert phone.find_element(By.ID, "wo-status").get_attribute("data-status") == "fixed"
+
+    # the worker re-inspects on site: a fail first sets a new deadline, then a pass closes it
+    log_in(phone, base, env.tokens["w1"], order_url.removeprefix(base))
+    wait.until(ec.presence_of_element_located((By.ID, "reinspect-fail")))
+    phone.find_element(By.ID, "reinspect-fail").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "done"), "new deadline"))
+    assert phone.find_element(By.ID, "wo-status").get_attribute("data-status") == "open"
+    phone.find_element(By.ID, "reinspect-pass").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "done"), "closed"))
+    assert phone.find_element(By.ID, "wo-status").get_attribute("data-status") == "closed"
+    assert phone.find_elements(By.ID, "wo-actions") == []
+    kinds = [r.get_attribute("data-kind") for r in phone.find_elements(By.CSS_SELECTOR, "#wo-events tr")]
+    assert kinds == ["opened", "photo", "fixed", "reinspected", "reinspected"]
+    fits(phone)
