@@ -130,7 +130,7 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
         def send(urls: list[str], title: str, body: str, who: str) -> list[tuple[bool, str]]:
             return [(r.ok, r.detail) for r in sender.send(urls, title, body, recipient=who)]
 
-        running.parts["field"] = FieldWorker(settings.dsn, send=send)
+        running.parts["field"] = FieldWorker(settings.dsn, send=send, tz=settings.timezone)
         running.parts["field"].start()
     if "api" in only:
         from api.app import create_app

@@ -37,6 +37,7 @@ class WorkOrderRow:
     escalation: int
     finding_id: int | None
     created_at: datetime
+    patrol_stop_id: int | None = None
     site_name: str = ""
     micro_grid_id: str = ""
 
@@ -109,7 +110,8 @@ class DueNotice:
 
 ORDER_COLUMNS = """o.id, o.site_id, o.party, o.party_name, o.party_phone, o.merchant_id, o.kind, o.title, o.note,
 o.severity, o.status, o.source, o.opened_at, o.opened_by, o.due_at, o.fixed_at, o.fixed_by, o.closed_at,
-o.closed_by, o.reinspections, o.escalation, o.finding_id, o.created_at, s.name AS site_name, s.micro_grid_id"""
+o.closed_by, o.reinspections, o.escalation, o.finding_id, o.created_at, o.patrol_stop_id, s.name AS site_name,
+s.micro_grid_id"""
 # What a caller may see of a site `s` (the same bounds as the API's: a worker their micro-grids, a grid leader
 # their grids, duty and fire station their community; a merchant its own sites; an admin their communities).
 WORKER_MICRO_GRIDS = """
@@ -162,9 +164,9 @@ def get_site(conn: Connection[Any], *, site_id: str, scope: Scope) -> SiteRow | 
 
 INSERT_ORDER = """
 INSERT INTO work_order (site_id, party, party_name, party_phone, merchant_id, kind, title, note, severity, source,
-                        opened_at, opened_by, due_at, finding_id)
+                        opened_at, opened_by, due_at, finding_id, patrol_stop_id)
 VALUES (%(site_id)s, %(party)s, %(party_name)s, %(party_phone)s, %(merchant_id)s, %(kind)s, %(title)s, %(note)s,
-        %(severity)s, %(source)s, %(opened_at)s, %(opened_by)s, %(due_at)s, %(finding_id)s)
+        %(severity)s, %(source)s, %(opened_at)s, %(opened_by)s, %(due_at)s, %(finding_id)s, %(patrol_stop_id)s)
 RETURNING id
 """
 

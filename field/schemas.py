@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from core.readmodel import RowRead
-from field import repo
+from field import patrol_repo, repo
 
 Party = Literal["merchant", "landlord", "household", "community"]
 Text = Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True)]
@@ -79,6 +79,7 @@ class WorkOrderRead(RowRead):
     reinspections: int
     escalation: int
     finding_id: int | None
+    patrol_stop_id: int | None
     overdue: bool = False
 
 
@@ -132,3 +133,109 @@ class ChecklistRead(BaseModel):
     zh: str
     en: str
     items: list[ChecklistItemRead]
+
+
+# -- patrol rounds -----------------------------------------------------------------------------------------------
+
+Household = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9A-Za-z\-]+$")]
+
+
+class RoundCreate(BaseModel):
+    """An ad hoc round over sites of a micro-grid (all of them by default), or a door-to-door gas campaign over
+    the households of one building (listed, or floors × units per floor numbered 101, 102, ... 201, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["adhoc", "gas_campaign"] = "adhoc"
+    micro_grid_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    site_ids: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=500)] | None = None
+    site_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    households: Annotated[list[Household], Field(max_length=2000)] | None = None
+    floors: int | None = Field(None, ge=1, le=60)
+    units_per_floor: int | None = Field(None, ge=1, le=40)
+    title: Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)] = ""
+    due_end: datetime | None = Field(None, description="default: end of today (adhoc) or in 14 days (campaign)")
+
+
+class CheckIn(BaseModel):
+    """At a stop: checked (every check-list item answered pass or fail) or nobody at home."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Literal["checked", "not_home"] = "checked"
+    answers: Annotated[
+        dict[Annotated[str, StringConstraints(max_length=64)], Literal["pass", "fail"]], Field(max_length=40)
+    ] = {}
+    note: Text = ""
+
+
+class RoundRead(RowRead):
+    ROW: ClassVar[type] = patrol_repo.RoundRow
+
+    id: int
+    kind: str
+    micro_grid_id: str
+    title: str
+    due_start: datetime
+    due_end: datetime
+    created_by: str
+    stops: int
+    visited: int
+
+
+class StopRead(RowRead):
+    ROW: ClassVar[type] = patrol_repo.StopRow
+
+    id: int
+    seq: int
+    site_id: str
+    site_name: str
+    household: str
+    checklist: str
+    visited_at: datetime | None
+    visited_by: str | None
+    outcome: str | None
+    answers: dict[str, str]
+    note: str
+
+
+class RoundDetail(BaseModel):
+    round: RoundRead
+    stops: list[StopRead]
+    checklists: dict[str, ChecklistRead]
+
+
+class CheckInResult(BaseModel):
+    stop: StopRead
+    work_orders: list[WorkOrderRead]
+
+
+class CoverageLine(BaseModel):
+    kind: str
+    due: int
+    visited: int
+    checked: int
+    not_home: int
+    missed: int
+
+
+class MissedStop(RowRead):
+    ROW: ClassVar[type] = patrol_repo.MissedRow
+
+    round_id: int
+    title: str
+    due_end: datetime
+    stop_id: int
+    site_id: str
+    site_name: str
+    household: str
+
+
+class CoverageRead(BaseModel):
+    since: datetime
+    until: datetime
+    micro_grid_id: str | None
+    lines: list[CoverageLine]
+    households_reached: int
+    households_due: int
+    missed: list[MissedStop]

@@ -91,6 +91,7 @@ def open_work_order(
     actor: str,
     scope: Scope,
     source: str = "inspection",
+    patrol_stop_id: int | None = None,
     now: datetime | None = None,
 ) -> WorkOrderRead:
     """Record a finding as an order with a deadline by severity; a merchant's order on a policy kind deducts."""
@@ -129,6 +130,7 @@ def open_work_order(
         opened_by=actor,
         due_at=due,
         finding_id=finding_id,
+        patrol_stop_id=patrol_stop_id,
     )
     repo.insert_event(conn, order_id=order_id, at=at, kind="opened", actor=actor, note=body.note, due_at=due)
     row = _order(conn, order_id, Scope())

@@ -1,17 +1,19 @@
-"""The field part: climbs the overdue ladder of work orders and delivers their notices, in the core.loop frame.
+"""The field part: makes the day's scheduled patrol rounds, climbs the overdue ladder of work orders and delivers
+their notices, in the core.loop frame.
 It runs beside notify's deliverers (`serve --only notify`), with notify's apprise sender handed in by the
 composition root, so field never imports notify."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 
 from core.loop import Check, Loop
-from field import service
+from field import patrol_service, service
 from field.service import SendFn
 
 log = logging.getLogger(__name__)
@@ -20,8 +22,10 @@ log = logging.getLogger(__name__)
 class FieldWorker:
     """Runs until stop(); several may run (notices are claimed with SKIP LOCKED, the ladder is idempotent)."""
 
-    def __init__(self, dsn: str, *, send: SendFn, interval_s: float = 30.0) -> None:
+    def __init__(self, dsn: str, *, send: SendFn, tz: str = "Asia/Shanghai", interval_s: float = 30.0) -> None:
         self.dsn = dsn
+        self.tz = tz
+        self._scheduled: date | None = None
         self.send = send
         self.interval_s = interval_s
         self.loop: Loop[psycopg.Connection[Any]] = Loop("field", self)
@@ -31,6 +35,11 @@ class FieldWorker:
 
     def step(self, held: psycopg.Connection[Any]) -> float:
         now = datetime.now(UTC)
+        today = now.astimezone(ZoneInfo(self.tz)).date()
+        if today != self._scheduled:  # 一日双巡: today's rounds, once a day per process (idempotent anyway)
+            with held.transaction():
+                patrol_service.schedule_rounds(held, day=today, tz=self.tz)
+            self._scheduled = today
         with held.transaction():
             steps = service.escalate_overdue(held, now=now)
         with held.transaction():

@@ -19,9 +19,10 @@ import pytest
 from api import auth
 from core import actionlink
 from core.settings import Settings
+from field import patrol_service
 from field import service as field_service
 from field.repo import Scope
-from field.schemas import WorkOrderCreate
+from field.schemas import RoundCreate, WorkOrderCreate
 from notify import service as notify_service
 from score import service as score_service
 from tests.api_helpers import HIERARCHY_C2, ApiEnv, api_env, raise_alarm
@@ -98,6 +99,11 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/work-orders/{order_id}/fixed"): ALL,
     ("POST", "/work-orders/{order_id}/reinspection"): STAFF,
     ("POST", "/work-orders/{order_id}/photos"): ALL,
+    ("POST", "/api/v1/patrol-rounds"): STAFF,
+    ("GET", "/api/v1/patrol-rounds"): STAFF,
+    ("GET", "/api/v1/patrol-rounds/{round_id}"): STAFF,
+    ("POST", "/api/v1/patrol-rounds/{round_id}/stops/{stop_id}/check-in"): STAFF,
+    ("GET", "/api/v1/patrol-coverage"): STAFF,
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {
@@ -193,6 +199,7 @@ def seed(env: ApiEnv) -> dict[str, object]:
             conn, body=WorkOrderCreate(site_id="s1", kind="illegal_wiring"), actor="w1", scope=Scope()
         )
         photo = field_service.add_photo(conn, order_id=order.id, data=jpeg(), stage="found", actor="w1", scope=Scope())
+        patrol = patrol_service.create_round(conn, body=RoundCreate(micro_grid_id="mg1"), actor="w1", scope=Scope())
     link = actionlink.sign(key, alarm_id=alarm_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC))
     return {
         "alarm_id": alarm_id,
@@ -203,6 +210,8 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "finding_id": finding.id,
         "order_id": order.id,
         "photo_id": photo.id,
+        "round_id": patrol.round.id,
+        "stop_id": patrol.stops[0].id,
         "community_id": "c1",
         "grid_id": "g1",
         "key": link,

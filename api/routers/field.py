@@ -4,7 +4,9 @@ reports and the re-inspection that alone closes an order."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
@@ -12,18 +14,24 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import auth
-from api.deps import ERRORS, Anyone, Conn, Staff, connection_gate
+from api.deps import ERRORS, Admin, Anyone, Conn, Staff, connection_gate, settings_of
 from api.schemas import Problem
-from field import checklists
+from field import checklists, patrol_service
 from field import service as field_service
 from field.photos import MAX_BYTES
 from field.repo import Scope
 from field.schemas import (
+    CheckIn,
+    CheckInResult,
     ChecklistItemRead,
     ChecklistRead,
+    CoverageRead,
     FixedIn,
     PhotoRead,
     ReinspectIn,
+    RoundCreate,
+    RoundDetail,
+    RoundRead,
     WorkOrderCreate,
     WorkOrderDetail,
     WorkOrderPage,
@@ -149,3 +157,79 @@ def get_photo(order_id: OrderId, photo_id: PhotoId, conn: Conn, who: Anyone) -> 
         media_type=photo.content_type,
         headers={"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{photo.id}"'},
     )
+
+
+# -- patrol rounds -----------------------------------------------------------------------------------------------
+
+RoundId = Annotated[int, Path(ge=1, le=2**62)]
+StopId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+def _period(since: datetime | None, until: datetime | None, *, days: int = 1) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    start = since or now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days - 1)
+    end = until or start + timedelta(days=days)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise HTTPException(422, "give since and until with their time zone (e.g. 2026-05-01T00:00+08:00)")
+    if end <= start or end - start > timedelta(days=366):
+        raise HTTPException(422, "until must be after since, at most a year later")
+    return start, end
+
+
+@router.post("/patrol-rounds", tags=["field"], status_code=201)
+def create_round(body: RoundCreate, conn: Conn, who: Staff) -> RoundDetail:
+    """An ad hoc round over sites of a micro-grid, or a door-to-door gas campaign over a building's households."""
+    with conn.transaction():
+        return patrol_service.create_round(conn, body=body, actor=who.actor, scope=scope_of(who))
+
+
+@router.get("/patrol-rounds", tags=["field"])
+def list_rounds(
+    conn: Conn,
+    who: Staff,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[RoundRead]:
+    """Rounds in your scope overlapping the period (default: today, UTC)."""
+    start, end = _period(since, until)
+    return patrol_service.list_rounds(conn, scope=scope_of(who), since=start, until=end)
+
+
+@router.get("/patrol-rounds/{round_id}", tags=["field"])
+def get_round(round_id: RoundId, conn: Conn, who: Staff) -> RoundDetail:
+    """A round with its stops and their check-lists."""
+    return patrol_service.get_round(conn, round_id=round_id, scope=scope_of(who))
+
+
+@router.post("/patrol-rounds/{round_id}/stops/{stop_id}/check-in", tags=["field"], responses=CONFLICT)
+def check_in(round_id: RoundId, stop_id: StopId, body: CheckIn, conn: Conn, who: Staff) -> CheckInResult:
+    """At a stop: the check-list's answers (or nobody home); every failed item becomes a work order."""
+    with conn.transaction():
+        return patrol_service.check_in(
+            conn, round_id=round_id, stop_id=stop_id, body=body, actor=who.actor, scope=scope_of(who)
+        )
+
+
+@router.get("/patrol-coverage", tags=["field"])
+def coverage(
+    conn: Conn,
+    who: Staff,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    micro_grid: Annotated[str | None, Query(max_length=64)] = None,
+) -> CoverageRead:
+    """Stops due vs visited, households reached, and the stops missed, for rounds starting in the period (default:
+    the last 7 days)."""
+    start, end = _period(since, until, days=7)
+    return patrol_service.coverage(conn, scope=scope_of(who), since=start, until=end, micro_grid_id=micro_grid)
+
+
+@router.post("/admin/patrol-schedule", tags=["field"])
+def schedule(request: Request, conn: Conn, who: Admin, day: date | None = None) -> dict[str, int]:
+    """Make the twice-daily rounds of every micro-grid (of your communities) for a day (default today; the field
+    part does it every day)."""
+    tz = settings_of(request).timezone
+    when = day or datetime.now(ZoneInfo(tz)).date()
+    with conn.transaction():
+        made = patrol_service.schedule_rounds(conn, day=when, tz=tz, communities=who.community_scope, actor=who.actor)
+    return {"created": made}
