@@ -4,7 +4,7 @@ the re-inspection that alone closes it. The JSON API is api/routers/field.py; th
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -16,9 +16,9 @@ from api import auth, i18n
 from api.deps import Anyone, Conn, Staff, same_origin, scoped_principal, settings_of
 from api.pages import Form, render
 from api.routers.field import read_photo, scope_of, store_photo
-from field import checklists
+from field import checklists, patrol_service
 from field import service as field_service
-from field.schemas import ReinspectIn, WorkOrderCreate
+from field.schemas import CheckIn, ReinspectIn, RoundCreate, WorkOrderCreate
 
 router = APIRouter(include_in_schema=False)
 OrderId = Annotated[int, PathParam(ge=1, le=2**62)]
@@ -145,3 +145,82 @@ async def photo_form(
             raise HTTPException(403, "CSRF check failed: reload the page and try again")
     await store_photo(request, order_id, data, stage, who)
     return RedirectResponse(f"/work-orders/{order_id}?done=photo", status_code=303)
+
+
+# -- patrol rounds -----------------------------------------------------------------------------------------------
+
+RoundId = Annotated[int, PathParam(ge=1, le=2**62)]
+
+
+@router.get("/patrols")
+def patrols_page(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
+    """Today's rounds in one's scope with their progress, the week's coverage and the stops missed, and forms
+    to start a round or a door-to-door gas campaign."""
+    scope = scope_of(who)
+    now = datetime.now(UTC)
+    rounds = patrol_service.list_rounds(conn, scope=scope, since=now - timedelta(days=1), until=now + timedelta(days=1))
+    coverage = patrol_service.coverage(conn, scope=scope, since=now - timedelta(days=7), until=now, now=now)
+    sites = field_service.list_sites(conn, scope=scope)
+    response = render(
+        request,
+        "field_patrols.html",
+        who,
+        rounds=rounds,
+        coverage=coverage,
+        micro_grids=sorted({s.micro_grid_id for s in sites}),
+        buildings=[s for s in sites if s.kind == "building"],
+    )
+    return _page(response)
+
+
+@router.post("/patrols")
+def create_round_form(conn: Conn, who: Staff, form: Form) -> Response:
+    """Start an ad hoc round over a micro-grid, or a gas campaign over a building's floors and units."""
+    try:
+        if form.get("kind") == "gas_campaign":
+            body = RoundCreate(
+                kind="gas_campaign",
+                site_id=form.get("site_id", ""),
+                floors=int(form.get("floors") or 0) or None,
+                units_per_floor=int(form.get("units_per_floor") or 0) or None,
+            )
+        else:
+            body = RoundCreate(micro_grid_id=form.get("micro_grid_id", ""))
+    except (ValidationError, ValueError) as exc:
+        raise HTTPException(422, f"check the form: {exc}") from None
+    with conn.transaction():
+        detail = patrol_service.create_round(conn, body=body, actor=who.actor, scope=scope_of(who))
+    return RedirectResponse(f"/patrols/{detail.round.id}", status_code=303)
+
+
+@router.get("/patrols/{round_id}")
+def round_page(round_id: RoundId, request: Request, conn: Conn, who: Staff) -> HTMLResponse:
+    """A round's stops in route order; at each, the check-list to answer (pass / fail) or 'nobody home'."""
+    detail = patrol_service.get_round(conn, round_id=round_id, scope=scope_of(who))
+    response = render(
+        request,
+        "field_round.html",
+        who,
+        d=detail,
+        label=_label(i18n.pick_lang(request)),
+        done=request.query_params.get("done"),
+        orders=request.query_params.get("orders", ""),
+    )
+    return _page(response)
+
+
+@router.post("/patrols/{round_id}/stops/{stop_id}")
+def check_in_form(round_id: RoundId, stop_id: RoundId, conn: Conn, who: Staff, form: Form) -> Response:
+    """The check-in at one stop; failed items become work orders."""
+    outcome = "not_home" if form.get("outcome") == "not_home" else "checked"
+    answers = {k.removeprefix("item_"): v for k, v in form.items() if k.startswith("item_")}
+    try:
+        body = CheckIn(outcome=outcome, answers=answers if outcome == "checked" else {}, note=form.get("note", ""))
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
+    with conn.transaction():
+        result = patrol_service.check_in(
+            conn, round_id=round_id, stop_id=stop_id, body=body, actor=who.actor, scope=scope_of(who)
+        )
+    made = ",".join(str(o.id) for o in result.work_orders)
+    return RedirectResponse(f"/patrols/{round_id}?done={stop_id}&orders={made}#stop-{stop_id}", status_code=303)

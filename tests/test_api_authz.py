@@ -104,6 +104,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/patrol-rounds/{round_id}"): STAFF,
     ("POST", "/api/v1/patrol-rounds/{round_id}/stops/{stop_id}/check-in"): STAFF,
     ("GET", "/api/v1/patrol-coverage"): STAFF,
+    ("GET", "/patrols"): STAFF,
+    ("POST", "/patrols"): STAFF,
+    ("GET", "/patrols/{round_id}"): STAFF,
+    ("POST", "/patrols/{round_id}/stops/{stop_id}"): STAFF,
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {

@@ -93,3 +93,39 @@ def test_other_scopes_and_merchants_on_the_pages(env: ApiEnv) -> None:
         TestClient(env.app, base_url="https://testserver").get("/work-orders", follow_redirects=False).status_code
         == 303
     )
+
+
+def test_a_patrol_round_on_the_pages(env: ApiEnv) -> None:
+    client = TestClient(env.app, base_url="https://testserver")
+    csrf = login(client, env.tokens["w2"])
+    page = client.get("/patrols?lang=en")
+    assert page.status_code == 200 and 'id="start-round"' in page.text and 'id="start-campaign"' in page.text
+    r = client.post(
+        "/patrols",
+        data={"csrf": csrf, "kind": "gas_campaign", "site_id": "s2", "floors": "1", "units_per_floor": "2"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    url = r.headers["location"]
+    page = client.get(url + "?lang=en")
+    stops = re.findall(r'id="stop-(\d+)" data-visited="no"', page.text)
+    assert len(stops) == 2 and "Gas hose aged" in page.text
+    form = {"csrf": csrf, "outcome": "checked", "item_gas_hose_aged": "fail", "item_no_gas_detector": "pass"}
+    form |= {"item_valve_bypassed": "pass", "item_no_flame_failure": "pass"}
+    r = client.post(f"{url}/stops/{stops[0]}", data=form, follow_redirects=False)
+    assert r.status_code == 303 and "orders=" in r.headers["location"]
+    order_id = int(r.headers["location"].split("orders=")[1].split("#")[0])
+    page = client.get(r.headers["location"])
+    assert f'href="/work-orders/{order_id}"' in page.text and 'data-visited="yes"' in page.text
+    r = client.post(f"{url}/stops/{stops[1]}", data={"csrf": csrf, "outcome": "not_home"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert client.post(f"{url}/stops/{stops[1]}", data={"csrf": csrf, "outcome": "not_home"}).status_code == 409
+    assert client.post(f"{url}/stops/{stops[0]}", data={"outcome": "not_home"}).status_code == 403, "no CSRF token"
+    page = client.get("/patrols?lang=en")
+    assert 'id="households"' in page.text and "1/2" in page.text
+    m1 = TestClient(env.app, base_url="https://testserver")
+    login(m1, env.tokens["m1"])
+    assert m1.get("/patrols").status_code == 403 and m1.get(url).status_code == 403
+    w1 = TestClient(env.app, base_url="https://testserver")
+    login(w1, env.tokens["w1"])
+    assert w1.get(url).status_code == 404
