@@ -29,6 +29,7 @@ from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, Re
 from core.loop import Check
 from core.ops import Checks, health_body
 from core.settings import Settings
+from field import report_service
 from field import service as field_service
 from notify.policy import load_policy
 from score import service as score_service
@@ -67,6 +68,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     RegistryError: 422,
     score_service.InvalidScoreInput: 422,
     field_service.FieldInputError: 422,
+    report_service.ReportInputError: 422,
     ConfigError: 422,
     LinkError: 403,
 }

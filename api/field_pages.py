@@ -7,17 +7,22 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import segno
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from api import auth, i18n
-from api.deps import Anyone, Conn, Staff, same_origin, scoped_principal, settings_of
+from api.deps import Anyone, Conn, Staff, connection_gate, same_origin, scoped_principal, settings_of
 from api.pages import Form, render
-from api.routers.field import read_photo, scope_of, store_photo
-from field import checklists, patrol_service
+from api.ratelimit import client_key
+from api.routers.field import ENVELOPE, read_photo, report_url, scope_of, store_photo
+from field import checklists, patrol_service, report_service
 from field import service as field_service
+from field.photos import MAX_BYTES
 from field.schemas import CheckIn, ReinspectIn, RoundCreate, WorkOrderCreate
 
 router = APIRouter(include_in_schema=False)
@@ -224,3 +229,164 @@ def check_in_form(round_id: RoundId, stop_id: RoundId, conn: Conn, who: Staff, f
         )
     made = ",".join(str(o.id) for o in result.work_orders)
     return RedirectResponse(f"/patrols/{round_id}?done={stop_id}&orders={made}#stop-{stop_id}", status_code=303)
+
+
+# -- resident reports: the public form (no account) and the receipt --------------------------------------------
+
+ReportId = Annotated[int, PathParam(ge=1, le=2**62)]
+Code = Annotated[str, PathParam(min_length=3, max_length=200)]
+Receipt = Annotated[str, PathParam(min_length=10, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def _secret(request: Request) -> str:
+    return settings_of(request).secret_key.get_secret_value()
+
+
+def _public(response: HTMLResponse) -> HTMLResponse:
+    # The receipt is in the address: it must not leak to another site in a Referer (same-origin keeps our Origin on
+    # the form posts, which are refused from elsewhere).
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+@router.get("/r/{code}")
+def resident_form(code: Code, request: Request, conn: Conn) -> HTMLResponse:
+    """The report form a building's QR code opens: what, where, an optional photo and phone number; no account."""
+    site = report_service.report_site(conn, secret=_secret(request), code=code)
+    place = request.query_params.get("where", "")[:200]
+    return _public(render(request, "field_resident_form.html", None, site=site, code=code, place=place, error=None))
+
+
+@router.post("/r/{code}")
+async def resident_submit(code: Code, request: Request) -> Response:
+    """Take a resident's report: bounded, checked, rate-limited; answered with their receipt."""
+    if not same_origin(request):
+        raise HTTPException(403, "send the report from the form on this site")
+    data, fields = await read_resident_form(request)
+    client = client_key(request.client.host if request.client else None)
+
+    def submit() -> report_service.Submitted:
+        with request.app.state.pool.connection() as conn, conn.transaction():
+            return report_service.submit_report(
+                conn,
+                secret=_secret(request),
+                code=code,
+                what=fields.get("what", ""),
+                place=fields.get("place", ""),
+                phone=fields.get("phone", ""),
+                photo=data,
+                client=client,
+            )
+
+    try:
+        async with connection_gate(request.app):
+            done = await run_in_threadpool(submit)
+    except report_service.ReportRateLimitedError as exc:
+        page = render(request, "error.html", None, status_code=429, status=429, message=str(exc))
+        page.headers["Retry-After"] = str(exc.retry_after_s)
+        return page
+    return RedirectResponse(f"/r/receipt/{done.receipt}", status_code=303)
+
+
+async def read_resident_form(request: Request) -> tuple[bytes | None, dict[str, str]]:
+    """The form's fields and optional photo, refused before reading when too large."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise HTTPException(411, "send the report with a Content-Length")
+    if int(length) > MAX_BYTES + ENVELOPE:
+        raise HTTPException(413, f"the report is {length} bytes; a photo may have at most {MAX_BYTES} (5 MiB)")
+    form = await request.form(max_files=1, max_fields=8, max_part_size=ENVELOPE)
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    photo = form.get("photo")
+    data = await photo.read(MAX_BYTES + 1) if isinstance(photo, UploadFile) else None
+    return data or None, fields
+
+
+@router.get("/r/receipt/{receipt}")
+def resident_receipt(receipt: Receipt, request: Request, conn: Conn) -> HTMLResponse:
+    """The resident's view of their report: progress, the outcome, and the rating form once it is closed."""
+    view = report_service.receipt_view(conn, secret=_secret(request), receipt=receipt)
+    return _public(render(request, "field_resident_receipt.html", None, v=view, receipt=receipt))
+
+
+@router.post("/r/receipt/{receipt}/rating")
+def resident_rating(receipt: Receipt, request: Request, conn: Conn, form: Form) -> Response:
+    """居民评事: the resident rates the outcome (once)."""
+    if not same_origin(request):
+        raise HTTPException(403, "rate from the page on this site")
+    rating = form.get("rating", "")
+    if rating not in ("1", "2", "3", "4", "5"):
+        raise HTTPException(422, "choose 1 to 5 stars")
+    with conn.transaction():
+        report_service.rate(
+            conn, secret=_secret(request), receipt=receipt, rating=int(rating), note=form.get("note", "")
+        )
+    return RedirectResponse(f"/r/receipt/{receipt}", status_code=303)
+
+
+# -- resident reports: the workers' side ------------------------------------------------------------------------
+
+
+@router.get("/resident-reports")
+def resident_reports_page(request: Request, conn: Conn, who: Staff, closed: bool = False) -> HTMLResponse:
+    """Residents' reports on the sites in one's scope."""
+    reports = report_service.list_reports(conn, scope=scope_of(who), open_only=not closed)
+    return _page(render(request, "field_resident_reports.html", who, reports=reports, closed=closed))
+
+
+@router.get("/resident-reports/codes")
+def resident_codes_page(request: Request, conn: Conn, who: Staff, stairwells: int = 0) -> HTMLResponse:
+    """A printable page of QR codes: one per building in scope (and per stairwell, with ?stairwells=N)."""
+    if not 0 <= stairwells <= 20:
+        raise HTTPException(422, "stairwells: 0 to 20")
+    secret = _secret(request)
+    codes = []
+    for site in field_service.list_sites(conn, scope=scope_of(who)):
+        if site.kind != "building":
+            continue
+        url = report_url(request, report_service.link_code(secret, site.id))
+        places = [("", url)] + [(f"{n}", f"{url}?where={n}") for n in range(1, stairwells + 1)]
+        codes += [(site, n, u, segno.make_qr(u, error="m").svg_data_uri(scale=4)) for n, u in places]
+    return render(request, "field_resident_codes.html", who, codes=codes)
+
+
+@router.get("/resident-reports/{report_id}")
+def resident_report_page(report_id: ReportId, request: Request, conn: Conn, who: Staff) -> HTMLResponse:
+    """One report: what, where, photos, and taking it on, closing it with an outcome, or making it a work order."""
+    report = report_service.get_report(conn, report_id=report_id, scope=scope_of(who))
+    response = render(
+        request,
+        "field_resident_report.html",
+        who,
+        r=report,
+        checklists=list(checklists.CHECKLISTS.values()),
+        done=request.query_params.get("done"),
+    )
+    return _page(response)
+
+
+@router.post("/resident-reports/{report_id}/take")
+def take_report_form(report_id: ReportId, conn: Conn, who: Staff) -> Response:
+    """Take it on."""
+    with conn.transaction():
+        report_service.take(conn, report_id=report_id, actor=who.actor, scope=scope_of(who))
+    return RedirectResponse(f"/resident-reports/{report_id}?done=taken", status_code=303)
+
+
+@router.post("/resident-reports/{report_id}/close")
+def close_report_form(report_id: ReportId, conn: Conn, who: Staff, form: Form) -> Response:
+    """Close it with the outcome the resident reads."""
+    with conn.transaction():
+        report_service.close(
+            conn, report_id=report_id, actor=who.actor, outcome=form.get("outcome", ""), scope=scope_of(who)
+        )
+    return RedirectResponse(f"/resident-reports/{report_id}?done=closed", status_code=303)
+
+
+@router.post("/resident-reports/{report_id}/work-order")
+def report_order_form(report_id: ReportId, conn: Conn, who: Staff, form: Form) -> Response:
+    """Make it a work order on its site."""
+    kind = (form.get("kind") or "other")[:64]
+    with conn.transaction():
+        order = report_service.to_work_order(conn, report_id=report_id, actor=who.actor, scope=scope_of(who), kind=kind)
+    return RedirectResponse(f"/work-orders/{order.id}", status_code=303)

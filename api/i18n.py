@@ -183,6 +183,39 @@ STRINGS: dict[str, dict[str, str]] = {
     "pr_outcome_not_home": {"zh-CN": "无人在家", "en": "nobody home"},
     "pr_checked_in": {"zh-CN": "已签到。", "en": "Checked in."},
     "pr_orders_made": {"zh-CN": "已开具整改单", "en": "Work orders opened"},
+    "rr_title": {"zh-CN": "居民随手报", "en": "Report a hazard"},
+    "rr_help": {
+        "zh-CN": "看到楼道堆物、电动车入户充电、燃气异味等隐患？告诉您的微网格员，无需注册。",
+        "en": "Seen clutter in a stairwell, an e-bike charging indoors, a gas smell? Tell your micro-grid worker; "
+        "no account needed.",
+    },
+    "rr_what": {"zh-CN": "看到了什么", "en": "What did you see"},
+    "rr_where": {"zh-CN": "在哪里（楼层、单元）", "en": "Where (floor, stairwell)"},
+    "rr_phone": {"zh-CN": "联系电话（选填）", "en": "Phone (optional)"},
+    "rr_send": {"zh-CN": "提交", "en": "Send"},
+    "rr_emergency": {
+        "zh-CN": "火警、燃气泄漏等紧急情况请立即拨打119。",
+        "en": "For a fire or a gas leak, call 119 now.",
+    },
+    "rr_receipt": {"zh-CN": "您的报告", "en": "Your report"},
+    "rr_keep": {
+        "zh-CN": "请收藏本页地址，可随时查看处理进度并评价。",
+        "en": "Keep this page's address to follow the report and rate the outcome.",
+    },
+    "rr_status_new": {"zh-CN": "已提交，等待网格员接单", "en": "sent, waiting for the worker"},
+    "rr_status_taken": {"zh-CN": "网格员处理中", "en": "being dealt with"},
+    "rr_status_closed": {"zh-CN": "已处理完毕", "en": "dealt with"},
+    "rr_outcome": {"zh-CN": "处理结果", "en": "Outcome"},
+    "rr_rate": {"zh-CN": "您对处理结果满意吗？", "en": "How well was it dealt with?"},
+    "rr_rated": {"zh-CN": "您的评价", "en": "Your rating"},
+    "rr_list": {"zh-CN": "居民报告", "en": "Resident reports"},
+    "rr_one": {"zh-CN": "居民报告", "en": "Resident report"},
+    "rr_take": {"zh-CN": "接单", "en": "Take it on"},
+    "rr_close": {"zh-CN": "办结并回复居民", "en": "Close and tell the resident"},
+    "rr_make_order": {"zh-CN": "转为隐患整改单", "en": "Make it a work order"},
+    "rr_codes": {"zh-CN": "楼栋二维码", "en": "Building QR codes"},
+    "rr_stairwell": {"zh-CN": "单元", "en": "stairwell"},
+    "rr_scan": {"zh-CN": "扫码报告安全隐患", "en": "Scan to report a hazard"},
 }
 
 

@@ -343,13 +343,16 @@ def deliver_notices(conn: Connection[Any], *, send: SendFn, now: datetime, limit
         repo.record_notice(
             conn, notice_id=note.id, status=status, sent_at=now if ok else None, error=error, next_at=now + retry
         )
+        subject = f"work order {note.work_order_id}" if note.work_order_id else f"report {note.resident_report_id}"
         if ok:
             sent += 1
-            repo.insert_event(
-                conn, order_id=note.work_order_id, at=now, kind="notified", actor=None, details={"to": who}
-            )
+            if note.work_order_id is not None:
+                details = {"to": who}
+                repo.insert_event(
+                    conn, order_id=note.work_order_id, at=now, kind="notified", actor=None, details=details
+                )
         else:
-            log.warning("work order %s: notice to %s failed (%s): %s", note.work_order_id, who, status, error)
+            log.warning("%s: notice to %s failed (%s): %s", subject, who, status, error)
     return sent
 
 

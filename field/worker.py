@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from core.loop import Check, Loop
-from field import patrol_service, service
+from field import patrol_service, report_service, service
 from field.service import SendFn
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class FieldWorker:
                 patrol_service.schedule_rounds(held, day=today, tz=self.tz)
             self._scheduled = today
         with held.transaction():
-            steps = service.escalate_overdue(held, now=now)
+            steps = service.escalate_overdue(held, now=now) + report_service.escalate_untaken(held, now=now)
         with held.transaction():
             sent = service.deliver_notices(held, send=self.send, now=now)
         if steps or sent:

@@ -19,7 +19,7 @@ import pytest
 from api import auth
 from core import actionlink
 from core.settings import Settings
-from field import patrol_service
+from field import patrol_service, report_service
 from field import service as field_service
 from field.repo import Scope
 from field.schemas import RoundCreate, WorkOrderCreate
@@ -36,6 +36,12 @@ PUBLIC = {
     ("GET", "/healthz"),
     ("GET", "/login"),
     ("POST", "/login"),
+    # issue 21: a building's QR link opens the resident report form, no account; the receipt is its own credential
+    # (tests/test_field_resident.py has their hostile tests)
+    ("GET", "/r/{code}"),
+    ("POST", "/r/{code}"),
+    ("GET", "/r/receipt/{receipt}"),
+    ("POST", "/r/receipt/{receipt}/rating"),
 }
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     # issue 23: the API's description and its counters are not for anyone on the public port (the demo keeps them
@@ -108,6 +114,19 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/patrols"): STAFF,
     ("GET", "/patrols/{round_id}"): STAFF,
     ("POST", "/patrols/{round_id}/stops/{stop_id}"): STAFF,
+    ("GET", "/api/v1/resident-reports"): STAFF,
+    ("GET", "/api/v1/resident-reports/{report_id}"): STAFF,
+    ("POST", "/api/v1/resident-reports/{report_id}/take"): STAFF,
+    ("POST", "/api/v1/resident-reports/{report_id}/close"): STAFF,
+    ("POST", "/api/v1/resident-reports/{report_id}/work-order"): STAFF,
+    ("GET", "/api/v1/resident-reports/{report_id}/photos/{photo_id}"): STAFF,
+    ("GET", "/api/v1/resident-links"): STAFF,
+    ("GET", "/resident-reports"): STAFF,
+    ("GET", "/resident-reports/codes"): STAFF,
+    ("GET", "/resident-reports/{report_id}"): STAFF,
+    ("POST", "/resident-reports/{report_id}/take"): STAFF,
+    ("POST", "/resident-reports/{report_id}/close"): STAFF,
+    ("POST", "/resident-reports/{report_id}/work-order"): STAFF,
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {
@@ -204,6 +223,9 @@ def seed(env: ApiEnv) -> dict[str, object]:
         )
         photo = field_service.add_photo(conn, order_id=order.id, data=jpeg(), stage="found", actor="w1", scope=Scope())
         patrol = patrol_service.create_round(conn, body=RoundCreate(micro_grid_id="mg1"), actor="w1", scope=Scope())
+        report = report_service.submit_report(
+            conn, secret=key, code=report_service.link_code(key, "s1"), what="boxes", client="seed"
+        )
     link = actionlink.sign(key, alarm_id=alarm_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC))
     return {
         "alarm_id": alarm_id,
@@ -216,6 +238,7 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "photo_id": photo.id,
         "round_id": patrol.round.id,
         "stop_id": patrol.stops[0].id,
+        "report_id": report.report_id,
         "community_id": "c1",
         "grid_id": "g1",
         "key": link,

@@ -6,20 +6,23 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import auth
 from api.deps import ERRORS, Admin, Anyone, Conn, Staff, connection_gate, settings_of
 from api.schemas import Problem
-from field import checklists, patrol_service
+from field import checklists, patrol_service, report_service
 from field import service as field_service
 from field.photos import MAX_BYTES
 from field.repo import Scope
+from field.report_service import ReportRead
 from field.schemas import (
     CheckIn,
     CheckInResult,
@@ -27,6 +30,7 @@ from field.schemas import (
     ChecklistRead,
     CoverageRead,
     FixedIn,
+    Party,
     PhotoRead,
     ReinspectIn,
     RoundCreate,
@@ -233,3 +237,94 @@ def schedule(request: Request, conn: Conn, who: Admin, day: date | None = None) 
     with conn.transaction():
         made = patrol_service.schedule_rounds(conn, day=when, tz=tz, communities=who.community_scope, actor=who.actor)
     return {"created": made}
+
+
+# -- resident reports (staff side; the public form is in api/field_pages.py) ---------------------------------------
+
+ReportId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+class ReportClose(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcome: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
+class ReportOrder(BaseModel):
+    """The work order a report becomes (its site is the report's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z_]+$")] = "other"
+    title: Annotated[str, StringConstraints(max_length=200)] = ""
+    party: Party | None = None
+    severity: int | None = Field(None, ge=1, le=4)
+
+
+class ReportLink(BaseModel):
+    site_id: str
+    site_name: str
+    url: str
+
+
+def report_url(request: Request, code: str) -> str:
+    """The public address of a site's report form (GRIDWATCH_PUBLIC_URL, else the address this was asked at)."""
+    base = settings_of(request).public_url.rstrip("/") or str(request.base_url).rstrip("/")
+    return f"{base}/r/{quote(code, safe='')}"
+
+
+@router.get("/resident-reports", tags=["field"])
+def list_reports(conn: Conn, who: Staff, open: bool = True) -> list[ReportRead]:
+    """Residents' reports on the sites in your scope, open ones first."""
+    return report_service.list_reports(conn, scope=scope_of(who), open_only=open)
+
+
+@router.get("/resident-reports/{report_id}", tags=["field"])
+def get_report(report_id: ReportId, conn: Conn, who: Staff) -> ReportRead:
+    """One report."""
+    return report_service.get_report(conn, report_id=report_id, scope=scope_of(who))
+
+
+@router.post("/resident-reports/{report_id}/take", tags=["field"], responses=CONFLICT)
+def take_report(report_id: ReportId, conn: Conn, who: Staff) -> ReportRead:
+    """Take the report on (it stops climbing the ladder)."""
+    with conn.transaction():
+        return report_service.take(conn, report_id=report_id, actor=who.actor, scope=scope_of(who))
+
+
+@router.post("/resident-reports/{report_id}/close", tags=["field"], responses=CONFLICT)
+def close_report(report_id: ReportId, body: ReportClose, conn: Conn, who: Staff) -> ReportRead:
+    """Dealt with: the outcome the resident reads through their receipt, and may rate."""
+    with conn.transaction():
+        return report_service.close(
+            conn, report_id=report_id, actor=who.actor, outcome=body.outcome, scope=scope_of(who)
+        )
+
+
+@router.post("/resident-reports/{report_id}/work-order", tags=["field"], status_code=201, responses=CONFLICT)
+def report_work_order(report_id: ReportId, body: ReportOrder, conn: Conn, who: Staff) -> WorkOrderRead:
+    """The report is a hazard to fix: a work order on its site (the report is taken)."""
+    with conn.transaction():
+        return report_service.to_work_order(
+            conn, report_id=report_id, actor=who.actor, scope=scope_of(who), **body.model_dump()
+        )
+
+
+@router.get("/resident-reports/{report_id}/photos/{photo_id}", tags=["field"], response_class=Response)
+def get_report_photo(report_id: ReportId, photo_id: PhotoId, conn: Conn, who: Staff) -> Response:
+    """A resident's photo, for staff whose scope includes the site."""
+    photo = report_service.get_photo(conn, report_id=report_id, photo_id=photo_id, scope=scope_of(who))
+    return Response(
+        photo.data,
+        media_type=photo.content_type,
+        headers={"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{photo.id}"'},
+    )
+
+
+@router.get("/resident-links", tags=["field"])
+def resident_links(request: Request, conn: Conn, who: Staff) -> list[ReportLink]:
+    """The report-form address of every building in your scope (what its QR code holds)."""
+    secret = settings_of(request).secret_key.get_secret_value()
+    return [
+        ReportLink(site_id=s.id, site_name=s.name, url=report_url(request, report_service.link_code(secret, s.id)))
+        for s in field_service.list_sites(conn, scope=scope_of(who))
+        if s.kind == "building"
+    ]

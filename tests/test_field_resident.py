@@ -1,0 +1,217 @@
+"""Resident reports (issue 21, docs/field.md): a building's QR link opens a form with no account; the report
+reaches the covering worker (and climbs while nobody takes it); the resident follows it and rates the outcome.
+Hostile: forged and walked links, oversize and malformed input, a non-image photo, a flood from one sender and
+on one building, cross-site posts, guessed receipts, and another scope's reports."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.errors import NotFoundError
+from core.settings import Settings
+from field import report_service
+from field.photos import MAX_BYTES
+from tests.api_helpers import ApiEnv, api_env
+from tests.field_helpers import jpeg
+
+
+@pytest.fixture
+def env(loaded: Settings) -> Iterator[ApiEnv]:
+    with api_env(loaded, hierarchy=True) as e:
+        yield e
+
+
+def public(env: ApiEnv) -> TestClient:
+    return TestClient(env.app, base_url="https://testserver")
+
+
+def link(env: ApiEnv, site: str = "s2", who: str = "w2") -> str:
+    links = env.client.get("/api/v1/resident-links", headers=env.headers(who)).json()
+    url = next(x["url"] for x in links if x["site_id"] == site)
+    return "/r/" + url.rsplit("/r/", 1)[1]
+
+
+def send(client: TestClient, path: str, **fields: str) -> object:
+    return client.post(path, data={"what": "Cardboard piled in stairwell 2", **fields}, follow_redirects=False)
+
+
+def notices(env: ApiEnv, report_id: int) -> list[tuple[int, str]]:
+    with env.conn() as conn:
+        rows = conn.execute(
+            "SELECT step, worker_id FROM field_notice WHERE resident_report_id = %s ORDER BY step, worker_id",
+            (report_id,),
+        ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def test_a_resident_report_reaches_the_worker_and_the_resident_rates_the_outcome(env: ApiEnv) -> None:
+    path = link(env)
+    assert link(env, "s4", "lead2").startswith("/r/s4.")
+    assert all(x["site_id"] != "s4" for x in env.client.get("/api/v1/resident-links", headers=env.headers("w2")).json())
+    anon = public(env)
+    form = anon.get(path + "?where=Stairwell%202&lang=en")
+    assert form.status_code == 200 and 'id="resident-form"' in form.text and 'value="Stairwell 2"' in form.text
+    r = anon.post(
+        path,
+        data={"what": "Cardboard piled\x00 in stairwell 2\u202e", "place": "Stairwell 2", "phone": "138 0000 0000"},
+        files={"photo": ("IMG.jpg", jpeg(), "image/jpeg")},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    receipt_url = r.headers["location"]
+    assert receipt_url.startswith("/r/receipt/")
+    page = anon.get(receipt_url + "?lang=en")
+    assert 'data-status="new"' in page.text and page.headers["referrer-policy"] == "same-origin"
+    (report,) = env.client.get("/api/v1/resident-reports", headers=env.headers("w2")).json()
+    assert report["what"] == "Cardboard piled in stairwell 2", "control and format characters are gone"
+    assert (report["site_id"], report["place"], report["phone"], report["status"]) == (
+        "s2",
+        "Stairwell 2",
+        "138 0000 0000",
+        "new",
+    )
+    assert notices(env, report["id"]) == [(0, "w2")], "the covering micro-grid worker is told"
+    (photo,) = report["photos"]
+    assert env.client.get(photo, headers=env.headers("w2")).content == jpeg()
+    for who in ("w1", "m1", "w9", "c2admin"):
+        assert env.client.get(photo, headers=env.headers(who)).status_code in (403, 404), who
+        assert env.client.get(f"/api/v1/resident-reports/{report['id']}", headers=env.headers(who)).status_code in (
+            403,
+            404,
+        )
+    assert env.client.get("/api/v1/resident-reports", headers=env.headers("w1")).json() == []
+    # a rating before it is dealt with is refused
+    assert anon.post(receipt_url + "/rating", data={"rating": "5"}).status_code == 409
+    took = env.client.post(f"/api/v1/resident-reports/{report['id']}/take", headers=env.headers("w2"))
+    assert took.status_code == 200 and took.json()["status"] == "taken"
+    assert (
+        env.client.post(f"/api/v1/resident-reports/{report['id']}/take", headers=env.headers("w2")).status_code == 409
+    )
+    closed = env.client.post(
+        f"/api/v1/resident-reports/{report['id']}/close",
+        headers=env.headers("w2"),
+        json={"outcome": "Cleared with the landlord"},
+    )
+    assert closed.status_code == 200 and closed.json()["status"] == "closed"
+    page = anon.get(receipt_url + "?lang=en")
+    assert "Cleared with the landlord" in page.text and 'id="rating-form"' in page.text
+    assert anon.post(receipt_url + "/rating", data={"rating": "9"}).status_code == 422
+    assert (
+        anon.post(receipt_url + "/rating", data={"rating": "4"}, headers={"Origin": "https://evil.test"}).status_code
+        == 403
+    )
+    assert (
+        anon.post(receipt_url + "/rating", data={"rating": "4", "note": "quick"}, follow_redirects=False).status_code
+        == 303
+    )
+    assert anon.post(receipt_url + "/rating", data={"rating": "1"}).status_code == 409, "rated once"
+    assert "★★★★" in anon.get(receipt_url).text
+    assert env.client.get(f"/api/v1/resident-reports/{report['id']}", headers=env.headers("w2")).json()["rating"] == 4
+
+
+def test_forged_links_guessed_receipts_and_bad_input(env: ApiEnv) -> None:
+    path = link(env)
+    anon = public(env)
+    sig = path.rsplit(".", 1)[1]
+    for forged in ("/r/s2.AAAAAAAAAAAAAAAA", f"/r/s1.{sig}", f"/r/s3.{sig}", "/r/nosuchsite", f"/r/s2.{sig}x"):
+        assert anon.get(forged).status_code == 404, forged
+        assert send(anon, forged).status_code == 404, forged
+    assert anon.get("/r/receipt/" + "A" * 24).status_code == 404
+    assert anon.post("/r/receipt/" + "A" * 24 + "/rating", data={"rating": "5"}).status_code == 404
+    assert anon.get("/r/receipt/../../etc").status_code == 404
+    assert send(anon, path, what="x" * 1001).status_code == 422
+    assert send(anon, path, what="  \x00\x01 ").status_code == 422
+    assert send(anon, path, phone="<script>").status_code == 422
+    r = anon.post(path, data={"what": "smell"}, files={"photo": ("a.jpg", b"<html>not a photo</html>", "image/jpeg")})
+    assert r.status_code == 422 and "not a JPEG" in r.text
+    big = jpeg()[:-2] + b"\x00" * (MAX_BYTES + 20_000) + b"\xff\xd9"
+    r = anon.post(path, data={"what": "smell"}, files={"photo": ("a.jpg", big, "image/jpeg")})
+    assert r.status_code == 413
+    assert send(anon, path, what="evil", **{}).status_code == 303
+    assert anon.post(path, data={"what": "x"}, headers={"Origin": "https://evil.test"}).status_code == 403
+    # what a resident writes is shown escaped on the worker's page
+    with env.conn() as conn, conn.transaction():
+        made = report_service.submit_report(
+            conn,
+            secret=env.settings.secret_key.get_secret_value(),
+            code=path[3:],
+            what="<script>alert(1)</script>",
+            client="10.0.0.7",
+        )
+    from tests.test_pages import login
+
+    staff = public(env)
+    login(staff, env.tokens["w2"])
+    page = staff.get(f"/resident-reports/{made.report_id}")
+    assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+def test_a_flood_is_refused(env: ApiEnv) -> None:
+    path = link(env)
+    anon = public(env)
+    for _ in range(3):
+        assert send(anon, path).status_code == 303
+    r = send(anon, path)
+    assert r.status_code == 429 and r.headers["retry-after"] == "600"
+    secret = env.settings.secret_key.get_secret_value()
+    # many senders on one building: the building's own budget holds
+    with env.conn() as conn, conn.transaction():
+        for i in range(27):
+            report_service.submit_report(conn, secret=secret, code=path[3:], what=f"report {i}", client=f"10.0.1.{i}")
+        with pytest.raises(report_service.ReportRateLimitedError):
+            report_service.submit_report(conn, secret=secret, code=path[3:], what="one more", client="10.0.2.1")
+    with env.conn() as conn, conn.transaction(), pytest.raises(NotFoundError):
+        report_service.submit_report(conn, secret="another key", code=path[3:], what="x", client="10.0.3.1")
+    with env.conn() as conn:
+        count = conn.execute("SELECT count(*) FROM resident_report").fetchone()
+    assert count is not None and count[0] == 30
+
+
+def test_untaken_reports_climb_and_a_report_can_become_a_work_order(env: ApiEnv) -> None:
+    secret = env.settings.secret_key.get_secret_value()
+    path = link(env)
+    now = datetime.now(UTC)
+    with env.conn() as conn, conn.transaction():
+        first = report_service.submit_report(conn, secret=secret, code=path[3:], what="gas smell", client="a", now=now)
+        second = report_service.submit_report(conn, secret=secret, code=path[3:], what="bike", client="b", now=now)
+        report_service.take(conn, report_id=second.report_id, actor="w2", scope=report_service.Scope())
+        assert report_service.escalate_untaken(conn, now=now + timedelta(minutes=29)) == 0
+        assert report_service.escalate_untaken(conn, now=now + timedelta(minutes=31)) == 1
+        assert report_service.escalate_untaken(conn, now=now + timedelta(hours=3)) == 1
+        assert report_service.escalate_untaken(conn, now=now + timedelta(hours=4)) == 0
+    assert notices(env, first.report_id) == [(0, "w2"), (1, "lead1"), (2, "duty1")]
+    assert notices(env, second.report_id) == [(0, "w2")], "taken: it does not climb"
+    r = env.client.post(
+        f"/api/v1/resident-reports/{first.report_id}/work-order",
+        headers=env.headers("w2"),
+        json={"kind": "flammables_in_stairwell"},
+    )
+    assert r.status_code == 201, r.text
+    order = r.json()
+    assert (order["source"], order["site_id"], order["party"], order["note"]) == (
+        "resident",
+        "s2",
+        "community",
+        "gas smell",
+    )
+    again = env.client.post(
+        f"/api/v1/resident-reports/{first.report_id}/work-order", headers=env.headers("w2"), json={}
+    )
+    assert again.status_code == 409
+    assert (
+        env.client.get(f"/api/v1/resident-reports/{first.report_id}", headers=env.headers("w2")).json()["work_order_id"]
+        == order["id"]
+    )
+    codes = public(env)
+    from tests.test_pages import login
+
+    login(codes, env.tokens["lead1"])
+    sheet = codes.get("/resident-reports/codes?stairwells=2")
+    assert sheet.status_code == 200
+    assert len(re.findall(r'<figure class="qr" data-site="s2"', sheet.text)) == 3
+    assert "data:image/svg+xml" in sheet.text and "s4" not in re.findall(r'data-site="(\w+)"', sheet.text)
