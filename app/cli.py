@@ -632,5 +632,35 @@ def mqtt_credentials(
     typer.echo("reload the broker to apply: kill -HUP <mosquitto pid> (docker compose kill -s HUP mosquitto)")
 
 
+field_app = typer.Typer(help="The work on foot: resident report QR codes.", no_args_is_help=True)
+app.add_typer(field_app, name="field")
+
+
+@field_app.command("qr-codes")
+def field_qr_codes(
+    out: Annotated[Path, typer.Argument(help="the HTML page to write (print it)")],
+    site: Annotated[list[str] | None, typer.Option(help="building site id (repeat; default every building)")] = None,
+    stairwells: Annotated[int, typer.Option(min=0, max=20, help="a code per stairwell too, 1..N")] = 0,
+    base_url: Annotated[str | None, typer.Option(help="public address (default GRIDWATCH_PUBLIC_URL)")] = None,
+) -> None:
+    """A printable page of the resident report QR codes of buildings (one per building, and per stairwell)."""
+    from field import service as field_service
+    from field.qrsheet import qr_sheet
+    from field.repo import Scope
+
+    settings = _settings()
+    base = base_url or settings.public_url
+    if not base:
+        raise _fail(GridwatchError("give --base-url or set GRIDWATCH_PUBLIC_URL: the codes hold the public address"))
+    with db.connect(settings.dsn) as conn:
+        sites = [s for s in field_service.list_sites(conn, scope=Scope()) if not site or s.id in site]
+    missing = sorted(set(site or []) - {s.id for s in sites})
+    if missing:
+        raise _fail(GridwatchError(f"no such site: {', '.join(missing)}"))
+    page = qr_sheet(sites, base_url=base, secret=settings.secret_key.get_secret_value(), stairwells=stairwells)
+    out.write_text(page, encoding="utf-8")
+    typer.echo(f"{page.count('<figure')} codes -> {out}")
+
+
 if __name__ == "__main__":
     app()

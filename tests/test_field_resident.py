@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -215,3 +216,28 @@ def test_untaken_reports_climb_and_a_report_can_become_a_work_order(env: ApiEnv)
     assert sheet.status_code == 200
     assert len(re.findall(r'<figure class="qr" data-site="s2"', sheet.text)) == 3
     assert "data:image/svg+xml" in sheet.text and "s4" not in re.findall(r'data-site="(\w+)"', sheet.text)
+
+
+def test_a_page_of_codes_per_building_is_one_command(
+    env: ApiEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli_app
+
+    monkeypatch.setenv("GRIDWATCH_DATABASE_URL", env.settings.dsn)
+    monkeypatch.setenv("GRIDWATCH_SECRET_KEY", env.settings.secret_key.get_secret_value())
+    monkeypatch.setenv("GRIDWATCH_PUBLIC_URL", "https://gw.example.cn")
+    out = tmp_path / "codes.html"
+    result = CliRunner().invoke(cli_app, ["field", "qr-codes", str(out), "--site", "s2", "--stairwells", "2"])
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+    assert page.count("<figure") == 3 and page.count("data:image/svg+xml") == 3
+    urls = re.findall(r"<small>([^<]+)</small>", page)
+    assert urls[0] == "https://gw.example.cn" + link(env) and urls[2].endswith("?where=2")
+    # the printed address opens the form
+    assert public(env).get(urls[0].removeprefix("https://gw.example.cn")).status_code == 200
+    every = CliRunner().invoke(cli_app, ["field", "qr-codes", str(out)])
+    assert every.exit_code == 0 and "2 codes" in every.output, "the buildings s2 and s4; shops get none"
+    bad = CliRunner().invoke(cli_app, ["field", "qr-codes", str(out), "--site", "nope"])
+    assert bad.exit_code != 0 and "no such site" in bad.output
