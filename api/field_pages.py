@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import segno
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -20,10 +21,11 @@ from api.deps import Anyone, Conn, Staff, connection_gate, same_origin, scoped_p
 from api.pages import Form, render
 from api.ratelimit import client_key
 from api.routers.field import ENVELOPE, read_photo, report_url, scope_of, store_photo
-from field import checklists, patrol_service, report_service
+from field import checklists, patrol_service, report_service, training_service
 from field import service as field_service
 from field.photos import MAX_BYTES
 from field.schemas import CheckIn, ReinspectIn, RoundCreate, WorkOrderCreate
+from field.training_service import TrainingCreate
 
 router = APIRouter(include_in_schema=False)
 OrderId = Annotated[int, PathParam(ge=1, le=2**62)]
@@ -390,3 +392,46 @@ def report_order_form(report_id: ReportId, conn: Conn, who: Staff, form: Form) -
     with conn.transaction():
         order = report_service.to_work_order(conn, report_id=report_id, actor=who.actor, scope=scope_of(who), kind=kind)
     return RedirectResponse(f"/work-orders/{order.id}", status_code=303)
+
+
+# -- training and drill attendance -------------------------------------------------------------------------------
+
+
+@router.get("/merchants/{merchant_id}/trainings")
+def trainings_page(
+    merchant_id: Annotated[str, PathParam(min_length=1, max_length=64)], request: Request, conn: Conn, who: Anyone
+) -> HTMLResponse:
+    """A merchant's training and drill records; an inspector records one here."""
+    records = training_service.list_trainings(conn, merchant_id=merchant_id, scope=scope_of(who))
+    page = render(
+        request,
+        "field_trainings.html",
+        who,
+        merchant_id=merchant_id,
+        records=records,
+        staff=who.role != "merchant",
+        done=request.query_params.get("done"),
+    )
+    return _page(page)
+
+
+@router.post("/merchants/{merchant_id}/trainings")
+def training_form(
+    merchant_id: Annotated[str, PathParam(min_length=1, max_length=64)], conn: Conn, who: Staff, form: Form
+) -> Response:
+    """Record attendance from the form."""
+    try:
+        body = TrainingCreate(
+            kind="drill" if form.get("kind") == "drill" else "training",
+            attendees=int(form.get("attendees") or 0),
+            names=form.get("names", ""),
+            note=form.get("note", ""),
+        )
+    except (ValidationError, ValueError) as exc:
+        raise HTTPException(422, f"attendees: a number from 1 to 500 ({exc.__class__.__name__})") from None
+    with conn.transaction():
+        record = training_service.record_training(
+            conn, merchant_id=merchant_id, body=body, actor=who.actor, scope=scope_of(who)
+        )
+    done = "credited" if record.ledger_entry_id else "recorded"
+    return RedirectResponse(f"/merchants/{quote(merchant_id, safe='')}/trainings?done={done}", status_code=303)

@@ -216,6 +216,17 @@ STRINGS: dict[str, dict[str, str]] = {
     "rr_codes": {"zh-CN": "楼栋二维码", "en": "Building QR codes"},
     "rr_stairwell": {"zh-CN": "单元", "en": "stairwell"},
     "rr_scan": {"zh-CN": "扫码报告安全隐患", "en": "Scan to report a hazard"},
+    "tr_title": {"zh-CN": "培训与演练", "en": "Training and drills"},
+    "tr_kind": {"zh-CN": "类型", "en": "Kind"},
+    "tr_kind_training": {"zh-CN": "消防培训（三会）", "en": "Fire training"},
+    "tr_kind_drill": {"zh-CN": "消防演练", "en": "Fire drill"},
+    "tr_attendees": {"zh-CN": "参加人数", "en": "Attendees"},
+    "tr_names": {"zh-CN": "参加人员", "en": "Names"},
+    "tr_people": {"zh-CN": "人", "en": "people"},
+    "tr_record": {"zh-CN": "登记", "en": "Record"},
+    "tr_no_credit": {"zh-CN": "未加分", "en": "no credit"},
+    "tr_done_credited": {"zh-CN": "已登记并加分（M-R04）。", "en": "Recorded and credited (M-R04)."},
+    "tr_done_recorded": {"zh-CN": "已登记（本次不加分）。", "en": "Recorded (no credit this time)."},
 }
 
 

@@ -127,6 +127,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/resident-reports/{report_id}/take"): STAFF,
     ("POST", "/resident-reports/{report_id}/close"): STAFF,
     ("POST", "/resident-reports/{report_id}/work-order"): STAFF,
+    ("POST", "/api/v1/merchants/{merchant_id}/trainings"): STAFF,
+    ("GET", "/api/v1/merchants/{merchant_id}/trainings"): ALL,
+    ("GET", "/merchants/{merchant_id}/trainings"): ALL,
+    ("POST", "/merchants/{merchant_id}/trainings"): STAFF,
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {

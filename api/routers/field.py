@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from api import auth
 from api.deps import ERRORS, Admin, Anyone, Conn, Staff, connection_gate, settings_of
 from api.schemas import Problem
-from field import checklists, patrol_service, report_service
+from field import checklists, patrol_service, report_service, training_service
 from field import service as field_service
 from field.photos import MAX_BYTES
 from field.repo import Scope
@@ -41,6 +41,7 @@ from field.schemas import (
     WorkOrderPage,
     WorkOrderRead,
 )
+from field.training_service import TrainingCreate, TrainingRead
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 OrderId = Annotated[int, Path(ge=1, le=2**62)]
@@ -328,3 +329,24 @@ def resident_links(request: Request, conn: Conn, who: Staff) -> list[ReportLink]
         for s in field_service.list_sites(conn, scope=scope_of(who))
         if s.kind == "building"
     ]
+
+
+# -- training and drill attendance (M-R04) -----------------------------------------------------------------------
+
+MerchantId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.post("/merchants/{merchant_id}/trainings", tags=["field"], status_code=201)
+def record_training(merchant_id: MerchantId, body: TrainingCreate, conn: Conn, who: Staff) -> TrainingRead:
+    """An inspector records a merchant's staff training or drill attendance; it earns the policy's M-R04 credit
+    when the policy still allows one (else the record says why not)."""
+    with conn.transaction():
+        return training_service.record_training(
+            conn, merchant_id=merchant_id, body=body, actor=who.actor, scope=scope_of(who)
+        )
+
+
+@router.get("/merchants/{merchant_id}/trainings", tags=["field"])
+def list_trainings(merchant_id: MerchantId, conn: Conn, who: Anyone) -> list[TrainingRead]:
+    """A merchant's training and drill records (a merchant sees its own)."""
+    return training_service.list_trainings(conn, merchant_id=merchant_id, scope=scope_of(who))
