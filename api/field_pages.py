@@ -5,7 +5,7 @@ the re-inspection that alone closes it. The JSON API is api/routers/field.py; th
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import segno
@@ -17,12 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import auth, i18n
-from api.deps import Anyone, Conn, Staff, connection_gate, same_origin, scoped_principal, settings_of
+from api.deps import Admin, Anyone, Conn, Staff, connection_gate, same_origin, scoped_principal, settings_of
 from api.pages import Form, render
 from api.ratelimit import client_key
 from api.routers.field import ENVELOPE, read_photo, report_url, scope_of, store_photo
-from field import checklists, patrol_service, report_service, training_service
+from field import checklists, drill_service, patrol_service, report_service, training_service
 from field import service as field_service
+from field.drill_service import DrillCreate
 from field.photos import MAX_BYTES
 from field.schemas import CheckIn, ReinspectIn, RoundCreate, WorkOrderCreate
 from field.training_service import TrainingCreate
@@ -435,3 +436,52 @@ def training_form(
         )
     done = "credited" if record.ledger_entry_id else "recorded"
     return RedirectResponse(f"/merchants/{quote(merchant_id, safe='')}/trainings?done={done}", status_code=303)
+
+
+# -- drills ------------------------------------------------------------------------------------------------------
+
+
+@router.get("/drills")
+def drills_page(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
+    """Drills in one's scope with their response times; an admin dispatches one here."""
+    drills = drill_service.list_drills(conn, scope=scope_of(who))
+    micro_grids = sorted({s.micro_grid_id for s in field_service.list_sites(conn, scope=scope_of(who))})
+    return _page(render(request, "field_drills.html", who, drills=drills, micro_grids=micro_grids))
+
+
+@router.post("/drills")
+def dispatch_form(conn: Conn, who: Admin, form: Form) -> Response:
+    """Dispatch a drill (a random micro-grid unless one is chosen)."""
+    try:
+        body = DrillCreate(micro_grid_id=form.get("micro_grid_id") or None, scenario=form.get("scenario") or "演练")
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
+    with conn.transaction():
+        drill = drill_service.dispatch(conn, body=body, actor=who.actor, communities=who.community_scope)
+    return RedirectResponse(f"/drills/{drill.id}", status_code=303)
+
+
+@router.get("/drills/{drill_id}")
+def drill_page(
+    drill_id: Annotated[int, PathParam(ge=1, le=2**62)], request: Request, conn: Conn, who: Staff
+) -> HTMLResponse:
+    """A drill, labelled as one: the scene, the buttons of a dispatched worker, and the response times."""
+    drill = drill_service.get_drill(conn, drill_id=drill_id, scope=scope_of(who))
+    mine = next((r for r in drill.responders if r.worker_id == who.worker_id), None)
+    return _page(render(request, "field_drill.html", who, d=drill, mine=mine, secs=_secs))
+
+
+@router.post("/drills/{drill_id}/{step}")
+def drill_answer_form(
+    drill_id: Annotated[int, PathParam(ge=1, le=2**62)], step: Literal["ack", "arrived"], conn: Conn, who: Staff
+) -> Response:
+    """Acknowledge, or report arriving on site."""
+    with conn.transaction():
+        drill_service.respond(conn, drill_id=drill_id, worker_id=who.worker_id, step=step, scope=scope_of(who))
+    return RedirectResponse(f"/drills/{drill_id}", status_code=303)
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"

@@ -227,6 +227,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "tr_no_credit": {"zh-CN": "未加分", "en": "no credit"},
     "tr_done_credited": {"zh-CN": "已登记并加分（M-R04）。", "en": "Recorded and credited (M-R04)."},
     "tr_done_recorded": {"zh-CN": "已登记（本次不加分）。", "en": "Recorded (no credit this time)."},
+    "dr_title": {"zh-CN": "网格赶考（演练）", "en": "Drills"},
+    "dr_label": {"zh-CN": "演练", "en": "DRILL"},
+    "dr_banner": {"zh-CN": "这是演练，不是真实告警", "en": "This is a drill, not a real alarm"},
+    "dr_acked": {"zh-CN": "已确认", "en": "acknowledged"},
+    "dr_arrived": {"zh-CN": "已到场", "en": "on site"},
+    "dr_on_site": {"zh-CN": "已到达现场", "en": "I am on site"},
+    "dr_report": {"zh-CN": "响应时间", "en": "Response times"},
+    "dr_random": {"zh-CN": "随机抽取", "en": "random"},
+    "dr_scenario": {"zh-CN": "演练情景", "en": "Scenario"},
+    "dr_dispatch": {"zh-CN": "发起演练", "en": "Dispatch drill"},
 }
 
 

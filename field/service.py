@@ -343,7 +343,13 @@ def deliver_notices(conn: Connection[Any], *, send: SendFn, now: datetime, limit
         repo.record_notice(
             conn, notice_id=note.id, status=status, sent_at=now if ok else None, error=error, next_at=now + retry
         )
-        subject = f"work order {note.work_order_id}" if note.work_order_id else f"report {note.resident_report_id}"
+        subject = (
+            f"work order {note.work_order_id}"
+            if note.work_order_id
+            else f"report {note.resident_report_id}"
+            if note.resident_report_id
+            else f"drill {note.drill_id}"
+        )
         if ok:
             sent += 1
             if note.work_order_id is not None:

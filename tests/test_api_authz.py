@@ -19,8 +19,9 @@ import pytest
 from api import auth
 from core import actionlink
 from core.settings import Settings
-from field import patrol_service, report_service
+from field import drill_service, patrol_service, report_service
 from field import service as field_service
+from field.drill_service import DrillCreate
 from field.repo import Scope
 from field.schemas import RoundCreate, WorkOrderCreate
 from notify import service as notify_service
@@ -131,6 +132,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/merchants/{merchant_id}/trainings"): ALL,
     ("GET", "/merchants/{merchant_id}/trainings"): ALL,
     ("POST", "/merchants/{merchant_id}/trainings"): STAFF,
+    ("GET", "/api/v1/drills"): STAFF,
+    ("GET", "/api/v1/drills/{drill_id}"): STAFF,
+    ("POST", "/api/v1/drills/{drill_id}/{step}"): STAFF,
+    ("GET", "/drills"): STAFF,
+    ("POST", "/drills"): ADMIN,
+    ("GET", "/drills/{drill_id}"): STAFF,
+    ("POST", "/drills/{drill_id}/{step}"): STAFF,
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {
@@ -227,6 +235,7 @@ def seed(env: ApiEnv) -> dict[str, object]:
         )
         photo = field_service.add_photo(conn, order_id=order.id, data=jpeg(), stage="found", actor="w1", scope=Scope())
         patrol = patrol_service.create_round(conn, body=RoundCreate(micro_grid_id="mg1"), actor="w1", scope=Scope())
+        drill = drill_service.dispatch(conn, body=DrillCreate(micro_grid_id="mg1"), actor="admin", communities=None)
         report = report_service.submit_report(
             conn, secret=key, code=report_service.link_code(key, "s1"), what="boxes", client="seed"
         )
@@ -243,6 +252,8 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "round_id": patrol.round.id,
         "stop_id": patrol.stops[0].id,
         "report_id": report.report_id,
+        "drill_id": drill.id,
+        "step": "ack",
         "community_id": "c1",
         "grid_id": "g1",
         "key": link,

@@ -5,7 +5,7 @@ reports and the re-inspection that alone closes an order."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -18,8 +18,9 @@ from starlette.datastructures import UploadFile
 from api import auth
 from api.deps import ERRORS, Admin, Anyone, Conn, Staff, connection_gate, settings_of
 from api.schemas import Problem
-from field import checklists, patrol_service, report_service, training_service
+from field import checklists, drill_service, patrol_service, report_service, training_service
 from field import service as field_service
+from field.drill_service import DrillCreate, DrillRead
 from field.photos import MAX_BYTES
 from field.repo import Scope
 from field.report_service import ReportRead
@@ -350,3 +351,35 @@ def record_training(merchant_id: MerchantId, body: TrainingCreate, conn: Conn, w
 def list_trainings(merchant_id: MerchantId, conn: Conn, who: Anyone) -> list[TrainingRead]:
     """A merchant's training and drill records (a merchant sees its own)."""
     return training_service.list_trainings(conn, merchant_id=merchant_id, scope=scope_of(who))
+
+
+# -- drills ------------------------------------------------------------------------------------------------------
+
+DrillId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+@router.post("/admin/drills", tags=["field"], status_code=201)
+def dispatch_drill(body: DrillCreate, conn: Conn, who: Admin) -> DrillRead:
+    """Dispatch a surprise drill (网格赶考) to a chosen or random micro-grid of your communities; labelled a drill in
+    every message and page, never counted as a hazard or in any score."""
+    with conn.transaction():
+        return drill_service.dispatch(conn, body=body, actor=who.actor, communities=who.community_scope)
+
+
+@router.get("/drills", tags=["field"])
+def list_drills(conn: Conn, who: Staff) -> list[DrillRead]:
+    """Drills in your scope with their response times, newest first."""
+    return drill_service.list_drills(conn, scope=scope_of(who))
+
+
+@router.get("/drills/{drill_id}", tags=["field"])
+def get_drill(drill_id: DrillId, conn: Conn, who: Staff) -> DrillRead:
+    """A drill's report: who it went to, when they acknowledged and arrived."""
+    return drill_service.get_drill(conn, drill_id=drill_id, scope=scope_of(who))
+
+
+@router.post("/drills/{drill_id}/{step}", tags=["field"], responses=CONFLICT)
+def answer_drill(drill_id: DrillId, step: Literal["ack", "arrived"], conn: Conn, who: Staff) -> DrillRead:
+    """A dispatched worker acknowledges the drill, then reports arriving on site."""
+    with conn.transaction():
+        return drill_service.respond(conn, drill_id=drill_id, worker_id=who.worker_id, step=step, scope=scope_of(who))
