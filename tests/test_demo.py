@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,6 @@ def test_demo_runs_on_embedded_defaults_and_delivers_a_gas_alarm(tmp_path: Path)
     delivered = [line for line in out.splitlines() if "delivered" in line and "燃气泄漏" in line]
     assert delivered, out[-3000:]
     assert "gridwatch is running" in out and "/login" in out
+    # issue 21: the work on foot in the tour
+    assert re.search(r"patrol round \d+ at .*: a failed check-list item became work order \d+", out), out[-3000:]
+    assert re.search(r"resident report \d+ from .*/r/receipt/", out) and re.search(r"drill \d+ \(网格赶考\)", out)
