@@ -15,6 +15,7 @@ from core.settings import Settings
 from field import service as field_service
 from field.photos import MAX_BYTES, PhotoError, inspect_photo
 from field.repo import Scope
+from field.schemas import ReinspectIn
 from notify.delivery import Sender
 from tests.api_helpers import ApiEnv, api_env
 from tests.field_helpers import jpeg, png
@@ -277,3 +278,36 @@ def test_photo_checks_directly() -> None:
     assert inspect_photo(jpeg(1, 1)).content_type == "image/jpeg"
     with pytest.raises(PhotoError, match="pixels"):
         inspect_photo(png(1, 1)[:16] + (20000).to_bytes(4, "big") + png(1, 1)[20:])
+
+
+def test_an_overdue_merchant_order_costs_what_the_policy_says(env: ApiEnv) -> None:
+    """Overdue weeks are charged by the score tick on the order's finding (M-D12); a late re-inspection restores
+    nothing; a failed re-inspection does not stop the clock of the original deadline."""
+    from score import service as score_service
+
+    order = open_order(env, site_id="s1", kind="illegal_wiring")  # P2: three days
+    due = datetime.fromisoformat(order["due_at"])
+    with env.conn() as conn, conn.transaction():
+        failed = field_service.reinspect(
+            conn,
+            order_id=order["id"],
+            body=ReinspectIn(passed=False, note="still on the sink"),
+            actor="w1",
+            scope=Scope(),
+            now=due + timedelta(days=1),
+        )
+        assert failed.due_at == due + timedelta(days=3), "a P2's second chance: two days"
+        score_service.run_score_tick(conn, now=due + timedelta(days=8))
+    assert ledger_codes(env) == [("M-D12", -5), ("M-D12", -5), ("M-D16", -10)], "two started overdue weeks"
+    with env.conn() as conn, conn.transaction():
+        closed = field_service.reinspect(
+            conn,
+            order_id=order["id"],
+            body=ReinspectIn(passed=True),
+            actor="w1",
+            scope=Scope(),
+            now=due + timedelta(days=9),
+        )
+    assert closed.status == "closed"
+    assert ledger_codes(env) == [("M-D12", -5), ("M-D12", -5), ("M-D16", -10)], "late: no restoration"
+    assert env.client.get("/api/v1/merchants/m1/open", headers=env.headers("m1")).json()["findings"] == []
