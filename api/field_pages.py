@@ -20,7 +20,7 @@ from api import auth, i18n
 from api.deps import Admin, Anyone, Conn, Staff, connection_gate, same_origin, scoped_principal, settings_of
 from api.pages import Form, render
 from api.ratelimit import client_key
-from api.routers.field import ENVELOPE, read_photo, report_url, scope_of, store_photo
+from api.routers.field import ENVELOPE, read_photo, report_url, scope_of, store_photo, store_stop_photo
 from field import checklists, drill_service, patrol_service, report_service, training_service
 from field import service as field_service
 from field.drill_service import DrillCreate
@@ -144,13 +144,7 @@ async def photo_form(
 ) -> Response:
     """A photo from the phone's camera. The form is multipart, so its CSRF token is checked here from the form."""
     data, stage = await read_photo(request)
-    session = getattr(request.state, "session", None)
-    if session is not None:
-        form = await request.form()
-        presented = form.get("csrf")
-        key = settings_of(request).secret_key.get_secret_value()
-        if not same_origin(request) or not isinstance(presented, str) or not auth.check_csrf(key, session, presented):
-            raise HTTPException(403, "CSRF check failed: reload the page and try again")
+    await _check_multipart_csrf(request)
     await store_photo(request, order_id, data, stage, who)
     return RedirectResponse(f"/work-orders/{order_id}?done=photo", status_code=303)
 
@@ -485,3 +479,26 @@ def _secs(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+@router.post("/patrols/{round_id}/stops/{stop_id}/photos")
+async def stop_photo_form(
+    round_id: RoundId, stop_id: RoundId, request: Request, who: Annotated[auth.Principal, Depends(scoped_principal)]
+) -> Response:
+    """A photo at a stop, from the phone's camera (multipart: the CSRF token is checked from the form)."""
+    if who.role not in ("admin", "worker"):
+        raise HTTPException(403, f"this needs the admin or worker role; your token is {who.role}")
+    data, _stage = await read_photo(request)
+    await _check_multipart_csrf(request)
+    await store_stop_photo(request, round_id, stop_id, data, who)
+    return RedirectResponse(f"/patrols/{round_id}?done={stop_id}#stop-{stop_id}", status_code=303)
+
+
+async def _check_multipart_csrf(request: Request) -> None:
+    session = getattr(request.state, "session", None)
+    if session is None:
+        return
+    presented = (await request.form()).get("csrf")
+    key = settings_of(request).secret_key.get_secret_value()
+    if not same_origin(request) or not isinstance(presented, str) or not auth.check_csrf(key, session, presented):
+        raise HTTPException(403, "CSRF check failed: reload the page and try again")

@@ -11,7 +11,7 @@ from psycopg import Connection
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from field.repo import WORKER_MICRO_GRIDS, Scope
+from field.repo import WORKER_MICRO_GRIDS, PhotoData, Scope
 
 
 @dataclass(slots=True)
@@ -251,3 +251,46 @@ def missed_stops(
     params = {"since": since, "until": until, "now": now, "mg": micro_grid_id, "limit": limit, **scope.params()}
     with conn.cursor(row_factory=class_row(MissedRow)) as cur:
         return cur.execute(SELECT_MISSED, params).fetchall()
+
+
+INSERT_STOP_PHOTO = """
+INSERT INTO field_photo (id, patrol_stop_id, content_type, size, width, height, sha256, data, stage, uploaded_by,
+                         uploaded_at)
+VALUES (%(id)s, %(stop)s, %(content_type)s, %(size)s, %(width)s, %(height)s, %(sha256)s, %(data)s, 'checkin', %(by)s,
+        %(at)s)
+"""
+SELECT_STOP_PHOTOS = """
+SELECT p.patrol_stop_id, p.id FROM field_photo p JOIN patrol_stop s ON s.id = p.patrol_stop_id
+WHERE s.round_id = %s ORDER BY p.uploaded_at, p.id
+"""
+COUNT_STOP_PHOTOS = "SELECT count(*) FROM field_photo WHERE patrol_stop_id = %s"
+SELECT_STOP_PHOTO = f"""
+SELECT p.id, p.content_type, p.data, st.site_id
+FROM field_photo p JOIN patrol_stop st ON st.id = p.patrol_stop_id JOIN patrol_round r ON r.id = st.round_id
+WHERE p.id = %(photo)s AND r.id = %(round)s AND {ROUND_SCOPE}
+"""
+
+
+def insert_stop_photo(conn: Connection[Any], **values: Any) -> None:
+    """A checked photo taken at a stop's check-in."""
+    conn.execute(INSERT_STOP_PHOTO, values)
+
+
+def count_stop_photos(conn: Connection[Any], *, stop_id: int) -> int:
+    """How many photos a stop has."""
+    row = conn.execute(COUNT_STOP_PHOTOS, (stop_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stop_photo_ids(conn: Connection[Any], *, round_id: int) -> dict[int, list[str]]:
+    """The photos of a round's stops, by stop."""
+    found: dict[int, list[str]] = {}
+    for stop_id, photo_id in conn.execute(SELECT_STOP_PHOTOS, (round_id,)).fetchall():
+        found.setdefault(int(stop_id), []).append(str(photo_id))
+    return found
+
+
+def get_stop_photo(conn: Connection[Any], *, round_id: int, photo_id: str, scope: Scope) -> PhotoData | None:
+    """A check-in photo's bytes if the round is in scope."""
+    with conn.cursor(row_factory=class_row(PhotoData)) as cur:
+        return cur.execute(SELECT_STOP_PHOTO, {"photo": photo_id, "round": round_id, **scope.params()}).fetchone()

@@ -6,6 +6,7 @@ says what was due, what was visited, which households were reached and which sto
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from psycopg import Connection
 from core.errors import ConflictError, NotFoundError
 from field import checklists, patrol_repo, repo
 from field import service as field_service
+from field.photos import PhotoError, inspect_photo
 from field.repo import Scope
 from field.schemas import (
     CheckIn,
@@ -161,9 +163,15 @@ def get_round(conn: Connection[Any], *, round_id: int, scope: Scope) -> RoundDet
     """A round with its stops and the check-lists they answer."""
     row = _round(conn, round_id, scope)
     stops = patrol_repo.list_stops(conn, round_id=round_id)
+    photos = patrol_repo.stop_photo_ids(conn, round_id=round_id)
+    reads = []
+    for stop in stops:
+        read = StopRead.of(stop)
+        read.photos = [f"/api/v1/patrol-rounds/{round_id}/photos/{p}" for p in photos.get(stop.id, [])]
+        reads.append(read)
     return RoundDetail(
         round=RoundRead.of(row),
-        stops=[StopRead.of(s) for s in stops],
+        stops=reads,
         checklists={k: _checklist_read(k) for k in sorted({s.checklist for s in stops})},
     )
 
@@ -245,3 +253,53 @@ def coverage(
         households_due=campaign.due if campaign else 0,
         missed=[MissedStop.of(m) for m in missed],
     )
+
+
+MAX_STOP_PHOTOS = 5
+
+
+def add_stop_photo(
+    conn: Connection[Any],
+    *,
+    round_id: int,
+    stop_id: int,
+    data: bytes,
+    actor: str,
+    scope: Scope,
+    now: datetime | None = None,
+) -> str:
+    """A photo taken at a stop (checked by its bytes like every photo); returns its address."""
+    at = _now(now)
+    _round(conn, round_id, scope)
+    stop = patrol_repo.lock_stop(conn, round_id=round_id, stop_id=stop_id)
+    if stop is None:
+        raise NotFoundError(f"stop {stop_id} is not on patrol round {round_id}")
+    if patrol_repo.count_stop_photos(conn, stop_id=stop_id) >= MAX_STOP_PHOTOS:
+        raise ConflictError(f"stop {stop_id} already has {MAX_STOP_PHOTOS} photos")
+    try:
+        photo = inspect_photo(data)
+    except PhotoError as exc:
+        raise FieldInputError(str(exc)) from None
+    photo_id = secrets.token_hex(16)
+    patrol_repo.insert_stop_photo(
+        conn,
+        id=photo_id,
+        stop=stop_id,
+        content_type=photo.content_type,
+        size=photo.size,
+        width=photo.width,
+        height=photo.height,
+        sha256=photo.sha256,
+        data=data,
+        by=actor,
+        at=at,
+    )
+    return f"/api/v1/patrol-rounds/{round_id}/photos/{photo_id}"
+
+
+def get_stop_photo(conn: Connection[Any], *, round_id: int, photo_id: str, scope: Scope) -> repo.PhotoData:
+    """A check-in photo, for staff whose scope includes the round."""
+    found = patrol_repo.get_stop_photo(conn, round_id=round_id, photo_id=photo_id, scope=scope)
+    if found is None:
+        raise NotFoundError(f"photo {photo_id} not found")
+    return found

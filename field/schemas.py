@@ -185,6 +185,7 @@ class RoundRead(RowRead):
 
 class StopRead(RowRead):
     ROW: ClassVar[type] = patrol_repo.StopRow
+    DERIVED: ClassVar[frozenset[str]] = frozenset({"photos"})
 
     id: int
     seq: int
@@ -197,6 +198,7 @@ class StopRead(RowRead):
     outcome: str | None
     answers: dict[str, str]
     note: str
+    photos: list[str] = Field(default_factory=list)
 
 
 class RoundDetail(BaseModel):

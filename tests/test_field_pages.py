@@ -117,6 +117,11 @@ def test_a_patrol_round_on_the_pages(env: ApiEnv) -> None:
     order_id = int(r.headers["location"].split("orders=")[1].split("#")[0])
     page = client.get(r.headers["location"])
     assert f'href="/work-orders/{order_id}"' in page.text and 'data-visited="yes"' in page.text
+    photo = {"photo": ("door.jpg", jpeg(), "image/jpeg")}
+    assert client.post(f"{url}/stops/{stops[1]}/photos", files=photo, data={"csrf": "x"}).status_code == 403
+    r = client.post(f"{url}/stops/{stops[1]}/photos", files=photo, data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert f"/api/v1/patrol-rounds/{url.rsplit('/', 1)[1]}/photos/" in client.get(url).text
     r = client.post(f"{url}/stops/{stops[1]}", data={"csrf": csrf, "outcome": "not_home"}, follow_redirects=False)
     assert r.status_code == 303
     assert client.post(f"{url}/stops/{stops[1]}", data={"csrf": csrf, "outcome": "not_home"}).status_code == 409

@@ -159,3 +159,30 @@ def test_the_schedule_makes_twice_daily_rounds_and_coverage_lists_the_missed(env
     naive = env.client.get("/api/v1/patrol-coverage?since=2026-05-04T00:00:00", headers=env.headers("w1"))
     assert naive.status_code == 422
     assert datetime.now(UTC) > datetime(2026, 5, 5, tzinfo=UTC)
+
+
+def test_a_stop_takes_photos_seen_only_in_scope(env: ApiEnv) -> None:
+    from tests.field_helpers import jpeg, png
+
+    rnd = env.client.post("/api/v1/patrol-rounds", headers=env.headers("w1"), json={"micro_grid_id": "mg1"}).json()
+    rid, stop = rnd["round"]["id"], rnd["stops"][0]["id"]
+    url = f"/api/v1/patrol-rounds/{rid}/stops/{stop}/photos"
+
+    def upload(who: str, data: bytes) -> Any:
+        return env.client.post(url, headers=env.headers(who), files={"photo": ("p.jpg", data, "image/jpeg")})
+
+    first = upload("w1", jpeg())
+    assert first.status_code == 201, first.text
+    photo = first.json()["url"]
+    assert upload("w1", b"<svg onload=alert(1)>").status_code == 422
+    assert upload("w2", png()).status_code == 404 and upload("m1", png()).status_code == 403
+    for _ in range(4):
+        assert upload("w1", png()).status_code == 201
+    assert upload("w1", png()).status_code == 409, "five per stop"
+    assert env.client.get(photo, headers=env.headers("w1")).content == jpeg()
+    assert env.client.get(photo, headers=env.headers("lead1")).status_code == 200
+    for who in ("w2", "w9", "c2admin"):
+        assert env.client.get(photo, headers=env.headers(who)).status_code == 404, who
+    assert env.client.get(photo, headers=env.headers("m1")).status_code == 403
+    detail = env.client.get(f"/api/v1/patrol-rounds/{rid}", headers=env.headers("w1")).json()
+    assert detail["stops"][0]["photos"][0] == photo and len(detail["stops"][0]["photos"]) == 5

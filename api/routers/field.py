@@ -383,3 +383,34 @@ def answer_drill(drill_id: DrillId, step: Literal["ack", "arrived"], conn: Conn,
     """A dispatched worker acknowledges the drill, then reports arriving on site."""
     with conn.transaction():
         return drill_service.respond(conn, drill_id=drill_id, worker_id=who.worker_id, step=step, scope=scope_of(who))
+
+
+@router.post("/patrol-rounds/{round_id}/stops/{stop_id}/photos", tags=["field"], status_code=201, responses=CONFLICT)
+async def upload_stop_photo(round_id: RoundId, stop_id: StopId, request: Request, who: Staff) -> dict[str, str]:
+    """A photo taken at a stop's check-in (JPEG, PNG or WebP by its bytes; at most 5 MiB and 5 per stop)."""
+    data, _stage = await read_photo(request)
+    return {"url": await store_stop_photo(request, round_id, stop_id, data, who)}
+
+
+async def store_stop_photo(request: Request, round_id: int, stop_id: int, data: bytes, who: auth.Principal) -> str:
+    """Check and keep a stop's photo in its own transaction."""
+
+    def store() -> str:
+        with request.app.state.pool.connection() as conn, conn.transaction():
+            return patrol_service.add_stop_photo(
+                conn, round_id=round_id, stop_id=stop_id, data=data, actor=who.actor, scope=scope_of(who)
+            )
+
+    async with connection_gate(request.app):
+        return await run_in_threadpool(store)
+
+
+@router.get("/patrol-rounds/{round_id}/photos/{photo_id}", tags=["field"], response_class=Response)
+def get_stop_photo(round_id: RoundId, photo_id: PhotoId, conn: Conn, who: Staff) -> Response:
+    """A check-in photo, for staff whose scope includes the round."""
+    photo = patrol_service.get_stop_photo(conn, round_id=round_id, photo_id=photo_id, scope=scope_of(who))
+    return Response(
+        photo.data,
+        media_type=photo.content_type,
+        headers={"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{photo.id}"'},
+    )
