@@ -126,3 +126,65 @@ def test_work_order_from_finding_to_reinspection_on_a_phone(
     kinds = [r.get_attribute("data-kind") for r in phone.find_elements(By.CSS_SELECTOR, "#wo-events tr")]
     assert kinds == ["opened", "photo", "fixed", "reinspected", "reinspected"]
     fits(phone)
+
+
+def test_patrol_resident_report_and_drill_on_a_phone(site: tuple[ApiEnv, str], phone: WebDriver) -> None:
+    """A worker's round with a failed item becoming a work order; a resident reporting from a building's QR link
+    with no account and rating the outcome; a worker answering a drill labelled as one."""
+    env, base = site
+    wait = WebDriverWait(phone, 20)
+    # the patrol: a round over micro-grid mg1, the shop's check-list with one item failed
+    log_in(phone, base, env.tokens["w1"], "/patrols")
+    wait.until(ec.presence_of_element_located((By.ID, "start-round")))
+    fits(phone)
+    phone.find_element(By.CSS_SELECTOR, "#start-round button").click()
+    wait.until(ec.presence_of_element_located((By.ID, "stops")))
+    fits(phone)
+    phone.find_element(By.CSS_SELECTOR, "input.fail-blocked_exit").click()
+    phone.find_element(By.CSS_SELECTOR, "button.check-in-button").click()
+    done = wait.until(ec.presence_of_element_located((By.ID, "done")))
+    assert "Work orders opened" in done.text
+    done.find_element(By.TAG_NAME, "a").click()
+    wait.until(ec.presence_of_element_located((By.ID, "wo-what")))
+    assert "Exit or escape route blocked" in phone.find_element(By.ID, "wo-what").text
+
+    # the resident: the building's link, no account
+    links = env.client.get("/api/v1/resident-links", headers=env.headers("w2")).json()
+    form_path = "/r/" + links[0]["url"].rsplit("/r/", 1)[1]
+    phone.delete_all_cookies()
+    phone.get(f"{base}{form_path}?lang=en&where=Stairwell%201")
+    wait.until(ec.presence_of_element_located((By.ID, "resident-form")))
+    fits(phone)
+    phone.find_element(By.ID, "rr-what").send_keys("Cardboard piled by the meters")
+    phone.find_element(By.ID, "rr-send").click()
+    wait.until(ec.presence_of_element_located((By.ID, "rr-status")))
+    receipt = phone.current_url
+    assert phone.find_element(By.ID, "rr-status").get_attribute("data-status") == "new"
+    (report,) = env.client.get("/api/v1/resident-reports", headers=env.headers("w2")).json()
+    assert report["place"] == "Stairwell 1"
+    closed = env.client.post(
+        f"/api/v1/resident-reports/{report['id']}/close", headers=env.headers("w2"), json={"outcome": "Cleared"}
+    )
+    assert closed.status_code == 200
+    phone.get(receipt)
+    wait.until(ec.presence_of_element_located((By.ID, "rating-form")))
+    phone.find_element(By.CSS_SELECTOR, "button.rating-5").click()
+    wait.until(ec.presence_of_element_located((By.ID, "rr-rating")))
+    assert "★★★★★" in phone.find_element(By.ID, "rr-rating").text
+
+    # the drill: dispatched to mg1, w1 acknowledges and reports on site from the phone
+    drill = env.client.post("/api/v1/admin/drills", headers=env.headers("admin"), json={"micro_grid_id": "mg1"}).json()
+    log_in(phone, base, env.tokens["w1"], f"/drills/{drill['id']}")
+    wait.until(ec.presence_of_element_located((By.ID, "drill-banner")))
+    assert "drill" in phone.find_element(By.ID, "drill-banner").text.lower()
+    fits(phone)
+    ack = phone.find_element(By.ID, "drill-ack")
+    ack.click()
+    wait.until(ec.staleness_of(ack))
+    assert phone.find_elements(By.ID, "drill-ack") == []
+    arrived = phone.find_element(By.ID, "drill-arrived")
+    arrived.click()
+    wait.until(ec.staleness_of(arrived))
+    assert phone.find_elements(By.ID, "drill-arrived") == []
+    report_row = phone.find_element(By.CSS_SELECTOR, '#drill-report tr[data-worker="w1"]')
+    assert report_row.find_element(By.CSS_SELECTOR, ".arrival").text.endswith("s")
