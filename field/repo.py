@@ -198,9 +198,8 @@ SELECT {ORDER_COLUMNS} FROM work_order o JOIN site s ON s.id = o.site_id
 WHERE {ORDER_SCOPE}
   AND (%(open_only)s = false OR o.status <> 'closed')
   AND (%(site)s::text IS NULL OR o.site_id = %(site)s)
-  AND (%(before_id)s::bigint IS NULL OR o.id < %(before_id)s)
 ORDER BY (o.status = 'closed'), o.due_at, o.id DESC
-LIMIT %(limit)s
+LIMIT %(limit)s OFFSET %(offset)s
 """
 
 
@@ -210,11 +209,11 @@ def list_work_orders(
     scope: Scope,
     open_only: bool,
     site_id: str | None = None,
-    before_id: int | None = None,
+    offset: int = 0,
     limit: int = 100,
 ) -> list[WorkOrderRow]:
     """Orders in scope, open ones first by deadline."""
-    params = {"open_only": open_only, "site": site_id, "before_id": before_id, "limit": limit, **scope.params()}
+    params = {"open_only": open_only, "site": site_id, "offset": offset, "limit": limit, **scope.params()}
     with conn.cursor(row_factory=class_row(WorkOrderRow)) as cur:
         return cur.execute(SELECT_ORDERS, params).fetchall()
 

@@ -118,7 +118,7 @@ class WorkOrderDetail(BaseModel):
 
 class WorkOrderPage(BaseModel):
     items: list[WorkOrderRead]
-    next_before: int | None
+    next_offset: int | None
 
 
 class ChecklistItemRead(BaseModel):

@@ -252,15 +252,13 @@ def list_work_orders(
     scope: Scope,
     open_only: bool = True,
     site_id: str | None = None,
-    before_id: int | None = None,
+    offset: int = 0,
     limit: int = 100,
     now: datetime | None = None,
 ) -> list[WorkOrderRead]:
     """Orders in scope, open ones first by deadline."""
     at = _now(now)
-    rows = repo.list_work_orders(
-        conn, scope=scope, open_only=open_only, site_id=site_id, before_id=before_id, limit=limit
-    )
+    rows = repo.list_work_orders(conn, scope=scope, open_only=open_only, site_id=site_id, offset=offset, limit=limit)
     return [_read(r, at) for r in rows]
 
 

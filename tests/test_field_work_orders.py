@@ -311,3 +311,17 @@ def test_an_overdue_merchant_order_costs_what_the_policy_says(env: ApiEnv) -> No
     assert closed.status == "closed"
     assert ledger_codes(env) == [("M-D12", -5), ("M-D12", -5), ("M-D16", -10)], "late: no restoration"
     assert env.client.get("/api/v1/merchants/m1/open", headers=env.headers("m1")).json()["findings"] == []
+
+
+def test_the_list_pages_in_deadline_order(env: ApiEnv) -> None:
+    made = [
+        open_order(env, site_id="s1", kind=kind)["id"]
+        for kind in ("missing_extinguisher", "blocked_exit", "illegal_wiring")
+    ]
+    first = env.client.get("/api/v1/work-orders?limit=2", headers=env.headers("w1")).json()
+    rest = env.client.get(
+        f"/api/v1/work-orders?limit=2&offset={first['next_offset']}", headers=env.headers("w1")
+    ).json()
+    ids = [o["id"] for o in first["items"] + rest["items"]]
+    assert ids == [made[1], made[2], made[0]], "soonest deadline first: P1 1 d, P2 3 d, P3 7 d"
+    assert rest["next_offset"] is None

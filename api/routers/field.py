@@ -77,15 +77,15 @@ def list_work_orders(
     who: Anyone,
     open: bool = True,
     site: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> WorkOrderPage:
     """Orders on the sites in your scope (a merchant: the ones it must fix), open ones first by deadline."""
     items = field_service.list_work_orders(
-        conn, scope=scope_of(who), open_only=open, site_id=site, before_id=before, limit=limit + 1
+        conn, scope=scope_of(who), open_only=open, site_id=site, offset=offset, limit=limit + 1
     )
     more = len(items) > limit
-    return WorkOrderPage(items=items[:limit], next_before=items[limit - 1].id if more else None)
+    return WorkOrderPage(items=items[:limit], next_offset=offset + limit if more else None)
 
 
 @router.post("/work-orders", tags=["field"], status_code=201, responses=CONFLICT)
