@@ -438,7 +438,7 @@ def training_form(
 @router.get("/drills")
 def drills_page(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
     """Drills in one's scope with their response times; an admin dispatches one here."""
-    drills = drill_service.list_drills(conn, scope=scope_of(who))
+    drills = drill_service.list_drills(conn, scope=scope_of(who), admin=who.role == "admin")
     micro_grids = sorted({s.micro_grid_id for s in field_service.list_sites(conn, scope=scope_of(who))})
     return _page(render(request, "field_drills.html", who, drills=drills, micro_grids=micro_grids))
 
@@ -460,7 +460,7 @@ def drill_page(
     drill_id: Annotated[int, PathParam(ge=1, le=2**62)], request: Request, conn: Conn, who: Staff
 ) -> HTMLResponse:
     """A drill, labelled as one: the scene, the buttons of a dispatched worker, and the response times."""
-    drill = drill_service.get_drill(conn, drill_id=drill_id, scope=scope_of(who))
+    drill = drill_service.get_drill(conn, drill_id=drill_id, scope=scope_of(who), admin=who.role == "admin")
     mine = next((r for r in drill.responders if r.worker_id == who.worker_id), None)
     return _page(render(request, "field_drill.html", who, d=drill, mine=mine, secs=_secs))
 

@@ -72,10 +72,12 @@ s.name AS site_name"""
 SELECT_DRILL = f"""
 SELECT {DRILL_COLUMNS} FROM drill d JOIN site s ON s.id = d.site_id
 WHERE d.id = %(id)s AND {DRILL_SCOPE.replace("r.micro_grid_id", "d.micro_grid_id")}
+  AND (%(until)s::timestamptz IS NULL OR d.dispatched_at <= %(until)s)
 """
 SELECT_DRILLS = f"""
 SELECT {DRILL_COLUMNS} FROM drill d JOIN site s ON s.id = d.site_id
 WHERE {DRILL_SCOPE.replace("r.micro_grid_id", "d.micro_grid_id")}
+  AND (%(until)s::timestamptz IS NULL OR d.dispatched_at <= %(until)s)
 ORDER BY d.dispatched_at DESC, d.id DESC LIMIT %(limit)s
 """
 SELECT_RESPONSES = """
@@ -94,16 +96,18 @@ WHERE drill_id = %(drill)s AND worker_id = %(worker)s
 """
 
 
-def get_drill(conn: Connection[Any], *, drill_id: int, scope: Scope) -> DrillRow | None:
-    """A drill if its micro-grid is in scope."""
+def get_drill(conn: Connection[Any], *, drill_id: int, scope: Scope, until: datetime | None = None) -> DrillRow | None:
+    """A drill if its micro-grid is in scope (and, with until, if it was dispatched by then)."""
     with conn.cursor(row_factory=class_row(DrillRow)) as cur:
-        return cur.execute(SELECT_DRILL, {"id": drill_id, **scope.params()}).fetchone()
+        return cur.execute(SELECT_DRILL, {"id": drill_id, "until": until, **scope.params()}).fetchone()
 
 
-def list_drills(conn: Connection[Any], *, scope: Scope, limit: int = 100) -> list[DrillRow]:
-    """Drills in scope, newest first."""
+def list_drills(
+    conn: Connection[Any], *, scope: Scope, until: datetime | None = None, limit: int = 100
+) -> list[DrillRow]:
+    """Drills in scope (dispatched by until, when given), newest first."""
     with conn.cursor(row_factory=class_row(DrillRow)) as cur:
-        return cur.execute(SELECT_DRILLS, {"limit": limit, **scope.params()}).fetchall()
+        return cur.execute(SELECT_DRILLS, {"limit": limit, "until": until, **scope.params()}).fetchall()
 
 
 def list_responses(conn: Connection[Any], *, drill_id: int) -> list[ResponseRow]:

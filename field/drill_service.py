@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from core.errors import ConflictError, NotFoundError
 from field import drill_repo, patrol_repo, repo
 from field.repo import Scope
+from field.service import FieldInputError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class DrillCreate(BaseModel):
     scenario: Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)] = (
         "模拟燃气泄漏 / simulated gas leak"
     )
+    at: datetime | None = Field(None, description="schedule it (within 30 days); default: now")
 
 
 class ResponderRead(BaseModel):
@@ -118,7 +120,10 @@ def dispatch(
     rng: random.Random | None = None,
 ) -> DrillRead:
     """Dispatch a drill to a micro-grid's workers (a random micro-grid and site unless chosen)."""
-    at = now or datetime.now(UTC)
+    now = now or datetime.now(UTC)
+    at = body.at or now
+    if at.tzinfo is None or at < now - timedelta(minutes=1) or at > now + timedelta(days=30):
+        raise FieldInputError("at: a time with its zone, from now to 30 days ahead")
     pick = rng or random.SystemRandom()
     grids = patrol_repo.micro_grids_with_sites(conn, communities=communities)
     mg = body.micro_grid_id or (pick.choice(grids) if grids else None)
@@ -145,17 +150,22 @@ def dispatch(
     return get_drill(conn, drill_id=drill_id, scope=Scope())
 
 
-def get_drill(conn: Connection[Any], *, drill_id: int, scope: Scope) -> DrillRead:
-    """A drill with its response times."""
-    row = drill_repo.get_drill(conn, drill_id=drill_id, scope=scope)
+def _until(admin: bool) -> datetime | None:
+    # a scheduled drill stays a surprise: workers see it from its dispatch on, admins at once
+    return None if admin else datetime.now(UTC)
+
+
+def get_drill(conn: Connection[Any], *, drill_id: int, scope: Scope, admin: bool = True) -> DrillRead:
+    """A drill with its response times (a worker sees a scheduled one only once it is dispatched)."""
+    row = drill_repo.get_drill(conn, drill_id=drill_id, scope=scope, until=_until(admin))
     if row is None:
         raise NotFoundError(f"drill {drill_id} not found")
     return _read(conn, row)
 
 
-def list_drills(conn: Connection[Any], *, scope: Scope) -> list[DrillRead]:
-    """Drills in scope, newest first."""
-    return [_read(conn, r) for r in drill_repo.list_drills(conn, scope=scope)]
+def list_drills(conn: Connection[Any], *, scope: Scope, admin: bool = True) -> list[DrillRead]:
+    """Drills in scope, newest first (a worker's: the dispatched ones)."""
+    return [_read(conn, r) for r in drill_repo.list_drills(conn, scope=scope, until=_until(admin))]
 
 
 def respond(
@@ -169,7 +179,7 @@ def respond(
 ) -> DrillRead:
     """A dispatched worker acknowledges, then reports arriving on site; each time is recorded once."""
     at = now or datetime.now(UTC)
-    get_drill(conn, drill_id=drill_id, scope=scope)
+    get_drill(conn, drill_id=drill_id, scope=scope, admin=False)
     row = drill_repo.lock_response(conn, drill_id=drill_id, worker_id=worker_id) if worker_id else None
     if row is None:
         raise ConflictError(f"drill {drill_id} was not dispatched to you: only its workers answer it")

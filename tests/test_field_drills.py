@@ -93,3 +93,26 @@ def test_the_drill_pages(env: ApiEnv) -> None:
     assert re.search(r'data-worker="w2"><td>[^<]*</td><td class="ack">\d+ s</td>', page.text)
     assert 'id="dispatch-form"' not in worker.get("/drills").text
     assert worker.post("/drills", data={"csrf": w_csrf}).status_code == 403
+
+
+def test_a_scheduled_drill_stays_a_surprise_until_it_is_dispatched(env: ApiEnv, receiver: Receiver) -> None:
+    from datetime import timedelta
+
+    at = datetime.now(UTC) + timedelta(hours=2)
+    r = env.client.post(
+        "/api/v1/admin/drills", headers=env.headers("admin"), json={"micro_grid_id": "mg2", "at": at.isoformat()}
+    )
+    assert r.status_code == 201, r.text
+    did = r.json()["id"]
+    assert env.client.get("/api/v1/drills", headers=env.headers("w2")).json() == [], "not yet: a surprise"
+    assert env.client.get(f"/api/v1/drills/{did}", headers=env.headers("w2")).status_code == 404
+    assert env.client.post(f"/api/v1/drills/{did}/ack", headers=env.headers("w2")).status_code == 404
+    assert [d["id"] for d in env.client.get("/api/v1/drills", headers=env.headers("admin")).json()] == [did]
+    with env.conn() as conn, conn.transaction():
+        sent = field_service.deliver_notices(conn, send=lambda *_: [(True, "")], now=datetime.now(UTC))
+    assert sent == 0, "its message waits for its time"
+    with env.conn() as conn, conn.transaction():
+        sent = field_service.deliver_notices(conn, send=lambda *_: [(True, "")], now=at + timedelta(seconds=1))
+    assert sent == 1
+    far = (datetime.now(UTC) + timedelta(days=40)).isoformat()
+    assert env.client.post("/api/v1/admin/drills", headers=env.headers("admin"), json={"at": far}).status_code == 422

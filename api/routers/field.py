@@ -369,13 +369,13 @@ def dispatch_drill(body: DrillCreate, conn: Conn, who: Admin) -> DrillRead:
 @router.get("/drills", tags=["field"])
 def list_drills(conn: Conn, who: Staff) -> list[DrillRead]:
     """Drills in your scope with their response times, newest first."""
-    return drill_service.list_drills(conn, scope=scope_of(who))
+    return drill_service.list_drills(conn, scope=scope_of(who), admin=who.role == "admin")
 
 
 @router.get("/drills/{drill_id}", tags=["field"])
 def get_drill(drill_id: DrillId, conn: Conn, who: Staff) -> DrillRead:
     """A drill's report: who it went to, when they acknowledged and arrived."""
-    return drill_service.get_drill(conn, drill_id=drill_id, scope=scope_of(who))
+    return drill_service.get_drill(conn, drill_id=drill_id, scope=scope_of(who), admin=who.role == "admin")
 
 
 @router.post("/drills/{drill_id}/{step}", tags=["field"], responses=CONFLICT)
