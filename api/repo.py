@@ -19,7 +19,7 @@ from psycopg.rows import class_row, dict_row
 
 from core import repo as core_repo
 from core.db import OUTBOX_CHANNEL
-from core.domain import Alarm
+from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS, STATE_FIELDS, Alarm
 
 # -- tokens and sessions ----------------------------------------------------------------------------------
 
@@ -397,24 +397,7 @@ def list_alarm_events(conn: Connection[Any], *, alarm_id: int) -> list[AlarmEven
         return cur.execute(SELECT_ALARM_EVENTS, (alarm_id,)).fetchall()
 
 
-READING_COLUMNS = (
-    "gas_lel",
-    "co_ppm",
-    "smoke_db_m",
-    "temp_c",
-    "power_w",
-    "current_a",
-    "voltage_v",
-    "energy_wh",
-    "battery_pct",
-    "gas",
-    "smoke",
-    "tamper",
-    "test",
-    "relay",
-    "valve",
-    "fault",
-)
+READING_COLUMNS = MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS
 SELECT_READINGS_RAW = f"""
 SELECT ts, seq, {", ".join(READING_COLUMNS)} FROM reading
 WHERE device_id = %s AND ts >= %s AND ts <= %s ORDER BY ts, seq LIMIT %s
