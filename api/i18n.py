@@ -115,6 +115,21 @@ STRINGS: dict[str, dict[str, str]] = {
     "tier_leader": {"zh-CN": "网格长", "en": "grid leader"},
     "tier_community": {"zh-CN": "社区值班", "en": "community duty"},
     "tier_fire_station": {"zh-CN": "微型消防站", "en": "fire station"},
+    # issue 22: reports
+    "reports": {"zh-CN": "报表", "en": "Reports"},
+    "report_target": {"zh-CN": "范围", "en": "Scope"},
+    "report_street": {"zh-CN": "街道（全部社区）", "en": "Street (every community)"},
+    "report_community": {"zh-CN": "社区", "en": "Community"},
+    "report_grid": {"zh-CN": "网格", "en": "Grid"},
+    "report_micro_grid": {"zh-CN": "微网格", "en": "Micro-grid"},
+    "report_period": {"zh-CN": "期间", "en": "Period"},
+    "report_period_help": {
+        "zh-CN": "月：2026-11；周：2026-W45；日：2026-11-05（按街道所在时区）。",
+        "en": "A month 2026-11, an ISO week 2026-W45 or a day 2026-11-05 (in the street's time zone).",
+    },
+    "report_format": {"zh-CN": "格式", "en": "Format"},
+    "report_make": {"zh-CN": "生成报表", "en": "Make the report"},
+    "report_cli": {"zh-CN": "命令行：", "en": "From the command line:"},
 }
 
 

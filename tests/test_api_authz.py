@@ -79,6 +79,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/devices/{device_id}/commission"): STAFF,
     ("GET", "/score"): ALL,
     ("GET", "/admin"): ADMIN,
+    ("GET", "/reports"): ADMIN,  # issue 22
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {

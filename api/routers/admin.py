@@ -51,6 +51,7 @@ from core import actionlink, registry
 from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
 from notify import service as notify_service
+from report import service as report_service
 from rules.ruleset import rules_in_force
 from score import policy as score_policy
 
@@ -574,10 +575,10 @@ def kpis(
         raise HTTPException(422, "since: must be before until")
     if until - since > MAX_KPI_RANGE:
         raise HTTPException(422, f"until: the range is limited to {MAX_KPI_RANGE.days} days")
-    k = api_repo.compute_kpis(
+    # The same computation as the reports' (report/service.py), so a report and the KPI API agree.
+    k = report_service.compute_kpis(
         conn,
-        grid_id=scope_id if scope == "grid" else None,
-        community_id=scope_id if scope == "community" else None,
+        scope=report_service.Scope("community" if scope == "community" else "grid", scope_id),
         since=since,
         until=until,
     )
