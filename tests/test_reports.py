@@ -438,3 +438,34 @@ def test_no_chinese_font_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_days_of_a_period() -> None:
     p = report_period.parse_period("2026-W45", "Asia/Shanghai")
     assert p.days()[0] == date(2026, 11, 2) and len(p.days()) == 7
+
+
+def test_the_report_worker_sends_on_its_own(env: ApiEnv, receiver: Receiver) -> None:
+    """The notify part's loop (started by `serve` when a schedule and URLs are set) sends last month's report."""
+    import time
+
+    from report.schedule import ReportWorker
+
+    settings = env.settings.model_copy(
+        update={
+            "report_notify": [receiver.url("street")],
+            "report_schedule": ["monthly"],
+            "report_format": "csv",
+            "report_lang": "en",
+            "report_hour": 0,
+            "report_check_s": 0.2,
+        }
+    )
+    worker = ReportWorker(settings)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not receiver.for_path("street") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    (message,) = receiver.for_path("street")
+    assert message["title"].startswith("Monthly") and "Street" in message["title"]
+    assert worker.checks()[0].name == "report"
+    (attachment,) = message["attachments"]
+    assert base64.b64decode(attachment["base64"]).decode("utf-8-sig").startswith("Monthly")
