@@ -34,7 +34,7 @@ from api.routers import devices as device_routes
 from api.routers import merchants as merchant_routes
 from api.schemas import BoardItem
 from api.stream import alarm_stream
-from core import actionlink
+from core import actionlink, names
 from core import repo as core_repo
 from core.domain import Disposition, Severity
 from core.errors import AuthError, NotFoundError
@@ -91,6 +91,9 @@ def _ctx(request: Request, who: auth.Principal | None, **extra: Any) -> dict[str
         "time": lambda v: _fmt_time(v, tz),
         "secs": _fmt_secs,
         "sev": lambda n: Severity(n).label,
+        # names, not ids (issue 22): alarm types and severities as a person reads them, in their language
+        "alarm_name": lambda alarm_type: names.alarm_name(alarm_type, lang),
+        "sev_name": lambda n: names.severity_name(n, lang),
         "prio": lambda n: Severity(n).priority,
         "dispositions": [d.value for d in Disposition],
         **extra,
@@ -660,6 +663,7 @@ def admin_page(
         "admin.html",
         who,
         kpis=kpis,
+        place_names={r["id"]: r["name"] for r in [*communities, *grids]},
         devices=devices,
         uncommissioned=commissioning.uncommissioned(conn, limit=200),
         commissioned={i for i, st in states.items() if st.commissioned},
