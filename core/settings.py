@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     report_lang: Literal["zh-CN", "en"] = "zh-CN"
     report_hour: int = Field(default=7, ge=0, le=23)
     report_check_s: float = Field(default=300.0, gt=0)
+    # The map (issue 22) is drawn from the registry's coordinates with no tiles from outside; a tile server on the
+    # API's own host (a path such as /tiles/{z}/{x}/{y}.png behind the same proxy; the pages' CSP allows images
+    # from 'self' only) may be drawn underneath.
+    map_tile_url: str = Field(default="", pattern=r"^(/\S*\{z\}\S*\{x\}\S*\{y\}\S*)?$")
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:

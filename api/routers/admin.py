@@ -284,6 +284,8 @@ KINDS: tuple[Kind, ...] = (
             flags=b.flags,
             lpg=b.lpg,
             building=b.building,
+            lat=b.lat,
+            lon=b.lon,
         ),
         refs=(("micro_grid_id", "micro_grid"), ("merchant_id", "merchant")),
         filters=("micro_grid_id", "merchant_id"),
