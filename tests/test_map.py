@@ -190,8 +190,14 @@ def test_the_map_places_colours_and_groups_the_buildings(env: ApiEnv) -> None:
     assert admin.get("/map/state").json()["s2"] == {"state": "sev-critical", "open": 1, "offline": 0}
     assert "网格地图" in admin.get("/map?lang=zh-CN").text
 
+    # one community at a time: the street office chooses, by name
+    assert 'href="/map?community=c2">Other community</a>' in page.text
+    assert set(marker_states(admin.get("/map?community=c1").text)) == {"s1", "s2", "s4"}
+    assert admin.get("/map?community=nope").status_code == 404
+    assert admin.get("/map?community=c1'--").status_code == 422
     # scoped as the board: a community admin their community, a worker their micro-grid
     assert set(marker_states(session(env, "cadmin").get("/map").text)) == {"s1", "s2", "s4"}
+    assert session(env, "cadmin").get("/map?community=c2").status_code == 404
     w1 = session(env, "w1")
     assert set(marker_states(w1.get("/map").text)) == {"s1"}
     assert set(w1.get("/map/state").json()) == {"s1"}

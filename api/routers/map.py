@@ -14,20 +14,32 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from api import map_repo, mapview
 from api.deps import Conn, Staff, settings_of
 from api.stream import alarm_stream
+from core import repo as core_repo
 from core.errors import NotFoundError
 
 router = APIRouter(include_in_schema=False)
 BuildingKey = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
 
+CommunityId = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+
 @router.get("/map")
-def map_page(request: Request, conn: Conn, who: Staff) -> HTMLResponse:
-    """Every building the caller may see on one picture, and the same as a list by grid and micro-grid."""
+def map_page(request: Request, conn: Conn, who: Staff, community: CommunityId = None) -> HTMLResponse:
+    """Every building the caller may see on one picture (or those of one community), and the same as a list by
+    grid and micro-grid."""
     from api.pages import render
 
-    sites = map_repo.list_map_sites(conn, worker_id=who.worker_scope, communities=who.community_scope)
+    scope = who.community_scope
+    communities = core_repo.list_registry(conn, table="community", limit=100, offset=0, filters={}, communities=scope)
+    if community is not None:
+        if community not in {c["id"] for c in communities}:
+            raise NotFoundError(f"community {community!r} not found")
+        scope = [community]
+    sites = map_repo.list_map_sites(conn, worker_id=who.worker_scope, communities=scope)
     view = mapview.build(sites, tile_url=settings_of(request).map_tile_url)
-    return render(request, "map.html", who, view=view)
+    choices = communities if who.worker_scope is None and len(communities) > 1 else []
+    return render(request, "map.html", who, view=view, communities=choices, community=community)
 
 
 @router.get("/map/state")
