@@ -85,3 +85,10 @@ def last_complete(kind: PeriodKind, now: datetime, tz: str) -> Period:
     today = now.astimezone(ZoneInfo(tz)).date()
     current = period_of(kind, today, tz)
     return period_of(kind, current.first - timedelta(days=1), tz)
+
+
+def last_days(days: int, now: datetime, tz: str) -> Period:
+    """The `days` local days up to and including today (e.g. the admin overview's alarms per day)."""
+    today = now.astimezone(ZoneInfo(tz)).date()
+    first = today - timedelta(days=days - 1)
+    return Period("day", f"{first.isoformat()}/{today.isoformat()}", first, today + timedelta(days=1), tz)

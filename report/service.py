@@ -88,3 +88,9 @@ def build_report(conn: Connection[Any], *, scope: Scope, period: Period, now: da
         merchants=merchants,
         tiers=dict(sorted(Counter(m.tier or "—" for m in merchants).items())),
     )
+
+
+def alarms_per_day(conn: Connection[Any], *, scope: Scope, period: Period) -> list[tuple[date, int]]:
+    """Alarms raised on each local day of the period (zero days included), as a report counts them."""
+    counts = repo.alarms_per_day(conn, scope=scope.params(), since=period.since, until=period.until, tz=period.tz)
+    return [(day, counts.get(day, 0)) for day in period.days()]
