@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 from core.errors import GridwatchError
 
 PeriodKind = Literal["day", "week", "month"]
-DAY_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
-MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+DAY_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$", re.ASCII)
+WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$", re.ASCII)
+MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$", re.ASCII)
 
 
 class PeriodError(GridwatchError, ValueError):
@@ -66,7 +66,7 @@ def parse_period(text: str, tz: str) -> Period:
             return _make("week", date.fromisocalendar(int(m[1]), int(m[2]), 1), tz)
         if m := MONTH_RE.match(text):
             return _make("month", date(int(m[1]), int(m[2]), 1), tz)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # 2026-02-30, 2026-W60, 9999-12-31 (its end is past year 9999)
         raise PeriodError(f"period {text!r}: {exc}") from None
     raise PeriodError(f"period {text!r}: give a day (2026-11-05), an ISO week (2026-W45) or a month (2026-11)")
 

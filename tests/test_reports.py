@@ -155,7 +155,23 @@ def test_periods_are_local_days_weeks_and_months(text: str, kind: str, since: da
 
 
 @pytest.mark.parametrize(
-    "text", ["2026-13", "2026-00", "2026-W54", "2025-W53", "2026-02-30", "2026-11-5", "202611", "2026-11-05T00", ""]
+    "text",
+    [
+        "2026-13",
+        "2026-00",
+        "2026-W54",
+        "2025-W53",
+        "2026-02-30",
+        "2026-11-5",
+        "202611",
+        "2026-11-05T00",
+        "",
+        "9999-12-31",
+        "9999-12",
+        "9999-W52",
+        "0000-01",
+        "٢٠٢٦-١١",  # digits, but not ASCII ones
+    ],
 )
 def test_malformed_periods_are_refused(text: str) -> None:
     with pytest.raises(report_period.PeriodError):
