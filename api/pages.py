@@ -368,6 +368,7 @@ def _alarm_view(
         chart=chart,
         field=field,
         merchant_id=row.merchant_id,
+        acked_name=row.acknowledged_by_name,
         finding_kinds=kinds if row.merchant_id else [],
         acting=acting,
         done=request.query_params.get("done"),

@@ -239,6 +239,7 @@ class AlarmInSite(Alarm):
     ladder_step: int | None = None
     ladder_stopped_at: datetime | None = None
     escalated_at: datetime | None = None
+    acknowledged_by_name: str | None = None  # issue 22: the person by name, not only their id
 
 
 # The ladder columns read notify's escalation table and the alarm's latest `escalated` event (alarm_event_alarm
@@ -247,7 +248,8 @@ ALARM_LIST_COLUMNS = (
     core_repo.alarm_columns("a")
     + """, s.name AS site_name, s.address AS site_address, s.merchant_id,
     e.step AS ladder_step, e.stopped_at AS ladder_stopped_at,
-    (SELECT max(ev.at) FROM alarm_event ev WHERE ev.alarm_id = a.id AND ev.kind = 'escalated') AS escalated_at"""
+    (SELECT max(ev.at) FROM alarm_event ev WHERE ev.alarm_id = a.id AND ev.kind = 'escalated') AS escalated_at,
+    (SELECT w.name FROM worker w WHERE w.id = a.acknowledged_by) AS acknowledged_by_name"""
 )
 ALARM_FROM = "alarm a JOIN site s ON s.id = a.site_id LEFT JOIN escalation e ON e.alarm_id = a.id"
 

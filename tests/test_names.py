@@ -66,6 +66,13 @@ def test_pages_show_alarm_types_and_places_by_name(env: ApiEnv) -> None:
         assert re.search(rf"<h1>.*{name} #{alarm_id}</h1>", alarm), lang
         device = worker.get(f"/devices/gas-1?lang={lang}").text
         assert re.search(rf'<a href="/alarms/{alarm_id}">#{alarm_id} P1 {name}</a>', device), lang
+        kind, where = ("Gas detector", "kitchen") if lang == "en" else ("燃气探测器", "厨房")
+        assert f"<p>{kind} · {where} ·" in device, lang
+
+    # who acknowledged, by name (with the id, for the record)
+    assert worker.post(f"/api/v1/alarms/{alarm_id}/ack", headers=env.headers("w1")).status_code == 200
+    assert re.search(r'<span class="acked-by">[^<]*Wang（w1）</span>', worker.get("/board?lang=en").text)
+    assert re.search(r'id="acked-by">[^<]*Wang（w1）', worker.get(f"/alarms/{alarm_id}?lang=en").text)
 
     admin = TestClient(env.app, base_url="https://testserver")
     login(admin, env.tokens["admin"])
@@ -76,3 +83,4 @@ def test_pages_show_alarm_types_and_places_by_name(env: ApiEnv) -> None:
     kpis = visible_text(page)
     assert "gas leak 1" in kpis and "gas_leak" not in kpis
     assert "燃气泄漏 1" in visible_text(admin.get("/admin?lang=zh-CN").text)
+    assert "<td>Gas detector</td>" in page and "<td>gas_detector</td>" not in page
