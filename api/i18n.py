@@ -163,6 +163,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "loc_charging_shed": {"zh-CN": "充电棚", "en": "charging shed"},
     "loc_outdoor": {"zh-CN": "室外", "en": "outdoor"},
     "alarms_per_day": {"zh-CN": "每日报警数（近30天）", "en": "Alarms per day (last 30 days)"},
+    "floor_plan": {"zh-CN": "平面图 楼层", "en": "Plan of floor"},
 }
 
 

@@ -1,5 +1,6 @@
-"""SQL of the map (issue 22): the caller's sites with where they are and their live state, and one building's
-devices floor by floor. Scoped like every other read (api/repo.py SITE_SCOPE)."""
+"""SQL of the map (issue 22): the caller's sites with where they are and their live state, one building's devices
+floor by floor, and its floor plans (table floor_plan, written only here). Scoped like every other read
+(api/repo.py SITE_SCOPE)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,50 @@ def list_building_devices(
     """The devices of one building's sites (those the caller may see), top floor first."""
     with conn.cursor(row_factory=class_row(FloorDevice)) as cur:
         return cur.execute(BUILDING_DEVICES, {**_scope(worker_id, communities), "building": building}).fetchall()
+
+
+# -- floor plans -------------------------------------------------------------------------------------------------
+
+BUILDING_IN_SCOPE = f"""
+SELECT 1 FROM site s WHERE {BUILDING} = %(building)s AND {SITE_SCOPE} LIMIT 1
+"""
+UPSERT_FLOOR_PLAN = """
+INSERT INTO floor_plan (building, floor, content_type, data, uploaded_by) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (building, floor) DO UPDATE SET content_type = EXCLUDED.content_type, data = EXCLUDED.data,
+    uploaded_by = EXCLUDED.uploaded_by, uploaded_at = now()
+"""
+DELETE_FLOOR_PLAN = "DELETE FROM floor_plan WHERE building = %s AND floor = %s"
+SELECT_FLOOR_PLAN = "SELECT content_type, data FROM floor_plan WHERE building = %s AND floor = %s"
+SELECT_PLANNED_FLOORS = "SELECT floor FROM floor_plan WHERE building = %s ORDER BY floor"
+
+
+def building_in_scope(
+    conn: Connection[Any], *, building: str, worker_id: str | None, communities: Sequence[str] | None
+) -> bool:
+    """Whether the caller may see some site of this building."""
+    return (
+        conn.execute(BUILDING_IN_SCOPE, {**_scope(worker_id, communities), "building": building}).fetchone() is not None
+    )
+
+
+def put_floor_plan(
+    conn: Connection[Any], *, building: str, floor: int, content_type: str, data: bytes, by: str
+) -> None:
+    """Store (or replace) one floor's plan."""
+    conn.execute(UPSERT_FLOOR_PLAN, (building, floor, content_type, data, by))
+
+
+def delete_floor_plan(conn: Connection[Any], *, building: str, floor: int) -> bool:
+    """Remove one floor's plan; False if there was none."""
+    return conn.execute(DELETE_FLOOR_PLAN, (building, floor)).rowcount > 0
+
+
+def get_floor_plan(conn: Connection[Any], *, building: str, floor: int) -> tuple[str, bytes] | None:
+    """(content type, bytes) of one floor's plan."""
+    row = conn.execute(SELECT_FLOOR_PLAN, (building, floor)).fetchone()
+    return None if row is None else (str(row[0]), bytes(row[1]))
+
+
+def planned_floors(conn: Connection[Any], *, building: str) -> set[int]:
+    """The floors of a building that have a plan."""
+    return {int(r[0]) for r in conn.execute(SELECT_PLANNED_FLOORS, (building,)).fetchall()}

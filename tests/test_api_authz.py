@@ -84,6 +84,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/map/state"): STAFF,
     ("GET", "/map/stream"): STAFF,
     ("GET", "/map/buildings/{building}"): STAFF,
+    ("GET", "/map/buildings/{building}/floors/{floor}/plan"): STAFF,
 }
 # Column -> (principal, the token role it has). Every one of them has the seeded objects in scope.
 PRINCIPALS = {
@@ -186,6 +187,7 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "community_id": "c1",
         "grid_id": "g1",
         "building": "s1",
+        "floor": 1,
         "key": link,
     }
 

@@ -226,3 +226,40 @@ def test_a_building_opens_floor_by_floor(env: ApiEnv) -> None:
     assert cadmin.get("/map/buildings/nope").status_code == 404
     assert cadmin.get("/map/buildings/..%2F..%2Fetc").status_code in (404, 422)
     assert cadmin.get("/map/buildings/" + "x" * 65).status_code == 422
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+
+
+def test_floor_plans_upload_show_and_stay_in_scope(env: ApiEnv) -> None:
+    h = env.headers("admin")
+    url = "/api/v1/admin/floor-plans/s2/1"
+    assert env.client.put(url, content=PNG, headers={**h, "Content-Type": "image/png"}).status_code == 204
+    admin = session(env, "admin")
+    page = admin.get("/map/buildings/s2?lang=en").text
+    assert '<img class="floor-plan" src="/map/buildings/s2/floors/1/plan"' in page
+    image = admin.get("/map/buildings/s2/floors/1/plan")
+    assert image.status_code == 200 and image.content == PNG and image.headers["content-type"] == "image/png"
+    # replaced by a JPEG; the type comes from the bytes, not the header
+    assert env.client.put(url, content=JPEG, headers={**h, "Content-Type": "image/png"}).status_code == 204
+    assert admin.get("/map/buildings/s2/floors/1/plan").headers["content-type"] == "image/jpeg"
+    # scope: a worker of another micro-grid, another community's admin; unknown buildings and floors
+    assert session(env, "w1").get("/map/buildings/s2/floors/1/plan").status_code == 404
+    assert session(env, "w2").get("/map/buildings/s2/floors/1/plan").status_code == 200
+    assert (
+        env.client.put("/api/v1/admin/floor-plans/s9/1", content=PNG, headers=env.headers("cadmin")).status_code == 404
+    )
+    assert env.client.put("/api/v1/admin/floor-plans/nope/1", content=PNG, headers=h).status_code == 404
+    assert admin.get("/map/buildings/s2/floors/2/plan").status_code == 404
+    # hostile bodies and places
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    assert env.client.put(url, content=svg, headers={**h, "Content-Type": "image/svg+xml"}).status_code == 422
+    assert env.client.put(url, content=b"", headers=h).status_code == 422
+    assert env.client.put(url, content=PNG + b"\x00" * (2 * 1024 * 1024), headers=h).status_code == 413
+    assert env.client.put("/api/v1/admin/floor-plans/s2/201", content=PNG, headers=h).status_code == 422
+    assert env.client.put(url, content=PNG, headers=env.headers("w2")).status_code == 403
+    assert env.client.delete(url, headers=env.headers("c2admin")).status_code == 404
+    assert env.client.delete(url, headers=h).status_code == 204
+    assert env.client.delete(url, headers=h).status_code == 404
+    assert "floor-plan" not in admin.get("/map/buildings/s2").text

@@ -5,20 +5,26 @@ device's state. Admins see their communities, workers their micro-grids (as on t
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from psycopg import Connection
 
-from api import map_repo, mapview
-from api.deps import Conn, Staff, settings_of
+from api import auth, map_repo, mapview
+from api.deps import ERRORS, Admin, Conn, Staff, settings_of
 from api.stream import alarm_stream
 from core import repo as core_repo
 from core.errors import NotFoundError
 
 router = APIRouter(include_in_schema=False)
 BuildingKey = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Floor = Annotated[int, PathParam(ge=-10, le=200)]
+MAX_PLAN_BYTES = 2 * 1024 * 1024
+# A floor plan is a picture, checked by its bytes (never the client's word): PNG or JPEG. SVG is refused, as it
+# can carry script.
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 
 
 CommunityId = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
@@ -76,4 +82,72 @@ def building_page(building: BuildingKey, request: Request, conn: Conn, who: Staf
         floors.setdefault(row.floor, {}).setdefault(row.site_id, []).append(row)
     sites = {row.site_id: row for row in rows}
     name = next((r.site_name for r in rows if r.site_id == building), building)
-    return render(request, "building.html", who, building=building, title=name, floors=floors, sites=sites)
+    plans = map_repo.planned_floors(conn, building=building)
+    return render(request, "building.html", who, building=building, title=name, floors=floors, sites=sites, plans=plans)
+
+
+@router.get("/map/buildings/{building}/floors/{floor}/plan")
+def floor_plan_image(building: BuildingKey, floor: Floor, conn: Conn, who: Staff) -> Response:
+    """One floor's plan image (of a building the caller may see)."""
+    plan = None
+    if map_repo.building_in_scope(conn, building=building, worker_id=who.worker_scope, communities=who.community_scope):
+        plan = map_repo.get_floor_plan(conn, building=building, floor=floor)
+    if plan is None:
+        raise NotFoundError(f"no plan of floor {floor} of building {building!r}")
+    return Response(plan[1], media_type=plan[0], headers={"Cache-Control": "private, max-age=300"})
+
+
+def _admin_building(conn: Connection[Any], who: auth.Principal, building: str) -> None:
+    if not map_repo.building_in_scope(conn, building=building, worker_id=None, communities=who.community_scope):
+        raise NotFoundError(f"building {building!r} not found")
+
+
+@router.put(
+    "/api/v1/admin/floor-plans/{building}/{floor}",
+    include_in_schema=True,
+    tags=["map"],
+    responses=ERRORS,
+    status_code=204,
+    response_class=Response,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_MAGIC.values()},
+        }
+    },
+)
+async def put_floor_plan(building: BuildingKey, floor: Floor, request: Request, who: Admin) -> Response:
+    """Upload a floor's plan (PNG or JPEG, up to 2 MiB) for the map's building page; replaces the one before."""
+    body = await request.body()
+    if len(body) > MAX_PLAN_BYTES:
+        raise HTTPException(413, f"body: a floor plan is at most {MAX_PLAN_BYTES // (1024 * 1024)} MiB")
+    kind = next((t for magic, t in IMAGE_MAGIC.items() if body.startswith(magic)), None)
+    if kind is None:
+        raise HTTPException(422, "body: a floor plan must be a PNG or JPEG image")
+
+    def write() -> None:
+        with request.app.state.pool.connection() as conn, conn.transaction():
+            _admin_building(conn, who, building)
+            map_repo.put_floor_plan(conn, building=building, floor=floor, content_type=kind, data=body, by=who.actor)
+
+    from starlette.concurrency import run_in_threadpool
+
+    await run_in_threadpool(write)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/api/v1/admin/floor-plans/{building}/{floor}",
+    include_in_schema=True,
+    tags=["map"],
+    responses=ERRORS,
+    status_code=204,
+    response_class=Response,
+)
+def delete_floor_plan(building: BuildingKey, floor: Floor, conn: Conn, who: Admin) -> Response:
+    """Remove a floor's plan (the building page then lists that floor's devices only)."""
+    with conn.transaction():
+        _admin_building(conn, who, building)
+        if not map_repo.delete_floor_plan(conn, building=building, floor=floor):
+            raise NotFoundError(f"no plan of floor {floor} of building {building!r}")
+    return Response(status_code=204)
