@@ -485,3 +485,31 @@ def test_the_report_worker_sends_on_its_own(env: ApiEnv, receiver: Receiver) -> 
     assert worker.checks()[0].name == "report"
     (attachment,) = message["attachments"]
     assert base64.b64decode(attachment["base64"]).decode("utf-8-sig").startswith("Monthly")
+
+
+def test_a_scheduled_report_arrives_by_e_mail_with_the_file_attached(env: ApiEnv) -> None:
+    """E-mail proper: apprise's mailto:// to a real SMTP server on a socket (tests/test_notify_ladder.py's sink)."""
+    from tests.test_notify_ladder import SmtpSink
+
+    seed_november(env)
+    smtp = SmtpSink()
+    try:
+        settings = env.settings.model_copy(
+            update={
+                "report_notify": [smtp.url("office@example.org")],
+                "report_schedule": ["monthly"],
+                "report_format": "xlsx",
+                "report_lang": "en",
+            }
+        )
+        with env.conn() as conn:
+            sent = schedule.send_due(conn, settings, now=datetime(2026, 12, 2, 9, 0, tzinfo=TZ))
+        assert [(d.period, d.ok) for d in sent] == [("2026-11", True)]
+    finally:
+        smtp.close()
+    (message,) = smtp.messages
+    assert message["To"] == "office@example.org" and "Monthly" in message["Subject"] and "Street" in message["Subject"]
+    (attached,) = list(message.iter_attachments())
+    assert attached.get_filename() == "gridwatch-street-2026-11.xlsx"
+    book = load_workbook(io.BytesIO(attached.get_content()))
+    assert {row[0]: row[1] for row in book["Summary"].iter_rows(min_row=3, values_only=True)}["Alarms"] == 6
