@@ -133,3 +133,43 @@ def test_map_and_reports_fit_the_screen_and_update_live(site: tuple[ApiEnv, str]
         assert horizontal_overflow(driver) <= 0
     finally:
         driver.quit()
+
+
+def marker_layout(driver: WebDriver) -> dict[str, tuple[float, float]]:
+    """Each marker's centre as a fraction of the drawing's width and height, read from the rendered page."""
+    svg = driver.find_element(By.CSS_SELECTOR, "#map svg").rect
+    found = {}
+    for marker in driver.find_elements(By.CSS_SELECTOR, "#map a.marker circle"):
+        r = marker.rect
+        key = marker.find_element(By.XPATH, "..").get_attribute("data-building") or ""
+        found[key] = (
+            (r["x"] + r["width"] / 2 - svg["x"]) / svg["width"],
+            (r["y"] + r["height"] / 2 - svg["y"]) / svg["height"],
+        )
+    return found
+
+
+def test_the_phone_and_the_desktop_see_the_same_picture(site: tuple[ApiEnv, str], tmp_path: Path) -> None:
+    """Screenshots at both widths, compared for layout: the drawing scales, the buildings keep their places."""
+    env, base = site
+    layouts = {}
+    for width, (w, h) in WIDTHS.items():
+        driver = start_browser(w, h)
+        try:
+            log_in(driver, base, env.tokens["cadmin"])
+            WebDriverWait(driver, 20).until(lambda d: "/login" not in d.current_url)
+            driver.get(f"{base}/map?lang=zh-CN")
+            WebDriverWait(driver, 20).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#map svg")))
+            shot = tmp_path / f"{width}.png"
+            driver.save_screenshot(str(shot))
+            assert shot.stat().st_size > 1000
+            layouts[width] = marker_layout(driver)
+            assert horizontal_overflow(driver) <= 0
+        finally:
+            driver.quit()
+    phone, desktop = layouts["phone"], layouts["desktop"]
+    assert set(phone) == set(desktop) == {"s1", "s2", "s4"}
+    for key, (x, y) in phone.items():
+        assert desktop[key] == pytest.approx((x, y), abs=0.02), key
+    # and the geography holds: s4 lies north-east of s1
+    assert phone["s4"][0] > phone["s1"][0] and phone["s4"][1] < phone["s1"][1]
