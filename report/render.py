@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.errors import ConfigError
-from core.names import alarm_name, severity_name
+from core.names import alarm_name, lang_of, severity_name
 from report.labels import label
 from report.service import Report
 
@@ -50,7 +50,9 @@ def title_of(report: Report, lang: str) -> str:
     """'Monthly safety report — Community Lotus Pond — 2026-11'."""
     scope = report.scope
     where = label("street", lang) if scope.kind == "street" else f"{label(scope.kind, lang)} {report.scope_name}"
-    return f"{label(report.period.kind, lang)}{label('title', lang)} · {where} · {report.period.label}"
+    kind, title = label(report.period.kind, lang), label("title", lang)
+    heading = f"{kind}{title}" if lang_of(lang) == "zh-CN" else f"{kind} {title.lower()}"
+    return f"{heading} · {where} · {report.period.label}"
 
 
 def _summary(report: Report, lang: str) -> Table:
@@ -148,17 +150,30 @@ def filename(report: Report, fmt: Format) -> str:
     return f"gridwatch-{who}-{report.period.label}.{fmt}".replace("_", "-")
 
 
+# A cell a spreadsheet program would run as a formula (a merchant named "=HYPERLINK(...)"): OWASP's CSV injection.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(cell: Cell) -> Cell:
+    """Text that would start a formula is written with a leading apostrophe, as a spreadsheet shows text."""
+    if cell is None:
+        return ""
+    if isinstance(cell, str) and cell.startswith(FORMULA_START):
+        return "'" + cell
+    return cell
+
+
 def to_csv(report: Report, lang: str) -> bytes:
     """Sections one after another, each opened by its title, with a blank line between (UTF-8 with a BOM, so
     spreadsheet programs read the Chinese)."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([title_of(report, lang)])
+    writer.writerow([_csv_cell(title_of(report, lang))])
     for table in tables(report, lang):
         writer.writerow([])
         writer.writerow([table.title])
         writer.writerow(table.headers)
-        writer.writerows(["" if c is None else c for c in row] for row in table.rows)
+        writer.writerows([_csv_cell(c) for c in row] for row in table.rows)
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
@@ -182,6 +197,10 @@ def to_xlsx(report: Report, lang: str) -> bytes:
             cell.font = Font(bold=True)
         for row in table.rows:
             sheet.append(row)
+        for cells in sheet.iter_rows():
+            for cell in cells:
+                if cell.data_type == "f":  # a name that looks like a formula stays text, never runs
+                    cell.data_type = "s"
         for i, header in enumerate(table.headers):
             sheet.column_dimensions[chr(ord("A") + i)].width = max(12, min(40, 2 * len(header) + 4))
     out = io.BytesIO()
@@ -229,14 +248,26 @@ def _bar_chart(values: Sequence[int], names: Sequence[str], font: str, width: fl
     return drawing
 
 
+def _xml(text: str) -> str:
+    """Text for a reportlab Paragraph, which reads markup: names are shown as written, never as tags."""
+    from xml.sax.saxutils import escape
+
+    return escape(text)
+
+
 def _pdf_table(table: Table, font: str, width: float) -> list[object]:
     from reportlab.lib import colors
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.platypus import Paragraph, TableStyle
     from reportlab.platypus import Table as PdfTable
-    from reportlab.platypus import TableStyle
 
-    rows = [table.headers, *[["" if c is None else str(c) for c in row] for row in table.rows]]
+    cell_style = ParagraphStyle("cell", fontName=font, fontSize=8, leading=10)
+    rows: list[list[object]] = [
+        [Paragraph(_xml(str(c)), cell_style) for c in table.headers],
+        *[[Paragraph(_xml("" if c is None else str(c)), cell_style) for c in row] for row in table.rows],
+    ]
     if len(rows) == 1:
-        rows.append(["—"] + [""] * (len(table.headers) - 1))
+        rows.append([Paragraph("—", cell_style), *([""] * (len(table.headers) - 1))])
     t = PdfTable(rows, repeatRows=1, colWidths=[width / len(table.headers)] * len(table.headers))
     t.setStyle(
         TableStyle(
@@ -266,7 +297,7 @@ def to_pdf(report: Report, lang: str) -> bytes:
     doc = SimpleDocTemplate(out, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, title=title_of(report, lang))
     width = doc.width
     story: list[object] = [
-        Paragraph(title_of(report, lang), h1),
+        Paragraph(_xml(title_of(report, lang)), h1),
         Paragraph(f"{label('generated', lang)}: {report.generated_at.isoformat(timespec='seconds')}", body),
         Paragraph(label("not_included", lang), body),
     ]
@@ -275,7 +306,7 @@ def to_pdf(report: Report, lang: str) -> bytes:
     for t, _sev, n in report.by_type_severity:
         by_type[alarm_name(t, lang)] = by_type.get(alarm_name(t, lang), 0) + n
     for table in tables(report, lang):
-        story.append(Paragraph(table.title, h2))
+        story.append(Paragraph(_xml(table.title), h2))
         if table.key == "per_day":
             names = [d.strftime("%m-%d") if len(days) > 1 else d.isoformat() for d in days]
             story.append(_bar_chart([report.per_day.get(d, 0) for d in days], names, font, width, 150))

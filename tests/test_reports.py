@@ -350,7 +350,7 @@ def test_the_reports_page_offers_the_admins_places_by_name(env: ApiEnv) -> None:
     page = client.get("/reports?lang=en")
     assert page.status_code == 200
     assert 'value="community:c1"' in page.text and "Test community" in page.text and "Micro three" in page.text
-    assert "c2" not in page.text and "Other community" not in page.text and "Grid nine" not in page.text
+    assert "community:c2" not in page.text and "Other community" not in page.text and "Grid nine" not in page.text
     assert 'href="/reports"' in page.text, "the nav links the page"
     assert "报表" in client.get("/reports?lang=zh-CN").text
     made = client.get("/reports", params={"target": "community:c1", "period": "2026-11", "format": "xlsx"})
@@ -513,3 +513,24 @@ def test_a_scheduled_report_arrives_by_e_mail_with_the_file_attached(env: ApiEnv
     assert attached.get_filename() == "gridwatch-street-2026-11.xlsx"
     book = load_workbook(io.BytesIO(attached.get_content()))
     assert {row[0]: row[1] for row in book["Summary"].iter_rows(min_row=3, values_only=True)}["Alarms"] == 6
+
+
+def test_hostile_names_stay_text_in_every_format(env: ApiEnv) -> None:
+    """A merchant named like a formula or like markup: never a formula in CSV or XLSX, never markup in the PDF."""
+    formula, markup = '=HYPERLINK("http://evil.test","click")', "<b>Tea & house</b> <font size=40>"
+    with env.conn() as conn, conn.transaction():
+        for merchant_id, name in (("m1", formula), ("m2", markup)):
+            conn.execute("UPDATE merchant SET name = %s WHERE id = %s", (name, merchant_id))
+        conn.execute("UPDATE community SET name = %s WHERE id = 'c1'", ("-2+3 <i>community</i>",))
+    params = {"scope": "community", "id": "c1", "period": "2026-11"}
+    _, data, _ = report(env, "admin", **params, format="csv")
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    assert ["'" + formula] in [r[:1] for r in rows]
+    _, data, _ = report(env, "admin", **params, format="xlsx")
+    sheet = load_workbook(io.BytesIO(data))["Merchant safety scores"]
+    cells = {c.value: c.data_type for row in sheet.iter_rows() for c in row if isinstance(c.value, str)}
+    assert cells[formula] == "s" and cells[markup] == "s"
+    status, data, _ = report(env, "admin", **params, format="pdf")
+    assert status == 200
+    text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages)
+    assert "<b>Tea & house</b>" in text and "-2+3 <i>community</i>" in text
