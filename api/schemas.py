@@ -393,6 +393,7 @@ class KpiRead(BaseModel):
     devices: int
     devices_offline: int
     devices_never_seen: int
+    devices_not_commissioned: int = Field(description="active devices that never passed a commissioning check (now)")
     last_real_hazard_at: datetime | None
     days_without_real_hazard: int | None = Field(
         description="whole days since the last alarm resolved as a real hazard was raised; null if there never was one"

@@ -210,6 +210,7 @@ def test_report_figures_equal_the_kpi_api_and_the_hand_computed_history(env: Api
     assert kpi["time_to_acknowledge"] == {"p50_s": pytest.approx(90), "p90_s": pytest.approx(246)}
     assert kpi["time_to_resolve"] == {"p50_s": pytest.approx(600), "p90_s": pytest.approx(1080)}
     assert (kpi["unreached_notifications"], kpi["devices"], kpi["devices_offline"]) == (2, 5, 2)
+    assert (kpi["devices_never_seen"], kpi["devices_not_commissioned"]) == (1, 4)
     assert kpi["alarms_by_type"] == {"gas_leak": 3, "gas_low": 1, "smoke": 1}
 
     t = sections(data)

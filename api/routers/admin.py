@@ -600,6 +600,7 @@ def kpis(
         devices=k.devices,
         devices_offline=k.offline,
         devices_never_seen=k.never_seen,
+        devices_not_commissioned=k.not_commissioned,
         last_real_hazard_at=last,
         days_without_real_hazard=None if last is None else max(0, (now - last).days),
     )
