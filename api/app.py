@@ -22,7 +22,8 @@ from api import pages
 from api import repo as api_repo
 from api.deps import Admin, Conn
 from api.ratelimit import FailureLimiter
-from api.routers import admin, alarms, board, devices, merchants
+from api.routers import admin, alarms, board, devices, merchants, reports
+from api.routers import map as map_routes
 from api.stream import AlarmHub
 from core.actionlink import LinkError
 from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
@@ -121,6 +122,8 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     app.include_router(devices.router)
     app.include_router(merchants.router)
     admin.include(app)
+    app.include_router(reports.router)
+    app.include_router(map_routes.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

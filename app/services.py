@@ -53,7 +53,7 @@ class Running:
             self.api_server.should_exit = True
             if self.api_thread:
                 self.api_thread.join(timeout=10)
-        for name in ("ingest", "rules", "actuator", "score", "notify"):
+        for name in ("ingest", "rules", "actuator", "score", "notify", "report"):
             part = self.parts.get(name)
             if part is not None:
                 part.stop()
@@ -116,6 +116,12 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
 
         running.parts["notify"] = NotifyWorker(settings)
         running.parts["notify"].start()
+        if settings.report_notify and settings.report_schedule:
+            # Scheduled reports (issue 22) go out through apprise, like every other message.
+            from report.schedule import ReportWorker
+
+            running.parts["report"] = ReportWorker(settings)
+            running.parts["report"].start()
     if "api" in only:
         from api.app import create_app
 
