@@ -22,7 +22,8 @@ from api import field_pages, pages
 from api import repo as api_repo
 from api.deps import Admin, Conn
 from api.ratelimit import FailureLimiter
-from api.routers import admin, alarms, board, devices, field, merchants
+from api.routers import admin, alarms, board, devices, field, merchants, reports
+from api.routers import map as map_routes
 from api.stream import AlarmHub
 from core.actionlink import LinkError
 from core.errors import AuthError, ConfigError, ConflictError, NotFoundError, RegistryError
@@ -126,6 +127,8 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     app.include_router(merchants.router)
     app.include_router(field.router)
     admin.include(app)
+    app.include_router(reports.router)
+    app.include_router(map_routes.router)
     app.include_router(field_pages.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -24,7 +24,7 @@ from psycopg import Connection
 
 from api import auth, i18n
 from api import repo as api_repo
-from api.chart import svg_chart
+from api.chart import svg_bars, svg_chart
 from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, same_origin, settings_of
 from api.ratelimit import FailureLimiter, client_key
 from api.routers import admin as admin_routes
@@ -34,12 +34,16 @@ from api.routers import devices as device_routes
 from api.routers import merchants as merchant_routes
 from api.schemas import BoardItem
 from api.stream import alarm_stream
-from core import actionlink
+from core import actionlink, names
 from core import repo as core_repo
 from core.domain import Disposition, Severity
 from core.errors import AuthError, NotFoundError
+from report import period as report_period
+from report import service as report_service
 from rules import service as rules_service
 from rules.commissioning import service as commissioning
+from rules.engine import ThresholdRule
+from rules.ruleset import rules_in_force
 from score import policy as score_policy
 from score import service as score_service
 
@@ -91,6 +95,9 @@ def _ctx(request: Request, who: auth.Principal | None, **extra: Any) -> dict[str
         "time": lambda v: _fmt_time(v, tz),
         "secs": _fmt_secs,
         "sev": lambda n: Severity(n).label,
+        # names, not ids (issue 22): alarm types and severities as a person reads them, in their language
+        "alarm_name": lambda alarm_type: names.alarm_name(alarm_type, lang),
+        "sev_name": lambda n: names.severity_name(n, lang),
         "prio": lambda n: Severity(n).priority,
         "dispositions": [d.value for d in Disposition],
         **extra,
@@ -361,6 +368,7 @@ def _alarm_view(
         chart=chart,
         field=field,
         merchant_id=row.merchant_id,
+        acked_name=row.acknowledged_by_name,
         finding_kinds=kinds if row.merchant_id else [],
         acting=acting,
         done=request.query_params.get("done"),
@@ -518,6 +526,20 @@ def _alarm_field(alarm_type: str, readings: list[Any]) -> str | None:
     return None
 
 
+def _thresholds(
+    conn: Connection[Any], request: Request, device_id: str, field: str, lang: str
+) -> list[tuple[float, str]]:
+    """The raise levels of the device's threshold rules on this field (issue 22: marked on its chart)."""
+    device = core_repo.get_devices(conn, ids=[device_id]).get(device_id)
+    if device is None:
+        return []
+    return [
+        (rule.raise_at, f"{rule.id} {names.alarm_name(rule.alarm_type, lang)}")
+        for rule in rules_in_force(settings_of(request).rules_file).for_device(device)
+        if isinstance(rule, ThresholdRule) and rule.field == field and rule.raise_at is not None
+    ]
+
+
 @router.get("/devices/{device_id}")
 def device_page(
     device_id: str,
@@ -541,12 +563,6 @@ def device_page(
     series = device_routes.reading_series(
         conn, who, device_id, field=chosen, start=end - timedelta(hours=hours), end=end, points=240
     )
-    chart = svg_chart(
-        [(b.bucket, b.min, b.avg, b.max) for b in series.buckets],
-        title=f"{device_id} {chosen}",
-        unit=UNITS.get(chosen, ""),
-        tz_label=settings_of(request).timezone,
-    )
     alarms = api_repo.list_alarms(
         conn,
         worker_id=who.worker_scope,
@@ -560,6 +576,24 @@ def device_page(
         before_id=None,
         limit=20,
         device_id=device_id,
+    )
+    lang = i18n.pick_lang(request)
+    chart = svg_chart(
+        [(b.bucket, b.min, b.avg, b.max) for b in series.buckets],
+        title=f"{device_id} {chosen}",
+        unit=UNITS.get(chosen, ""),
+        tz_label=settings_of(request).timezone,
+        thresholds=_thresholds(conn, request, device_id, chosen, lang),
+        # issue 22: when each alarm of the device was active, by name
+        spans=[
+            (
+                a.raised_at,
+                a.cleared_at or a.closed_at,
+                names.alarm_name(a.type, lang),
+                f"sev-{Severity(a.severity).label}",
+            )
+            for a in alarms
+        ],
     )
     lock = device_routes.port_lock(conn, device_id) if device.kind == "charging_port" else None
     commissioning = device_routes.commissioning_status(conn, who, device_id)
@@ -626,7 +660,13 @@ def score_page(
         raise HTTPException(422, "merchant: choose a merchant (?merchant=ID)")
     view = merchant_routes.merchant_view(conn, who, merchant_id)
     trend = [(p.at, None, float(p.score), None) for p in view.trend]
-    chart = svg_chart(trend, title=view.merchant_name, unit="", tz_label=settings_of(request).timezone)
+    chart = svg_chart(
+        trend,
+        title=view.merchant_name,
+        unit="",
+        tz_label=settings_of(request).timezone,
+        events=[(e.at, f"{e.points:+d} {e.code} {e.reason}") for e in view.ledger],  # issue 22: the ledger's entries
+    )
     return render(request, "score.html", who, v=view, chart=chart)
 
 
@@ -655,11 +695,21 @@ def admin_page(
         offset=offset,
     )
     states = commissioning.states(conn, device_ids=[d.id for d in devices])
+    # issue 22: alarms per local day over the last 30 days, everything the admin may see
+    days = report_period.last_days(30, datetime.now(UTC), settings_of(request).timezone)
+    per_day = report_service.alarms_per_day(
+        conn, scope=report_service.Scope("street", None, tuple(scope) if scope is not None else None), period=days
+    )
+    alarms_chart = svg_bars(
+        [(d.strftime("%m-%d"), n) for d, n in per_day], title=i18n.translator(i18n.pick_lang(request))("alarms_per_day")
+    )
     return render(
         request,
         "admin.html",
         who,
         kpis=kpis,
+        alarms_chart=alarms_chart,
+        place_names={r["id"]: r["name"] for r in [*communities, *grids]},
         devices=devices,
         uncommissioned=commissioning.uncommissioned(conn, limit=200),
         commissioned={i for i, st in states.items() if st.commissioned},

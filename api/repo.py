@@ -1,4 +1,5 @@
-"""SQL the API runs: tokens, sessions, scoped alarms, devices and readings, registry CRUD, KPIs.
+"""SQL the API runs: tokens, sessions, scoped alarms, devices and readings, registry CRUD (the KPIs'
+SQL is report/repo.py's, shared with the reports).
 
 Scope convention (SITE_SCOPE): worker, merchant and communities None mean an admin of every community;
 a worker sees the micro-grids of their registry role (WORKER_MICRO_GRIDS), a merchant their own sites, an admin
@@ -19,7 +20,8 @@ from psycopg.rows import class_row, dict_row
 
 from core import repo as core_repo
 from core.db import OUTBOX_CHANNEL
-from core.domain import Alarm
+from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS, STATE_FIELDS, Alarm
+from report import repo as report_repo
 
 # -- tokens and sessions ----------------------------------------------------------------------------------
 
@@ -237,6 +239,7 @@ class AlarmInSite(Alarm):
     ladder_step: int | None = None
     ladder_stopped_at: datetime | None = None
     escalated_at: datetime | None = None
+    acknowledged_by_name: str | None = None  # issue 22: the person by name, not only their id
 
 
 # The ladder columns read notify's escalation table and the alarm's latest `escalated` event (alarm_event_alarm
@@ -245,7 +248,8 @@ ALARM_LIST_COLUMNS = (
     core_repo.alarm_columns("a")
     + """, s.name AS site_name, s.address AS site_address, s.merchant_id,
     e.step AS ladder_step, e.stopped_at AS ladder_stopped_at,
-    (SELECT max(ev.at) FROM alarm_event ev WHERE ev.alarm_id = a.id AND ev.kind = 'escalated') AS escalated_at"""
+    (SELECT max(ev.at) FROM alarm_event ev WHERE ev.alarm_id = a.id AND ev.kind = 'escalated') AS escalated_at,
+    (SELECT w.name FROM worker w WHERE w.id = a.acknowledged_by) AS acknowledged_by_name"""
 )
 ALARM_FROM = "alarm a JOIN site s ON s.id = a.site_id LEFT JOIN escalation e ON e.alarm_id = a.id"
 
@@ -397,24 +401,7 @@ def list_alarm_events(conn: Connection[Any], *, alarm_id: int) -> list[AlarmEven
         return cur.execute(SELECT_ALARM_EVENTS, (alarm_id,)).fetchall()
 
 
-READING_COLUMNS = (
-    "gas_lel",
-    "co_ppm",
-    "smoke_db_m",
-    "temp_c",
-    "power_w",
-    "current_a",
-    "voltage_v",
-    "energy_wh",
-    "battery_pct",
-    "gas",
-    "smoke",
-    "tamper",
-    "test",
-    "relay",
-    "valve",
-    "fault",
-)
+READING_COLUMNS = MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS
 SELECT_READINGS_RAW = f"""
 SELECT ts, seq, {", ".join(READING_COLUMNS)} FROM reading
 WHERE device_id = %s AND ts >= %s AND ts <= %s ORDER BY ts, seq LIMIT %s
@@ -458,8 +445,7 @@ class DeviceRow:
 # Offline: the device said so (retained status / last will), or it has been silent for more than twice its
 # expected report interval (RULES-REFERENCE section 5). A device never heard from is not counted as offline
 # here (it shows last_seen_at null); KPIs count it separately.
-DEVICE_OFFLINE = """(coalesce(st.online, true) = false
-    OR (st.last_seen_at IS NOT NULL AND st.last_seen_at < now() - make_interval(secs => 2 * d.report_interval_s)))"""
+DEVICE_OFFLINE = report_repo.DEVICE_OFFLINE  # one definition of offline, as the KPIs and reports count it
 DEVICE_COLUMNS = f"""d.id, d.kind, d.site_id, d.location, d.adapter, d.foreign_id, d.battery, d.report_interval_s,
     d.gateway_id, d.model, d.active, d.installed_at, s.micro_grid_id, s.merchant_id, s.name AS site_name,
     st.online, st.last_seen_at, {DEVICE_OFFLINE} AS offline,
@@ -595,98 +581,6 @@ def get_merchant_in_scope(
     if row is None:
         return None
     return (row[0], row[1]) if isinstance(row, tuple) else (row["id"], row["name"])
-
-
-# -- KPIs -----------------------------------------------------------------------------------------------------------
-
-# Scope of a KPI query: the micro-grids of one grid, or of every grid of one community.
-KPI_MICRO_GRIDS = """
-SELECT mg.id FROM micro_grid mg JOIN grid g ON g.id = mg.grid_id
-WHERE (%(grid)s::text IS NULL OR g.id = %(grid)s) AND (%(community)s::text IS NULL OR g.community_id = %(community)s)
-"""
-KPI_BY_TYPE = f"""
-SELECT a.type, count(*)::int AS n FROM alarm a
-WHERE a.micro_grid_id IN ({KPI_MICRO_GRIDS}) AND a.raised_at >= %(since)s AND a.raised_at < %(until)s
-GROUP BY a.type ORDER BY a.type
-"""
-# Times are measured from raise (event time) to the person's action (wall clock); an alarm acknowledged
-# only implicitly by its resolution counts with the resolution time.
-KPI_DURATIONS = f"""
-SELECT count(*)::int AS alarms,
-       count(a.acknowledged_at)::int AS acknowledged,
-       count(a.closed_at)::int AS resolved,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM a.acknowledged_at - a.raised_at))
-           AS ack_p50,
-       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM a.acknowledged_at - a.raised_at))
-           AS ack_p90,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM a.closed_at - a.raised_at)) AS resolve_p50,
-       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM a.closed_at - a.raised_at)) AS resolve_p90
-FROM alarm a
-WHERE a.micro_grid_id IN ({KPI_MICRO_GRIDS}) AND a.raised_at >= %(since)s AND a.raised_at < %(until)s
-"""
-KPI_UNREACHED = f"""
-SELECT count(*)::int FROM notification n JOIN alarm a ON a.id = n.alarm_id
-WHERE n.status = 'failed' AND a.micro_grid_id IN ({KPI_MICRO_GRIDS})
-  AND a.raised_at >= %(since)s AND a.raised_at < %(until)s
-"""
-KPI_DEVICES = f"""
-SELECT count(*)::int AS devices,
-       count(*) FILTER (WHERE {DEVICE_OFFLINE})::int AS offline,
-       count(*) FILTER (WHERE st.last_seen_at IS NULL AND st.online IS NULL)::int AS never_seen
-FROM device d JOIN site s ON s.id = d.site_id LEFT JOIN device_state st ON st.device_id = d.id
-WHERE d.active AND s.micro_grid_id IN ({KPI_MICRO_GRIDS})
-"""
-KPI_LAST_REAL_HAZARD = f"""
-SELECT max(a.raised_at) FROM alarm a
-WHERE a.disposition = 'real_hazard' AND a.micro_grid_id IN ({KPI_MICRO_GRIDS})
-"""
-
-
-@dataclass(slots=True)
-class KpiRow:
-    by_type: dict[str, int]
-    alarms: int
-    acknowledged: int
-    resolved: int
-    ack_p50: float | None
-    ack_p90: float | None
-    resolve_p50: float | None
-    resolve_p90: float | None
-    unreached: int
-    devices: int
-    offline: int
-    never_seen: int
-    last_real_hazard_at: datetime | None
-
-
-def compute_kpis(
-    conn: Connection[Any], *, grid_id: str | None, community_id: str | None, since: datetime, until: datetime
-) -> KpiRow:
-    """KPIs of a grid or community for alarms raised in [since, until)."""
-    p = {"grid": grid_id, "community": community_id, "since": since, "until": until}
-    with conn.cursor() as cur:
-        by_type = {row[0]: row[1] for row in cur.execute(KPI_BY_TYPE, p).fetchall()}
-        d = cur.execute(KPI_DURATIONS, p).fetchone()
-        unreached = cur.execute(KPI_UNREACHED, p).fetchone()
-        dev = cur.execute(KPI_DEVICES, p).fetchone()
-        last = cur.execute(KPI_LAST_REAL_HAZARD, p).fetchone()
-    if d is None or unreached is None or dev is None or last is None:
-        raise LookupError("aggregate queries return one row")
-    return KpiRow(
-        by_type=by_type,
-        alarms=d[0],
-        acknowledged=d[1],
-        resolved=d[2],
-        ack_p50=d[3],
-        ack_p90=d[4],
-        resolve_p50=d[5],
-        resolve_p90=d[6],
-        unreached=unreached[0],
-        devices=dev[0],
-        offline=dev[1],
-        never_seen=dev[2],
-        last_real_hazard_at=last[0],
-    )
 
 
 SELECT_SITE_IN_SCOPE = f"""

@@ -325,6 +325,14 @@ class SiteWrite(_Write):
     flags: list[str] = Field(default_factory=list)
     lpg: bool = False
     building: Id | None = Field(default=None, description="the building a shop or storage unit is in (DEV-03)")
+    lat: float | None = Field(default=None, ge=-90, le=90, description="WGS-84 latitude, for the map (issue 22)")
+    lon: float | None = Field(default=None, ge=-180, le=180, description="WGS-84 longitude; both or neither")
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> SiteWrite:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("give both lat and lon, or neither")
+        return self
 
 
 class SiteRead(SiteWrite):
@@ -385,6 +393,7 @@ class KpiRead(BaseModel):
     devices: int
     devices_offline: int
     devices_never_seen: int
+    devices_not_commissioned: int = Field(description="active devices that never passed a commissioning check (now)")
     last_real_hazard_at: datetime | None
     days_without_real_hazard: int | None = Field(
         description="whole days since the last alarm resolved as a real hazard was raised; null if there never was one"

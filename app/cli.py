@@ -1,4 +1,4 @@
-"""The `gridwatch` command: demo, serve, migrate, load, token, rules, simulate, bench."""
+"""The `gridwatch` command: demo, serve, migrate, load, token, rules, report, simulate, bench."""
 
 from __future__ import annotations
 
@@ -485,6 +485,65 @@ def score_check(
         + ", ".join(f"{b.tier} {b.min}-{b.max}" for b in p.tiers)
         + f"; {len(p.alarm_deductions)} alarm deductions, {len(p.findings)} finding kinds"
         + (f"; overrides for {', '.join(policies.communities)}" if policies.communities else "")
+    )
+
+
+def _report_scope(community: str | None, grid: str | None, micro_grid: str | None, street: bool) -> Any:
+    from report.service import Scope
+
+    chosen = [(k, v) for k, v in (("community", community), ("grid", grid), ("micro_grid", micro_grid)) if v]
+    if len(chosen) + street != 1:
+        raise typer.BadParameter("give exactly one of --community, --grid, --micro-grid or --street")
+    return Scope("street") if street else Scope(chosen[0][0], chosen[0][1])  # type: ignore[arg-type]
+
+
+def _report_period(month: str | None, week: str | None, day: str | None) -> str:
+    given = [p for p in (month, week, day) if p]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --month 2026-11, --week 2026-W45 or --day 2026-11-05")
+    return given[0]
+
+
+@app.command()
+def report(
+    community: Annotated[str | None, typer.Option(help="community id")] = None,
+    grid: Annotated[str | None, typer.Option(help="grid id")] = None,
+    micro_grid: Annotated[str | None, typer.Option("--micro-grid", help="micro-grid id")] = None,
+    street: Annotated[bool, typer.Option(help="every community")] = False,
+    month: Annotated[str | None, typer.Option(help="e.g. 2026-11")] = None,
+    week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W45")] = None,
+    day: Annotated[str | None, typer.Option(help="e.g. 2026-11-05")] = None,
+    format: Annotated[str, typer.Option(help="pdf, xlsx or csv")] = "pdf",
+    lang: Annotated[str, typer.Option(help="zh-CN or en")] = "zh-CN",
+    out: Annotated[Path | None, typer.Option(help="file to write (default: its own name, here)")] = None,
+) -> None:
+    """A report for a day, week or month (the street's time zone) as PDF, XLSX or CSV (docs/reports.md)."""
+    from datetime import UTC, datetime
+
+    from report import render
+    from report import service as report_service
+    from report.period import parse_period
+
+    scope = _report_scope(community, grid, micro_grid, street)
+    text = _report_period(month, week, day)
+    if format not in render.FORMATS:
+        raise typer.BadParameter(f"--format: one of {', '.join(render.FORMATS)}")
+    if lang not in ("zh-CN", "en"):
+        raise typer.BadParameter("--lang: zh-CN or en")
+    settings = _settings()
+    try:
+        period = parse_period(text, settings.timezone)
+        with db.connect(settings.dsn) as conn, conn.transaction():
+            built = report_service.build_report(conn, scope=scope, period=period, now=datetime.now(UTC))
+        data = render.render(built, format, lang)
+    except GridwatchError as exc:
+        raise _fail(exc) from exc
+    target = out or Path(render.filename(built, format))
+    target.write_bytes(data)
+    k = built.kpis
+    typer.echo(
+        f"{target}: {render.title_of(built, lang)} — {k.alarms} alarms, {k.unreached} unreached, "
+        f"{k.offline}/{k.devices} devices offline"
     )
 
 

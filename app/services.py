@@ -53,7 +53,7 @@ class Running:
             self.api_server.should_exit = True
             if self.api_thread:
                 self.api_thread.join(timeout=10)
-        for name in ("ingest", "rules", "actuator", "score", "notify", "field"):
+        for name in ("ingest", "rules", "actuator", "score", "notify", "report", "field"):
             part = self.parts.get(name)
             if part is not None:
                 part.stop()
@@ -116,6 +116,12 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
 
         running.parts["notify"] = NotifyWorker(settings)
         running.parts["notify"].start()
+        if settings.report_notify and settings.report_schedule:
+            # Scheduled reports (issue 22) go out through apprise, like every other message.
+            from report.schedule import ReportWorker
+
+            running.parts["report"] = ReportWorker(settings)
+            running.parts["report"].start()
         # Work orders' notices (the party told, the overdue ladder) go out through notify's apprise sender.
         from field.worker import FieldWorker
         from notify.delivery import Sender

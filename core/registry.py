@@ -25,6 +25,10 @@ ROSTER_RE = re.compile(
 DEFAULT_INTERVAL_S = {True: 24 * 3600, False: 300}
 
 
+# A community's sites on the map lie within this many degrees (about 10 km) of each other.
+MAX_SPREAD_DEG = 0.1
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -96,6 +100,15 @@ class SiteIn(_Strict):
     flags: list[str] = Field(default_factory=list)
     lpg: bool = False
     building: Id | None = Field(default=None, description="the building a shop or storage unit is in (DEV-03)")
+    # Where it is on the map (issue 22): WGS-84 degrees, both or neither.
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> SiteIn:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError(f"site {self.id}: give both lat and lon, or neither")
+        return self
 
 
 class DeviceIn(_Strict):
@@ -132,6 +145,7 @@ class RegistryIn(_Strict):
     def _references(self) -> RegistryIn:
         self._check_unique_ids()
         self._check_worker_references()
+        self._check_site_spread()
         self._check_site_references()
         self._check_device_references()
         return self
@@ -163,6 +177,21 @@ class RegistryIn(_Strict):
             for g in w.grids:
                 if g not in grids:
                     raise ValueError(f"worker {w.id!r} leads unknown grid {g!r}")
+
+    def _check_site_spread(self) -> None:
+        """A community's placed sites lie within MAX_SPREAD_DEG of each other: a site far from the rest has its
+        coordinates mistyped or swapped (lat for lon)."""
+        placed = sorted((s.lat, s.lon, s.id) for s in self.sites if s.lat is not None and s.lon is not None)
+        if len(placed) < 2:
+            return
+        mid_lat = sorted(p[0] for p in placed)[len(placed) // 2]
+        mid_lon = sorted(p[1] for p in placed)[len(placed) // 2]
+        for lat, lon, site_id in placed:
+            if abs(lat - mid_lat) > MAX_SPREAD_DEG or abs(lon - mid_lon) > MAX_SPREAD_DEG:
+                raise ValueError(
+                    f"site {site_id}: lat {lat}, lon {lon} is more than {MAX_SPREAD_DEG} degrees from the community's "
+                    f"other sites (around {mid_lat}, {mid_lon}); are lat and lon mistyped or swapped?"
+                )
 
     def _check_site_references(self) -> None:
         """Every site's micro-grid and merchant exist."""

@@ -51,11 +51,11 @@ ON CONFLICT (id) DO UPDATE SET community_id = EXCLUDED.community_id, name = EXCL
     contact = EXCLUDED.contact, phone = EXCLUDED.phone, notify_urls = EXCLUDED.notify_urls
 """
 UPSERT_SITE = """
-INSERT INTO site (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO site (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building, lat, lon)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET micro_grid_id = EXCLUDED.micro_grid_id, merchant_id = EXCLUDED.merchant_id,
     kind = EXCLUDED.kind, name = EXCLUDED.name, address = EXCLUDED.address, floor = EXCLUDED.floor,
-    flags = EXCLUDED.flags, lpg = EXCLUDED.lpg, building = EXCLUDED.building
+    flags = EXCLUDED.flags, lpg = EXCLUDED.lpg, building = EXCLUDED.building, lat = EXCLUDED.lat, lon = EXCLUDED.lon
 """
 UPSERT_DEVICE = """
 INSERT INTO device (id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
@@ -93,7 +93,20 @@ def upsert_registry(conn: Connection[Any], *, registry: RegistryIn) -> dict[str,
         cur.executemany(
             UPSERT_SITE,
             [
-                (s.id, s.micro_grid, s.merchant, s.kind.value, s.name, s.address, s.floor, s.flags, s.lpg, s.building)
+                (
+                    s.id,
+                    s.micro_grid,
+                    s.merchant,
+                    s.kind.value,
+                    s.name,
+                    s.address,
+                    s.floor,
+                    s.flags,
+                    s.lpg,
+                    s.building,
+                    s.lat,
+                    s.lon,
+                )
                 for s in registry.sites
             ],
         )
@@ -197,7 +210,8 @@ REGISTRY_SELECT: dict[str, str] = {
             AS grids
         FROM worker w""",
     "merchant": "SELECT id, community_id, name, contact, phone, notify_urls AS notify FROM merchant",
-    "site": "SELECT id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building FROM site",
+    "site": """SELECT id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building, lat, lon
+        FROM site""",
     "device": """SELECT id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
         model, mounting, active FROM device""",
 }
@@ -326,9 +340,13 @@ def upsert_site(
     flags: list[str],
     lpg: bool,
     building: str | None = None,
+    lat: float | None = None,
+    lon: float | None = None,
 ) -> None:
     """Insert or update a site."""
-    conn.execute(UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building))
+    conn.execute(
+        UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building, lat, lon)
+    )
 
 
 UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cached_property
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -108,6 +109,27 @@ class Settings(BaseSettings):
     score_tick_s: float = Field(default=300.0, gt=0)
     timezone: str = "Asia/Shanghai"
     log_level: str = "INFO"
+
+    # Scheduled reports (issue 22, docs/reports.md): the notify part sends the last complete day/week/month's report
+    # to these apprise URLs (mailto://... for e-mail) once report_hour (local) has passed after the period ended.
+    # Nothing is sent while report_notify or report_schedule is empty. JSON lists in the environment:
+    # GRIDWATCH_REPORT_NOTIFY='["mailtos://user:pass@mail.example.org?to=office@example.org"]',
+    # GRIDWATCH_REPORT_SCHEDULE='["weekly", "monthly"]'.
+    report_notify: list[str] = Field(default_factory=list)
+    report_schedule: list[Literal["daily", "weekly", "monthly"]] = Field(default_factory=list)
+    # What the scheduled report covers: "street" (every community) or one of "community:ID", "grid:ID",
+    # "micro_grid:ID".
+    report_scope: str = Field(
+        default="street", pattern=r"^(street|(community|grid|micro_grid):[A-Za-z0-9][A-Za-z0-9._:-]*)$"
+    )
+    report_format: Literal["pdf", "xlsx", "csv"] = "pdf"
+    report_lang: Literal["zh-CN", "en"] = "zh-CN"
+    report_hour: int = Field(default=7, ge=0, le=23)
+    report_check_s: float = Field(default=300.0, gt=0)
+    # The map (issue 22) is drawn from the registry's coordinates with no tiles from outside; a tile server on the
+    # API's own host (a path such as /tiles/{z}/{x}/{y}.png behind the same proxy; the pages' CSP allows images
+    # from 'self' only) may be drawn underneath.
+    map_tile_url: str = Field(default="", pattern=r"^(/\S*\{z\}\S*\{x\}\S*\{y\}\S*)?$")
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:

@@ -39,6 +39,16 @@ TRADES = [
 ]
 
 
+def place(origin: tuple[float, float], row: int, col: int, step: float = 0.0004) -> dict[str, float]:
+    """Map coordinates (issue 22) on a street grid from an origin: rows go north, columns east."""
+    return {"lat": round(origin[0] + row * step, 6), "lon": round(origin[1] + col * step * 1.15, 6)}
+
+
+# Where the example communities lie (north-west Chengdu): the storage area and the open compound.
+HHC_ORIGIN = (30.6790, 104.0660)
+OCP_ORIGIN = (30.6900, 104.0500)
+
+
 def name(rng: random.Random) -> str:
     return rng.choice(SURNAMES) + "".join(rng.choice(GIVEN) for _ in range(rng.choice((1, 2))))
 
@@ -114,6 +124,7 @@ def storage_area() -> dict[str, Any]:
                 "address": f"荷花池仓储区{(i - 1) // 8 + 1}栋{i:02d}号",
                 "floor": floor,
                 "building": f"hhc-b{(i - 1) // 8 + 1}",
+                **place(HHC_ORIGIN, ((i - 1) // 8) // 4, ((i - 1) // 8) % 4),
             }
         )
         devices.append(
@@ -162,6 +173,7 @@ def storage_area() -> dict[str, Any]:
                 "name": f"集中充电棚{shed}号",
                 "micro_grid": f"hhc-mg{shed}",
                 "address": f"荷花池仓储区东侧充电棚{shed}",
+                **place(HHC_ORIGIN, shed - 1, 5),
             }
         )
         devices.append(
@@ -264,6 +276,7 @@ def open_compound() -> dict[str, Any]:
                 "address": f"开放式小区{b}栋",
                 "floor": None,
                 "flags": flags,
+                **place(OCP_ORIGIN, (b - 1) // 6, (b - 1) % 6),
             }
         )
         devices.append(
@@ -330,6 +343,7 @@ def open_compound() -> dict[str, Any]:
                 "merchant": mid,
                 "address": f"开放式小区临街{r}号",
                 "floor": 1,
+                **place(OCP_ORIGIN, -1, r),
             }
         )
         devices.append(
@@ -353,6 +367,7 @@ def open_compound() -> dict[str, Any]:
             "name": "小区集中充电棚",
             "micro_grid": mg_ids[0],
             "address": "开放式小区北门充电棚",
+            **place(OCP_ORIGIN, 7, 0),
         }
     )
     for port in range(1, 21):

@@ -12,33 +12,11 @@ import orjson
 from psycopg import Connection, errors
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 
-from core.domain import Reading
+from core.domain import FLAG_FIELDS, MEASUREMENT_FIELDS, STATE_FIELDS, Reading
 
 log = logging.getLogger(__name__)
 
-READING_COLUMNS = (
-    "device_id",
-    "ts",
-    "seq",
-    "received_at",
-    "gas_lel",
-    "co_ppm",
-    "smoke_db_m",
-    "temp_c",
-    "power_w",
-    "current_a",
-    "voltage_v",
-    "energy_wh",
-    "battery_pct",
-    "gas",
-    "smoke",
-    "tamper",
-    "test",
-    "relay",
-    "valve",
-    "fault",
-    "extras",
-)
+READING_COLUMNS = ("device_id", "ts", "seq", "received_at", *MEASUREMENT_FIELDS, *FLAG_FIELDS, *STATE_FIELDS, "extras")
 READING_TYPES = (
     "text",
     "timestamptz",

@@ -591,29 +591,6 @@ class RepeatRule(_RuleBase):
     window_s: float = Field(gt=0)
 
 
-Rule = Annotated[
-    ThresholdRule
-    | DurationRule
-    | FlagRule
-    | HushRule
-    | DoseRule
-    | GapRule
-    | RateOfRiseRule
-    | AbsenceRule
-    | SessionRule
-    | RebootRule
-    | DriftRule
-    | ClockRule
-    | StuckRule
-    | CorroborateRule
-    | RepeatRule
-    | RealarmRule
-    | NoCancelRule
-    | OutageRule
-    | PlacementRule
-    | CommissioningRule,
-    Field(discriminator="type"),
-]
 AnyRule = (
     ThresholdRule
     | DurationRule
@@ -636,6 +613,7 @@ AnyRule = (
     | PlacementRule
     | CommissioningRule
 )
+Rule = Annotated[AnyRule, Field(discriminator="type")]
 
 
 def watched_fields(rule: AnyRule) -> frozenset[str]:

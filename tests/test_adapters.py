@@ -11,7 +11,17 @@ from typing import Any
 import orjson
 import pytest
 
-from core.domain import Adapter, Device, DeviceKind, DeviceStatus, Location, Reading
+from core.domain import (
+    FLAG_FIELDS,
+    MEASUREMENT_FIELDS,
+    STATE_FIELDS,
+    Adapter,
+    Device,
+    DeviceKind,
+    DeviceStatus,
+    Location,
+    Reading,
+)
 from ingest import adapters
 from ingest.adapters.common import content_seq
 from ingest.decode import Decoded, Decoder, DeviceEvent, Limits, Message, Reject
@@ -88,24 +98,7 @@ def reading(topic: str, payload: Any, **kw: Any) -> Reading:
 
 
 def fields_of(r: Reading) -> dict[str, Any]:
-    names = (
-        "gas_lel",
-        "co_ppm",
-        "smoke_db_m",
-        "temp_c",
-        "power_w",
-        "current_a",
-        "voltage_v",
-        "energy_wh",
-        "battery_pct",
-        "gas",
-        "smoke",
-        "tamper",
-        "test",
-        "relay",
-        "valve",
-        "fault",
-    )
+    names = MEASUREMENT_FIELDS + FLAG_FIELDS + STATE_FIELDS
     return {n: getattr(r, n) for n in names if getattr(r, n) is not None}
 
 

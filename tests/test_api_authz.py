@@ -91,6 +91,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/devices/{device_id}/commission"): STAFF,
     ("GET", "/score"): ALL,
     ("GET", "/admin"): ADMIN,
+    ("GET", "/reports"): ADMIN,  # issue 22
+    ("GET", "/map"): STAFF,  # issue 22
+    ("GET", "/map/state"): STAFF,
+    ("GET", "/map/stream"): STAFF,
+    ("GET", "/map/buildings/{building}"): STAFF,
+    ("GET", "/map/buildings/{building}/floors/{floor}/plan"): STAFF,
     # issue 21: the work on foot (a merchant sees and reports fixed its own orders; staff open and re-inspect)
     ("GET", "/api/v1/checklists"): ALL,
     ("GET", "/api/v1/work-orders"): ALL,
@@ -162,7 +168,7 @@ ITEM_IDS = {
     "sites": "s1",
     "devices": "gas-1",
 }
-STREAMS = {"/api/v1/alarms/stream", "/board/stream"}
+STREAMS = {"/api/v1/alarms/stream", "/board/stream", "/map/stream"}
 # The signed link in every message (core/actionlink.py): the link itself is the credential, for one alarm; a token
 # or session neither adds nor takes away anything. Its own hostile tests are in tests/test_alarm_links.py.
 LINK_ROUTES = {
@@ -259,6 +265,8 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "step": "ack",
         "community_id": "c1",
         "grid_id": "g1",
+        "building": "s1",
+        "floor": 1,
         "key": link,
     }
 

@@ -17,7 +17,7 @@ import pytest
 from core.readmodel import RowRead
 from tests.conftest import ROOT
 
-STAGES = ("core", "ingest", "rules", "score", "notify", "field", "api", "simulators", "app")
+STAGES = ("core", "ingest", "rules", "score", "notify", "report", "field", "api", "simulators", "app")
 # What each stage may import (besides itself). rules, score and notify meet only in the database.
 ALLOWED = {
     "core": {"core"},
@@ -25,9 +25,11 @@ ALLOWED = {
     "rules": {"core", "rules"},
     "score": {"core", "score"},
     "notify": {"core", "notify"},
+    # report reads every stage's tables through its own repo (a read-only view, like the KPIs it computes).
+    "report": {"core", "report"},
     # field (the work on foot) feeds the score ledger through score.service, as the API records findings.
     "field": {"core", "score", "field"},
-    "api": {"core", "rules", "score", "notify", "field", "api"},
+    "api": {"core", "rules", "score", "notify", "report", "field", "api"},
     "simulators": {"core", "simulators"},
     "app": set(STAGES),  # the composition root
 }

@@ -51,6 +51,7 @@ from core import actionlink, registry
 from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
 from notify import service as notify_service
+from report import service as report_service
 from rules.ruleset import rules_in_force
 from score import policy as score_policy
 
@@ -283,6 +284,8 @@ KINDS: tuple[Kind, ...] = (
             flags=b.flags,
             lpg=b.lpg,
             building=b.building,
+            lat=b.lat,
+            lon=b.lon,
         ),
         refs=(("micro_grid_id", "micro_grid"), ("merchant_id", "merchant")),
         filters=("micro_grid_id", "merchant_id"),
@@ -574,10 +577,10 @@ def kpis(
         raise HTTPException(422, "since: must be before until")
     if until - since > MAX_KPI_RANGE:
         raise HTTPException(422, f"until: the range is limited to {MAX_KPI_RANGE.days} days")
-    k = api_repo.compute_kpis(
+    # The same computation as the reports' (report/service.py), so a report and the KPI API agree.
+    k = report_service.compute_kpis(
         conn,
-        grid_id=scope_id if scope == "grid" else None,
-        community_id=scope_id if scope == "community" else None,
+        scope=report_service.Scope("community" if scope == "community" else "grid", scope_id),
         since=since,
         until=until,
     )
@@ -597,6 +600,7 @@ def kpis(
         devices=k.devices,
         devices_offline=k.offline,
         devices_never_seen=k.never_seen,
+        devices_not_commissioned=k.not_commissioned,
         last_real_hazard_at=last,
         days_without_real_hazard=None if last is None else max(0, (now - last).days),
     )
