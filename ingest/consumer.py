@@ -365,7 +365,8 @@ class MqttConsumer:
         self.target = target
         self.topics = topics
         self.out = out
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set once the broker has granted the subscriptions (SUBACK)
+        self._subscribe_mid: int | None = None
         self.fatal: BrokerAuthError | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -385,6 +386,7 @@ class MqttConsumer:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.max_inflight_messages_set(receive_maximum)
         self._props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         self._props.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -406,15 +408,25 @@ class MqttConsumer:
                 log.warning("broker refused the connection: %s; retrying", name)
             return
         self.client.generation += 1
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
-        self.connected.set()
+        _result, self._subscribe_mid = client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
         log.info(
-            "connected to mqtt %s:%s (session %s), subscribed to %s",
+            "connected to mqtt %s:%s (session %s), subscribing to %s",
             self.target.host,
             self.target.port,
             "resumed" if _flags.session_present else "new",
             ", ".join(self.topics),
         )
+
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: list[ReasonCode], _props: Any
+    ) -> None:
+        """Connected means subscribed: a message published before the broker granted a topic would not reach us."""
+        if mid != self._subscribe_mid:
+            return
+        refused = [t for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
+        if refused:  # e.g. the broker's ACL does not grant the account a topic: its messages would never arrive
+            log.error("the broker refused the subscription to %s", ", ".join(refused))
+        self.connected.set()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any

@@ -125,6 +125,7 @@ def test_a_compressed_chunk_answers_the_readings_api_and_takes_late_readings(env
     # (TimescaleDB inserts into compressed chunks), a redelivery is absorbed, older ones are rejects with a reason.
     running = start_services(settings.model_copy(update={"max_reading_age_h": 15 * 24}), ("ingest",))
     try:
+        wait_for(running.parts["ingest"].consumer.connected.is_set, what="the ingest subscribed")
         late = start + timedelta(minutes=30, seconds=5)
         too_old = datetime.now(UTC) - timedelta(days=20)
         topic = f"{settings.topic_prefix}/gas-1/telemetry"
