@@ -263,3 +263,44 @@ def test_floor_plans_upload_show_and_stay_in_scope(env: ApiEnv) -> None:
     assert env.client.delete(url, headers=h).status_code == 204
     assert env.client.delete(url, headers=h).status_code == 404
     assert "floor-plan" not in admin.get("/map/buildings/s2").text
+
+
+def test_a_building_of_another_community_cannot_be_named_to_reach_its_plans(env: ApiEnv) -> None:
+    """Building keys are free names shared by every site that gives them: a c2 admin naming c1's building s2 as
+    the building of a c2 site must not make c1's floor plans theirs to read, replace or delete."""
+    h = env.headers("admin")
+    assert (
+        env.client.put("/api/v1/admin/floor-plans/s2/1", content=PNG, headers={**h, "Content-Type": "image/png"})
+    ).status_code == 204
+    c2 = env.headers("c2admin")
+    s9 = env.client.get("/api/v1/admin/sites/s9", headers=c2).json()
+    body = {**{k: v for k, v in s9.items() if k != "id"}, "merchant_id": None, "building": "s2"}
+    r = env.client.put("/api/v1/admin/sites/s20", json=body, headers=c2)
+    assert r.status_code == 409, r.text
+    assert "s2" in r.json()["detail"]
+    # nor through a bulk import of c2
+    imported = env.client.post(
+        "/api/v1/admin/import",
+        content="community: {id: c2, name: Other community}\n"
+        "grids: [{id: g9, name: Grid nine, micro_grids: [{id: mg9, name: Micro nine}]}]\n"
+        "sites: [{id: s21, kind: storage, micro_grid: mg9, building: s2}]\n",
+        headers={**c2, "Content-Type": "application/yaml"},
+    )
+    assert imported.status_code == 409, imported.text
+    other = session(env, "c2admin")
+    assert other.get("/map/buildings/s2/floors/1/plan").status_code == 404
+    put = env.client.put("/api/v1/admin/floor-plans/s2/1", content=JPEG, headers={**c2, "Content-Type": "image/png"})
+    assert put.status_code == 404
+    assert env.client.delete("/api/v1/admin/floor-plans/s2/1", headers=c2).status_code == 404
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").content == PNG
+    # a c2 building of its own name is fine, and the same name inside c1 still groups c1's sites
+    assert env.client.put("/api/v1/admin/sites/s20", json={**body, "building": "c2-b1"}, headers=c2).status_code == 200
+    # a key two communities shared before the registry refused it: neither limited admin reaches the plans
+    with env.conn() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO site (id, micro_grid_id, kind, name, building) VALUES ('s22', 'mg9', 'shop', '', 's2')"
+        )
+    assert other.get("/map/buildings/s2/floors/1/plan").status_code == 404
+    assert env.client.delete("/api/v1/admin/floor-plans/s2/1", headers=c2).status_code == 404
+    assert session(env, "cadmin").get("/map/buildings/s2/floors/1/plan").status_code == 404
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").content == PNG
