@@ -177,6 +177,14 @@ def to_csv(report: Report, lang: str) -> bytes:
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
+def _xlsx_cell(cell: Cell) -> Cell:
+    """A cell an XLSX sheet can hold: control characters (which the format cannot store, and openpyxl refuses) in
+    a name written through the API are shown as U+FFFD rather than failing the whole report."""
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    return ILLEGAL_CHARACTERS_RE.sub("\ufffd", cell) if isinstance(cell, str) else cell
+
+
 def to_xlsx(report: Report, lang: str) -> bytes:
     """One sheet per section."""
     from openpyxl import Workbook
@@ -190,13 +198,13 @@ def to_xlsx(report: Report, lang: str) -> bytes:
         sheet.title = table.title[:31]
         first = False
         if table.key == "summary":
-            sheet.append([title_of(report, lang)])
+            sheet.append([_xlsx_cell(title_of(report, lang))])
             sheet["A1"].font = Font(bold=True)
         sheet.append(table.headers)
         for cell in sheet[sheet.max_row]:
             cell.font = Font(bold=True)
         for row in table.rows:
-            sheet.append(row)
+            sheet.append([_xlsx_cell(c) for c in row])
         for cells in sheet.iter_rows():
             for cell in cells:
                 if cell.data_type == "f":  # a name that looks like a formula stays text, never runs

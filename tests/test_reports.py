@@ -535,3 +535,22 @@ def test_hostile_names_stay_text_in_every_format(env: ApiEnv) -> None:
     assert status == 200
     text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages)
     assert "<b>Tea & house</b>" in text and "-2+3 <i>community</i>" in text
+
+
+def test_a_name_with_a_control_character_does_not_break_the_report(env: ApiEnv) -> None:
+    """A merchant renamed through the API with a control character (an escape pasted from a terminal): every
+    format is still made (an XLSX cell cannot hold it, so it is shown as U+FFFD), or one limited admin's typo
+    would stop the street's reports, scheduled ones included."""
+    h = env.headers("cadmin")
+    m1 = env.client.get("/api/v1/admin/merchants/m1", headers=h).json()
+    name = "Tea\x1b[31mhouse\x07"
+    body = {**{k: v for k, v in m1.items() if k != "id"}, "name": name}
+    put = env.client.put("/api/v1/admin/merchants/m1", json=body, headers=h)
+    assert put.status_code == 200, put.text
+    for fmt in ("xlsx", "csv", "pdf"):
+        status, data, _ = report(env, "admin", scope="street", period="2026-11", format=fmt)
+        assert status == 200, (fmt, data[:300])
+        if fmt == "xlsx":
+            sheet = load_workbook(io.BytesIO(data))["Merchant safety scores"]
+            names = [row[0].value for row in sheet.iter_rows(min_row=2)]
+            assert "Tea\ufffd[31mhouse\ufffd" in names
