@@ -5,6 +5,8 @@ opens its floors with each device's state; everything is scoped like the board."
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +23,7 @@ from core.registry import parse_registry, read_registry
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 from tests.conftest import ROOT
+from tests.field_helpers import jpeg, png
 from tests.support import set_device_state
 
 PLACES = {
@@ -228,8 +231,8 @@ def test_a_building_opens_floor_by_floor(env: ApiEnv) -> None:
     assert cadmin.get("/map/buildings/" + "x" * 65).status_code == 422
 
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+PNG = png(8, 6)
+JPEG = jpeg(8, 6)
 
 
 def test_floor_plans_upload_show_and_stay_in_scope(env: ApiEnv) -> None:
@@ -304,3 +307,34 @@ def test_a_building_of_another_community_cannot_be_named_to_reach_its_plans(env:
     assert env.client.delete("/api/v1/admin/floor-plans/s2/1", headers=c2).status_code == 404
     assert session(env, "cadmin").get("/map/buildings/s2/floors/1/plan").status_code == 404
     assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").content == PNG
+
+
+def huge_png(side: int) -> bytes:
+    """A real PNG of side × side 1-bit pixels, all white: a few hundred KiB that decode to gigabytes."""
+    row = b"\x00" + b"\xff" * (side // 8)
+    data = zlib.compress(row * side, 9)
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (huge_png(11_000), "pixels"),  # 121 megapixels in 20 KiB: every phone opening the building page chokes
+        (b"\x89PNG\r\n\x1a\n<html><script>alert(1)</script></html>", "IHDR"),  # a polyglot: PNG magic, then HTML
+        (PNG[:-12], "truncated"),  # no IEND
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"<svg onload=alert(1)>" * 4, "JPEG"),
+        (b"RIFF" + struct.pack("<I", 22) + b"WEBPVP8 " + b"\x00" * 14, "PNG or JPEG"),
+    ],
+)
+def test_a_floor_plan_is_checked_by_its_structure(env: ApiEnv, body: bytes, why: str) -> None:
+    """The bytes are read as an image header (as field photos are), not only their first bytes."""
+    h = {**env.headers("admin"), "Content-Type": "image/png"}
+    r = env.client.put("/api/v1/admin/floor-plans/s2/1", content=body, headers=h)
+    assert r.status_code == 422, r.text
+    assert why in r.json()["detail"]
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").status_code == 404

@@ -17,13 +17,18 @@ from api.deps import ERRORS, Admin, Conn, Staff, settings_of
 from api.stream import alarm_stream
 from core import repo as core_repo
 from core.errors import NotFoundError
+from field import photos
 
 router = APIRouter(include_in_schema=False)
 BuildingKey = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 Floor = Annotated[int, PathParam(ge=-10, le=200)]
 MAX_PLAN_BYTES = 2 * 1024 * 1024
-# A floor plan is a picture, checked by its bytes (never the client's word): PNG or JPEG. SVG is refused, as it
-# can carry script.
+# Every phone that opens the building page decodes the plan: a PNG of one colour compresses a thousandfold, so
+# 2 MiB can hold gigapixels. 24 megapixels (6000×4000) is a sharp plan on any screen.
+MAX_PLAN_PIXELS = 24_000_000
+# A floor plan is a picture, checked by its bytes (never the client's word): PNG or JPEG whose structure reads, as
+# field photos are (field/photos.py: a polyglot's or a truncated file is refused). SVG is refused, as it can carry
+# script.
 IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 
 
@@ -124,6 +129,14 @@ async def put_floor_plan(building: BuildingKey, floor: Floor, request: Request, 
     kind = next((t for magic, t in IMAGE_MAGIC.items() if body.startswith(magic)), None)
     if kind is None:
         raise HTTPException(422, "body: a floor plan must be a PNG or JPEG image")
+    try:
+        image = photos.inspect_photo(body)
+    except photos.PhotoError as exc:
+        raise HTTPException(422, f"body: a floor plan must be a PNG or JPEG image: {exc}") from None
+    if image.width * image.height > MAX_PLAN_PIXELS:
+        raise HTTPException(
+            422, f"body: a floor plan of {image.width}×{image.height} pixels; at most {MAX_PLAN_PIXELS:,} pixels"
+        )
 
     def write() -> None:
         with request.app.state.pool.connection() as conn, conn.transaction():
