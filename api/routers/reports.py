@@ -4,13 +4,15 @@ route and the page with its form. An admin limited to some communities reports o
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from psycopg import Connection
+from starlette.concurrency import run_in_threadpool
 
 from api import auth, i18n
 from api.deps import ERRORS, Admin, Conn, settings_of
@@ -57,11 +59,18 @@ def produce(
     target = report_service.Scope(scope, scope_id, communities)
     with conn.transaction():
         built = report_service.build_report(conn, scope=target, period=chosen, now=datetime.now(UTC))
-    body = report_render.render(built, fmt, lang)
+    if fmt == "pdf":
+        report_render.cjk_font()  # no Chinese font: the error now, not in the middle of the file
     name = report_render.filename(built, fmt)
-    log.info("report %s made for %s", name, who.actor)
-    return Response(
-        body,
+
+    # The file is drawn once the route has returned and its pool connection is back (Conn's scope): a street's
+    # PDF takes seconds of CPU, and ten drawn at once held every connection the API has for acknowledgements.
+    async def draw() -> AsyncIterator[bytes]:
+        yield await run_in_threadpool(report_render.render, built, fmt, lang)
+        log.info("report %s made for %s", name, who.actor)
+
+    return StreamingResponse(
+        draw(),
         media_type=report_render.MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
     )
