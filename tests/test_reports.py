@@ -580,3 +580,13 @@ def test_a_report_is_drawn_without_holding_a_database_connection(
     made = client.get(path, params={**params, "period": "2026-11", "format": "csv"})
     assert made.status_code == 200, made.text
     assert in_use == [0]
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shangai", "UTC+8", "../../etc/passwd", ""])
+def test_a_mistyped_time_zone_stops_the_start(zone: str, loaded: Settings) -> None:
+    """Every report reads its days in Settings.timezone: a typo there failed each report (500) and each scheduled
+    pass, long after the start; now the settings refuse it."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="timezone"):
+        Settings(database_url=loaded.database_url, timezone=zone)
