@@ -72,7 +72,10 @@ def _summary(report: Report, lang: str) -> Table:
         ("not_commissioned", k.not_commissioned),
         ("merchants", len(report.merchants)),
     ]
-    rows: list[list[Cell]] = [[label("period", lang), f"{report.period.first} – {report.period.end}"]]
+    # The period's first and last local day, both included (its end is exclusive: 1 December ends November).
+    days = report.period.days()
+    span = days[0].isoformat() if len(days) == 1 else f"{days[0]} – {days[-1]}"
+    rows: list[list[Cell]] = [[label("period", lang), span]]
     if report.communities:
         rows.append([label("community", lang), "、".join(name for _, name in report.communities)])
     rows += [[label(key, lang), value] for key, value in figures]

@@ -590,3 +590,15 @@ def test_a_mistyped_time_zone_stops_the_start(zone: str, loaded: Settings) -> No
 
     with pytest.raises(ValidationError, match="timezone"):
         Settings(database_url=loaded.database_url, timezone=zone)
+
+
+@pytest.mark.parametrize(
+    ("period", "shown"),
+    [("2026-11", "2026-11-01 – 2026-11-30"), ("2026-W53", "2026-12-28 – 2027-01-03"), ("2026-11-05", "2026-11-05")],
+)
+def test_the_report_names_the_days_it_covers(env: ApiEnv, period: str, shown: str) -> None:
+    """The summary's period is the days counted, both included: November's report said '2026-11-01 – 2026-12-01',
+    which a reader takes as counting 1 December too."""
+    status, data, _ = report(env, "admin", scope="street", period=period, format="csv")
+    assert status == 200
+    assert summary(data)["Period"] == shown
