@@ -602,3 +602,43 @@ def test_the_report_names_the_days_it_covers(env: ApiEnv, period: str, shown: st
     status, data, _ = report(env, "admin", scope="street", period=period, format="csv")
     assert status == 200
     assert summary(data)["Period"] == shown
+
+
+def test_reports_are_drawn_two_at_a_time(env: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drawing is CPU (seconds for a street's PDF) in the API's process: six downloads at once drew six files at
+    once, taking the cores from the alarm stream and acknowledgements. At most two are drawn at a time; the others
+    wait their turn on the event loop (no thread, no connection held)."""
+    import threading
+    import time
+
+    from report import render as report_render
+
+    lock = threading.Lock()
+    drawing, most = [0], [0]
+    real = report_render.render
+
+    def slow(*args: object, **kwargs: object) -> bytes:
+        with lock:
+            drawing[0] += 1
+            most[0] = max(most[0], drawing[0])
+        try:
+            time.sleep(0.3)
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                drawing[0] -= 1
+
+    monkeypatch.setattr(report_render, "render", slow)
+    statuses: list[int] = []
+
+    def download() -> None:
+        status, _, _ = report(env, "admin", scope="street", period="2026-11", format="csv")
+        statuses.append(status)
+
+    threads = [threading.Thread(target=download) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 6
+    assert most[0] == 2
