@@ -338,3 +338,24 @@ def test_a_floor_plan_is_checked_by_its_structure(env: ApiEnv, body: bytes, why:
     assert r.status_code == 422, r.text
     assert why in r.json()["detail"]
     assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").status_code == 404
+
+
+def test_a_floor_plan_upload_takes_one_connection(env: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request's own connection (already held for its credentials) stores the plan: a second one, taken in a
+    thread behind no gate, let ten uploads at once hold all ten of the pool's connections and each wait for an
+    eleventh, the whole API with them, until the pool's timeout."""
+    from api import map_repo
+
+    in_use: list[int] = []
+    real = map_repo.put_floor_plan
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        stats = env.pool.get_stats()
+        in_use.append(stats["pool_size"] - stats["pool_available"])
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(map_repo, "put_floor_plan", spy)
+    h = {**env.headers("admin"), "Content-Type": "image/png"}
+    assert env.client.put("/api/v1/admin/floor-plans/s2/1", content=PNG, headers=h).status_code == 204
+    assert in_use == [1]
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").content == PNG
