@@ -279,7 +279,8 @@ def _pdf_table(table: Table, font: str, width: float) -> list[object]:
     ]
     if len(rows) == 1:
         rows.append([Paragraph("—", cell_style), *([""] * (len(table.headers) - 1))])
-    t = PdfTable(rows, repeatRows=1, colWidths=[width / len(table.headers)] * len(table.headers))
+    # splitInRow: a row taller than a page (a name thousands of characters long) continues on the next page
+    t = PdfTable(rows, repeatRows=1, colWidths=[width / len(table.headers)] * len(table.headers), splitInRow=1)
     t.setStyle(
         TableStyle(
             [

@@ -642,3 +642,16 @@ def test_reports_are_drawn_two_at_a_time(env: ApiEnv, monkeypatch: pytest.Monkey
         t.join()
     assert statuses == [200] * 6
     assert most[0] == 2
+
+
+def test_a_very_long_name_does_not_break_the_pdf(env: ApiEnv) -> None:
+    """A registry name has no length limit (YAML import): a merchant named with 3,000 characters made a table row
+    taller than the page and reportlab refused the whole PDF (LayoutError, a 500, and every scheduled PDF report
+    failed). Rows split across pages; the name is all there."""
+    long_name = "茶" * 3000
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE merchant SET name = %s WHERE id = 'm1'", (long_name,))
+    status, data, _ = report(env, "admin", scope="street", period="2026-11", format="pdf")
+    assert status == 200, data[:300]
+    text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages).replace("\n", "")
+    assert text.count("茶") == 3000
