@@ -11,7 +11,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import class_row
 
-from api.repo import DEVICE_OFFLINE, SITE_SCOPE
+from api.repo import COMMUNITY_MICRO_GRIDS, DEVICE_OFFLINE, SITE_SCOPE
 
 # A building on the map: the sites that name it as their building, or a site on its own.
 BUILDING = "coalesce(s.building, s.id)"
@@ -101,8 +101,13 @@ def list_building_devices(
 
 # -- floor plans -------------------------------------------------------------------------------------------------
 
+# ...and none of its sites outside the caller's communities (a key two communities shared before the registry
+# refused it stays out of reach of both limited admins).
 BUILDING_IN_SCOPE = f"""
-SELECT 1 FROM site s WHERE {BUILDING} = %(building)s AND {SITE_SCOPE} LIMIT 1
+SELECT 1 FROM site s WHERE {BUILDING} = %(building)s AND {SITE_SCOPE}
+  AND NOT EXISTS (SELECT 1 FROM site s WHERE {BUILDING} = %(building)s
+                  AND %(communities)s::text[] IS NOT NULL AND s.micro_grid_id NOT IN ({COMMUNITY_MICRO_GRIDS}))
+LIMIT 1
 """
 UPSERT_FLOOR_PLAN = """
 INSERT INTO floor_plan (building, floor, content_type, data, uploaded_by) VALUES (%s, %s, %s, %s, %s)

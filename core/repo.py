@@ -10,6 +10,7 @@ from psycopg import Connection, sql
 from psycopg.rows import dict_row, tuple_row
 
 from core.domain import Adapter, Alarm, Device, DeviceKind, Location
+from core.errors import ConflictError
 from core.registry import RegistryIn
 
 # Every column of the alarm table, in core.domain.Alarm's order: the dataclass is the one declaration of an alarm.
@@ -56,6 +57,16 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET micro_grid_id = EXCLUDED.micro_grid_id, merchant_id = EXCLUDED.merchant_id,
     kind = EXCLUDED.kind, name = EXCLUDED.name, address = EXCLUDED.address, floor = EXCLUDED.floor,
     flags = EXCLUDED.flags, lpg = EXCLUDED.lpg, building = EXCLUDED.building, lat = EXCLUDED.lat, lon = EXCLUDED.lon
+"""
+# A building key (a site's `building`, or the site on its own) names one building of one community: the map, its floor
+# plans and DEV-03 group every site that gives the key, so a key used in a second community would let that
+# community's admin reach the first's building (issue 22 review).
+SHARED_BUILDINGS = """
+SELECT coalesce(s.building, s.id) AS building FROM site s
+JOIN micro_grid mg ON mg.id = s.micro_grid_id JOIN grid g ON g.id = mg.grid_id
+WHERE coalesce(s.building, s.id) = ANY(%(keys)s::text[])
+GROUP BY 1 HAVING count(DISTINCT g.community_id) > 1
+ORDER BY 1
 """
 UPSERT_DEVICE = """
 INSERT INTO device (id, kind, site_id, location, adapter, foreign_id, battery, report_interval_s, gateway_id,
@@ -129,6 +140,7 @@ def upsert_registry(conn: Connection[Any], *, registry: RegistryIn) -> dict[str,
                 for d in registry.devices
             ],
         )
+    check_buildings(conn, keys=[s.building or s.id for s in registry.sites])
     return {
         "grids": len(registry.grids),
         "micro_grids": sum(len(g.micro_grids) for g in registry.grids),
@@ -343,10 +355,21 @@ def upsert_site(
     lat: float | None = None,
     lon: float | None = None,
 ) -> None:
-    """Insert or update a site."""
+    """Insert or update a site; ConflictError when its building is another community's."""
     conn.execute(
         UPSERT_SITE, (id, micro_grid_id, merchant_id, kind, name, address, floor, flags, lpg, building, lat, lon)
     )
+    check_buildings(conn, keys=[building or id])
+
+
+def check_buildings(conn: Connection[Any], *, keys: Sequence[str]) -> None:
+    """ConflictError naming the building keys that sites of more than one community give."""
+    shared = [str(r[0]) for r in conn.execute(SHARED_BUILDINGS, {"keys": list(keys)}).fetchall()]
+    if shared:
+        raise ConflictError(
+            f"building {', '.join(map(repr, shared))} is already a building of another community: "
+            "give this community's building its own name"
+        )
 
 
 UPDATE_DEVICE_ACTIVE = "UPDATE device SET active = %s WHERE id = %s"

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from functools import cached_property
 from typing import Literal
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -130,6 +131,17 @@ class Settings(BaseSettings):
     # API's own host (a path such as /tiles/{z}/{x}/{y}.png behind the same proxy; the pages' CSP allows images
     # from 'self' only) may be drawn underneath.
     map_tile_url: str = Field(default="", pattern=r"^(/\S*\{z\}\S*\{x\}\S*\{y\}\S*)?$")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        # Reports, pages and the field worker read their local days in it: a mistyped zone failed each of them
+        # (a 500 per report, a traceback per scheduled pass) instead of the start.
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai)") from None
+        return value
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:

@@ -72,7 +72,10 @@ def _summary(report: Report, lang: str) -> Table:
         ("not_commissioned", k.not_commissioned),
         ("merchants", len(report.merchants)),
     ]
-    rows: list[list[Cell]] = [[label("period", lang), f"{report.period.first} – {report.period.end}"]]
+    # The period's first and last local day, both included (its end is exclusive: 1 December ends November).
+    days = report.period.days()
+    span = days[0].isoformat() if len(days) == 1 else f"{days[0]} – {days[-1]}"
+    rows: list[list[Cell]] = [[label("period", lang), span]]
     if report.communities:
         rows.append([label("community", lang), "、".join(name for _, name in report.communities)])
     rows += [[label(key, lang), value] for key, value in figures]
@@ -177,6 +180,14 @@ def to_csv(report: Report, lang: str) -> bytes:
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
+def _xlsx_cell(cell: Cell) -> Cell:
+    """A cell an XLSX sheet can hold: control characters (which the format cannot store, and openpyxl refuses) in
+    a name written through the API are shown as U+FFFD rather than failing the whole report."""
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    return ILLEGAL_CHARACTERS_RE.sub("\ufffd", cell) if isinstance(cell, str) else cell
+
+
 def to_xlsx(report: Report, lang: str) -> bytes:
     """One sheet per section."""
     from openpyxl import Workbook
@@ -190,13 +201,13 @@ def to_xlsx(report: Report, lang: str) -> bytes:
         sheet.title = table.title[:31]
         first = False
         if table.key == "summary":
-            sheet.append([title_of(report, lang)])
+            sheet.append([_xlsx_cell(title_of(report, lang))])
             sheet["A1"].font = Font(bold=True)
         sheet.append(table.headers)
         for cell in sheet[sheet.max_row]:
             cell.font = Font(bold=True)
         for row in table.rows:
-            sheet.append(row)
+            sheet.append([_xlsx_cell(c) for c in row])
         for cells in sheet.iter_rows():
             for cell in cells:
                 if cell.data_type == "f":  # a name that looks like a formula stays text, never runs
@@ -268,7 +279,8 @@ def _pdf_table(table: Table, font: str, width: float) -> list[object]:
     ]
     if len(rows) == 1:
         rows.append([Paragraph("—", cell_style), *([""] * (len(table.headers) - 1))])
-    t = PdfTable(rows, repeatRows=1, colWidths=[width / len(table.headers)] * len(table.headers))
+    # splitInRow: a row taller than a page (a name thousands of characters long) continues on the next page
+    t = PdfTable(rows, repeatRows=1, colWidths=[width / len(table.headers)] * len(table.headers), splitInRow=1)
     t.setStyle(
         TableStyle(
             [

@@ -5,6 +5,8 @@ opens its floors with each device's state; everything is scoped like the board."
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +23,7 @@ from core.registry import parse_registry, read_registry
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env, raise_alarm
 from tests.conftest import ROOT
+from tests.field_helpers import jpeg, png
 from tests.support import set_device_state
 
 PLACES = {
@@ -228,8 +231,8 @@ def test_a_building_opens_floor_by_floor(env: ApiEnv) -> None:
     assert cadmin.get("/map/buildings/" + "x" * 65).status_code == 422
 
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+PNG = png(8, 6)
+JPEG = jpeg(8, 6)
 
 
 def test_floor_plans_upload_show_and_stay_in_scope(env: ApiEnv) -> None:
@@ -263,3 +266,96 @@ def test_floor_plans_upload_show_and_stay_in_scope(env: ApiEnv) -> None:
     assert env.client.delete(url, headers=h).status_code == 204
     assert env.client.delete(url, headers=h).status_code == 404
     assert "floor-plan" not in admin.get("/map/buildings/s2").text
+
+
+def test_a_building_of_another_community_cannot_be_named_to_reach_its_plans(env: ApiEnv) -> None:
+    """Building keys are free names shared by every site that gives them: a c2 admin naming c1's building s2 as
+    the building of a c2 site must not make c1's floor plans theirs to read, replace or delete."""
+    h = env.headers("admin")
+    assert (
+        env.client.put("/api/v1/admin/floor-plans/s2/1", content=PNG, headers={**h, "Content-Type": "image/png"})
+    ).status_code == 204
+    c2 = env.headers("c2admin")
+    s9 = env.client.get("/api/v1/admin/sites/s9", headers=c2).json()
+    body = {**{k: v for k, v in s9.items() if k != "id"}, "merchant_id": None, "building": "s2"}
+    r = env.client.put("/api/v1/admin/sites/s20", json=body, headers=c2)
+    assert r.status_code == 409, r.text
+    assert "s2" in r.json()["detail"]
+    # nor through a bulk import of c2
+    imported = env.client.post(
+        "/api/v1/admin/import",
+        content="community: {id: c2, name: Other community}\n"
+        "grids: [{id: g9, name: Grid nine, micro_grids: [{id: mg9, name: Micro nine}]}]\n"
+        "sites: [{id: s21, kind: storage, micro_grid: mg9, building: s2}]\n",
+        headers={**c2, "Content-Type": "application/yaml"},
+    )
+    assert imported.status_code == 409, imported.text
+    other = session(env, "c2admin")
+    assert other.get("/map/buildings/s2/floors/1/plan").status_code == 404
+    put = env.client.put("/api/v1/admin/floor-plans/s2/1", content=JPEG, headers={**c2, "Content-Type": "image/png"})
+    assert put.status_code == 404
+    assert env.client.delete("/api/v1/admin/floor-plans/s2/1", headers=c2).status_code == 404
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").content == PNG
+    # a c2 building of its own name is fine, and the same name inside c1 still groups c1's sites
+    assert env.client.put("/api/v1/admin/sites/s20", json={**body, "building": "c2-b1"}, headers=c2).status_code == 200
+    # a key two communities shared before the registry refused it: neither limited admin reaches the plans
+    with env.conn() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO site (id, micro_grid_id, kind, name, building) VALUES ('s22', 'mg9', 'shop', '', 's2')"
+        )
+    assert other.get("/map/buildings/s2/floors/1/plan").status_code == 404
+    assert env.client.delete("/api/v1/admin/floor-plans/s2/1", headers=c2).status_code == 404
+    assert session(env, "cadmin").get("/map/buildings/s2/floors/1/plan").status_code == 404
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").content == PNG
+
+
+def huge_png(side: int) -> bytes:
+    """A real PNG of side × side 1-bit pixels, all white: a few hundred KiB that decode to gigabytes."""
+    row = b"\x00" + b"\xff" * (side // 8)
+    data = zlib.compress(row * side, 9)
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (huge_png(11_000), "pixels"),  # 121 megapixels in 20 KiB: every phone opening the building page chokes
+        (b"\x89PNG\r\n\x1a\n<html><script>alert(1)</script></html>", "IHDR"),  # a polyglot: PNG magic, then HTML
+        (PNG[:-12], "truncated"),  # no IEND
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"<svg onload=alert(1)>" * 4, "JPEG"),
+        (b"RIFF" + struct.pack("<I", 22) + b"WEBPVP8 " + b"\x00" * 14, "PNG or JPEG"),
+    ],
+)
+def test_a_floor_plan_is_checked_by_its_structure(env: ApiEnv, body: bytes, why: str) -> None:
+    """The bytes are read as an image header (as field photos are), not only their first bytes."""
+    h = {**env.headers("admin"), "Content-Type": "image/png"}
+    r = env.client.put("/api/v1/admin/floor-plans/s2/1", content=body, headers=h)
+    assert r.status_code == 422, r.text
+    assert why in r.json()["detail"]
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").status_code == 404
+
+
+def test_a_floor_plan_upload_takes_one_connection(env: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request's own connection (already held for its credentials) stores the plan: a second one, taken in a
+    thread behind no gate, let ten uploads at once hold all ten of the pool's connections and each wait for an
+    eleventh, the whole API with them, until the pool's timeout."""
+    from api import map_repo
+
+    in_use: list[int] = []
+    real = map_repo.put_floor_plan
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        stats = env.pool.get_stats()
+        in_use.append(stats["pool_size"] - stats["pool_available"])
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(map_repo, "put_floor_plan", spy)
+    h = {**env.headers("admin"), "Content-Type": "image/png"}
+    assert env.client.put("/api/v1/admin/floor-plans/s2/1", content=PNG, headers=h).status_code == 204
+    assert in_use == [1]
+    assert session(env, "admin").get("/map/buildings/s2/floors/1/plan").content == PNG

@@ -535,3 +535,123 @@ def test_hostile_names_stay_text_in_every_format(env: ApiEnv) -> None:
     assert status == 200
     text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages)
     assert "<b>Tea & house</b>" in text and "-2+3 <i>community</i>" in text
+
+
+def test_a_name_with_a_control_character_does_not_break_the_report(env: ApiEnv) -> None:
+    """A merchant renamed through the API with a control character (an escape pasted from a terminal): every
+    format is still made (an XLSX cell cannot hold it, so it is shown as U+FFFD), or one limited admin's typo
+    would stop the street's reports, scheduled ones included."""
+    h = env.headers("cadmin")
+    m1 = env.client.get("/api/v1/admin/merchants/m1", headers=h).json()
+    name = "Tea\x1b[31mhouse\x07"
+    body = {**{k: v for k, v in m1.items() if k != "id"}, "name": name}
+    put = env.client.put("/api/v1/admin/merchants/m1", json=body, headers=h)
+    assert put.status_code == 200, put.text
+    for fmt in ("xlsx", "csv", "pdf"):
+        status, data, _ = report(env, "admin", scope="street", period="2026-11", format=fmt)
+        assert status == 200, (fmt, data[:300])
+        if fmt == "xlsx":
+            sheet = load_workbook(io.BytesIO(data))["Merchant safety scores"]
+            names = [row[0].value for row in sheet.iter_rows(min_row=2)]
+            assert "Tea\ufffd[31mhouse\ufffd" in names
+
+
+@pytest.mark.parametrize("path", ["/api/v1/admin/reports", "/reports"])
+def test_a_report_is_drawn_without_holding_a_database_connection(
+    env: ApiEnv, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A street's PDF takes seconds of CPU (5,000 merchants: 5 s here); drawn while holding one of the pool's ten
+    connections, ten report downloads at once left no connection for an acknowledgement. The figures are read in a
+    short transaction and the file is drawn after the connection is back in the pool."""
+    from report import render as report_render
+
+    in_use: list[int] = []
+    real = report_render.render
+
+    def spy(*args: object, **kwargs: object) -> bytes:
+        stats = env.pool.get_stats()
+        in_use.append(stats["pool_size"] - stats["pool_available"])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_render, "render", spy)
+    client = TestClient(env.app, base_url="https://testserver")
+    login(client, env.tokens["admin"])
+    params = {"target": "street"} if path == "/reports" else {"scope": "street"}
+    made = client.get(path, params={**params, "period": "2026-11", "format": "csv"})
+    assert made.status_code == 200, made.text
+    assert in_use == [0]
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shangai", "UTC+8", "../../etc/passwd", ""])
+def test_a_mistyped_time_zone_stops_the_start(zone: str, loaded: Settings) -> None:
+    """Every report reads its days in Settings.timezone: a typo there failed each report (500) and each scheduled
+    pass, long after the start; now the settings refuse it."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="timezone"):
+        Settings(database_url=loaded.database_url, timezone=zone)
+
+
+@pytest.mark.parametrize(
+    ("period", "shown"),
+    [("2026-11", "2026-11-01 – 2026-11-30"), ("2026-W53", "2026-12-28 – 2027-01-03"), ("2026-11-05", "2026-11-05")],
+)
+def test_the_report_names_the_days_it_covers(env: ApiEnv, period: str, shown: str) -> None:
+    """The summary's period is the days counted, both included: November's report said '2026-11-01 – 2026-12-01',
+    which a reader takes as counting 1 December too."""
+    status, data, _ = report(env, "admin", scope="street", period=period, format="csv")
+    assert status == 200
+    assert summary(data)["Period"] == shown
+
+
+def test_reports_are_drawn_two_at_a_time(env: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drawing is CPU (seconds for a street's PDF) in the API's process: six downloads at once drew six files at
+    once, taking the cores from the alarm stream and acknowledgements. At most two are drawn at a time; the others
+    wait their turn on the event loop (no thread, no connection held)."""
+    import threading
+    import time
+
+    from report import render as report_render
+
+    lock = threading.Lock()
+    drawing, most = [0], [0]
+    real = report_render.render
+
+    def slow(*args: object, **kwargs: object) -> bytes:
+        with lock:
+            drawing[0] += 1
+            most[0] = max(most[0], drawing[0])
+        try:
+            time.sleep(0.3)
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                drawing[0] -= 1
+
+    monkeypatch.setattr(report_render, "render", slow)
+    statuses: list[int] = []
+
+    def download() -> None:
+        status, _, _ = report(env, "admin", scope="street", period="2026-11", format="csv")
+        statuses.append(status)
+
+    threads = [threading.Thread(target=download) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 6
+    assert most[0] == 2
+
+
+def test_a_very_long_name_does_not_break_the_pdf(env: ApiEnv) -> None:
+    """A registry name has no length limit (YAML import): a merchant named with 3,000 characters made a table row
+    taller than the page and reportlab refused the whole PDF (LayoutError, a 500, and every scheduled PDF report
+    failed). Rows split across pages; the name is all there."""
+    long_name = "茶" * 3000
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE merchant SET name = %s WHERE id = 'm1'", (long_name,))
+    status, data, _ = report(env, "admin", scope="street", period="2026-11", format="pdf")
+    assert status == 200, data[:300]
+    text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages).replace("\n", "")
+    assert text.count("茶") == 3000

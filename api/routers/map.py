@@ -17,13 +17,18 @@ from api.deps import ERRORS, Admin, Conn, Staff, settings_of
 from api.stream import alarm_stream
 from core import repo as core_repo
 from core.errors import NotFoundError
+from field import photos
 
 router = APIRouter(include_in_schema=False)
 BuildingKey = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 Floor = Annotated[int, PathParam(ge=-10, le=200)]
 MAX_PLAN_BYTES = 2 * 1024 * 1024
-# A floor plan is a picture, checked by its bytes (never the client's word): PNG or JPEG. SVG is refused, as it
-# can carry script.
+# Every phone that opens the building page decodes the plan: a PNG of one colour compresses a thousandfold, so
+# 2 MiB can hold gigapixels. 24 megapixels (6000×4000) is a sharp plan on any screen.
+MAX_PLAN_PIXELS = 24_000_000
+# A floor plan is a picture, checked by its bytes (never the client's word): PNG or JPEG whose structure reads, as
+# field photos are (field/photos.py: a polyglot's or a truncated file is refused). SVG is refused, as it can carry
+# script.
 IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 
 
@@ -116,7 +121,7 @@ def _admin_building(conn: Connection[Any], who: auth.Principal, building: str) -
         }
     },
 )
-async def put_floor_plan(building: BuildingKey, floor: Floor, request: Request, who: Admin) -> Response:
+async def put_floor_plan(building: BuildingKey, floor: Floor, request: Request, conn: Conn, who: Admin) -> Response:
     """Upload a floor's plan (PNG or JPEG, up to 2 MiB) for the map's building page; replaces the one before."""
     body = await request.body()
     if len(body) > MAX_PLAN_BYTES:
@@ -124,9 +129,19 @@ async def put_floor_plan(building: BuildingKey, floor: Floor, request: Request, 
     kind = next((t for magic, t in IMAGE_MAGIC.items() if body.startswith(magic)), None)
     if kind is None:
         raise HTTPException(422, "body: a floor plan must be a PNG or JPEG image")
+    try:
+        image = photos.inspect_photo(body)
+    except photos.PhotoError as exc:
+        raise HTTPException(422, f"body: a floor plan must be a PNG or JPEG image: {exc}") from None
+    if image.width * image.height > MAX_PLAN_PIXELS:
+        raise HTTPException(
+            422, f"body: a floor plan of {image.width}×{image.height} pixels; at most {MAX_PLAN_PIXELS:,} pixels"
+        )
 
+    # The request's connection (held for its credentials already): a second one, taken in a thread behind no gate,
+    # let ten uploads at once hold the pool's ten and each wait for an eleventh.
     def write() -> None:
-        with request.app.state.pool.connection() as conn, conn.transaction():
+        with conn.transaction():
             _admin_building(conn, who, building)
             map_repo.put_floor_plan(conn, building=building, floor=floor, content_type=kind, data=body, by=who.actor)
 
