@@ -410,11 +410,10 @@ class MqttConsumer:
         self.client.generation += 1
         _result, self._subscribe_mid = client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
         log.info(
-            "connected to mqtt %s:%s (session %s), subscribing to %s",
+            "connected to mqtt %s:%s (session %s)",
             self.target.host,
             self.target.port,
             "resumed" if _flags.session_present else "new",
-            ", ".join(self.topics),
         )
 
     def _on_subscribe(
@@ -426,6 +425,7 @@ class MqttConsumer:
         refused = [t for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
         if refused:  # e.g. the broker's ACL does not grant the account a topic: its messages would never arrive
             log.error("the broker refused the subscription to %s", ", ".join(refused))
+        log.info("subscribed to %s", ", ".join(t for t in self.topics if t not in refused))
         self.connected.set()
 
     def _on_disconnect(
