@@ -383,18 +383,27 @@ def merchant_recipient(conn: Connection[Any], *, merchant_id: str) -> Recipient 
 
 
 INSERT_NOTICE = """
-INSERT INTO field_notice (work_order_id, step, worker_id, merchant_id, title, body, next_attempt_at)
-VALUES (%(order)s, %(step)s, %(worker)s, %(merchant)s, %(title)s, %(body)s, %(at)s)
+INSERT INTO field_notice (work_order_id, reinspections, step, worker_id, merchant_id, title, body, next_attempt_at)
+VALUES (%(order)s, %(reinspections)s, %(step)s, %(worker)s, %(merchant)s, %(title)s, %(body)s, %(at)s)
 ON CONFLICT DO NOTHING
 """
 
 
 def insert_notice(
-    conn: Connection[Any], *, order_id: int, step: int, recipient: Recipient, title: str, body: str, at: datetime
+    conn: Connection[Any],
+    *,
+    order_id: int,
+    reinspections: int,
+    step: int,
+    recipient: Recipient,
+    title: str,
+    body: str,
+    at: datetime,
 ) -> bool:
-    """Queue a message (once per order, step and recipient)."""
+    """Queue a message (once per order, climb of its ladder, step and recipient)."""
     params = {
         "order": order_id,
+        "reinspections": reinspections,
         "step": step,
         "worker": recipient.worker_id,
         "merchant": recipient.merchant_id,

@@ -297,7 +297,17 @@ def _tell_merchant(conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, 
     if recipient is None:
         return 0
     title, body = _message(row, step)
-    return int(repo.insert_notice(conn, order_id=row.id, step=step, recipient=recipient, title=title, body=body, at=at))
+    queued = repo.insert_notice(
+        conn,
+        order_id=row.id,
+        reinspections=row.reinspections,
+        step=step,
+        recipient=recipient,
+        title=title,
+        body=body,
+        at=at,
+    )
+    return int(queued)
 
 
 def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) -> int:
@@ -315,7 +325,16 @@ def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) 
             told = [
                 r.worker_id
                 for r in repo.tier_recipients(conn, tier=tier, site=site)
-                if repo.insert_notice(conn, order_id=row.id, step=step, recipient=r, title=title, body=body, at=now)
+                if repo.insert_notice(
+                    conn,
+                    order_id=row.id,
+                    reinspections=row.reinspections,
+                    step=step,
+                    recipient=r,
+                    title=title,
+                    body=body,
+                    at=now,
+                )
             ]
             if step == 1:
                 told += [row.merchant_id] if _tell_merchant(conn, row, step=step, at=now) else []

@@ -325,3 +325,45 @@ def test_the_list_pages_in_deadline_order(env: ApiEnv) -> None:
     ids = [o["id"] for o in first["items"] + rest["items"]]
     assert ids == [made[1], made[2], made[0]], "soonest deadline first: P1 1 d, P2 3 d, P3 7 d"
     assert rest["next_offset"] is None
+
+
+def test_an_order_overdue_again_after_a_failed_reinspection_tells_people_again(env: ApiEnv, receiver: Receiver) -> None:
+    # Review 21: the notices were unique per (order, step, recipient), and a failed re-inspection restarts the
+    # ladder at step 0, so the second time the order fell overdue every notice hit ON CONFLICT DO NOTHING: the
+    # ladder recorded "escalated" and told nobody.
+    with env.conn() as conn, conn.transaction():
+        core_repo.upsert_merchant(
+            conn, id="m1", community_id="c1", name="Noodle shop", contact="", phone="", notify=[receiver.url("m1")]
+        )
+    order = open_order(env)
+    first_due = datetime.fromisoformat(order["due_at"])
+    with env.conn() as conn, conn.transaction():
+        assert field_service.escalate_overdue(conn, now=first_due + timedelta(minutes=1)) == 1
+        field_service.reinspect(
+            conn,
+            order_id=order["id"],
+            body=ReinspectIn(passed=False, note="still blocked", due_at=first_due + timedelta(days=2)),
+            actor="w1",
+            scope=Scope(),
+            now=first_due + timedelta(hours=1),
+        )
+        assert field_service.escalate_overdue(conn, now=first_due + timedelta(days=2, minutes=1)) == 1
+    sender = Sender(timeout_s=2, deadline_s=5)
+
+    def send(urls: list[str], title: str, body: str, who: str) -> list[tuple[bool, str]]:
+        return [(r.ok, r.detail) for r in sender.send(urls, title, body, recipient=who)]
+
+    try:
+        with env.conn() as conn, conn.transaction():
+            field_service.deliver_notices(conn, send=send, now=first_due + timedelta(days=2, minutes=2))
+        wait_for(lambda: len(receiver.for_path("w1")) == 2 and len(receiver.for_path("m1")) == 3, timeout=10)
+    finally:
+        sender.close()
+    detail = env.client.get(f"/api/v1/work-orders/{order['id']}", headers=env.headers("w1")).json()
+    assert [e["kind"] for e in detail["events"]].count("escalated") == 2
+    with env.conn() as conn:
+        told = conn.execute(
+            "SELECT details->'told' FROM work_order_event WHERE work_order_id = %s AND kind = 'escalated' ORDER BY id",
+            (order["id"],),
+        ).fetchall()
+    assert [sorted(t[0]) for t in told] == [["m1", "w1"], ["m1", "w1"]], "the second overdue reaches people too"
