@@ -290,7 +290,7 @@ def add_stop_photo(
         width=photo.width,
         height=photo.height,
         sha256=photo.sha256,
-        data=data,
+        data=photo.data,
         by=actor,
         at=at,
     )

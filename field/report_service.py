@@ -208,7 +208,7 @@ def submit_report(
             width=checked.width,
             height=checked.height,
             sha256=checked.sha256,
-            data=photo,
+            data=checked.data,
             at=at,
         )
     _tell(conn, report_id=report_id, site=site, step=0, tier="worker", what=what_text, place=place_text, at=at)

@@ -210,7 +210,7 @@ def add_photo(
         width=photo.width,
         height=photo.height,
         sha256=photo.sha256,
-        data=data,
+        data=photo.data,
         stage=stage,
         by=actor,
         at=at,

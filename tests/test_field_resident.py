@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from core.errors import NotFoundError
 from core.settings import Settings
 from field import report_service
-from field.photos import MAX_BYTES
+from field.photos import MAX_BYTES, inspect_photo
 from tests.api_helpers import ApiEnv, api_env
-from tests.field_helpers import jpeg
+from tests.field_helpers import SECRET_PLACE, exif, jpeg, jpeg_with_exif
 
 
 @pytest.fixture
@@ -241,3 +241,24 @@ def test_a_page_of_codes_per_building_is_one_command(
     assert every.exit_code == 0 and "2 codes" in every.output, "the buildings s2 and s4; shops get none"
     bad = CliRunner().invoke(cli_app, ["field", "qr-codes", str(out), "--site", "nope"])
     assert bad.exit_code != 0 and "no such site" in bad.output
+
+
+def test_a_residents_photo_is_served_without_where_it_was_taken(env: ApiEnv) -> None:
+    # Review 21: photos were kept and served byte for byte, so the GPS position a phone writes into EXIF (the
+    # resident's home), XMP and comments reached every worker who opened the report.
+    anon = public(env)
+    r = anon.post(
+        link(env),
+        data={"what": "Gas smell on floor 3"},
+        files={"photo": ("IMG.jpg", jpeg_with_exif(), "image/jpeg")},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    (report,) = env.client.get("/api/v1/resident-reports", headers=env.headers("w2")).json()
+    (photo,) = report["photos"]
+    got = env.client.get(photo, headers=env.headers("w2"))
+    assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+    assert SECRET_PLACE not in got.content and b"xmpmeta" not in got.content
+    assert got.content.startswith(b"\xff\xd8") and got.content.endswith(b"\xff\xd9"), "nothing after the image"
+    assert inspect_photo(got.content).width == 4, "still a JPEG that reads"
+    assert exif(6)[:14] in got.content, "the orientation is kept, so the photo is shown upright"

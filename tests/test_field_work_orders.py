@@ -4,11 +4,13 @@ order, the merchant's ledger fed as the score policy says, and the overdue ladde
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 from core import repo as core_repo
 from core.settings import Settings
@@ -18,7 +20,7 @@ from field.repo import Scope
 from field.schemas import ReinspectIn
 from notify.delivery import Sender
 from tests.api_helpers import ApiEnv, api_env
-from tests.field_helpers import jpeg, png
+from tests.field_helpers import SECRET_PLACE, jpeg, jpeg_with_exif, png, png_with_text, webp_with_exif
 from tests.support import Receiver, wait_for
 
 W1_MERCHANT_ORDER = {"site_id": "s1", "kind": "blocked_exit", "note": "boxes in the exit"}
@@ -367,3 +369,50 @@ def test_an_order_overdue_again_after_a_failed_reinspection_tells_people_again(e
             (order["id"],),
         ).fetchall()
     assert [sorted(t[0]) for t in told] == [["m1", "w1"], ["m1", "w1"]], "the second overdue reaches people too"
+
+
+def _camera_photos() -> list[tuple[str, bytes]]:
+    """Photos as a real encoder writes them, with the GPS position, a description and the orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° to show upright
+    exif[0x010E] = SECRET_PLACE.decode()  # ImageDescription
+    exif.get_ifd(0x8825)[2] = (30.0, 39.0, 31.0)  # GPSLatitude
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    made = []
+    for fmt, options in (
+        ("JPEG", {"exif": exif, "quality": 80}),
+        ("JPEG", {"exif": exif, "progressive": True, "comment": SECRET_PLACE}),
+        ("PNG", {"exif": exif, "pnginfo": _png_text()}),
+        ("WEBP", {"exif": exif, "xmp": b"<x:xmpmeta>" + SECRET_PLACE + b"</x:xmpmeta>"}),
+    ):
+        out = io.BytesIO()
+        image.save(out, fmt, **options)
+        made.append((fmt, out.getvalue()))
+    return made
+
+
+def _png_text() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Location", SECRET_PLACE.decode())
+    return info
+
+
+def test_photos_are_served_without_their_location_and_still_show(env: ApiEnv) -> None:
+    # Review 21: photos were kept byte for byte, with the EXIF GPS block, XMP, comments and text chunks.
+    order = open_order(env)
+    uploads = [*_camera_photos(), ("hand JPEG", jpeg_with_exif()), ("hand PNG", png_with_text())]
+    uploads.append(("hand WebP", webp_with_exif()))
+    for name, data in uploads:
+        assert SECRET_PLACE in data or b"\x00\x02\x00\x05" in data, name
+        r = upload(env, order["id"], data)
+        assert r.status_code == 201, (name, r.text)
+        got = env.client.get(r.json()["url"], headers=env.headers("m1")).content
+        assert SECRET_PLACE not in got and b"xmpmeta" not in got, name
+        with Image.open(io.BytesIO(got)) as shown:
+            if not name.startswith("hand"):
+                shown.load()
+                assert shown.size == (64, 48), name
+                assert 0x8825 not in shown.getexif(), f"{name}: no GPS block"
+                if name == "JPEG":
+                    assert shown.getexif().get(0x0112) == 6, "the orientation stays, so the photo shows upright"
+                    assert shown.getpixel((32, 24))[0] > 150, "the picture itself is untouched"
