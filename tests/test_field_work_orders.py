@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from core import repo as core_repo
@@ -22,6 +23,7 @@ from notify.delivery import Sender
 from tests.api_helpers import ApiEnv, api_env
 from tests.field_helpers import SECRET_PLACE, jpeg, jpeg_with_exif, png, png_with_text, webp_with_exif
 from tests.support import Receiver, wait_for
+from tests.test_pages import login
 
 W1_MERCHANT_ORDER = {"site_id": "s1", "kind": "blocked_exit", "note": "boxes in the exit"}
 
@@ -416,3 +418,61 @@ def test_photos_are_served_without_their_location_and_still_show(env: ApiEnv) ->
                 if name == "JPEG":
                     assert shown.getexif().get(0x0112) == 6, "the orientation stays, so the photo shows upright"
                     assert shown.getpixel((32, 24))[0] > 150, "the picture itself is untouched"
+
+
+FAR = "9999-12-31T23:59:59-14:00"  # a valid ISO instant whose UTC time is past year 9999 (PostgreSQL's limit)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/api/v1/work-orders", {"site_id": "s1", "kind": "other", "title": "boxes\x00"}),
+        ("post", "/api/v1/work-orders", {"site_id": "s1", "kind": "blocked_exit", "note": "a\x00b"}),
+        ("post", "/api/v1/work-orders", {"site_id": "s1", "kind": "blocked_exit", "party_name": "Mr\x00"}),
+        ("post", "/api/v1/work-orders", {"site_id": "s1\x00", "kind": "blocked_exit"}),
+        ("post", "/api/v1/work-orders", {"site_id": "s1", "kind": "blocked_exit", "due_at": FAR}),
+        ("post", "/api/v1/work-orders/{id}/fixed", {"note": "done\x00"}),
+        ("post", "/api/v1/work-orders/{id}/reinspection", {"passed": False, "note": "\x00"}),
+        ("post", "/api/v1/work-orders/{id}/reinspection", {"passed": False, "due_at": FAR}),
+        ("get", "/api/v1/work-orders?site=s1%00", None),
+        ("post", "/api/v1/patrol-rounds", {"micro_grid_id": "mg1", "title": "round\x00"}),
+        ("post", "/api/v1/patrol-rounds", {"micro_grid_id": "mg1\x00"}),
+        ("post", "/api/v1/patrol-rounds", {"micro_grid_id": "mg1", "due_end": FAR}),
+        ("get", "/api/v1/patrol-rounds?since=9999-12-31T00:00:00-14:00", None),
+        ("get", "/api/v1/patrol-coverage?micro_grid=mg1%00", None),
+        ("post", "/api/v1/merchants/m1/trainings", {"attendees": 3, "names": "Li\x00"}),
+        ("get", "/api/v1/merchants/m1%00/trainings", None),
+    ],
+)
+def test_nul_characters_and_far_dates_never_answer_500(
+    env: ApiEnv, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    # Review 21: a NUL character (PostgreSQL text cannot hold one) or an instant past year 9999 in UTC went
+    # through validation to the database and answered 500. Free text is now kept without it; an id or a time is
+    # refused.
+    order = open_order(env)
+    r = env.client.request(method, path.format(id=order["id"]), headers=env.headers("w1"), json=body)
+    assert r.status_code in (200, 201, 404, 422), r.text
+    assert "\\u0000" not in r.text
+
+
+def test_free_text_loses_control_and_bidi_characters(env: ApiEnv) -> None:
+    # What a worker types reaches the merchant's message and pages: no NUL, no right-to-left override that turns
+    # "fix by ..." around, no terminal escapes.
+    order = open_order(env, site_id="s1", kind="other", title="Boxes\u202e in\x1b[2J the exit", note="x\x00y")
+    assert (order["title"], order["note"]) == ("Boxes in [2J the exit", "x y")
+    r = env.client.post(
+        "/api/v1/work-orders", headers=env.headers("w1"), json={"site_id": "s1", "kind": "other", "title": "\u202e\x00"}
+    )
+    assert r.status_code == 422, "nothing left of the title"
+
+
+def test_the_reinspection_form_refuses_a_date_it_cannot_read(env: ApiEnv) -> None:
+    client = TestClient(env.app, base_url="https://testserver")
+    csrf = login(client, env.tokens["w1"])
+    order = open_order(env)
+    for due in ("garbage", "2026-99-01", FAR):
+        r = client.post(f"/work-orders/{order['id']}/reinspection", data={"csrf": csrf, "passed": "0", "due_at": due})
+        assert r.status_code == 422, (due, r.text[:200])
+    r = client.post(f"/work-orders/{order['id']}/fixed", data={"csrf": csrf, "note": "done\x00"})
+    assert r.status_code == 200 and 'data-status="fixed"' in r.text
