@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 MAX_BYTES = 5 * 1024 * 1024  # a phone photo at the browser's default quality is 1-4 MB
 MAX_SIDE = 12_000
+# Nothing is decoded here, but every photo is decoded on a worker's phone to be shown (4 bytes a pixel): a PNG of
+# one colour packs 12,000 × 12,000 pixels into a few hundred kB. A phone's full-resolution 48 MP photo still fits.
+MAX_PIXELS = 50_000_000
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -218,6 +221,8 @@ def inspect_photo(data: bytes) -> Photo:
         raise PhotoError("not a JPEG, PNG or WebP photo (judged by its content, not its name or declared type)")
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         raise PhotoError(f"a photo of {width}×{height} pixels; each side must be 1..{MAX_SIDE}")
+    if width * height > MAX_PIXELS:
+        raise PhotoError(f"a photo of {width}×{height} pixels; at most {MAX_PIXELS // 1_000_000} million pixels")
     strip = {"image/jpeg": _strip_jpeg, "image/png": _strip_png, "image/webp": _strip_webp}[kind]
     kept = strip(data)
     return Photo(kind, width, height, len(kept), hashlib.sha256(kept).hexdigest(), kept)

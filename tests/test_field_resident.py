@@ -6,6 +6,8 @@ on one building, cross-site posts, guessed receipts, and another scope's reports
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,3 +264,28 @@ def test_a_residents_photo_is_served_without_where_it_was_taken(env: ApiEnv) -> 
     assert got.content.startswith(b"\xff\xd8") and got.content.endswith(b"\xff\xd9"), "nothing after the image"
     assert inspect_photo(got.content).width == 4, "still a JPEG that reads"
     assert exif(6)[:14] in got.content, "the orientation is kept, so the photo is shown upright"
+
+
+def _bomb() -> bytes:
+    """A real 12,000 × 12,000 PNG of one colour: 432 MB of pixels in well under a megabyte."""
+    pack = zlib.compressobj(9)
+    row = b"\x00" + b"\x00" * 12_000 * 3
+    idat = b"".join(pack.compress(row) for _ in range(12_000)) + pack.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_does_not_reach_a_workers_phone(env: ApiEnv) -> None:
+    # Review 21: nothing is decoded on the server, but the photo is shown on the worker's phone, which decodes
+    # every pixel: a resident's 600 kB PNG of 12,000 × 12,000 was kept (each side within the limit) and costs a
+    # phone over half a gigabyte to show.
+    bomb = _bomb()
+    assert len(bomb) < MAX_BYTES // 5
+    r = public(env).post(link(env), data={"what": "look"}, files={"photo": ("a.png", bomb, "image/png")})
+    assert r.status_code == 422 and "pixels" in r.text
+    ok = public(env).post(link(env), data={"what": "look"}, files={"photo": ("b.jpg", jpeg(8000, 6000), "image/jpeg")})
+    assert ok.status_code == 200, "a 48-megapixel phone photo is still kept"
