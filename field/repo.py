@@ -108,6 +108,7 @@ class DueNotice:
     urls: list[str]
     resident_report_id: int | None = None
     drill_id: int | None = None
+    active: bool = True  # a worker deactivated since the notice was queued is sent nothing
 
 
 ORDER_COLUMNS = """o.id, o.site_id, o.party, o.party_name, o.party_phone, o.merchant_id, o.kind, o.title, o.note,
@@ -416,7 +417,8 @@ def insert_notice(
 
 CLAIM_NOTICES = """
 SELECT n.id, n.work_order_id, n.worker_id, n.merchant_id, n.title, n.body, n.attempts,
-       COALESCE(w.notify_urls, m.notify_urls) AS urls, n.resident_report_id, n.drill_id
+       COALESCE(w.notify_urls, m.notify_urls) AS urls, n.resident_report_id, n.drill_id,
+       COALESCE(w.active, true) AS active
 FROM field_notice n LEFT JOIN worker w ON w.id = n.worker_id LEFT JOIN merchant m ON m.id = n.merchant_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= %(now)s
 ORDER BY n.next_attempt_at, n.id LIMIT %(limit)s

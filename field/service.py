@@ -351,11 +351,16 @@ def deliver_notices(conn: Connection[Any], *, send: SendFn, now: datetime, limit
     sent = 0
     for note in repo.claim_notices(conn, now=now, limit=limit):
         who = note.worker_id or note.merchant_id or ""
-        results = send(list(note.urls), note.title, note.body, who) if note.urls else [(False, "no channel")]
+        if not note.active:
+            results: Sequence[tuple[bool, str]] = [(False, f"{who} is no longer active: not sent")]
+            again = False
+        else:
+            results = send(list(note.urls), note.title, note.body, who) if note.urls else [(False, "no channel")]
+            again = True
         ok = any(r[0] for r in results)
         error = None if ok else "; ".join(r[1] for r in results)[:500]
         attempts = note.attempts + 1
-        status = "sent" if ok else ("failed" if attempts >= MAX_ATTEMPTS else "pending")
+        status = "sent" if ok else ("failed" if attempts >= MAX_ATTEMPTS or not again else "pending")
         retry = RETRY[min(attempts - 1, len(RETRY) - 1)]
         repo.record_notice(
             conn, notice_id=note.id, status=status, sent_at=now if ok else None, error=error, next_at=now + retry

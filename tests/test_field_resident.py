@@ -18,9 +18,12 @@ from fastapi.testclient import TestClient
 from core.errors import NotFoundError
 from core.settings import Settings
 from field import report_service
+from field import service as field_service
 from field.photos import MAX_BYTES, inspect_photo
+from notify.delivery import Sender
 from tests.api_helpers import ApiEnv, api_env
 from tests.field_helpers import SECRET_PLACE, exif, jpeg, jpeg_with_exif
+from tests.support import Receiver
 
 
 @pytest.fixture
@@ -289,3 +292,30 @@ def test_a_decompression_bomb_does_not_reach_a_workers_phone(env: ApiEnv) -> Non
     assert r.status_code == 422 and "pixels" in r.text
     ok = public(env).post(link(env), data={"what": "look"}, files={"photo": ("b.jpg", jpeg(8000, 6000), "image/jpeg")})
     assert ok.status_code == 200, "a 48-megapixel phone photo is still kept"
+
+
+def test_a_deactivated_worker_is_not_sent_what_was_queued_for_them(env: ApiEnv, receiver: Receiver) -> None:
+    # Review 21: recipients were chosen among active workers when a notice was queued, but delivery (and its
+    # retries, for hours) went to whoever the notice named: a worker deactivated in between (who left, whose phone
+    # was lost) still got the resident's report.
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE worker SET notify_urls = %s WHERE id = 'w2'", ([receiver.url("w2")],))
+    assert send(public(env), link(env)).status_code == 303
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE worker SET active = false WHERE id = 'w2'")
+    sender = Sender(timeout_s=2, deadline_s=5)
+    try:
+        with env.conn() as conn, conn.transaction():
+            sent = field_service.deliver_notices(
+                conn,
+                send=lambda urls, title, body, who: [
+                    (x.ok, x.detail) for x in sender.send(urls, title, body, recipient=who)
+                ],
+                now=datetime.now(UTC),
+            )
+    finally:
+        sender.close()
+    assert sent == 0 and receiver.for_path("w2") == []
+    with env.conn() as conn:
+        (status, error) = conn.execute("SELECT status, last_error FROM field_notice WHERE worker_id = 'w2'").fetchone()
+    assert status == "failed" and "no longer active" in error
