@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import Connection
@@ -342,16 +342,24 @@ def get_photo_data(conn: Connection[Any], *, photo_id: str, scope: Scope) -> Pho
 
 # -- notices (the party told; the overdue ladder) ----------------------------------------------------------------
 
+# Only orders with a step of the ladder due: those that climbed every step already would otherwise fill the batch
+# (oldest deadline first) and newly overdue orders would never be escalated.
 SELECT_OVERDUE = f"""
 SELECT {ORDER_COLUMNS} FROM work_order o JOIN site s ON s.id = o.site_id
-WHERE o.status <> 'closed' AND o.due_at < %(now)s ORDER BY o.due_at LIMIT %(limit)s
+WHERE o.status <> 'closed' AND o.due_at < %(now)s
+  AND EXISTS (SELECT 1 FROM unnest(%(steps)s::int[], %(afters)s::interval[]) AS l(step, after)
+              WHERE o.escalation < l.step AND o.due_at + l.after <= %(now)s)
+ORDER BY o.due_at LIMIT %(limit)s
 """
 
 
-def list_overdue(conn: Connection[Any], *, now: datetime, limit: int) -> list[WorkOrderRow]:
-    """Open or fixed-not-yet-verified orders past their deadline, oldest deadline first."""
+def list_overdue(
+    conn: Connection[Any], *, now: datetime, ladder: Sequence[tuple[int, timedelta]], limit: int
+) -> list[WorkOrderRow]:
+    """Orders not closed with a step of the ladder (step, time past the deadline) due, oldest deadline first."""
+    params = {"now": now, "limit": limit, "steps": [s for s, _ in ladder], "afters": [a for _, a in ladder]}
     with conn.cursor(row_factory=class_row(WorkOrderRow)) as cur:
-        return cur.execute(SELECT_OVERDUE, {"now": now, "limit": limit}).fetchall()
+        return cur.execute(SELECT_OVERDUE, params).fetchall()
 
 
 SELECT_RECIPIENTS = """

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import Connection
@@ -191,16 +192,23 @@ def set_escalation(conn: Connection[Any], *, report_id: int, step: int) -> bool:
     return conn.execute(UPDATE_REPORT_ESCALATION, {"id": report_id, "step": step}).rowcount == 1
 
 
+# Only reports with a step of the ladder due (those at its top would otherwise fill the batch for good).
 SELECT_UNTAKEN = f"""
 SELECT {REPORT_COLUMNS} FROM resident_report r JOIN site s ON s.id = r.site_id
-WHERE r.status = 'new' AND r.created_at < %(before)s ORDER BY r.created_at LIMIT %(limit)s
+WHERE r.status = 'new'
+  AND EXISTS (SELECT 1 FROM unnest(%(steps)s::int[], %(afters)s::interval[]) AS l(step, after)
+              WHERE r.escalation < l.step AND r.created_at + l.after <= %(now)s)
+ORDER BY r.created_at LIMIT %(limit)s
 """
 
 
-def list_untaken(conn: Connection[Any], *, before: datetime, limit: int) -> list[ReportRow]:
-    """Reports nobody has taken, made before this time."""
+def list_untaken(
+    conn: Connection[Any], *, now: datetime, ladder: Sequence[tuple[int, timedelta]], limit: int
+) -> list[ReportRow]:
+    """Reports nobody has taken with a step of the ladder (step, time after the report) due, oldest first."""
+    params = {"now": now, "limit": limit, "steps": [s for s, _ in ladder], "afters": [a for _, a in ladder]}
     with conn.cursor(row_factory=class_row(ReportRow)) as cur:
-        return cur.execute(SELECT_UNTAKEN, {"before": before, "limit": limit}).fetchall()
+        return cur.execute(SELECT_UNTAKEN, params).fetchall()
 
 
 INSERT_REPORT_NOTICE = """

@@ -242,7 +242,8 @@ def _tell(
 def escalate_untaken(conn: Connection[Any], *, now: datetime, limit: int = 500) -> int:
     """Climb the ladder for reports nobody took; returns the steps taken. Idempotent."""
     taken = 0
-    for row in report_repo.list_untaken(conn, before=now - LADDER[0][1], limit=limit):
+    ladder = [(step, after) for step, after, _ in LADDER]
+    for row in report_repo.list_untaken(conn, now=now, ladder=ladder, limit=limit):
         site = report_repo.get_site(conn, site_id=row.site_id)
         assert site is not None  # noqa: S101 - a report's site is a foreign key
         for step, after, tier in LADDER:

@@ -313,7 +313,7 @@ def _tell_merchant(conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, 
 def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) -> int:
     """Climb the overdue ladder for every order past its deadline; returns the steps taken. Idempotent."""
     taken = 0
-    for row in repo.list_overdue(conn, now=now, limit=limit):
+    for row in repo.list_overdue(conn, now=now, ladder=[(step, after) for step, after, _ in LADDER], limit=limit):
         site = None
         for step, after, tier in LADDER:
             if step <= row.escalation or now < row.due_at + after:

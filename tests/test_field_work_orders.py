@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,10 +15,11 @@ from PIL import Image, PngImagePlugin
 
 from core import repo as core_repo
 from core.settings import Settings
+from field import report_service
 from field import service as field_service
 from field.photos import MAX_BYTES, PhotoError, inspect_photo
 from field.repo import Scope
-from field.schemas import ReinspectIn
+from field.schemas import ReinspectIn, WorkOrderCreate
 from notify.delivery import Sender
 from tests.api_helpers import ApiEnv, api_env
 from tests.field_helpers import SECRET_PLACE, jpeg, jpeg_with_exif, png, png_with_text, webp_with_exif
@@ -476,3 +477,35 @@ def test_the_reinspection_form_refuses_a_date_it_cannot_read(env: ApiEnv) -> Non
         assert r.status_code == 422, (due, r.text[:200])
     r = client.post(f"/work-orders/{order['id']}/fixed", data={"csrf": csrf, "note": "done\x00"})
     assert r.status_code == 200 and 'data-status="fixed"' in r.text
+
+
+def test_orders_at_the_top_of_the_ladder_do_not_starve_newer_overdue_ones(env: ApiEnv) -> None:
+    # Review 21: the ladder took the oldest overdue orders first, up to a batch, including those that had climbed
+    # every step already; once a batch of old orders sat at the top, a newly overdue one was never escalated.
+    old = [open_order(env) for _ in range(3)]
+    due = max(datetime.fromisoformat(o["due_at"]) for o in old)
+    with env.conn() as conn, conn.transaction():
+        assert field_service.escalate_overdue(conn, now=due + timedelta(days=4), limit=3) == 9
+        late = field_service.open_work_order(
+            conn,
+            body=WorkOrderCreate(site_id="s1", kind="blocked_exit"),
+            actor="w1",
+            scope=Scope(),
+            now=due + timedelta(days=3),
+        )
+        assert field_service.escalate_overdue(conn, now=due + timedelta(days=4, hours=1), limit=3) == 1
+        assert field_service.get_work_order(conn, order_id=late.id, scope=Scope()).order.escalation == 1
+
+
+def test_reports_at_the_top_of_the_ladder_do_not_starve_newer_ones(env: ApiEnv) -> None:
+    now = datetime.now(UTC)
+    with env.conn() as conn, conn.transaction():
+        secret = env.app.state.settings.secret_key.get_secret_value()
+        code = report_service.link_code(secret, "s2")
+        for n in range(3):
+            report_service.submit_report(conn, secret=secret, code=code, what="smoke", client=f"10.0.0.{n}", now=now)
+        assert report_service.escalate_untaken(conn, now=now + timedelta(hours=3), limit=3) == 6
+        report_service.submit_report(
+            conn, secret=secret, code=code, what="smoke", client="10.0.0.9", now=now + timedelta(hours=2)
+        )
+        assert report_service.escalate_untaken(conn, now=now + timedelta(hours=3), limit=3) == 1
