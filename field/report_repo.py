@@ -64,6 +64,12 @@ def get_site(conn: Connection[Any], *, site_id: str) -> ReportSite | None:
         return cur.execute(SELECT_REPORT_SITE, (site_id,)).fetchone()
 
 
+# Taken before counting, held to the commit: reports sent at the same moment would each count the others as not
+# there yet. The sender's lock first, then the site's (always in this order: no deadlock).
+LOCK_RATE = """
+SELECT pg_advisory_xact_lock(hashtextextended('resident-report:client:' || %(client)s, 0)),
+       pg_advisory_xact_lock(hashtextextended('resident-report:site:' || %(site)s, 0))
+"""
 COUNT_RECENT = """
 SELECT count(*) FILTER (WHERE client_hash = %(client)s AND created_at > %(client_since)s),
        count(*) FILTER (WHERE client_hash = %(client)s AND created_at > %(day_since)s),
@@ -81,7 +87,8 @@ def count_recent(
     day_since: datetime,
     site_since: datetime,
 ) -> tuple[int, int, int]:
-    """Reports from this sender in the short window and the day, and on this site in its window."""
+    """Reports from this sender in the short window and the day, and on this site in its window (the sender and
+    the site locked until the caller commits, so concurrent reports count each other)."""
     params = {
         "client": client,
         "site": site_id,
@@ -89,6 +96,7 @@ def count_recent(
         "day_since": day_since,
         "site_since": site_since,
     }
+    conn.execute(LOCK_RATE, {"client": client, "site": site_id})
     row = conn.execute(COUNT_RECENT, params).fetchone()
     assert row is not None  # noqa: S101 - an aggregate returns one row
     return int(row[0]), int(row[1]), int(row[2])

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -319,3 +322,45 @@ def test_a_deactivated_worker_is_not_sent_what_was_queued_for_them(env: ApiEnv, 
     with env.conn() as conn:
         (status, error) = conn.execute("SELECT status, last_error FROM field_notice WHERE worker_id = 'w2'").fetchone()
     assert status == "failed" and "no longer active" in error
+
+
+def test_reports_sent_at_the_same_moment_cannot_pass_the_limit_together(env: ApiEnv) -> None:
+    # Review 21: the limiter counted committed reports; reports sent at the same moment each counted the others as
+    # not there yet, so a sender with a few connections at once got past "3 in 10 minutes" (and a building past
+    # its hourly budget). The fourth report here used to be taken while the third was not yet committed.
+    secret = env.app.state.settings.secret_key.get_secret_value()
+    code = report_service.link_code(secret, "s2")
+
+    def submit(conn: psycopg.Connection[Any]) -> object:
+        try:
+            return report_service.submit_report(conn, secret=secret, code=code, what="smoke", client="10.9.9.9")
+        except report_service.ReportRateLimitedError as exc:
+            return exc
+
+    with env.conn() as conn, conn.transaction():
+        for _ in range(2):
+            submit(conn)
+    third_sent, release = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def third() -> None:
+        with env.conn() as conn, conn.transaction():
+            outcomes["third"] = submit(conn)
+            third_sent.set()
+            release.wait(10)
+
+    def fourth() -> None:
+        with env.conn() as conn, conn.transaction():
+            outcomes["fourth"] = submit(conn)
+
+    a = threading.Thread(target=third)
+    a.start()
+    assert third_sent.wait(10)
+    b = threading.Thread(target=fourth)
+    b.start()
+    b.join(1.5)
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert isinstance(outcomes["third"], report_service.Submitted)
+    assert isinstance(outcomes["fourth"], report_service.ReportRateLimitedError), outcomes["fourth"]
