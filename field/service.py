@@ -192,6 +192,9 @@ def add_photo(
     if stage not in PHOTO_STAGES:
         raise FieldInputError(f"stage must be one of {', '.join(PHOTO_STAGES)}")
     row = _order(conn, order_id, scope, lock=True)
+    if scope.merchant is not None and stage != "fixed":
+        # the party that must fix it shows its fix; what was found and the re-inspection are the inspectors' record
+        raise FieldInputError("a merchant's photos show the fix: send them with stage 'fixed'")
     if row.status == "closed":
         raise ConflictError(f"work order {order_id} is closed: no more photos")
     if repo.count_photos(conn, order_id=order_id) >= MAX_PHOTOS:

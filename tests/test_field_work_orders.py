@@ -509,3 +509,25 @@ def test_reports_at_the_top_of_the_ladder_do_not_starve_newer_ones(env: ApiEnv) 
             conn, secret=secret, code=code, what="smoke", client="10.0.0.9", now=now + timedelta(hours=2)
         )
         assert report_service.escalate_untaken(conn, now=now + timedelta(hours=3), limit=3) == 1
+
+
+def test_a_merchant_cannot_file_photos_as_the_inspectors(env: ApiEnv) -> None:
+    # Review 21: the page gives a merchant the 'fixed' stage, but the API and the form took any stage from it, so
+    # the party that must fix a hazard could file its own photo as the re-inspection's (or the finding's) evidence.
+    order = open_order(env)
+    for stage in ("reinspection", "found"):
+        r = env.client.post(
+            f"/api/v1/work-orders/{order['id']}/photos",
+            headers=env.headers("m1"),
+            files={"photo": ("p.jpg", jpeg(), "image/jpeg")},
+            data={"stage": stage},
+        )
+        assert r.status_code == 422 and "fixed" in r.json()["detail"], (stage, r.text)
+    r = env.client.post(
+        f"/api/v1/work-orders/{order['id']}/photos",
+        headers=env.headers("m1"),
+        files={"photo": ("p.jpg", jpeg(), "image/jpeg")},
+        data={"stage": "fixed"},
+    )
+    assert r.status_code == 201 and r.json()["stage"] == "fixed"
+    assert upload(env, order["id"], jpeg()).json()["stage"] == "found", "a worker files the finding's photos"
