@@ -169,6 +169,8 @@ def reinspect(
     repo.insert_event(
         conn, order_id=order_id, at=at, kind="reinspected", actor=actor, passed=body.passed, note=body.note, due_at=due
     )
+    if not body.passed:  # the party must meet a new, shorter deadline: it is told, as when the order was opened
+        _tell_merchant(conn, _order(conn, order_id, Scope()), step=0, at=at)
     if body.passed and row.finding_id is not None:
         score_service.close_finding(
             conn, finding_id=row.finding_id, actor=actor, note=f"work order {order_id} re-inspected", now=at
@@ -281,7 +283,10 @@ def _site_of(conn: Connection[Any], row: repo.WorkOrderRow) -> repo.SiteRow:
 
 def _message(row: repo.WorkOrderRow, step: int) -> tuple[str, str]:
     due = row.due_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    if step == 0:
+    if step == 0 and row.reinspections:
+        title = f"复查未通过，请再次整改 / Re-inspection failed, fix again: {row.title}"
+        body = f"{row.site_name or row.site_id}: {row.title}. 新期限 / new deadline {due}. 工单 / work order #{row.id}"
+    elif step == 0:
         title = f"隐患整改通知 / Hazard to fix: {row.title}"
         body = f"{row.site_name or row.site_id}: {row.title}. 整改期限 / fix by {due}. 工单 / work order #{row.id}"
     else:

@@ -361,7 +361,7 @@ def test_an_order_overdue_again_after_a_failed_reinspection_tells_people_again(e
     try:
         with env.conn() as conn, conn.transaction():
             field_service.deliver_notices(conn, send=send, now=first_due + timedelta(days=2, minutes=2))
-        wait_for(lambda: len(receiver.for_path("w1")) == 2 and len(receiver.for_path("m1")) == 3, timeout=10)
+        wait_for(lambda: len(receiver.for_path("w1")) == 2 and len(receiver.for_path("m1")) == 4, timeout=10)
     finally:
         sender.close()
     detail = env.client.get(f"/api/v1/work-orders/{order['id']}", headers=env.headers("w1")).json()
@@ -531,3 +531,33 @@ def test_a_merchant_cannot_file_photos_as_the_inspectors(env: ApiEnv) -> None:
     )
     assert r.status_code == 201 and r.json()["stage"] == "fixed"
     assert upload(env, order["id"], jpeg()).json()["stage"] == "found", "a worker files the finding's photos"
+
+
+def test_a_failed_reinspection_tells_the_merchant_its_new_deadline(env: ApiEnv, receiver: Receiver) -> None:
+    # Review 21: the merchant was told when the order was opened, but a failed re-inspection set a new, shorter
+    # deadline without a word to the party that must meet it.
+    with env.conn() as conn, conn.transaction():
+        core_repo.upsert_merchant(
+            conn, id="m1", community_id="c1", name="Noodle shop", contact="", phone="", notify=[receiver.url("m1")]
+        )
+    order = open_order(env)
+    r = env.client.post(
+        f"/api/v1/work-orders/{order['id']}/reinspection", headers=env.headers("w1"), json={"passed": False}
+    )
+    assert r.status_code == 200, r.text
+    new_due = datetime.fromisoformat(r.json()["due_at"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    sender = Sender(timeout_s=2, deadline_s=5)
+    try:
+        with env.conn() as conn, conn.transaction():
+            field_service.deliver_notices(
+                conn,
+                send=lambda urls, title, body, who: [
+                    (x.ok, x.detail) for x in sender.send(urls, title, body, recipient=who)
+                ],
+                now=datetime.now(UTC),
+            )
+        wait_for(lambda: len(receiver.for_path("m1")) == 2, timeout=10)
+    finally:
+        sender.close()
+    last = receiver.for_path("m1")[-1]
+    assert "Re-inspection failed" in last["title"] and new_due in last["message"], last
