@@ -312,7 +312,7 @@ FROM field_photo WHERE work_order_id = %s ORDER BY uploaded_at, id
 SELECT_PHOTO_DATA = f"""
 SELECT p.id, p.content_type, p.data, o.site_id
 FROM field_photo p JOIN work_order o ON o.id = p.work_order_id JOIN site s ON s.id = o.site_id
-WHERE p.id = %(id)s AND {ORDER_SCOPE}
+WHERE p.id = %(id)s AND p.work_order_id = %(order)s AND {ORDER_SCOPE}
 """
 COUNT_PHOTOS = "SELECT count(*) FROM field_photo WHERE work_order_id = %s"
 
@@ -334,10 +334,10 @@ def list_photos(conn: Connection[Any], *, order_id: int) -> list[PhotoRow]:
         return cur.execute(SELECT_PHOTOS, (order_id,)).fetchall()
 
 
-def get_photo_data(conn: Connection[Any], *, photo_id: str, scope: Scope) -> PhotoData | None:
-    """A photo's bytes if the scope includes its order's site."""
+def get_photo_data(conn: Connection[Any], *, order_id: int, photo_id: str, scope: Scope) -> PhotoData | None:
+    """A photo's bytes if it is this order's and the scope includes the order."""
     with conn.cursor(row_factory=class_row(PhotoData)) as cur:
-        return cur.execute(SELECT_PHOTO_DATA, {"id": photo_id, **scope.params()}).fetchone()
+        return cur.execute(SELECT_PHOTO_DATA, {"id": photo_id, "order": order_id, **scope.params()}).fetchone()
 
 
 # -- notices (the party told; the overdue ladder) ----------------------------------------------------------------

@@ -233,8 +233,8 @@ def _photo_read(row: repo.PhotoRow) -> PhotoRead:
 
 def get_photo(conn: Connection[Any], *, order_id: int, photo_id: str, scope: Scope) -> repo.PhotoData:
     """A photo's bytes, only for those whose scope includes the order's site."""
-    found = repo.get_photo_data(conn, photo_id=photo_id, scope=scope)
-    if found is None or _order(conn, order_id, scope).site_id != found.site_id:
+    found = repo.get_photo_data(conn, order_id=order_id, photo_id=photo_id, scope=scope)
+    if found is None:
         raise NotFoundError(f"photo {photo_id} not found")
     return found
 

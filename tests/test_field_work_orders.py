@@ -561,3 +561,13 @@ def test_a_failed_reinspection_tells_the_merchant_its_new_deadline(env: ApiEnv, 
         sender.close()
     last = receiver.for_path("m1")[-1]
     assert "Re-inspection failed" in last["title"] and new_due in last["message"], last
+
+
+def test_a_photo_is_served_only_under_its_own_order(env: ApiEnv) -> None:
+    # Review 21: the check compared the orders' sites, so a photo answered under any order on the same site (the
+    # docs promise 404 for a photo id of another order).
+    first, second = open_order(env), open_order(env, site_id="s1", kind="illegal_wiring")
+    photo = upload(env, first["id"], jpeg()).json()
+    assert env.client.get(photo["url"], headers=env.headers("w1")).status_code == 200
+    elsewhere = f"/api/v1/work-orders/{second['id']}/photos/{photo['id']}"
+    assert env.client.get(elsewhere, headers=env.headers("w1")).status_code == 404
