@@ -26,7 +26,8 @@ from field.photos import MAX_BYTES, inspect_photo
 from notify.delivery import Sender
 from tests.api_helpers import ApiEnv, api_env
 from tests.field_helpers import SECRET_PLACE, exif, jpeg, jpeg_with_exif
-from tests.support import Receiver
+from tests.support import Receiver, wait_for
+from tests.test_notify_ladder import SmtpSink
 
 
 @pytest.fixture
@@ -364,3 +365,36 @@ def test_reports_sent_at_the_same_moment_cannot_pass_the_limit_together(env: Api
     b.join(10)
     assert isinstance(outcomes["third"], report_service.Submitted)
     assert isinstance(outcomes["fourth"], report_service.ReportRateLimitedError), outcomes["fourth"]
+
+
+def test_what_a_resident_writes_is_text_in_an_email(env: ApiEnv) -> None:
+    # Review 21: apprise sends e-mail as HTML and, given no body format, puts the body in as it is: a resident's
+    # "<a href=...>" or tracking "<img>" became live markup in the worker's mail, from an anonymous form.
+    smtp = SmtpSink()
+    try:
+        with env.conn() as conn, conn.transaction():
+            conn.execute("UPDATE worker SET notify_urls = %s WHERE id = 'w2'", ([smtp.url("w2@example.com")],))
+        what = '<a href="https://evil.test/login">Confirm here</a><img src="https://evil.test/pixel.gif">'
+        assert send(public(env), link(env), what=what).status_code == 303
+        sender = Sender(timeout_s=2, deadline_s=5)
+        try:
+            with env.conn() as conn, conn.transaction():
+                sent = field_service.deliver_notices(
+                    conn,
+                    send=lambda urls, title, body, who: [
+                        (x.ok, x.detail) for x in sender.send(urls, title, body, recipient=who)
+                    ],
+                    now=datetime.now(UTC),
+                )
+        finally:
+            sender.close()
+        assert sent == 1
+        wait_for(lambda: smtp.messages, timeout=10)
+    finally:
+        smtp.close()
+    (mail,) = smtp.messages
+    body = mail.get_body(("html", "plain"))
+    assert body is not None
+    shown = body.get_content()
+    assert "Confirm here" in shown
+    assert body.get_content_type() == "text/plain" or ("<a href" not in shown and "<img" not in shown), shown
