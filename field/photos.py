@@ -12,6 +12,7 @@ image's end (a polyglot's tail, a phone's appended depth map with its own EXIF).
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 
@@ -74,20 +75,18 @@ def _orientation_app1(value: int) -> bytes:
     return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
 
 
+# In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing), a restart marker or more 0xFF fill; anything else
+# is a marker (EOI, or a segment between the scans of a progressive JPEG). Searched in C: no Python loop per byte.
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _jpeg_end(data: bytes, pos: int) -> int:
     """Where the image ends (just after EOI), reading entropy-coded data and the segments between scans."""
-    n = len(data)
-    while pos < n - 1:
-        if data[pos] != 0xFF:
-            pos += 1
-            continue
-        marker = data[pos + 1]
-        if marker == 0xD9:
+    while (found := _MARKER.search(data, pos)) is not None:
+        pos = found.start()
+        if data[pos + 1] == 0xD9:
             return pos + 2
-        if marker in (0x00, 0xFF) or 0xD0 <= marker <= 0xD7:
-            pos += 2 if marker != 0xFF else 1
-            continue
-        if pos + 4 > n:
+        if pos + 4 > len(data):
             break
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         pos += 2 + length
