@@ -288,7 +288,7 @@ def _bomb() -> bytes:
 
 def test_a_decompression_bomb_does_not_reach_a_workers_phone(env: ApiEnv) -> None:
     # Review 21: nothing is decoded on the server, but the photo is shown on the worker's phone, which decodes
-    # every pixel: a resident's 600 kB PNG of 12,000 × 12,000 was kept (each side within the limit) and costs a
+    # every pixel: a resident's 420 kB PNG of 12,000 × 12,000 was kept (each side within the limit) and costs a
     # phone over half a gigabyte to show.
     bomb = _bomb()
     assert len(bomb) < MAX_BYTES // 5
