@@ -25,7 +25,7 @@ from field import checklists, drill_service, patrol_service, report_service, tra
 from field import service as field_service
 from field.drill_service import DrillCreate
 from field.photos import MAX_BYTES
-from field.schemas import CheckIn, ReinspectIn, RoundCreate, WorkOrderCreate
+from field.schemas import NO_CONTROLS, CheckIn, FixedIn, ReinspectIn, RoundCreate, WorkOrderCreate
 from field.training_service import TrainingCreate
 
 router = APIRouter(include_in_schema=False)
@@ -114,10 +114,12 @@ def work_order_page(order_id: OrderId, request: Request, conn: Conn, who: Anyone
 @router.post("/work-orders/{order_id}/fixed")
 def fixed_form(order_id: OrderId, conn: Conn, who: Anyone, form: Form) -> Response:
     """The party (a merchant on its own order) or a worker reports it fixed."""
+    try:
+        body = FixedIn(note=form.get("note", "")[:2000])
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
     with conn.transaction():
-        field_service.report_fixed(
-            conn, order_id=order_id, actor=who.actor, scope=scope_of(who), note=form.get("note", "")[:2000]
-        )
+        field_service.report_fixed(conn, order_id=order_id, actor=who.actor, scope=scope_of(who), note=body.note)
     return RedirectResponse(f"/work-orders/{order_id}?done=fixed", status_code=303)
 
 
@@ -127,12 +129,10 @@ def reinspection_form(order_id: OrderId, conn: Conn, who: Staff, form: Form) -> 
     passed = form.get("passed")
     if passed not in ("1", "0"):
         raise HTTPException(422, "choose pass or fail")
-    due = form.get("due_at") or None
-    body = ReinspectIn(
-        passed=passed == "1",
-        note=form.get("note", "")[:2000],
-        due_at=datetime.fromisoformat(due) if due else None,
-    )
+    try:
+        body = ReinspectIn(passed=passed == "1", note=form.get("note", "")[:2000], due_at=form.get("due_at") or None)
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
     with conn.transaction():
         field_service.reinspect(conn, order_id=order_id, body=body, actor=who.actor, scope=scope_of(who))
     return RedirectResponse(f"/work-orders/{order_id}?done={'passed' if body.passed else 'failed'}", status_code=303)
@@ -394,7 +394,10 @@ def report_order_form(report_id: ReportId, conn: Conn, who: Staff, form: Form) -
 
 @router.get("/merchants/{merchant_id}/trainings")
 def trainings_page(
-    merchant_id: Annotated[str, PathParam(min_length=1, max_length=64)], request: Request, conn: Conn, who: Anyone
+    merchant_id: Annotated[str, PathParam(min_length=1, max_length=64, pattern=NO_CONTROLS)],
+    request: Request,
+    conn: Conn,
+    who: Anyone,
 ) -> HTMLResponse:
     """A merchant's training and drill records; an inspector records one here."""
     records = training_service.list_trainings(conn, merchant_id=merchant_id, scope=scope_of(who))
@@ -412,7 +415,10 @@ def trainings_page(
 
 @router.post("/merchants/{merchant_id}/trainings")
 def training_form(
-    merchant_id: Annotated[str, PathParam(min_length=1, max_length=64)], conn: Conn, who: Staff, form: Form
+    merchant_id: Annotated[str, PathParam(min_length=1, max_length=64, pattern=NO_CONTROLS)],
+    conn: Conn,
+    who: Staff,
+    form: Form,
 ) -> Response:
     """Record attendance from the form."""
     try:

@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from psycopg import Connection
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from core.errors import ConflictError, NotFoundError
 from field import drill_repo, patrol_repo, repo
 from field.repo import Scope
+from field.schemas import Id, Instant, printable
 from field.service import FieldInputError
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,12 @@ WINDOW = timedelta(hours=1)  # responses after this are late (the report says so
 class DrillCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    micro_grid_id: Annotated[str, StringConstraints(max_length=64)] | None = Field(
-        None, description="default: a random micro-grid of your communities"
-    )
-    site_id: Annotated[str, StringConstraints(max_length=64)] | None = Field(None, description="default: random")
-    scenario: Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)] = (
-        "模拟燃气泄漏 / simulated gas leak"
-    )
-    at: datetime | None = Field(None, description="schedule it (within 30 days); default: now")
+    micro_grid_id: Id | None = Field(None, description="default: a random micro-grid of your communities")
+    site_id: Id | None = Field(None, description="default: random")
+    scenario: Annotated[
+        str, StringConstraints(max_length=500), AfterValidator(printable), StringConstraints(min_length=1)
+    ] = "模拟燃气泄漏 / simulated gas leak"
+    at: Instant | None = Field(None, description="schedule it (within 30 days); default: now")
 
 
 class ResponderRead(BaseModel):

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 DAILY_SLOTS = (("am", time(8, 0), time(12, 0)), ("pm", time(14, 0), time(18, 0)))
 CAMPAIGN_DAYS = 14
 KITCHEN = "household_kitchen"
+# A check-in is a visit: a round not yet due takes none (its coverage would show it walked before it was), but a
+# worker who sets out a little early is not turned away.
+EARLY = timedelta(hours=1)
 
 
 def _now(now: datetime | None) -> datetime:
@@ -195,7 +198,9 @@ def check_in(
 ) -> CheckInResult:
     """The worker at a stop: the visit and its answers; every failed item becomes a work order on the site."""
     at = _now(now)
-    _round(conn, round_id, scope)
+    row = _round(conn, round_id, scope)
+    if at < row.due_start - EARLY:
+        raise ConflictError(f"patrol round {round_id} starts at {row.due_start.isoformat()}: check in on the round")
     stop = patrol_repo.lock_stop(conn, round_id=round_id, stop_id=stop_id)
     if stop is None:
         raise NotFoundError(f"stop {stop_id} is not on patrol round {round_id}")
@@ -290,7 +295,7 @@ def add_stop_photo(
         width=photo.width,
         height=photo.height,
         sha256=photo.sha256,
-        data=data,
+        data=photo.data,
         by=actor,
         at=at,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import Connection
@@ -108,6 +108,7 @@ class DueNotice:
     urls: list[str]
     resident_report_id: int | None = None
     drill_id: int | None = None
+    active: bool = True  # a worker deactivated since the notice was queued is sent nothing
 
 
 ORDER_COLUMNS = """o.id, o.site_id, o.party, o.party_name, o.party_phone, o.merchant_id, o.kind, o.title, o.note,
@@ -311,7 +312,7 @@ FROM field_photo WHERE work_order_id = %s ORDER BY uploaded_at, id
 SELECT_PHOTO_DATA = f"""
 SELECT p.id, p.content_type, p.data, o.site_id
 FROM field_photo p JOIN work_order o ON o.id = p.work_order_id JOIN site s ON s.id = o.site_id
-WHERE p.id = %(id)s AND {ORDER_SCOPE}
+WHERE p.id = %(id)s AND p.work_order_id = %(order)s AND {ORDER_SCOPE}
 """
 COUNT_PHOTOS = "SELECT count(*) FROM field_photo WHERE work_order_id = %s"
 
@@ -333,24 +334,32 @@ def list_photos(conn: Connection[Any], *, order_id: int) -> list[PhotoRow]:
         return cur.execute(SELECT_PHOTOS, (order_id,)).fetchall()
 
 
-def get_photo_data(conn: Connection[Any], *, photo_id: str, scope: Scope) -> PhotoData | None:
-    """A photo's bytes if the scope includes its order's site."""
+def get_photo_data(conn: Connection[Any], *, order_id: int, photo_id: str, scope: Scope) -> PhotoData | None:
+    """A photo's bytes if it is this order's and the scope includes the order."""
     with conn.cursor(row_factory=class_row(PhotoData)) as cur:
-        return cur.execute(SELECT_PHOTO_DATA, {"id": photo_id, **scope.params()}).fetchone()
+        return cur.execute(SELECT_PHOTO_DATA, {"id": photo_id, "order": order_id, **scope.params()}).fetchone()
 
 
 # -- notices (the party told; the overdue ladder) ----------------------------------------------------------------
 
+# Only orders with a step of the ladder due: those that climbed every step already would otherwise fill the batch
+# (oldest deadline first) and newly overdue orders would never be escalated.
 SELECT_OVERDUE = f"""
 SELECT {ORDER_COLUMNS} FROM work_order o JOIN site s ON s.id = o.site_id
-WHERE o.status <> 'closed' AND o.due_at < %(now)s ORDER BY o.due_at LIMIT %(limit)s
+WHERE o.status <> 'closed' AND o.due_at < %(now)s
+  AND EXISTS (SELECT 1 FROM unnest(%(steps)s::int[], %(afters)s::interval[]) AS l(step, after)
+              WHERE o.escalation < l.step AND o.due_at + l.after <= %(now)s)
+ORDER BY o.due_at LIMIT %(limit)s
 """
 
 
-def list_overdue(conn: Connection[Any], *, now: datetime, limit: int) -> list[WorkOrderRow]:
-    """Open or fixed-not-yet-verified orders past their deadline, oldest deadline first."""
+def list_overdue(
+    conn: Connection[Any], *, now: datetime, ladder: Sequence[tuple[int, timedelta]], limit: int
+) -> list[WorkOrderRow]:
+    """Orders not closed with a step of the ladder (step, time past the deadline) due, oldest deadline first."""
+    params = {"now": now, "limit": limit, "steps": [s for s, _ in ladder], "afters": [a for _, a in ladder]}
     with conn.cursor(row_factory=class_row(WorkOrderRow)) as cur:
-        return cur.execute(SELECT_OVERDUE, {"now": now, "limit": limit}).fetchall()
+        return cur.execute(SELECT_OVERDUE, params).fetchall()
 
 
 SELECT_RECIPIENTS = """
@@ -383,18 +392,27 @@ def merchant_recipient(conn: Connection[Any], *, merchant_id: str) -> Recipient 
 
 
 INSERT_NOTICE = """
-INSERT INTO field_notice (work_order_id, step, worker_id, merchant_id, title, body, next_attempt_at)
-VALUES (%(order)s, %(step)s, %(worker)s, %(merchant)s, %(title)s, %(body)s, %(at)s)
+INSERT INTO field_notice (work_order_id, reinspections, step, worker_id, merchant_id, title, body, next_attempt_at)
+VALUES (%(order)s, %(reinspections)s, %(step)s, %(worker)s, %(merchant)s, %(title)s, %(body)s, %(at)s)
 ON CONFLICT DO NOTHING
 """
 
 
 def insert_notice(
-    conn: Connection[Any], *, order_id: int, step: int, recipient: Recipient, title: str, body: str, at: datetime
+    conn: Connection[Any],
+    *,
+    order_id: int,
+    reinspections: int,
+    step: int,
+    recipient: Recipient,
+    title: str,
+    body: str,
+    at: datetime,
 ) -> bool:
-    """Queue a message (once per order, step and recipient)."""
+    """Queue a message (once per order, climb of its ladder, step and recipient)."""
     params = {
         "order": order_id,
+        "reinspections": reinspections,
         "step": step,
         "worker": recipient.worker_id,
         "merchant": recipient.merchant_id,
@@ -407,7 +425,8 @@ def insert_notice(
 
 CLAIM_NOTICES = """
 SELECT n.id, n.work_order_id, n.worker_id, n.merchant_id, n.title, n.body, n.attempts,
-       COALESCE(w.notify_urls, m.notify_urls) AS urls, n.resident_report_id, n.drill_id
+       COALESCE(w.notify_urls, m.notify_urls) AS urls, n.resident_report_id, n.drill_id,
+       COALESCE(w.active, true) AS active
 FROM field_notice n LEFT JOIN worker w ON w.id = n.worker_id LEFT JOIN merchant m ON m.id = n.merchant_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= %(now)s
 ORDER BY n.next_attempt_at, n.id LIMIT %(limit)s

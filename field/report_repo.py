@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import Connection
@@ -63,6 +64,12 @@ def get_site(conn: Connection[Any], *, site_id: str) -> ReportSite | None:
         return cur.execute(SELECT_REPORT_SITE, (site_id,)).fetchone()
 
 
+# Taken before counting, held to the commit: reports sent at the same moment would each count the others as not
+# there yet. The sender's lock first, then the site's (always in this order: no deadlock).
+LOCK_RATE = """
+SELECT pg_advisory_xact_lock(hashtextextended('resident-report:client:' || %(client)s, 0)),
+       pg_advisory_xact_lock(hashtextextended('resident-report:site:' || %(site)s, 0))
+"""
 COUNT_RECENT = """
 SELECT count(*) FILTER (WHERE client_hash = %(client)s AND created_at > %(client_since)s),
        count(*) FILTER (WHERE client_hash = %(client)s AND created_at > %(day_since)s),
@@ -80,7 +87,8 @@ def count_recent(
     day_since: datetime,
     site_since: datetime,
 ) -> tuple[int, int, int]:
-    """Reports from this sender in the short window and the day, and on this site in its window."""
+    """Reports from this sender in the short window and the day, and on this site in its window (the sender and
+    the site locked until the caller commits, so concurrent reports count each other)."""
     params = {
         "client": client,
         "site": site_id,
@@ -88,6 +96,7 @@ def count_recent(
         "day_since": day_since,
         "site_since": site_since,
     }
+    conn.execute(LOCK_RATE, {"client": client, "site": site_id})
     row = conn.execute(COUNT_RECENT, params).fetchone()
     assert row is not None  # noqa: S101 - an aggregate returns one row
     return int(row[0]), int(row[1]), int(row[2])
@@ -191,16 +200,23 @@ def set_escalation(conn: Connection[Any], *, report_id: int, step: int) -> bool:
     return conn.execute(UPDATE_REPORT_ESCALATION, {"id": report_id, "step": step}).rowcount == 1
 
 
+# Only reports with a step of the ladder due (those at its top would otherwise fill the batch for good).
 SELECT_UNTAKEN = f"""
 SELECT {REPORT_COLUMNS} FROM resident_report r JOIN site s ON s.id = r.site_id
-WHERE r.status = 'new' AND r.created_at < %(before)s ORDER BY r.created_at LIMIT %(limit)s
+WHERE r.status = 'new'
+  AND EXISTS (SELECT 1 FROM unnest(%(steps)s::int[], %(afters)s::interval[]) AS l(step, after)
+              WHERE r.escalation < l.step AND r.created_at + l.after <= %(now)s)
+ORDER BY r.created_at LIMIT %(limit)s
 """
 
 
-def list_untaken(conn: Connection[Any], *, before: datetime, limit: int) -> list[ReportRow]:
-    """Reports nobody has taken, made before this time."""
+def list_untaken(
+    conn: Connection[Any], *, now: datetime, ladder: Sequence[tuple[int, timedelta]], limit: int
+) -> list[ReportRow]:
+    """Reports nobody has taken with a step of the ladder (step, time after the report) due, oldest first."""
+    params = {"now": now, "limit": limit, "steps": [s for s, _ in ladder], "afters": [a for _, a in ladder]}
     with conn.cursor(row_factory=class_row(ReportRow)) as cur:
-        return cur.execute(SELECT_UNTAKEN, {"before": before, "limit": limit}).fetchall()
+        return cur.execute(SELECT_UNTAKEN, params).fetchall()
 
 
 INSERT_REPORT_NOTICE = """

@@ -208,7 +208,7 @@ def submit_report(
             width=checked.width,
             height=checked.height,
             sha256=checked.sha256,
-            data=photo,
+            data=checked.data,
             at=at,
         )
     _tell(conn, report_id=report_id, site=site, step=0, tier="worker", what=what_text, place=place_text, at=at)
@@ -242,7 +242,8 @@ def _tell(
 def escalate_untaken(conn: Connection[Any], *, now: datetime, limit: int = 500) -> int:
     """Climb the ladder for reports nobody took; returns the steps taken. Idempotent."""
     taken = 0
-    for row in report_repo.list_untaken(conn, before=now - LADDER[0][1], limit=limit):
+    ladder = [(step, after) for step, after, _ in LADDER]
+    for row in report_repo.list_untaken(conn, now=now, ladder=ladder, limit=limit):
         site = report_repo.get_site(conn, site_id=row.site_id)
         assert site is not None  # noqa: S101 - a report's site is a foreign key
         for step, after, tier in LADDER:

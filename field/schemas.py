@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from core.readmodel import RowRead
 from field import patrol_repo, repo
 
+# An id from a path, query or body: printable (PostgreSQL text cannot hold NUL; a control character is no id).
+NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"
+# Instants PostgreSQL and the deadline arithmetic can hold (an ISO time like 9999-12-31T23:59-14:00 is past year 9999
+# in UTC); anything outside is a typing mistake.
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def printable(value: str) -> str:
+    """Free text without control or format characters (NUL, terminal escapes, bidi overrides that turn a message
+    around), newlines kept, runs of spaces folded and the ends trimmed: it goes into pages and people's messages."""
+    kept = "".join(
+        ch if ch in "\n\t" or not unicodedata.category(ch).startswith("C") else " "
+        for ch in value.replace("\r\n", "\n")
+    )
+    return re.sub(r"[ \t]+", " ", kept).strip()
+
+
+def bounded(value: datetime) -> datetime:
+    """An instant within EARLIEST..LATEST (a naive one is left to the caller, who says to give its zone)."""
+    if value.tzinfo is None:
+        return value
+    try:
+        ok = EARLIEST <= value.astimezone(UTC) < LATEST
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ValueError(f"a time between {EARLIEST:%Y} and {LATEST:%Y}, please")
+    return value
+
+
 Party = Literal["merchant", "landlord", "household", "community"]
-Text = Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True)]
-Short = Annotated[str, StringConstraints(max_length=100, strip_whitespace=True)]
+# Free text (bounded, then made printable).
+Text = Annotated[str, StringConstraints(max_length=2000), AfterValidator(printable)]
+Title = Annotated[str, StringConstraints(max_length=200), AfterValidator(printable)]
+Short = Annotated[str, StringConstraints(max_length=100), AfterValidator(printable)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROLS)]
+Instant = Annotated[datetime, AfterValidator(bounded)]
 
 
 class WorkOrderCreate(BaseModel):
@@ -20,15 +56,15 @@ class WorkOrderCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    site_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    site_id: Id
     kind: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z_]+$")] = "other"
-    title: Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)] = ""
+    title: Title = ""
     note: Text = ""
     party: Party | None = Field(None, description="who must fix it; default: the site's merchant, else community")
     party_name: Short = ""
     party_phone: Annotated[str, StringConstraints(max_length=32, pattern=r"^[0-9+\- ]*$")] = ""
     severity: int | None = Field(None, ge=1, le=4, description="1 critical .. 4 info; default: the item's")
-    due_at: datetime | None = Field(None, description="default: by severity (1 d, 3 d, 7 d, 14 d)")
+    due_at: Instant | None = Field(None, description="default: by severity (1 d, 3 d, 7 d, 14 d)")
 
     @model_validator(mode="after")
     def _free_text_has_title(self) -> WorkOrderCreate:
@@ -48,7 +84,7 @@ class ReinspectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     passed: bool
     note: Text = ""
-    due_at: datetime | None = None
+    due_at: Instant | None = None
 
 
 class WorkOrderRead(RowRead):
@@ -147,14 +183,14 @@ class RoundCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["adhoc", "gas_campaign"] = "adhoc"
-    micro_grid_id: Annotated[str, StringConstraints(max_length=64)] | None = None
-    site_ids: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=500)] | None = None
-    site_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    micro_grid_id: Id | None = None
+    site_ids: Annotated[list[Id], Field(max_length=500)] | None = None
+    site_id: Id | None = None
     households: Annotated[list[Household], Field(max_length=2000)] | None = None
     floors: int | None = Field(None, ge=1, le=60)
     units_per_floor: int | None = Field(None, ge=1, le=40)
-    title: Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)] = ""
-    due_end: datetime | None = Field(None, description="default: end of today (adhoc) or in 14 days (campaign)")
+    title: Title = ""
+    due_end: Instant | None = Field(None, description="default: end of today (adhoc) or in 14 days (campaign)")
 
 
 class CheckIn(BaseModel):

@@ -169,6 +169,8 @@ def reinspect(
     repo.insert_event(
         conn, order_id=order_id, at=at, kind="reinspected", actor=actor, passed=body.passed, note=body.note, due_at=due
     )
+    if not body.passed:  # the party must meet a new, shorter deadline: it is told, as when the order was opened
+        _tell_merchant(conn, _order(conn, order_id, Scope()), step=0, at=at)
     if body.passed and row.finding_id is not None:
         score_service.close_finding(
             conn, finding_id=row.finding_id, actor=actor, note=f"work order {order_id} re-inspected", now=at
@@ -192,6 +194,9 @@ def add_photo(
     if stage not in PHOTO_STAGES:
         raise FieldInputError(f"stage must be one of {', '.join(PHOTO_STAGES)}")
     row = _order(conn, order_id, scope, lock=True)
+    if scope.merchant is not None and stage != "fixed":
+        # the party that must fix it shows its fix; what was found and the re-inspection are the inspectors' record
+        raise FieldInputError("a merchant's photos show the fix: send them with stage 'fixed'")
     if row.status == "closed":
         raise ConflictError(f"work order {order_id} is closed: no more photos")
     if repo.count_photos(conn, order_id=order_id) >= MAX_PHOTOS:
@@ -210,7 +215,7 @@ def add_photo(
         width=photo.width,
         height=photo.height,
         sha256=photo.sha256,
-        data=data,
+        data=photo.data,
         stage=stage,
         by=actor,
         at=at,
@@ -228,8 +233,8 @@ def _photo_read(row: repo.PhotoRow) -> PhotoRead:
 
 def get_photo(conn: Connection[Any], *, order_id: int, photo_id: str, scope: Scope) -> repo.PhotoData:
     """A photo's bytes, only for those whose scope includes the order's site."""
-    found = repo.get_photo_data(conn, photo_id=photo_id, scope=scope)
-    if found is None or _order(conn, order_id, scope).site_id != found.site_id:
+    found = repo.get_photo_data(conn, order_id=order_id, photo_id=photo_id, scope=scope)
+    if found is None:
         raise NotFoundError(f"photo {photo_id} not found")
     return found
 
@@ -278,7 +283,10 @@ def _site_of(conn: Connection[Any], row: repo.WorkOrderRow) -> repo.SiteRow:
 
 def _message(row: repo.WorkOrderRow, step: int) -> tuple[str, str]:
     due = row.due_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    if step == 0:
+    if step == 0 and row.reinspections:
+        title = f"复查未通过，请再次整改 / Re-inspection failed, fix again: {row.title}"
+        body = f"{row.site_name or row.site_id}: {row.title}. 新期限 / new deadline {due}. 工单 / work order #{row.id}"
+    elif step == 0:
         title = f"隐患整改通知 / Hazard to fix: {row.title}"
         body = f"{row.site_name or row.site_id}: {row.title}. 整改期限 / fix by {due}. 工单 / work order #{row.id}"
     else:
@@ -297,13 +305,23 @@ def _tell_merchant(conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, 
     if recipient is None:
         return 0
     title, body = _message(row, step)
-    return int(repo.insert_notice(conn, order_id=row.id, step=step, recipient=recipient, title=title, body=body, at=at))
+    queued = repo.insert_notice(
+        conn,
+        order_id=row.id,
+        reinspections=row.reinspections,
+        step=step,
+        recipient=recipient,
+        title=title,
+        body=body,
+        at=at,
+    )
+    return int(queued)
 
 
 def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) -> int:
     """Climb the overdue ladder for every order past its deadline; returns the steps taken. Idempotent."""
     taken = 0
-    for row in repo.list_overdue(conn, now=now, limit=limit):
+    for row in repo.list_overdue(conn, now=now, ladder=[(step, after) for step, after, _ in LADDER], limit=limit):
         site = None
         for step, after, tier in LADDER:
             if step <= row.escalation or now < row.due_at + after:
@@ -315,7 +333,16 @@ def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) 
             told = [
                 r.worker_id
                 for r in repo.tier_recipients(conn, tier=tier, site=site)
-                if repo.insert_notice(conn, order_id=row.id, step=step, recipient=r, title=title, body=body, at=now)
+                if repo.insert_notice(
+                    conn,
+                    order_id=row.id,
+                    reinspections=row.reinspections,
+                    step=step,
+                    recipient=r,
+                    title=title,
+                    body=body,
+                    at=now,
+                )
             ]
             if step == 1:
                 told += [row.merchant_id] if _tell_merchant(conn, row, step=step, at=now) else []
@@ -332,11 +359,16 @@ def deliver_notices(conn: Connection[Any], *, send: SendFn, now: datetime, limit
     sent = 0
     for note in repo.claim_notices(conn, now=now, limit=limit):
         who = note.worker_id or note.merchant_id or ""
-        results = send(list(note.urls), note.title, note.body, who) if note.urls else [(False, "no channel")]
+        if not note.active:
+            results: Sequence[tuple[bool, str]] = [(False, f"{who} is no longer active: not sent")]
+            again = False
+        else:
+            results = send(list(note.urls), note.title, note.body, who) if note.urls else [(False, "no channel")]
+            again = True
         ok = any(r[0] for r in results)
         error = None if ok else "; ".join(r[1] for r in results)[:500]
         attempts = note.attempts + 1
-        status = "sent" if ok else ("failed" if attempts >= MAX_ATTEMPTS else "pending")
+        status = "sent" if ok else ("failed" if attempts >= MAX_ATTEMPTS or not again else "pending")
         retry = RETRY[min(attempts - 1, len(RETRY) - 1)]
         repo.record_notice(
             conn, notice_id=note.id, status=status, sent_at=now if ok else None, error=error, next_at=now + retry

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from psycopg import Connection
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import ConflictError, NotFoundError
 from core.readmodel import RowRead
 from field import training_repo
 from field.repo import Scope
+from field.schemas import Instant, Text
 from score import service as score_service
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,10 @@ class TrainingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["training", "drill"] = "training"
-    held_at: datetime | None = Field(None, description="default: now; not in the future, at most 90 days ago")
+    held_at: Instant | None = Field(None, description="default: now; not in the future, at most 90 days ago")
     attendees: int = Field(ge=1, le=500)
-    names: Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True)] = ""
-    note: Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True)] = ""
+    names: Text = ""
+    note: Text = ""
 
 
 class TrainingRead(RowRead):

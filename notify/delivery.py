@@ -106,7 +106,9 @@ class Sender:
 
         def run() -> None:
             try:
-                ok = bool(ap.notify(title=title, body=body))
+                # Every message is plain text, and some carry what a stranger typed (a resident's report): said so,
+                # apprise escapes it for HTML channels (e-mail) instead of passing markup through as it is.
+                ok = bool(ap.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT))
             except Exception as exc:  # noqa: BLE001 - apprise plugins raise freely; the attempt must still be recorded
                 log.warning("apprise raised on %s: %s", mask_url(url), exc)
                 outcome.append(ChannelResult(mask_url(url), False, f"{type(exc).__name__}: {exc}"[:300]))

@@ -186,3 +186,19 @@ def test_a_stop_takes_photos_seen_only_in_scope(env: ApiEnv) -> None:
     assert env.client.get(photo, headers=env.headers("m1")).status_code == 403
     detail = env.client.get(f"/api/v1/patrol-rounds/{rid}", headers=env.headers("w1")).json()
     assert detail["stops"][0]["photos"][0] == photo and len(detail["stops"][0]["photos"]) == 5
+
+
+def test_a_round_not_yet_due_cannot_be_checked_in(env: ApiEnv) -> None:
+    # Review 21: any round in scope took check-ins at any time, so next week's twice-daily rounds could be answered
+    # from the office today and coverage would show them walked.
+    day = datetime.now(UTC).date() + timedelta(days=7)
+    with env.conn() as conn, conn.transaction():
+        patrol_service.schedule_rounds(conn, day=day, tz="Asia/Shanghai")
+    since = f"{day}T00:00:00%2B08:00"
+    (am, _pm) = env.client.get(f"/api/v1/patrol-rounds?since={since}", headers=env.headers("w1")).json()
+    stop = env.client.get(f"/api/v1/patrol-rounds/{am['id']}", headers=env.headers("w1")).json()["stops"][0]
+    r = check_in(env, "w1", am["id"], stop["id"], answers=answers(SHOP_ITEMS))
+    assert r.status_code == 409 and "starts" in r.json()["detail"], r.text
+    assert (
+        env.client.get(f"/api/v1/patrol-rounds/{am['id']}", headers=env.headers("w1")).json()["round"]["visited"] == 0
+    )

@@ -6,19 +6,28 @@ on one building, cross-site posts, guessed receipts, and another scope's reports
 from __future__ import annotations
 
 import re
+import struct
+import threading
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from core.errors import NotFoundError
 from core.settings import Settings
 from field import report_service
-from field.photos import MAX_BYTES
+from field import service as field_service
+from field.photos import MAX_BYTES, inspect_photo
+from notify.delivery import Sender
 from tests.api_helpers import ApiEnv, api_env
-from tests.field_helpers import jpeg
+from tests.field_helpers import SECRET_PLACE, exif, jpeg, jpeg_with_exif
+from tests.support import Receiver, wait_for
+from tests.test_notify_ladder import SmtpSink
 
 
 @pytest.fixture
@@ -241,3 +250,151 @@ def test_a_page_of_codes_per_building_is_one_command(
     assert every.exit_code == 0 and "2 codes" in every.output, "the buildings s2 and s4; shops get none"
     bad = CliRunner().invoke(cli_app, ["field", "qr-codes", str(out), "--site", "nope"])
     assert bad.exit_code != 0 and "no such site" in bad.output
+
+
+def test_a_residents_photo_is_served_without_where_it_was_taken(env: ApiEnv) -> None:
+    # Review 21: photos were kept and served byte for byte, so the GPS position a phone writes into EXIF (the
+    # resident's home), XMP and comments reached every worker who opened the report.
+    anon = public(env)
+    r = anon.post(
+        link(env),
+        data={"what": "Gas smell on floor 3"},
+        files={"photo": ("IMG.jpg", jpeg_with_exif(), "image/jpeg")},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    (report,) = env.client.get("/api/v1/resident-reports", headers=env.headers("w2")).json()
+    (photo,) = report["photos"]
+    got = env.client.get(photo, headers=env.headers("w2"))
+    assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+    assert SECRET_PLACE not in got.content and b"xmpmeta" not in got.content
+    assert got.content.startswith(b"\xff\xd8") and got.content.endswith(b"\xff\xd9"), "nothing after the image"
+    assert inspect_photo(got.content).width == 4, "still a JPEG that reads"
+    assert exif(6)[:14] in got.content, "the orientation is kept, so the photo is shown upright"
+
+
+def _bomb() -> bytes:
+    """A real 12,000 × 12,000 PNG of one colour: 432 MB of pixels in well under a megabyte."""
+    pack = zlib.compressobj(9)
+    row = b"\x00" + b"\x00" * 12_000 * 3
+    idat = b"".join(pack.compress(row) for _ in range(12_000)) + pack.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_does_not_reach_a_workers_phone(env: ApiEnv) -> None:
+    # Review 21: nothing is decoded on the server, but the photo is shown on the worker's phone, which decodes
+    # every pixel: a resident's 420 kB PNG of 12,000 × 12,000 was kept (each side within the limit) and costs a
+    # phone over half a gigabyte to show.
+    bomb = _bomb()
+    assert len(bomb) < MAX_BYTES // 5
+    r = public(env).post(link(env), data={"what": "look"}, files={"photo": ("a.png", bomb, "image/png")})
+    assert r.status_code == 422 and "pixels" in r.text
+    ok = public(env).post(link(env), data={"what": "look"}, files={"photo": ("b.jpg", jpeg(8000, 6000), "image/jpeg")})
+    assert ok.status_code == 200, "a 48-megapixel phone photo is still kept"
+
+
+def test_a_deactivated_worker_is_not_sent_what_was_queued_for_them(env: ApiEnv, receiver: Receiver) -> None:
+    # Review 21: recipients were chosen among active workers when a notice was queued, but delivery (and its
+    # retries, for hours) went to whoever the notice named: a worker deactivated in between (who left, whose phone
+    # was lost) still got the resident's report.
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE worker SET notify_urls = %s WHERE id = 'w2'", ([receiver.url("w2")],))
+    assert send(public(env), link(env)).status_code == 303
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE worker SET active = false WHERE id = 'w2'")
+    sender = Sender(timeout_s=2, deadline_s=5)
+    try:
+        with env.conn() as conn, conn.transaction():
+            sent = field_service.deliver_notices(
+                conn,
+                send=lambda urls, title, body, who: [
+                    (x.ok, x.detail) for x in sender.send(urls, title, body, recipient=who)
+                ],
+                now=datetime.now(UTC),
+            )
+    finally:
+        sender.close()
+    assert sent == 0 and receiver.for_path("w2") == []
+    with env.conn() as conn:
+        (status, error) = conn.execute("SELECT status, last_error FROM field_notice WHERE worker_id = 'w2'").fetchone()
+    assert status == "failed" and "no longer active" in error
+
+
+def test_reports_sent_at_the_same_moment_cannot_pass_the_limit_together(env: ApiEnv) -> None:
+    # Review 21: the limiter counted committed reports; reports sent at the same moment each counted the others as
+    # not there yet, so a sender with a few connections at once got past "3 in 10 minutes" (and a building past
+    # its hourly budget). The fourth report here used to be taken while the third was not yet committed.
+    secret = env.app.state.settings.secret_key.get_secret_value()
+    code = report_service.link_code(secret, "s2")
+
+    def submit(conn: psycopg.Connection[Any]) -> object:
+        try:
+            return report_service.submit_report(conn, secret=secret, code=code, what="smoke", client="10.9.9.9")
+        except report_service.ReportRateLimitedError as exc:
+            return exc
+
+    with env.conn() as conn, conn.transaction():
+        for _ in range(2):
+            submit(conn)
+    third_sent, release = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def third() -> None:
+        with env.conn() as conn, conn.transaction():
+            outcomes["third"] = submit(conn)
+            third_sent.set()
+            release.wait(10)
+
+    def fourth() -> None:
+        with env.conn() as conn, conn.transaction():
+            outcomes["fourth"] = submit(conn)
+
+    a = threading.Thread(target=third)
+    a.start()
+    assert third_sent.wait(10)
+    b = threading.Thread(target=fourth)
+    b.start()
+    b.join(1.5)
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert isinstance(outcomes["third"], report_service.Submitted)
+    assert isinstance(outcomes["fourth"], report_service.ReportRateLimitedError), outcomes["fourth"]
+
+
+def test_what_a_resident_writes_is_text_in_an_email(env: ApiEnv) -> None:
+    # Review 21: apprise sends e-mail as HTML and, given no body format, puts the body in as it is: a resident's
+    # "<a href=...>" or tracking "<img>" became live markup in the worker's mail, from an anonymous form.
+    smtp = SmtpSink()
+    try:
+        with env.conn() as conn, conn.transaction():
+            conn.execute("UPDATE worker SET notify_urls = %s WHERE id = 'w2'", ([smtp.url("w2@example.com")],))
+        what = '<a href="https://evil.test/login">Confirm here</a><img src="https://evil.test/pixel.gif">'
+        assert send(public(env), link(env), what=what).status_code == 303
+        sender = Sender(timeout_s=2, deadline_s=5)
+        try:
+            with env.conn() as conn, conn.transaction():
+                sent = field_service.deliver_notices(
+                    conn,
+                    send=lambda urls, title, body, who: [
+                        (x.ok, x.detail) for x in sender.send(urls, title, body, recipient=who)
+                    ],
+                    now=datetime.now(UTC),
+                )
+        finally:
+            sender.close()
+        assert sent == 1
+        wait_for(lambda: smtp.messages, timeout=10)
+    finally:
+        smtp.close()
+    (mail,) = smtp.messages
+    body = mail.get_body(("html", "plain"))
+    assert body is not None
+    shown = body.get_content()
+    assert "Confirm here" in shown
+    assert body.get_content_type() == "text/plain" or ("<a href" not in shown and "<img" not in shown), shown

@@ -25,6 +25,7 @@ from field.photos import MAX_BYTES
 from field.repo import Scope
 from field.report_service import ReportRead
 from field.schemas import (
+    NO_CONTROLS,
     CheckIn,
     CheckInResult,
     ChecklistItemRead,
@@ -41,6 +42,7 @@ from field.schemas import (
     WorkOrderDetail,
     WorkOrderPage,
     WorkOrderRead,
+    bounded,
 )
 from field.training_service import TrainingCreate, TrainingRead
 
@@ -76,7 +78,7 @@ def list_work_orders(
     conn: Conn,
     who: Anyone,
     open: bool = True,
-    site: Annotated[str | None, Query(max_length=64)] = None,
+    site: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROLS)] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> WorkOrderPage:
@@ -174,9 +176,16 @@ StopId = Annotated[int, Path(ge=1, le=2**62)]
 def _period(since: datetime | None, until: datetime | None, *, days: int = 1) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     start = since or now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days - 1)
-    end = until or start + timedelta(days=days)
+    try:
+        end = until or start + timedelta(days=days)
+    except OverflowError:
+        raise HTTPException(422, "since: a time before year 9999, please") from None
     if start.tzinfo is None or end.tzinfo is None:
         raise HTTPException(422, "give since and until with their time zone (e.g. 2026-05-01T00:00+08:00)")
+    try:
+        bounded(start), bounded(end)
+    except ValueError as exc:
+        raise HTTPException(422, f"since and until: {exc}") from None
     if end <= start or end - start > timedelta(days=366):
         raise HTTPException(422, "until must be after since, at most a year later")
     return start, end
@@ -222,7 +231,7 @@ def coverage(
     who: Staff,
     since: datetime | None = None,
     until: datetime | None = None,
-    micro_grid: Annotated[str | None, Query(max_length=64)] = None,
+    micro_grid: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROLS)] = None,
 ) -> CoverageRead:
     """Stops due vs visited, households reached, and the stops missed, for rounds starting in the period (default:
     the last 7 days)."""
@@ -334,7 +343,7 @@ def resident_links(request: Request, conn: Conn, who: Staff) -> list[ReportLink]
 
 # -- training and drill attendance (M-R04) -----------------------------------------------------------------------
 
-MerchantId = Annotated[str, Path(min_length=1, max_length=64)]
+MerchantId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_CONTROLS)]
 
 
 @router.post("/merchants/{merchant_id}/trainings", tags=["field"], status_code=201)
