@@ -805,6 +805,19 @@ def test_work_orders_patrols_and_drills_in_every_format(env: ApiEnv) -> None:
     assert {r[0]: r[1] for r in day["Work orders"][1:]}["Opened in period"] == "1"
     assert {r[0]: r[1:] for r in day["Patrol coverage"][1:]} == {"Grid rounds (twice daily)": ["1", "1", "1", "0", "0"]}
 
+    # a period that has not ended counts overdue now: the order a minute after November's end and the ones due in
+    # December are late by now; one opened an hour ago and due tomorrow is not (nor anything opened in 2099)
+    with env.conn() as conn, conn.transaction():
+        now = datetime.now(UTC)
+        conn.execute(
+            "INSERT INTO work_order (site_id, party, kind, title, severity, opened_at, opened_by, due_at)"
+            " VALUES ('s1', 'community', 'other', 'hose aged', 3, %s, 'w1', %s)",
+            (now - timedelta(hours=1), now + timedelta(days=1)),
+        )
+    future = sections(report(env, "admin", scope="community", id="c1", period="2099-01", format="csv")[1])
+    future_orders = {r[0]: r[1] for r in future["Work orders"][1:]}
+    assert (future_orders["Opened in period"], future_orders["Overdue at period end (or now)"]) == ("0", "5")
+
     status, data, _ = report(env, "admin", scope="community", id="c1", period="2026-11", format="xlsx", lang="zh-CN")
     assert status == 200
     book = load_workbook(io.BytesIO(data))
