@@ -135,6 +135,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "map_sev-major": {"zh-CN": "重要报警", "en": "major alarm"},
     "map_sev-minor": {"zh-CN": "一般报警", "en": "minor alarm"},
     "map_sev-info": {"zh-CN": "提示", "en": "notice"},
+    "map_work-order": {"zh-CN": "隐患工单未关闭", "en": "work order open"},
     "map_offline": {"zh-CN": "设备离线", "en": "device offline"},
     "map_clear": {"zh-CN": "正常", "en": "all clear"},
     "map_unplaced": {"zh-CN": "未标注坐标", "en": "no coordinates"},

@@ -1,5 +1,6 @@
 """SQL of the map (issue 22): the caller's sites with where they are and their live state, one building's devices
-floor by floor, and its floor plans (table floor_plan, written only here). Scoped like every other read
+floor by floor (with the work orders still open on it: issue 21's table, read as the board reads alarms), and its
+floor plans (table floor_plan, written only here). Scoped like every other read
 (api/repo.py SITE_SCOPE)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ SELECT s.id, s.name, s.kind, s.floor, {BUILDING} AS building, s.lat, s.lon,
        s.micro_grid_id, mg.name AS micro_grid_name, g.id AS grid_id, g.name AS grid_name,
        (SELECT max(a.severity) FROM alarm a WHERE a.site_id = s.id AND a.closed_at IS NULL) AS worst,
        (SELECT count(*) FROM alarm a WHERE a.site_id = s.id AND a.closed_at IS NULL)::int AS open_alarms,
+       (SELECT count(*) FROM work_order w WHERE w.site_id = s.id AND w.status <> 'closed')::int AS open_work_orders,
        (SELECT count(*) FROM device d WHERE d.site_id = s.id AND d.active)::int AS devices,
        (SELECT count(*) FROM device d LEFT JOIN device_state st ON st.device_id = d.id
         WHERE d.site_id = s.id AND d.active AND {DEVICE_OFFLINE})::int AS offline
@@ -60,6 +62,7 @@ class MapSite:
     grid_name: str
     worst: int | None
     open_alarms: int
+    open_work_orders: int  # not closed: open, or reported fixed and waiting for the re-inspection
     devices: int
     offline: int
 

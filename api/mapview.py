@@ -36,15 +36,22 @@ class Building:
 
     @property
     def state(self) -> str:
-        """sev-critical | sev-major | sev-minor | sev-info (an open alarm), offline (a device), or clear."""
+        """sev-critical | sev-major | sev-minor | sev-info (an open alarm), work-order (a hazard found on foot and
+        not yet closed by a re-inspection), offline (a device), or clear."""
         worst = self.worst
         if worst is not None:
             return f"sev-{Severity(worst).label}"
+        if self.open_work_orders:
+            return "work-order"
         return "offline" if any(s.offline for s in self.sites) else "clear"
 
     @property
     def open_alarms(self) -> int:
         return sum(s.open_alarms for s in self.sites)
+
+    @property
+    def open_work_orders(self) -> int:
+        return sum(s.open_work_orders for s in self.sites)
 
     @property
     def devices(self) -> int:

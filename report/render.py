@@ -95,6 +95,50 @@ def _responses(report: Report, lang: str, *, per_person: bool) -> Table:
     return Table(key, label(key, lang), [*headers, label("p90", lang)], rows)
 
 
+def _figures(key: str, lang: str, figures: list[tuple[str, Cell]]) -> Table:
+    return Table(
+        key, label(key, lang), [label("figure", lang), label("value", lang)], [[label(k, lang), v] for k, v in figures]
+    )
+
+
+def _field_work(report: Report, lang: str) -> list[Table]:
+    """Work orders, patrol coverage and drills (the work on foot, issue 21)."""
+    w, d = report.work_orders, report.drills
+    orders = _figures(
+        "work_orders",
+        lang,
+        [
+            ("wo_opened", w.opened),
+            ("wo_closed", w.closed),
+            ("wo_overdue", w.overdue),
+            ("reinspections_passed", w.reinspections_passed),
+            ("reinspections_failed", w.reinspections_failed),
+        ],
+    )
+    patrols = Table(
+        "patrols",
+        label("patrols", lang),
+        [label(k, lang) for k in ("round_kind", "stops_due", "stops_visited", "stops_checked")]
+        + [label("stops_not_home", lang), label("stops_missed", lang)],
+        [[label(f"round_{p.kind}", lang), p.due, p.visited, p.checked, p.not_home, p.missed] for p in report.patrols],
+    )
+    drills = _figures(
+        "drills",
+        lang,
+        [
+            ("drills_dispatched", d.drills),
+            ("drill_workers", d.dispatched),
+            ("drill_acknowledged", d.acknowledged),
+            ("drill_arrived", d.arrived),
+            ("drill_ack_p50", _secs(d.ack_p50)),
+            ("drill_ack_p90", _secs(d.ack_p90)),
+            ("drill_arrive_p50", _secs(d.arrive_p50)),
+            ("drill_arrive_p90", _secs(d.arrive_p90)),
+        ],
+    )
+    return [orders, patrols, drills]
+
+
 def tables(report: Report, lang: str) -> list[Table]:
     """The report's sections, in the reader's language."""
     by_type = Table(
@@ -133,6 +177,7 @@ def tables(report: Report, lang: str) -> list[Table]:
         per_day,
         _responses(report, lang, per_person=False),
         _responses(report, lang, per_person=True),
+        *_field_work(report, lang),
         tiers,
         scores,
     ]
@@ -311,7 +356,6 @@ def to_pdf(report: Report, lang: str) -> bytes:
     story: list[object] = [
         Paragraph(_xml(title_of(report, lang)), h1),
         Paragraph(f"{label('generated', lang)}: {report.generated_at.isoformat(timespec='seconds')}", body),
-        Paragraph(label("not_included", lang), body),
     ]
     days = report.period.days()
     by_type: dict[str, int] = {}

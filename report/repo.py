@@ -245,6 +245,128 @@ def list_communities(conn: Connection[Any], *, communities: list[str] | None) ->
     return [(r[0], r[1]) for r in conn.execute(SELECT_COMMUNITIES, {"communities": communities}).fetchall()]
 
 
+# -- the work on foot (issue 21's tables, read here as every other stage's are) ---------------------------------------
+
+SITE_IN_SCOPE = f"w.site_id IN (SELECT s.id FROM site s WHERE s.micro_grid_id IN ({SCOPE_MICRO_GRIDS}))"
+# An order's deadline at an instant: the latest one set before it (opening, a failed re-inspection), so a later
+# re-inspection does not rewrite whether the order was overdue when the period ended.
+DEADLINE_AT_END = """coalesce((SELECT e.due_at FROM work_order_event e
+    WHERE e.work_order_id = w.id AND e.due_at IS NOT NULL AND e.at < %(at_end)s
+    ORDER BY e.at DESC, e.id DESC LIMIT 1), w.due_at)"""
+# Overdue: open (not closed: a "fixed" order waits for its re-inspection) at the period's end, or now while the
+# period runs, and past its deadline then.
+WORK_ORDERS = f"""
+SELECT count(*) FILTER (WHERE w.opened_at >= %(since)s AND w.opened_at < %(until)s)::int AS opened,
+       count(*) FILTER (WHERE w.closed_at >= %(since)s AND w.closed_at < %(until)s)::int AS closed,
+       count(*) FILTER (WHERE w.opened_at < %(at_end)s AND (w.closed_at IS NULL OR w.closed_at >= %(at_end)s)
+                          AND {DEADLINE_AT_END} < %(at_end)s)::int AS overdue,
+       (SELECT count(*) FROM work_order_event e JOIN work_order w ON w.id = e.work_order_id
+        WHERE e.kind = 'reinspected' AND e.passed AND e.at >= %(since)s AND e.at < %(until)s
+          AND {SITE_IN_SCOPE})::int AS reinspections_passed,
+       (SELECT count(*) FROM work_order_event e JOIN work_order w ON w.id = e.work_order_id
+        WHERE e.kind = 'reinspected' AND NOT e.passed AND e.at >= %(since)s AND e.at < %(until)s
+          AND {SITE_IN_SCOPE})::int AS reinspections_failed
+FROM work_order w
+WHERE {SITE_IN_SCOPE}
+"""
+# A round belongs to the period in which it starts (as GET /api/v1/patrol-coverage counts it); a stop is missed when
+# no one visited it before its round ended. A gas campaign's stops are its households: checked ones were reached.
+PATROL_COVERAGE = f"""
+SELECT r.kind,
+       count(*)::int AS due,
+       count(*) FILTER (WHERE p.visited_at IS NOT NULL)::int AS visited,
+       count(*) FILTER (WHERE p.outcome = 'checked')::int AS checked,
+       count(*) FILTER (WHERE p.outcome = 'not_home')::int AS not_home,
+       count(*) FILTER (WHERE p.visited_at IS NULL AND r.due_end <= %(now)s)::int AS missed
+FROM patrol_round r JOIN patrol_stop p ON p.round_id = r.id
+WHERE r.micro_grid_id IN ({SCOPE_MICRO_GRIDS}) AND r.due_start >= %(since)s AND r.due_start < %(until)s
+GROUP BY r.kind ORDER BY r.kind
+"""
+# Drills dispatched in the period (a scheduled one counts once its time has come); response times run from the
+# dispatch to each dispatched worker's acknowledgement and arrival.
+DRILLS = f"""
+SELECT count(DISTINCT d.id)::int AS drills,
+       count(r.worker_id)::int AS dispatched,
+       count(r.acknowledged_at)::int AS acknowledged,
+       count(r.arrived_at)::int AS arrived,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.acknowledged_at - d.dispatched_at)) AS ack_p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM r.acknowledged_at - d.dispatched_at)) AS ack_p90,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.arrived_at - d.dispatched_at)) AS arrive_p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM r.arrived_at - d.dispatched_at)) AS arrive_p90
+FROM drill d LEFT JOIN drill_response r ON r.drill_id = d.id
+WHERE d.micro_grid_id IN ({SCOPE_MICRO_GRIDS}) AND d.dispatched_at >= %(since)s AND d.dispatched_at < %(until)s
+  AND d.dispatched_at <= %(now)s
+"""
+
+
+@dataclass(slots=True)
+class WorkOrderRow:
+    """Work orders of a scope: opened and closed in the period, overdue at its end (or now), re-inspections."""
+
+    opened: int
+    closed: int
+    overdue: int
+    reinspections_passed: int
+    reinspections_failed: int
+
+
+@dataclass(slots=True)
+class PatrolRow:
+    """One kind of round's stops in the period: due, visited, checked, nobody home, missed."""
+
+    kind: str
+    due: int
+    visited: int
+    checked: int
+    not_home: int
+    missed: int
+
+
+@dataclass(slots=True)
+class DrillRow:
+    """Drills dispatched in the period, the workers dispatched, and their times to acknowledge and arrive."""
+
+    drills: int
+    dispatched: int
+    acknowledged: int
+    arrived: int
+    ack_p50: float | None
+    ack_p90: float | None
+    arrive_p50: float | None
+    arrive_p90: float | None
+
+
+def work_orders(
+    conn: Connection[Any], *, scope: dict[str, Any], since: datetime, until: datetime, now: datetime
+) -> WorkOrderRow:
+    """Work orders on the scope's sites; overdue is counted at the period's end, or now if it has not ended."""
+    params = {**scope, "since": since, "until": until, "at_end": min(until, now)}
+    with conn.cursor(row_factory=class_row(WorkOrderRow)) as cur:
+        row = cur.execute(WORK_ORDERS, params).fetchone()
+    if row is None:
+        raise LookupError("an aggregate query returns one row")
+    return row
+
+
+def patrol_coverage(
+    conn: Connection[Any], *, scope: dict[str, Any], since: datetime, until: datetime, now: datetime
+) -> list[PatrolRow]:
+    """Per kind of round started in the period: stops due, visited, checked, nobody home, missed."""
+    with conn.cursor(row_factory=class_row(PatrolRow)) as cur:
+        return cur.execute(PATROL_COVERAGE, {**scope, "since": since, "until": until, "now": now}).fetchall()
+
+
+def drills(
+    conn: Connection[Any], *, scope: dict[str, Any], since: datetime, until: datetime, now: datetime
+) -> DrillRow:
+    """Drills dispatched in the period and p50/p90 of their workers' times to acknowledge and to arrive."""
+    with conn.cursor(row_factory=class_row(DrillRow)) as cur:
+        row = cur.execute(DRILLS, {**scope, "since": since, "until": until, "now": now}).fetchone()
+    if row is None:
+        raise LookupError("an aggregate query returns one row")
+    return row
+
+
 # -- scheduled delivery ---------------------------------------------------------------------------------------------
 
 CLAIM_DELIVERY = """

@@ -49,6 +49,9 @@ class Report:
     responses: list[repo.ResponseRow]
     per_day: dict[date, int]
     merchants: list[repo.MerchantScoreRow]
+    work_orders: repo.WorkOrderRow
+    patrols: list[repo.PatrolRow]
+    drills: repo.DrillRow
     tiers: dict[str, int] = field(default_factory=dict)
 
 
@@ -86,6 +89,9 @@ def build_report(conn: Connection[Any], *, scope: Scope, period: Period, now: da
         responses=repo.response_times(conn, scope=p, since=since, until=until),
         per_day=repo.alarms_per_day(conn, scope=p, since=since, until=until, tz=period.tz),
         merchants=merchants,
+        work_orders=repo.work_orders(conn, scope=p, since=since, until=until, now=now),
+        patrols=repo.patrol_coverage(conn, scope=p, since=since, until=until, now=now),
+        drills=repo.drills(conn, scope=p, since=since, until=until, now=now),
         tiers=dict(sorted(Counter(m.tier or "—" for m in merchants).items())),
     )
 

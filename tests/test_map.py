@@ -147,6 +147,7 @@ def site(key: str, lat: float | None, lon: float | None, **kw: Any) -> MapSite:
         "grid_name": "Grid one",
         "worst": None,
         "open_alarms": 0,
+        "open_work_orders": 0,
         "devices": 1,
         "offline": 0,
     }
@@ -175,6 +176,53 @@ def test_placement_keeps_geography_and_fits_the_width() -> None:
     assert tiled.tiles and all(t.href.startswith(f"/tiles/{tiled.zoom}/") for t in tiled.tiles)
 
 
+@pytest.mark.parametrize(
+    ("kw", "state"),
+    [
+        ({"open_work_orders": 1}, "work-order"),
+        ({"open_work_orders": 2, "offline": 1}, "work-order"),  # a known hazard outranks a silent device
+        ({"open_work_orders": 1, "worst": 3, "open_alarms": 1}, "sev-major"),  # an alarm outranks both
+        ({"offline": 1}, "offline"),
+        ({}, "clear"),
+    ],
+)
+def test_a_building_state_ranks_alarms_then_work_orders_then_offline(kw: dict[str, Any], state: str) -> None:
+    b = mapview.build([site("b", 30.68, 104.07, **kw)]).buildings[0]
+    assert b.state == state
+
+
+def test_a_building_with_an_open_work_order_is_coloured_so(env: ApiEnv) -> None:
+    with env.conn() as conn, conn.transaction():
+        for device in ("gas-1", "smoke-1", "gas-2", "gas-4"):
+            set_device_state(conn, device, online=True, last_seen_at=datetime.now(UTC))
+    h = env.headers("admin")
+    # on the tea house (a shop in block 2): the building is coloured; on s4 with an alarm, the alarm wins
+    order = env.client.post("/api/v1/work-orders", json={"site_id": "s3", "title": "exit blocked"}, headers=h)
+    assert order.status_code == 201, order.text
+    other = env.client.post("/api/v1/work-orders", json={"site_id": "s4", "title": "hose aged"}, headers=h)
+    assert other.status_code == 201, other.text
+    with env.conn() as conn, conn.transaction():
+        raise_alarm(conn, "gas-4")
+    admin = session(env, "admin")
+    page = admin.get("/map?lang=en")
+    states = marker_states(page.text)
+    assert (states["s2"], states["s4"], states["s1"]) == ("work-order", "sev-critical", "clear")
+    assert '<li class="work-order"><span class="dot"></span>work order open</li>' in page.text  # the legend
+    assert re.search(r'class="building work-order" data-building="s2">.*?work order open', page.text, re.S)
+    assert admin.get("/map/state").json()["s2"] == {"state": "work-order", "open": 0, "work_orders": 1, "offline": 0}
+    assert "隐患工单未关闭" in admin.get("/map?lang=zh-CN").text
+    # a worker of another micro-grid sees neither the building nor its order
+    assert set(session(env, "w1").get("/map/state").json()) == {"s1"}
+
+    # reported fixed it still waits for the re-inspection; passing it clears the building
+    oid = order.json()["id"]
+    assert env.client.post(f"/api/v1/work-orders/{oid}/fixed", json={}, headers=h).status_code == 200
+    assert admin.get("/map/state").json()["s2"]["state"] == "work-order"
+    passed = env.client.post(f"/api/v1/work-orders/{oid}/reinspection", json={"passed": True}, headers=h)
+    assert passed.status_code == 200, passed.text
+    assert admin.get("/map/state").json()["s2"] == {"state": "clear", "open": 0, "work_orders": 0, "offline": 0}
+
+
 def test_the_map_places_colours_and_groups_the_buildings(env: ApiEnv) -> None:
     with env.conn() as conn, conn.transaction():
         raise_alarm(conn, "gas-3")  # in the tea house, a shop in block 2
@@ -190,7 +238,7 @@ def test_the_map_places_colours_and_groups_the_buildings(env: ApiEnv) -> None:
     assert page.text.count('class="micro-grid"') == 4 and "Micro three" in page.text
     assert re.search(r"Grid one.*Micro one.*Noodle shop.*Micro two.*Block 2.*Grid two.*Block 4", page.text, re.S)
     assert "<svg" in page.text and "http://" not in page.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert admin.get("/map/state").json()["s2"] == {"state": "sev-critical", "open": 1, "offline": 0}
+    assert admin.get("/map/state").json()["s2"] == {"state": "sev-critical", "open": 1, "work_orders": 0, "offline": 0}
     assert "网格地图" in admin.get("/map?lang=zh-CN").text
 
     # one community at a time: the street office chooses, by name

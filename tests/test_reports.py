@@ -655,3 +655,183 @@ def test_a_very_long_name_does_not_break_the_pdf(env: ApiEnv) -> None:
     assert status == 200, data[:300]
     text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages).replace("\n", "")
     assert text.count("茶") == 3000
+
+
+# -- the work on foot (issue 21's tables) -------------------------------------------------------------------------
+
+
+def seed_field_work(env: ApiEnv) -> None:
+    """Work orders, patrol rounds and drills in c1 during November 2026 (Asia/Shanghai), with items one minute inside
+    and outside the month's local edges and in c2 (which must not count)."""
+    with env.conn() as conn, conn.transaction():
+
+        def order(
+            site: str, opened: datetime, due: datetime, *, closed: datetime | None = None, fixed: bool = False
+        ) -> int:
+            status = "closed" if closed else "fixed" if fixed else "open"
+            row = conn.execute(
+                "INSERT INTO work_order (site_id, party, kind, title, severity, status, opened_at, opened_by, due_at,"
+                " closed_at) VALUES (%s, 'community', 'other', 'exit blocked', 2, %s, %s, 'w1', %s, %s) RETURNING id",
+                (site, status, opened, due, closed),
+            ).fetchone()
+            assert row is not None
+            event(row[0], opened, "opened", due=due)
+            return int(row[0])
+
+        def event(order_id: int, at: datetime, kind: str, *, passed: bool | None = None, due: datetime | None = None):
+            conn.execute(
+                "INSERT INTO work_order_event (work_order_id, at, kind, actor, passed, due_at) VALUES (%s, %s, %s,"
+                " 'w1', %s, %s)",
+                (order_id, at, kind, passed, due),
+            )
+
+        def fail(order_id: int, at: datetime, due: datetime) -> None:
+            event(order_id, at, "reinspected", passed=False, due=due)
+            conn.execute("UPDATE work_order SET due_at = %s WHERE id = %s", (due, order_id))
+
+        a = order("s1", local(1, 0, 1), local(3), closed=local(2))  # opened, closed, passed
+        event(a, local(2), "reinspected", passed=True)
+        b = order("s2", local(31, 23, 59, month=10), local(3))  # opened before; failed on the 4th; overdue
+        fail(b, local(4), local(6))
+        order("s4", local(30, 23, 59), local(3, month=12))  # opened a minute before the end; not yet due
+        order("s2", local(1, 0, 1, month=12), local(2, month=12))  # a minute after the end: nothing
+        e = order("s1", local(10), local(20), closed=local(1, 0, 1, month=12))  # overdue at the end, closed after
+        event(e, local(1, 0, 1, month=12), "reinspected", passed=True)
+        g = order("s1", local(5), local(10))  # overdue at the end; its deadline moved only in December
+        fail(g, local(2, month=12), local(5, month=12))
+        order("s2", local(15), local(16), fixed=True)  # reported fixed, not re-inspected: still overdue
+        h = order("s9", local(10), local(11))  # the other community
+        fail(h, local(12), local(20))
+
+        def patrol(
+            kind: str, mg: str, start: datetime, end: datetime, stops: list[tuple[str, str, str | None]]
+        ) -> None:
+            row = conn.execute(
+                "INSERT INTO patrol_round (kind, micro_grid_id, title, due_start, due_end, created_by)"
+                " VALUES (%s, %s, 'round', %s, %s, 'admin') RETURNING id",
+                (kind, mg, start, end),
+            ).fetchone()
+            assert row is not None
+            for seq, (site, household, outcome) in enumerate(stops):
+                conn.execute(
+                    "INSERT INTO patrol_stop (round_id, seq, site_id, household, checklist, visited_at, visited_by,"
+                    " outcome) VALUES (%s, %s, %s, %s, 'stairwell', %s, %s, %s)",
+                    (
+                        row[0],
+                        seq,
+                        site,
+                        household,
+                        start + timedelta(hours=1) if outcome else None,
+                        "w1" if outcome else None,
+                        outcome,
+                    ),
+                )
+
+        patrol("grid", "mg1", local(1, 0, 1), local(1, 12), [("s1", "", "checked")])
+        patrol("grid", "mg2", local(30, 23, 59), local(1, 4, month=12), [("s2", "", None)])  # missed
+        households = [
+            ("s2", "101", "checked"),
+            ("s2", "102", "not_home"),
+            ("s2", "201", None),
+            ("s2", "202", "checked"),
+        ]
+        patrol("gas_campaign", "mg2", local(10), local(24), households)
+        patrol("grid", "mg1", local(31, 23, 59, month=10), local(1, 12), [("s1", "", None)])  # started before
+        patrol("grid", "mg3", local(1, 0, 1, month=12), local(1, 12, month=12), [("s4", "", None)])  # after
+        patrol("grid", "mg9", local(10), local(10, 12), [("s9", "", None)])  # the other community
+
+        def drill(mg: str, site: str, at: datetime, responses: list[tuple[str, int | None, int | None]]) -> None:
+            row = conn.execute(
+                "INSERT INTO drill (micro_grid_id, site_id, scenario, dispatched_at, dispatched_by, ends_at)"
+                " VALUES (%s, %s, 'smoke on the stairs', %s, 'admin', %s) RETURNING id",
+                (mg, site, at, at + timedelta(hours=1)),
+            ).fetchone()
+            assert row is not None
+            for worker, ack, arrive in responses:
+                conn.execute(
+                    "INSERT INTO drill_response (drill_id, worker_id, acknowledged_at, arrived_at) VALUES (%s, %s, %s,"
+                    " %s)",
+                    (
+                        row[0],
+                        worker,
+                        None if ack is None else at + ack * S,
+                        None if arrive is None else at + arrive * S,
+                    ),
+                )
+
+        drill("mg1", "s1", local(1, 0, 1), [("w1", 60, 300)])
+        drill("mg3", "s4", local(30, 23, 59), [("lead2", 120, 600), ("duty1", 30, None)])
+        drill("mg2", "s2", local(31, 23, 59, month=10), [("w2", 5, 6)])  # before the month
+        drill("mg1", "s1", local(1, 0, 1, month=12), [("w1", 7, 8)])  # after it
+        drill("mg9", "s9", local(10), [("w9", 1, 2)])  # the other community
+
+
+def test_work_orders_patrols_and_drills_in_every_format(env: ApiEnv) -> None:
+    seed_field_work(env)
+    status, data, _ = report(env, "admin", scope="community", id="c1", period="2026-11", format="csv")
+    assert status == 200, data
+    t = sections(data)
+    orders = {r[0]: r[1] for r in t["Work orders"][1:]}
+    assert orders == {
+        "Opened in period": "5",  # a minute into the month, the 5th, 10th, 15th, a minute before its end
+        "Closed in period": "1",
+        "Overdue at period end (or now)": "4",  # opened before the month, closed after it, moved later, fixed only
+        "Re-inspections passed": "1",
+        "Re-inspections failed": "1",
+    }
+    patrols = {r[0]: r[1:] for r in t["Patrol coverage"][1:]}
+    assert patrols == {
+        "Gas campaign (households)": ["4", "3", "2", "1", "1"],
+        "Grid rounds (twice daily)": ["2", "1", "1", "0", "1"],
+    }
+    drills = {r[0]: r[1] for r in t["Drills"][1:]}
+    # acknowledged in 30, 60, 120 s: p50 60, p90 60 + 0.8*60 = 108; arrived in 300, 600 s: p50 450, p90 570
+    assert (drills["Drills dispatched"], drills["Workers dispatched"]) == ("2", "3")
+    assert (drills["Acknowledged"], drills["Arrived"]) == ("3", "2")
+    assert [float(drills[k]) for k in ("Time to acknowledge p50 (s)", "Time to acknowledge p90 (s)")] == [60, 108]
+    assert [float(drills[k]) for k in ("Time to arrive p50 (s)", "Time to arrive p90 (s)")] == [450, 570]
+
+    # a micro-grid and a grid are scoped the same way; the street adds the other community
+    mg3 = sections(report(env, "admin", scope="micro_grid", id="mg3", period="2026-11", format="csv")[1])
+    assert {r[0]: r[1] for r in mg3["Work orders"][1:]}["Opened in period"] == "1"
+    assert {r[0]: r[1] for r in mg3["Drills"][1:]}["Drills dispatched"] == "1"
+    g1 = sections(report(env, "admin", scope="grid", id="g1", period="2026-11", format="csv")[1])
+    assert {r[0]: r[1] for r in g1["Work orders"][1:]}["Opened in period"] == "4"
+    street = sections(report(env, "admin", scope="street", period="2026-11", format="csv")[1])
+    street_orders = {r[0]: r[1] for r in street["Work orders"][1:]}
+    assert (street_orders["Opened in period"], street_orders["Re-inspections failed"]) == ("6", "2")
+    # a single day: the first of November
+    day = sections(report(env, "admin", scope="community", id="c1", period="2026-11-01", format="csv")[1])
+    assert {r[0]: r[1] for r in day["Work orders"][1:]}["Opened in period"] == "1"
+    assert {r[0]: r[1:] for r in day["Patrol coverage"][1:]} == {"Grid rounds (twice daily)": ["1", "1", "1", "0", "0"]}
+
+    # a period that has not ended counts overdue now: the order a minute after November's end and the ones due in
+    # December are late by now; one opened an hour ago and due tomorrow is not (nor anything opened in 2099)
+    with env.conn() as conn, conn.transaction():
+        now = datetime.now(UTC)
+        conn.execute(
+            "INSERT INTO work_order (site_id, party, kind, title, severity, opened_at, opened_by, due_at)"
+            " VALUES ('s1', 'community', 'other', 'hose aged', 3, %s, 'w1', %s)",
+            (now - timedelta(hours=1), now + timedelta(days=1)),
+        )
+    future = sections(report(env, "admin", scope="community", id="c1", period="2099-01", format="csv")[1])
+    future_orders = {r[0]: r[1] for r in future["Work orders"][1:]}
+    assert (future_orders["Opened in period"], future_orders["Overdue at period end (or now)"]) == ("0", "5")
+
+    status, data, _ = report(env, "admin", scope="community", id="c1", period="2026-11", format="xlsx", lang="zh-CN")
+    assert status == 200
+    book = load_workbook(io.BytesIO(data))
+    wo = {r[0]: r[1] for r in book["隐患整改工单"].iter_rows(min_row=2, values_only=True)}
+    assert (wo["期间新开工单"], wo["期间关闭工单"], wo["逾期未关闭（期末或当前）"]) == (5, 1, 4)
+    assert (wo["复查通过"], wo["复查未通过"]) == (1, 1)
+    cover = {r[0]: r[1:] for r in book["巡查覆盖"].iter_rows(min_row=2, values_only=True)}
+    assert cover["燃气入户（户）"] == (4, 3, 2, 1, 1)
+    dr = {r[0]: r[1] for r in book["网格赶考（演练）"].iter_rows(min_row=2, values_only=True)}
+    assert (dr["派发演练"], dr["确认用时中位数（秒）"], dr["到场用时P90（秒）"]) == (2, 60, 570)
+
+    status, data, _ = report(env, "admin", scope="community", id="c1", period="2026-11", format="pdf", lang="zh-CN")
+    assert status == 200
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
+    for title in ("隐患整改工单", "巡查覆盖", "网格赶考（演练）", "逾期未关闭", "燃气入户"):
+        assert title in text, title
+    assert "尚未纳入" not in text

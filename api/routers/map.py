@@ -59,7 +59,10 @@ def map_state(conn: Conn, who: Staff) -> JSONResponse:
     sites = map_repo.list_map_sites(conn, worker_id=who.worker_scope, communities=who.community_scope)
     _, buildings = mapview.group(sites)
     return JSONResponse(
-        {b.key: {"state": b.state, "open": b.open_alarms, "offline": b.offline} for b in buildings},
+        {
+            b.key: {"state": b.state, "open": b.open_alarms, "work_orders": b.open_work_orders, "offline": b.offline}
+            for b in buildings
+        },
         headers={"Cache-Control": "no-store"},
     )
 
