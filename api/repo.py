@@ -254,7 +254,7 @@ ALARM_LIST_COLUMNS = (
 ALARM_FROM = "alarm a JOIN site s ON s.id = a.site_id LEFT JOIN escalation e ON e.alarm_id = a.id"
 
 # The micro-grids a worker sees follow the registry's hierarchy: those they cover; every micro-grid of the grids
-# they lead (a grid leader, as notify/routing.py's leader tier); the whole community for its duty office and fire
+# they lead (a grid leader, as core/routing.py's leader tier); the whole community for its duty office and fire
 # station.
 WORKER_MICRO_GRIDS = """
 SELECT wm.micro_grid_id FROM worker_micro_grid wm WHERE wm.worker_id = %(worker)s

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import Connection, sql
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import class_row, dict_row, tuple_row
 
 from core.domain import Adapter, Alarm, Device, DeviceKind, Location
 from core.errors import ConflictError
@@ -452,3 +453,56 @@ def delete_registry(conn: Connection[Any], *, table: str, id: str) -> bool:
     # A device's rule state goes with it (device_state ... ON DELETE CASCADE).
     query = sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table))
     return conn.execute(query, (id,)).rowcount > 0
+
+
+# --- who can hear (core.routing decides who does) -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Recipient:
+    """A worker (or a merchant, role 'merchant') who can be sent messages."""
+
+    id: str
+    name: str
+    role: str
+    locale: str
+    notify_urls: list[str]
+    roster: str | None = None
+    on_call: bool = False
+    covers_micro_grid: bool = False
+    covers_grid: bool = False
+    leads_grid: bool = False
+
+    @property
+    def is_merchant(self) -> bool:
+        return self.role == "merchant"
+
+
+SELECT_COMMUNITY_WORKERS = """
+SELECT w.id, w.name, w.role, w.locale, w.notify_urls, w.roster, w.on_call,
+       EXISTS (SELECT 1 FROM worker_micro_grid wm WHERE wm.worker_id = w.id AND wm.micro_grid_id = %(mg)s)
+           AS covers_micro_grid,
+       EXISTS (SELECT 1 FROM worker_micro_grid wm JOIN micro_grid m ON m.id = wm.micro_grid_id
+               WHERE wm.worker_id = w.id AND m.grid_id = %(grid)s) AS covers_grid,
+       EXISTS (SELECT 1 FROM worker_grid wg WHERE wg.worker_id = w.id AND wg.grid_id = %(grid)s) AS leads_grid
+FROM worker w WHERE w.active AND w.community_id = %(community)s ORDER BY w.id
+"""
+
+
+def get_community_workers(
+    conn: Connection[Any], *, community_id: str, grid_id: str, micro_grid_id: str
+) -> list[Recipient]:
+    """Every active worker of a community, flagged with how they relate to a micro-grid and its grid."""
+    with conn.cursor(row_factory=class_row(Recipient)) as cur:
+        return cur.execute(
+            SELECT_COMMUNITY_WORKERS, {"community": community_id, "grid": grid_id, "mg": micro_grid_id}
+        ).fetchall()
+
+
+SELECT_COMMUNITY_TIMEZONE = "SELECT timezone FROM community WHERE id = %s"
+
+
+def get_community_timezone(conn: Connection[Any], *, community_id: str) -> str | None:
+    """The time zone a community's rosters are read in."""
+    row = conn.execute(SELECT_COMMUNITY_TIMEZONE, (community_id,)).fetchone()
+    return None if row is None else str(row[0])

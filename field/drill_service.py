@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from core.errors import ConflictError, NotFoundError
 from field import drill_repo, patrol_repo, repo
+from field import service as field_service
 from field.repo import Scope
 from field.schemas import Id, Instant, printable
 from field.service import FieldInputError
@@ -142,7 +143,7 @@ def dispatch(
         f"{DRILL_LABEL} 这是演练，不是真实告警 / This is a drill, not a real alarm. {body.scenario} @ "
         f"{site.name or site.id}. 请确认并赶到现场 / Acknowledge and go on site: /drills/{drill_id}"
     )
-    workers = repo.tier_recipients(conn, tier="worker", site=site)
+    workers = field_service.tier_recipients(conn, tier="worker", site=site, now=at)
     for worker in workers:
         drill_repo.add_responder(conn, drill_id=drill_id, recipient=worker, title=title, body=text, at=at)
     log.info("drill %s dispatched by %s to %s (%s): %d worker(s)", drill_id, actor, mg, site_id, len(workers))

@@ -362,27 +362,10 @@ def list_overdue(
         return cur.execute(SELECT_OVERDUE, params).fetchall()
 
 
-SELECT_RECIPIENTS = """
-SELECT w.id AS worker_id, NULL::text AS merchant_id, w.name, w.locale, w.notify_urls AS urls
-FROM worker w
-WHERE w.active AND cardinality(w.notify_urls) > 0 AND (
-   (%(tier)s = 'worker' AND w.id IN (SELECT worker_id FROM worker_micro_grid WHERE micro_grid_id = %(mg)s))
-OR (%(tier)s = 'leader' AND w.role = 'grid_leader'
-    AND w.id IN (SELECT worker_id FROM worker_grid WHERE grid_id = %(grid)s))
-OR (%(tier)s = 'community' AND w.role = 'community_duty' AND w.community_id = %(community)s))
-ORDER BY w.id
-"""
 SELECT_MERCHANT_RECIPIENT = """
 SELECT NULL::text AS worker_id, m.id AS merchant_id, m.name, 'zh-CN' AS locale, m.notify_urls AS urls
 FROM merchant m WHERE m.id = %s AND cardinality(m.notify_urls) > 0
 """
-
-
-def tier_recipients(conn: Connection[Any], *, tier: str, site: SiteRow) -> list[Recipient]:
-    """Workers of a tier for a site: 'worker' (its micro-grid's), 'leader' (its grid's), 'community' (duty)."""
-    params = {"tier": tier, "mg": site.micro_grid_id, "grid": site.grid_id, "community": site.community_id}
-    with conn.cursor(row_factory=class_row(Recipient)) as cur:
-        return cur.execute(SELECT_RECIPIENTS, params).fetchall()
 
 
 def merchant_recipient(conn: Connection[Any], *, merchant_id: str) -> Recipient | None:

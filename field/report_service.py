@@ -234,7 +234,7 @@ def _tell(
     body = f"{what[:300]}{' @ ' + place if place else ''} — /resident-reports/{report_id}"
     return [
         r.worker_id or ""
-        for r in repo.tier_recipients(conn, tier=tier, site=hierarchy)
+        for r in field_service.tier_recipients(conn, tier=tier, site=hierarchy, now=at)
         if report_repo.insert_notice(conn, report_id=report_id, step=step, recipient=r, title=title, body=body, at=at)
     ]
 

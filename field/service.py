@@ -14,6 +14,8 @@ from typing import Any
 
 from psycopg import Connection
 
+from core import repo as core_repo
+from core import routing
 from core.errors import ConflictError, GridwatchError, NotFoundError
 from field import checklists, repo
 from field.photos import PhotoError, inspect_photo
@@ -50,6 +52,17 @@ SendFn = Callable[[list[str], str, str, str], Sequence[tuple[bool, str]]]
 
 def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
+
+
+def tier_recipients(conn: Connection[Any], *, tier: str, site: repo.SiteRow, now: datetime) -> list[repo.Recipient]:
+    """Who of a ladder tier hears about a site now, decided as for an alarm (core.routing): the covering workers on
+    duty by their roster, else on call, else all of them; those without a channel cannot be told."""
+    workers = core_repo.get_community_workers(
+        conn, community_id=site.community_id, grid_id=site.grid_id, micro_grid_id=site.micro_grid_id
+    )
+    tz = core_repo.get_community_timezone(conn, community_id=site.community_id) or "UTC"
+    chosen = routing.tier_recipients(tier, workers, merchant=None, now=now, tz=tz)
+    return [repo.Recipient(w.id, None, w.name, w.locale, list(w.notify_urls)) for w in chosen if w.notify_urls]
 
 
 def _read(row: repo.WorkOrderRow, now: datetime) -> WorkOrderRead:
@@ -332,7 +345,7 @@ def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) 
             title, body = _message(row, step)
             told = [
                 r.worker_id
-                for r in repo.tier_recipients(conn, tier=tier, site=site)
+                for r in tier_recipients(conn, tier=tier, site=site, now=now)
                 if repo.insert_notice(
                     conn,
                     order_id=row.id,

@@ -16,6 +16,11 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from core.db import OUTBOX_CHANNEL
+from core.repo import Recipient
+
+# Recipient and the query of a site's candidate workers (core.repo.get_community_workers) are core's: field routes
+# resident reports, drills and overdue work orders by the same rows and the same decision (core.routing).
+__all__ = ["Recipient"]
 
 
 @dataclass(slots=True)
@@ -62,26 +67,6 @@ class AlarmContext:
     community_id: str
     timezone: str
     merchant_id: str | None
-
-
-@dataclass(slots=True)
-class Recipient:
-    """A worker (or a merchant, role 'merchant') who can be sent messages."""
-
-    id: str
-    name: str
-    role: str
-    locale: str
-    notify_urls: list[str]
-    roster: str | None = None
-    on_call: bool = False
-    covers_micro_grid: bool = False
-    covers_grid: bool = False
-    leads_grid: bool = False
-
-    @property
-    def is_merchant(self) -> bool:
-        return self.role == "merchant"
 
 
 @dataclass(slots=True)
@@ -230,27 +215,6 @@ def get_alarm_contexts(conn: Connection[Any], *, alarm_ids: Sequence[int]) -> li
     with conn.cursor(row_factory=class_row(AlarmContext)) as cur:
         rows = cur.execute(SELECT_ALARM_CONTEXT, (list(alarm_ids),)).fetchall()
     return sorted(rows, key=lambda r: r.alarm_id)
-
-
-SELECT_COMMUNITY_WORKERS = """
-SELECT w.id, w.name, w.role, w.locale, w.notify_urls, w.roster, w.on_call,
-       EXISTS (SELECT 1 FROM worker_micro_grid wm WHERE wm.worker_id = w.id AND wm.micro_grid_id = %(mg)s)
-           AS covers_micro_grid,
-       EXISTS (SELECT 1 FROM worker_micro_grid wm JOIN micro_grid m ON m.id = wm.micro_grid_id
-               WHERE wm.worker_id = w.id AND m.grid_id = %(grid)s) AS covers_grid,
-       EXISTS (SELECT 1 FROM worker_grid wg WHERE wg.worker_id = w.id AND wg.grid_id = %(grid)s) AS leads_grid
-FROM worker w WHERE w.active AND w.community_id = %(community)s ORDER BY w.id
-"""
-
-
-def get_community_workers(
-    conn: Connection[Any], *, community_id: str, grid_id: str, micro_grid_id: str
-) -> list[Recipient]:
-    """Every active worker of a community, flagged with how they relate to the alarm's micro-grid and grid."""
-    with conn.cursor(row_factory=class_row(Recipient)) as cur:
-        return cur.execute(
-            SELECT_COMMUNITY_WORKERS, {"community": community_id, "grid": grid_id, "mg": micro_grid_id}
-        ).fetchall()
 
 
 SELECT_MERCHANT = """

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from psycopg import Connection
 
 from core import actionlink
+from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
 from notify import messages, repo, routing
 from notify.delivery import ChannelResult, Sender
@@ -223,7 +224,7 @@ def _route(conn: Connection[Any], row: repo.OutboxRow, *, policy: Policy, now: d
     ctx = repo.get_alarm_context(conn, alarm_id=row.alarm_id)
     if ctx is None:
         return
-    workers = repo.get_community_workers(
+    workers = core_repo.get_community_workers(
         conn, community_id=ctx.community_id, grid_id=ctx.grid_id, micro_grid_id=ctx.micro_grid_id
     )
     merchant = repo.get_merchant(conn, merchant_id=ctx.merchant_id) if ctx.merchant_id else None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
@@ -116,3 +117,22 @@ def test_a_scheduled_drill_stays_a_surprise_until_it_is_dispatched(env: ApiEnv, 
     assert sent == 1
     far = (datetime.now(UTC) + timedelta(days=40)).isoformat()
     assert env.client.post("/api/v1/admin/drills", headers=env.headers("admin"), json={"at": far}).status_code == 422
+
+
+def test_a_drill_goes_to_the_workers_on_duty_as_an_alarm_would(env: ApiEnv) -> None:
+    # Issue 21 (4): a drill is "delivered like a real alarm", so it is routed as one (core.routing): the covering
+    # worker off duty by roster is not dispatched; the on-call worker of the same grid is.
+    at = datetime.now(UTC) + timedelta(hours=1)
+    with env.conn() as conn, conn.transaction():
+        (tz,) = conn.execute("SELECT timezone FROM community WHERE id = 'c1'").fetchone() or ("UTC",)
+        shift = at.astimezone(ZoneInfo(tz)) + timedelta(hours=6)
+        roster = f"Mon-Sun {shift:%H:%M}-{shift + timedelta(hours=2):%H:%M}"  # w1 is off duty at the drill's time
+        conn.execute("UPDATE worker SET roster = %s WHERE id = 'w1'", (roster,))
+        conn.execute("UPDATE worker SET on_call = true WHERE id = 'w2'")
+    r = env.client.post(
+        "/api/v1/admin/drills",
+        headers=env.headers("cadmin"),
+        json={"micro_grid_id": "mg1", "scenario": "gas leak", "at": at.isoformat()},
+    )
+    assert r.status_code == 201, r.text
+    assert [x["worker_id"] for x in r.json()["responders"]] == ["w2"]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -398,3 +399,59 @@ def test_what_a_resident_writes_is_text_in_an_email(env: ApiEnv) -> None:
     shown = body.get_content()
     assert "Confirm here" in shown
     assert body.get_content_type() == "text/plain" or ("<a href" not in shown and "<img" not in shown), shown
+
+
+def _shift(conn: psycopg.Connection[Any], *, hours_from_now: int) -> str:
+    """A daily two-hour roster starting this many hours from now in c1's local time (negative: running now)."""
+    (tz,) = conn.execute("SELECT timezone FROM community WHERE id = 'c1'").fetchone() or ("UTC",)
+    start = datetime.now(ZoneInfo(tz)) + timedelta(hours=hours_from_now)
+    return f"Mon-Sun {start:%H:%M}-{start + timedelta(hours=2):%H:%M}"
+
+
+def _deliver(conn: psycopg.Connection[Any]) -> int:
+    sender = Sender(timeout_s=2, deadline_s=5)
+    try:
+        return field_service.deliver_notices(
+            conn,
+            send=lambda urls, title, body, who: [
+                (x.ok, x.detail) for x in sender.send(urls, title, body, recipient=who)
+            ],
+            now=datetime.now(UTC),
+        )
+    finally:
+        sender.close()
+
+
+def test_a_report_goes_to_the_covering_worker_on_duty_else_to_the_one_on_call(env: ApiEnv, receiver: Receiver) -> None:
+    # Issue 21 (3): a resident report reaches the covering worker "through the same routing and ladder as an
+    # alarm" (core.routing): by roster, then on call, never to every worker of the micro-grid regardless.
+    with env.conn() as conn, conn.transaction():
+        on, off = _shift(conn, hours_from_now=-1), _shift(conn, hours_from_now=6)
+        conn.execute("UPDATE worker SET notify_urls = ARRAY[%s], roster = %s WHERE id = 'w2'", (receiver.url("w2"), on))
+        conn.execute(
+            "INSERT INTO worker (id, community_id, name, role, locale, notify_urls, roster, on_call, active)"
+            " VALUES ('w2b', 'c1', 'Night Li', 'micro_grid_worker', 'en', ARRAY[%s], %s, false, true)",
+            (receiver.url("w2b"), off),
+        )
+        conn.execute("INSERT INTO worker_micro_grid (worker_id, micro_grid_id) VALUES ('w2b', 'mg2')")
+        # w1 covers mg1 in the same grid and is on call, but the covering w2 is on duty: w1 is not needed.
+        conn.execute("UPDATE worker SET notify_urls = ARRAY[%s], on_call = true WHERE id = 'w1'", (receiver.url("w1"),))
+    assert send(public(env), link(env)).status_code == 303
+    with env.conn() as conn, conn.transaction():
+        assert _deliver(conn) == 1
+    (first,) = env.client.get("/api/v1/resident-reports", headers=env.headers("w2")).json()
+    assert notices(env, first["id"]) == [(0, "w2")], "the worker on duty, not the covering one off duty"
+    assert len(receiver.for_path("w2")) == 1
+    assert receiver.for_path("w2b") == [] and receiver.for_path("w1") == []
+
+    # Now the covering workers are both off duty: the on-call worker of the same grid hears, as for an alarm.
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE worker SET roster = %s WHERE id = 'w2'", (off,))
+    assert send(public(env), link(env), what="Gas smell on floor 3").status_code == 303
+    with env.conn() as conn, conn.transaction():
+        assert _deliver(conn) == 1
+    second = max(r["id"] for r in env.client.get("/api/v1/resident-reports", headers=env.headers("w2")).json())
+    assert notices(env, second) == [(0, "w1")], "the on-call fallback, not the off-duty covering workers"
+    (message,) = receiver.for_path("w1")
+    assert "Gas smell on floor 3" in message["message"]
+    assert len(receiver.for_path("w2")) == 1 and receiver.for_path("w2b") == []
