@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.configfile import read_yaml
 from core.domain import Severity
 from core.errors import ConfigError
-from notify.roster import DailyWindow
+from core.roster import DailyWindow
 
 Tier = Literal["worker", "merchant", "leader", "community", "fire_station"]
 _CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"

@@ -20,7 +20,6 @@ from core.repo import Recipient
 
 # Recipient and the query of a site's candidate workers (core.repo.get_community_workers) are core's: field routes
 # resident reports, drills and overdue work orders by the same rows and the same decision (core.routing).
-__all__ = ["Recipient"]
 
 
 @dataclass(slots=True)

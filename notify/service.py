@@ -16,10 +16,11 @@ from typing import Any
 from prometheus_client import Counter
 from psycopg import Connection
 
-from core import actionlink
+from core import actionlink, routing
 from core import repo as core_repo
 from core.errors import ConflictError, NotFoundError
-from notify import messages, repo, routing
+from core.repo import Recipient
+from notify import messages, repo
 from notify.delivery import ChannelResult, Sender
 from notify.policy import Policy
 
@@ -53,7 +54,7 @@ Clock = Callable[[], datetime]
 
 @dataclass(slots=True)
 class Target:
-    recipient: repo.Recipient
+    recipient: Recipient
     tier: str
     step: int
 
@@ -114,8 +115,8 @@ class _Routing:
     policy: Policy
     now: datetime
     reason: str | None  # why nobody is paged for it (silenced, inhibited), or None
-    workers: list[repo.Recipient]
-    merchant: repo.Recipient | None
+    workers: list[Recipient]
+    merchant: Recipient | None
 
     @property
     def steps(self) -> tuple[Any, ...]:
@@ -270,8 +271,8 @@ def _start_ladder(conn: Connection[Any], ctx: repo.AlarmContext, policy: Policy,
 def _previously_notified(
     conn: Connection[Any],
     ctx: repo.AlarmContext,
-    workers: list[repo.Recipient],
-    merchant: repo.Recipient | None,
+    workers: list[Recipient],
+    merchant: Recipient | None,
     *,
     kinds: tuple[str, ...],
 ) -> list[Target]:
@@ -308,7 +309,7 @@ def _insert_messages(
     now: datetime,
     public_url: str,
     reason: str | None,
-    workers: list[repo.Recipient],
+    workers: list[Recipient],
 ) -> None:
     if not targets:
         if row.kind in OPENING_KINDS and policy.for_severity(ctx.severity).steps:
@@ -396,7 +397,7 @@ def _insert_messages(
         )
 
 
-def _taker(conn: Connection[Any], actor: str | None, workers: list[repo.Recipient]) -> tuple[str, str, str] | None:
+def _taker(conn: Connection[Any], actor: str | None, workers: list[Recipient]) -> tuple[str, str, str] | None:
     """(name, role, id) of whoever acknowledged: a worker of any tier, or an admin ("admin:<token>")."""
     if actor is None:
         return None

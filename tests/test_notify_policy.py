@@ -7,10 +7,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from notify import messages, routing
+from core import routing
+from core.repo import Recipient
+from core.roster import DailyWindow, on_duty, parse_roster
+from notify import messages
 from notify.policy import Policy, load_policy
-from notify.repo import AlarmContext, Recipient
-from notify.roster import DailyWindow, on_duty, parse_roster
+from notify.repo import AlarmContext
 
 SH = ZoneInfo("Asia/Shanghai")
 
