@@ -4,7 +4,6 @@ re-inspection closes it; nothing on the way is wider than the phone."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,12 @@ import pytest
 from api.app import create_app
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env, live_server
+from tests.browser import CHROMEDRIVER, CHROMIUM, needs_browser, start_browser
 from tests.field_helpers import jpeg
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="headless browser tests need Debian's chromium and chromium-driver; they are not installed",
-)
+pytestmark = needs_browser
 
 if CHROMIUM and CHROMEDRIVER:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec
@@ -35,25 +28,7 @@ PHONE_WIDTH = 390
 
 @pytest.fixture
 def phone() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--lang=en-US",
-    ):
-        options.add_argument(flag)
-    # a phone's viewport (desktop Chrome will not make a window this narrow)
-    options.add_experimental_option(
-        "mobileEmulation", {"deviceMetrics": {"width": PHONE_WIDTH, "height": 844, "pixelRatio": 3.0}}
-    )
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = start_browser(PHONE_WIDTH, 844, phone=True)
     yield driver
     driver.quit()
 

@@ -4,7 +4,6 @@ scrolling, and the map recolours a building live when an alarm is raised, withou
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,12 @@ import pytest
 from api.app import create_app
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env, live_server, raise_alarm
+from tests.browser import CHROMEDRIVER, CHROMIUM, needs_browser, start_browser
 from tests.test_map import place_sites
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="headless browser tests need Debian's chromium and chromium-driver; they are not installed",
-)
+pytestmark = needs_browser
 
 if CHROMIUM and CHROMEDRIVER:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec
@@ -33,29 +26,9 @@ if CHROMIUM and CHROMEDRIVER:
 WIDTHS = {"phone": (390, 844), "desktop": (1280, 900)}
 
 
-def start_browser(width: int, height: int) -> WebDriver:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--window-size={width},{height}",
-        "--lang=en-US",
-        "--hide-scrollbars",
-    ):
-        options.add_argument(flag)
-    if width < 500:  # headless Chrome windows are at least 500 px wide: a phone is emulated
-        options.add_experimental_option(
-            "mobileEmulation", {"deviceMetrics": {"width": width, "height": height, "pixelRatio": 3.0}}
-        )
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
+def open_browser(width: int, height: int) -> WebDriver:
+    # headless Chrome windows are at least 500 px wide: a phone is emulated
+    return start_browser(width, height, phone=width < 500, extra=("--hide-scrollbars",))
 
 
 @pytest.fixture
@@ -87,7 +60,7 @@ def horizontal_overflow(driver: WebDriver) -> int:
 def test_map_and_reports_fit_the_screen_and_update_live(site: tuple[ApiEnv, str], width: str, tmp_path: Path) -> None:
     env, base = site
     w, h = WIDTHS[width]
-    driver = start_browser(w, h)
+    driver = open_browser(w, h)
     try:
         wait = WebDriverWait(driver, 20)
         log_in(driver, base, env.tokens["admin"])
@@ -154,7 +127,7 @@ def test_the_phone_and_the_desktop_see_the_same_picture(site: tuple[ApiEnv, str]
     env, base = site
     layouts = {}
     for width, (w, h) in WIDTHS.items():
-        driver = start_browser(w, h)
+        driver = open_browser(w, h)
         try:
             log_in(driver, base, env.tokens["cadmin"])
             WebDriverWait(driver, 20).until(lambda d: "/login" not in d.current_url)

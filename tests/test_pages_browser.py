@@ -6,7 +6,6 @@ appear after a verified violation on their premises."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,19 +20,12 @@ from core.settings import Settings
 from notify import service as notify_service
 from notify.policy import load_policy
 from tests.api_helpers import ApiEnv, api_env, live_server, raise_alarm
+from tests.browser import CHROMEDRIVER, CHROMIUM, needs_browser, start_browser
 from tests.support import Publisher, wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="headless browser tests need Debian's chromium and chromium-driver (apt-get install chromium "
-    "chromium-driver); they are not installed",
-)
+pytestmark = needs_browser
 
 if CHROMIUM and CHROMEDRIVER:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec
@@ -42,22 +34,7 @@ if CHROMIUM and CHROMEDRIVER:
 
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=412,915",
-        "--lang=en-US",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = start_browser(412, 915)
     yield driver
     driver.quit()
 
