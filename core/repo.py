@@ -478,21 +478,34 @@ class Recipient:
         return self.role == "merchant"
 
 
+# Only the workers routing can pick (core.routing): those covering a micro-grid of the grid, its leaders, the
+# community's duty office and fire station, and whoever is on call. Not the whole community: in a street of
+# hundreds of workers, one alarm's routing in a storm read all of them (issue 18).
 SELECT_COMMUNITY_WORKERS = """
+WITH covering AS (
+    SELECT wm.worker_id, bool_or(wm.micro_grid_id = %(mg)s) AS covers_micro_grid
+    FROM worker_micro_grid wm JOIN micro_grid m ON m.id = wm.micro_grid_id
+    WHERE m.grid_id = %(grid)s GROUP BY wm.worker_id
+), leaders AS (
+    SELECT worker_id FROM worker_grid WHERE grid_id = %(grid)s
+)
 SELECT w.id, w.name, w.role, w.locale, w.notify_urls, w.roster, w.on_call,
-       EXISTS (SELECT 1 FROM worker_micro_grid wm WHERE wm.worker_id = w.id AND wm.micro_grid_id = %(mg)s)
-           AS covers_micro_grid,
-       EXISTS (SELECT 1 FROM worker_micro_grid wm JOIN micro_grid m ON m.id = wm.micro_grid_id
-               WHERE wm.worker_id = w.id AND m.grid_id = %(grid)s) AS covers_grid,
-       EXISTS (SELECT 1 FROM worker_grid wg WHERE wg.worker_id = w.id AND wg.grid_id = %(grid)s) AS leads_grid
-FROM worker w WHERE w.active AND w.community_id = %(community)s ORDER BY w.id
+       coalesce(c.covers_micro_grid, false) AS covers_micro_grid,
+       c.worker_id IS NOT NULL AS covers_grid,
+       l.worker_id IS NOT NULL AS leads_grid
+FROM worker w LEFT JOIN covering c ON c.worker_id = w.id LEFT JOIN leaders l ON l.worker_id = w.id
+WHERE w.active AND w.community_id = %(community)s
+  AND (c.worker_id IS NOT NULL OR l.worker_id IS NOT NULL OR w.on_call
+       OR w.role IN ('community_duty', 'fire_station'))
+ORDER BY w.id
 """
 
 
 def get_community_workers(
     conn: Connection[Any], *, community_id: str, grid_id: str, micro_grid_id: str
 ) -> list[Recipient]:
-    """Every active worker of a community, flagged with how they relate to a micro-grid and its grid."""
+    """The active workers of a community that routing can pick for a micro-grid (see the query), flagged with how
+    they relate to it and its grid."""
     with conn.cursor(row_factory=class_row(Recipient)) as cur:
         return cur.execute(
             SELECT_COMMUNITY_WORKERS, {"community": community_id, "grid": grid_id, "mg": micro_grid_id}

@@ -468,7 +468,7 @@ SELECT n.id, n.alarm_id, n.worker_id, n.merchant_id, n.kind, n.tier, n.step, n.l
 FROM notification n LEFT JOIN worker w ON w.id = n.worker_id LEFT JOIN merchant m ON m.id = n.merchant_id
 JOIN alarm a ON a.id = n.alarm_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= %(now)s AND (n.claimed_until IS NULL OR n.claimed_until <= %(now)s)
-ORDER BY n.immediate DESC, n.next_attempt_at, n.id LIMIT %(limit)s
+ORDER BY n.immediate DESC, a.severity DESC, n.next_attempt_at, n.id LIMIT %(limit)s
 FOR UPDATE OF n SKIP LOCKED
 """
 LEASE = "UPDATE notification SET claimed_until = %s WHERE id = ANY(%s)"

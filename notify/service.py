@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 from psycopg import Connection
@@ -71,20 +71,36 @@ def _ack_url(public_url: str, alarm_id: int | None = None) -> str:
 # --- routing ------------------------------------------------------------------------------------------------
 
 
+# Outbox rows routed in one transaction. Small, so that a life-safety transition arriving while the router works
+# through an alarm storm's minor rows waits for at most this many of them (issue 18).
+ROUTE_BATCH = 16
+
+
+class Routed(NamedTuple):
+    """What one routing transaction did: how many outbox rows, all of one severity (0 when there were none)."""
+
+    rows: int
+    severity: int
+
+
 def route_outbox(
-    conn: Connection[Any], *, policy: Policy, now: datetime, public_url: str = "", limit: int = 100
-) -> int:
-    """Expand claimed outbox rows into notifications (and ladder state); returns rows routed."""
+    conn: Connection[Any], *, policy: Policy, now: datetime, public_url: str = "", limit: int = ROUTE_BATCH
+) -> Routed:
+    """Expand claimed outbox rows into notifications (and ladder state).
+
+    One severity a transaction, the most severe first (claim_outbox's order): a gas leak claimed together with
+    battery flaps is committed, and its messages become deliverable, before any of them is routed."""
     with conn.transaction():
-        rows = repo.claim_outbox(conn, limit=limit)
+        claimed = repo.claim_outbox(conn, limit=limit)
+        rows = [r for r in claimed if r.severity == claimed[0].severity] if claimed else []
         # One row per alarm (see claim_outbox); in alarm order, the order deliverers lock ladders in too, so
-        # the two never wait on each other in a cycle.
+        # the two never wait on each other in a cycle. Rows left out are unlocked by the commit and claimed next.
         for row in sorted(rows, key=lambda r: r.alarm_id):
             if row.kind in NOTIFIED_KINDS:
                 _route(conn, row, policy=policy, now=now, public_url=public_url)
         if rows:
             repo.mark_routed(conn, outbox_ids=[r.id for r in rows])
-    return len(rows)
+    return Routed(len(rows), rows[0].severity if rows else 0)
 
 
 def _suppression(conn: Connection[Any], ctx: repo.AlarmContext, kind: str, policy: Policy, now: datetime) -> str | None:

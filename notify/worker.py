@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ import psycopg
 
 from core import actionlink
 from core.db import OUTBOX_CHANNEL
+from core.domain import Severity
 from core.loop import Check, Loop
 from core.settings import Settings
 from notify import messages, repo, service
@@ -28,6 +30,11 @@ log = logging.getLogger(__name__)
 
 DELIVERERS = 3
 BATCH = 8  # notifications one deliverer claims at a time
+# In an alarm storm the router works through thousands of minor transitions (battery flaps, devices going offline)
+# that cannot all be routed as fast as they come. After each batch of them it pauses for this share of the time
+# the batch took, so the ingest (and the next gas leak in it) keeps the CPU it needs; a severe transition
+# (MAJOR or worse: every life-safety type) wakes it at once (issue 18).
+MINOR_PAUSE = 1.0
 
 
 def system_clock() -> datetime:
@@ -96,17 +103,23 @@ class NotifyWorker:
             messages.render_test(name="-", worker_id="-", role="-", channels=0, locale=locale, at=self.clock())
         Sender.warm_up()
 
-    def route_once(self, conn: psycopg.Connection[Any]) -> int:
-        """Route the outbox and climb due ladders until nothing is left; returns the work done."""
+    def route_once(self, conn: psycopg.Connection[Any], *, pause: Callable[[float], None] | None = None) -> int:
+        """Route the outbox and climb due ladders until nothing is left; returns the work done. With `pause`, it is
+        called after each batch of minor rows with the seconds the batch took (see MINOR_PAUSE)."""
         work = 0
         while not self._stop.is_set():
-            done = service.route_outbox(conn, policy=self.policy, now=self.clock(), public_url=self.settings.public_url)
-            done += service.run_escalations(conn, policy=self.policy, now=self.clock())
+            started = time.monotonic()
+            routed = service.route_outbox(
+                conn, policy=self.policy, now=self.clock(), public_url=self.settings.public_url
+            )
+            done = routed.rows + service.run_escalations(conn, policy=self.policy, now=self.clock())
             if done:
                 self._wake.signal()
             work += done
             if done == 0:
                 break
+            if pause is not None and routed.rows and routed.severity < Severity.MAJOR:
+                pause(time.monotonic() - started)
         return work
 
     def deliver_once(self, conn: psycopg.Connection[Any]) -> int:
@@ -180,13 +193,22 @@ class _Router:
 
     def step(self, held: tuple[psycopg.Connection[Any], psycopg.Connection[Any]]) -> float:
         listen, conn = held
-        self.worker.route_once(conn)
+        self.worker.route_once(conn, pause=lambda took: self._pause(listen, took * MINOR_PAUSE))
         self.worker._ready[0].set()
         timeout = self.worker._timeout(conn, repo.get_next_escalation_due)
         if timeout > 0:
             for _ in listen.notifies(timeout=timeout, stop_after=1):
                 pass
         return 0.0
+
+    def _pause(self, listen: psycopg.Connection[Any], seconds: float) -> None:
+        """Sleep up to `seconds`, unless a severe transition is queued meanwhile (its NOTIFY carries the severity;
+        one without a payload, from notify itself, wakes too)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self.worker._stop.is_set():
+            for note in listen.notifies(timeout=left, stop_after=1):
+                if not note.payload.isdigit() or int(note.payload) >= Severity.MAJOR:
+                    return
 
     def close(self, held: tuple[psycopg.Connection[Any], psycopg.Connection[Any]]) -> None:
         for conn in held:

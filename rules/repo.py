@@ -136,7 +136,7 @@ def open_alarm_active(conn: Connection[Any], *, device_id: str, alarm_type: str)
 
 
 SELECT_OPEN_ALARM = f"""
-SELECT {ALARM_COLUMNS} FROM alarm WHERE device_id = %s AND type = %s AND closed_at IS NULL FOR UPDATE
+SELECT {ALARM_COLUMNS} FROM alarm WHERE device_id = %s AND type = %s AND closed_at IS NULL FOR NO KEY UPDATE
 """
 INSERT_ALARM = f"""
 INSERT INTO alarm (device_id, site_id, micro_grid_id, type, rule_id, severity, latching, raised_at, last_seen_at,
@@ -223,7 +223,7 @@ def clear_alarm(conn: Connection[Any], *, alarm_id: int, at: datetime) -> Alarm:
     return row
 
 
-SELECT_ALARM_FOR_UPDATE = f"SELECT {ALARM_COLUMNS} FROM alarm WHERE id = %s FOR UPDATE"
+SELECT_ALARM_FOR_UPDATE = f"SELECT {ALARM_COLUMNS} FROM alarm WHERE id = %s FOR NO KEY UPDATE"
 ACK_ALARM = f"""
 UPDATE alarm SET acknowledged = true, acknowledged_at = %(at)s, acknowledged_by = %(actor)s, updated_at = now()
 WHERE id = %(id)s RETURNING {ALARM_COLUMNS}
@@ -271,7 +271,9 @@ RETURNING id
 INSERT_OUTBOX = """
 INSERT INTO outbox (alarm_id, event_id, kind, severity) VALUES (%s, %s, %s, %s) RETURNING id
 """
-NOTIFY_OUTBOX = f"NOTIFY {OUTBOX_CHANNEL}"
+# The payload is the transition's severity: notify's router, pausing between batches of an alarm storm's minor rows,
+# wakes at once for a severe one (notify.worker). Listeners that do not care ignore it.
+NOTIFY_OUTBOX = f"SELECT pg_notify('{OUTBOX_CHANNEL}', %s)"
 
 
 def insert_event(
@@ -293,7 +295,7 @@ def insert_event(
 def insert_outbox(conn: Connection[Any], *, alarm_id: int, event_id: int, kind: str, severity: int) -> None:
     """Queue a transition for notify; NOTIFY wakes it when the transaction commits."""
     conn.execute(INSERT_OUTBOX, (alarm_id, event_id, kind, severity))
-    conn.execute(NOTIFY_OUTBOX)
+    conn.execute(NOTIFY_OUTBOX, (str(severity),))
 
 
 # --------------------------------------------------------------------------- a batch's alarms, set-based (rules.batch)
@@ -303,7 +305,7 @@ SELECT {ALARM_COLUMNS} FROM alarm
 WHERE (device_id, type) IN (
     SELECT k.device_id, k.type FROM jsonb_to_recordset(%s::jsonb) AS k(device_id text, type text))
   AND closed_at IS NULL
-ORDER BY id FOR UPDATE
+ORDER BY id FOR NO KEY UPDATE
 """
 INSERT_ALARMS = """
 INSERT INTO alarm (device_id, site_id, micro_grid_id, type, rule_id, severity, active, latching, raised_at,
@@ -367,7 +369,7 @@ def append_events(conn: Connection[Any], *, rows: Sequence[dict[str, Any]]) -> N
     """Alarm events in order, each with its outbox row, in one statement; NOTIFY wakes notify at commit."""
     if rows:
         conn.execute(APPEND_EVENTS, (_json_rows([{**r, "n": n} for n, r in enumerate(rows)]),))
-        conn.execute(NOTIFY_OUTBOX)
+        conn.execute(NOTIFY_OUTBOX, (str(max(int(r.get("severity") or 0) for r in rows)),))
 
 
 # --------------------------------------------------------------------------- site context (cross-device rules)
