@@ -33,7 +33,8 @@ def env(loaded: Settings) -> Iterator[ApiEnv]:
 def key_for(env: ApiEnv, alarm_id: int, who: str, *, kind: str = "worker", at: datetime | None = None) -> str:
     return actionlink.sign(
         env.settings.secret_key.get_secret_value(),
-        alarm_id=alarm_id,
+        subject="alarm",
+        subject_id=alarm_id,
         kind=kind,  # type: ignore[arg-type]
         recipient_id=who,
         issued_at=at or datetime.now(UTC),

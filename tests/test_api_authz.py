@@ -248,7 +248,9 @@ def seed(env: ApiEnv) -> dict[str, object]:
         report = report_service.submit_report(
             conn, secret=key, code=report_service.link_code(key, "s1"), what="boxes", client="seed"
         )
-    link = actionlink.sign(key, alarm_id=alarm_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC))
+    link = actionlink.sign(
+        key, subject="alarm", subject_id=alarm_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC)
+    )
     return {
         "alarm_id": alarm_id,
         "device_id": "gas-1",
