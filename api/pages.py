@@ -460,7 +460,9 @@ def link_worker(claim: actionlink.LinkClaim, doing: str) -> str:
     """The worker a link was sent to; a merchant's link only shows its item (403 for `doing` it)."""
     if claim.recipient_kind != "worker":
         noun = actionlink.NOUNS[claim.subject]
-        raise HTTPException(403, f"this link opens the {noun} for you to see; {doing} is for the workers it was sent to")
+        raise HTTPException(
+            403, f"this link opens the {noun} for you to see; {doing} is for the workers it was sent to"
+        )
     return claim.recipient_id
 
 

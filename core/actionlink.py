@@ -107,9 +107,7 @@ def url(public_url: str, subject: Subject, subject_id: int, key: str) -> str:
     return f"{public_url.rstrip('/')}/{PATHS[subject]}/{subject_id}/link/{key}"
 
 
-def verify(
-    secret_key: str, *, subject: Subject, subject_id: int, key: str, now: datetime, ttl: timedelta
-) -> LinkClaim:
+def verify(secret_key: str, *, subject: Subject, subject_id: int, key: str, now: datetime, ttl: timedelta) -> LinkClaim:
     """The claim of a key presented under /<subject's path>/{subject_id}/link/; LinkError if it is not a valid one
     now."""
     noun = NOUNS[subject]
@@ -125,9 +123,7 @@ def verify(
     if issued > now + CLOCK_SLACK:
         raise LinkError("this link is not valid: it was issued in the future")
     if now >= issued + ttl:
-        raise LinkError(
-            f"this link has expired: open the latest message about the {noun}, or log in and find it there"
-        )
+        raise LinkError(f"this link has expired: open the latest message about the {noun}, or log in and find it there")
     return LinkClaim(subject, subject_id, _KIND_CODE[code], recipient_id, issued)
 
 
