@@ -312,7 +312,7 @@ def test_links_sent_before_field_links_existed_still_open_their_alarm(env: ApiEn
     for other in ("resident_report", "drill", "work_order"):
         foreign = actionlink.sign(
             env.settings.secret_key.get_secret_value(),
-            subject=other,  # type: ignore[arg-type]
+            subject=other,
             subject_id=alarm_id,
             kind="worker",
             recipient_id="w1",

@@ -460,44 +460,38 @@ def test_expired_and_future_links_are_refused(env: ApiEnv) -> None:
     did = drill_now(env, "mg1")["id"]
     ttl = timedelta(hours=env.settings.link_ttl_h)
     p = phone(env)
-    for subject, item_id in (("resident_report", report_id), ("drill", did)):
-        old = key_for(env, subject, item_id, at=datetime.now(UTC) - ttl - timedelta(seconds=5))  # type: ignore[arg-type]
-        r = p.get(path_of(subject, item_id, old))  # type: ignore[arg-type]
+    items: list[tuple[actionlink.Subject, int]] = [("resident_report", report_id), ("drill", did)]
+    for subject, item_id in items:
+        old = key_for(env, subject, item_id, at=datetime.now(UTC) - ttl - timedelta(seconds=5))
+        r = p.get(path_of(subject, item_id, old))
         assert r.status_code == 403 and "expired" in r.text
-        almost = key_for(env, subject, item_id, at=datetime.now(UTC) - ttl + timedelta(minutes=1))  # type: ignore[arg-type]
-        assert p.get(path_of(subject, item_id, almost)).status_code == 200  # type: ignore[arg-type]
-        future = key_for(env, subject, item_id, at=datetime.now(UTC) + timedelta(hours=1))  # type: ignore[arg-type]
-        assert p.get(path_of(subject, item_id, future)).status_code == 403  # type: ignore[arg-type]
+        almost = key_for(env, subject, item_id, at=datetime.now(UTC) - ttl + timedelta(minutes=1))
+        assert p.get(path_of(subject, item_id, almost)).status_code == 200
+        future = key_for(env, subject, item_id, at=datetime.now(UTC) + timedelta(hours=1))
+        assert p.get(path_of(subject, item_id, future)).status_code == 403
     old = key_for(env, "drill", did, at=datetime.now(UTC) - ttl - timedelta(seconds=5))
-    page_csrf = form_csrf(p.get(path_of("drill", did, key_for(env, "drill", did))).text)
-    assert p.post(path_of("drill", did, old) + "/ack", data={"csrf": page_csrf}).status_code == 403
+    assert p.post(path_of("drill", did, old) + "/ack", data={"csrf": auth_csrf(env, old)}).status_code == 403
     assert drill_report(env, did)["acknowledged"] == 0
 
 
 def test_revoked_and_deactivated_workers_links_are_refused(env: ApiEnv) -> None:
     report_id = report_on_s2(env)
     did = drill_now(env, "mg1")["id"]
-    before = {
-        "resident_report": key_for(env, "resident_report", report_id, at=datetime.now(UTC) - timedelta(seconds=2)),
-        "drill": key_for(env, "drill", did, at=datetime.now(UTC) - timedelta(seconds=2)),
-    }
-    ids = {"resident_report": report_id, "drill": did}
+    earlier = datetime.now(UTC) - timedelta(seconds=2)
+    report_key = key_for(env, "resident_report", report_id, at=earlier)
+    drill_key = key_for(env, "drill", did, at=earlier)
     p = phone(env)
-    for subject, key in before.items():
-        assert p.get(path_of(subject, ids[subject], key)).status_code == 200  # type: ignore[arg-type]
+    assert p.get(path_of("resident_report", report_id, report_key)).status_code == 200
+    assert p.get(path_of("drill", did, drill_key)).status_code == 200
     # a lost phone: every link sent to w1 before now stops, whatever its item
     assert env.client.post("/api/v1/admin/workers/w1/revoke-links", headers=env.headers("cadmin")).status_code == 200
-    for subject, key in before.items():
-        r = p.get(path_of(subject, ids[subject], key))  # type: ignore[arg-type]
+    for path in (path_of("resident_report", report_id, report_key), path_of("drill", did, drill_key)):
+        r = p.get(path)
         assert r.status_code == 403 and "revoked" in r.text
-    csrf = auth_csrf(env, before["drill"])
-    assert p.post(path_of("drill", did, before["drill"]) + "/ack", data={"csrf": csrf}).status_code == 403
-    assert (
-        p.post(
-            path_of("resident_report", report_id, before["resident_report"]) + "/take", data={"csrf": csrf}
-        ).status_code
-        == 403
-    )
+    r = p.post(path_of("drill", did, drill_key) + "/ack", data={"csrf": auth_csrf(env, drill_key)})
+    assert r.status_code == 403 and "revoked" in r.text
+    r = p.post(path_of("resident_report", report_id, report_key) + "/take", data={"csrf": auth_csrf(env, report_key)})
+    assert r.status_code == 403 and "revoked" in r.text
     later = key_for(env, "drill", did, at=datetime.now(UTC) + timedelta(seconds=2))
     assert p.get(path_of("drill", did, later)).status_code == 200, "later messages carry working links"
     # a deactivated worker's links stop at once
