@@ -226,23 +226,33 @@ def check_csrf(secret_key: str, session: str, presented: str | None) -> bool:
     return bool(presented) and hmac.compare_digest(csrf_token(secret_key, session), presented or "")
 
 
-# -- signed alarm links ---------------------------------------------------------------------------------------------
+# -- signed action links (alarms, resident reports, drills, work orders) ---------------------------------------
 
 
 def verify_link(
-    conn: Connection[Any], *, secret_key: str, alarm_id: int, key: str, ttl: timedelta, now: datetime | None = None
+    conn: Connection[Any],
+    *,
+    secret_key: str,
+    subject: actionlink.Subject,
+    subject_id: int,
+    key: str,
+    ttl: timedelta,
+    now: datetime | None = None,
 ) -> actionlink.LinkClaim:
-    """Who a message link was sent to, if it may still be used: signed for this alarm and this recipient, not
-    expired, its recipient still active, and issued after their links were last revoked (LinkError otherwise)."""
+    """Who a message link was sent to, if it may still be used: signed for this item (its kind and id) and this
+    recipient, not expired, its recipient still active, and issued after their links were last revoked (LinkError
+    otherwise)."""
     at = now or datetime.now(UTC)
-    claim = actionlink.verify(secret_key, alarm_id=alarm_id, key=key, now=at, ttl=ttl)
+    claim = actionlink.verify(secret_key, subject=subject, subject_id=subject_id, key=key, now=at, ttl=ttl)
     recipient = repo.get_link_recipient(conn, kind=claim.recipient_kind, recipient_id=claim.recipient_id)
     if recipient is None or not recipient.active:
         raise actionlink.LinkError(
             f"this link was sent to {claim.recipient_id}, who is no longer active: ask your admin or log in"
         )
     if recipient.not_before is not None and claim.issued_at < recipient.not_before:
-        raise actionlink.LinkError("this link was revoked: open a newer message about the alarm, or log in")
+        raise actionlink.LinkError(
+            f"this link was revoked: open a newer message about the {actionlink.NOUNS[subject]}, or log in"
+        )
     return claim
 
 

@@ -4,6 +4,7 @@ the re-inspection that alone closes it. The JSON API is api/routers/field.py; th
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -18,16 +19,19 @@ from starlette.datastructures import UploadFile
 
 from api import auth, i18n
 from api.deps import Admin, Anyone, Conn, Staff, connection_gate, same_origin, scoped_principal, settings_of
-from api.pages import Form, render
+from api.pages import Form, link_claim, link_form, link_worker, render
 from api.ratelimit import client_key
 from api.routers.field import ENVELOPE, read_photo, report_url, scope_of, store_photo, store_stop_photo
+from core import actionlink
 from field import checklists, drill_service, patrol_service, report_service, training_service
 from field import service as field_service
 from field.drill_service import DrillCreate
 from field.photos import MAX_BYTES
+from field.repo import Scope
 from field.schemas import NO_CONTROLS, CheckIn, FixedIn, ReinspectIn, RoundCreate, WorkOrderCreate
 from field.training_service import TrainingCreate
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 OrderId = Annotated[int, PathParam(ge=1, le=2**62)]
 PARTIES = ("merchant", "landlord", "household", "community")
@@ -508,3 +512,235 @@ async def _check_multipart_csrf(request: Request) -> None:
     key = settings_of(request).secret_key.get_secret_value()
     if not same_origin(request) or not isinstance(presented, str) or not auth.check_csrf(key, session, presented):
         raise HTTPException(403, "CSRF check failed: reload the page and try again")
+
+
+# -- the signed link in field's messages (core/actionlink.py) -----------------------------------------------------
+# A resident report, a drill or an overdue work order reaches the workers routing chose (field/worker.py), also an
+# on-call worker of another micro-grid whose scope does not include it. Their message's link opens that one item
+# without a token, as an alarm's does (api/pages.py): the link is the credential, checked by the same verifier
+# (signed for this kind of item and this id, not expired, recipient active, not revoked), and it opens nothing else.
+
+LinkKey = Annotated[str, PathParam(min_length=1, max_length=200)]
+PhotoId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$")]
+
+
+def _link_base(subject: actionlink.Subject, item_id: int, key: str) -> str:
+    return f"/{actionlink.PATHS[subject]}/{item_id}/link/{quote(key, safe='')}"
+
+
+def _link_page(request: Request, name: str, claim: actionlink.LinkClaim, key: str, **extra: Any) -> HTMLResponse:
+    """A link's page: no session, its forms carry the token derived from the link; the key in its address is
+    neither cached nor sent to another site."""
+    page = render(
+        request,
+        name,
+        None,
+        base=_link_base(claim.subject, claim.subject_id, key),
+        csrf=auth.link_csrf(_secret(request), key),
+        link_for=claim.recipient_id,
+        done=request.query_params.get("done"),
+        **extra,
+    )
+    page.headers["Cache-Control"] = "private, no-store"
+    return _page(page)
+
+
+def _worker_link(request: Request, conn: Conn, subject: actionlink.Subject, item_id: int, key: str, doing: str) -> str:
+    """The worker a verified link to this item was sent to (field sends merchants links to their work orders only:
+    403 for a merchant's key anywhere else)."""
+    return link_worker(link_claim(request, conn, subject, item_id, key), doing)
+
+
+def _photo_response(photo: Any) -> Response:
+    return Response(
+        photo.data,
+        media_type=photo.content_type,
+        headers={"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{photo.id}"'},
+    )
+
+
+@router.get("/resident-reports/{report_id}/link/{key}")
+def resident_report_link(report_id: ReportId, key: LinkKey, request: Request, conn: Conn) -> HTMLResponse:
+    """The report as its message's link opens it: take it on, close it, or make it a work order, as the worker it
+    was sent to. Opening it changes nothing (chat apps fetch links for their previews)."""
+    claim = link_claim(request, conn, "resident_report", report_id, key)
+    link_worker(claim, "handling it")
+    report = report_service.get_report(conn, report_id=report_id, scope=Scope())
+    base = _link_base("resident_report", report_id, key)
+    report.photos = [f"{base}/photos/{p.rsplit('/', 1)[1]}" for p in report.photos]
+    return _link_page(
+        request, "field_resident_report.html", claim, key, r=report, checklists=list(checklists.CHECKLISTS.values())
+    )
+
+
+@router.post("/resident-reports/{report_id}/link/{key}/take")
+def resident_report_link_take(report_id: ReportId, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
+    """Take it on from the message, recorded as the worker it was sent to (it stops climbing)."""
+    link_form(request, key, form)
+    actor = _worker_link(request, conn, "resident_report", report_id, key, "taking it on")
+    with conn.transaction():
+        report_service.take(conn, report_id=report_id, actor=actor, scope=Scope())
+    log.info("resident report %s taken by %s through their message link", report_id, actor)
+    return RedirectResponse(_link_base("resident_report", report_id, key) + "?done=taken", status_code=303)
+
+
+@router.post("/resident-reports/{report_id}/link/{key}/close")
+def resident_report_link_close(report_id: ReportId, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
+    """Close it from the message with the outcome the resident reads."""
+    link_form(request, key, form)
+    actor = _worker_link(request, conn, "resident_report", report_id, key, "closing it")
+    with conn.transaction():
+        report_service.close(conn, report_id=report_id, actor=actor, outcome=form.get("outcome", ""), scope=Scope())
+    log.info("resident report %s closed by %s through their message link", report_id, actor)
+    return RedirectResponse(_link_base("resident_report", report_id, key) + "?done=closed", status_code=303)
+
+
+@router.post("/resident-reports/{report_id}/link/{key}/work-order")
+def resident_report_link_order(report_id: ReportId, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
+    """Make it a work order on its site from the message; back to the report (the link opens the report only)."""
+    link_form(request, key, form)
+    actor = _worker_link(request, conn, "resident_report", report_id, key, "making it a work order")
+    kind = (form.get("kind") or "other")[:64]
+    with conn.transaction():
+        order = report_service.to_work_order(conn, report_id=report_id, actor=actor, scope=Scope(), kind=kind)
+    log.info("resident report %s became work order %s by %s through their message link", report_id, order.id, actor)
+    return RedirectResponse(_link_base("resident_report", report_id, key) + "?done=order", status_code=303)
+
+
+@router.get("/resident-reports/{report_id}/link/{key}/photos/{photo_id}", response_class=Response)
+def resident_report_link_photo(
+    report_id: ReportId, key: LinkKey, photo_id: PhotoId, request: Request, conn: Conn
+) -> Response:
+    """The resident's photo of this report, for the worker the link was sent to."""
+    _worker_link(request, conn, "resident_report", report_id, key, "seeing its photos")
+    return _photo_response(report_service.get_photo(conn, report_id=report_id, photo_id=photo_id, scope=Scope()))
+
+
+@router.get("/drills/{drill_id}/link/{key}")
+def drill_link(
+    drill_id: Annotated[int, PathParam(ge=1, le=2**62)], key: LinkKey, request: Request, conn: Conn
+) -> HTMLResponse:
+    """The drill as its message's link opens it, with the dispatched worker's two buttons."""
+    claim = link_claim(request, conn, "drill", drill_id, key)
+    worker = link_worker(claim, "answering it")
+    drill = drill_service.get_drill(conn, drill_id=drill_id, scope=Scope(), admin=False)
+    mine = next((r for r in drill.responders if r.worker_id == worker), None)
+    return _link_page(request, "field_drill.html", claim, key, d=drill, mine=mine, secs=_secs)
+
+
+@router.post("/drills/{drill_id}/link/{key}/{step}")
+def drill_link_answer(
+    drill_id: Annotated[int, PathParam(ge=1, le=2**62)],
+    key: LinkKey,
+    step: Literal["ack", "arrived"],
+    request: Request,
+    conn: Conn,
+    form: Form,
+) -> Response:
+    """Acknowledge, or report arriving on site, from the message: the drill report times it for its worker."""
+    link_form(request, key, form)
+    worker = _worker_link(request, conn, "drill", drill_id, key, "answering it")
+    with conn.transaction():
+        drill_service.respond(conn, drill_id=drill_id, worker_id=worker, step=step, scope=Scope())
+    log.info("drill %s: %s by %s through their message link", drill_id, step, worker)
+    return RedirectResponse(_link_base("drill", drill_id, key), status_code=303)
+
+
+def _order_link(request: Request, conn: Conn, order_id: int, key: str) -> tuple[actionlink.LinkClaim, Scope]:
+    """A verified link to an order and the scope it opens: that order for a worker; for a merchant, that order
+    only if it is the merchant's to fix."""
+    claim = link_claim(request, conn, "work_order", order_id, key)
+    merchant = claim.recipient_id if claim.recipient_kind == "merchant" else None
+    return claim, Scope(merchant=merchant)
+
+
+@router.get("/work-orders/{order_id}/link/{key}")
+def work_order_link(order_id: OrderId, key: LinkKey, request: Request, conn: Conn) -> HTMLResponse:
+    """The order as its message's link opens it: a worker reports it fixed, re-inspects it and adds photos; the
+    merchant that must fix it reports it fixed and shows its fix."""
+    claim, scope = _order_link(request, conn, order_id, key)
+    detail = field_service.get_work_order(conn, order_id=order_id, scope=scope)
+    base = _link_base("work_order", order_id, key)
+    for photo in detail.photos:
+        photo.url = f"{base}/photos/{photo.id}"
+    secret = _secret(request)
+    return _link_page(
+        request,
+        "field_order.html",
+        claim,
+        key,
+        d=detail,
+        o=detail.order,
+        staff=claim.recipient_kind == "worker",
+        label=_label(i18n.pick_lang(request)),
+        photo_query="?csrf=" + quote(auth.link_csrf(secret, key), safe=""),
+    )
+
+
+@router.post("/work-orders/{order_id}/link/{key}/fixed")
+def work_order_link_fixed(order_id: OrderId, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
+    """Report it fixed from the message, as whom it was sent to."""
+    link_form(request, key, form)
+    claim, scope = _order_link(request, conn, order_id, key)
+    try:
+        body = FixedIn(note=form.get("note", "")[:2000])
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
+    with conn.transaction():
+        field_service.report_fixed(conn, order_id=order_id, actor=claim.recipient_id, scope=scope, note=body.note)
+    return RedirectResponse(_link_base("work_order", order_id, key) + "?done=fixed", status_code=303)
+
+
+@router.post("/work-orders/{order_id}/link/{key}/reinspection")
+def work_order_link_reinspection(order_id: OrderId, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
+    """The re-inspection from the message (a worker's link only): pass closes the order, fail gives a new
+    deadline."""
+    link_form(request, key, form)
+    claim, scope = _order_link(request, conn, order_id, key)
+    actor = link_worker(claim, "re-inspecting")
+    passed = form.get("passed")
+    if passed not in ("1", "0"):
+        raise HTTPException(422, "choose pass or fail")
+    try:
+        body = ReinspectIn(passed=passed == "1", note=form.get("note", "")[:2000], due_at=form.get("due_at") or None)
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
+    with conn.transaction():
+        field_service.reinspect(conn, order_id=order_id, body=body, actor=actor, scope=scope)
+    done = "passed" if body.passed else "failed"
+    return RedirectResponse(_link_base("work_order", order_id, key) + f"?done={done}", status_code=303)
+
+
+@router.post("/work-orders/{order_id}/link/{key}/photos")
+async def work_order_link_photo(order_id: OrderId, key: LinkKey, request: Request) -> Response:
+    """A photo from the phone's camera through the message's link. The link and its form token (in the form's
+    address, so a bad one is refused before the upload is read) are checked first."""
+    presented = request.query_params.get("csrf")
+    if not same_origin(request) or not auth.check_csrf(_secret(request), "link:" + key, presented):
+        raise HTTPException(403, "CSRF check failed: open the link again and try again")
+
+    def check() -> tuple[str, Scope]:
+        with request.app.state.pool.connection() as conn:
+            claim, scope = _order_link(request, conn, order_id, key)
+            return claim.recipient_id, scope
+
+    async with connection_gate(request.app):
+        actor, scope = await run_in_threadpool(check)
+    data, stage = await read_photo(request)
+
+    def store() -> None:
+        with request.app.state.pool.connection() as conn, conn.transaction():
+            field_service.add_photo(conn, order_id=order_id, data=data, stage=stage, actor=actor, scope=scope)
+
+    async with connection_gate(request.app):
+        await run_in_threadpool(store)
+    return RedirectResponse(_link_base("work_order", order_id, key) + "?done=photo", status_code=303)
+
+
+@router.get("/work-orders/{order_id}/link/{key}/photos/{photo_id}", response_class=Response)
+def work_order_link_photo_file(
+    order_id: OrderId, key: LinkKey, photo_id: PhotoId, request: Request, conn: Conn
+) -> Response:
+    """A photo of this order, for whom the link was sent to."""
+    _claim, scope = _order_link(request, conn, order_id, key)
+    return _photo_response(field_service.get_photo(conn, order_id=order_id, photo_id=photo_id, scope=scope))

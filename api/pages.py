@@ -413,8 +413,11 @@ def alarm_resolve(alarm_id: int, conn: Conn, who: Staff, form: Form) -> Response
 LinkKey = Annotated[str, PathParam(min_length=1, max_length=200)]
 
 
-def _link_claim(request: Request, conn: Connection[Any], alarm_id: int, key: str) -> actionlink.LinkClaim:
-    """The verified link, or 403 saying why not; failures count against the address like failed tokens."""
+def link_claim(
+    request: Request, conn: Connection[Any], subject: actionlink.Subject, subject_id: int, key: str
+) -> actionlink.LinkClaim:
+    """The verified link to one item, or 403 saying why not; failures count against the address like failed
+    tokens. The alarm links and the field's (api/field_pages.py) are checked here alike."""
     limiter: FailureLimiter = request.app.state.auth_limiter
     client = client_key(request.client.host if request.client else None)
     wait = limiter.retry_after(client)
@@ -428,7 +431,8 @@ def _link_claim(request: Request, conn: Connection[Any], alarm_id: int, key: str
             return auth.verify_link(
                 conn,
                 secret_key=settings.secret_key.get_secret_value(),
-                alarm_id=alarm_id,
+                subject=subject,
+                subject_id=subject_id,
                 key=key,
                 ttl=timedelta(hours=settings.link_ttl_h),
             )
@@ -445,17 +449,19 @@ def _link_alarm(conn: Connection[Any], alarm_id: int) -> api_repo.AlarmInSite:
     return row
 
 
-def _link_form(request: Request, key: str, form: dict[str, str]) -> None:
+def link_form(request: Request, key: str, form: dict[str, str]) -> None:
     """A link's page has no session: its forms carry a token derived from the link and must come from our pages."""
     secret = settings_of(request).secret_key.get_secret_value()
     if not same_origin(request) or not auth.check_csrf(secret, "link:" + key, form.get("csrf")):
         raise HTTPException(403, "CSRF check failed: open the link again and try again")
 
 
-def _link_worker(claim: actionlink.LinkClaim) -> str:
+def link_worker(claim: actionlink.LinkClaim, doing: str) -> str:
+    """The worker a link was sent to; a merchant's link only shows its item (403 for `doing` it)."""
     if claim.recipient_kind != "worker":
+        noun = actionlink.NOUNS[claim.subject]
         raise HTTPException(
-            403, "this link opens the alarm for you to see; acknowledging is for the workers it was sent to"
+            403, f"this link opens the {noun} for you to see; {doing} is for the workers it was sent to"
         )
     return claim.recipient_id
 
@@ -464,7 +470,7 @@ def _link_worker(claim: actionlink.LinkClaim) -> str:
 def alarm_link(alarm_id: int, key: LinkKey, request: Request, conn: Conn) -> HTMLResponse:
     """The alarm as its message's link opens it, without a token; a worker's link offers acknowledge (one tap) and
     resolve. Opening it changes nothing: chat apps fetch links for their previews."""
-    claim = _link_claim(request, conn, alarm_id, key)
+    claim = link_claim(request, conn, "alarm", alarm_id, key)
     row = _link_alarm(conn, alarm_id)
     secret = settings_of(request).secret_key.get_secret_value()
     base = f"/alarms/{alarm_id}/link/{quote(key, safe='')}"
@@ -481,8 +487,8 @@ def alarm_link(alarm_id: int, key: LinkKey, request: Request, conn: Conn) -> HTM
 @router.post("/alarms/{alarm_id}/link/{key}/ack")
 def alarm_link_ack(alarm_id: int, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
     """One tap from the message: acknowledge, recorded as the person the link was sent to."""
-    _link_form(request, key, form)
-    actor = _link_worker(_link_claim(request, conn, alarm_id, key))
+    link_form(request, key, form)
+    actor = link_worker(link_claim(request, conn, "alarm", alarm_id, key), "acknowledging")
     with conn.transaction():
         _link_alarm(conn, alarm_id)
         rules_service.acknowledge(conn, alarm_id=alarm_id, actor=actor)
@@ -493,8 +499,8 @@ def alarm_link_ack(alarm_id: int, key: LinkKey, request: Request, conn: Conn, fo
 @router.post("/alarms/{alarm_id}/link/{key}/resolve")
 def alarm_link_resolve(alarm_id: int, key: LinkKey, request: Request, conn: Conn, form: Form) -> Response:
     """Resolve from the message's link, recorded as the person it was sent to."""
-    _link_form(request, key, form)
-    actor = _link_worker(_link_claim(request, conn, alarm_id, key))
+    link_form(request, key, form)
+    actor = link_worker(link_claim(request, conn, "alarm", alarm_id, key), "resolving")
     disposition, note = _disposition(form)
     with conn.transaction():
         _link_alarm(conn, alarm_id)

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import db
+from core import actionlink, db
 from core.loop import Check
 from core.ops import OpsServer
 from core.settings import Settings
@@ -136,7 +136,13 @@ def start_services(settings: Settings, only: tuple[str, ...] = PARTS, *, api_in_
         def send(urls: list[str], title: str, body: str, who: str) -> list[tuple[bool, str]]:
             return [(r.ok, r.detail) for r in sender.send(urls, title, body, recipient=who)]
 
-        running.parts["field"] = FieldWorker(settings.dsn, send=send, tz=settings.timezone)
+        # Field's messages carry signed links to their item as alarms' do (core/actionlink.py), with a public URL.
+        links = (
+            actionlink.Signer(settings.secret_key.get_secret_value(), settings.public_url)
+            if settings.public_url
+            else None
+        )
+        running.parts["field"] = FieldWorker(settings.dsn, send=send, tz=settings.timezone, links=links)
         running.parts["field"].start()
     if "api" in only:
         from api.app import create_app

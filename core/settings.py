@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str = ""
-    # Signed alarm links in messages (core/actionlink.py) open and acknowledge one alarm for this long.
+    # Signed links in messages (core/actionlink.py) open and act on one alarm, report, drill or order for this long.
     link_ttl_h: float = Field(default=24.0, gt=0, le=31 * 24)
     # Live alarm streams (SSE): open at once per token and per client address (429 beyond), and how often a stream
     # re-checks its credentials (revoked, expired, worker deactivated) when no alarm changes wake it.

@@ -14,8 +14,8 @@ from typing import Any
 
 from psycopg import Connection
 
+from core import actionlink, routing
 from core import repo as core_repo
-from core import routing
 from core.errors import ConflictError, GridwatchError, NotFoundError
 from field import checklists, repo
 from field.photos import PhotoError, inspect_photo
@@ -308,7 +308,8 @@ def _message(row: repo.WorkOrderRow, step: int) -> tuple[str, str]:
             f"{row.site_name or row.site_id}: {row.title}, due {due}, not yet closed by a re-inspection. "
             f"工单 / work order #{row.id}"
         )
-    return title, body
+    # The order's page last: the deliverer puts the recipient's own signed link in its place (notice_text).
+    return title, f"{body} — /work-orders/{row.id}"
 
 
 def _tell_merchant(conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, at: datetime) -> int:
@@ -367,16 +368,58 @@ def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) 
     return taken
 
 
-def deliver_notices(conn: Connection[Any], *, send: SendFn, now: datetime, limit: int = 50) -> int:
-    """Send pending notices through apprise (notify's sender); failures retry with backoff. Returns sent."""
+def notice_subject(note: repo.DueNotice) -> tuple[actionlink.Subject, int]:
+    """The one item a notice is about (a field_notice row names exactly one)."""
+    if note.work_order_id is not None:
+        return "work_order", note.work_order_id
+    if note.resident_report_id is not None:
+        return "resident_report", note.resident_report_id
+    assert note.drill_id is not None  # noqa: S101 - the table's check: one of the three
+    return "drill", note.drill_id
+
+
+def notice_text(note: repo.DueNotice, links: actionlink.Signer | None, now: datetime) -> str:
+    """The body as its recipient gets it: with a public URL, the item's page at its end (where field's messages
+    name it) becomes the recipient's own signed link (core/actionlink.py), made now, as notify does for alarms; the
+    stored body keeps the plain path, so the database never holds a usable link. Only the end is replaced: what a
+    resident wrote earlier in the body is never rewritten, whatever it holds."""
+    if links is None:
+        return note.body
+    subject, subject_id = notice_subject(note)
+    link = links.url_for(
+        subject=subject,
+        subject_id=subject_id,
+        kind="worker" if note.worker_id else "merchant",
+        recipient_id=note.worker_id or note.merchant_id or "",
+        now=now,
+    )
+    path = f"/{actionlink.PATHS[subject]}/{subject_id}"
+    if note.body.endswith(path):
+        return note.body.removesuffix(path) + link
+    return f"{note.body}\n{link}"
+
+
+def deliver_notices(
+    conn: Connection[Any],
+    *,
+    send: SendFn,
+    now: datetime,
+    limit: int = 50,
+    links: actionlink.Signer | None = None,
+) -> int:
+    """Send pending notices through apprise (notify's sender); failures retry with backoff. Returns sent. With
+    `links`, each message carries its recipient's own signed link to its item (notice_text)."""
     sent = 0
     for note in repo.claim_notices(conn, now=now, limit=limit):
         who = note.worker_id or note.merchant_id or ""
         if not note.active:
             results: Sequence[tuple[bool, str]] = [(False, f"{who} is no longer active: not sent")]
             again = False
+        elif note.urls:
+            results = send(list(note.urls), note.title, notice_text(note, links, now), who)
+            again = True
         else:
-            results = send(list(note.urls), note.title, note.body, who) if note.urls else [(False, "no channel")]
+            results = [(False, "no channel")]
             again = True
         ok = any(r[0] for r in results)
         error = None if ok else "; ".join(r[1] for r in results)[:500]

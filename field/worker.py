@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from core import actionlink
 from core.loop import Check, Loop
 from field import patrol_service, report_service, service
 from field.service import SendFn
@@ -22,8 +23,18 @@ log = logging.getLogger(__name__)
 class FieldWorker:
     """Runs until stop(); several may run (notices are claimed with SKIP LOCKED, the ladder is idempotent)."""
 
-    def __init__(self, dsn: str, *, send: SendFn, tz: str = "Asia/Shanghai", interval_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        send: SendFn,
+        tz: str = "Asia/Shanghai",
+        interval_s: float = 30.0,
+        links: actionlink.Signer | None = None,
+    ) -> None:
         self.dsn = dsn
+        # Each message's own link to its item (core/actionlink.py); without a public URL there is nothing to link.
+        self.links = links
         self.tz = tz
         self._scheduled: date | None = None
         self.send = send
@@ -43,7 +54,7 @@ class FieldWorker:
         with held.transaction():
             steps = service.escalate_overdue(held, now=now) + report_service.escalate_untaken(held, now=now)
         with held.transaction():
-            sent = service.deliver_notices(held, send=self.send, now=now)
+            sent = service.deliver_notices(held, send=self.send, now=now, links=self.links)
         if steps or sent:
             log.info("field: %d overdue step(s), %d notice(s) sent", steps, sent)
         return 0.0 if sent else self.interval_s

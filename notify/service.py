@@ -557,7 +557,9 @@ def _with_links(
     return messages.with_links(
         msg,
         links.public_url,
-        lambda alarm_id: links.url_for(alarm_id=alarm_id, kind=kind, recipient_id=recipient, now=now),
+        lambda alarm_id: links.url_for(
+            subject="alarm", subject_id=alarm_id, kind=kind, recipient_id=recipient, now=now
+        ),
     )
 
 

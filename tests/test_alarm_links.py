@@ -5,6 +5,9 @@ recipient, replay after resolution, CSRF on the page forms, guessing."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,7 +36,8 @@ def env(loaded: Settings) -> Iterator[ApiEnv]:
 def key_for(env: ApiEnv, alarm_id: int, who: str, *, kind: str = "worker", at: datetime | None = None) -> str:
     return actionlink.sign(
         env.settings.secret_key.get_secret_value(),
-        alarm_id=alarm_id,
+        subject="alarm",
+        subject_id=alarm_id,
         kind=kind,  # type: ignore[arg-type]
         recipient_id=who,
         issued_at=at or datetime.now(UTC),
@@ -293,3 +297,26 @@ def test_the_alarm_page_offers_acknowledge_and_resolve_to_anyone_in_scope(env: A
     login(shop, env.tokens["m1"])
     page = shop.get(f"/alarms/{a1}")
     assert page.status_code == 200 and 'id="alarm-actions"' not in page.text
+
+
+def test_links_sent_before_field_links_existed_still_open_their_alarm(env: ApiEnv) -> None:
+    """core/actionlink.py signs every kind of item now; an alarm's signed message is the one alarm links always had,
+    so a message sent by the previous release keeps working for its whole lifetime (and no other kind's key is one)."""
+    alarm_id = open_alarm(env)
+    iat = actionlink._b36(int(datetime.now(UTC).timestamp()))
+    message = f"gridwatch-alarm-link\x00{alarm_id}\x00w\x00w1\x00{iat}".encode()
+    digest = hmac.new(env.settings.secret_key.get_secret_value().encode(), message, hashlib.sha256).digest()
+    old_key = f"w~w1~{iat}~" + base64.urlsafe_b64encode(digest).decode().rstrip("=")[:32]
+    assert old_key == key_for(env, alarm_id, "w1", at=datetime.fromtimestamp(int(iat, 36), UTC))
+    assert anonymous(env).get(link_path(alarm_id, old_key)).status_code == 200
+    for other in ("resident_report", "drill", "work_order"):
+        foreign = actionlink.sign(
+            env.settings.secret_key.get_secret_value(),
+            subject=other,
+            subject_id=alarm_id,
+            kind="worker",
+            recipient_id="w1",
+            issued_at=datetime.now(UTC),
+        )
+        r = anonymous(env).get(link_path(alarm_id, foreign))
+        assert r.status_code == 403 and "not valid for this alarm" in r.text, other

@@ -19,7 +19,7 @@ import pytest
 from api import auth
 from core import actionlink
 from core.settings import Settings
-from field import drill_service, patrol_service, report_service
+from field import drill_service, patrol_service, report_repo, report_service
 from field import service as field_service
 from field.drill_service import DrillCreate
 from field.repo import Scope
@@ -169,13 +169,28 @@ ITEM_IDS = {
     "devices": "gas-1",
 }
 STREAMS = {"/api/v1/alarms/stream", "/board/stream", "/map/stream"}
-# The signed link in every message (core/actionlink.py): the link itself is the credential, for one alarm; a token
-# or session neither adds nor takes away anything. Its own hostile tests are in tests/test_alarm_links.py.
+# The signed link in every message (core/actionlink.py): the link itself is the credential, for one alarm, resident
+# report, drill or work order; a token or session neither adds nor takes away anything. Their own hostile tests are
+# in tests/test_alarm_links.py and tests/test_field_links.py.
 LINK_ROUTES = {
     ("GET", "/alarms/{alarm_id}/link/{key}"),
     ("POST", "/alarms/{alarm_id}/link/{key}/ack"),
     ("POST", "/alarms/{alarm_id}/link/{key}/resolve"),
+    ("GET", "/resident-reports/{report_id}/link/{key}"),
+    ("POST", "/resident-reports/{report_id}/link/{key}/take"),
+    ("POST", "/resident-reports/{report_id}/link/{key}/close"),
+    ("POST", "/resident-reports/{report_id}/link/{key}/work-order"),
+    ("GET", "/resident-reports/{report_id}/link/{key}/photos/{photo_id}"),
+    ("GET", "/drills/{drill_id}/link/{key}"),
+    ("POST", "/drills/{drill_id}/link/{key}/{step}"),
+    ("GET", "/work-orders/{order_id}/link/{key}"),
+    ("POST", "/work-orders/{order_id}/link/{key}/fixed"),
+    ("POST", "/work-orders/{order_id}/link/{key}/reinspection"),
+    ("POST", "/work-orders/{order_id}/link/{key}/photos"),
+    ("GET", "/work-orders/{order_id}/link/{key}/photos/{photo_id}"),
 }
+# Each kind of item has its own key (the subject is signed) and a resident report its own photos.
+LINK_KEYS = {"alarms": "key", "resident-reports": "report_key", "drills": "drill_key", "work-orders": "order_key"}
 
 
 def expected_roles(method: str, path: str) -> frozenset[str] | None:
@@ -215,6 +230,10 @@ def fill(env: ApiEnv, path: str, ids: dict[str, object]) -> str:
         if name == "item_id":
             kind = path.split("/")[4]
             return ITEM_IDS[kind]
+        if name == "key":
+            return str(ids[LINK_KEYS[path.split("/")[1]]])
+        if name == "photo_id" and path.startswith("/resident-reports/"):
+            return str(ids["report_photo_id"])
         return str(ids[name])
 
     url = re.sub(r"\{(\w+)\}", one, path)
@@ -246,9 +265,15 @@ def seed(env: ApiEnv) -> dict[str, object]:
         patrol = patrol_service.create_round(conn, body=RoundCreate(micro_grid_id="mg1"), actor="w1", scope=Scope())
         drill = drill_service.dispatch(conn, body=DrillCreate(micro_grid_id="mg1"), actor="admin", communities=None)
         report = report_service.submit_report(
-            conn, secret=key, code=report_service.link_code(key, "s1"), what="boxes", client="seed"
+            conn, secret=key, code=report_service.link_code(key, "s1"), what="boxes", client="seed", photo=jpeg()
         )
-    link = actionlink.sign(key, alarm_id=alarm_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC))
+        (report_photo,) = report_repo.photo_ids(conn, report_id=report.report_id)
+
+    def link(subject: actionlink.Subject, item_id: int) -> str:
+        return actionlink.sign(
+            key, subject=subject, subject_id=item_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC)
+        )
+
     return {
         "alarm_id": alarm_id,
         "device_id": "gas-1",
@@ -267,7 +292,11 @@ def seed(env: ApiEnv) -> dict[str, object]:
         "grid_id": "g1",
         "building": "s1",
         "floor": 1,
-        "key": link,
+        "key": link("alarm", alarm_id),
+        "report_key": link("resident_report", report.report_id),
+        "drill_key": link("drill", drill.id),
+        "order_key": link("work_order", order.id),
+        "report_photo_id": report_photo,
     }
 
 

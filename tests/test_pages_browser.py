@@ -179,7 +179,8 @@ def test_a_message_link_opens_the_alarm_on_a_phone_and_acknowledges_in_one_tap(
         alarm_id = raise_alarm(conn, "gas-2")  # mg2: the grid leader's grid
     key = actionlink.sign(
         env.settings.secret_key.get_secret_value(),
-        alarm_id=alarm_id,
+        subject="alarm",
+        subject_id=alarm_id,
         kind="worker",
         recipient_id="lead1",
         issued_at=datetime.now(UTC),
