@@ -157,7 +157,7 @@ class Cast:
     building: dict[str, Any]
     inspector: Phone
     worker_id: str | None
-    made_token_id: int | None = None
+    made_tokens: list[int] = field(default_factory=list)
 
 
 def tiny_png() -> bytes:
@@ -287,17 +287,22 @@ class FieldDay:
         cast = Cast(shop=shop, others=others, building=building, inspector=inspector, worker_id=worker_id)
         if worker_id is None and covers.get(mg):
             worker_id = covers[mg][0]
-            made = self.admin.call(
-                "POST",
-                "/api/v1/admin/tokens",
-                body={"role": "worker", "worker_id": worker_id, "label": "field-day simulator", "days": 1},
-            )
-            cast.inspector = Phone(self.base, made["token"], timeout_s=self.timeout_s)
-            cast.worker_id, cast.made_token_id = worker_id, made["id"]
-            self.say(f"worker {worker_id} covers {mg}: a one-day token {made['id']} for their phone")
+            cast.inspector = self._phone_of(cast, worker_id, f"covers {mg}")
+            cast.worker_id = worker_id
         elif worker_id is None:
             self.say(f"no micro-grid worker covers {mg}: the admin walks the round")
         return cast
+
+    def _phone_of(self, cast: Cast, worker_id: str, why: str) -> Phone:
+        """A worker's phone through a one-day token the admin makes for them (revoked when the day ends)."""
+        made = self.admin.call(
+            "POST",
+            "/api/v1/admin/tokens",
+            body={"role": "worker", "worker_id": worker_id, "label": "field-day simulator", "days": 1},
+        )
+        cast.made_tokens.append(made["id"])
+        self.say(f"worker {worker_id} {why}: a one-day token {made['id']} for their phone")
+        return Phone(self.base, made["token"], timeout_s=self.timeout_s)
 
     # -- the stories -----------------------------------------------------------------------------------------
 
@@ -425,19 +430,27 @@ class FieldDay:
         url = f"{self.base}/drills/{drill['id']}"
         names = [r["worker_id"] for r in drill["responders"]]
         self.say(f"the admin dispatches drill {drill['id']} to {mg}: {', '.join(names) or 'nobody'}")
-        answered = ""
+        # The inspector answers when the drill reached them; else (routed by roster to whoever is on duty) the
+        # first worker it reached, through a phone made for them — unless the worker's token was given.
+        responder, phone = None, None
         if cast.worker_id in names and cast.inspector is not self.admin:
+            responder, phone = cast.worker_id, cast.inspector
+        elif names and self.worker_token is None:
+            responder = names[0]
+            phone = self._phone_of(cast, responder, f"was sent drill {drill['id']}")
+        answered = ""
+        if responder is not None and phone is not None:
             for step in ("ack", "arrived"):
-                cast.inspector.call("POST", f"/api/v1/drills/{drill['id']}/{step}")
+                phone.call("POST", f"/api/v1/drills/{drill['id']}/{step}")
             report = self.admin.call("GET", f"/api/v1/drills/{drill['id']}")
-            mine = next(r for r in report["responders"] if r["worker_id"] == cast.worker_id)
+            mine = next(r for r in report["responders"] if r["worker_id"] == responder)
             if mine["ack_s"] is None or mine["arrival_s"] is None:
-                return Step(
-                    "drill", False, f"drill {drill['id']}: the report has no response time for {cast.worker_id}"
-                )
+                return Step("drill", False, f"drill {drill['id']}: the report has no response time for {responder}")
             times = f"acknowledged in {mine['ack_s']:.1f} s, on site in {mine['arrival_s']:.1f} s"
-            answered = f"; {cast.worker_id} {times}"
-            self.say(f"  {cast.worker_id} {times}")
+            answered = f"; {responder} {times}"
+            self.say(f"  {responder} {times}")
+        else:
+            self.say(f"  nobody the simulator plays was sent drill {drill['id']}: it stays unanswered")
         return Step(
             "drill",
             True,
@@ -461,6 +474,6 @@ class FieldDay:
                     self.say(f"FAILED {step.line}")
                 result.steps.append(step)
         finally:
-            if cast.made_token_id is not None:
-                self.admin.request("DELETE", f"/api/v1/admin/tokens/{cast.made_token_id}")
+            for token_id in cast.made_tokens:
+                self.admin.request("DELETE", f"/api/v1/admin/tokens/{token_id}")
         return result
