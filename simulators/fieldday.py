@@ -58,7 +58,10 @@ class Reply:
             data = None
         if isinstance(data, dict) and data.get("detail"):
             return str(data["detail"])
-        return self.body[:200].decode("utf-8", "replace").strip()
+        text = self.body.decode("utf-8", "replace")
+        # A page's error (api/templates/error.html) rather than its markup.
+        alert = re.search(r'<p class="error" role="alert">(.*?)</p>', text, re.DOTALL)
+        return html.unescape(alert.group(1)).strip() if alert else text[:200].strip()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -208,7 +211,8 @@ class FieldDay:
         self.say: Say = say or (lambda _line: None)
         self.wait_s = wait_s
         self.timeout_s = timeout_s
-        self.tag = datetime.now().astimezone().strftime("%H:%M:%S")
+        # Marks what this day wrote (its round, report and drill), also when two days run in the same second.
+        self.tag = f"{datetime.now().astimezone():%H:%M:%S} #{secrets.token_hex(2)}"
 
     # -- setting up ------------------------------------------------------------------------------------------
 
@@ -384,8 +388,14 @@ class FieldDay:
         sent = phone.request("POST", path, data=body, content_type=ctype, headers={"Origin": origin})
         receipt_path = sent.headers.get("Location", "") if sent.status == 303 else ""
         if not receipt_path.startswith("/r/receipt/"):
-            wait = f" (retry after {sent.headers.get('Retry-After')} s)" if sent.status == 429 else ""
-            return Step("resident", False, f"the report was refused: {sent.status} {sent.detail()}{wait}")
+            if sent.status == 429:
+                return Step(
+                    "resident",
+                    False,
+                    f"the resident limits refused the report (429: {sent.detail()}); a sender may send 3 in 10 "
+                    f"minutes, a building take 30 an hour: retry after {sent.headers.get('Retry-After')} s",
+                )
+            return Step("resident", False, f"the report was refused: {sent.status} {sent.detail()}")
         receipt_url = self.base + receipt_path
         status = self._receipt_status(phone, receipt_path)
         self.say(f"  sent; the receipt page says {status}: {receipt_url}")

@@ -145,6 +145,26 @@ def test_a_given_worker_token_walks_the_round(stack: Stack) -> None:
     assert by.endswith("w1")
 
 
+def test_a_refused_step_fails_the_day_and_the_other_stories_still_run(stack: Stack) -> None:
+    """A resident may send 3 reports in 10 minutes: the fourth day's report is refused (429), so that day exits 1,
+    with its round and drill still played."""
+    for _ in range(3):
+        assert run_field_day(stack.base, stack.admin, err=io.StringIO(), out=io.StringIO()) == 0
+    err, out = io.StringIO(), io.StringIO()
+    assert run_field_day(stack.base, stack.admin, err=err, out=out) == 1
+    lines = out.getvalue().splitlines()
+    assert "2 of 3 stories done" in lines[0]
+    assert lines[1].startswith("  ok   patrol round") and lines[3].startswith("  ok   drill")
+    assert lines[2].startswith("  FAIL the resident limits refused the report (429: ") and "retry after" in lines[2]
+    assert "FAILED the resident limits" in err.getvalue()
+    with psycopg.connect(stack.settings.dsn) as conn:
+        assert _one(conn, "SELECT count(*) FROM resident_report") == (3,)
+        assert _one(conn, "SELECT count(*) FROM drill") == (4,)
+        assert _one(
+            conn, "SELECT count(*) FROM api_token WHERE label = 'field-day simulator' AND revoked_at IS NULL"
+        ) == (0,)
+
+
 def test_a_bad_token_is_refused_with_a_message(stack: Stack) -> None:
     done = _simulate("--field-day", "--api", stack.base, "--token", "gw_not-a-real-token")
     assert done.returncode != 0
