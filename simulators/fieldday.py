@@ -231,7 +231,12 @@ class FieldDay:
             raise FieldDayError(f"the API at {self.base} refused the {what} ({reply.status}: {reply.detail()})")
         if reply.status != 200:
             raise FieldDayError(f"GET /api/v1/me at {self.base} answered {reply.status}: {reply.detail()}")
-        me: dict[str, Any] = reply.json()
+        try:
+            me = reply.json()
+        except ValueError:
+            me = None
+        if not isinstance(me, dict) or "role" not in me:
+            raise FieldDayError(f"{self.base} does not answer as a gridwatch API (GET /api/v1/me gave no principal)")
         return me
 
     def cast(self) -> Cast:
@@ -480,6 +485,11 @@ class FieldDay:
                     step = story(cast, result)
                 except FieldDayError as exc:
                     step = Step(name, False, f"{name}: {exc}")
+                except (KeyError, TypeError, ValueError) as exc:
+                    # An answer of another shape than this simulator knows (another gridwatch version, a proxy).
+                    step = Step(
+                        name, False, f"{name}: unexpected answer from the API ({exc.__class__.__name__}: {exc})"
+                    )
                 if not step.ok:
                     self.say(f"FAILED {step.line}")
                 result.steps.append(step)

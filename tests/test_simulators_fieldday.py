@@ -9,8 +9,10 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
@@ -182,6 +184,27 @@ def test_an_unreachable_api_is_an_error() -> None:
     done = _simulate("--field-day", "--api", f"http://127.0.0.1:{free_port()}", "--token", "gw_x")
     assert done.returncode != 0
     assert "cannot reach the gridwatch API at http://127.0.0.1:" in done.stderr, done.stderr
+
+
+def test_something_else_at_the_address_is_an_error() -> None:
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>a router's login page</html>")
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(FieldDayError, match="does not answer as a gridwatch API"):
+            FieldDay(f"http://127.0.0.1:{server.server_address[1]}", "gw_x").run()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_no_token_is_an_error() -> None:
