@@ -21,11 +21,12 @@ import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import Message
 from typing import Any
 from urllib.parse import urlsplit
 
+from core import roster
 from core.errors import GridwatchError
 
 Say = Callable[[str], None]
@@ -160,6 +161,7 @@ class Cast:
     building: dict[str, Any]
     inspector: Phone
     worker_id: str | None
+    covers: dict[str, list[str]] = field(default_factory=dict)  # micro-grid -> its micro-grid workers
     made_tokens: list[int] = field(default_factory=list)
 
 
@@ -272,6 +274,9 @@ class FieldDay:
         for w in workers:
             for mg in w.get("micro_grids", []):
                 covers.setdefault(mg, []).append(w["id"])
+        reach = self._reachability(workers)
+        for ids in covers.values():
+            ids.sort(key=lambda w: reach[w])
         inspector, worker_id = self.admin, None
         if self.worker_token:
             inspector = Phone(self.base, self.worker_token, timeout_s=self.timeout_s)
@@ -283,9 +288,13 @@ class FieldDay:
             if not shops:
                 raise FieldDayError(f"worker {worker_id} covers no micro-grid with a shop or storage site")
         mg_with_building = {b["micro_grid_id"] for b in buildings}
+        # A micro-grid whose own worker hears a drill now (on duty, else on call) and that has a building too.
         shop = min(
             shops,
-            key=lambda s: (s["micro_grid_id"] not in covers, s["micro_grid_id"] not in mg_with_building),
+            key=lambda s: (
+                min((reach[w] for w in covers.get(s["micro_grid_id"], [])), default=3),
+                s["micro_grid_id"] not in mg_with_building,
+            ),
         )
         mg = shop["micro_grid_id"]
         building = min(buildings, key=lambda b: b["micro_grid_id"] != mg)
@@ -293,7 +302,9 @@ class FieldDay:
             (s for s in sites if s["micro_grid_id"] == mg and s["id"] != shop["id"]),
             key=lambda s: (s["id"] != building["id"], s["kind"] != "building"),
         )[:OTHER_STOPS]
-        cast = Cast(shop=shop, others=others, building=building, inspector=inspector, worker_id=worker_id)
+        cast = Cast(
+            shop=shop, others=others, building=building, inspector=inspector, worker_id=worker_id, covers=covers
+        )
         if worker_id is None and covers.get(mg):
             worker_id = covers[mg][0]
             cast.inspector = self._phone_of(cast, worker_id, f"covers {mg}")
@@ -301,6 +312,20 @@ class FieldDay:
         elif worker_id is None:
             self.say(f"no micro-grid worker covers {mg}: the admin walks the round")
         return cast
+
+    def _reachability(self, workers: list[dict[str, Any]]) -> dict[str, int]:
+        """Per worker: 0 on duty now by their roster (in their community's time zone), 1 on call, 2 neither — the
+        order in which alarm routing (core.routing) reaches a micro-grid's own workers."""
+        zones = {c["id"]: c.get("timezone") or "Asia/Shanghai" for c in self.admin.pages("/api/v1/admin/communities")}
+        now = datetime.now(UTC)
+        reach: dict[str, int] = {}
+        for w in workers:
+            try:
+                duty = roster.on_duty(w.get("roster"), now, zones.get(w.get("community_id", ""), "Asia/Shanghai"))
+            except (ValueError, KeyError):
+                duty = False
+            reach[w["id"]] = 0 if duty else 1 if w.get("on_call") else 2
+        return reach
 
     def _phone_of(self, cast: Cast, worker_id: str, why: str) -> Phone:
         """A worker's phone through a one-day token the admin makes for them (revoked when the day ends)."""
@@ -446,12 +471,14 @@ class FieldDay:
         names = [r["worker_id"] for r in drill["responders"]]
         self.say(f"the admin dispatches drill {drill['id']} to {mg}: {', '.join(names) or 'nobody'}")
         # The inspector answers when the drill reached them; else (routed by roster to whoever is on duty) the
-        # first worker it reached, through a phone made for them — unless the worker's token was given.
+        # first of the micro-grid's own workers it reached, through a phone made for them — unless the worker's
+        # token was given. An on-call worker of another micro-grid is told but cannot answer (docs/field.md).
+        own = [n for n in names if n in cast.covers.get(mg, [])]
         responder, phone = None, None
-        if cast.worker_id in names and cast.inspector is not self.admin:
+        if cast.worker_id in own and cast.inspector is not self.admin:
             responder, phone = cast.worker_id, cast.inspector
-        elif names and self.worker_token is None:
-            responder = names[0]
+        elif own and self.worker_token is None:
+            responder = own[0]
             phone = self._phone_of(cast, responder, f"was sent drill {drill['id']}")
         answered = ""
         if responder is not None and phone is not None:
@@ -464,6 +491,11 @@ class FieldDay:
             times = f"acknowledged in {mine['ack_s']:.1f} s, on site in {mine['arrival_s']:.1f} s"
             answered = f"; {responder} {times}"
             self.say(f"  {responder} {times}")
+        elif names and not own:
+            self.say(
+                f"  drill {drill['id']} reached only on-call workers of other micro-grids ({', '.join(names)}), "
+                "who cannot answer it: it stays unanswered"
+            )
         else:
             self.say(f"  nobody the simulator plays was sent drill {drill['id']}: it stays unanswered")
         return Step(

@@ -12,8 +12,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -210,6 +212,46 @@ def test_something_else_at_the_address_is_an_error() -> None:
 def test_no_token_is_an_error() -> None:
     done = _simulate("--field-day", "--api", "http://127.0.0.1:9")
     assert done.returncode != 0 and "needs an admin token" in done.stderr
+
+
+def test_the_worker_on_duty_walks_the_round_and_answers_the_drill(settings: Settings) -> None:
+    """Of a micro-grid's two workers the one on duty now (by roster, in the community's time zone) is cast, so the
+    drill, routed to whoever is on duty, reaches the worker the simulator plays."""
+    elsewhen = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[
+        (datetime.now(ZoneInfo("Asia/Shanghai")).weekday() + 3) % 7
+    ]
+    to = '"json://127.0.0.1:9/"'  # workers without a channel are never dispatched a drill
+    load_registry(
+        settings,
+        f"""\
+community: {{id: c1, name: C, timezone: Asia/Shanghai}}
+grids: [{{id: g1, name: G, micro_grids: [{{id: mg1, name: M}}]}}]
+workers:
+  - {{id: w1, name: Wang, role: micro_grid_worker, micro_grids: [mg1], roster: "{elsewhen} 09:00-10:00", notify: [{to}]}}
+  - {{id: w9, name: Li, role: micro_grid_worker, micro_grids: [mg1], notify: [{to}]}}
+merchants: [{{id: m1, name: Shop}}]
+sites:
+  - {{id: s1, kind: storage, micro_grid: mg1, merchant: m1}}
+  - {{id: b1, kind: building, micro_grid: mg1}}
+""",
+    )
+    port = free_port()
+    running = start_services(settings.model_copy(update={"api_port": port, "api_host": "127.0.0.1"}), ("api",))
+    try:
+        wait_for(lambda: running.api_server.started, what="the API listening")
+        err, out = io.StringIO(), io.StringIO()
+        assert run_field_day(f"http://127.0.0.1:{port}", _token(settings, "admin"), err=err, out=out) == 0, (
+            out.getvalue() + err.getvalue()
+        )
+        assert "w9 walks patrol round" in err.getvalue()
+        assert "by w9" in err.getvalue(), "the building is in the shop's micro-grid: its worker handles the report"
+        with psycopg.connect(settings.dsn) as conn:
+            assert conn.execute(
+                "SELECT worker_id FROM drill_response WHERE acknowledged_at IS NOT NULL"
+            ).fetchall() == [("w9",)]
+            assert _one(conn, "SELECT count(*) FROM drill_response WHERE worker_id = 'w1'") == (0,)
+    finally:
+        running.stop()
 
 
 LACKING = """\
