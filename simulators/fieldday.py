@@ -386,12 +386,13 @@ class FieldDay:
             return Step("patrol", False, f"work order {order['id']} is not linked to round {round_id}'s stop")
         result.work_order_id = got["id"]
         url = f"{self.base}/work-orders/{got['id']}"
+        due = datetime.fromisoformat(got["due_at"]).astimezone(UTC)
         self.say(f"  work order {got['id']} opened: {url}")
         return Step(
             "patrol",
             True,
             f"patrol round {round_id} at {shop['name'] or shop['id']}: a failed check-list item became work order "
-            f"{got['id']} ({got['kind']}, P{got['severity']}, due {got['due_at'][:16].replace('T', ' ')} UTC): {url}",
+            f"{got['id']} ({got['kind']}, P{got['severity']}, due {due:%Y-%m-%d %H:%M} UTC): {url}",
         )
 
     def resident(self, cast: Cast, result: FieldDayResult) -> Step:
