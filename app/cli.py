@@ -581,14 +581,46 @@ def simulate(
         typer.Option(help="publish a retained online status per fleet device (default: on up to 10,000 devices)"),
     ] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the scenario library and exit")] = False,
+    field_day: Annotated[
+        bool,
+        typer.Option(
+            "--field-day",
+            help="people instead of devices: a patrol round, a resident report and a drill through a running API",
+        ),
+    ] = False,
+    api: Annotated[
+        str | None, typer.Option(help="--field-day: the API's address (default http://127.0.0.1:GRIDWATCH_API_PORT)")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="GRIDWATCH_API_TOKEN", help="--field-day: an admin token", show_default=False)
+    ] = None,
+    worker_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GRIDWATCH_WORKER_TOKEN",
+            help="--field-day: the inspector's worker token (default: the admin makes a one-day one, revoked after)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Simulated devices: a scenario in simulated time, a live fleet at a steady rate, or both."""
-    from simulators.cli import SimulateOptions, list_scenarios, run_simulate
+    """Simulated devices: a scenario in simulated time, a live fleet at a steady rate, or both; or, with
+    --field-day, the people of a field day against a running API."""
+    from simulators.cli import SimulateOptions, list_scenarios, run_field_day, run_simulate
 
     if list_:
         list_scenarios()
         return
     settings = _settings()
+    if field_day:
+        if not token:
+            raise _fail(ValueError("--field-day needs an admin token: --token gw_... (or GRIDWATCH_API_TOKEN)"))
+        try:
+            code = run_field_day(
+                api or f"http://127.0.0.1:{settings.api_port}", token, worker_token=worker_token, wait_s=2.0
+            )
+        except GridwatchError as exc:
+            raise _fail(exc) from exc
+        raise typer.Exit(code)
     try:
         opts = SimulateOptions(
             mqtt_url=settings.mqtt_url or "",

@@ -126,7 +126,7 @@ def run_demo(*, data_dir: Path, duration: float | None, port: int) -> int:
         say(f"  try: curl -H 'Authorization: Bearer {worker}' {base}/api/v1/alarms")
         say("• simulated devices start now; notifications are printed as they are delivered (Ctrl-C stops)")
         tour = _start_tour(settings, stop)
-        _field_tour(settings, base)
+        _field_tour(base, admin)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -170,52 +170,17 @@ def _start_tour(settings: Settings, stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def _field_tour(settings: Settings, base: str) -> None:
-    """The work on foot, once (docs/field.md): a patrol round whose failed check-list item becomes a work order, a
-    resident report through a building's link, and a surprise drill; their messages are printed as delivered."""
-    from field import drill_service, patrol_service, report_service
-    from field import service as field_service
-    from field.drill_service import DrillCreate
-    from field.repo import Scope
-    from field.schemas import CheckIn, RoundCreate
+def _field_tour(base: str, admin_token: str) -> None:
+    """The work on foot, once (docs/field.md): the simulators' field day against the demo's own API, as the people's
+    phones would play it — a patrol round whose failed check-list item becomes a work order, a resident report
+    through a building's QR link followed to its outcome, and a drill the worker acknowledges. Their messages are
+    printed as delivered."""
+    from simulators.fieldday import FieldDay, FieldDayError
 
-    secret = settings.secret_key.get_secret_value()
-    with db.connect(settings.dsn) as conn, conn.transaction():
-        sites = field_service.list_sites(conn, scope=Scope())
-        shop = next((s for s in sites if s.kind in ("shop", "storage")), None)
-        building = next((s for s in sites if s.kind == "building"), None)
-        if shop is not None:
-            patrol = patrol_service.create_round(
-                conn, body=RoundCreate(site_ids=[shop.id]), actor="demo-inspector", scope=Scope()
-            )
-            stop = patrol.stops[0]
-            items = [i.code for i in patrol.checklists[stop.checklist].items]
-            answers = {code: "fail" if code == "ebike_charging_indoors" else "pass" for code in items}
-            done = patrol_service.check_in(
-                conn,
-                round_id=patrol.round.id,
-                stop_id=stop.id,
-                body=CheckIn(answers=answers, note="e-bike charging by the shelves"),
-                actor="demo-inspector",
-                scope=Scope(),
-            )
-            for order in done.work_orders:
-                say(
-                    f"• patrol round {patrol.round.id} at {shop.name or shop.id}: a failed check-list item became "
-                    f"work order {order.id} ({order.kind}, due {order.due_at:%Y-%m-%d %H:%M} UTC): "
-                    f"{base}/work-orders/{order.id}"
-                )
-        if building is not None:
-            code = report_service.link_code(secret, building.id)
-            made = report_service.submit_report(
-                conn, secret=secret, code=code, what="楼道堆放纸箱 / cardboard piled in the stairwell", client="demo"
-            )
-            say(
-                f"• resident report {made.report_id} from {building.name or building.id}'s QR code ({base}/r/{code}); "
-                f"the resident follows it at {base}/r/receipt/{made.receipt}"
-            )
-        drill = drill_service.dispatch(conn, body=DrillCreate(), actor="demo-admin", communities=None)
-        say(
-            f"• drill {drill.id} (网格赶考) dispatched to micro-grid {drill.micro_grid_id}, {len(drill.responders)} "
-            f"worker(s): {base}/drills/{drill.id}"
-        )
+    try:
+        result = FieldDay(base, admin_token, say=lambda line: say(f"  ⚙ {line}"), wait_s=15.0).run()
+    except FieldDayError as exc:
+        say(f"  ✗ the field day did not start: {exc}")
+        return
+    for step in result.steps:
+        say(f"• {step.line}" if step.ok else f"  ✗ {step.line}")

@@ -36,10 +36,37 @@ class SimulateOptions:
 
 
 def list_scenarios(out: TextIO = sys.stdout) -> None:
-    """One line per library scenario: name, title, expected alarms."""
+    """One line per library scenario: name, title, expected alarms; then the people's field day."""
     for name, s in library().items():
         alarms = ", ".join(sorted(s.alarm_types)) or "none"
         out.write(f"{name:28} {s.title}  [expects: {alarms}]\n")
+    out.write(
+        f"{'--field-day':28} People over the API: a patrol round's failed item becomes a work order, a resident's QR "
+        "report is followed to its outcome, a drill is acknowledged  [needs: --api URL --token ADMIN]\n"
+    )
+
+
+def run_field_day(
+    api: str,
+    token: str,
+    *,
+    worker_token: str | None = None,
+    wait_s: float = 0.0,
+    err: TextIO = sys.stderr,
+    out: TextIO = sys.stdout,
+) -> int:
+    """`gridwatch simulate --field-day`: the field day against a running API; 0 only when every step succeeded.
+    A day that cannot start (API unreachable, token refused, no shop or building) raises FieldDayError."""
+    from simulators.fieldday import FieldDay
+
+    err.write(f"[simulate] field day against {api.rstrip('/')}\n")
+    err.flush()
+    day = FieldDay(api, token, worker_token=worker_token, wait_s=wait_s, say=lambda line: _say(err, line))
+    result = day.run()
+    out.write(f"field day at {result.base}: {sum(s.ok for s in result.steps)} of {len(result.steps)} stories done\n")
+    for step in result.steps:
+        out.write(f"  {'ok  ' if step.ok else 'FAIL'} {step.line}\n")
+    return 0 if result.ok else 1
 
 
 def map_onto_registry(scenario: Scenario, devices: list[FleetDevice]) -> dict[str, FleetDevice]:
