@@ -131,25 +131,22 @@ def schedule_rounds(
     """一日双巡: the morning and afternoon rounds of every micro-grid (of these communities) for one local day
     (idempotent: a round per micro-grid, day and slot)."""
     zone = ZoneInfo(tz)
-    made = 0
-    for mg in patrol_repo.micro_grids_with_sites(conn, communities=communities):
-        sites = patrol_repo.sites_of(conn, micro_grid_id=mg)
-        for slot, start, end in DAILY_SLOTS:
-            round_id = patrol_repo.insert_round(
-                conn,
-                kind="grid",
-                micro_grid_id=mg,
-                title=f"一日双巡 / Twice-daily round {mg} {day.isoformat()} {slot}",
-                due_start=datetime.combine(day, start, zone),
-                due_end=datetime.combine(day, end, zone),
-                created_by=actor,
-                schedule_key=f"grid:{mg}:{day.isoformat()}:{slot}",
-            )
-            if round_id is None:
-                continue
-            stops = [(s.id, "", checklists.checklist_for_site(s.kind).kind) for s in sites]
-            patrol_repo.insert_stops(conn, round_id=round_id, stops=stops)
-            made += 1
+    made = patrol_repo.schedule_daily_rounds(
+        conn,
+        day=day.isoformat(),
+        slots=[
+            {
+                "slot": slot,
+                "due_start": datetime.combine(day, start, zone).isoformat(),
+                "due_end": datetime.combine(day, end, zone).isoformat(),
+            }
+            for slot, start, end in DAILY_SLOTS
+        ],
+        checklists={kind: checklists.checklist_for_site(kind).kind for kind in checklists.SITE_CHECKLIST},
+        default_checklist=checklists.checklist_for_site("").kind,
+        actor=actor,
+        communities=communities,
+    )
     if made:
         log.info("patrol schedule: %d round(s) for %s", made, day.isoformat())
     return made

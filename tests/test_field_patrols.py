@@ -141,6 +141,8 @@ def test_the_schedule_makes_twice_daily_rounds_and_coverage_lists_the_missed(env
     rounds = env.client.get(f"/api/v1/patrol-rounds?since={since}&until={until}", headers=env.headers("w1")).json()
     assert [(x["micro_grid_id"], x["due_start"][11:16]) for x in rounds] == [("mg1", "00:00"), ("mg1", "06:00")]
     am = env.client.get(f"/api/v1/patrol-rounds/{rounds[0]['id']}", headers=env.headers("w1")).json()
+    assert [(s["seq"], s["site_id"], s["checklist"]) for s in am["stops"]] == [(1, "s1", "storage_shop")]
+    assert am["round"]["title"] == "一日双巡 / Twice-daily round mg1 2026-05-04 am"
     assert check_in(env, "w1", am["round"]["id"], am["stops"][0]["id"], answers=answers(SHOP_ITEMS)).status_code == 200
     cov = env.client.get(f"/api/v1/patrol-coverage?since={since}&until={until}", headers=env.headers("lead1")).json()
     (line,) = cov["lines"]
