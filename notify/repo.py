@@ -468,6 +468,7 @@ SELECT n.id, n.alarm_id, n.worker_id, n.merchant_id, n.kind, n.tier, n.step, n.l
 FROM notification n LEFT JOIN worker w ON w.id = n.worker_id LEFT JOIN merchant m ON m.id = n.merchant_id
 JOIN alarm a ON a.id = n.alarm_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= %(now)s AND (n.claimed_until IS NULL OR n.claimed_until <= %(now)s)
+  AND (n.immediate OR NOT %(immediate_only)s)
 ORDER BY n.immediate DESC, a.severity DESC, n.next_attempt_at, n.id LIMIT %(limit)s
 FOR UPDATE OF n SKIP LOCKED
 """
@@ -476,10 +477,13 @@ SELECT_CLAIMS = "SELECT id, status, claimed_until FROM notification WHERE id = A
 RELEASE = "UPDATE notification SET claimed_until = NULL WHERE id = ANY(%s)"
 
 
-def claim_due(conn: Connection[Any], *, now: datetime, limit: int) -> list[DueNotification]:
-    """Lock notifications due for (re)delivery and not leased by another deliverer; other processes skip them."""
+def claim_due(
+    conn: Connection[Any], *, now: datetime, limit: int, immediate_only: bool = False
+) -> list[DueNotification]:
+    """Lock notifications due for (re)delivery and not leased by another deliverer; other processes skip them.
+    Immediate (life-safety, critical) ones first, the most severe first; with immediate_only, nothing else."""
     with conn.cursor(row_factory=class_row(DueNotification)) as cur:
-        return cur.execute(CLAIM_DUE, {"now": now, "limit": limit}).fetchall()
+        return cur.execute(CLAIM_DUE, {"now": now, "limit": limit, "immediate_only": immediate_only}).fetchall()
 
 
 def lease(conn: Connection[Any], *, notification_ids: Sequence[int], until: datetime) -> None:

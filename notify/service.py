@@ -8,6 +8,7 @@ clock in tests. The caller passes a connection; each function owns one short tra
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from psycopg import Connection
 
 from core import actionlink, routing
 from core import repo as core_repo
+from core.domain import Severity
 from core.errors import ConflictError, NotFoundError
 from core.repo import Recipient
 from notify import messages, repo
@@ -71,9 +73,11 @@ def _ack_url(public_url: str, alarm_id: int | None = None) -> str:
 # --- routing ------------------------------------------------------------------------------------------------
 
 
-# Outbox rows routed in one transaction. Small, so that a life-safety transition arriving while the router works
-# through an alarm storm's minor rows waits for at most this many of them (issue 18).
+# Outbox rows routed in one transaction, and how long a batch of minor ones (below MAJOR) may take before it is
+# committed with what is done: a life-safety transition arriving while the router works through an alarm storm's
+# minor rows waits for at most that long (issue 18).
 ROUTE_BATCH = 16
+MINOR_BATCH_S = 0.1
 
 
 class Routed(NamedTuple):
@@ -95,12 +99,17 @@ def route_outbox(
         rows = [r for r in claimed if r.severity == claimed[0].severity] if claimed else []
         # One row per alarm (see claim_outbox); in alarm order, the order deliverers lock ladders in too, so
         # the two never wait on each other in a cycle. Rows left out are unlocked by the commit and claimed next.
+        started = time.monotonic()
+        routed: list[repo.OutboxRow] = []
         for row in sorted(rows, key=lambda r: r.alarm_id):
             if row.kind in NOTIFIED_KINDS:
                 _route(conn, row, policy=policy, now=now, public_url=public_url)
-        if rows:
-            repo.mark_routed(conn, outbox_ids=[r.id for r in rows])
-    return Routed(len(rows), rows[0].severity if rows else 0)
+            routed.append(row)
+            if row.severity < Severity.MAJOR and time.monotonic() - started > MINOR_BATCH_S:
+                break
+        if routed:
+            repo.mark_routed(conn, outbox_ids=[r.id for r in routed])
+    return Routed(len(routed), routed[0].severity if routed else 0)
 
 
 def _suppression(conn: Connection[Any], ctx: repo.AlarmContext, kind: str, policy: Policy, now: datetime) -> str | None:
@@ -513,8 +522,10 @@ def deliver_due(
     public_url: str = "",
     limit: int = 20,
     links: actionlink.Signer | None = None,
+    immediate_only: bool = False,
 ) -> int:
-    """Deliver notifications that are due; returns how many were handled. With `links`, each recipient's message
+    """Deliver notifications that are due (with immediate_only, only those sent at once: life-safety and
+    critical); returns how many were handled. With `links`, each recipient's message
     carries their own signed link to each alarm in it, made now; the stored text keeps the plain alarm URL.
 
     Never holds a transaction across the network: the due notifications are claimed (a lease of the sender's
@@ -522,7 +533,7 @@ def deliver_due(
     attempts recorded in a second. While the lease lasts no other deliverer takes them; if this process dies while
     sending, they are due again once it lapses (delivery is at least once, as before)."""
     with conn.transaction():
-        due = repo.claim_due(conn, now=clock(), limit=limit)
+        due = repo.claim_due(conn, now=clock(), limit=limit, immediate_only=immediate_only)
         jobs, unreached = _prepare(conn, due, clock=clock, public_url=public_url)
         lease_until = None
         if jobs:

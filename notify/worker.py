@@ -122,7 +122,7 @@ class NotifyWorker:
                 pause(time.monotonic() - started)
         return work
 
-    def deliver_once(self, conn: psycopg.Connection[Any]) -> int:
+    def deliver_once(self, conn: psycopg.Connection[Any], *, immediate_only: bool = False) -> int:
         """Deliver due notifications in small batches until none is due; returns how many."""
         work = 0
         while not self._stop.is_set():
@@ -135,6 +135,7 @@ class NotifyWorker:
                 public_url=self.settings.public_url,
                 limit=BATCH,
                 links=self.links,
+                immediate_only=immediate_only,
             )
             work += done
             if done == 0:
@@ -227,7 +228,9 @@ class _Deliverer:
 
     def step(self, conn: psycopg.Connection[Any]) -> float:
         seen = self.worker._wake.generation
-        self.worker.deliver_once(conn)
+        # The first deliverer is a lane of its own for messages sent at once (life-safety, critical): in an alarm
+        # storm the others may all be busy with minor ones when a gas leak's message becomes due (issue 18).
+        self.worker.deliver_once(conn, immediate_only=self.index == 1)
         self.worker._ready[self.index].set()
         timeout = self.worker._timeout(conn, repo.get_next_delivery_due)
         if timeout > 0:

@@ -167,3 +167,35 @@ def test_routing_reads_only_the_workers_it_can_pick(storm: Settings) -> None:
     assert by_id["w1"].covers_micro_grid and by_id["w1"].covers_grid
     assert by_id["lead1"].leads_grid and not by_id["lead1"].covers_grid
     assert not by_id["w3"].covers_grid and by_id["w3"].on_call
+
+
+def test_a_batch_of_minor_rows_is_committed_once_its_time_is_up(
+    storm: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n, device in enumerate(("smk-2", "smk-3", "smk-4")):
+        feed(storm, device, T0 + timedelta(seconds=n), battery_pct=10.0)
+    monkeypatch.setattr(notify_service, "MINOR_BATCH_S", 0.0)  # every minor row takes longer than that
+    policy = load_policy(storm.notify_policy)
+    with psycopg.connect(storm.dsn) as conn:
+        batches = [notify_service.route_outbox(conn, policy=policy, now=datetime.now(UTC)) for _ in range(4)]
+    assert batches == [(1, 2), (1, 2), (1, 2), (0, 0)], "one row a transaction; the rest are claimed next time"
+    assert all(routed for _, _, routed in _outbox(storm))
+
+
+def test_the_first_deliverer_takes_only_messages_sent_at_once(storm: Settings) -> None:
+    policy = load_policy(storm.notify_policy)
+    feed(storm, "smk-2", T0, battery_pct=10.0)  # low_battery: held for grouping, not sent at once
+    now = datetime.now(UTC)
+    with psycopg.connect(storm.dsn) as conn:
+        notify_service.route_outbox(conn, policy=policy, now=now)
+        later = now + timedelta(hours=1)  # past any grouping window
+        with conn.transaction():
+            assert notify_repo.claim_due(conn, now=later, limit=8, immediate_only=True) == []
+            (minor,) = notify_repo.claim_due(conn, now=later, limit=8)
+        assert not minor.immediate
+    feed(storm, "smk-1", T0 + timedelta(seconds=5), smoke=True)
+    with psycopg.connect(storm.dsn) as conn:
+        notify_service.route_outbox(conn, policy=policy, now=now)
+        with conn.transaction():
+            urgent = notify_repo.claim_due(conn, now=later, limit=8, immediate_only=True)
+    assert [n.immediate for n in urgent] == [True] * len(urgent) and urgent
