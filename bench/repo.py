@@ -272,6 +272,25 @@ ORDER BY total_exec_time DESC LIMIT %s
 """
 
 
+# Where a probe's gas leak spent its time, from the database's own clocks: its alarm's row is written in the ingest
+# batch that raised it (created_at: that batch's start), its outbox row routed in a notify transaction (routed_at:
+# that transaction's start).
+PROBE_STAGES = """
+SELECT a.device_id, extract(epoch FROM min(a.created_at)), extract(epoch FROM min(o.routed_at))
+FROM alarm a JOIN outbox o ON o.alarm_id = a.id AND o.kind = 'raised'
+WHERE a.device_id = ANY(%s) AND a.type = 'gas_leak'
+GROUP BY a.device_id
+"""
+
+
+def probe_stages(conn: Connection[Any], *, device_ids: list[str]) -> dict[str, tuple[float, float | None]]:
+    """Per probed device: epoch seconds its gas_leak alarm's ingest batch started and its routing started."""
+    return {
+        str(d): (float(batch), None if routed is None else float(routed))
+        for d, batch, routed in conn.execute(PROBE_STAGES, (device_ids,)).fetchall()
+    }
+
+
 def reset_statements(conn: Connection[Any]) -> None:
     """Forget the statement profile so far (pg_stat_statements)."""
     conn.execute("SELECT pg_stat_statements_reset()")

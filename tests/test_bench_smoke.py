@@ -41,6 +41,7 @@ def test_bench_runs_every_stage_at_tiny_size(tmp_path: Path) -> None:
     assert w["storm"]["one"]["transitions_per_reading"] >= 0.15, "a storm flips at least 15 % of readings"
     assert w["mixed"]["two"]["processes"] == 2 and w["mixed"]["two"]["stored"] == w["mixed"]["readings"]
     assert w["storm_latency"]["probes"] > 0
+    assert set(w["storm_latency"]["stages_ms"]) == {"to_ingest_batch", "batch_to_routing", "routing_to_webhook"}
     assert {"mixed_one_vs_raw", "storm_vs_mixed", "mixed_two_vs_one", "storm_latency_p99_ms"} <= set(f["targets"])
 
     assert f["raw_subscriber"]["messages"] == sizes.messages
