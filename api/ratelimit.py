@@ -13,6 +13,7 @@ so that it is the real client, not the proxy (otherwise everyone shares the prox
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import threading
@@ -83,5 +84,17 @@ class FailureLimiter:
 
 
 def client_key(host: str | None) -> str:
-    """The limiter's key for a client address (the socket peer; see the module docstring about proxies)."""
-    return host or "unknown"
+    """The limiter's key for a client address (the socket peer; see the module docstring about proxies): an IPv4
+    address as it is, an IPv6 address by its /64 (one subscriber's network: its owner can take any address in it,
+    so keying on the full address would give them 2^64 budgets), an IPv4-mapped IPv6 address as the IPv4 one."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api.ratelimit import MAX_FAILURES, WINDOW_S, FailureLimiter
+from api.ratelimit import MAX_FAILURES, WINDOW_S, FailureLimiter, client_key
 from core.settings import Settings
 from tests.api_helpers import ApiEnv, api_env
 
@@ -112,3 +112,22 @@ def test_failed_logins_are_limited(env: tuple[ApiEnv, Clock]) -> None:
     clock.now += WINDOW_S
     r = c.post("/login", data={"token": e.tokens["w1"], "csrf": login_form(c)}, follow_redirects=False)
     assert r.status_code == 303 and "gw_session=" in r.headers["set-cookie"]
+
+
+def test_an_ipv6_client_is_one_client_across_its_64() -> None:
+    """Its owner can take any address of a /64: keyed by the full address, each would have a budget of its own."""
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff:ffff:ffff:fffe") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:198.51.100.7") == client_key("198.51.100.7") == "198.51.100.7"
+    assert client_key("198.51.100.8") != client_key("198.51.100.7")
+    assert client_key(None) == "unknown" and client_key("testclient") == "testclient"
+
+
+def test_bad_tokens_from_addresses_of_one_ipv6_network_share_a_budget(env: tuple[ApiEnv, Clock]) -> None:
+    e, _ = env
+    bad = {"Authorization": "Bearer gw_guess"}
+    for n in range(MAX_FAILURES):
+        hopper = TestClient(e.app, client=(f"2001:db8:0:7::{n + 1:x}", 50000))
+        assert hopper.get("/api/v1/me", headers=bad).status_code == 401
+    assert TestClient(e.app, client=("2001:db8:0:7::beef", 50000)).get("/api/v1/me", headers=bad).status_code == 429
+    assert TestClient(e.app, client=("2001:db8:0:8::1", 50000)).get("/api/v1/me", headers=bad).status_code == 401
