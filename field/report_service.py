@@ -246,13 +246,17 @@ def escalate_untaken(conn: Connection[Any], *, now: datetime, limit: int = 500) 
     for row in report_repo.list_untaken(conn, now=now, ladder=ladder, limit=limit):
         site = report_repo.get_site(conn, site_id=row.site_id)
         assert site is not None  # noqa: S101 - a report's site is a foreign key
+        climb_now = False  # the step before told nobody: the next one is taken at once, as an alarm's ladder does
         for step, after, tier in LADDER:
-            if step <= row.escalation or now < row.created_at + after:
+            if step <= row.escalation or (now < row.created_at + after and not climb_now):
                 continue
             if report_repo.set_escalation(conn, report_id=row.id, step=step):
                 told = _tell(
                     conn, report_id=row.id, site=site, step=step, tier=tier, what=row.what, place=row.place, at=now
                 )
+                climb_now = not told
+                if climb_now:
+                    log.warning("resident report %s: nobody of tier %s can be told; climbing on at once", row.id, tier)
                 log.info("resident report %s not taken: step %s told %s", row.id, step, told)
                 taken += 1
     return taken

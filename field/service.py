@@ -337,8 +337,9 @@ def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) 
     taken = 0
     for row in repo.list_overdue(conn, now=now, ladder=[(step, after) for step, after, _ in LADDER], limit=limit):
         site = None
+        climb_now = False  # the step before told nobody: the next one is taken at once, as an alarm's ladder does
         for step, after, tier in LADDER:
-            if step <= row.escalation or now < row.due_at + after:
+            if step <= row.escalation or (now < row.due_at + after and not climb_now):
                 continue
             if not repo.set_escalation(conn, order_id=row.id, step=step):
                 continue
@@ -358,11 +359,14 @@ def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) 
                     at=now,
                 )
             ]
+            climb_now = not told
             if step == 1:
                 told += [row.merchant_id] if _tell_merchant(conn, row, step=step, at=now) else []
-            repo.insert_event(
-                conn, order_id=row.id, at=now, kind="escalated", actor=None, details={"step": step, "told": told}
-            )
+            details: dict[str, Any] = {"step": step, "told": told}
+            if climb_now:
+                details["nobody_in_tier"] = tier
+                log.warning("work order %s overdue: nobody of tier %s can be told; climbing on at once", row.id, tier)
+            repo.insert_event(conn, order_id=row.id, at=now, kind="escalated", actor=None, details=details)
             log.info("work order %s overdue: step %s (%s) told %s", row.id, step, tier, told)
             taken += 1
     return taken

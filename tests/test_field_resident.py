@@ -455,3 +455,14 @@ def test_a_report_goes_to_the_covering_worker_on_duty_else_to_the_one_on_call(en
     (message,) = receiver.for_path("w1")
     assert "Gas smell on floor 3" in message["message"]
     assert len(receiver.for_path("w2")) == 1 and receiver.for_path("w2b") == []
+
+
+def test_an_untaken_report_skips_a_tier_with_nobody_in_it(env: ApiEnv) -> None:
+    secret = env.settings.secret_key.get_secret_value()
+    path = link(env)
+    now = datetime.now(UTC)
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE worker SET active = false WHERE role = 'grid_leader'")
+        made = report_service.submit_report(conn, secret=secret, code=path[3:], what="gas smell", client="a", now=now)
+        assert report_service.escalate_untaken(conn, now=now + timedelta(minutes=31)) == 2
+    assert notices(env, made.report_id) == [(0, "w2"), (2, "duty1")], "no leader: the duty office at once"

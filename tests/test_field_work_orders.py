@@ -571,3 +571,21 @@ def test_a_photo_is_served_only_under_its_own_order(env: ApiEnv) -> None:
     assert env.client.get(photo["url"], headers=env.headers("w1")).status_code == 200
     elsewhere = f"/api/v1/work-orders/{second['id']}/photos/{photo['id']}"
     assert env.client.get(elsewhere, headers=env.headers("w1")).status_code == 404
+
+
+def test_a_ladder_step_with_nobody_to_tell_climbs_on_at_once(env: ApiEnv) -> None:
+    """As an alarm's ladder does: a tier with nobody active (here no grid leader) must not hold the order for the
+    days until the next step is due, and the step's event says the tier was empty."""
+    order = open_order(env)
+    due = datetime.fromisoformat(order["due_at"])
+    with env.conn() as conn, conn.transaction():
+        conn.execute("UPDATE worker SET active = false WHERE role = 'grid_leader'")
+        assert field_service.escalate_overdue(conn, now=due + timedelta(days=1, minutes=1)) == 3
+        steps = conn.execute(
+            "SELECT details FROM work_order_event WHERE work_order_id = %s AND kind = 'escalated' ORDER BY id",
+            (order["id"],),
+        ).fetchall()
+    details = [d for (d,) in steps]
+    assert [d["step"] for d in details] == [1, 2, 3], "the community duty office is told the day the leader would be"
+    assert details[1]["told"] == [] and details[1]["nobody_in_tier"] == "leader"
+    assert "nobody_in_tier" not in details[0] and "nobody_in_tier" not in details[2]
