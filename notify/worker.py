@@ -35,6 +35,7 @@ BATCH = 8  # notifications one deliverer claims at a time
 # the batch took, so the ingest (and the next gas leak in it) keeps the CPU it needs; a severe transition
 # (MAJOR or worse: every life-safety type) wakes it at once (issue 18).
 MINOR_PAUSE = 1.0
+STEP_S = 5.0  # the router's longest step: it starts another at once while work is left
 
 
 def system_clock() -> datetime:
@@ -103,10 +104,21 @@ class NotifyWorker:
             messages.render_test(name="-", worker_id="-", role="-", channels=0, locale=locale, at=self.clock())
         Sender.warm_up()
 
-    def route_once(self, conn: psycopg.Connection[Any], *, pause: Callable[[float], None] | None = None) -> int:
-        """Route the outbox and climb due ladders until nothing is left; returns the work done. With `pause`, it is
-        called after each batch of minor rows with the seconds the batch took (see MINOR_PAUSE)."""
+    def route_once(self, conn: psycopg.Connection[Any]) -> int:
+        """Route the outbox and climb due ladders until nothing is left; returns the work done."""
+        return self._route(conn)[0]
+
+    def _route(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        pause: Callable[[float], None] | None = None,
+        budget_s: float | None = None,
+    ) -> tuple[int, bool]:
+        """Route and climb ladders until nothing is left or `budget_s` has passed; returns the work done and whether
+        work is left. With `pause`, it is called after each batch of minor rows with the seconds it took."""
         work = 0
+        ends = time.monotonic() + budget_s if budget_s is not None else None
         while not self._stop.is_set():
             started = time.monotonic()
             routed = service.route_outbox(
@@ -117,10 +129,12 @@ class NotifyWorker:
                 self._wake.signal()
             work += done
             if done == 0:
-                break
+                return work, False
             if pause is not None and routed.rows and routed.severity < Severity.MAJOR:
                 pause(time.monotonic() - started)
-        return work
+            if ends is not None and time.monotonic() > ends:
+                return work, True
+        return work, False
 
     def deliver_once(self, conn: psycopg.Connection[Any], *, immediate_only: bool = False) -> int:
         """Deliver due notifications in small batches until none is due; returns how many."""
@@ -194,8 +208,11 @@ class _Router:
 
     def step(self, held: tuple[psycopg.Connection[Any], psycopg.Connection[Any]]) -> float:
         listen, conn = held
-        self.worker.route_once(conn, pause=lambda took: self._pause(listen, took * MINOR_PAUSE))
+        # A storm's backlog takes minutes: a step ends every few seconds (and the loop's health sees it working).
+        _, more = self.worker._route(conn, pause=lambda took: self._pause(listen, took * MINOR_PAUSE), budget_s=STEP_S)
         self.worker._ready[0].set()
+        if more:
+            return 0.0
         timeout = self.worker._timeout(conn, repo.get_next_escalation_due)
         if timeout > 0:
             for _ in listen.notifies(timeout=timeout, stop_after=1):

@@ -20,6 +20,7 @@ from core.domain import Reading
 from core.settings import Settings
 from notify import repo as notify_repo
 from notify import service as notify_service
+from notify import worker as notify_worker
 from notify.policy import load_policy
 from notify.worker import NotifyWorker, _Router
 from rules import service as rules_service
@@ -199,3 +200,24 @@ def test_the_first_deliverer_takes_only_messages_sent_at_once(storm: Settings) -
         with conn.transaction():
             urgent = notify_repo.claim_due(conn, now=later, limit=8, immediate_only=True)
     assert [n.immediate for n in urgent] == [True] * len(urgent) and urgent
+
+
+def test_a_router_step_ends_while_a_backlog_is_left_and_the_next_goes_on(
+    storm: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storm's backlog takes minutes to route: each step must end within its budget (the loop's health sees
+    steps complete) and ask for the next at once, not sleep until the poll interval."""
+    for n, device in enumerate(("smk-2", "smk-3", "smk-4")):
+        feed(storm, device, T0 + timedelta(seconds=n), battery_pct=10.0)
+    monkeypatch.setattr(notify_service, "MINOR_BATCH_S", 0.0)  # a row a batch
+    monkeypatch.setattr(notify_worker, "STEP_S", 0.0)  # a batch a step
+    router = _Router(NotifyWorker(storm))
+    held = router.open()
+    try:
+        assert router.step(held) == 0.0
+        assert [routed for _, _, routed in _outbox(storm)] == [True, False, False]
+        router.step(held)
+        router.step(held)
+        assert all(routed for _, _, routed in _outbox(storm))
+    finally:
+        router.close(held)
