@@ -87,6 +87,13 @@ class Routed(NamedTuple):
     severity: int
 
 
+class Delivered(NamedTuple):
+    """What one delivery round did: notifications handled, and how many of them were immediate ones."""
+
+    handled: int
+    immediate: int
+
+
 def route_outbox(
     conn: Connection[Any], *, policy: Policy, now: datetime, public_url: str = "", limit: int = ROUTE_BATCH
 ) -> Routed:
@@ -523,9 +530,9 @@ def deliver_due(
     limit: int = 20,
     links: actionlink.Signer | None = None,
     immediate_only: bool = False,
-) -> int:
+) -> Delivered:
     """Deliver notifications that are due (with immediate_only, only those sent at once: life-safety and
-    critical); returns how many were handled. With `links`, each recipient's message
+    critical); returns how many were handled and how many of them were immediate. With `links`, each recipient's message
     carries their own signed link to each alarm in it, made now; the stored text keeps the plain alarm URL.
 
     Never holds a transaction across the network: the due notifications are claimed (a lease of the sender's
@@ -554,7 +561,7 @@ def deliver_due(
                 conn, jobs, results, lease_until=lease_until, at=at, policy=policy, max_attempts=max_attempts
             )
         _move_on_when_unreached(conn, unreached, now=at)
-    return len(due)
+    return Delivered(len(due), sum(1 for n in due if n.immediate))
 
 
 def _with_links(

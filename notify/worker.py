@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 DELIVERERS = 3
 BATCH = 8  # notifications one deliverer claims at a time
 # In an alarm storm the router works through thousands of minor transitions (battery flaps, devices going offline)
-# that cannot all be routed as fast as they come. After each batch of them it pauses for this share of the time
-# the batch took, so the ingest (and the next gas leak in it) keeps the CPU it needs; a severe transition
-# (MAJOR or worse: every life-safety type) wakes it at once (issue 18).
-MINOR_PAUSE = 1.0
+# that cannot all be routed or sent as fast as they come. After each batch of them the router and the deliverers
+# pause for this share of the time the batch took, so the ingest (and the next gas leak in it) keeps the CPU it
+# needs; a severe transition (MAJOR or worse: every life-safety type) wakes the router at once, and the first
+# deliverer, which sends only immediate messages, never pauses (issue 18).
+MINOR_PAUSE = 3.0
 STEP_S = 5.0  # the router's longest step: it starts another at once while work is left
 
 
@@ -136,10 +137,18 @@ class NotifyWorker:
                 return work, True
         return work, False
 
-    def deliver_once(self, conn: psycopg.Connection[Any], *, immediate_only: bool = False) -> int:
-        """Deliver due notifications in small batches until none is due; returns how many."""
+    def deliver_once(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        immediate_only: bool = False,
+        pause: Callable[[float], None] | None = None,
+    ) -> int:
+        """Deliver due notifications in small batches until none is due; returns how many. With `pause`, it is
+        called after each batch that held no immediate message with the seconds the batch took."""
         work = 0
         while not self._stop.is_set():
+            started = time.monotonic()
             done = service.deliver_due(
                 conn,
                 sender=self.sender,
@@ -151,9 +160,11 @@ class NotifyWorker:
                 links=self.links,
                 immediate_only=immediate_only,
             )
-            work += done
-            if done == 0:
+            work += done.handled
+            if done.handled == 0:
                 break
+            if pause is not None and done.immediate == 0:
+                pause(time.monotonic() - started)
         return work
 
     def run_once(self, conn: psycopg.Connection[Any]) -> int:
@@ -246,13 +257,20 @@ class _Deliverer:
     def step(self, conn: psycopg.Connection[Any]) -> float:
         seen = self.worker._wake.generation
         # The first deliverer is a lane of its own for messages sent at once (life-safety, critical): in an alarm
-        # storm the others may all be busy with minor ones when a gas leak's message becomes due (issue 18).
-        self.worker.deliver_once(conn, immediate_only=self.index == 1)
+        # storm the others may all be busy with minor ones when a gas leak's message becomes due (issue 18). They
+        # pause after a batch of minor ones as the router does (MINOR_PAUSE); the lane never waits for them.
+        if self.index == 1:
+            self.worker.deliver_once(conn, immediate_only=True)
+        else:
+            self.worker.deliver_once(conn, pause=self._pause)
         self.worker._ready[self.index].set()
         timeout = self.worker._timeout(conn, repo.get_next_delivery_due)
         if timeout > 0:
             self.worker._wake.wait(seen, timeout)
         return 0.0
+
+    def _pause(self, seconds: float) -> None:
+        self.worker._stop.wait(seconds * MINOR_PAUSE)
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
         conn.close()
