@@ -527,6 +527,25 @@ class FieldDay:
                     self.say(f"FAILED {step.line}")
                 result.steps.append(step)
         finally:
-            for token_id in cast.made_tokens:
-                self.admin.request("DELETE", f"/api/v1/admin/tokens/{token_id}")
+            self._revoke(cast, result)
         return result
+
+    def _revoke(self, cast: Cast, result: FieldDayResult) -> None:
+        """Revoke every token made for the day. One that could not be (the admin token refused by now, the API gone)
+        fails the day with a step naming it, so nobody is left unaware of a live worker token."""
+        for token_id in cast.made_tokens:
+            path = f"/api/v1/admin/tokens/{token_id}"
+            try:
+                reply = self.admin.request("DELETE", path)
+                refused = None if reply.status in (200, 409) else f"{reply.status}: {reply.detail()}"  # 409: revoked
+            except FieldDayError as exc:
+                refused = str(exc)
+            if refused is not None:
+                step = Step(
+                    "tokens",
+                    False,
+                    f"worker token {token_id} made for the day is still live ({refused}): revoke it "
+                    f"with an admin token (DELETE {path}); it expires in a day",
+                )
+                self.say(f"FAILED {step.line}")
+                result.steps.append(step)

@@ -295,3 +295,26 @@ def test_the_list_shows_the_field_day() -> None:
     out = io.StringIO()
     list_scenarios(out)
     assert "--field-day" in out.getvalue() and "resident" in out.getvalue()
+
+
+def test_a_token_the_day_could_not_revoke_is_named_not_left_silently(stack: Stack) -> None:
+    """Review 21: the day revoked the worker token it made without reading the answer, so a refused revocation (the
+    admin token revoked or expired during the day, the API gone) left a live one-day worker token behind and said
+    nothing, and an unreachable API at that point raised out of the day and lost its summary. Now the day fails with
+    a step naming the token still live and how to revoke it."""
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if "a one-day token" in line:  # the operator revokes the admin's token while the day runs
+            with psycopg.connect(stack.settings.dsn) as conn, conn.transaction():
+                conn.execute("UPDATE api_token SET revoked_at = now() WHERE role = 'admin' AND revoked_at IS NULL")
+
+    result = FieldDay(stack.base, stack.admin, say=say).run()
+    assert not result.ok
+    with psycopg.connect(stack.settings.dsn) as conn:
+        (token_id,) = _one(conn, "SELECT id FROM api_token WHERE label = 'field-day simulator' AND revoked_at IS NULL")
+    (tokens,) = [s for s in result.steps if s.name == "tokens"]
+    assert not tokens.ok and f"worker token {token_id}" in tokens.line and "still live" in tokens.line
+    assert f"DELETE /api/v1/admin/tokens/{token_id}" in tokens.line
+    assert any(line.startswith("FAILED worker token") for line in lines)
