@@ -123,6 +123,8 @@ class Phone:
         offset: int | None = 0
         while offset is not None:
             page = self.call("GET", f"{path}?limit={PAGE}&offset={offset}")
+            if not isinstance(page, dict) or not isinstance(page.get("items"), list):
+                raise FieldDayError(f"unexpected answer from the API to GET {path}: not a page of items")
             items += page["items"]
             offset = page.get("next_offset")
         return items
@@ -510,7 +512,13 @@ class FieldDay:
     def run(self) -> FieldDayResult:
         """Cast the day, play the three stories (each on its own: one failing does not stop the others), and
         revoke the worker token made for it."""
-        cast = self.cast()
+        try:
+            cast = self.cast()
+        except (KeyError, TypeError, ValueError) as exc:
+            # The registry's answers of another shape than this simulator knows, as in the stories below.
+            raise FieldDayError(
+                f"unexpected answer from the API while casting the day ({exc.__class__.__name__}: {exc})"
+            ) from None
         result = FieldDayResult(self.base)
         try:
             for name, story in (("patrol", self.patrol), ("resident", self.resident), ("drill", self.drill)):
