@@ -630,3 +630,24 @@ def test_a_form_token_that_is_not_ascii_is_refused_not_a_server_error(env: ApiEn
     )
     assert r.status_code == 403 and "CSRF" in r.text
     assert report_row(env, report_id)["status"] == "new"
+
+
+def test_an_oversized_form_is_refused_before_it_is_read(env: ApiEnv) -> None:
+    """Review 21: a page's urlencoded form (a link's too: no login in front of it) was read whole into memory and
+    parsed before anything was checked, whatever its size. Our forms are small: a larger body is refused by its
+    Content-Length (413) before it is read, and acts on nothing."""
+    report_id = report_on_s2(env)
+    key = key_for(env, "resident_report", report_id)
+    p = phone(env)
+    csrf = form_csrf(p.get(path_of("resident_report", report_id, key)).text)
+    body = f"csrf={csrf}&pad=" + "a" * (1 << 20)
+    r = p.post(
+        path_of("resident_report", report_id, key) + "/take",
+        content=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 413, r.status_code
+    assert report_row(env, report_id)["status"] == "new"
+    # a form of an ordinary size still works
+    took = p.post(path_of("resident_report", report_id, key) + "/take", data={"csrf": csrf}, follow_redirects=False)
+    assert took.status_code == 303
