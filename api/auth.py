@@ -223,7 +223,8 @@ def csrf_token(secret_key: str, session: str) -> str:
 
 def check_csrf(secret_key: str, session: str, presented: str | None) -> bool:
     """Whether a form's or header's CSRF token belongs to this session."""
-    return bool(presented) and hmac.compare_digest(csrf_token(secret_key, session), presented or "")
+    # Compared as bytes: compare_digest raises TypeError on non-ASCII text, which a forged token may be.
+    return bool(presented) and hmac.compare_digest(csrf_token(secret_key, session).encode(), (presented or "").encode())
 
 
 # -- signed action links (alarms, resident reports, drills, work orders) ---------------------------------------

@@ -25,7 +25,7 @@ from psycopg import Connection
 from api import auth, i18n
 from api import repo as api_repo
 from api.chart import svg_bars, svg_chart
-from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, same_origin, settings_of
+from api.deps import SESSION_COOKIE, Admin, Anyone, Conn, Staff, check_form_size, same_origin, settings_of
 from api.ratelimit import FailureLimiter, client_key
 from api.routers import admin as admin_routes
 from api.routers import alarms as alarm_routes
@@ -174,6 +174,7 @@ async def _form(request: Request) -> dict[str, str]:
 
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return {}
+    check_form_size(request)
     return {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
 
 

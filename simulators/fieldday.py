@@ -123,6 +123,8 @@ class Phone:
         offset: int | None = 0
         while offset is not None:
             page = self.call("GET", f"{path}?limit={PAGE}&offset={offset}")
+            if not isinstance(page, dict) or not isinstance(page.get("items"), list):
+                raise FieldDayError(f"unexpected answer from the API to GET {path}: not a page of items")
             items += page["items"]
             offset = page.get("next_offset")
         return items
@@ -510,7 +512,13 @@ class FieldDay:
     def run(self) -> FieldDayResult:
         """Cast the day, play the three stories (each on its own: one failing does not stop the others), and
         revoke the worker token made for it."""
-        cast = self.cast()
+        try:
+            cast = self.cast()
+        except (KeyError, TypeError, ValueError) as exc:
+            # The registry's answers of another shape than this simulator knows, as in the stories below.
+            raise FieldDayError(
+                f"unexpected answer from the API while casting the day ({exc.__class__.__name__}: {exc})"
+            ) from None
         result = FieldDayResult(self.base)
         try:
             for name, story in (("patrol", self.patrol), ("resident", self.resident), ("drill", self.drill)):
@@ -527,6 +535,25 @@ class FieldDay:
                     self.say(f"FAILED {step.line}")
                 result.steps.append(step)
         finally:
-            for token_id in cast.made_tokens:
-                self.admin.request("DELETE", f"/api/v1/admin/tokens/{token_id}")
+            self._revoke(cast, result)
         return result
+
+    def _revoke(self, cast: Cast, result: FieldDayResult) -> None:
+        """Revoke every token made for the day. One that could not be (the admin token refused by now, the API gone)
+        fails the day with a step naming it, so nobody is left unaware of a live worker token."""
+        for token_id in cast.made_tokens:
+            path = f"/api/v1/admin/tokens/{token_id}"
+            try:
+                reply = self.admin.request("DELETE", path)
+                refused = None if reply.status in (200, 409) else f"{reply.status}: {reply.detail()}"  # 409: revoked
+            except FieldDayError as exc:
+                refused = str(exc)
+            if refused is not None:
+                step = Step(
+                    "tokens",
+                    False,
+                    f"worker token {token_id} made for the day is still live ({refused}): revoke it "
+                    f"with an admin token (DELETE {path}); it expires in a day",
+                )
+                self.say(f"FAILED {step.line}")
+                result.steps.append(step)

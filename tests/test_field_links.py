@@ -613,3 +613,41 @@ def test_reports_with_photos_keep_them_behind_the_link(env: ApiEnv) -> None:
         p.get(path_of("resident_report", b, key_for(env, "resident_report", a)) + f"/photos/{photo}").status_code == 403
     )
     assert p.get(f"/api/v1/resident-reports/{a}/photos/{photo}").status_code == 401
+
+
+def test_a_form_token_that_is_not_ascii_is_refused_not_a_server_error(env: ApiEnv) -> None:
+    """Review 21: hmac.compare_digest raises TypeError on non-ASCII text, so a link's form (or its camera form's
+    address) with such a token was a 500 with a traceback instead of the CSRF refusal."""
+    report_id = report_on_s2(env)
+    order_id = overdue_order(env, site="s1", party="community")
+    key = key_for(env, "resident_report", report_id)
+    p = phone(env)
+    r = p.post(path_of("resident_report", report_id, key) + "/take", data={"csrf": "令牌é"})
+    assert r.status_code == 403 and "CSRF" in r.text
+    okey = key_for(env, "work_order", order_id)
+    r = p.post(
+        path_of("work_order", order_id, okey) + "/photos?csrf=%C3%A9", files={"photo": ("x.png", png(), "image/png")}
+    )
+    assert r.status_code == 403 and "CSRF" in r.text
+    assert report_row(env, report_id)["status"] == "new"
+
+
+def test_an_oversized_form_is_refused_before_it_is_read(env: ApiEnv) -> None:
+    """Review 21: a page's urlencoded form (a link's too: no login in front of it) was read whole into memory and
+    parsed before anything was checked, whatever its size. Our forms are small: a larger body is refused by its
+    Content-Length (413) before it is read, and acts on nothing."""
+    report_id = report_on_s2(env)
+    key = key_for(env, "resident_report", report_id)
+    p = phone(env)
+    csrf = form_csrf(p.get(path_of("resident_report", report_id, key)).text)
+    body = f"csrf={csrf}&pad=" + "a" * (1 << 20)
+    r = p.post(
+        path_of("resident_report", report_id, key) + "/take",
+        content=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 413, r.status_code
+    assert report_row(env, report_id)["status"] == "new"
+    # a form of an ordinary size still works
+    took = p.post(path_of("resident_report", report_id, key) + "/take", data={"csrf": csrf}, follow_redirects=False)
+    assert took.status_code == 303

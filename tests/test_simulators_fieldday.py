@@ -295,3 +295,56 @@ def test_the_list_shows_the_field_day() -> None:
     out = io.StringIO()
     list_scenarios(out)
     assert "--field-day" in out.getvalue() and "resident" in out.getvalue()
+
+
+def test_a_token_the_day_could_not_revoke_is_named_not_left_silently(stack: Stack) -> None:
+    """Review 21: the day revoked the worker token it made without reading the answer, so a refused revocation (the
+    admin token revoked or expired during the day, the API gone) left a live one-day worker token behind and said
+    nothing, and an unreachable API at that point raised out of the day and lost its summary. Now the day fails with
+    a step naming the token still live and how to revoke it."""
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if "a one-day token" in line:  # the operator revokes the admin's token while the day runs
+            with psycopg.connect(stack.settings.dsn) as conn, conn.transaction():
+                conn.execute("UPDATE api_token SET revoked_at = now() WHERE role = 'admin' AND revoked_at IS NULL")
+
+    result = FieldDay(stack.base, stack.admin, say=say).run()
+    assert not result.ok
+    with psycopg.connect(stack.settings.dsn) as conn:
+        (token_id,) = _one(conn, "SELECT id FROM api_token WHERE label = 'field-day simulator' AND revoked_at IS NULL")
+    (tokens,) = [s for s in result.steps if s.name == "tokens"]
+    assert not tokens.ok and f"worker token {token_id}" in tokens.line and "still live" in tokens.line
+    assert f"DELETE /api/v1/admin/tokens/{token_id}" in tokens.line
+    assert any(line.startswith("FAILED worker token") for line in lines)
+
+
+def test_a_registry_answer_of_another_shape_is_an_error_that_says_so() -> None:
+    """Review 21: answers of an unknown shape were errors that say so in the stories only; while casting the day
+    (the registry lists) they escaped as a KeyError, a traceback and exit 1 instead of the message and exit 2."""
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"role": "admin", "actor": "token:1"}' if self.path == "/api/v1/me" else b'[{"id": "s1"}]'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(FieldDayError, match=r"unexpected answer from the API .*GET /api/v1/admin/sites"):
+            FieldDay(base, "gw_x").run()
+        done = _simulate("--field-day", "--api", base, "--token", "gw_x")
+        assert done.returncode == 2 and "unexpected answer from the API" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
