@@ -602,6 +602,13 @@ def simulate(
             show_default=False,
         ),
     ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            help="--field-day: play it for real (a merchant's score, a work order and workers' drill messages)",
+        ),
+    ] = False,
 ) -> None:
     """Simulated devices: a scenario in simulated time, a live fleet at a steady rate, or both; or, with
     --field-day, the people of a field day against a running API."""
@@ -614,6 +621,14 @@ def simulate(
     if field_day:
         if not token:
             raise _fail(ValueError("--field-day needs an admin token: --token gw_... (or GRIDWATCH_API_TOKEN)"))
+        if not yes:
+            raise _fail(
+                ValueError(
+                    "--field-day acts for real on the deployment it is given: a shop's failed check-list item becomes "
+                    "a work order and costs its merchant points, the micro-grid's workers get a drill, a resident "
+                    "report is filed and closed. Run it against a demo or staging deployment, and confirm with --yes"
+                )
+            )
         try:
             code = run_field_day(
                 api or f"http://127.0.0.1:{settings.api_port}", token, worker_token=worker_token, wait_s=2.0

@@ -111,7 +111,7 @@ def verify(secret_key: str, *, subject: Subject, subject_id: int, key: str, now:
     """The claim of a key presented under /<subject's path>/{subject_id}/link/; LinkError if it is not a valid one
     now."""
     noun = NOUNS[subject]
-    match = KEY_RE.match(key)
+    match = KEY_RE.fullmatch(key)
     if match is None:
         raise LinkError("this link is not valid: it was cut short or changed; open the message again")
     code, recipient_id, iat = match["kind"], match["id"], match["iat"]

@@ -135,6 +135,7 @@ def test_the_link_grants_one_alarm_and_nothing_else(env: ApiEnv) -> None:
         pytest.param(lambda k: "~".join([*k.split("~")[:2], "zzzzzz", k.split("~")[3]]), id="issue-time"),
         pytest.param(lambda k: k[:20], id="cut-short"),
         pytest.param(lambda _k: "w~w1~0~" + "A" * 32, id="forged"),
+        pytest.param(lambda k: k + "%0A", id="trailing-newline"),
     ],
 )
 def test_a_tampered_link_is_refused(env: ApiEnv, tamper: object) -> None:

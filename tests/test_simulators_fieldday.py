@@ -89,7 +89,7 @@ def _one(conn: psycopg.Connection[Any], sql: str, *args: Any) -> Any:
 
 
 def test_the_field_day_runs_against_a_live_api(stack: Stack, receiver: Receiver) -> None:
-    done = _simulate("--field-day", "--api", stack.base, "--token", stack.admin)
+    done = _simulate("--field-day", "--yes", "--api", stack.base, "--token", stack.admin)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[simulate] field day against" in done.stderr and "walks patrol round" in done.stderr
     assert "3 of 3 stories done" in done.stdout
@@ -170,7 +170,7 @@ def test_a_refused_step_fails_the_day_and_the_other_stories_still_run(stack: Sta
 
 
 def test_a_bad_token_is_refused_with_a_message(stack: Stack) -> None:
-    done = _simulate("--field-day", "--api", stack.base, "--token", "gw_not-a-real-token")
+    done = _simulate("--field-day", "--yes", "--api", stack.base, "--token", "gw_not-a-real-token")
     assert done.returncode != 0
     assert "refused the admin token (401" in done.stderr, done.stderr
     with psycopg.connect(stack.settings.dsn) as conn:
@@ -183,7 +183,7 @@ def test_a_worker_token_is_not_an_admin_token(stack: Stack) -> None:
 
 
 def test_an_unreachable_api_is_an_error() -> None:
-    done = _simulate("--field-day", "--api", f"http://127.0.0.1:{free_port()}", "--token", "gw_x")
+    done = _simulate("--field-day", "--yes", "--api", f"http://127.0.0.1:{free_port()}", "--token", "gw_x")
     assert done.returncode != 0
     assert "cannot reach the gridwatch API at http://127.0.0.1:" in done.stderr, done.stderr
 
@@ -209,8 +209,18 @@ def test_something_else_at_the_address_is_an_error() -> None:
         server.server_close()
 
 
+def test_without_yes_the_day_is_not_played_on_a_deployment(stack: Stack) -> None:
+    """It deducts points, opens a work order and sends a drill for real: not without the operator saying so."""
+    done = _simulate("--field-day", "--api", stack.base, "--token", stack.admin)
+    assert done.returncode != 0 and "confirm with --yes" in done.stderr and "costs its merchant points" in done.stderr
+    with psycopg.connect(stack.settings.dsn) as conn:
+        assert _one(conn, "SELECT count(*) FROM work_order") == (0,)
+        assert _one(conn, "SELECT count(*) FROM drill") == (0,)
+        assert _one(conn, "SELECT count(*) FROM api_token WHERE label = 'field-day simulator'") == (0,)
+
+
 def test_no_token_is_an_error() -> None:
-    done = _simulate("--field-day", "--api", "http://127.0.0.1:9")
+    done = _simulate("--field-day", "--yes", "--api", "http://127.0.0.1:9")
     assert done.returncode != 0 and "needs an admin token" in done.stderr
 
 
@@ -342,7 +352,7 @@ def test_a_registry_answer_of_another_shape_is_an_error_that_says_so() -> None:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         with pytest.raises(FieldDayError, match=r"unexpected answer from the API .*GET /api/v1/admin/sites"):
             FieldDay(base, "gw_x").run()
-        done = _simulate("--field-day", "--api", base, "--token", "gw_x")
+        done = _simulate("--field-day", "--yes", "--api", base, "--token", "gw_x")
         assert done.returncode == 2 and "unexpected answer from the API" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     finally:
