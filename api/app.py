@@ -116,7 +116,8 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     app.state.auth_limiter = FailureLimiter()  # failed logins / bearer tokens per client address (issue 9)
     if pool is not None:
         app.state.pool = pool
-    app.middleware("http")(security_headers)
+    app.add_middleware(BodyLimit)
+    app.middleware("http")(security_headers)  # outside BodyLimit: its refusals carry the headers too
     install_error_handlers(app)
     add_ops_routes(app, checks, public=settings.demo)
     if not public_docs:
@@ -133,6 +134,45 @@ def create_app(settings: Settings, pool: ConnectionPool | None = None, *, checks
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+# No request body beyond this is read, whatever the route (the largest a route takes is a 5 MiB registry file or a
+# 5 MiB photo in its multipart envelope): JSON is parsed before a route's dependencies, authentication included, so
+# without a bound a stranger could make the API hold any amount in memory. Routes keep their own tighter bounds.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class BodyLimit:
+    """Refuses a body over MAX_BODY_BYTES: by its Content-Length before reading (413), or, sent without one
+    (chunked), once it has grown past the bound while being read (413)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            too_big = JSONResponse({"detail": _too_big(length.decode(errors="replace"))}, status_code=413)
+            await too_big(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise StarletteHTTPException(413, _too_big(f"over {seen}"))
+            return message
+
+        await self.app(scope, bounded if length is None else receive, send)
+
+
+def _too_big(length: str) -> str:
+    return f"the request body is {length} bytes; this API takes at most {MAX_BODY_BYTES} (8 MiB)"
 
 
 async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

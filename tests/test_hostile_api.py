@@ -326,3 +326,27 @@ def test_bearer_reads_do_not_write_on_every_request(loaded: Settings) -> None:
                 )
             time.sleep(0.05)
     assert seen[0][0] is not None and seen[0] == seen[1] == seen[2]
+
+
+# -- review 21: JSON is parsed before authentication, so a stranger's body must be bounded ------------------------
+
+
+def test_a_body_over_the_bound_is_refused_before_it_is_read_or_authenticated(served: tuple[ApiEnv, str]) -> None:
+    _, base = served
+    huge = b'{"what": "' + b"x" * (9 * 1024 * 1024) + b'"}'
+    with httpx.Client(base_url=base, timeout=30) as client:
+        declared = client.post("/api/v1/work-orders", content=huge, headers={"Content-Type": "application/json"})
+        assert declared.status_code == 413 and "at most" in declared.json()["detail"]
+        assert declared.headers["X-Content-Type-Options"] == "nosniff"
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"what": "'
+            for _ in range(9 * 16):
+                yield b"x" * 65536
+            yield b'"}'
+
+        chunked = client.post("/api/v1/work-orders", content=chunks(), headers={"Content-Type": "application/json"})
+        assert chunked.status_code == 413, chunked.text
+        # a body within the bound reaches the route as before (here: no credentials)
+        small = client.post("/api/v1/work-orders", json={"what": "x"})
+        assert small.status_code == 401
