@@ -5,12 +5,16 @@ re-inspection closes it; nothing on the way is wider than the phone."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from api.app import create_app
+from api.deps import SESSION_COOKIE
+from core import actionlink
 from core.settings import Settings
+from field import report_service
 from tests.api_helpers import ApiEnv, api_env, live_server
 from tests.browser import CHROMEDRIVER, CHROMIUM, needs_browser, start_browser
 from tests.field_helpers import jpeg
@@ -18,6 +22,7 @@ from tests.field_helpers import jpeg
 pytestmark = needs_browser
 
 if CHROMIUM and CHROMEDRIVER:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec
@@ -163,3 +168,58 @@ def test_patrol_resident_report_and_drill_on_a_phone(site: tuple[ApiEnv, str], p
     assert phone.find_elements(By.ID, "drill-arrived") == []
     report_row = phone.find_element(By.CSS_SELECTOR, '#drill-report tr[data-worker="w1"]')
     assert report_row.find_element(By.CSS_SELECTOR, ".arrival").text.endswith("s")
+
+
+def test_a_message_link_opens_its_one_item_on_a_phone_with_no_login(site: tuple[ApiEnv, str], phone: WebDriver) -> None:
+    """The on-call worker of another micro-grid, told by a message, takes and closes a resident report and answers a
+    drill from the message's links on a phone that never logged in; nothing is wider than the phone."""
+    env, base = site
+    wait = WebDriverWait(phone, 20)
+    secret = env.settings.secret_key.get_secret_value()
+    links = env.client.get("/api/v1/resident-links", headers=env.headers("w2")).json()
+    with env.conn() as conn, conn.transaction():
+        report = report_service.submit_report(
+            conn, secret=secret, code=links[0]["url"].rsplit("/r/", 1)[1], what="Cardboard by the meters", client="t"
+        )
+
+    def link(subject: actionlink.Subject, item_id: int) -> str:
+        key = actionlink.sign(
+            secret, subject=subject, subject_id=item_id, kind="worker", recipient_id="w1", issued_at=datetime.now(UTC)
+        )
+        return f"{base}/{actionlink.PATHS[subject]}/{item_id}/link/{key}?lang=en"
+
+    def status() -> str:
+        try:
+            return phone.find_element(By.ID, "rr-status").get_attribute("data-status") or ""
+        except (NoSuchElementException, StaleElementReferenceException):
+            return ""  # the page is being replaced after a form was sent
+
+    phone.delete_all_cookies()
+    phone.get(link("resident_report", report.report_id))
+    wait.until(ec.presence_of_element_located((By.ID, "rr-status")))
+    assert status() == "new" and "Cardboard by the meters" in phone.find_element(By.ID, "rr-text").text
+    fits(phone)
+    phone.find_element(By.ID, "take").click()
+    wait.until(lambda _d: status() == "taken")
+    fits(phone)
+    phone.find_element(By.CSS_SELECTOR, "#close-form [name=outcome]").send_keys("Cleared with the landlord")
+    phone.find_element(By.ID, "close").click()
+    wait.until(lambda _d: status() == "closed")
+    row = env.client.get(f"/api/v1/resident-reports/{report.report_id}", headers=env.headers("admin")).json()
+    assert (row["taken_by"], row["closed_by"], row["outcome"]) == ("w1", "w1", "Cleared with the landlord")
+    assert SESSION_COOKIE not in {c["name"] for c in phone.get_cookies()}, "a link sets no session"
+
+    drill = env.client.post(
+        "/api/v1/admin/drills", headers=env.headers("admin"), json={"micro_grid_id": "mg1", "scenario": "gas leak"}
+    ).json()
+    phone.get(link("drill", drill["id"]))
+    wait.until(ec.presence_of_element_located((By.ID, "drill-banner")))
+    fits(phone)
+    phone.find_element(By.ID, "drill-ack").click()
+    wait.until(lambda d: not d.find_elements(By.ID, "drill-ack"))
+    (mine,) = [
+        r
+        for r in env.client.get(f"/api/v1/drills/{drill['id']}", headers=env.headers("admin")).json()["responders"]
+        if r["worker_id"] == "w1"
+    ]
+    assert mine["acknowledged_at"] is not None
