@@ -78,6 +78,10 @@ def test_bench_runs_every_stage_at_tiny_size(tmp_path: Path) -> None:
     assert f["scale"]["ingest_peak_rss_mb"] > 0
     board = f["api"]["worker_board"]
     assert board["status"] == 200 and board["items"] > 0, "the busy worker's board lists open alarms"
+    for name in ("merchant_score", "device_day_readings"):
+        assert f["api"][name].get("status") == 200, (
+            f"{name} is measured (it went unmeasured once the API's description became admin-only)"
+        )
     assert set(f["targets"]) >= {
         "ingest_one_vs_raw",
         "ingest_two_vs_one",
