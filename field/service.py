@@ -318,8 +318,15 @@ def _tell_merchant(conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, 
     recipient = repo.merchant_recipient(conn, merchant_id=row.merchant_id)
     if recipient is None:
         return 0
+    return int(_queue_notice(conn, row, step=step, recipient=recipient, at=at))
+
+
+def _queue_notice(
+    conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, recipient: repo.Recipient, at: datetime
+) -> bool:
+    """The order's message of this ladder step, queued for one recipient (False: queued for them already)."""
     title, body = _message(row, step)
-    queued = repo.insert_notice(
+    return repo.insert_notice(
         conn,
         order_id=row.id,
         reinspections=row.reinspections,
@@ -329,7 +336,6 @@ def _tell_merchant(conn: Connection[Any], row: repo.WorkOrderRow, *, step: int, 
         body=body,
         at=at,
     )
-    return int(queued)
 
 
 def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) -> int:
@@ -344,20 +350,10 @@ def escalate_overdue(conn: Connection[Any], *, now: datetime, limit: int = 500) 
             if not repo.set_escalation(conn, order_id=row.id, step=step):
                 continue
             site = site or _site_of(conn, row)
-            title, body = _message(row, step)
             told = [
                 r.worker_id
                 for r in tier_recipients(conn, tier=tier, site=site, now=now)
-                if repo.insert_notice(
-                    conn,
-                    order_id=row.id,
-                    reinspections=row.reinspections,
-                    step=step,
-                    recipient=r,
-                    title=title,
-                    body=body,
-                    at=now,
-                )
+                if _queue_notice(conn, row, step=step, recipient=r, at=now)
             ]
             climb_now = not told
             if step == 1:
