@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import Connection, sql
 from psycopg.rows import class_row, dict_row, tuple_row
 
-from core.domain import Adapter, Alarm, Device, DeviceKind, Location
+from core.domain import Adapter, Alarm, Device, DeviceKind, Location, WorkerRole
 from core.errors import ConflictError
 from core.registry import RegistryIn
 
@@ -481,6 +481,8 @@ class Recipient:
 # Only the workers routing can pick (core.routing): those covering a micro-grid of the grid, its leaders, the
 # community's duty office and fire station, and whoever is on call. Not the whole community: in a street of
 # hundreds of workers, one alarm's routing in a storm read all of them (issue 18).
+# The community-wide tiers (core.routing): whoever holds these roles can be picked for any micro-grid.
+COMMUNITY_ROLES = [WorkerRole.COMMUNITY_DUTY.value, WorkerRole.FIRE_STATION.value]
 SELECT_COMMUNITY_WORKERS = """
 WITH covering AS (
     SELECT wm.worker_id, bool_or(wm.micro_grid_id = %(mg)s) AS covers_micro_grid
@@ -495,8 +497,7 @@ SELECT w.id, w.name, w.role, w.locale, w.notify_urls, w.roster, w.on_call,
        l.worker_id IS NOT NULL AS leads_grid
 FROM worker w LEFT JOIN covering c ON c.worker_id = w.id LEFT JOIN leaders l ON l.worker_id = w.id
 WHERE w.active AND w.community_id = %(community)s
-  AND (c.worker_id IS NOT NULL OR l.worker_id IS NOT NULL OR w.on_call
-       OR w.role IN ('community_duty', 'fire_station'))
+  AND (c.worker_id IS NOT NULL OR l.worker_id IS NOT NULL OR w.on_call OR w.role = ANY(%(community_roles)s))
 ORDER BY w.id
 """
 
@@ -508,7 +509,8 @@ def get_community_workers(
     they relate to it and its grid."""
     with conn.cursor(row_factory=class_row(Recipient)) as cur:
         return cur.execute(
-            SELECT_COMMUNITY_WORKERS, {"community": community_id, "grid": grid_id, "mg": micro_grid_id}
+            SELECT_COMMUNITY_WORKERS,
+            {"community": community_id, "grid": grid_id, "mg": micro_grid_id, "community_roles": COMMUNITY_ROLES},
         ).fetchall()
 
 
@@ -519,3 +521,18 @@ def get_community_timezone(conn: Connection[Any], *, community_id: str) -> str |
     """The time zone a community's rosters are read in."""
     row = conn.execute(SELECT_COMMUNITY_TIMEZONE, (community_id,)).fetchone()
     return None if row is None else str(row[0])
+
+
+# -- patrol coverage, as field's API and report's reports both count it ---------------------------------------------
+
+# Per kind of round (alias r, its stops p): stops due, visited, checked and nobody home (a gas campaign's households),
+# and missed: nobody visited the stop before its round ended. One definition for GET /api/v1/patrol-coverage
+# (field.patrol_repo) and the reports (report.repo); each adds its own scope and period.
+PATROL_COVERAGE_COUNTS = """
+SELECT r.kind,
+       count(*)::int AS due,
+       count(*) FILTER (WHERE p.visited_at IS NOT NULL)::int AS visited,
+       count(*) FILTER (WHERE p.outcome = 'checked')::int AS checked,
+       count(*) FILTER (WHERE p.outcome = 'not_home')::int AS not_home,
+       count(*) FILTER (WHERE p.visited_at IS NULL AND r.due_end <= %(now)s)::int AS missed
+FROM patrol_round r JOIN patrol_stop p ON p.round_id = r.id"""

@@ -11,6 +11,7 @@ from psycopg import Connection
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from core.repo import PATROL_COVERAGE_COUNTS
 from field.repo import WORKER_MICRO_GRIDS, PhotoData, Scope
 
 
@@ -241,14 +242,7 @@ def check_in(
 
 # -- coverage ----------------------------------------------------------------------------------------------------
 
-SELECT_COVERAGE = f"""
-SELECT r.kind,
-       count(*)::int AS due,
-       count(*) FILTER (WHERE p.visited_at IS NOT NULL)::int AS visited,
-       count(*) FILTER (WHERE p.outcome = 'checked')::int AS checked,
-       count(*) FILTER (WHERE p.outcome = 'not_home')::int AS not_home,
-       count(*) FILTER (WHERE p.visited_at IS NULL AND r.due_end <= %(now)s)::int AS missed
-FROM patrol_round r JOIN patrol_stop p ON p.round_id = r.id
+SELECT_COVERAGE = f"""{PATROL_COVERAGE_COUNTS}
 WHERE {ROUND_SCOPE} AND r.due_start >= %(since)s AND r.due_start < %(until)s
   AND (%(mg)s::text IS NULL OR r.micro_grid_id = %(mg)s)
 GROUP BY r.kind ORDER BY r.kind

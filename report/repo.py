@@ -10,6 +10,8 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import class_row
 
+from core.repo import PATROL_COVERAGE_COUNTS
+
 # A device is offline when it said so, or when it has been silent for two report intervals.
 DEVICE_OFFLINE = """(coalesce(st.online, true) = false
     OR (st.last_seen_at IS NOT NULL AND st.last_seen_at < now() - make_interval(secs => 2 * d.report_interval_s)))"""
@@ -271,14 +273,7 @@ WHERE {SITE_IN_SCOPE}
 """
 # A round belongs to the period in which it starts (as GET /api/v1/patrol-coverage counts it); a stop is missed when
 # no one visited it before its round ended. A gas campaign's stops are its households: checked ones were reached.
-PATROL_COVERAGE = f"""
-SELECT r.kind,
-       count(*)::int AS due,
-       count(*) FILTER (WHERE p.visited_at IS NOT NULL)::int AS visited,
-       count(*) FILTER (WHERE p.outcome = 'checked')::int AS checked,
-       count(*) FILTER (WHERE p.outcome = 'not_home')::int AS not_home,
-       count(*) FILTER (WHERE p.visited_at IS NULL AND r.due_end <= %(now)s)::int AS missed
-FROM patrol_round r JOIN patrol_stop p ON p.round_id = r.id
+PATROL_COVERAGE = f"""{PATROL_COVERAGE_COUNTS}
 WHERE r.micro_grid_id IN ({SCOPE_MICRO_GRIDS}) AND r.due_start >= %(since)s AND r.due_start < %(until)s
 GROUP BY r.kind ORDER BY r.kind
 """
