@@ -32,7 +32,7 @@ DELIVERERS = 3
 BATCH = 8  # notifications one deliverer claims at a time
 # In an alarm storm the router works through thousands of minor transitions (battery flaps, devices going offline)
 # that cannot all be routed or sent as fast as they come. After each batch of them the router and the deliverers
-# pause for this share of the time the batch took, so the ingest (and the next gas leak in it) keeps the CPU it
+# pause for this many times as long as the batch took, so the ingest (and the next gas leak in it) keeps the CPU it
 # needs; a severe transition (MAJOR or worse: every life-safety type) wakes the router at once, and the first
 # deliverer, which sends only immediate messages, never pauses (issue 18).
 MINOR_PAUSE = 3.0
