@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     stream_recheck_s: float = Field(default=5.0, gt=0, le=60)
 
     # Ingest: a batch is bounded by MQTT v5 Receive Maximum, so size both together.
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=2_000, ge=1, le=10_000)
     # Writer threads in one ingest process: while one waits on PostgreSQL another decodes and evaluates (bench/).
     ingest_writers: int = Field(default=3, ge=1, le=8)
     batch_linger_ms: int = Field(default=20, ge=0, le=5_000)

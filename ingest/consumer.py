@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -343,8 +343,19 @@ class Inbox:
     def qsize(self) -> int:
         return len(self._items)
 
+    def items(self) -> list[Message]:
+        """A copy of what waits here, in order."""
+        with self._not_empty:
+            return list(self._items)
+
     def empty(self) -> bool:
         return not self._items
+
+
+class Receiver(Protocol):
+    """Where the network thread hands each read's messages (an Inbox, or ingest.lanes.Lanes)."""
+
+    def put_many(self, messages: list[Message]) -> None: ...
 
 
 class MqttConsumer:
@@ -356,7 +367,7 @@ class MqttConsumer:
         *,
         client_id: str,
         topics: list[str],
-        out: Inbox,
+        out: Receiver,
         receive_maximum: int,
         ca_file: str | None = None,
         keepalive: int = 30,

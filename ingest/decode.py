@@ -35,6 +35,7 @@ class Message:
     qos: int = 1
     generation: int = 0
     retain: bool = False
+    arrival: int = 0  # its place in the order messages arrived in (ingest.lanes.AckOrder)
 
 
 NOT_DATA_PAYLOAD_BYTES = 1024

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from psycopg import Connection
@@ -131,16 +131,6 @@ class DeviceCache:
         return device
 
 
-class LockTurn(Protocol):
-    """A batch's place in the order of writing and device-state locking (see ingest.worker.Turns)."""
-
-    def wait(self) -> None:
-        """Block until every earlier batch holds its device states."""
-
-    def done(self) -> None:
-        """This batch holds its device states: the next may lock."""
-
-
 @dataclass(slots=True)
 class BatchResult:
     stored: int = 0
@@ -230,27 +220,18 @@ def _write_batch(
     *,
     devices: DeviceCache,
     ruleset: RuleSet,
-    turn: LockTurn | None,
     excerpt_bytes: int,
 ) -> BatchResult:
     result = BatchResult()
-    # Batches running at once take their turn here, before writing anything: a batch that left the inbox later
-    # locks a shared device only after this one did, and so evaluates it after this one committed. An earlier
-    # batch never waits for a later one, so the two cannot block each other. Only the lock is in turn: the
-    # readings are written after it, while the next batch locks (a reading two batches both hold belongs to a
-    # device both lock, so the later batch meets it only after this one's commit).
-    if turn is not None:
-        turn.wait()
     readings, statuses = decoded.readings, decoded.statuses
-    # in the ordered part: reject ids follow arrival order
     repo.insert_rejects(conn, rejects=decoded.rejects, excerpt_bytes=excerpt_bytes)
     repo.insert_device_events(conn, events=decoded.events)
     result.events = len(decoded.events)
-    # Every device state of the batch in one sorted lock: two writers cannot deadlock on them.
+    # Every device state of the batch in one sorted lock: two processes cannot deadlock on them. The readings are
+    # written after it: a reading two batches both hold (a redelivery) belongs to a device both lock, so the later
+    # batch meets it only after this one's commit.
     ids = [*{r.device_id for r in readings}, *(s.device_id for s in statuses)]
     states = rules_service.lock_devices(conn, device_ids=ids) if ids else {}
-    if turn is not None:
-        turn.done()
     new = repo.insert_readings(conn, readings=readings)
     result.new = new
     result.rejected = len(decoded.rejects)
@@ -294,11 +275,9 @@ def process_batch(
     devices: DeviceCache,
     ruleset: RuleSet,
     limiter: RateLimit | None = None,
-    turn: LockTurn | None = None,
     reject_excerpt_bytes: int = repo.DEFAULT_REJECT_EXCERPT,
 ) -> BatchResult:
-    """Decode and persist a batch in one transaction (the caller acks the messages after it returns).
-    `turn` orders the device-state locking of batches that run concurrently in one process (IngestWorker)."""
+    """Decode and persist a batch in one transaction (the caller acks the messages after it returns)."""
     started = time.perf_counter()
     with conn.transaction():
         devices.bind(conn)
@@ -306,9 +285,7 @@ def process_batch(
         if limiter is not None:  # one broken device must not flood the reject table (ratelimit.py)
             limiter.count_readings(decoded.readings)
             decoded.rejects = limiter.filter_rejects(decoded.rejects)
-        result = _write_batch(
-            conn, decoded, devices=devices, ruleset=ruleset, turn=turn, excerpt_bytes=reject_excerpt_bytes
-        )
+        result = _write_batch(conn, decoded, devices=devices, ruleset=ruleset, excerpt_bytes=reject_excerpt_bytes)
     rejects, acks = decoded.rejects, decoded.acks
     for ack in acks:
         log.info("command %s on %s acknowledged ok=%s %s", ack.command_id, ack.device_id, ack.ok, ack.detail)

@@ -16,8 +16,9 @@ from core.settings import Settings
 from ingest import adapters
 from ingest import repo as ingest_repo
 from ingest import service as ingest_service
-from ingest.consumer import Inbox, MqttConsumer
+from ingest.consumer import MqttConsumer
 from ingest.decode import Decoder, Limits, Message
+from ingest.lanes import AckOrder, Lanes
 from ingest.ratelimit import RateLimit
 from rules.ruleset import RuleSet, rules_in_force
 
@@ -83,90 +84,33 @@ UNRECORDED = Counter(
 )
 
 
-class Turns:
-    """Keeps batches that several writer threads process at once in arrival order where order matters.
-
-    Each batch gets a ticket when it leaves the inbox. It may lock its devices' rule state only once every
-    earlier batch holds its own (so a device's later readings are judged after its earlier ones: a shared
-    device makes the later batch wait for the earlier one's commit), and it may acknowledge only after every
-    earlier batch has (MQTT 3.1.1 / 5 section 4.6: PUBACKs in the order the PUBLISHes arrived). Decoding, the
-    COPY and the rules of different batches overlap: one writer computes while another waits on PostgreSQL.
-    """
-
-    def __init__(self, stop: threading.Event) -> None:
-        self._cond = threading.Condition()
-        self._stop = stop
-        self._issued = 0
-        self._locked = 0
-        self._acked = 0
-
-    def ticket(self) -> int:
-        """The next batch's place (call while holding the inbox)."""
-        with self._cond:
-            self._issued += 1
-            return self._issued
-
-    def _wait(self, ready: Any) -> bool:
-        with self._cond:
-            while not ready():
-                if self._stop.is_set():
-                    return False
-                self._cond.wait(0.2)
-            return True
-
-    def wait_lock(self, ticket: int) -> None:
-        """Block until every earlier batch holds its device states (or the worker stops)."""
-        self._wait(lambda: self._locked >= ticket - 1)
-
-    def locked(self, ticket: int) -> None:
-        with self._cond:
-            self._locked = max(self._locked, ticket)
-            self._cond.notify_all()
-
-    def wait_ack(self, ticket: int) -> bool:
-        """Block until every earlier batch is acknowledged; False if the worker stops first."""
-        return self._wait(lambda: self._acked >= ticket - 1)
-
-    def acked(self, ticket: int) -> None:
-        with self._cond:
-            self._acked = max(self._acked, ticket)
-            self._locked = max(self._locked, ticket)
-            self._cond.notify_all()
-
-
-class _Turn:
-    """One batch's LockTurn (ingest.service.process_batch)."""
-
-    __slots__ = ("ticket", "turns")
-
-    def __init__(self, turns: Turns, ticket: int) -> None:
-        self.turns, self.ticket = turns, ticket
-
-    def wait(self) -> None:
-        self.turns.wait_lock(self.ticket)
-
-    def done(self) -> None:
-        self.turns.locked(self.ticket)
-
-
 class IngestWorker:
-    """Runs until stop(): writer threads pull batches off the inbox, commit them, then ack them in order."""
+    """Runs until stop(): each writer thread pulls batches off its lane, commits them, and releases them for
+    acknowledgement in arrival order (ingest.lanes)."""
 
     def __init__(self, settings: Settings, *, ruleset: RuleSet | None = None) -> None:
         self.settings = settings
         self.ruleset = ruleset or rules_in_force(settings.rules_file)
         self.decoder = make_decoder(settings)
         self.writers = settings.ingest_writers
-        # Every writer holds a full batch unacknowledged and two more batches wait in the inbox, so a writer that
-        # has just acknowledged finds its next batch there instead of waiting for the broker to send it (the
+        # Every writer holds a full batch unacknowledged and two more batches wait in the lanes, so a writer that
+        # has just committed finds its next batch there instead of waiting for the broker to send it (the
         # measured effect is in docs/scaling.md).
         window = settings.batch_size * (self.writers + 2)
-        self.inbox = Inbox(maxsize=max(settings.queue_size, window), max_bytes=settings.queue_bytes)
+        self.order = AckOrder(self._ack)
+        self.lanes = Lanes(
+            self.writers,
+            prefix=settings.topic_prefix,
+            maxsize=max(settings.queue_size, window),
+            max_bytes=settings.queue_bytes,
+            order=self.order,
+            min_size=settings.batch_size,
+        )
         self.consumer = MqttConsumer(
             settings.mqtt,
             client_id=settings.mqtt_client_id,
             topics=subscriptions(settings),
-            out=self.inbox,
+            out=self.lanes,
             receive_maximum=min(65535, window),
             ca_file=settings.mqtt_ca_file,
         )
@@ -176,8 +120,6 @@ class IngestWorker:
         self.loops: list[Loop[Any]] = []
         self._local = threading.local()  # each writer thread's own database connection
         self._conns: list[psycopg.Connection[Any]] = []
-        self._take = threading.Lock()
-        self.turns = Turns(self._stop)
         self._primed = False
         self.processed = 0
 
@@ -200,10 +142,15 @@ class IngestWorker:
             self._conns = [c for c in self._conns if not c.closed] + [conn]
         return conn
 
-    def _next_batch(self) -> list[Message]:
-        return self.inbox.take(self.settings.batch_size, timeout=0.2, linger=self.settings.batch_linger_ms / 1000)
+    def _next_batch(self, lane: int) -> list[Message]:
+        return self.lanes.inboxes[lane].take(
+            self.settings.batch_size, timeout=0.2, linger=self.settings.batch_linger_ms / 1000
+        )
 
-    def _commit_batch(self, batch: list[Message], turn: _Turn | None = None) -> bool:
+    def _ack(self, messages: list[Message]) -> None:
+        self.consumer.ack(messages)
+
+    def _commit_batch(self, batch: list[Message]) -> bool:
         """Retry a batch until the database takes it: unacknowledged messages are never lost. False if the
         worker stopped first (the messages stay unacknowledged at the broker)."""
         delay = 0.5
@@ -218,7 +165,6 @@ class IngestWorker:
                     devices=self.devices,
                     ruleset=self.ruleset,
                     limiter=self.limiter,
-                    turn=turn,
                     reject_excerpt_bytes=self.settings.reject_excerpt_bytes,
                 )
             except Exception as exc:
@@ -260,7 +206,7 @@ class IngestWorker:
                 )
                 self._drop_connection()
                 if len(batch) > 1:
-                    return all(self._commit_batch([single], turn) for single in batch)
+                    return all(self._commit_batch([single]) for single in batch)
                 reason = (
                     "internal error: the database refused it"
                     if in_db
@@ -304,14 +250,12 @@ class IngestWorker:
         )
         return True
 
-    def _handle(self, batch: list[Message], ticket: int) -> None:
-        """Commit, then acknowledge after every earlier batch (the whole batch at once, in arrival order)."""
-        turn = _Turn(self.turns, ticket)
-        if not self._commit_batch(batch, turn) or not self.turns.wait_ack(ticket):
+    def _handle(self, batch: list[Message]) -> None:
+        """Commit, then acknowledge as far as arrival order allows (ingest.lanes.AckOrder)."""
+        if not self._commit_batch(batch):
             return
-        self.consumer.ack(batch)
         self.processed += len(batch)
-        self.turns.acked(ticket)
+        self.order.committed(batch)
 
     def _reject_poison(self, msg: Message, *, payload: bytes, reason: str) -> None:
         """A single message that fails for a reason other than the database being down: keep it as a reject."""
@@ -408,9 +352,7 @@ class RejectRetention:
 
 
 class _Writer:
-    """One writer's job. Writer 0 takes whatever arrives; the others help only while a full batch is already
-    waiting (a backlog): on a steady stream one writer keeps batches short and the alarm latency low, and two
-    writers at once would only share the GIL (docs/scaling.md)."""
+    """One writer's job: the batches of its own lane, one after another (ingest.lanes)."""
 
     def __init__(self, worker: IngestWorker, index: int) -> None:
         self.worker = worker
@@ -431,13 +373,9 @@ class _Writer:
         if worker.consumer.fatal is not None:
             worker._stop.set()  # bad credentials: retrying cannot help; serve exits with the message
             return 0.0
-        if self.index and worker.inbox.qsize() < worker.settings.batch_size:
-            return 0.01
-        with worker._take:  # a batch and its ticket leave the inbox together, in order
-            batch = worker._next_batch()
-            ticket = worker.turns.ticket() if batch else 0
+        batch = worker._next_batch(self.index)
         if batch:
-            worker._handle(batch, ticket)
+            worker._handle(batch)
         return 0.0
 
     def close(self, _held: None) -> None:

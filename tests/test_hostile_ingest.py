@@ -190,7 +190,7 @@ def test_large_payload_flood_cannot_exhaust_ingest_memory(loaded: Settings, publ
             publisher.publish(f"{s.topic_prefix}/gas-1/telemetry", payload, wait=False)
         publisher.publish(f"{s.topic_prefix}/gas-1/telemetry", payload)
         time.sleep(2.0)
-        in_memory = sum(len(m.payload) for m in list(held.inbox._items))
+        in_memory = held.lanes.held_bytes()
     finally:
         held.consumer.stop()
     print(f"INBOX bytes held={in_memory:,} (bound 1,048,576 + one message) of 31 x 200,000 sent")

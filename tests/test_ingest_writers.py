@@ -1,12 +1,12 @@
-"""Issue 8: one ingest process runs several writer threads (one computes while another waits on PostgreSQL) and
-receives through a cheaper paho path. Shown here: batches keep their order where it matters (device-state
-locking and PUBACKs), a burst on one device through two writers is evaluated reading by reading in order, and
-the receive path delivers exactly what stock paho delivers (properties, retained flags, big payloads)."""
+"""Issue 8: one ingest process runs several writer threads and receives through a cheaper paho path; issue 18: each
+writer has its own lane of devices (ingest.lanes). Shown here: a device stays in one lane, PUBACKs leave in arrival
+order whatever order the lanes commit in, a burst on one device through two writers is evaluated reading by reading
+in order, and the receive path delivers exactly what stock paho delivers (properties, retained flags, big
+payloads)."""
 
 from __future__ import annotations
 
 import gc
-import queue
 import random
 import subprocess
 import sys
@@ -31,56 +31,84 @@ from core.registry import parse_registry
 from core.settings import MqttTarget, Settings
 from ingest.consumer import Inbox, MqttConsumer, ReceiveClient, StockClient, fast_path_problem
 from ingest.decode import Message
-from ingest.worker import IngestWorker, Turns
+from ingest.lanes import AckOrder, Lanes
+from ingest.worker import IngestWorker
 from rules import service as rules_service
 from tests.conftest import ROOT
 from tests.support import Publisher, wait_for
 
 
-def test_turns_keep_locking_and_acks_in_ticket_order() -> None:
-    stop = threading.Event()
-    turns = Turns(stop)
-    tickets = queue.Queue[int]()
-    for t in range(1, 61):
-        tickets.put(t)
-    locked: list[int] = []
+def _arrivals(topics: list[str]) -> list[Message]:
+    now = datetime.now(UTC)
+    return [Message(topic=t, payload=b"{}", received_at=now, mid=i + 1) for i, t in enumerate(topics)]
+
+
+def test_lanes_acknowledge_in_arrival_order_whatever_order_the_lanes_commit_in() -> None:
+    """Three lanes commit their batches in a random order and at random sizes; a message is acknowledged only once
+    it and every message that arrived before it are committed, and then in arrival order (MQTT 5 section 4.6)."""
     acked: list[int] = []
-    rng = random.Random(8)
-    delays = {t: (rng.random() / 500, rng.random() / 500, rng.random() / 500) for t in range(1, 61)}
+    committed: set[int] = set()
 
-    def writer() -> None:
-        while True:
-            try:
-                t = tickets.get_nowait()
-            except queue.Empty:
-                return
-            time.sleep(delays[t][0])  # decoding
-            turns.wait_lock(t)
-            locked.append(t)
-            turns.locked(t)
-            time.sleep(delays[t][1])  # rules, commit: batches overtake each other here
-            assert turns.wait_ack(t)
-            acked.append(t)
-            turns.acked(t)
+    def ack(messages: list[Message]) -> None:
+        for m in messages:
+            assert all(n in committed for n in range(m.arrival + 1)), "never ahead of an uncommitted message"
+            acked.append(m.mid)
 
-    threads = [threading.Thread(target=writer) for _ in range(3)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=10)
-    assert locked == list(range(1, 61))
-    assert acked == list(range(1, 61))
+    order = AckOrder(ack)
+    lanes = Lanes(3, prefix="gw/v1", maxsize=10_000, max_bytes=None, order=order)
+    rng = random.Random(18)
+    topics = [f"gw/v1/d{rng.randrange(40)}/{rng.choice(['telemetry', 'status'])}" for _ in range(900)]
+    topics += ["zigbee2mqtt/kitchen"] * 30
+    rng.shuffle(topics)
+    for start in range(0, len(topics), 37):  # network reads of 37 messages
+        lanes.put_many(_arrivals(topics)[start : start + 37])
+    backlog = [inbox.take(10_000, timeout=0.1) for inbox in lanes.inboxes]
+    assert sum(len(b) for b in backlog) == len(topics)
+    assert not lanes.inboxes[1].items() and not lanes.inboxes[2].items()
+    assert all(m.topic.startswith("gw/v1/") for m in backlog[1] + backlog[2]), "bridge traffic keeps lane 0"
+    for lane in backlog:  # a device stays in one lane, in arrival order
+        assert [m.arrival for m in lane] == sorted(m.arrival for m in lane)
+    devices = [{m.topic.split("/")[2] for m in lane if m.topic.startswith("gw/")} for lane in backlog]
+    assert not (devices[0] & devices[1]) and not (devices[1] & devices[2]) and not (devices[0] & devices[2])
+    while any(backlog):
+        lane = rng.choice([b for b in backlog if b])
+        n = rng.randint(1, 50)
+        batch, lane[:] = lane[:n], lane[n:]
+        committed.update(m.arrival for m in batch)
+        order.committed(batch)
+    assert len(acked) == len(topics) and order.waiting() == 0
 
 
-def test_turns_release_waiters_when_the_worker_stops() -> None:
-    stop = threading.Event()
-    turns = Turns(stop)
-    got: list[bool] = []
-    th = threading.Thread(target=lambda: got.append(turns.wait_ack(5)))
-    th.start()
-    stop.set()
-    th.join(timeout=5)
-    assert got == [False], "a stopping worker does not acknowledge"
+def test_a_slow_lane_holds_back_later_acknowledgements_not_later_work() -> None:
+    acked: list[str] = []
+    order = AckOrder(lambda ms: acked.extend(m.topic for m in ms))
+    lanes = Lanes(2, prefix="gw/v1", maxsize=100, max_bytes=None, order=order)
+    first, second = (
+        (t for t in (f"gw/v1/dev-{i}/telemetry" for i in range(50)) if lanes.lane_of(t) == 0),
+        (t for t in (f"gw/v1/dev-{i}/telemetry" for i in range(50)) if lanes.lane_of(t) == 1),
+    )
+    slow, fast = next(first), next(second)
+    lanes.put_many(_arrivals([slow, fast, fast]))
+    slow_batch = lanes.inboxes[0].take(10, timeout=0.1)
+    fast_batch = lanes.inboxes[1].take(10, timeout=0.1)
+    assert len(fast_batch) == 2, "the other lane's work is there to do at once"
+    assert order.committed(fast_batch) == 0 and acked == [] and order.waiting() == 2
+    assert order.committed(slow_batch) == 3 and acked == [slow, fast, fast]
+
+
+def test_lanes_share_the_inbox_bounds_and_hold_the_network_thread_when_one_is_full() -> None:
+    order = AckOrder(lambda _ms: None)
+    lanes = Lanes(2, prefix="gw/v1", maxsize=10, max_bytes=None, order=order, min_size=4)
+    assert [i.maxsize for i in lanes.inboxes] == [5, 5]
+    lane0 = next(t for t in (f"gw/v1/d{i}/telemetry" for i in range(50)) if lanes.lane_of(t) == 0)
+    lanes.put_many(_arrivals([lane0] * 5))
+    blocked = threading.Thread(target=lambda: lanes.put_many(_arrivals([lane0])), daemon=True)
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive(), "a full lane holds the network thread (the broker keeps the rest)"
+    lanes.inboxes[0].take(5, timeout=0.1)
+    blocked.join(2)
+    assert not blocked.is_alive() and lanes.qsize() == 1
 
 
 REGISTRY = textwrap.dedent("""\

@@ -84,6 +84,14 @@ def test_statements_per_batch_do_not_grow_with_its_transitions(settings: Setting
         f"{few_statements} statements for 3 transitions, {many_statements} for {len(many)}"
     )
     assert many_statements <= 10
+    with psycopg.connect(settings.dsn) as conn:
+        # outbox.event_id has no foreign-key check (migration 0330): the statement that writes both keeps it true.
+        (orphans,) = conn.execute(
+            "SELECT count(*) FROM outbox o LEFT JOIN alarm_event e ON e.id = o.event_id "
+            "WHERE e.id IS NULL OR e.alarm_id <> o.alarm_id OR e.kind <> o.kind"
+        ).fetchone() or (None,)
+        (rows,) = conn.execute("SELECT count(*) FROM outbox").fetchone() or (None,)
+    assert rows == devices and orphans == 0, "every outbox row names its own transition's event"
 
 
 def test_a_flapping_device_keeps_one_alarm_with_its_events_in_order_and_an_outbox_row_each(settings: Settings) -> None:

@@ -171,7 +171,7 @@ def test_scenario(name: str, services: Services, settings: Settings, ingest: Run
         wait_for(lambda: worker.processed >= target, timeout=30, what=f"ingest to process {target} messages")
         # transitions raised by commands and their confirmations arrive a moment later
         time.sleep(0.3)
-        wait_for(lambda: worker.inbox.empty(), timeout=10, what="ingest queue drained")
+        wait_for(worker.lanes.empty, timeout=10, what="ingest lanes drained")
         problems = check_alarms(scenario, alarms_of(settings)) + check_rejects(scenario, rejects_of(settings))
         obeyed = {(d, a) for d, a, ok in result.commands if ok}
         problems += [
