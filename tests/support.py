@@ -119,6 +119,23 @@ class Publisher:
         self.client.disconnect()
 
 
+MEETING_ORPHANS = """
+SELECT (SELECT count(*) FROM alarm_event e WHERE NOT EXISTS (SELECT 1 FROM alarm a WHERE a.id = e.alarm_id))
+     + (SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM alarm a WHERE a.id = o.alarm_id))
+     + (SELECT count(*) FROM outbox o WHERE o.event_id IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM alarm_event e WHERE e.id = o.event_id AND e.alarm_id = o.alarm_id AND e.kind = o.kind))
+"""
+
+
+def meeting_orphans(dsn: str) -> int:
+    """Events and outbox rows whose alarm, or whose announced event of that alarm and kind, is missing: what the
+    foreign keys migration 0330 dropped used to refuse. Always 0."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(MEETING_ORPHANS).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def set_device_state(conn: psycopg.Connection[Any], device_id: str, **columns: Any) -> None:
     """Stand in for what rules records of a device (online, last_seen_at, status_at): its device_state row,
     created if the device has not been heard from yet (rules creates it with the first message)."""

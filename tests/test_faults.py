@@ -39,7 +39,7 @@ from core import repo as core_repo
 from core.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from core.registry import parse_registry
 from tests.conftest import ROOT, Services
-from tests.support import wait_for
+from tests.support import meeting_orphans, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,7 @@ def assert_alarms_once(dsn: str, load: Load) -> dict[str, int]:
     assert len(leak) == 1, f"gas-01 must have exactly one gas_leak alarm: {alarms}"
     assert 1 <= leak[0] <= load.per_device("gas-01"), f"gas_leak count {leak[0]} is more than its readings"
     assert not [a for a in alarms if a[1] != "gas-01"], f"quiet devices raised alarms: {alarms}"
+    assert meeting_orphans(dsn) == 0, "every event and outbox row names its alarm (and event)"
     return {"alarms": len(alarms), "raised_events": sum(n for _, _, n in raised)}
 
 

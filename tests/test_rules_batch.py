@@ -16,7 +16,7 @@ from core.domain import Reading
 from core.settings import Settings
 from rules import service as rules_service
 from rules.ruleset import default_rules
-from tests.support import load_registry
+from tests.support import load_registry, meeting_orphans
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
@@ -85,13 +85,10 @@ def test_statements_per_batch_do_not_grow_with_its_transitions(settings: Setting
     )
     assert many_statements <= 10
     with psycopg.connect(settings.dsn) as conn:
-        # outbox.event_id has no foreign-key check (migration 0330): the statement that writes both keeps it true.
-        (orphans,) = conn.execute(
-            "SELECT count(*) FROM outbox o LEFT JOIN alarm_event e ON e.id = o.event_id "
-            "WHERE e.id IS NULL OR e.alarm_id <> o.alarm_id OR e.kind <> o.kind"
-        ).fetchone() or (None,)
-        (rows,) = conn.execute("SELECT count(*) FROM outbox").fetchone() or (None,)
-    assert rows == devices and orphans == 0, "every outbox row names its own transition's event"
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (devices,)
+    assert meeting_orphans(settings.dsn) == 0, (
+        "every event names its alarm, every outbox row its own transition's event"
+    )
 
 
 def test_a_flapping_device_keeps_one_alarm_with_its_events_in_order_and_an_outbox_row_each(settings: Settings) -> None:

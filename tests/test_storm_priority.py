@@ -25,7 +25,7 @@ from notify.policy import load_policy
 from notify.worker import NotifyWorker, _Router
 from rules import service as rules_service
 from rules.ruleset import default_rules
-from tests.support import feed, load_registry
+from tests.support import feed, load_registry, meeting_orphans
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
@@ -118,6 +118,7 @@ def test_the_router_commits_the_most_severe_rows_first_one_severity_a_transactio
         second = notify_service.route_outbox(conn, policy=policy, now=now)
     assert second == notify_service.Routed(rows=3, severity=2)
     assert all(routed for _, _, routed in _outbox(storm))
+    assert meeting_orphans(storm.dsn) == 0, "rules' and notify's events and outbox rows name their alarms and events"
 
 
 def test_deliverers_take_the_most_severe_message_first(storm: Settings) -> None:
