@@ -116,14 +116,18 @@ def save_device_states(conn: Connection[Any], *, states: Sequence[DeviceStateRow
     conn.execute(SAVE_DEVICE_STATES, (doc.decode(),))
 
 
-SET_DEVICE_ONLINE = """
-UPDATE device_state SET online = %s, status_at = %s WHERE device_id = %s
+SET_DEVICES_ONLINE = """
+UPDATE device_state d SET online = v.online, status_at = v.at
+FROM jsonb_to_recordset(%s::jsonb) AS v(device_id text, online boolean, at timestamptz)
+WHERE d.device_id = v.device_id
 """
 
 
-def set_device_online(conn: Connection[Any], *, device_id: str, online: bool, at: datetime) -> None:
-    """Record a device's reported availability."""
-    conn.execute(SET_DEVICE_ONLINE, (online, at, device_id))
+def set_devices_online(conn: Connection[Any], *, statuses: Sequence[tuple[str, bool, datetime]]) -> None:
+    """Record devices' reported availability, (device, online, at) with one row a device, in one statement."""
+    if statuses:
+        rows = [{"device_id": d, "online": online, "at": at} for d, online, at in statuses]
+        conn.execute(SET_DEVICES_ONLINE, (_json_rows(rows),))
 
 
 SELECT_OPEN_ALARM_ACTIVE = "SELECT active FROM alarm WHERE device_id = %s AND type = %s AND closed_at IS NULL"

@@ -680,9 +680,13 @@ def apply_statuses(
     if not statuses:
         return changes
     states = _states_of(conn, states, [s.device_id for s in statuses])
+    ordered = sorted(statuses, key=lambda s: (s.device_id, s.at))
+    # Each device's newest status of the batch, written before any is judged: a child asks whether its gateway is
+    # down after the gateway's own status in the batch is recorded, whichever of the two ids sorts first.
+    newest = {s.device_id: s for s in ordered}
+    repo.set_devices_online(conn, statuses=[(s.device_id, s.online, s.at) for s in newest.values()])
     batch = AlarmBatch()  # a gateway and its children dropping at once: their transitions written together
-    for status in sorted(statuses, key=lambda s: (s.device_id, s.at)):
-        repo.set_device_online(conn, device_id=status.device_id, online=status.online, at=status.at)
+    for status in ordered:
         device, state = devices.get(status.device_id), states.get(status.device_id)
         if device is None or state is None:
             continue

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from core import repo as core_repo
-from core.domain import Disposition
+from core.domain import DeviceStatus, Disposition
 from core.errors import ConflictError
 from core.settings import Settings
 from ingest.worker import IngestWorker
@@ -506,6 +506,21 @@ def test_gateway_outage_raises_one_alarm_for_the_gateway_none_for_children(
     assert sorted((c.device_id, c.alarm_type, c.kind) for c in changes) == [
         ("child-1", "offline", "raised"),
         ("child-2", "offline", "raised"),
+    ]
+
+
+def test_a_gateway_and_its_child_dropping_in_one_batch_raise_one_alarm_whichever_id_sorts_first(site: Settings) -> None:
+    """The batch's statuses are recorded before any is judged: child-1 sorts before gw-1, and still finds its gateway
+    down when both last wills arrive in one batch (the statuses are written in one statement, issue 18)."""
+    now = datetime.now(UTC)
+    statuses = [DeviceStatus("gw-1", False, now), DeviceStatus("child-1", False, now + timedelta(milliseconds=5))]
+    with conn_for(site) as conn, conn.transaction():
+        devices = core_repo.get_devices(conn, ids=["gw-1", "child-1"])
+        changes = rules_service.apply_statuses(conn, statuses=statuses, devices=devices, ruleset=default_rules())
+    assert [(c.device_id, c.alarm_type, c.kind) for c in changes] == [("gw-1", "offline", "raised")]
+    assert q(site, "SELECT device_id, online FROM device_state ORDER BY device_id") == [
+        ("child-1", False),
+        ("gw-1", False),
     ]
 
 
