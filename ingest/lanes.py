@@ -57,6 +57,11 @@ class AckOrder:
                 self._ack(ready)
             return len(ready)
 
+    @property
+    def released(self) -> int:
+        """How many messages have been released for acknowledgement so far."""
+        return self._released
+
     def waiting(self) -> int:
         """Committed messages held back by an earlier one that is not committed yet."""
         with self._lock:

@@ -121,7 +121,6 @@ class IngestWorker:
         self._local = threading.local()  # each writer thread's own database connection
         self._conns: list[psycopg.Connection[Any]] = []
         self._primed = False
-        self.processed = 0
 
     @property
     def _conn(self) -> psycopg.Connection[Any] | None:
@@ -254,8 +253,12 @@ class IngestWorker:
         """Commit, then acknowledge as far as arrival order allows (ingest.lanes.AckOrder)."""
         if not self._commit_batch(batch):
             return
-        self.processed += len(batch)
         self.order.committed(batch)
+
+    @property
+    def processed(self) -> int:
+        """Messages committed and acknowledged (or, from an earlier connection, left for the broker to resend)."""
+        return self.order.released
 
     def _reject_poison(self, msg: Message, *, payload: bytes, reason: str) -> None:
         """A single message that fails for a reason other than the database being down: keep it as a reject."""
