@@ -359,7 +359,8 @@ class Receiver(Protocol):
 
 
 class MqttConsumer:
-    """Subscribes with QoS 1 and puts every message into a bounded Inbox; acks only when told."""
+    """Subscribes with QoS 1 and hands every message to its receiver (a bounded Inbox, or the ingest's lanes); acks
+    only when told."""
 
     def __init__(
         self,
