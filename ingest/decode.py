@@ -222,12 +222,18 @@ def telemetry_to_reading(
     )
 
 
+def split_native(topic: str, prefix: str) -> tuple[str, str]:
+    """(device id, channel) of a topic under the native prefix: gw/v1/{device_id}/{channel}; either may be ''.
+    The ingest's lanes (ingest.lanes) key on the same device id the decoder reads here."""
+    device_id, _, channel = topic[len(prefix) + 1 :].partition("/")
+    return device_id, channel
+
+
 def decode_native(
     topic: str, payload: bytes, received_at: datetime, lookup: DeviceLookup, limits: Limits, prefix: str
 ) -> list[Decoded]:
     """gw/v1/{device_id}/telemetry | status | cmd/ack."""
-    rest = topic[len(prefix) + 1 :]
-    device_id, _, channel = rest.partition("/")
+    device_id, channel = split_native(topic, prefix)
     if not device_id or not channel:
         return [Reject(f"topic {topic!r} is not {prefix}/<device_id>/<telemetry|status|cmd/ack>")]
     if channel == "cmd":

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable
 
 from ingest.consumer import Inbox
-from ingest.decode import Message
+from ingest.decode import Message, split_native
 
 
 class AckOrder:
@@ -78,6 +78,7 @@ class Lanes:
         self, count: int, *, prefix: str, maxsize: int, max_bytes: int | None, order: AckOrder, min_size: int = 1
     ) -> None:
         self.count = count
+        self._prefix = prefix
         self._native = prefix + "/"
         share = max(min_size, -(-maxsize // count))
         byte_share = None if max_bytes is None else max(1, -(-max_bytes // count))
@@ -89,7 +90,7 @@ class Lanes:
         run), else lane 0."""
         if self.count == 1 or not topic.startswith(self._native):
             return 0
-        device = topic[len(self._native) :].partition("/")[0]
+        device, _ = split_native(topic, self._prefix)
         return zlib.crc32(device.encode()) % self.count
 
     def put_many(self, messages: list[Message]) -> None:
